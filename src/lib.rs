@@ -8,7 +8,27 @@
     attr(deny(warnings, rust_2018_idioms), allow(dead_code))
 ))]
 
+mod body;
+mod config;
+#[cfg(feature = "drain")]
+mod drain;
+mod engine;
+mod layer;
+pub mod observe;
+mod provider;
+mod reframe;
+mod report;
 pub mod sse;
+
+pub use body::SseBody;
+pub use config::{ErrorEvent, KeepAlive, StreamingRequest, UpstreamErrorPolicy};
+pub use layer::{Sse, SseFuture, SseLayer};
+pub use observe::{EventContext, Observer};
+pub use provider::Provider;
+pub use report::{Framing, OnEnd, Outcome, StreamReport};
+
+/// The error type of bodies that add failure modes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -152,6 +152,23 @@ pub(crate) struct Found {
     unterminated: bool,
 }
 
+impl Found {
+    /// Whether the block set the last event id.
+    pub(crate) fn sets_id(&self) -> bool {
+        self.block.id.is_some()
+    }
+
+    /// The `retry` the block set.
+    pub(crate) fn retry(&self) -> Option<u64> {
+        self.block.retry
+    }
+
+    /// Raw bytes lack the blank line the input never sent (lenient end of input).
+    pub(crate) fn is_unterminated(&self) -> bool {
+        self.unterminated
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FoundKind {
     Event,
@@ -350,9 +367,7 @@ impl Decoder {
     /// Borrow a found item.
     #[inline]
     pub(crate) fn lend(&self, found: &Found) -> ItemRef<'_> {
-        let bytes = self.source(found.source);
-        let range = |r: Option<(usize, usize)>| r.map_or(&[][..], |(s, e)| &bytes[s..e]);
-        let raw = &bytes[found.raw.0..found.raw.1];
+        let raw = self.raw(found);
         match found.kind {
             FoundKind::Comment => ItemRef::Comment(raw),
             FoundKind::Block => ItemRef::Block(BlockRef {
@@ -362,18 +377,52 @@ impl Decoder {
                 has_fields: found.block.has_fields,
                 unterminated: found.unterminated,
             }),
-            FoundKind::Event => ItemRef::Event(EventRef {
-                event: range(found.block.event),
-                data: match found.block.data {
-                    Data::One(s, e) => &bytes[s..e],
-                    Data::Joined => &self.joined,
-                    Data::None => &[],
-                },
-                id: &self.last_event_id,
-                retry: found.block.retry,
-                raw,
-                unterminated: found.unterminated,
-            }),
+            FoundKind::Event => ItemRef::Event(self.lend_event(found)),
+        }
+    }
+
+    /// The raw bytes of a found item (for a comment: its text).
+    #[inline]
+    pub(crate) fn raw(&self, found: &Found) -> &[u8] {
+        &self.source(found.source)[found.raw.0..found.raw.1]
+    }
+
+    /// Borrow a found event.
+    #[inline]
+    pub(crate) fn lend_event(&self, found: &Found) -> EventRef<'_> {
+        let bytes = self.source(found.source);
+        let range = |r: Option<(usize, usize)>| r.map_or(&[][..], |(s, e)| &bytes[s..e]);
+        EventRef {
+            event: range(found.block.event),
+            data: match found.block.data {
+                Data::One(s, e) => &bytes[s..e],
+                Data::Joined => &self.joined,
+                Data::None => &[],
+            },
+            id: &self.last_event_id,
+            retry: found.block.retry,
+            raw: &bytes[found.raw.0..found.raw.1],
+            unterminated: found.unterminated,
+        }
+    }
+
+    /// Bytes `[start, end)` of the current input chunk. When that is the whole chunk and
+    /// the decoder needs nothing more from it, the chunk itself is handed over (no reference
+    /// count touched).
+    #[inline]
+    pub(crate) fn take_input(&mut self, start: usize, end: usize) -> Bytes {
+        let len = self.input.len();
+        if start == 0
+            && end == len
+            && self.pos >= len
+            && self.queue.is_empty()
+            && (self.carrying || self.block_start >= len)
+        {
+            self.pos = 0;
+            self.block_start = 0;
+            std::mem::take(&mut self.input)
+        } else {
+            self.input.slice(start..end)
         }
     }
 

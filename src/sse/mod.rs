@@ -23,3 +23,6 @@ pub use self::event::{
     Block, BlockRef, Comment, EncodeError, Event, EventBuilder, EventRef, Item, ItemRef,
     comment_block,
 };
+
+pub(crate) use self::decoder::{Found, FoundKind, Source};
+pub(crate) use self::event::terminate_block;

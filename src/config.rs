@@ -1,0 +1,296 @@
+//! Settings of the stream layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{ACCEPT, CONTENT_TYPE};
+
+use crate::provider::ContentPredicate;
+use crate::report::{Framing, Outcome};
+use crate::sse::{DEFAULT_MAX_EVENT_SIZE, Event, comment_block};
+
+/// Keep-alive comments: sent when nothing went to the client for `interval`.
+///
+/// One timer per stream, re-armed from the time of the last frame sent, never an interval
+/// ticking on its own. Comments only ever go between whole events.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct KeepAlive {
+    pub(crate) interval: Duration,
+    pub(crate) comment: Bytes,
+}
+
+impl KeepAlive {
+    /// Keep-alives every 15 seconds of silence, as `: keep-alive`.
+    pub fn new() -> Self {
+        Self {
+            interval: Duration::from_secs(15),
+            comment: Bytes::from_static(b": keep-alive\n\n"),
+        }
+    }
+
+    /// Send a keep-alive after this much silence. A zero interval is treated as 1 ms.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The comment text (line breaks become several comment lines, so the text can never
+    /// end the comment early).
+    pub fn text(mut self, text: &str) -> Self {
+        self.comment = comment_block(text.as_bytes());
+        self
+    }
+}
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a client receives when its stream ends in failure (a deadline, an upstream error,
+/// an oversized or truncated event).
+///
+/// The default is an OpenAI-style error event that SDKs understand:
+///
+/// ```text
+/// event: error
+/// data: {"error":{"type":"idle_timeout","message":"no upstream event for 30s"}}
+/// ```
+#[derive(Clone)]
+pub struct ErrorEvent(Option<Arc<dyn Fn(Outcome, &str) -> Bytes + Send + Sync>>);
+
+impl ErrorEvent {
+    /// The default: `event: error` with an OpenAI-style JSON error.
+    pub fn openai() -> Self {
+        Self(Some(Arc::new(openai_error_event)))
+    }
+
+    /// Send nothing: the stream just ends.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Build the bytes yourself (a whole SSE event, blank line included; see
+    /// [`Event::builder`]).
+    pub fn custom<F>(f: F) -> Self
+    where
+        F: Fn(Outcome, &str) -> Bytes + Send + Sync + 'static,
+    {
+        Self(Some(Arc::new(f)))
+    }
+
+    pub(crate) fn render(&self, outcome: Outcome, message: &str) -> Option<Bytes> {
+        self.0.as_ref().map(|f| f(outcome, message))
+    }
+}
+
+impl Default for ErrorEvent {
+    fn default() -> Self {
+        Self::openai()
+    }
+}
+
+impl fmt::Debug for ErrorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ErrorEvent(Some(..))"
+        } else {
+            "ErrorEvent(None)"
+        })
+    }
+}
+
+fn openai_error_event(outcome: Outcome, message: &str) -> Bytes {
+    let message = serde_json::Value::from(message);
+    let data = format!(
+        r#"{{"error":{{"type":"{}","message":{message}}}}}"#,
+        outcome.as_str()
+    );
+    Event::builder()
+        .event("error")
+        .data(data)
+        .encode()
+        .unwrap_or_else(|_| Bytes::from_static(b"event: error\ndata: {}\n\n"))
+}
+
+/// What to do when the upstream body fails in the middle of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UpstreamErrorPolicy {
+    /// Send the error event and end the stream cleanly (the default): clients see a
+    /// complete HTTP response that says what happened.
+    #[default]
+    ErrorEvent,
+    /// Return the error from the body, which makes the server abort the connection.
+    Propagate,
+}
+
+/// Decides whether a request is a streaming one before any response exists (for early
+/// responses and header timeouts).
+pub(crate) type RequestPredicate = Arc<dyn Fn(&http::request::Parts) -> bool + Send + Sync>;
+/// Decides how to handle a response from its head.
+pub(crate) type FramingPredicate =
+    Arc<dyn Fn(&http::response::Parts) -> Option<Framing> + Send + Sync>;
+
+/// Marks a request as a streaming one, for layers further in.
+///
+/// [`IncludeUsageLayer`](crate::IncludeUsageLayer) inserts it into the request extensions
+/// when the JSON body says `"stream": true`; insert it yourself from any layer that knows.
+/// [`SseLayer`](crate::SseLayer) treats such requests (and those that accept
+/// `text/event-stream`) as streams before their response arrives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamingRequest;
+
+/// The default "is this a streaming request?" test.
+pub(crate) fn is_streaming_request(request: &http::request::Parts) -> bool {
+    request.extensions.get::<StreamingRequest>().is_some()
+        || request.headers.get_all(ACCEPT).iter().any(|v| {
+            v.as_bytes()
+                .windows(17)
+                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+        })
+}
+
+/// The media type of a response, lowercased, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next()?.trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// The default response test: SSE by content type, and NDJSON when enabled.
+pub(crate) fn default_framing(headers: &HeaderMap, json_lines: bool) -> Option<Framing> {
+    match media_type(headers)?.as_str() {
+        "text/event-stream" => Some(Framing::Sse),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines"
+        | "application/json-lines"
+            if json_lines =>
+        {
+            Some(Framing::JsonLines)
+        }
+        _ => None,
+    }
+}
+
+/// Everything the layer was configured with, shared by its streams.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) keep_alive: Option<KeepAlive>,
+    pub(crate) early_response: bool,
+    pub(crate) streaming_request: Option<RequestPredicate>,
+    pub(crate) first_event_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) total_timeout: Option<Duration>,
+    pub(crate) error_event: ErrorEvent,
+    pub(crate) upstream_errors: UpstreamErrorPolicy,
+    pub(crate) max_event_size: usize,
+    pub(crate) lenient_eof: bool,
+    pub(crate) json_lines: bool,
+    pub(crate) framing: Option<FramingPredicate>,
+    pub(crate) forward_comments: bool,
+    pub(crate) content_predicate: Option<ContentPredicate>,
+    pub(crate) drain: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            keep_alive: None,
+            early_response: false,
+            streaming_request: None,
+            first_event_timeout: None,
+            idle_timeout: None,
+            total_timeout: None,
+            error_event: ErrorEvent::default(),
+            upstream_errors: UpstreamErrorPolicy::default(),
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            lenient_eof: false,
+            json_lines: false,
+            framing: None,
+            forward_comments: true,
+            content_predicate: None,
+            drain: None,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn is_streaming_request(&self, request: &http::request::Parts) -> bool {
+        match &self.streaming_request {
+            Some(predicate) => predicate(request),
+            None => is_streaming_request(request),
+        }
+    }
+
+    pub(crate) fn framing(&self, response: &http::response::Parts) -> Option<Framing> {
+        match &self.framing {
+            Some(predicate) => predicate(response),
+            None => default_framing(&response.headers, self.json_lines),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("keep_alive", &self.keep_alive)
+            .field("early_response", &self.early_response)
+            .field("first_event_timeout", &self.first_event_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("total_timeout", &self.total_timeout)
+            .field("error_event", &self.error_event)
+            .field("upstream_errors", &self.upstream_errors)
+            .field("max_event_size", &self.max_event_size)
+            .field("lenient_eof", &self.lenient_eof)
+            .field("json_lines", &self.json_lines)
+            .field("forward_comments", &self.forward_comments)
+            .field("drain", &self.drain)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_error_event_is_openai_style_json() {
+        let bytes = ErrorEvent::openai()
+            .render(Outcome::IdleTimeout, "no \"event\" for 30s")
+            .unwrap();
+        assert_eq!(
+            &bytes[..],
+            b"event: error\ndata: {\"error\":{\"type\":\"idle_timeout\",\"message\":\"no \\\"event\\\" for 30s\"}}\n\n"
+        );
+    }
+
+    #[test]
+    fn keep_alive_text_cannot_break_out_of_the_comment() {
+        let ka = KeepAlive::new().text("a\n\ndata: injected");
+        assert_eq!(&ka.comment[..], b": a\n:\n: data: injected\n\n");
+    }
+
+    #[test]
+    fn framing_by_content_type() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            "Text/Event-Stream; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(default_framing(&headers, false), Some(Framing::Sse));
+        headers.insert(CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
+        assert_eq!(default_framing(&headers, false), None);
+        assert_eq!(default_framing(&headers, true), Some(Framing::JsonLines));
+        headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+        assert_eq!(default_framing(&headers, true), None);
+    }
+}

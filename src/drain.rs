@@ -1,0 +1,60 @@
+//! Keep reading the upstream after the client went away, so that the provider's final
+//! usage reaches the report (feature `drain`).
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use http_body::Body;
+use tokio::time::{Instant, timeout_at};
+
+use crate::BoxError;
+use crate::body::{Live, Upstream, report_disconnect};
+use crate::observe::Observer;
+use crate::report::{OnEnd, Outcome};
+
+/// The `on_drop` of streams configured with
+/// [`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect): spawn a task that reads
+/// the upstream to its end (or the limit), with events marked as not delivered, then makes
+/// the report. Without a runtime, or before the upstream answered, it cancels instead.
+pub(crate) fn drain_after_disconnect<B, O, E>(mut live: Live<O, E>, upstream: Upstream<B>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    let limit = live.engine.config.drain;
+    let handle = tokio::runtime::Handle::try_current();
+    let (Some(limit), Upstream::Body(mut body), Ok(handle), false) = (limit, upstream, handle, live.ending) else {
+        return report_disconnect(live, Upstream::<B>::Gone);
+    };
+    live.engine.delivered = false;
+    // What was queued for the client will never reach it.
+    live.engine.discard_output();
+    handle.spawn(async move {
+        let deadline = Instant::now() + limit;
+        loop {
+            let frame = timeout_at(deadline, poll_fn(|cx| body.as_mut().poll_frame(cx))).await;
+            let now = Instant::now();
+            match frame {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && live.engine.push(data, now).is_err()
+                    {
+                        break;
+                    }
+                    live.engine.discard_output();
+                }
+                Ok(None) => {
+                    live.engine.finish(now);
+                    break;
+                }
+                // An upstream error or the drain limit: keep what was seen.
+                Ok(Some(Err(_))) | Err(_) => break,
+            }
+        }
+        drop(body);
+        let report = live.engine.close(Outcome::ClientDisconnected, Instant::now());
+        live.on_end.on_end(report);
+    });
+}

@@ -1,0 +1,231 @@
+//! What runs for each stream, event by event: the [`Observer`] trait.
+//!
+//! Observers are how the crate is extended: timing, usage and digests are observers, and so
+//! can yours be. They compose with tuples (`(A, B, C)` runs `A`, then `B`, then `C`), are
+//! optional with `Option<O>`, and can be boxed as `Box<dyn Observer + Send>`. Dispatch is
+//! static, so an observer that does nothing costs nothing.
+//!
+//! # When the hooks run
+//!
+//! | hook | when | how often |
+//! |---|---|---|
+//! | [`on_request`](Observer::on_request) | the request reaches the layer | once |
+//! | [`on_response`](Observer::on_response) | the upstream's response head arrives and it is a stream | once |
+//! | [`on_event`](Observer::on_event) | an upstream event is complete, before it is forwarded | per event |
+//! | [`on_data`](Observer::on_data) | bytes are about to be handed to the client (not keep-alives) | per frame |
+//! | [`on_end`](Observer::on_end) | the stream ended, just before the report goes to the sink | once |
+//!
+//! Hooks run inline in the body's `poll_frame` (and `on_end` possibly in its `Drop`): they
+//! must be cheap, must not block and must not panic. Parse only the events you need.
+
+use std::fmt;
+
+use tokio::time::Instant;
+
+use crate::provider::Provider;
+use crate::report::StreamReport;
+use crate::sse::EventRef;
+
+/// Watches one stream. See the [module docs](crate::observe).
+///
+/// The layer clones the observer you give it for every request, so each stream starts from
+/// that state.
+pub trait Observer {
+    /// The request reached the layer.
+    #[inline]
+    fn on_request(&mut self, request: &http::request::Parts) {
+        let _ = request;
+    }
+
+    /// The upstream's response head arrived and the layer handles it as a stream.
+    #[inline]
+    fn on_response(&mut self, response: &http::response::Parts, report: &mut StreamReport) {
+        let _ = (response, report);
+    }
+
+    /// An upstream event is complete and about to be forwarded.
+    #[inline]
+    fn on_event(&mut self, event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+        let _ = (event, cx);
+    }
+
+    /// These bytes are about to be handed to the client: upstream events, blocks and
+    /// comments as forwarded, and error events this layer adds; never its keep-alives.
+    #[inline]
+    fn on_data(&mut self, data: &[u8], report: &mut StreamReport) {
+        let _ = (data, report);
+    }
+
+    /// The stream ended: write findings into the report.
+    #[inline]
+    fn on_end(&mut self, report: &mut StreamReport) {
+        let _ = report;
+    }
+}
+
+/// What an observer knows about the event it is looking at, and what it may do with it.
+pub struct EventContext<'a> {
+    pub(crate) at: Instant,
+    pub(crate) content: bool,
+    pub(crate) delivered: bool,
+    pub(crate) forward: bool,
+    pub(crate) provider: Provider,
+    pub(crate) report: &'a mut StreamReport,
+}
+
+impl<'a> EventContext<'a> {
+    /// A context for driving an observer by hand (in tests, or outside the layer).
+    pub fn new(
+        at: Instant,
+        content: bool,
+        provider: Provider,
+        report: &'a mut StreamReport,
+    ) -> Self {
+        Self {
+            at,
+            content,
+            delivered: true,
+            forward: true,
+            provider,
+            report,
+        }
+    }
+
+    /// When the upstream frame that completed this event arrived (one clock read per
+    /// frame, shared by the events in it).
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// Whether the event carries content (text, reasoning or a tool-call delta), as decided
+    /// by the provider format or the layer's content predicate.
+    pub fn is_content(&self) -> bool {
+        self.content
+    }
+
+    /// Whether the event goes to a client. `false` while the upstream is drained after the
+    /// client went away: count usage, but do not measure latency.
+    pub fn is_delivered(&self) -> bool {
+        self.delivered
+    }
+
+    /// The provider format of the stream.
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// Keep this event from the client. Later observers still see it, and the report still
+    /// counts it.
+    pub fn drop_event(&mut self) {
+        self.forward = false;
+    }
+
+    /// Whether the event will be forwarded.
+    pub fn is_forwarded(&self) -> bool {
+        self.forward
+    }
+
+    /// The report being built: what the layer and earlier observers found so far.
+    pub fn report(&mut self) -> &mut StreamReport {
+        self.report
+    }
+}
+
+impl fmt::Debug for EventContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventContext")
+            .field("at", &self.at)
+            .field("content", &self.content)
+            .field("delivered", &self.delivered)
+            .field("forward", &self.forward)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Observer for () {}
+
+impl<O: Observer> Observer for Option<O> {
+    fn on_request(&mut self, request: &http::request::Parts) {
+        if let Some(o) = self {
+            o.on_request(request);
+        }
+    }
+    fn on_response(&mut self, response: &http::response::Parts, report: &mut StreamReport) {
+        if let Some(o) = self {
+            o.on_response(response, report);
+        }
+    }
+    fn on_event(&mut self, event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+        if let Some(o) = self {
+            o.on_event(event, cx);
+        }
+    }
+    fn on_data(&mut self, data: &[u8], report: &mut StreamReport) {
+        if let Some(o) = self {
+            o.on_data(data, report);
+        }
+    }
+    fn on_end(&mut self, report: &mut StreamReport) {
+        if let Some(o) = self {
+            o.on_end(report);
+        }
+    }
+}
+
+impl<O: Observer + ?Sized> Observer for Box<O> {
+    fn on_request(&mut self, request: &http::request::Parts) {
+        (**self).on_request(request);
+    }
+    fn on_response(&mut self, response: &http::response::Parts, report: &mut StreamReport) {
+        (**self).on_response(response, report);
+    }
+    fn on_event(&mut self, event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+        (**self).on_event(event, cx);
+    }
+    fn on_data(&mut self, data: &[u8], report: &mut StreamReport) {
+        (**self).on_data(data, report);
+    }
+    fn on_end(&mut self, report: &mut StreamReport) {
+        (**self).on_end(report);
+    }
+}
+
+macro_rules! tuple_observer {
+    ($($name:ident),+) => {
+        #[allow(non_snake_case)]
+        impl<$($name: Observer),+> Observer for ($($name,)+) {
+            fn on_request(&mut self, request: &http::request::Parts) {
+                let ($($name,)+) = self;
+                $($name.on_request(request);)+
+            }
+            fn on_response(&mut self, response: &http::response::Parts, report: &mut StreamReport) {
+                let ($($name,)+) = self;
+                $($name.on_response(response, report);)+
+            }
+            #[inline]
+            fn on_event(&mut self, event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+                let ($($name,)+) = self;
+                $($name.on_event(event, cx);)+
+            }
+            #[inline]
+            fn on_data(&mut self, data: &[u8], report: &mut StreamReport) {
+                let ($($name,)+) = self;
+                $($name.on_data(data, report);)+
+            }
+            fn on_end(&mut self, report: &mut StreamReport) {
+                let ($($name,)+) = self;
+                $($name.on_end(report);)+
+            }
+        }
+    };
+}
+
+tuple_observer!(A);
+tuple_observer!(A, B);
+tuple_observer!(A, B, C);
+tuple_observer!(A, B, C, D);
+tuple_observer!(A, B, C, D, E);
+tuple_observer!(A, B, C, D, E, F);
+tuple_observer!(A, B, C, D, E, F, G);
+tuple_observer!(A, B, C, D, E, F, G, H);

@@ -1,0 +1,388 @@
+//! Which API a stream speaks, and which of its events carry content.
+//!
+//! Detection is by request path first, then by the shape of the first events; it stops
+//! looking once an event confirms a format. Content detection looks at bytes, not parsed
+//! JSON: it finds a key and checks that its string value is not empty, which is a few
+//! nanoseconds per event and exact for the compact JSON providers send. Override it with
+//! [`SseLayer::content_predicate`](crate::SseLayer::content_predicate).
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use memchr::memmem::Finder;
+
+use crate::sse::EventRef;
+
+/// The stream format of an LLM API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Provider {
+    /// Not (yet) recognised: every event with data other than `[DONE]` counts as content.
+    #[default]
+    Unknown,
+    /// OpenAI Chat Completions (`chat.completion.chunk`), also served by vLLM, SGLang,
+    /// llama.cpp, Ollama's OpenAI endpoint and most gateways.
+    OpenAiChat,
+    /// OpenAI legacy Completions (`text_completion`).
+    OpenAiCompletions,
+    /// OpenAI Responses (`response.*` events).
+    OpenAiResponses,
+    /// Anthropic Messages (`message_start` … `message_stop`).
+    Anthropic,
+    /// Google Gemini `streamGenerateContent` with `alt=sse`.
+    Gemini,
+    /// Ollama's native API (`/api/chat`, `/api/generate`): NDJSON.
+    Ollama,
+}
+
+impl Provider {
+    /// The `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::OpenAiChat | Self::OpenAiCompletions | Self::OpenAiResponses => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gcp.gemini",
+            Self::Ollama => "ollama",
+        }
+    }
+
+    /// The `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Self::Gemini => "generate_content",
+            Self::OpenAiCompletions => "text_completion",
+            _ => "chat",
+        }
+    }
+
+    /// A guess from the request path, before any event arrived.
+    pub fn from_path(path: &str) -> Self {
+        if path.ends_with("/chat/completions") {
+            Self::OpenAiChat
+        } else if path.ends_with("/responses") {
+            Self::OpenAiResponses
+        } else if path.ends_with("/messages") {
+            Self::Anthropic
+        } else if path.contains(":streamGenerateContent") {
+            Self::Gemini
+        } else if path.ends_with("/api/chat") || path.ends_with("/api/generate") {
+            Self::Ollama
+        } else if path.ends_with("/completions") {
+            Self::OpenAiCompletions
+        } else {
+            Self::Unknown
+        }
+    }
+
+    /// Recognise the format from one event, if the event is distinctive enough.
+    pub fn from_event(event: &EventRef<'_>) -> Option<Self> {
+        let kind = event.event_bytes();
+        if kind.starts_with(b"response.") {
+            return Some(Self::OpenAiResponses);
+        }
+        if matches!(
+            kind,
+            b"message_start"
+                | b"message_delta"
+                | b"message_stop"
+                | b"content_block_start"
+                | b"content_block_delta"
+                | b"content_block_stop"
+                | b"ping"
+        ) {
+            return Some(Self::Anthropic);
+        }
+        let data = event.data_bytes();
+        let has = |finder: &Finder<'_>| finder.find(data).is_some();
+        if has(&keys::CHAT_CHUNK) {
+            Some(Self::OpenAiChat)
+        } else if has(&keys::TEXT_COMPLETION) {
+            Some(Self::OpenAiCompletions)
+        } else if has(&keys::CANDIDATES) || has(&keys::USAGE_METADATA) {
+            Some(Self::Gemini)
+        } else if has(&keys::DONE) && (has(&keys::MESSAGE) || has(&keys::RESPONSE)) {
+            Some(Self::Ollama)
+        } else {
+            None
+        }
+    }
+
+    /// Whether an event of this format carries content: text, reasoning or a tool-call
+    /// delta. Role-only deltas, empty content, lifecycle events, pings and `[DONE]` do not.
+    pub fn is_content(self, event: &EventRef<'_>) -> bool {
+        let data = event.data_bytes();
+        match self {
+            Self::Anthropic => {
+                event.event_bytes() == b"content_block_delta"
+                    && keys::SIGNATURE_DELTA.find(data).is_none()
+            }
+            Self::OpenAiResponses => event.event_bytes().ends_with(b".delta"),
+            Self::OpenAiChat => {
+                has_text(data, &keys::CONTENT)
+                    || has_text(data, &keys::REASONING_CONTENT)
+                    || has_text(data, &keys::REASONING)
+                    || has_text(data, &keys::REFUSAL)
+                    || keys::TOOL_CALLS.find(data).is_some()
+                    || keys::FUNCTION_CALL.find(data).is_some()
+            }
+            Self::OpenAiCompletions => has_text(data, &keys::TEXT),
+            Self::Gemini => {
+                has_text(data, &keys::TEXT) || keys::FUNCTION_CALL_GEMINI.find(data).is_some()
+            }
+            Self::Ollama => {
+                has_text(data, &keys::CONTENT)
+                    || has_text(data, &keys::THINKING)
+                    || has_text(data, &keys::RESPONSE_TEXT)
+                    || keys::TOOL_CALLS.find(data).is_some()
+            }
+            Self::Unknown => !data.is_empty() && data != b"[DONE]",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Whether `key` (a quoted JSON key) occurs with a non-empty string value.
+fn has_text(data: &[u8], key: &Finder<'_>) -> bool {
+    key.find_iter(data).any(|at| {
+        let mut rest = data[at + key.needle().len()..].iter();
+        // `"key"` then optional whitespace, a colon, optional whitespace and a quote.
+        let mut next = || rest.by_ref().find(|b| !b.is_ascii_whitespace());
+        next() == Some(&b':') && next() == Some(&b'"') && rest.next().is_some_and(|b| *b != b'"')
+    })
+}
+
+mod keys {
+    use super::{Finder, LazyLock};
+
+    macro_rules! finders {
+        ($($name:ident = $needle:expr;)*) => {
+            $(pub(super) static $name: LazyLock<Finder<'static>> =
+                LazyLock::new(|| Finder::new($needle));)*
+        };
+    }
+
+    finders! {
+        CHAT_CHUNK = b"\"chat.completion.chunk\"";
+        TEXT_COMPLETION = b"\"text_completion\"";
+        CANDIDATES = b"\"candidates\"";
+        USAGE_METADATA = b"\"usageMetadata\"";
+        DONE = b"\"done\"";
+        MESSAGE = b"\"message\"";
+        RESPONSE = b"\"response\"";
+        SIGNATURE_DELTA = b"\"signature_delta\"";
+        CONTENT = b"\"content\"";
+        REASONING_CONTENT = b"\"reasoning_content\"";
+        REASONING = b"\"reasoning\"";
+        REFUSAL = b"\"refusal\"";
+        TOOL_CALLS = b"\"tool_calls\"";
+        FUNCTION_CALL = b"\"function_call\"";
+        FUNCTION_CALL_GEMINI = b"\"functionCall\"";
+        TEXT = b"\"text\"";
+        THINKING = b"\"thinking\"";
+        RESPONSE_TEXT = b"\"response\"";
+    }
+}
+
+/// A user-supplied "is this event content?" predicate.
+pub(crate) type ContentPredicate = Arc<dyn Fn(&EventRef<'_>, Provider) -> bool + Send + Sync>;
+
+/// Per-stream format detection and content classification.
+#[derive(Clone)]
+pub(crate) struct Classifier {
+    provider: Provider,
+    confirmed: bool,
+    predicate: Option<ContentPredicate>,
+}
+
+impl Classifier {
+    pub(crate) fn new(hint: Provider, predicate: Option<ContentPredicate>) -> Self {
+        Self {
+            provider: hint,
+            confirmed: false,
+            predicate,
+        }
+    }
+
+    pub(crate) fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// Look at one event: confirm the format if not done yet, and say whether it is content.
+    #[inline]
+    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> bool {
+        if !self.confirmed
+            && let Some(provider) = Provider::from_event(event)
+        {
+            self.provider = provider;
+            self.confirmed = true;
+        }
+        match &self.predicate {
+            Some(predicate) => predicate(event, self.provider),
+            None => self.provider.is_content(event),
+        }
+    }
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("provider", &self.provider)
+            .field("confirmed", &self.confirmed)
+            .field("custom_predicate", &self.predicate.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev<'a>(event: &'a str, data: &'a str) -> EventRef<'a> {
+        EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes())
+    }
+
+    #[test]
+    fn openai_role_only_and_empty_deltas_are_not_content() {
+        let p = Provider::OpenAiChat;
+        assert!(!p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        )));
+        assert!(!p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#
+        )));
+        assert!(!p.is_content(&ev("", r#"{"choices":[],"usage":{"prompt_tokens":1}}"#)));
+        assert!(!p.is_content(&ev("", "[DONE]")));
+        assert!(p.is_content(&ev("", r#"{"choices":[{"delta":{"content":"Hi"}}]}"#)));
+        assert!(p.is_content(&ev("", r#"{"choices":[{"delta": {"content": "Hi"}}]}"#)));
+        assert!(p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#
+        )));
+        assert!(p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#
+        )));
+    }
+
+    #[test]
+    fn escaped_keys_inside_strings_do_not_count() {
+        let p = Provider::OpenAiChat;
+        let data = r#"{"choices":[{"delta":{"content":""}}],"x":"{\"content\":\"hi\"}"}"#;
+        assert!(!p.is_content(&ev("", data)));
+    }
+
+    #[test]
+    fn anthropic_counts_deltas_but_not_lifecycle_or_pings() {
+        let p = Provider::Anthropic;
+        assert!(!p.is_content(&ev("message_start", r#"{"type":"message_start"}"#)));
+        assert!(!p.is_content(&ev("ping", r#"{"type":"ping"}"#)));
+        assert!(p.is_content(&ev(
+            "content_block_delta",
+            r#"{"delta":{"type":"text_delta","text":"a"}}"#
+        )));
+        assert!(p.is_content(&ev(
+            "content_block_delta",
+            r#"{"delta":{"type":"thinking_delta","thinking":"a"}}"#
+        )));
+        assert!(!p.is_content(&ev(
+            "content_block_delta",
+            r#"{"delta":{"type":"signature_delta","signature":"x"}}"#
+        )));
+    }
+
+    #[test]
+    fn responses_counts_delta_events() {
+        let p = Provider::OpenAiResponses;
+        assert!(!p.is_content(&ev("response.created", "{}")));
+        assert!(p.is_content(&ev("response.output_text.delta", "{}")));
+        assert!(p.is_content(&ev("response.reasoning_summary_text.delta", "{}")));
+        assert!(p.is_content(&ev("response.function_call_arguments.delta", "{}")));
+        assert!(!p.is_content(&ev("response.completed", "{}")));
+    }
+
+    #[test]
+    fn detection_from_events() {
+        assert_eq!(
+            Provider::from_event(&ev("message_start", "{}")),
+            Some(Provider::Anthropic)
+        );
+        assert_eq!(
+            Provider::from_event(&ev("response.created", "{}")),
+            Some(Provider::OpenAiResponses)
+        );
+        assert_eq!(
+            Provider::from_event(&ev("", r#"{"object":"chat.completion.chunk"}"#)),
+            Some(Provider::OpenAiChat)
+        );
+        assert_eq!(
+            Provider::from_event(&ev(
+                "",
+                r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}]}"#
+            )),
+            Some(Provider::Gemini)
+        );
+        assert_eq!(
+            Provider::from_event(&ev(
+                "",
+                r#"{"model":"llama3","message":{"content":"a"},"done":false}"#
+            )),
+            Some(Provider::Ollama)
+        );
+        assert_eq!(Provider::from_event(&ev("", "hello")), None);
+    }
+
+    #[test]
+    fn detection_from_paths() {
+        assert_eq!(
+            Provider::from_path("/v1/chat/completions"),
+            Provider::OpenAiChat
+        );
+        assert_eq!(
+            Provider::from_path("/v1/responses"),
+            Provider::OpenAiResponses
+        );
+        assert_eq!(Provider::from_path("/v1/messages"), Provider::Anthropic);
+        assert_eq!(
+            Provider::from_path("/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+            Provider::Gemini
+        );
+        assert_eq!(Provider::from_path("/api/chat"), Provider::Ollama);
+        assert_eq!(
+            Provider::from_path("/v1/completions"),
+            Provider::OpenAiCompletions
+        );
+        assert_eq!(Provider::from_path("/other"), Provider::Unknown);
+    }
+
+    #[test]
+    fn gemini_and_ollama_content() {
+        assert!(Provider::Gemini.is_content(&ev(
+            "",
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}]}}]}"#
+        )));
+        assert!(!Provider::Gemini.is_content(&ev(
+            "",
+            r#"{"candidates":[{"content":{"parts":[{"text":""}]}}],"usageMetadata":{}}"#
+        )));
+        assert!(Provider::Ollama.is_content(&ev(
+            "",
+            r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#
+        )));
+        assert!(!Provider::Ollama.is_content(&ev(
+            "",
+            r#"{"message":{"role":"assistant","content":""},"done":true}"#
+        )));
+        assert!(Provider::Ollama.is_content(&ev(
+            "",
+            r#"{"message":{"role":"assistant","content":"","thinking":"x"},"done":false}"#
+        )));
+    }
+}
