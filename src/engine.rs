@@ -288,6 +288,7 @@ fn observe<O: Observer>(
 ) -> bool {
     report.events += 1;
     let content = classifier.classify(&event);
+    classifier.fill_meta(&event, &mut report.response_id, &mut report.model);
     if content {
         report.content_events += 1;
         activity.content = true;

@@ -23,9 +23,18 @@ pub mod sse;
 pub use body::SseBody;
 pub use config::{ErrorEvent, KeepAlive, StreamingRequest, UpstreamErrorPolicy};
 pub use layer::{Sse, SseFuture, SseLayer};
+pub use observe::digest::Digest;
+pub use observe::timing::{Latencies, Timing};
+pub use observe::usage::{Usage, UsageSource};
 pub use observe::{EventContext, Observer};
 pub use provider::Provider;
 pub use report::{Framing, OnEnd, Outcome, StreamReport};
+
+// --- usage (observe/usage): exports added here ---
+// --- end usage ---
+
+// --- digest, registry, limit: modules and exports added here ---
+// --- end digest, registry, limit ---
 
 /// The error type of bodies that add failure modes.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -147,6 +147,73 @@ impl fmt::Display for Provider {
     }
 }
 
+/// The response id and model an event names, if any.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ResponseMeta {
+    pub(crate) id: Option<String>,
+    pub(crate) model: Option<String>,
+}
+
+/// Find the response id and model in an event of this format. Parses only events that can
+/// carry them, into small borrowed structs.
+pub(crate) fn response_meta(provider: Provider, event: &EventRef<'_>) -> ResponseMeta {
+    use serde::Deserialize;
+    use std::borrow::Cow;
+
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow, default)]
+        id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Anthropic<'a> {
+        #[serde(borrow)]
+        message: Top<'a>,
+    }
+    #[derive(Deserialize)]
+    struct Responses<'a> {
+        #[serde(borrow)]
+        response: Top<'a>,
+    }
+    #[derive(Deserialize)]
+    struct Gemini<'a> {
+        #[serde(borrow, default, rename = "responseId")]
+        id: Option<Cow<'a, str>>,
+        #[serde(borrow, default, rename = "modelVersion")]
+        model: Option<Cow<'a, str>>,
+    }
+
+    let data = event.data_bytes();
+    if data.first() != Some(&b'{') {
+        return ResponseMeta::default();
+    }
+    let owned = |top: Top<'_>| ResponseMeta {
+        id: top.id.map(Cow::into_owned),
+        model: top.model.map(Cow::into_owned),
+    };
+    match provider {
+        Provider::Anthropic if event.event_bytes() == b"message_start" => serde_json::from_slice::<Anthropic<'_>>(data)
+            .map(|a| owned(a.message))
+            .unwrap_or_default(),
+        Provider::Anthropic => ResponseMeta::default(),
+        Provider::OpenAiResponses if keys::RESPONSE.find(data).is_some() => {
+            serde_json::from_slice::<Responses<'_>>(data)
+                .map(|r| owned(r.response))
+                .unwrap_or_default()
+        }
+        Provider::OpenAiResponses => ResponseMeta::default(),
+        Provider::Gemini => serde_json::from_slice::<Gemini<'_>>(data)
+            .map(|g| ResponseMeta {
+                id: g.id.map(Cow::into_owned),
+                model: g.model.map(Cow::into_owned),
+            })
+            .unwrap_or_default(),
+        _ => serde_json::from_slice::<Top<'_>>(data).map(owned).unwrap_or_default(),
+    }
+}
+
 /// Whether `key` (a quoted JSON key) occurs with a non-empty string value.
 fn has_text(data: &[u8], key: &Finder<'_>) -> bool {
     key.find_iter(data).any(|at| {
@@ -198,7 +265,13 @@ pub(crate) struct Classifier {
     provider: Provider,
     confirmed: bool,
     predicate: Option<ContentPredicate>,
+    /// JSON events still to look at for the response id and model.
+    meta_budget: u8,
 }
+
+/// How many events may be parsed looking for the response id and model (some formats, like
+/// Ollama's, never send an id).
+const META_BUDGET: u8 = 4;
 
 impl Classifier {
     pub(crate) fn new(hint: Provider, predicate: Option<ContentPredicate>) -> Self {
@@ -206,6 +279,25 @@ impl Classifier {
             provider: hint,
             confirmed: false,
             predicate,
+            meta_budget: META_BUDGET,
+        }
+    }
+
+    /// Fill the report's response id and model from the first events that name them.
+    #[inline]
+    pub(crate) fn fill_meta(&mut self, event: &EventRef<'_>, id: &mut Option<String>, model: &mut Option<String>) {
+        if self.meta_budget == 0 || (id.is_some() && model.is_some()) {
+            return;
+        }
+        let meta = response_meta(self.provider, event);
+        if meta != ResponseMeta::default() || event.data_bytes().first() == Some(&b'{') {
+            self.meta_budget -= 1;
+        }
+        if id.is_none() {
+            *id = meta.id;
+        }
+        if model.is_none() {
+            *model = meta.model;
         }
     }
 
@@ -360,6 +452,33 @@ mod tests {
             Provider::OpenAiCompletions
         );
         assert_eq!(Provider::from_path("/other"), Provider::Unknown);
+    }
+
+    #[test]
+    fn response_meta_per_format() {
+        let meta = |p, e, d| response_meta(p, &ev(e, d));
+        assert_eq!(
+            meta(Provider::OpenAiChat, "", r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o"}"#),
+            ResponseMeta { id: Some("chatcmpl-1".into()), model: Some("gpt-4o".into()) }
+        );
+        assert_eq!(
+            meta(Provider::Anthropic, "message_start", r#"{"type":"message_start","message":{"id":"msg_1","model":"claude"}}"#),
+            ResponseMeta { id: Some("msg_1".into()), model: Some("claude".into()) }
+        );
+        assert_eq!(
+            meta(Provider::OpenAiResponses, "response.created", r#"{"type":"response.created","response":{"id":"resp_1","model":"o3"}}"#),
+            ResponseMeta { id: Some("resp_1".into()), model: Some("o3".into()) }
+        );
+        assert_eq!(
+            meta(Provider::Gemini, "", r#"{"candidates":[],"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#),
+            ResponseMeta { id: Some("abc".into()), model: Some("gemini-2.5-flash".into()) }
+        );
+        assert_eq!(
+            meta(Provider::Ollama, "", r#"{"model":"llama3.2","message":{"role":"assistant","content":"x"},"done":false}"#),
+            ResponseMeta { id: None, model: Some("llama3.2".into()) }
+        );
+        assert_eq!(meta(Provider::OpenAiChat, "", "[DONE]"), ResponseMeta::default());
+        assert_eq!(meta(Provider::OpenAiChat, "", r#"{"id":1}"#), ResponseMeta::default());
     }
 
     #[test]

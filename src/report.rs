@@ -6,6 +6,9 @@ use std::time::Duration;
 use http::{Extensions, StatusCode};
 use tokio::time::Instant;
 
+use crate::observe::digest::Digest;
+use crate::observe::timing::Timing;
+use crate::observe::usage::Usage;
 use crate::provider::Provider;
 
 /// How a stream ended. Exactly one outcome per stream.
@@ -114,12 +117,22 @@ pub struct StreamReport {
     /// When the stream ended (the report was made).
     pub ended_at: Instant,
 
-    /// The response id (`chatcmpl-…`, `msg_…`, `resp_…`), when an observer found one.
+    /// The response id (`chatcmpl-…`, `msg_…`, `resp_…`), from the first event that
+    /// carries it (filled by the layer itself, before observers see the event).
     pub response_id: Option<String>,
-    /// The model that answered, when an observer found it.
+    /// The model that answered, from the first event that names it (filled by the layer).
     pub model: Option<String>,
     /// The finish or stop reason, when an observer found it.
     pub finish_reason: Option<String>,
+    /// Token usage, when the usage observer is on.
+    pub usage: Option<Usage>,
+    /// Latencies, when the timing observer is on.
+    pub timing: Option<Timing>,
+    /// SHA-256 of the bytes the client received (keep-alives excluded), when the digest
+    /// observer is on.
+    pub digest: Option<Digest>,
+    /// SHA-256 of the request body, when the request digest layer is on.
+    pub request_digest: Option<Digest>,
 
     /// Findings of observers, keyed by type (see [`Extensions`]).
     pub extensions: Extensions,
@@ -146,6 +159,10 @@ impl StreamReport {
             response_id: None,
             model: None,
             finish_reason: None,
+            usage: None,
+            timing: None,
+            digest: None,
+            request_digest: None,
             extensions: Extensions::new(),
         }
     }

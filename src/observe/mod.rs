@@ -18,6 +18,10 @@
 //! Hooks run inline in the body's `poll_frame` (and `on_end` possibly in its `Drop`): they
 //! must be cheap, must not block and must not panic. Parse only the events you need.
 
+pub mod digest;
+pub mod timing;
+pub mod usage;
+
 use std::fmt;
 
 use tokio::time::Instant;

@@ -1,0 +1,1 @@
+//! An LLM-like streaming upstream (to be written).
