@@ -13,6 +13,7 @@ mod config;
 #[cfg(feature = "drain")]
 mod drain;
 mod engine;
+mod include_usage;
 mod layer;
 pub mod observe;
 mod provider;
@@ -22,6 +23,7 @@ pub mod sse;
 
 pub use body::SseBody;
 pub use config::{ErrorEvent, KeepAlive, StreamingRequest, UpstreamErrorPolicy};
+pub use include_usage::UsageInjected;
 pub use layer::{Sse, SseFuture, SseLayer};
 pub use observe::digest::Digest;
 pub use observe::timing::{Latencies, Timing};
