@@ -13,20 +13,28 @@ mod config;
 #[cfg(feature = "drain")]
 mod drain;
 mod engine;
-mod include_usage;
+pub mod include_usage;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod observe;
 mod provider;
 mod reframe;
 mod report;
+#[cfg(feature = "tracing")]
+mod trace;
 pub mod sse;
 
 pub use body::SseBody;
 pub use config::{ErrorEvent, KeepAlive, StreamingRequest, UpstreamErrorPolicy};
-pub use include_usage::UsageInjected;
+pub use include_usage::{IncludeUsage, IncludeUsageLayer, UsageInjected};
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub use trace::TraceObserver;
 pub use layer::{Sse, SseFuture, SseLayer};
 pub use observe::digest::Digest;
-pub use observe::timing::{Latencies, Timing};
+pub use observe::timing::{Latencies, Timing, TimingObserver};
 pub use observe::usage::{Usage, UsageSource};
 pub use observe::{EventContext, Observer};
 pub use provider::Provider;

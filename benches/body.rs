@@ -1,0 +1,127 @@
+//! Per-event cost of `SseBody` against the bare upstream body, on the 200-event chat stream.
+//!
+//! `cargo bench --bench body`. Each iteration drives one whole stream: the layer's call
+//! (per-stream setup included, amortised over 202 events), then every frame, polled with a
+//! no-op waker as hyper would. Keep-alive is configured: its timer costs nothing per frame
+//! (it is re-armed lazily from the time of the last frame, and only polled when the
+//! upstream is pending, which an in-memory body never is).
+
+mod common;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::stream;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{Empty, StreamBody};
+use tower::{Layer, Service};
+use tower_sse::sse::EventRef;
+use tower_sse::{EventContext, KeepAlive, Observer, SseLayer};
+
+type Upstream = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+fn upstream(chunks: &[Bytes]) -> Upstream {
+    let frames: Vec<_> = chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
+    StreamBody::new(stream::iter(frames))
+}
+
+/// Poll a body to its end, as hyper does; sum the bytes.
+fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
+    let mut body = pin!(body);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut total = 0;
+    loop {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => total += frame.data_ref().map_or(0, Bytes::len),
+            Poll::Ready(Some(Err(_))) => panic!("body error"),
+            Poll::Ready(None) => return total,
+            Poll::Pending => unreachable!("in-memory bodies are always ready"),
+        }
+    }
+}
+
+/// The layer around a service answering with `body`; returns the response body.
+fn through<O, E>(layer: &SseLayer<O, E>, body: Upstream) -> impl Body<Data = Bytes> + use<O, E>
+where
+    O: Observer + Clone + Send + 'static,
+    E: tower_sse::OnEnd + Clone + Send + 'static,
+{
+    let mut body = Some(body);
+    let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body.take().unwrap())
+            .unwrap();
+        std::future::ready(Ok::<_, Infallible>(response))
+    }));
+    let mut future = pin!(service.call(Request::new(Empty::new())));
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut future).poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response.into_body(),
+        _ => unreachable!("the inner service is ready at once"),
+    }
+}
+
+/// An observer that does a little: counts events and content events.
+#[derive(Clone, Default)]
+struct Count(u64, u64);
+
+impl Observer for Count {
+    #[inline]
+    fn on_event(&mut self, _: &EventRef<'_>, cx: &mut EventContext<'_>) {
+        self.0 += 1;
+        self.1 += u64::from(cx.is_content());
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let layer = SseLayer::new().keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    let observed = layer.clone().observer(Count::default());
+    for (name, chunks) in [
+        ("body/a_one_bytes_per_event", common::one_bytes_per_event()),
+        ("body/b_7_61_splits", common::split_7_61()),
+    ] {
+        let total = common::total_len(&chunks);
+        assert_eq!(drain(upstream(&chunks)), total);
+        assert_eq!(drain(through(&layer, upstream(&chunks))), total);
+        assert_eq!(drain(through(&observed, upstream(&chunks))), total);
+
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements(202));
+        g.bench_function("bare_body", |b| {
+            b.iter_batched(|| upstream(&chunks), |u| black_box(drain(u)), BatchSize::SmallInput)
+        });
+        g.bench_function("sse_body", |b| {
+            b.iter_batched(
+                || upstream(&chunks),
+                |u| black_box(drain(through(&layer, u))),
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function("sse_body_trivial_observer", |b| {
+            b.iter_batched(
+                || upstream(&chunks),
+                |u| black_box(drain(through(&observed, u))),
+                BatchSize::SmallInput,
+            )
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = body;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = benches
+}
+criterion_main!(body);

@@ -1,0 +1,190 @@
+//! OpenTelemetry GenAI metrics through the [`metrics`] facade (feature `metrics`).
+//!
+//! [`MetricsObserver`] records, per stream, the instruments of the OpenTelemetry GenAI
+//! semantic conventions, named as they are there:
+//!
+//! | name | unit | when |
+//! |---|---|---|
+//! | `gen_ai.client.operation.duration` | s | at the end; `error.type` set on failure |
+//! | `gen_ai.client.operation.time_to_first_chunk` | s | at the end, when content arrived |
+//! | `gen_ai.client.operation.time_per_output_chunk` | s | per content event after the first |
+//! | `gen_ai.client.token.usage` | `{token}` | at the end, `gen_ai.token.type` = `input` / `output`, reported usage only |
+//! | `gen_ai.server.time_to_first_token` | s | at the end, completed streams |
+//! | `gen_ai.server.time_per_output_token` | s | at the end, when output tokens are known |
+//! | `tower_sse.streams.open` | streams | gauge: up at the response head, down at the end |
+//! | `tower_sse.streams.ended` | streams | counter, label `outcome` |
+//!
+//! Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model` (from
+//! [`RequestModel`](crate::include_usage::RequestModel), when known), `gen_ai.response.model`,
+//! and `error.type` (the [`Outcome`](crate::Outcome) name) on failures.
+//!
+//! The library never installs a recorder or exporter. The facade carries no bucket
+//! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`],
+//! as `examples/gateway.rs` does for Prometheus. Put this observer **after** the usage and
+//! timing observers in the tuple, so that their findings are in the report when it records.
+
+use std::time::Duration;
+
+use metrics::{Histogram, Label, Unit};
+use tokio::time::Instant;
+
+use crate::include_usage::RequestModel;
+use crate::observe::usage::UsageSource;
+use crate::observe::{EventContext, Observer};
+use crate::report::{Outcome, StreamReport};
+use crate::sse::EventRef;
+
+/// Metric names.
+pub mod names {
+    /// Duration of the whole operation, request to end of stream.
+    pub const CLIENT_OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
+    /// Time to the first content chunk.
+    pub const CLIENT_TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
+    /// Time between consecutive content chunks.
+    pub const CLIENT_TIME_PER_OUTPUT_CHUNK: &str = "gen_ai.client.operation.time_per_output_chunk";
+    /// Input and output tokens.
+    pub const CLIENT_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+    /// Time to first token, server side.
+    pub const SERVER_TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token";
+    /// Time per output token, server side.
+    pub const SERVER_TIME_PER_OUTPUT_TOKEN: &str = "gen_ai.server.time_per_output_token";
+    /// Streams open now.
+    pub const STREAMS_OPEN: &str = "tower_sse.streams.open";
+    /// Streams ended, by outcome.
+    pub const STREAMS_ENDED: &str = "tower_sse.streams.ended";
+}
+
+/// Bucket boundaries the conventions advise, for your exporter.
+pub mod buckets {
+    /// `gen_ai.client.operation.duration`, `…time_to_first_chunk`, `…time_per_output_chunk`.
+    pub const OPERATION_DURATION: &[f64] = &[
+        0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    ];
+    /// `gen_ai.client.token.usage`.
+    pub const TOKEN_USAGE: &[f64] = &[
+        1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+        16777216.0, 67108864.0,
+    ];
+    /// `gen_ai.server.time_to_first_token`.
+    pub const SERVER_TIME_TO_FIRST_TOKEN: &[f64] = &[
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    ];
+    /// `gen_ai.server.time_per_output_token`.
+    pub const SERVER_TIME_PER_OUTPUT_TOKEN: &[f64] = &[
+        0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+    ];
+}
+
+/// Describe every metric (unit and help text) to the installed recorder. Call it once, after
+/// installing one.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(names::CLIENT_OPERATION_DURATION, Unit::Seconds, "GenAI operation duration");
+    describe_histogram!(names::CLIENT_TIME_TO_FIRST_CHUNK, Unit::Seconds, "Time to receive the first content chunk");
+    describe_histogram!(names::CLIENT_TIME_PER_OUTPUT_CHUNK, Unit::Seconds, "Time between consecutive content chunks");
+    describe_histogram!(names::CLIENT_TOKEN_USAGE, Unit::Count, "Number of input and output tokens used");
+    describe_histogram!(names::SERVER_TIME_TO_FIRST_TOKEN, Unit::Seconds, "Time to generate the first token");
+    describe_histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, Unit::Seconds, "Time per output token after the first");
+    describe_gauge!(names::STREAMS_OPEN, Unit::Count, "Streams open now");
+    describe_counter!(names::STREAMS_ENDED, Unit::Count, "Streams ended, by outcome");
+}
+
+/// Records the GenAI metrics of each stream. See the [module docs](crate::metrics).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsObserver {
+    request_model: Option<String>,
+    open: bool,
+    last_content: Option<Instant>,
+    per_chunk: Option<Histogram>,
+}
+
+impl MetricsObserver {
+    /// A fresh observer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn labels(&self, report: &StreamReport) -> Vec<Label> {
+        let mut labels = vec![
+            Label::new("gen_ai.operation.name", report.provider.operation()),
+            Label::new("gen_ai.provider.name", report.provider.as_str()),
+        ];
+        if let Some(model) = &self.request_model {
+            labels.push(Label::new("gen_ai.request.model", model.clone()));
+        }
+        if let Some(model) = &report.model {
+            labels.push(Label::new("gen_ai.response.model", model.clone()));
+        }
+        labels
+    }
+}
+
+impl Observer for MetricsObserver {
+    fn on_request(&mut self, request: &http::request::Parts) {
+        self.request_model = request.extensions.get::<RequestModel>().map(|m| m.0.clone());
+    }
+
+    fn on_response(&mut self, _response: &http::response::Parts, _report: &mut StreamReport) {
+        metrics::gauge!(names::STREAMS_OPEN).increment(1.0);
+        self.open = true;
+    }
+
+    #[inline]
+    fn on_event(&mut self, _event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+        if !cx.is_content() || !cx.is_delivered() || !cx.is_forwarded() {
+            return;
+        }
+        let at = cx.at();
+        if let Some(last) = self.last_content.replace(at) {
+            let labels = &*cx.report;
+            let histogram = match &self.per_chunk {
+                Some(histogram) => histogram,
+                None => {
+                    let labels = self.labels(labels);
+                    self.per_chunk.insert(metrics::histogram!(names::CLIENT_TIME_PER_OUTPUT_CHUNK, labels))
+                }
+            };
+            histogram.record(at.saturating_duration_since(last).as_secs_f64());
+        }
+    }
+
+    fn on_end(&mut self, report: &mut StreamReport) {
+        if std::mem::take(&mut self.open) {
+            metrics::gauge!(names::STREAMS_OPEN).decrement(1.0);
+        }
+        let labels = self.labels(report);
+        let failed = report.outcome != Outcome::Completed;
+        metrics::counter!(names::STREAMS_ENDED, "outcome" => report.outcome.as_str()).increment(1);
+
+        let mut with_error = labels.clone();
+        if failed {
+            with_error.push(Label::new("error.type", report.outcome.as_str()));
+        }
+        metrics::histogram!(names::CLIENT_OPERATION_DURATION, with_error).record(report.duration().as_secs_f64());
+
+        let timing = report.timing.unwrap_or_default();
+        if let Some(ttft) = timing.time_to_first_token {
+            metrics::histogram!(names::CLIENT_TIME_TO_FIRST_CHUNK, labels.clone()).record(secs(ttft));
+            if !failed {
+                metrics::histogram!(names::SERVER_TIME_TO_FIRST_TOKEN, labels.clone()).record(secs(ttft));
+            }
+        }
+        if let Some(tpot) = timing.time_per_output_token {
+            metrics::histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, labels.clone()).record(secs(tpot));
+        }
+        // Reported usage only: the conventions ask not to report counts that were not counted.
+        if let Some(usage) = report.usage.filter(|u| u.source == UsageSource::Reported) {
+            for (kind, tokens) in [("input", usage.input_tokens), ("output", usage.output_tokens)] {
+                if let Some(tokens) = tokens {
+                    let mut token_labels = labels.clone();
+                    token_labels.push(Label::new("gen_ai.token.type", kind));
+                    metrics::histogram!(names::CLIENT_TOKEN_USAGE, token_labels).record(tokens as f64);
+                }
+            }
+        }
+    }
+}
+
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}

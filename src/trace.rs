@@ -1,0 +1,59 @@
+//! One `tracing` event per finished stream (feature `tracing`).
+
+use crate::observe::Observer;
+use crate::report::{Outcome, StreamReport};
+
+/// Emits one `tracing` event when a stream ends, with the report's fields (never payloads):
+/// outcome, provider, model, response id, status, counts, durations in milliseconds, token
+/// usage and a digest prefix. `INFO` for completed streams, `WARN` otherwise; target
+/// `tower_sse`.
+///
+/// Put it last in the observer tuple, so that the other observers' findings are in the
+/// report when it logs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceObserver;
+
+fn millis(duration: Option<std::time::Duration>) -> Option<f64> {
+    duration.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+impl Observer for TraceObserver {
+    fn on_end(&mut self, report: &mut StreamReport) {
+        let timing = report.timing.unwrap_or_default();
+        let usage = report.usage.unwrap_or_default();
+        let digest = report.digest.map(|d| d.to_hex()[..16].to_string());
+        macro_rules! emit {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "tower_sse",
+                    $level,
+                    outcome = %report.outcome,
+                    provider = %report.provider,
+                    model = report.model.as_deref(),
+                    response_id = report.response_id.as_deref(),
+                    status = report.status.map(|s| s.as_u16()),
+                    events = report.events,
+                    content_events = report.content_events,
+                    keep_alives = report.keep_alives,
+                    bytes_out = report.bytes_out,
+                    duration_ms = report.duration().as_secs_f64() * 1000.0,
+                    ttfb_ms = millis(timing.time_to_first_byte),
+                    ttft_ms = millis(timing.time_to_first_token),
+                    itl_p50_ms = millis(timing.inter_token.p50),
+                    itl_p99_ms = millis(timing.inter_token.p99),
+                    input_tokens = usage.input_tokens,
+                    output_tokens = usage.output_tokens,
+                    usage_estimated = report.usage.map(|u| u.source != crate::UsageSource::Reported),
+                    digest = digest.as_deref(),
+                    error = report.error.as_deref(),
+                    "stream ended"
+                )
+            };
+        }
+        if report.outcome == Outcome::Completed {
+            emit!(tracing::Level::INFO);
+        } else {
+            emit!(tracing::Level::WARN);
+        }
+    }
+}
