@@ -8,9 +8,20 @@ mod inputs;
 
 use std::alloc::System;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
 use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{Empty, StreamBody};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{Layer, Service};
 use tower_sse::sse::{DecodeError, Decoder, ItemRef};
+use tower_sse::{KeepAlive, Observer, OnEnd, SseLayer, TimingObserver};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -39,6 +50,68 @@ fn heap_in_use() -> isize {
 fn heap_use() {
     decoder_makes_no_allocation_per_event();
     endless_line_is_refused_with_bounded_memory();
+    body_makes_no_allocation_per_event();
+}
+
+type Upstream = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+/// Run one stream of `chunks` through `layer`, polled as hyper would (no runtime needed:
+/// the upstream is always ready, so no timer is ever created).
+fn run_stream<O, E>(layer: &SseLayer<O, E>, chunks: &[Bytes]) -> usize
+where
+    O: Observer + Clone + Send + 'static,
+    E: OnEnd + Clone + Send + 'static,
+{
+    let frames: Vec<_> = chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
+    let mut upstream = Some(StreamBody::new(futures_util::stream::iter(frames)));
+    let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
+        let body: Upstream = upstream.take().unwrap();
+        std::future::ready(Ok::<_, Infallible>(
+            Response::builder().header("content-type", "text/event-stream").body(body).unwrap(),
+        ))
+    }));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut future = pin!(service.call(Request::new(Empty::new())));
+    let Poll::Ready(Ok(response)) = Pin::new(&mut future).poll(&mut cx) else {
+        panic!("the inner service answers at once")
+    };
+    let mut body = pin!(response.into_body());
+    let mut total = 0;
+    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+        total += frame.unwrap().data_ref().map_or(0, Bytes::len);
+    }
+    total
+}
+
+/// Allocations of a stream of 202 events and of the same stream twice over (404 events):
+/// the difference is what the events themselves cost.
+fn per_event_allocations<O, E>(layer: &SseLayer<O, E>, chunks: &[Bytes]) -> (usize, usize)
+where
+    O: Observer + Clone + Send + 'static,
+    E: OnEnd + Clone + Send + 'static,
+{
+    let twice: Vec<Bytes> = chunks.iter().chain(chunks).cloned().collect();
+    run_stream(layer, chunks); // warm up lazily initialised statics
+    let region = Region::new(GLOBAL);
+    run_stream(layer, chunks);
+    let once = region.change().allocations;
+    let region = Region::new(GLOBAL);
+    run_stream(layer, &twice);
+    let double = region.change().allocations;
+    (once, double)
+}
+
+fn body_makes_no_allocation_per_event() {
+    let a = inputs::one_bytes_per_event();
+    let layer = SseLayer::new().keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    let (once, double) = per_event_allocations(&layer, &a);
+    assert_eq!(double, once, "SseBody allocated per event ({once} for 202 events, {double} for 404)");
+
+    let timed = layer.clone().observer(TimingObserver::default());
+    let (once, double) = per_event_allocations(&timed, &a);
+    assert_eq!(double, once, "SseBody + timing allocated per event ({once} vs {double})");
+    // What one stream costs, whatever its length (boxed upstream, report strings, outbox).
+    assert!(once <= 12, "{once} allocations for one stream");
 }
 
 fn decoder_makes_no_allocation_per_event() {
