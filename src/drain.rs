@@ -12,6 +12,20 @@ use crate::body::{Live, Upstream, report_disconnect};
 use crate::observe::Observer;
 use crate::report::{OnEnd, Outcome};
 
+/// Makes the report when dropped, unless it was made already: the drain task may be dropped
+/// without running to its end (the runtime shutting down), and the report must still go out
+/// exactly once.
+struct ReportOnDrop<O: Observer, E: OnEnd>(Option<Live<O, E>>);
+
+impl<O: Observer, E: OnEnd> Drop for ReportOnDrop<O, E> {
+    fn drop(&mut self) {
+        if let Some(mut live) = self.0.take() {
+            let report = live.engine.close(Outcome::ClientDisconnected, Instant::now());
+            live.on_end.on_end(report);
+        }
+    }
+}
+
 /// The `on_drop` of streams configured with
 /// [`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect): spawn a task that reads
 /// the upstream to its end (or the limit), with events marked as not delivered, then makes
@@ -25,15 +39,27 @@ where
 {
     let limit = live.engine.config.drain;
     let handle = tokio::runtime::Handle::try_current();
-    let (Some(limit), Upstream::Body(mut body), Ok(handle), false) = (limit, upstream, handle, live.ending) else {
+    let (Some(limit), Upstream::Body(mut body), Ok(handle), false) = (limit, upstream, handle, live.ending)
+    else {
         return report_disconnect(live, Upstream::<B>::Gone);
     };
     live.engine.delivered = false;
     // What was queued for the client will never reach it.
     live.engine.discard_output();
+    let mut guard = ReportOnDrop(Some(live));
     handle.spawn(async move {
         let deadline = Instant::now() + limit;
-        loop {
+        let mut frames = 0u32;
+        while let Some(live) = guard.0.as_mut() {
+            // Be a fair neighbour to the streams still being served.
+            frames = frames.wrapping_add(1);
+            if frames % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+            // An upstream that always has a frame ready never lets the timeout run.
+            if Instant::now() >= deadline {
+                break;
+            }
             let frame = timeout_at(deadline, poll_fn(|cx| body.as_mut().poll_frame(cx))).await;
             let now = Instant::now();
             match frame {
@@ -44,17 +70,25 @@ where
                         break;
                     }
                     live.engine.discard_output();
+                    if body.is_end_stream() {
+                        live.engine.finish(now);
+                        break;
+                    }
                 }
                 Ok(None) => {
                     live.engine.finish(now);
                     break;
                 }
-                // An upstream error or the drain limit: keep what was seen.
-                Ok(Some(Err(_))) | Err(_) => break,
+                Ok(Some(Err(error))) => {
+                    let error: BoxError = error.into();
+                    live.engine.report.error = Some(format!("while draining: {error}"));
+                    break;
+                }
+                // The drain limit: keep what was seen.
+                Err(_) => break,
             }
         }
         drop(body);
-        let report = live.engine.close(Outcome::ClientDisconnected, Instant::now());
-        live.on_end.on_end(report);
+        drop(guard);
     });
 }

@@ -41,6 +41,10 @@ pub use provider::Provider;
 pub use report::{Framing, OnEnd, Outcome, StreamReport};
 
 // --- usage (observe/usage): exports added here ---
+pub use observe::usage::{
+    BuiltinExtractor, CacheCreationInputTokens, HeuristicCounter, TokenCounter, UsageExtractor,
+    UsageObserver, UsageState,
+};
 // --- end usage ---
 
 // --- digest, registry, limit: modules and exports added here ---

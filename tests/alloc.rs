@@ -51,6 +51,7 @@ fn heap_use() {
     decoder_makes_no_allocation_per_event();
     endless_line_is_refused_with_bounded_memory();
     body_makes_no_allocation_per_event();
+    usage_observer_makes_no_allocation_per_content_event();
 }
 
 type Upstream = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
@@ -92,12 +93,12 @@ where
 {
     let twice: Vec<Bytes> = chunks.iter().chain(chunks).cloned().collect();
     run_stream(layer, chunks); // warm up lazily initialised statics
-    let region = Region::new(GLOBAL);
-    run_stream(layer, chunks);
-    let once = region.change().allocations;
-    let region = Region::new(GLOBAL);
-    run_stream(layer, &twice);
-    let double = region.change().allocations;
+    let once = least_allocations(|| {
+        run_stream(layer, chunks);
+    });
+    let double = least_allocations(|| {
+        run_stream(layer, &twice);
+    });
     (once, double)
 }
 
@@ -114,44 +115,46 @@ fn body_makes_no_allocation_per_event() {
     assert!(once <= 12, "{once} allocations for one stream");
 }
 
+/// The fewest allocations `f` made over three runs. The allocator counts every thread of
+/// the process (the test harness allocates now and then): an allocation that `f` makes every
+/// time shows in all three runs; a stray one from another thread does not.
+fn least_allocations(mut f: impl FnMut()) -> usize {
+    (0..3)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            f();
+            region.change().allocations
+        })
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
 fn decoder_makes_no_allocation_per_event() {
     // (a): one Bytes per event. Borrowed and owned decoding allocate nothing at all.
     let a = inputs::one_bytes_per_event();
     let mut decoder = Decoder::new();
     decode_borrowed(&mut decoder, &a); // warm up
-    let region = Region::new(GLOBAL);
-    let events = decode_borrowed(&mut decoder, &a);
-    let allocs = region.change().allocations;
-    assert_eq!(events, 202);
+    let allocs = least_allocations(|| assert_eq!(decode_borrowed(&mut decoder, &a), 202));
     assert_eq!(allocs, 0, "borrowed decoding of whole events allocated");
 
-    let region = Region::new(GLOBAL);
-    let mut owned = 0;
-    for chunk in &a {
-        decoder.push(chunk.clone());
-        owned += decoder
-            .by_ref()
-            .filter(|i| matches!(i, Ok(tower_sse::sse::Item::Event(_))))
-            .count();
-    }
-    assert_eq!(owned, 202);
-    assert_eq!(
-        region.change().allocations,
-        0,
-        "owned decoding of whole events allocated"
-    );
+    let allocs = least_allocations(|| {
+        let mut owned = 0;
+        for chunk in &a {
+            decoder.push(chunk.clone());
+            owned += decoder
+                .by_ref()
+                .filter(|i| matches!(i, Ok(tower_sse::sse::Item::Event(_))))
+                .count();
+        }
+        assert_eq!(owned, 202);
+    });
+    assert_eq!(allocs, 0, "owned decoding of whole events allocated");
 
     // (b): 7/61-byte splits. Buffers for events spanning chunks are reused.
     let b = inputs::split_7_61();
     decode_borrowed(&mut decoder, &b);
-    let region = Region::new(GLOBAL);
-    let events = decode_borrowed(&mut decoder, &b);
-    assert_eq!(events, 202);
-    assert_eq!(
-        region.change().allocations,
-        0,
-        "borrowed decoding of split events allocated"
-    );
+    let allocs = least_allocations(|| assert_eq!(decode_borrowed(&mut decoder, &b), 202));
+    assert_eq!(allocs, 0, "borrowed decoding of split events allocated");
 }
 
 fn endless_line_is_refused_with_bounded_memory() {
@@ -197,4 +200,89 @@ fn endless_line_is_refused_with_bounded_memory() {
         panic!("no event after the oversized one")
     };
     assert_eq!(e.data(), "after");
+}
+
+/// The usage observer on the 202-event completion: no allocation per content event.
+fn usage_observer_makes_no_allocation_per_content_event() {
+    use std::sync::{Arc, Mutex};
+
+    use tower_sse::{StreamReport, Usage, UsageObserver};
+
+    // The stream through the whole layer, polled by hand. Returns the allocations made
+    // while `measured` frames went out, after `warm_up` frames.
+    fn run<O>(observer: O, chunks: Vec<Bytes>, warm_up: usize, measured: usize) -> (u64, Option<Usage>)
+    where
+        O: Observer + Clone + Send + 'static,
+    {
+        let upstream = StreamBody::new(futures_util::stream::iter(
+            chunks.into_iter().map(|c| Ok::<_, Infallible>(Frame::data(c))),
+        ));
+        let mut upstream = Some(
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(upstream)
+                .unwrap(),
+        );
+        let usage: Arc<Mutex<Option<Usage>>> = Arc::default();
+        let sink = usage.clone();
+        let layer = SseLayer::new()
+            .observer(observer)
+            .on_end(move |report: StreamReport| *sink.lock().unwrap() = report.usage);
+        let mut service = layer.layer(tower::service_fn(move |_: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(upstream.take().expect("one call")))
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        let request = Request::post("/v1/chat/completions").body(()).unwrap();
+        let mut future = pin!(service.call(request));
+        let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+            panic!("the service answers at once")
+        };
+        let mut body = pin!(response.into_body());
+        let mut next = || match body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().is_ok(),
+            Poll::Ready(None) => false,
+            other => panic!("unexpected {other:?}"),
+        };
+        // Warm up: the response id and model are copied into the report once, the outbox
+        // and the decoder's carry buffer reach their size.
+        for _ in 0..warm_up {
+            assert!(next());
+        }
+        let region = Region::new(GLOBAL);
+        for _ in 0..measured {
+            assert!(next());
+        }
+        let allocations = region.change().allocations as u64;
+        while next() {}
+        let usage = *usage.lock().unwrap();
+        (allocations, usage)
+    }
+
+    // The allocator counts every thread: take the least of three runs, so that another
+    // thread's allocation cannot fail the check (one made per event shows in every run).
+    let least = |observe: bool, chunks: fn() -> Vec<Bytes>, warm_up, measured| {
+        (0..3)
+            .map(|_| {
+                if observe {
+                    let (allocations, usage) = run(UsageObserver::new(), chunks(), warm_up, measured);
+                    let usage = usage.expect("the usage chunk was read");
+                    assert_eq!((usage.input_tokens, usage.output_tokens), (Some(1117), Some(199)));
+                    allocations
+                } else {
+                    run((), chunks(), warm_up, measured).0
+                }
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    };
+
+    // (a) One `Bytes` per event: frames 20..199 are 179 content events. No allocation.
+    let allocations = least(true, inputs::one_bytes_per_event, 20, 179);
+    assert_eq!(allocations, 0, "{allocations} allocations for 179 content events");
+
+    // (b) 7/61-byte splits: an event that spans chunks is copied into one `Bytes` by the
+    // layer (with or without observers); the usage observer adds nothing.
+    let bare = least(false, inputs::split_7_61, 40, 100);
+    let observed = least(true, inputs::split_7_61, 40, 100);
+    assert_eq!(observed, bare, "the usage observer allocated on split events");
 }

@@ -1,0 +1,246 @@
+//! Anthropic Messages, and `error` events of any format.
+//!
+//! - `message_start` carries `message.usage`: the input tokens, the cache counts, and an
+//!   `output_tokens` that is a placeholder (1, or a few), not a count of the output. It is
+//!   kept aside as a provisional output count, used only when no real output count comes
+//!   and no estimate can be made.
+//! - `message_delta` carries `usage` with the cumulative `output_tokens`, and may restate
+//!   `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`. Every count
+//!   it states replaces the known one (never added: a gateway double-counted cache reads
+//!   that way), and the counts it leaves out or sends as `null` are kept (never dropped:
+//!   another gateway lost input and cache counts that way). Its `delta.stop_reason` is the
+//!   finish reason.
+//! - Counts keep Anthropic's meaning: `input_tokens` excludes the cache reads (in
+//!   [`cached_input_tokens`](super::Usage::cached_input_tokens)) and the cache writes (in
+//!   [`CacheCreationInputTokens`](super::CacheCreationInputTokens)). Anthropic sends no
+//!   total, so the total stays unknown.
+//! - An `error` event (`{"type":"error","error":{"type":"overloaded_error",…}}`, or the
+//!   Responses API's `{"type":"error","code":…}`) sets the finish reason to the error's type
+//!   (or code, or `"error"`); the usage seen so far stays.
+//!
+//! Only these three event types are parsed; content blocks and pings are skipped by their
+//! event name. Streams relayed without `event:` lines are recognised from the data.
+
+use serde::Deserialize;
+
+use crate::sse::EventRef;
+
+use super::extract::{UsageState, counts};
+use super::json::{Count, Lenient, Text, finders, parse};
+
+finders! {
+    MESSAGE_START = b"\"message_start\"";
+    MESSAGE_DELTA = b"\"message_delta\"";
+}
+
+#[derive(Deserialize)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Count,
+    #[serde(default)]
+    output_tokens: Count,
+    #[serde(default)]
+    cache_read_input_tokens: Count,
+    #[serde(default)]
+    cache_creation_input_tokens: Count,
+}
+
+#[derive(Deserialize)]
+struct Start<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Text<'a>,
+    #[serde(default)]
+    message: Lenient<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    usage: Lenient<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow, default)]
+    delta: Lenient<DeltaBody<'a>>,
+    #[serde(default)]
+    usage: Lenient<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct DeltaBody<'a> {
+    #[serde(borrow, default)]
+    stop_reason: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEvent<'a> {
+    #[serde(borrow, default)]
+    error: Lenient<ErrorBody<'a>>,
+    #[serde(borrow, default)]
+    code: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow, default)]
+    code: Text<'a>,
+}
+
+/// Record the counts of one usage object. `message_start`'s output count is provisional.
+fn record(state: &mut UsageState, usage: AnthropicUsage, output_is_real: bool) {
+    let output = if output_is_real {
+        usage.output_tokens.0
+    } else {
+        if let Some(placeholder) = usage.output_tokens.0 {
+            state.set_provisional_output_tokens(placeholder);
+        }
+        None
+    };
+    state.update(counts(
+        usage.input_tokens.0,
+        output,
+        None,
+        usage.cache_read_input_tokens.0,
+        None,
+    ));
+    if let Some(written) = usage.cache_creation_input_tokens.0 {
+        state.set_cache_creation_input_tokens(written);
+    }
+}
+
+/// Read one event of an Anthropic stream. Returns whether it carried usage or a reason.
+pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    let data = event.data_bytes();
+    let named = !event.event_bytes().is_empty();
+    let (start, delta) = if named {
+        (
+            event.event_bytes() == b"message_start",
+            event.event_bytes() == b"message_delta",
+        )
+    } else {
+        (
+            MESSAGE_START.find(data).is_some(),
+            MESSAGE_DELTA.find(data).is_some(),
+        )
+    };
+    if start && let Some(start) = parse::<Start<'_>>(data) {
+        if !named && start.kind.as_str() != Some("message_start") {
+            return false;
+        }
+        if let Some(usage) = start.message.0.and_then(|m| m.usage.0) {
+            record(state, usage, false);
+        }
+        return true;
+    }
+    if delta && let Some(delta) = parse::<Delta<'_>>(data) {
+        if !named && delta.kind.as_str() != Some("message_delta") {
+            return false;
+        }
+        if let Some(usage) = delta.usage.0 {
+            record(state, usage, true);
+        }
+        if let Some(reason) = delta.delta.0.as_ref().and_then(|d| d.stop_reason.as_str()) {
+            state.set_finish_reason(reason);
+        }
+        return true;
+    }
+    false
+}
+
+/// Read an `error` event: its error type becomes the finish reason.
+pub(super) fn error(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    let parsed = parse::<ErrorEvent<'_>>(event.data_bytes());
+    let reason = parsed
+        .as_ref()
+        .and_then(|e| {
+            let body = e.error.0.as_ref();
+            body.and_then(|b| b.kind.as_str().or(b.code.as_str()))
+                .or(e.code.as_str())
+        })
+        .unwrap_or("error");
+    state.set_finish_reason(reason);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut UsageState, event: &str, data: &str) -> bool {
+        extract(
+            &EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes()),
+            state,
+        )
+    }
+
+    #[test]
+    fn restated_counts_replace_and_missing_ones_stay() {
+        let mut s = UsageState::default();
+        run(
+            &mut s,
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":10,"cache_read_input_tokens":100,"cache_creation_input_tokens":20,"output_tokens":1}}}"#,
+        );
+        assert_eq!(
+            s.usage(),
+            Some(counts(Some(10), None, None, Some(100), None))
+        );
+        assert_eq!(s.provisional_output_tokens(), Some(1));
+        run(
+            &mut s,
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":10,"cache_read_input_tokens":100,"cache_creation_input_tokens":null,"output_tokens":30}}"#,
+        );
+        assert_eq!(
+            s.usage(),
+            Some(counts(Some(10), Some(30), None, Some(100), None))
+        );
+        assert_eq!(s.cache_creation_input_tokens(), Some(20));
+        assert_eq!(s.finish_reason(), Some("end_turn"));
+    }
+
+    #[test]
+    fn unnamed_events_are_recognised_from_their_type() {
+        let mut s = UsageState::default();
+        assert!(run(
+            &mut s,
+            "",
+            r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":5}}"#
+        ));
+        assert!(!run(
+            &mut s,
+            "",
+            r#"{"type":"content_block_delta","delta":{"text":"\"message_delta\""}}"#
+        ));
+        assert!(!run(
+            &mut s,
+            "",
+            r#"{"type":"x","note":"message_delta","usage":{"output_tokens":9}}"#
+        ));
+        assert_eq!(s.usage(), Some(counts(None, Some(5), None, None, None)));
+        assert_eq!(s.finish_reason(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn error_events() {
+        let mut s = UsageState::default();
+        let ev = |d: &'static str| EventRef::new(b"error", d.as_bytes(), d.as_bytes());
+        error(
+            &ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#),
+            &mut s,
+        );
+        assert_eq!(s.finish_reason(), Some("overloaded_error"));
+        error(
+            &ev(r#"{"type":"error","code":"server_error","message":"x"}"#),
+            &mut s,
+        );
+        assert_eq!(s.finish_reason(), Some("server_error"));
+        error(&ev("not json"), &mut s);
+        assert_eq!(s.finish_reason(), Some("error"));
+    }
+}

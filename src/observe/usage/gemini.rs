@@ -1,0 +1,124 @@
+//! Google Gemini `streamGenerateContent?alt=sse` (and Vertex AI's).
+//!
+//! Every chunk may carry `usageMetadata`, a running total: `promptTokenCount`,
+//! `candidatesTokenCount`, `totalTokenCount`, `cachedContentTokenCount`,
+//! `thoughtsTokenCount`. The last one wins. Counts keep Gemini's meaning: the output
+//! (`candidatesTokenCount`) excludes the thinking tokens (in
+//! [`reasoning_tokens`](super::Usage::reasoning_tokens)), and the total includes them. The
+//! finish reason is the last `candidates[].finishReason`.
+//!
+//! A chunk is parsed (the top-level object only; candidates are walked without being
+//! collected) when it names `usageMetadata` or `finishReason`. Since Gemini sends usage on
+//! most chunks, that is most chunks: parsing the whole chunk, rather than a slice at the
+//! first `"usageMetadata"`, is what keeps a function call's arguments (free-form objects
+//! that may use any key) from being taken for the usage.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::sse::EventRef;
+
+use super::extract::{UsageState, counts};
+use super::json::{Count, HasReason, LastReason, Lenient, Text, finders, parse, values};
+
+finders! {
+    USAGE_METADATA = b"\"usageMetadata\"";
+    FINISH_REASON = b"\"finishReason\"";
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiUsage {
+    #[serde(default)]
+    prompt_token_count: Count,
+    #[serde(default)]
+    candidates_token_count: Count,
+    #[serde(default)]
+    total_token_count: Count,
+    #[serde(default)]
+    cached_content_token_count: Count,
+    #[serde(default)]
+    thoughts_token_count: Count,
+}
+
+#[derive(Deserialize)]
+struct Candidate<'a> {
+    #[serde(borrow, default, rename = "finishReason")]
+    finish_reason: Text<'a>,
+}
+
+impl<'a> HasReason<'a> for Candidate<'a> {
+    fn reason(self) -> Option<Cow<'a, str>> {
+        self.finish_reason.0.filter(|r| !r.is_empty())
+    }
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, rename = "usageMetadata")]
+    usage: Lenient<GeminiUsage>,
+    #[serde(borrow, default)]
+    candidates: LastReason<'a, Candidate<'a>>,
+}
+
+/// Read one Gemini chunk. Returns whether it carried usage or a finish reason.
+pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    let data = event.data_bytes();
+    let wanted = values(data, &USAGE_METADATA).next().is_some()
+        || values(data, &FINISH_REASON).next().is_some();
+    if !wanted {
+        return false;
+    }
+    let Some(chunk) = parse::<Chunk<'_>>(data) else {
+        return false;
+    };
+    let mut found = false;
+    if let Some(usage) = chunk.usage.0 {
+        state.update(counts(
+            usage.prompt_token_count.0,
+            usage.candidates_token_count.0,
+            usage.total_token_count.0,
+            usage.cached_content_token_count.0,
+            usage.thoughts_token_count.0,
+        ));
+        found = true;
+    }
+    if let Some(reason) = chunk.candidates.0 {
+        state.set_finish_reason(&reason);
+        found = true;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut UsageState, data: &str) -> bool {
+        extract(&EventRef::new(b"", data.as_bytes(), data.as_bytes()), state)
+    }
+
+    #[test]
+    fn running_totals_and_nested_lookalikes() {
+        let mut s = UsageState::default();
+        run(
+            &mut s,
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"usageMetadata":{"promptTokenCount":999}}}}]}}],"usageMetadata":{"promptTokenCount":7,"totalTokenCount":7}}"#,
+        );
+        assert_eq!(s.usage(), Some(counts(Some(7), None, Some(7), None, None)));
+        run(
+            &mut s,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":4,"totalTokenCount":15,"thoughtsTokenCount":4}}"#,
+        );
+        assert_eq!(
+            s.usage(),
+            Some(counts(Some(7), Some(4), Some(15), None, Some(4)))
+        );
+        assert_eq!(s.finish_reason(), Some("STOP"));
+        assert!(!run(
+            &mut s,
+            r#"{"candidates":[{"content":{"parts":[{"text":"usageMetadata"}]}}]}"#
+        ));
+    }
+}

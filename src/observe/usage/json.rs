@@ -1,0 +1,484 @@
+//! Byte pre-filters and lenient, borrowed JSON pieces shared by the format extractors.
+//!
+//! The pre-filters look at bytes only: a quoted key found with `memchr`, then the first
+//! bytes of its value. A quoted key cannot match inside a JSON string (the quotes there are
+//! escaped), so a hit is a real key, at some depth. Parsing then goes into small structs
+//! whose numbers and strings never fail the whole parse: a count that is negative, a float
+//! with a fraction, too large for `u64`, a string or an object is unknown (`None`), and the
+//! other counts of the same object still count.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use memchr::memmem::Finder;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// A static `memmem` finder, built on first use.
+macro_rules! finders {
+    ($($name:ident = $needle:expr;)*) => {
+        $(pub(super) static $name: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new($needle));)*
+    };
+}
+pub(super) use finders;
+
+/// Parse a `T` from the start of `bytes`, ignoring whatever follows the first JSON value
+/// (so a slice starting at an object inside an event parses that object only).
+pub(super) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    T::deserialize(&mut de).ok()
+}
+
+fn skip_ws(data: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = data.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Where the value of each occurrence of `key` (a quoted key, like `"usage"`) starts: after
+/// optional whitespace, a colon and optional whitespace. Occurrences not followed by a colon
+/// (string values that happen to equal the key) are skipped.
+pub(super) fn values<'d>(data: &'d [u8], key: &'d Finder<'_>) -> impl Iterator<Item = usize> + 'd {
+    let len = key.needle().len();
+    key.find_iter(data).filter_map(move |at| {
+        let colon = skip_ws(data, at + len);
+        if data.get(colon) != Some(&b':') {
+            return None;
+        }
+        let value = skip_ws(data, colon + 1);
+        (value < data.len()).then_some(value)
+    })
+}
+
+/// Where the first object value of `key` starts (its `{`).
+pub(super) fn object_value(data: &[u8], key: &Finder<'_>) -> Option<usize> {
+    values(data, key).find(|&at| data.get(at) == Some(&b'{'))
+}
+
+/// Whether `key` has a string value somewhere (`"finish_reason":"stop"`, not `null`).
+pub(super) fn has_string_value(data: &[u8], key: &Finder<'_>) -> bool {
+    values(data, key).any(|at| data.get(at) == Some(&b'"'))
+}
+
+/// Whether `key` has the value `true` somewhere.
+pub(super) fn has_true_value(data: &[u8], key: &Finder<'_>) -> bool {
+    values(data, key).any(|at| data.get(at..).is_some_and(|v| v.starts_with(b"true")))
+}
+
+/// Whether the value of the first `key` is an empty array or `null`, or the key is absent.
+pub(super) fn is_empty_array_or_absent(data: &[u8], key: &Finder<'_>) -> bool {
+    let Some(at) = values(data, key).next() else {
+        return true;
+    };
+    match data.get(at) {
+        Some(b'[') => data.get(skip_ws(data, at + 1)) == Some(&b']'),
+        Some(b'n') => data.get(at..).is_some_and(|v| v.starts_with(b"null")),
+        _ => false,
+    }
+}
+
+/// Call `f` with the contents of each string value of `key`, as sent (JSON escapes not
+/// decoded), empty ones excluded. Returns whether `f` was called.
+pub(super) fn string_values(data: &[u8], key: &Finder<'_>, f: &mut impl FnMut(&[u8])) -> bool {
+    let mut called = false;
+    for at in values(data, key) {
+        if data.get(at) != Some(&b'"') {
+            continue;
+        }
+        let start = at + 1;
+        let mut pos = start;
+        let end = loop {
+            let Some(rest) = data.get(pos..) else {
+                break None;
+            };
+            match memchr::memchr2(b'"', b'\\', rest) {
+                Some(i) if rest.get(i) == Some(&b'"') => break Some(pos + i),
+                Some(i) => pos += i + 2,
+                None => break None,
+            }
+        };
+        if let Some(text) = end.and_then(|end| data.get(start..end))
+            && !text.is_empty()
+        {
+            f(text);
+            called = true;
+        }
+    }
+    called
+}
+
+/// Drain whatever a visitor was handed, for the lenient types below.
+fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// A token count: a non-negative integer that fits `u64` (an integral float such as `12.0`
+/// is accepted). Anything else is unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Count(pub(super) Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(Some(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                Ok(Count(u64::try_from(v).ok()))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Count, E> {
+                Ok(Count(u64::try_from(v).ok()))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Count, E> {
+                Ok(Count(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
+                // 2^64 is exactly representable; every integral f64 below it fits u64.
+                const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+                let ok = v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < LIMIT;
+                // `as` saturates; the value is only used when it is exact.
+                Ok(Count(ok.then_some(v as u64)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Count, D::Error> {
+                Count::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Count, A::Error> {
+                drain_seq(seq).map(|()| Count(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Count, A::Error> {
+                drain_map(map).map(|()| Count(None))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A string, borrowed from the input unless it holds escapes. Anything else (or an empty
+/// string) is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Text<'a>(pub(super) Option<Cow<'a, str>>);
+
+impl<'a> Text<'a> {
+    pub(super) fn as_str(&self) -> Option<&str> {
+        self.0.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Some(Cow::Owned(v))))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Text<'a>, D::Error> {
+                Text::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Text<'a>, A::Error> {
+                drain_seq(seq).map(|()| Text(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Text<'a>, A::Error> {
+                drain_map(map).map(|()| Text(None))
+            }
+        }
+        deserializer.deserialize_any(V(PhantomData))
+    }
+}
+
+/// A boolean; anything else is `false`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Flag(pub(super) bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Flag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Flag, A::Error> {
+                drain_seq(seq).map(|()| Flag(false))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Flag, A::Error> {
+                drain_map(map).map(|()| Flag(false))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// An object parsed as `T`; anything else (`null`, a number, an array…) is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Lenient<T>(pub(super) Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Lenient<T>, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|t| Lenient(Some(t)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Lenient<T>, A::Error> {
+                drain_seq(seq).map(|()| Lenient(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+        }
+        deserializer.deserialize_any(V(PhantomData))
+    }
+}
+
+/// One element of an array of choices or candidates that may name a finish reason.
+pub(super) trait HasReason<'a> {
+    fn reason(self) -> Option<Cow<'a, str>>;
+}
+
+/// The last non-empty finish reason among the elements of an array (`choices`,
+/// `candidates`), read without collecting the array.
+#[derive(Debug)]
+pub(super) struct LastReason<'a, C>(pub(super) Option<Cow<'a, str>>, PhantomData<C>);
+
+impl<C> Default for LastReason<'_, C> {
+    fn default() -> Self {
+        Self(None, PhantomData)
+    }
+}
+
+impl<'de: 'a, 'a, C: Deserialize<'de> + HasReason<'a>> Deserialize<'de> for LastReason<'a, C> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<'a, C>(PhantomData<(&'a (), C)>);
+        impl<'de: 'a, 'a, C: Deserialize<'de> + HasReason<'a>> Visitor<'de> for V<'a, C> {
+            type Value = LastReason<'a, C>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut last = None;
+                while let Some(Lenient(choice)) = seq.next_element::<Lenient<C>>()? {
+                    if let Some(reason) = choice.and_then(HasReason::reason) {
+                        last = Some(reason);
+                    }
+                }
+                Ok(LastReason(last, PhantomData))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                drain_map(map).map(|()| LastReason::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LastReason::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LastReason::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LastReason::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LastReason::default())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(LastReason::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LastReason::default())
+            }
+        }
+        deserializer.deserialize_any(V(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    finders! {
+        KEY = b"\"k\"";
+    }
+
+    #[test]
+    fn counts_are_lenient() {
+        let count = |json: &str| parse::<Count>(json.as_bytes()).and_then(|c| c.0);
+        assert_eq!(count("12"), Some(12));
+        assert_eq!(count("0"), Some(0));
+        assert_eq!(count("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(count("18446744073709551616"), None);
+        assert_eq!(count("1e30"), None);
+        assert_eq!(count("-1"), None);
+        assert_eq!(count("-0"), Some(0));
+        assert_eq!(count("12.0"), Some(12));
+        assert_eq!(count("12.5"), None);
+        assert_eq!(count("1e3"), Some(1000));
+        assert_eq!(count("\"12\""), None);
+        assert_eq!(count("null"), None);
+        assert_eq!(count("true"), None);
+        assert_eq!(count("[1,2]"), None);
+        assert_eq!(count("{\"a\":1}"), None);
+    }
+
+    #[test]
+    fn lenient_objects_keep_their_neighbours() {
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            #[serde(default)]
+            n: Count,
+        }
+        #[derive(serde::Deserialize)]
+        struct Outer {
+            #[serde(default)]
+            a: Lenient<Inner>,
+            #[serde(default)]
+            b: Count,
+        }
+        for (json, a, b) in [
+            (r#"{"a":{"n":1},"b":2}"#, Some(1), Some(2)),
+            (r#"{"a":5,"b":2}"#, None, Some(2)),
+            (r#"{"a":[{"n":1}],"b":2}"#, None, Some(2)),
+            (r#"{"a":null,"b":-2}"#, None, None),
+            (r#"{"a":{"n":"x"},"b":2}"#, None, Some(2)),
+        ] {
+            let outer = parse::<Outer>(json.as_bytes()).expect(json);
+            assert_eq!(outer.a.0.and_then(|i| i.n.0), a, "{json}");
+            assert_eq!(outer.b.0, b, "{json}");
+        }
+    }
+
+    #[test]
+    fn parse_stops_after_the_first_value() {
+        assert_eq!(parse::<Count>(b"7, \"x\": ]]]").map(|c| c.0), Some(Some(7)));
+        assert!(parse::<Count>(b"").is_none());
+        assert!(parse::<Lenient<IgnoredAny>>(b"{\"a\":").is_none());
+    }
+
+    #[test]
+    fn byte_prefilters() {
+        assert_eq!(object_value(br#"{"k" : {"a":1}}"#, &KEY), Some(7));
+        assert_eq!(object_value(br#"{"k":null}"#, &KEY), None);
+        assert_eq!(object_value(br#"{"x":"k","y":"\"k\":{"}"#, &KEY), None);
+        assert!(has_string_value(br#"{"k": "stop"}"#, &KEY));
+        assert!(!has_string_value(br#"{"k":null}"#, &KEY));
+        assert!(!has_string_value(br#"{"k""#, &KEY));
+        assert!(has_true_value(br#"{"k":true}"#, &KEY));
+        assert!(!has_true_value(br#"{"k":false}"#, &KEY));
+        assert!(is_empty_array_or_absent(br#"{"k":[ ]}"#, &KEY));
+        assert!(is_empty_array_or_absent(br#"{"k":null}"#, &KEY));
+        assert!(is_empty_array_or_absent(br#"{}"#, &KEY));
+        assert!(!is_empty_array_or_absent(br#"{"k":[{}]}"#, &KEY));
+        assert!(!is_empty_array_or_absent(br#"{"k":["#, &KEY));
+    }
+
+    #[test]
+    fn string_values_skip_escapes_and_unterminated_strings() {
+        let mut seen = Vec::new();
+        let data = br#"{"k":"a\"b\\","j":1,"k":"","k":null,"k":"c","k":"unterminated\"#;
+        string_values(data, &KEY, &mut |t| seen.push(t.to_vec()));
+        assert_eq!(seen, vec![br#"a\"b\\"#.to_vec(), b"c".to_vec()]);
+    }
+}

@@ -1,0 +1,198 @@
+//! OpenAI Chat Completions and legacy Completions, and the servers that speak them (vLLM,
+//! SGLang, llama.cpp, gateways).
+//!
+//! - Usage is the `usage` object: in the usage-only chunk (`choices` empty) that
+//!   `stream_options.include_usage` adds before `[DONE]`, merged into the finish chunk by
+//!   some servers, or on every chunk with vLLM's `continuous_usage_stats` (a running total:
+//!   the last one wins). With `include_usage`, every other chunk says `"usage":null`: the
+//!   pre-filter wants `"usage"` followed by an object, so those cost a `memmem` and three
+//!   byte compares.
+//! - Only the usage object is parsed, straight from its `{` in the event (a
+//!   `serde_json::Deserializer` over the rest of the slice, stopped after that object
+//!   without checking what follows). Nothing in a chunk other than the top-level usage (or
+//!   a gateway's copy of it) is an object with free-form keys, and keys inside strings are
+//!   escaped, so the first `"usage":{` is the usage.
+//! - The finish reason is the last non-empty `choices[].finish_reason`; the chunk is parsed
+//!   only when a `"finish_reason"` has a string value.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::sse::EventRef;
+
+use super::extract::{UsageState, counts};
+use super::json::{
+    Count, HasReason, LastReason, Lenient, Text, finders, has_string_value,
+    is_empty_array_or_absent, object_value, parse,
+};
+
+finders! {
+    USAGE = b"\"usage\"";
+    FINISH_REASON = b"\"finish_reason\"";
+    CHOICES = b"\"choices\"";
+}
+
+#[derive(Deserialize)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: Count,
+    #[serde(default)]
+    completion_tokens: Count,
+    #[serde(default)]
+    total_tokens: Count,
+    #[serde(default)]
+    prompt_tokens_details: Lenient<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Lenient<CompletionDetails>,
+    /// DeepSeek's name for cached prompt tokens.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Count,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Count,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Count,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    finish_reason: Text<'a>,
+}
+
+impl<'a> HasReason<'a> for Choice<'a> {
+    fn reason(self) -> Option<Cow<'a, str>> {
+        self.finish_reason.0.filter(|r| !r.is_empty())
+    }
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    choices: LastReason<'a, Choice<'a>>,
+}
+
+/// Read one event of an OpenAI-style stream. Returns whether it carried usage or a finish
+/// reason.
+pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    let data = event.data_bytes();
+    let mut found = false;
+    if let Some(at) = object_value(data, &USAGE)
+        && let Some(usage) = data.get(at..).and_then(parse::<ChatUsage>)
+    {
+        let cached = usage
+            .prompt_tokens_details
+            .0
+            .and_then(|d| d.cached_tokens.0)
+            .or(usage.prompt_cache_hit_tokens.0);
+        let usage = counts(
+            usage.prompt_tokens.0,
+            usage.completion_tokens.0,
+            usage.total_tokens.0,
+            cached,
+            usage
+                .completion_tokens_details
+                .0
+                .and_then(|d| d.reasoning_tokens.0),
+        );
+        if is_empty_array_or_absent(data, &CHOICES) {
+            state.mark_usage_only();
+        }
+        // A usage object without a single count says nothing (or is another format's).
+        found = usage.has_counts();
+        state.update(usage);
+    }
+    if has_string_value(data, &FINISH_REASON)
+        && let Some(chunk) = parse::<Chunk<'_>>(data)
+        && let Some(reason) = chunk.choices.0
+    {
+        state.set_finish_reason(&reason);
+        found = true;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut UsageState, data: &str) -> bool {
+        state.usage_only = false;
+        extract(&EventRef::new(b"", data.as_bytes(), data.as_bytes()), state)
+    }
+
+    #[test]
+    fn usage_only_chunk() {
+        let mut s = UsageState::default();
+        assert!(run(
+            &mut s,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":1}}}"#
+        ));
+        assert!(s.is_usage_only());
+        assert_eq!(
+            s.usage(),
+            Some(counts(Some(9), Some(3), Some(12), Some(4), Some(1)))
+        );
+    }
+
+    #[test]
+    fn null_usage_is_not_usage() {
+        let mut s = UsageState::default();
+        assert!(!run(
+            &mut s,
+            r#"{"choices":[{"delta":{"content":"usage"}}],"usage":null}"#
+        ));
+        assert!(!run(
+            &mut s,
+            r#"{"choices":[{"delta":{"content":"\"usage\":{"}}],"usage": null}"#
+        ));
+        assert_eq!(s.usage(), None);
+    }
+
+    #[test]
+    fn merged_finish_and_usage() {
+        let mut s = UsageState::default();
+        assert!(run(
+            &mut s,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#
+        ));
+        assert!(!s.is_usage_only());
+        assert_eq!(s.finish_reason(), Some("length"));
+        assert_eq!(
+            s.usage(),
+            Some(counts(Some(1), Some(2), Some(3), None, None))
+        );
+    }
+
+    #[test]
+    fn garbage_keeps_the_last_good_values() {
+        let mut s = UsageState::default();
+        run(
+            &mut s,
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+        );
+        run(
+            &mut s,
+            r#"{"choices":[],"usage":{"prompt_tokens":-1,"completion_tokens":1e99}}"#,
+        );
+        run(&mut s, r#"{"choices":[],"usage":{"prompt_tokens":1,"#);
+        run(
+            &mut s,
+            r#"{"choices":[],"usage":{"prompt_tokens":{"a":[1]},"completion_tokens":"8"}}"#,
+        );
+        assert_eq!(s.usage(), Some(counts(Some(5), Some(7), None, None, None)));
+        run(
+            &mut s,
+            r#"{"choices":[{"finish_reason":17}],"x":{"finish_reason":"y"}}"#,
+        );
+        assert_eq!(s.finish_reason(), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! OpenAI Responses.
+//!
+//! The stream ends with one of `response.completed`, `response.incomplete` or
+//! `response.failed`, whose `response` object holds the usage (`input_tokens`,
+//! `output_tokens`, `total_tokens`, `input_tokens_details.cached_tokens`,
+//! `output_tokens_details.reasoning_tokens`). The finish reason is
+//! `response.incomplete_details.reason` when there is one (`max_output_tokens`,
+//! `content_filter`), else `response.status` (`completed`, `failed`…). Only those three
+//! events are parsed (found by their event name, or by their `type` in streams relayed
+//! without `event:` lines); the many delta events cost a byte compare.
+
+use serde::Deserialize;
+
+use crate::sse::EventRef;
+
+use super::extract::{UsageState, counts};
+use super::json::{Count, Lenient, Text, finders, parse};
+
+finders! {
+    COMPLETED = b"\"response.completed\"";
+    INCOMPLETE = b"\"response.incomplete\"";
+    FAILED = b"\"response.failed\"";
+}
+
+const TERMINAL: [&[u8]; 3] = [
+    b"response.completed",
+    b"response.incomplete",
+    b"response.failed",
+];
+
+#[derive(Deserialize)]
+struct Terminal<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow, default)]
+    response: Lenient<Response<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Response<'a> {
+    #[serde(borrow, default)]
+    status: Text<'a>,
+    #[serde(borrow, default)]
+    incomplete_details: Lenient<Incomplete<'a>>,
+    #[serde(default)]
+    usage: Lenient<ResponsesUsage>,
+}
+
+#[derive(Deserialize)]
+struct Incomplete<'a> {
+    #[serde(borrow, default)]
+    reason: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: Count,
+    #[serde(default)]
+    output_tokens: Count,
+    #[serde(default)]
+    total_tokens: Count,
+    #[serde(default)]
+    input_tokens_details: Lenient<InputDetails>,
+    #[serde(default)]
+    output_tokens_details: Lenient<OutputDetails>,
+}
+
+#[derive(Deserialize)]
+struct InputDetails {
+    #[serde(default)]
+    cached_tokens: Count,
+}
+
+#[derive(Deserialize)]
+struct OutputDetails {
+    #[serde(default)]
+    reasoning_tokens: Count,
+}
+
+/// Read one event of a Responses stream. Returns whether it was a terminal event.
+pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    let data = event.data_bytes();
+    let kind = event.event_bytes();
+    let named = !kind.is_empty();
+    let terminal = if named {
+        TERMINAL.contains(&kind)
+    } else {
+        [&COMPLETED, &INCOMPLETE, &FAILED]
+            .iter()
+            .any(|f| f.find(data).is_some())
+    };
+    if !terminal {
+        return false;
+    }
+    let Some(parsed) = parse::<Terminal<'_>>(data) else {
+        return false;
+    };
+    let kind = match parsed.kind.as_str() {
+        Some(k) if !named && !TERMINAL.contains(&k.as_bytes()) => return false,
+        Some(k) if !named => k.as_bytes(),
+        _ => kind,
+    };
+    let Some(response) = parsed.response.0 else {
+        return true;
+    };
+    if let Some(usage) = response.usage.0 {
+        state.update(counts(
+            usage.input_tokens.0,
+            usage.output_tokens.0,
+            usage.total_tokens.0,
+            usage.input_tokens_details.0.and_then(|d| d.cached_tokens.0),
+            usage
+                .output_tokens_details
+                .0
+                .and_then(|d| d.reasoning_tokens.0),
+        ));
+    }
+    let reason = response
+        .incomplete_details
+        .0
+        .as_ref()
+        .and_then(|d| d.reason.as_str())
+        .or(response.status.as_str())
+        .or_else(|| {
+            kind.strip_prefix(b"response.")
+                .and_then(|k| std::str::from_utf8(k).ok())
+        });
+    if let Some(reason) = reason {
+        state.set_finish_reason(reason);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut UsageState, event: &str, data: &str) -> bool {
+        extract(
+            &EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes()),
+            state,
+        )
+    }
+
+    #[test]
+    fn completed_and_incomplete() {
+        let mut s = UsageState::default();
+        assert!(!run(
+            &mut s,
+            "response.created",
+            r#"{"response":{"status":"in_progress","usage":null}}"#
+        ));
+        assert!(run(
+            &mut s,
+            "response.incomplete",
+            r#"{"type":"response.incomplete","response":{"status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"output":[{"content":[{"text":"x"}]}],"usage":{"input_tokens":3,"input_tokens_details":{"cached_tokens":0},"output_tokens":16,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":19}}}"#
+        ));
+        assert_eq!(
+            s.usage(),
+            Some(counts(Some(3), Some(16), Some(19), Some(0), Some(8)))
+        );
+        assert_eq!(s.finish_reason(), Some("max_output_tokens"));
+    }
+
+    #[test]
+    fn unnamed_and_statusless() {
+        let mut s = UsageState::default();
+        assert!(run(
+            &mut s,
+            "",
+            r#"{"type":"response.failed","response":{"usage":null}}"#
+        ));
+        assert_eq!(s.finish_reason(), Some("failed"));
+        assert!(!run(
+            &mut s,
+            "",
+            r#"{"type":"response.output_text.delta","delta":"response.completed"}"#
+        ));
+        assert!(run(&mut s, "response.completed", r#"{"response":{}}"#));
+        assert_eq!(s.finish_reason(), Some("completed"));
+        assert_eq!(s.usage(), None);
+    }
+}
