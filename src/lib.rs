@@ -48,6 +48,23 @@ pub use observe::usage::{
 // --- end usage ---
 
 // --- digest, registry, limit: modules and exports added here ---
+pub mod limit;
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+pub mod registry;
+pub mod request_digest;
+
+pub use limit::{
+    ContentTypeIsStream, OpenStreams, StreamLimit, StreamLimitBody, StreamLimitFuture,
+    StreamLimitLayer, StreamPredicate, WhenFull,
+};
+pub use observe::digest::DigestObserver;
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+pub use registry::{DigestRecord, DigestRegistration, DigestRegistry, DigestRegistryBuilder};
+pub use request_digest::{
+    RequestDigest, RequestDigestBody, RequestDigestHandle, RequestDigestLayer,
+};
 // --- end digest, registry, limit ---
 
 /// The error type of bodies that add failure modes.

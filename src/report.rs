@@ -139,7 +139,9 @@ pub struct StreamReport {
 }
 
 impl StreamReport {
-    pub(crate) fn new(started_at: Instant) -> Self {
+    /// An empty report of a stream that started at `started_at`, for driving observers by
+    /// hand (with [`EventContext::new`](crate::EventContext::new)) in tests and benches.
+    pub fn new(started_at: Instant) -> Self {
         Self {
             outcome: Outcome::Completed,
             error: None,

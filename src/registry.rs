@@ -1,0 +1,402 @@
+//! Digests by response id, for a client that asks after its stream: [`DigestRegistry`].
+//!
+//! # When to use it
+//!
+//! When clients (or auditors) need to fetch the digest of a stream they received, e.g. with
+//! `GET /v1/digests/{response_id}`, to check that they read every byte the server sent. A
+//! [`DigestObserver`](crate::DigestObserver) built
+//! [`with_registry`](crate::DigestObserver::with_registry) records every stream that carries
+//! a response id; a handler looks records up with [`DigestRegistry::get`] and answers with
+//! [`DigestRecord::to_json`] (or any serde format).
+//!
+//! How it differs from reading [`StreamReport::digest`](crate::StreamReport::digest) in the
+//! `on_end` sink: the record is there *before* the client reads the terminal event, so a
+//! client that asks right after the end always finds it (a race that production gateways
+//! have shipped, by recording in the end-of-stream callback).
+//!
+//! # Bounds
+//!
+//! - At most [`max_capacity`](DigestRegistryBuilder::max_capacity) records (default
+//!   10 000), least recently used evicted first. The bound is kept by moka's maintenance,
+//!   which runs inline on inserts and lookups (every 64 writes, or once 300 ms passed): in
+//!   between, a few hundred extra records may briefly be held.
+//! - Each record lives for [`time_to_live`](DigestRegistryBuilder::time_to_live) after its
+//!   last insert (default 10 minutes). [`get`](DigestRegistry::get) measures the age with
+//!   Tokio's clock (so paused time in tests applies); moka frees the memory by its own
+//!   clock after the same time.
+//! - Response ids and model names longer than
+//!   [`max_id_len`](DigestRegistryBuilder::max_id_len) bytes (default 256) are not stored
+//!   (the record is skipped, or the model left out), so an upstream cannot make one record
+//!   large. With the defaults a full registry holds about 2 MiB of typical records, and
+//!   at most about 10 MiB with every id and model name at the limit.
+//!
+//! Inserting takes a short lock-free path on the polling thread (moka's sync cache, no
+//! runtime needed). A response id seen again replaces the earlier record. Streams that end
+//! badly (an upstream error, a deadline, a client that left) are recorded too: the record
+//! holds the digest of what the client did receive.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::observe::digest::Digest;
+
+/// Default [`DigestRegistryBuilder::max_capacity`]: 10 000 records.
+const DEFAULT_MAX_CAPACITY: u64 = 10_000;
+/// Default [`DigestRegistryBuilder::time_to_live`]: 10 minutes.
+const DEFAULT_TIME_TO_LIVE: Duration = Duration::from_secs(600);
+/// Default [`DigestRegistryBuilder::max_id_len`]: 256 bytes.
+const DEFAULT_MAX_ID_LEN: usize = 256;
+/// The longest time to live accepted (longer ones are shortened to this): one year.
+const MAX_TIME_TO_LIVE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What the registry knows about one stream.
+///
+/// Serializes (e.g. with `serde_json`) as:
+///
+/// ```json
+/// {"response_id":"chatcmpl-1","request_digest":"9f86…","response_digest":"2c26…",
+///  "model":"gpt-4o","finished_at":"2025-03-10T01:25:55.123Z"}
+/// ```
+///
+/// Digests are 64 lowercase hex digits (or `null`), `finished_at` is RFC 3339 in UTC with
+/// milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DigestRecord {
+    /// The response id the stream carried.
+    pub response_id: String,
+    /// SHA-256 of the request body, when a
+    /// [`RequestDigestLayer`](crate::RequestDigestLayer) saw it read to its end.
+    pub request_digest: Option<Digest>,
+    /// SHA-256 of the bytes the client received (keep-alives excluded).
+    pub response_digest: Digest,
+    /// The model that answered, when the stream named it.
+    pub model: Option<String>,
+    /// When the record was made: when the terminal event went out, or the stream ended.
+    #[serde(serialize_with = "rfc3339")]
+    pub finished_at: SystemTime,
+}
+
+impl DigestRecord {
+    /// A record for this response id and digest, finished now, with no request digest and
+    /// no model (set those fields as needed).
+    pub fn new(response_id: impl Into<String>, response_digest: Digest) -> Self {
+        Self {
+            response_id: response_id.into(),
+            request_digest: None,
+            response_digest,
+            model: None,
+            finished_at: SystemTime::now(),
+        }
+    }
+
+    /// The record as a JSON object (see the [type docs](Self) for its shape).
+    pub fn to_json(&self) -> String {
+        // A struct of strings and digests always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What happened to a stream's registry record. A
+/// [`DigestObserver`](crate::DigestObserver) with a registry puts one into
+/// [`StreamReport::extensions`](crate::StreamReport::extensions) at the end of every stream:
+///
+/// ```
+/// use tower_sse::{DigestRegistration, StreamReport};
+///
+/// fn on_end(report: StreamReport) {
+///     match report.extensions.get::<DigestRegistration>() {
+///         Some(DigestRegistration::Inserted) => {}
+///         Some(other) => eprintln!("no digest record: {other}"),
+///         None => {} // no registry configured
+///     }
+/// }
+/// # let _ = on_end;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DigestRegistration {
+    /// The record is in the registry (inserted before the terminal event, or at the end).
+    Inserted,
+    /// The stream carried no response id (or an empty one): nothing was recorded.
+    NoResponseId,
+    /// The response id was longer than the registry's
+    /// [`max_id_len`](DigestRegistryBuilder::max_id_len): nothing was recorded.
+    ResponseIdTooLong,
+}
+
+impl DigestRegistration {
+    /// A short snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inserted => "inserted",
+            Self::NoResponseId => "no_response_id",
+            Self::ResponseIdTooLong => "response_id_too_long",
+        }
+    }
+}
+
+impl fmt::Display for DigestRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A bounded, expiring map from response id to [`DigestRecord`]; see the
+/// [module docs](self).
+///
+/// Cheap to clone: clones share the records.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::{Digest, DigestRecord, DigestRegistry};
+///
+/// let registry = DigestRegistry::builder()
+///     .max_capacity(50_000)
+///     .time_to_live(Duration::from_secs(3600))
+///     .build();
+/// registry.insert(DigestRecord::new("chatcmpl-1", Digest::of(b"data: [DONE]\n\n")));
+/// let record = registry.get("chatcmpl-1").unwrap();
+/// assert!(record.to_json().starts_with(r#"{"response_id":"chatcmpl-1","#));
+/// ```
+#[derive(Clone)]
+pub struct DigestRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: Cache<String, Stored>,
+    max_capacity: u64,
+    time_to_live: Duration,
+    max_id_len: usize,
+}
+
+#[derive(Clone)]
+struct Stored {
+    record: DigestRecord,
+    inserted_at: Instant,
+}
+
+impl DigestRegistry {
+    /// A registry with the defaults: 10 000 records, 10 minutes, ids up to 256 bytes.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configure a registry.
+    pub fn builder() -> DigestRegistryBuilder {
+        DigestRegistryBuilder::default()
+    }
+
+    /// The record of this response id, if it is there and younger than the time to live.
+    pub fn get(&self, response_id: &str) -> Option<DigestRecord> {
+        let stored = self.inner.cache.get(response_id)?;
+        if stored.inserted_at.elapsed() >= self.inner.time_to_live {
+            return None;
+        }
+        Some(stored.record)
+    }
+
+    /// Insert (or replace) a record. Returns `false`, storing nothing, when its response id
+    /// is empty or longer than [`max_id_len`](DigestRegistryBuilder::max_id_len); a model
+    /// name that is too long is left out.
+    pub fn insert(&self, mut record: DigestRecord) -> bool {
+        if record.response_id.is_empty() || record.response_id.len() > self.inner.max_id_len {
+            return false;
+        }
+        if record
+            .model
+            .as_ref()
+            .is_some_and(|model| model.len() > self.inner.max_id_len)
+        {
+            record.model = None;
+        }
+        let key = record.response_id.clone();
+        self.inner.cache.insert(
+            key,
+            Stored {
+                record,
+                inserted_at: Instant::now(),
+            },
+        );
+        true
+    }
+
+    /// Remove the record of this response id, returning it if it was there.
+    pub fn remove(&self, response_id: &str) -> Option<DigestRecord> {
+        self.inner
+            .cache
+            .remove(response_id)
+            .map(|stored| stored.record)
+    }
+
+    /// How many records are held, approximately (moka counts in its maintenance; call
+    /// [`run_pending_tasks`](Self::run_pending_tasks) first for an exact figure).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// Run moka's pending maintenance now: apply evictions and expirations. It runs by
+    /// itself as records are inserted; call this before reading
+    /// [`entry_count`](Self::entry_count) in tests or for metrics.
+    pub fn run_pending_tasks(&self) {
+        self.inner.cache.run_pending_tasks();
+    }
+
+    /// The configured capacity.
+    pub fn max_capacity(&self) -> u64 {
+        self.inner.max_capacity
+    }
+
+    /// The configured time to live.
+    pub fn time_to_live(&self) -> Duration {
+        self.inner.time_to_live
+    }
+
+    /// The configured limit on response id and model name lengths, in bytes.
+    pub fn max_id_len(&self) -> usize {
+        self.inner.max_id_len
+    }
+}
+
+impl Default for DigestRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for DigestRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestRegistry")
+            .field("max_capacity", &self.inner.max_capacity)
+            .field("time_to_live", &self.inner.time_to_live)
+            .field("max_id_len", &self.inner.max_id_len)
+            .field("entry_count", &self.entry_count())
+            .finish()
+    }
+}
+
+/// Builds a [`DigestRegistry`]; every setting has a safe default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct DigestRegistryBuilder {
+    max_capacity: u64,
+    time_to_live: Duration,
+    max_id_len: usize,
+}
+
+impl Default for DigestRegistryBuilder {
+    fn default() -> Self {
+        Self {
+            max_capacity: DEFAULT_MAX_CAPACITY,
+            time_to_live: DEFAULT_TIME_TO_LIVE,
+            max_id_len: DEFAULT_MAX_ID_LEN,
+        }
+    }
+}
+
+impl DigestRegistryBuilder {
+    /// The most records held; the least recently used go first. Default: 10 000.
+    pub fn max_capacity(mut self, records: u64) -> Self {
+        self.max_capacity = records;
+        self
+    }
+
+    /// How long a record is kept after its last insert. Default: 10 minutes; at most a year.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = ttl.min(MAX_TIME_TO_LIVE);
+        self
+    }
+
+    /// The longest response id (and model name) stored, in bytes. Default: 256.
+    pub fn max_id_len(mut self, bytes: usize) -> Self {
+        self.max_id_len = bytes;
+        self
+    }
+
+    /// Build the registry.
+    pub fn build(self) -> DigestRegistry {
+        let cache = Cache::builder()
+            .max_capacity(self.max_capacity)
+            .time_to_live(self.time_to_live)
+            // Keep the newest records: a client asks for its digest right after its stream.
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        DigestRegistry {
+            inner: Arc::new(Inner {
+                cache,
+                max_capacity: self.max_capacity,
+                time_to_live: self.time_to_live,
+                max_id_len: self.max_id_len,
+            }),
+        }
+    }
+}
+
+/// `SystemTime` as RFC 3339 in UTC with milliseconds (`1970-01-01T00:00:00.000Z`).
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_rfc3339(*time))
+}
+
+fn format_rfc3339(time: SystemTime) -> String {
+    // Times before 1970 are shown as 1970 (a registry records the present).
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |secs: u64, millis: u64| {
+            format_rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_741_569_955, 123), "2025-03-10T01:25:55.123Z");
+        assert_eq!(at(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn record_json_shape() {
+        let mut record = DigestRecord::new("chatcmpl-1", Digest::of(b""));
+        record.finished_at = UNIX_EPOCH;
+        record.model = Some("m".into());
+        assert_eq!(
+            record.to_json(),
+            r#"{"response_id":"chatcmpl-1","request_digest":null,"response_digest":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","model":"m","finished_at":"1970-01-01T00:00:00.000Z"}"#
+        );
+    }
+}

@@ -1,0 +1,835 @@
+//! Digests: of what the client received (keep-alives excluded, any chunking), of the request
+//! body, and the registry that must hold the record before the client sees the end.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body as AxumBody;
+use axum::routing::post;
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, Full};
+use proptest::prelude::*;
+use support::body::{FramesBody, Item, Reports, UpstreamFailed, channel, collect, response, serve};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tower::ServiceBuilder;
+use tower_sse::{
+    Digest, DigestObserver, KeepAlive, Outcome, RequestDigestBody, RequestDigestHandle,
+    RequestDigestLayer, SseLayer, StreamReport,
+};
+
+const CHAT: &[&str] = &[
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\n",
+    ": ping\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r\r",
+    "data: [DONE]\n\n",
+];
+
+fn report_channel() -> (
+    impl FnOnce(StreamReport) + Clone + Send + Sync + 'static,
+    mpsc::UnboundedReceiver<StreamReport>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (move |report| drop(tx.send(report)), rx)
+}
+
+async fn next_report(rx: &mut mpsc::UnboundedReceiver<StreamReport>) -> StreamReport {
+    // A guard against hanging forever, not a timing assertion.
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no report within 30 s")
+        .expect("report channel closed")
+}
+
+async fn serve_axum(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// The upstream senders of the streams an app served, handed to the test one per request.
+type Upstreams = mpsc::UnboundedReceiver<mpsc::UnboundedSender<Item>>;
+
+/// A handler that answers with an SSE stream the test feeds by hand.
+fn channel_route(content_type: &'static str) -> (axum::routing::MethodRouter, Upstreams) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let route = post(move || {
+        let tx = tx.clone();
+        async move {
+            let (upstream, body) = channel();
+            tx.send(upstream).unwrap();
+            response(content_type, AxumBody::new(body))
+        }
+    });
+    (route, rx)
+}
+
+fn data(bytes: &'static str) -> Item {
+    Ok(Frame::data(Bytes::from_static(bytes.as_bytes())))
+}
+
+const KEEP_ALIVE: &str = ": keep-alive\n\n";
+
+#[tokio::test]
+async fn digest_is_sha256_of_what_a_real_client_read_without_keep_alives() {
+    let (sink, mut reports) = report_channel();
+    let (route, mut upstreams) = channel_route("text/event-stream");
+    let app = Router::new().route("/v1/chat/completions", route).layer(
+        SseLayer::new()
+            .keep_alive(KeepAlive::new().interval(Duration::from_millis(1)))
+            .observer(DigestObserver::new())
+            .on_end(sink),
+    );
+    let addr = serve_axum(app).await;
+    let mut response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    let upstream = upstreams.recv().await.unwrap();
+
+    // After each upstream piece, read until a keep-alive arrived after it: keep-alives are
+    // interleaved with the events for certain, without the test sleeping.
+    let mut received = Vec::new();
+    let mut keep_alives = 0;
+    for piece in CHAT {
+        upstream.send(data(piece)).unwrap();
+        let before = received.len();
+        while !String::from_utf8_lossy(&received[before..]).contains(KEEP_ALIVE) {
+            let chunk = response.chunk().await.unwrap().expect("stream ended early");
+            received.extend_from_slice(&chunk);
+        }
+        keep_alives += 1;
+    }
+    drop(upstream);
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received.extend_from_slice(&chunk);
+    }
+
+    let text = String::from_utf8(received.clone()).unwrap();
+    assert!(text.matches(KEEP_ALIVE).count() >= keep_alives);
+    let without_keep_alives = text.replace(KEEP_ALIVE, "");
+    assert_eq!(
+        without_keep_alives,
+        CHAT.concat(),
+        "whole events, byte for byte"
+    );
+
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert!(report.keep_alives >= keep_alives as u64);
+    assert_eq!(
+        report.digest,
+        Some(Digest::of(without_keep_alives.as_bytes())),
+        "the digest covers what the client read, keep-alives excluded"
+    );
+    assert_eq!(report.request_digest, None, "no request digest layer");
+}
+
+async fn digest_of_chunks(chunks: Vec<Bytes>) -> (Option<Digest>, Vec<u8>) {
+    let reports = Reports::default();
+    let layer = SseLayer::new()
+        .observer(DigestObserver::new())
+        .on_end(reports.sink());
+    let frames = chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+    let res = serve(
+        layer,
+        response("text/event-stream", FramesBody::new(frames, false)),
+    )
+    .await;
+    let collected = collect(res.into_body()).await;
+    (reports.one().digest, collected.data)
+}
+
+fn split_at(all: &Bytes, cuts: &[usize]) -> Vec<Bytes> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (all.len() + 1)).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for cut in cuts.into_iter().chain([all.len()]) {
+        out.push(all.slice(at..cut));
+        at = cut;
+    }
+    out
+}
+
+#[tokio::test]
+async fn digest_is_the_same_for_every_chunking() {
+    let all = Bytes::from(CHAT.concat());
+    let expected = Digest::of(&all);
+    let whole = digest_of_chunks(vec![all.clone()]).await;
+    assert_eq!(whole, (Some(expected), all.to_vec()));
+    let bytewise = split_at(&all, &(0..all.len()).collect::<Vec<_>>());
+    assert_eq!(digest_of_chunks(bytewise).await.0, Some(expected));
+    let events = CHAT
+        .iter()
+        .map(|e| Bytes::from_static(e.as_bytes()))
+        .collect();
+    assert_eq!(digest_of_chunks(events).await.0, Some(expected));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn digest_is_chunking_invariant(cuts in proptest::collection::vec(any::<usize>(), 0..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let all = Bytes::from(CHAT.concat());
+        let (digest, received) = rt.block_on(digest_of_chunks(split_at(&all, &cuts)));
+        prop_assert_eq!(digest, Some(Digest::of(&all)));
+        prop_assert_eq!(received, all.to_vec());
+    }
+}
+
+#[tokio::test]
+async fn digest_covers_what_the_layer_changed_and_added() {
+    // Comments stripped and an error event added: the digest is of what the client got,
+    // not of what the upstream sent.
+    let reports = Reports::default();
+    let layer = SseLayer::new()
+        .forward_comments(false)
+        .observer(DigestObserver::new())
+        .on_end(reports.sink());
+    let upstream = FramesBody::new(
+        vec![
+            data(": ping\ndata: first\n\n"),
+            data("data: second\n\n"),
+            Err(UpstreamFailed),
+        ],
+        false,
+    );
+    let res = serve(layer, response("text/event-stream", upstream)).await;
+    let collected = collect(res.into_body()).await;
+    let text = collected.text();
+    assert!(!text.contains("ping"));
+    assert!(text.contains("event: error"));
+    let report = reports.one();
+    assert_eq!(report.outcome, Outcome::UpstreamError);
+    assert_eq!(report.digest, Some(Digest::of(&collected.data)));
+}
+
+#[tokio::test]
+async fn digest_of_a_stream_the_client_left() {
+    let reports = Reports::default();
+    let layer = SseLayer::new()
+        .observer(DigestObserver::new())
+        .on_end(reports.sink());
+    let (upstream, body) = channel();
+    upstream.send(data("data: one\n\n")).unwrap();
+    let res = serve(layer, response("text/event-stream", body)).await;
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    drop(body);
+    let report = reports.one();
+    assert_eq!(report.outcome, Outcome::ClientDisconnected);
+    assert_eq!(report.digest, Some(Digest::of(&first)));
+}
+
+// --- request digest ---
+
+const REQUEST: &[&str] = &[
+    "{\"model\":\"gpt-x\",\"stream\":true,",
+    "\"messages\":[{\"role\":\"user\",",
+    "\"content\":\"hello\"}]}",
+];
+
+#[tokio::test]
+async fn request_digest_is_sha256_of_the_request_body_over_loopback() {
+    let (sink, mut reports) = report_channel();
+    let (handles_tx, mut handles) = mpsc::unbounded_channel::<RequestDigestHandle>();
+    let app = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(
+                move |axum::Extension(handle): axum::Extension<RequestDigestHandle>,
+                      body: Bytes| async move {
+                    handles_tx.send(handle).unwrap();
+                    assert_eq!(body, REQUEST.concat());
+                    response("text/event-stream", AxumBody::from(CHAT.concat()))
+                },
+            ),
+        )
+        .route(
+            "/unread",
+            post(|| async { response("text/event-stream", AxumBody::from("data: x\n\n")) }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RequestDigestLayer::new())
+                .layer(SseLayer::new().observer(DigestObserver::new()).on_end(sink)),
+        );
+    let addr = serve_axum(app).await;
+    let client = reqwest::Client::new();
+
+    // Sent in pieces, as a stream.
+    let pieces = futures_util::stream::iter(
+        REQUEST
+            .iter()
+            .map(|p| Ok::<_, Infallible>(Bytes::from_static(p.as_bytes()))),
+    );
+    let body = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, CHAT.concat());
+    let report = next_report(&mut reports).await;
+    let expected = Digest::of(REQUEST.concat().as_bytes());
+    assert_eq!(report.request_digest, Some(expected));
+    assert_eq!(report.digest, Some(Digest::of(CHAT.concat().as_bytes())));
+    assert_eq!(handles.recv().await.unwrap().digest(), Some(expected));
+
+    // A handler that never reads the body: no request digest.
+    client
+        .post(format!("http://{addr}/unread"))
+        .body("some body the handler ignores")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.request_digest, None);
+    assert!(report.digest.is_some());
+}
+
+#[tokio::test]
+async fn request_digest_body_passes_frames_and_hints_through() {
+    let body = RequestDigestBody::new(Full::new(Bytes::from_static(b"hello")));
+    let handle = body.handle();
+    assert_eq!(body.size_hint().exact(), Some(5));
+    assert!(!body.is_end_stream());
+    assert_eq!(handle.digest(), None, "not read yet");
+    let collected = body.collect().await.unwrap().to_bytes();
+    assert_eq!(collected, "hello");
+    assert_eq!(handle.digest(), Some(Digest::of(b"hello")));
+
+    // An empty body is complete before anyone reads it.
+    let empty = RequestDigestBody::new(Empty::<Bytes>::new());
+    assert!(empty.is_end_stream());
+    assert_eq!(empty.handle().digest(), Some(Digest::of(b"")));
+
+    // Trailers end the body too.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", http::HeaderValue::from_static("1"));
+    let body = RequestDigestBody::new(FramesBody::new(
+        vec![data("ab"), data("c"), Ok(Frame::trailers(trailers))],
+        false,
+    ));
+    let handle = body.handle();
+    let collected = collect(body).await;
+    assert!(collected.trailers.is_some());
+    assert_eq!(handle.digest(), Some(Digest::of(b"abc")));
+}
+
+#[tokio::test]
+async fn request_body_that_fails_or_is_dropped_has_no_digest() {
+    let body = RequestDigestBody::new(FramesBody::new(
+        vec![data("partial"), Err(UpstreamFailed), data("more")],
+        false,
+    ));
+    let handle = body.handle();
+    let collected = collect(body).await;
+    assert!(collected.error.is_some());
+    assert_eq!(handle.digest(), None);
+
+    let mut body = RequestDigestBody::new(FramesBody::new(vec![data("a"), data("b")], false));
+    let handle = body.handle();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    assert_eq!(handle.digest(), None, "dropped before its end");
+
+    // A body whose length is known ends with its last frame: no need to poll again.
+    let mut body = RequestDigestBody::new(FramesBody::new(vec![data("a"), data("b")], true));
+    let handle = body.handle();
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(handle.digest(), None);
+    body.frame().await.unwrap().unwrap();
+    assert!(body.is_end_stream());
+    assert_eq!(handle.digest(), Some(Digest::of(b"ab")));
+}
+
+#[tokio::test]
+async fn request_digest_through_the_layer_in_memory() {
+    let reports = Reports::default();
+    let layer = SseLayer::new()
+        .observer(DigestObserver::new())
+        .on_end(reports.sink());
+    let service = ServiceBuilder::new()
+        .layer(RequestDigestLayer::new())
+        .layer(layer)
+        .service(tower::service_fn(
+            |request: Request<RequestDigestBody<Full<Bytes>>>| async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, "prompt");
+                Ok::<_, Infallible>(response(
+                    "text/event-stream",
+                    Full::new(Bytes::from_static(b"data: [DONE]\n\n")),
+                ))
+            },
+        ));
+    let res = tower::ServiceExt::oneshot(
+        service,
+        Request::new(Full::new(Bytes::from_static(b"prompt"))),
+    )
+    .await
+    .unwrap();
+    collect(res.into_body()).await;
+    let report = reports.one();
+    assert_eq!(report.request_digest, Some(Digest::of(b"prompt")));
+    assert_eq!(report.digest, Some(Digest::of(b"data: [DONE]\n\n")));
+}
+
+// --- registry ---
+
+#[cfg(feature = "registry")]
+mod registry {
+    use super::*;
+    use axum::extract::{Path, State};
+    use axum::routing::get;
+    use http::Response;
+    use support::body::serve_with;
+    use tower_sse::{DigestRecord, DigestRegistration, DigestRegistry};
+
+    /// Feed `pieces` to a stream that stays open, read it frame by frame, and check that the
+    /// record exists as soon as the client holds the frame with `terminal` — and not before.
+    async fn registered_when_terminal_is_read(
+        path: &str,
+        content_type: &str,
+        json_lines: bool,
+        pieces: &[&'static str],
+        terminal: &str,
+        id: &str,
+    ) {
+        let registry = DigestRegistry::new();
+        let reports = Reports::default();
+        let layer = SseLayer::new()
+            .json_lines(json_lines)
+            .observer(DigestObserver::with_registry(registry.clone()))
+            .on_end(reports.sink());
+        let (upstream, body) = channel();
+        for piece in pieces {
+            upstream.send(data(piece)).unwrap();
+        }
+        let request = Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Empty::new())
+            .unwrap();
+        let res = serve_with(layer, request, response(content_type, body)).await;
+        let mut body = res.into_body();
+        let mut received = Vec::new();
+        loop {
+            let frame = body.frame().await.expect("ended before the terminal event");
+            received.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            let record = registry.get(id);
+            if String::from_utf8_lossy(&received).contains(terminal) {
+                let record = record.unwrap_or_else(|| {
+                    panic!("{path}: no record when the client read the terminal event")
+                });
+                assert_eq!(record.response_id, id);
+                assert_eq!(record.response_digest, Digest::of(&received));
+                break;
+            }
+            assert!(
+                record.is_none(),
+                "{path}: a record before the terminal event"
+            );
+        }
+        // The upstream is still open: the record came from the terminal event, not the end.
+        assert_eq!(reports.len(), 0);
+        drop(upstream);
+        assert!(body.frame().await.is_none());
+        let report = reports.one();
+        assert_eq!(
+            report.extensions.get::<DigestRegistration>(),
+            Some(&DigestRegistration::Inserted)
+        );
+        assert_eq!(report.response_id.as_deref(), Some(id));
+        let record = registry.get(id).unwrap();
+        assert_eq!(Some(record.response_digest), report.digest);
+        assert_eq!(record.model, report.model);
+    }
+
+    #[tokio::test]
+    async fn openai_done() {
+        registered_when_terminal_is_read(
+            "/v1/chat/completions",
+            "text/event-stream",
+            false,
+            CHAT,
+            "[DONE]",
+            "chatcmpl-1",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn openai_done_split_across_chunks() {
+        let mut pieces = CHAT[..4].to_vec();
+        pieces.extend(["data: [DO", "NE]\n", "\n"]);
+        registered_when_terminal_is_read(
+            "/v1/chat/completions",
+            "text/event-stream",
+            false,
+            &pieces,
+            "[DONE]",
+            "chatcmpl-1",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn openai_done_in_one_chunk_with_everything() {
+        let all: &'static str = CHAT.concat().leak();
+        registered_when_terminal_is_read(
+            "/v1/chat/completions",
+            "text/event-stream",
+            false,
+            &[all],
+            "[DONE]",
+            "chatcmpl-1",
+        )
+        .await;
+    }
+
+    const ANTHROPIC: &[&str] = &[
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ];
+
+    #[tokio::test]
+    async fn anthropic_message_stop() {
+        registered_when_terminal_is_read(
+            "/v1/messages",
+            "text/event-stream",
+            false,
+            ANTHROPIC,
+            "message_stop",
+            "msg_1",
+        )
+        .await;
+    }
+
+    fn responses(terminal: &'static str) -> Vec<&'static str> {
+        vec![
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"o-x\"}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n",
+            terminal,
+        ]
+    }
+
+    #[tokio::test]
+    async fn responses_completed_incomplete_failed() {
+        for (terminal, name) in [
+            (
+                "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+                "response.completed",
+            ),
+            (
+                "event: response.incomplete\ndata: {\"type\":\"response.incomplete\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+                "response.incomplete",
+            ),
+            (
+                "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+                "response.failed",
+            ),
+        ] {
+            registered_when_terminal_is_read(
+                "/v1/responses",
+                "text/event-stream",
+                false,
+                &responses(terminal),
+                name,
+                "resp_1",
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn ollama_done_true() {
+        // Ollama's native API sends no id; an Ollama-compatible server that does gets a record.
+        registered_when_terminal_is_read(
+            "/api/chat",
+            "application/x-ndjson",
+            true,
+            &[
+                "{\"id\":\"ollama-1\",\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n",
+                "{\"id\":\"ollama-1\",\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done_reason\":\"stop\",\"done\":true}\n",
+            ],
+            "\"done\":true",
+            "ollama-1",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn gemini_without_terminal_event_is_registered_before_the_end_is_seen() {
+        let registry = DigestRegistry::new();
+        let layer = SseLayer::new().observer(DigestObserver::with_registry(registry.clone()));
+        let (upstream, body) = channel();
+        let pieces = [
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}],\"modelVersion\":\"gemini-x\",\"responseId\":\"gem-1\"}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"totalTokenCount\":3},\"modelVersion\":\"gemini-x\",\"responseId\":\"gem-1\"}\n\n",
+        ];
+        for piece in pieces {
+            upstream.send(data(piece)).unwrap();
+        }
+        let request = Request::builder()
+            .uri("/v1beta/models/gemini-x:streamGenerateContent?alt=sse")
+            .body(Empty::new())
+            .unwrap();
+        let res = serve_with(layer, request, response("text/event-stream", body)).await;
+        let mut body = res.into_body();
+        let mut received = Vec::new();
+        for _ in 0..2 {
+            let frame = body.frame().await.unwrap().unwrap();
+            received.extend_from_slice(&frame.into_data().unwrap());
+            assert!(registry.get("gem-1").is_none(), "not before the end");
+        }
+        drop(upstream);
+        assert!(body.frame().await.is_none());
+        let record = registry
+            .get("gem-1")
+            .expect("a record when the end is seen");
+        assert_eq!(record.response_digest, Digest::of(&received));
+        assert_eq!(record.model.as_deref(), Some("gemini-x"));
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_terminal_event_update_the_record() {
+        let registry = DigestRegistry::new();
+        let reports = Reports::default();
+        let layer = SseLayer::new()
+            .observer(DigestObserver::with_registry(registry.clone()))
+            .on_end(reports.sink());
+        let (upstream, body) = channel();
+        for piece in CHAT {
+            upstream.send(data(piece)).unwrap();
+        }
+        upstream.send(data(": trailing comment\n\n")).unwrap();
+        upstream.send(Err(UpstreamFailed)).unwrap();
+        let request = Request::builder()
+            .uri("/v1/chat/completions")
+            .body(Empty::new())
+            .unwrap();
+        let res = serve_with(layer, request, response("text/event-stream", body)).await;
+        let collected = collect(res.into_body()).await;
+        assert!(collected.text().contains("event: error"));
+        let report = reports.one();
+        assert_eq!(report.outcome, Outcome::UpstreamError);
+        let record = registry.get("chatcmpl-1").unwrap();
+        assert_eq!(record.response_digest, Digest::of(&collected.data));
+        assert_eq!(report.digest, Some(record.response_digest));
+    }
+
+    #[tokio::test]
+    async fn no_response_id_means_no_record_and_the_report_says_so() {
+        let registry = DigestRegistry::new();
+        let reports = Reports::default();
+        let layer = SseLayer::new()
+            .observer(DigestObserver::with_registry(registry.clone()))
+            .on_end(reports.sink());
+        let res = serve(
+            layer,
+            response(
+                "text/event-stream",
+                Full::new(Bytes::from_static(
+                    b"data: {\"text\":\"hi\"}\n\ndata: [DONE]\n\n",
+                )),
+            ),
+        )
+        .await;
+        collect(res.into_body()).await;
+        let report = reports.one();
+        assert!(report.digest.is_some());
+        assert_eq!(
+            report.extensions.get::<DigestRegistration>(),
+            Some(&DigestRegistration::NoResponseId)
+        );
+        registry.run_pending_tasks();
+        assert_eq!(registry.entry_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn overlong_ids_are_not_recorded_and_repeated_ids_replace() {
+        let registry = DigestRegistry::builder().max_id_len(16).build();
+        let run = |body: &'static str| {
+            let registry = registry.clone();
+            async move {
+                let reports = Reports::default();
+                let layer = SseLayer::new()
+                    .observer(DigestObserver::with_registry(registry))
+                    .on_end(reports.sink());
+                let res = serve(
+                    layer,
+                    response(
+                        "text/event-stream",
+                        Full::new(Bytes::from_static(body.as_bytes())),
+                    ),
+                )
+                .await;
+                let collected = collect(res.into_body()).await;
+                (reports.one(), collected.data)
+            }
+        };
+        let (report, _) =
+            run("data: {\"id\":\"chatcmpl-this-id-is-far-too-long\"}\n\ndata: [DONE]\n\n").await;
+        assert_eq!(
+            report.extensions.get::<DigestRegistration>(),
+            Some(&DigestRegistration::ResponseIdTooLong)
+        );
+        assert!(registry.get("chatcmpl-this-id-is-far-too-long").is_none());
+
+        let (first, _) = run("data: {\"id\":\"dup\",\"n\":1}\n\ndata: [DONE]\n\n").await;
+        let (second, bytes) = run("data: {\"id\":\"dup\",\"n\":2}\n\ndata: [DONE]\n\n").await;
+        assert_ne!(first.digest, second.digest);
+        let record = registry.get("dup").unwrap();
+        assert_eq!(
+            record.response_digest,
+            Digest::of(&bytes),
+            "last writer wins"
+        );
+    }
+
+    #[tokio::test]
+    async fn registry_evicts_beyond_its_capacity_newest_kept() {
+        let registry = DigestRegistry::builder().max_capacity(10).build();
+        for i in 0..200 {
+            assert!(registry.insert(DigestRecord::new(format!("id-{i}"), Digest::of(&[i as u8]))));
+        }
+        registry.run_pending_tasks();
+        assert!(registry.entry_count() <= 10, "{}", registry.entry_count());
+        let record = registry.get("id-199").expect("the newest record is kept");
+        assert_eq!(record.response_digest, Digest::of(&[199]));
+        assert!(registry.get("id-0").is_none());
+        assert!(
+            !registry.insert(DigestRecord::new("", Digest::of(b""))),
+            "empty id"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registry_forgets_records_after_their_time_to_live() {
+        let registry = DigestRegistry::builder()
+            .time_to_live(Duration::from_secs(60))
+            .build();
+        assert_eq!(registry.time_to_live(), Duration::from_secs(60));
+        registry.insert(DigestRecord::new("a", Digest::of(b"a")));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(registry.get("a").is_some());
+        registry.insert(DigestRecord::new("b", Digest::of(b"b")));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(registry.get("a").is_none(), "60 s old");
+        assert!(registry.get("b").is_some());
+        // Inserting again starts a new life.
+        registry.insert(DigestRecord::new("a", Digest::of(b"a2")));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(
+            registry.get("a").unwrap().response_digest,
+            Digest::of(b"a2")
+        );
+        assert!(registry.get("b").is_none());
+    }
+
+    #[test]
+    fn registry_defaults_are_bounded_and_huge_settings_do_not_panic() {
+        let registry = DigestRegistry::new();
+        assert_eq!(registry.max_capacity(), 10_000);
+        assert_eq!(registry.time_to_live(), Duration::from_secs(600));
+        assert_eq!(registry.max_id_len(), 256);
+        let huge = DigestRegistry::builder()
+            .time_to_live(Duration::MAX)
+            .max_capacity(u64::MAX)
+            .build();
+        assert!(huge.time_to_live() <= Duration::from_secs(366 * 24 * 3600));
+        let record = DigestRecord::new("x", Digest::of(b"x"));
+        assert!(huge.insert(record.clone()));
+        assert_eq!(huge.get("x"), Some(record));
+    }
+
+    /// The real thing: a client reads to `[DONE]` over loopback, then at once asks
+    /// `GET /v1/digests/{id}`, while the upstream is still open.
+    #[tokio::test]
+    async fn real_client_finds_the_digest_right_after_done() {
+        let registry = DigestRegistry::new();
+        let (route, mut upstreams) = channel_route("text/event-stream");
+        let streams = Router::new().route("/v1/chat/completions", route).layer(
+            ServiceBuilder::new()
+                .layer(RequestDigestLayer::new())
+                .layer(
+                    SseLayer::new()
+                        .keep_alive(KeepAlive::new())
+                        .observer(DigestObserver::with_registry(registry.clone())),
+                ),
+        );
+        let digests = Router::new()
+            .route(
+                "/v1/digests/{id}",
+                get(
+                    |State(registry): State<DigestRegistry>, Path(id): Path<String>| async move {
+                        match registry.get(&id) {
+                            Some(record) => Response::builder()
+                                .header("content-type", "application/json")
+                                .body(AxumBody::from(record.to_json()))
+                                .unwrap(),
+                            None => Response::builder()
+                                .status(404)
+                                .body(AxumBody::empty())
+                                .unwrap(),
+                        }
+                    },
+                ),
+            )
+            .with_state(registry.clone());
+        let addr = serve_axum(streams.merge(digests)).await;
+        let client = reqwest::Client::new();
+
+        let mut response = client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .body(REQUEST.concat())
+            .send()
+            .await
+            .unwrap();
+        let upstream = upstreams.recv().await.unwrap();
+        for piece in CHAT {
+            upstream.send(data(piece)).unwrap();
+        }
+        let mut received = Vec::new();
+        while !String::from_utf8_lossy(&received).contains("data: [DONE]\n\n") {
+            received.extend_from_slice(&response.chunk().await.unwrap().unwrap());
+        }
+        let lookup = client
+            .get(format!("http://{addr}/v1/digests/chatcmpl-1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(lookup.status(), 200);
+        let record: serde_json::Value =
+            serde_json::from_slice(&lookup.bytes().await.unwrap()).unwrap();
+        assert_eq!(record["response_id"], "chatcmpl-1");
+        assert_eq!(record["model"], "gpt-x");
+        assert_eq!(record["response_digest"], Digest::of(&received).to_hex());
+        // The handler never read the request body: no request digest.
+        assert_eq!(record["request_digest"], serde_json::Value::Null);
+        assert!(record["finished_at"].as_str().unwrap().ends_with('Z'));
+        drop(upstream);
+    }
+}
