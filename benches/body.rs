@@ -23,7 +23,7 @@ use http_body::{Body, Frame};
 use http_body_util::{Empty, StreamBody};
 use tower::{Layer, Service};
 use tower_sse::sse::EventRef;
-use tower_sse::{EventContext, KeepAlive, Observer, SseLayer};
+use tower_sse::{EventContext, KeepAlive, Observer, SseLayer, TimingObserver, UsageObserver};
 
 type Upstream = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
@@ -81,6 +81,22 @@ impl Observer for Count {
     }
 }
 
+/// What hand-rolled gateway taps do: parse every event into a `serde_json::Value`, then
+/// look for usage in it.
+#[derive(Clone, Default)]
+struct ValueTap(u64);
+
+impl Observer for ValueTap {
+    #[inline]
+    fn on_event(&mut self, event: &EventRef<'_>, _: &mut EventContext<'_>) {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(event.data_bytes())
+            && let Some(tokens) = value.get("usage").and_then(|u| u.get("completion_tokens"))
+        {
+            self.0 += tokens.as_u64().unwrap_or(0);
+        }
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let layer = SseLayer::new().keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
     let observed = layer.clone().observer(Count::default());
@@ -114,6 +130,32 @@ fn benches(c: &mut Criterion) {
         });
         g.finish();
     }
+
+    // Issue 4: the full metering stack (decode, keep-alive, usage, timing) on the 200-event
+    // chat stream, against the bare body and against a `serde_json::Value`-per-event tap.
+    let metering = layer.clone().observer((UsageObserver::new(), TimingObserver::new()));
+    let value_tap = layer.observer(ValueTap::default());
+    let chunks = common::one_bytes_per_event();
+    let mut g = c.benchmark_group("metering/a_one_bytes_per_event");
+    g.throughput(Throughput::Elements(202));
+    g.bench_function("bare_body", |b| {
+        b.iter_batched(|| upstream(&chunks), |u| black_box(drain(u)), BatchSize::SmallInput)
+    });
+    g.bench_function("sse_body_usage_timing", |b| {
+        b.iter_batched(
+            || upstream(&chunks),
+            |u| black_box(drain(through(&metering, u))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("sse_body_value_tap", |b| {
+        b.iter_batched(
+            || upstream(&chunks),
+            |u| black_box(drain(through(&value_tap, u))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
 }
 
 criterion_group! {

@@ -53,7 +53,7 @@ where
         while let Some(live) = guard.0.as_mut() {
             // Be a fair neighbour to the streams still being served.
             frames = frames.wrapping_add(1);
-            if frames % 64 == 0 {
+            if frames.is_multiple_of(64) {
                 tokio::task::yield_now().await;
             }
             // An upstream that always has a frame ready never lets the timeout run.

@@ -74,10 +74,46 @@ type RequestPredicate = Arc<dyn Fn(&http::request::Parts) -> bool + Send + Sync>
 
 /// Adds `stream_options.include_usage` to streaming OpenAI-style requests. See the
 /// [module docs](crate::include_usage).
+///
+/// The inner service receives [`UsageRequestBody<B>`]; use
+/// [`map_request_body`](Self::map_request_body) when it needs its own body type (with axum:
+/// `.map_request_body(axum::body::Body::new)`).
 #[derive(Clone)]
 #[must_use]
-pub struct IncludeUsageLayer {
+pub struct IncludeUsageLayer<M = Unchanged> {
     config: Arc<Config>,
+    map: M,
+}
+
+/// Turns the request body the layer produces into the one the inner service takes.
+///
+/// Implemented for closures and for [`Unchanged`].
+pub trait MapRequestBody<B> {
+    /// The body the inner service takes.
+    type Output;
+    /// Convert.
+    fn map(&self, body: UsageRequestBody<B>) -> Self::Output;
+}
+
+/// Hands the inner service the [`UsageRequestBody`] itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unchanged;
+
+impl<B> MapRequestBody<B> for Unchanged {
+    type Output = UsageRequestBody<B>;
+    fn map(&self, body: UsageRequestBody<B>) -> UsageRequestBody<B> {
+        body
+    }
+}
+
+impl<B, F, O> MapRequestBody<B> for F
+where
+    F: Fn(UsageRequestBody<B>) -> O,
+{
+    type Output = O;
+    fn map(&self, body: UsageRequestBody<B>) -> O {
+        self(body)
+    }
 }
 
 #[derive(Clone)]
@@ -98,6 +134,17 @@ impl IncludeUsageLayer {
                 continuous: false,
                 applies: None,
             }),
+            map: Unchanged,
+        }
+    }
+}
+
+impl<M> IncludeUsageLayer<M> {
+    /// Convert the request body before the inner service gets it.
+    pub fn map_request_body<M2>(self, map: M2) -> IncludeUsageLayer<M2> {
+        IncludeUsageLayer {
+            config: self.config,
+            map,
         }
     }
 
@@ -138,7 +185,7 @@ impl Default for IncludeUsageLayer {
     }
 }
 
-impl fmt::Debug for IncludeUsageLayer {
+impl<M> fmt::Debug for IncludeUsageLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IncludeUsageLayer")
             .field("max_request_size", &self.config.max_size)
@@ -148,25 +195,27 @@ impl fmt::Debug for IncludeUsageLayer {
     }
 }
 
-impl<S> Layer<S> for IncludeUsageLayer {
-    type Service = IncludeUsage<S>;
+impl<S, M: Clone> Layer<S> for IncludeUsageLayer<M> {
+    type Service = IncludeUsage<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         IncludeUsage {
             inner,
             config: self.config.clone(),
+            map: self.map.clone(),
         }
     }
 }
 
 /// The service of [`IncludeUsageLayer`].
 #[derive(Clone)]
-pub struct IncludeUsage<S> {
+pub struct IncludeUsage<S, M = Unchanged> {
     inner: S,
     config: Arc<Config>,
+    map: M,
 }
 
-impl<S: fmt::Debug> fmt::Debug for IncludeUsage<S> {
+impl<S: fmt::Debug, M> fmt::Debug for IncludeUsage<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IncludeUsage").field("inner", &self.inner).finish_non_exhaustive()
     }
@@ -184,9 +233,11 @@ fn default_applies(parts: &http::request::Parts) -> bool {
         && (path.ends_with("/chat/completions") || path.ends_with("/completions"))
 }
 
-impl<S, B, ResBody> Service<Request<B>> for IncludeUsage<S>
+impl<S, M, B, ResBody> Service<Request<B>> for IncludeUsage<S, M>
 where
-    S: Service<Request<UsageRequestBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    M: MapRequestBody<B> + Clone + Send + Sync + 'static,
+    M::Output: Send + 'static,
+    S: Service<Request<M::Output>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -204,13 +255,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
+        let map = self.map.clone();
         let (parts, body) = request.into_parts();
         let applies = match &config.applies {
             Some(predicate) => predicate(&parts),
             None => default_applies(&parts),
         };
         if !applies {
-            let request = Request::from_parts(parts, UsageRequestBody::original(body));
+            let request = Request::from_parts(parts, map.map(UsageRequestBody::original(body)));
             return Box::pin(async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) });
         }
         Box::pin(async move {
@@ -233,7 +285,7 @@ where
                     ));
                 }
             };
-            Ok(inner.call(Request::from_parts(parts, body)).await?.map(IncludeUsageBody::inner))
+            Ok(inner.call(Request::from_parts(parts, map.map(body))).await?.map(IncludeUsageBody::inner))
         })
     }
 }

@@ -15,8 +15,8 @@
 //! | `tower_sse.streams.ended` | streams | counter, label `outcome` |
 //!
 //! Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model` (from
-//! [`RequestModel`](crate::include_usage::RequestModel), when known), `gen_ai.response.model`,
-//! and `error.type` (the [`Outcome`](crate::Outcome) name) on failures.
+//! [`include_usage::RequestModel`](crate::include_usage::RequestModel) when known), `gen_ai.response.model`,
+//! and `error.type` (the [`crate::Outcome`] name) on failures.
 //!
 //! The library never installs a recorder or exporter. The facade carries no bucket
 //! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`],

@@ -108,7 +108,7 @@ fn body_makes_no_allocation_per_event() {
     let (once, double) = per_event_allocations(&layer, &a);
     assert_eq!(double, once, "SseBody allocated per event ({once} for 202 events, {double} for 404)");
 
-    let timed = layer.clone().observer(TimingObserver::default());
+    let timed = layer.observer(TimingObserver::default());
     let (once, double) = per_event_allocations(&timed, &a);
     assert_eq!(double, once, "SseBody + timing allocated per event ({once} vs {double})");
     // What one stream costs, whatever its length (boxed upstream, report strings, outbox).

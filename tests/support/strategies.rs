@@ -90,4 +90,3 @@ pub fn stream_and_cuts() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
         (Just(s), cuts(len))
     })
 }
-
