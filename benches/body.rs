@@ -112,7 +112,11 @@ fn benches(c: &mut Criterion) {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements(202));
         g.bench_function("bare_body", |b| {
-            b.iter_batched(|| upstream(&chunks), |u| black_box(drain(u)), BatchSize::SmallInput)
+            b.iter_batched(
+                || upstream(&chunks),
+                |u| black_box(drain(u)),
+                BatchSize::SmallInput,
+            )
         });
         g.bench_function("sse_body", |b| {
             b.iter_batched(
@@ -133,13 +137,19 @@ fn benches(c: &mut Criterion) {
 
     // Issue 4: the full metering stack (decode, keep-alive, usage, timing) on the 200-event
     // chat stream, against the bare body and against a `serde_json::Value`-per-event tap.
-    let metering = layer.clone().observer((UsageObserver::new(), TimingObserver::new()));
+    let metering = layer
+        .clone()
+        .observer((UsageObserver::new(), TimingObserver::new()));
     let value_tap = layer.observer(ValueTap::default());
     let chunks = common::one_bytes_per_event();
     let mut g = c.benchmark_group("metering/a_one_bytes_per_event");
     g.throughput(Throughput::Elements(202));
     g.bench_function("bare_body", |b| {
-        b.iter_batched(|| upstream(&chunks), |u| black_box(drain(u)), BatchSize::SmallInput)
+        b.iter_batched(
+            || upstream(&chunks),
+            |u| black_box(drain(u)),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("sse_body_usage_timing", |b| {
         b.iter_batched(

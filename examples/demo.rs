@@ -93,7 +93,9 @@ async fn main() {
     config.first_event_timeout = Some(Duration::from_secs(10));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
-    let gw = gateway::start(listener, config, Some(reports_tx)).await.unwrap();
+    let gw = gateway::start(listener, config, Some(reports_tx))
+        .await
+        .unwrap();
     let base = format!("http://{}", gw.addr);
     println!("mock upstream on http://{upstream}, gateway on {base}\n");
 
@@ -204,7 +206,9 @@ async fn main() {
             Some(UsageSource::Estimated) => "estimated",
             _ => "-",
         };
-        let digest = report.digest.map_or("-".into(), |d| d.to_hex()[..16].to_string());
+        let digest = report
+            .digest
+            .map_or("-".into(), |d| d.to_hex()[..16].to_string());
         println!(
             "{:<21} {:<20} {:>8} {:>9} {:>9} {:>6} {:>6} {:<9} {:<16}",
             label,
@@ -231,14 +235,24 @@ async fn main() {
             _ => {
                 expect(report.outcome == Outcome::Completed, "completed");
                 expect(usage.output_tokens == Some(24), "24 output tokens reported");
-                expect(timing.time_to_first_token.is_some(), "a time to first token");
+                expect(
+                    timing.time_to_first_token.is_some(),
+                    "a time to first token",
+                );
             }
         }
     }
 
     // The digest registry and the metrics, as a client would ask for them.
     let http = reqwest::Client::new();
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let ttft_samples = metrics
         .lines()
         .find(|l| l.starts_with("gen_ai_client_operation_time_to_first_chunk_count"))

@@ -36,7 +36,9 @@ OPTIONS:
 ";
 
 fn secs(value: &str, flag: &str) -> Option<Duration> {
-    let secs: f64 = value.parse().unwrap_or_else(|_| fail(&format!("{flag} takes seconds, got {value:?}")));
+    let secs: f64 = value
+        .parse()
+        .unwrap_or_else(|_| fail(&format!("{flag} takes seconds, got {value:?}")));
     (secs > 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
@@ -47,24 +49,34 @@ fn fail(message: &str) -> ! {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt().with_target(false).compact().init();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .compact()
+        .init();
 
     let mut listen = "127.0.0.1:8080".to_string();
     let mut upstream = None;
     let mut config = GatewayConfig::new("http://127.0.0.1:9000".parse().unwrap());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| fail(&format!("{arg} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| fail(&format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "--listen" => listen = value(),
             "--upstream" => upstream = Some(value()),
             "--keep-alive" => config.keep_alive = secs(&value(), "--keep-alive"),
-            "--first-event-timeout" => config.first_event_timeout = secs(&value(), "--first-event-timeout"),
+            "--first-event-timeout" => {
+                config.first_event_timeout = secs(&value(), "--first-event-timeout")
+            }
             "--idle-timeout" => config.idle_timeout = secs(&value(), "--idle-timeout"),
             "--total-timeout" => config.total_timeout = secs(&value(), "--total-timeout"),
             "--max-streams" => {
                 let value = value();
-                config.max_streams = value.parse().unwrap_or_else(|_| fail(&format!("--max-streams takes a number, got {value:?}")));
+                config.max_streams = value.parse().unwrap_or_else(|_| {
+                    fail(&format!("--max-streams takes a number, got {value:?}"))
+                });
             }
             "--early-response" => config.early_response = true,
             "-h" | "--help" => {
@@ -78,7 +90,9 @@ async fn main() -> std::io::Result<()> {
     // Without an upstream, run the mock one in this process.
     let _mock = match upstream {
         Some(url) => {
-            config.upstream = url.parse().unwrap_or_else(|_| fail(&format!("--upstream is not a URL: {url:?}")));
+            config.upstream = url
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("--upstream is not a URL: {url:?}")));
             None
         }
         None => {

@@ -20,7 +20,9 @@ struct ReportOnDrop<O: Observer, E: OnEnd>(Option<Live<O, E>>);
 impl<O: Observer, E: OnEnd> Drop for ReportOnDrop<O, E> {
     fn drop(&mut self) {
         if let Some(mut live) = self.0.take() {
-            let report = live.engine.close(Outcome::ClientDisconnected, Instant::now());
+            let report = live
+                .engine
+                .close(Outcome::ClientDisconnected, Instant::now());
             live.on_end.on_end(report);
         }
     }
@@ -39,7 +41,8 @@ where
 {
     let limit = live.engine.config.drain;
     let handle = tokio::runtime::Handle::try_current();
-    let (Some(limit), Upstream::Body(mut body), Ok(handle), false) = (limit, upstream, handle, live.ending)
+    let (Some(limit), Upstream::Body(mut body), Ok(handle), false) =
+        (limit, upstream, handle, live.ending)
     else {
         return report_disconnect(live, Upstream::<B>::Gone);
     };

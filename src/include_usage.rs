@@ -217,15 +217,22 @@ pub struct IncludeUsage<S, M = Unchanged> {
 
 impl<S: fmt::Debug, M> fmt::Debug for IncludeUsage<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IncludeUsage").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("IncludeUsage")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
 fn default_applies(parts: &http::request::Parts) -> bool {
     let path = parts.uri.path();
     let json = parts.headers.get(CONTENT_TYPE).is_none_or(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        v.to_str().is_ok_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
     });
     parts.method == Method::POST
         && json
@@ -263,7 +270,9 @@ where
         };
         if !applies {
             let request = Request::from_parts(parts, map.map(UsageRequestBody::original(body)));
-            return Box::pin(async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) });
+            return Box::pin(
+                async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },
+            );
         }
         Box::pin(async move {
             let read = read_bounded(body, config.max_size).await;
@@ -285,7 +294,10 @@ where
                     ));
                 }
             };
-            Ok(inner.call(Request::from_parts(parts, map.map(body))).await?.map(IncludeUsageBody::inner))
+            Ok(inner
+                .call(Request::from_parts(parts, map.map(body)))
+                .await?
+                .map(IncludeUsageBody::inner))
         })
     }
 }
@@ -328,7 +340,8 @@ fn rewrite<B>(
     }
     let options = probe.stream_options.as_ref();
     let has_usage = options.is_some_and(|o| o.include_usage == Some(true));
-    let has_continuous = !config.continuous || options.is_some_and(|o| o.continuous_usage_stats == Some(true));
+    let has_continuous =
+        !config.continuous || options.is_some_and(|o| o.continuous_usage_stats == Some(true));
     if has_usage && has_continuous {
         return (parts, UsageRequestBody::buffered(body, trailers));
     }
@@ -343,7 +356,9 @@ fn rewrite<B>(
     if !has_usage {
         parts.extensions.insert(UsageInjected);
     }
-    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
     (parts, UsageRequestBody::buffered(new_body, trailers))
 }
 
@@ -409,7 +424,11 @@ where
     }
 }
 
-fn error_response<B>(status: StatusCode, kind: &str, message: &str) -> Response<IncludeUsageBody<B>> {
+fn error_response<B>(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+) -> Response<IncludeUsageBody<B>> {
     let body = format!(r#"{{"error":{{"type":"{kind}","message":"{message}"}}}}"#);
     let mut response = Response::new(IncludeUsageBody::full(Bytes::from(body)));
     *response.status_mut() = status;
@@ -477,7 +496,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             RequestKindProj::Original { body } => body.poll_frame(cx).map_err(Into::into),
             RequestKindProj::Buffered { data, trailers } => Poll::Ready(
@@ -504,7 +526,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             RequestKind::Original { body } => body.size_hint(),
-            RequestKind::Buffered { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            RequestKind::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             RequestKind::Chained { prefix, rest } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let inner = rest.size_hint();
@@ -564,9 +588,14 @@ where
     type Error = BoxError;
 
     #[inline]
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            ResponseKindProj::Inner { body } => Poll::Ready(ready!(body.poll_frame(cx)).map(|r| r.map_err(Into::into))),
+            ResponseKindProj::Inner { body } => {
+                Poll::Ready(ready!(body.poll_frame(cx)).map(|r| r.map_err(Into::into)))
+            }
             ResponseKindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -581,7 +610,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             ResponseKind::Inner { body } => body.size_hint(),
-            ResponseKind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ResponseKind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }
@@ -600,8 +631,17 @@ mod tests {
     }
 
     fn apply(body: &str, config: &Config) -> (String, bool, bool) {
-        let parts = Request::post("/v1/chat/completions").body(()).unwrap().into_parts().0;
-        let (parts, body) = rewrite::<http_body_util_stub::Never>(parts, Bytes::from(body.to_string()), None, config);
+        let parts = Request::post("/v1/chat/completions")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let (parts, body) = rewrite::<http_body_util_stub::Never>(
+            parts,
+            Bytes::from(body.to_string()),
+            None,
+            config,
+        );
         let RequestKind::Buffered { data, .. } = body.kind;
         (
             String::from_utf8(data.unwrap_or_default().to_vec()).unwrap(),
@@ -617,8 +657,12 @@ mod tests {
 
     #[test]
     fn stream_without_options_gets_them_inserted_byte_for_byte() {
-        let (body, injected, streaming) = apply(r#" {"model":"m","stream":true,"messages":[]}"#, &config());
-        assert_eq!(body, r#" {"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#);
+        let (body, injected, streaming) =
+            apply(r#" {"model":"m","stream":true,"messages":[]}"#, &config());
+        assert_eq!(
+            body,
+            r#" {"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#
+        );
         assert!(injected && streaming);
     }
 
@@ -632,7 +676,10 @@ mod tests {
 
     #[test]
     fn existing_options_are_merged() {
-        let (body, injected, _) = apply(r#"{"stream":true,"stream_options":{"include_usage":false}}"#, &config());
+        let (body, injected, _) = apply(
+            r#"{"stream":true,"stream_options":{"include_usage":false}}"#,
+            &config(),
+        );
         let value: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(value["stream_options"]["include_usage"], true);
         assert!(injected);
@@ -640,7 +687,13 @@ mod tests {
 
     #[test]
     fn non_streaming_and_invalid_bodies_are_untouched() {
-        for input in [r#"{"stream":false}"#, r#"{"model":"m"}"#, "not json", r#"{"stream":"yes"}"#, "[1,2]"] {
+        for input in [
+            r#"{"stream":false}"#,
+            r#"{"model":"m"}"#,
+            "not json",
+            r#"{"stream":"yes"}"#,
+            "[1,2]",
+        ] {
             let (body, injected, _) = apply(input, &config());
             assert_eq!(body, input);
             assert!(!injected);
@@ -652,7 +705,10 @@ mod tests {
         let mut config = config();
         config.continuous = true;
         let (body, _, _) = apply(r#"{"stream":true}"#, &config);
-        assert_eq!(body, r#"{"stream_options":{"include_usage":true,"continuous_usage_stats":true},"stream":true}"#);
+        assert_eq!(
+            body,
+            r#"{"stream_options":{"include_usage":true,"continuous_usage_stats":true},"stream":true}"#
+        );
     }
 
     #[test]
@@ -664,12 +720,32 @@ mod tests {
             }
             builder.body(()).unwrap().into_parts().0
         };
-        assert!(default_applies(&parts("POST", "/v1/chat/completions", Some("application/json"))));
+        assert!(default_applies(&parts(
+            "POST",
+            "/v1/chat/completions",
+            Some("application/json")
+        )));
         assert!(default_applies(&parts("POST", "/v1/completions", None)));
-        assert!(default_applies(&parts("POST", "/v1/chat/completions", Some("application/json; charset=utf-8"))));
-        assert!(!default_applies(&parts("POST", "/v1/responses", Some("application/json"))));
-        assert!(!default_applies(&parts("GET", "/v1/chat/completions", None)));
-        assert!(!default_applies(&parts("POST", "/v1/chat/completions", Some("multipart/form-data"))));
+        assert!(default_applies(&parts(
+            "POST",
+            "/v1/chat/completions",
+            Some("application/json; charset=utf-8")
+        )));
+        assert!(!default_applies(&parts(
+            "POST",
+            "/v1/responses",
+            Some("application/json")
+        )));
+        assert!(!default_applies(&parts(
+            "GET",
+            "/v1/chat/completions",
+            None
+        )));
+        assert!(!default_applies(&parts(
+            "POST",
+            "/v1/chat/completions",
+            Some("multipart/form-data")
+        )));
         assert!(!default_applies(&parts("POST", "/v1/embeddings", None)));
     }
 }

@@ -150,16 +150,13 @@ pub mod observe;
 mod provider;
 mod reframe;
 mod report;
+pub mod sse;
 #[cfg(feature = "tracing")]
 mod trace;
-pub mod sse;
 
 pub use body::SseBody;
 pub use config::{ErrorEvent, KeepAlive, StreamingRequest, UpstreamErrorPolicy};
 pub use include_usage::{IncludeUsage, IncludeUsageLayer, UsageInjected};
-#[cfg(feature = "tracing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub use trace::TraceObserver;
 pub use layer::{Sse, SseFuture, SseLayer};
 pub use observe::digest::Digest;
 pub use observe::timing::{Latencies, Timing, TimingObserver};
@@ -167,6 +164,9 @@ pub use observe::usage::{Usage, UsageSource};
 pub use observe::{EventContext, Observer};
 pub use provider::Provider;
 pub use report::{Framing, OnEnd, Outcome, StreamReport};
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub use trace::TraceObserver;
 
 // --- usage (observe/usage): exports added here ---
 pub use observe::usage::{

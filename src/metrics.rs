@@ -62,8 +62,8 @@ pub mod buckets {
     ];
     /// `gen_ai.client.token.usage`.
     pub const TOKEN_USAGE: &[f64] = &[
-        1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-        16777216.0, 67108864.0,
+        1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+        4194304.0, 16777216.0, 67108864.0,
     ];
     /// `gen_ai.server.time_to_first_token`.
     pub const SERVER_TIME_TO_FIRST_TOKEN: &[f64] = &[
@@ -79,14 +79,42 @@ pub mod buckets {
 /// installing one.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_histogram!(names::CLIENT_OPERATION_DURATION, Unit::Seconds, "GenAI operation duration");
-    describe_histogram!(names::CLIENT_TIME_TO_FIRST_CHUNK, Unit::Seconds, "Time to receive the first content chunk");
-    describe_histogram!(names::CLIENT_TIME_PER_OUTPUT_CHUNK, Unit::Seconds, "Time between consecutive content chunks");
-    describe_histogram!(names::CLIENT_TOKEN_USAGE, Unit::Count, "Number of input and output tokens used");
-    describe_histogram!(names::SERVER_TIME_TO_FIRST_TOKEN, Unit::Seconds, "Time to generate the first token");
-    describe_histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, Unit::Seconds, "Time per output token after the first");
+    describe_histogram!(
+        names::CLIENT_OPERATION_DURATION,
+        Unit::Seconds,
+        "GenAI operation duration"
+    );
+    describe_histogram!(
+        names::CLIENT_TIME_TO_FIRST_CHUNK,
+        Unit::Seconds,
+        "Time to receive the first content chunk"
+    );
+    describe_histogram!(
+        names::CLIENT_TIME_PER_OUTPUT_CHUNK,
+        Unit::Seconds,
+        "Time between consecutive content chunks"
+    );
+    describe_histogram!(
+        names::CLIENT_TOKEN_USAGE,
+        Unit::Count,
+        "Number of input and output tokens used"
+    );
+    describe_histogram!(
+        names::SERVER_TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time to generate the first token"
+    );
+    describe_histogram!(
+        names::SERVER_TIME_PER_OUTPUT_TOKEN,
+        Unit::Seconds,
+        "Time per output token after the first"
+    );
     describe_gauge!(names::STREAMS_OPEN, Unit::Count, "Streams open now");
-    describe_counter!(names::STREAMS_ENDED, Unit::Count, "Streams ended, by outcome");
+    describe_counter!(
+        names::STREAMS_ENDED,
+        Unit::Count,
+        "Streams ended, by outcome"
+    );
 }
 
 /// Records the GenAI metrics of each stream. See the [module docs](crate::metrics).
@@ -121,7 +149,10 @@ impl MetricsObserver {
 
 impl Observer for MetricsObserver {
     fn on_request(&mut self, request: &http::request::Parts) {
-        self.request_model = request.extensions.get::<RequestModel>().map(|m| m.0.clone());
+        self.request_model = request
+            .extensions
+            .get::<RequestModel>()
+            .map(|m| m.0.clone());
     }
 
     fn on_response(&mut self, _response: &http::response::Parts, _report: &mut StreamReport) {
@@ -141,7 +172,10 @@ impl Observer for MetricsObserver {
                 Some(histogram) => histogram,
                 None => {
                     let labels = self.labels(labels);
-                    self.per_chunk.insert(metrics::histogram!(names::CLIENT_TIME_PER_OUTPUT_CHUNK, labels))
+                    self.per_chunk.insert(metrics::histogram!(
+                        names::CLIENT_TIME_PER_OUTPUT_CHUNK,
+                        labels
+                    ))
                 }
             };
             histogram.record(at.saturating_duration_since(last).as_secs_f64());
@@ -160,25 +194,33 @@ impl Observer for MetricsObserver {
         if failed {
             with_error.push(Label::new("error.type", report.outcome.as_str()));
         }
-        metrics::histogram!(names::CLIENT_OPERATION_DURATION, with_error).record(report.duration().as_secs_f64());
+        metrics::histogram!(names::CLIENT_OPERATION_DURATION, with_error)
+            .record(report.duration().as_secs_f64());
 
         let timing = report.timing.unwrap_or_default();
         if let Some(ttft) = timing.time_to_first_token {
-            metrics::histogram!(names::CLIENT_TIME_TO_FIRST_CHUNK, labels.clone()).record(secs(ttft));
+            metrics::histogram!(names::CLIENT_TIME_TO_FIRST_CHUNK, labels.clone())
+                .record(secs(ttft));
             if !failed {
-                metrics::histogram!(names::SERVER_TIME_TO_FIRST_TOKEN, labels.clone()).record(secs(ttft));
+                metrics::histogram!(names::SERVER_TIME_TO_FIRST_TOKEN, labels.clone())
+                    .record(secs(ttft));
             }
         }
         if let Some(tpot) = timing.time_per_output_token {
-            metrics::histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, labels.clone()).record(secs(tpot));
+            metrics::histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, labels.clone())
+                .record(secs(tpot));
         }
         // Reported usage only: the conventions ask not to report counts that were not counted.
         if let Some(usage) = report.usage.filter(|u| u.source == UsageSource::Reported) {
-            for (kind, tokens) in [("input", usage.input_tokens), ("output", usage.output_tokens)] {
+            for (kind, tokens) in [
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+            ] {
                 if let Some(tokens) = tokens {
                     let mut token_labels = labels.clone();
                     token_labels.push(Label::new("gen_ai.token.type", kind));
-                    metrics::histogram!(names::CLIENT_TOKEN_USAGE, token_labels).record(tokens as f64);
+                    metrics::histogram!(names::CLIENT_TOKEN_USAGE, token_labels)
+                        .record(tokens as f64);
                 }
             }
         }

@@ -194,9 +194,11 @@ pub(crate) fn response_meta(provider: Provider, event: &EventRef<'_>) -> Respons
         model: top.model.map(Cow::into_owned),
     };
     match provider {
-        Provider::Anthropic if event.event_bytes() == b"message_start" => serde_json::from_slice::<Anthropic<'_>>(data)
-            .map(|a| owned(a.message))
-            .unwrap_or_default(),
+        Provider::Anthropic if event.event_bytes() == b"message_start" => {
+            serde_json::from_slice::<Anthropic<'_>>(data)
+                .map(|a| owned(a.message))
+                .unwrap_or_default()
+        }
         Provider::Anthropic => ResponseMeta::default(),
         Provider::OpenAiResponses if keys::RESPONSE.find(data).is_some() => {
             serde_json::from_slice::<Responses<'_>>(data)
@@ -210,7 +212,9 @@ pub(crate) fn response_meta(provider: Provider, event: &EventRef<'_>) -> Respons
                 model: g.model.map(Cow::into_owned),
             })
             .unwrap_or_default(),
-        _ => serde_json::from_slice::<Top<'_>>(data).map(owned).unwrap_or_default(),
+        _ => serde_json::from_slice::<Top<'_>>(data)
+            .map(owned)
+            .unwrap_or_default(),
     }
 }
 
@@ -285,7 +289,12 @@ impl Classifier {
 
     /// Fill the report's response id and model from the first events that name them.
     #[inline]
-    pub(crate) fn fill_meta(&mut self, event: &EventRef<'_>, id: &mut Option<String>, model: &mut Option<String>) {
+    pub(crate) fn fill_meta(
+        &mut self,
+        event: &EventRef<'_>,
+        id: &mut Option<String>,
+        model: &mut Option<String>,
+    ) {
         if self.meta_budget == 0 || (id.is_some() && model.is_some()) {
             return;
         }
@@ -458,27 +467,68 @@ mod tests {
     fn response_meta_per_format() {
         let meta = |p, e, d| response_meta(p, &ev(e, d));
         assert_eq!(
-            meta(Provider::OpenAiChat, "", r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o"}"#),
-            ResponseMeta { id: Some("chatcmpl-1".into()), model: Some("gpt-4o".into()) }
+            meta(
+                Provider::OpenAiChat,
+                "",
+                r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o"}"#
+            ),
+            ResponseMeta {
+                id: Some("chatcmpl-1".into()),
+                model: Some("gpt-4o".into())
+            }
         );
         assert_eq!(
-            meta(Provider::Anthropic, "message_start", r#"{"type":"message_start","message":{"id":"msg_1","model":"claude"}}"#),
-            ResponseMeta { id: Some("msg_1".into()), model: Some("claude".into()) }
+            meta(
+                Provider::Anthropic,
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"msg_1","model":"claude"}}"#
+            ),
+            ResponseMeta {
+                id: Some("msg_1".into()),
+                model: Some("claude".into())
+            }
         );
         assert_eq!(
-            meta(Provider::OpenAiResponses, "response.created", r#"{"type":"response.created","response":{"id":"resp_1","model":"o3"}}"#),
-            ResponseMeta { id: Some("resp_1".into()), model: Some("o3".into()) }
+            meta(
+                Provider::OpenAiResponses,
+                "response.created",
+                r#"{"type":"response.created","response":{"id":"resp_1","model":"o3"}}"#
+            ),
+            ResponseMeta {
+                id: Some("resp_1".into()),
+                model: Some("o3".into())
+            }
         );
         assert_eq!(
-            meta(Provider::Gemini, "", r#"{"candidates":[],"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#),
-            ResponseMeta { id: Some("abc".into()), model: Some("gemini-2.5-flash".into()) }
+            meta(
+                Provider::Gemini,
+                "",
+                r#"{"candidates":[],"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#
+            ),
+            ResponseMeta {
+                id: Some("abc".into()),
+                model: Some("gemini-2.5-flash".into())
+            }
         );
         assert_eq!(
-            meta(Provider::Ollama, "", r#"{"model":"llama3.2","message":{"role":"assistant","content":"x"},"done":false}"#),
-            ResponseMeta { id: None, model: Some("llama3.2".into()) }
+            meta(
+                Provider::Ollama,
+                "",
+                r#"{"model":"llama3.2","message":{"role":"assistant","content":"x"},"done":false}"#
+            ),
+            ResponseMeta {
+                id: None,
+                model: Some("llama3.2".into())
+            }
         );
-        assert_eq!(meta(Provider::OpenAiChat, "", "[DONE]"), ResponseMeta::default());
-        assert_eq!(meta(Provider::OpenAiChat, "", r#"{"id":1}"#), ResponseMeta::default());
+        assert_eq!(
+            meta(Provider::OpenAiChat, "", "[DONE]"),
+            ResponseMeta::default()
+        );
+        assert_eq!(
+            meta(Provider::OpenAiChat, "", r#"{"id":1}"#),
+            ResponseMeta::default()
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ fn heap_use() {
     usage_observer_makes_no_allocation_per_content_event();
 }
 
-type Upstream = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+type Upstream =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 /// Run one stream of `chunks` through `layer`, polled as hyper would (no runtime needed:
 /// the upstream is always ready, so no timer is ever created).
@@ -68,7 +69,10 @@ where
     let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
         let body: Upstream = upstream.take().unwrap();
         std::future::ready(Ok::<_, Infallible>(
-            Response::builder().header("content-type", "text/event-stream").body(body).unwrap(),
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap(),
         ))
     }));
     let mut cx = Context::from_waker(Waker::noop());
@@ -106,11 +110,17 @@ fn body_makes_no_allocation_per_event() {
     let a = inputs::one_bytes_per_event();
     let layer = SseLayer::new().keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
     let (once, double) = per_event_allocations(&layer, &a);
-    assert_eq!(double, once, "SseBody allocated per event ({once} for 202 events, {double} for 404)");
+    assert_eq!(
+        double, once,
+        "SseBody allocated per event ({once} for 202 events, {double} for 404)"
+    );
 
     let timed = layer.observer(TimingObserver::default());
     let (once, double) = per_event_allocations(&timed, &a);
-    assert_eq!(double, once, "SseBody + timing allocated per event ({once} vs {double})");
+    assert_eq!(
+        double, once,
+        "SseBody + timing allocated per event ({once} vs {double})"
+    );
     // What one stream costs, whatever its length (boxed upstream, report strings, outbox).
     assert!(once <= 12, "{once} allocations for one stream");
 }
@@ -210,12 +220,19 @@ fn usage_observer_makes_no_allocation_per_content_event() {
 
     // The stream through the whole layer, polled by hand. Returns the allocations made
     // while `measured` frames went out, after `warm_up` frames.
-    fn run<O>(observer: O, chunks: Vec<Bytes>, warm_up: usize, measured: usize) -> (u64, Option<Usage>)
+    fn run<O>(
+        observer: O,
+        chunks: Vec<Bytes>,
+        warm_up: usize,
+        measured: usize,
+    ) -> (u64, Option<Usage>)
     where
         O: Observer + Clone + Send + 'static,
     {
         let upstream = StreamBody::new(futures_util::stream::iter(
-            chunks.into_iter().map(|c| Ok::<_, Infallible>(Frame::data(c))),
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, Infallible>(Frame::data(c))),
         ));
         let mut upstream = Some(
             Response::builder()
@@ -264,9 +281,13 @@ fn usage_observer_makes_no_allocation_per_content_event() {
         (0..3)
             .map(|_| {
                 if observe {
-                    let (allocations, usage) = run(UsageObserver::new(), chunks(), warm_up, measured);
+                    let (allocations, usage) =
+                        run(UsageObserver::new(), chunks(), warm_up, measured);
                     let usage = usage.expect("the usage chunk was read");
-                    assert_eq!((usage.input_tokens, usage.output_tokens), (Some(1117), Some(199)));
+                    assert_eq!(
+                        (usage.input_tokens, usage.output_tokens),
+                        (Some(1117), Some(199))
+                    );
                     allocations
                 } else {
                     run((), chunks(), warm_up, measured).0
@@ -278,11 +299,17 @@ fn usage_observer_makes_no_allocation_per_content_event() {
 
     // (a) One `Bytes` per event: frames 20..199 are 179 content events. No allocation.
     let allocations = least(true, inputs::one_bytes_per_event, 20, 179);
-    assert_eq!(allocations, 0, "{allocations} allocations for 179 content events");
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations for 179 content events"
+    );
 
     // (b) 7/61-byte splits: an event that spans chunks is copied into one `Bytes` by the
     // layer (with or without observers); the usage observer adds nothing.
     let bare = least(false, inputs::split_7_61, 40, 100);
     let observed = least(true, inputs::split_7_61, 40, 100);
-    assert_eq!(observed, bare, "the usage observer allocated on split events");
+    assert_eq!(
+        observed, bare,
+        "the usage observer allocated on split events"
+    );
 }

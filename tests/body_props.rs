@@ -23,11 +23,21 @@ fn cases() -> u32 {
 
 /// Run the stream through the layer; return the frames the client got.
 fn through_layer(chunks: Vec<Bytes>, lenient: bool) -> Vec<Bytes> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
-        let upstream = FramesBody::new(chunks.into_iter().map(|c| Ok(Frame::data(c))).collect(), false);
-        let layer = SseLayer::new().lenient_eof(lenient).error_event(ErrorEvent::none());
-        let mut body = serve(layer, response("text/event-stream", upstream)).await.into_body();
+        let upstream = FramesBody::new(
+            chunks.into_iter().map(|c| Ok(Frame::data(c))).collect(),
+            false,
+        );
+        let layer = SseLayer::new()
+            .lenient_eof(lenient)
+            .error_event(ErrorEvent::none());
+        let mut body = serve(layer, response("text/event-stream", upstream))
+            .await
+            .into_body();
         let mut frames = Vec::new();
         while let Some(frame) = body.frame().await {
             frames.push(frame.unwrap().into_data().unwrap());

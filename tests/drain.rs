@@ -29,8 +29,11 @@ fn report_survives_a_runtime_shutdown_during_a_drain() {
         let layer = SseLayer::new()
             .drain_on_disconnect(Duration::from_secs(3600))
             .on_end(reports.sink());
-        let mut body = serve(layer, response("text/event-stream", upstream)).await.into_body();
-        tx.send(Ok(Frame::data(Bytes::from_static(b"data: one\n\n")))).unwrap();
+        let mut body = serve(layer, response("text/event-stream", upstream))
+            .await
+            .into_body();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: one\n\n"))))
+            .unwrap();
         next_text(&mut body).await.unwrap();
         drop(body); // the client leaves; the drain task starts and waits on the upstream
     });
@@ -49,7 +52,10 @@ impl Body for Firehose {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: x\n\n")))))
     }
 }
@@ -60,7 +66,9 @@ async fn drain_limit_holds_against_an_upstream_that_never_pauses() {
     let layer = SseLayer::new()
         .drain_on_disconnect(Duration::from_millis(20))
         .on_end(reports.sink());
-    let mut body = serve(layer, response("text/event-stream", Firehose)).await.into_body();
+    let mut body = serve(layer, response("text/event-stream", Firehose))
+        .await
+        .into_body();
     next_text(&mut body).await.unwrap();
     drop(body);
     // Wait for the drain task to give up (a bounded wait, not a timing assertion).

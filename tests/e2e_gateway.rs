@@ -19,7 +19,10 @@ use tower_sse_mock::MockConfig;
 async fn start(config: GatewayConfig) -> (Gateway, mpsc::UnboundedReceiver<StreamReport>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (gateway::start(listener, config, Some(tx)).await.unwrap(), rx)
+    (
+        gateway::start(listener, config, Some(tx)).await.unwrap(),
+        rx,
+    )
 }
 
 async fn with_mock(mock: MockConfig) -> (SocketAddr, tower_sse_mock::MockServer, GatewayConfig) {
@@ -29,7 +32,8 @@ async fn with_mock(mock: MockConfig) -> (SocketAddr, tower_sse_mock::MockServer,
 }
 
 fn chat(stream: bool, mock: serde_json::Value) -> String {
-    serde_json::json!({"model": "gpt-mock", "stream": stream, "messages": [], "mock": mock}).to_string()
+    serde_json::json!({"model": "gpt-mock", "stream": stream, "messages": [], "mock": mock})
+        .to_string()
 }
 
 async fn post(addr: SocketAddr, body: String) -> reqwest::Response {
@@ -63,11 +67,24 @@ async fn until_no_open_streams(gateway: &Gateway) {
 #[tokio::test]
 async fn unreachable_upstream_is_a_502() {
     // A port nothing listens on.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let (gateway, _) = start(GatewayConfig::new(format!("http://{closed}").parse().unwrap())).await;
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (gateway, _) = start(GatewayConfig::new(
+        format!("http://{closed}").parse().unwrap(),
+    ))
+    .await;
     let response = post(gateway.addr, chat(true, serde_json::json!({}))).await;
     assert_eq!(response.status(), 502);
-    assert!(response.text().await.unwrap().contains("upstream_unreachable"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("upstream_unreachable")
+    );
     until_no_open_streams(&gateway).await;
 }
 
@@ -76,10 +93,23 @@ async fn upstream_too_slow_to_answer_is_a_504() {
     let (_, _mock, mut config) = with_mock(MockConfig::new()).await;
     config.first_event_timeout = Some(Duration::from_millis(300));
     let (gateway, mut reports) = start(config).await;
-    let response = post(gateway.addr, chat(true, serde_json::json!({"headers_delay_ms": 10_000}))).await;
+    let response = post(
+        gateway.addr,
+        chat(true, serde_json::json!({"headers_delay_ms": 10_000})),
+    )
+    .await;
     assert_eq!(response.status(), 504);
-    assert!(response.text().await.unwrap().contains("first_event_timeout"));
-    assert_eq!(report(&mut reports).await.outcome, Outcome::FirstEventTimeout);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("first_event_timeout")
+    );
+    assert_eq!(
+        report(&mut reports).await.outcome,
+        Outcome::FirstEventTimeout
+    );
     until_no_open_streams(&gateway).await;
 }
 
@@ -90,7 +120,11 @@ async fn full_stream_limit_is_a_503_with_retry_after_and_frees_up() {
     let (gateway, mut reports) = start(config).await;
 
     // One stream that stalls holds the only permit.
-    let mut first = post(gateway.addr, chat(true, serde_json::json!({"stall_after": 1}))).await;
+    let mut first = post(
+        gateway.addr,
+        chat(true, serde_json::json!({"stall_after": 1})),
+    )
+    .await;
     assert_eq!(first.status(), 200);
     let chunk = first.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&chunk).contains("data:"));
@@ -102,7 +136,10 @@ async fn full_stream_limit_is_a_503_with_retry_after_and_frees_up() {
 
     // The first client goes away: its permit comes back.
     drop(first);
-    assert_eq!(report(&mut reports).await.outcome, Outcome::ClientDisconnected);
+    assert_eq!(
+        report(&mut reports).await.outcome,
+        Outcome::ClientDisconnected
+    );
     until_no_open_streams(&gateway).await;
     let admitted = post(gateway.addr, chat(true, serde_json::json!({}))).await;
     assert_eq!(admitted.status(), 200);
@@ -114,7 +151,11 @@ async fn full_stream_limit_is_a_503_with_retry_after_and_frees_up() {
 async fn digest_is_registered_before_the_client_sees_done() {
     let (_, _mock, config) = with_mock(MockConfig::new().tokens(8)).await;
     let (gateway, mut reports) = start(config).await;
-    let body = post(gateway.addr, chat(true, serde_json::json!({}))).await.bytes().await.unwrap();
+    let body = post(gateway.addr, chat(true, serde_json::json!({})))
+        .await
+        .bytes()
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&body);
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let id = text
@@ -142,7 +183,11 @@ async fn digest_is_registered_before_the_client_sees_done() {
 async fn metrics_endpoint_serves_the_genai_metrics() {
     let (_, _mock, config) = with_mock(MockConfig::new().tokens(4)).await;
     let (gateway, mut reports) = start(config).await;
-    post(gateway.addr, chat(true, serde_json::json!({}))).await.bytes().await.unwrap();
+    post(gateway.addr, chat(true, serde_json::json!({})))
+        .await
+        .bytes()
+        .await
+        .unwrap();
     report(&mut reports).await;
     let text = reqwest::get(format!("http://{}/metrics", gateway.addr))
         .await

@@ -55,7 +55,11 @@ fn event_data(bytes: &[u8]) -> Vec<String> {
 
 /// An SSE body made of these pieces, as an axum body.
 fn sse_pieces(pieces: Vec<&'static str>) -> Response<AxumBody> {
-    let stream = futures_util::stream::iter(pieces.into_iter().map(|p| Ok::<_, Infallible>(Bytes::from_static(p.as_bytes()))));
+    let stream = futures_util::stream::iter(
+        pieces
+            .into_iter()
+            .map(|p| Ok::<_, Infallible>(Bytes::from_static(p.as_bytes()))),
+    );
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(AxumBody::from_stream(stream))
@@ -81,7 +85,10 @@ async fn serve_axum(app: Router) -> SocketAddr {
 async fn axum_router_layer_streams_whole_events_to_reqwest() {
     let (sink, mut reports) = report_channel();
     let app = Router::new()
-        .route("/v1/chat/completions", post(|| async { sse_pieces(CHAT.to_vec()) }))
+        .route(
+            "/v1/chat/completions",
+            post(|| async { sse_pieces(CHAT.to_vec()) }),
+        )
         .route("/plain", get(|| async { "not a stream" }))
         .layer(
             SseLayer::new()
@@ -116,9 +123,16 @@ async fn axum_router_layer_streams_whole_events_to_reqwest() {
     assert!(timing.time_to_first_token.is_some());
     assert_eq!(timing.inter_token.count, 1);
 
-    let plain = client.get(format!("http://{addr}/plain")).send().await.unwrap();
+    let plain = client
+        .get(format!("http://{addr}/plain"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(plain.text().await.unwrap(), "not a stream");
-    assert!(reports.try_recv().is_err(), "no report for a plain response");
+    assert!(
+        reports.try_recv().is_err(),
+        "no report for a plain response"
+    );
 }
 
 /// Forwards every request to the upstream with a pooled hyper-util client.
@@ -133,12 +147,19 @@ impl tower::Service<Request<Incoming>> for Forward {
     type Error = hyper_util::client::legacy::Error;
     type Future = hyper_util::client::legacy::ResponseFuture;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
         *request.uri_mut() = format!("http://{}{path}", self.upstream).parse().unwrap();
         self.client.request(request)
     }
@@ -157,7 +178,11 @@ async fn gateway_of_hyper_util_client_under_service_builder() {
     let (sink, mut reports) = report_channel();
     let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
     let service = ServiceBuilder::new()
-        .layer(SseLayer::new().observer(TimingObserver::default()).on_end(sink))
+        .layer(
+            SseLayer::new()
+                .observer(TimingObserver::default())
+                .on_end(sink),
+        )
         .service(Forward { client, upstream });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = listener.local_addr().unwrap();
@@ -200,7 +225,9 @@ async fn client_that_vanishes_mid_stream_is_reported_once() {
                 async move {
                     let rx = events_rx.lock().await.take().expect("one request");
                     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                        rx.recv().await.map(|e| (Ok::<_, Infallible>(Bytes::from_static(e.as_bytes())), rx))
+                        rx.recv()
+                            .await
+                            .map(|e| (Ok::<_, Infallible>(Bytes::from_static(e.as_bytes())), rx))
                     });
                     Response::builder()
                         .header("content-type", "text/event-stream")

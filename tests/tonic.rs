@@ -78,7 +78,8 @@ impl ServerStreamingService<Bytes> for Count {
         let text = String::from_utf8_lossy(request.get_ref()).into_owned();
         let fail = text.ends_with('!');
         let n: u32 = text.trim_end_matches('!').parse().unwrap_or(0);
-        let mut items: Vec<Result<Bytes, Status>> = (0..n).map(|i| Ok(Bytes::from(i.to_string()))).collect();
+        let mut items: Vec<Result<Bytes, Status>> =
+            (0..n).map(|i| Ok(Bytes::from(i.to_string()))).collect();
         if fail {
             items.push(Err(Status::aborted("counter gave up")));
         }
@@ -136,7 +137,11 @@ async fn grpc_streams_and_their_trailers_pass_through_untouched() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::builder()
-        .layer(SseLayer::new().keep_alive(tower_sse::KeepAlive::new()).on_end(reports.sink()))
+        .layer(
+            SseLayer::new()
+                .keep_alive(tower_sse::KeepAlive::new())
+                .on_end(reports.sink()),
+        )
         .add_service(Counter)
         .serve_with_incoming(TcpIncoming::from(listener));
     let server = tokio::spawn(server);
@@ -152,6 +157,10 @@ async fn grpc_streams_and_their_trailers_pass_through_untouched() {
     assert_eq!(status.code(), Code::Aborted);
     assert_eq!(status.message(), "counter gave up");
 
-    assert_eq!(reports.len(), 0, "gRPC responses are not streams the layer handles");
+    assert_eq!(
+        reports.len(),
+        0,
+        "gRPC responses are not streams the layer handles"
+    );
     server.abort();
 }

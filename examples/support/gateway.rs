@@ -120,20 +120,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn error_response(status: StatusCode, kind: &str, message: &str) -> http::Response<UpstreamResponseBody> {
+fn error_response(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+) -> http::Response<UpstreamResponseBody> {
     let body = format!(r#"{{"error":{{"type":"{kind}","message":"{message}"}}}}"#);
     let mut response = http::Response::new(Either::Right(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 impl tower::Service<Request<UpstreamRequestBody>> for Forward {
     type Response = http::Response<UpstreamResponseBody>;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -145,7 +156,11 @@ impl tower::Service<Request<UpstreamRequestBody>> for Forward {
         let client = self.client.clone();
         Box::pin(async move {
             let Ok(uri) = uri else {
-                return Ok(error_response(StatusCode::BAD_REQUEST, "invalid_request", "bad request path"));
+                return Ok(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "bad request path",
+                ));
             };
             strip_hop_by_hop(request.headers_mut());
             if let Some(authority) = uri.authority()
@@ -176,14 +191,44 @@ fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(names::CLIENT_OPERATION_DURATION.into()), buckets::OPERATION_DURATION)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::CLIENT_TIME_TO_FIRST_CHUNK.into()), buckets::OPERATION_DURATION))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::CLIENT_TIME_PER_OUTPUT_CHUNK.into()), buckets::OPERATION_DURATION))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::CLIENT_TOKEN_USAGE.into()), buckets::TOKEN_USAGE))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::SERVER_TIME_TO_FIRST_TOKEN.into()), buckets::SERVER_TIME_TO_FIRST_TOKEN))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::SERVER_TIME_PER_OUTPUT_TOKEN.into()), buckets::SERVER_TIME_PER_OUTPUT_TOKEN))
+                .set_buckets_for_metric(
+                    Matcher::Full(names::CLIENT_OPERATION_DURATION.into()),
+                    buckets::OPERATION_DURATION,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::CLIENT_TIME_TO_FIRST_CHUNK.into()),
+                        buckets::OPERATION_DURATION,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::CLIENT_TIME_PER_OUTPUT_CHUNK.into()),
+                        buckets::OPERATION_DURATION,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::CLIENT_TOKEN_USAGE.into()),
+                        buckets::TOKEN_USAGE,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::SERVER_TIME_TO_FIRST_TOKEN.into()),
+                        buckets::SERVER_TIME_TO_FIRST_TOKEN,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::SERVER_TIME_PER_OUTPUT_TOKEN.into()),
+                        buckets::SERVER_TIME_PER_OUTPUT_TOKEN,
+                    )
+                })
                 .expect("bucket lists are not empty");
-            let handle = builder.install_recorder().expect("no other recorder in this process");
+            let handle = builder
+                .install_recorder()
+                .expect("no other recorder in this process");
             tower_sse::metrics::describe();
             handle
         })
@@ -263,8 +308,13 @@ pub async fn start(
     })
 }
 
-async fn render_metrics(State((metrics, _)): State<(PrometheusHandle, DigestRegistry)>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+async fn render_metrics(
+    State((metrics, _)): State<(PrometheusHandle, DigestRegistry)>,
+) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
 }
 
 async fn lookup_digest(

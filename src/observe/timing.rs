@@ -232,8 +232,7 @@ impl Observer for TimingObserver {
             inter_token: self.gaps.summary(),
             decode_time,
             time_per_output_token,
-            output_tokens_per_second: time_per_output_token
-                .map(|tpot| 1.0 / tpot.as_secs_f64()),
+            output_tokens_per_second: time_per_output_token.map(|tpot| 1.0 / tpot.as_secs_f64()),
         });
     }
 }
@@ -250,8 +249,14 @@ mod tests {
             assert!(b >= last, "bucket went down at {micros}");
             last = b;
             if b + 1 < BUCKETS {
-                assert!(micros as f64 >= bucket_floor(b) * 0.999, "{micros} below floor of {b}");
-                assert!((micros as f64) < bucket_floor(b + 1) * 1.001, "{micros} above ceiling of {b}");
+                assert!(
+                    micros as f64 >= bucket_floor(b) * 0.999,
+                    "{micros} below floor of {b}"
+                );
+                assert!(
+                    (micros as f64) < bucket_floor(b + 1) * 1.001,
+                    "{micros} above ceiling of {b}"
+                );
             }
         }
         assert_eq!(bucket_of(u64::MAX / 2000), BUCKETS - 1);
