@@ -27,6 +27,47 @@ enum Framer {
     JsonLines(JsonLines),
 }
 
+/// Frames waiting for the client. Nearly every upstream chunk yields one frame (its events,
+/// merged into one slice), so the first waits inline: the common case allocates nothing, and
+/// the queue's buffer exists only for streams that ever had several frames waiting.
+#[derive(Debug, Default)]
+struct Outbox {
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+    /// The upstream's trailers, after every data frame (rare: boxed).
+    trailers: Option<Box<HeaderMap>>,
+}
+
+impl Outbox {
+    #[inline]
+    fn push(&mut self, data: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(data);
+        } else {
+            self.rest.push_back(data);
+        }
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<Frame<Bytes>> {
+        if let Some(data) = self.first.take().or_else(|| self.rest.pop_front()) {
+            return Some(Frame::data(data));
+        }
+        self.trailers.take().map(|t| Frame::trailers(*t))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty() && self.trailers.is_none()
+    }
+
+    #[cfg(feature = "drain")]
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+        self.trailers = None;
+    }
+}
+
 /// What one upstream chunk brought.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Activity {
@@ -43,7 +84,7 @@ pub(crate) struct Engine<O> {
     pub(crate) observer: O,
     pub(crate) report: StreamReport,
     classifier: Classifier,
-    outbox: VecDeque<Frame<Bytes>>,
+    outbox: Outbox,
     /// A range of the decoder's current input to forward as one slice.
     pending: Option<(usize, usize)>,
     /// The current upstream block had a comment line (for `forward_comments(false)`).
@@ -70,7 +111,7 @@ impl<O: Observer> Engine<O> {
             observer,
             report,
             classifier,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             pending: None,
             comment_in_block: false,
             delivered: true,
@@ -151,13 +192,13 @@ impl<O: Observer> Engine<O> {
                                 forward(decoder, &found, pending, outbox);
                             } else if found.sets_id() || found.retry().is_some() {
                                 flush(decoder, pending, outbox);
-                                outbox.push_back(Frame::data(reencode(
+                                outbox.push(reencode(
                                     None,
                                     found
                                         .sets_id()
                                         .then(|| decoder.lend_event(&found).last_event_id_bytes()),
                                     found.retry(),
-                                )));
+                                ));
                             }
                         }
                         FoundKind::Event => {
@@ -179,11 +220,11 @@ impl<O: Observer> Engine<O> {
                             if strip {
                                 flush(decoder, pending, outbox);
                                 let event = decoder.lend_event(&found);
-                                outbox.push_back(Frame::data(reencode(
+                                outbox.push(reencode(
                                     Some(event),
                                     found.sets_id().then(|| event.last_event_id_bytes()),
                                     found.retry(),
-                                )));
+                                ));
                             } else {
                                 forward(decoder, &found, pending, outbox);
                             }
@@ -212,7 +253,7 @@ impl<O: Observer> Engine<O> {
                         *delivered,
                         &mut activity,
                     ) {
-                        outbox.push_back(Frame::data(event.into_raw()));
+                        outbox.push(event.into_raw());
                     }
                 }
             }
@@ -223,7 +264,7 @@ impl<O: Observer> Engine<O> {
     /// End the stream with a failure: record it and queue the error event.
     pub(crate) fn fail(&mut self, outcome: Outcome, message: String) {
         if let Some(bytes) = self.config.error_event.render(outcome, &message) {
-            self.outbox.push_back(Frame::data(bytes));
+            self.outbox.push(bytes);
         }
         self.report.outcome = outcome;
         self.report.error.get_or_insert(message);
@@ -231,7 +272,7 @@ impl<O: Observer> Engine<O> {
 
     /// Pass the upstream's trailers on, after every data frame.
     pub(crate) fn push_trailers(&mut self, trailers: HeaderMap) {
-        self.outbox.push_back(Frame::trailers(trailers));
+        self.outbox.trailers = Some(Box::new(trailers));
     }
 
     /// Drop queued frames without handing them to anyone (the client is gone).
@@ -247,7 +288,7 @@ impl<O: Observer> Engine<O> {
     /// The next frame for the client.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Frame<Bytes>> {
-        let frame = self.outbox.pop_front()?;
+        let frame = self.outbox.pop()?;
         if let Some(data) = frame.data_ref() {
             self.report.bytes_out += data.len() as u64;
             self.observer.on_data(data, &mut self.report);
@@ -311,12 +352,12 @@ fn forward(
     decoder: &mut Decoder,
     found: &Found,
     pending: &mut Option<(usize, usize)>,
-    outbox: &mut VecDeque<Frame<Bytes>>,
+    outbox: &mut Outbox,
 ) {
     if found.is_unterminated() {
         flush(decoder, pending, outbox);
         let raw = Bytes::copy_from_slice(decoder.raw(found));
-        outbox.push_back(Frame::data(terminate_block(&raw)));
+        outbox.push(terminate_block(&raw));
         return;
     }
     match (found.source, pending.as_mut()) {
@@ -327,19 +368,15 @@ fn forward(
         }
         (Source::Carry, _) => {
             flush(decoder, pending, outbox);
-            outbox.push_back(Frame::data(Bytes::copy_from_slice(decoder.raw(found))));
+            outbox.push(Bytes::copy_from_slice(decoder.raw(found)));
         }
     }
 }
 
 #[inline]
-fn flush(
-    decoder: &mut Decoder,
-    pending: &mut Option<(usize, usize)>,
-    outbox: &mut VecDeque<Frame<Bytes>>,
-) {
+fn flush(decoder: &mut Decoder, pending: &mut Option<(usize, usize)>, outbox: &mut Outbox) {
     if let Some((start, end)) = pending.take() {
-        outbox.push_back(Frame::data(decoder.take_input(start, end)));
+        outbox.push(decoder.take_input(start, end));
     }
 }
 

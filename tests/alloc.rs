@@ -52,6 +52,7 @@ fn heap_use() {
     endless_line_is_refused_with_bounded_memory();
     body_makes_no_allocation_per_event();
     usage_observer_makes_no_allocation_per_content_event();
+    state_per_open_stream();
 }
 
 type Upstream =
@@ -311,5 +312,113 @@ fn usage_observer_makes_no_allocation_per_content_event() {
     assert_eq!(
         observed, bare,
         "the usage observer allocated on split events"
+    );
+}
+
+/// An upstream body that sends one chat chunk, then waits forever: an open stream.
+struct OneEventThenSilence(Option<Bytes>);
+
+impl Body for OneEventThenSilence {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Heap bytes of one open stream: keep-alive and deadlines armed, the first event decoded
+/// and forwarded, the upstream silent. The upstream's own buffers are not counted (its body
+/// here is one shared chunk). Returns (total, inline size of the body struct).
+fn open_stream_bytes<O>(layer: &SseLayer<O, ()>) -> (usize, usize)
+where
+    O: Observer + Clone + Send + 'static,
+{
+    const STREAMS: usize = 1000;
+    let chunk = inputs::one_bytes_per_event()[1].clone();
+    let open = || {
+        let mut upstream = Some(OneEventThenSilence(Some(chunk.clone())));
+        let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
+            std::future::ready(Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(upstream.take().unwrap())
+                    .unwrap(),
+            ))
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut future = pin!(service.call(Request::new(Empty::new())));
+        let Poll::Ready(Ok(response)) = Pin::new(&mut future).poll(&mut cx) else {
+            panic!("the inner service answers at once")
+        };
+        let mut body = Box::pin(response.into_body());
+        // The first event goes out; then the upstream is silent and the timer is armed.
+        assert!(matches!(
+            body.as_mut().poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        body
+    };
+    let inline = std::mem::size_of_val(&*open());
+    let mut bodies = Vec::with_capacity(STREAMS);
+    let before = heap_in_use();
+    for _ in 0..STREAMS {
+        bodies.push(open());
+    }
+    let total = (heap_in_use() - before) as usize / STREAMS;
+    drop(bodies);
+    (total, inline)
+}
+
+/// State per open stream, for the core layer, the metering stack and the full stack. The
+/// body struct is boxed here, as a server task holds it; so the total is everything a
+/// stream costs the process besides the upstream's buffers and the connection.
+fn state_per_open_stream() {
+    use tower_sse::metrics::MetricsObserver;
+    use tower_sse::{DigestObserver, DigestRegistry, TraceObserver, UsageObserver};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let core = SseLayer::new()
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .idle_timeout(Duration::from_secs(30))
+        .total_timeout(Duration::from_secs(600));
+    let (bytes, inline) = open_stream_bytes(&core);
+    println!("state per open stream, SseBody alone: {bytes} bytes ({inline} inline)");
+    assert!(
+        bytes < 2048,
+        "{bytes} bytes per open stream for the core layer"
+    );
+
+    let metering = core
+        .clone()
+        .observer((UsageObserver::new(), TimingObserver::new()));
+    let (bytes, inline) = open_stream_bytes(&metering);
+    println!("state per open stream, + usage + timing: {bytes} bytes ({inline} inline)");
+
+    let full = core.observer((
+        UsageObserver::new(),
+        TimingObserver::new(),
+        DigestObserver::with_registry(DigestRegistry::new()),
+        MetricsObserver::new(),
+        TraceObserver,
+    ));
+    let (bytes, inline) = open_stream_bytes(&full);
+    println!(
+        "state per open stream, + digest + metrics + tracing: {bytes} bytes ({inline} inline)"
+    );
+    assert!(
+        bytes < 4096,
+        "{bytes} bytes per open stream for the full stack"
     );
 }
