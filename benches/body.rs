@@ -8,66 +8,14 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::stream;
-use http::{Request, Response};
-use http_body::{Body, Frame};
-use http_body_util::{Empty, StreamBody};
-use tower::{Layer, Service};
 use tower_sse::sse::EventRef;
 use tower_sse::{EventContext, KeepAlive, Observer, SseLayer, TimingObserver, UsageObserver};
 
-type Upstream = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-fn upstream(chunks: &[Bytes]) -> Upstream {
-    let frames: Vec<_> = chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
-    StreamBody::new(stream::iter(frames))
-}
-
-/// Poll a body to its end, as hyper does; sum the bytes.
-fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
-    let mut body = pin!(body);
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut total = 0;
-    loop {
-        match body.as_mut().poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => total += frame.data_ref().map_or(0, Bytes::len),
-            Poll::Ready(Some(Err(_))) => panic!("body error"),
-            Poll::Ready(None) => return total,
-            Poll::Pending => unreachable!("in-memory bodies are always ready"),
-        }
-    }
-}
-
-/// The layer around a service answering with `body`; returns the response body.
-fn through<O, E>(layer: &SseLayer<O, E>, body: Upstream) -> impl Body<Data = Bytes> + use<O, E>
-where
-    O: Observer + Clone + Send + 'static,
-    E: tower_sse::OnEnd + Clone + Send + 'static,
-{
-    let mut body = Some(body);
-    let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body.take().unwrap())
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
-    }));
-    let mut future = pin!(service.call(Request::new(Empty::new())));
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(&mut future).poll(&mut cx) {
-        Poll::Ready(Ok(response)) => response.into_body(),
-        _ => unreachable!("the inner service is ready at once"),
-    }
-}
+use common::drive::{drain, through, upstream};
 
 /// An observer that does a little: counts events and content events.
 #[derive(Clone, Default)]

@@ -14,77 +14,20 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::stream;
-use http::{Request, Response};
-use http_body::{Body, Frame};
-use http_body_util::{Empty, StreamBody};
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
-use tower::{Layer, Service};
 #[cfg(feature = "registry")]
 use tower_sse::DigestRegistry;
 use tower_sse::sse::EventRef;
-use tower_sse::{
-    Digest, DigestObserver, EventContext, Observer, OnEnd, Provider, SseLayer, StreamReport,
-};
+use tower_sse::{Digest, DigestObserver, EventContext, Observer, Provider, SseLayer, StreamReport};
 
-type Upstream = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-fn upstream(chunks: &[Bytes]) -> Upstream {
-    let frames: Vec<_> = chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
-    StreamBody::new(stream::iter(frames))
-}
-
-/// Poll a body to its end, as hyper does; sum the bytes.
-fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
-    let mut body = pin!(body);
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut total = 0;
-    loop {
-        match body.as_mut().poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => total += frame.data_ref().map_or(0, Bytes::len),
-            Poll::Ready(Some(Err(_))) => panic!("body error"),
-            Poll::Ready(None) => return total,
-            Poll::Pending => unreachable!("in-memory bodies are always ready"),
-        }
-    }
-}
-
-/// The layer around a service answering with `body`; returns the response body.
-fn through<O, E>(layer: &SseLayer<O, E>, body: Upstream) -> impl Body<Data = Bytes> + use<O, E>
-where
-    O: Observer + Clone + Send + 'static,
-    E: OnEnd + Clone + Send + 'static,
-{
-    let mut body = Some(body);
-    let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body.take().unwrap())
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
-    }));
-    let request = Request::builder()
-        .uri("/v1/chat/completions")
-        .body(Empty::new())
-        .unwrap();
-    let mut future = pin!(service.call(request));
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(&mut future).poll(&mut cx) {
-        Poll::Ready(Ok(response)) => response.into_body(),
-        _ => unreachable!("the inner service is ready at once"),
-    }
-}
+use common::drive::{drain, through, upstream};
 
 /// A report as the layer makes it (with the response id and model of the stream), to drive
 /// an observer by hand.

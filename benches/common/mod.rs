@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 
+pub mod drive;
+
 /// Words the fake model "generates".
 const WORDS: &[&str] = &[
     " The",

@@ -66,11 +66,7 @@ impl Event {
 
     /// The event type: the `event` field, or `"message"` when the block had none.
     pub fn event(&self) -> Cow<'_, str> {
-        if self.event.is_empty() {
-            Cow::Borrowed("message")
-        } else {
-            String::from_utf8_lossy(&self.event)
-        }
+        self.as_ref().event()
     }
 
     /// The `event` field as sent; empty when the block had none.
@@ -80,7 +76,7 @@ impl Event {
 
     /// The data: the `data` lines joined with `\n`.
     pub fn data(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(&self.data)
+        self.as_ref().data()
     }
 
     /// The data as bytes (a slice of the input when the event had one `data` line).
@@ -90,7 +86,7 @@ impl Event {
 
     /// The last event id in force when this event was dispatched (ids persist across events).
     pub fn last_event_id(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(&self.id)
+        self.as_ref().last_event_id()
     }
 
     /// The last event id as bytes.
@@ -100,7 +96,7 @@ impl Event {
 
     /// The reconnection time, when this block set a valid `retry` field.
     pub fn retry(&self) -> Option<Duration> {
-        self.retry.map(Duration::from_millis)
+        self.as_ref().retry()
     }
 
     /// The bytes of the whole block as received, blank line included.
