@@ -1,0 +1,225 @@
+//! The OpenTelemetry GenAI metrics, checked with a debugging recorder: names, units,
+//! attributes and values, on paused time so the values are exact.
+
+#![cfg(feature = "metrics")]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::Frame;
+use http_body_util::Empty;
+use metrics::Unit;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use support::body::{channel, collect, response, serve_with};
+use tokio::time::sleep;
+use tower_sse::metrics::{MetricsObserver, describe, names};
+use tower_sse::{SseLayer, TimingObserver, UsageObserver};
+
+fn chunk(delta: &str, extra: &str) -> String {
+    format!(
+        "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{extra}}}]}}\n\n"
+    )
+}
+
+/// One chat stream: role chunk at 100 ms, content at 150 ms and 170 ms, then usage.
+async fn one_stream() {
+    let layer = SseLayer::new().observer((
+        UsageObserver::new(),
+        TimingObserver::new(),
+        MetricsObserver::new(),
+    ));
+    let (tx, upstream) = channel();
+    let request = Request::post("/v1/chat/completions")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let body = serve_with(layer, request, response("text/event-stream", upstream))
+        .await
+        .into_body();
+    let driver = tokio::spawn(async move {
+        let send = |s: String| tx.send(Ok(Frame::data(Bytes::from(s)))).unwrap();
+        sleep(Duration::from_millis(100)).await;
+        send(chunk(r#"{"role":"assistant","content":""}"#, "null"));
+        sleep(Duration::from_millis(50)).await;
+        send(chunk(r#"{"content":"Hel"}"#, "null"));
+        sleep(Duration::from_millis(20)).await;
+        send(chunk(r#"{"content":"lo"}"#, "null"));
+        send(chunk("{}", "\"stop\""));
+        send("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2,\"total_tokens\":12}}\n\ndata: [DONE]\n\n".into());
+    });
+    collect(body).await;
+    driver.await.unwrap();
+}
+
+#[test]
+fn genai_metrics_have_their_names_units_attributes_and_values() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        describe();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(one_stream());
+    });
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let find = |name: &str, label: Option<(&str, &str)>| {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                key.key().name() == name
+                    && label.is_none_or(|(k, v)| {
+                        key.key().labels().any(|l| l.key() == k && l.value() == v)
+                    })
+            })
+            .unwrap_or_else(|| panic!("{name} {label:?} not recorded"))
+    };
+    let histogram = |name: &str, label: Option<(&str, &str)>| match &find(name, label).3 {
+        DebugValue::Histogram(values) => {
+            values.iter().map(|v| v.into_inner()).collect::<Vec<f64>>()
+        }
+        other => panic!("{name} is not a histogram: {other:?}"),
+    };
+    let close = |got: &[f64], want: &[f64]| {
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+        }
+    };
+
+    // Time from the request's arrival to the end, to the first content chunk, between chunks.
+    close(&histogram(names::CLIENT_OPERATION_DURATION, None), &[0.170]);
+    close(
+        &histogram(names::CLIENT_TIME_TO_FIRST_CHUNK, None),
+        &[0.150],
+    );
+    close(
+        &histogram(names::CLIENT_TIME_PER_OUTPUT_CHUNK, None),
+        &[0.020],
+    );
+    close(
+        &histogram(names::SERVER_TIME_TO_FIRST_TOKEN, None),
+        &[0.150],
+    );
+    // (last - first content) / (output tokens - 1) = 0.020 / 1.
+    close(
+        &histogram(names::SERVER_TIME_PER_OUTPUT_TOKEN, None),
+        &[0.020],
+    );
+    close(
+        &histogram(
+            names::CLIENT_TOKEN_USAGE,
+            Some(("gen_ai.token.type", "input")),
+        ),
+        &[10.0],
+    );
+    close(
+        &histogram(
+            names::CLIENT_TOKEN_USAGE,
+            Some(("gen_ai.token.type", "output")),
+        ),
+        &[2.0],
+    );
+
+    // The attributes of the conventions.
+    let (key, unit, _, _) = find(names::CLIENT_OPERATION_DURATION, None);
+    let labels: Vec<(String, String)> = key
+        .key()
+        .labels()
+        .map(|l| (l.key().to_string(), l.value().to_string()))
+        .collect();
+    for expected in [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "openai"),
+        ("gen_ai.response.model", "gpt-x"),
+    ] {
+        assert!(
+            labels
+                .iter()
+                .any(|(k, v)| k == expected.0 && v == expected.1),
+            "{expected:?} missing in {labels:?}"
+        );
+    }
+    assert!(
+        !labels.iter().any(|(k, _)| k == "error.type"),
+        "a completed stream has no error.type"
+    );
+    assert_eq!(*unit, Some(Unit::Seconds));
+    assert_eq!(find(names::CLIENT_TOKEN_USAGE, None).1, Some(Unit::Count));
+
+    // The open-streams gauge went up and back down; the outcome counter counted one.
+    match &find(names::STREAMS_OPEN, None).3 {
+        DebugValue::Gauge(v) => assert_eq!(v.into_inner(), 0.0),
+        other => panic!("{other:?}"),
+    }
+    match &find(names::STREAMS_ENDED, Some(("outcome", "completed"))).3 {
+        DebugValue::Counter(n) => assert_eq!(*n, 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn failed_streams_carry_error_type_and_no_server_ttft() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let layer = SseLayer::new()
+                .idle_timeout(Duration::from_secs(1))
+                .observer((
+                    UsageObserver::new(),
+                    TimingObserver::new(),
+                    MetricsObserver::new(),
+                ));
+            let (tx, upstream) = channel();
+            let request = Request::post("/v1/chat/completions")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let body = serve_with(layer, request, response("text/event-stream", upstream))
+                .await
+                .into_body();
+            tx.send(Ok(Frame::data(Bytes::from(chunk(
+                r#"{"content":"Hi"}"#,
+                "null",
+            )))))
+            .unwrap();
+            collect(body).await; // the upstream stalls: idle timeout after 1 s
+            drop(tx);
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let duration = snapshot
+        .iter()
+        .find(|(key, ..)| key.key().name() == names::CLIENT_OPERATION_DURATION)
+        .expect("duration recorded");
+    assert!(
+        duration
+            .0
+            .key()
+            .labels()
+            .any(|l| l.key() == "error.type" && l.value() == "idle_timeout"),
+        "error.type missing"
+    );
+    assert!(
+        !snapshot
+            .iter()
+            .any(|(key, ..)| key.key().name() == names::SERVER_TIME_TO_FIRST_TOKEN),
+        "server TTFT is for successful responses only"
+    );
+    assert!(
+        snapshot
+            .iter()
+            .any(|(key, ..)| key.key().name() == names::STREAMS_ENDED
+                && key.key().labels().any(|l| l.value() == "idle_timeout"))
+    );
+}
