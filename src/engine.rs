@@ -328,15 +328,20 @@ fn observe<O: Observer>(
     activity: &mut Activity,
 ) -> bool {
     report.events += 1;
-    let content = classifier.classify(&event);
+    let found = classifier.classify(&event);
     classifier.fill_meta(&event, &mut report.response_id, &mut report.model);
+    let content = found.is_some();
     if content {
         report.content_events += 1;
         activity.content = true;
     }
+    let data = event.data_bytes();
     let mut cx = EventContext {
         at: now,
         content,
+        text: found
+            .flatten()
+            .and_then(|(start, end)| data.get(start..end)),
         delivered,
         forward: true,
         provider: classifier.provider(),

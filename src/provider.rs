@@ -111,32 +111,36 @@ impl Provider {
     /// Whether an event of this format carries content: text, reasoning or a tool-call
     /// delta. Role-only deltas, empty content, lifecycle events, pings and `[DONE]` do not.
     pub fn is_content(self, event: &EventRef<'_>) -> bool {
+        self.content(event).is_some()
+    }
+
+    /// Whether an event carries content and, when the format puts it in one string value,
+    /// where that text is in the event's data (JSON escapes not decoded).
+    pub(crate) fn content(self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
         let data = event.data_bytes();
+        let present = |finder: &Finder<'_>| finder.find(data).is_some().then_some(None);
         match self {
-            Self::Anthropic => {
-                event.event_bytes() == b"content_block_delta"
-                    && keys::SIGNATURE_DELTA.find(data).is_none()
-            }
-            Self::OpenAiResponses => event.event_bytes().ends_with(b".delta"),
-            Self::OpenAiChat => {
-                has_text(data, &keys::CONTENT)
-                    || has_text(data, &keys::REASONING_CONTENT)
-                    || has_text(data, &keys::REASONING)
-                    || has_text(data, &keys::REFUSAL)
-                    || keys::TOOL_CALLS.find(data).is_some()
-                    || keys::FUNCTION_CALL.find(data).is_some()
-            }
-            Self::OpenAiCompletions => has_text(data, &keys::TEXT),
-            Self::Gemini => {
-                has_text(data, &keys::TEXT) || keys::FUNCTION_CALL_GEMINI.find(data).is_some()
-            }
-            Self::Ollama => {
-                has_text(data, &keys::CONTENT)
-                    || has_text(data, &keys::THINKING)
-                    || has_text(data, &keys::RESPONSE_TEXT)
-                    || keys::TOOL_CALLS.find(data).is_some()
-            }
-            Self::Unknown => !data.is_empty() && data != b"[DONE]",
+            Self::Anthropic => (event.event_bytes() == b"content_block_delta"
+                && keys::SIGNATURE_DELTA.find(data).is_none())
+            .then_some(None),
+            Self::OpenAiResponses => event.event_bytes().ends_with(b".delta").then_some(None),
+            Self::OpenAiChat => text_of(data, &keys::CONTENT)
+                .or_else(|| text_of(data, &keys::REASONING_CONTENT))
+                .or_else(|| text_of(data, &keys::REASONING))
+                .or_else(|| text_of(data, &keys::REFUSAL))
+                .map(Some)
+                .or_else(|| present(&keys::TOOL_CALLS))
+                .or_else(|| present(&keys::FUNCTION_CALL)),
+            Self::OpenAiCompletions => text_of(data, &keys::TEXT).map(Some),
+            Self::Gemini => text_of(data, &keys::TEXT)
+                .map(Some)
+                .or_else(|| present(&keys::FUNCTION_CALL_GEMINI)),
+            Self::Ollama => text_of(data, &keys::CONTENT)
+                .or_else(|| text_of(data, &keys::THINKING))
+                .or_else(|| text_of(data, &keys::RESPONSE_TEXT))
+                .map(Some)
+                .or_else(|| present(&keys::TOOL_CALLS)),
+            Self::Unknown => (!data.is_empty() && data != b"[DONE]").then_some(None),
         }
     }
 }
@@ -218,13 +222,33 @@ pub(crate) fn response_meta(provider: Provider, event: &EventRef<'_>) -> Respons
     }
 }
 
-/// Whether `key` (a quoted JSON key) occurs with a non-empty string value.
-fn has_text(data: &[u8], key: &Finder<'_>) -> bool {
-    key.find_iter(data).any(|at| {
-        let mut rest = data[at + key.needle().len()..].iter();
+/// The first non-empty string value of `key` (a quoted JSON key): the range of its text,
+/// between the quotes, escapes not decoded.
+fn text_of(data: &[u8], key: &Finder<'_>) -> Option<(usize, usize)> {
+    key.find_iter(data).find_map(|at| {
         // `"key"` then optional whitespace, a colon, optional whitespace and a quote.
-        let mut next = || rest.by_ref().find(|b| !b.is_ascii_whitespace());
-        next() == Some(&b':') && next() == Some(&b'"') && rest.next().is_some_and(|b| *b != b'"')
+        let mut i = at + key.needle().len();
+        let mut next = || {
+            while data.get(i).is_some_and(u8::is_ascii_whitespace) {
+                i += 1;
+            }
+            i += 1;
+            data.get(i - 1).copied()
+        };
+        if next() != Some(b':') || next() != Some(b'"') {
+            return None;
+        }
+        let start = i;
+        // The closing quote: the first one not escaped by a backslash.
+        let mut end = start;
+        loop {
+            match data.get(end)? {
+                b'"' => break,
+                b'\\' => end += 2,
+                _ => end += 1,
+            }
+        }
+        (end > start).then_some((start, end))
     })
 }
 
@@ -314,9 +338,10 @@ impl Classifier {
         self.provider
     }
 
-    /// Look at one event: confirm the format if not done yet, and say whether it is content.
+    /// Look at one event: confirm the format if not done yet, and say whether it is content
+    /// (and where its text is, when the format puts it in one string).
     #[inline]
-    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> bool {
+    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
         if !self.confirmed
             && let Some(provider) = Provider::from_event(event)
         {
@@ -324,8 +349,8 @@ impl Classifier {
             self.confirmed = true;
         }
         match &self.predicate {
-            Some(predicate) => predicate(event, self.provider),
-            None => self.provider.is_content(event),
+            Some(predicate) => predicate(event, self.provider).then_some(None),
+            None => self.provider.content(event),
         }
     }
 }
@@ -371,6 +396,23 @@ mod tests {
             "",
             r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#
         )));
+    }
+
+    #[test]
+    fn content_text_is_located_escapes_and_all() {
+        let data = r#"{"choices":[{"delta":{"content":"say \"hi\" now"}}]}"#;
+        let span = Provider::OpenAiChat
+            .content(&ev("", data))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&data[span.0..span.1], r#"say \"hi\" now"#);
+        let tool = r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#;
+        assert_eq!(Provider::OpenAiChat.content(&ev("", tool)), Some(None));
+        assert_eq!(
+            Provider::OpenAiChat
+                .content(&ev("", r#"{"choices":[{"delta":{"content":"unterminated"#)),
+            None
+        );
     }
 
     #[test]

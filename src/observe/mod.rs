@@ -71,6 +71,7 @@ pub trait Observer {
 pub struct EventContext<'a> {
     pub(crate) at: Instant,
     pub(crate) content: bool,
+    pub(crate) text: Option<&'a [u8]>,
     pub(crate) delivered: bool,
     pub(crate) forward: bool,
     pub(crate) provider: Provider,
@@ -88,6 +89,7 @@ impl<'a> EventContext<'a> {
         Self {
             at,
             content,
+            text: None,
             delivered: true,
             forward: true,
             provider,
@@ -105,6 +107,13 @@ impl<'a> EventContext<'a> {
     /// by the provider format or the layer's content predicate.
     pub fn is_content(&self) -> bool {
         self.content
+    }
+
+    /// The text of a content event (its delta, as sent: JSON escapes not decoded), when the
+    /// provider format puts it in one string value, as OpenAI Chat, Completions, Gemini and
+    /// Ollama do. Found while deciding that the event is content, so reading it costs nothing.
+    pub fn content_text(&self) -> Option<&'a [u8]> {
+        self.text
     }
 
     /// Whether the event goes to a client. `false` while the upstream is drained after the

@@ -295,7 +295,11 @@ impl<X: UsageExtractor, C: TokenCounter> Observer for UsageObserver<X, C> {
         // Text is only worth counting while the output count is unknown.
         if cx.is_content() && state.raw_usage().output_tokens.is_none() {
             let counter = &mut self.counter;
-            estimate::content_text(provider, event, |text| counter.add_text(text));
+            // The layer located the text already for most formats: no second search.
+            match cx.content_text() {
+                Some(text) => counter.add_text(text),
+                None => estimate::content_text(provider, event, |text| counter.add_text(text)),
+            }
         }
         if std::mem::take(&mut state.usage_changed) {
             cx.report().usage = state.usage();
