@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -37,8 +38,9 @@ pin_project! {
     ///
     /// # Panics
     ///
-    /// Polling a stream that has keep-alives or deadlines configured outside a Tokio runtime
-    /// with its time driver enabled panics, as `tokio::time::sleep` does.
+    /// Keep-alives and deadlines use a Tokio timer: polling such a stream (and calling the
+    /// service with a streaming request when a first-event or total timeout is set) outside a
+    /// Tokio runtime with its time driver enabled panics, as `tokio::time::sleep` does.
     pub struct SseBody<B, O = (), E = ()> {
         #[pin]
         kind: Kind<B, O, E>,
@@ -223,7 +225,11 @@ where
                             self.end(Outcome::UpstreamError);
                             return Poll::Ready(Some(Err(error)));
                         }
-                        live.engine.fail(Outcome::UpstreamError, error.to_string());
+                        live.engine.fail_privately(
+                            Outcome::UpstreamError,
+                            "the upstream stream failed",
+                            error.to_string(),
+                        );
                         live.ending = true;
                         self.upstream = Upstream::Gone;
                         continue;
@@ -323,8 +329,9 @@ where
             Ok(response) => response,
             Err(error) => {
                 self.upstream = Upstream::Gone;
-                live.engine.fail(
+                live.engine.fail_privately(
                     Outcome::UpstreamError,
+                    "the upstream call failed",
                     format!("upstream call failed: {error}"),
                 );
                 live.ending = true;
@@ -430,16 +437,16 @@ where
             config
                 .keep_alive
                 .as_ref()
-                .map(|k| t.last_output_at + k.interval),
-            config.total_timeout.map(|d| t.started_at + d),
+                .map(|k| after(t.last_output_at, k.interval)),
+            config.total_timeout.map(|d| after(t.started_at, d)),
             config
                 .first_event_timeout
                 .filter(|_| !t.content_seen)
-                .map(|d| t.started_at + d),
+                .map(|d| after(t.started_at, d)),
             config
                 .idle_timeout
                 .zip(t.last_item_at)
-                .map(|(d, at)| at + d),
+                .map(|(d, at)| after(at, d)),
         ];
         candidates.into_iter().flatten().min()
     }
@@ -450,26 +457,26 @@ where
         let t = &self.timers;
         if config
             .total_timeout
-            .is_some_and(|d| now >= t.started_at + d)
+            .is_some_and(|d| now >= after(t.started_at, d))
         {
             return Some(Due::Timeout(Outcome::DeadlineExceeded));
         }
         if !t.content_seen
             && config
                 .first_event_timeout
-                .is_some_and(|d| now >= t.started_at + d)
+                .is_some_and(|d| now >= after(t.started_at, d))
         {
             return Some(Due::Timeout(Outcome::FirstEventTimeout));
         }
         if let (Some(d), Some(at)) = (config.idle_timeout, t.last_item_at)
-            && now >= at + d
+            && now >= after(at, d)
         {
             return Some(Due::Timeout(Outcome::IdleTimeout));
         }
         if config
             .keep_alive
             .as_ref()
-            .is_some_and(|k| now >= t.last_output_at + k.interval)
+            .is_some_and(|k| now >= after(t.last_output_at, k.interval))
         {
             return Some(Due::KeepAlive);
         }
@@ -514,6 +521,12 @@ impl<B, O, E> Drop for StreamState<B, O, E> {
             (self.on_drop)(live, upstream);
         }
     }
+}
+
+/// `at + duration`, saturating far in the future: `Duration::MAX` means "never", not a panic.
+pub(crate) fn after(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// The default [`StreamState::on_drop`]: cancel the upstream (by dropping it) and report

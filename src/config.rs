@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{ACCEPT, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_ENCODING, CONTENT_TYPE};
 
 use crate::provider::ContentPredicate;
 use crate::report::{Framing, Outcome};
@@ -163,8 +163,16 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     Some(essence.to_ascii_lowercase())
 }
 
-/// The default response test: SSE by content type, and NDJSON when enabled.
+/// The default response test: SSE by content type, and NDJSON when enabled. A compressed
+/// body is never decoded (it passes through): its bytes are not events until decompressed.
 pub(crate) fn default_framing(headers: &HeaderMap, json_lines: bool) -> Option<Framing> {
+    let compressed = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if compressed {
+        return None;
+    }
     match media_type(headers)?.as_str() {
         "text/event-stream" => Some(Framing::Sse),
         "application/x-ndjson"
@@ -292,5 +300,15 @@ mod tests {
         assert_eq!(default_framing(&headers, true), Some(Framing::JsonLines));
         headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
         assert_eq!(default_framing(&headers, true), None);
+    }
+
+    #[test]
+    fn compressed_streams_pass_through() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        headers.insert(CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(default_framing(&headers, false), None);
+        headers.insert(CONTENT_ENCODING, "identity".parse().unwrap());
+        assert_eq!(default_framing(&headers, false), Some(Framing::Sse));
     }
 }

@@ -51,7 +51,7 @@ where
     live.engine.discard_output();
     let mut guard = ReportOnDrop(Some(live));
     handle.spawn(async move {
-        let deadline = Instant::now() + limit;
+        let deadline = crate::body::after(Instant::now(), limit);
         let mut frames = 0u32;
         while let Some(live) = guard.0.as_mut() {
             // Be a fair neighbour to the streams still being served.

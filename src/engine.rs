@@ -18,6 +18,9 @@ use crate::reframe::JsonLines;
 use crate::report::{Framing, Outcome, StreamReport};
 use crate::sse::{Decoder, Event, EventRef, Found, FoundKind, Source, terminate_block};
 
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// The framing decoder of a stream. SSE is the common case: it stays inline rather than
 /// costing every stream an allocation.
 #[derive(Debug)]
@@ -91,6 +94,8 @@ pub(crate) struct Engine<O> {
     comment_in_block: bool,
     /// Whether events go to a client (`false` while draining after a disconnect).
     pub(crate) delivered: bool,
+    /// Whether anything went to the client yet (see [`Engine::pop`] on byte order marks).
+    output_started: bool,
 }
 
 impl<O: Observer> Engine<O> {
@@ -115,6 +120,7 @@ impl<O: Observer> Engine<O> {
             pending: None,
             comment_in_block: false,
             delivered: true,
+            output_started: false,
         }
     }
 
@@ -166,6 +172,7 @@ impl<O: Observer> Engine<O> {
             pending,
             comment_in_block,
             delivered,
+            ..
         } = self;
         let mut activity = Activity::default();
         match framer {
@@ -261,13 +268,25 @@ impl<O: Observer> Engine<O> {
         Ok(activity)
     }
 
-    /// End the stream with a failure: record it and queue the error event.
+    /// End the stream with a failure: record it and queue the error event, whose message
+    /// is `message` (the layer's own words, safe to show a client).
     pub(crate) fn fail(&mut self, outcome: Outcome, message: String) {
         if let Some(bytes) = self.config.error_event.render(outcome, &message) {
             self.outbox.push(bytes);
         }
         self.report.outcome = outcome;
         self.report.error.get_or_insert(message);
+    }
+
+    /// End the stream with a failure whose details come from elsewhere (an upstream error's
+    /// text can name internal hosts, or a URL with an API key in it): the details go to the
+    /// report only; the client's error event says `message`.
+    pub(crate) fn fail_privately(&mut self, outcome: Outcome, message: &str, details: String) {
+        if let Some(bytes) = self.config.error_event.render(outcome, message) {
+            self.outbox.push(bytes);
+        }
+        self.report.outcome = outcome;
+        self.report.error.get_or_insert(details);
     }
 
     /// Pass the upstream's trailers on, after every data frame.
@@ -286,9 +305,25 @@ impl<O: Observer> Engine<O> {
     }
 
     /// The next frame for the client.
+    ///
+    /// The decoder strips the upstream's leading byte order mark, as a client would. If the
+    /// first bytes the client gets begin with a BOM anyway (the upstream sent two, or its first
+    /// blocks were dropped), the client would strip that one and read the rest differently
+    /// from the upstream: so a BOM goes first, for the client to strip instead.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Frame<Bytes>> {
-        let frame = self.outbox.pop()?;
+        let mut frame = self.outbox.pop()?;
+        if !self.output_started
+            && let Some(data) = frame.data_ref()
+        {
+            self.output_started = true;
+            if data.starts_with(BOM) {
+                let mut with_bom = bytes::BytesMut::with_capacity(BOM.len() + data.len());
+                with_bom.extend_from_slice(BOM);
+                with_bom.extend_from_slice(data);
+                frame = Frame::data(with_bom.freeze());
+            }
+        }
         if let Some(data) = frame.data_ref() {
             self.report.bytes_out += data.len() as u64;
             self.observer.on_data(data, &mut self.report);
@@ -298,6 +333,7 @@ impl<O: Observer> Engine<O> {
 
     /// Count a keep-alive this layer sent.
     pub(crate) fn count_keep_alive(&mut self, len: usize) {
+        self.output_started = true;
         self.report.keep_alives += 1;
         self.report.bytes_out += len as u64;
     }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -345,7 +345,10 @@ fn rewrite<B>(
     if has_usage && has_continuous {
         return (parts, UsageRequestBody::buffered(body, trailers));
     }
-    let new_body = if options.is_none() {
+    // Inserting the field keeps the client's bytes, but only when the key is absent: a
+    // `"stream_options": null` must be replaced, not shadowed by a duplicate key.
+    let key_present = memchr::memmem::find(&body, b"\"stream_options\"").is_some();
+    let new_body = if options.is_none() && !key_present {
         insert_stream_options(&body, config.continuous)
     } else {
         merge_stream_options(&body, config.continuous)
@@ -356,9 +359,15 @@ fn rewrite<B>(
     if !has_usage {
         parts.extensions.insert(UsageInjected);
     }
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
+    // The body is whole now: it has a length, unless trailers follow it (then it is chunked).
+    parts.headers.remove(TRANSFER_ENCODING);
+    if trailers.is_some() {
+        parts.headers.remove(CONTENT_LENGTH);
+    } else {
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
+    }
     (parts, UsageRequestBody::buffered(new_body, trailers))
 }
 
@@ -380,10 +389,17 @@ fn insert_stream_options(body: &[u8], continuous: bool) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-/// `stream_options` exists: set the flags in it (the body is re-serialized).
+/// `stream_options` exists (maybe as `null`): set the flags in it (the body is re-serialized).
 fn merge_stream_options(body: &[u8], continuous: bool) -> Option<Bytes> {
     let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let options = value.get_mut("stream_options")?.as_object_mut()?;
+    let options = value
+        .as_object_mut()?
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if !options.is_object() {
+        *options = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let options = options.as_object_mut()?;
     options.insert("include_usage".into(), true.into());
     if continuous {
         options.insert("continuous_usage_stats".into(), true.into());
@@ -698,6 +714,15 @@ mod tests {
             assert_eq!(body, input);
             assert!(!injected);
         }
+    }
+
+    #[test]
+    fn null_stream_options_are_replaced_not_shadowed() {
+        let (body, injected, _) = apply(r#"{"stream":true,"stream_options":null}"#, &config());
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["stream_options"]["include_usage"], true, "{body}");
+        assert_eq!(body.matches("stream_options").count(), 1, "{body}");
+        assert!(injected);
     }
 
     #[test]

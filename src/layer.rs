@@ -17,7 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::BoxError;
-use crate::body::{Live, SseBody, StreamState, Timers, Upstream, report_disconnect};
+use crate::body::{Live, SseBody, StreamState, Timers, Upstream, after, report_disconnect};
 use crate::config::{Config, ErrorEvent, KeepAlive, UpstreamErrorPolicy};
 use crate::engine::Engine;
 use crate::observe::Observer;
@@ -27,6 +27,14 @@ use crate::sse::EventRef;
 
 /// Handles streaming responses: whole events, keep-alives, deadlines, observers and one
 /// end-of-stream report. See the [crate docs](crate) for the full picture.
+///
+/// A report is made for every response handled as a stream, and for every streaming
+/// request (see [`streaming_request`](Self::streaming_request)) that ends before its
+/// response head: a `504` from the header timeout, a client that left first
+/// ([`Outcome::ClientDisconnected`]), or an inner service that failed
+/// ([`Outcome::UpstreamError`]). Compressed responses (a `Content-Encoding` other than
+/// `identity`) pass through undecoded: strip `Accept-Encoding` towards the upstream to meter
+/// them.
 ///
 /// Everything is off by default except the event size limit (8 MiB): a bare `SseLayer`
 /// decodes and re-cuts SSE responses at event boundaries, forwards them byte for byte and
@@ -208,7 +216,10 @@ impl<O, E> SseLayer<O, E> {
     /// [`Outcome::ClientDisconnected`] and carries the usage the provider reported).
     ///
     /// Needs a Tokio runtime where the body is dropped; without one the upstream is
-    /// cancelled as by default. Costs the upstream tokens you no longer deliver.
+    /// cancelled as by default. Costs the upstream tokens you no longer deliver. Note that a
+    /// [`StreamLimitLayer`](crate::StreamLimitLayer) permit is released when the client's body
+    /// is dropped, while the drain keeps the upstream busy for up to `limit`: the limit then no
+    /// longer bounds upstream concurrency.
     #[cfg(feature = "drain")]
     pub fn drain_on_disconnect(self, limit: Duration) -> Self {
         self.with(|c| c.drain = Some(limit))
@@ -348,11 +359,11 @@ where
                 let first = self
                     .config
                     .first_event_timeout
-                    .map(|d| (started_at + d, Outcome::FirstEventTimeout));
+                    .map(|d| (after(started_at, d), Outcome::FirstEventTimeout));
                 let total = self
                     .config
                     .total_timeout
-                    .map(|d| (started_at + d, Outcome::DeadlineExceeded));
+                    .map(|d| (after(started_at, d), Outcome::DeadlineExceeded));
                 [first, total]
                     .into_iter()
                     .flatten()
@@ -364,10 +375,60 @@ where
                 future,
                 deadline: header_deadline.map(|(at, _)| sleep_until(at)),
                 timeout_outcome: header_deadline.map_or(Outcome::FirstEventTimeout, |(_, o)| o),
-                setup: Some(setup),
+                setup: Pending {
+                    setup: Some(setup),
+                    report: streaming.then_some(report_before_head::<O, E> as fn(_, _, _, _)),
+                },
             },
         }
     }
+}
+
+/// The setup of a request still waiting for its response head. When it is dropped there (the
+/// client left) or the inner service fails, a streaming request still gets its report.
+struct Pending<O, E> {
+    setup: Option<Setup<O, E>>,
+    /// Set for streaming requests, where the bounds that `Drop` cannot name are known.
+    report: Option<fn(Setup<O, E>, Outcome, Option<String>, u64)>,
+}
+
+impl<O, E> Pending<O, E> {
+    fn take(&mut self) -> Option<Setup<O, E>> {
+        self.setup.take()
+    }
+}
+
+impl<O, E> Drop for Pending<O, E> {
+    fn drop(&mut self) {
+        if let (Some(setup), Some(report)) = (self.setup.take(), self.report) {
+            report(setup, Outcome::ClientDisconnected, None, 0);
+        }
+    }
+}
+
+/// Report a streaming request that ended before any stream: the observers see the end, the
+/// sink gets the report. `bytes_out` is what the client was sent instead (a 504 body).
+fn report_before_head<O: Observer, E: OnEnd>(
+    setup: Setup<O, E>,
+    outcome: Outcome,
+    error: Option<String>,
+    bytes_out: u64,
+) {
+    let Setup {
+        mut observer,
+        on_end,
+        started_at,
+        hint,
+        ..
+    } = setup;
+    let mut report = StreamReport::new(started_at);
+    report.provider = hint;
+    report.outcome = outcome;
+    report.error = error;
+    report.bytes_out = bytes_out;
+    report.ended_at = Instant::now();
+    observer.on_end(&mut report);
+    on_end.on_end(report);
 }
 
 /// What a stream needs from the service to start.
@@ -442,7 +503,7 @@ pin_project! {
             #[pin]
             deadline: Option<Sleep>,
             timeout_outcome: Outcome,
-            setup: Option<Setup<O, E>>,
+            setup: Pending<O, E>,
         },
         Ready { response: Option<Response<SseBody<B, O, E>>> },
     }
@@ -477,11 +538,21 @@ where
                 setup,
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
-                    let response = result?;
-                    let Some(setup) = setup.take() else {
+                    let streaming = setup.report.is_some();
+                    let Some(taken) = setup.take() else {
                         return Poll::Pending;
                     };
-                    return Poll::Ready(Ok(start_stream(setup, response)));
+                    return Poll::Ready(match result {
+                        Ok(response) => Ok(start_stream(taken, response)),
+                        Err(error) => {
+                            if streaming {
+                                let error =
+                                    Some("the inner service failed before answering".to_string());
+                                report_before_head(taken, Outcome::UpstreamError, error, 0);
+                            }
+                            Err(error)
+                        }
+                    });
                 }
                 if let Some(deadline) = deadline.as_pin_mut()
                     && deadline.poll(cx).is_ready()
@@ -532,23 +603,15 @@ where
 /// A streaming request whose response head did not come in time: `504 Gateway Timeout`.
 fn head_timeout<B, O, E>(setup: Setup<O, E>, outcome: Outcome) -> Response<SseBody<B, O, E>>
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    O: Observer + Send + 'static,
-    E: OnEnd + Send + 'static,
+    O: Observer,
+    E: OnEnd,
 {
     let message = "the upstream did not answer in time";
-    let mut state = setup.into_state::<B>(Upstream::Gone, Instant::now());
-    if let Some(mut live) = state.live.take() {
-        live.engine.report.status = Some(StatusCode::GATEWAY_TIMEOUT);
-        live.engine.report.error = Some(message.to_string());
-        let report = live.engine.close(outcome, Instant::now());
-        live.on_end.on_end(report);
-    }
     let body = format!(
         r#"{{"error":{{"type":"{}","message":"{message}"}}}}"#,
         outcome.as_str()
     );
+    report_before_head(setup, outcome, Some(message.to_string()), body.len() as u64);
     let mut response = Response::new(SseBody::full(Bytes::from(body)));
     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     response

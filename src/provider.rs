@@ -81,6 +81,8 @@ impl Provider {
         if kind.starts_with(b"response.") {
             return Some(Self::OpenAiResponses);
         }
+        // Names only Anthropic uses. `ping` is not one of them: generic SSE and agent
+        // servers send it too, and it must not pin the format of an OpenAI stream.
         if matches!(
             kind,
             b"message_start"
@@ -89,7 +91,6 @@ impl Provider {
                 | b"content_block_start"
                 | b"content_block_delta"
                 | b"content_block_stop"
-                | b"ping"
         ) {
             return Some(Self::Anthropic);
         }

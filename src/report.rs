@@ -24,7 +24,8 @@ pub enum Outcome {
     ClientDisconnected,
     /// No event arrived within the first-event timeout.
     FirstEventTimeout,
-    /// The upstream went silent for longer than the idle timeout.
+    /// No complete upstream event (or comment) for longer than the idle timeout: the
+    /// upstream went silent, or one event took that long to arrive in full.
     IdleTimeout,
     /// The stream ran past its total timeout.
     DeadlineExceeded,
@@ -87,7 +88,8 @@ pub struct StreamReport {
     pub outcome: Outcome,
     /// A short description of what went wrong, when something did (never a payload).
     pub error: Option<String>,
-    /// The upstream's status code, when it answered.
+    /// The upstream's status code, when it answered (`None` when it did not: a `504` from the
+    /// layer's own header timeout, or a client that left first).
     pub status: Option<StatusCode>,
     /// How the upstream framed the stream.
     pub framing: Framing,

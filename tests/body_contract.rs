@@ -35,6 +35,67 @@ async fn responses_that_are_not_streams_pass_through_with_their_hints() {
 }
 
 #[tokio::test]
+async fn compressed_event_streams_pass_through_undecoded() {
+    let reports = Reports::default();
+    let mut upstream = response(
+        "text/event-stream",
+        Full::new(Bytes::from_static(b"\x1f\x8b\x08\x00gzipped")),
+    );
+    upstream.headers_mut().insert(
+        http::header::CONTENT_ENCODING,
+        HeaderValue::from_static("gzip"),
+    );
+    let res = serve(SseLayer::new().on_end(reports.sink()), upstream).await;
+    assert_eq!(res.headers()[http::header::CONTENT_ENCODING], "gzip");
+    let body = res.into_body();
+    assert!(!body.is_stream());
+    assert_eq!(collect(body).await.data, b"\x1f\x8b\x08\x00gzipped");
+    assert_eq!(reports.len(), 0);
+}
+
+#[tokio::test]
+async fn a_ping_event_does_not_pin_the_provider() {
+    let reports = Reports::default();
+    let upstream = FramesBody::data(&[
+        b"event: ping\ndata: {}\n\n",
+        b"data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+    ]);
+    let request = http::Request::post("/v1/chat/completions")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let layer = SseLayer::new().on_end(reports.sink());
+    let res =
+        support::body::serve_with(layer, request, response("text/event-stream", upstream)).await;
+    collect(res.into_body()).await;
+    let report = reports.one();
+    assert_eq!(report.provider, tower_sse::Provider::OpenAiChat);
+    assert_eq!(report.content_events, 1);
+}
+
+#[tokio::test]
+async fn a_second_byte_order_mark_stays_data_for_the_client() {
+    // The upstream's first BOM is stripped; its second is part of a field name, so nothing
+    // is dispatched. The client, which strips one BOM itself, must see the same.
+    let input = "\u{FEFF}\u{FEFF}data: x\n\ndata: y\n\n";
+    let res = serve(
+        SseLayer::new(),
+        response("text/event-stream", sse(&[input])),
+    )
+    .await;
+    let out = collect(res.into_body()).await;
+    let mut decoder = tower_sse::sse::Decoder::new();
+    decoder.push(Bytes::from(out.data));
+    decoder.finish();
+    let events: Vec<String> = decoder
+        .filter_map(|i| match i.unwrap() {
+            tower_sse::sse::Item::Event(e) => Some(e.data().into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events, ["y"]);
+}
+
+#[tokio::test]
 async fn empty_pass_through_body_stays_end_of_stream() {
     let res = serve(
         SseLayer::new(),
@@ -142,7 +203,7 @@ async fn report_fires_with_the_last_frame_when_the_upstream_says_end_of_stream()
 }
 
 #[tokio::test]
-async fn upstream_error_becomes_an_error_event_and_a_clean_end() {
+async fn upstream_error_becomes_an_error_event_and_a_clean_end_without_its_details() {
     let reports = Reports::default();
     let upstream = FramesBody::new(
         vec![
@@ -160,7 +221,9 @@ async fn upstream_error_becomes_an_error_event_and_a_clean_end() {
     assert!(out.error.is_none());
     assert_eq!(
         out.text(),
-        "data: one\n\nevent: error\ndata: {\"error\":{\"type\":\"upstream_error\",\"message\":\"connection reset by upstream\"}}\n\n"
+        // The upstream error's own text (it can name hosts, or a URL with a key) stays in the
+        // report; the client gets a generic message.
+        "data: one\n\nevent: error\ndata: {\"error\":{\"type\":\"upstream_error\",\"message\":\"the upstream stream failed\"}}\n\n"
     );
     let report = reports.one();
     assert_eq!(report.outcome, Outcome::UpstreamError);

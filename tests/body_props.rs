@@ -23,6 +23,15 @@ fn cases() -> u32 {
 
 /// Run the stream through the layer; return the frames the client got.
 fn through_layer(chunks: Vec<Bytes>, lenient: bool) -> Vec<Bytes> {
+    through(
+        chunks,
+        SseLayer::new()
+            .lenient_eof(lenient)
+            .error_event(ErrorEvent::none()),
+    )
+}
+
+fn through(chunks: Vec<Bytes>, layer: SseLayer) -> Vec<Bytes> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -32,9 +41,6 @@ fn through_layer(chunks: Vec<Bytes>, lenient: bool) -> Vec<Bytes> {
             chunks.into_iter().map(|c| Ok(Frame::data(c))).collect(),
             false,
         );
-        let layer = SseLayer::new()
-            .lenient_eof(lenient)
-            .error_event(ErrorEvent::none());
         let mut body = serve(layer, response("text/event-stream", upstream))
             .await
             .into_body();
@@ -71,7 +77,24 @@ proptest! {
         // finished is not forwarded (it changes nothing for a client).
         let complete = decode_with(Decoder::new(), &[Bytes::from(direct.raw.clone())]);
         prop_assert_eq!(seen.comments, complete.comments);
-        // Byte for byte: the output is the upstream's complete blocks (BOM removed).
-        prop_assert_eq!(output, direct.raw);
+        // Byte for byte: the output is the upstream's complete blocks (its leading BOM, which
+        // the client would strip, removed; a BOM put first when the blocks begin with one).
+        let mut expected = Vec::new();
+        if direct.raw.starts_with(b"\xEF\xBB\xBF") {
+            expected.extend_from_slice(b"\xEF\xBB\xBF");
+        }
+        expected.extend_from_slice(&direct.raw);
+        prop_assert_eq!(output, expected);
+    }
+
+    #[test]
+    fn stripping_comments_changes_nothing_a_client_keeps((input, cuts) in stream_and_cuts()) {
+        let layer = SseLayer::new().forward_comments(false).error_event(ErrorEvent::none());
+        let output: Vec<u8> = through(split_at(&input, &cuts), layer).concat();
+        let direct = decode_with(Decoder::new(), &[Bytes::copy_from_slice(&input)]);
+        let seen = decode_with(Decoder::new(), &[Bytes::from(output)]);
+        prop_assert_eq!(seen.events, direct.events);
+        prop_assert_eq!(seen.last_event_id, direct.last_event_id);
+        prop_assert!(seen.comments.is_empty());
     }
 }

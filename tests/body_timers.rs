@@ -310,7 +310,92 @@ async fn slow_response_head_of_a_streaming_request_gets_a_504() {
     );
     let report = reports.one();
     assert_eq!(report.outcome, Outcome::FirstEventTimeout);
-    assert_eq!(report.status, Some(StatusCode::GATEWAY_TIMEOUT));
+    assert_eq!(report.status, None, "the upstream never answered");
+    assert_eq!(report.bytes_out, 88, "the 504 body the client got");
+}
+
+#[tokio::test(start_paused = true)]
+async fn streaming_request_whose_client_leaves_before_the_head_is_reported() {
+    let reports = Reports::default();
+    let layer = SseLayer::new().on_end(reports.sink());
+    let service = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
+            sleep(Duration::from_secs(60)).await;
+            Ok::<_, std::convert::Infallible>(response("text/event-stream", Empty::<Bytes>::new()))
+        }),
+    );
+    let call = tower::ServiceExt::oneshot(service, streaming_request());
+    // The client gives up after 5 s, before any head.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .is_err()
+    );
+    let report = reports.one();
+    assert_eq!(report.outcome, Outcome::ClientDisconnected);
+    assert_eq!(report.status, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn streaming_request_whose_inner_service_fails_is_reported() {
+    let reports = Reports::default();
+    let layer = SseLayer::new().on_end(reports.sink());
+    let service = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
+            Err::<http::Response<Empty<Bytes>>, _>(std::io::Error::other("no route"))
+        }),
+    );
+    assert!(
+        tower::ServiceExt::oneshot(service, streaming_request())
+            .await
+            .is_err()
+    );
+    assert_eq!(reports.one().outcome, Outcome::UpstreamError);
+
+    // A request that is not a stream makes no report either way.
+    let reports = Reports::default();
+    let service = tower::Layer::layer(
+        &SseLayer::new().on_end(reports.sink()),
+        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
+            Err::<http::Response<Empty<Bytes>>, _>(std::io::Error::other("no route"))
+        }),
+    );
+    assert!(
+        tower::ServiceExt::oneshot(service, Request::new(Empty::new()))
+            .await
+            .is_err()
+    );
+    assert_eq!(reports.len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn duration_max_means_never_not_a_panic() {
+    let reports = Reports::default();
+    let layer = SseLayer::new()
+        .keep_alive(KeepAlive::new().interval(Duration::MAX))
+        .first_event_timeout(Duration::MAX)
+        .idle_timeout(Duration::MAX)
+        .total_timeout(Duration::MAX)
+        .on_end(reports.sink());
+    let (tx, upstream) = channel();
+    let mut slot = Some(response("text/event-stream", upstream));
+    let service = tower::Layer::layer(
+        &layer,
+        tower::service_fn(move |_req: Request<Empty<Bytes>>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(slot.take().unwrap()))
+        }),
+    );
+    let response = tower::ServiceExt::oneshot(service, streaming_request())
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    tx.send(data("data: a\n\n")).unwrap();
+    assert_eq!(next_text(&mut body).await.as_deref(), Some("data: a\n\n"));
+    drop(tx);
+    assert!(body.frame().await.is_none());
+    assert_eq!(reports.one().outcome, Outcome::Completed);
 }
 
 #[tokio::test(start_paused = true)]

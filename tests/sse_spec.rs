@@ -465,6 +465,15 @@ fn unterminated_comment_is_not_a_truncation() {
 }
 
 #[test]
+fn unterminated_block_without_data_is_not_a_truncation() {
+    // No event was lost: a block of `retry` (or `id`) alone dispatches nothing.
+    assert!(!decode(b"data: a\n\nretry: 1000\n").truncated);
+    assert!(!decode(b"data: a\n\nid: 1").truncated);
+    assert!(!decode(b"data: a\n\nid: 1\ndat").truncated);
+    assert!(decode(b"data: a\n\nid: 1\ndata").truncated);
+}
+
+#[test]
 fn stream_ending_on_a_blank_line_is_not_truncated() {
     assert!(!decode(b"data: a\n\n").truncated);
 }

@@ -7,9 +7,9 @@
 //! chunk, `message_start`, `response.created`, pings and comments do not stop the clock —
 //! gateways that let them report a time to first token that is far too short.
 //!
-//! Times are stamped with the one clock read the layer makes per upstream frame, when the
-//! frame's events are handed to the client, and measured from the request's arrival at the
-//! layer. Events drained after a client went away are not counted.
+//! Times are stamped with the one clock read the layer makes per upstream frame, as the frame
+//! is decoded (its events go to the client in the same poll), and measured from the request's
+//! arrival at the layer. Events drained after a client went away are not counted.
 //!
 //! # Differences from tower-http's `TraceLayer`
 //!

@@ -31,7 +31,9 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 ///   persisting across events, `retry` with ASCII digits only, unknown fields ignored, and an
 ///   unterminated final block discarded (unless [`lenient_eof`](Self::lenient_eof) is on).
 /// - **Byte-exact**: every input byte but a leading BOM belongs to the raw bytes of exactly
-///   one event or block, so forwarding them reproduces the upstream.
+///   one event or block, so forwarding them reproduces the upstream. (If the raw bytes you
+///   forward first begin with a BOM of their own, send a BOM before them, or the client strips
+///   theirs; `SseLayer` does.)
 /// - **Linear**: bytes are scanned for line ends once, with `memchr`; buffered bytes are never
 ///   scanned again, however the input is split.
 /// - **Bounded**: one event may hold at most [`max_event_size`](Self::max_event_size) bytes.
@@ -296,7 +298,7 @@ impl Decoder {
     }
 
     /// After [`finish`](Self::finish) and draining: whether the input ended inside an event
-    /// (a block with fields but no blank line) that was discarded.
+    /// that was discarded (a block with `data` but no blank line after it).
     pub fn is_truncated(&self) -> bool {
         self.truncated
     }
@@ -862,9 +864,12 @@ impl Decoder {
         let partial_line = self.line_start < len;
         if self.eof == EofState::Ending {
             if !self.lenient_eof {
-                let partial_is_field =
-                    partial_line && self.block_bytes().get(self.line_start) != Some(&b':');
-                self.truncated = self.block.has_fields || partial_is_field;
+                // Truncated means an event was lost: the block had data, or its unfinished
+                // last line was a data line. A block of `id`/`retry`/comments dispatches nothing.
+                let partial = &self.block_bytes()[self.line_start..];
+                let name = memchr::memchr(b':', partial).map_or(partial, |colon| &partial[..colon]);
+                let partial_is_data = partial_line && name == b"data";
+                self.truncated = self.block.data != Data::None || partial_is_data;
                 return self.end_of_input_done();
             }
             self.eof = EofState::LineFlushed;

@@ -29,13 +29,16 @@ pub fn line() -> impl Strategy<Value = Vec<u8>> {
             b":",
             b"foo: ",
             b"",
+            // A byte order mark where only the stream's first is stripped.
+            b"\xEF\xBB\xBFdata: ",
+            b"\xEF\xBB\xBFretry: ",
         ]),
         value,
         prop::sample::select(vec![&b""[..], b"42", b"007", b"1x"]),
     )
         .prop_map(|(prefix, value, digits)| {
             let mut line = prefix.to_vec();
-            if prefix.starts_with(b"retry") {
+            if prefix.ends_with(b"retry: ") {
                 line.extend_from_slice(digits);
             } else {
                 line.extend(value.into_iter().filter(|b| *b != b'\r' && *b != b'\n'));
