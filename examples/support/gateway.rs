@@ -4,7 +4,8 @@
 //! ```text
 //! client ─► axum router ─┬─ GET /metrics              Prometheus text
 //!                        ├─ GET /v1/digests/{id}      the digest registry
-//!                        └─ everything else ─► StreamLimitLayer      at most N open streams
+//!                        └─ everything else ─► (count the request)
+//!                                              StreamLimitLayer      at most N open streams
 //!                                              RequestDigestLayer    SHA-256 of the request
 //!                                              IncludeUsageLayer     ask for usage
 //!                                              SseLayer              keep-alive, deadlines,
@@ -12,11 +13,15 @@
 //!                                                                    metrics, one log line
 //!                                              Forward               pooled hyper-util client
 //! ```
+//!
+//! [`Shared`] is what every runtime serving the gateway shares (registry, limit, metrics);
+//! [`Shared::router`] and [`serve`] run on each runtime; [`start`] does both on the current one.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,7 +36,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -173,16 +180,38 @@ impl tower::Service<Request<UpstreamRequestBody>> for Forward {
                 Ok(response) => {
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    if is_stream_head(&parts.headers) {
+                        metrics::counter!(UPSTREAM_STREAMS).increment(1);
+                    }
                     Ok(http::Response::from_parts(parts, Either::Left(body)))
                 }
-                Err(_) => Ok(error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    "the upstream could not be reached",
-                )),
+                Err(e) => Ok(upstream_unreachable(&e)),
             }
         })
     }
+}
+
+/// `502`, and a clear message when the cause is a full file table.
+fn upstream_unreachable(
+    e: &hyper_util::client::legacy::Error,
+) -> http::Response<UpstreamResponseBody> {
+    static OUT_OF_FDS: Warning = Warning::new();
+    if let Some(io) = io_source(e)
+        && is_fd_exhaustion(io)
+    {
+        OUT_OF_FDS.emit(|| {
+            format!(
+                "gateway: connecting to the upstream failed: {io}: out of file descriptors \
+                 (limit {}); raise it with `ulimit -n` before starting the gateway",
+                fd_limit_text()
+            )
+        });
+    }
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        "upstream_unreachable",
+        "the upstream could not be reached",
+    )
 }
 
 /// The process-wide Prometheus recorder (one per process; tests may start several gateways).
@@ -230,82 +259,298 @@ fn prometheus() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other recorder in this process");
             tower_sse::metrics::describe();
+            metrics::describe_counter!(REQUESTS, "Requests that reached the stream stack");
+            metrics::describe_counter!(UPSTREAM_STREAMS, "Upstream answers that started a stream");
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
 }
 
-/// Start the gateway on `listener`. Each finished stream's report also goes to `reports`
-/// when given (the demo prints them).
+/// The parts of a gateway that every runtime serving it shares, built once: the digest
+/// registry, the stream limit (clones of one layer share its semaphore), the Prometheus
+/// handle and the report channel. [`Shared::router`] builds what each runtime serves.
+#[derive(Clone)]
+pub struct Shared {
+    config: GatewayConfig,
+    pub registry: DigestRegistry,
+    pub limit: StreamLimitLayer,
+    pub metrics: PrometheusHandle,
+    reports: Option<mpsc::UnboundedSender<StreamReport>>,
+}
+
+impl Shared {
+    /// Build the shared state. Each finished stream's report also goes to `reports` when
+    /// given (the demo prints them).
+    pub fn new(
+        config: GatewayConfig,
+        reports: Option<mpsc::UnboundedSender<StreamReport>>,
+    ) -> Self {
+        // Read the fd limit now, while a descriptor is free to read it with.
+        let _ = fd_limit();
+        Self {
+            registry: DigestRegistry::new(),
+            limit: StreamLimitLayer::new(config.max_streams),
+            metrics: prometheus(),
+            config,
+            reports,
+        }
+    }
+
+    /// The handles a caller keeps, for a gateway listening on `addr`.
+    pub fn gateway(&self, addr: SocketAddr) -> Gateway {
+        Gateway {
+            addr,
+            registry: self.registry.clone(),
+            open_streams: self.limit.counter(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// The router one runtime serves: its own pooled upstream client (connections stay on
+    /// the runtime that opened them) around the shared limit, registry and metrics.
+    pub fn router(&self) -> Router {
+        // Without a pool timer, idle upstream connections are never closed (the idle timeout
+        // is only checked when a connection is taken), and each keeps a file descriptor.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build_http::<UpstreamRequestBody>();
+        let stack = ServiceBuilder::new()
+            .map_request(count_request)
+            .layer(self.limit.clone())
+            .layer(RequestDigestLayer::new())
+            .layer(IncludeUsageLayer::new())
+            .layer(self.sse_layer())
+            .service(Forward {
+                client,
+                upstream: self.config.upstream.clone(),
+            });
+        Router::new()
+            .route("/metrics", get(render_metrics))
+            .route("/v1/digests/{id}", get(lookup_digest))
+            .with_state((self.metrics.clone(), self.registry.clone()))
+            .fallback_service(stack)
+    }
+
+    fn sse_layer(
+        &self,
+    ) -> SseLayer<
+        (
+            UsageObserver,
+            TimingObserver,
+            DigestObserver,
+            MetricsObserver,
+            TraceObserver,
+        ),
+        impl tower_sse::OnEnd + Clone + Send + 'static,
+    > {
+        let config = &self.config;
+        let mut sse = SseLayer::new().early_response(config.early_response);
+        if let Some(interval) = config.keep_alive {
+            sse = sse.keep_alive(KeepAlive::new().interval(interval));
+        }
+        if let Some(t) = config.first_event_timeout {
+            sse = sse.first_event_timeout(t);
+        }
+        if let Some(t) = config.idle_timeout {
+            sse = sse.idle_timeout(t);
+        }
+        if let Some(t) = config.total_timeout {
+            sse = sse.total_timeout(t);
+        }
+        let reports = self.reports.clone();
+        sse.json_lines(true)
+            .observer((
+                UsageObserver::new(),
+                TimingObserver::new(),
+                DigestObserver::with_registry(self.registry.clone()),
+                MetricsObserver::default(),
+                TraceObserver,
+            ))
+            .on_end(move |report: StreamReport| {
+                if let Some(reports) = &reports {
+                    let _ = reports.send(report);
+                }
+            })
+    }
+}
+
+/// Drain histogram samples into their buckets every few seconds, so memory stays flat
+/// when nobody scrapes `/metrics` (rendering drains them too).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let upkeep = move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            handle.run_upkeep();
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("prometheus-upkeep".into())
+        .spawn(upkeep)
+    {
+        eprintln!("gateway: no metrics upkeep thread: {e}");
+    }
+}
+
+/// Start the gateway on `listener`, on the current runtime. Each finished stream's report
+/// also goes to `reports` when given (the demo prints them).
 pub async fn start(
     listener: TcpListener,
     config: GatewayConfig,
     reports: Option<mpsc::UnboundedSender<StreamReport>>,
 ) -> std::io::Result<Gateway> {
     let addr = listener.local_addr()?;
-    let metrics = prometheus();
-    let registry = DigestRegistry::new();
+    let shared = Shared::new(config, reports);
+    tokio::spawn(serve(listener, shared.router()));
+    Ok(shared.gateway(addr))
+}
 
-    let mut sse = SseLayer::new().early_response(config.early_response);
-    if let Some(interval) = config.keep_alive {
-        sse = sse.keep_alive(KeepAlive::new().interval(interval));
-    }
-    if let Some(t) = config.first_event_timeout {
-        sse = sse.first_event_timeout(t);
-    }
-    if let Some(t) = config.idle_timeout {
-        sse = sse.idle_timeout(t);
-    }
-    if let Some(t) = config.total_timeout {
-        sse = sse.total_timeout(t);
-    }
-    let sse = sse
-        .json_lines(true)
-        .observer((
-            UsageObserver::new(),
-            TimingObserver::new(),
-            DigestObserver::with_registry(registry.clone()),
-            MetricsObserver::default(),
-            TraceObserver,
-        ))
-        .on_end(move |report: StreamReport| {
-            if let Some(reports) = &reports {
-                let _ = reports.send(report);
+/// Accept connections on `listener` and serve `app` on each (HTTP/1.1 and HTTP/2), on the
+/// current runtime, forever. Accept errors never make it spin: running out of file
+/// descriptors is reported (at most every few seconds) and waited out.
+pub async fn serve(listener: TcpListener, app: Router) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                report_accept_error(&e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
+        };
+        // Small SSE frames must leave at once, not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
         });
+    }
+}
 
-    let limit = StreamLimitLayer::new(config.max_streams);
-    let open_streams = limit.counter();
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http::<UpstreamRequestBody>();
-    let stack = ServiceBuilder::new()
-        .layer(limit)
-        .layer(RequestDigestLayer::new())
-        .layer(IncludeUsageLayer::new())
-        .layer(sse)
-        .service(Forward {
-            client,
-            upstream: config.upstream,
+/// Errors of one connection that the listener can ignore.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+fn report_accept_error(e: &std::io::Error) {
+    static OUT_OF_FDS: Warning = Warning::new();
+    static OTHER: Warning = Warning::new();
+    if is_fd_exhaustion(e) {
+        OUT_OF_FDS.emit(|| {
+            format!(
+                "gateway: accept failed: {e}: out of file descriptors (limit {}; every stream \
+                 holds two, the client's and the upstream's); raise it with `ulimit -n` before \
+                 starting the gateway. Retrying as streams end.",
+                fd_limit_text()
+            )
         });
+    } else {
+        OTHER.emit(|| format!("gateway: accept failed: {e}; retrying"));
+    }
+}
 
-    let app = Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/v1/digests/{id}", get(lookup_digest))
-        .with_state((metrics.clone(), registry.clone()))
-        .fallback_service(stack);
+/// `EMFILE` (the process's limit) or `ENFILE` (the system's).
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
+}
 
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("gateway stopped: {e}");
+/// The first `io::Error` in an error's chain of sources.
+fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
         }
-    });
-    Ok(Gateway {
-        addr,
-        registry,
-        open_streams,
-        metrics,
+        next = e.source();
+    }
+    None
+}
+
+/// A warning printed at most once every few seconds, with how many were held back; one per
+/// kind of message, so that one storm does not hide another.
+struct Warning {
+    last: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Warning {
+    const EVERY_SECS: u64 = 5;
+
+    const fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Print the message (built only when printed) unless one went out lately.
+    fn emit(&self, message: impl FnOnce() -> String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        if now < last + Self::EVERY_SECS
+            || self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.skipped.swap(0, Ordering::Relaxed) {
+            0 => eprintln!("{}", message()),
+            skipped => eprintln!("{} ({skipped} more since the last such message)", message()),
+        }
+    }
+}
+
+/// The soft limit on open files, read once (reading it needs a free descriptor).
+fn fd_limit() -> Option<u64> {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
     })
+}
+
+fn fd_limit_text() -> String {
+    fd_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+}
+
+/// Counted for every request the stream stack sees, before the limit: with the limit's
+/// rejections and [`UPSTREAM_STREAMS`], it lets a load run account for every stream.
+pub const REQUESTS: &str = "gateway.requests";
+/// Counted when the upstream answers with a stream head (SSE or NDJSON): each such stream
+/// ends with exactly one report (`tower_sse.streams.ended`).
+pub const UPSTREAM_STREAMS: &str = "gateway.upstream.streams";
+
+fn count_request<B>(request: Request<B>) -> Request<B> {
+    metrics::counter!(REQUESTS).increment(1);
+    request
+}
+
+/// Whether a response head announces a stream the `SseLayer` handles (SSE or NDJSON).
+fn is_stream_head(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start().to_ascii_lowercase();
+            v.starts_with("text/event-stream") || v.starts_with("application/x-ndjson")
+        })
 }
 
 async fn render_metrics(

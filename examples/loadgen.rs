@@ -1,0 +1,1217 @@
+//! A load generator for streaming LLM endpoints: N concurrent clients, started evenly over a
+//! ramp-up, each streaming one response (or back to back for a hold time, or K times), in
+//! any of the mock upstream's five formats, through the gateway or straight to the mock.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080 --streams 1000 \
+//!     --ramp 10 --hold 30 --tokens 16 --delay-ms 1000 --output run.json
+//! ```
+//!
+//! Per stream it records the time to the response head (TTFB), to the first content-bearing
+//! event (TTFT, decoded with `tower_sse::sse::Decoder` and classified with
+//! `tower_sse::Provider`), the duration, events, bytes, keep-alive comments and an outcome:
+//!
+//! | outcome | meaning |
+//! |---|---|
+//! | `ok` | the format's terminal event arrived and the body ended cleanly |
+//! | `connect` | no connection (refused, out of file descriptors or ports, ...) |
+//! | `status` | a non-2xx answer other than 503 |
+//! | `rejected` | 503 (the gateway's stream limit) |
+//! | `timeout` | the stream outlived `--timeout` |
+//! | `truncated` | the body ended without the terminal event, or failed |
+//! | `error-event` | the last event was an error (`event: error`, or `{"error":...}` data) |
+//! | `client-disconnect` | this client hung up on purpose (`--faults`) |
+//!
+//! It prints p50/p95/p99 of TTFB, TTFT and duration, the success rate and the outcomes, and
+//! with `--output` writes the same as JSON, with one open-streams sample per second. Streams
+//! are tasks on one multi-thread runtime with a pooled hyper-util HTTP/1 client per source
+//! address: per stream there is a socket, a small decoder and a record of about 80 bytes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_TYPE;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::{Map, Value, json};
+use tower_sse::Provider;
+use tower_sse::sse::{Decoder, EventRef, ItemRef};
+
+const HELP: &str = "\
+loadgen: concurrent streaming clients against an LLM-style endpoint (the gateway or the mock)
+
+USAGE: cargo run --release --example loadgen -- [OPTIONS]
+
+TARGET
+  --url URL               base URL (default http://127.0.0.1:8080)
+  --format F              chat | responses | anthropic | gemini | ollama (default chat)
+
+LOAD
+  --streams N             concurrent clients (default 100)
+  --ramp SECS             start the clients evenly over SECS (default 0)
+  --hold SECS             each client streams back to back until ramp + hold has passed
+                          (default 0: one stream per client)
+  --repeat K              each client runs exactly K streams back to back (instead of --hold)
+  --warm-up K             each client first runs K streams that are not recorded (its
+                          connection is then open and the path warm; default 0)
+  --timeout SECS          limit per stream, request to end of body (default 120); after a
+                          failed connect or an error status (503 included) a client waits
+                          250 ms before its next stream
+  --source-ips A,B,...    spread connections over these local addresses (e.g. 127.0.0.2,
+                          127.0.0.3), one connection pool each, clients round-robin: about
+                          28k connections per source address fit in the ephemeral port range
+  --faults P              probability per stream of one injected fault, picked evenly:
+                          mock stall_after, error_after or close_after (after 1 to 4 events),
+                          or a client disconnect after 1 to 4 events (default 0)
+  --seed N                seed of the fault choices (default 1)
+
+MOCK CONTROLS (sent in the request body's \"mock\" object)
+  --tokens N              content tokens per stream
+  --delay-ms MS           pause before each content token
+  --headers-delay-ms MS   pause before the response head
+  --chunking C            whole | random | N
+  --mock KEY=VALUE        any other control (repeatable), e.g. --mock stall_after=3
+
+OUTPUT
+  --output FILE           write the summary, outcomes and per-second open-stream samples as JSON
+  --quiet                 no progress line each second (the summary is always printed)
+  -h, --help              this help
+
+Success rate = ok streams / streams without an injected fault; faulted streams are reported
+by fault and outcome. TTFB and TTFT percentiles cover every stream that got that far;
+duration percentiles cover ok streams.
+";
+
+/// File descriptors kept for things other than streams (stdio, epoll, the runtime).
+const FD_MARGIN: u64 = 64;
+/// How long a client waits after a failed connect or an error status before its next stream.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
+// ---------------------------------------------------------------------------------------
+// Formats
+
+/// The stream format asked for: which route, which body, which event ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Chat,
+    Responses,
+    Anthropic,
+    Gemini,
+    Ollama,
+}
+
+impl Format {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "chat" => Self::Chat,
+            "responses" => Self::Responses,
+            "anthropic" => Self::Anthropic,
+            "gemini" => Self::Gemini,
+            "ollama" => Self::Ollama,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Responses => "responses",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Ollama => "ollama",
+        }
+    }
+
+    /// The mock's route for this format.
+    fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Responses => "/v1/responses",
+            Self::Anthropic => "/v1/messages",
+            Self::Gemini => "/v1beta/models/gemini-mock:streamGenerateContent?alt=sse",
+            Self::Ollama => "/api/chat",
+        }
+    }
+
+    /// A streaming request body of this format carrying the `mock` controls.
+    fn body(self, mock: &Map<String, Value>) -> Bytes {
+        let prompt = "Tell me about streaming.";
+        let messages = json!([{"role": "user", "content": prompt}]);
+        let body = match self {
+            Self::Chat => json!({"model": "gpt-mock", "stream": true, "messages": messages}),
+            Self::Responses => json!({"model": "o-mock", "stream": true, "input": prompt}),
+            Self::Anthropic => {
+                json!({"model": "claude-mock", "stream": true, "max_tokens": 256, "messages": messages})
+            }
+            Self::Gemini => json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}),
+            Self::Ollama => json!({"model": "llama-mock", "stream": true, "messages": messages}),
+        };
+        let mut body = body;
+        if !mock.is_empty() {
+            body["mock"] = Value::Object(mock.clone());
+        }
+        Bytes::from(body.to_string())
+    }
+
+    /// Whether this event ends a complete stream of this format.
+    fn is_terminal(self, event: &EventRef<'_>) -> bool {
+        let data = event.data_bytes();
+        match self {
+            Self::Chat => data == b"[DONE]",
+            Self::Responses => event.event_bytes() == b"response.completed",
+            Self::Anthropic => event.event_bytes() == b"message_stop",
+            Self::Gemini => contains(data, b"\"finishReason\""),
+            Self::Ollama => contains(data, b"\"done\":true"),
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+/// An in-band error: `event: error` (tower-sse's error events, OpenAI Responses,
+/// Anthropic) or a `{"error":...}` payload (OpenAI Chat, Gemini, Ollama).
+fn is_error_event(event: &EventRef<'_>) -> bool {
+    event.event_bytes() == b"error" || event.data_bytes().starts_with(b"{\"error\"")
+}
+
+// ---------------------------------------------------------------------------------------
+// Options
+
+/// What the command line asks for.
+#[derive(Debug, Clone)]
+struct Options {
+    url: Uri,
+    format: Format,
+    streams: usize,
+    ramp: Duration,
+    hold: Duration,
+    repeat: Option<u32>,
+    warm_up: u32,
+    timeout: Duration,
+    source_ips: Vec<IpAddr>,
+    faults: f64,
+    seed: u64,
+    mock: Map<String, Value>,
+    output: Option<String>,
+    quiet: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            url: Uri::from_static("http://127.0.0.1:8080"),
+            format: Format::Chat,
+            streams: 100,
+            ramp: Duration::ZERO,
+            hold: Duration::ZERO,
+            repeat: None,
+            warm_up: 0,
+            timeout: Duration::from_secs(120),
+            source_ips: Vec::new(),
+            faults: 0.0,
+            seed: 1,
+            mock: Map::new(),
+            output: None,
+            quiet: false,
+        }
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("loadgen: {message}\n\nTry --help.");
+    std::process::exit(2)
+}
+
+fn parse_number<T: std::str::FromStr>(value: &str, flag: &str) -> T {
+    value
+        .parse()
+        .unwrap_or_else(|_| fail(&format!("{flag} takes a number, got {value:?}")))
+}
+
+fn parse_secs(value: &str, flag: &str) -> Duration {
+    let secs: f64 = parse_number(value, flag);
+    if !(secs >= 0.0 && secs.is_finite()) {
+        fail(&format!("{flag} takes seconds >= 0, got {value:?}"));
+    }
+    Duration::from_secs_f64(secs)
+}
+
+/// A mock control value: a number when it looks like one, else a string.
+fn control_value(value: &str) -> Value {
+    value
+        .parse::<u64>()
+        .map_or_else(|_| Value::String(value.to_owned()), Value::from)
+}
+
+/// Parse the command line; `None` after printing the help.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Option<Options> {
+    let mut options = Options::default();
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            print!("{HELP}");
+            return None;
+        }
+        if flag == "--quiet" {
+            options.quiet = true;
+            continue;
+        }
+        let value = args
+            .next()
+            .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+        apply_option(&mut options, &flag, &value);
+    }
+    if options.repeat.is_some() && !options.hold.is_zero() {
+        fail("--repeat and --hold exclude each other");
+    }
+    if options.streams == 0 {
+        fail("--streams must be at least 1");
+    }
+    Some(options)
+}
+
+fn apply_option(options: &mut Options, flag: &str, value: &str) {
+    let mock = |name: &str| (name.to_owned(), control_value(value));
+    let control = match flag {
+        "--url" => {
+            options.url = value
+                .trim_end_matches('/')
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("--url is not a URL: {value:?}")));
+            None
+        }
+        "--format" => {
+            options.format = Format::parse(value).unwrap_or_else(|| {
+                fail(&format!(
+                    "--format is chat, responses, anthropic, gemini or ollama, got {value:?}"
+                ))
+            });
+            None
+        }
+        "--streams" => {
+            options.streams = parse_number(value, flag);
+            None
+        }
+        "--ramp" => {
+            options.ramp = parse_secs(value, flag);
+            None
+        }
+        "--hold" => {
+            options.hold = parse_secs(value, flag);
+            None
+        }
+        "--repeat" => {
+            options.repeat = Some(parse_number(value, flag));
+            None
+        }
+        "--warm-up" => {
+            options.warm_up = parse_number(value, flag);
+            None
+        }
+        "--timeout" => {
+            options.timeout = parse_secs(value, flag);
+            None
+        }
+        "--source-ips" => {
+            options.source_ips = value
+                .split(',')
+                .filter(|ip| !ip.is_empty())
+                .map(|ip| parse_number(ip.trim(), flag))
+                .collect();
+            None
+        }
+        "--faults" => {
+            options.faults = parse_number(value, flag);
+            if !(0.0..=1.0).contains(&options.faults) {
+                fail("--faults is a probability between 0 and 1");
+            }
+            None
+        }
+        "--seed" => {
+            options.seed = parse_number(value, flag);
+            None
+        }
+        "--output" => {
+            options.output = Some(value.to_owned());
+            None
+        }
+        "--tokens" => Some(mock("tokens")),
+        "--delay-ms" => Some(mock("delay_ms")),
+        "--headers-delay-ms" => Some(mock("headers_delay_ms")),
+        "--chunking" => Some(mock("chunking")),
+        "--mock" => {
+            let (name, value) = value
+                .split_once('=')
+                .unwrap_or_else(|| fail(&format!("--mock takes KEY=VALUE, got {value:?}")));
+            Some((name.replace('-', "_"), control_value(value)))
+        }
+        other => fail(&format!("unknown option {other:?}")),
+    };
+    if let Some((name, value)) = control {
+        options.mock.insert(name, value);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults and randomness
+
+/// A fault injected into one stream on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// The mock stops sending after N events (`stall_after`).
+    Stall(u32),
+    /// The mock sends its in-band error after N events (`error_after`).
+    UpstreamError(u32),
+    /// The mock aborts the connection in the middle of event N + 1 (`close_after`).
+    UpstreamClose(u32),
+    /// This client drops the response after N events.
+    ClientDisconnect(u32),
+}
+
+impl Fault {
+    const NAMES: [&str; 4] = [
+        "stall",
+        "upstream-error",
+        "upstream-close",
+        "client-disconnect",
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Self::Stall(_) => 0,
+            Self::UpstreamError(_) => 1,
+            Self::UpstreamClose(_) => 2,
+            Self::ClientDisconnect(_) => 3,
+        }
+    }
+
+    /// The mock control that injects this fault, if the mock does it.
+    fn mock_control(self) -> Option<(&'static str, u32)> {
+        match self {
+            Self::Stall(n) => Some(("stall_after", n)),
+            Self::UpstreamError(n) => Some(("error_after", n)),
+            Self::UpstreamClose(n) => Some(("close_after", n)),
+            Self::ClientDisconnect(_) => None,
+        }
+    }
+}
+
+/// xorshift64*: tiny, seedable, good enough to pick faults.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, stream: u64) -> Self {
+        // Spread nearby seeds apart (splitmix64 finaliser); never zero.
+        let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A float in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A fault with probability `p`, else `None`.
+    fn fault(&mut self, p: f64) -> Option<Fault> {
+        if p <= 0.0 || self.unit() >= p {
+            return None;
+        }
+        let after = 1 + self.below(4) as u32;
+        Some(match self.below(4) {
+            0 => Fault::Stall(after),
+            1 => Fault::UpstreamError(after),
+            2 => Fault::UpstreamClose(after),
+            _ => Fault::ClientDisconnect(after),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One stream
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Ok,
+    Connect,
+    Status,
+    Rejected,
+    Timeout,
+    Truncated,
+    ErrorEvent,
+    ClientDisconnect,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 8] = [
+        Self::Ok,
+        Self::Connect,
+        Self::Status,
+        Self::Rejected,
+        Self::Timeout,
+        Self::Truncated,
+        Self::ErrorEvent,
+        Self::ClientDisconnect,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Connect => "connect",
+            Self::Status => "status",
+            Self::Rejected => "rejected",
+            Self::Timeout => "timeout",
+            Self::Truncated => "truncated",
+            Self::ErrorEvent => "error-event",
+            Self::ClientDisconnect => "client-disconnect",
+        }
+    }
+}
+
+/// What one stream measured.
+#[derive(Debug, Clone)]
+struct Record {
+    fault: Option<Fault>,
+    outcome: Outcome,
+    /// Request sent to response head.
+    ttfb: Option<Duration>,
+    /// Request sent to the first content-bearing event.
+    ttft: Option<Duration>,
+    /// Request sent to the end (or the give-up).
+    duration: Duration,
+    events: u32,
+    keep_alives: u32,
+    bytes: u64,
+}
+
+impl Record {
+    fn new(fault: Option<Fault>) -> Self {
+        Self {
+            fault,
+            outcome: Outcome::Truncated,
+            ttfb: None,
+            ttft: None,
+            duration: Duration::ZERO,
+            events: 0,
+            keep_alives: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// Splits a body into events (SSE, or NDJSON lines when the mock is hit directly with
+/// `--format ollama`) and keeps what the record needs: counts, TTFT, the terminal event.
+struct EventReader {
+    frames: Frames,
+    seen: Seen,
+}
+
+/// The framing of a response body.
+enum Frames {
+    Sse(Box<Decoder>),
+    /// NDJSON: the bytes of the line being assembled.
+    Lines(BytesMut),
+}
+
+/// What the events so far said.
+struct Seen {
+    format: Format,
+    provider: Provider,
+    confirmed: bool,
+    saw_terminal: bool,
+    last_was_error: bool,
+}
+
+impl Seen {
+    fn on_event(&mut self, event: &EventRef<'_>, started: Instant, record: &mut Record) {
+        record.events += 1;
+        if !self.confirmed
+            && let Some(provider) = Provider::from_event(event)
+        {
+            self.provider = provider;
+            self.confirmed = true;
+        }
+        if record.ttft.is_none() && self.provider.is_content(event) {
+            record.ttft = Some(started.elapsed());
+        }
+        self.saw_terminal |= self.format.is_terminal(event);
+        self.last_was_error = is_error_event(event);
+    }
+}
+
+impl EventReader {
+    fn new(format: Format, ndjson: bool) -> Self {
+        let path = format.path().split('?').next().unwrap_or_default();
+        Self {
+            frames: if ndjson {
+                Frames::Lines(BytesMut::new())
+            } else {
+                Frames::Sse(Box::new(Decoder::new()))
+            },
+            seen: Seen {
+                format,
+                provider: Provider::from_path(path),
+                confirmed: false,
+                saw_terminal: false,
+                last_was_error: false,
+            },
+        }
+    }
+
+    /// Take one body chunk: count its events and keep-alives, note TTFT.
+    fn push(&mut self, chunk: Bytes, started: Instant, record: &mut Record) {
+        match &mut self.frames {
+            Frames::Sse(decoder) => {
+                decoder.push(chunk);
+                drain_sse(decoder, &mut self.seen, started, record);
+            }
+            Frames::Lines(line) => {
+                for piece in chunk.split_inclusive(|b| *b == b'\n') {
+                    line.extend_from_slice(piece);
+                    if line.ends_with(b"\n") {
+                        on_json_line(line, &mut self.seen, started, record);
+                        line.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The body ended cleanly: how the stream went.
+    fn finish(&mut self, started: Instant, record: &mut Record) -> Outcome {
+        let truncated = match &mut self.frames {
+            Frames::Sse(decoder) => {
+                decoder.finish();
+                drain_sse(decoder, &mut self.seen, started, record);
+                decoder.is_truncated()
+            }
+            Frames::Lines(line) => !line.iter().all(u8::is_ascii_whitespace),
+        };
+        if self.seen.last_was_error {
+            Outcome::ErrorEvent
+        } else if self.seen.saw_terminal && !truncated {
+            Outcome::Ok
+        } else {
+            Outcome::Truncated
+        }
+    }
+}
+
+fn drain_sse(decoder: &mut Decoder, seen: &mut Seen, started: Instant, record: &mut Record) {
+    while let Some(item) = decoder.next_ref() {
+        match item {
+            Ok(ItemRef::Event(event)) => seen.on_event(&event, started, record),
+            Ok(ItemRef::Comment(_)) => record.keep_alives += 1,
+            _ => {}
+        }
+    }
+}
+
+fn on_json_line(line: &[u8], seen: &mut Seen, started: Instant, record: &mut Record) {
+    let text = line.trim_ascii();
+    if !text.is_empty() {
+        seen.on_event(&EventRef::new(b"", text, line), started, record);
+    }
+}
+
+/// One client's connection pool and what every request needs.
+#[derive(Clone)]
+struct Target {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    format: Format,
+    mock: Arc<Map<String, Value>>,
+    /// The body of streams without a mock fault, built once.
+    plain_body: Bytes,
+    timeout: Duration,
+}
+
+impl Target {
+    fn request(&self, fault: Option<Fault>) -> Request<Full<Bytes>> {
+        let body = match fault.and_then(Fault::mock_control) {
+            Some((name, after)) => {
+                let mut mock = (*self.mock).clone();
+                mock.insert(name.to_owned(), Value::from(after));
+                self.format.body(&mock)
+            }
+            None => self.plain_body.clone(),
+        };
+        Request::post(self.uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("a valid request")
+    }
+}
+
+/// Run one stream to its end, its fault or the timeout.
+async fn run_stream(target: &Target, fault: Option<Fault>, live: &Live) -> Record {
+    let mut record = Record::new(fault);
+    let request = target.request(fault);
+    let open = live.open.fetch_add(1, Ordering::Relaxed) + 1;
+    live.peak.fetch_max(open, Ordering::Relaxed);
+    let started = Instant::now();
+    record.outcome =
+        tokio::time::timeout(target.timeout, drive(target, request, started, &mut record))
+            .await
+            .unwrap_or(Outcome::Timeout);
+    record.duration = started.elapsed();
+    live.open.fetch_sub(1, Ordering::Relaxed);
+    live.done.fetch_add(1, Ordering::Relaxed);
+    record
+}
+
+async fn drive(
+    target: &Target,
+    request: Request<Full<Bytes>>,
+    started: Instant,
+    record: &mut Record,
+) -> Outcome {
+    let response = match target.client.request(request).await {
+        Ok(response) => response,
+        Err(e) => return request_failed(&e),
+    };
+    record.ttfb = Some(started.elapsed());
+    let status = response.status();
+    if !status.is_success() {
+        // Read the (small) error body, so the connection goes back to the pool instead of
+        // leaving a socket in TIME_WAIT per rejection.
+        let _ = response.into_body().collect().await;
+        return if status == StatusCode::SERVICE_UNAVAILABLE {
+            Outcome::Rejected
+        } else {
+            Outcome::Status
+        };
+    }
+    let ndjson = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-ndjson"));
+    let hang_up_after = match record.fault {
+        Some(Fault::ClientDisconnect(n)) => Some(n),
+        _ => None,
+    };
+    let mut reader = EventReader::new(target.format, ndjson);
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Outcome::Truncated;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        record.bytes += data.len() as u64;
+        reader.push(data, started, record);
+        if hang_up_after.is_some_and(|n| record.events >= n) {
+            // Dropping the body closes the connection.
+            return Outcome::ClientDisconnect;
+        }
+    }
+    reader.finish(started, record)
+}
+
+/// A request that got no response head: a connect failure (reported clearly when the cause
+/// is a full fd table or no free port), or a connection that failed before the head.
+fn request_failed(e: &hyper_util::client::legacy::Error) -> Outcome {
+    if !e.is_connect() {
+        return Outcome::Truncated;
+    }
+    static OUT_OF_FDS: Warning = Warning::new();
+    static OUT_OF_PORTS: Warning = Warning::new();
+    static OTHER: Warning = Warning::new();
+    if let Some(io) = io_source(e) {
+        match io.raw_os_error() {
+            Some(EMFILE | ENFILE) => OUT_OF_FDS.emit(|| {
+                format!(
+                    "loadgen: connect failed: {io}: out of file descriptors (one per stream); \
+                     raise the limit with `ulimit -n` (soft limit now {}) or run fewer --streams",
+                    fd_limit_text()
+                )
+            }),
+            Some(EADDRNOTAVAIL) => OUT_OF_PORTS.emit(|| {
+                format!(
+                    "loadgen: connect failed: {io}: out of ephemeral ports; spread the streams \
+                     over more local addresses with --source-ips 127.0.0.2,127.0.0.3,..."
+                )
+            }),
+            _ => OTHER.emit(|| format!("loadgen: connect failed: {io}")),
+        }
+    }
+    Outcome::Connect
+}
+
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// The first `io::Error` in an error's chain of sources.
+fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// A warning printed at most once every few seconds, with how many were held back; one per
+/// kind of message, so that one storm does not hide another.
+struct Warning {
+    last: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Warning {
+    const EVERY_SECS: u64 = 5;
+
+    const fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Print the message (built only when printed) unless one went out lately.
+    fn emit(&self, message: impl FnOnce() -> String) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        if now < last + Self::EVERY_SECS
+            || self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.skipped.swap(0, Ordering::Relaxed) {
+            0 => eprintln!("{}", message()),
+            skipped => eprintln!("{} ({skipped} more since the last such message)", message()),
+        }
+    }
+}
+
+/// The soft limit on open files, read once (reading it needs a free descriptor).
+fn fd_limit() -> Option<u64> {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
+    })
+}
+
+fn fd_limit_text() -> String {
+    fd_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients
+
+/// Counters the sampler reads while the run goes on.
+#[derive(Default)]
+struct Live {
+    open: AtomicUsize,
+    /// The most streams open at once.
+    peak: AtomicUsize,
+    done: AtomicUsize,
+}
+
+/// When each client starts and stops starting new streams.
+#[derive(Clone, Copy)]
+struct Schedule {
+    t0: tokio::time::Instant,
+    ramp: Duration,
+    clients: usize,
+    /// Hold mode: no new stream after this. Without it, one stream per client.
+    stop_at: Option<tokio::time::Instant>,
+    repeat: Option<u32>,
+    /// Streams each client runs first, unrecorded.
+    warm_up: u32,
+}
+
+impl Schedule {
+    fn start_of(&self, client: usize) -> tokio::time::Instant {
+        self.t0 + self.ramp.mul_f64(client as f64 / self.clients as f64)
+    }
+
+    /// Whether a client that ran `done` streams starts another.
+    fn another(&self, done: u32) -> bool {
+        match (self.repeat, self.stop_at) {
+            (Some(k), _) => done < k,
+            (None, Some(stop_at)) => done == 0 || tokio::time::Instant::now() < stop_at,
+            (None, None) => done == 0,
+        }
+    }
+}
+
+/// One client: wait for its start, then stream as the schedule says.
+async fn run_client(
+    index: usize,
+    target: Target,
+    schedule: Schedule,
+    faults: f64,
+    seed: u64,
+    live: Arc<Live>,
+) -> Vec<Record> {
+    tokio::time::sleep_until(schedule.start_of(index)).await;
+    let mut rng = Rng::new(seed, index as u64);
+    for _ in 0..schedule.warm_up {
+        run_stream(&target, None, &live).await;
+    }
+    let mut records = Vec::new();
+    while schedule.another(records.len() as u32) {
+        let record = run_stream(&target, rng.fault(faults), &live).await;
+        if matches!(
+            record.outcome,
+            Outcome::Connect | Outcome::Rejected | Outcome::Status
+        ) {
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+        records.push(record);
+    }
+    records
+}
+
+/// One pooled HTTP/1 client per source address (or one with the system's choice).
+fn clients(options: &Options) -> Vec<Client<HttpConnector, Full<Bytes>>> {
+    let addresses: Vec<Option<IpAddr>> = if options.source_ips.is_empty() {
+        vec![None]
+    } else {
+        options.source_ips.iter().copied().map(Some).collect()
+    };
+    addresses
+        .into_iter()
+        .map(|address| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_local_address(address);
+            connector.set_connect_timeout(Some(options.timeout));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        })
+        .collect()
+}
+
+fn targets(options: &Options) -> Vec<Target> {
+    let base = options.url.to_string();
+    let uri: Uri = format!("{}{}", base.trim_end_matches('/'), options.format.path())
+        .parse()
+        .unwrap_or_else(|_| fail("--url and the format's path make no URL"));
+    let mock = Arc::new(options.mock.clone());
+    let plain_body = options.format.body(&mock);
+    clients(options)
+        .into_iter()
+        .map(|client| Target {
+            client,
+            uri: uri.clone(),
+            format: options.format,
+            mock: mock.clone(),
+            plain_body: plain_body.clone(),
+            timeout: options.timeout,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Sampling and the summary
+
+/// Every second: open streams (and a progress line unless quiet), until told to stop.
+async fn sample(
+    live: Arc<Live>,
+    started: tokio::time::Instant,
+    quiet: bool,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<(f64, usize)> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return samples,
+        }
+        let t = started.elapsed().as_secs_f64();
+        let open = live.open.load(Ordering::Relaxed);
+        samples.push((t, open));
+        if !quiet {
+            let done = live.done.load(Ordering::Relaxed);
+            eprintln!("loadgen: {t:6.1}s open {open:6} done {done:8}");
+        }
+    }
+}
+
+/// Percentiles and spread of a set of durations, in milliseconds.
+fn distribution(mut values: Vec<Duration>) -> Value {
+    if values.is_empty() {
+        return json!({"count": 0});
+    }
+    values.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let n = values.len();
+    let pick = |q: f64| ms(values[((q * n as f64).ceil() as usize).clamp(1, n) - 1]);
+    let mean = values.iter().map(|d| ms(*d)).sum::<f64>() / n as f64;
+    let variance = values.iter().map(|d| (ms(*d) - mean).powi(2)).sum::<f64>() / n as f64;
+    let stddev = variance.sqrt();
+    json!({
+        "count": n,
+        "min": ms(values[0]),
+        "p50": pick(0.50),
+        "p95": pick(0.95),
+        "p99": pick(0.99),
+        "max": ms(values[n - 1]),
+        "mean": mean,
+        "stddev": stddev,
+        "cv": if mean > 0.0 { stddev / mean } else { 0.0 },
+    })
+}
+
+fn count_outcomes<'a>(records: impl Iterator<Item = &'a Record>) -> BTreeMap<&'static str, u64> {
+    let mut counts = BTreeMap::new();
+    for record in records {
+        *counts.entry(record.outcome.name()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Streams by injected fault, and how each ended.
+fn fault_table(records: &[Record]) -> Value {
+    let mut table = Map::new();
+    for (index, name) in Fault::NAMES.iter().enumerate() {
+        let faulted: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.fault.is_some_and(|f| f.index() == index))
+            .collect();
+        table.insert(
+            (*name).to_owned(),
+            json!({"injected": faulted.len(), "outcomes": count_outcomes(faulted.into_iter())}),
+        );
+    }
+    Value::Object(table)
+}
+
+/// The end of a run: what the clients recorded and what was sampled on the way.
+struct Run {
+    records: Vec<Record>,
+    elapsed: Duration,
+    peak_open: usize,
+    samples: Vec<(f64, usize)>,
+}
+
+fn summary(options: &Options, run: &Run) -> Value {
+    let records = &run.records;
+    let unfaulted = records.iter().filter(|r| r.fault.is_none()).count();
+    let ok_unfaulted = records
+        .iter()
+        .filter(|r| r.fault.is_none() && r.outcome == Outcome::Ok)
+        .count();
+    let mut outcomes = count_outcomes(records.iter());
+    for outcome in Outcome::ALL {
+        outcomes.entry(outcome.name()).or_insert(0);
+    }
+    json!({
+        "config": {
+            "url": options.url.to_string(),
+            "format": options.format.name(),
+            "streams": options.streams,
+            "ramp_s": options.ramp.as_secs_f64(),
+            "hold_s": options.hold.as_secs_f64(),
+            "repeat": options.repeat,
+            "warm_up": options.warm_up,
+            "timeout_s": options.timeout.as_secs_f64(),
+            "source_ips": options.source_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "faults": options.faults,
+            "seed": options.seed,
+            "mock": options.mock,
+        },
+        "elapsed_s": run.elapsed.as_secs_f64(),
+        "total": records.len(),
+        "outcomes": outcomes,
+        "unfaulted": unfaulted,
+        "ok_unfaulted": ok_unfaulted,
+        "unfaulted_outcomes": count_outcomes(records.iter().filter(|r| r.fault.is_none())),
+        "success_rate": if unfaulted > 0 { ok_unfaulted as f64 / unfaulted as f64 } else { 0.0 },
+        "faults": fault_table(records),
+        "ttfb_ms": distribution(records.iter().filter_map(|r| r.ttfb).collect()),
+        "ttft_ms": distribution(records.iter().filter_map(|r| r.ttft).collect()),
+        "duration_ms": distribution(
+            records.iter().filter(|r| r.outcome == Outcome::Ok).map(|r| r.duration).collect()
+        ),
+        "events": records.iter().map(|r| u64::from(r.events)).sum::<u64>(),
+        "keep_alives": records.iter().map(|r| u64::from(r.keep_alives)).sum::<u64>(),
+        "bytes": records.iter().map(|r| r.bytes).sum::<u64>(),
+        "peak_open": run.peak_open,
+        "open_samples": run.samples.iter().map(|(t, n)| json!([(t * 10.0).round() / 10.0, n])).collect::<Vec<_>>(),
+    })
+}
+
+fn print_summary(summary: &Value) {
+    let line = |name: &str| {
+        let d = &summary[name];
+        if d["count"].as_u64().unwrap_or(0) == 0 {
+            return format!("{name:<12} n=0");
+        }
+        format!(
+            "{name:<12} n={:<7} p50 {:>9.2}  p95 {:>9.2}  p99 {:>9.2}  max {:>9.2}  cv {:.3}",
+            d["count"],
+            d["p50"].as_f64().unwrap_or(0.0),
+            d["p95"].as_f64().unwrap_or(0.0),
+            d["p99"].as_f64().unwrap_or(0.0),
+            d["max"].as_f64().unwrap_or(0.0),
+            d["cv"].as_f64().unwrap_or(0.0),
+        )
+    };
+    println!(
+        "streams {} in {:.1}s, peak open {}, events {}, keep-alives {}, bytes {}",
+        summary["total"],
+        summary["elapsed_s"].as_f64().unwrap_or(0.0),
+        summary["peak_open"],
+        summary["events"],
+        summary["keep_alives"],
+        summary["bytes"],
+    );
+    for name in ["ttfb_ms", "ttft_ms", "duration_ms"] {
+        println!("{}", line(name));
+    }
+    println!(
+        "success     {:.2}% ({} of {} streams without an injected fault ended ok)",
+        summary["success_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        summary["ok_unfaulted"],
+        summary["unfaulted"],
+    );
+    let outcomes: Vec<String> = summary["outcomes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64() != Some(0))
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    println!("outcomes    {}", outcomes.join(", "));
+    for (fault, row) in summary["faults"].as_object().into_iter().flatten() {
+        if row["injected"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "fault       {fault:<18} {:>6} injected -> {}",
+                row["injected"], row["outcomes"]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits of the machine
+
+/// The size of the ephemeral port range.
+fn ephemeral_ports() -> Option<u64> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut bounds = range.split_whitespace().map(|n| n.parse::<u64>().ok());
+    let (low, high) = (bounds.next()??, bounds.next()??);
+    Some(high.saturating_sub(low) + 1)
+}
+
+/// Warn before starting when the run cannot fit the fd limit or the port range.
+fn check_machine_limits(options: &Options) {
+    let streams = options.streams as u64;
+    if let Some(limit) = fd_limit()
+        && streams + FD_MARGIN > limit
+    {
+        eprintln!(
+            "loadgen: warning: {streams} streams need about {} file descriptors, the soft \
+             limit is {limit}: raise it with `ulimit -n` first",
+            streams + FD_MARGIN
+        );
+    }
+    let sources = options.source_ips.len().max(1) as u64;
+    if let Some(ports) = ephemeral_ports()
+        && streams / sources > ports
+    {
+        eprintln!(
+            "loadgen: warning: {streams} streams over {sources} source address(es) exceed the \
+             {ports} ephemeral ports of each: add addresses with --source-ips"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() {
+    let Some(options) = parse_args(std::env::args().skip(1)) else {
+        return;
+    };
+    check_machine_limits(&options);
+    let targets = targets(&options);
+    let live = Arc::new(Live::default());
+    let t0 = tokio::time::Instant::now();
+    let schedule = Schedule {
+        t0,
+        ramp: options.ramp,
+        clients: options.streams,
+        stop_at: (!options.hold.is_zero()).then(|| t0 + options.ramp + options.hold),
+        repeat: options.repeat,
+        warm_up: options.warm_up,
+    };
+    let (stop_sampler, stopped) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(sample(live.clone(), t0, options.quiet, stopped));
+
+    let clients: Vec<_> = (0..options.streams)
+        .map(|index| {
+            let target = targets[index % targets.len()].clone();
+            tokio::spawn(run_client(
+                index,
+                target,
+                schedule,
+                options.faults,
+                options.seed,
+                live.clone(),
+            ))
+        })
+        .collect();
+    let mut records = Vec::with_capacity(options.streams);
+    for client in clients {
+        match client.await {
+            Ok(mut client_records) => records.append(&mut client_records),
+            Err(e) => eprintln!("loadgen: a client task failed: {e}"),
+        }
+    }
+    let elapsed = t0.elapsed();
+    let _ = stop_sampler.send(());
+    let run = Run {
+        records,
+        elapsed,
+        peak_open: live.peak.load(Ordering::Relaxed),
+        samples: sampler.await.unwrap_or_default(),
+    };
+    let summary = summary(&options, &run);
+    print_summary(&summary);
+    if let Some(path) = &options.output
+        && let Err(e) = std::fs::write(path, format!("{summary:#}\n"))
+    {
+        eprintln!("loadgen: cannot write {path}: {e}");
+        std::process::exit(1);
+    }
+}
