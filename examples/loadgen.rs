@@ -27,11 +27,14 @@
 //! are tasks on one multi-thread runtime with a pooled hyper-util HTTP/1 client per source
 //! address: per stream there is a socket, a small decoder and a record of about 80 bytes.
 
+#[path = "support/os.rs"]
+mod os;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
@@ -43,6 +46,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Map, Value, json};
 use tower_sse::Provider;
 use tower_sse::sse::{Decoder, EventRef, ItemRef};
+
+use os::{EADDRNOTAVAIL, EMFILE, ENFILE, Warning, fd_limit, fd_limit_text, io_source};
 
 const HELP: &str = "\
 loadgen: concurrent streaming clients against an LLM-style endpoint (the gateway or the mock)
@@ -758,75 +763,6 @@ fn request_failed(e: &hyper_util::client::legacy::Error) -> Outcome {
         }
     }
     Outcome::Connect
-}
-
-const ENFILE: i32 = 23;
-const EMFILE: i32 = 24;
-const EADDRNOTAVAIL: i32 = 99;
-
-/// The first `io::Error` in an error's chain of sources.
-fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io);
-        }
-        next = e.source();
-    }
-    None
-}
-
-/// A warning printed at most once every few seconds, with how many were held back; one per
-/// kind of message, so that one storm does not hide another.
-struct Warning {
-    last: AtomicU64,
-    skipped: AtomicU64,
-}
-
-impl Warning {
-    const EVERY_SECS: u64 = 5;
-
-    const fn new() -> Self {
-        Self {
-            last: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-        }
-    }
-
-    /// Print the message (built only when printed) unless one went out lately.
-    fn emit(&self, message: impl FnOnce() -> String) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last.load(Ordering::Relaxed);
-        if now < last + Self::EVERY_SECS
-            || self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        match self.skipped.swap(0, Ordering::Relaxed) {
-            0 => eprintln!("{}", message()),
-            skipped => eprintln!("{} ({skipped} more since the last such message)", message()),
-        }
-    }
-}
-
-/// The soft limit on open files, read once (reading it needs a free descriptor).
-fn fd_limit() -> Option<u64> {
-    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-        line.split_whitespace().nth(3)?.parse().ok()
-    })
-}
-
-fn fd_limit_text() -> String {
-    fd_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string())
 }
 
 // ---------------------------------------------------------------------------------------
