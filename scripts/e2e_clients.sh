@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/e2e-venv
+target_dir=${CARGO_TARGET_DIR:-target}
+venv=$target_dir/e2e-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
@@ -25,7 +26,7 @@ trap cleanup EXIT
 
 start_gateway() {
   : > "$log"
-  target/debug/examples/gateway --listen 127.0.0.1:0 "$@" > "$log" 2>&1 &
+  "$target_dir/debug/examples/gateway" --listen 127.0.0.1:0 "$@" > "$log" 2>&1 &
   gateway_pid=$!
   for _ in $(seq 1 100); do
     addr=$(sed -n 's/^listening on //p' "$log" | head -n 1)
