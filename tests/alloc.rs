@@ -381,8 +381,7 @@ where
 /// body struct is boxed here, as a server task holds it; so the total is everything a
 /// stream costs the process besides the upstream's buffers and the connection.
 fn state_per_open_stream() {
-    use tower_sse::metrics::MetricsObserver;
-    use tower_sse::{DigestObserver, DigestRegistry, TraceObserver, UsageObserver};
+    use tower_sse::UsageObserver;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -406,6 +405,15 @@ fn state_per_open_stream() {
     let (bytes, inline) = open_stream_bytes(&metering);
     println!("state per open stream, + usage + timing: {bytes} bytes ({inline} inline)");
 
+    full_stack_state(core);
+}
+
+/// The full stack needs the default features (registry, metrics, tracing).
+#[cfg(all(feature = "registry", feature = "metrics", feature = "tracing"))]
+fn full_stack_state(core: SseLayer) {
+    use tower_sse::metrics::MetricsObserver;
+    use tower_sse::{DigestObserver, DigestRegistry, TraceObserver, UsageObserver};
+
     let full = core.observer((
         UsageObserver::new(),
         TimingObserver::new(),
@@ -422,3 +430,6 @@ fn state_per_open_stream() {
         "{bytes} bytes per open stream for the full stack"
     );
 }
+
+#[cfg(not(all(feature = "registry", feature = "metrics", feature = "tracing")))]
+fn full_stack_state(_core: SseLayer) {}
