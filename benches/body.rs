@@ -6,6 +6,7 @@
 //! (it is re-armed lazily from the time of the last frame, and only polled when the
 //! upstream is pending, which an in-memory body never is).
 
+#[path = "../tests/support/inputs.rs"]
 mod common;
 
 use std::hint::black_box;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tower_sse::sse::EventRef;
-use tower_sse::{EventContext, KeepAlive, Observer, SseLayer, TimingObserver, UsageObserver};
+use tower_sse::{EventContext, KeepAliveConfig, Observer, SseLayer, TimingObserver, UsageObserver};
 
 use common::drive::{drain, through, upstream};
 
@@ -46,7 +47,8 @@ impl Observer for ValueTap {
 }
 
 fn benches(c: &mut Criterion) {
-    let layer = SseLayer::new().keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    let layer =
+        SseLayer::new().keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)));
     let observed = layer.clone().observer(Count::default());
     for (name, chunks) in [
         ("body/a_one_bytes_per_event", common::one_bytes_per_event()),

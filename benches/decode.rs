@@ -3,6 +3,7 @@
 //! Every parser is driven the same way: a `Stream` of `Result<Bytes, _>` chunks polled with a
 //! no-op waker, every event's data length consumed. Run with `cargo bench --bench decode`.
 
+#[path = "../tests/support/inputs.rs"]
 mod common;
 
 use std::convert::Infallible;

@@ -12,6 +12,7 @@
 //!   no-op waker as hyper would), without an observer, with `DigestObserver`, and with
 //!   `DigestObserver::with_registry`.
 
+#[path = "../tests/support/inputs.rs"]
 mod common;
 
 use std::hint::black_box;
@@ -24,8 +25,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 #[cfg(feature = "registry")]
 use tower_sse::DigestRegistry;
+use tower_sse::provider::Provider;
 use tower_sse::sse::EventRef;
-use tower_sse::{Digest, DigestObserver, EventContext, Observer, Provider, SseLayer, StreamReport};
+use tower_sse::{Digest, DigestObserver, EventContext, Observer, SseLayer, StreamReport};
 
 use common::drive::{drain, through, upstream};
 

@@ -25,7 +25,7 @@
 //! # Example
 //!
 //! A streaming endpoint behind the whole stack (the same layers wrap a gateway's upstream
-//! client; see `examples/gateway.rs`):
+//! client: see [A gateway](#a-gateway)):
 //!
 //! ```
 //! use std::time::Duration;
@@ -33,8 +33,8 @@
 //! use axum::{Router, body::Body, routing::post};
 //! use tower::ServiceBuilder;
 //! use tower_sse::{
-//!     DigestObserver, IncludeUsageLayer, KeepAlive, SseLayer, StreamLimitLayer, StreamReport,
-//!     TimingObserver, UsageObserver,
+//!     DigestObserver, IncludeUsageLayer, KeepAliveConfig, SseLayer, StreamLimitLayer,
+//!     StreamReport, TimingObserver, UsageObserver,
 //! };
 //!
 //! async fn chat() -> axum::response::Response {
@@ -50,10 +50,11 @@
 //!         // At most 512 open streams; the 513th gets a 503 with Retry-After.
 //!         .layer(StreamLimitLayer::new(512))
 //!         // Ask OpenAI-style upstreams for usage, hide it from clients that did not ask.
+//!         // axum's routes take `axum::body::Body`: see "When `map_request_body` is needed".
 //!         .layer(IncludeUsageLayer::new().map_request_body(Body::new))
 //!         .layer(
 //!             SseLayer::new()
-//!                 .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+//!                 .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)))
 //!                 .first_event_timeout(Duration::from_secs(120))
 //!                 .idle_timeout(Duration::from_secs(30))
 //!                 .observer((UsageObserver::new(), TimingObserver::new(), DigestObserver::new()))
@@ -79,6 +80,9 @@
 //! | [`RequestDigestLayer`] | SHA-256 of the request body as the service reads it |
 //! | [`StreamLimitLayer`] | at most N open streams; the permit lives in the response body |
 //!
+//! Outermost first: `StreamLimitLayer`, `RequestDigestLayer`, `IncludeUsageLayer`,
+//! `SseLayer`, then the service that answers (a handler, a router, an upstream client).
+//!
 //! # Observers
 //!
 //! Observers watch each stream event by event and write their findings into the report. They
@@ -90,9 +94,232 @@
 //! | [`UsageObserver`] | [`usage`](StreamReport::usage), [`finish_reason`](StreamReport::finish_reason) |
 //! | [`TimingObserver`] | [`timing`](StreamReport::timing) |
 //! | [`DigestObserver`] | [`digest`](StreamReport::digest), [`request_digest`](StreamReport::request_digest) |
-//! | `MetricsObserver` (feature `metrics`) | records OpenTelemetry GenAI metrics |
+//! | `MetricsObserver` (feature `metrics`) | records OpenTelemetry GenAI metrics (names and buckets in module `metrics`) |
 //! | `TraceObserver` (feature `tracing`) | one `tracing` event per finished stream |
-//! | your own: implement [`Observer`] | anything, e.g. in [`extensions`](StreamReport::extensions) |
+//! | your own: implement [`Observer`] (with [`EventContext`]) | anything, e.g. in [`extensions`](StreamReport::extensions) |
+//!
+//! # Configuration and report types
+//!
+//! | type | what it is |
+//! |---|---|
+//! | [`KeepAliveConfig`] | interval and text of keep-alive comments ([`SseLayer::keep_alive`]) |
+//! | [`ErrorEvent`] | what a client receives when its stream fails ([`SseLayer::error_event`]) |
+//! | [`UpstreamErrorPolicy`](stream::UpstreamErrorPolicy) | error event, or a failed body, when the upstream body fails |
+//! | [`OnEnd`] | where each report goes: a closure, or a type of yours |
+//! | [`StreamReport`] | everything known about one stream when it ended |
+//! | [`Outcome`] | how it ended |
+//! | [`Usage`], [`UsageSource`] | token counts, reported or estimated |
+//! | [`Timing`], [`Latencies`] | time to first byte and token, inter-token latency |
+//! | [`Digest`] | a SHA-256 |
+//!
+//! # Modules
+//!
+//! Everything a user names often is at the root; the rest is in the module of its concern.
+//!
+//! | module | what is in it |
+//! |---|---|
+//! | [`sse`] | the wire format: [`Decoder`](sse::Decoder), [`Event`](sse::Event), [`EventRef`](sse::EventRef) |
+//! | [`stream`] | the service, future and body of [`SseLayer`]; [`UpstreamErrorPolicy`](stream::UpstreamErrorPolicy), [`Framing`](stream::Framing) |
+//! | [`provider`] | the provider formats: [`Provider`](provider::Provider) |
+//! | [`usage`] | how usage is read and estimated: [`UsageExtractor`](usage::UsageExtractor), [`TokenCounter`](usage::TokenCounter) |
+//! | [`include_usage`] | the service and bodies of [`IncludeUsageLayer`] |
+//! | [`limit`] | the service, future and body of [`StreamLimitLayer`]; open-stream counts |
+//! | [`digest`] | [`DigestObserver`], [`RequestDigestLayer`] and the registry |
+//! | [`request`] | markers layers leave in requests: [`StreamingRequest`](request::StreamingRequest), [`UsageInjected`](request::UsageInjected), [`RequestModel`](request::RequestModel) |
+//! | `metrics` (feature `metrics`) | metric names, advised buckets, `describe` |
+//!
+//! # A gateway
+//!
+//! In a gateway the layers wrap the upstream client: a pooled
+//! `hyper_util::client::legacy::Client` forwards every request to the upstream, and the
+//! whole stack is served by axum, as the router's fallback (every path) or from a handler
+//! (which can check a key or pick an upstream first).
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use axum::Router;
+//! use axum::body::Body;
+//! use axum::error_handling::HandleErrorLayer;
+//! use axum::extract::{Request, State};
+//! use axum::response::{IntoResponse, Response};
+//! use axum::routing::post;
+//! use http::header::HOST;
+//! use http::uri::PathAndQuery;
+//! use http::{StatusCode, Uri};
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::client::legacy::connect::HttpConnector;
+//! use hyper_util::rt::TokioExecutor;
+//! use tokio::sync::mpsc::UnboundedSender;
+//! use tower::util::BoxCloneSyncService;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_sse::{
+//!     IncludeUsageLayer, KeepAliveConfig, SseLayer, StreamLimitLayer, StreamReport,
+//!     TimingObserver, UsageObserver,
+//! };
+//!
+//! /// The whole stack as one service of the kind axum serves: a cloneable service of
+//! /// `Request<Body>` whose error is `Infallible`.
+//! type Gateway = BoxCloneSyncService<Request, Response, Infallible>;
+//!
+//! fn build_gateway(upstream: Uri, reports: UnboundedSender<StreamReport>) -> Gateway {
+//!     // One pooled client. It sends `axum::body::Body` requests (the body type of a
+//!     // client is fixed when it is built).
+//!     let client: Client<HttpConnector, Body> =
+//!         Client::builder(TokioExecutor::new()).build_http();
+//!     let stack = ServiceBuilder::new()
+//!         // axum needs `Infallible` errors: a failed upstream call becomes a 502. Handled
+//!         // here, outside `SseLayer`, so that the layer still reports the failure
+//!         // (`Outcome::UpstreamError`) of a streaming request.
+//!         .layer(HandleErrorLayer::new(bad_gateway))
+//!         .map_request(move |request| to_upstream(&upstream, request))
+//!         .layer(StreamLimitLayer::new(512))
+//!         // The client takes `Body`, not the layer's `UsageRequestBody<Body>`.
+//!         .layer(IncludeUsageLayer::new().map_request_body(Body::new))
+//!         .layer(
+//!             SseLayer::new()
+//!                 .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)))
+//!                 .first_event_timeout(Duration::from_secs(120))
+//!                 .idle_timeout(Duration::from_secs(30))
+//!                 .observer((UsageObserver::new(), TimingObserver::new()))
+//!                 .on_end(move |report: StreamReport| {
+//!                     let _ = reports.send(report);
+//!                 }),
+//!         )
+//!         .service(client);
+//!     BoxCloneSyncService::new(stack)
+//! }
+//!
+//! /// Point a request at the upstream: same path and query, the upstream's host. (A
+//! /// production gateway also drops hop-by-hop headers; see the example gateway.)
+//! fn to_upstream(upstream: &Uri, mut request: Request) -> Request {
+//!     let mut uri = upstream.clone().into_parts();
+//!     uri.path_and_query = Some(
+//!         request.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/")),
+//!     );
+//!     *request.uri_mut() = Uri::from_parts(uri).expect("an absolute upstream URI");
+//!     request.headers_mut().remove(HOST); // the client sets the upstream's
+//!     request
+//! }
+//!
+//! /// The client's error (no connection to the upstream, a broken one) as a response.
+//! async fn bad_gateway(error: hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
+//!     let _ = error; // log it
+//!     (StatusCode::BAD_GATEWAY, "the upstream could not be reached")
+//! }
+//!
+//! /// From a handler: do what you need first, then hand the request on.
+//! async fn chat(State(gateway): State<Gateway>, request: Request) -> Response {
+//!     let Ok(response) = gateway.oneshot(request).await;
+//!     response
+//! }
+//!
+//! # async fn upstream_chat(body: String) -> Response {
+//! #     let request: serde_json::Value = serde_json::from_str(&body).unwrap();
+//! #     let mut stream = String::from(
+//! #         "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+//! #     );
+//! #     if request["stream_options"]["include_usage"] == true {
+//! #         stream.push_str("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[],");
+//! #         stream.push_str("\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n");
+//! #     }
+//! #     stream.push_str("data: [DONE]\n\n");
+//! #     ([("content-type", "text/event-stream")], stream).into_response()
+//! # }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! #     use http_body_util::BodyExt;
+//! #     use tower_sse::Outcome;
+//! #     // A local upstream speaking OpenAI Chat.
+//! #     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! #     let upstream: Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+//! #     let upstream_app = Router::new().route("/v1/chat/completions", post(upstream_chat));
+//! #     tokio::spawn(async move { axum::serve(listener, upstream_app).await.unwrap() });
+//! let (reports, mut received) = tokio::sync::mpsc::unbounded_channel();
+//! let gateway = build_gateway(upstream, reports);
+//!
+//! let app: Router = Router::new()
+//!     .route("/v1/chat/completions", post(chat))
+//!     .fallback_service(gateway.clone())
+//!     .with_state(gateway);
+//! // Serve it: `axum::serve(listener, app).await`.
+//! #
+//! #     // A client that did not ask for usage: the report has it, the client does not.
+//! #     let request = Request::post("/v1/chat/completions")
+//! #         .header("content-type", "application/json")
+//! #         .body(Body::from(r#"{"model":"m","stream":true,"messages":[]}"#))
+//! #         .unwrap();
+//! #     let response = app.clone().oneshot(request).await.unwrap();
+//! #     assert_eq!(response.status(), StatusCode::OK);
+//! #     let body = response.into_body().collect().await.unwrap().to_bytes();
+//! #     let body = std::str::from_utf8(&body).unwrap();
+//! #     assert!(body.contains("\"Hi\"") && body.ends_with("data: [DONE]\n\n"));
+//! #     assert!(!body.contains("usage"));
+//! #     let report = received.recv().await.unwrap();
+//! #     assert_eq!(report.outcome, Outcome::Completed);
+//! #     let usage = report.usage.unwrap();
+//! #     assert_eq!((usage.input_tokens, usage.output_tokens), (Some(5), Some(1)));
+//! #
+//! #     // An upstream that cannot be reached: a 502, and a report saying so.
+//! #     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! #     let nowhere: Uri = format!("http://{}", closed.local_addr().unwrap()).parse().unwrap();
+//! #     drop(closed);
+//! #     let (reports, mut received) = tokio::sync::mpsc::unbounded_channel();
+//! #     let app: Router = Router::new().fallback_service(build_gateway(nowhere, reports));
+//! #     let request = Request::post("/v1/chat/completions")
+//! #         .header("content-type", "application/json")
+//! #         .body(Body::from(r#"{"model":"m","stream":true,"messages":[]}"#))
+//! #         .unwrap();
+//! #     let response = app.oneshot(request).await.unwrap();
+//! #     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+//! #     assert_eq!(received.recv().await.unwrap().outcome, Outcome::UpstreamError);
+//! # }
+//! ```
+//!
+//! ## When `map_request_body` is needed
+//!
+//! [`IncludeUsageLayer`] reads the request body, and hands the service inside it a
+//! `Request<UsageRequestBody<B>>` ([`include_usage::UsageRequestBody`]), where `B` is the
+//! body it was given. [`IncludeUsageLayer::map_request_body`] converts that body, and is
+//! needed exactly when the service inside takes one fixed body type of its own:
+//!
+//! - a hyper-util `Client<C, Body>`, as above: a client's body type is fixed when it is
+//!   built. Map with `.map_request_body(axum::body::Body::new)`;
+//! - axum's [`Router::layer`](https://docs.rs/axum/0.8/axum/struct.Router.html#method.layer)
+//!   and `route_layer`, as in the [example](#example): the layers wrap the routes, which take
+//!   `Request<axum::body::Body>`. Map with `Body::new` too;
+//! - any service of your own written for one body type.
+//!
+//! It is not needed when the service inside is generic over its request body: an axum
+//! `Router` or `MethodRouter` used as that service (they convert any body themselves), a
+//! `tower::service_fn` over `Request<B>`, the other layers of this crate; nor for a client
+//! built for that very type, `Client<HttpConnector, UsageRequestBody<Body>>`, which saves
+//! one boxing per request (the example gateway does this). Without the mapping where it is
+//! needed, the stack does not compile: the service does not implement
+//! `Service<Request<UsageRequestBody<…>>>`.
+//!
+//! ## Errors
+//!
+//! axum serves only services whose error is `Infallible`. The layers add no service errors
+//! of their own: every error of the stack is the inner service's (here the client's
+//! `hyper_util::client::legacy::Error`), passed through unchanged, so one handler outermost
+//! is all the error handling axum needs. axum's `HandleErrorLayer` is that handler: it turns
+//! the error into a response (and the stack's responses into axum's `Response`). tower's
+//! `map_err` cannot do it (it maps one error to another, and `Infallible` has no values),
+//! nor can `map_result` alone, although it sees the error: it converts the errors of
+//! `poll_ready` with `From`, and nothing converts into `Infallible`. The other way is to
+//! answer the `502` in the innermost service itself, a wrapper around the client whose
+//! error is already `Infallible` (the example gateway does this); `SseLayer` then sees a
+//! `502` response rather than a failure, passes it through, and makes no report for it
+//! (unless [early response](SseLayer::early_response) is on).
+//!
+//! The stack's own refusals are responses, not errors: `503` from [`StreamLimitLayer`] when
+//! it is full, `504` from [`SseLayer`] when a streaming request's response head is late, and
+//! `413`/`400` from [`IncludeUsageLayer`] for request bodies it will not or cannot read.
+//!
+//! The complete gateway, with `/metrics`, `/v1/digests/{id}` and its command line, is the
+//! `example-gateway` package (`examples/gateway/src/lib.rs` has the stack).
 //!
 //! # Outcomes
 //!
@@ -113,7 +340,7 @@
 //! |---|---|---|
 //! | `registry` | yes | `DigestRegistry` (moka) |
 //! | `drain` | yes | `SseLayer::drain_on_disconnect` (tokio `rt`) |
-//! | `metrics` | yes | `MetricsObserver`, through the `metrics` facade (never installs an exporter) |
+//! | `metrics` | yes | `MetricsObserver` and module `metrics`, through the `metrics` facade (never installs an exporter) |
 //! | `tracing` | yes | `TraceObserver` |
 //! | `full` | — | all of the above |
 //!
@@ -124,6 +351,8 @@
 //!
 //! - axum's `Sse` encodes your own `Event` stream and keeps it alive; this layer works on any
 //!   response body (an upstream's, a handler's), decodes it once, and keeps it alive too.
+//!   Its [`KeepAliveConfig`] and [`sse::Event`] never collide with axum's `KeepAlive` and
+//!   `Event` when imported together (the event type stays in its module).
 //! - tower-http's `TraceLayer` sees body chunks and misses client disconnects; this layer sees
 //!   events and reports disconnects.
 //! - tower-http's `TimeoutBody` fails the body (the connection is cut); these deadlines end the
@@ -136,64 +365,46 @@
     attr(deny(warnings, rust_2018_idioms), allow(dead_code))
 ))]
 
-mod body;
-mod config;
-#[cfg(feature = "drain")]
-mod drain;
-mod engine;
+pub mod digest;
 pub mod include_usage;
-mod layer;
+pub mod limit;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-pub mod observe;
-mod provider;
-mod reframe;
+mod observe;
+pub mod provider;
 mod report;
+pub mod request;
 pub mod sse;
-#[cfg(feature = "tracing")]
-mod trace;
+pub mod stream;
+pub use observe::usage;
 
-pub use body::SseBody;
-pub use config::{ErrorEvent, KeepAlive, StreamingRequest, UpstreamErrorPolicy};
-pub use include_usage::{IncludeUsage, IncludeUsageLayer, UsageInjected};
-pub use layer::{Sse, SseFuture, SseLayer};
-pub use observe::digest::Digest;
-pub use observe::timing::{Latencies, Timing, TimingObserver};
-pub use observe::usage::{Usage, UsageSource};
-pub use observe::{EventContext, Observer};
-pub use provider::Provider;
-pub use report::{Framing, OnEnd, Outcome, StreamReport};
+// The layers.
+pub use digest::request::RequestDigestLayer;
+pub use include_usage::layer::IncludeUsageLayer;
+pub use limit::layer::StreamLimitLayer;
+pub use stream::layer::SseLayer;
+
+// The observers.
+pub use digest::observer::DigestObserver;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use observe::metrics::MetricsObserver;
+pub use observe::timing::TimingObserver;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub use trace::TraceObserver;
+pub use observe::trace::TraceObserver;
+pub use observe::usage::observer::UsageObserver;
+pub use observe::{EventContext, Observer};
 
-// --- usage (observe/usage): exports added here ---
-pub use observe::usage::{
-    BuiltinExtractor, CacheCreationInputTokens, HeuristicCounter, TokenCounter, UsageExtractor,
-    UsageObserver, UsageState,
-};
-// --- end usage ---
+// The report.
+pub use report::{Digest, Latencies, OnEnd, Outcome, StreamReport, Timing, Usage, UsageSource};
 
-// --- digest, registry, limit: modules and exports added here ---
-pub mod limit;
+// Configuration.
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub mod registry;
-pub mod request_digest;
-
-pub use limit::{
-    ContentTypeIsStream, OpenStreams, StreamLimit, StreamLimitBody, StreamLimitFuture,
-    StreamLimitLayer, StreamPredicate, WhenFull,
-};
-pub use observe::digest::DigestObserver;
-#[cfg(feature = "registry")]
-#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub use registry::{DigestRecord, DigestRegistration, DigestRegistry, DigestRegistryBuilder};
-pub use request_digest::{
-    RequestDigest, RequestDigestBody, RequestDigestHandle, RequestDigestLayer,
-};
-// --- end digest, registry, limit ---
+pub use digest::registry::DigestRegistry;
+pub use stream::config::{ErrorEvent, KeepAliveConfig};
 
 /// The error type of bodies that add failure modes.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,6 +1,6 @@
 //! OpenTelemetry GenAI metrics through the [`metrics`] facade (feature `metrics`).
 //!
-//! [`MetricsObserver`] records, per stream, the instruments of the OpenTelemetry GenAI
+//! [`MetricsObserver`](crate::MetricsObserver) records, per stream, the instruments of the OpenTelemetry GenAI
 //! semantic conventions, named as they are there:
 //!
 //! | name | unit | when |
@@ -13,26 +13,18 @@
 //! | `gen_ai.server.time_per_output_token` | s | at the end, when output tokens are known |
 //! | `tower_sse.streams.open` | streams | gauge: up at the response head, down at the end |
 //! | `tower_sse.streams.ended` | streams | counter, label `outcome` |
+//! | `tower_sse.limit.open_streams` | streams | gauge, recorded by [`StreamLimitLayer`](crate::StreamLimitLayer): permits held |
 //!
 //! Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model` (from
-//! [`include_usage::RequestModel`](crate::include_usage::RequestModel) when known), `gen_ai.response.model`,
+//! [`RequestModel`](crate::request::RequestModel) when known), `gen_ai.response.model`,
 //! and `error.type` (the [`crate::Outcome`] name) on failures.
 //!
 //! The library never installs a recorder or exporter. The facade carries no bucket
 //! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`],
-//! as `examples/gateway.rs` does for Prometheus. Put this observer **after** the usage and
+//! as the gateway example does for Prometheus. Put this observer **after** the usage and
 //! timing observers in the tuple, so that their findings are in the report when it records.
 
-use std::time::Duration;
-
-use metrics::{Histogram, Label, Unit};
-use tokio::time::Instant;
-
-use crate::include_usage::RequestModel;
-use crate::observe::usage::UsageSource;
-use crate::observe::{EventContext, Observer};
-use crate::report::{Outcome, StreamReport};
-use crate::sse::EventRef;
+use metrics::Unit;
 
 /// Metric names.
 pub mod names {
@@ -52,6 +44,8 @@ pub mod names {
     pub const STREAMS_OPEN: &str = "tower_sse.streams.open";
     /// Streams ended, by outcome.
     pub const STREAMS_ENDED: &str = "tower_sse.streams.ended";
+    /// Permits of [`StreamLimitLayer`](crate::StreamLimitLayer) held now (open streams).
+    pub const LIMIT_OPEN_STREAMS: &str = "tower_sse.limit.open_streams";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.
@@ -110,123 +104,14 @@ pub fn describe() {
         "Time per output token after the first"
     );
     describe_gauge!(names::STREAMS_OPEN, Unit::Count, "Streams open now");
+    describe_gauge!(
+        names::LIMIT_OPEN_STREAMS,
+        Unit::Count,
+        "Stream limit permits held now"
+    );
     describe_counter!(
         names::STREAMS_ENDED,
         Unit::Count,
         "Streams ended, by outcome"
     );
-}
-
-/// Records the GenAI metrics of each stream. See the [module docs](crate::metrics).
-#[derive(Debug, Clone, Default)]
-pub struct MetricsObserver {
-    request_model: Option<String>,
-    open: bool,
-    last_content: Option<Instant>,
-    per_chunk: Option<Histogram>,
-}
-
-impl MetricsObserver {
-    /// A fresh observer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn labels(&self, report: &StreamReport) -> Vec<Label> {
-        let mut labels = vec![
-            Label::new("gen_ai.operation.name", report.provider.operation()),
-            Label::new("gen_ai.provider.name", report.provider.as_str()),
-        ];
-        if let Some(model) = &self.request_model {
-            labels.push(Label::new("gen_ai.request.model", model.clone()));
-        }
-        if let Some(model) = &report.model {
-            labels.push(Label::new("gen_ai.response.model", model.clone()));
-        }
-        labels
-    }
-}
-
-impl Observer for MetricsObserver {
-    fn on_request(&mut self, request: &http::request::Parts) {
-        self.request_model = request
-            .extensions
-            .get::<RequestModel>()
-            .map(|m| m.0.clone());
-    }
-
-    fn on_response(&mut self, _response: &http::response::Parts, _report: &mut StreamReport) {
-        metrics::gauge!(names::STREAMS_OPEN).increment(1.0);
-        self.open = true;
-    }
-
-    #[inline]
-    fn on_event(&mut self, _event: &EventRef<'_>, cx: &mut EventContext<'_>) {
-        if !cx.is_content() || !cx.is_delivered() || !cx.is_forwarded() {
-            return;
-        }
-        let at = cx.at();
-        if let Some(last) = self.last_content.replace(at) {
-            let labels = &*cx.report;
-            let histogram = match &self.per_chunk {
-                Some(histogram) => histogram,
-                None => {
-                    let labels = self.labels(labels);
-                    self.per_chunk.insert(metrics::histogram!(
-                        names::CLIENT_TIME_PER_OUTPUT_CHUNK,
-                        labels
-                    ))
-                }
-            };
-            histogram.record(at.saturating_duration_since(last).as_secs_f64());
-        }
-    }
-
-    fn on_end(&mut self, report: &mut StreamReport) {
-        if std::mem::take(&mut self.open) {
-            metrics::gauge!(names::STREAMS_OPEN).decrement(1.0);
-        }
-        let labels = self.labels(report);
-        let failed = report.outcome != Outcome::Completed;
-        metrics::counter!(names::STREAMS_ENDED, "outcome" => report.outcome.as_str()).increment(1);
-
-        let mut with_error = labels.clone();
-        if failed {
-            with_error.push(Label::new("error.type", report.outcome.as_str()));
-        }
-        metrics::histogram!(names::CLIENT_OPERATION_DURATION, with_error)
-            .record(report.duration().as_secs_f64());
-
-        let timing = report.timing.unwrap_or_default();
-        if let Some(ttft) = timing.time_to_first_token {
-            metrics::histogram!(names::CLIENT_TIME_TO_FIRST_CHUNK, labels.clone())
-                .record(secs(ttft));
-            if !failed {
-                metrics::histogram!(names::SERVER_TIME_TO_FIRST_TOKEN, labels.clone())
-                    .record(secs(ttft));
-            }
-        }
-        if let Some(tpot) = timing.time_per_output_token {
-            metrics::histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, labels.clone())
-                .record(secs(tpot));
-        }
-        // Reported usage only: the conventions ask not to report counts that were not counted.
-        if let Some(usage) = report.usage.filter(|u| u.source == UsageSource::Reported) {
-            for (kind, tokens) in [
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-            ] {
-                if let Some(tokens) = tokens {
-                    let mut token_labels = labels.clone();
-                    token_labels.push(Label::new("gen_ai.token.type", kind));
-                    metrics::histogram!(names::CLIENT_TOKEN_USAGE, token_labels)
-                        .record(tokens as f64);
-                }
-            }
-        }
-    }
-}
-
-fn secs(duration: Duration) -> f64 {
-    duration.as_secs_f64()
 }

@@ -1,4 +1,6 @@
-//! The end-of-stream report, how a stream ended, and where the report goes.
+//! The end-of-stream report, how a stream ended, where the report goes, and the value types
+//! observers fill in: [`Timing`], [`Latencies`], [`Digest`] ([`Usage`] is defined with the
+//! provider formats that produce it).
 
 use std::fmt;
 use std::time::Duration;
@@ -6,12 +8,38 @@ use std::time::Duration;
 use http::{Extensions, StatusCode};
 use tokio::time::Instant;
 
-use crate::observe::digest::Digest;
-use crate::observe::timing::Timing;
-use crate::observe::usage::Usage;
+use sha2::Digest as _;
+use sha2::Sha256;
+
 use crate::provider::Provider;
 
+pub use crate::provider::usage::{Usage, UsageSource};
+
 /// How a stream ended. Exactly one outcome per stream.
+///
+/// The enum is `#[non_exhaustive]`: a `match` needs a catch-all arm.
+///
+/// ```
+/// use tower_sse::Outcome;
+///
+/// /// How a billing system might treat each stream.
+/// fn bill(outcome: Outcome) -> &'static str {
+///     match outcome {
+///         Outcome::Completed => "bill in full",
+///         // The client left: bill what was generated (see `SseLayer::drain_on_disconnect`).
+///         Outcome::ClientDisconnected => "bill the usage reported",
+///         // Deadlines, upstream failures, oversized or truncated events.
+///         _ => "do not bill",
+///     }
+/// }
+///
+/// assert_eq!(bill(Outcome::Completed), "bill in full");
+/// assert_eq!(bill(Outcome::IdleTimeout), "do not bill");
+/// assert!(!Outcome::IdleTimeout.is_success());
+/// // The name in error events and in the `error.type` metric attribute:
+/// assert_eq!(Outcome::IdleTimeout.as_str(), "idle_timeout");
+/// assert_eq!(Outcome::FirstEventTimeout.to_string(), "first_event_timeout");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -63,7 +91,24 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// How the upstream framed its stream.
+/// How the upstream framed its stream: [`StreamReport::framing`].
+///
+/// ```
+/// use tower_sse::StreamReport;
+/// use tower_sse::stream::Framing;
+///
+/// fn wire_format(report: &StreamReport) -> &'static str {
+///     match report.framing {
+///         Framing::Sse => "sse",
+///         // Reframed into SSE for the client (`SseLayer::json_lines`).
+///         Framing::JsonLines => "ndjson",
+///         _ => "other",
+///     }
+/// }
+///
+/// let report = StreamReport::new(tokio::time::Instant::now());
+/// assert_eq!(wire_format(&report), "sse");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Framing {
@@ -81,6 +126,67 @@ pub enum Framing {
 /// [`extensions`](Self::extensions) for types of your own.
 ///
 /// Payloads are never part of the report.
+///
+/// Reading a report in the [`OnEnd`] sink (here sent to a Tokio channel, to be logged or
+/// billed elsewhere):
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::provider::Provider;
+/// use tower_sse::{Outcome, SseLayer, StreamReport, TimingObserver, UsageObserver};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (reports, mut received) = tokio::sync::mpsc::unbounded_channel::<StreamReport>();
+/// let layer = SseLayer::new()
+///     .observer((UsageObserver::new(), TimingObserver::new()))
+///     .on_end(move |report: StreamReport| {
+///         let _ = reports.send(report);
+///     });
+///
+/// // An OpenAI Chat upstream: one content chunk, the finish reason, the usage, `[DONE]`.
+/// # let upstream = service_fn(|_: Request<()>| async {
+/// #     let stream = concat!(
+/// #         "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",",
+/// #         "\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+/// #         "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",",
+/// #         "\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+/// #         "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",",
+/// #         "\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n",
+/// #         "data: [DONE]\n\n",
+/// #     );
+/// #     let response = Response::builder()
+/// #         .header("content-type", "text/event-stream")
+/// #         .body(Full::new(Bytes::from_static(stream.as_bytes())))
+/// #         .unwrap();
+/// #     Ok::<_, std::convert::Infallible>(response)
+/// # });
+/// let request = Request::post("/v1/chat/completions").body(()).unwrap();
+/// let response = layer.layer(upstream).oneshot(request).await.unwrap();
+/// response.into_body().collect().await.unwrap();
+///
+/// let report = received.recv().await.expect("one report per stream");
+/// assert_eq!(report.outcome, Outcome::Completed);
+/// assert!(report.error.is_none());
+/// assert_eq!(report.status, Some(StatusCode::OK));
+/// assert_eq!(report.provider, Provider::OpenAiChat);
+/// assert_eq!(report.response_id.as_deref(), Some("chatcmpl-1"));
+/// assert_eq!(report.model.as_deref(), Some("gpt-4o"));
+/// assert_eq!(report.finish_reason.as_deref(), Some("stop"));
+/// assert_eq!((report.events, report.content_events), (4, 1));
+/// assert_eq!(report.bytes_out, report.bytes_in); // forwarded byte for byte
+///
+/// let usage = report.usage.expect("the usage observer is on");
+/// assert_eq!((usage.input_tokens, usage.output_tokens), (Some(5), Some(1)));
+/// let timing = report.timing.expect("the timing observer is on");
+/// assert!(timing.time_to_first_token.is_some());
+/// assert!(report.time_to_first_byte() <= timing.time_to_first_token);
+/// assert!(report.duration() >= timing.time_to_first_token.unwrap());
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct StreamReport {
@@ -189,7 +295,69 @@ impl StreamReport {
 /// It runs inline, on whatever thread polls or drops the body: it must not block and must
 /// not panic. Send the report to a channel or record metrics; do I/O elsewhere.
 ///
-/// Implemented for closures taking a [`StreamReport`] and for `()` (no sink).
+/// Implemented for closures taking a [`StreamReport`] and for `()` (no sink). The layer
+/// clones the sink for every request, so it must be `Clone` (a closure is when what it
+/// captures is): capture a channel's sender, an `Arc`, or a metrics handle.
+///
+/// A closure sending each report to a channel:
+///
+/// ```
+/// use std::sync::mpsc;
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::{Outcome, SseLayer, StreamReport};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (reports, received) = mpsc::channel::<StreamReport>();
+/// let layer = SseLayer::new().on_end(move |report: StreamReport| {
+///     // Never blocks: an unbounded channel. Do the I/O on the receiving side.
+///     let _ = reports.send(report);
+/// });
+///
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(b"data: hello\n\ndata: world\n\n")))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(&body[..], b"data: hello\n\ndata: world\n\n");
+///
+/// let report = received.recv().unwrap();
+/// assert_eq!(report.outcome, Outcome::Completed);
+/// assert_eq!(report.events, 2);
+/// assert!(received.try_recv().is_err(), "exactly one report per stream");
+/// # }
+/// ```
+///
+/// A sink of your own type, to keep the layer's type nameable (a closure's is not):
+///
+/// ```
+/// use tokio::sync::mpsc::UnboundedSender;
+/// use tower_sse::{OnEnd, SseLayer, StreamReport, UsageObserver};
+///
+/// /// Sends the token counts of each stream to a billing task.
+/// #[derive(Clone)]
+/// struct Billing(UnboundedSender<(Option<String>, u64)>);
+///
+/// impl OnEnd for Billing {
+///     fn on_end(self, report: StreamReport) {
+///         let output = report.usage.and_then(|u| u.output_tokens).unwrap_or(0);
+///         let _ = self.0.send((report.response_id, output));
+///     }
+/// }
+///
+/// let (billing, _received) = tokio::sync::mpsc::unbounded_channel();
+/// let layer: SseLayer<UsageObserver, Billing> =
+///     SseLayer::new().observer(UsageObserver::new()).on_end(Billing(billing));
+/// # let _ = layer;
+/// ```
 pub trait OnEnd {
     /// Take the report.
     fn on_end(self, report: StreamReport);
@@ -207,4 +375,142 @@ where
 impl OnEnd for () {
     #[inline]
     fn on_end(self, _: StreamReport) {}
+}
+
+/// Latency findings of one stream, measured from the request's arrival at the layer:
+/// [`StreamReport::timing`], filled by [`TimingObserver`](crate::TimingObserver).
+///
+/// ```
+/// use tower_sse::{SseLayer, StreamReport, TimingObserver, UsageObserver};
+///
+/// let layer = SseLayer::new()
+///     // Usage first, so that timing knows the output tokens (time per output token).
+///     .observer((UsageObserver::new(), TimingObserver::new()))
+///     .on_end(|report: StreamReport| {
+///         let Some(timing) = report.timing else { return };
+///         if let Some(ttft) = timing.time_to_first_token {
+///             println!("time to first token: {ttft:?}");
+///         }
+///         if let Some(p99) = timing.inter_token.p99 {
+///             println!("inter-token p99 over {} gaps: {p99:?}", timing.inter_token.count);
+///         }
+///         if let Some(rate) = timing.output_tokens_per_second {
+///             println!("{rate:.1} tokens/s");
+///         }
+///     });
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct Timing {
+    /// Request arrival to the first upstream body byte.
+    pub time_to_first_byte: Option<Duration>,
+    /// Request arrival to the first content event delivered to the client.
+    pub time_to_first_token: Option<Duration>,
+    /// Gaps between consecutive content events delivered to the client.
+    pub inter_token: Latencies,
+    /// First to last content event.
+    pub decode_time: Option<Duration>,
+    /// `decode_time / (output tokens - 1)`, when the output tokens are known (put the
+    /// usage observer before this one).
+    pub time_per_output_token: Option<Duration>,
+    /// Output tokens per second of decode time (`1 / time_per_output_token`).
+    pub output_tokens_per_second: Option<f64>,
+}
+
+/// A summary of latency samples from a small fixed histogram: 48 buckets, three per
+/// doubling from 100 µs; percentiles are interpolated within their bucket (within about
+/// 13% of the exact value) and capped at the largest sample.
+///
+/// Unknown is `None`: a stream with fewer than two content events has no inter-token gaps.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use tower_sse::Latencies;
+///
+/// /// Whether a stream's inter-token latency met an objective.
+/// fn smooth(latencies: &Latencies, objective: Duration) -> Option<bool> {
+///     latencies.p99.map(|p99| p99 <= objective)
+/// }
+///
+/// let none = Latencies::default();
+/// assert_eq!(none.count, 0);
+/// assert_eq!(smooth(&none, Duration::from_millis(100)), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Latencies {
+    /// Number of samples.
+    pub count: u64,
+    /// Mean.
+    pub mean: Option<Duration>,
+    /// Median.
+    pub p50: Option<Duration>,
+    /// 90th percentile.
+    pub p90: Option<Duration>,
+    /// 99th percentile.
+    pub p99: Option<Duration>,
+    /// Largest sample.
+    pub max: Option<Duration>,
+}
+
+/// A SHA-256 digest.
+///
+/// Displays (and serializes) as 64 lowercase hex digits.
+///
+/// ```
+/// use tower_sse::Digest;
+///
+/// let digest = Digest::of(b"abc");
+/// assert_eq!(
+///     digest.to_hex(),
+///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+/// );
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The SHA-256 of these bytes.
+    pub fn of(data: &[u8]) -> Self {
+        Self(Sha256::digest(data).into())
+    }
+
+    /// The digest as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        let mut out = String::with_capacity(64);
+        for byte in self.0 {
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xF)]));
+        }
+        out
+    }
+
+    /// The digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub(crate) fn from_hasher(hasher: Sha256) -> Self {
+        Self(hasher.finalize().into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.to_hex())
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
 }

@@ -3,8 +3,7 @@
 //! One test function only: the allocator counts every thread of the process, so the checks
 //! run one after another, alone.
 
-#[path = "../benches/common/mod.rs"]
-mod inputs;
+mod support;
 
 use std::alloc::System;
 
@@ -19,9 +18,10 @@ use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{Empty, StreamBody};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use support::inputs;
 use tower::{Layer, Service};
 use tower_sse::sse::{DecodeError, Decoder, ItemRef};
-use tower_sse::{KeepAlive, Observer, OnEnd, SseLayer, TimingObserver};
+use tower_sse::{KeepAliveConfig, Observer, OnEnd, SseLayer, TimingObserver};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -109,7 +109,8 @@ where
 
 fn body_makes_no_allocation_per_event() {
     let a = inputs::one_bytes_per_event();
-    let layer = SseLayer::new().keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    let layer =
+        SseLayer::new().keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)));
     let (once, double) = per_event_allocations(&layer, &a);
     assert_eq!(
         double, once,
@@ -389,7 +390,7 @@ fn state_per_open_stream() {
         .unwrap();
     let _guard = runtime.enter();
     let core = SseLayer::new()
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)))
         .idle_timeout(Duration::from_secs(30))
         .total_timeout(Duration::from_secs(600));
     let (bytes, inline) = open_stream_bytes(&core);
@@ -411,7 +412,7 @@ fn state_per_open_stream() {
 /// The full stack needs the default features (registry, metrics, tracing).
 #[cfg(all(feature = "registry", feature = "metrics", feature = "tracing"))]
 fn full_stack_state(core: SseLayer) {
-    use tower_sse::metrics::MetricsObserver;
+    use tower_sse::MetricsObserver;
     use tower_sse::{DigestObserver, DigestRegistry, TraceObserver, UsageObserver};
 
     let full = core.observer((

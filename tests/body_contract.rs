@@ -10,7 +10,8 @@ use http_body_util::{BodyExt, Full};
 use support::body::{
     FramesBody, Reports, UpstreamFailed, channel, collect, next_text, response, serve, sse,
 };
-use tower_sse::{ErrorEvent, Outcome, SseLayer, UpstreamErrorPolicy};
+use tower_sse::stream::UpstreamErrorPolicy;
+use tower_sse::{ErrorEvent, Outcome, SseLayer};
 
 const EVENTS: &str = "data: one\n\ndata: two\n\n";
 
@@ -68,7 +69,7 @@ async fn a_ping_event_does_not_pin_the_provider() {
         support::body::serve_with(layer, request, response("text/event-stream", upstream)).await;
     collect(res.into_body()).await;
     let report = reports.one();
-    assert_eq!(report.provider, tower_sse::Provider::OpenAiChat);
+    assert_eq!(report.provider, tower_sse::provider::Provider::OpenAiChat);
     assert_eq!(report.content_events, 1);
 }
 
@@ -460,8 +461,8 @@ async fn json_lines_are_reframed_into_sse() {
     let report = reports.one();
     assert_eq!(report.events, 2);
     assert_eq!(report.content_events, 1);
-    assert_eq!(report.provider, tower_sse::Provider::Ollama);
-    assert_eq!(report.framing, tower_sse::Framing::JsonLines);
+    assert_eq!(report.provider, tower_sse::provider::Provider::Ollama);
+    assert_eq!(report.framing, tower_sse::stream::Framing::JsonLines);
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
 use support::body::{Reports, channel, collect, next_text, response, serve, serve_with};
 use tokio::time::{Instant, advance, sleep};
-use tower_sse::{KeepAlive, Outcome, SseLayer, StreamingRequest};
+use tower_sse::request::StreamingRequest;
+use tower_sse::{KeepAliveConfig, Outcome, SseLayer};
 
 fn data(s: &'static str) -> Result<Frame<Bytes>, support::body::UpstreamFailed> {
     Ok(Frame::data(Bytes::from_static(s.as_bytes())))
@@ -26,7 +27,7 @@ fn streaming_request() -> Request<Empty<Bytes>> {
 async fn keep_alive_is_sent_after_the_interval_of_silence() {
     let reports = Reports::default();
     let layer = SseLayer::new()
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)))
         .on_end(reports.sink());
     let (tx, upstream) = channel();
     let mut body = serve(layer, response("text/event-stream", upstream))
@@ -61,7 +62,7 @@ async fn keep_alive_is_sent_after_the_interval_of_silence() {
 #[tokio::test(start_paused = true)]
 async fn keep_alive_never_lands_inside_an_event() {
     let layer = SseLayer::new().keep_alive(
-        KeepAlive::new()
+        KeepAliveConfig::new()
             .interval(Duration::from_secs(1))
             .text("ping"),
     );
@@ -93,7 +94,7 @@ async fn keep_alive_never_lands_inside_an_event() {
 async fn idle_timeout_ends_the_stream_with_an_error_event() {
     let reports = Reports::default();
     let layer = SseLayer::new()
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
+        .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(5)))
         .idle_timeout(Duration::from_secs(12))
         .on_end(reports.sink());
     let (tx, upstream) = channel();
@@ -198,7 +199,7 @@ async fn early_response_sends_keep_alives_before_the_upstream_answers() {
     let reports = Reports::default();
     let layer = SseLayer::new()
         .early_response(true)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(10)))
         .on_end(reports.sink());
     let (tx, upstream) = channel();
     let mut slot = Some(response("text/event-stream", upstream));
@@ -374,7 +375,7 @@ async fn streaming_request_whose_inner_service_fails_is_reported() {
 async fn duration_max_means_never_not_a_panic() {
     let reports = Reports::default();
     let layer = SseLayer::new()
-        .keep_alive(KeepAlive::new().interval(Duration::MAX))
+        .keep_alive(KeepAliveConfig::new().interval(Duration::MAX))
         .first_event_timeout(Duration::MAX)
         .idle_timeout(Duration::MAX)
         .total_timeout(Duration::MAX)

@@ -19,9 +19,9 @@ use support::body::{FramesBody, Item, Reports, UpstreamFailed, channel, collect,
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
+use tower_sse::digest::{RequestDigestBody, RequestDigestHandle};
 use tower_sse::{
-    Digest, DigestObserver, KeepAlive, Outcome, RequestDigestBody, RequestDigestHandle,
-    RequestDigestLayer, SseLayer, StreamReport,
+    Digest, DigestObserver, KeepAliveConfig, Outcome, RequestDigestLayer, SseLayer, StreamReport,
 };
 
 const CHAT: &[&str] = &[
@@ -84,7 +84,7 @@ async fn digest_is_sha256_of_what_a_real_client_read_without_keep_alives() {
     let (route, mut upstreams) = channel_route("text/event-stream");
     let app = Router::new().route("/v1/chat/completions", route).layer(
         SseLayer::new()
-            .keep_alive(KeepAlive::new().interval(Duration::from_millis(1)))
+            .keep_alive(KeepAliveConfig::new().interval(Duration::from_millis(1)))
             .observer(DigestObserver::new())
             .on_end(sink),
     );
@@ -403,7 +403,8 @@ mod registry {
     use axum::routing::get;
     use http::Response;
     use support::body::serve_with;
-    use tower_sse::{DigestRecord, DigestRegistration, DigestRegistry};
+    use tower_sse::DigestRegistry;
+    use tower_sse::digest::{DigestRecord, DigestRegistration};
 
     /// Feed `pieces` to a stream that stays open, read it frame by frame, and check that the
     /// record exists as soon as the client holds the frame with `terminal` — and not before.
@@ -776,7 +777,7 @@ mod registry {
                 .layer(RequestDigestLayer::new())
                 .layer(
                     SseLayer::new()
-                        .keep_alive(KeepAlive::new())
+                        .keep_alive(KeepAliveConfig::new())
                         .observer(DigestObserver::with_registry(registry.clone())),
                 ),
         );

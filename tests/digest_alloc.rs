@@ -1,8 +1,7 @@
 //! The digest path allocates nothing per event: counted with an instrumented global
 //! allocator, in one test function (the allocator counts every thread of the process).
 
-#[path = "../benches/common/mod.rs"]
-mod inputs;
+mod support;
 
 use std::alloc::System;
 use std::convert::Infallible;
@@ -15,6 +14,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{Empty, StreamBody};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use support::inputs;
 use tower::{Layer, Service};
 use tower_sse::{DigestObserver, Observer, OnEnd, SseLayer};
 

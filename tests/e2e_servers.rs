@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
 use tower_sse::sse::{Decoder, Item};
-use tower_sse::{KeepAlive, Outcome, SseLayer, StreamReport, TimingObserver};
+use tower_sse::{KeepAliveConfig, Outcome, SseLayer, StreamReport, TimingObserver};
 
 /// Reports, sent over a channel so a test can wait for one.
 fn report_channel() -> (
@@ -92,7 +92,7 @@ async fn axum_router_layer_streams_whole_events_to_reqwest() {
         .route("/plain", get(|| async { "not a stream" }))
         .layer(
             SseLayer::new()
-                .keep_alive(KeepAlive::new())
+                .keep_alive(KeepAliveConfig::new())
                 .observer(TimingObserver::default())
                 .on_end(sink),
         );

@@ -13,8 +13,10 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use support::body::{Reports, collect};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_sse::include_usage::{Oversized, RequestModel};
-use tower_sse::{IncludeUsageLayer, SseLayer, StreamingRequest, UsageInjected, UsageObserver};
+use tower_sse::include_usage::Oversized;
+use tower_sse::request::RequestModel;
+use tower_sse::request::{StreamingRequest, UsageInjected};
+use tower_sse::{IncludeUsageLayer, SseLayer, UsageObserver};
 
 /// What the inner service saw.
 #[derive(Debug, Default, Clone)]

@@ -24,9 +24,9 @@ use support::body::{
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::{Layer, Service, ServiceExt};
-use tower_sse::{
-    Outcome, SseBody, SseLayer, StreamLimit, StreamLimitBody, StreamLimitLayer, WhenFull,
-};
+use tower_sse::limit::{StreamLimit, StreamLimitBody, WhenFull};
+use tower_sse::stream::SseBody;
+use tower_sse::{Outcome, SseLayer, StreamLimitLayer};
 
 async fn serve_axum(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

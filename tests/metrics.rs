@@ -15,7 +15,8 @@ use metrics::Unit;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use support::body::{channel, collect, response, serve_with};
 use tokio::time::sleep;
-use tower_sse::metrics::{MetricsObserver, describe, names};
+use tower_sse::MetricsObserver;
+use tower_sse::metrics::{describe, names};
 use tower_sse::{SseLayer, TimingObserver, UsageObserver};
 
 fn chunk(delta: &str, extra: &str) -> String {

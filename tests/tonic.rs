@@ -139,7 +139,7 @@ async fn grpc_streams_and_their_trailers_pass_through_untouched() {
     let server = Server::builder()
         .layer(
             SseLayer::new()
-                .keep_alive(tower_sse::KeepAlive::new())
+                .keep_alive(tower_sse::KeepAliveConfig::new())
                 .on_end(reports.sink()),
         )
         .add_service(Counter)

@@ -18,8 +18,11 @@
 //! Hooks run inline in the body's `poll_frame` (and `on_end` possibly in its `Drop`): they
 //! must be cheap, must not block and must not panic. Parse only the events you need.
 
-pub mod digest;
-pub mod timing;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
+pub(crate) mod timing;
+#[cfg(feature = "tracing")]
+pub(crate) mod trace;
 pub mod usage;
 
 use std::fmt;
@@ -30,10 +33,85 @@ use crate::provider::Provider;
 use crate::report::StreamReport;
 use crate::sse::EventRef;
 
-/// Watches one stream. See the [module docs](crate::observe).
+/// Watches one stream, event by event.
 ///
 /// The layer clones the observer you give it for every request, so each stream starts from
-/// that state.
+/// that state. Every hook has an empty default: implement the ones you need. Findings of
+/// your own go into [`StreamReport::extensions`] in [`on_end`](Self::on_end), keyed by
+/// their type, where the [`OnEnd`](crate::OnEnd) sink finds them.
+///
+/// An observer that counts the content events of each stream and the bytes of their text:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::sse::EventRef;
+/// use tower_sse::{EventContext, Observer, SseLayer, StreamReport};
+///
+/// /// What `ContentCounter` found in one stream.
+/// #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// struct ContentStats {
+///     events: u64,
+///     text_bytes: usize,
+/// }
+///
+/// /// Counts content events and the bytes of their text.
+/// #[derive(Clone, Default)]
+/// struct ContentCounter(ContentStats);
+///
+/// impl Observer for ContentCounter {
+///     fn on_event(&mut self, _event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+///         // Content is decided by the provider format (here OpenAI Chat): the role-only
+///         // chunk and `[DONE]` are not content.
+///         if cx.is_content() {
+///             self.0.events += 1;
+///             self.0.text_bytes += cx.content_text().map_or(0, <[u8]>::len);
+///         }
+///     }
+///
+///     fn on_end(&mut self, report: &mut StreamReport) {
+///         report.extensions.insert(self.0);
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let seen: Arc<Mutex<Option<ContentStats>>> = Arc::default();
+/// let sink = seen.clone();
+/// let layer = SseLayer::new()
+///     .observer(ContentCounter::default())
+///     .on_end(move |report: StreamReport| {
+///         *sink.lock().unwrap() = report.extensions.get::<ContentStats>().copied();
+///     });
+///
+/// // An upstream answering with an OpenAI Chat stream.
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let stream = concat!(
+///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+///         "data: [DONE]\n\n",
+///     );
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(stream.as_bytes())))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// response.into_body().collect().await.unwrap();
+///
+/// let stats = seen.lock().unwrap().expect("the observer wrote its findings");
+/// assert_eq!(stats, ContentStats { events: 2, text_bytes: 5 });
+/// # }
+/// ```
+///
+/// Compose observers with a tuple, in the order their findings depend on each other:
+/// `(UsageObserver::new(), TimingObserver::new(), ContentCounter::default())`.
 pub trait Observer {
     /// The request reached the layer.
     #[inline]
@@ -68,6 +146,44 @@ pub trait Observer {
 }
 
 /// What an observer knows about the event it is looking at, and what it may do with it.
+///
+/// The layer makes one for each upstream event and hands it to
+/// [`Observer::on_event`]: when the event's frame arrived, whether it carries content (and
+/// its text), whether it reaches a client, the provider format, and the report so far. An
+/// observer may also keep the event from the client with [`drop_event`](Self::drop_event).
+///
+/// [`EventContext::new`] drives an observer by hand, as in a unit test of your own observer:
+///
+/// ```
+/// use tokio::time::Instant;
+/// use tower_sse::provider::Provider;
+/// use tower_sse::sse::EventRef;
+/// use tower_sse::{EventContext, Observer, StreamReport};
+///
+/// /// Keeps the upstream's `event: ping` events from clients.
+/// #[derive(Clone, Default)]
+/// struct DropPings;
+///
+/// impl Observer for DropPings {
+///     fn on_event(&mut self, event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+///         if !cx.is_content() && event.event() == "ping" {
+///             cx.drop_event();
+///         }
+///     }
+/// }
+///
+/// let mut report = StreamReport::new(Instant::now());
+/// let ping = EventRef::new(b"ping", b"{}", b"event: ping\ndata: {}\n\n");
+/// let mut cx = EventContext::new(Instant::now(), false, Provider::Anthropic, &mut report);
+/// DropPings.on_event(&ping, &mut cx);
+/// assert!(!cx.is_forwarded());
+/// assert_eq!(cx.provider(), Provider::Anthropic);
+///
+/// let delta = EventRef::new(b"content_block_delta", b"{}", b"event: content_block_delta\ndata: {}\n\n");
+/// let mut cx = EventContext::new(Instant::now(), true, Provider::Anthropic, &mut report);
+/// DropPings.on_event(&delta, &mut cx);
+/// assert!(cx.is_forwarded());
+/// ```
 pub struct EventContext<'a> {
     pub(crate) at: Instant,
     pub(crate) content: bool,

@@ -21,47 +21,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::observe::{EventContext, Observer};
-use crate::report::StreamReport;
+use crate::report::{Latencies, StreamReport, Timing};
 use crate::sse::EventRef;
-
-/// Latency findings of one stream, measured from the request's arrival at the layer.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-#[non_exhaustive]
-pub struct Timing {
-    /// Request arrival to the first upstream body byte.
-    pub time_to_first_byte: Option<Duration>,
-    /// Request arrival to the first content event delivered to the client.
-    pub time_to_first_token: Option<Duration>,
-    /// Gaps between consecutive content events delivered to the client.
-    pub inter_token: Latencies,
-    /// First to last content event.
-    pub decode_time: Option<Duration>,
-    /// `decode_time / (output tokens - 1)`, when the output tokens are known (put the
-    /// usage observer before this one).
-    pub time_per_output_token: Option<Duration>,
-    /// Output tokens per second of decode time (`1 / time_per_output_token`).
-    pub output_tokens_per_second: Option<f64>,
-}
-
-/// A summary of latency samples from a small fixed histogram: 48 buckets, three per
-/// doubling from 100 µs; percentiles are interpolated within their bucket (within about
-/// 13% of the exact value) and capped at the largest sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Latencies {
-    /// Number of samples.
-    pub count: u64,
-    /// Mean.
-    pub mean: Option<Duration>,
-    /// Median.
-    pub p50: Option<Duration>,
-    /// 90th percentile.
-    pub p90: Option<Duration>,
-    /// 99th percentile.
-    pub p99: Option<Duration>,
-    /// Largest sample.
-    pub max: Option<Duration>,
-}
 
 const BUCKETS: usize = 48;
 const BASE_MICROS: u64 = 100;
@@ -173,7 +134,7 @@ impl Histogram {
 ///
 /// ```
 /// use tower_sse::SseLayer;
-/// use tower_sse::observe::timing::TimingObserver;
+/// use tower_sse::TimingObserver;
 ///
 /// let layer = SseLayer::new()
 ///     .observer(TimingObserver::default())

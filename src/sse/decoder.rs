@@ -344,7 +344,7 @@ impl Decoder {
 
     /// Find the next item.
     #[inline]
-    pub(crate) fn find_next(&mut self) -> Option<Result<Found, DecodeError>> {
+    pub(super) fn find_next(&mut self) -> Option<Result<Found, DecodeError>> {
         if self.release_carry {
             self.release_carry = false;
             self.carry.clear();
@@ -368,7 +368,7 @@ impl Decoder {
 
     /// Borrow a found item.
     #[inline]
-    pub(crate) fn lend(&self, found: &Found) -> ItemRef<'_> {
+    pub(super) fn lend(&self, found: &Found) -> ItemRef<'_> {
         let raw = self.raw(found);
         match found.kind {
             FoundKind::Comment => ItemRef::Comment(raw),
@@ -385,13 +385,13 @@ impl Decoder {
 
     /// The raw bytes of a found item (for a comment: its text).
     #[inline]
-    pub(crate) fn raw(&self, found: &Found) -> &[u8] {
+    pub(super) fn raw(&self, found: &Found) -> &[u8] {
         &self.source(found.source)[found.raw.0..found.raw.1]
     }
 
     /// Borrow a found event.
     #[inline]
-    pub(crate) fn lend_event(&self, found: &Found) -> EventRef<'_> {
+    pub(super) fn lend_event(&self, found: &Found) -> EventRef<'_> {
         let bytes = self.source(found.source);
         let range = |r: Option<(usize, usize)>| r.map_or(&[][..], |(s, e)| &bytes[s..e]);
         EventRef {
@@ -412,7 +412,7 @@ impl Decoder {
     /// the decoder needs nothing more from it, the chunk itself is handed over (no reference
     /// count touched).
     #[inline]
-    pub(crate) fn take_input(&mut self, start: usize, end: usize) -> Bytes {
+    pub(super) fn take_input(&mut self, start: usize, end: usize) -> Bytes {
         let len = self.input.len();
         if start == 0
             && end == len

@@ -17,12 +17,11 @@
 
 mod decoder;
 mod event;
+pub(crate) mod ndjson;
+pub(crate) mod relay;
 
 pub use self::decoder::{DEFAULT_MAX_EVENT_SIZE, DecodeError, Decoder};
 pub use self::event::{
     Block, BlockRef, Comment, EncodeError, Event, EventBuilder, EventRef, Item, ItemRef,
     comment_block,
 };
-
-pub(crate) use self::decoder::{Found, FoundKind, Source};
-pub(crate) use self::event::terminate_block;

@@ -13,7 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
-use tower_sse::{BoxError, Observer, OnEnd, SseBody, SseLayer, StreamReport};
+use tower_sse::stream::SseBody;
+use tower_sse::{BoxError, Observer, OnEnd, SseLayer, StreamReport};
 
 /// The error an upstream test body fails with.
 #[derive(Debug)]

@@ -4,4 +4,5 @@
 pub mod sse;
 
 pub mod body;
+pub mod inputs;
 pub mod strategies;

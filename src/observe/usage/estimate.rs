@@ -4,15 +4,8 @@
 //! to a [`TokenCounter`]: the string values that hold generated text, as sent (JSON escapes
 //! not decoded), found by byte search, never copied. When a stream ends without reaching
 //! completion and without an output count, the counter's estimate becomes the output count,
-//! flagged [`UsageSource::Estimated`](super::UsageSource::Estimated). Input tokens are never
+//! flagged [`UsageSource::Estimated`](crate::UsageSource::Estimated). Input tokens are never
 //! estimated: they stay unknown unless reported.
-
-use crate::provider::Provider;
-use crate::sse::EventRef;
-
-use memchr::memmem::Finder;
-
-use super::json::{finders, string_values};
 
 /// Estimates tokens from the text of content events.
 ///
@@ -81,120 +74,9 @@ impl TokenCounter for HeuristicCounter {
     }
 }
 
-finders! {
-    CONTENT = b"\"content\"";
-    REASONING_CONTENT = b"\"reasoning_content\"";
-    REASONING = b"\"reasoning\"";
-    REFUSAL = b"\"refusal\"";
-    ARGUMENTS = b"\"arguments\"";
-    TEXT = b"\"text\"";
-    DELTA = b"\"delta\"";
-    THINKING = b"\"thinking\"";
-    PARTIAL_JSON = b"\"partial_json\"";
-    RESPONSE = b"\"response\"";
-}
-
-/// Call `f` with the generated text of one content event of this format.
-///
-/// Keys are tried in order and the search stops at the first that has text, so the usual
-/// event costs one `memmem` and one scan of its text.
-pub(super) fn content_text(provider: Provider, event: &EventRef<'_>, mut f: impl FnMut(&[u8])) {
-    let data = event.data_bytes();
-    let f = &mut f;
-    match provider {
-        Provider::OpenAiChat => first_of(
-            data,
-            &[
-                &*CONTENT,
-                &*REASONING_CONTENT,
-                &*REASONING,
-                &*REFUSAL,
-                &*ARGUMENTS,
-            ],
-            f,
-        ),
-        Provider::OpenAiCompletions | Provider::Gemini => first_of(data, &[&*TEXT], f),
-        Provider::OpenAiResponses => first_of(data, &[&*DELTA], f),
-        Provider::Anthropic => first_of(data, &[&*TEXT, &*THINKING, &*PARTIAL_JSON], f),
-        Provider::Ollama => first_of(data, &[&*CONTENT, &*THINKING, &*RESPONSE], f),
-        Provider::Unknown => f(data),
-    }
-}
-
-fn first_of(data: &[u8], keys: &[&Finder<'static>], f: &mut impl FnMut(&[u8])) {
-    for key in keys {
-        if string_values(data, key, f) {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(provider: Provider, event: &str, data: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        content_text(
-            provider,
-            &EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes()),
-            |t| out.push(String::from_utf8_lossy(t).into_owned()),
-        );
-        out
-    }
-
-    #[test]
-    fn text_per_format() {
-        assert_eq!(
-            text(
-                Provider::OpenAiChat,
-                "",
-                r#"{"choices":[{"delta":{"content":"Hi"},"logprobs":{"content":[]}}]}"#
-            ),
-            ["Hi"]
-        );
-        assert_eq!(
-            text(
-                Provider::OpenAiChat,
-                "",
-                r#"{"choices":[{"delta":{"content":null,"reasoning_content":"hm"}}]}"#
-            ),
-            ["hm"]
-        );
-        assert_eq!(
-            text(
-                Provider::OpenAiChat,
-                "",
-                r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}"#
-            ),
-            [r#"{\"a\":1}"#]
-        );
-        assert_eq!(
-            text(
-                Provider::Gemini,
-                "",
-                r#"{"candidates":[{"content":{"parts":[{"text":"a"},{"text":"bc"}]}}]}"#
-            ),
-            ["a", "bc"]
-        );
-        assert_eq!(
-            text(
-                Provider::Anthropic,
-                "content_block_delta",
-                r#"{"delta":{"type":"thinking_delta","thinking":"t"}}"#
-            ),
-            ["t"]
-        );
-        assert_eq!(
-            text(
-                Provider::OpenAiResponses,
-                "response.output_text.delta",
-                r#"{"type":"x","delta":"d"}"#
-            ),
-            ["d"]
-        );
-        assert_eq!(text(Provider::Unknown, "", "raw"), ["raw"]);
-    }
 
     #[test]
     fn heuristic_rounds_up_and_knows_nothing_without_text() {

@@ -1,5 +1,11 @@
-//! Anthropic Messages, and `error` events of any format.
+//! Anthropic Messages.
 //!
+//! - Recognised by the path (`…/messages`) and by its event names (`message_start`,
+//!   `content_block_delta`…; not `ping`, which generic servers send too).
+//! - Content: `content_block_delta` events, except `signature_delta`s. Their text is in
+//!   `text`, `thinking` or `partial_json`.
+//! - The response id and model are in `message_start`'s `message`. The stream ends with
+//!   `message_stop`.
 //! - `message_start` carries `message.usage`: the input tokens, the cache counts, and an
 //!   `output_tokens` that is a placeholder (1, or a few), not a count of the output. It is
 //!   kept aside as a provisional output count, used only when no real output count comes
@@ -25,12 +31,77 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::extract::{UsageState, counts};
-use super::json::{Count, Lenient, Text, finders, parse};
+use super::json::{Count, Lenient, Text, finders, first_of, parse};
+use super::usage::{UsageState, counts};
+use super::{Format, ResponseMeta, Top};
 
 finders! {
     MESSAGE_START = b"\"message_start\"";
     MESSAGE_DELTA = b"\"message_delta\"";
+    SIGNATURE_DELTA = b"\"signature_delta\"";
+    TEXT = b"\"text\"";
+    THINKING = b"\"thinking\"";
+    PARTIAL_JSON = b"\"partial_json\"";
+}
+
+/// Anthropic Messages (`message_start` … `message_stop`).
+pub(super) struct Anthropic;
+
+impl Format for Anthropic {
+    const NAME: &'static str = "anthropic";
+    const NAMES_EVENTS: bool = true;
+
+    fn matches_path(path: &str) -> bool {
+        path.ends_with("/messages")
+    }
+
+    fn recognise(event: &EventRef<'_>) -> bool {
+        matches!(
+            event.event_bytes(),
+            b"message_start"
+                | b"message_delta"
+                | b"message_stop"
+                | b"content_block_start"
+                | b"content_block_delta"
+                | b"content_block_stop"
+        )
+    }
+
+    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        (event.event_bytes() == b"content_block_delta"
+            && SIGNATURE_DELTA.find(event.data_bytes()).is_none())
+        .then_some(None)
+    }
+
+    fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
+        first_of(event.data_bytes(), &[&*TEXT, &*THINKING, &*PARTIAL_JSON], f);
+    }
+
+    fn response_meta(event: &EventRef<'_>) -> ResponseMeta {
+        #[derive(Deserialize)]
+        struct Start<'a> {
+            #[serde(borrow)]
+            message: Top<'a>,
+        }
+        if event.event_bytes() != b"message_start" {
+            return ResponseMeta::default();
+        }
+        parse::<Start<'_>>(event.data_bytes())
+            .map(|start| start.message.into())
+            .unwrap_or_default()
+    }
+
+    fn claims_event(kind: &[u8]) -> bool {
+        matches!(kind, b"message_start" | b"message_delta")
+    }
+
+    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+        extract(event, state)
+    }
+
+    fn is_terminal(event: &EventRef<'_>) -> bool {
+        event.event_bytes() == b"message_stop"
+    }
 }
 
 #[derive(Deserialize)]
@@ -75,22 +146,6 @@ struct DeltaBody<'a> {
     stop_reason: Text<'a>,
 }
 
-#[derive(Deserialize)]
-struct ErrorEvent<'a> {
-    #[serde(borrow, default)]
-    error: Lenient<ErrorBody<'a>>,
-    #[serde(borrow, default)]
-    code: Text<'a>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Text<'a>,
-    #[serde(borrow, default)]
-    code: Text<'a>,
-}
-
 /// Record the counts of one usage object. `message_start`'s output count is provisional.
 fn record(state: &mut UsageState, usage: AnthropicUsage, output_is_real: bool) {
     let output = if output_is_real {
@@ -114,7 +169,7 @@ fn record(state: &mut UsageState, usage: AnthropicUsage, output_is_real: bool) {
 }
 
 /// Read one event of an Anthropic stream. Returns whether it carried usage or a reason.
-pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
     let data = event.data_bytes();
     let named = !event.event_bytes().is_empty();
     let (start, delta) = if named {
@@ -150,21 +205,6 @@ pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
         return true;
     }
     false
-}
-
-/// Read an `error` event: its error type becomes the finish reason.
-pub(super) fn error(event: &EventRef<'_>, state: &mut UsageState) -> bool {
-    let parsed = parse::<ErrorEvent<'_>>(event.data_bytes());
-    let reason = parsed
-        .as_ref()
-        .and_then(|e| {
-            let body = e.error.0.as_ref();
-            body.and_then(|b| b.kind.as_str().or(b.code.as_str()))
-                .or(e.code.as_str())
-        })
-        .unwrap_or("error");
-    state.set_finish_reason(reason);
-    true
 }
 
 #[cfg(test)]
@@ -224,23 +264,5 @@ mod tests {
         ));
         assert_eq!(s.usage(), Some(counts(None, Some(5), None, None, None)));
         assert_eq!(s.finish_reason(), Some("max_tokens"));
-    }
-
-    #[test]
-    fn error_events() {
-        let mut s = UsageState::default();
-        let ev = |d: &'static str| EventRef::new(b"error", d.as_bytes(), d.as_bytes());
-        error(
-            &ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#),
-            &mut s,
-        );
-        assert_eq!(s.finish_reason(), Some("overloaded_error"));
-        error(
-            &ev(r#"{"type":"error","code":"server_error","message":"x"}"#),
-            &mut s,
-        );
-        assert_eq!(s.finish_reason(), Some("server_error"));
-        error(&ev("not json"), &mut s);
-        assert_eq!(s.finish_reason(), Some("error"));
     }
 }

@@ -1,132 +1,19 @@
-//! SHA-256 of exactly what the client received: the [`DigestObserver`].
-//!
-//! # When to use it
-//!
-//! To prove later what a client was sent (audits, disputes, "did the model really say
-//! that?"), or to let a client check that it read the whole stream: the client hashes what it
-//! read and compares with [`StreamReport::digest`](crate::StreamReport::digest), or with the
-//! record a `DigestRegistry` keeps under the response id (feature `registry`).
-//!
-//! # What is hashed
-//!
-//! Every byte handed to the client, in order, as the [`on_data`](crate::Observer::on_data)
-//! hook sees it: upstream events, blocks and comments as forwarded, and the error events the
-//! layer adds. Never the layer's own keep-alive comments, which depend on timing. Since the
-//! layer forwards whole events byte for byte, the digest is the same for the same upstream
-//! content whatever its chunking or timing. Slices are hashed as they pass: nothing is
-//! buffered and nothing is allocated per event (SHA-256 runs at the hardware's speed;
-//! `sha2` uses the SHA extensions when the CPU has them).
-//!
-//! How it differs from hashing the upstream body yourself (in a tower-http
-//! `MapResponseBody`, say): that hashes what the upstream sent, chunk by chunk, including
-//! events the layer held back or cut short; this hashes what the client got.
-//!
-//! # When the hooks write
-//!
-//! | hook | what it does |
-//! |---|---|
-//! | `on_request` | picks up the [`RequestDigestHandle`] that [`RequestDigestLayer`](crate::RequestDigestLayer) put into the request extensions, if any |
-//! | `on_event` | with a registry: notes a terminal event (see below) |
-//! | `on_data` | hashes the frame; with a registry, right after the frame holding a terminal event, inserts the record |
-//! | `on_end` | writes [`digest`](crate::StreamReport::digest) and [`request_digest`](crate::StreamReport::request_digest); with a registry, inserts or updates the record and adds a `DigestRegistration` to the report's extensions |
-//!
-//! `report.request_digest` is `Some` only when the request went through a
-//! [`RequestDigestLayer`](crate::RequestDigestLayer) placed *outside* the
-//! [`SseLayer`](crate::SseLayer) and its body was read to its end by the time the stream
-//! ended; it is `None` when the request body was not read to its end, failed, or was dropped.
-//!
-//! # Registry timing (feature `registry`)
-//!
-//! A client that reads the end of its stream and at once asks for the digest must find it.
-//! So the record is inserted *before* the frame holding the stream's terminal event is
-//! released to the client: `data: [DONE]` (OpenAI and compatibles), Anthropic
-//! `message_stop`, Responses `response.completed` / `response.incomplete` /
-//! `response.failed`, and Ollama's `"done": true` line. Streams without a terminal event
-//! (Gemini, custom formats) are inserted when they end, which is before the client sees the
-//! end of the body. If bytes follow the terminal event (a trailing comment, an error event),
-//! the record is updated when the stream ends, so the record always ends up with the digest
-//! of everything the client received.
-//!
-//! There is no record without a response id (see
-//! [`StreamReport::response_id`](crate::StreamReport::response_id)); the report then says
-//! why in its extensions. A response id seen again (a replayed or buggy upstream) replaces
-//! the earlier record: last writer wins.
+//! [`DigestObserver`]: SHA-256 of what the client received; see the [module docs](crate::digest).
 
 use std::fmt;
 
 use sha2::Digest as _;
 use sha2::Sha256;
 
+use crate::digest::request::RequestDigestHandle;
 use crate::observe::{EventContext, Observer};
-use crate::provider::Provider;
-use crate::report::StreamReport;
-use crate::request_digest::RequestDigestHandle;
+use crate::report::{Digest, StreamReport};
 use crate::sse::EventRef;
 
 #[cfg(feature = "registry")]
-use crate::registry::{DigestRecord, DigestRegistration, DigestRegistry};
+use crate::digest::registry::{DigestRecord, DigestRegistration, DigestRegistry};
 
-/// A SHA-256 digest.
-///
-/// Displays (and serializes) as 64 lowercase hex digits.
-///
-/// ```
-/// use tower_sse::Digest;
-///
-/// let digest = Digest::of(b"abc");
-/// assert_eq!(
-///     digest.to_hex(),
-///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-/// );
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// The SHA-256 of these bytes.
-    pub fn of(data: &[u8]) -> Self {
-        Self(Sha256::digest(data).into())
-    }
-
-    /// The digest as 64 lowercase hex digits.
-    pub fn to_hex(&self) -> String {
-        let mut out = String::with_capacity(64);
-        for byte in self.0 {
-            out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xF)]));
-        }
-        out
-    }
-
-    /// The digest bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    pub(crate) fn from_hasher(hasher: Sha256) -> Self {
-        Self(hasher.finalize().into())
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.to_hex())
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-/// Hashes what the client receives with SHA-256; see the [module docs](self).
+/// Hashes what the client receives with SHA-256; see the [module docs](crate::digest).
 ///
 /// Cheap to clone (the layer clones it for every request): a fresh hasher state and, with a
 /// registry, one reference count.
@@ -160,7 +47,7 @@ impl DigestObserver {
 
     /// An observer that also records each stream's digests in `registry`, under the
     /// response id, before the terminal event reaches the client. See the
-    /// [module docs](self#registry-timing-feature-registry).
+    /// [module docs](crate::digest#registry-timing-feature-registry).
     ///
     /// ```
     /// use tower_sse::{DigestObserver, DigestRegistry, SseLayer};
@@ -205,7 +92,7 @@ impl Observer for DigestObserver {
         #[cfg(feature = "registry")]
         if self.registration.registry.is_some()
             && cx.is_delivered()
-            && is_terminal(event, cx.provider())
+            && cx.provider().is_terminal(event)
         {
             self.registration.arm(event.raw());
         }
@@ -232,36 +119,6 @@ impl Observer for DigestObserver {
         #[cfg(feature = "registry")]
         self.registration.on_end(digest, report);
     }
-}
-
-/// Whether this event ends its stream in its format (see the module docs).
-#[cfg_attr(not(feature = "registry"), allow(dead_code))]
-#[inline]
-fn is_terminal(event: &EventRef<'_>, provider: Provider) -> bool {
-    let data = event.data_bytes();
-    if data == b"[DONE]" {
-        return true;
-    }
-    match event.event_bytes() {
-        b"" => provider == Provider::Ollama && ollama_done(data),
-        b"message_stop" | b"response.completed" | b"response.incomplete" | b"response.failed" => {
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Whether an Ollama line says `"done": true` (the key at any depth; keys inside strings are
-/// escaped and cannot match).
-#[cfg_attr(not(feature = "registry"), allow(dead_code))]
-fn ollama_done(data: &[u8]) -> bool {
-    const KEY: &[u8] = b"\"done\"";
-    memchr::memmem::rfind_iter(data, KEY).any(|at| {
-        let rest = &data[at + KEY.len()..];
-        let rest = rest.trim_ascii_start();
-        rest.strip_prefix(b":")
-            .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"true"))
-    })
 }
 
 /// How many frames may pass after a terminal event before the frame holding it is
@@ -380,10 +237,7 @@ impl Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ev<'a>(event: &'a str, data: &'a str) -> EventRef<'a> {
-        EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes())
-    }
+    use crate::provider::Provider;
 
     #[test]
     fn digest_of_matches_known_vectors() {
@@ -395,45 +249,6 @@ mod tests {
             serde_json::to_string(&Digest::of(b"abc")).unwrap(),
             "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\""
         );
-    }
-
-    #[test]
-    fn terminal_events_per_format() {
-        let any = Provider::Unknown;
-        assert!(is_terminal(&ev("", "[DONE]"), any));
-        assert!(is_terminal(&ev("message_stop", "{}"), Provider::Anthropic));
-        assert!(is_terminal(&ev("response.completed", "{}"), any));
-        assert!(is_terminal(&ev("response.incomplete", "{}"), any));
-        assert!(is_terminal(&ev("response.failed", "{}"), any));
-        assert!(!is_terminal(&ev("response.output_text.delta", "{}"), any));
-        assert!(!is_terminal(
-            &ev("message_delta", "{}"),
-            Provider::Anthropic
-        ));
-        assert!(!is_terminal(
-            &ev("", "{\"choices\":[]}"),
-            Provider::OpenAiChat
-        ));
-        let done = r#"{"model":"m","message":{"content":""},"done_reason":"stop","done": true}"#;
-        assert!(is_terminal(&ev("", done), Provider::Ollama));
-        assert!(!is_terminal(&ev("", done), Provider::OpenAiChat));
-        assert!(!is_terminal(
-            &ev(
-                "",
-                r#"{"message":{"content":"\"done\":true"},"done":false}"#
-            ),
-            Provider::Ollama
-        ));
-    }
-
-    #[test]
-    fn ollama_done_is_strict_about_the_shape() {
-        assert!(ollama_done(br#"{"done":true}"#));
-        assert!(ollama_done(b"{\"done\" :\ttrue}"));
-        assert!(!ollama_done(br#"{"done":false}"#));
-        assert!(!ollama_done(br#"{"done_reason":"true"}"#));
-        assert!(!ollama_done(br#"{"done""#));
-        assert!(!ollama_done(b""));
     }
 
     #[cfg(feature = "registry")]

@@ -6,24 +6,67 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{ACCEPT, CONTENT_ENCODING, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 
 use crate::provider::ContentPredicate;
 use crate::report::{Framing, Outcome};
+use crate::request::is_streaming_request;
 use crate::sse::{DEFAULT_MAX_EVENT_SIZE, Event, comment_block};
 
 /// Keep-alive comments: sent when nothing went to the client for `interval`.
 ///
 /// One timer per stream, re-armed from the time of the last frame sent, never an interval
 /// ticking on its own. Comments only ever go between whole events.
+///
+/// Named `KeepAliveConfig` so that it never collides with axum's
+/// `axum::response::sse::KeepAlive`, which does the same for axum's own `Sse` responses.
+///
+/// A silent upstream, and the keep-alive the client receives after 15 seconds (on a paused
+/// Tokio clock, so the example does not wait):
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body::Frame;
+/// use http_body_util::{BodyExt, StreamBody};
+/// use tokio::time::Instant;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::{KeepAliveConfig, SseLayer};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let layer = SseLayer::new()
+///     .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)).text("ping"));
+///
+/// // An upstream that answers its head, then says nothing.
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let silence = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(StreamBody::new(silence))
+///         .unwrap();
+///     Ok::<_, Infallible>(response)
+/// });
+/// let start = Instant::now();
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let mut body = response.into_body();
+///
+/// let frame = body.frame().await.unwrap().unwrap();
+/// assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b": ping\n\n"));
+/// assert!(start.elapsed() >= Duration::from_secs(15));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct KeepAlive {
+pub struct KeepAliveConfig {
     pub(crate) interval: Duration,
     pub(crate) comment: Bytes,
 }
 
-impl KeepAlive {
+impl KeepAliveConfig {
     /// Keep-alives every 15 seconds of silence, as `: keep-alive`.
     pub fn new() -> Self {
         Self {
@@ -46,7 +89,7 @@ impl KeepAlive {
     }
 }
 
-impl Default for KeepAlive {
+impl Default for KeepAliveConfig {
     fn default() -> Self {
         Self::new()
     }
@@ -61,6 +104,54 @@ impl Default for KeepAlive {
 /// event: error
 /// data: {"error":{"type":"idle_timeout","message":"no upstream event for 30s"}}
 /// ```
+///
+/// [`ErrorEvent::custom`] builds other shapes, here Anthropic's error event, with
+/// [`Event::builder`]; the upstream ends in the middle of an event
+/// ([`Outcome::UpstreamTruncated`]):
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::sse::Event;
+/// use tower_sse::{ErrorEvent, Outcome, SseLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let anthropic = ErrorEvent::custom(|outcome: Outcome, message: &str| {
+///     let message = serde_json::to_string(message).unwrap(); // a JSON string, escaped
+///     let data = format!(r#"{{"type":"error","error":{{"type":"{outcome}","message":{message}}}}}"#);
+///     Event::builder()
+///         .event("error")
+///         .data(data)
+///         .encode()
+///         .expect("the event type has no line break")
+/// });
+/// let layer = SseLayer::new().error_event(anthropic);
+///
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let cut = "event: ping\ndata: {\"type\":\"ping\"}\n\nevent: content_block_delta\ndata: {\"ty";
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(cut.as_bytes())))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// let body = std::str::from_utf8(&body).unwrap();
+///
+/// // The complete event, then the error event in place of the cut one.
+/// let (complete, error) = body.split_at(body.find("event: error").unwrap());
+/// assert_eq!(complete, "event: ping\ndata: {\"type\":\"ping\"}\n\n");
+/// let expected = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"upstream_truncated\",\"message\":\"";
+/// assert!(error.starts_with(expected));
+/// assert!(error.ends_with("\"}}\n\n"));
+/// # }
+/// ```
+///
+/// [`ErrorEvent::none`] sends nothing: the stream just ends.
 #[derive(Clone)]
 pub struct ErrorEvent(Option<Arc<dyn Fn(Outcome, &str) -> Bytes + Send + Sync>>);
 
@@ -118,7 +209,47 @@ fn openai_error_event(outcome: Outcome, message: &str) -> Bytes {
         .unwrap_or_else(|_| Bytes::from_static(b"event: error\ndata: {}\n\n"))
 }
 
-/// What to do when the upstream body fails in the middle of a stream.
+/// What to do when the upstream body fails in the middle of a stream
+/// ([`SseLayer::on_upstream_error`](crate::SseLayer::on_upstream_error)).
+///
+/// ```
+/// use std::io;
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body::Frame;
+/// use http_body_util::{BodyExt, StreamBody};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::SseLayer;
+/// use tower_sse::stream::UpstreamErrorPolicy;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // An upstream whose body fails after one event.
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let frames = futures_util::stream::iter([
+///         Ok(Frame::data(Bytes::from_static(b"data: one\n\n"))),
+///         Err(io::Error::other("connection reset")),
+///     ]);
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(StreamBody::new(frames))
+///         .unwrap();
+///     Ok::<_, io::Error>(response)
+/// });
+///
+/// // The default: the client gets an error event and a complete response.
+/// let layer = SseLayer::new();
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// assert!(body.starts_with(b"data: one\n\nevent: error\n"));
+///
+/// // `Propagate`: the body fails, and the server aborts the connection.
+/// let layer = SseLayer::new().on_upstream_error(UpstreamErrorPolicy::Propagate);
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// assert!(response.into_body().collect().await.is_err());
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum UpstreamErrorPolicy {
@@ -136,25 +267,6 @@ pub(crate) type RequestPredicate = Arc<dyn Fn(&http::request::Parts) -> bool + S
 /// Decides how to handle a response from its head.
 pub(crate) type FramingPredicate =
     Arc<dyn Fn(&http::response::Parts) -> Option<Framing> + Send + Sync>;
-
-/// Marks a request as a streaming one, for layers further in.
-///
-/// [`IncludeUsageLayer`](crate::IncludeUsageLayer) inserts it into the request extensions
-/// when the JSON body says `"stream": true`; insert it yourself from any layer that knows.
-/// [`SseLayer`](crate::SseLayer) treats such requests (and those that accept
-/// `text/event-stream`) as streams before their response arrives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamingRequest;
-
-/// The default "is this a streaming request?" test.
-pub(crate) fn is_streaming_request(request: &http::request::Parts) -> bool {
-    request.extensions.get::<StreamingRequest>().is_some()
-        || request.headers.get_all(ACCEPT).iter().any(|v| {
-            v.as_bytes()
-                .windows(17)
-                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
-        })
-}
 
 /// The media type of a response, lowercased, without parameters.
 fn media_type(headers: &HeaderMap) -> Option<String> {
@@ -192,7 +304,7 @@ pub(crate) fn default_framing(headers: &HeaderMap, json_lines: bool) -> Option<F
 /// Everything the layer was configured with, shared by its streams.
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) keep_alive: Option<KeepAlive>,
+    pub(crate) keep_alive: Option<KeepAliveConfig>,
     pub(crate) early_response: bool,
     pub(crate) streaming_request: Option<RequestPredicate>,
     pub(crate) first_event_timeout: Option<Duration>,
@@ -283,7 +395,7 @@ mod tests {
 
     #[test]
     fn keep_alive_text_cannot_break_out_of_the_comment() {
-        let ka = KeepAlive::new().text("a\n\ndata: injected");
+        let ka = KeepAliveConfig::new().text("a\n\ndata: injected");
         assert_eq!(&ka.comment[..], b": a\n:\n: data: injected\n\n");
     }
 

@@ -8,9 +8,11 @@ use http_body::Body;
 use tokio::time::{Instant, timeout_at};
 
 use crate::BoxError;
-use crate::body::{Live, Upstream, report_disconnect};
 use crate::observe::Observer;
 use crate::report::{OnEnd, Outcome};
+use crate::stream::body::{Live, Phase, report_disconnect};
+use crate::stream::deadline::after;
+use crate::stream::engine::Engine;
 
 /// Makes the report when dropped, unless it was made already: the drain task may be dropped
 /// without running to its end (the runtime shutting down), and the report must still go out
@@ -32,26 +34,23 @@ impl<O: Observer, E: OnEnd> Drop for ReportOnDrop<O, E> {
 /// [`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect): spawn a task that reads
 /// the upstream to its end (or the limit), with events marked as not delivered, then makes
 /// the report. Without a runtime, or before the upstream answered, it cancels instead.
-pub(crate) fn drain_after_disconnect<B, O, E>(mut live: Live<O, E>, upstream: Upstream<B>)
+pub(crate) fn drain_after_disconnect<B, O, E>(mut live: Live<O, E>, phase: Phase<B>)
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     O: Observer + Send + 'static,
     E: OnEnd + Send + 'static,
 {
-    let limit = live.engine.config.drain;
+    let limit = live.engine.config().drain;
     let handle = tokio::runtime::Handle::try_current();
-    let (Some(limit), Upstream::Body(mut body), Ok(handle), false) =
-        (limit, upstream, handle, live.ending)
-    else {
-        return report_disconnect(live, Upstream::<B>::Gone);
+    let (Some(limit), Phase::Streaming(mut body), Ok(handle)) = (limit, phase, handle) else {
+        return report_disconnect(live, Phase::<B>::Flushing);
     };
-    live.engine.delivered = false;
     // What was queued for the client will never reach it.
-    live.engine.discard_output();
+    live.engine.detach();
     let mut guard = ReportOnDrop(Some(live));
     handle.spawn(async move {
-        let deadline = crate::body::after(Instant::now(), limit);
+        let deadline = after(Instant::now(), limit);
         let mut frames = 0u32;
         while let Some(live) = guard.0.as_mut() {
             // Be a fair neighbour to the streams still being served.
@@ -68,23 +67,24 @@ where
             match frame {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data()
-                        && live.engine.push(data, now).is_err()
+                        && let Err(failure) = live.engine.frame(data, now)
                     {
+                        live.engine.record_error(failure.message);
                         break;
                     }
                     live.engine.discard_output();
                     if body.is_end_stream() {
-                        live.engine.finish(now);
+                        finish(&mut live.engine, now);
                         break;
                     }
                 }
                 Ok(None) => {
-                    live.engine.finish(now);
+                    finish(&mut live.engine, now);
                     break;
                 }
                 Ok(Some(Err(error))) => {
                     let error: BoxError = error.into();
-                    live.engine.report.error = Some(format!("while draining: {error}"));
+                    live.engine.record_error(format!("while draining: {error}"));
                     break;
                 }
                 // The drain limit: keep what was seen.
@@ -94,4 +94,11 @@ where
         drop(body);
         drop(guard);
     });
+}
+
+/// The drained upstream ended: the report keeps why, if it ended badly.
+fn finish<O: Observer>(engine: &mut Engine<O>, now: Instant) {
+    if let Some(failure) = engine.finish(now) {
+        engine.record_error(failure.message);
+    }
 }

@@ -1,6 +1,13 @@
 //! OpenAI Chat Completions and legacy Completions, and the servers that speak them (vLLM,
 //! SGLang, llama.cpp, gateways).
 //!
+//! - Recognised by the path (`…/chat/completions`, `…/completions`) and by the `object` of a
+//!   chunk (`"chat.completion.chunk"`, `"text_completion"`).
+//! - Content: a non-empty `content`, `reasoning_content`, `reasoning` or `refusal` string, or
+//!   a `tool_calls` / `function_call` delta (Chat); a non-empty `text` (Completions).
+//!   Role-only and empty deltas are not content.
+//! - The stream ends with `data: [DONE]`. Both APIs take `stream_options.include_usage`.
+//!
 //! - Usage is the `usage` object: in the usage-only chunk (`choices` empty) that
 //!   `stream_options.include_usage` adds before `[DONE]`, merged into the finish chunk by
 //!   some servers, or on every chunk with vLLM's `continuous_usage_stats` (a running total:
@@ -21,16 +28,108 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::extract::{UsageState, counts};
+use super::Format;
 use super::json::{
-    Count, HasReason, LastReason, Lenient, Text, finders, has_string_value,
-    is_empty_array_or_absent, object_value, parse,
+    Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
+    is_empty_array_or_absent, object_value, parse, present, text_of,
 };
+use super::usage::{UsageState, counts};
 
 finders! {
     USAGE = b"\"usage\"";
     FINISH_REASON = b"\"finish_reason\"";
     CHOICES = b"\"choices\"";
+    CHAT_CHUNK = b"\"chat.completion.chunk\"";
+    TEXT_COMPLETION = b"\"text_completion\"";
+    CONTENT = b"\"content\"";
+    REASONING_CONTENT = b"\"reasoning_content\"";
+    REASONING = b"\"reasoning\"";
+    REFUSAL = b"\"refusal\"";
+    ARGUMENTS = b"\"arguments\"";
+    TOOL_CALLS = b"\"tool_calls\"";
+    FUNCTION_CALL = b"\"function_call\"";
+    TEXT = b"\"text\"";
+}
+
+/// OpenAI Chat Completions (`chat.completion.chunk`).
+pub(super) struct Chat;
+
+impl Format for Chat {
+    const NAME: &'static str = "openai";
+    const ACCEPTS_STREAM_OPTIONS: bool = true;
+
+    fn matches_path(path: &str) -> bool {
+        path.ends_with("/chat/completions")
+    }
+
+    fn recognise(event: &EventRef<'_>) -> bool {
+        CHAT_CHUNK.find(event.data_bytes()).is_some()
+    }
+
+    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        let data = event.data_bytes();
+        text_of(data, &CONTENT)
+            .or_else(|| text_of(data, &REASONING_CONTENT))
+            .or_else(|| text_of(data, &REASONING))
+            .or_else(|| text_of(data, &REFUSAL))
+            .map(Some)
+            .or_else(|| present(data, &TOOL_CALLS))
+            .or_else(|| present(data, &FUNCTION_CALL))
+    }
+
+    fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
+        let keys = [
+            &*CONTENT,
+            &*REASONING_CONTENT,
+            &*REASONING,
+            &*REFUSAL,
+            &*ARGUMENTS,
+        ];
+        first_of(event.data_bytes(), &keys, f);
+    }
+
+    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+        extract(event, state)
+    }
+
+    fn is_terminal(event: &EventRef<'_>) -> bool {
+        event.data_bytes() == b"[DONE]"
+    }
+}
+
+/// OpenAI legacy Completions (`text_completion`).
+pub(super) struct Completions;
+
+impl Format for Completions {
+    const NAME: &'static str = "openai";
+    const OPERATION: &'static str = "text_completion";
+    const ACCEPTS_STREAM_OPTIONS: bool = true;
+    // Chat's reader reads the same chunks.
+    const GUESS_USAGE: bool = false;
+
+    fn matches_path(path: &str) -> bool {
+        path.ends_with("/completions")
+    }
+
+    fn recognise(event: &EventRef<'_>) -> bool {
+        TEXT_COMPLETION.find(event.data_bytes()).is_some()
+    }
+
+    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        text_of(event.data_bytes(), &TEXT).map(Some)
+    }
+
+    fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
+        first_of(event.data_bytes(), &[&*TEXT], f);
+    }
+
+    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+        extract(event, state)
+    }
+
+    fn is_terminal(event: &EventRef<'_>) -> bool {
+        event.data_bytes() == b"[DONE]"
+    }
 }
 
 #[derive(Deserialize)]
@@ -82,7 +181,7 @@ struct Chunk<'a> {
 
 /// Read one event of an OpenAI-style stream. Returns whether it carried usage or a finish
 /// reason.
-pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
     let data = event.data_bytes();
     let mut found = false;
     if let Some(at) = object_value(data, &USAGE)

@@ -1,44 +1,4 @@
-//! SHA-256 of the request body, as the service reads it: [`RequestDigestLayer`].
-//!
-//! # When to use it
-//!
-//! With a [`DigestObserver`](crate::DigestObserver), to put the digest of what the client
-//! asked next to the digest of what it received, in
-//! [`StreamReport::request_digest`](crate::StreamReport::request_digest) and in the
-//! `DigestRegistry` record (feature `registry`). Or on its own: a handler reads the
-//! [`RequestDigestHandle`] from the request extensions once it has consumed the body.
-//!
-//! # How
-//!
-//! The layer wraps the request body in a [`RequestDigestBody`] that hashes every data frame
-//! as the inner service polls it: nothing is buffered, the body is not read ahead and its
-//! hints (`size_hint`, `is_end_stream`) are passed on. It also inserts a
-//! [`RequestDigestHandle`], a shared slot, into the request extensions. The slot is filled
-//! once, when the body has been read to its end:
-//!
-//! - the body returned `None`, sent trailers, or said `is_end_stream()` after a frame;
-//! - or it was already at its end when the request arrived (an empty body: the digest is
-//!   the SHA-256 of nothing, even if nobody polls it).
-//!
-//! It stays empty (`None`) when the body failed, was dropped before its end, or was not
-//! (yet) read to its end.
-//!
-//! Place it **outside** the [`SseLayer`](crate::SseLayer) (earlier in a `ServiceBuilder`),
-//! so that the observer finds the handle when the request passes the stream layer:
-//!
-//! ```
-//! use tower::ServiceBuilder;
-//! use tower_sse::{DigestObserver, RequestDigestLayer, SseLayer};
-//!
-//! let layers = ServiceBuilder::new()
-//!     .layer(RequestDigestLayer::new())
-//!     .layer(SseLayer::new().observer(DigestObserver::new()));
-//! # let _ = layers;
-//! ```
-//!
-//! How it differs from buffering the body in a middleware (e.g. `axum::body::to_bytes`
-//! followed by a hash): the body still streams to the upstream, and memory does not grow
-//! with its size.
+//! [`RequestDigestLayer`]: SHA-256 of the request body; see the [module docs](crate::digest).
 
 use std::fmt;
 use std::io::IoSlice;
@@ -55,9 +15,9 @@ use sha2::Sha256;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::observe::digest::Digest;
+use crate::report::Digest;
 
-/// Hashes request bodies as they are read; see the [module docs](self).
+/// Hashes request bodies as they are read; see the [module docs](crate::digest).
 #[derive(Debug, Clone, Copy, Default)]
 #[must_use]
 pub struct RequestDigestLayer {
@@ -165,7 +125,7 @@ impl fmt::Debug for RequestDigestHandle {
 
 pin_project! {
     /// A request body that hashes its data frames as they are read; see the
-    /// [module docs](self).
+    /// [module docs](crate::digest).
     ///
     /// Frames, errors, trailers and hints pass through untouched.
     pub struct RequestDigestBody<B> {

@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -12,10 +11,11 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
-use crate::config::UpstreamErrorPolicy;
-use crate::engine::Engine;
 use crate::observe::Observer;
 use crate::report::{OnEnd, Outcome};
+use crate::stream::config::UpstreamErrorPolicy;
+use crate::stream::deadline::{Deadlines, Due, timeout_message};
+use crate::stream::engine::Engine;
 
 /// The upstream call, when the layer answered before it did (early response).
 pub(crate) type UpstreamFuture<B> =
@@ -56,47 +56,34 @@ pin_project! {
     }
 }
 
-pub(crate) enum Upstream<B> {
-    Waiting(UpstreamFuture<B>),
-    Body(Pin<Box<B>>),
-    Gone,
+/// Where the stream is: the upstream's side. The report side is [`StreamState::live`]:
+/// taken, once, when the report is made.
+pub(crate) enum Phase<B> {
+    /// The upstream call is still pending (early response): keep-alives and deadlines run.
+    AwaitingHead(UpstreamFuture<B>),
+    /// Reading the upstream body.
+    Streaming(Pin<Box<B>>),
+    /// The upstream is done or dropped: what is queued is the last of the stream.
+    Flushing,
 }
 
 /// What lives while the report is still to be made.
 pub(crate) struct Live<O, E> {
     pub(crate) engine: Engine<O>,
     pub(crate) on_end: E,
-    /// The upstream is done: what is queued is the last of it.
-    pub(crate) ending: bool,
 }
 
 pub(crate) struct StreamState<B, O, E> {
-    pub(crate) upstream: Upstream<B>,
+    pub(crate) phase: Phase<B>,
+    /// `None` once the report went out.
     pub(crate) live: Option<Live<O, E>>,
-    pub(crate) timers: Timers,
+    pub(crate) deadlines: Deadlines,
     /// The one timer of the stream, created on first use (boxed, so that the body is
     /// `Unpin` whenever the upstream body is).
     pub(crate) timer: Option<Pin<Box<Sleep>>>,
     /// What to do when the body is dropped before its end. Chosen where the bounds that
     /// `Drop` cannot name are known: report the disconnect, or keep draining the upstream.
-    pub(crate) on_drop: fn(Live<O, E>, Upstream<B>),
-}
-
-/// When things happened, for the one timer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timers {
-    pub(crate) started_at: Instant,
-    /// The last frame handed to the client (keep-alives count).
-    pub(crate) last_output_at: Instant,
-    /// The last complete upstream item; `None` while the idle timeout does not apply yet.
-    pub(crate) last_item_at: Option<Instant>,
-    /// Whether a content event arrived (ends the first-event timeout).
-    pub(crate) content_seen: bool,
-}
-
-enum Due {
-    KeepAlive,
-    Timeout(Outcome),
+    pub(crate) on_drop: fn(Live<O, E>, Phase<B>),
 }
 
 impl<B, O, E> SseBody<B, O, E> {
@@ -194,44 +181,41 @@ where
 
             // Whole events already decoded go first.
             if let Some(frame) = live.engine.pop() {
-                if live.ending && !live.engine.has_output() {
+                if matches!(self.phase, Phase::Flushing) && !live.engine.has_output() {
                     // The last frame: the client will not poll again (hyper stops once
                     // `is_end_stream()` says so), so the report goes out now.
                     self.end(Outcome::Completed);
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
-            if live.ending {
-                self.end(Outcome::Completed);
-                return Poll::Ready(None);
-            }
 
-            match &mut self.upstream {
-                Upstream::Body(body) => match body.as_mut().poll_frame(cx) {
+            match &mut self.phase {
+                Phase::Flushing => {
+                    self.end(Outcome::Completed);
+                    return Poll::Ready(None);
+                }
+                Phase::Streaming(body) => match body.as_mut().poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        let ended = body.is_end_stream();
                         let now = Instant::now();
                         self.on_upstream_frame(frame, now);
-                        if let Upstream::Body(body) = &self.upstream
-                            && body.is_end_stream()
-                        {
+                        if ended && matches!(self.phase, Phase::Streaming(_)) {
                             self.finish_upstream(now);
                         }
                         continue;
                     }
                     Poll::Ready(Some(Err(error))) => {
                         let error: BoxError = error.into();
-                        if live.engine.config.upstream_errors == UpstreamErrorPolicy::Propagate {
-                            live.engine.report.error = Some(error.to_string());
+                        if live.engine.config().upstream_errors == UpstreamErrorPolicy::Propagate {
+                            live.engine.record_error(error.to_string());
                             self.end(Outcome::UpstreamError);
                             return Poll::Ready(Some(Err(error)));
                         }
-                        live.engine.fail_privately(
+                        self.fail(
                             Outcome::UpstreamError,
                             "the upstream stream failed",
-                            error.to_string(),
+                            Some(error.to_string()),
                         );
-                        live.ending = true;
-                        self.upstream = Upstream::Gone;
                         continue;
                     }
                     Poll::Ready(None) => {
@@ -240,17 +224,13 @@ where
                     }
                     Poll::Pending => {}
                 },
-                Upstream::Waiting(future) => match future.as_mut().poll(cx) {
+                Phase::AwaitingHead(future) => match future.as_mut().poll(cx) {
                     Poll::Ready(result) => {
                         self.on_upstream_response(result, Instant::now());
                         continue;
                     }
                     Poll::Pending => {}
                 },
-                Upstream::Gone => {
-                    live.ending = true;
-                    continue;
-                }
             }
 
             // The upstream has nothing for now: the timer decides what happens meanwhile.
@@ -259,16 +239,16 @@ where
                     let Some(live) = self.live.as_mut() else {
                         continue;
                     };
-                    let Some(keep_alive) = &live.engine.config.keep_alive else {
+                    let Some(keep_alive) = &live.engine.config().keep_alive else {
                         continue;
                     };
                     let comment = keep_alive.comment.clone();
                     live.engine.count_keep_alive(comment.len());
-                    self.timers.last_output_at = now;
+                    self.deadlines.on_output(now);
                     return Poll::Ready(Some(Ok(Frame::data(comment))));
                 }
-                Some((Due::Timeout(outcome), now)) => {
-                    self.timeout(outcome, now);
+                Some((Due::Timeout(outcome), _)) => {
+                    self.timeout(outcome);
                     continue;
                 }
                 None => return Poll::Pending,
@@ -282,31 +262,23 @@ where
         };
         let frame = match frame.into_data() {
             Ok(data) => {
-                match live.engine.push(data, now) {
+                match live.engine.frame(data, now) {
                     Ok(activity) => {
-                        if activity.content {
-                            self.timers.content_seen = true;
-                        }
-                        if activity.items
-                            && (self.timers.content_seen
-                                || live.engine.config.first_event_timeout.is_none())
-                        {
-                            self.timers.last_item_at = Some(now);
+                        if activity.items {
+                            self.deadlines
+                                .on_items(live.engine.config(), activity.content, now);
                         }
                         if live.engine.has_output() {
-                            self.timers.last_output_at = now;
+                            self.deadlines.on_output(now);
                         }
                         // A busy upstream never lets the timer run: check the deadlines here.
-                        if let Some(Due::Timeout(outcome)) = self.due(now) {
-                            self.timeout(outcome, now);
+                        if let Some(Due::Timeout(outcome)) =
+                            self.deadlines.due(live.engine.config(), now)
+                        {
+                            self.timeout(outcome);
                         }
                     }
-                    Err(outcome) => {
-                        let message = live.engine.report.error.take().unwrap_or_default();
-                        live.engine.fail(outcome, message);
-                        live.ending = true;
-                        self.upstream = Upstream::Gone;
-                    }
+                    Err(failure) => self.fail(failure.outcome, &failure.message, None),
                 }
                 return;
             }
@@ -316,11 +288,12 @@ where
             // Trailers end the body: flush the events first, then pass them on.
             self.finish_upstream(now);
             if let Some(live) = self.live.as_mut() {
-                live.engine.push_trailers(trailers);
+                live.engine.trailers(trailers);
             }
         }
     }
 
+    /// The upstream answered (early response): start streaming, or end with an error event.
     fn on_upstream_response(&mut self, result: Result<http::Response<B>, BoxError>, now: Instant) {
         let Some(live) = self.live.as_mut() else {
             return;
@@ -328,96 +301,66 @@ where
         let response = match result {
             Ok(response) => response,
             Err(error) => {
-                self.upstream = Upstream::Gone;
-                live.engine.fail_privately(
+                let detail = format!("upstream call failed: {error}");
+                return self.fail(
                     Outcome::UpstreamError,
                     "the upstream call failed",
-                    format!("upstream call failed: {error}"),
+                    Some(detail),
                 );
-                live.ending = true;
-                return;
             }
         };
         let (parts, body) = response.into_parts();
-        live.engine.report.status = Some(parts.status);
-        live.engine.report.response_at = Some(now);
-        match live.engine.config.framing(&parts) {
-            Some(framing) => {
-                live.engine.set_framing(framing);
-                live.engine
-                    .observer
-                    .on_response(&parts, &mut live.engine.report);
-                self.upstream = Upstream::Body(Box::pin(body));
-                if self.timers.last_item_at.is_none()
-                    && live.engine.config.first_event_timeout.is_none()
-                {
-                    self.timers.last_item_at = Some(now);
-                }
+        let framing = live.engine.config().framing(&parts);
+        live.engine.head(&parts, framing, now);
+        match framing {
+            Some(_) => {
+                self.deadlines.on_head(live.engine.config(), now);
+                self.phase = Phase::Streaming(Box::pin(body));
             }
             None => {
-                self.upstream = Upstream::Gone;
                 let kind = parts
                     .headers
                     .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("no content type");
-                live.engine.fail(
-                    Outcome::UpstreamError,
-                    format!(
-                        "upstream answered {} with {kind}, not a stream",
-                        parts.status
-                    ),
+                let message = format!(
+                    "upstream answered {} with {kind}, not a stream",
+                    parts.status
                 );
-                live.ending = true;
+                self.fail(Outcome::UpstreamError, &message, None);
             }
         }
     }
 
     /// The upstream body ended (or sent trailers): flush and say how it ended.
     fn finish_upstream(&mut self, now: Instant) {
-        self.upstream = Upstream::Gone;
+        self.phase = Phase::Flushing;
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        if let Some(outcome) = live.engine.finish(now) {
-            let message = match outcome {
-                Outcome::UpstreamTruncated => {
-                    "the upstream ended in the middle of an event".to_string()
-                }
-                _ => live.engine.report.error.take().unwrap_or_default(),
-            };
-            live.engine.fail(outcome, message);
+        if let Some(failure) = live.engine.finish(now) {
+            live.engine.fail(failure.outcome, &failure.message, None);
         }
-        live.ending = true;
     }
 
-    /// A deadline passed: drop the upstream, queue the error event, end.
-    fn timeout(&mut self, outcome: Outcome, now: Instant) {
-        let Some(live) = self.live.as_mut() else {
+    /// End the stream with a failure: drop the upstream, queue the error event.
+    fn fail(&mut self, outcome: Outcome, message: &str, detail: Option<String>) {
+        self.phase = Phase::Flushing;
+        if let Some(live) = self.live.as_mut() {
+            live.engine.fail(outcome, message, detail);
+        }
+    }
+
+    /// A deadline passed.
+    fn timeout(&mut self, outcome: Outcome) {
+        let Some(live) = self.live.as_ref() else {
             return;
         };
-        if live.ending {
+        if matches!(self.phase, Phase::Flushing) {
             return;
         }
-        self.upstream = Upstream::Gone;
-        let config = &live.engine.config;
-        let message = match outcome {
-            Outcome::FirstEventTimeout => format!(
-                "no content from the upstream within {:?}",
-                config.first_event_timeout.unwrap_or_default()
-            ),
-            Outcome::IdleTimeout => format!(
-                "no upstream event for {:?}",
-                config.idle_timeout.unwrap_or_default()
-            ),
-            _ => format!(
-                "the stream ran past its deadline of {:?}",
-                config.total_timeout.unwrap_or_default()
-            ),
-        };
-        live.engine.fail(outcome, message);
-        live.ending = true;
-        let _ = now;
+        let message = timeout_message(live.engine.config(), outcome);
+        self.fail(outcome, &message, None);
     }
 
     /// Make the report and hand it to the sink. Once.
@@ -426,68 +369,15 @@ where
             let report = live.engine.close(outcome, Instant::now());
             live.on_end.on_end(report);
         }
-        self.upstream = Upstream::Gone;
-    }
-
-    /// What the timer should fire for next.
-    fn next_deadline(&self) -> Option<Instant> {
-        let config = &self.live.as_ref()?.engine.config;
-        let t = &self.timers;
-        let candidates = [
-            config
-                .keep_alive
-                .as_ref()
-                .map(|k| after(t.last_output_at, k.interval)),
-            config.total_timeout.map(|d| after(t.started_at, d)),
-            config
-                .first_event_timeout
-                .filter(|_| !t.content_seen)
-                .map(|d| after(t.started_at, d)),
-            config
-                .idle_timeout
-                .zip(t.last_item_at)
-                .map(|(d, at)| after(at, d)),
-        ];
-        candidates.into_iter().flatten().min()
-    }
-
-    /// What is due at `now`: deadlines first, then a keep-alive.
-    fn due(&self, now: Instant) -> Option<Due> {
-        let config = &self.live.as_ref()?.engine.config;
-        let t = &self.timers;
-        if config
-            .total_timeout
-            .is_some_and(|d| now >= after(t.started_at, d))
-        {
-            return Some(Due::Timeout(Outcome::DeadlineExceeded));
-        }
-        if !t.content_seen
-            && config
-                .first_event_timeout
-                .is_some_and(|d| now >= after(t.started_at, d))
-        {
-            return Some(Due::Timeout(Outcome::FirstEventTimeout));
-        }
-        if let (Some(d), Some(at)) = (config.idle_timeout, t.last_item_at)
-            && now >= after(at, d)
-        {
-            return Some(Due::Timeout(Outcome::IdleTimeout));
-        }
-        if config
-            .keep_alive
-            .as_ref()
-            .is_some_and(|k| now >= after(t.last_output_at, k.interval))
-        {
-            return Some(Due::KeepAlive);
-        }
-        None
+        self.phase = Phase::Flushing;
     }
 
     /// Arm the one timer for the next deadline and poll it. The timer is only moved when the
     /// next deadline came earlier; otherwise it fires early, finds nothing due and re-arms.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<(Due, Instant)> {
+        let config = self.live.as_ref()?.engine.config();
         loop {
-            let next = self.next_deadline()?;
+            let next = self.deadlines.next(config)?;
             let sleep = match &mut self.timer {
                 None => self.timer.insert(Box::pin(sleep_until(next))),
                 Some(sleep) => {
@@ -501,11 +391,11 @@ where
                 return None;
             }
             let now = Instant::now();
-            if let Some(due) = self.due(now) {
+            if let Some(due) = self.deadlines.due(config, now) {
                 return Some((due, now));
             }
             // Activity moved the deadline: wait for the new one.
-            let next = self.next_deadline()?;
+            let next = self.deadlines.next(config)?;
             if let Some(sleep) = &mut self.timer {
                 sleep.as_mut().reset(next);
             }
@@ -517,25 +407,16 @@ impl<B, O, E> Drop for StreamState<B, O, E> {
     fn drop(&mut self) {
         // Dropped before the end: the client went away.
         if let Some(live) = self.live.take() {
-            let upstream = std::mem::replace(&mut self.upstream, Upstream::Gone);
-            (self.on_drop)(live, upstream);
+            let phase = std::mem::replace(&mut self.phase, Phase::Flushing);
+            (self.on_drop)(live, phase);
         }
     }
 }
 
-/// `at + duration`, saturating far in the future: `Duration::MAX` means "never", not a panic.
-pub(crate) fn after(at: Instant, duration: Duration) -> Instant {
-    at.checked_add(duration)
-        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
 /// The default [`StreamState::on_drop`]: cancel the upstream (by dropping it) and report
 /// the disconnect with what was seen so far.
-pub(crate) fn report_disconnect<B, O: Observer, E: OnEnd>(
-    mut live: Live<O, E>,
-    upstream: Upstream<B>,
-) {
-    drop(upstream);
+pub(crate) fn report_disconnect<B, O: Observer, E: OnEnd>(mut live: Live<O, E>, phase: Phase<B>) {
+    drop(phase);
     let report = live
         .engine
         .close(Outcome::ClientDisconnected, Instant::now());

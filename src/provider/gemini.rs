@@ -1,5 +1,10 @@
 //! Google Gemini `streamGenerateContent?alt=sse` (and Vertex AI's).
 //!
+//! - Recognised by the path (`…:streamGenerateContent`) and by `candidates` or
+//!   `usageMetadata` in a chunk.
+//! - Content: a non-empty `text` part, or a `functionCall`. The response id and model are
+//!   `responseId` and `modelVersion`. Gemini sends no terminal event: the stream just ends.
+//!
 //! Every chunk may carry `usageMetadata`, a running total: `promptTokenCount`,
 //! `candidatesTokenCount`, `totalTokenCount`, `cachedContentTokenCount`,
 //! `thoughtsTokenCount`. The last one wins. Counts keep Gemini's meaning: the output
@@ -19,12 +24,71 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::extract::{UsageState, counts};
-use super::json::{Count, HasReason, LastReason, Lenient, Text, finders, parse, values};
+use super::json::{
+    Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
+};
+use super::usage::{UsageState, counts};
+use super::{Format, ResponseMeta};
 
 finders! {
     USAGE_METADATA = b"\"usageMetadata\"";
     FINISH_REASON = b"\"finishReason\"";
+    CANDIDATES = b"\"candidates\"";
+    TEXT = b"\"text\"";
+    FUNCTION_CALL = b"\"functionCall\"";
+}
+
+/// Google Gemini `streamGenerateContent` with `alt=sse`.
+pub(super) struct Gemini;
+
+impl Format for Gemini {
+    const NAME: &'static str = "gcp.gemini";
+    const OPERATION: &'static str = "generate_content";
+    const TERMINAL_IS_DISTINCTIVE: bool = false;
+
+    fn matches_path(path: &str) -> bool {
+        path.contains(":streamGenerateContent")
+    }
+
+    fn recognise(event: &EventRef<'_>) -> bool {
+        let data = event.data_bytes();
+        CANDIDATES.find(data).is_some() || USAGE_METADATA.find(data).is_some()
+    }
+
+    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        let data = event.data_bytes();
+        text_of(data, &TEXT)
+            .map(Some)
+            .or_else(|| present(data, &FUNCTION_CALL))
+    }
+
+    fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
+        first_of(event.data_bytes(), &[&*TEXT], f);
+    }
+
+    fn response_meta(event: &EventRef<'_>) -> ResponseMeta {
+        #[derive(Deserialize)]
+        struct Meta<'a> {
+            #[serde(borrow, default, rename = "responseId")]
+            id: Option<Cow<'a, str>>,
+            #[serde(borrow, default, rename = "modelVersion")]
+            model: Option<Cow<'a, str>>,
+        }
+        parse::<Meta<'_>>(event.data_bytes())
+            .map(|m| ResponseMeta {
+                id: m.id.map(Cow::into_owned),
+                model: m.model.map(Cow::into_owned),
+            })
+            .unwrap_or_default()
+    }
+
+    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+        extract(event, state)
+    }
+
+    fn is_terminal(_: &EventRef<'_>) -> bool {
+        false
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,7 +127,7 @@ struct Chunk<'a> {
 }
 
 /// Read one Gemini chunk. Returns whether it carried usage or a finish reason.
-pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
     let data = event.data_bytes();
     let wanted = values(data, &USAGE_METADATA).next().is_some()
         || values(data, &FINISH_REASON).next().is_some();

@@ -1,5 +1,11 @@
 //! OpenAI Responses.
 //!
+//! - Recognised by the path (`…/responses`) and by its event names (`response.*`).
+//! - Content: the `*.delta` events (output text, reasoning summaries, function-call
+//!   arguments), whose text is the `delta` string.
+//! - The response id and model are in the `response` object of the lifecycle events.
+//! - It rejects `stream_options`: never inject `include_usage` here.
+//!
 //! The stream ends with one of `response.completed`, `response.incomplete` or
 //! `response.failed`, whose `response` object holds the usage (`input_tokens`,
 //! `output_tokens`, `total_tokens`, `input_tokens_details.cached_tokens`,
@@ -13,13 +19,66 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::extract::{UsageState, counts};
-use super::json::{Count, Lenient, Text, finders, parse};
+use super::json::{Count, Lenient, Text, finders, first_of, parse};
+use super::usage::{UsageState, counts};
+use super::{Format, ResponseMeta, Top};
 
 finders! {
     COMPLETED = b"\"response.completed\"";
     INCOMPLETE = b"\"response.incomplete\"";
     FAILED = b"\"response.failed\"";
+    RESPONSE = b"\"response\"";
+    DELTA = b"\"delta\"";
+}
+
+/// OpenAI Responses (`response.*` events).
+pub(super) struct Responses;
+
+impl Format for Responses {
+    const NAME: &'static str = "openai";
+    const NAMES_EVENTS: bool = true;
+
+    fn matches_path(path: &str) -> bool {
+        path.ends_with("/responses")
+    }
+
+    fn recognise(event: &EventRef<'_>) -> bool {
+        event.event_bytes().starts_with(b"response.")
+    }
+
+    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        event.event_bytes().ends_with(b".delta").then_some(None)
+    }
+
+    fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
+        first_of(event.data_bytes(), &[&*DELTA], f);
+    }
+
+    fn response_meta(event: &EventRef<'_>) -> ResponseMeta {
+        #[derive(Deserialize)]
+        struct Lifecycle<'a> {
+            #[serde(borrow)]
+            response: Top<'a>,
+        }
+        if RESPONSE.find(event.data_bytes()).is_none() {
+            return ResponseMeta::default();
+        }
+        parse::<Lifecycle<'_>>(event.data_bytes())
+            .map(|l| l.response.into())
+            .unwrap_or_default()
+    }
+
+    fn claims_event(kind: &[u8]) -> bool {
+        kind.starts_with(b"response.")
+    }
+
+    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+        extract(event, state)
+    }
+
+    fn is_terminal(event: &EventRef<'_>) -> bool {
+        TERMINAL.contains(&event.event_bytes())
+    }
 }
 
 const TERMINAL: [&[u8]; 3] = [
@@ -79,7 +138,7 @@ struct OutputDetails {
 }
 
 /// Read one event of a Responses stream. Returns whether it was a terminal event.
-pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
     let data = event.data_bytes();
     let kind = event.event_bytes();
     let named = !kind.is_empty();

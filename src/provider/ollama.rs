@@ -1,6 +1,13 @@
 //! Ollama's native API (`/api/chat`, `/api/generate`): NDJSON, reframed by the layer into
 //! one event per line.
 //!
+//! - Recognised by the path (`/api/chat`, `/api/generate`) and by a line with `done` and a
+//!   `message` or `response`.
+//! - Content: a non-empty `message.content`, `thinking` or `response` string, or
+//!   `tool_calls`. The model is the top-level `model`; Ollama sends no response id.
+//! - The stream ends with the `"done":true` line (counted as terminal only in a stream known
+//!   to be Ollama's: other formats could have a `done` key).
+//!
 //! The last line says `"done":true` and carries `prompt_eval_count` (input tokens),
 //! `eval_count` (output tokens) and `done_reason`. Ollama sends no total. Only lines with a
 //! `"done":true` are parsed, and only their top level counts (tool-call arguments are
@@ -10,11 +17,55 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::extract::{UsageState, counts};
-use super::json::{Count, Flag, Text, finders, has_true_value, parse};
+use super::Format;
+use super::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
+use super::usage::{UsageState, counts};
 
 finders! {
     DONE = b"\"done\"";
+    MESSAGE = b"\"message\"";
+    RESPONSE = b"\"response\"";
+    CONTENT = b"\"content\"";
+    THINKING = b"\"thinking\"";
+    TOOL_CALLS = b"\"tool_calls\"";
+}
+
+/// Ollama's native API: NDJSON.
+pub(super) struct Ollama;
+
+impl Format for Ollama {
+    const NAME: &'static str = "ollama";
+    const TERMINAL_IS_DISTINCTIVE: bool = false;
+
+    fn matches_path(path: &str) -> bool {
+        path.ends_with("/api/chat") || path.ends_with("/api/generate")
+    }
+
+    fn recognise(event: &EventRef<'_>) -> bool {
+        let data = event.data_bytes();
+        DONE.find(data).is_some() && (MESSAGE.find(data).is_some() || RESPONSE.find(data).is_some())
+    }
+
+    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        let data = event.data_bytes();
+        text_of(data, &CONTENT)
+            .or_else(|| text_of(data, &THINKING))
+            .or_else(|| text_of(data, &RESPONSE))
+            .map(Some)
+            .or_else(|| present(data, &TOOL_CALLS))
+    }
+
+    fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
+        first_of(event.data_bytes(), &[&*CONTENT, &*THINKING, &*RESPONSE], f);
+    }
+
+    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+        extract(event, state)
+    }
+
+    fn is_terminal(event: &EventRef<'_>) -> bool {
+        event.event_bytes().is_empty() && has_true_value(event.data_bytes(), &DONE)
+    }
 }
 
 #[derive(Deserialize)]
@@ -30,7 +81,7 @@ struct Final<'a> {
 }
 
 /// Read one Ollama line. Returns whether it was the final one.
-pub(super) fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
     let data = event.data_bytes();
     if !has_true_value(data, &DONE) {
         return false;

@@ -1,10 +1,13 @@
-//! Inputs shared by the benchmarks: a realistic OpenAI chat completion stream and the ways an
-//! upstream may chunk it. Deterministic, so runs are comparable.
+//! Inputs shared by the benchmarks and the allocation tests: a realistic OpenAI chat
+//! completion stream and the ways an upstream may chunk it. Deterministic, so runs are
+//! comparable. The benchmarks include this file as their `common` module
+//! (`#[path = "../tests/support/inputs.rs"]`), with [`drive`] inside it.
 
 #![allow(dead_code, unreachable_pub)]
 
 use bytes::Bytes;
 
+#[path = "drive.rs"]
 pub mod drive;
 
 /// Words the fake model "generates".

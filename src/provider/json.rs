@@ -1,4 +1,5 @@
-//! Byte pre-filters and lenient, borrowed JSON pieces shared by the format extractors.
+//! The one byte-scanning toolkit of the formats: byte pre-filters, and lenient, borrowed
+//! JSON pieces.
 //!
 //! The pre-filters look at bytes only: a quoted key found with `memchr`, then the first
 //! bytes of its value. A quoted key cannot match inside a JSON string (the quotes there are
@@ -108,6 +109,51 @@ pub(super) fn string_values(data: &[u8], key: &Finder<'_>, f: &mut impl FnMut(&[
         }
     }
     called
+}
+
+/// `Some(None)` when `key` occurs: content whose text is not one string (a tool call).
+pub(super) fn present(data: &[u8], key: &Finder<'_>) -> Option<Option<(usize, usize)>> {
+    key.find(data).is_some().then_some(None)
+}
+
+/// The first non-empty string value of `key` (a quoted key): the range of its text, between
+/// the quotes, escapes not decoded.
+pub(super) fn text_of(data: &[u8], key: &Finder<'_>) -> Option<(usize, usize)> {
+    key.find_iter(data).find_map(|at| {
+        // `"key"` then optional whitespace, a colon, optional whitespace and a quote.
+        let mut i = at + key.needle().len();
+        let mut next = || {
+            while data.get(i).is_some_and(u8::is_ascii_whitespace) {
+                i += 1;
+            }
+            i += 1;
+            data.get(i - 1).copied()
+        };
+        if next() != Some(b':') || next() != Some(b'"') {
+            return None;
+        }
+        let start = i;
+        // The closing quote: the first one not escaped by a backslash.
+        let mut end = start;
+        loop {
+            match data.get(end)? {
+                b'"' => break,
+                b'\\' => end += 2,
+                _ => end += 1,
+            }
+        }
+        (end > start).then_some((start, end))
+    })
+}
+
+/// Call `f` with the string values of the first key that has any (keys tried in order, so
+/// the usual event costs one `memmem` and one scan of its text).
+pub(super) fn first_of(data: &[u8], keys: &[&Finder<'static>], f: &mut impl FnMut(&[u8])) {
+    for key in keys {
+        if string_values(data, key, f) {
+            return;
+        }
+    }
 }
 
 /// Drain whatever a visitor was handed, for the lenient types below.

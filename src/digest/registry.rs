@@ -1,40 +1,4 @@
-//! Digests by response id, for a client that asks after its stream: [`DigestRegistry`].
-//!
-//! # When to use it
-//!
-//! When clients (or auditors) need to fetch the digest of a stream they received, e.g. with
-//! `GET /v1/digests/{response_id}`, to check that they read every byte the server sent. A
-//! [`DigestObserver`](crate::DigestObserver) built
-//! [`with_registry`](crate::DigestObserver::with_registry) records every stream that carries
-//! a response id; a handler looks records up with [`DigestRegistry::get`] and answers with
-//! [`DigestRecord::to_json`] (or any serde format).
-//!
-//! How it differs from reading [`StreamReport::digest`](crate::StreamReport::digest) in the
-//! `on_end` sink: the record is there *before* the client reads the terminal event, so a
-//! client that asks right after the end always finds it (a race that production gateways
-//! have shipped, by recording in the end-of-stream callback).
-//!
-//! # Bounds
-//!
-//! - At most [`max_capacity`](DigestRegistryBuilder::max_capacity) records (default
-//!   10 000), least recently used evicted first. The bound is kept by moka's maintenance,
-//!   which runs inline on inserts and lookups (every 64 writes, or once 300 ms passed): in
-//!   between, a few hundred extra records may briefly be held.
-//! - Each record lives for [`time_to_live`](DigestRegistryBuilder::time_to_live) after its
-//!   last insert (default 10 minutes). [`get`](DigestRegistry::get) measures the age with
-//!   Tokio's clock (so paused time in tests applies); moka frees the memory by its own
-//!   clock after the same time.
-//! - Response ids and model names longer than
-//!   [`max_id_len`](DigestRegistryBuilder::max_id_len) bytes (default 256) are not stored
-//!   (the record is skipped, or the model left out), so an upstream cannot make one record
-//!   large. With the defaults a full registry holds about 6 MiB of typical records (about
-//!   600 bytes each, cache bookkeeping included, as measured), and more with every id and
-//!   model name at the limit.
-//!
-//! Inserting takes a short lock-free path on the polling thread (moka's sync cache, no
-//! runtime needed). A response id seen again replaces the earlier record. Streams that end
-//! badly (an upstream error, a deadline, a client that left) are recorded too: the record
-//! holds the digest of what the client did receive.
+//! [`DigestRegistry`]: digests by response id; see the [module docs](crate::digest).
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,7 +9,7 @@ use moka::sync::Cache;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::observe::digest::Digest;
+use crate::report::Digest;
 
 /// Default [`DigestRegistryBuilder::max_capacity`]: 10 000 records.
 const DEFAULT_MAX_CAPACITY: u64 = 10_000;
@@ -109,7 +73,8 @@ impl DigestRecord {
 /// [`StreamReport::extensions`](crate::StreamReport::extensions) at the end of every stream:
 ///
 /// ```
-/// use tower_sse::{DigestRegistration, StreamReport};
+/// use tower_sse::StreamReport;
+/// use tower_sse::digest::DigestRegistration;
 ///
 /// fn on_end(report: StreamReport) {
 ///     match report.extensions.get::<DigestRegistration>() {
@@ -150,13 +115,14 @@ impl fmt::Display for DigestRegistration {
 }
 
 /// A bounded, expiring map from response id to [`DigestRecord`]; see the
-/// [module docs](self).
+/// [module docs](crate::digest).
 ///
 /// Cheap to clone: clones share the records.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sse::{Digest, DigestRecord, DigestRegistry};
+/// use tower_sse::{Digest, DigestRegistry};
+/// use tower_sse::digest::DigestRecord;
 ///
 /// let registry = DigestRegistry::builder()
 ///     .max_capacity(50_000)

@@ -1,0 +1,113 @@
+//! [`IncludeUsageLayer`] and its settings.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::IncludeUsage;
+use super::{DEFAULT_MAX_REQUEST_SIZE, Oversized, Unchanged};
+use crate::include_usage::RequestPredicate;
+
+/// Adds `stream_options.include_usage` to streaming OpenAI-style requests. See the
+/// [module docs](crate::include_usage).
+///
+/// The inner service receives [`UsageRequestBody<B>`](super::UsageRequestBody); use
+/// [`map_request_body`](Self::map_request_body) when it needs its own body type (with axum:
+/// `.map_request_body(axum::body::Body::new)`).
+#[derive(Clone)]
+#[must_use]
+pub struct IncludeUsageLayer<M = Unchanged> {
+    pub(super) config: Arc<Config>,
+    pub(super) map: M,
+}
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) max_size: usize,
+    pub(super) oversized: Oversized,
+    pub(super) continuous: bool,
+    pub(super) applies: Option<RequestPredicate>,
+}
+
+impl IncludeUsageLayer {
+    /// The layer with its defaults: chat and completions paths, 16 MiB, pass-through.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                max_size: DEFAULT_MAX_REQUEST_SIZE,
+                oversized: Oversized::PassThrough,
+                continuous: false,
+                applies: None,
+            }),
+            map: Unchanged,
+        }
+    }
+}
+
+impl<M> IncludeUsageLayer<M> {
+    /// Convert the request body before the inner service gets it.
+    pub fn map_request_body<M2>(self, map: M2) -> IncludeUsageLayer<M2> {
+        IncludeUsageLayer {
+            config: self.config,
+            map,
+        }
+    }
+
+    pub(super) fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The most request-body bytes read and held. Default: [`DEFAULT_MAX_REQUEST_SIZE`].
+    pub fn max_request_size(self, limit: usize) -> Self {
+        self.with(|c| c.max_size = limit)
+    }
+
+    /// What to do with larger bodies. Default: [`Oversized::PassThrough`].
+    pub fn oversized(self, oversized: Oversized) -> Self {
+        self.with(|c| c.oversized = oversized)
+    }
+
+    /// Also ask for `continuous_usage_stats` (vLLM: running usage on every chunk, so that a
+    /// stream cut short still has exact usage).
+    pub fn continuous_usage_stats(self, enabled: bool) -> Self {
+        self.with(|c| c.continuous = enabled)
+    }
+
+    /// Which requests to look at. Default: `POST` with a JSON body (or none declared) to a
+    /// path ending in `/chat/completions` or `/completions`.
+    pub fn applies_to<F>(self, predicate: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    {
+        self.with(|c| c.applies = Some(Arc::new(predicate)))
+    }
+}
+
+impl Default for IncludeUsageLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M> fmt::Debug for IncludeUsageLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncludeUsageLayer")
+            .field("max_request_size", &self.config.max_size)
+            .field("oversized", &self.config.oversized)
+            .field("continuous_usage_stats", &self.config.continuous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, M: Clone> Layer<S> for IncludeUsageLayer<M> {
+    type Service = IncludeUsage<S, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IncludeUsage {
+            inner,
+            config: self.config.clone(),
+            map: self.map.clone(),
+        }
+    }
+}

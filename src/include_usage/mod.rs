@@ -1,0 +1,85 @@
+//! [`IncludeUsageLayer`](crate::IncludeUsageLayer): ask OpenAI-style upstreams for usage in streams, and hide it from
+//! clients that did not ask.
+//!
+//! OpenAI Chat Completions (and vLLM, SGLang, llama.cpp, most gateways) report the token
+//! usage of a stream only when the request says `"stream_options":{"include_usage":true}`.
+//! This layer reads the JSON body of chat and completions requests (bounded), and when it
+//! says `"stream": true` without asking for usage, adds the option. It then marks the
+//! request with [`UsageInjected`](crate::request::UsageInjected), so that the usage observer reads the extra usage-only
+//! chunk for the report and keeps it from the client, who never asked for it.
+//!
+//! It never touches the Responses API (which rejects `stream_options` and always reports
+//! usage), non-JSON bodies, or requests that are not streams. Any streaming request it sees
+//! is marked [`StreamingRequest`](crate::request::StreamingRequest), which lets [`SseLayer`](crate::SseLayer) answer it
+//! early or time out its response head.
+//!
+//! Put it **outside** `SseLayer`, so that `SseLayer` sees the marks:
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_sse::{IncludeUsageLayer, SseLayer};
+//!
+//! let stack = ServiceBuilder::new()
+//!     .layer(IncludeUsageLayer::new())
+//!     .layer(SseLayer::new());
+//! # let _ = stack;
+//! ```
+//!
+//! When the client did ask for usage, nothing changes, and it gets its usage chunk.
+
+use std::sync::Arc;
+
+mod body;
+pub(crate) mod layer;
+mod rewrite;
+mod service;
+
+pub use self::body::{IncludeUsageBody, UsageRequestBody};
+pub use self::service::IncludeUsage;
+
+/// The default limit on request bodies the layer reads: 16 MiB.
+pub const DEFAULT_MAX_REQUEST_SIZE: usize = 16 * 1024 * 1024;
+
+/// What to do with a request body larger than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Oversized {
+    /// Forward it unchanged (the default): the request still works, without injected usage.
+    #[default]
+    PassThrough,
+    /// Answer `413 Payload Too Large`.
+    Reject,
+}
+
+pub(crate) type RequestPredicate = Arc<dyn Fn(&http::request::Parts) -> bool + Send + Sync>;
+
+/// Turns the request body the layer produces into the one the inner service takes.
+///
+/// Implemented for closures and for [`Unchanged`].
+pub trait MapRequestBody<B> {
+    /// The body the inner service takes.
+    type Output;
+    /// Convert.
+    fn map(&self, body: UsageRequestBody<B>) -> Self::Output;
+}
+
+/// Hands the inner service the [`UsageRequestBody`] itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unchanged;
+
+impl<B> MapRequestBody<B> for Unchanged {
+    type Output = UsageRequestBody<B>;
+    fn map(&self, body: UsageRequestBody<B>) -> UsageRequestBody<B> {
+        body
+    }
+}
+
+impl<B, F, O> MapRequestBody<B> for F
+where
+    F: Fn(UsageRequestBody<B>) -> O,
+{
+    type Output = O;
+    fn map(&self, body: UsageRequestBody<B>) -> O {
+        self(body)
+    }
+}

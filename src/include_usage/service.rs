@@ -1,0 +1,116 @@
+//! [`IncludeUsage`], the service: decides which requests to rewrite, and buffers them.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::BoxError;
+
+use super::layer::Config;
+use super::rewrite::{error_response, rewrite};
+use super::{IncludeUsageBody, UsageRequestBody};
+use super::{MapRequestBody, Oversized, Unchanged};
+use crate::include_usage::rewrite::Read;
+use crate::include_usage::rewrite::read_bounded;
+use crate::provider::Provider;
+
+/// The service of [`IncludeUsageLayer`](crate::IncludeUsageLayer).
+#[derive(Clone)]
+pub struct IncludeUsage<S, M = Unchanged> {
+    pub(super) inner: S,
+    pub(super) config: Arc<Config>,
+    pub(super) map: M,
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for IncludeUsage<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncludeUsage")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) fn default_applies(parts: &http::request::Parts) -> bool {
+    let json = parts.headers.get(CONTENT_TYPE).is_none_or(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+    });
+    parts.method == Method::POST
+        && json
+        && Provider::from_path(parts.uri.path()).accepts_stream_options()
+}
+
+impl<S, M, B, ResBody> Service<Request<B>> for IncludeUsage<S, M>
+where
+    M: MapRequestBody<B> + Clone + Send + Sync + 'static,
+    M::Output: Send + 'static,
+    S: Service<Request<M::Output>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<IncludeUsageBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The ready service handles this request; a fresh clone stays for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        let map = self.map.clone();
+        let (parts, body) = request.into_parts();
+        let applies = match &config.applies {
+            Some(predicate) => predicate(&parts),
+            None => default_applies(&parts),
+        };
+        if !applies {
+            let request = Request::from_parts(parts, map.map(UsageRequestBody::original(body)));
+            return Box::pin(
+                async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },
+            );
+        }
+        Box::pin(async move {
+            let read = read_bounded(body, config.max_size).await;
+            let (parts, body) = match read {
+                Read::Whole(bytes, trailers) => rewrite(parts, bytes, trailers, &config),
+                Read::Oversized(..) if config.oversized == Oversized::Reject => {
+                    return Ok(error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request_too_large",
+                        "the request body is larger than the gateway reads",
+                    ));
+                }
+                Read::Oversized(prefix, rest) => (parts, UsageRequestBody::chained(prefix, rest)),
+                Read::Failed => {
+                    return Ok(error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_body",
+                        "the request body could not be read",
+                    ));
+                }
+            };
+            Ok(inner
+                .call(Request::from_parts(parts, map.map(body)))
+                .await?
+                .map(IncludeUsageBody::inner))
+        })
+    }
+}

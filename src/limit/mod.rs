@@ -1,0 +1,128 @@
+//! At most N open streams, counted until each stream's body ends: [`StreamLimitLayer`](crate::StreamLimitLayer).
+//!
+//! # When to use it
+//!
+//! To bound how many streams (LLM generations, event feeds) a server or gateway serves at
+//! once. A generation's response head comes within milliseconds, its body lasts minutes:
+//! tower's `ConcurrencyLimit` releases its permit with the response *future*, at the
+//! headers, so streams escape it entirely; tower-http's `InFlightRequests` counts bodies but
+//! does not limit. Here the permit moves into the response body.
+//!
+//! # The permit's life
+//!
+//! - **Taken** in `call` (or, in [`WhenFull::Wait`] mode, in `poll_ready`). Held while
+//!   waiting for the inner service's response head.
+//! - **Released at once**, before the response is returned, when the response is not a
+//!   stream (decided by a [`StreamPredicate`]; the default, [`ContentTypeIsStream`], looks
+//!   for `text/event-stream` and the NDJSON media types), when its body is already at its
+//!   end, or when the inner service fails.
+//! - Otherwise **moved into the [`StreamLimitBody`]** and released when the body ends
+//!   (`None`, trailers, or a frame after which the inner body says `is_end_stream()`), fails,
+//!   or is dropped (the client went away) — whichever comes first, exactly once. The permit
+//!   is released before the inner body's own drop runs (so before an
+//!   [`SseLayer`](crate::SseLayer) report made on disconnect is sent).
+//! - Dropping the response future before the head arrives releases it too.
+//!
+//! A client that stops reading without disconnecting keeps its permit until the connection
+//! closes: the server stops polling a body whose client does not read, so no deadline inside
+//! the body can fire either. Bound that at the connection level (TCP keepalive, server
+//! timeouts).
+//!
+//! # When full
+//!
+//! [`WhenFull::Reject`] (the default) answers at once with `503 Service Unavailable`, a
+//! `Retry-After` header (1 second by default) and a small JSON error body, without calling
+//! the inner service (the service is as ready as its inner service, as with tower's
+//! `LoadShed`). [`WhenFull::Wait`] applies backpressure instead: `poll_ready` stays
+//! pending until a stream ends, like tower's `ConcurrencyLimit` (put a `LoadShed` or a
+//! timeout outside to bound the wait).
+//!
+//! # Counting
+//!
+//! [`open_streams`](crate::StreamLimitLayer::open_streams) (or a cloneable [`OpenStreams`] handle)
+//! counts the permits held: requests waiting for their head, open streams, and in wait
+//! mode permits reserved by a ready service not yet called. Every service made by one layer
+//! (and its clones) shares one limit. With the `metrics` feature, the gauge
+//! `tower_sse.limit.open_streams` follows the same count through the `metrics` facade (no
+//! recorder is installed by this crate).
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_sse::{SseLayer, StreamLimitLayer};
+//!
+//! let limit = StreamLimitLayer::new(512);
+//! let open = limit.counter();
+//! let layers = ServiceBuilder::new()
+//!     .layer(limit)
+//!     .layer(SseLayer::new());
+//! assert_eq!(open.get(), 0);
+//! # let _ = layers;
+//! ```
+
+mod body;
+mod future;
+pub(crate) mod layer;
+mod permit;
+mod service;
+
+pub use self::body::StreamLimitBody;
+pub use self::future::StreamLimitFuture;
+pub use self::permit::OpenStreams;
+pub use self::service::StreamLimit;
+
+use http::Response;
+
+/// What to do with a request when every permit is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Answer `503 Service Unavailable` at once, with `Retry-After` (the default).
+    #[default]
+    Reject,
+    /// Stay not ready (`poll_ready` pending) until a permit frees up.
+    Wait,
+}
+
+/// Decides, from the response head, whether a response is a stream that keeps its permit
+/// until its body ends. Anything else gives its permit back at once.
+///
+/// Implemented for [`ContentTypeIsStream`] (the default) and for closures taking
+/// `&Response<B>`, which can also look at the body:
+///
+/// ```
+/// use http::Response;
+/// use tower_sse::StreamLimitLayer;
+/// use tower_sse::stream::SseBody;
+///
+/// // Behind an `SseLayer`: a stream is what the stream layer handles as one.
+/// let limit = StreamLimitLayer::new(100)
+///     .stream_predicate(|response: &Response<SseBody<axum::body::Body>>| {
+///         response.body().is_stream()
+///     });
+/// # let _ = limit;
+/// ```
+pub trait StreamPredicate<B> {
+    /// Whether this response is a stream.
+    fn is_stream(&self, response: &Response<B>) -> bool;
+}
+
+impl<B, F> StreamPredicate<B> for F
+where
+    F: Fn(&Response<B>) -> bool,
+{
+    fn is_stream(&self, response: &Response<B>) -> bool {
+        self(response)
+    }
+}
+
+/// The default [`StreamPredicate`]: a response is a stream when its content type is
+/// `text/event-stream` or one of the NDJSON types (`application/x-ndjson`,
+/// `application/jsonl`, …), the same test the [`SseLayer`](crate::SseLayer) makes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContentTypeIsStream;
+
+impl<B> StreamPredicate<B> for ContentTypeIsStream {
+    fn is_stream(&self, response: &Response<B>) -> bool {
+        crate::stream::config::default_framing(response.headers(), true).is_some()
+    }
+}

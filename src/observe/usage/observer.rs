@@ -1,0 +1,197 @@
+//! [`UsageObserver`]: token usage and the finish reason of each stream, into its report.
+
+use std::fmt;
+
+use crate::observe::{EventContext, Observer};
+use crate::provider::usage::{CacheCreationInputTokens, UsageState};
+use crate::report::{Outcome, StreamReport, UsageSource};
+use crate::request::UsageInjected;
+use crate::sse::EventRef;
+
+use super::{BuiltinExtractor, HeuristicCounter, TokenCounter, UsageExtractor};
+
+/// Reads token usage and the finish reason of each stream into its
+/// [`StreamReport`]. See the [module docs](crate::usage) for the formats
+/// and the rules.
+///
+/// Generic over how usage is read (`X`, the [built-in formats](BuiltinExtractor) by
+/// default) and how output is estimated for cut streams (`C`, [`HeuristicCounter`] by
+/// default). Cheap to clone: the layer clones it for every request.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::{SseLayer, StreamReport, Usage, UsageObserver};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let seen: Arc<Mutex<Option<Usage>>> = Arc::default();
+/// let sink = seen.clone();
+/// let layer = SseLayer::new()
+///     .observer(UsageObserver::default())
+///     .on_end(move |report: StreamReport| *sink.lock().unwrap() = report.usage);
+///
+/// // An upstream answering with an OpenAI stream that ends with its usage chunk.
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let stream = concat!(
+///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],",
+///         "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n",
+///         "data: [DONE]\n\n",
+///     );
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(stream.as_bytes())))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// response.into_body().collect().await.unwrap();
+///
+/// let usage = seen.lock().unwrap().expect("the stream reported its usage");
+/// assert_eq!(usage.input_tokens, Some(5));
+/// assert_eq!(usage.output_tokens, Some(1));
+/// # }
+/// ```
+#[must_use]
+pub struct UsageObserver<X = BuiltinExtractor, C = HeuristicCounter> {
+    extractor: X,
+    counter: C,
+    state: UsageState,
+    /// The request carried [`UsageInjected`]: hide usage-only chunks.
+    hide_usage_only: bool,
+}
+
+impl UsageObserver {
+    /// An observer for the built-in formats, estimating with [`HeuristicCounter`].
+    pub fn new() -> Self {
+        Self {
+            extractor: BuiltinExtractor,
+            counter: HeuristicCounter::new(),
+            state: UsageState::default(),
+            hide_usage_only: false,
+        }
+    }
+}
+
+// For the default parameters only, so that `UsageObserver::default()` needs no annotation.
+impl Default for UsageObserver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<X: Clone, C: Clone> Clone for UsageObserver<X, C> {
+    fn clone(&self) -> Self {
+        Self {
+            extractor: self.extractor.clone(),
+            counter: self.counter.clone(),
+            state: self.state.clone(),
+            hide_usage_only: self.hide_usage_only,
+        }
+    }
+}
+
+impl<X, C> fmt::Debug for UsageObserver<X, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageObserver")
+            .field("extractor", &std::any::type_name::<X>())
+            .field("counter", &std::any::type_name::<C>())
+            .field("state", &self.state)
+            .field("hide_usage_only", &self.hide_usage_only)
+            .finish()
+    }
+}
+
+impl<X, C> UsageObserver<X, C> {
+    /// Read usage with this extractor only, instead of the current one.
+    pub fn extractor<X2>(self, extractor: X2) -> UsageObserver<X2, C> {
+        UsageObserver {
+            extractor,
+            counter: self.counter,
+            state: self.state,
+            hide_usage_only: self.hide_usage_only,
+        }
+    }
+
+    /// Ask this extractor first; the current ones (the built-in formats by default) still
+    /// read the events it does not claim.
+    pub fn prepend_extractor<X2>(self, first: X2) -> UsageObserver<(X2, X), C> {
+        UsageObserver {
+            extractor: (first, self.extractor),
+            counter: self.counter,
+            state: self.state,
+            hide_usage_only: self.hide_usage_only,
+        }
+    }
+
+    /// Estimate output tokens of cut streams with this counter (`()` to never estimate).
+    pub fn token_counter<C2>(self, counter: C2) -> UsageObserver<X, C2> {
+        UsageObserver {
+            extractor: self.extractor,
+            counter,
+            state: self.state,
+            hide_usage_only: self.hide_usage_only,
+        }
+    }
+}
+
+impl<X: UsageExtractor, C: TokenCounter> Observer for UsageObserver<X, C> {
+    fn on_request(&mut self, request: &http::request::Parts) {
+        self.hide_usage_only = request.extensions.get::<UsageInjected>().is_some();
+    }
+
+    #[inline]
+    fn on_event(&mut self, event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+        let provider = cx.provider();
+        let state = &mut self.state;
+        state.usage_only = false;
+        self.extractor.extract(event, provider, state);
+        if state.usage_only && self.hide_usage_only {
+            cx.drop_event();
+        }
+        // Text is only worth counting while the output count is unknown.
+        if cx.is_content() && state.raw_usage().output_tokens.is_none() {
+            let counter = &mut self.counter;
+            // The layer located the text already for most formats: no second search.
+            match cx.content_text() {
+                Some(text) => counter.add_text(text),
+                None => provider.content_text(event, |text| counter.add_text(text)),
+            }
+        }
+        if std::mem::take(&mut state.usage_changed) {
+            cx.report().usage = state.usage();
+        }
+        if std::mem::take(&mut state.finish_changed) {
+            cx.report().finish_reason = state.finish_reason().map(str::to_owned);
+        }
+    }
+
+    fn on_end(&mut self, report: &mut StreamReport) {
+        let state = &mut self.state;
+        let mut usage = state.raw_usage();
+        if usage.output_tokens.is_none() {
+            let estimate = match report.outcome {
+                Outcome::Completed => None,
+                _ => self.counter.estimate(),
+            };
+            if let Some(tokens) = estimate {
+                usage.output_tokens = Some(tokens);
+                usage.source = UsageSource::Estimated;
+            } else if let Some(tokens) = state.provisional_output_tokens() {
+                usage.output_tokens = Some(tokens);
+            }
+        }
+        report.usage = usage.has_counts().then_some(usage);
+        if let Some(reason) = state.take_finish_reason() {
+            report.finish_reason = Some(reason);
+        }
+        if let Some(tokens) = state.cache_creation_input_tokens() {
+            report.extensions.insert(CacheCreationInputTokens(tokens));
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! The stream formats of LLM APIs: [`Provider`], and one file per format.
+//!
+//! Each format file owns everything the crate knows about its format, and nothing else
+//! holds format knowledge (observers and layers ask the [`Provider`]):
+//!
+//! | question | answered by | used by |
+//! |---|---|---|
+//! | does this request path speak it? | `Format::matches_path` | the stream layer (a first guess), `IncludeUsageLayer` |
+//! | does this event show the format? | `Format::recognise` | the stream layer (detection) |
+//! | does the event carry content, and where is its text? | `Format::content`, `Format::content_text` | first-event timeout, TTFT/ITL, usage estimates |
+//! | the response id and model | `Format::response_meta` | the report |
+//! | token usage and the finish reason | `Format::usage` | [`UsageObserver`](crate::UsageObserver) |
+//! | is this the stream's last event? | `Format::is_terminal` | [`DigestObserver`](crate::DigestObserver) with a registry |
+//! | does the API take `stream_options.include_usage`? | `Format::ACCEPTS_STREAM_OPTIONS` | [`IncludeUsageLayer`](crate::IncludeUsageLayer) |
+//!
+//! | format | file |
+//! |---|---|
+//! | OpenAI Chat Completions and legacy Completions (vLLM, SGLang, llama.cpp…) | `openai.rs` |
+//! | OpenAI Responses | `responses.rs` |
+//! | Anthropic Messages | `anthropic.rs` |
+//! | Gemini `alt=sse` | `gemini.rs` |
+//! | Ollama NDJSON | `ollama.rs` |
+//!
+//! Content and usage are found by looking at bytes first (`json.rs`: a quoted key found with
+//! `memchr`, then the first bytes of its value), and events are parsed only when they can
+//! hold what is looked for, into small borrowed structs. That is a few nanoseconds for the
+//! common event and exact for the compact JSON providers send. Override content detection
+//! with [`SseLayer::content_predicate`](crate::SseLayer::content_predicate).
+//!
+//! # Adding a format
+//!
+//! Write `myformat.rs` with a unit struct implementing the crate-private `Format` trait (copy
+//! `gemini.rs`, the smallest), then add one line to the `formats!` list below: the variant
+//! name, its doc and the struct. The list's order is the detection order, both for request
+//! paths and for events: put more specific formats first.
+
+mod anthropic;
+mod gemini;
+mod json;
+mod ollama;
+mod openai;
+mod responses;
+pub(crate) mod usage;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::sse::EventRef;
+
+use self::json::parse;
+use self::usage::UsageState;
+
+/// Everything the crate knows about one stream format. Implemented by a unit struct per
+/// format file; all functions are cheap on events that are not theirs and never panic.
+pub(crate) trait Format {
+    /// The `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    const NAME: &'static str;
+    /// The `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
+    const OPERATION: &'static str = "chat";
+    /// The format names its events (`event:` lines), so named events of other kinds carry
+    /// nothing for it.
+    const NAMES_EVENTS: bool = false;
+    /// Whether its terminal event can only be this format's, whatever was detected (so it
+    /// counts in streams whose format is unknown).
+    const TERMINAL_IS_DISTINCTIVE: bool = true;
+    /// Whether to try its usage reader on streams whose format is unknown (`false` when an
+    /// earlier format in the list reads usage the same way).
+    const GUESS_USAGE: bool = true;
+    /// Whether the API takes `stream_options.include_usage` in its requests.
+    const ACCEPTS_STREAM_OPTIONS: bool = false;
+
+    /// Whether a request path is this format's API.
+    fn matches_path(path: &str) -> bool;
+
+    /// Whether one event is distinctive enough to say the stream speaks this format.
+    fn recognise(event: &EventRef<'_>) -> bool;
+
+    /// Whether an event carries content (text, reasoning or a tool-call delta) and, when the
+    /// format puts it in one string value, where that text is in the event's data (JSON
+    /// escapes not decoded). Role-only deltas, lifecycle events and pings are not content.
+    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>>;
+
+    /// Call `f` with the generated text of a content event (for output estimates).
+    fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8]));
+
+    /// The response id and model an event names, if any. Parse only events that can carry
+    /// them.
+    fn response_meta(event: &EventRef<'_>) -> ResponseMeta {
+        top_level_meta(event)
+    }
+
+    /// Whether a named event belongs to this format's usage reader, whatever format was
+    /// detected (Anthropic's `message_delta`, Responses' `response.completed`).
+    fn claims_event(kind: &[u8]) -> bool {
+        let _ = kind;
+        false
+    }
+
+    /// Read usage and the finish reason from one event. Returns whether the event carried
+    /// any (extractors chained after this one then skip it).
+    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool;
+
+    /// Whether the event is the last one of a stream of this format.
+    fn is_terminal(event: &EventRef<'_>) -> bool;
+}
+
+/// Declares [`Provider`] from the list of formats, in detection order, with the dispatch to
+/// each format's [`Format`] implementation.
+macro_rules! formats {
+    ($($(#[$doc:meta])* $variant:ident => $format:ty,)+) => {
+        /// The stream format of an LLM API.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        #[non_exhaustive]
+        pub enum Provider {
+            /// Not (yet) recognised: every event with data other than `[DONE]` counts as
+            /// content.
+            #[default]
+            Unknown,
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Provider {
+            /// Every known format, in detection order.
+            const FORMATS: &[Provider] = &[$(Provider::$variant),+];
+        }
+
+        /// Evaluate `$body` with `$F` naming the format of `$provider`, or `$unknown`.
+        macro_rules! with_format {
+            ($provider:expr, |$F:ident| $body:expr, $unknown:expr) => {
+                match $provider {
+                    $(Provider::$variant => {
+                        type $F = $format;
+                        $body
+                    })+
+                    Provider::Unknown => $unknown,
+                }
+            };
+        }
+    };
+}
+
+formats! {
+    /// OpenAI Responses (`response.*` events).
+    OpenAiResponses => responses::Responses,
+    /// Anthropic Messages (`message_start` … `message_stop`).
+    Anthropic => anthropic::Anthropic,
+    /// OpenAI Chat Completions (`chat.completion.chunk`), also served by vLLM, SGLang,
+    /// llama.cpp, Ollama's OpenAI endpoint and most gateways.
+    OpenAiChat => openai::Chat,
+    /// OpenAI legacy Completions (`text_completion`).
+    OpenAiCompletions => openai::Completions,
+    /// Google Gemini `streamGenerateContent` with `alt=sse`.
+    Gemini => gemini::Gemini,
+    /// Ollama's native API (`/api/chat`, `/api/generate`): NDJSON.
+    Ollama => ollama::Ollama,
+}
+
+impl Provider {
+    /// The `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    pub fn as_str(self) -> &'static str {
+        with_format!(self, |F| F::NAME, "unknown")
+    }
+
+    /// The `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
+    pub fn operation(self) -> &'static str {
+        with_format!(self, |F| F::OPERATION, "chat")
+    }
+
+    /// A guess from the request path, before any event arrived.
+    pub fn from_path(path: &str) -> Self {
+        Self::FORMATS
+            .iter()
+            .copied()
+            .find(|p| with_format!(p, |F| F::matches_path(path), false))
+            .unwrap_or_default()
+    }
+
+    /// Recognise the format from one event, if the event is distinctive enough.
+    pub fn from_event(event: &EventRef<'_>) -> Option<Self> {
+        Self::FORMATS
+            .iter()
+            .copied()
+            .find(|p| with_format!(p, |F| F::recognise(event), false))
+    }
+
+    /// Whether an event of this format carries content: text, reasoning or a tool-call
+    /// delta. Role-only deltas, empty content, lifecycle events, pings and `[DONE]` do not.
+    pub fn is_content(self, event: &EventRef<'_>) -> bool {
+        self.content(event).is_some()
+    }
+
+    /// Whether the event ends the stream: `data: [DONE]` (OpenAI and compatibles),
+    /// Anthropic's `message_stop`, Responses' `response.completed` / `.incomplete` /
+    /// `.failed`, and Ollama's `"done": true` line (in a stream known to be Ollama's).
+    pub fn is_terminal(self, event: &EventRef<'_>) -> bool {
+        Self::FORMATS.iter().any(|&p| {
+            (p == self || with_format!(p, |F| F::TERMINAL_IS_DISTINCTIVE, false))
+                && with_format!(p, |F| F::is_terminal(event), false)
+        })
+    }
+
+    /// Whether the API takes `stream_options.include_usage` (OpenAI Chat and Completions;
+    /// the Responses API rejects it).
+    pub fn accepts_stream_options(self) -> bool {
+        with_format!(self, |F| F::ACCEPTS_STREAM_OPTIONS, false)
+    }
+
+    /// Whether an event carries content and, when the format puts it in one string value,
+    /// where that text is in the event's data (JSON escapes not decoded).
+    pub(crate) fn content(self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        let data = event.data_bytes();
+        with_format!(
+            self,
+            |F| F::content(event),
+            (!data.is_empty() && data != b"[DONE]").then_some(None)
+        )
+    }
+
+    /// Call `f` with the generated text of one content event (the whole data when the
+    /// format is unknown).
+    pub(crate) fn content_text(self, event: &EventRef<'_>, mut f: impl FnMut(&[u8])) {
+        with_format!(
+            self,
+            |F| F::content_text(event, &mut f),
+            f(event.data_bytes())
+        )
+    }
+
+    /// The response id and model an event names, if any.
+    pub(crate) fn response_meta(self, event: &EventRef<'_>) -> ResponseMeta {
+        if event.data_bytes().first() != Some(&b'{') {
+            return ResponseMeta::default();
+        }
+        with_format!(self, |F| F::response_meta(event), top_level_meta(event))
+    }
+
+    /// Read usage and the finish reason from one event of a stream of this format.
+    ///
+    /// Named events that belong to one format (`message_delta`, `response.completed`) go to
+    /// it whatever was detected, and `error` events of any format set the finish reason.
+    /// Other named events carry nothing in formats that name their events. In a stream whose
+    /// format is unknown, every format's reader is tried in detection order.
+    pub(crate) fn usage(self, event: &EventRef<'_>, state: &mut UsageState) -> bool {
+        let kind = event.event_bytes();
+        if !kind.is_empty() {
+            if kind == b"error" {
+                return usage::error_event(event, state);
+            }
+            if let Some(&owner) = Self::FORMATS
+                .iter()
+                .find(|p| with_format!(p, |F| F::claims_event(kind), false))
+            {
+                return with_format!(owner, |F| F::usage(event, state), false);
+            }
+            if with_format!(self, |F| F::NAMES_EVENTS, false) {
+                return false;
+            }
+        }
+        with_format!(
+            self,
+            |F| F::usage(event, state),
+            Self::FORMATS.iter().any(|&p| {
+                with_format!(p, |F| F::GUESS_USAGE, false)
+                    && with_format!(p, |F| F::usage(event, state), false)
+            })
+        )
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The response id and model an event names, if any.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ResponseMeta {
+    pub(crate) id: Option<String>,
+    pub(crate) model: Option<String>,
+}
+
+/// `id` and `model` at the top level of an object (or of a nested one: `message`,
+/// `response`).
+#[derive(Deserialize)]
+pub(crate) struct Top<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+}
+
+impl From<Top<'_>> for ResponseMeta {
+    fn from(top: Top<'_>) -> Self {
+        Self {
+            id: top.id.map(Cow::into_owned),
+            model: top.model.map(Cow::into_owned),
+        }
+    }
+}
+
+/// The top-level `id` and `model` of an event's data (OpenAI Chat and compatibles).
+pub(crate) fn top_level_meta(event: &EventRef<'_>) -> ResponseMeta {
+    parse::<Top<'_>>(event.data_bytes())
+        .map(ResponseMeta::from)
+        .unwrap_or_default()
+}
+
+/// A user-supplied "is this event content?" predicate.
+pub(crate) type ContentPredicate = Arc<dyn Fn(&EventRef<'_>, Provider) -> bool + Send + Sync>;
+
+/// Per-stream format detection and content classification.
+#[derive(Clone)]
+pub(crate) struct Classifier {
+    provider: Provider,
+    confirmed: bool,
+    predicate: Option<ContentPredicate>,
+    /// JSON events still to look at for the response id and model.
+    meta_budget: u8,
+}
+
+/// How many events may be parsed looking for the response id and model (some formats, like
+/// Ollama's, never send an id).
+const META_BUDGET: u8 = 4;
+
+impl Classifier {
+    pub(crate) fn new(hint: Provider, predicate: Option<ContentPredicate>) -> Self {
+        Self {
+            provider: hint,
+            confirmed: false,
+            predicate,
+            meta_budget: META_BUDGET,
+        }
+    }
+
+    /// Fill the report's response id and model from the first events that name them.
+    #[inline]
+    pub(crate) fn fill_meta(
+        &mut self,
+        event: &EventRef<'_>,
+        id: &mut Option<String>,
+        model: &mut Option<String>,
+    ) {
+        if self.meta_budget == 0 || (id.is_some() && model.is_some()) {
+            return;
+        }
+        let meta = self.provider.response_meta(event);
+        if meta != ResponseMeta::default() || event.data_bytes().first() == Some(&b'{') {
+            self.meta_budget -= 1;
+        }
+        if id.is_none() {
+            *id = meta.id;
+        }
+        if model.is_none() {
+            *model = meta.model;
+        }
+    }
+
+    pub(crate) fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// Look at one event: confirm the format if not done yet, and say whether it is content
+    /// (and where its text is, when the format puts it in one string).
+    #[inline]
+    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+        if !self.confirmed
+            && let Some(provider) = Provider::from_event(event)
+        {
+            self.provider = provider;
+            self.confirmed = true;
+        }
+        match &self.predicate {
+            Some(predicate) => predicate(event, self.provider).then_some(None),
+            None => self.provider.content(event),
+        }
+    }
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("provider", &self.provider)
+            .field("confirmed", &self.confirmed)
+            .field("custom_predicate", &self.predicate.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev<'a>(event: &'a str, data: &'a str) -> EventRef<'a> {
+        EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes())
+    }
+
+    #[test]
+    fn openai_role_only_and_empty_deltas_are_not_content() {
+        let p = Provider::OpenAiChat;
+        assert!(!p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        )));
+        assert!(!p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#
+        )));
+        assert!(!p.is_content(&ev("", r#"{"choices":[],"usage":{"prompt_tokens":1}}"#)));
+        assert!(!p.is_content(&ev("", "[DONE]")));
+        assert!(p.is_content(&ev("", r#"{"choices":[{"delta":{"content":"Hi"}}]}"#)));
+        assert!(p.is_content(&ev("", r#"{"choices":[{"delta": {"content": "Hi"}}]}"#)));
+        assert!(p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#
+        )));
+        assert!(p.is_content(&ev(
+            "",
+            r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#
+        )));
+    }
+
+    #[test]
+    fn content_text_is_located_escapes_and_all() {
+        let data = r#"{"choices":[{"delta":{"content":"say \"hi\" now"}}]}"#;
+        let span = Provider::OpenAiChat
+            .content(&ev("", data))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&data[span.0..span.1], r#"say \"hi\" now"#);
+        let tool = r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#;
+        assert_eq!(Provider::OpenAiChat.content(&ev("", tool)), Some(None));
+        assert_eq!(
+            Provider::OpenAiChat
+                .content(&ev("", r#"{"choices":[{"delta":{"content":"unterminated"#)),
+            None
+        );
+    }
+
+    #[test]
+    fn escaped_keys_inside_strings_do_not_count() {
+        let p = Provider::OpenAiChat;
+        let data = r#"{"choices":[{"delta":{"content":""}}],"x":"{\"content\":\"hi\"}"}"#;
+        assert!(!p.is_content(&ev("", data)));
+    }
+
+    #[test]
+    fn anthropic_counts_deltas_but_not_lifecycle_or_pings() {
+        let p = Provider::Anthropic;
+        assert!(!p.is_content(&ev("message_start", r#"{"type":"message_start"}"#)));
+        assert!(!p.is_content(&ev("ping", r#"{"type":"ping"}"#)));
+        assert!(p.is_content(&ev(
+            "content_block_delta",
+            r#"{"delta":{"type":"text_delta","text":"a"}}"#
+        )));
+        assert!(p.is_content(&ev(
+            "content_block_delta",
+            r#"{"delta":{"type":"thinking_delta","thinking":"a"}}"#
+        )));
+        assert!(!p.is_content(&ev(
+            "content_block_delta",
+            r#"{"delta":{"type":"signature_delta","signature":"x"}}"#
+        )));
+    }
+
+    #[test]
+    fn responses_counts_delta_events() {
+        let p = Provider::OpenAiResponses;
+        assert!(!p.is_content(&ev("response.created", "{}")));
+        assert!(p.is_content(&ev("response.output_text.delta", "{}")));
+        assert!(p.is_content(&ev("response.reasoning_summary_text.delta", "{}")));
+        assert!(p.is_content(&ev("response.function_call_arguments.delta", "{}")));
+        assert!(!p.is_content(&ev("response.completed", "{}")));
+    }
+
+    #[test]
+    fn detection_from_events() {
+        assert_eq!(
+            Provider::from_event(&ev("message_start", "{}")),
+            Some(Provider::Anthropic)
+        );
+        assert_eq!(
+            Provider::from_event(&ev("response.created", "{}")),
+            Some(Provider::OpenAiResponses)
+        );
+        assert_eq!(
+            Provider::from_event(&ev("", r#"{"object":"chat.completion.chunk"}"#)),
+            Some(Provider::OpenAiChat)
+        );
+        assert_eq!(
+            Provider::from_event(&ev(
+                "",
+                r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}]}"#
+            )),
+            Some(Provider::Gemini)
+        );
+        assert_eq!(
+            Provider::from_event(&ev(
+                "",
+                r#"{"model":"llama3","message":{"content":"a"},"done":false}"#
+            )),
+            Some(Provider::Ollama)
+        );
+        assert_eq!(Provider::from_event(&ev("", "hello")), None);
+    }
+
+    #[test]
+    fn detection_from_paths() {
+        assert_eq!(
+            Provider::from_path("/v1/chat/completions"),
+            Provider::OpenAiChat
+        );
+        assert_eq!(
+            Provider::from_path("/v1/responses"),
+            Provider::OpenAiResponses
+        );
+        assert_eq!(Provider::from_path("/v1/messages"), Provider::Anthropic);
+        assert_eq!(
+            Provider::from_path("/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+            Provider::Gemini
+        );
+        assert_eq!(Provider::from_path("/api/chat"), Provider::Ollama);
+        assert_eq!(
+            Provider::from_path("/v1/completions"),
+            Provider::OpenAiCompletions
+        );
+        assert_eq!(Provider::from_path("/other"), Provider::Unknown);
+    }
+
+    #[test]
+    fn response_meta_per_format() {
+        let meta = |p: Provider, e, d| p.response_meta(&ev(e, d));
+        assert_eq!(
+            meta(
+                Provider::OpenAiChat,
+                "",
+                r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o"}"#
+            ),
+            ResponseMeta {
+                id: Some("chatcmpl-1".into()),
+                model: Some("gpt-4o".into())
+            }
+        );
+        assert_eq!(
+            meta(
+                Provider::Anthropic,
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"msg_1","model":"claude"}}"#
+            ),
+            ResponseMeta {
+                id: Some("msg_1".into()),
+                model: Some("claude".into())
+            }
+        );
+        assert_eq!(
+            meta(
+                Provider::OpenAiResponses,
+                "response.created",
+                r#"{"type":"response.created","response":{"id":"resp_1","model":"o3"}}"#
+            ),
+            ResponseMeta {
+                id: Some("resp_1".into()),
+                model: Some("o3".into())
+            }
+        );
+        assert_eq!(
+            meta(
+                Provider::Gemini,
+                "",
+                r#"{"candidates":[],"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#
+            ),
+            ResponseMeta {
+                id: Some("abc".into()),
+                model: Some("gemini-2.5-flash".into())
+            }
+        );
+        assert_eq!(
+            meta(
+                Provider::Ollama,
+                "",
+                r#"{"model":"llama3.2","message":{"role":"assistant","content":"x"},"done":false}"#
+            ),
+            ResponseMeta {
+                id: None,
+                model: Some("llama3.2".into())
+            }
+        );
+        assert_eq!(
+            meta(Provider::OpenAiChat, "", "[DONE]"),
+            ResponseMeta::default()
+        );
+        assert_eq!(
+            meta(Provider::OpenAiChat, "", r#"{"id":1}"#),
+            ResponseMeta::default()
+        );
+    }
+
+    #[test]
+    fn gemini_and_ollama_content() {
+        assert!(Provider::Gemini.is_content(&ev(
+            "",
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}]}}]}"#
+        )));
+        assert!(!Provider::Gemini.is_content(&ev(
+            "",
+            r#"{"candidates":[{"content":{"parts":[{"text":""}]}}],"usageMetadata":{}}"#
+        )));
+        assert!(Provider::Ollama.is_content(&ev(
+            "",
+            r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#
+        )));
+        assert!(!Provider::Ollama.is_content(&ev(
+            "",
+            r#"{"message":{"role":"assistant","content":""},"done":true}"#
+        )));
+        assert!(Provider::Ollama.is_content(&ev(
+            "",
+            r#"{"message":{"role":"assistant","content":"","thinking":"x"},"done":false}"#
+        )));
+    }
+
+    fn text(provider: Provider, event: &str, data: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        provider.content_text(
+            &EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes()),
+            |t| out.push(String::from_utf8_lossy(t).into_owned()),
+        );
+        out
+    }
+
+    #[test]
+    fn text_per_format() {
+        assert_eq!(
+            text(
+                Provider::OpenAiChat,
+                "",
+                r#"{"choices":[{"delta":{"content":"Hi"},"logprobs":{"content":[]}}]}"#
+            ),
+            ["Hi"]
+        );
+        assert_eq!(
+            text(
+                Provider::OpenAiChat,
+                "",
+                r#"{"choices":[{"delta":{"content":null,"reasoning_content":"hm"}}]}"#
+            ),
+            ["hm"]
+        );
+        assert_eq!(
+            text(
+                Provider::OpenAiChat,
+                "",
+                r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}"#
+            ),
+            [r#"{\"a\":1}"#]
+        );
+        assert_eq!(
+            text(
+                Provider::Gemini,
+                "",
+                r#"{"candidates":[{"content":{"parts":[{"text":"a"},{"text":"bc"}]}}]}"#
+            ),
+            ["a", "bc"]
+        );
+        assert_eq!(
+            text(
+                Provider::Anthropic,
+                "content_block_delta",
+                r#"{"delta":{"type":"thinking_delta","thinking":"t"}}"#
+            ),
+            ["t"]
+        );
+        assert_eq!(
+            text(
+                Provider::OpenAiResponses,
+                "response.output_text.delta",
+                r#"{"type":"x","delta":"d"}"#
+            ),
+            ["d"]
+        );
+        assert_eq!(text(Provider::Unknown, "", "raw"), ["raw"]);
+    }
+
+    #[test]
+    fn terminal_events_per_format() {
+        let any = Provider::Unknown;
+        assert!(any.is_terminal(&ev("", "[DONE]")));
+        assert!(Provider::Anthropic.is_terminal(&ev("message_stop", "{}")));
+        assert!(any.is_terminal(&ev("response.completed", "{}")));
+        assert!(any.is_terminal(&ev("response.incomplete", "{}")));
+        assert!(any.is_terminal(&ev("response.failed", "{}")));
+        assert!(!any.is_terminal(&ev("response.output_text.delta", "{}")));
+        assert!(!Provider::Anthropic.is_terminal(&ev("message_delta", "{}")));
+        assert!(!Provider::OpenAiChat.is_terminal(&ev("", "{\"choices\":[]}")));
+        let done = r#"{"model":"m","message":{"content":""},"done_reason":"stop","done": true}"#;
+        assert!(Provider::Ollama.is_terminal(&ev("", done)));
+        assert!(!Provider::OpenAiChat.is_terminal(&ev("", done)));
+        assert!(!Provider::Ollama.is_terminal(&ev(
+            "",
+            r#"{"message":{"content":"\"done\":true"},"done":false}"#
+        )));
+    }
+
+    #[test]
+    fn ollama_done_is_strict_about_the_shape() {
+        let done = |data: &str| Provider::Ollama.is_terminal(&ev("", data));
+        assert!(done(r#"{"done":true}"#));
+        assert!(done("{\"done\" :\ttrue}"));
+        assert!(!done(r#"{"done":false}"#));
+        assert!(!done(r#"{"done_reason":"true"}"#));
+        assert!(!done(r#"{"done""#));
+        assert!(!done(""));
+    }
+}

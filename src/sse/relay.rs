@@ -1,0 +1,285 @@
+//! What a forwarding body needs from the wire format: the upstream re-cut at event
+//! boundaries and handed on as it came.
+//!
+//! - Whole items only: a partial upstream event is held until its end.
+//! - Zero copy: consecutive items of one input chunk go out as one slice of that chunk (the
+//!   chunk itself when it is all whole items); only items that straddle chunks are copied.
+//! - Re-encoded only when asked to strip comments: an event or an `id:`/`retry:` block that
+//!   carried a comment line is written again without it.
+//! - A block the decoder completed at a lenient end of input gets the blank line the upstream
+//!   never sent; NDJSON lines become `data:` events.
+//! - The byte order mark rule of [`Outbox::pop`].
+//!
+//! No I/O and no runtime here: the stream engine pushes chunks in and pops bytes out.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::decoder::{Found, FoundKind, Source};
+use super::event::terminate_block;
+use super::ndjson::JsonLines;
+use super::{DecodeError, Decoder, Event, EventRef};
+
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Decodes an upstream body and queues what to forward. SSE is the common case: it stays
+/// inline rather than costing every stream an allocation.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Relay {
+    /// `text/event-stream`: forwarded byte for byte.
+    Sse(SseRelay),
+    /// One JSON value per line, reframed into `data:` events.
+    JsonLines(JsonLines),
+}
+
+/// The SSE side of a [`Relay`].
+#[derive(Debug)]
+pub(crate) struct SseRelay {
+    decoder: Decoder,
+    /// A range of the decoder's current input to forward as one slice.
+    pending: Option<(usize, usize)>,
+    /// The current upstream block had a comment line (for `forward_comments == false`).
+    comment_in_block: bool,
+    forward_comments: bool,
+}
+
+/// What one call to [`Relay::decode_ready`] found.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Relayed {
+    /// Complete upstream items (events, comments, blocks).
+    pub(crate) items: bool,
+    /// Comment lines among them.
+    pub(crate) comments: u64,
+}
+
+impl Relay {
+    /// Forward SSE, keeping or stripping the upstream's comments.
+    pub(crate) fn sse(max_event_size: usize, lenient_eof: bool, forward_comments: bool) -> Self {
+        Self::Sse(SseRelay {
+            decoder: Decoder::new()
+                .max_event_size(max_event_size)
+                .lenient_eof(lenient_eof),
+            pending: None,
+            comment_in_block: false,
+            forward_comments,
+        })
+    }
+
+    /// Reframe NDJSON into SSE.
+    pub(crate) fn json_lines(max_line: usize) -> Self {
+        Self::JsonLines(JsonLines::new(max_line))
+    }
+
+    /// Add an upstream chunk.
+    pub(crate) fn push(&mut self, chunk: Bytes) {
+        match self {
+            Self::Sse(sse) => sse.decoder.push(chunk),
+            Self::JsonLines(lines) => lines.push(chunk),
+        }
+    }
+
+    /// The upstream ended: what is left can complete (a lenient last event, a last line).
+    pub(crate) fn finish(&mut self) {
+        match self {
+            Self::Sse(sse) => sse.decoder.finish(),
+            Self::JsonLines(lines) => lines.finish(),
+        }
+    }
+
+    /// Whether the upstream ended in the middle of an event.
+    pub(crate) fn is_truncated(&self) -> bool {
+        match self {
+            Self::Sse(sse) => sse.decoder.is_truncated(),
+            Self::JsonLines(_) => false,
+        }
+    }
+
+    /// Decode every item the input completes. Each event goes to `on_event`, which says
+    /// whether to forward it; what goes to the client is queued in `out`. On an oversized
+    /// event, what came before it is queued and the error returned.
+    pub(crate) fn decode_ready(
+        &mut self,
+        out: &mut Outbox,
+        mut on_event: impl FnMut(EventRef<'_>) -> bool,
+    ) -> Result<Relayed, DecodeError> {
+        let mut relayed = Relayed::default();
+        match self {
+            Self::Sse(sse) => sse.decode_ready(out, &mut on_event, &mut relayed)?,
+            Self::JsonLines(lines) => {
+                while let Some(line) = lines.next_line() {
+                    let line = line?;
+                    relayed.items = true;
+                    let event = Event::from_data(line);
+                    if on_event(event.as_ref()) {
+                        out.push(event.into_raw());
+                    }
+                }
+            }
+        }
+        Ok(relayed)
+    }
+}
+
+impl SseRelay {
+    fn decode_ready(
+        &mut self,
+        out: &mut Outbox,
+        on_event: &mut impl FnMut(EventRef<'_>) -> bool,
+        relayed: &mut Relayed,
+    ) -> Result<(), DecodeError> {
+        while let Some(found) = self.decoder.find_next() {
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    self.flush(out);
+                    return Err(e);
+                }
+            };
+            relayed.items = true;
+            let strip = !self.forward_comments && self.comment_in_block;
+            match found.kind {
+                FoundKind::Comment => {
+                    relayed.comments += 1;
+                    self.comment_in_block = true;
+                    continue;
+                }
+                FoundKind::Block if !strip => self.forward(&found, out),
+                FoundKind::Block => {
+                    if found.sets_id() || found.retry().is_some() {
+                        self.flush(out);
+                        let id = found
+                            .sets_id()
+                            .then(|| self.decoder.lend_event(&found).last_event_id_bytes());
+                        out.push(reencode(None, id, found.retry()));
+                    }
+                }
+                FoundKind::Event => {
+                    let forward = on_event(self.decoder.lend_event(&found));
+                    if forward && strip {
+                        self.flush(out);
+                        let event = self.decoder.lend_event(&found);
+                        let id = found.sets_id().then(|| event.last_event_id_bytes());
+                        out.push(reencode(Some(event), id, found.retry()));
+                    } else if forward {
+                        self.forward(&found, out);
+                    }
+                }
+            }
+            self.comment_in_block = false;
+        }
+        self.flush(out);
+        Ok(())
+    }
+
+    /// Queue a found block's raw bytes, merging neighbours from the current chunk into one
+    /// slice.
+    #[inline]
+    fn forward(&mut self, found: &Found, out: &mut Outbox) {
+        if found.is_unterminated() {
+            self.flush(out);
+            let raw = Bytes::copy_from_slice(self.decoder.raw(found));
+            out.push(terminate_block(&raw));
+            return;
+        }
+        match (found.source, self.pending.as_mut()) {
+            (Source::Input, Some((_, end))) if *end == found.raw.0 => *end = found.raw.1,
+            (Source::Input, _) => {
+                self.flush(out);
+                self.pending = Some(found.raw);
+            }
+            (Source::Carry, _) => {
+                self.flush(out);
+                out.push(Bytes::copy_from_slice(self.decoder.raw(found)));
+            }
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self, out: &mut Outbox) {
+        if let Some((start, end)) = self.pending.take() {
+            out.push(self.decoder.take_input(start, end));
+        }
+    }
+}
+
+/// Encode an upstream event or block again, without its comment lines.
+fn reencode(event: Option<EventRef<'_>>, id: Option<&[u8]>, retry: Option<u64>) -> Bytes {
+    let mut builder = Event::builder();
+    if let Some(event) = event {
+        if !event.event_bytes().is_empty() {
+            builder = builder.event(Bytes::copy_from_slice(event.event_bytes()));
+        }
+        builder = builder.data(Bytes::copy_from_slice(event.data_bytes()));
+    }
+    if let Some(id) = id {
+        builder = builder.id(Bytes::copy_from_slice(id));
+    }
+    if let Some(ms) = retry {
+        builder = builder.retry(std::time::Duration::from_millis(ms));
+    }
+    // Decoded fields never hold line breaks, and ids never hold NUL: encoding cannot fail.
+    builder.encode().unwrap_or_default()
+}
+
+/// Bytes waiting for the client. Nearly every upstream chunk yields one slice (its events,
+/// merged), so the first waits inline: the common case allocates nothing, and the queue's
+/// buffer exists only for streams that ever had several slices waiting.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+    /// Whether anything went to the client yet (see [`Outbox::pop`]).
+    started: bool,
+}
+
+impl Outbox {
+    #[inline]
+    pub(crate) fn push(&mut self, data: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(data);
+        } else {
+            self.rest.push_back(data);
+        }
+    }
+
+    /// The next bytes for the client.
+    ///
+    /// The decoder strips the upstream's leading byte order mark, as a client would. If the
+    /// first bytes the client gets begin with a BOM anyway (the upstream sent two, or its
+    /// first blocks were dropped), the client would strip that one and read the rest
+    /// differently from the upstream: so a BOM goes first, for the client to strip instead.
+    #[inline]
+    pub(crate) fn pop(&mut self) -> Option<Bytes> {
+        let data = self.first.take().or_else(|| self.rest.pop_front())?;
+        if self.started {
+            return Some(data);
+        }
+        self.started = true;
+        if !data.starts_with(BOM) {
+            return Some(data);
+        }
+        let mut with_bom = BytesMut::with_capacity(BOM.len() + data.len());
+        with_bom.extend_from_slice(BOM);
+        with_bom.extend_from_slice(&data);
+        Some(with_bom.freeze())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+
+    /// Bytes the body added itself (a keep-alive) went out first.
+    pub(crate) fn mark_started(&mut self) {
+        self.started = true;
+    }
+
+    /// Drop what is queued (the client is gone).
+    #[cfg_attr(not(feature = "drain"), allow(dead_code))]
+    pub(crate) fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+}

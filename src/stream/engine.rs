@@ -1,0 +1,275 @@
+//! The per-stream engine: decode once, classify, observe, queue whole events for the client.
+//!
+//! No I/O and no timers here; the body drives it (and so does the drain task after a client
+//! went away). Its fields are private: the body tells it that the head arrived, hands it each
+//! frame and learns what happened, and ends the stream with [`Engine::fail`] or
+//! [`Engine::close`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::Frame;
+use tokio::time::Instant;
+
+use crate::observe::{EventContext, Observer};
+use crate::provider::{Classifier, Provider};
+use crate::report::{Framing, Outcome, StreamReport};
+use crate::sse::EventRef;
+use crate::sse::relay::{Outbox, Relay};
+use crate::stream::config::Config;
+
+/// What one upstream data frame brought.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Activity {
+    /// Complete upstream items (events, comments, blocks).
+    pub(crate) items: bool,
+    /// At least one of them was a content event.
+    pub(crate) content: bool,
+}
+
+/// Why the upstream's bytes ended the stream: the body decides what the client sees
+/// ([`Engine::fail`]), the drain task only records it.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) outcome: Outcome,
+    /// The layer's own words, safe to show a client.
+    pub(crate) message: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Engine<O> {
+    config: Arc<Config>,
+    relay: Relay,
+    observer: O,
+    report: StreamReport,
+    classifier: Classifier,
+    outbox: Outbox,
+    /// The upstream's trailers, after every data frame (rare: boxed).
+    trailers: Option<Box<HeaderMap>>,
+    /// Whether events go to a client (`false` while draining after a disconnect).
+    delivered: bool,
+}
+
+impl<O: Observer> Engine<O> {
+    /// The engine of a request that reached the layer at `started_at`; `hint` is the format
+    /// its path suggests.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        observer: O,
+        started_at: Instant,
+        hint: Provider,
+    ) -> Self {
+        let mut report = StreamReport::new(started_at);
+        report.provider = hint;
+        let classifier = Classifier::new(hint, config.content_predicate.clone());
+        let relay = Relay::sse(
+            config.max_event_size,
+            config.lenient_eof,
+            config.forward_comments,
+        );
+        Self {
+            config,
+            relay,
+            observer,
+            report,
+            classifier,
+            outbox: Outbox::default(),
+            trailers: None,
+            delivered: true,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The upstream's response head arrived: a stream framed this way, or (`None`) not a
+    /// stream at all.
+    pub(crate) fn head(
+        &mut self,
+        parts: &http::response::Parts,
+        framing: Option<Framing>,
+        now: Instant,
+    ) {
+        self.report.status = Some(parts.status);
+        self.report.response_at = Some(now);
+        let Some(framing) = framing else {
+            return;
+        };
+        self.report.framing = framing;
+        if framing == Framing::JsonLines {
+            self.relay = Relay::json_lines(self.config.max_event_size);
+        }
+        self.observer.on_response(parts, &mut self.report);
+    }
+
+    /// An upstream data frame arrived: decode it and queue what it completed. `Err` when its
+    /// bytes end the stream.
+    pub(crate) fn frame(&mut self, chunk: Bytes, now: Instant) -> Result<Activity, Failure> {
+        self.report.bytes_in += chunk.len() as u64;
+        if self.report.first_byte_at.is_none() {
+            self.report.first_byte_at = Some(now);
+        }
+        self.relay.push(chunk);
+        self.decode_ready(now)
+    }
+
+    /// The upstream's trailers arrived: they go out after every queued event.
+    pub(crate) fn trailers(&mut self, trailers: HeaderMap) {
+        self.trailers = Some(Box::new(trailers));
+    }
+
+    /// The upstream body ended: flush what is left. `Some` when it ended badly.
+    pub(crate) fn finish(&mut self, now: Instant) -> Option<Failure> {
+        self.relay.finish();
+        if let Err(failure) = self.decode_ready(now) {
+            return Some(failure);
+        }
+        self.relay.is_truncated().then(|| Failure {
+            outcome: Outcome::UpstreamTruncated,
+            message: "the upstream ended in the middle of an event".to_owned(),
+        })
+    }
+
+    /// Decode everything the relay can complete.
+    fn decode_ready(&mut self, now: Instant) -> Result<Activity, Failure> {
+        let Self {
+            relay,
+            observer,
+            report,
+            classifier,
+            outbox,
+            delivered,
+            ..
+        } = self;
+        let mut activity = Activity::default();
+        let relayed = relay.decode_ready(outbox, |event| {
+            observe(
+                event,
+                now,
+                classifier,
+                observer,
+                report,
+                *delivered,
+                &mut activity,
+            )
+        });
+        match relayed {
+            Ok(relayed) => {
+                activity.items |= relayed.items;
+                self.report.comments += relayed.comments;
+                Ok(activity)
+            }
+            Err(e) => Err(Failure {
+                outcome: Outcome::EventTooLarge,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// End the stream with a failure: queue the error event, which says `message` (the
+    /// layer's own words, safe to show a client), and record the outcome. `detail` goes to
+    /// the report only, in place of the message: an upstream error's text can name internal
+    /// hosts, or a URL with an API key in it. The first recorded error wins.
+    pub(crate) fn fail(&mut self, outcome: Outcome, message: &str, detail: Option<String>) {
+        if let Some(bytes) = self.config.error_event.render(outcome, message) {
+            self.outbox.push(bytes);
+        }
+        self.report.outcome = outcome;
+        self.report
+            .error
+            .get_or_insert_with(|| detail.unwrap_or_else(|| message.to_owned()));
+    }
+
+    /// Record an error the client sees otherwise (a failed body under
+    /// [`UpstreamErrorPolicy::Propagate`](crate::stream::UpstreamErrorPolicy::Propagate), or a
+    /// failure while draining).
+    pub(crate) fn record_error(&mut self, error: String) {
+        self.report.error = Some(error);
+    }
+
+    /// The client went away: events are no longer delivered, and what was queued is dropped.
+    #[cfg(feature = "drain")]
+    pub(crate) fn detach(&mut self) {
+        self.delivered = false;
+        self.discard_output();
+    }
+
+    /// Drop queued frames without handing them to anyone (the client is gone).
+    #[cfg(feature = "drain")]
+    pub(crate) fn discard_output(&mut self) {
+        self.outbox.clear();
+        self.trailers = None;
+    }
+
+    pub(crate) fn has_output(&self) -> bool {
+        !self.outbox.is_empty() || self.trailers.is_some()
+    }
+
+    /// The next frame for the client.
+    #[inline]
+    pub(crate) fn pop(&mut self) -> Option<Frame<Bytes>> {
+        let Some(data) = self.outbox.pop() else {
+            return self.trailers.take().map(|t| Frame::trailers(*t));
+        };
+        self.report.bytes_out += data.len() as u64;
+        self.observer.on_data(&data, &mut self.report);
+        Some(Frame::data(data))
+    }
+
+    /// Count a keep-alive the body sent.
+    pub(crate) fn count_keep_alive(&mut self, len: usize) {
+        self.outbox.mark_started();
+        self.report.keep_alives += 1;
+        self.report.bytes_out += len as u64;
+    }
+
+    /// Close the report: the observers add their findings.
+    pub(crate) fn close(&mut self, outcome: Outcome, now: Instant) -> StreamReport {
+        // A failure recorded earlier (an error event sent) wins over a later outcome.
+        if self.report.outcome == Outcome::Completed {
+            self.report.outcome = outcome;
+        }
+        self.report.ended_at = now;
+        self.report.provider = self.classifier.provider();
+        self.observer.on_end(&mut self.report);
+        let started_at = self.report.started_at;
+        std::mem::replace(&mut self.report, StreamReport::new(started_at))
+    }
+}
+
+/// Classify an event and let the observers see it. Returns whether to forward it.
+#[inline]
+fn observe<O: Observer>(
+    event: EventRef<'_>,
+    now: Instant,
+    classifier: &mut Classifier,
+    observer: &mut O,
+    report: &mut StreamReport,
+    delivered: bool,
+    activity: &mut Activity,
+) -> bool {
+    report.events += 1;
+    let found = classifier.classify(&event);
+    classifier.fill_meta(&event, &mut report.response_id, &mut report.model);
+    let content = found.is_some();
+    if content {
+        report.content_events += 1;
+        activity.content = true;
+    }
+    let data = event.data_bytes();
+    let mut cx = EventContext {
+        at: now,
+        content,
+        text: found
+            .flatten()
+            .and_then(|(start, end)| data.get(start..end)),
+        delivered,
+        forward: true,
+        provider: classifier.provider(),
+        report,
+    };
+    observer.on_event(&event, &mut cx);
+    cx.forward
+}

@@ -1,0 +1,293 @@
+//! [`SseFuture`]: waits for the response head (bounded by the deadlines that already run),
+//! then passes the response through or starts the stream; reports streaming requests that end
+//! before their head.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::BoxError;
+use crate::observe::Observer;
+use crate::provider::Provider;
+use crate::report::{Framing, OnEnd, Outcome, StreamReport};
+use crate::stream::SseBody;
+use crate::stream::body::{Live, Phase, StreamState, report_disconnect};
+use crate::stream::config::Config;
+use crate::stream::deadline::Deadlines;
+use crate::stream::engine::Engine;
+
+/// The setup of a request still waiting for its response head. When it is dropped there (the
+/// client left) or the inner service fails, a streaming request still gets its report.
+struct Pending<O, E> {
+    setup: Option<Setup<O, E>>,
+    /// Set for streaming requests, where the bounds that `Drop` cannot name are known.
+    report: Option<fn(Setup<O, E>, Outcome, Option<String>, u64)>,
+}
+
+impl<O, E> Pending<O, E> {
+    fn take(&mut self) -> Option<Setup<O, E>> {
+        self.setup.take()
+    }
+}
+
+impl<O, E> Drop for Pending<O, E> {
+    fn drop(&mut self) {
+        if let (Some(setup), Some(report)) = (self.setup.take(), self.report) {
+            report(setup, Outcome::ClientDisconnected, None, 0);
+        }
+    }
+}
+
+/// Report a streaming request that ended before any stream: the observers see the end, the
+/// sink gets the report. `bytes_out` is what the client was sent instead (a 504 body).
+fn report_before_head<O: Observer, E: OnEnd>(
+    setup: Setup<O, E>,
+    outcome: Outcome,
+    error: Option<String>,
+    bytes_out: u64,
+) {
+    let Setup {
+        mut observer,
+        on_end,
+        started_at,
+        hint,
+        ..
+    } = setup;
+    let mut report = StreamReport::new(started_at);
+    report.provider = hint;
+    report.outcome = outcome;
+    report.error = error;
+    report.bytes_out = bytes_out;
+    report.ended_at = Instant::now();
+    observer.on_end(&mut report);
+    on_end.on_end(report);
+}
+
+/// What a stream needs from the service to start.
+pub(crate) struct Setup<O, E> {
+    pub(crate) config: Arc<Config>,
+    pub(crate) observer: O,
+    pub(crate) on_end: E,
+    pub(crate) started_at: Instant,
+    pub(crate) hint: Provider,
+}
+
+impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
+    /// The state of a stream body whose upstream is in `phase`; nothing went to the client
+    /// before `last_output_at`.
+    pub(crate) fn into_state<B>(
+        self,
+        phase: Phase<B>,
+        last_output_at: Instant,
+    ) -> StreamState<B, O, E>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let on_drop = on_drop_for::<B, O, E>(&self.config);
+        let engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        StreamState {
+            phase,
+            live: Some(Live {
+                engine,
+                on_end: self.on_end,
+            }),
+            deadlines: Deadlines::new(self.started_at, last_output_at),
+            timer: None,
+            on_drop,
+        }
+    }
+}
+
+/// Cancel, or drain when configured (and the feature is on).
+fn on_drop_for<B, O, E>(config: &Config) -> fn(Live<O, E>, Phase<B>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    #[cfg(feature = "drain")]
+    if config.drain.is_some() {
+        return crate::stream::drain::drain_after_disconnect::<B, O, E>;
+    }
+    let _ = config;
+    report_disconnect::<B, O, E>
+}
+
+pin_project! {
+    /// The response future of [`SseService`].
+    pub struct SseFuture<F, B, O, E> {
+        #[pin]
+        kind: FutureKind<F, B, O, E>,
+    }
+}
+
+pin_project! {
+    #[project = FutureProj]
+    enum FutureKind<F, B, O, E> {
+        Waiting {
+            #[pin]
+            future: F,
+            #[pin]
+            deadline: Option<Sleep>,
+            timeout_outcome: Outcome,
+            setup: Pending<O, E>,
+        },
+        Ready { response: Option<Response<SseBody<B, O, E>>> },
+    }
+}
+
+impl<F, B, O, E> SseFuture<F, B, O, E> {
+    /// A response the service made itself (early response).
+    pub(crate) fn ready(response: Response<SseBody<B, O, E>>) -> Self {
+        Self {
+            kind: FutureKind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, B, O, E> SseFuture<F, B, O, E>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    /// Wait for the inner service's response. A streaming request is reported even when it
+    /// ends before its head, and its head is awaited until `deadline` at most.
+    pub(crate) fn waiting(
+        future: F,
+        setup: Setup<O, E>,
+        streaming: bool,
+        deadline: Option<(Instant, Outcome)>,
+    ) -> Self {
+        Self {
+            kind: FutureKind::Waiting {
+                future,
+                deadline: deadline.map(|(at, _)| sleep_until(at)),
+                timeout_outcome: deadline.map_or(Outcome::FirstEventTimeout, |(_, o)| o),
+                setup: Pending {
+                    setup: Some(setup),
+                    report: streaming.then_some(report_before_head::<O, E> as fn(_, _, _, _)),
+                },
+            },
+        }
+    }
+}
+
+impl<F, B, O, E> fmt::Debug for SseFuture<F, B, O, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, Er, O, E> Future for SseFuture<F, B, O, E>
+where
+    F: Future<Output = Result<Response<B>, Er>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    type Output = Result<Response<SseBody<B, O, E>>, Er>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutureProj::Ready { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            FutureProj::Waiting {
+                future,
+                deadline,
+                timeout_outcome,
+                setup,
+            } => {
+                if let Poll::Ready(result) = future.poll(cx) {
+                    let streaming = setup.report.is_some();
+                    let Some(taken) = setup.take() else {
+                        return Poll::Pending;
+                    };
+                    return Poll::Ready(match result {
+                        Ok(response) => Ok(start_stream(taken, response)),
+                        Err(error) => {
+                            if streaming {
+                                let error =
+                                    Some("the inner service failed before answering".to_string());
+                                report_before_head(taken, Outcome::UpstreamError, error, 0);
+                            }
+                            Err(error)
+                        }
+                    });
+                }
+                if let Some(deadline) = deadline.as_pin_mut()
+                    && deadline.poll(cx).is_ready()
+                    && let Some(setup) = setup.take()
+                {
+                    return Poll::Ready(Ok(head_timeout(setup, *timeout_outcome)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The response head arrived: pass it through, or start a stream.
+fn start_stream<B, O, E>(setup: Setup<O, E>, response: Response<B>) -> Response<SseBody<B, O, E>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    let (mut parts, body) = response.into_parts();
+    let Some(framing) = setup.config.framing(&parts) else {
+        return Response::from_parts(parts, SseBody::pass_through(body));
+    };
+    let now = Instant::now();
+    let mut state = setup.into_state(Phase::Streaming(Box::pin(body)), now);
+    if let Some(live) = state.live.as_mut() {
+        live.engine.head(&parts, Some(framing), now);
+        state.deadlines.on_head(live.engine.config(), now);
+    }
+    // The body changes length (keep-alives, error events), and NDJSON becomes SSE.
+    parts.headers.remove(CONTENT_LENGTH);
+    if framing == Framing::JsonLines {
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    }
+    Response::from_parts(parts, SseBody::stream(state))
+}
+
+/// A streaming request whose response head did not come in time: `504 Gateway Timeout`.
+fn head_timeout<B, O, E>(setup: Setup<O, E>, outcome: Outcome) -> Response<SseBody<B, O, E>>
+where
+    O: Observer,
+    E: OnEnd,
+{
+    let message = "the upstream did not answer in time";
+    let body = format!(
+        r#"{{"error":{{"type":"{}","message":"{message}"}}}}"#,
+        outcome.as_str()
+    );
+    report_before_head(setup, outcome, Some(message.to_string()), body.len() as u64);
+    let mut response = Response::new(SseBody::full(Bytes::from(body)));
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

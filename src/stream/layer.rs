@@ -1,0 +1,246 @@
+//! [`SseLayer`]: the settings of the stream layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::provider::Provider;
+use crate::report::Framing;
+use crate::sse::EventRef;
+use crate::stream::SseService;
+use crate::stream::config::{Config, ErrorEvent, KeepAliveConfig, UpstreamErrorPolicy};
+
+/// Handles streaming responses: whole events, keep-alives, deadlines, observers and one
+/// end-of-stream report. See the [crate docs](crate) for the full picture.
+///
+/// A report is made for every response handled as a stream, and for every streaming
+/// request (see [`streaming_request`](Self::streaming_request)) that ends before its
+/// response head: a `504` from the header timeout, a client that left first
+/// ([`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected)), or an inner service that failed
+/// ([`Outcome::UpstreamError`](crate::Outcome::UpstreamError)). Compressed responses (a `Content-Encoding` other than
+/// `identity`) pass through undecoded: strip `Accept-Encoding` towards the upstream to meter
+/// them.
+///
+/// Everything is off by default except the event size limit (8 MiB): a bare `SseLayer`
+/// decodes and re-cuts SSE responses at event boundaries, forwards them byte for byte and
+/// reports each stream to its sink.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::{KeepAliveConfig, SseLayer, StreamReport};
+///
+/// let layer = SseLayer::new()
+///     .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)))
+///     .first_event_timeout(Duration::from_secs(120))
+///     .idle_timeout(Duration::from_secs(30))
+///     .on_end(|report: StreamReport| println!("{} after {:?}", report.outcome, report.duration()));
+/// # let _ = layer;
+/// ```
+#[must_use]
+pub struct SseLayer<O = (), E = ()> {
+    config: Arc<Config>,
+    observer: O,
+    on_end: E,
+}
+
+impl SseLayer {
+    /// A layer with the defaults.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config::default()),
+            observer: (),
+            on_end: (),
+        }
+    }
+}
+
+impl Default for SseLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<O: Clone, E: Clone> Clone for SseLayer<O, E> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            observer: self.observer.clone(),
+            on_end: self.on_end.clone(),
+        }
+    }
+}
+
+impl<O, E> fmt::Debug for SseLayer<O, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseLayer")
+            .field("config", &self.config)
+            .field("observer", &std::any::type_name::<O>())
+            .field("on_end", &std::any::type_name::<E>())
+            .finish()
+    }
+}
+
+impl<O, E> SseLayer<O, E> {
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Send keep-alive comments when nothing went to the client for a while.
+    ///
+    /// One timer per stream, re-armed by every frame sent; comments only go between whole
+    /// events. Off by default.
+    pub fn keep_alive(self, keep_alive: KeepAliveConfig) -> Self {
+        self.with(|c| c.keep_alive = Some(keep_alive))
+    }
+
+    /// Answer streaming requests at once with `200 OK` and `text/event-stream`, and send
+    /// keep-alives while the upstream call is still pending (reasoning models can think for
+    /// minutes before their first byte; load balancers cut idle connections).
+    ///
+    /// A request counts as streaming when it accepts `text/event-stream` or carries the
+    /// [`StreamingRequest`](crate::request::StreamingRequest) extension (see
+    /// [`streaming_request`](Self::streaming_request) to decide otherwise). In this mode an
+    /// upstream failure before the first event becomes an error event. Off by default: the
+    /// upstream's real status and headers are returned.
+    pub fn early_response(self, enabled: bool) -> Self {
+        self.with(|c| c.early_response = enabled)
+    }
+
+    /// Decide which requests are streaming ones, before their response exists. Used for
+    /// [`early_response`](Self::early_response) and for timeouts while waiting for the
+    /// response head.
+    pub fn streaming_request<F>(self, predicate: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    {
+        self.with(|c| c.streaming_request = Some(Arc::new(predicate)))
+    }
+
+    /// End the stream when no content event arrived this long after the request (measured
+    /// from its arrival at the layer). Content is decided by the provider format, or by
+    /// [`content_predicate`](Self::content_predicate).
+    ///
+    /// For a streaming request whose response head has not arrived by then, the layer
+    /// answers `504 Gateway Timeout` (unless early response is on).
+    pub fn first_event_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.first_event_timeout = Some(timeout))
+    }
+
+    /// End the stream when the upstream sent no complete event (or comment) for this long.
+    /// This layer's keep-alives do not count as activity.
+    ///
+    /// When a first-event timeout is set, the idle timeout starts with the first content
+    /// event; otherwise it starts with the response head.
+    pub fn idle_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.idle_timeout = Some(timeout))
+    }
+
+    /// End the stream this long after the request arrived, whatever it is doing.
+    pub fn total_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.total_timeout = Some(timeout))
+    }
+
+    /// What clients receive when their stream ends in failure. Default:
+    /// [`ErrorEvent::openai`].
+    pub fn error_event(self, error_event: ErrorEvent) -> Self {
+        self.with(|c| c.error_event = error_event)
+    }
+
+    /// What to do when the upstream body fails mid-stream. Default: send the error event
+    /// and end cleanly.
+    pub fn on_upstream_error(self, policy: UpstreamErrorPolicy) -> Self {
+        self.with(|c| c.upstream_errors = policy)
+    }
+
+    /// The largest upstream event (or JSON line) accepted, in bytes. A larger one ends the
+    /// stream with the error event and outcome [`Outcome::EventTooLarge`](crate::Outcome::EventTooLarge). Default: 8 MiB.
+    pub fn max_event_size(self, limit: usize) -> Self {
+        self.with(|c| c.max_event_size = limit)
+    }
+
+    /// Deliver a final event that the upstream ended without its blank line (some servers
+    /// do), instead of discarding it as the standard says. Off by default.
+    pub fn lenient_eof(self, lenient: bool) -> Self {
+        self.with(|c| c.lenient_eof = lenient)
+    }
+
+    /// Also handle newline-delimited JSON responses (`application/x-ndjson`,
+    /// `application/jsonl`, …), reframed into SSE: each line becomes `data: <line>` and the
+    /// content type becomes `text/event-stream`. Off by default.
+    pub fn json_lines(self, enabled: bool) -> Self {
+        self.with(|c| c.json_lines = enabled)
+    }
+
+    /// Decide yourself which responses are streams and how they are framed (`None` passes
+    /// a response through untouched). The default looks at the content type.
+    pub fn framing<F>(self, predicate: F) -> Self
+    where
+        F: Fn(&http::response::Parts) -> Option<Framing> + Send + Sync + 'static,
+    {
+        self.with(|c| c.framing = Some(Arc::new(predicate)))
+    }
+
+    /// Forward upstream comments (pings) to the client. On by default: clients watch for
+    /// them to detect stalls.
+    pub fn forward_comments(self, forward: bool) -> Self {
+        self.with(|c| c.forward_comments = forward)
+    }
+
+    /// Decide which events carry content (for the first-event timeout, time to first token
+    /// and inter-token latency). The default depends on the provider format.
+    pub fn content_predicate<F>(self, predicate: F) -> Self
+    where
+        F: Fn(&EventRef<'_>, Provider) -> bool + Send + Sync + 'static,
+    {
+        self.with(|c| c.content_predicate = Some(Arc::new(predicate)))
+    }
+
+    /// When the client goes away, keep reading the upstream in a spawned task for up to
+    /// `limit`, so that the provider's final usage reaches the report (the report then says
+    /// [`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected) and carries the usage the provider reported).
+    ///
+    /// Needs a Tokio runtime where the body is dropped; without one the upstream is
+    /// cancelled as by default. Costs the upstream tokens you no longer deliver. Note that a
+    /// [`StreamLimitLayer`](crate::StreamLimitLayer) permit is released when the client's body
+    /// is dropped, while the drain keeps the upstream busy for up to `limit`: the limit then no
+    /// longer bounds upstream concurrency.
+    #[cfg(feature = "drain")]
+    pub fn drain_on_disconnect(self, limit: Duration) -> Self {
+        self.with(|c| c.drain = Some(limit))
+    }
+
+    /// Watch each stream with this observer (cloned per request). Combine several with a
+    /// tuple.
+    pub fn observer<O2>(self, observer: O2) -> SseLayer<O2, E> {
+        SseLayer {
+            config: self.config,
+            observer,
+            on_end: self.on_end,
+        }
+    }
+
+    /// Send each stream's report here (cloned per request, called once per stream).
+    pub fn on_end<E2>(self, on_end: E2) -> SseLayer<O, E2> {
+        SseLayer {
+            config: self.config,
+            observer: self.observer,
+            on_end,
+        }
+    }
+}
+
+impl<S, O: Clone, E: Clone> Layer<S> for SseLayer<O, E> {
+    type Service = SseService<S, O, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SseService::new(
+            inner,
+            self.config.clone(),
+            self.observer.clone(),
+            self.on_end.clone(),
+        )
+    }
+}

@@ -1,0 +1,29 @@
+//! The stream layer: [`SseLayer`](crate::SseLayer), its service, future and body, and the
+//! settings it takes.
+//!
+//! | file | role |
+//! |---|---|
+//! | `layer.rs` | [`SseLayer`](crate::SseLayer): the builder of settings |
+//! | `service.rs` | [`SseService`]: classifies the request, answers early or waits for the head |
+//! | `future.rs` | [`SseFuture`]: the response head, its deadline, the report of requests that end before it |
+//! | `body.rs` | [`SseBody`]: the poll loop: upstream frames, the one timer, the end |
+//! | `engine.rs` | decode once, classify, observe, queue whole events (no I/O, no timers) |
+//! | `deadline.rs` | every timer rule, once |
+//! | `drain.rs` | reading on after a client disconnect (feature `drain`) |
+//! | `config.rs` | [`KeepAliveConfig`](crate::KeepAliveConfig), [`ErrorEvent`](crate::ErrorEvent), the other settings |
+
+pub(crate) mod body;
+pub(crate) mod config;
+pub(crate) mod deadline;
+#[cfg(feature = "drain")]
+pub(crate) mod drain;
+pub(crate) mod engine;
+pub(crate) mod future;
+pub(crate) mod layer;
+pub(crate) mod service;
+
+pub use self::body::SseBody;
+pub use self::config::UpstreamErrorPolicy;
+pub use self::future::SseFuture;
+pub use self::service::SseService;
+pub use crate::report::Framing;

@@ -1,0 +1,130 @@
+//! [`SseService`]: classifies each request, answers early or waits for the response head.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::observe::Observer;
+use crate::provider::Provider;
+use crate::report::OnEnd;
+use crate::stream::SseBody;
+use crate::stream::body::{Phase, UpstreamFuture};
+use crate::stream::config::Config;
+use crate::stream::deadline::head_deadline;
+use crate::stream::future::{Setup, SseFuture};
+
+/// The service of [`SseLayer`](crate::SseLayer).
+pub struct SseService<S, O = (), E = ()> {
+    inner: S,
+    config: Arc<Config>,
+    observer: O,
+    on_end: E,
+}
+
+impl<S: Clone, O: Clone, E: Clone> Clone for SseService<S, O, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            observer: self.observer.clone(),
+            on_end: self.on_end.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, O, E> fmt::Debug for SseService<S, O, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, O, E> SseService<S, O, E> {
+    pub(crate) fn new(inner: S, config: Arc<Config>, observer: O, on_end: E) -> Self {
+        Self {
+            inner,
+            config,
+            observer,
+            on_end,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for SseService<S, O, E>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    O: Observer + Clone + Send + 'static,
+    E: OnEnd + Clone + Send + 'static,
+{
+    type Response = Response<SseBody<ResBody, O, E>>;
+    type Error = S::Error;
+    type Future = SseFuture<S::Future, ResBody, O, E>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let started_at = Instant::now();
+        let (parts, body) = request.into_parts();
+        let mut observer = self.observer.clone();
+        observer.on_request(&parts);
+        let streaming = self.config.is_streaming_request(&parts);
+        let hint = Provider::from_path(parts.uri.path());
+        let future = self.inner.call(Request::from_parts(parts, body));
+        let setup = Setup {
+            config: self.config.clone(),
+            observer,
+            on_end: self.on_end.clone(),
+            started_at,
+            hint,
+        };
+
+        if self.config.early_response && streaming {
+            let upstream: UpstreamFuture<ResBody> =
+                Box::pin(async move { future.await.map_err(Into::into) });
+            let state = setup.into_state(Phase::AwaitingHead(upstream), started_at);
+            let mut response = Response::new(SseBody::stream(state));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            return SseFuture::ready(response);
+        }
+
+        // While waiting for the head of a streaming request, the first-event and total
+        // timeouts already run.
+        let deadline = streaming
+            .then(|| head_deadline(&self.config, started_at))
+            .flatten();
+        SseFuture::waiting(future, setup, streaming, deadline)
+    }
+}
