@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests with clients nobody here wrote: the official OpenAI Python SDK and curl,
-# against the example gateway (which runs the mock upstream in-process). Run by .ci/run.
+# against the example gateway (the example-gateway package, examples/gateway; it runs the mock
+# upstream in-process). Run by .ci/run.
 # A client that cannot be installed fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl
 fi
 
-cargo build --example gateway
+cargo build -p example-gateway --bin gateway
 log=$(mktemp)
 gateway_pid=
 cleanup() {
@@ -26,7 +27,7 @@ trap cleanup EXIT
 
 start_gateway() {
   : > "$log"
-  "$target_dir/debug/examples/gateway" --listen 127.0.0.1:0 "$@" > "$log" 2>&1 &
+  "$target_dir/debug/gateway" --listen 127.0.0.1:0 "$@" > "$log" 2>&1 &
   gateway_pid=$!
   for _ in $(seq 1 100); do
     addr=$(sed -n 's/^listening on //p' "$log" | head -n 1)

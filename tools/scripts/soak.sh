@@ -34,7 +34,7 @@
 #                  a load ends, with the same idle upstream connections pooled. The cold RSS
 #                  is printed too. A FAIL means RSS grew during the soak: a leak, or
 #                  fragmentation creep; a heap profile tells which.
-# The mock upstream's own request counter is not exposed by examples/mock_upstream, hence the
+# The mock upstream's own request counter is not exposed by mock_upstream, hence the
 # gateway's two counters (gateway_requests before the limit, gateway_upstream_streams in its
 # upstream client) and loadgen's outcome counts as the independent sides.
 #
@@ -59,7 +59,7 @@ RUNTIME=${RUNTIME:-multi}
 OUT_DIR=${OUT_DIR:-$TARGET_DIR/load/soak-$(date +%Y%m%d-%H%M%S)}
 
 mkdir -p "$OUT_DIR"
-[ "${SKIP_BUILD:-}" = 1 ] || build_examples
+[ "${SKIP_BUILD:-}" = 1 ] || build_binaries
 raise_fd_limit
 wait_until_quiet
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # scale.sh N — what N concurrent streams cost the example gateway, over loopback.
 #
-# Builds the release examples, raises the fd limit, starts the mock upstream (TOKENS content
+# Builds the release binaries, raises the fd limit, starts the mock upstream (TOKENS content
 # tokens DELAY_MS apart, so each stream stays open about TOKENS × DELAY_MS; 16 × 1000 ms by
-# default: 19 events over 16 s), and runs examples/loadgen with N clients started evenly over
+# default: 19 events over 16 s), and runs loadgen with N clients started evenly over
 # RAMP seconds, one stream each, three times:
 #
 #   gateway   loadgen → gateway (--runtime multi) → mock
@@ -34,7 +34,7 @@
 set -euo pipefail
 source "$(dirname "$0")/load-common.sh"
 
-N=${1:?usage: scripts/scale.sh N}
+N=${1:?usage: tools/scripts/scale.sh N}
 TOKENS=${TOKENS:-16}
 DELAY_MS=${DELAY_MS:-1000}
 RAMP=${RAMP:-$(awk -v n="$N" 'BEGIN { r = n / 1000; if (r < 1) r = 1; if (r > 30) r = 30; print r }')}
@@ -45,7 +45,7 @@ TIMEOUT=$(awk -v s="$STREAM_SECS" 'BEGIN { print int(s + 60) }')
 SOURCE_IPS=$(source_ips "$N")
 
 mkdir -p "$OUT_DIR"
-[ "${SKIP_BUILD:-}" = 1 ] || build_examples
+[ "${SKIP_BUILD:-}" = 1 ] || build_binaries
 raise_fd_limit
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * N + 100)) ]; then
   echo "warning: fd limit $(ulimit -n) is below 2N + 100 = $((2 * N + 100)): expect accept or connect failures" >&2

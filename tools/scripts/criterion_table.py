@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Print criterion results (median and 95% interval) as a Markdown table.
 
-Usage: scripts/criterion_table.py [GROUP_PREFIX ...]
-Reads target/criterion/<group>/<bench>/new/{estimates,benchmark}.json.
+Usage: tools/scripts/criterion_table.py [GROUP_PREFIX ...]
+Reads $CARGO_TARGET_DIR/criterion/<group>/<bench>/new/{estimates,benchmark}.json
+(target/ of the workspace when CARGO_TARGET_DIR is not set).
 """
 import json
+import os
 import pathlib
 import sys
 
-root = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
+workspace = pathlib.Path(__file__).resolve().parent.parent.parent
+root = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or workspace / "target") / "criterion"
 prefixes = sys.argv[1:]
 
 

@@ -5,19 +5,27 @@
 //! reported). Each finished stream prints one row from its report.
 //!
 //! ```sh
-//! cargo run --release --example demo
+//! cargo run --release -p example-demo
 //! ```
-
-#[path = "support/gateway.rs"]
-mod gateway;
+//!
+//! The gateway is the `example-gateway` package (`examples/gateway`); its stack is in
+//! `examples/gateway/src/lib.rs`.
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use gateway::GatewayConfig;
+use bytes::Bytes;
+use example_gateway::GatewayConfig;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tower_sse::{Outcome, StreamReport, UsageSource};
+
+/// The HTTP/1.1 client the demo's streaming clients share.
+type Http = HttpClient<HttpConnector, Full<Bytes>>;
 
 /// One client of the demo.
 struct Client {
@@ -37,22 +45,23 @@ struct Seen {
     error_event: bool,
 }
 
-async fn run(http: reqwest::Client, base: String, client: Client) -> (&'static str, Seen) {
+async fn run(http: Http, base: String, client: Client) -> (&'static str, Seen) {
     let mut seen = Seen::default();
-    let response = http
-        .post(format!("{base}{}", client.path))
+    let request = Request::post(format!("{base}{}", client.path))
         .header("accept", "text/event-stream")
         .header("content-type", "application/json")
-        .body(client.body.to_string())
-        .send()
-        .await
-        .expect("the gateway answers");
+        .body(Full::new(Bytes::from(client.body.to_string())))
+        .expect("a valid request");
+    let response = http.request(request).await.expect("the gateway answers");
     seen.status = response.status().as_u16();
-    let mut frames = response.bytes_stream();
+    let mut body = response.into_body();
     let mut data_frames = 0;
-    while let Some(chunk) = frames.next().await {
-        let Ok(chunk): Result<bytes::Bytes, _> = chunk else {
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
             break;
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
         };
         let text = String::from_utf8_lossy(&chunk);
         seen.bytes += chunk.len();
@@ -62,7 +71,7 @@ async fn run(http: reqwest::Client, base: String, client: Client) -> (&'static s
             data_frames += 1;
         }
         if client.hang_up_after.is_some_and(|n| data_frames >= n) {
-            break; // drops the response: the connection closes
+            break; // drops the response body: the connection closes
         }
     }
     (client.label, seen)
@@ -93,7 +102,7 @@ async fn main() {
     config.first_event_timeout = Some(Duration::from_secs(10));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
-    let gw = gateway::start(listener, config, Some(reports_tx))
+    let gw = example_gateway::start(listener, config, Some(reports_tx))
         .await
         .unwrap();
     let base = format!("http://{}", gw.addr);
@@ -152,7 +161,7 @@ async fn main() {
     ];
     let expected = clients.len();
 
-    let http = reqwest::Client::new();
+    let http: Http = HttpClient::builder(TokioExecutor::new()).build_http();
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|client| tokio::spawn(run(http.clone(), base.clone(), client)))
@@ -243,16 +252,17 @@ async fn main() {
         }
     }
 
-    // The digest registry and the metrics, as a client would ask for them.
-    let http = reqwest::Client::new();
+    // The metrics, as a client would ask for them.
     let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
+        .get(format!("{base}/metrics").parse().expect("a valid URL"))
         .await
-        .unwrap()
-        .text()
+        .expect("the gateway answers")
+        .into_body()
+        .collect()
         .await
-        .unwrap();
+        .expect("the metrics body")
+        .to_bytes();
+    let metrics = String::from_utf8_lossy(&metrics);
     let ttft_samples = metrics
         .lines()
         .find(|l| l.starts_with("gen_ai_client_operation_time_to_first_chunk_count"))

@@ -1,24 +1,23 @@
-//! What the examples need to know about the operating system's limits: file descriptors
-//! running out, and warnings about it that do not flood the terminal.
-
-#![allow(dead_code)]
+//! What the load tools need to know about the operating system's limits: file descriptors
+//! and ephemeral ports running out, and warnings about it that do not flood the terminal.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) const ENFILE: i32 = 23;
-pub(crate) const EMFILE: i32 = 24;
-pub(crate) const EADDRNOTAVAIL: i32 = 99;
+/// Too many open files in the system.
+pub const ENFILE: i32 = 23;
+/// Too many open files in this process.
+pub const EMFILE: i32 = 24;
+/// No local address (in practice: no free ephemeral port) to connect from.
+pub const EADDRNOTAVAIL: i32 = 99;
 
 /// `EMFILE` (the process's limit) or `ENFILE` (the system's).
-pub(crate) fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
 }
 
 /// The first `io::Error` in an error's chain of sources.
-pub(crate) fn io_source<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a std::io::Error> {
+pub fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
     let mut next = Some(e);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -31,15 +30,23 @@ pub(crate) fn io_source<'a>(
 
 /// A warning printed at most once every few seconds, with how many were held back; one per
 /// kind of message, so that one storm does not hide another.
-pub(crate) struct Warning {
+#[derive(Debug)]
+pub struct Warning {
     last: AtomicU64,
     skipped: AtomicU64,
+}
+
+impl Default for Warning {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Warning {
     const EVERY_SECS: u64 = 5;
 
-    pub(crate) const fn new() -> Self {
+    /// A warning that has not been printed yet.
+    pub const fn new() -> Self {
         Self {
             last: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -47,7 +54,7 @@ impl Warning {
     }
 
     /// Print the message (built only when printed) unless one went out lately.
-    pub(crate) fn emit(&self, message: impl FnOnce() -> String) {
+    pub fn emit(&self, message: impl FnOnce() -> String) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -69,7 +76,7 @@ impl Warning {
 }
 
 /// The soft limit on open files, read once (reading it needs a free descriptor).
-pub(crate) fn fd_limit() -> Option<u64> {
+pub fn fd_limit() -> Option<u64> {
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
     *LIMIT.get_or_init(|| {
         let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -78,6 +85,7 @@ pub(crate) fn fd_limit() -> Option<u64> {
     })
 }
 
-pub(crate) fn fd_limit_text() -> String {
+/// [`fd_limit`] as text, `unknown` when it could not be read.
+pub fn fd_limit_text() -> String {
     fd_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string())
 }

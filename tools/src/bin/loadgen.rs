@@ -3,13 +3,13 @@
 //! any of the mock upstream's five formats, through the gateway or straight to the mock.
 //!
 //! ```sh
-//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080 --streams 1000 \
+//! cargo run --release -p tower-sse-tools --bin loadgen -- --url http://127.0.0.1:8080 --streams 1000 \
 //!     --ramp 10 --hold 30 --tokens 16 --delay-ms 1000 --output run.json
 //! ```
 //!
 //! Per stream it records the time to the response head (TTFB), to the first content-bearing
 //! event (TTFT, decoded with `tower_sse::sse::Decoder` and classified with
-//! `tower_sse::Provider`), the duration, events, bytes, keep-alive comments and an outcome:
+//! `tower_sse::provider::Provider`), the duration, events, bytes, keep-alive comments and an outcome:
 //!
 //! | outcome | meaning |
 //! |---|---|
@@ -27,9 +27,6 @@
 //! are tasks on one multi-thread runtime with a pooled hyper-util HTTP/1 client per source
 //! address: per stream there is a socket, a small decoder and a record of about 80 bytes.
 
-#[path = "support/os.rs"]
-mod os;
-
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -44,15 +41,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Map, Value, json};
-use tower_sse::Provider;
+use tower_sse::provider::Provider;
 use tower_sse::sse::{Decoder, EventRef, ItemRef};
 
-use os::{EADDRNOTAVAIL, EMFILE, ENFILE, Warning, fd_limit, fd_limit_text, io_source};
+use tower_sse_tools::os::{
+    EADDRNOTAVAIL, EMFILE, ENFILE, Warning, fd_limit, fd_limit_text, io_source,
+};
 
 const HELP: &str = "\
 loadgen: concurrent streaming clients against an LLM-style endpoint (the gateway or the mock)
 
-USAGE: cargo run --release --example loadgen -- [OPTIONS]
+USAGE: loadgen [OPTIONS]    (cargo run --release -p tower-sse-tools --bin loadgen -- [OPTIONS])
 
 TARGET
   --url URL               base URL (default http://127.0.0.1:8080)
@@ -165,15 +164,12 @@ impl Format {
         Bytes::from(body.to_string())
     }
 
-    /// Whether this event ends a complete stream of this format.
-    fn is_terminal(self, event: &EventRef<'_>) -> bool {
-        let data = event.data_bytes();
+    /// Whether this event ends a complete stream of this format: the format's terminal event
+    /// as tower-sse knows it, or for Gemini (which has none) the chunk with a finish reason.
+    fn is_terminal(self, provider: Provider, event: &EventRef<'_>) -> bool {
         match self {
-            Self::Chat => data == b"[DONE]",
-            Self::Responses => event.event_bytes() == b"response.completed",
-            Self::Anthropic => event.event_bytes() == b"message_stop",
-            Self::Gemini => contains(data, b"\"finishReason\""),
-            Self::Ollama => contains(data, b"\"done\":true"),
+            Self::Gemini => contains(event.data_bytes(), b"\"finishReason\""),
+            _ => provider.is_terminal(event),
         }
     }
 }
@@ -560,7 +556,7 @@ impl Seen {
         if record.ttft.is_none() && self.provider.is_content(event) {
             record.ttft = Some(started.elapsed());
         }
-        self.saw_terminal |= self.format.is_terminal(event);
+        self.saw_terminal |= self.format.is_terminal(self.provider, event);
         self.last_was_error = is_error_event(event);
     }
 }

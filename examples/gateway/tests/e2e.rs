@@ -1,15 +1,10 @@
 //! The example gateway over loopback: what a client sees when things go wrong, and the
 //! digest and metrics endpoints.
 
-#![cfg(all(feature = "registry", feature = "metrics", feature = "tracing"))]
-
-#[path = "../examples/support/gateway.rs"]
-mod gateway;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway::{Gateway, GatewayConfig};
+use example_gateway::{Gateway, GatewayConfig};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -20,7 +15,9 @@ async fn start(config: GatewayConfig) -> (Gateway, mpsc::UnboundedReceiver<Strea
     let (tx, rx) = mpsc::unbounded_channel();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     (
-        gateway::start(listener, config, Some(tx)).await.unwrap(),
+        example_gateway::start(listener, config, Some(tx))
+            .await
+            .unwrap(),
         rx,
     )
 }

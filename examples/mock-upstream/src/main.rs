@@ -1,7 +1,7 @@
 //! A mock LLM upstream on a TCP port, for trying the middleware by hand and for load runs.
 //!
 //! ```text
-//! cargo run --example mock_upstream -- --listen 127.0.0.1:9000 --tokens 64 --delay-ms 20
+//! cargo run -p example-mock-upstream -- --listen 127.0.0.1:9000 --tokens 64 --delay-ms 20
 //! curl -N localhost:9000/v1/chat/completions -d '{"model":"m","stream":true}'
 //! ```
 //!
@@ -18,7 +18,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 fn usage() -> String {
     let mut text = format!(
         "mock_upstream: an LLM-like streaming server (tower-sse-mock)\n\n\
-         Usage: cargo run --example mock_upstream -- [OPTIONS]\n\n\
+         Usage: mock_upstream [OPTIONS]    (cargo run -p example-mock-upstream -- [OPTIONS])\n\n\
          Options:\n  \
          --listen ADDR           address to bind (default {DEFAULT_LISTEN})\n  \
          --model NAME            model named when a request names none (default mock-model)\n"

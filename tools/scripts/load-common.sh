@@ -1,11 +1,13 @@
 # Shared by scale.sh, soak.sh and variance.sh (source it, do not run it): building the
-# release examples, the fd limit, starting and always stopping the mock upstream and the
+# release binaries (gateway, mock_upstream, loadgen), the fd limit, starting and always stopping the mock upstream and the
 # gateway on free loopback ports, and reading a process's RSS and CPU time from /proc and the
 # gateway's gauges and counters from /metrics.
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The workspace root (this file is in tools/scripts/).
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release/examples
+# Where `cargo build --release -p PACKAGE` puts the binaries.
+BIN=$TARGET_DIR/release
 CLK_TCK=$(getconf CLK_TCK)
 
 # Every process started here; killed on exit, whatever happens.
@@ -30,9 +32,12 @@ stop_pid() {
   wait "$1" 2>/dev/null || true
 }
 
-build_examples() {
-  echo "building the release examples (target dir $TARGET_DIR)" >&2
-  (cd "$ROOT" && cargo build --release --examples --quiet)
+# The gateway (examples/gateway), the mock upstream (examples/mock-upstream) and loadgen
+# (tools), each its own workspace package: $BIN/gateway, $BIN/mock_upstream, $BIN/loadgen.
+build_binaries() {
+  echo "building the release binaries gateway, mock_upstream, loadgen (target dir $TARGET_DIR)" >&2
+  (cd "$ROOT" && cargo build --release --quiet --bins \
+    -p example-gateway -p example-mock-upstream -p tower-sse-tools)
 }
 
 # Raise the soft fd limit as far as allowed: the kernel's maximum when this shell may raise

@@ -6,7 +6,7 @@
 //! together give back the input byte for byte.
 //!
 //! ```sh
-//! cargo run --example decode
+//! cargo run -p example-decode
 //! ```
 
 use bytes::Bytes;

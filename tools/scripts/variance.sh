@@ -30,7 +30,7 @@ RUNTIME=${RUNTIME:-multi}
 OUT_DIR=${OUT_DIR:-$TARGET_DIR/load/variance-$(date +%Y%m%d-%H%M%S)}
 
 mkdir -p "$OUT_DIR"
-[ "${SKIP_BUILD:-}" = 1 ] || build_examples
+[ "${SKIP_BUILD:-}" = 1 ] || build_binaries
 wait_until_quiet
 
 start_mock "$OUT_DIR/mock.log" --tokens "$TOKENS" --delay-ms "$DELAY_MS"

@@ -1,0 +1,150 @@
+//! The innermost service: forward a request to the upstream with a pooled hyper-util client,
+//! minus the hop-by-hop headers; answer `502` when the upstream cannot be reached.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_sse::digest::RequestDigestBody;
+use tower_sse::include_usage::UsageRequestBody;
+
+use crate::UPSTREAM_STREAMS;
+use crate::os::{Warning, fd_limit_text, io_source, is_fd_exhaustion};
+
+/// The request body the upstream client sends: the client's bytes, hashed as they go
+/// (`RequestDigestLayer`), and possibly rewritten to ask for usage (`IncludeUsageLayer`).
+pub(crate) type UpstreamRequestBody = UsageRequestBody<RequestDigestBody<AxumBody>>;
+/// The upstream's body, or the gateway's own error answer.
+pub(crate) type UpstreamResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Forwards a request to the upstream with a pooled client; answers `502` when it cannot.
+#[derive(Clone, Debug)]
+pub(crate) struct Forward {
+    pub(crate) client: Client<HttpConnector, UpstreamRequestBody>,
+    pub(crate) upstream: Uri,
+}
+
+impl tower::Service<Request<UpstreamRequestBody>> for Forward {
+    type Response = Response<UpstreamResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<UpstreamRequestBody>) -> Self::Future {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut parts = self.upstream.clone().into_parts();
+        parts.path_and_query = path.parse().ok();
+        let uri = Uri::from_parts(parts);
+        let client = self.client.clone();
+        Box::pin(async move {
+            let Ok(uri) = uri else {
+                return Ok(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "bad request path",
+                ));
+            };
+            strip_hop_by_hop(request.headers_mut());
+            if let Some(authority) = uri.authority()
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                request.headers_mut().insert(HOST, host);
+            }
+            *request.uri_mut() = uri;
+            match client.request(request).await {
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    if is_stream_head(&parts.headers) {
+                        metrics::counter!(UPSTREAM_STREAMS).increment(1);
+                    }
+                    Ok(Response::from_parts(parts, Either::Left(body)))
+                }
+                Err(e) => Ok(upstream_unreachable(&e)),
+            }
+        })
+    }
+}
+
+/// Hop-by-hop headers: they describe one connection and are never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<UpstreamResponseBody> {
+    let body = format!(r#"{{"error":{{"type":"{kind}","message":"{message}"}}}}"#);
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `502`, and a clear message when the cause is a full file table.
+fn upstream_unreachable(e: &hyper_util::client::legacy::Error) -> Response<UpstreamResponseBody> {
+    static OUT_OF_FDS: Warning = Warning::new();
+    if let Some(io) = io_source(e)
+        && is_fd_exhaustion(io)
+    {
+        OUT_OF_FDS.emit(|| {
+            format!(
+                "gateway: connecting to the upstream failed: {io}: out of file descriptors \
+                 (limit {}); raise it with `ulimit -n` before starting the gateway",
+                fd_limit_text()
+            )
+        });
+    }
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        "upstream_unreachable",
+        "the upstream could not be reached",
+    )
+}
+
+/// Whether a response head announces a stream the `SseLayer` handles (SSE or NDJSON).
+fn is_stream_head(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start().to_ascii_lowercase();
+            v.starts_with("text/event-stream") || v.starts_with("application/x-ndjson")
+        })
+}

@@ -1,0 +1,122 @@
+//! How the gateway runs on the CPU: one multi-thread runtime, or one current-thread runtime
+//! per core with its own `SO_REUSEPORT` listener; and the in-process mock upstream.
+
+use std::net::SocketAddr;
+
+use example_gateway::{GatewayConfig, Shared};
+use tokio::net::{TcpListener, TcpSocket};
+
+/// Connections waiting to be accepted, per listener (the kernel caps it at somaxconn).
+const BACKLOG: u32 = 4096;
+
+/// One multi-thread runtime serving one listener.
+pub(crate) fn run_multi(listen: SocketAddr, config: GatewayConfig) -> std::io::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = bind(listen, false)?.listen(BACKLOG)?;
+            let gateway = example_gateway::start(listener, config, None).await?;
+            eprintln!("runtime: multi (one multi-thread runtime)");
+            println!("listening on http://{}", gateway.addr);
+            tokio::signal::ctrl_c().await
+        })
+}
+
+/// One current-thread runtime per core, each accepting on its own `SO_REUSEPORT` listener
+/// bound to the same address (the kernel spreads connections over them), all sharing one
+/// registry, stream limit and metrics recorder.
+pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sockets = bind_reuseport_group(listen, cores)?;
+    let addr = sockets[0].local_addr()?;
+    let shared = Shared::new(config, None);
+    for (core, socket) in sockets.into_iter().enumerate() {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("gateway-core-{core}"))
+            .spawn(move || serve_on_own_runtime(socket, &shared))?;
+    }
+    eprintln!("runtime: per-core ({cores} current-thread runtimes, SO_REUSEPORT listeners)");
+    println!("listening on http://{addr}");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(tokio::signal::ctrl_c())
+}
+
+/// `count` sockets bound to `listen` with `SO_REUSEPORT`; with port 0, all on the port the
+/// first one got.
+fn bind_reuseport_group(listen: SocketAddr, count: usize) -> std::io::Result<Vec<TcpSocket>> {
+    let first = bind(listen, true)?;
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind(addr, true)?);
+    }
+    Ok(sockets)
+}
+
+/// A bound, not yet listening socket (listening registers it with the runtime that serves it).
+fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
+    socket
+        .bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    Ok(socket)
+}
+
+/// Serve the gateway on `socket` from a current-thread runtime on this thread, forever.
+fn serve_on_own_runtime(socket: TcpSocket, shared: &Shared) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gateway: cannot start a runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async {
+        let listener: TcpListener = match socket.listen(BACKLOG) {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("gateway: cannot listen: {e}");
+                std::process::exit(1);
+            }
+        };
+        example_gateway::serve(listener, shared.router()).await;
+    });
+}
+
+/// Start the mock upstream on its own thread and runtime; returns its address.
+pub(crate) fn spawn_mock() -> std::io::Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("mock-upstream".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let (addr, _server) =
+                    tower_sse_mock::spawn(tower_sse_mock::MockConfig::new()).await;
+                let _ = tx.send(addr);
+                std::future::pending::<()>().await;
+            });
+        })?;
+    let addr = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the mock upstream did not start"))?;
+    eprintln!("mock upstream on http://{addr}");
+    Ok(addr)
+}

@@ -1,0 +1,141 @@
+//! The gateway binary's command line and endpoints are a contract (the load scripts and the
+//! end-to-end script use them): every flag, the `listening on http://ADDR` line, `/metrics`
+//! and `/v1/digests/{id}`, with both runtimes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+const FLAGS: &[&str] = &[
+    "--listen",
+    "--upstream",
+    "--keep-alive",
+    "--first-event-timeout",
+    "--idle-timeout",
+    "--total-timeout",
+    "--max-streams",
+    "--early-response",
+    "--runtime",
+];
+
+/// The gateway process, killed when dropped.
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the binary with `args` and wait for its `listening on http://ADDR` line; returns the
+/// process, its stdout (kept open: the gateway logs one line per stream there) and its URL.
+fn start(args: &[&str]) -> (Running, BufReader<ChildStdout>, String) {
+    let mut running = Running {
+        child: Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the gateway binary starts"),
+    };
+    let mut stdout = BufReader::new(running.child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = stdout.read_line(&mut line).unwrap();
+        assert!(read > 0, "the gateway exited before printing its address");
+        if let Some(addr) = line.trim_end().strip_prefix("listening on http://") {
+            let base = format!("http://{addr}");
+            return (running, stdout, base);
+        }
+    }
+}
+
+/// One streamed chat completion through the gateway, then its digest and the metrics.
+async fn exercise(base: &str) {
+    let body = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let id = body
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let digest = reqwest::get(format!("{base}/v1/digests/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(digest.status(), 200);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("gen_ai_client_operation_duration")
+    );
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in FLAGS {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    assert!(help.contains("per-core"));
+}
+
+#[test]
+fn unknown_flag_is_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn multi_runtime_with_every_flag_and_an_upstream() {
+    let (upstream, _mock) = tower_sse_mock::spawn(tower_sse_mock::MockConfig::new()).await;
+    let upstream = format!("http://{upstream}");
+    let (_gateway, _stdout, base) = start(&[
+        "--upstream",
+        &upstream,
+        "--keep-alive",
+        "1",
+        "--first-event-timeout",
+        "10",
+        "--idle-timeout",
+        "5",
+        "--total-timeout",
+        "60",
+        "--max-streams",
+        "8",
+        "--early-response",
+        "--runtime",
+        "multi",
+    ]);
+    exercise(&base).await;
+}
+
+#[tokio::test]
+async fn per_core_runtime_with_the_in_process_mock() {
+    let (_gateway, _stdout, base) = start(&["--runtime", "per-core"]);
+    exercise(&base).await;
+}
