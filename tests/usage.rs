@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,10 +18,12 @@ use serde_json::Value;
 use support::body::{
     Collected, FramesBody, Reports, UpstreamFailed, channel, collect, response, serve_with,
 };
+use tower_sse::provider::Provider;
+use tower_sse::request::UsageInjected;
 use tower_sse::sse::EventRef;
+use tower_sse::usage::{CacheCreationInputTokens, UsageState};
 use tower_sse::{
-    CacheCreationInputTokens, EventContext, Observer, Outcome, Provider, SseLayer, StreamReport,
-    Usage, UsageInjected, UsageObserver, UsageSource, UsageState,
+    EventContext, Observer, Outcome, SseLayer, StreamReport, Usage, UsageObserver, UsageSource,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -64,257 +67,219 @@ struct Case {
     finishes: &'static [(usize, &'static str)],
 }
 
-fn openai_chat() -> Case {
-    let usage = u(1180, 77, 1257, 1024, 64);
-    Case {
-        name: "openai_chat",
-        bytes: include_bytes!("fixtures/usage/openai_chat.sse"),
-        path: "/v1/chat/completions",
-        ndjson: false,
-        provider: Provider::OpenAiChat,
-        usage: Some(usage),
-        cache_creation: None,
-        id: Some("chatcmpl-Bx7Q2mZkR1"),
-        model: Some("o4-mini-2025-04-16"),
-        finish: Some("stop"),
-        events: 9,
-        content_at: &[1, 2, 3, 4, 5],
-        reported: vec![(7, usage)],
-        provisional: None,
-        finishes: &[(6, "stop")],
-    }
-}
-
-fn openai_merged() -> Case {
-    let usage = u(11, 2, 13, -1, -1);
-    Case {
-        name: "openai_merged",
-        bytes: include_bytes!("fixtures/usage/openai_merged.sse"),
-        path: "/v1/chat/completions",
-        ndjson: false,
-        provider: Provider::OpenAiChat,
-        usage: Some(usage),
-        cache_creation: None,
-        id: Some("chatcmpl-llama42"),
-        model: Some("gemma-3-1b-it"),
-        finish: Some("length"),
-        events: 5,
-        content_at: &[1, 2],
-        reported: vec![(3, usage)],
-        provisional: None,
-        finishes: &[(3, "length")],
-    }
-}
-
-fn openai_completions() -> Case {
-    let usage = u(5, 4, 9, -1, -1);
-    Case {
-        name: "openai_completions",
-        bytes: include_bytes!("fixtures/usage/openai_completions.sse"),
-        path: "/v1/completions",
-        ndjson: false,
-        provider: Provider::OpenAiCompletions,
-        usage: Some(usage),
-        cache_creation: None,
-        id: Some("cmpl-8Vq1"),
-        model: Some("gpt-3.5-turbo-instruct"),
-        finish: Some("length"),
-        events: 6,
-        content_at: &[0, 1, 2],
-        reported: vec![(4, usage)],
-        provisional: None,
-        finishes: &[(3, "length")],
-    }
-}
-
-fn vllm_continuous() -> Case {
-    Case {
-        name: "vllm_continuous",
-        bytes: include_bytes!("fixtures/usage/vllm_continuous.sse"),
-        path: "/v1/chat/completions",
-        ndjson: false,
-        provider: Provider::OpenAiChat,
-        usage: Some(u(42, 4, 46, -1, -1)),
-        cache_creation: None,
-        id: Some("chatcmpl-vllm7"),
-        model: Some("meta-llama/Llama-3.1-8B-Instruct"),
-        finish: Some("stop"),
-        events: 7,
-        content_at: &[1, 2, 3],
-        reported: vec![
-            (0, u(42, 0, 42, -1, -1)),
-            (1, u(42, 1, 43, -1, -1)),
-            (2, u(42, 2, 44, -1, -1)),
-            (3, u(42, 3, 45, -1, -1)),
-            (4, u(42, 4, 46, -1, -1)),
-        ],
-        provisional: None,
-        finishes: &[(4, "stop")],
-    }
-}
-
-fn responses() -> Case {
-    let usage = u(36, 203, 239, 0, 192);
-    Case {
-        name: "responses",
-        bytes: include_bytes!("fixtures/usage/responses.sse"),
-        path: "/v1/responses",
-        ndjson: false,
-        provider: Provider::OpenAiResponses,
-        usage: Some(usage),
-        cache_creation: None,
-        id: Some("resp_68a1f0"),
-        model: Some("gpt-5-mini-2025-08-07"),
-        finish: Some("completed"),
-        events: 13,
-        content_at: &[6, 7, 8],
-        reported: vec![(12, usage)],
-        provisional: None,
-        finishes: &[(12, "completed")],
-    }
-}
-
-fn responses_incomplete() -> Case {
-    let usage = u(12, 16, 28, 0, 0);
-    Case {
-        name: "responses_incomplete",
-        bytes: include_bytes!("fixtures/usage/responses_incomplete.sse"),
-        path: "/v1/responses",
-        ndjson: false,
-        provider: Provider::OpenAiResponses,
-        usage: Some(usage),
-        cache_creation: None,
-        id: Some("resp_0c44e1"),
-        model: Some("gpt-4.1-nano-2025-04-14"),
-        finish: Some("max_output_tokens"),
-        events: 4,
-        content_at: &[1, 2],
-        reported: vec![(3, usage)],
-        provisional: None,
-        finishes: &[(3, "max_output_tokens")],
-    }
-}
-
-fn anthropic() -> Case {
-    Case {
-        name: "anthropic",
-        bytes: include_bytes!("fixtures/usage/anthropic.sse"),
-        path: "/v1/messages",
-        ndjson: false,
-        provider: Provider::Anthropic,
-        usage: Some(u(472, 12, -1, 0, -1)),
-        cache_creation: Some(0),
-        id: Some("msg_01XFDUDYJgAACzvnptvVoYEL"),
-        model: Some("claude-sonnet-4-5-20250929"),
-        finish: Some("end_turn"),
-        events: 9,
-        content_at: &[3, 4, 5],
-        reported: vec![(0, u(472, -1, -1, 0, -1)), (7, u(472, 12, -1, 0, -1))],
-        provisional: Some((0, 2)),
-        finishes: &[(7, "end_turn")],
-    }
-}
-
-fn anthropic_restated() -> Case {
-    Case {
-        name: "anthropic_restated",
-        bytes: include_bytes!("fixtures/usage/anthropic_restated.sse"),
-        path: "/v1/messages",
-        ndjson: false,
-        provider: Provider::Anthropic,
-        usage: Some(u(9, 58, -1, 20480, -1)),
-        cache_creation: Some(1536),
-        id: Some("msg_01Restated"),
-        model: Some("claude-opus-4-1-20250805"),
-        finish: Some("max_tokens"),
-        events: 10,
-        content_at: &[2, 6],
-        reported: vec![(0, u(9, -1, -1, 20480, -1)), (8, u(9, 58, -1, 20480, -1))],
-        provisional: Some((0, 1)),
-        finishes: &[(8, "max_tokens")],
-    }
-}
-
-fn anthropic_error() -> Case {
-    Case {
-        name: "anthropic_error",
-        bytes: include_bytes!("fixtures/usage/anthropic_error.sse"),
-        path: "/v1/messages",
-        ndjson: false,
-        provider: Provider::Anthropic,
-        // Completed without a `message_delta`: the placeholder is all there is.
-        usage: Some(u(30, 1, -1, 0, -1)),
-        cache_creation: Some(0),
-        id: Some("msg_01Overload"),
-        model: Some("claude-haiku-4-5"),
-        finish: Some("overloaded_error"),
-        events: 5,
-        content_at: &[2, 3],
-        reported: vec![(0, u(30, -1, -1, 0, -1))],
-        provisional: Some((0, 1)),
-        finishes: &[(4, "overloaded_error")],
-    }
-}
-
-fn gemini() -> Case {
-    Case {
-        name: "gemini",
-        bytes: include_bytes!("fixtures/usage/gemini.sse"),
-        path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
-        ndjson: false,
-        provider: Provider::Gemini,
-        usage: Some(u(14, 9, 99, -1, 76)),
-        cache_creation: None,
-        id: Some("m1x2aPq4Lh"),
-        model: Some("gemini-2.5-flash"),
-        finish: Some("STOP"),
-        events: 3,
-        content_at: &[0, 1, 2],
-        reported: vec![
-            (0, u(14, -1, 90, -1, 76)),
-            (1, u(14, 3, 93, -1, 76)),
-            (2, u(14, 9, 99, -1, 76)),
-        ],
-        provisional: None,
-        finishes: &[(2, "STOP")],
-    }
-}
-
-fn ollama() -> Case {
-    let usage = u(26, 4, -1, -1, -1);
-    Case {
-        name: "ollama",
-        bytes: include_bytes!("fixtures/usage/ollama_chat.ndjson"),
-        path: "/api/chat",
-        ndjson: true,
-        provider: Provider::Ollama,
-        usage: Some(usage),
-        cache_creation: None,
-        id: None,
-        model: Some("llama3.2"),
-        finish: Some("stop"),
-        events: 4,
-        content_at: &[0, 1, 2],
-        reported: vec![(3, usage)],
-        provisional: None,
-        finishes: &[(3, "stop")],
-    }
-}
-
-fn all_cases() -> Vec<Case> {
+/// The case table: one row per transcript, with everything the report must say about it.
+/// The tests under "The table" below run every row; the other tests take a row by name.
+fn table() -> Vec<Case> {
     vec![
-        openai_chat(),
-        openai_merged(),
-        openai_completions(),
-        vllm_continuous(),
-        responses(),
-        responses_incomplete(),
-        anthropic(),
-        anthropic_restated(),
-        anthropic_error(),
-        gemini(),
-        ollama(),
+        Case {
+            name: "openai_chat",
+            bytes: include_bytes!("fixtures/usage/openai_chat.sse"),
+            path: "/v1/chat/completions",
+            ndjson: false,
+            provider: Provider::OpenAiChat,
+            usage: Some(u(1180, 77, 1257, 1024, 64)),
+            cache_creation: None,
+            id: Some("chatcmpl-Bx7Q2mZkR1"),
+            model: Some("o4-mini-2025-04-16"),
+            finish: Some("stop"),
+            events: 9,
+            content_at: &[1, 2, 3, 4, 5],
+            reported: vec![(7, u(1180, 77, 1257, 1024, 64))],
+            provisional: None,
+            finishes: &[(6, "stop")],
+        },
+        Case {
+            name: "openai_merged",
+            bytes: include_bytes!("fixtures/usage/openai_merged.sse"),
+            path: "/v1/chat/completions",
+            ndjson: false,
+            provider: Provider::OpenAiChat,
+            usage: Some(u(11, 2, 13, -1, -1)),
+            cache_creation: None,
+            id: Some("chatcmpl-llama42"),
+            model: Some("gemma-3-1b-it"),
+            finish: Some("length"),
+            events: 5,
+            content_at: &[1, 2],
+            reported: vec![(3, u(11, 2, 13, -1, -1))],
+            provisional: None,
+            finishes: &[(3, "length")],
+        },
+        Case {
+            name: "openai_completions",
+            bytes: include_bytes!("fixtures/usage/openai_completions.sse"),
+            path: "/v1/completions",
+            ndjson: false,
+            provider: Provider::OpenAiCompletions,
+            usage: Some(u(5, 4, 9, -1, -1)),
+            cache_creation: None,
+            id: Some("cmpl-8Vq1"),
+            model: Some("gpt-3.5-turbo-instruct"),
+            finish: Some("length"),
+            events: 6,
+            content_at: &[0, 1, 2],
+            reported: vec![(4, u(5, 4, 9, -1, -1))],
+            provisional: None,
+            finishes: &[(3, "length")],
+        },
+        Case {
+            name: "vllm_continuous",
+            bytes: include_bytes!("fixtures/usage/vllm_continuous.sse"),
+            path: "/v1/chat/completions",
+            ndjson: false,
+            provider: Provider::OpenAiChat,
+            usage: Some(u(42, 4, 46, -1, -1)),
+            cache_creation: None,
+            id: Some("chatcmpl-vllm7"),
+            model: Some("meta-llama/Llama-3.1-8B-Instruct"),
+            finish: Some("stop"),
+            events: 7,
+            content_at: &[1, 2, 3],
+            reported: vec![
+                (0, u(42, 0, 42, -1, -1)),
+                (1, u(42, 1, 43, -1, -1)),
+                (2, u(42, 2, 44, -1, -1)),
+                (3, u(42, 3, 45, -1, -1)),
+                (4, u(42, 4, 46, -1, -1)),
+            ],
+            provisional: None,
+            finishes: &[(4, "stop")],
+        },
+        Case {
+            name: "responses",
+            bytes: include_bytes!("fixtures/usage/responses.sse"),
+            path: "/v1/responses",
+            ndjson: false,
+            provider: Provider::OpenAiResponses,
+            usage: Some(u(36, 203, 239, 0, 192)),
+            cache_creation: None,
+            id: Some("resp_68a1f0"),
+            model: Some("gpt-5-mini-2025-08-07"),
+            finish: Some("completed"),
+            events: 13,
+            content_at: &[6, 7, 8],
+            reported: vec![(12, u(36, 203, 239, 0, 192))],
+            provisional: None,
+            finishes: &[(12, "completed")],
+        },
+        Case {
+            name: "responses_incomplete",
+            bytes: include_bytes!("fixtures/usage/responses_incomplete.sse"),
+            path: "/v1/responses",
+            ndjson: false,
+            provider: Provider::OpenAiResponses,
+            usage: Some(u(12, 16, 28, 0, 0)),
+            cache_creation: None,
+            id: Some("resp_0c44e1"),
+            model: Some("gpt-4.1-nano-2025-04-14"),
+            finish: Some("max_output_tokens"),
+            events: 4,
+            content_at: &[1, 2],
+            reported: vec![(3, u(12, 16, 28, 0, 0))],
+            provisional: None,
+            finishes: &[(3, "max_output_tokens")],
+        },
+        Case {
+            name: "anthropic",
+            bytes: include_bytes!("fixtures/usage/anthropic.sse"),
+            path: "/v1/messages",
+            ndjson: false,
+            provider: Provider::Anthropic,
+            usage: Some(u(472, 12, -1, 0, -1)),
+            cache_creation: Some(0),
+            id: Some("msg_01XFDUDYJgAACzvnptvVoYEL"),
+            model: Some("claude-sonnet-4-5-20250929"),
+            finish: Some("end_turn"),
+            events: 9,
+            content_at: &[3, 4, 5],
+            reported: vec![(0, u(472, -1, -1, 0, -1)), (7, u(472, 12, -1, 0, -1))],
+            provisional: Some((0, 2)),
+            finishes: &[(7, "end_turn")],
+        },
+        Case {
+            name: "anthropic_restated",
+            bytes: include_bytes!("fixtures/usage/anthropic_restated.sse"),
+            path: "/v1/messages",
+            ndjson: false,
+            provider: Provider::Anthropic,
+            usage: Some(u(9, 58, -1, 20480, -1)),
+            cache_creation: Some(1536),
+            id: Some("msg_01Restated"),
+            model: Some("claude-opus-4-1-20250805"),
+            finish: Some("max_tokens"),
+            events: 10,
+            content_at: &[2, 6],
+            reported: vec![(0, u(9, -1, -1, 20480, -1)), (8, u(9, 58, -1, 20480, -1))],
+            provisional: Some((0, 1)),
+            finishes: &[(8, "max_tokens")],
+        },
+        Case {
+            name: "anthropic_error",
+            bytes: include_bytes!("fixtures/usage/anthropic_error.sse"),
+            path: "/v1/messages",
+            ndjson: false,
+            provider: Provider::Anthropic,
+            // Completed without a `message_delta`: the placeholder is all there is.
+            usage: Some(u(30, 1, -1, 0, -1)),
+            cache_creation: Some(0),
+            id: Some("msg_01Overload"),
+            model: Some("claude-haiku-4-5"),
+            finish: Some("overloaded_error"),
+            events: 5,
+            content_at: &[2, 3],
+            reported: vec![(0, u(30, -1, -1, 0, -1))],
+            provisional: Some((0, 1)),
+            finishes: &[(4, "overloaded_error")],
+        },
+        Case {
+            name: "gemini",
+            bytes: include_bytes!("fixtures/usage/gemini.sse"),
+            path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            ndjson: false,
+            provider: Provider::Gemini,
+            usage: Some(u(14, 9, 99, -1, 76)),
+            cache_creation: None,
+            id: Some("m1x2aPq4Lh"),
+            model: Some("gemini-2.5-flash"),
+            finish: Some("STOP"),
+            events: 3,
+            content_at: &[0, 1, 2],
+            reported: vec![
+                (0, u(14, -1, 90, -1, 76)),
+                (1, u(14, 3, 93, -1, 76)),
+                (2, u(14, 9, 99, -1, 76)),
+            ],
+            provisional: None,
+            finishes: &[(2, "STOP")],
+        },
+        Case {
+            name: "ollama",
+            bytes: include_bytes!("fixtures/usage/ollama_chat.ndjson"),
+            path: "/api/chat",
+            ndjson: true,
+            provider: Provider::Ollama,
+            usage: Some(u(26, 4, -1, -1, -1)),
+            cache_creation: None,
+            id: None,
+            model: Some("llama3.2"),
+            finish: Some("stop"),
+            events: 4,
+            content_at: &[0, 1, 2],
+            reported: vec![(3, u(26, 4, -1, -1, -1))],
+            provisional: None,
+            finishes: &[(3, "stop")],
+        },
     ]
+}
+
+impl Case {
+    /// The row of the table named `name`.
+    fn named(name: &str) -> Case {
+        table()
+            .into_iter()
+            .find(|case| case.name == name)
+            .unwrap_or_else(|| panic!("no case named {name} in the table"))
+    }
 }
 
 impl Case {
@@ -646,62 +611,80 @@ fn check_disconnect(case: &Case, k: usize, report: &StreamReport) {
     );
 }
 
-macro_rules! transcript_tests {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
+// ---------------------------------------------------------------------------------------
+// The table: every case whole, one chunk per event, split at every byte, cut after every
+// event
+// ---------------------------------------------------------------------------------------
 
-            #[tokio::test]
-            async fn whole() {
-                let case = super::$name();
-                let (report, out) = run(&case, &[case.bytes], false).await;
-                case.check_complete(&report, "whole");
-                if !case.ndjson {
-                    assert_eq!(out.data, case.bytes, "{}: forwarded as is", case.name);
-                }
-            }
-
-            #[tokio::test]
-            async fn one_chunk_per_event() {
-                let case = super::$name();
-                let (report, _) = run(&case, &case.split_events(), false).await;
-                case.check_complete(&report, "one chunk per event");
-            }
-
-            #[tokio::test]
-            async fn every_byte_split() {
-                let case = super::$name();
-                for at in 1..case.bytes.len() {
-                    let (report, _) = run(&case, &cut(case.bytes, &[at]), false).await;
-                    case.check_complete(&report, &format!("split at {at}"));
-                }
-            }
-
-            #[tokio::test]
-            async fn disconnect_after_every_event() {
-                let case = super::$name();
-                for k in 0..=case.events as usize {
-                    let report = disconnect_after(&case, k).await;
-                    check_disconnect(&case, k, &report);
-                }
-            }
+/// Run `check` on every case of the table, each on a runtime of its own (as a
+/// `#[tokio::test]` has: one task per case, so tokio's cooperative budget is not shared
+/// between cases). A failing case does not stop the others: the test fails at the end,
+/// naming each case that failed and its message.
+fn for_each_case<F, Fut>(check: F)
+where
+    F: Fn(Case) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut failed = Vec::new();
+    for case in table() {
+        let name = case.name;
+        let result = catch_unwind(AssertUnwindSafe(|| runtime().block_on(check(case))));
+        if let Err(panic) = result {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            failed.push(format!("case {name}: {message}"));
         }
-    )*};
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        table().len(),
+        failed.join("\n")
+    );
 }
 
-transcript_tests!(
-    openai_chat,
-    openai_merged,
-    openai_completions,
-    vllm_continuous,
-    responses,
-    responses_incomplete,
-    anthropic,
-    anthropic_restated,
-    anthropic_error,
-    gemini,
-    ollama,
-);
+#[test]
+fn table_whole() {
+    for_each_case(|case| async move {
+        let (report, out) = run(&case, &[case.bytes], false).await;
+        case.check_complete(&report, "whole");
+        if !case.ndjson {
+            assert_eq!(out.data, case.bytes, "{}: forwarded as is", case.name);
+        }
+    });
+}
+
+#[test]
+fn table_one_chunk_per_event() {
+    for_each_case(|case| async move {
+        let (report, _) = run(&case, &case.split_events(), false).await;
+        case.check_complete(&report, "one chunk per event");
+    });
+}
+
+#[test]
+fn table_every_byte_split() {
+    for_each_case(|case| async move {
+        for at in 1..case.bytes.len() {
+            let (report, _) = run(&case, &cut(case.bytes, &[at]), false).await;
+            case.check_complete(&report, &format!("split at {at}"));
+        }
+    });
+}
+
+#[test]
+fn table_disconnect_after_every_event() {
+    for_each_case(|case| async move {
+        for k in 0..=case.events as usize {
+            let report = disconnect_after(&case, k).await;
+            check_disconnect(&case, k, &report);
+        }
+    });
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -714,8 +697,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_splits(case in 0..all_cases().len(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..16)) {
-        let case = &all_cases()[case];
+    fn random_splits(case in 0..table().len(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..16)) {
+        let case = &table()[case];
         let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(case.bytes.len())).collect();
         cuts.sort_unstable();
         cuts.dedup();
@@ -741,7 +724,7 @@ async fn openai_usage_null_trap() {
         "data: [DONE]\n\n",
     )
     .as_bytes();
-    let mut case = openai_chat();
+    let mut case = Case::named("openai_chat");
     case.bytes = stream;
     let (report, _) = run(&case, &[stream], false).await;
     assert_eq!(
@@ -768,7 +751,7 @@ async fn openai_usage_null_trap() {
 /// reported apart.
 #[tokio::test]
 async fn anthropic_restated_counts_are_replaced_not_added() {
-    let case = anthropic_restated();
+    let case = Case::named("anthropic_restated");
     let (report, _) = run(&case, &[case.bytes], false).await;
     let usage = report.usage.unwrap();
     assert_eq!(usage.input_tokens, Some(9), "not 18");
@@ -801,7 +784,7 @@ async fn anthropic_counts_only_in_message_delta_are_kept() {
         "data: {\"type\":\"message_stop\"}\n\n",
     )
     .as_bytes();
-    let mut case = anthropic();
+    let mut case = Case::named("anthropic");
     case.bytes = stream;
     let (report, _) = run(&case, &[stream], false).await;
     assert_eq!(report.usage, Some(u(7, 6, -1, 4096, -1)));
@@ -816,7 +799,7 @@ async fn anthropic_counts_only_in_message_delta_are_kept() {
 /// wins (adding them up would say 14 output tokens for 4).
 #[tokio::test]
 async fn vllm_continuous_usage_last_value_wins() {
-    let case = vllm_continuous();
+    let case = Case::named("vllm_continuous");
     let (report, _) = run(&case, &case.split_events(), false).await;
     let usage = report.usage.unwrap();
     assert_eq!(usage.output_tokens, Some(4));
@@ -828,7 +811,7 @@ async fn vllm_continuous_usage_last_value_wins() {
 /// The last `usageMetadata` of a Gemini stream wins too.
 #[tokio::test]
 async fn gemini_running_totals_last_value_wins() {
-    let case = gemini();
+    let case = Case::named("gemini");
     let (report, _) = run(&case, &[case.bytes], false).await;
     assert_eq!(report.usage, Some(u(14, 9, 99, -1, 76)), "not 42, 12, 282");
 }
@@ -841,7 +824,7 @@ async fn gemini_running_totals_last_value_wins() {
 /// usage-only chunk, the report has its usage.
 #[tokio::test]
 async fn injected_usage_chunk_is_hidden_but_counted() {
-    let case = openai_chat();
+    let case = Case::named("openai_chat");
     let events = case.split_events();
     let usage_chunk = events[7];
     assert!(
@@ -871,7 +854,7 @@ async fn injected_usage_chunk_is_hidden_but_counted() {
 /// Without the marker, the usage chunk reaches the client: the client asked for it.
 #[tokio::test]
 async fn requested_usage_chunk_reaches_the_client() {
-    let case = openai_chat();
+    let case = Case::named("openai_chat");
     let (report, out) = run(&case, &[case.bytes], false).await;
     assert_eq!(out.data, case.bytes);
     case.check_complete(&report, "not injected");
@@ -881,7 +864,7 @@ async fn requested_usage_chunk_reaches_the_client() {
 /// the usage-only chunk is hidden.
 #[tokio::test]
 async fn injected_usage_on_choice_chunks_is_forwarded() {
-    let case = vllm_continuous();
+    let case = Case::named("vllm_continuous");
     let events = case.split_events();
     let (report, out) = run(&case, &[case.bytes], true).await;
     let expected: Vec<u8> = events
@@ -893,7 +876,7 @@ async fn injected_usage_on_choice_chunks_is_forwarded() {
     assert_eq!(out.text(), String::from_utf8(expected).unwrap());
     case.check_complete(&report, "injected");
 
-    let case = openai_merged();
+    let case = Case::named("openai_merged");
     let (report, out) = run(&case, &[case.bytes], true).await;
     assert_eq!(out.data, case.bytes);
     case.check_complete(&report, "injected");
@@ -902,7 +885,11 @@ async fn injected_usage_on_choice_chunks_is_forwarded() {
 /// Other formats have no usage-only chunk: the marker changes nothing.
 #[tokio::test]
 async fn injected_marker_leaves_other_formats_alone() {
-    for case in [anthropic(), responses(), gemini()] {
+    for case in [
+        Case::named("anthropic"),
+        Case::named("responses"),
+        Case::named("gemini"),
+    ] {
         let (report, out) = run(&case, &[case.bytes], true).await;
         assert_eq!(out.data, case.bytes, "{}", case.name);
         case.check_complete(&report, "injected");
@@ -916,7 +903,7 @@ async fn injected_marker_leaves_other_formats_alone() {
 /// An upstream failure after some content: the report has an estimate of the output.
 #[tokio::test]
 async fn upstream_error_after_content_is_estimated() {
-    let case = openai_chat();
+    let case = Case::named("openai_chat");
     let events = case.split_events();
     let mut frames: Vec<support::body::Item> = events[..4]
         .iter()
@@ -945,7 +932,7 @@ async fn upstream_error_after_content_is_estimated() {
 /// the output estimated.
 #[tokio::test(start_paused = true)]
 async fn deadline_keeps_reported_input_and_estimates_output() {
-    let case = anthropic();
+    let case = Case::named("anthropic");
     let events = case.split_events();
     let reports = Reports::default();
     let layer = SseLayer::new()
@@ -979,7 +966,7 @@ async fn deadline_keeps_reported_input_and_estimates_output() {
 /// estimated.
 #[tokio::test]
 async fn completed_stream_without_usage_has_none() {
-    let mut case = openai_chat();
+    let mut case = Case::named("openai_chat");
     let events = case.split_events();
     let stream: Vec<u8> = events
         .iter()
@@ -997,7 +984,7 @@ async fn completed_stream_without_usage_has_none() {
 /// `()` as the token counter turns estimates off.
 #[tokio::test]
 async fn unit_token_counter_never_estimates() {
-    let case = openai_chat();
+    let case = Case::named("openai_chat");
     let reports = Reports::default();
     let layer = SseLayer::new()
         .observer(UsageObserver::new().token_counter(()))
@@ -1043,7 +1030,12 @@ mod drain {
     /// and the report carries the provider's final usage.
     #[tokio::test(start_paused = true)]
     async fn drain_reports_the_final_usage_after_an_early_disconnect() {
-        for case in [openai_chat(), anthropic(), responses(), vllm_continuous()] {
+        for case in [
+            Case::named("openai_chat"),
+            Case::named("anthropic"),
+            Case::named("responses"),
+            Case::named("vllm_continuous"),
+        ] {
             let events = case.split_events();
             let reports = Reports::default();
             let layer = SseLayer::new()
@@ -1090,7 +1082,7 @@ mod drain {
     /// was known (here an estimate).
     #[tokio::test(start_paused = true)]
     async fn drain_limit_reports_what_was_seen() {
-        let case = openai_chat();
+        let case = Case::named("openai_chat");
         let events = case.split_events();
         let reports = Reports::default();
         let layer = SseLayer::new()
@@ -1170,7 +1162,7 @@ async fn prepended_extractor_runs_first() {
 /// Replacing the extractors with `()` reads nothing.
 #[tokio::test]
 async fn unit_extractor_reads_nothing() {
-    let case = openai_chat();
+    let case = Case::named("openai_chat");
     let reports = Reports::default();
     let layer = SseLayer::new()
         .observer(UsageObserver::new().extractor(()))
@@ -1207,7 +1199,7 @@ async fn later_observers_see_usage_during_the_stream() {
             report.extensions.insert(Seen(self.0.clone()));
         }
     }
-    let case = vllm_continuous();
+    let case = Case::named("vllm_continuous");
     let reports = Reports::default();
     let layer = SseLayer::new()
         .observer((UsageObserver::default(), Peek::default()))
@@ -1239,7 +1231,7 @@ async fn later_observers_see_usage_during_the_stream() {
 /// that name their type in the data are still read.
 #[tokio::test]
 async fn unnamed_events_without_a_path_hint() {
-    for case in [responses(), anthropic()] {
+    for case in [Case::named("responses"), Case::named("anthropic")] {
         let stripped: String = String::from_utf8(case.bytes.to_vec())
             .unwrap()
             .lines()
