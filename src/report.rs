@@ -116,6 +116,10 @@ pub enum Framing {
     Sse,
     /// One JSON value per line (NDJSON), reframed into SSE `data:` events.
     JsonLines,
+    /// Not a stream: the upstream answered a streaming request with something else (an
+    /// error in JSON, a `429`), which the client got untouched (or, after an early
+    /// response, in place of which it got an error event).
+    NotAStream,
 }
 
 /// Everything known about one stream when it ended, delivered once to the

@@ -18,6 +18,28 @@ use http::header::ACCEPT;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamingRequest;
 
+/// Whether a request surely wants a stream: it carries [`StreamingRequest`], or every media
+/// range its `Accept` lists is `text/event-stream`. Only then may a layer answer with a stream
+/// before the upstream did: an MCP Streamable-HTTP client accepts `application/json,
+/// text/event-stream`, and a JSON answer to it must reach it as JSON.
+pub(crate) fn surely_streams(request: &http::request::Parts) -> bool {
+    if request.extensions.get::<StreamingRequest>().is_some() {
+        return true;
+    }
+    let mut ranges = request
+        .headers
+        .get_all(ACCEPT)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(|range| {
+            let media = range.split(|&b| b == b';').next().unwrap_or_default();
+            media.trim_ascii()
+        })
+        .filter(|media| !media.is_empty())
+        .peekable();
+    ranges.peek().is_some() && ranges.all(|media| media.eq_ignore_ascii_case(b"text/event-stream"))
+}
+
 /// The default "is this a streaming request?" test.
 pub(crate) fn is_streaming_request(request: &http::request::Parts) -> bool {
     request.extensions.get::<StreamingRequest>().is_some()

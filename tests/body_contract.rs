@@ -276,11 +276,27 @@ async fn event_too_large_ends_with_an_error_event() {
 }
 
 #[tokio::test]
-async fn truncated_upstream_is_reported_and_its_partial_event_withheld() {
+async fn truncated_upstream_is_reported_and_forwarded_as_it_came() {
     let reports = Reports::default();
     let upstream = FramesBody::data(&[b"data: one\n\ndata: half"]);
     let res = serve(
         SseLayer::new().on_end(reports.sink()),
+        response("text/event-stream", upstream),
+    )
+    .await;
+    let out = collect(res.into_body()).await;
+    assert_eq!(out.text(), "data: one\n\ndata: half");
+    assert_eq!(reports.one().outcome, Outcome::UpstreamTruncated);
+}
+
+#[tokio::test]
+async fn truncated_upstream_can_end_with_an_error_event_instead() {
+    let reports = Reports::default();
+    let upstream = FramesBody::data(&[b"data: one\n\ndata: half"]);
+    let res = serve(
+        SseLayer::new()
+            .error_on_truncation(true)
+            .on_end(reports.sink()),
         response("text/event-stream", upstream),
     )
     .await;

@@ -88,6 +88,8 @@ pub struct Decoder {
     discarding: bool,
     eof: EofState,
     truncated: bool,
+    /// The bytes of a block the input ended in, kept for a relay to forward (strict mode).
+    trailing: Option<Trailing>,
 
     last_event_id: Bytes,
     reconnection_time: Option<u64>,
@@ -140,6 +142,16 @@ enum EofState {
 pub(crate) enum Source {
     Input,
     Carry,
+}
+
+/// The bytes of the block a strict decoder's input ended in, which it discarded: what a
+/// relay forwards so that a client's own parser sees the end of the stream as it came.
+#[derive(Debug, Clone)]
+pub(crate) struct Trailing {
+    /// The block as the upstream sent it, up to the end of input.
+    pub(crate) raw: Bytes,
+    /// A complete `retry:` line in it (a client applies it even though the block is lost).
+    pub(crate) retry: Option<u64>,
 }
 
 /// An item located in the decoder's buffers, before it is lent or copied out.
@@ -240,6 +252,7 @@ impl Decoder {
             discarding: false,
             eof: EofState::Open,
             truncated: false,
+            trailing: None,
             last_event_id: Bytes::new(),
             reconnection_time: None,
         }
@@ -406,6 +419,11 @@ impl Decoder {
             raw: &bytes[found.raw.0..found.raw.1],
             unterminated: found.unterminated,
         }
+    }
+
+    /// The unfinished block the input ended in, once (strict mode, after draining).
+    pub(super) fn take_trailing(&mut self) -> Option<Trailing> {
+        self.trailing.take()
     }
 
     /// Bytes `[start, end)` of the current input chunk. When that is the whole chunk and
@@ -870,6 +888,14 @@ impl Decoder {
                 let name = memchr::memchr(b':', partial).map_or(partial, |colon| &partial[..colon]);
                 let partial_is_data = partial_line && name == b"data";
                 self.truncated = self.block.data != Data::None || partial_is_data;
+                self.trailing = Some(Trailing {
+                    raw: if self.carrying {
+                        self.carry.split().freeze()
+                    } else {
+                        self.input.slice(self.block_start..self.pos)
+                    },
+                    retry: self.block.retry,
+                });
                 return self.end_of_input_done();
             }
             self.eof = EofState::LineFlushed;

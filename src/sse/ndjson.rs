@@ -2,7 +2,9 @@
 //!
 //! Ollama's native API and other servers stream one JSON object per line. Each non-blank
 //! line becomes one event, `data: <line>\n\n`, so SSE clients and the same observers work
-//! on both. Lines may end with LF or CRLF; the last line may omit its line end.
+//! on both. Lines may end with LF or CRLF; the last line may omit its line end when it is a
+//! whole JSON value. A last line that is not (the upstream stopped in the middle of it) is
+//! truncation: it is never forwarded as an event.
 
 use bytes::{Bytes, BytesMut};
 
@@ -19,6 +21,8 @@ pub(crate) struct JsonLines {
     discarding: bool,
     eof: bool,
     done: bool,
+    /// The input ended inside a line that is not a whole JSON value.
+    truncated: bool,
 }
 
 impl JsonLines {
@@ -31,6 +35,7 @@ impl JsonLines {
             discarding: false,
             eof: false,
             done: false,
+            truncated: false,
         }
     }
 
@@ -53,6 +58,11 @@ impl JsonLines {
         self.eof = true;
     }
 
+    /// After [`finish`](Self::finish) and draining: whether the last line was cut off.
+    pub(crate) fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
     /// The next complete, non-blank line (without its line end).
     pub(crate) fn next_line(&mut self) -> Option<Result<Bytes, DecodeError>> {
         loop {
@@ -62,7 +72,12 @@ impl JsonLines {
                     self.discarding = false;
                     let line = self.carry.split().freeze();
                     if !is_blank(&line) {
-                        return Some(Ok(trim_cr(line)));
+                        // Without its line end, only a whole JSON value is a whole record.
+                        let line = trim_cr(line);
+                        if serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok() {
+                            return Some(Ok(line));
+                        }
+                        self.truncated = true;
                     }
                 }
                 return None;
@@ -154,6 +169,24 @@ mod tests {
                 Ok("{\"c\":3}".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_last_line_without_line_end_is_a_record_only_when_it_is_whole_json() {
+        let mut whole = JsonLines::new(100);
+        whole.push(Bytes::from_static(b"{\"a\":1}\n{\"b\":[1,2]}"));
+        whole.finish();
+        assert_eq!(whole.next_line().unwrap().unwrap(), "{\"a\":1}");
+        assert_eq!(whole.next_line().unwrap().unwrap(), "{\"b\":[1,2]}");
+        assert!(whole.next_line().is_none());
+        assert!(!whole.is_truncated());
+
+        let mut cut = JsonLines::new(100);
+        cut.push(Bytes::from_static(b"{\"a\":1}\n{\"b\":[1,"));
+        cut.finish();
+        assert_eq!(cut.next_line().unwrap().unwrap(), "{\"a\":1}");
+        assert!(cut.next_line().is_none());
+        assert!(cut.is_truncated());
     }
 
     #[test]

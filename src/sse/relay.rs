@@ -89,11 +89,41 @@ impl Relay {
         }
     }
 
-    /// Whether the upstream ended in the middle of an event.
+    /// Whether the upstream ended in the middle of an event (or, for NDJSON, with a last
+    /// line that is not a whole JSON value).
     pub(crate) fn is_truncated(&self) -> bool {
         match self {
             Self::Sse(sse) => sse.decoder.is_truncated(),
-            Self::JsonLines(_) => false,
+            Self::JsonLines(lines) => lines.is_truncated(),
+        }
+    }
+
+    /// After the end of input was decoded: queue the unfinished block the upstream ended in.
+    ///
+    /// `as_sent`: its bytes as they came (comment lines stripped when comments are not
+    /// forwarded), so that the client's own parser discards the unfinished event and applies
+    /// its complete `retry:` line, exactly as without the relay. Otherwise only that `retry:`
+    /// as a block of its own, for a stream that ends with an error event instead (which would
+    /// join the unfinished block). NDJSON has nothing to forward: a broken last line is never
+    /// sent as an event.
+    pub(crate) fn forward_trailing(&mut self, out: &mut Outbox, as_sent: bool) {
+        let Self::Sse(sse) = self else {
+            return;
+        };
+        let Some(trailing) = sse.decoder.take_trailing() else {
+            return;
+        };
+        if !as_sent {
+            if let Some(retry) = trailing.retry {
+                out.push(reencode(None, None, Some(retry)));
+            }
+        } else if sse.forward_comments {
+            out.push(trailing.raw);
+        } else {
+            let stripped = without_comment_lines(&trailing.raw);
+            if !stripped.is_empty() {
+                out.push(stripped);
+            }
         }
     }
 
@@ -203,6 +233,28 @@ impl SseRelay {
             out.push(self.decoder.take_input(start, end));
         }
     }
+}
+
+/// `raw` without the lines that begin with `:` (line ends: CRLF, LF or CR; the last line may
+/// have none).
+fn without_comment_lines(raw: &Bytes) -> Bytes {
+    let mut out = BytesMut::with_capacity(raw.len());
+    let mut rest = &raw[..];
+    while !rest.is_empty() {
+        let end = memchr::memchr2(b'\r', b'\n', rest).map_or(rest.len(), |i| {
+            if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                i + 2
+            } else {
+                i + 1
+            }
+        });
+        let (line, after) = rest.split_at(end);
+        if !line.starts_with(b":") {
+            out.extend_from_slice(line);
+        }
+        rest = after;
+    }
+    out.freeze()
 }
 
 /// Encode an upstream event or block again, without its comment lines.

@@ -17,6 +17,9 @@ use crate::stream::config::UpstreamErrorPolicy;
 use crate::stream::deadline::{Deadlines, Due, timeout_message};
 use crate::stream::engine::Engine;
 
+/// How many upstream frames one poll reads at most before yielding to the runtime.
+pub(crate) const FRAMES_PER_POLL: u32 = 64;
+
 /// The upstream call, when the layer answered before it did (early response).
 pub(crate) type UpstreamFuture<B> =
     Pin<Box<dyn Future<Output = Result<http::Response<B>, BoxError>> + Send>>;
@@ -51,6 +54,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B, O, E> {
         PassThrough { #[pin] body: B },
+        Answer { #[pin] body: B, report: AnswerReport<O, E> },
         Stream { state: StreamState<B, O, E> },
         Full { data: Option<Bytes> },
     }
@@ -93,6 +97,24 @@ impl<B, O, E> SseBody<B, O, E> {
         }
     }
 
+    /// A streaming request answered with something that is not a stream: passed through
+    /// untouched, and reported when it ends.
+    pub(crate) fn answer(body: B, report: AnswerReport<O, E>) -> Self
+    where
+        B: Body,
+        O: Observer,
+        E: OnEnd,
+    {
+        let mut report = report;
+        if body.is_end_stream() {
+            // Nobody polls an empty body: it is over already.
+            report.end(true);
+        }
+        Self {
+            kind: Kind::Answer { body, report },
+        }
+    }
+
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full { data: Some(data) },
@@ -115,6 +137,7 @@ impl<B, O, E> fmt::Debug for SseBody<B, O, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::PassThrough { .. } => "PassThrough",
+            Kind::Answer { .. } => "Answer",
             Kind::Stream { .. } => "Stream",
             Kind::Full { .. } => "Full",
         };
@@ -141,6 +164,23 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::PassThrough { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Answer { mut body, report } => {
+                let polled = body.as_mut().poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            report.passed(data);
+                        }
+                        if body.is_end_stream() {
+                            report.end(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => report.end(false),
+                    Poll::Ready(None) => report.end(true),
+                    Poll::Pending => {}
+                }
+                polled.map_err(Into::into)
+            }
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Stream { state } => state.poll_frame(cx),
         }
@@ -148,7 +188,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::PassThrough { body } => body.is_end_stream(),
+            Kind::PassThrough { body } | Kind::Answer { body, .. } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
             Kind::Stream { state } => state.live.is_none(),
         }
@@ -156,7 +196,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::PassThrough { body } => body.size_hint(),
+            Kind::PassThrough { body } | Kind::Answer { body, .. } => body.size_hint(),
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -174,6 +214,11 @@ where
     E: OnEnd,
 {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Upstream frames read in this call: an upstream that always has one ready but whose
+        // frames complete nothing (a partial event byte by byte, stripped comments) must not
+        // keep this task from yielding.
+        let mut frames = 0;
+        let mut yielding = false;
         loop {
             let Some(live) = self.live.as_mut() else {
                 return Poll::Ready(None);
@@ -194,8 +239,10 @@ where
                     self.end(Outcome::Completed);
                     return Poll::Ready(None);
                 }
+                Phase::Streaming(_) if frames == FRAMES_PER_POLL => yielding = true,
                 Phase::Streaming(body) => match body.as_mut().poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
+                        frames += 1;
                         let ended = body.is_end_stream();
                         let now = Instant::now();
                         self.on_upstream_frame(frame, now);
@@ -251,7 +298,12 @@ where
                     self.timeout(outcome);
                     continue;
                 }
-                None => return Poll::Pending,
+                None => {
+                    if yielding {
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -318,16 +370,16 @@ where
                 self.phase = Phase::Streaming(Box::pin(body));
             }
             None => {
+                // The client learns the status (a 429 says "later"); the report also keeps
+                // what came instead, which can name internals.
                 let kind = parts
                     .headers
                     .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("no content type");
-                let message = format!(
-                    "upstream answered {} with {kind}, not a stream",
-                    parts.status
-                );
-                self.fail(Outcome::UpstreamError, &message, None);
+                let message = format!("the upstream answered {}, not a stream", parts.status);
+                let detail = format!("{message} ({kind})");
+                self.fail(Outcome::UpstreamError, &message, Some(detail));
             }
         }
     }
@@ -409,6 +461,65 @@ impl<B, O, E> Drop for StreamState<B, O, E> {
         if let Some(live) = self.live.take() {
             let phase = std::mem::replace(&mut self.phase, Phase::Flushing);
             (self.on_drop)(live, phase);
+        }
+    }
+}
+
+/// The report of a streaming request that was answered with something else (an error in
+/// JSON, a `429`): the body passes through untouched, and the report is made once, when it
+/// ends or is dropped.
+pub(crate) struct AnswerReport<O, E> {
+    live: Option<Live<O, E>>,
+    /// Makes the report; chosen where `Drop` cannot name the bounds.
+    close: fn(Live<O, E>, Outcome),
+}
+
+impl<O: Observer, E: OnEnd> AnswerReport<O, E> {
+    pub(crate) fn new(live: Live<O, E>) -> Self {
+        Self {
+            live: Some(live),
+            close: close_answer::<O, E>,
+        }
+    }
+
+    fn passed(&mut self, data: &Bytes) {
+        if let Some(live) = self.live.as_mut() {
+            live.engine.passed(data);
+        }
+    }
+
+    /// The body ended: whole (`complete`), or with an error.
+    fn end(&mut self, complete: bool) {
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        let outcome = match live.engine.status() {
+            Some(status) if complete && status.is_success() => Outcome::Completed,
+            Some(status) if complete => {
+                live.engine
+                    .record_error(format!("the upstream answered {status}, not a stream"));
+                Outcome::UpstreamError
+            }
+            _ => {
+                live.engine
+                    .record_error("the upstream's answer failed".to_owned());
+                Outcome::UpstreamError
+            }
+        };
+        close_answer(live, outcome);
+    }
+}
+
+fn close_answer<O: Observer, E: OnEnd>(mut live: Live<O, E>, outcome: Outcome) {
+    let report = live.engine.close(outcome, Instant::now());
+    live.on_end.on_end(report);
+}
+
+impl<O, E> Drop for AnswerReport<O, E> {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away.
+        if let Some(live) = self.live.take() {
+            (self.close)(live, Outcome::ClientDisconnected);
         }
     }
 }

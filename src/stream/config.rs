@@ -107,7 +107,8 @@ impl Default for KeepAliveConfig {
 ///
 /// [`ErrorEvent::custom`] builds other shapes, here Anthropic's error event, with
 /// [`Event::builder`]; the upstream ends in the middle of an event
-/// ([`Outcome::UpstreamTruncated`]):
+/// ([`Outcome::UpstreamTruncated`]) and the layer is told to say so
+/// ([`error_on_truncation`](crate::SseLayer::error_on_truncation)):
 ///
 /// ```
 /// use bytes::Bytes;
@@ -128,7 +129,7 @@ impl Default for KeepAliveConfig {
 ///         .encode()
 ///         .expect("the event type has no line break")
 /// });
-/// let layer = SseLayer::new().error_event(anthropic);
+/// let layer = SseLayer::new().error_event(anthropic).error_on_truncation(true);
 ///
 /// let upstream = service_fn(|_: Request<()>| async {
 ///     let cut = "event: ping\ndata: {\"type\":\"ping\"}\n\nevent: content_block_delta\ndata: {\"ty";
@@ -314,6 +315,7 @@ pub(crate) struct Config {
     pub(crate) upstream_errors: UpstreamErrorPolicy,
     pub(crate) max_event_size: usize,
     pub(crate) lenient_eof: bool,
+    pub(crate) error_on_truncation: bool,
     pub(crate) json_lines: bool,
     pub(crate) framing: Option<FramingPredicate>,
     pub(crate) forward_comments: bool,
@@ -334,6 +336,7 @@ impl Default for Config {
             upstream_errors: UpstreamErrorPolicy::default(),
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
             lenient_eof: false,
+            error_on_truncation: false,
             json_lines: false,
             framing: None,
             forward_comments: true,
@@ -349,6 +352,16 @@ impl Config {
             Some(predicate) => predicate(request),
             None => is_streaming_request(request),
         }
+    }
+
+    /// Whether to answer this request with a stream before the upstream did (early response):
+    /// only when it surely streams (a predicate of the user's decides alone).
+    pub(crate) fn answers_early(&self, request: &http::request::Parts) -> bool {
+        self.early_response
+            && match &self.streaming_request {
+                Some(predicate) => predicate(request),
+                None => crate::request::surely_streams(request),
+            }
     }
 
     pub(crate) fn framing(&self, response: &http::response::Parts) -> Option<Framing> {
@@ -371,6 +384,7 @@ impl fmt::Debug for Config {
             .field("upstream_errors", &self.upstream_errors)
             .field("max_event_size", &self.max_event_size)
             .field("lenient_eof", &self.lenient_eof)
+            .field("error_on_truncation", &self.error_on_truncation)
             .field("json_lines", &self.json_lines)
             .field("forward_comments", &self.forward_comments)
             .field("drain", &self.drain)

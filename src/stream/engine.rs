@@ -95,6 +95,7 @@ impl<O: Observer> Engine<O> {
         self.report.status = Some(parts.status);
         self.report.response_at = Some(now);
         let Some(framing) = framing else {
+            self.report.framing = Framing::NotAStream;
             return;
         };
         self.report.framing = framing;
@@ -120,16 +121,34 @@ impl<O: Observer> Engine<O> {
         self.trailers = Some(Box::new(trailers));
     }
 
-    /// The upstream body ended: flush what is left. `Some` when it ended badly.
+    /// The upstream body ended: flush what is left. `Some` when it ended badly and the
+    /// stream is to end with an error event.
+    ///
+    /// An upstream that stopped in the middle of an event is truncation. By default the
+    /// client gets the unfinished block as it came (its own parser discards the event, as it
+    /// would without the layer) and the report says [`Outcome::UpstreamTruncated`]; with
+    /// `error_on_truncation` the stream ends with an error event instead.
     pub(crate) fn finish(&mut self, now: Instant) -> Option<Failure> {
         self.relay.finish();
         if let Err(failure) = self.decode_ready(now) {
             return Some(failure);
         }
-        self.relay.is_truncated().then(|| Failure {
+        let truncated = self.relay.is_truncated();
+        let error_event = truncated && self.config.error_on_truncation;
+        self.relay.forward_trailing(&mut self.outbox, !error_event);
+        if !truncated {
+            return None;
+        }
+        let failure = Failure {
             outcome: Outcome::UpstreamTruncated,
             message: "the upstream ended in the middle of an event".to_owned(),
-        })
+        };
+        if error_event {
+            return Some(failure);
+        }
+        self.report.outcome = failure.outcome;
+        self.report.error.get_or_insert(failure.message);
+        None
     }
 
     /// Decode everything the relay can complete.
@@ -216,6 +235,19 @@ impl<O: Observer> Engine<O> {
         self.report.bytes_out += data.len() as u64;
         self.observer.on_data(&data, &mut self.report);
         Some(Frame::data(data))
+    }
+
+    /// The response's status, once its head arrived.
+    pub(crate) fn status(&self) -> Option<http::StatusCode> {
+        self.report.status
+    }
+
+    /// A frame of an answer that is not a stream went to the client untouched.
+    pub(crate) fn passed(&mut self, data: &Bytes) {
+        let len = data.len() as u64;
+        self.report.bytes_in += len;
+        self.report.bytes_out += len;
+        self.observer.on_data(data, &mut self.report);
     }
 
     /// Count a keep-alive the body sent.

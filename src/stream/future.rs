@@ -20,7 +20,7 @@ use crate::observe::Observer;
 use crate::provider::Provider;
 use crate::report::{Framing, OnEnd, Outcome, StreamReport};
 use crate::stream::SseBody;
-use crate::stream::body::{Live, Phase, StreamState, report_disconnect};
+use crate::stream::body::{AnswerReport, Live, Phase, StreamState, report_disconnect};
 use crate::stream::config::Config;
 use crate::stream::deadline::Deadlines;
 use crate::stream::engine::Engine;
@@ -104,6 +104,18 @@ impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
             deadlines: Deadlines::new(self.started_at, last_output_at),
             timer: None,
             on_drop,
+        }
+    }
+}
+
+impl<O: Observer, E: OnEnd> Setup<O, E> {
+    /// What reports an answer that is not a stream.
+    fn into_answer(self, parts: &http::response::Parts) -> Live<O, E> {
+        let mut engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        engine.head(parts, None, Instant::now());
+        Live {
+            engine,
+            on_end: self.on_end,
         }
     }
 }
@@ -221,7 +233,7 @@ where
                         return Poll::Pending;
                     };
                     return Poll::Ready(match result {
-                        Ok(response) => Ok(start_stream(taken, response)),
+                        Ok(response) => Ok(start_stream(taken, response, streaming)),
                         Err(error) => {
                             if streaming {
                                 let error =
@@ -244,8 +256,13 @@ where
     }
 }
 
-/// The response head arrived: pass it through, or start a stream.
-fn start_stream<B, O, E>(setup: Setup<O, E>, response: Response<B>) -> Response<SseBody<B, O, E>>
+/// The response head arrived: pass it through, or start a stream. A streaming request
+/// answered with something else (`streaming`) is passed through too, and reported.
+fn start_stream<B, O, E>(
+    setup: Setup<O, E>,
+    response: Response<B>,
+    streaming: bool,
+) -> Response<SseBody<B, O, E>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -254,7 +271,11 @@ where
 {
     let (mut parts, body) = response.into_parts();
     let Some(framing) = setup.config.framing(&parts) else {
-        return Response::from_parts(parts, SseBody::pass_through(body));
+        if !streaming {
+            return Response::from_parts(parts, SseBody::pass_through(body));
+        }
+        let live = setup.into_answer(&parts);
+        return Response::from_parts(parts, SseBody::answer(body, AnswerReport::new(live)));
     };
     let now = Instant::now();
     let mut state = setup.into_state(Phase::Streaming(Box::pin(body)), now);

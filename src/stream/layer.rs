@@ -100,18 +100,29 @@ impl<O, E> SseLayer<O, E> {
     /// keep-alives while the upstream call is still pending (reasoning models can think for
     /// minutes before their first byte; load balancers cut idle connections).
     ///
-    /// A request counts as streaming when it accepts `text/event-stream` or carries the
-    /// [`StreamingRequest`](crate::request::StreamingRequest) extension (see
-    /// [`streaming_request`](Self::streaming_request) to decide otherwise). In this mode an
-    /// upstream failure before the first event becomes an error event. Off by default: the
+    /// Only requests that surely stream are answered early: those that carry the
+    /// [`StreamingRequest`](crate::request::StreamingRequest) extension (a JSON body with
+    /// `"stream": true`, as [`IncludeUsageLayer`](crate::IncludeUsageLayer) marks it), or
+    /// whose `Accept` lists `text/event-stream` alone (or what
+    /// [`streaming_request`](Self::streaming_request) decides). A request that also accepts
+    /// JSON (an MCP Streamable-HTTP client sends `application/json, text/event-stream`) waits
+    /// for the upstream's head, so that a JSON answer reaches it as JSON.
+    ///
+    /// Once answered early, an upstream failure before the first event, or an upstream
+    /// answer that is not a stream, becomes an error event (the details, such as the
+    /// upstream's status and content type, go to the report only). Off by default: the
     /// upstream's real status and headers are returned.
     pub fn early_response(self, enabled: bool) -> Self {
         self.with(|c| c.early_response = enabled)
     }
 
     /// Decide which requests are streaming ones, before their response exists. Used for
-    /// [`early_response`](Self::early_response) and for timeouts while waiting for the
-    /// response head.
+    /// [`early_response`](Self::early_response), for timeouts while waiting for the
+    /// response head, and to report a streaming request answered with something else.
+    ///
+    /// By default a request is streaming when it carries
+    /// [`StreamingRequest`](crate::request::StreamingRequest) or its `Accept` lists
+    /// `text/event-stream`.
     pub fn streaming_request<F>(self, predicate: F) -> Self
     where
         F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
@@ -165,6 +176,22 @@ impl<O, E> SseLayer<O, E> {
     /// do), instead of discarding it as the standard says. Off by default.
     pub fn lenient_eof(self, lenient: bool) -> Self {
         self.with(|c| c.lenient_eof = lenient)
+    }
+
+    /// End a stream whose upstream stopped in the middle of an event with the error event
+    /// (`upstream_truncated`). Off by default.
+    ///
+    /// By default the client gets exactly what it would have got without the layer: the
+    /// upstream's last bytes as they came. Its own parser then discards the unfinished event
+    /// and applies a complete `retry:` line, as the standard says; a browser's `EventSource`
+    /// sees no `error` event the upstream never sent. The report says
+    /// [`Outcome::UpstreamTruncated`](crate::Outcome::UpstreamTruncated) either way.
+    ///
+    /// With this option the unfinished block is withheld (only its `retry:` goes out) and
+    /// the error event follows the last whole event. Deadlines, size limits and upstream
+    /// failures always end with the error event: there the layer itself cut the stream.
+    pub fn error_on_truncation(self, enabled: bool) -> Self {
+        self.with(|c| c.error_on_truncation = enabled)
     }
 
     /// Also handle newline-delimited JSON responses (`application/x-ndjson`,

@@ -99,6 +99,7 @@ where
         let mut observer = self.observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
+        let early = streaming && self.config.answers_early(&parts);
         let hint = Provider::from_path(parts.uri.path());
         let future = self.inner.call(Request::from_parts(parts, body));
         let setup = Setup {
@@ -109,7 +110,7 @@ where
             hint,
         };
 
-        if self.config.early_response && streaming {
+        if early {
             let upstream: UpstreamFuture<ResBody> =
                 Box::pin(async move { future.await.map_err(Into::into) });
             let state = setup.into_state(Phase::AwaitingHead(upstream), started_at);

@@ -258,3 +258,81 @@ pub fn reference(input: &[u8], lenient: bool) -> (Vec<Ev>, Vec<String>) {
     }
     (events, comments)
 }
+
+/// What a browser's `EventSource` ends up with after reading a whole stream, written from
+/// the HTML standard: the events it dispatched (type, data, `lastEventId`), its last event
+/// ID string and its reconnection time. The incomplete event at the end of input is discarded,
+/// but every complete line was processed (a `retry:` line takes effect at once).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientView {
+    pub events: Vec<(String, String, String)>,
+    pub last_event_id: String,
+    pub reconnection_time: Option<u64>,
+}
+
+pub fn client_view(input: &[u8]) -> ClientView {
+    let text = String::from_utf8_lossy(input);
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
+    // Complete lines only: a last line without its line end is never processed.
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' | '\n' => {
+                if c == '\r' && chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                lines.push(std::mem::take(&mut current));
+            }
+            c => current.push(c),
+        }
+    }
+    let mut view = ClientView::default();
+    let (mut data, mut event_type, mut id_buffer) = (String::new(), String::new(), String::new());
+    for line in lines {
+        if line.is_empty() {
+            view.last_event_id = id_buffer.clone();
+            if data.is_empty() {
+                event_type.clear();
+                continue;
+            }
+            if data.ends_with('\n') {
+                data.pop();
+            }
+            let kind = if event_type.is_empty() {
+                "message".to_owned()
+            } else {
+                std::mem::take(&mut event_type)
+            };
+            view.events
+                .push((kind, std::mem::take(&mut data), view.last_event_id.clone()));
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (name, value) = match line.find(':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+            }
+            None => (&line[..], ""),
+        };
+        match name {
+            "event" => event_type = value.to_owned(),
+            "data" => {
+                data.push_str(value);
+                data.push('\n');
+            }
+            "id" if !value.contains('\0') => id_buffer = value.to_owned(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse() {
+                    view.reconnection_time = Some(ms);
+                }
+            }
+            _ => {}
+        }
+    }
+    view
+}
