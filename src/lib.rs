@@ -332,6 +332,7 @@
 //! | `IdleTimeout` | the upstream went silent too long | the events so far, then an error event |
 //! | `DeadlineExceeded` | the total timeout passed | the events so far, then an error event |
 //! | `EventTooLarge` | one upstream event passed `max_event_size` | the events before it, then an error event |
+//! | `ServerShutdown` | the server shut down first ([`stream::Shutdown`]) | the events so far, then an error event |
 //! | `UpstreamTruncated` | the upstream ended in the middle of an event | every byte the upstream sent (its own parser drops the unfinished event); with `error_on_truncation`, the complete events, then an error event |
 //!
 //! # Feature flags

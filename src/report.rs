@@ -61,6 +61,9 @@ pub enum Outcome {
     EventTooLarge,
     /// The upstream ended in the middle of an event.
     UpstreamTruncated,
+    /// The server shut down before the stream ended
+    /// ([`Shutdown`](crate::stream::Shutdown)).
+    ServerShutdown,
 }
 
 impl Outcome {
@@ -81,6 +84,7 @@ impl Outcome {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::EventTooLarge => "event_too_large",
             Self::UpstreamTruncated => "upstream_truncated",
+            Self::ServerShutdown => "server_shutdown",
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::report::{OnEnd, Outcome};
 use crate::stream::config::UpstreamErrorPolicy;
 use crate::stream::deadline::{Deadlines, Due, timeout_message};
 use crate::stream::engine::Engine;
+use crate::stream::shutdown::ShutdownWatch;
 
 /// How many upstream frames one poll reads at most before yielding to the runtime.
 pub(crate) const FRAMES_PER_POLL: u32 = 64;
@@ -85,6 +86,8 @@ pub(crate) struct StreamState<B, O, E> {
     /// The one timer of the stream, created on first use (boxed, so that the body is
     /// `Unpin` whenever the upstream body is).
     pub(crate) timer: Option<Pin<Box<Sleep>>>,
+    /// The server's [`Shutdown`](crate::stream::Shutdown), when the layer was given one.
+    pub(crate) shutdown: Option<ShutdownWatch>,
     /// What to do when the body is dropped before its end. Chosen where the bounds that
     /// `Drop` cannot name are known: report the disconnect, or keep draining the upstream.
     pub(crate) on_drop: fn(Live<O, E>, Phase<B>),
@@ -219,6 +222,9 @@ where
         // keep this task from yielding.
         let mut frames = 0;
         let mut yielding = false;
+        if self.shutdown.as_ref().is_some_and(ShutdownWatch::is_ended) {
+            self.shut_down();
+        }
         loop {
             let Some(live) = self.live.as_mut() else {
                 return Poll::Ready(None);
@@ -299,6 +305,12 @@ where
                     continue;
                 }
                 None => {
+                    if let Some(shutdown) = &mut self.shutdown
+                        && shutdown.poll_ended(cx).is_ready()
+                    {
+                        self.shut_down();
+                        continue;
+                    }
                     if yielding {
                         cx.waker().wake_by_ref();
                     }
@@ -413,6 +425,14 @@ where
         }
         let message = timeout_message(live.engine.config(), outcome);
         self.fail(outcome, &message, None);
+    }
+
+    /// The server is shutting down: end with the error event, once.
+    fn shut_down(&mut self) {
+        self.shutdown = None;
+        if self.live.is_some() && !matches!(self.phase, Phase::Flushing) {
+            self.fail(Outcome::ServerShutdown, "the server is shutting down", None);
+        }
     }
 
     /// Make the report and hand it to the sink. Once.

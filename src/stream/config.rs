@@ -321,6 +321,7 @@ pub(crate) struct Config {
     pub(crate) forward_comments: bool,
     pub(crate) content_predicate: Option<ContentPredicate>,
     pub(crate) drain: Option<Duration>,
+    pub(crate) shutdown: Option<crate::stream::Shutdown>,
 }
 
 impl Default for Config {
@@ -342,6 +343,7 @@ impl Default for Config {
             forward_comments: true,
             content_predicate: None,
             drain: None,
+            shutdown: None,
         }
     }
 }
@@ -388,6 +390,7 @@ impl fmt::Debug for Config {
             .field("json_lines", &self.json_lines)
             .field("forward_comments", &self.forward_comments)
             .field("drain", &self.drain)
+            .field("shutdown", &self.shutdown)
             .finish_non_exhaustive()
     }
 }

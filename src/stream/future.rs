@@ -24,6 +24,7 @@ use crate::stream::body::{AnswerReport, Live, Phase, StreamState, report_disconn
 use crate::stream::config::Config;
 use crate::stream::deadline::Deadlines;
 use crate::stream::engine::Engine;
+use crate::stream::shutdown::ShutdownWatch;
 
 /// The setup of a request still waiting for its response head. When it is dropped there (the
 /// client left) or the inner service fails, a streaming request still gets its report.
@@ -94,6 +95,7 @@ impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
         B::Error: Into<BoxError>,
     {
         let on_drop = on_drop_for::<B, O, E>(&self.config);
+        let shutdown = self.config.shutdown.as_ref().map(|s| s.watch());
         let engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
         StreamState {
             phase,
@@ -103,6 +105,7 @@ impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
             }),
             deadlines: Deadlines::new(self.started_at, last_output_at),
             timer: None,
+            shutdown,
             on_drop,
         }
     }
@@ -153,6 +156,7 @@ pin_project! {
             #[pin]
             deadline: Option<Sleep>,
             timeout_outcome: Outcome,
+            shutdown: Option<ShutdownWatch>,
             setup: Pending<O, E>,
         },
         Ready { response: Option<Response<SseBody<B, O, E>>> },
@@ -185,11 +189,16 @@ where
         streaming: bool,
         deadline: Option<(Instant, Outcome)>,
     ) -> Self {
+        let shutdown = match &setup.config.shutdown {
+            Some(shutdown) if streaming => Some(shutdown.watch()),
+            _ => None,
+        };
         Self {
             kind: FutureKind::Waiting {
                 future,
                 deadline: deadline.map(|(at, _)| sleep_until(at)),
                 timeout_outcome: deadline.map_or(Outcome::FirstEventTimeout, |(_, o)| o),
+                shutdown,
                 setup: Pending {
                     setup: Some(setup),
                     report: streaming.then_some(report_before_head::<O, E> as fn(_, _, _, _)),
@@ -225,6 +234,7 @@ where
                 future,
                 deadline,
                 timeout_outcome,
+                shutdown,
                 setup,
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
@@ -249,6 +259,17 @@ where
                     && let Some(setup) = setup.take()
                 {
                     return Poll::Ready(Ok(head_timeout(setup, *timeout_outcome)));
+                }
+                if let Some(watch) = shutdown
+                    && watch.poll_ended(cx).is_ready()
+                    && let Some(setup) = setup.take()
+                {
+                    return Poll::Ready(Ok(answer_before_head(
+                        setup,
+                        Outcome::ServerShutdown,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the server is shutting down",
+                    )));
                 }
                 Poll::Pending
             }
@@ -299,14 +320,33 @@ where
     O: Observer,
     E: OnEnd,
 {
-    let message = "the upstream did not answer in time";
+    answer_before_head(
+        setup,
+        outcome,
+        StatusCode::GATEWAY_TIMEOUT,
+        "the upstream did not answer in time",
+    )
+}
+
+/// Answer a streaming request whose response head never came with a JSON error, and
+/// report it.
+fn answer_before_head<B, O, E>(
+    setup: Setup<O, E>,
+    outcome: Outcome,
+    status: StatusCode,
+    message: &str,
+) -> Response<SseBody<B, O, E>>
+where
+    O: Observer,
+    E: OnEnd,
+{
     let body = format!(
         r#"{{"error":{{"type":"{}","message":"{message}"}}}}"#,
         outcome.as_str()
     );
     report_before_head(setup, outcome, Some(message.to_string()), body.len() as u64);
     let mut response = Response::new(SseBody::full(Bytes::from(body)));
-    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -239,6 +239,15 @@ impl<O, E> SseLayer<O, E> {
         self.with(|c| c.drain = Some(limit))
     }
 
+    /// End the open streams when `shutdown` says so
+    /// ([`Shutdown::end_streams`](crate::stream::Shutdown::end_streams)): each sends what it
+    /// has, then the error event, and is reported with
+    /// [`Outcome::ServerShutdown`](crate::Outcome::ServerShutdown). A streaming request
+    /// still waiting for its response head is answered `503 Service Unavailable`.
+    pub fn shutdown(self, shutdown: crate::stream::Shutdown) -> Self {
+        self.with(|c| c.shutdown = Some(shutdown))
+    }
+
     /// Watch each stream with this observer (cloned per request). Combine several with a
     /// tuple.
     pub fn observer<O2>(self, observer: O2) -> SseLayer<O2, E> {

@@ -10,6 +10,7 @@
 //! | `engine.rs` | decode once, classify, observe, queue whole events (no I/O, no timers) |
 //! | `deadline.rs` | every timer rule, once |
 //! | `drain.rs` | reading on after a client disconnect (feature `drain`) |
+//! | `shutdown.rs` | [`Shutdown`]: ending every open stream when the server shuts down |
 //! | `config.rs` | [`KeepAliveConfig`](crate::KeepAliveConfig), [`ErrorEvent`](crate::ErrorEvent), the other settings |
 
 pub(crate) mod body;
@@ -21,9 +22,11 @@ pub(crate) mod engine;
 pub(crate) mod future;
 pub(crate) mod layer;
 pub(crate) mod service;
+pub(crate) mod shutdown;
 
 pub use self::body::SseBody;
 pub use self::config::UpstreamErrorPolicy;
 pub use self::future::SseFuture;
 pub use self::service::SseService;
+pub use self::shutdown::Shutdown;
 pub use crate::report::Framing;
