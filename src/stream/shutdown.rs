@@ -20,7 +20,6 @@ use tokio::sync::{Notify, futures::OwnedNotified};
 /// the process exits, and their reports are lost.
 ///
 /// ```
-/// use std::time::Duration;
 /// use tower_sse::SseLayer;
 /// use tower_sse::stream::Shutdown;
 ///
