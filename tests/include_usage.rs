@@ -356,6 +356,104 @@ async fn every_shape_of_stream_options_is_completed_in_place() {
     }
 }
 
+/// `{"model":"gpt-4o","stream":true,"messages":[]}`, gzipped.
+const GZIPPED: [u8; 66] = [
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xab, 0x56, 0xca, 0xcd, 0x4f, 0x49,
+    0xcd, 0x51, 0xb2, 0x52, 0x4a, 0x2f, 0x28, 0xd1, 0x35, 0xc9, 0x57, 0xd2, 0x51, 0x2a, 0x2e, 0x29,
+    0x4a, 0x4d, 0xcc, 0x55, 0xb2, 0x2a, 0x29, 0x2a, 0x4d, 0xd5, 0x51, 0xca, 0x4d, 0x2d, 0x2e, 0x4e,
+    0x4c, 0x4f, 0x2d, 0x56, 0xb2, 0x8a, 0x8e, 0xad, 0x05, 0x00, 0xe5, 0x3c, 0x26, 0x97, 0x2e, 0x00,
+    0x00, 0x00,
+];
+
+type ChannelBody = StreamBody<
+    std::pin::Pin<
+        Box<dyn futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + 'static>,
+    >,
+>;
+
+/// A request body fed by the test, chunk by chunk.
+fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok(Frame::data(chunk)), rx))
+    });
+    (tx, StreamBody::new(Box::pin(stream)))
+}
+
+#[tokio::test]
+async fn encoded_bodies_pass_through_unread_and_unchanged() {
+    // The inner service says when it is called, then echoes the body it read.
+    let (called_tx, called_rx) = tokio::sync::oneshot::channel::<Seen>();
+    let called_tx = Arc::new(Mutex::new(Some(called_tx)));
+    let inner = tower::service_fn(
+        move |request: Request<tower_sse::include_usage::UsageRequestBody<ChannelBody>>| {
+            let called_tx = called_tx.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let seen = Seen {
+                    body: String::new(),
+                    content_length: parts
+                        .headers
+                        .get("content-length")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                    streaming: parts.extensions.get::<StreamingRequest>().is_some(),
+                    injected: parts.extensions.get::<UsageInjected>().is_some(),
+                    model: parts.extensions.get::<RequestModel>().map(|m| m.0.clone()),
+                };
+                if let Some(tx) = called_tx.lock().unwrap().take() {
+                    let _ = tx.send(seen);
+                }
+                let bytes = body.collect().await.unwrap().to_bytes();
+                Ok::<_, Infallible>(Response::new(Full::new(bytes)))
+            }
+        },
+    );
+    let service = ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new())
+        .service(inner);
+    let (tx, body) = channel_body();
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .header("content-length", GZIPPED.len())
+        .body(body)
+        .unwrap();
+    tx.send(Bytes::copy_from_slice(&GZIPPED[..20]))
+        .await
+        .unwrap();
+    let call = tokio::spawn(service.oneshot(request));
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), called_rx)
+        .await
+        .expect("the inner service is called before the body ends: the layer must not buffer it")
+        .unwrap();
+    assert_eq!(seen.content_length.as_deref(), Some("66"));
+    assert!(!seen.streaming && !seen.injected && seen.model.is_none());
+    tx.send(Bytes::copy_from_slice(&GZIPPED[20..]))
+        .await
+        .unwrap();
+    drop(tx);
+    let response = call.await.unwrap().unwrap();
+    let upstream_got = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&upstream_got[..], &GZIPPED[..]);
+
+    // Not parsed either: plain JSON that claims an encoding is left alone.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let service = ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new())
+        .service(recorder(seen.clone()));
+    let body = r#"{"model":"m","stream":true}"#;
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    service.oneshot(request).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.body, body);
+    assert!(!seen.streaming && !seen.injected && seen.content_length.is_none());
+}
+
 mod splice_props {
     //! For random JSON bodies: what reaches the upstream means the client's body plus the
     //! usage option, and every byte outside the top-level `stream_options` value (or the
