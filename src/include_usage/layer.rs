@@ -75,7 +75,8 @@ impl<M> IncludeUsageLayer<M> {
     }
 
     /// Which requests to look at. Default: `POST` with a JSON body (or none declared) to a
-    /// path ending in `/chat/completions` or `/completions`.
+    /// path ending in `/chat/completions` or `/completions`. Whatever the predicate says, a
+    /// body with a `Content-Encoding` other than `identity` is never read.
     pub fn applies_to<F>(self, predicate: F) -> Self
     where
         F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,

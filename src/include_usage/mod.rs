@@ -8,9 +8,18 @@
 //! request with [`UsageInjected`](crate::request::UsageInjected), so that the usage observer reads the extra usage-only
 //! chunk for the report and keeps it from the client, who never asked for it.
 //!
+//! Only the body's top-level `stream_options` counts (one inside a message, a tool or a JSON
+//! schema is the client's data), and the client's bytes are never re-serialized: the option
+//! is spliced in. A missing `stream_options` is inserted after the opening brace; in an
+//! existing object, a missing flag is inserted after its opening brace and a `false` or
+//! `null` flag has just its value replaced; `"stream_options": null` becomes an object. Key
+//! order, big numbers, escapes and whitespace reach the upstream as sent, and
+//! `Content-Length` is updated.
+//!
 //! It never touches the Responses API (which rejects `stream_options` and always reports
-//! usage), non-JSON bodies, or requests that are not streams. Any streaming request it sees
-//! is marked [`StreamingRequest`](crate::request::StreamingRequest), which lets [`SseLayer`](crate::SseLayer) answer it
+//! usage), non-JSON or malformed bodies, or requests that are not streams. A body with a
+//! `Content-Encoding` other than `identity` (gzip, br…) is not even read: it streams through
+//! as it came. Any streaming request it sees is marked [`StreamingRequest`](crate::request::StreamingRequest), which lets [`SseLayer`](crate::SseLayer) answer it
 //! early or time out its response head.
 //!
 //! Put it **outside** `SseLayer`, so that `SseLayer` sees the marks:

@@ -1,4 +1,9 @@
 //! The request rewrite: `stream_options.include_usage` spliced into the client's JSON bytes.
+//!
+//! A probe deserializes the top-level keys the layer needs (`model`, `stream`,
+//! `stream_options`); serde's derive skips everything else, nested keys included. The change
+//! itself is a splice: the body is never re-serialized, so key order, big numbers, escapes and
+//! whitespace reach the upstream as the client sent them.
 
 use std::pin::Pin;
 
@@ -8,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body;
 use serde::Deserialize;
 
+use crate::provider;
 use crate::request::{RequestModel, StreamingRequest, UsageInjected};
 
 use super::UsageRequestBody;
@@ -57,15 +63,7 @@ pub(super) fn rewrite<B>(
     if has_usage && has_continuous {
         return (parts, UsageRequestBody::buffered(body, trailers));
     }
-    // Inserting the field keeps the client's bytes, but only when the key is absent: a
-    // `"stream_options": null` must be replaced, not shadowed by a duplicate key.
-    let key_present = memchr::memmem::find(&body, b"\"stream_options\"").is_some();
-    let new_body = if options.is_none() && !key_present {
-        insert_stream_options(&body, config.continuous)
-    } else {
-        merge_stream_options(&body, config.continuous)
-    };
-    let Some(new_body) = new_body else {
+    let Some(new_body) = splice_stream_options(&body, config.continuous) else {
         return (parts, UsageRequestBody::buffered(body, trailers));
     };
     if !has_usage {
@@ -83,40 +81,100 @@ pub(super) fn rewrite<B>(
     (parts, UsageRequestBody::buffered(new_body, trailers))
 }
 
-/// Add the option right after the opening brace: every other byte stays as the client sent it.
-pub(super) fn insert_stream_options(body: &[u8], continuous: bool) -> Option<Bytes> {
-    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    if body[open] != b'{' {
+const INCLUDE_USAGE: &[u8] = br#""include_usage":true"#;
+const CONTINUOUS: &[u8] = br#""continuous_usage_stats":true"#;
+
+/// Set the flags in the top-level `stream_options` by splicing bytes into the client's body:
+/// every byte outside the edits stays as the client sent it (no re-serialization, so key
+/// order, numbers and whitespace are kept).
+///
+/// - no top-level `stream_options`: the member is inserted right after the opening brace;
+/// - `"stream_options": null` (or any other non-object): that value is replaced by an object;
+/// - an object: a flag that is not `true` (`false`, `null`) has just its value replaced, a
+///   missing flag is inserted right after the object's opening brace.
+///
+/// `None` (the body is then forwarded unchanged) when the bytes are not one JSON object with
+/// at most one top-level `stream_options` key, or there is nothing to change.
+pub(super) fn splice_stream_options(body: &[u8], continuous: bool) -> Option<Bytes> {
+    let wanted: &[(&str, &[u8])] = if continuous {
+        &[
+            ("include_usage", INCLUDE_USAGE),
+            ("continuous_usage_stats", CONTINUOUS),
+        ]
+    } else {
+        &[("include_usage", INCLUDE_USAGE)]
+    };
+    // The flags as a new object's members: `"include_usage":true,"continuous_usage_stats":true`.
+    let all_flags = |out: &mut Vec<u8>| {
+        for (i, (_, member)) in wanted.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(member);
+        }
+    };
+    // At most one insertion and two replacements: (where, bytes removed, bytes put there).
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(wanted.len() + 1);
+    let top = provider::json::member(body, "stream_options")?;
+    match top.member {
+        None => {
+            let mut field = br#""stream_options":{"#.to_vec();
+            all_flags(&mut field);
+            field.push(b'}');
+            if !top.empty {
+                field.push(b',');
+            }
+            edits.push((top.open + 1, 0, field));
+        }
+        Some(options) if body.get(options.value.start) == Some(&b'{') => {
+            let object = body.get(options.value.clone())?;
+            let base = options.value.start;
+            let mut insert = Vec::new();
+            let mut open = None;
+            for (name, member) in wanted {
+                let found = provider::json::member(object, name)?;
+                open = Some((base + found.open + 1, found.empty));
+                match found.member {
+                    Some(m) if object.get(m.value.clone()) == Some(b"true") => {}
+                    Some(m) => edits.push((base + m.value.start, m.value.len(), b"true".to_vec())),
+                    None => {
+                        if !insert.is_empty() {
+                            insert.push(b',');
+                        }
+                        insert.extend_from_slice(member);
+                    }
+                }
+            }
+            if let Some((at, empty)) = open
+                && !insert.is_empty()
+            {
+                if !empty {
+                    insert.push(b',');
+                }
+                edits.push((at, 0, insert));
+            }
+        }
+        Some(options) => {
+            let mut object = b"{".to_vec();
+            all_flags(&mut object);
+            object.push(b'}');
+            edits.push((options.value.start, options.value.len(), object));
+        }
+    }
+    if edits.is_empty() {
         return None;
     }
-    let field: &[u8] = if continuous {
-        br#""stream_options":{"include_usage":true,"continuous_usage_stats":true},"#
-    } else {
-        br#""stream_options":{"include_usage":true},"#
-    };
-    let mut out = BytesMut::with_capacity(body.len() + field.len());
-    out.extend_from_slice(&body[..=open]);
-    out.extend_from_slice(field);
-    out.extend_from_slice(&body[open + 1..]);
+    edits.sort_by_key(|&(at, ..)| at);
+    let added: usize = edits.iter().map(|(_, _, bytes)| bytes.len()).sum();
+    let mut out = BytesMut::with_capacity(body.len() + added);
+    let mut at = 0;
+    for (start, removed, bytes) in edits {
+        out.extend_from_slice(body.get(at..start)?);
+        out.extend_from_slice(&bytes);
+        at = start + removed;
+    }
+    out.extend_from_slice(body.get(at..)?);
     Some(out.freeze())
-}
-
-/// `stream_options` exists (maybe as `null`): set the flags in it (the body is re-serialized).
-pub(super) fn merge_stream_options(body: &[u8], continuous: bool) -> Option<Bytes> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let options = value
-        .as_object_mut()?
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    if !options.is_object() {
-        *options = serde_json::Value::Object(serde_json::Map::new());
-    }
-    let options = options.as_object_mut()?;
-    options.insert("include_usage".into(), true.into());
-    if continuous {
-        options.insert("continuous_usage_stats".into(), true.into());
-    }
-    serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
 pub(super) enum Read<B> {
@@ -262,6 +320,47 @@ mod tests {
         assert_eq!(value["stream_options"]["include_usage"], true, "{body}");
         assert_eq!(body.matches("stream_options").count(), 1, "{body}");
         assert!(injected);
+    }
+
+    #[test]
+    fn malformed_bodies_pass_through_unchanged() {
+        let whole =
+            r#"{"stream":true,"stream_options":{"include_usage":false},"m":[1,{"a":"\"}"}]}"#;
+        for end in 0..whole.len() {
+            let input = &whole[..end];
+            let (body, injected, _) = apply(input, &config());
+            assert_eq!(body, input);
+            assert!(!injected);
+        }
+        for input in [
+            r#"{"stream":true,"stream":true}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":1}}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":false}}"#,
+            r#"{"stream":true,"stream_options":5}"#,
+            r#"{"stream":true} x"#,
+            "\u{feff}{\"stream\":true}",
+        ] {
+            let (body, injected, _) = apply(input, &config());
+            assert_eq!(body, input);
+            assert!(!injected);
+        }
+    }
+
+    #[test]
+    fn the_splice_never_panics() {
+        let data: &[u8] =
+            br#" {"a":"\"}\\","stream_options" :{ "include_usage":null ,"b":[{"c":1}]},"stream":true}"#;
+        for start in 0..data.len() {
+            for end in start..=data.len() {
+                for continuous in [false, true] {
+                    let _ = splice_stream_options(&data[start..end], continuous);
+                }
+            }
+        }
+        assert_eq!(
+            splice_stream_options(data, true).as_deref(),
+            Some(&br#" {"a":"\"}\\","stream_options" :{"continuous_usage_stats":true, "include_usage":true ,"b":[{"c":1}]},"stream":true}"#[..])
+        );
     }
 
     #[test]

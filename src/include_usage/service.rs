@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
@@ -53,6 +53,14 @@ pub(super) fn default_applies(parts: &http::request::Parts) -> bool {
         && Provider::from_path(parts.uri.path()).accepts_stream_options()
 }
 
+/// Whether the body has a `Content-Encoding` other than `identity`.
+fn is_encoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
 impl<S, M, B, ResBody> Service<Request<B>> for IncludeUsage<S, M>
 where
     M: MapRequestBody<B> + Clone + Send + Sync + 'static,
@@ -81,7 +89,8 @@ where
             Some(predicate) => predicate(&parts),
             None => default_applies(&parts),
         };
-        if !applies {
+        // An encoded body (gzip, br…) is not JSON until decoded: never read, buffer or change it.
+        if !applies || is_encoded(&parts.headers) {
             let request = Request::from_parts(parts, map.map(UsageRequestBody::original(body)));
             return Box::pin(
                 async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use memchr::memmem::Finder;
 use serde::de::value::MapAccessDeserializer;
@@ -441,6 +442,148 @@ impl<'de: 'a, 'a, C: Deserialize<'de> + HasReason<'a>> Deserialize<'de> for Last
     }
 }
 
+/// One member of a JSON object: the byte ranges of its key (quotes included) and of its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub(crate) key: Range<usize>,
+    pub(crate) value: Range<usize>,
+}
+
+/// A JSON object as [`member`] read it: where its braces are, and the member it looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Object {
+    /// The index of the opening brace.
+    pub(crate) open: usize,
+    /// The index of the closing brace.
+    pub(crate) close: usize,
+    /// Whether the object has no members at all.
+    pub(crate) empty: bool,
+    /// The member named, if the object has it.
+    pub(crate) member: Option<Member>,
+}
+
+/// The member `name` of the object at the start of `data` (after optional whitespace), found
+/// at that object's own level: keys of nested objects, and strings anywhere, never match.
+/// Keys are compared decoded (`"stream\u005foptions"` is `stream_options`).
+///
+/// Reads to the object's closing brace, in one pass (strings with `memchr`). `None` when the
+/// bytes are not an object as far as this checks (strings, bracket depth, colons and commas;
+/// not the scalars, nor what follows the object), or when `name` occurs twice. Run it on
+/// bytes a parser accepted to get exact answers; on any other bytes it answers or says
+/// `None`, and never panics.
+pub(crate) fn member(data: &[u8], name: &str) -> Option<Object> {
+    let open = skip_ws(data, 0);
+    if data.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut at = skip_ws(data, open + 1);
+    if data.get(at) == Some(&b'}') {
+        return Some(Object {
+            open,
+            close: at,
+            empty: true,
+            member: None,
+        });
+    }
+    let mut found = None;
+    loop {
+        if data.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(data, at)?;
+        let colon = skip_ws(data, key_end);
+        if data.get(colon) != Some(&b':') {
+            return None;
+        }
+        let value = skip_ws(data, colon + 1);
+        let value_end = value_end(data, value)?;
+        if key_is(data.get(at..key_end)?, name) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(Member {
+                key: at..key_end,
+                value: value..value_end,
+            });
+        }
+        let next = skip_ws(data, value_end);
+        match data.get(next)? {
+            b',' => at = skip_ws(data, next + 1),
+            b'}' => {
+                return Some(Object {
+                    open,
+                    close: next,
+                    empty: false,
+                    member: found,
+                });
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The index just past the string whose opening quote is at `at`.
+fn string_end(data: &[u8], at: usize) -> Option<usize> {
+    let mut pos = at + 1;
+    loop {
+        let rest = data.get(pos..)?;
+        let i = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest.get(i) == Some(&b'"') {
+            return Some(pos + i + 1);
+        }
+        // A backslash: skip it and the byte it escapes.
+        pos += i + 2;
+    }
+}
+
+/// The index just past the JSON value that starts at `at`: a string, an object or array
+/// (brackets counted, strings skipped), or a scalar (up to the next delimiter).
+fn value_end(data: &[u8], at: usize) -> Option<usize> {
+    match data.get(at)? {
+        b'"' => string_end(data, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut pos = at;
+            loop {
+                match data.get(pos)? {
+                    b'"' => {
+                        pos = string_end(data, pos)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(pos + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                pos += 1;
+            }
+        }
+        _ => {
+            let len = data
+                .get(at..)?
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(data.len() - at);
+            (len > 0).then_some(at + len)
+        }
+    }
+}
+
+/// Whether the quoted key `quoted` is `name`, escapes decoded.
+fn key_is(quoted: &[u8], name: &str) -> bool {
+    let Some(raw) = quoted.get(1..quoted.len().saturating_sub(1)) else {
+        return false;
+    };
+    if memchr::memchr(b'\\', raw).is_none() {
+        return raw == name.as_bytes();
+    }
+    serde_json::from_slice::<String>(quoted).is_ok_and(|key| key == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,5 +669,79 @@ mod tests {
         let data = br#"{"k":"a\"b\\","j":1,"k":"","k":null,"k":"c","k":"unterminated\"#;
         string_values(data, &KEY, &mut |t| seen.push(t.to_vec()));
         assert_eq!(seen, vec![br#"a\"b\\"#.to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn members_are_found_at_their_own_level_only() {
+        let name = "stream_options";
+        let at = |data: &str| member(data.as_bytes(), name);
+        let slice = |data: &'static str, r: Range<usize>| &data[r];
+
+        let data =
+            r#" { "a" : {"stream_options":1}, "b":["stream_options"], "stream_options" : null } "#;
+        let object = at(data).unwrap();
+        assert_eq!(
+            (object.open, object.close, object.empty),
+            (1, data.len() - 2, false)
+        );
+        let m = object.member.unwrap();
+        assert_eq!(slice(data, m.key), r#""stream_options""#);
+        assert_eq!(slice(data, m.value), "null");
+
+        // Nested keys and strings that look like keys do not count.
+        let data = r#"{"messages":[{"content":"\"stream_options\":{}"}],"tools":[{"name":"stream_options"}],"s":{"stream_options":{"x":1}}}"#;
+        assert_eq!(at(data).unwrap().member, None);
+
+        // An escaped key is the key it decodes to.
+        let data = r#"{"stream\u005foptions":{"include_usage":false}}"#;
+        let m = at(data).unwrap().member.unwrap();
+        assert_eq!(slice(data, m.value), r#"{"include_usage":false}"#);
+
+        // Every kind of value is skipped whole.
+        let data = r#"{"n":-1.5e3,"t":true,"s":"a\\\"}","o":{"a":[1,{"b":"]"}]},"e":[],"stream_options":123456789012345678901234567890}"#;
+        let m = at(data).unwrap().member.unwrap();
+        assert_eq!(slice(data, m.value), "123456789012345678901234567890");
+
+        let object = at(" {\n} ").unwrap();
+        assert_eq!((object.open, object.close, object.empty), (1, 3, true));
+        assert_eq!(object.member, None);
+    }
+
+    #[test]
+    fn member_says_none_on_bytes_that_are_not_one_object() {
+        for data in [
+            "",
+            "   ",
+            "[]",
+            "\"stream_options\"",
+            "{",
+            "{\"a\"",
+            "{\"a\":",
+            "{\"a\":1",
+            "{\"a\":1,",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{a:1}",
+            "{\"a\":\"unterminated}",
+            "{\"a\":\"ends in a backslash\\",
+            "{\"a\":{\"b\":[1,2}",
+            "{\"a\":1 \"b\":2}",
+            "{\"stream_options\":1,\"stream_options\":2}",
+            "{\"a\":}",
+        ] {
+            assert_eq!(member(data.as_bytes(), "stream_options"), None, "{data:?}");
+        }
+    }
+
+    #[test]
+    fn member_never_panics_on_prefixes_of_an_object() {
+        let data =
+            br#" {"a":[{"b":"c\"\\"}],"stream_options" : {"include_usage":false} , "z":-1} "#;
+        for end in 0..=data.len() {
+            let _ = member(&data[..end], "stream_options");
+            for start in 0..end {
+                let _ = member(&data[start..end], "include_usage");
+            }
+        }
     }
 }

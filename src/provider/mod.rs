@@ -36,7 +36,7 @@
 
 mod anthropic;
 mod gemini;
-mod json;
+pub(crate) mod json;
 mod ollama;
 mod openai;
 mod responses;
