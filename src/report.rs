@@ -61,6 +61,9 @@ pub enum Outcome {
     EventTooLarge,
     /// The upstream ended in the middle of an event.
     UpstreamTruncated,
+    /// The request body did not arrive in time (an upload that stalled): answered
+    /// `408 Request Timeout` ([`UploadTimedOut`](crate::request::UploadTimedOut)).
+    RequestTimeout,
     /// The server shut down before the stream ended
     /// ([`Shutdown`](crate::stream::Shutdown)).
     ServerShutdown,
@@ -85,6 +88,7 @@ impl Outcome {
             Self::EventTooLarge => "event_too_large",
             Self::UpstreamTruncated => "upstream_truncated",
             Self::ServerShutdown => "server_shutdown",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 }

@@ -5,9 +5,42 @@
 //! |---|---|---|
 //! | [`StreamingRequest`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (a JSON body with `"stream": true`), or you | [`SseLayer`](crate::SseLayer): deadlines before the head, early response |
 //! | [`UsageInjected`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`UsageObserver`](crate::UsageObserver): hides the usage-only chunk |
+//! | [`Arrival`] | the outermost tower-sse layer | every tower-sse layer: deadlines and latencies count from it |
+//! | [`UploadTimedOut`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (the body did not arrive in time) | [`SseLayer`](crate::SseLayer): answers `408` and reports |
 //! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`](crate::MetricsObserver): `gen_ai.request.model` |
 
 use http::header::ACCEPT;
+use tokio::time::Instant;
+
+/// When the request reached the outermost tower-sse layer: the stream's deadlines (first
+/// event, total) and its latencies count from here, so that they also cover the time spent
+/// reading the request body in an outer layer (a stalled upload cannot hold a stream's permit
+/// past them).
+///
+/// Each tower-sse layer inserts it when it is not there yet; insert it yourself in an outer
+/// layer to count from earlier still.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival(pub Instant);
+
+impl Arrival {
+    /// The arrival of this request: the one an outer layer stamped, or now (stamped).
+    pub(crate) fn stamp(extensions: &mut http::Extensions) -> Instant {
+        if let Some(arrival) = extensions.get::<Arrival>() {
+            return arrival.0;
+        }
+        let now = Instant::now();
+        extensions.insert(Arrival(now));
+        now
+    }
+}
+
+/// Set on a request by [`IncludeUsageLayer`](crate::IncludeUsageLayer) when its body did not
+/// arrive before the upload timeout: the body the inner service gets fails at once (it is
+/// incomplete). [`SseLayer`](crate::SseLayer) answers such a request `408 Request Timeout`
+/// without calling its inner service, and reports it with
+/// [`Outcome::RequestTimeout`](crate::Outcome::RequestTimeout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadTimedOut;
 
 /// Marks a request as a streaming one, for layers further in.
 ///

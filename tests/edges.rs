@@ -420,3 +420,49 @@ async fn an_upstream_whose_frames_complete_nothing_lets_the_task_yield() {
     let read = polls.load(Ordering::Relaxed);
     assert!(read > 0 && read <= 64, "{read} frames in one poll");
 }
+
+// Deadlines cover the upload (a stalled request body).
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_upload_gets_a_408_is_reported_and_frees_its_permit() {
+    use tower::ServiceBuilder;
+    use tower_sse::{IncludeUsageLayer, StreamLimitLayer};
+
+    let reports = Reports::default();
+    let sse = SseLayer::new()
+        .first_event_timeout(Duration::from_secs(5))
+        .on_end(reports.sink());
+    let limit = StreamLimitLayer::new(1);
+    let open = limit.counter();
+    let called = Arc::new(AtomicUsize::new(0));
+    let inner_called = called.clone();
+    let service = ServiceBuilder::new()
+        .layer(limit)
+        .layer(IncludeUsageLayer::new().upload_timeout(sse.request_deadline().unwrap()))
+        .layer(sse)
+        .service(tower::service_fn(move |_req: Request<_>| {
+            inner_called.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok::<_, Infallible>(response(
+                "text/event-stream",
+                http_body_util::Empty::<Bytes>::new(),
+            )))
+        }));
+
+    // Half a body, then nothing.
+    let (tx, body) = support::body::channel();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"{\"model\":\"m\",\"stre"))))
+        .unwrap();
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let response = tower::ServiceExt::oneshot(service, request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(started.elapsed(), Duration::from_secs(5), "the stream's deadline");
+    assert_eq!(called.load(Ordering::Relaxed), 0, "never forwarded");
+    assert_eq!(open.get(), 0, "the permit is released");
+    let report = reports.one();
+    assert_eq!(report.outcome, Outcome::RequestTimeout);
+    drop(tx);
+}

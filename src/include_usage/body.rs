@@ -27,6 +27,8 @@ pin_project! {
         Original { #[pin] body: B },
         Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Chained { prefix: Option<Bytes>, #[pin] rest: B },
+        // The upload did not complete in time: what the inner service reads fails.
+        Incomplete { failed: bool },
     }
 }
 
@@ -43,6 +45,12 @@ impl<B> UsageRequestBody<B> {
                 data: (!data.is_empty()).then_some(data),
                 trailers,
             },
+        }
+    }
+
+    pub(super) fn incomplete() -> Self {
+        Self {
+            kind: RequestKind::Incomplete { failed: false },
         }
     }
 
@@ -86,6 +94,10 @@ where
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
                 None => rest.poll_frame(cx).map_err(Into::into),
             },
+            RequestKindProj::Incomplete { failed } => Poll::Ready(
+                (!std::mem::replace(failed, true))
+                    .then(|| Err("the request body did not arrive in time".into())),
+            ),
         }
     }
 
@@ -94,12 +106,14 @@ where
             RequestKind::Original { body } => body.is_end_stream(),
             RequestKind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
             RequestKind::Chained { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            RequestKind::Incomplete { failed } => *failed,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             RequestKind::Original { body } => body.size_hint(),
+            RequestKind::Incomplete { .. } => SizeHint::default(),
             RequestKind::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_layer::Layer;
 
 use super::IncludeUsage;
-use super::{DEFAULT_MAX_REQUEST_SIZE, Oversized, Unchanged};
+use super::{DEFAULT_MAX_REQUEST_SIZE, DEFAULT_UPLOAD_TIMEOUT, Oversized, Unchanged};
 use crate::include_usage::RequestPredicate;
 
 /// Adds `stream_options.include_usage` to streaming OpenAI-style requests. See the
@@ -27,6 +28,7 @@ pub(super) struct Config {
     pub(super) oversized: Oversized,
     pub(super) continuous: bool,
     pub(super) applies: Option<RequestPredicate>,
+    pub(super) upload_timeout: Duration,
 }
 
 impl IncludeUsageLayer {
@@ -38,6 +40,7 @@ impl IncludeUsageLayer {
                 oversized: Oversized::PassThrough,
                 continuous: false,
                 applies: None,
+                upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             }),
             map: Unchanged,
         }
@@ -61,6 +64,21 @@ impl<M> IncludeUsageLayer<M> {
     /// The most request-body bytes read and held. Default: [`DEFAULT_MAX_REQUEST_SIZE`].
     pub fn max_request_size(self, limit: usize) -> Self {
         self.with(|c| c.max_size = limit)
+    }
+
+    /// How long the body of a request the layer reads may take to arrive, counted from the
+    /// request's [`Arrival`](crate::request::Arrival) at the outermost tower-sse layer.
+    /// Default: [`DEFAULT_UPLOAD_TIMEOUT`]; `Duration::MAX` waits for ever.
+    ///
+    /// A body not complete by then (an upload that stalled, holding a stream permit) is not
+    /// forwarded: the inner service gets the request marked
+    /// [`UploadTimedOut`](crate::request::UploadTimedOut) with a body that fails, and an
+    /// [`SseLayer`](crate::SseLayer) inside answers it `408 Request Timeout` and reports it
+    /// without calling further in. Set it to the stream's first-event (or total) timeout, so
+    /// that the stream's deadlines bound the upload too
+    /// ([`SseLayer::request_deadline`](crate::SseLayer::request_deadline) is that value).
+    pub fn upload_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.upload_timeout = timeout)
     }
 
     /// What to do with larger bodies. Default: [`Oversized::PassThrough`].

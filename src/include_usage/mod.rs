@@ -49,6 +49,10 @@ pub use self::service::IncludeUsage;
 /// The default limit on request bodies the layer reads: 16 MiB.
 pub const DEFAULT_MAX_REQUEST_SIZE: usize = 16 * 1024 * 1024;
 
+/// The default [`IncludeUsageLayer::upload_timeout`](crate::IncludeUsageLayer::upload_timeout):
+/// 60 seconds for the whole request body.
+pub const DEFAULT_UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What to do with a request body larger than the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -21,6 +21,9 @@ use super::{MapRequestBody, Oversized, Unchanged};
 use crate::include_usage::rewrite::Read;
 use crate::include_usage::rewrite::read_bounded;
 use crate::provider::Provider;
+use crate::request::{Arrival, UploadTimedOut};
+use crate::stream::deadline::after;
+use tokio::time::timeout_at;
 
 /// The service of [`IncludeUsageLayer`](crate::IncludeUsageLayer).
 #[derive(Clone)]
@@ -84,7 +87,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
         let map = self.map.clone();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let arrival = Arrival::stamp(&mut parts.extensions);
         let applies = match &config.applies {
             Some(predicate) => predicate(&parts),
             None => default_applies(&parts),
@@ -97,7 +101,17 @@ where
             );
         }
         Box::pin(async move {
-            let read = read_bounded(body, config.max_size).await;
+            let deadline = after(arrival, config.upload_timeout);
+            let Ok(read) = timeout_at(deadline, read_bounded(body, config.max_size)).await else {
+                // A stalled upload: never forwarded, and an SseLayer inside reports it.
+                let mut parts = parts;
+                parts.extensions.insert(UploadTimedOut);
+                let body = map.map(UsageRequestBody::incomplete());
+                return Ok(inner
+                    .call(Request::from_parts(parts, body))
+                    .await?
+                    .map(IncludeUsageBody::inner));
+            };
             let (parts, body) = match read {
                 Read::Whole(bytes, trailers) => rewrite(parts, bytes, trailers, &config),
                 Read::Oversized(..) if config.oversized == Oversized::Reject => {

@@ -328,6 +328,21 @@ where
     )
 }
 
+/// A request whose body did not arrive in time ([`UploadTimedOut`](crate::request::UploadTimedOut)):
+/// `408 Request Timeout`, reported.
+pub(crate) fn upload_timeout<B, O, E>(setup: Setup<O, E>) -> Response<SseBody<B, O, E>>
+where
+    O: Observer,
+    E: OnEnd,
+{
+    answer_before_head(
+        setup,
+        Outcome::RequestTimeout,
+        StatusCode::REQUEST_TIMEOUT,
+        "the request body did not arrive in time",
+    )
+}
+
 /// Answer a streaming request whose response head never came with a JSON error, and
 /// report it.
 fn answer_before_head<B, O, E>(

@@ -248,6 +248,17 @@ impl<O, E> SseLayer<O, E> {
         self.with(|c| c.shutdown = Some(shutdown))
     }
 
+    /// How long after its arrival a streaming request may go without a content event: the
+    /// earlier of the first-event and total timeouts, if any is set. Give it to
+    /// [`IncludeUsageLayer::upload_timeout`](crate::IncludeUsageLayer::upload_timeout) so
+    /// that the same deadline bounds the request's upload.
+    pub fn request_deadline(&self) -> Option<Duration> {
+        match (self.config.first_event_timeout, self.config.total_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Watch each stream with this observer (cloned per request). Combine several with a
     /// tuple.
     pub fn observer<O2>(self, observer: O2) -> SseLayer<O2, E> {

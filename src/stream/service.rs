@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::BoxError;
@@ -19,7 +18,8 @@ use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::head_deadline;
-use crate::stream::future::{Setup, SseFuture};
+use crate::request::{Arrival, UploadTimedOut};
+use crate::stream::future::{Setup, SseFuture, upload_timeout};
 
 /// The service of [`SseLayer`](crate::SseLayer).
 pub struct SseService<S, O = (), E = ()> {
@@ -94,14 +94,13 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let started_at = Instant::now();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let started_at = Arrival::stamp(&mut parts.extensions);
         let mut observer = self.observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
         let early = streaming && self.config.answers_early(&parts);
         let hint = Provider::from_path(parts.uri.path());
-        let future = self.inner.call(Request::from_parts(parts, body));
         let setup = Setup {
             config: self.config.clone(),
             observer,
@@ -109,6 +108,11 @@ where
             started_at,
             hint,
         };
+        if parts.extensions.get::<UploadTimedOut>().is_some() {
+            // The body is incomplete: the inner service never sees the request.
+            return SseFuture::ready(upload_timeout(setup));
+        }
+        let future = self.inner.call(Request::from_parts(parts, body));
 
         if early {
             let upstream: UpstreamFuture<ResBody> =
