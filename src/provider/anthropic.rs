@@ -24,8 +24,13 @@
 //!   Responses API's `{"type":"error","code":…}`) sets the finish reason to the error's type
 //!   (or code, or `"error"`); the usage seen so far stays.
 //!
-//! Only these three event types are parsed; content blocks and pings are skipped by their
-//! event name. Streams relayed without `event:` lines are recognised from the data.
+//! Every event is known by its name: its `event:` line or, in a stream relayed without
+//! `event:` lines, the top-level `type` of its data (`{"type":"content_block_delta",…}`),
+//! which Anthropic always sends too. Recognition, content, the id and model, usage and
+//! `message_stop` all go by that name, so a data-only stream is read like a named one
+//! (content meets the first-event timeout, and counts for TTFT, ITL and estimates). Only
+//! the events that carry usage or the id are parsed; content blocks and pings are skipped by
+//! their name.
 
 use serde::Deserialize;
 
@@ -33,11 +38,9 @@ use crate::sse::EventRef;
 
 use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::usage::{UsageState, counts};
-use super::{Format, ResponseMeta, Top};
+use super::{Format, ResponseMeta, Top, event_kind};
 
 finders! {
-    MESSAGE_START = b"\"message_start\"";
-    MESSAGE_DELTA = b"\"message_delta\"";
     SIGNATURE_DELTA = b"\"signature_delta\"";
     TEXT = b"\"text\"";
     THINKING = b"\"thinking\"";
@@ -57,7 +60,7 @@ impl Format for Anthropic {
 
     fn recognise(event: &EventRef<'_>) -> bool {
         matches!(
-            event.event_bytes(),
+            event_kind(event),
             b"message_start"
                 | b"message_delta"
                 | b"message_stop"
@@ -68,7 +71,7 @@ impl Format for Anthropic {
     }
 
     fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        (event.event_bytes() == b"content_block_delta"
+        (event_kind(event) == b"content_block_delta"
             && SIGNATURE_DELTA.find(event.data_bytes()).is_none())
         .then_some(None)
     }
@@ -83,7 +86,7 @@ impl Format for Anthropic {
             #[serde(borrow)]
             message: Top<'a>,
         }
-        if event.event_bytes() != b"message_start" {
+        if event_kind(event) != b"message_start" {
             return ResponseMeta::default();
         }
         parse::<Start<'_>>(event.data_bytes())
@@ -100,7 +103,7 @@ impl Format for Anthropic {
     }
 
     fn is_terminal(event: &EventRef<'_>) -> bool {
-        event.event_bytes() == b"message_stop"
+        event_kind(event) == b"message_stop"
     }
 }
 
@@ -117,9 +120,7 @@ struct AnthropicUsage {
 }
 
 #[derive(Deserialize)]
-struct Start<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Text<'a>,
+struct Start {
     #[serde(default)]
     message: Lenient<Message>,
 }
@@ -132,8 +133,6 @@ struct Message {
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Text<'a>,
     #[serde(borrow, default)]
     delta: Lenient<DeltaBody<'a>>,
     #[serde(default)]
@@ -171,31 +170,18 @@ fn record(state: &mut UsageState, usage: AnthropicUsage, output_is_real: bool) {
 /// Read one event of an Anthropic stream. Returns whether it carried usage or a reason.
 fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
     let data = event.data_bytes();
-    let named = !event.event_bytes().is_empty();
-    let (start, delta) = if named {
-        (
-            event.event_bytes() == b"message_start",
-            event.event_bytes() == b"message_delta",
-        )
-    } else {
-        (
-            MESSAGE_START.find(data).is_some(),
-            MESSAGE_DELTA.find(data).is_some(),
-        )
-    };
-    if start && let Some(start) = parse::<Start<'_>>(data) {
-        if !named && start.kind.as_str() != Some("message_start") {
-            return false;
-        }
+    let kind = event_kind(event);
+    if kind == b"message_start"
+        && let Some(start) = parse::<Start>(data)
+    {
         if let Some(usage) = start.message.0.and_then(|m| m.usage.0) {
             record(state, usage, false);
         }
         return true;
     }
-    if delta && let Some(delta) = parse::<Delta<'_>>(data) {
-        if !named && delta.kind.as_str() != Some("message_delta") {
-            return false;
-        }
+    if kind == b"message_delta"
+        && let Some(delta) = parse::<Delta<'_>>(data)
+    {
         if let Some(usage) = delta.usage.0 {
             record(state, usage, true);
         }
