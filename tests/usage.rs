@@ -43,6 +43,12 @@ fn u(input: i64, output: i64, total: i64, cached: i64, reasoning: i64) -> Usage 
     usage
 }
 
+/// The same usage, its output estimated.
+fn estimated(mut usage: Usage) -> Usage {
+    usage.source = UsageSource::Estimated;
+    usage
+}
+
 /// One transcript and everything the report must say about it.
 #[derive(Debug, Clone)]
 struct Case {
@@ -62,7 +68,9 @@ struct Case {
     content_at: &'static [usize],
     /// (index of the event, the reported usage once it was seen).
     reported: Vec<(usize, Usage)>,
-    /// (index of the event, Anthropic's placeholder output count).
+    /// (index of the event, Anthropic's placeholder output count). Never reported: it says
+    /// that a real count is to come, and a stream that ends without one has its output
+    /// estimated, completed or not.
     provisional: Option<(usize, u64)>,
     /// (index of the event, the finish reason once it was seen).
     finishes: &'static [(usize, &'static str)],
@@ -257,8 +265,9 @@ fn table() -> Vec<Case> {
             path: "/v1/messages",
             ndjson: false,
             provider: Provider::Anthropic,
-            // Completed without a `message_delta`: the placeholder is all there is.
-            usage: Some(u(30, 1, -1, 0, -1)),
+            // No `message_delta`: the input is reported, the output estimated from the text
+            // ("Partial", " answer": 14 bytes, 4 tokens), never the placeholder 1.
+            usage: Some(estimated(u(30, 4, -1, 0, -1))),
             cache_creation: Some(0),
             id: Some("msg_01Overload"),
             model: Some("claude-haiku-4-5"),
@@ -392,20 +401,15 @@ impl Case {
     /// not.
     fn usage_after(&self, k: usize, completed: bool) -> Option<Usage> {
         let mut usage = self.reported_after(k);
-        if usage.output_tokens.is_none() {
-            let estimate = if completed {
-                None
-            } else {
-                self.estimate_after(k)
-            };
-            if let Some(tokens) = estimate {
-                usage.output_tokens = Some(tokens);
-                usage.source = UsageSource::Estimated;
-            } else if let Some((at, tokens)) = self.provisional
-                && at < k
-            {
-                usage.output_tokens = Some(tokens);
-            }
+        // A placeholder announced a count that never came: the stream was cut, whatever
+        // its outcome.
+        let announced = self.provisional.is_some_and(|(at, _)| at < k);
+        if usage.output_tokens.is_none()
+            && (!completed || announced)
+            && let Some(tokens) = self.estimate_after(k)
+        {
+            usage.output_tokens = Some(tokens);
+            usage.source = UsageSource::Estimated;
         }
         (usage != Usage::default()).then_some(usage)
     }
@@ -998,6 +1002,68 @@ async fn deadline_keeps_reported_input_and_estimates_output() {
     assert_eq!(usage.output_tokens, Some(4));
     assert_eq!(usage.source, UsageSource::Estimated);
     drop(tx);
+}
+
+/// An Anthropic stream that ends after two text deltas, without `message_delta` (a relay
+/// closed it between events, or cut it in the middle of one): `message_start`'s
+/// `output_tokens: 1` is a placeholder, not the output. The input is reported, the output
+/// estimated from the text delivered, and the usage says so.
+#[tokio::test]
+async fn anthropic_cut_before_message_delta_estimates_the_output() {
+    let case = Case::named("anthropic_error");
+    let events = case.split_events();
+    let clean: &'static [u8] = Box::leak(events[..4].concat().into_boxed_slice());
+    let truncated: &'static [u8] = &case.bytes[..clean.len() + 20];
+    for (stream, outcome) in [
+        (clean, Outcome::Completed),
+        (truncated, Outcome::UpstreamTruncated),
+    ] {
+        let reports = Reports::default();
+        let res = serve_with(
+            case.layer(&reports),
+            case.request(false),
+            response("text/event-stream", FramesBody::data(&[stream])),
+        )
+        .await;
+        collect(res.into_body()).await;
+        let report = reports.one();
+        assert_eq!(report.outcome, outcome);
+        assert_eq!(report.content_events, 2, "{outcome:?}");
+        let usage = report.usage.expect("usage");
+        assert_eq!(usage.input_tokens, Some(30), "{outcome:?}: reported");
+        assert_eq!(usage.cached_input_tokens, Some(0), "{outcome:?}: reported");
+        // "Partial", " answer": 14 bytes, 4 tokens.
+        assert_eq!(
+            usage.output_tokens,
+            Some(4),
+            "{outcome:?}: not the placeholder 1"
+        );
+        assert_eq!(usage.source, UsageSource::Estimated, "{outcome:?}");
+        assert_eq!(report.finish_reason, None, "{outcome:?}");
+    }
+}
+
+/// The same after an `event: error` mid-stream (Anthropic's `overloaded_error`): the
+/// upstream ends cleanly, but no output count ever came.
+#[tokio::test]
+async fn anthropic_error_event_mid_stream_estimates_the_output() {
+    let case = Case::named("anthropic_error");
+    let (report, out) = run(&case, &[case.bytes], false).await;
+    assert_eq!(out.data, case.bytes);
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.finish_reason.as_deref(), Some("overloaded_error"));
+    let usage = report.usage.expect("usage");
+    assert_eq!(usage.input_tokens, Some(30));
+    assert_eq!(usage.output_tokens, Some(4), "not the placeholder 1");
+    assert_eq!(usage.source, UsageSource::Estimated);
+
+    // An error before any text: nothing to estimate from, so the output is unknown (and
+    // the placeholder still not reported). The input stays, reported.
+    let events = case.split_events();
+    let stream: &'static [u8] = Box::leak([events[0], events[4]].concat().into_boxed_slice());
+    let (report, _) = run(&case, &[stream], false).await;
+    assert_eq!(report.finish_reason.as_deref(), Some("overloaded_error"));
+    assert_eq!(report.usage, Some(u(30, -1, -1, 0, -1)));
 }
 
 /// A completed stream that reported nothing has no usage: completed streams are never

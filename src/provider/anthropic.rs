@@ -7,9 +7,18 @@
 //! - The response id and model are in `message_start`'s `message`. The stream ends with
 //!   `message_stop`.
 //! - `message_start` carries `message.usage`: the input tokens, the cache counts, and an
-//!   `output_tokens` that is a placeholder (1, or a few), not a count of the output. It is
-//!   kept aside as a provisional output count, used only when no real output count comes
-//!   and no estimate can be made.
+//!   `output_tokens` that is a placeholder (1, or a few), not a count of the output. The
+//!   input and cache counts are real and reported as soon as they arrive. The placeholder
+//!   is never reported: it is kept aside as a provisional output count, which says that a
+//!   real count is to come.
+//! - A stream that ends without `message_delta`'s count (an `error` event mid-stream, a
+//!   disconnect, a deadline, a truncation, or a relay that closed the stream cleanly) was
+//!   cut, whatever its [`Outcome`](crate::Outcome): its output is estimated from the text
+//!   delivered, like any cut stream's. The usage then mixes sources: the input and cache
+//!   counts as `message_start` reported them, the output estimated, and
+//!   [`source`](crate::Usage::source) says [`Estimated`](crate::UsageSource::Estimated)
+//!   (only the output is ever estimated). With no text to estimate from, the output is
+//!   unknown (`None`), never the placeholder.
 //! - `message_delta` carries `usage` with the cumulative `output_tokens`, and may restate
 //!   `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`. Every count
 //!   it states replaces the known one (never added: a gateway double-counted cache reads
@@ -17,12 +26,13 @@
 //!   another gateway lost input and cache counts that way). Its `delta.stop_reason` is the
 //!   finish reason.
 //! - Counts keep Anthropic's meaning: `input_tokens` excludes the cache reads (in
-//!   [`cached_input_tokens`](super::Usage::cached_input_tokens)) and the cache writes (in
-//!   [`CacheCreationInputTokens`](super::CacheCreationInputTokens)). Anthropic sends no
+//!   [`cached_input_tokens`](crate::Usage::cached_input_tokens)) and the cache writes (in
+//!   [`CacheCreationInputTokens`](crate::usage::CacheCreationInputTokens)). Anthropic sends no
 //!   total, so the total stays unknown.
 //! - An `error` event (`{"type":"error","error":{"type":"overloaded_error",…}}`, or the
 //!   Responses API's `{"type":"error","code":…}`) sets the finish reason to the error's type
-//!   (or code, or `"error"`); the usage seen so far stays.
+//!   (or code, or `"error"`); the usage seen so far stays, and the output is estimated
+//!   (above).
 //!
 //! Every event is known by its name: its `event:` line or, in a stream relayed without
 //! `event:` lines, the top-level `type` of its data (`{"type":"content_block_delta",…}`),
