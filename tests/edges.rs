@@ -450,8 +450,10 @@ async fn a_stalled_upload_gets_a_408_is_reported_and_frees_its_permit() {
 
     // Half a body, then nothing.
     let (tx, body) = support::body::channel();
-    tx.send(Ok(Frame::data(Bytes::from_static(b"{\"model\":\"m\",\"stre"))))
-        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(
+        b"{\"model\":\"m\",\"stre",
+    ))))
+    .unwrap();
     let request = Request::post("/v1/chat/completions")
         .header("content-type", "application/json")
         .body(body)
@@ -459,7 +461,11 @@ async fn a_stalled_upload_gets_a_408_is_reported_and_frees_its_permit() {
     let started = tokio::time::Instant::now();
     let response = tower::ServiceExt::oneshot(service, request).await.unwrap();
     assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
-    assert_eq!(started.elapsed(), Duration::from_secs(5), "the stream's deadline");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "the stream's deadline"
+    );
     assert_eq!(called.load(Ordering::Relaxed), 0, "never forwarded");
     assert_eq!(open.get(), 0, "the permit is released");
     let report = reports.one();

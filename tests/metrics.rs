@@ -224,3 +224,62 @@ fn failed_streams_carry_error_type_and_no_server_ttft() {
                 && key.key().labels().any(|l| l.value() == "idle_timeout"))
     );
 }
+
+/// An Anthropic stream that ends with an `error` event before `message_delta`: its output
+/// is an estimate (not recorded: the conventions want counted tokens), its input the
+/// provider's own (recorded); `message_start`'s placeholder output is neither.
+#[test]
+fn estimated_output_is_not_recorded_but_reported_input_is() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let layer = SseLayer::new().observer((UsageObserver::new(), MetricsObserver::new()));
+            let request = Request::post("/v1/messages")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let stream = concat!(
+                "event: message_start\n",
+                "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n",
+                "event: content_block_delta\n",
+                "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Partial answer\"}}\n\n",
+                "event: error\n",
+                "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            );
+            let body = serve_with(
+                layer,
+                request,
+                response("text/event-stream", support::body::sse(&[stream])),
+            )
+            .await
+            .into_body();
+            collect(body).await;
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let tokens = |kind: &str| {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| {
+                key.key().name() == names::CLIENT_TOKEN_USAGE
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "gen_ai.token.type" && l.value() == kind)
+            })
+            .flat_map(|(.., value)| match value {
+                DebugValue::Histogram(values) => {
+                    values.iter().map(|v| v.into_inner()).collect::<Vec<f64>>()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<f64>>()
+    };
+    assert_eq!(tokens("input"), [30.0]);
+    assert_eq!(tokens("output"), [0.0; 0], "an estimate is not a count");
+}

@@ -23,7 +23,8 @@ use tower_sse::request::UsageInjected;
 use tower_sse::sse::EventRef;
 use tower_sse::usage::{CacheCreationInputTokens, UsageState};
 use tower_sse::{
-    EventContext, Observer, Outcome, SseLayer, StreamReport, Usage, UsageObserver, UsageSource,
+    EventContext, Observer, Outcome, SseLayer, StreamReport, TimingObserver, Usage, UsageObserver,
+    UsageSource,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -39,6 +40,12 @@ fn u(input: i64, output: i64, total: i64, cached: i64, reasoning: i64) -> Usage 
     usage.total_tokens = known(total);
     usage.cached_input_tokens = known(cached);
     usage.reasoning_tokens = known(reasoning);
+    usage
+}
+
+/// The same usage, its output estimated.
+fn estimated(mut usage: Usage) -> Usage {
+    usage.source = UsageSource::Estimated;
     usage
 }
 
@@ -61,7 +68,9 @@ struct Case {
     content_at: &'static [usize],
     /// (index of the event, the reported usage once it was seen).
     reported: Vec<(usize, Usage)>,
-    /// (index of the event, Anthropic's placeholder output count).
+    /// (index of the event, Anthropic's placeholder output count). Never reported: it says
+    /// that a real count is to come, and a stream that ends without one has its output
+    /// estimated, completed or not.
     provisional: Option<(usize, u64)>,
     /// (index of the event, the finish reason once it was seen).
     finishes: &'static [(usize, &'static str)],
@@ -162,6 +171,25 @@ fn table() -> Vec<Case> {
             provisional: None,
             finishes: &[(12, "completed")],
         },
+        // `responses.sse` relayed without its `event:` lines: the format, the content, the
+        // id and model and the usage come from each event's `type`.
+        Case {
+            name: "responses_data_only",
+            bytes: include_bytes!("fixtures/usage/responses_data_only.sse"),
+            path: "/v1/responses",
+            ndjson: false,
+            provider: Provider::OpenAiResponses,
+            usage: Some(u(36, 203, 239, 0, 192)),
+            cache_creation: None,
+            id: Some("resp_68a1f0"),
+            model: Some("gpt-5-mini-2025-08-07"),
+            finish: Some("completed"),
+            events: 13,
+            content_at: &[6, 7, 8],
+            reported: vec![(12, u(36, 203, 239, 0, 192))],
+            provisional: None,
+            finishes: &[(12, "completed")],
+        },
         Case {
             name: "responses_incomplete",
             bytes: include_bytes!("fixtures/usage/responses_incomplete.sse"),
@@ -182,6 +210,24 @@ fn table() -> Vec<Case> {
         Case {
             name: "anthropic",
             bytes: include_bytes!("fixtures/usage/anthropic.sse"),
+            path: "/v1/messages",
+            ndjson: false,
+            provider: Provider::Anthropic,
+            usage: Some(u(472, 12, -1, 0, -1)),
+            cache_creation: Some(0),
+            id: Some("msg_01XFDUDYJgAACzvnptvVoYEL"),
+            model: Some("claude-sonnet-4-5-20250929"),
+            finish: Some("end_turn"),
+            events: 9,
+            content_at: &[3, 4, 5],
+            reported: vec![(0, u(472, -1, -1, 0, -1)), (7, u(472, 12, -1, 0, -1))],
+            provisional: Some((0, 2)),
+            finishes: &[(7, "end_turn")],
+        },
+        // `anthropic.sse` relayed without its `event:` lines (its ping included).
+        Case {
+            name: "anthropic_data_only",
+            bytes: include_bytes!("fixtures/usage/anthropic_data_only.sse"),
             path: "/v1/messages",
             ndjson: false,
             provider: Provider::Anthropic,
@@ -219,8 +265,9 @@ fn table() -> Vec<Case> {
             path: "/v1/messages",
             ndjson: false,
             provider: Provider::Anthropic,
-            // Completed without a `message_delta`: the placeholder is all there is.
-            usage: Some(u(30, 1, -1, 0, -1)),
+            // No `message_delta`: the input is reported, the output estimated from the text
+            // ("Partial", " answer": 14 bytes, 4 tokens), never the placeholder 1.
+            usage: Some(estimated(u(30, 4, -1, 0, -1))),
             cache_creation: Some(0),
             id: Some("msg_01Overload"),
             model: Some("claude-haiku-4-5"),
@@ -354,20 +401,15 @@ impl Case {
     /// not.
     fn usage_after(&self, k: usize, completed: bool) -> Option<Usage> {
         let mut usage = self.reported_after(k);
-        if usage.output_tokens.is_none() {
-            let estimate = if completed {
-                None
-            } else {
-                self.estimate_after(k)
-            };
-            if let Some(tokens) = estimate {
-                usage.output_tokens = Some(tokens);
-                usage.source = UsageSource::Estimated;
-            } else if let Some((at, tokens)) = self.provisional
-                && at < k
-            {
-                usage.output_tokens = Some(tokens);
-            }
+        // A placeholder announced a count that never came: the stream was cut, whatever
+        // its outcome.
+        let announced = self.provisional.is_some_and(|(at, _)| at < k);
+        if usage.output_tokens.is_none()
+            && (!completed || announced)
+            && let Some(tokens) = self.estimate_after(k)
+        {
+            usage.output_tokens = Some(tokens);
+            usage.source = UsageSource::Estimated;
         }
         (usage != Usage::default()).then_some(usage)
     }
@@ -962,6 +1004,68 @@ async fn deadline_keeps_reported_input_and_estimates_output() {
     drop(tx);
 }
 
+/// An Anthropic stream that ends after two text deltas, without `message_delta` (a relay
+/// closed it between events, or cut it in the middle of one): `message_start`'s
+/// `output_tokens: 1` is a placeholder, not the output. The input is reported, the output
+/// estimated from the text delivered, and the usage says so.
+#[tokio::test]
+async fn anthropic_cut_before_message_delta_estimates_the_output() {
+    let case = Case::named("anthropic_error");
+    let events = case.split_events();
+    let clean: &'static [u8] = Box::leak(events[..4].concat().into_boxed_slice());
+    let truncated: &'static [u8] = &case.bytes[..clean.len() + 20];
+    for (stream, outcome) in [
+        (clean, Outcome::Completed),
+        (truncated, Outcome::UpstreamTruncated),
+    ] {
+        let reports = Reports::default();
+        let res = serve_with(
+            case.layer(&reports),
+            case.request(false),
+            response("text/event-stream", FramesBody::data(&[stream])),
+        )
+        .await;
+        collect(res.into_body()).await;
+        let report = reports.one();
+        assert_eq!(report.outcome, outcome);
+        assert_eq!(report.content_events, 2, "{outcome:?}");
+        let usage = report.usage.expect("usage");
+        assert_eq!(usage.input_tokens, Some(30), "{outcome:?}: reported");
+        assert_eq!(usage.cached_input_tokens, Some(0), "{outcome:?}: reported");
+        // "Partial", " answer": 14 bytes, 4 tokens.
+        assert_eq!(
+            usage.output_tokens,
+            Some(4),
+            "{outcome:?}: not the placeholder 1"
+        );
+        assert_eq!(usage.source, UsageSource::Estimated, "{outcome:?}");
+        assert_eq!(report.finish_reason, None, "{outcome:?}");
+    }
+}
+
+/// The same after an `event: error` mid-stream (Anthropic's `overloaded_error`): the
+/// upstream ends cleanly, but no output count ever came.
+#[tokio::test]
+async fn anthropic_error_event_mid_stream_estimates_the_output() {
+    let case = Case::named("anthropic_error");
+    let (report, out) = run(&case, &[case.bytes], false).await;
+    assert_eq!(out.data, case.bytes);
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.finish_reason.as_deref(), Some("overloaded_error"));
+    let usage = report.usage.expect("usage");
+    assert_eq!(usage.input_tokens, Some(30));
+    assert_eq!(usage.output_tokens, Some(4), "not the placeholder 1");
+    assert_eq!(usage.source, UsageSource::Estimated);
+
+    // An error before any text: nothing to estimate from, so the output is unknown (and
+    // the placeholder still not reported). The input stays, reported.
+    let events = case.split_events();
+    let stream: &'static [u8] = Box::leak([events[0], events[4]].concat().into_boxed_slice());
+    let (report, _) = run(&case, &[stream], false).await;
+    assert_eq!(report.finish_reason.as_deref(), Some("overloaded_error"));
+    assert_eq!(report.usage, Some(u(30, -1, -1, 0, -1)));
+}
+
 /// A completed stream that reported nothing has no usage: completed streams are never
 /// estimated.
 #[tokio::test]
@@ -1228,38 +1332,92 @@ async fn later_observers_see_usage_during_the_stream() {
 }
 
 /// Without a path hint and without `event:` lines (a relay that drops them), the formats
-/// that name their type in the data are still read.
+/// that name their type in the data are recognised from it: the report is the one of the
+/// named stream.
 #[tokio::test]
-async fn unnamed_events_without_a_path_hint() {
-    for case in [Case::named("responses"), Case::named("anthropic")] {
-        let stripped: String = String::from_utf8(case.bytes.to_vec())
+async fn data_only_events_without_a_path_hint() {
+    for name in ["responses_data_only", "anthropic_data_only"] {
+        let mut case = Case::named(name);
+        case.path = "/relay";
+        let (report, out) = run(&case, &[case.bytes], false).await;
+        assert_eq!(out.data, case.bytes, "{name}: forwarded as is");
+        case.check_complete(&report, "without a path hint");
+    }
+}
+
+/// The data-only transcripts are the named ones, `event:` lines dropped.
+#[test]
+fn data_only_fixtures_are_the_named_ones_without_event_lines() {
+    for (named, data_only) in [
+        ("anthropic", "anthropic_data_only"),
+        ("responses", "responses_data_only"),
+    ] {
+        let stripped: String = std::str::from_utf8(Case::named(named).bytes)
             .unwrap()
             .lines()
             .filter(|line| !line.starts_with("event: "))
             .map(|line| format!("{line}\n"))
             .collect();
-        let bytes: &'static [u8] = Box::leak(stripped.into_bytes().into_boxed_slice());
-        let reports = Reports::default();
-        let layer = SseLayer::new()
-            .observer(UsageObserver::default())
-            .on_end(reports.sink());
-        let res = serve_with(
-            layer,
-            Request::new(Empty::new()),
-            response("text/event-stream", FramesBody::data(&[bytes])),
-        )
-        .await;
-        assert_eq!(collect(res.into_body()).await.data, bytes);
-        let report = reports.one();
-        assert_eq!(report.provider, Provider::Unknown, "{}", case.name);
-        assert_eq!(report.usage, case.usage, "{}", case.name);
         assert_eq!(
-            report.finish_reason.as_deref(),
-            case.finish,
-            "{}",
-            case.name
+            stripped.as_bytes(),
+            Case::named(data_only).bytes,
+            "{data_only}"
         );
     }
+}
+
+/// A data-only Anthropic stream behind a first-event timeout: its text deltas are content,
+/// so they meet the deadline (the stream is not cut with `first_event_timeout` long after
+/// the client got text), and the time to first token is recorded.
+#[tokio::test(start_paused = true)]
+async fn data_only_content_meets_the_first_event_timeout() {
+    let case = Case::named("anthropic_data_only");
+    let events = case.split_events();
+    let reports = Reports::default();
+    let layer = SseLayer::new()
+        .first_event_timeout(Duration::from_secs(10))
+        .observer((UsageObserver::default(), TimingObserver::default()))
+        .on_end(reports.sink());
+    let (tx, body) = channel();
+    let res = serve_with(
+        layer,
+        case.request(false),
+        response("text/event-stream", body),
+    )
+    .await;
+    let send = move |events: &[&'static [u8]]| {
+        for event in events {
+            // The layer may have cut the stream and dropped the upstream already.
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(event))));
+        }
+    };
+    let driver = tokio::spawn(async move {
+        // `message_start`, `content_block_start`, a ping: not content.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        send(&events[..3]);
+        // Two text deltas, 2 s after the request.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        send(&events[3..5]);
+        // The rest well after the first-event deadline.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        send(&events[5..]);
+    });
+    let out = collect(res.into_body()).await;
+    driver.await.unwrap();
+    assert!(
+        !out.text().contains("first_event_timeout"),
+        "cut after the client got text: {}",
+        out.text()
+    );
+    assert_eq!(out.data, case.bytes, "forwarded whole, nothing added");
+    let report = reports.one();
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.provider, Provider::Anthropic);
+    assert_eq!(report.content_events, 3);
+    let timing = report.timing.expect("timing");
+    assert_eq!(timing.time_to_first_token, Some(Duration::from_secs(2)));
+    assert_eq!(timing.decode_time, Some(Duration::from_secs(20)));
+    assert_eq!(report.usage, case.usage);
 }
 
 /// The layer clones the observer per request and moves it across threads.

@@ -240,6 +240,7 @@ mod tests {
             oversized: Oversized::PassThrough,
             continuous: false,
             applies: None,
+            upload_timeout: crate::include_usage::DEFAULT_UPLOAD_TIMEOUT,
         }
     }
 
@@ -255,7 +256,9 @@ mod tests {
             None,
             config,
         );
-        let RequestKind::Buffered { data, .. } = body.kind;
+        let RequestKind::Buffered { data, .. } = body.kind else {
+            panic!("a rewrite is always buffered");
+        };
         (
             String::from_utf8(data.unwrap_or_default().to_vec()).unwrap(),
             parts.extensions.get::<UsageInjected>().is_some(),

@@ -210,12 +210,14 @@ impl Observer for MetricsObserver {
             metrics::histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, labels.clone())
                 .record(secs(tpot));
         }
-        // Reported usage only: the conventions ask not to report counts that were not counted.
-        if let Some(usage) = report.usage.filter(|u| u.source == UsageSource::Reported) {
-            for (kind, tokens) in [
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-            ] {
+        // Reported counts only: the conventions ask not to report counts that were not
+        // counted. An estimated usage has its output estimated, and only that: its input
+        // is the provider's (Anthropic's `message_start`, for a stream cut before the end).
+        if let Some(usage) = report.usage {
+            let output = usage
+                .output_tokens
+                .filter(|_| usage.source == UsageSource::Reported);
+            for (kind, tokens) in [("input", usage.input_tokens), ("output", output)] {
                 if let Some(tokens) = tokens {
                     let mut token_labels = labels.clone();
                     token_labels.push(Label::new("gen_ai.token.type", kind));

@@ -7,9 +7,18 @@
 //! - The response id and model are in `message_start`'s `message`. The stream ends with
 //!   `message_stop`.
 //! - `message_start` carries `message.usage`: the input tokens, the cache counts, and an
-//!   `output_tokens` that is a placeholder (1, or a few), not a count of the output. It is
-//!   kept aside as a provisional output count, used only when no real output count comes
-//!   and no estimate can be made.
+//!   `output_tokens` that is a placeholder (1, or a few), not a count of the output. The
+//!   input and cache counts are real and reported as soon as they arrive. The placeholder
+//!   is never reported: it is kept aside as a provisional output count, which says that a
+//!   real count is to come.
+//! - A stream that ends without `message_delta`'s count (an `error` event mid-stream, a
+//!   disconnect, a deadline, a truncation, or a relay that closed the stream cleanly) was
+//!   cut, whatever its [`Outcome`](crate::Outcome): its output is estimated from the text
+//!   delivered, like any cut stream's. The usage then mixes sources: the input and cache
+//!   counts as `message_start` reported them, the output estimated, and
+//!   [`source`](crate::Usage::source) says [`Estimated`](crate::UsageSource::Estimated)
+//!   (only the output is ever estimated). With no text to estimate from, the output is
+//!   unknown (`None`), never the placeholder.
 //! - `message_delta` carries `usage` with the cumulative `output_tokens`, and may restate
 //!   `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`. Every count
 //!   it states replaces the known one (never added: a gateway double-counted cache reads
@@ -17,15 +26,21 @@
 //!   another gateway lost input and cache counts that way). Its `delta.stop_reason` is the
 //!   finish reason.
 //! - Counts keep Anthropic's meaning: `input_tokens` excludes the cache reads (in
-//!   [`cached_input_tokens`](super::Usage::cached_input_tokens)) and the cache writes (in
-//!   [`CacheCreationInputTokens`](super::CacheCreationInputTokens)). Anthropic sends no
+//!   [`cached_input_tokens`](crate::Usage::cached_input_tokens)) and the cache writes (in
+//!   [`CacheCreationInputTokens`](crate::usage::CacheCreationInputTokens)). Anthropic sends no
 //!   total, so the total stays unknown.
 //! - An `error` event (`{"type":"error","error":{"type":"overloaded_error",…}}`, or the
 //!   Responses API's `{"type":"error","code":…}`) sets the finish reason to the error's type
-//!   (or code, or `"error"`); the usage seen so far stays.
+//!   (or code, or `"error"`); the usage seen so far stays, and the output is estimated
+//!   (above).
 //!
-//! Only these three event types are parsed; content blocks and pings are skipped by their
-//! event name. Streams relayed without `event:` lines are recognised from the data.
+//! Every event is known by its name: its `event:` line or, in a stream relayed without
+//! `event:` lines, the top-level `type` of its data (`{"type":"content_block_delta",…}`),
+//! which Anthropic always sends too. Recognition, content, the id and model, usage and
+//! `message_stop` all go by that name, so a data-only stream is read like a named one
+//! (content meets the first-event timeout, and counts for TTFT, ITL and estimates). Only
+//! the events that carry usage or the id are parsed; content blocks and pings are skipped by
+//! their name.
 
 use serde::Deserialize;
 
@@ -33,11 +48,9 @@ use crate::sse::EventRef;
 
 use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::usage::{UsageState, counts};
-use super::{Format, ResponseMeta, Top};
+use super::{Format, ResponseMeta, Top, event_kind};
 
 finders! {
-    MESSAGE_START = b"\"message_start\"";
-    MESSAGE_DELTA = b"\"message_delta\"";
     SIGNATURE_DELTA = b"\"signature_delta\"";
     TEXT = b"\"text\"";
     THINKING = b"\"thinking\"";
@@ -57,7 +70,7 @@ impl Format for Anthropic {
 
     fn recognise(event: &EventRef<'_>) -> bool {
         matches!(
-            event.event_bytes(),
+            event_kind(event),
             b"message_start"
                 | b"message_delta"
                 | b"message_stop"
@@ -68,7 +81,7 @@ impl Format for Anthropic {
     }
 
     fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        (event.event_bytes() == b"content_block_delta"
+        (event_kind(event) == b"content_block_delta"
             && SIGNATURE_DELTA.find(event.data_bytes()).is_none())
         .then_some(None)
     }
@@ -83,7 +96,7 @@ impl Format for Anthropic {
             #[serde(borrow)]
             message: Top<'a>,
         }
-        if event.event_bytes() != b"message_start" {
+        if event_kind(event) != b"message_start" {
             return ResponseMeta::default();
         }
         parse::<Start<'_>>(event.data_bytes())
@@ -100,7 +113,7 @@ impl Format for Anthropic {
     }
 
     fn is_terminal(event: &EventRef<'_>) -> bool {
-        event.event_bytes() == b"message_stop"
+        event_kind(event) == b"message_stop"
     }
 }
 
@@ -117,9 +130,7 @@ struct AnthropicUsage {
 }
 
 #[derive(Deserialize)]
-struct Start<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Text<'a>,
+struct Start {
     #[serde(default)]
     message: Lenient<Message>,
 }
@@ -132,8 +143,6 @@ struct Message {
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Text<'a>,
     #[serde(borrow, default)]
     delta: Lenient<DeltaBody<'a>>,
     #[serde(default)]
@@ -171,31 +180,18 @@ fn record(state: &mut UsageState, usage: AnthropicUsage, output_is_real: bool) {
 /// Read one event of an Anthropic stream. Returns whether it carried usage or a reason.
 fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
     let data = event.data_bytes();
-    let named = !event.event_bytes().is_empty();
-    let (start, delta) = if named {
-        (
-            event.event_bytes() == b"message_start",
-            event.event_bytes() == b"message_delta",
-        )
-    } else {
-        (
-            MESSAGE_START.find(data).is_some(),
-            MESSAGE_DELTA.find(data).is_some(),
-        )
-    };
-    if start && let Some(start) = parse::<Start<'_>>(data) {
-        if !named && start.kind.as_str() != Some("message_start") {
-            return false;
-        }
+    let kind = event_kind(event);
+    if kind == b"message_start"
+        && let Some(start) = parse::<Start>(data)
+    {
         if let Some(usage) = start.message.0.and_then(|m| m.usage.0) {
             record(state, usage, false);
         }
         return true;
     }
-    if delta && let Some(delta) = parse::<Delta<'_>>(data) {
-        if !named && delta.kind.as_str() != Some("message_delta") {
-            return false;
-        }
+    if kind == b"message_delta"
+        && let Some(delta) = parse::<Delta<'_>>(data)
+    {
         if let Some(usage) = delta.usage.0 {
             record(state, usage, true);
         }

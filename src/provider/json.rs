@@ -496,7 +496,7 @@ pub(crate) fn member(data: &[u8], name: &str) -> Option<Object> {
             return None;
         }
         let value = skip_ws(data, colon + 1);
-        let value_end = value_end(data, value)?;
+        let value_end = skip_value(data, value)?;
         if key_is(data.get(at..key_end)?, name) {
             if found.is_some() {
                 return None;
@@ -536,43 +536,6 @@ fn string_end(data: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-/// The index just past the JSON value that starts at `at`: a string, an object or array
-/// (brackets counted, strings skipped), or a scalar (up to the next delimiter).
-fn value_end(data: &[u8], at: usize) -> Option<usize> {
-    match data.get(at)? {
-        b'"' => string_end(data, at),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut pos = at;
-            loop {
-                match data.get(pos)? {
-                    b'"' => {
-                        pos = string_end(data, pos)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(pos + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                pos += 1;
-            }
-        }
-        _ => {
-            let len = data
-                .get(at..)?
-                .iter()
-                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .unwrap_or(data.len() - at);
-            (len > 0).then_some(at + len)
-        }
-    }
-}
-
 /// Whether the quoted key `quoted` is `name`, escapes decoded.
 fn key_is(quoted: &[u8], name: &str) -> bool {
     let Some(raw) = quoted.get(1..quoted.len().saturating_sub(1)) else {
@@ -582,6 +545,97 @@ fn key_is(quoted: &[u8], name: &str) -> bool {
         return raw == name.as_bytes();
     }
     serde_json::from_slice::<String>(quoted).is_ok_and(|key| key == name)
+}
+
+finders! {
+    TYPE_KEY = b"\"type\"";
+}
+
+/// The contents of the top-level `"type"` string of a JSON object, as sent (escapes not
+/// decoded); `None` when the data is not an object or has no top-level `type` string. It
+/// names an event relayed without its `event:` line, in the formats that put the name in
+/// both places (Anthropic, OpenAI Responses).
+///
+/// Providers put `type` first: that costs a few byte compares. Otherwise (a relay that
+/// re-serialised the object, keys sorted), and only when a `"type"` key occurs at all, the
+/// top level is walked with nested values skipped by their delimiters (`memchr`), so that
+/// the `type` of a nested object (a content block, a delta, a tool call) never counts.
+/// Linear in the data, no allocation, and garbage is `None`.
+pub(super) fn top_level_type(data: &[u8]) -> Option<&[u8]> {
+    let mut at = skip_ws(data, 0);
+    if data.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    let mut first = true;
+    loop {
+        at = skip_ws(data, at);
+        if data.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(data, at)? - 1;
+        let key = data.get(at + 1..key_end)?;
+        at = skip_ws(data, key_end + 1);
+        if data.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_ws(data, at + 1);
+        if key == b"type" {
+            if data.get(at) != Some(&b'"') {
+                return None;
+            }
+            let end = string_end(data, at)? - 1;
+            return data.get(at + 1..end);
+        }
+        if std::mem::take(&mut first) {
+            // Not the usual layout: walk on only if there is a `type` key to find.
+            TYPE_KEY.find(data.get(at..)?)?;
+        }
+        at = skip_ws(data, skip_value(data, at)?);
+        if data.get(at) != Some(&b',') {
+            return None;
+        }
+        at += 1;
+    }
+}
+
+/// Where the JSON value that starts at `at` ends (the index after it). Strings, objects and
+/// arrays end at their delimiters (only the brackets of the value's own kind are counted,
+/// strings skipped); numbers, `true`, `false` and `null` at the next delimiter.
+fn skip_value(data: &[u8], mut at: usize) -> Option<usize> {
+    let (open, close) = match *data.get(at)? {
+        b'"' => return string_end(data, at),
+        b'{' => (b'{', b'}'),
+        b'[' => (b'[', b']'),
+        _ => {
+            let rest = data.get(at..)?;
+            return rest
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .filter(|&len| len > 0)
+                .map(|len| at + len);
+        }
+    };
+    let mut depth = 0usize;
+    loop {
+        let rest = data.get(at..)?;
+        let i = memchr::memchr3(b'"', open, close, rest)?;
+        let found = *rest.get(i)?;
+        let pos = at + i;
+        if found == b'"' {
+            at = string_end(data, pos)?;
+            continue;
+        }
+        if found == open {
+            depth += 1;
+        } else {
+            depth = depth.saturating_sub(1);
+            if depth == 0 {
+                return Some(pos + 1);
+            }
+        }
+        at = pos + 1;
+    }
 }
 
 #[cfg(test)]
@@ -661,6 +715,50 @@ mod tests {
         assert!(is_empty_array_or_absent(br#"{}"#, &KEY));
         assert!(!is_empty_array_or_absent(br#"{"k":[{}]}"#, &KEY));
         assert!(!is_empty_array_or_absent(br#"{"k":["#, &KEY));
+    }
+
+    #[test]
+    fn top_level_type_ignores_nested_ones() {
+        let ty = |data: &str| top_level_type(data.as_bytes()).map(|t| t.to_vec());
+        let some = |t: &str| Some(t.as_bytes().to_vec());
+        assert_eq!(ty(r#"{"type":"message_stop"}"#), some("message_stop"));
+        assert_eq!(ty(" {\n \"type\" :\t\"ping\" }"), some("ping"));
+        assert_eq!(ty(r#"{"type":"a\"b"}"#), some(r#"a\"b"#));
+        // Keys sorted by a relay: nested `type`s are skipped.
+        assert_eq!(
+            ty(
+                r#"{"delta":{"text":"}\"type\":","type":"text_delta"},"index":0,"list":[{"type":"x"},"]"],"n":-1.5e3,"ok":true,"type":"content_block_delta"}"#
+            ),
+            some("content_block_delta")
+        );
+        // No top-level `type`: an OpenAI Chat tool call, an error object.
+        assert_eq!(
+            ty(
+                r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":0,"type":"function"}]}}]}"#
+            ),
+            None
+        );
+        assert_eq!(ty(r#"{"error":{"type":"invalid_request_error"}}"#), None);
+        assert_eq!(ty(r#"{"id":"c","choices":[]}"#), None);
+        // Not a string, not an object, not JSON, cut short.
+        for data in [
+            r#"{"type":1}"#,
+            r#"{"type":null}"#,
+            r#"["type"]"#,
+            r#"{}"#,
+            "",
+            "[DONE]",
+            r#"{"type""#,
+            r#"{"type":"unterminated"#,
+            r#"{"a":{"type":"x""#,
+            r#"{"a":1 "type":"x"}"#,
+            r#"{"a":"\"#,
+            r#"{"a":}}}}"type":"x"}"#,
+            r#"{"a":,"type":"x"}"#,
+            r#"{"a":[[[[,"type":"x"}"#,
+        ] {
+            assert_eq!(ty(data), None, "{data}");
+        }
     }
 
     #[test]

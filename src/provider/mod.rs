@@ -21,6 +21,12 @@
 //! | Gemini `alt=sse` | `gemini.rs` |
 //! | Ollama NDJSON | `ollama.rs` |
 //!
+//! Anthropic and OpenAI Responses name their events twice: in the `event:` line and in the
+//! data's top-level `type`. Some relays drop the `event:` lines; then the `type` stands in
+//! for the name (`event_kind`), for recognition, content, id and model, usage and the
+//! terminal event alike. A named event costs nothing more: the data is not looked at for
+//! its name.
+//!
 //! Content and usage are found by looking at bytes first (`json.rs`: a quoted key found with
 //! `memchr`, then the first bytes of its value), and events are parsed only when they can
 //! hold what is looked for, into small borrowed structs. That is a few nanoseconds for the
@@ -61,7 +67,9 @@ pub(crate) trait Format {
     /// The `gen_ai.operation.name` of the OpenTelemetry GenAI conventions.
     const OPERATION: &'static str = "chat";
     /// The format names its events (`event:` lines), so named events of other kinds carry
-    /// nothing for it.
+    /// nothing for it. Such a format also puts the name in its data's top-level `type`, and
+    /// reads events through [`event_kind`], so that streams relayed without `event:` lines
+    /// work too.
     const NAMES_EVENTS: bool = false;
     /// Whether its terminal event can only be this format's, whatever was detected (so it
     /// counts in streams whose format is unknown).
@@ -243,9 +251,12 @@ impl Provider {
     /// it whatever was detected, and `error` events of any format set the finish reason.
     /// Other named events carry nothing in formats that name their events. In a stream whose
     /// format is unknown, every format's reader is tried in detection order.
+    ///
+    /// In a stream relayed without `event:` lines, an event whose data says
+    /// `"type":"error"` is an `error` event too, when the format names its events or is
+    /// unknown (other formats' events are not looked at for a `type`).
     pub(crate) fn usage(self, event: &EventRef<'_>, state: &mut UsageState) -> bool {
-        let kind = event.event_bytes();
-        if !kind.is_empty() {
+        if let Some(kind) = event_name(event) {
             if kind == b"error" {
                 return usage::error_event(event, state);
             }
@@ -258,6 +269,8 @@ impl Provider {
             if with_format!(self, |F| F::NAMES_EVENTS, false) {
                 return false;
             }
+        } else if with_format!(self, |F| F::NAMES_EVENTS, true) && event_kind(event) == b"error" {
+            return usage::error_event(event, state);
         }
         with_format!(
             self,
@@ -273,6 +286,30 @@ impl Provider {
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
+    }
+}
+
+/// The event's name, from its `event:` line; `None` for an event without one, or named
+/// `message` (the name the SSE specification gives events without one).
+#[inline]
+fn event_name<'a>(event: &EventRef<'a>) -> Option<&'a [u8]> {
+    let name = event.event_bytes();
+    (!name.is_empty() && name != b"message").then_some(name)
+}
+
+/// What an event is, for the formats that name their events: its `event:` name or, for an
+/// event relayed without one, the `type` its data names at the top level (Anthropic and
+/// OpenAI Responses put the same name in both). Empty when neither.
+///
+/// A named event costs one compare: its data is not looked at. An unnamed one costs a few
+/// byte compares when `type` is its first key (as providers send it), a walk of its top
+/// level otherwise (see `json::top_level_type`); a nested `type` (a content block's, a tool
+/// call's) never counts, so OpenAI Chat chunks, which have none at the top, have no kind.
+#[inline]
+pub(crate) fn event_kind<'a>(event: &EventRef<'a>) -> &'a [u8] {
+    match event_name(event) {
+        Some(name) => name,
+        None => json::top_level_type(event.data_bytes()).unwrap_or_default(),
     }
 }
 
@@ -505,6 +542,112 @@ mod tests {
             Some(Provider::Ollama)
         );
         assert_eq!(Provider::from_event(&ev("", "hello")), None);
+    }
+
+    /// Relays that drop the `event:` lines (or name every event `message`, the default):
+    /// the data's top-level `type` names the event instead.
+    #[test]
+    fn unnamed_events_are_read_from_their_type() {
+        for name in ["", "message"] {
+            let ev = |data: &'static str| ev(name, data);
+            assert_eq!(
+                Provider::from_event(&ev(r#"{"type":"message_start","message":{}}"#)),
+                Some(Provider::Anthropic)
+            );
+            assert_eq!(
+                Provider::from_event(&ev(r#"{"type":"response.created","response":{}}"#)),
+                Some(Provider::OpenAiResponses)
+            );
+            // Keys sorted by a relay: the nested `type` comes first, and does not count.
+            let sorted = r#"{"delta":{"text":"a","type":"text_delta"},"index":0,"type":"content_block_delta"}"#;
+            assert_eq!(Provider::from_event(&ev(sorted)), Some(Provider::Anthropic));
+            let a = Provider::Anthropic;
+            assert!(a.is_content(&ev(sorted)));
+            assert!(a.is_content(&ev(
+                r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"a"}}"#
+            )));
+            assert!(!a.is_content(&ev(
+                r#"{"type":"content_block_delta","delta":{"type":"signature_delta","signature":"x"}}"#
+            )));
+            assert!(!a.is_content(&ev(r#"{"type": "ping"}"#)));
+            assert!(!a.is_content(&ev(
+                r#"{"type":"content_block_start","content_block":{"type":"content_block_delta"}}"#
+            )));
+            assert!(a.is_terminal(&ev(r#"{"type":"message_stop"}"#)));
+            assert!(Provider::Unknown.is_terminal(&ev(r#"{"type":"message_stop"}"#)));
+            assert!(!a.is_terminal(&ev(r#"{"type":"message_delta","x":"message_stop"}"#)));
+            assert_eq!(
+                a.response_meta(&ev(
+                    r#"{"type":"message_start","message":{"id":"msg_1","model":"claude"}}"#
+                )),
+                ResponseMeta {
+                    id: Some("msg_1".into()),
+                    model: Some("claude".into())
+                }
+            );
+            assert_eq!(
+                a.response_meta(&ev(
+                    r#"{"type":"content_block_delta","message":{"id":"msg_1"}}"#
+                )),
+                ResponseMeta::default()
+            );
+
+            let r = Provider::OpenAiResponses;
+            assert!(r.is_content(&ev(r#"{"type":"response.output_text.delta","delta":"a"}"#)));
+            assert!(!r.is_content(&ev(r#"{"type":"response.output_text.done","text":"a"}"#)));
+            assert!(r.is_terminal(&ev(r#"{"type":"response.completed","response":{}}"#)));
+            assert!(Provider::OpenAiChat.is_terminal(&ev(r#"{"type":"response.failed"}"#)));
+            assert!(!r.is_terminal(&ev(
+                r#"{"type":"response.output_text.delta","delta":"response.completed"}"#
+            )));
+
+            // An `error` event, in a format that names its events or an unknown one.
+            for p in [
+                Provider::Anthropic,
+                Provider::OpenAiResponses,
+                Provider::Unknown,
+            ] {
+                let mut state = UsageState::default();
+                assert!(p.usage(
+                    &ev(r#"{"type":"error","error":{"type":"overloaded_error"}}"#),
+                    &mut state
+                ));
+                assert_eq!(state.finish_reason(), Some("overloaded_error"), "{p}");
+            }
+        }
+    }
+
+    /// OpenAI Chat chunks have no top-level `type` (a tool call's is nested): nothing takes
+    /// them for another format's events.
+    #[test]
+    fn chat_chunks_have_no_kind() {
+        let chunks = [
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"delta":{"content":"Hi"}}]}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]}}]}"#,
+            r#"{"error":{"message":"x","type":"invalid_request_error"}}"#,
+        ];
+        for data in chunks {
+            let event = ev("", data);
+            assert_eq!(event_kind(&event), b"", "{data}");
+            assert_ne!(
+                Provider::from_event(&event),
+                Some(Provider::Anthropic),
+                "{data}"
+            );
+            assert_ne!(
+                Provider::from_event(&event),
+                Some(Provider::OpenAiResponses),
+                "{data}"
+            );
+            assert!(!Provider::OpenAiChat.is_terminal(&event), "{data}");
+        }
+        assert_eq!(
+            Provider::from_event(&ev("", chunks[1])),
+            Some(Provider::OpenAiChat)
+        );
+        let mut state = UsageState::default();
+        assert!(!Provider::Unknown.usage(&ev("", chunks[2]), &mut state));
+        assert_eq!(state.finish_reason(), None);
     }
 
     #[test]

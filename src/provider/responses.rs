@@ -1,6 +1,9 @@
 //! OpenAI Responses.
 //!
-//! - Recognised by the path (`…/responses`) and by its event names (`response.*`).
+//! - Recognised by the path (`…/responses`) and by its event names (`response.*`). An
+//!   event's name is its `event:` line or, in a stream relayed without `event:` lines, the
+//!   top-level `type` of its data, which the API always sends too: a data-only stream is
+//!   read like a named one, content, id and model, usage and terminal event alike.
 //! - Content: the `*.delta` events (output text, reasoning summaries, function-call
 //!   arguments), whose text is the `delta` string.
 //! - The response id and model are in the `response` object of the lifecycle events.
@@ -12,8 +15,7 @@
 //! `output_tokens_details.reasoning_tokens`). The finish reason is
 //! `response.incomplete_details.reason` when there is one (`max_output_tokens`,
 //! `content_filter`), else `response.status` (`completed`, `failed`…). Only those three
-//! events are parsed (found by their event name, or by their `type` in streams relayed
-//! without `event:` lines); the many delta events cost a byte compare.
+//! events are parsed, chosen by their name; the many delta events cost a byte compare.
 
 use serde::Deserialize;
 
@@ -21,12 +23,9 @@ use crate::sse::EventRef;
 
 use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::usage::{UsageState, counts};
-use super::{Format, ResponseMeta, Top};
+use super::{Format, ResponseMeta, Top, event_kind};
 
 finders! {
-    COMPLETED = b"\"response.completed\"";
-    INCOMPLETE = b"\"response.incomplete\"";
-    FAILED = b"\"response.failed\"";
     RESPONSE = b"\"response\"";
     DELTA = b"\"delta\"";
 }
@@ -43,11 +42,11 @@ impl Format for Responses {
     }
 
     fn recognise(event: &EventRef<'_>) -> bool {
-        event.event_bytes().starts_with(b"response.")
+        event_kind(event).starts_with(b"response.")
     }
 
     fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        event.event_bytes().ends_with(b".delta").then_some(None)
+        event_kind(event).ends_with(b".delta").then_some(None)
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
@@ -77,7 +76,7 @@ impl Format for Responses {
     }
 
     fn is_terminal(event: &EventRef<'_>) -> bool {
-        TERMINAL.contains(&event.event_bytes())
+        TERMINAL.contains(&event_kind(event))
     }
 }
 
@@ -89,8 +88,6 @@ const TERMINAL: [&[u8]; 3] = [
 
 #[derive(Deserialize)]
 struct Terminal<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Text<'a>,
     #[serde(borrow, default)]
     response: Lenient<Response<'a>>,
 }
@@ -139,26 +136,12 @@ struct OutputDetails {
 
 /// Read one event of a Responses stream. Returns whether it was a terminal event.
 fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
-    let data = event.data_bytes();
-    let kind = event.event_bytes();
-    let named = !kind.is_empty();
-    let terminal = if named {
-        TERMINAL.contains(&kind)
-    } else {
-        [&COMPLETED, &INCOMPLETE, &FAILED]
-            .iter()
-            .any(|f| f.find(data).is_some())
-    };
-    if !terminal {
+    let kind = event_kind(event);
+    if !TERMINAL.contains(&kind) {
         return false;
     }
-    let Some(parsed) = parse::<Terminal<'_>>(data) else {
+    let Some(parsed) = parse::<Terminal<'_>>(event.data_bytes()) else {
         return false;
-    };
-    let kind = match parsed.kind.as_str() {
-        Some(k) if !named && !TERMINAL.contains(&k.as_bytes()) => return false,
-        Some(k) if !named => k.as_bytes(),
-        _ => kind,
     };
     let Some(response) = parsed.response.0 else {
         return true;

@@ -18,8 +18,14 @@ pub enum UsageSource {
     /// was cut before its final usage).
     #[default]
     Reported,
-    /// Some numbers were estimated from the content seen, because the provider reported
-    /// none before the stream ended (a client disconnect or a deadline).
+    /// The output count was estimated from the content delivered, because the provider
+    /// reported none before the stream ended (a client disconnect, a deadline, an upstream
+    /// error, an Anthropic stream that ended before `message_delta`).
+    ///
+    /// Only [`output_tokens`](Usage::output_tokens) is ever estimated: the other counts,
+    /// when known, are the provider's own (Anthropic's input and cache counts from
+    /// `message_start`, a running total's input), so a usage can mix reported input with
+    /// estimated output.
     Estimated,
 }
 
@@ -138,8 +144,10 @@ impl UsageState {
     }
 
     /// An output count announced before the output exists (Anthropic's `message_start`
-    /// says `output_tokens: 1`). It is used only if no real output count ever comes and no
-    /// estimate can be made.
+    /// says `output_tokens: 1`). It is a placeholder, never reported as the output: it says
+    /// that a real count is to come. A stream that ends without one, even cleanly, is
+    /// treated as cut: its output is estimated from the content delivered and flagged
+    /// [`UsageSource::Estimated`], or stays unknown when there is nothing to estimate from.
     pub fn set_provisional_output_tokens(&mut self, tokens: u64) {
         self.provisional_output = Some(tokens);
     }

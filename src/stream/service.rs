@@ -14,11 +14,11 @@ use crate::BoxError;
 use crate::observe::Observer;
 use crate::provider::Provider;
 use crate::report::OnEnd;
+use crate::request::{Arrival, UploadTimedOut};
 use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::head_deadline;
-use crate::request::{Arrival, UploadTimedOut};
 use crate::stream::future::{Setup, SseFuture, upload_timeout};
 
 /// The service of [`SseLayer`](crate::SseLayer).

@@ -25,19 +25,23 @@
 //!   output includes reasoning; Anthropic's input excludes cache reads and writes (see
 //!   [`CacheCreationInputTokens`]); Gemini's output excludes thinking tokens, its total
 //!   includes them.
-//! - **Anthropic's `message_start` output count is a placeholder**, not a count: it is used
-//!   only when no `message_delta` count comes and no estimate can be made.
+//! - **Anthropic's `message_start` output count is a placeholder**, not a count: it is never
+//!   reported. A stream that ends without `message_delta`'s count is a cut stream (below),
+//!   even when it ended cleanly.
 //!
 //! # Cut streams
 //!
 //! When a stream ends without completing (an [`Outcome`](crate::Outcome) other than `Completed`: the
-//! client went away, a deadline, an upstream error…), the report carries
+//! client went away, a deadline, an upstream error…), or ends without the output count its
+//! provider announced (Anthropic's `message_start` announces `message_delta`'s: an `error`
+//! event mid-stream, or a relay that closed the stream early), the report carries
 //! the last usage seen (a running total, or Anthropic's input tokens). If the output count
 //! is still unknown, it is estimated from the text of the content events seen, by a
 //! [`TokenCounter`] (by default [`HeuristicCounter`]: bytes / 4, rounded up), and the usage
-//! is marked [`UsageSource::Estimated`](crate::UsageSource::Estimated). Only the output is estimated; input tokens stay
-//! unknown unless reported. A completed stream is never estimated: its usage is what the
-//! provider said. To get the provider's final usage after a client disconnect, see
+//! is marked [`UsageSource::Estimated`](crate::UsageSource::Estimated). Only the output is
+//! estimated: the input and cache counts stay as reported (so an estimated usage can hold
+//! reported input), or unknown. With no text to estimate from, the output stays unknown.
+//! Any other completed stream is never estimated: its usage is what the provider said. To get the provider's final usage after a client disconnect, see
 //! [`SseLayer::drain_on_disconnect`](crate::SseLayer::drain_on_disconnect) (feature `drain`).
 //!
 //! # Usage the client did not ask for

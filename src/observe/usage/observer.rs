@@ -174,17 +174,19 @@ impl<X: UsageExtractor, C: TokenCounter> Observer for UsageObserver<X, C> {
     fn on_end(&mut self, report: &mut StreamReport) {
         let state = &mut self.state;
         let mut usage = state.raw_usage();
-        if usage.output_tokens.is_none() {
-            let estimate = match report.outcome {
-                Outcome::Completed => None,
-                _ => self.counter.estimate(),
-            };
-            if let Some(tokens) = estimate {
-                usage.output_tokens = Some(tokens);
-                usage.source = UsageSource::Estimated;
-            } else if let Some(tokens) = state.provisional_output_tokens() {
-                usage.output_tokens = Some(tokens);
-            }
+        // The output count never came: the stream was cut, by us, the client or the
+        // upstream, or it ended without the count its provider announced (an Anthropic
+        // stream without `message_delta`, after an `error` event say). The placeholder of
+        // the announcement is not a count: the output is estimated from the text delivered,
+        // or stays unknown.
+        let cut =
+            report.outcome != Outcome::Completed || state.provisional_output_tokens().is_some();
+        if usage.output_tokens.is_none()
+            && cut
+            && let Some(tokens) = self.counter.estimate()
+        {
+            usage.output_tokens = Some(tokens);
+            usage.source = UsageSource::Estimated;
         }
         report.usage = usage.has_counts().then_some(usage);
         if let Some(reason) = state.take_finish_reason() {
