@@ -42,9 +42,11 @@
 //! [`open_streams`](crate::StreamLimitLayer::open_streams) (or a cloneable [`OpenStreams`] handle)
 //! counts the permits held: requests waiting for their head, open streams, and in wait
 //! mode permits reserved by a ready service not yet called. Every service made by one layer
-//! (and its clones) shares one limit. With the `metrics` feature, the gauge
-//! `tower_sse.limit.open_streams` follows the same count through the `metrics` facade (no
-//! recorder is installed by this crate).
+//! (and its clones) shares one limit. [`OpenStreams::rejected`] counts the requests answered
+//! `503`. With the `metrics` feature, the gauge `tower_sse.limit.open_streams` follows the
+//! same count, and the counter `tower_sse.limit.rejections` (label `reason` = `limit_full`)
+//! the rejections, through the `metrics` facade (no recorder is installed by this crate; see
+//! [`crate::metrics`] for the table of every metric).
 //!
 //! ```
 //! use tower::ServiceBuilder;
@@ -56,6 +58,7 @@
 //!     .layer(limit)
 //!     .layer(SseLayer::new());
 //! assert_eq!(open.get(), 0);
+//! assert_eq!(open.rejected(), 0);
 //! # let _ = layers;
 //! ```
 

@@ -16,7 +16,7 @@ use crate::limit::StreamLimitFuture;
 use crate::limit::future::FutureKind;
 use crate::limit::layer::Settings;
 use crate::limit::permit::Acquire;
-use crate::limit::permit::Permit;
+use crate::limit::permit::{Permit, count_rejection};
 
 /// The service of [`StreamLimitLayer`](crate::StreamLimitLayer).
 ///
@@ -143,9 +143,14 @@ where
                 permit: Some(permit),
                 predicate: self.predicate.clone(),
             },
-            None => FutureKind::Rejected {
-                settings: Some(self.settings.clone()),
-            },
+            None => {
+                // Reject mode, or wait mode called without `poll_ready` reserving a permit:
+                // either way, every permit was taken.
+                count_rejection(&self.settings.rejected);
+                FutureKind::Rejected {
+                    settings: Some(self.settings.clone()),
+                }
+            }
         };
         StreamLimitFuture { kind }
     }
