@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
+use crate::limit::SharedPermit;
 use crate::observe::Observer;
 use crate::provider::Provider;
 use crate::report::{Framing, OnEnd, Outcome, StreamReport};
@@ -79,6 +80,8 @@ pub(crate) struct Setup<O, E> {
     pub(crate) on_end: E,
     pub(crate) started_at: Instant,
     pub(crate) hint: Provider,
+    /// Permits claimed from limits outside, for a drain (see [`claim_permits`]).
+    pub(crate) permits: Vec<SharedPermit>,
 }
 
 impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
@@ -100,12 +103,28 @@ impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
             live: Some(Live {
                 engine,
                 on_end: self.on_end,
+                permits: self.permits,
             }),
             deadlines: Deadlines::new(self.started_at, last_output_at),
             timer: None,
             on_drop,
         }
     }
+}
+
+/// A stream that may drain after a disconnect holds the permits of the
+/// [`StreamLimitLayer`](crate::StreamLimitLayer)s outside until the drain ends, so that the
+/// limit still bounds the upstreams being read. Other streams leave them to the limit.
+pub(crate) fn claim_permits(
+    config: &Config,
+    extensions: &mut http::Extensions,
+) -> Vec<SharedPermit> {
+    #[cfg(feature = "drain")]
+    if config.drain.is_some() {
+        return crate::limit::claim(extensions);
+    }
+    let _ = (config, extensions);
+    Vec::new()
 }
 
 /// Cancel, or drain when configured (and the feature is on).

@@ -19,7 +19,7 @@ use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::head_deadline;
-use crate::stream::future::{Setup, SseFuture};
+use crate::stream::future::{Setup, SseFuture, claim_permits};
 
 /// The service of [`SseLayer`](crate::SseLayer).
 pub struct SseService<S, O = (), E = ()> {
@@ -95,7 +95,8 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let started_at = Instant::now();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let permits = claim_permits(&self.config, &mut parts.extensions);
         let mut observer = self.observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
@@ -107,6 +108,7 @@ where
             on_end: self.on_end.clone(),
             started_at,
             hint,
+            permits,
         };
 
         if self.config.early_response && streaming {
