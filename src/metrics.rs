@@ -1,28 +1,41 @@
-//! OpenTelemetry GenAI metrics through the [`metrics`] facade (feature `metrics`).
+//! Every metric the crate emits, through the [`metrics`] facade (feature `metrics`).
 //!
-//! [`MetricsObserver`](crate::MetricsObserver) records, per stream, the instruments of the OpenTelemetry GenAI
-//! semantic conventions, named as they are there:
+//! [`MetricsObserver`](crate::MetricsObserver) records, per stream, the instruments of the
+//! OpenTelemetry GenAI semantic conventions, named as they are there;
+//! [`StreamLimitLayer`](crate::StreamLimitLayer) records its own two. Nothing else in the
+//! crate emits metrics. This table is the one list (a test checks it against [`names`] and
+//! [`describe`]):
 //!
-//! | name | unit | when |
-//! |---|---|---|
-//! | `gen_ai.client.operation.duration` | s | at the end; `error.type` set on failure |
-//! | `gen_ai.client.operation.time_to_first_chunk` | s | at the end, when content arrived |
-//! | `gen_ai.client.operation.time_per_output_chunk` | s | per content event after the first |
-//! | `gen_ai.client.token.usage` | `{token}` | at the end, `gen_ai.token.type` = `input` / `output`, reported usage only |
-//! | `gen_ai.server.time_to_first_token` | s | at the end, completed streams |
-//! | `gen_ai.server.time_per_output_token` | s | at the end, when output tokens are known |
-//! | `tower_sse.streams.open` | streams | gauge: up at the response head, down at the end |
-//! | `tower_sse.streams.ended` | streams | counter, label `outcome` |
-//! | `tower_sse.limit.open_streams` | streams | gauge, recorded by [`StreamLimitLayer`](crate::StreamLimitLayer): permits held |
+//! | name | kind | unit | labels | meaning |
+//! |---|---|---|---|---|
+//! | `gen_ai.client.operation.duration` | histogram | s | GenAI attributes, `error.type` on failure | request to end of stream, recorded at the end |
+//! | `gen_ai.client.operation.time_to_first_chunk` | histogram | s | GenAI attributes | request to the first content event, at the end, when content arrived |
+//! | `gen_ai.client.operation.time_per_output_chunk` | histogram | s | GenAI attributes | time between consecutive delivered content events, per event after the first |
+//! | `gen_ai.client.token.usage` | histogram | `{token}` | GenAI attributes, `gen_ai.token.type` = `input` / `output` | tokens, at the end, usage the provider reported only (never estimated) |
+//! | `gen_ai.server.time_to_first_token` | histogram | s | GenAI attributes | time to first token, at the end, completed streams only |
+//! | `gen_ai.server.time_per_output_token` | histogram | s | GenAI attributes | time per output token after the first, at the end, when output tokens are known |
+//! | `tower_sse.streams.open` | gauge | `{stream}` | none | streams of [`MetricsObserver`](crate::MetricsObserver) open now: up at the response head, down at the end |
+//! | `tower_sse.streams.ended` | counter | `{stream}` | `outcome` = the [`Outcome`](crate::Outcome) name | streams ended, by outcome |
+//! | `tower_sse.limit.open_streams` | gauge | `{stream}` | none | permits of [`StreamLimitLayer`](crate::StreamLimitLayer)s held now: requests awaiting their head, open streams, streams still drained after a disconnect |
+//! | `tower_sse.limit.rejections` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
 //!
-//! Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model` (from
-//! [`RequestModel`](crate::request::RequestModel) when known), `gen_ai.response.model`,
-//! and `error.type` (the [`crate::Outcome`] name) on failures.
+//! GenAI attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`
+//! (from [`RequestModel`](crate::request::RequestModel) when known), `gen_ai.response.model`;
+//! `error.type` is the [`Outcome`](crate::Outcome) name. Every label value comes from a short
+//! fixed list, except the two model names, which come from the request and the upstream.
+//!
+//! The limit's metrics sum over every `StreamLimitLayer` of the process (no label tells them
+//! apart); per layer, read [`OpenStreams`](crate::limit::OpenStreams), which counts both
+//! without the feature. A limit in [`WhenFull::Wait`](crate::limit::WhenFull::Wait) mode
+//! rejects nothing (it holds requests back in `poll_ready`, where the wait can be bounded by a
+//! timeout or a `LoadShed` outside, which report it), except a `call` made without `poll_ready`
+//! while every permit is taken: that one is answered `503` and counted as `limit_full`.
 //!
 //! The library never installs a recorder or exporter. The facade carries no bucket
 //! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`],
-//! as the gateway example does for Prometheus. Put this observer **after** the usage and
-//! timing observers in the tuple, so that their findings are in the report when it records.
+//! as the gateway example does for Prometheus, and call [`describe`] once after installing
+//! it. Put [`MetricsObserver`](crate::MetricsObserver) **after** the usage and timing
+//! observers in the tuple, so that their findings are in the report when it records.
 
 use metrics::Unit;
 
@@ -46,6 +59,8 @@ pub mod names {
     pub const STREAMS_ENDED: &str = "tower_sse.streams.ended";
     /// Permits of [`StreamLimitLayer`](crate::StreamLimitLayer) held now (open streams).
     pub const LIMIT_OPEN_STREAMS: &str = "tower_sse.limit.open_streams";
+    /// Requests rejected by [`StreamLimitLayer`](crate::StreamLimitLayer), by reason.
+    pub const LIMIT_REJECTIONS: &str = "tower_sse.limit.rejections";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.
@@ -113,5 +128,10 @@ pub fn describe() {
         names::STREAMS_ENDED,
         Unit::Count,
         "Streams ended, by outcome"
+    );
+    describe_counter!(
+        names::LIMIT_REJECTIONS,
+        Unit::Count,
+        "Requests rejected by the stream limit (503), by reason"
     );
 }

@@ -95,6 +95,7 @@ async fn third_stream_is_rejected_until_one_ends_or_its_client_leaves() {
     let body: serde_json::Value = serde_json::from_slice(&third.bytes().await.unwrap()).unwrap();
     assert_eq!(body["error"]["type"], "too_many_streams");
     assert_eq!(open.get(), 2);
+    assert_eq!(open.rejected(), 1, "rejections are counted");
 
     // The first stream ends: once its client read the end, a new stream is admitted.
     up1.send(data("data: bye\n\n")).unwrap();
@@ -117,6 +118,7 @@ async fn third_stream_is_rejected_until_one_ends_or_its_client_leaves() {
         .await
         .unwrap();
     assert_eq!(rejected.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(open.rejected(), 2);
 
     // The second stream's client goes away: the server notices when it writes, drops the
     // body, and with it the permit (released before the body's own drop runs).
@@ -404,6 +406,7 @@ async fn wait_mode_call_without_poll_ready_rejects_instead_of_panicking() {
     let mut other = layer.layer(stream_service());
     let res = other.call(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(layer.counter().rejected(), 1, "counted as a rejection");
     drop(holder);
     let res = other.call(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -549,6 +552,7 @@ proptest! {
         let layer = StreamLimitLayer::new(max);
         let mut service: StreamLimit<_> = layer.layer(scripted());
         let mut live = Vec::new();
+        let mut rejections = 0;
         for op in ops {
             match op {
                 Op::Call(answer) => {
@@ -558,6 +562,7 @@ proptest! {
                     match poll_once(&mut future) {
                         Some(Ok(res)) => {
                             prop_assert_eq!(full, res.status() == StatusCode::SERVICE_UNAVAILABLE);
+                            rejections += u64::from(full);
                             let body = res.into_body();
                             if !full {
                                 let stream = matches!(&answer, Answer::Stream(frames, exact) if !(frames.is_empty() && *exact));
@@ -593,6 +598,7 @@ proptest! {
                 .count();
             prop_assert_eq!(layer.open_streams(), held);
             prop_assert!(held <= max);
+            prop_assert_eq!(layer.counter().rejected(), rejections);
         }
         drop(live);
         prop_assert_eq!(layer.open_streams(), 0);

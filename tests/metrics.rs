@@ -283,3 +283,160 @@ fn estimated_output_is_not_recorded_but_reported_input_is() {
     assert_eq!(tokens("input"), [30.0]);
     assert_eq!(tokens("output"), [0.0; 0], "an estimate is not a count");
 }
+
+/// A `StreamLimitLayer` rejection (`503`) is counted, with its reason, through the facade
+/// and by the layer's own handle.
+#[test]
+fn limit_rejections_are_counted_with_their_reason() {
+    use std::convert::Infallible;
+    use tower::{Layer, ServiceExt};
+    use tower_sse::StreamLimitLayer;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let limit = StreamLimitLayer::new(1);
+    let open = limit.counter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let service = limit.layer(tower::service_fn(|_: Request<()>| async {
+                let (_, upstream) = channel();
+                Ok::<_, Infallible>(response("text/event-stream", upstream))
+            }));
+            let held = service.clone().oneshot(Request::new(())).await.unwrap();
+            assert!(held.body().holds_permit());
+            for _ in 0..2 {
+                let rejected = service.clone().oneshot(Request::new(())).await.unwrap();
+                assert_eq!(rejected.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+            }
+            drop(held);
+            let admitted = service.oneshot(Request::new(())).await.unwrap();
+            assert_eq!(admitted.status(), http::StatusCode::OK);
+        });
+    });
+    assert_eq!(open.rejected(), 2);
+    let snapshot = snapshotter.snapshot().into_vec();
+    let rejections: Vec<_> = snapshot
+        .iter()
+        .filter(|(key, ..)| key.key().name() == names::LIMIT_REJECTIONS)
+        .collect();
+    assert_eq!(rejections.len(), 1, "one series: {rejections:?}");
+    let (key, _, _, value) = rejections[0];
+    let labels: Vec<(&str, &str)> = key.key().labels().map(|l| (l.key(), l.value())).collect();
+    assert_eq!(labels, [("reason", "limit_full")]);
+    assert_eq!(*value, DebugValue::Counter(2));
+}
+
+/// Records what `describe()` describes: kind, name and unit.
+#[derive(Default)]
+struct Descriptions(std::sync::Mutex<Vec<(&'static str, String, Option<Unit>)>>);
+
+impl Descriptions {
+    fn push(&self, kind: &'static str, name: metrics::KeyName, unit: Option<Unit>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((kind, name.as_str().to_string(), unit));
+    }
+}
+
+impl metrics::Recorder for Descriptions {
+    fn describe_counter(
+        &self,
+        name: metrics::KeyName,
+        unit: Option<Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.push("counter", name, unit);
+    }
+    fn describe_gauge(&self, name: metrics::KeyName, unit: Option<Unit>, _: metrics::SharedString) {
+        self.push("gauge", name, unit);
+    }
+    fn describe_histogram(
+        &self,
+        name: metrics::KeyName,
+        unit: Option<Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.push("histogram", name, unit);
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// The one table of the `metrics` module docs, `metrics::names` and `describe()` agree: every
+/// name is in all three, with the same kind, and seconds where the table says `s`.
+#[test]
+fn every_metric_is_named_described_and_in_the_table() {
+    use std::collections::BTreeMap;
+
+    let source = include_str!("../src/metrics.rs");
+
+    // The constants of `pub mod names { … }`, however rustfmt wraps them.
+    let start = source.find("pub mod names {").expect("the names module");
+    let module = &source[start..];
+    let module = &module[..module.find("\n}\n").expect("its end")];
+    let mut constants: Vec<&str> = module
+        .split(';')
+        .filter(|item| item.contains("pub const"))
+        .map(|item| item.split('"').nth(1).expect("a string constant"))
+        .collect();
+    constants.sort_unstable();
+
+    // The rows of the table: name -> (kind, unit).
+    let table: BTreeMap<&str, (&str, &str)> = source
+        .lines()
+        .filter_map(|line| line.strip_prefix("//! | `"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let name = cells[0].trim_end_matches('`');
+            (name, (cells[1], cells[2]))
+        })
+        .collect();
+
+    let recorder = Descriptions::default();
+    metrics::with_local_recorder(&recorder, describe);
+    let described: BTreeMap<String, (&str, Option<Unit>)> = recorder
+        .0
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|(kind, name, unit)| (name, (kind, unit)))
+        .collect();
+
+    assert!(!constants.is_empty() && !table.is_empty(), "nothing parsed");
+    assert_eq!(
+        table.keys().copied().collect::<Vec<_>>(),
+        constants,
+        "the table's names vs metrics::names"
+    );
+    assert_eq!(
+        described.keys().map(String::as_str).collect::<Vec<_>>(),
+        constants,
+        "describe() vs metrics::names"
+    );
+    for (name, (kind, unit)) in &table {
+        let (described_kind, described_unit) = described[*name];
+        assert_eq!(*kind, described_kind, "{name}: kind");
+        let seconds = *unit == "s";
+        assert_eq!(
+            described_unit,
+            Some(if seconds { Unit::Seconds } else { Unit::Count }),
+            "{name}: unit"
+        );
+    }
+}

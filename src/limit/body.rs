@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::limit::layer::Settings;
-use crate::limit::permit::Permit;
+use crate::limit::permit::SharedPermit;
 
 pub(super) fn rejection<B>(settings: &Settings) -> Response<StreamLimitBody<B>> {
     let mut response = Response::new(StreamLimitBody {
@@ -28,7 +28,9 @@ pub(super) fn rejection<B>(settings: &Settings) -> Response<StreamLimitBody<B>> 
 
 pin_project! {
     /// The response body of [`StreamLimit`]: the inner body, holding the stream's permit
-    /// until it ends, fails or is dropped; or the body of a rejection.
+    /// until it ends, fails or is dropped (or, when an [`SseLayer`](crate::SseLayer) inside
+    /// drains the upstream after a disconnect, until that drain ends); or the body of a
+    /// rejection.
     ///
     /// Frames, errors and hints (`size_hint`, `is_end_stream`) of the inner body pass through
     /// untouched, and its error type is kept.
@@ -41,14 +43,16 @@ pin_project! {
 pin_project! {
     #[project = BodyProj]
     pub(super) enum BodyKind<B> {
-        // The permit is declared first so that it is released before the body's own drop.
-        Limited { permit: Option<Permit>, #[pin] body: B },
+        // The permit is declared first so that it is released before the body's own drop
+        // (unless a layer inside claimed it, to hold it through a drain).
+        Limited { permit: Option<SharedPermit>, #[pin] body: B },
         Rejected { data: Option<Bytes> },
     }
 }
 
 impl<B> StreamLimitBody<B> {
-    /// Whether this body still holds a permit.
+    /// Whether this body still holds a permit (shared with a draining
+    /// [`SseLayer`](crate::SseLayer) inside, if any).
     pub fn holds_permit(&self) -> bool {
         matches!(
             self.kind,
@@ -92,8 +96,8 @@ where
                     Some(Ok(frame)) => frame.is_trailers() || body.is_end_stream(),
                     Some(Err(_)) | None => true,
                 };
-                if ended {
-                    permit.take();
+                if ended && let Some(permit) = permit.take() {
+                    permit.release();
                 }
                 Poll::Ready(result)
             }

@@ -17,7 +17,7 @@ use crate::limit::StreamLimitBody;
 use crate::limit::body::BodyKind;
 use crate::limit::body::rejection;
 use crate::limit::layer::Settings;
-use crate::limit::permit::Permit;
+use crate::limit::permit::SharedPermit;
 
 pin_project! {
     /// The response future of [`StreamLimit`].
@@ -33,7 +33,7 @@ pin_project! {
         Waiting {
             #[pin]
             future: F,
-            permit: Option<Permit>,
+            permit: Option<SharedPermit>,
             predicate: P,
         },
         Rejected { settings: Option<Arc<Settings>> },
@@ -67,17 +67,21 @@ where
                 permit,
                 predicate,
             } => {
-                // An error drops the permit with the future's state, below.
                 let response = match ready!(future.poll(cx)) {
                     Ok(response) => response,
                     Err(error) => {
-                        permit.take();
+                        if let Some(permit) = permit.take() {
+                            permit.release();
+                        }
                         return Poll::Ready(Err(error));
                     }
                 };
-                let permit = permit.take();
-                let permit = permit
-                    .filter(|_| predicate.is_stream(&response) && !response.body().is_end_stream());
+                let stream = predicate.is_stream(&response) && !response.body().is_end_stream();
+                let mut permit = permit.take();
+                // Not a stream: released now, even if a layer inside claimed it for a drain.
+                if !stream && let Some(permit) = permit.take() {
+                    permit.release();
+                }
                 Poll::Ready(Ok(response.map(|body| StreamLimitBody {
                     kind: BodyKind::Limited { permit, body },
                 })))

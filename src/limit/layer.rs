@@ -1,6 +1,7 @@
 //! [`StreamLimitLayer`]: its settings, shared by its services.
 
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct StreamLimitLayer<P = ContentTypeIsStream> {
 pub(super) struct Settings {
     pub(super) semaphore: Arc<Semaphore>,
     pub(super) max: usize,
+    /// Rejections so far, for [`OpenStreams::rejected`].
+    pub(super) rejected: Arc<AtomicU64>,
     pub(super) when_full: WhenFull,
     pub(super) retry_after: HeaderValue,
     pub(super) rejection_type: HeaderValue,
@@ -52,6 +55,7 @@ impl StreamLimitLayer {
             settings: Arc::new(Settings {
                 semaphore: Arc::new(Semaphore::new(max)),
                 max,
+                rejected: Arc::new(AtomicU64::new(0)),
                 when_full: WhenFull::Reject,
                 retry_after: HeaderValue::from_static("1"),
                 rejection_type: HeaderValue::from_static("application/json"),
@@ -103,12 +107,13 @@ impl<P> StreamLimitLayer<P> {
         self.counter().get()
     }
 
-    /// A handle that reads [`open_streams`](Self::open_streams), for metrics or health
-    /// checks elsewhere.
+    /// A handle that reads [`open_streams`](Self::open_streams) and the count of
+    /// [rejections](OpenStreams::rejected), for metrics or health checks elsewhere.
     pub fn counter(&self) -> OpenStreams {
         OpenStreams {
             semaphore: self.settings.semaphore.clone(),
             max: self.settings.max,
+            rejected: self.settings.rejected.clone(),
         }
     }
 }

@@ -21,7 +21,28 @@
 //!   or is dropped (the client went away) — whichever comes first, exactly once. The permit
 //!   is released before the inner body's own drop runs (so before an
 //!   [`SseLayer`](crate::SseLayer) report made on disconnect is sent).
+//! - **Except after a disconnect that an [`SseLayer`](crate::SseLayer) inside drains**
+//!   ([`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect)): the drain task keeps
+//!   reading the upstream, so it keeps the permit, and the stream counts as open, until the
+//!   drain ends (the upstream's end, an error, the drain's time limit, or the runtime shutting
+//!   down). The permit is released then, before the report is sent.
 //! - Dropping the response future before the head arrives releases it too.
+//!
+//! How the drain gets the permit: the limit leaves a weak handle to it in the request's
+//! extensions (feature `drain`); an `SseLayer` configured to drain takes it out of the
+//! request (the service inside never sees it) and turns it into a shared one, so that the
+//! permit goes back when the last holder lets go. The limit still releases it outright when
+//! the body ends or the response is not a stream, whoever else holds it; a weak handle left in
+//! a request keeps nothing alive. Nested limits each leave their own, and a drain holds them all.
+//!
+//! # Layer order
+//!
+//! Put the limit **outside** the `SseLayer` (as in the crate docs): then a rejection never
+//! reaches the stream layer, and the permit is held by the drain as above. In the other order
+//! (`SseLayer` outside), the upstream body the stream layer drains is the limit's body, so the
+//! drain holds the permit as well, until it drops that body; but the limit's `503` reaches the
+//! stream layer as an ordinary non-stream response (passed through as it is), and the
+//! [`StreamPredicate`] sees the inner service's response rather than the stream layer's.
 //!
 //! A client that stops reading without disconnecting keeps its permit until the connection
 //! closes: the server stops polling a body whose client does not read, so no deadline inside
@@ -41,10 +62,13 @@
 //!
 //! [`open_streams`](crate::StreamLimitLayer::open_streams) (or a cloneable [`OpenStreams`] handle)
 //! counts the permits held: requests waiting for their head, open streams, and in wait
-//! mode permits reserved by a ready service not yet called. Every service made by one layer
-//! (and its clones) shares one limit. With the `metrics` feature, the gauge
-//! `tower_sse.limit.open_streams` follows the same count through the `metrics` facade (no
-//! recorder is installed by this crate).
+//! mode permits reserved by a ready service not yet called, and streams still drained after
+//! their client left. Every service made by one layer (and its clones) shares one limit.
+//! [`OpenStreams::rejected`] counts the requests answered `503`. With the `metrics` feature,
+//! the gauge `tower_sse.limit.open_streams` follows the same count, and the counter
+//! `tower_sse.limit.rejections` (label `reason` = `limit_full`) the rejections, through the
+//! `metrics` facade (no recorder is installed by this crate; see [`crate::metrics`] for the
+//! table of every metric).
 //!
 //! ```
 //! use tower::ServiceBuilder;
@@ -56,6 +80,7 @@
 //!     .layer(limit)
 //!     .layer(SseLayer::new());
 //! assert_eq!(open.get(), 0);
+//! assert_eq!(open.rejected(), 0);
 //! # let _ = layers;
 //! ```
 
@@ -69,6 +94,10 @@ pub use self::body::StreamLimitBody;
 pub use self::future::StreamLimitFuture;
 pub use self::permit::OpenStreams;
 pub use self::service::StreamLimit;
+
+pub(crate) use self::permit::SharedPermit;
+#[cfg(feature = "drain")]
+pub(crate) use self::permit::claim;
 
 use http::Response;
 

@@ -3,18 +3,21 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 #[cfg(feature = "metrics")]
 use crate::metrics::names::LIMIT_OPEN_STREAMS as OPEN_STREAMS_GAUGE;
 
-/// Reads the number of open streams of a [`StreamLimitLayer`](crate::StreamLimitLayer) (permits held).
+/// Reads the number of open streams of a [`StreamLimitLayer`](crate::StreamLimitLayer)
+/// (permits held), and how many requests it rejected.
 #[derive(Clone)]
 pub struct OpenStreams {
     pub(super) semaphore: Arc<Semaphore>,
     pub(super) max: usize,
+    pub(super) rejected: Arc<AtomicU64>,
 }
 
 impl OpenStreams {
@@ -27,6 +30,14 @@ impl OpenStreams {
     pub fn max(&self) -> usize {
         self.max
     }
+
+    /// Requests answered `503` because every permit was taken, since the layer was made (by
+    /// every service of the layer and its clones). A running total, like a counter: take
+    /// differences for rates. With the `metrics` feature the counter
+    /// `tower_sse.limit.rejections` counts the same rejections.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for OpenStreams {
@@ -34,9 +45,22 @@ impl fmt::Debug for OpenStreams {
         f.debug_struct("OpenStreams")
             .field("open", &self.get())
             .field("max", &self.max)
+            .field("rejected", &self.rejected())
             .finish()
     }
 }
+
+/// Count one rejection: for [`OpenStreams::rejected`], and the metric.
+pub(super) fn count_rejection(rejected: &AtomicU64) {
+    rejected.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(crate::metrics::names::LIMIT_REJECTIONS, "reason" => LIMIT_FULL).increment(1);
+}
+
+/// The `reason` of a rejection because every permit was taken (the only reason so far; the
+/// label leaves room for others without renaming the metric).
+#[cfg(feature = "metrics")]
+const LIMIT_FULL: &str = "limit_full";
 
 /// One permit; counted by the gauge while it lives.
 pub(super) struct Permit {
@@ -56,6 +80,85 @@ impl Drop for Permit {
     fn drop(&mut self) {
         metrics::gauge!(OPEN_STREAMS_GAUGE).decrement(1.0);
     }
+}
+
+/// The permit of one admitted request, as the limit's future and body hold it.
+///
+/// It is shared (an `Arc`) so that a layer inside the limit can keep the permit past the
+/// body's drop: an [`SseLayer`](crate::SseLayer) draining the upstream after a disconnect
+/// claims it (`claim`). The permit goes back to the semaphore, exactly once, at the first of:
+///
+/// - [`release`](Self::release), called by the limit when the stream ends or turns out not to
+///   be one: whoever else holds the handle then holds an empty one;
+/// - the drop of the last handle (the client went away and nothing drains, or the drain ended).
+pub(crate) struct SharedPermit(Arc<Mutex<Option<Permit>>>);
+
+impl SharedPermit {
+    pub(super) fn new(permit: Permit) -> Self {
+        Self(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    /// Give the permit back now, whoever else holds this handle.
+    pub(super) fn release(self) {
+        let permit = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(permit);
+    }
+
+    /// What the limit leaves in the request extensions for `claim`.
+    #[cfg(feature = "drain")]
+    fn claimable(&self) -> Claimable {
+        Claimable(Arc::downgrade(&self.0))
+    }
+}
+
+impl fmt::Debug for SharedPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedPermit")
+    }
+}
+
+/// A weak reference to a [`SharedPermit`]'s permit. Weak, so that a service that keeps the
+/// request (or its extensions) never keeps a permit by accident; only `claim` turns it into
+/// a handle.
+#[cfg(feature = "drain")]
+#[derive(Clone)]
+struct Claimable(std::sync::Weak<Mutex<Option<Permit>>>);
+
+/// The request extension: the permits of the limits this request passed (usually one;
+/// nested limits each add theirs).
+#[cfg(feature = "drain")]
+#[derive(Clone)]
+struct Claimables(Vec<Claimable>);
+
+/// Leave `permit` claimable by a layer inside the limit (see `claim`).
+#[cfg(feature = "drain")]
+pub(super) fn offer<B>(mut request: http::Request<B>, permit: &SharedPermit) -> http::Request<B> {
+    let extensions = request.extensions_mut();
+    match extensions.get_mut::<Claimables>() {
+        Some(claimables) => claimables.0.push(permit.claimable()),
+        None => {
+            extensions.insert(Claimables(vec![permit.claimable()]));
+        }
+    }
+    request
+}
+
+/// Take the permits that limits outside left in these request extensions: the caller holds
+/// them until it drops them (the drain task of an [`SseLayer`](crate::SseLayer)), unless the
+/// limit releases them first (the stream ended, or was not one). Removes the extension, so
+/// that the service inside never sees it.
+#[cfg(feature = "drain")]
+pub(crate) fn claim(extensions: &mut http::Extensions) -> Vec<SharedPermit> {
+    extensions
+        .remove::<Claimables>()
+        .map(|claimables| {
+            claimables
+                .0
+                .into_iter()
+                .filter_map(|c| c.0.upgrade().map(SharedPermit))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub(super) type Acquire =

@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
+use crate::limit::SharedPermit;
 use crate::observe::Observer;
 use crate::report::{OnEnd, Outcome};
 use crate::stream::config::UpstreamErrorPolicy;
@@ -76,6 +77,10 @@ pub(crate) enum Phase<B> {
 pub(crate) struct Live<O, E> {
     pub(crate) engine: Engine<O>,
     pub(crate) on_end: E,
+    /// The permits of the [`StreamLimitLayer`](crate::StreamLimitLayer)s outside, claimed
+    /// when the stream may drain after a disconnect: a drain holds them to its end. Empty
+    /// otherwise. Released (dropped) before the report of a disconnect is made.
+    pub(crate) permits: Vec<SharedPermit>,
 }
 
 pub(crate) struct StreamState<B, O, E> {
@@ -548,6 +553,7 @@ impl<O, E> Drop for AnswerReport<O, E> {
 /// the disconnect with what was seen so far.
 pub(crate) fn report_disconnect<B, O: Observer, E: OnEnd>(mut live: Live<O, E>, phase: Phase<B>) {
     drop(phase);
+    live.permits.clear();
     let report = live
         .engine
         .close(Outcome::ClientDisconnected, Instant::now());

@@ -22,6 +22,8 @@ struct ReportOnDrop<O: Observer, E: OnEnd>(Option<Live<O, E>>);
 impl<O: Observer, E: OnEnd> Drop for ReportOnDrop<O, E> {
     fn drop(&mut self) {
         if let Some(mut live) = self.0.take() {
+            // The upstream is no longer read: the limit's permits go before the report.
+            live.permits.clear();
             let report = live
                 .engine
                 .close(Outcome::ClientDisconnected, Instant::now());
@@ -32,8 +34,10 @@ impl<O: Observer, E: OnEnd> Drop for ReportOnDrop<O, E> {
 
 /// The `on_drop` of streams configured with
 /// [`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect): spawn a task that reads
-/// the upstream to its end (or the limit), with events marked as not delivered, then makes
-/// the report. Without a runtime, or before the upstream answered, it cancels instead.
+/// the upstream to its end (or the limit), with events marked as not delivered, then gives
+/// back the permits of the stream limits outside (`live.permits`) and makes the report.
+/// Without a runtime, or before the upstream answered, it cancels instead (the permits go at
+/// once, before the report).
 pub(crate) fn drain_after_disconnect<B, O, E>(mut live: Live<O, E>, phase: Phase<B>)
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -92,6 +96,9 @@ where
             }
         }
         drop(body);
+        if let Some(live) = guard.0.as_mut() {
+            live.permits.clear();
+        }
         drop(guard);
     });
 }

@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
+use crate::limit::SharedPermit;
 use crate::observe::Observer;
 use crate::provider::Provider;
 use crate::report::{Framing, OnEnd, Outcome, StreamReport};
@@ -80,6 +81,8 @@ pub(crate) struct Setup<O, E> {
     pub(crate) on_end: E,
     pub(crate) started_at: Instant,
     pub(crate) hint: Provider,
+    /// Permits claimed from limits outside, for a drain (see [`claim_permits`]).
+    pub(crate) permits: Vec<SharedPermit>,
 }
 
 impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
@@ -102,6 +105,7 @@ impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
             live: Some(Live {
                 engine,
                 on_end: self.on_end,
+                permits: self.permits,
             }),
             deadlines: Deadlines::new(self.started_at, last_output_at),
             timer: None,
@@ -116,11 +120,28 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
     fn into_answer(self, parts: &http::response::Parts) -> Live<O, E> {
         let mut engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
         engine.head(parts, None, Instant::now());
+        // An answer is never drained: the limits' permits are theirs to release.
         Live {
             engine,
             on_end: self.on_end,
+            permits: Vec::new(),
         }
     }
+}
+
+/// A stream that may drain after a disconnect holds the permits of the
+/// [`StreamLimitLayer`](crate::StreamLimitLayer)s outside until the drain ends, so that the
+/// limit still bounds the upstreams being read. Other streams leave them to the limit.
+pub(crate) fn claim_permits(
+    config: &Config,
+    extensions: &mut http::Extensions,
+) -> Vec<SharedPermit> {
+    #[cfg(feature = "drain")]
+    if config.drain.is_some() {
+        return crate::limit::claim(extensions);
+    }
+    let _ = (config, extensions);
+    Vec::new()
 }
 
 /// Cancel, or drain when configured (and the feature is on).

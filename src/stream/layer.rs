@@ -230,10 +230,13 @@ impl<O, E> SseLayer<O, E> {
     /// [`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected) and carries the usage the provider reported).
     ///
     /// Needs a Tokio runtime where the body is dropped; without one the upstream is
-    /// cancelled as by default. Costs the upstream tokens you no longer deliver. Note that a
-    /// [`StreamLimitLayer`](crate::StreamLimitLayer) permit is released when the client's body
-    /// is dropped, while the drain keeps the upstream busy for up to `limit`: the limit then no
-    /// longer bounds upstream concurrency.
+    /// cancelled as by default. Costs the upstream tokens you no longer deliver.
+    ///
+    /// A [`StreamLimitLayer`](crate::StreamLimitLayer) outside keeps counting a drained stream:
+    /// the drain holds its permit until it ends (for up to `limit`), and only then is the
+    /// permit released (before the report is sent). So the limit still bounds how many
+    /// upstreams are read at once, and clients that leave free no room while their upstream
+    /// is still generating. See [the limit's docs](crate::limit#the-permits-life).
     #[cfg(feature = "drain")]
     pub fn drain_on_disconnect(self, limit: Duration) -> Self {
         self.with(|c| c.drain = Some(limit))

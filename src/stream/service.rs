@@ -19,7 +19,7 @@ use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::head_deadline;
-use crate::stream::future::{Setup, SseFuture, upload_timeout};
+use crate::stream::future::{Setup, SseFuture, claim_permits, upload_timeout};
 
 /// The service of [`SseLayer`](crate::SseLayer).
 pub struct SseService<S, O = (), E = ()> {
@@ -96,6 +96,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         let started_at = Arrival::stamp(&mut parts.extensions);
+        let permits = claim_permits(&self.config, &mut parts.extensions);
         let mut observer = self.observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
@@ -107,6 +108,7 @@ where
             on_end: self.on_end.clone(),
             started_at,
             hint,
+            permits,
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
