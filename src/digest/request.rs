@@ -84,6 +84,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
+        crate::request::Arrival::stamp(&mut parts.extensions);
         let body = RequestDigestBody::new(body);
         parts.extensions.insert(body.handle());
         self.inner.call(Request::from_parts(parts, body))

@@ -128,7 +128,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        crate::request::Arrival::stamp(request.extensions_mut());
         let permit = self.reserved.take().or_else(|| {
             self.settings
                 .semaphore
