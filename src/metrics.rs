@@ -22,7 +22,9 @@
 //! GenAI attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`
 //! (from [`RequestModel`](crate::request::RequestModel) when known), `gen_ai.response.model`;
 //! `error.type` is the [`Outcome`](crate::Outcome) name. Every label value comes from a short
-//! fixed list, except the two model names, which come from the request and the upstream.
+//! fixed list, except the two model names, which come from the request and the upstream: they
+//! are bounded by [`ModelLabels`] (by default the first 100 distinct names of at most 128
+//! bytes; any other is recorded as `_OTHER`), so that clients cannot grow the recorder.
 //!
 //! The limit's metrics sum over every `StreamLimitLayer` of the process (no label tells them
 //! apart); per layer, read [`OpenStreams`](crate::limit::OpenStreams), which counts both
@@ -38,6 +40,10 @@
 //! observers in the tuple, so that their findings are in the report when it records.
 
 use metrics::Unit;
+
+pub use crate::observe::labels::{
+    DEFAULT_DISTINCT_MODELS, DEFAULT_MAX_MODEL_LEN, ModelLabels, OTHER,
+};
 
 /// Metric names.
 pub mod names {

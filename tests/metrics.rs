@@ -440,3 +440,67 @@ fn every_metric_is_named_described_and_in_the_table() {
         );
     }
 }
+
+/// Model names come from clients and upstreams: a flood of distinct (or huge) names is
+/// recorded under a bounded set of label values.
+#[test]
+fn model_labels_are_bounded_in_number_and_length() {
+    use std::collections::HashSet;
+    use tower_sse::metrics::{ModelLabels, OTHER};
+    use tower_sse::request::RequestModel;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let layer = SseLayer::new().observer(
+                MetricsObserver::new().model_labels(ModelLabels::first_seen(10).max_len(64)),
+            );
+            for i in 0..60 {
+                // Half short distinct names, half 1 KB ones.
+                let model = if i % 2 == 0 {
+                    format!("model-{i}")
+                } else {
+                    format!("{i}-{}", "x".repeat(1024))
+                };
+                let mut request = Request::post("/v1/chat/completions")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                request
+                    .extensions_mut()
+                    .insert(RequestModel(model.clone()));
+                let body = format!(
+                    "data: {{\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}\n\n"
+                );
+                let upstream = http_body_util::Full::new(Bytes::from(body));
+                let res = serve_with(layer.clone(), request, response("text/event-stream", upstream)).await;
+                collect(res.into_body()).await;
+            }
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    for label in ["gen_ai.request.model", "gen_ai.response.model"] {
+        let values: HashSet<String> = snapshot
+            .iter()
+            .filter(|(key, ..)| key.key().name() == names::CLIENT_OPERATION_DURATION)
+            .flat_map(|(key, ..)| {
+                key.key()
+                    .labels()
+                    .filter(|l| l.key() == label)
+                    .map(|l| l.value().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            values.len(),
+            11,
+            "{label}: ten names and _OTHER: {values:?}"
+        );
+        assert!(values.contains(OTHER));
+        assert!(values.iter().all(|v| v.len() <= 64), "{label}");
+    }
+}

@@ -7,6 +7,7 @@ use metrics::{Histogram, Label};
 use tokio::time::Instant;
 
 use crate::metrics::names;
+use crate::observe::labels::ModelLabels;
 use crate::observe::{EventContext, Observer};
 use crate::report::{Outcome, StreamReport, UsageSource};
 use crate::request::RequestModel;
@@ -124,6 +125,7 @@ pub struct MetricsObserver {
     open: bool,
     last_content: Option<Instant>,
     per_chunk: Option<Histogram>,
+    models: ModelLabels,
 }
 
 impl MetricsObserver {
@@ -132,16 +134,29 @@ impl MetricsObserver {
         Self::default()
     }
 
+    /// Which model names become label values (request and response model alike); the rest
+    /// are recorded as `_OTHER`. Default: the first
+    /// [`DEFAULT_DISTINCT_MODELS`](crate::metrics::DEFAULT_DISTINCT_MODELS) distinct names
+    /// of at most [`DEFAULT_MAX_MODEL_LEN`](crate::metrics::DEFAULT_MAX_MODEL_LEN) bytes.
+    pub fn model_labels(mut self, models: ModelLabels) -> Self {
+        self.models = models;
+        self
+    }
+
     fn labels(&self, report: &StreamReport) -> Vec<Label> {
         let mut labels = vec![
             Label::new("gen_ai.operation.name", report.provider.operation()),
             Label::new("gen_ai.provider.name", report.provider.as_str()),
         ];
+        // Client and upstream choose these: bounded, so that they cannot grow the recorder.
         if let Some(model) = &self.request_model {
-            labels.push(Label::new("gen_ai.request.model", model.clone()));
+            labels.push(Label::new("gen_ai.request.model", self.models.value(model)));
         }
         if let Some(model) = &report.model {
-            labels.push(Label::new("gen_ai.response.model", model.clone()));
+            labels.push(Label::new(
+                "gen_ai.response.model",
+                self.models.value(model),
+            ));
         }
         labels
     }
