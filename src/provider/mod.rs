@@ -218,6 +218,7 @@ impl Provider {
 
     /// Whether an event carries content and, when the format puts it in one string value,
     /// where that text is in the event's data (JSON escapes not decoded).
+    #[inline]
     pub(crate) fn content(self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
         let data = event.data_bytes();
         with_format!(

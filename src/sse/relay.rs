@@ -305,18 +305,28 @@ impl Outbox {
     /// differently from the upstream: so a BOM goes first, for the client to strip instead.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Bytes> {
-        let data = self.first.take().or_else(|| self.rest.pop_front())?;
+        let data = match self.first.take() {
+            Some(data) => data,
+            None => self.rest.pop_front()?,
+        };
         if self.started {
             return Some(data);
         }
+        Some(self.first_out(data))
+    }
+
+    /// The first bytes for the client: the BOM rule (kept out of line, so that `pop` stays
+    /// small enough to inline into the body's poll loop).
+    #[cold]
+    fn first_out(&mut self, data: Bytes) -> Bytes {
         self.started = true;
         if !data.starts_with(BOM) {
-            return Some(data);
+            return data;
         }
         let mut with_bom = BytesMut::with_capacity(BOM.len() + data.len());
         with_bom.extend_from_slice(BOM);
         with_bom.extend_from_slice(&data);
-        Some(with_bom.freeze())
+        with_bom.freeze()
     }
 
     pub(crate) fn is_empty(&self) -> bool {

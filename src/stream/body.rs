@@ -341,8 +341,8 @@ where
                             self.deadlines.on_output(now);
                         }
                         // A busy upstream never lets the timer run: check the deadlines here.
-                        if let Some(Due::Timeout(outcome)) =
-                            self.deadlines.due(live.engine.config(), now)
+                        if let Some(outcome) =
+                            self.deadlines.timeout_due(live.engine.config(), now)
                         {
                             self.timeout(outcome);
                         }

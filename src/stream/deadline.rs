@@ -93,6 +93,22 @@ impl Deadlines {
         candidates.into_iter().flatten().min()
     }
 
+    /// A timeout that passed at `now`, keep-alives aside. Checked on every upstream frame (a
+    /// busy upstream never lets the timer run), so it costs nothing when no timeout is set.
+    #[inline]
+    pub(crate) fn timeout_due(&self, config: &Config, now: Instant) -> Option<Outcome> {
+        if config.total_timeout.is_none()
+            && config.first_event_timeout.is_none()
+            && config.idle_timeout.is_none()
+        {
+            return None;
+        }
+        match self.due(config, now) {
+            Some(Due::Timeout(outcome)) => Some(outcome),
+            _ => None,
+        }
+    }
+
     /// What is due at `now`: deadlines first, then a keep-alive.
     pub(crate) fn due(&self, config: &Config, now: Instant) -> Option<Due> {
         let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| now >= at);
