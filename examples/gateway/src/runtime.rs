@@ -18,7 +18,7 @@ pub(crate) fn run_multi(listen: SocketAddr, config: GatewayConfig) -> std::io::R
             let listener = bind(listen, false)?.listen(BACKLOG)?;
             let gateway = example_gateway::start(listener, config, None).await?;
             eprintln!("runtime: multi (one multi-thread runtime)");
-            println!("listening on http://{}", gateway.addr);
+            announce(gateway.addr, gateway.metrics_addr);
             tokio::signal::ctrl_c().await
         })
 }
@@ -30,7 +30,7 @@ pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sockets = bind_reuseport_group(listen, cores)?;
     let addr = sockets[0].local_addr()?;
-    let shared = Shared::new(config, None);
+    let shared = Shared::new(config, None)?;
     for (core, socket) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -38,11 +38,24 @@ pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io
             .spawn(move || serve_on_own_runtime(socket, &shared))?;
     }
     eprintln!("runtime: per-core ({cores} current-thread runtimes, SO_REUSEPORT listeners)");
-    println!("listening on http://{addr}");
+    // The metrics listener, if any, runs on this thread's runtime.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(tokio::signal::ctrl_c())
+        .block_on(async {
+            let metrics_addr = example_gateway::start_metrics(&shared).await?;
+            announce(addr, metrics_addr);
+            tokio::signal::ctrl_c().await
+        })
+}
+
+/// Tell the caller where the gateway listens, on stdout: the metrics listener first, then
+/// `listening on http://ADDR`, the line scripts and tests wait for (a contract: keep it).
+fn announce(addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
+    if let Some(metrics) = metrics_addr {
+        println!("metrics on http://{metrics}");
+    }
+    println!("listening on http://{addr}");
 }
 
 /// `count` sockets bound to `listen` with `SO_REUSEPORT`; with port 0, all on the port the
@@ -94,7 +107,7 @@ fn serve_on_own_runtime(socket: TcpSocket, shared: &Shared) {
                 std::process::exit(1);
             }
         };
-        example_gateway::serve(listener, shared.router()).await;
+        shared.serve(listener).await;
     });
 }
 
