@@ -32,6 +32,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Why a connection is closed by the gateway.
@@ -62,6 +63,8 @@ pub(crate) struct Activity {
     /// Milliseconds since `origin` when the last request in flight ended.
     idle_since: AtomicU64,
     http2: AtomicBool,
+    /// Wakes the watch when a head begins: its deadline comes before the idle one.
+    head_began: Notify,
 }
 
 impl Activity {
@@ -73,6 +76,7 @@ impl Activity {
             head_since: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            head_began: Notify::new(),
         })
     }
 
@@ -95,6 +99,7 @@ impl Activity {
             && !self.http2.load(Ordering::Relaxed)
         {
             self.head_since.store(self.now_ms() + 1, Ordering::Relaxed);
+            self.head_began.notify_one();
         }
     }
 
@@ -138,7 +143,12 @@ pub(crate) async fn watch(activity: &Activity, timeouts: Timeouts) -> Close {
     loop {
         match activity.deadline(timeouts) {
             Some((at, why)) if at <= Instant::now() => return why,
-            Some((at, _)) => tokio::time::sleep_until(at).await,
+            Some((at, _)) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = activity.head_began.notified() => {}
+                }
+            }
             // In flight (or a clock off for this state): look again later. An idle
             // deadline found late is late by less than `recheck`.
             None => tokio::time::sleep(recheck).await,
@@ -363,6 +373,21 @@ mod tests {
         // It arrives: in flight again.
         let _request = InFlight::start(&activity);
         assert!(activity.deadline(BOTH).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_begins_while_idle_is_timed_from_its_first_byte() {
+        let activity = Activity::new();
+        drop(InFlight::start(&activity));
+        let watcher = tokio::spawn({
+            let activity = activity.clone();
+            async move { watch(&activity, BOTH).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        activity.on_read(b"GET / HT", false);
+        assert_eq!(watcher.await.unwrap(), Close::HeadTimeout);
+        // At its own deadline (1 s + 2 s), not at the idle one (10 s).
+        assert_eq!(activity.now_ms(), 3000);
     }
 
     #[tokio::test(start_paused = true)]

@@ -301,6 +301,30 @@ async fn half_sent_heads_are_closed_within_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_half_sent_head_on_a_keep_alive_connection_gets_the_header_timeout_not_the_idle_one() {
+    // The idle clock is long here: the head's own clock must close it.
+    let gateway = Gateway::start(&["--idle-connection-timeout", "30"]).await;
+    let mut stream = connect(&gateway).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(status_line(&buf[..n]).contains("200"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let since = Instant::now();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, closed) = until_closed(&mut stream, since, TIMEOUT + SLACK).await;
+    let closed = closed.expect("closed by the header timeout");
+    assert!(closed >= TIMEOUT - Duration::from_millis(100), "{closed:?}");
+    gateway.assert_recovered().await;
+}
+
+#[tokio::test]
 async fn huge_heads_are_refused_with_431() {
     let gateway = Gateway::start(&[]).await;
     let big = "a".repeat(64 * 1024);
