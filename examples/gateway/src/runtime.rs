@@ -31,11 +31,21 @@ pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io
     let sockets = bind_reuseport_group(listen, cores)?;
     let addr = sockets[0].local_addr()?;
     let shared = Shared::new(config, None)?;
+    let (listening, all_listening) = std::sync::mpsc::channel();
     for (core, socket) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
+        let listening = listening.clone();
         std::thread::Builder::new()
             .name(format!("gateway-core-{core}"))
-            .spawn(move || serve_on_own_runtime(socket, &shared))?;
+            .spawn(move || serve_on_own_runtime(socket, &shared, listening))?;
+    }
+    // Announce only once every listener accepts: a client told the address at once must
+    // not be refused.
+    drop(listening);
+    for _ in 0..cores {
+        all_listening
+            .recv()
+            .map_err(|_| std::io::Error::other("a listener thread ended before listening"))?;
     }
     eprintln!("runtime: per-core ({cores} current-thread runtimes, SO_REUSEPORT listeners)");
     // The metrics listener, if any, runs on this thread's runtime.
@@ -87,8 +97,13 @@ fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-/// Serve the gateway on `socket` from a current-thread runtime on this thread, forever.
-fn serve_on_own_runtime(socket: TcpSocket, shared: &Shared) {
+/// Serve the gateway on `socket` from a current-thread runtime on this thread, forever;
+/// says so on `listening` once the socket listens.
+fn serve_on_own_runtime(
+    socket: TcpSocket,
+    shared: &Shared,
+    listening: std::sync::mpsc::Sender<()>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,6 +122,7 @@ fn serve_on_own_runtime(socket: TcpSocket, shared: &Shared) {
                 std::process::exit(1);
             }
         };
+        let _ = listening.send(());
         shared.serve(listener).await;
     });
 }
