@@ -99,7 +99,13 @@ fn benches(c: &mut Criterion) {
             Some(expected)
         );
         let id = report.response_id.clone().unwrap();
-        assert_eq!(registry.get(&id).unwrap().response_digest, expected);
+        assert_eq!(
+            registry
+                .get(tower_sse::request::Tenant::anonymous(), &id)
+                .unwrap()
+                .response_digest,
+            expected
+        );
     }
 
     let mut g = c.benchmark_group("digest/observer_per_event");

@@ -125,7 +125,7 @@
 //! | [`include_usage`] | the service and bodies of [`IncludeUsageLayer`] |
 //! | [`limit`] | the service, future and body of [`StreamLimitLayer`]; open-stream counts |
 //! | [`digest`] | [`DigestObserver`], [`RequestDigestLayer`] and the registry |
-//! | [`request`] | markers layers leave in requests: [`StreamingRequest`](request::StreamingRequest), [`UsageInjected`](request::UsageInjected), [`RequestModel`](request::RequestModel) |
+//! | [`request`] | markers layers leave in requests: [`StreamingRequest`](request::StreamingRequest), [`UsageInjected`](request::UsageInjected), [`RequestModel`](request::RequestModel); who a request is from: [`Tenant`](request::Tenant), [`TenantKey`](request::TenantKey) |
 //! | `metrics` (feature `metrics`) | metric names, advised buckets, `describe` |
 //!
 //! # A gateway

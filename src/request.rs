@@ -8,8 +8,16 @@
 //! | [`Arrival`] | the outermost tower-sse layer | every tower-sse layer: deadlines and latencies count from it |
 //! | [`UploadTimedOut`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (the body did not arrive in time) | [`SseLayer`](crate::SseLayer): answers `408` and reports |
 //! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`](crate::MetricsObserver): `gen_ai.request.model` |
+//!
+//! And who a request is from: its [`Tenant`], found by a [`TenantKey`] (by default from its
+//! bearer token), under which the data kept about its stream is stored and looked up.
 
-use http::header::ACCEPT;
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::{ACCEPT, AUTHORIZATION};
+use http::{HeaderMap, HeaderName};
+use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
 /// When the request reached the outermost tower-sse layer: the stream's deadlines (first
@@ -93,3 +101,193 @@ pub struct UsageInjected;
 /// by [`IncludeUsageLayer`](crate::IncludeUsageLayer); the metrics observer reports it as `gen_ai.request.model`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestModel(pub String);
+
+/// Who a request is from: the key under which what is kept about its stream (the digest
+/// record in a [`DigestRegistry`](crate::DigestRegistry)) is stored and looked up, so that
+/// one client can neither read nor overwrite another's.
+///
+/// A tenant is the first 16 bytes of the SHA-256 of a key — a bearer token, an API key, an
+/// organisation id — never the key itself; or it is anonymous. It is `Copy`, 17 bytes, and
+/// shows (in `Display`, `Debug` and serialized) as 32 lowercase hex digits, or `anonymous`
+/// (`null` when serialized). An operator can compute a client's tenant from its token with
+/// `printf %s "$TOKEN" | sha256sum | cut -c1-32`.
+///
+/// [`TenantKey`] says how a request's tenant is found. By default it is
+/// [`Tenant::from_credentials`]: the bearer token of `Authorization` (or its whole value for
+/// other schemes), else the `x-api-key` header (Anthropic's), else anonymous. All requests
+/// without credentials share the anonymous tenant: a deployment without authentication has
+/// one tenant.
+///
+/// ```
+/// use http::Request;
+/// use tower_sse::request::Tenant;
+///
+/// let alice = Request::get("/").header("authorization", "Bearer sk-alice").body(()).unwrap();
+/// let bob = Request::get("/").header("authorization", "Bearer sk-bob").body(()).unwrap();
+/// let nobody = Request::get("/").body(()).unwrap();
+///
+/// let tenant = Tenant::from_credentials(alice.headers());
+/// assert_eq!(tenant, Tenant::from_key("sk-alice"));
+/// assert_ne!(tenant, Tenant::from_credentials(bob.headers()));
+/// assert!(Tenant::from_credentials(nobody.headers()).is_anonymous());
+/// // Never the token itself:
+/// assert!(!tenant.to_string().contains("alice"));
+/// assert_eq!(tenant.to_string().len(), 32);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Tenant(Option<[u8; Tenant::LEN]>);
+
+impl Tenant {
+    /// Bytes of SHA-256 kept: 128 bits, far from any collision among tenants.
+    const LEN: usize = 16;
+
+    /// The tenant of requests without credentials.
+    pub const fn anonymous() -> Self {
+        Self(None)
+    }
+
+    /// The tenant of this key (a token, an organisation id, ...): the first 16 bytes of its
+    /// SHA-256. The key itself is not kept.
+    pub fn from_key(key: impl AsRef<[u8]>) -> Self {
+        let hash = Sha256::digest(key.as_ref());
+        let mut id = [0; Self::LEN];
+        id.copy_from_slice(&hash[..Self::LEN]);
+        Self(Some(id))
+    }
+
+    /// The tenant of a request's credentials: the token of `Authorization: Bearer <token>`
+    /// (the scheme in any case), the whole `Authorization` value for other schemes, else
+    /// the `x-api-key` header; anonymous when there is none (or it is empty). The same key
+    /// sent as a bearer token or as `x-api-key` is the same tenant.
+    pub fn from_credentials(headers: &HeaderMap) -> Self {
+        let credential = |name| {
+            headers
+                .get(name)
+                .map(|value| value.as_bytes().trim_ascii())
+                .filter(|value| !value.is_empty())
+        };
+        if let Some(value) = credential(AUTHORIZATION) {
+            let token = match value.split_at_checked(6) {
+                Some((scheme, token))
+                    if scheme.eq_ignore_ascii_case(b"bearer")
+                        && token.first().is_none_or(u8::is_ascii_whitespace) =>
+                {
+                    token.trim_ascii()
+                }
+                _ => value,
+            };
+            if !token.is_empty() {
+                return Self::from_key(token);
+            }
+        }
+        match credential(X_API_KEY) {
+            Some(key) => Self::from_key(key),
+            None => Self::anonymous(),
+        }
+    }
+
+    /// Whether this is the tenant of requests without credentials.
+    pub const fn is_anonymous(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The tenant's 16 bytes; `None` for the anonymous tenant.
+    pub const fn as_bytes(&self) -> Option<&[u8; 16]> {
+        self.0.as_ref()
+    }
+}
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("anonymous"),
+            Some(id) => id.iter().try_for_each(|b| write!(f, "{b:02x}")),
+        }
+    }
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tenant({self})")
+    }
+}
+
+impl serde::Serialize for Tenant {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None => serializer.serialize_none(),
+            Some(_) => serializer.collect_str(self),
+        }
+    }
+}
+
+/// How a request's [`Tenant`] is found: [`Tenant::from_credentials`] by default, or a
+/// function of yours over the request's head.
+///
+/// Give the same key to everything that keeps data per tenant (the
+/// [`DigestRegistry`](crate::DigestRegistry) with
+/// [`DigestRegistryBuilder::tenant_key`](crate::digest::DigestRegistryBuilder::tenant_key)),
+/// and look records up with the tenant it finds for the asking request. Cheap to clone (one
+/// reference count, or none for the default).
+///
+/// Behind an authenticating layer that knows the caller's organisation, key by the
+/// organisation rather than by the token (tokens rotate; an organisation's records should
+/// not vanish with them):
+///
+/// ```
+/// use tower_sse::request::{Tenant, TenantKey};
+///
+/// /// Put into the request extensions by your authentication layer.
+/// #[derive(Clone)]
+/// struct Org(String);
+///
+/// let key = TenantKey::from_fn(|request: &http::request::Parts| {
+///     match request.extensions.get::<Org>() {
+///         Some(org) => Tenant::from_key(&org.0),
+///         None => Tenant::anonymous(),
+///     }
+/// });
+/// let (mut parts, ()) = http::Request::new(()).into_parts();
+/// parts.extensions.insert(Org("acme".into()));
+/// assert_eq!(key.tenant(&parts), Tenant::from_key("acme"));
+/// ```
+#[derive(Clone, Default)]
+pub struct TenantKey {
+    custom: Option<Arc<dyn Fn(&http::request::Parts) -> Tenant + Send + Sync>>,
+}
+
+impl TenantKey {
+    /// The default: [`Tenant::from_credentials`] of the request's headers.
+    pub fn credentials() -> Self {
+        Self::default()
+    }
+
+    /// Your own function of the request's head.
+    pub fn from_fn<F>(f: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Tenant + Send + Sync + 'static,
+    {
+        Self {
+            custom: Some(Arc::new(f)),
+        }
+    }
+
+    /// The tenant of this request.
+    pub fn tenant(&self, request: &http::request::Parts) -> Tenant {
+        match &self.custom {
+            None => Tenant::from_credentials(&request.headers),
+            Some(f) => f(request),
+        }
+    }
+}
+
+impl fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.custom {
+            None => "TenantKey::credentials()",
+            Some(_) => "TenantKey::from_fn(..)",
+        })
+    }
+}

@@ -404,7 +404,7 @@ mod registry {
     use http::Response;
     use support::body::serve_with;
     use tower_sse::DigestRegistry;
-    use tower_sse::digest::{DigestRecord, DigestRegistration};
+    use tower_sse::digest::{DigestRecord, DigestRegistration, Tenant, TenantKey};
 
     /// Feed `pieces` to a stream that stays open, read it frame by frame, and check that the
     /// record exists as soon as the client holds the frame with `terminal` — and not before.
@@ -437,7 +437,7 @@ mod registry {
         loop {
             let frame = body.frame().await.expect("ended before the terminal event");
             received.extend_from_slice(&frame.unwrap().into_data().unwrap());
-            let record = registry.get(id);
+            let record = registry.get(Tenant::anonymous(), id);
             if String::from_utf8_lossy(&received).contains(terminal) {
                 let record = record.unwrap_or_else(|| {
                     panic!("{path}: no record when the client read the terminal event")
@@ -461,7 +461,7 @@ mod registry {
             Some(&DigestRegistration::Inserted)
         );
         assert_eq!(report.response_id.as_deref(), Some(id));
-        let record = registry.get(id).unwrap();
+        let record = registry.get(Tenant::anonymous(), id).unwrap();
         assert_eq!(Some(record.response_digest), report.digest);
         assert_eq!(record.model, report.model);
     }
@@ -603,12 +603,15 @@ mod registry {
         for _ in 0..2 {
             let frame = body.frame().await.unwrap().unwrap();
             received.extend_from_slice(&frame.into_data().unwrap());
-            assert!(registry.get("gem-1").is_none(), "not before the end");
+            assert!(
+                registry.get(Tenant::anonymous(), "gem-1").is_none(),
+                "not before the end"
+            );
         }
         drop(upstream);
         assert!(body.frame().await.is_none());
         let record = registry
-            .get("gem-1")
+            .get(Tenant::anonymous(), "gem-1")
             .expect("a record when the end is seen");
         assert_eq!(record.response_digest, Digest::of(&received));
         assert_eq!(record.model.as_deref(), Some("gemini-x"));
@@ -636,7 +639,7 @@ mod registry {
         assert!(collected.text().contains("event: error"));
         let report = reports.one();
         assert_eq!(report.outcome, Outcome::UpstreamError);
-        let record = registry.get("chatcmpl-1").unwrap();
+        let record = registry.get(Tenant::anonymous(), "chatcmpl-1").unwrap();
         assert_eq!(record.response_digest, Digest::of(&collected.data));
         assert_eq!(report.digest, Some(record.response_digest));
     }
@@ -697,12 +700,16 @@ mod registry {
             report.extensions.get::<DigestRegistration>(),
             Some(&DigestRegistration::ResponseIdTooLong)
         );
-        assert!(registry.get("chatcmpl-this-id-is-far-too-long").is_none());
+        assert!(
+            registry
+                .get(Tenant::anonymous(), "chatcmpl-this-id-is-far-too-long")
+                .is_none()
+        );
 
         let (first, _) = run("data: {\"id\":\"dup\",\"n\":1}\n\ndata: [DONE]\n\n").await;
         let (second, bytes) = run("data: {\"id\":\"dup\",\"n\":2}\n\ndata: [DONE]\n\n").await;
         assert_ne!(first.digest, second.digest);
-        let record = registry.get("dup").unwrap();
+        let record = registry.get(Tenant::anonymous(), "dup").unwrap();
         assert_eq!(
             record.response_digest,
             Digest::of(&bytes),
@@ -718,9 +725,11 @@ mod registry {
         }
         registry.run_pending_tasks();
         assert!(registry.entry_count() <= 10, "{}", registry.entry_count());
-        let record = registry.get("id-199").expect("the newest record is kept");
+        let record = registry
+            .get(Tenant::anonymous(), "id-199")
+            .expect("the newest record is kept");
         assert_eq!(record.response_digest, Digest::of(&[199]));
-        assert!(registry.get("id-0").is_none());
+        assert!(registry.get(Tenant::anonymous(), "id-0").is_none());
         assert!(
             !registry.insert(DigestRecord::new("", Digest::of(b""))),
             "empty id"
@@ -735,19 +744,22 @@ mod registry {
         assert_eq!(registry.time_to_live(), Duration::from_secs(60));
         registry.insert(DigestRecord::new("a", Digest::of(b"a")));
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(registry.get("a").is_some());
+        assert!(registry.get(Tenant::anonymous(), "a").is_some());
         registry.insert(DigestRecord::new("b", Digest::of(b"b")));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(registry.get("a").is_none(), "60 s old");
-        assert!(registry.get("b").is_some());
+        assert!(registry.get(Tenant::anonymous(), "a").is_none(), "60 s old");
+        assert!(registry.get(Tenant::anonymous(), "b").is_some());
         // Inserting again starts a new life.
         registry.insert(DigestRecord::new("a", Digest::of(b"a2")));
         tokio::time::advance(Duration::from_secs(59)).await;
         assert_eq!(
-            registry.get("a").unwrap().response_digest,
+            registry
+                .get(Tenant::anonymous(), "a")
+                .unwrap()
+                .response_digest,
             Digest::of(b"a2")
         );
-        assert!(registry.get("b").is_none());
+        assert!(registry.get(Tenant::anonymous(), "b").is_none());
     }
 
     #[test]
@@ -763,7 +775,168 @@ mod registry {
         assert!(huge.time_to_live() <= Duration::from_secs(366 * 24 * 3600));
         let record = DigestRecord::new("x", Digest::of(b"x"));
         assert!(huge.insert(record.clone()));
-        assert_eq!(huge.get("x"), Some(record));
+        assert_eq!(huge.get(Tenant::anonymous(), "x"), Some(record));
+    }
+
+    // --- tenants ---
+
+    fn with_auth(name: &str, value: &str) -> Request<Empty<Bytes>> {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header(name, value)
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn tenant_is_a_truncated_sha256_of_the_credential_never_the_credential() {
+        let tenant =
+            |name: &str, value: &str| Tenant::from_credentials(with_auth(name, value).headers());
+        let alice = Tenant::from_key("sk-alice");
+        // The first 16 bytes of SHA-256, shown as 32 hex digits.
+        let sha = Digest::of(b"sk-alice").to_hex();
+        assert_eq!(alice.to_string(), sha[..32]);
+        assert_eq!(alice.as_bytes().map(|b| b.len()), Some(16));
+        // The scheme in any case, spaces around the token, or as x-api-key: the same tenant.
+        assert_eq!(tenant("authorization", "Bearer sk-alice"), alice);
+        assert_eq!(tenant("authorization", "bearer   sk-alice "), alice);
+        assert_eq!(tenant("authorization", "BEARER sk-alice"), alice);
+        assert_eq!(tenant("x-api-key", "sk-alice"), alice);
+        // Another token, another tenant; other schemes hash their whole value.
+        assert_ne!(tenant("authorization", "Bearer sk-bob"), alice);
+        assert_ne!(tenant("authorization", "Bearersk-alice"), alice);
+        assert_eq!(
+            tenant("authorization", "Basic YWxpY2U6cHc="),
+            Tenant::from_key("Basic YWxpY2U6cHc=")
+        );
+        // No credential, or an empty one: anonymous.
+        assert!(tenant("x-other", "sk-alice").is_anonymous());
+        assert!(tenant("authorization", "Bearer ").is_anonymous());
+        assert!(tenant("authorization", "   ").is_anonymous());
+        assert!(Tenant::anonymous().as_bytes().is_none());
+        // Authorization wins over x-api-key.
+        let both = Request::builder()
+            .header("authorization", "Bearer sk-alice")
+            .header("x-api-key", "sk-bob")
+            .body(())
+            .unwrap();
+        assert_eq!(Tenant::from_credentials(both.headers()), alice);
+        // Nothing shows the token.
+        for shown in [
+            alice.to_string(),
+            format!("{alice:?}"),
+            serde_json::to_string(&alice).unwrap(),
+        ] {
+            assert!(!shown.contains("alice"), "{shown}");
+        }
+        assert_eq!(serde_json::to_string(&Tenant::anonymous()).unwrap(), "null");
+        assert_eq!(Tenant::anonymous().to_string(), "anonymous");
+        // The default key is the credentials.
+        let (parts, _) = with_auth("authorization", "Bearer sk-alice").into_parts();
+        assert_eq!(TenantKey::default().tenant(&parts), alice);
+        assert_eq!(DigestRegistry::new().tenant_of(&parts), alice);
+    }
+
+    /// Feed one whole stream for `request` through a layer recording into `registry`.
+    async fn stream_as(
+        registry: &DigestRegistry,
+        request: Request<Empty<Bytes>>,
+        body: &'static str,
+    ) -> (StreamReport, Vec<u8>) {
+        let reports = Reports::default();
+        let layer = SseLayer::new()
+            .observer(DigestObserver::with_registry(registry.clone()))
+            .on_end(reports.sink());
+        let res = serve_with(
+            layer,
+            request,
+            response(
+                "text/event-stream",
+                Full::new(Bytes::from_static(body.as_bytes())),
+            ),
+        )
+        .await;
+        let collected = collect(res.into_body()).await;
+        (reports.one(), collected.data)
+    }
+
+    #[tokio::test]
+    async fn one_tenants_stream_never_replaces_anothers_record() {
+        let registry = DigestRegistry::new();
+        let alice = Tenant::from_key("sk-alice");
+        let bob = Tenant::from_key("sk-bob");
+        // Both upstream answers carry the same id (Ollama's ids repeat across clients).
+        let (_, alices) = stream_as(
+            &registry,
+            with_auth("authorization", "Bearer sk-alice"),
+            "data: {\"id\":\"chatcmpl-7\",\"n\":\"alice\"}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        let (_, bobs) = stream_as(
+            &registry,
+            with_auth("authorization", "Bearer sk-bob"),
+            "data: {\"id\":\"chatcmpl-7\",\"n\":\"bob\"}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        let (_, nobodys) = stream_as(
+            &registry,
+            Request::new(Empty::new()),
+            "data: {\"id\":\"chatcmpl-7\",\"n\":\"nobody\"}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        let record = registry.get(alice, "chatcmpl-7").unwrap();
+        assert_eq!(record.response_digest, Digest::of(&alices));
+        assert_eq!(record.tenant, alice);
+        let json: serde_json::Value = serde_json::from_str(&record.to_json()).unwrap();
+        assert_eq!(json["tenant"], alice.to_string().as_str());
+        let record = registry.get(bob, "chatcmpl-7").unwrap();
+        assert_eq!(record.response_digest, Digest::of(&bobs));
+        let record = registry.get(Tenant::anonymous(), "chatcmpl-7").unwrap();
+        assert_eq!(record.response_digest, Digest::of(&nobodys));
+        assert!(
+            registry
+                .get(Tenant::from_key("sk-eve"), "chatcmpl-7")
+                .is_none()
+        );
+        registry.run_pending_tasks();
+        assert_eq!(registry.entry_count(), 3);
+
+        // Removing is per tenant too.
+        assert!(registry.remove(bob, "chatcmpl-7").is_some());
+        assert!(registry.get(bob, "chatcmpl-7").is_none());
+        assert!(registry.get(alice, "chatcmpl-7").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_custom_tenant_key_decides_where_records_go() {
+        // Key by an organisation header that an authenticating proxy in front sets.
+        let registry = DigestRegistry::builder()
+            .tenant_key(TenantKey::from_fn(|request: &http::request::Parts| {
+                request
+                    .headers
+                    .get("x-org")
+                    .map_or(Tenant::anonymous(), |org| Tenant::from_key(org.as_bytes()))
+            }))
+            .build();
+        let (_, bytes) = stream_as(
+            &registry,
+            with_auth("x-org", "acme"),
+            "data: {\"id\":\"chatcmpl-1\"}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        let acme = Tenant::from_key("acme");
+        assert_eq!(
+            registry.get(acme, "chatcmpl-1").unwrap().response_digest,
+            Digest::of(&bytes)
+        );
+        assert!(registry.get(Tenant::anonymous(), "chatcmpl-1").is_none());
+        let (parts, _) = with_auth("x-org", "acme").into_parts();
+        assert_eq!(registry.tenant_of(&parts), acme);
+        assert_eq!(
+            format!("{:?}", registry.tenant_key()),
+            "TenantKey::from_fn(..)"
+        );
     }
 
     /// The real thing: a client reads to `[DONE]` over loopback, then at once asks
@@ -785,8 +958,10 @@ mod registry {
             .route(
                 "/v1/digests/{id}",
                 get(
-                    |State(registry): State<DigestRegistry>, Path(id): Path<String>| async move {
-                        match registry.get(&id) {
+                    |State(registry): State<DigestRegistry>,
+                     Path(id): Path<String>,
+                     request: http::request::Parts| async move {
+                        match registry.get(registry.tenant_of(&request), &id) {
                             Some(record) => Response::builder()
                                 .header("content-type", "application/json")
                                 .body(AxumBody::from(record.to_json()))
@@ -805,6 +980,7 @@ mod registry {
 
         let mut response = client
             .post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth("sk-alice")
             .body(REQUEST.concat())
             .send()
             .await
@@ -819,10 +995,19 @@ mod registry {
         }
         let lookup = client
             .get(format!("http://{addr}/v1/digests/chatcmpl-1"))
+            .bearer_auth("sk-alice")
             .send()
             .await
             .unwrap();
         assert_eq!(lookup.status(), 200);
+        // Another tenant, and no tenant, find nothing.
+        for other in [Some("sk-bob"), None] {
+            let mut foreign = client.get(format!("http://{addr}/v1/digests/chatcmpl-1"));
+            if let Some(token) = other {
+                foreign = foreign.bearer_auth(token);
+            }
+            assert_eq!(foreign.send().await.unwrap().status(), 404, "{other:?}");
+        }
         let record: serde_json::Value =
             serde_json::from_slice(&lookup.bytes().await.unwrap()).unwrap();
         assert_eq!(record["response_id"], "chatcmpl-1");

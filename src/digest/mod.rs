@@ -1,6 +1,7 @@
 //! Digests: SHA-256 of what the client received ([`DigestObserver`](crate::DigestObserver)),
 //! of what it sent ([`RequestDigestLayer`](crate::RequestDigestLayer)), and a registry to look
-//! them up by response id ([`DigestRegistry`](crate::DigestRegistry), feature `registry`).
+//! them up by tenant and response id ([`DigestRegistry`](crate::DigestRegistry), feature
+//! `registry`).
 //!
 //! # The response digest
 //!
@@ -55,8 +56,8 @@
 //!
 //! There is no record without a response id (see
 //! [`StreamReport::response_id`](crate::StreamReport::response_id)); the report then says
-//! why in its extensions. A response id seen again (a replayed or buggy upstream) replaces
-//! the earlier record: last writer wins.
+//! why in its extensions. A response id seen again for the same tenant (a replayed or buggy
+//! upstream) replaces that tenant's earlier record: last writer wins, within a tenant only.
 //!
 //! # The request digest
 //!
@@ -104,7 +105,8 @@
 //!
 //! # The registry
 //!
-//! Digests by response id, for a client that asks after its stream: [`DigestRegistry`](crate::DigestRegistry).
+//! Digests by tenant and response id, for a client that asks after its stream:
+//! [`DigestRegistry`](crate::DigestRegistry).
 //!
 //! ## When to use it
 //!
@@ -114,6 +116,23 @@
 //! [`with_registry`](crate::DigestObserver::with_registry) records every stream that carries
 //! a response id; a handler looks records up with [`DigestRegistry::get`](crate::DigestRegistry::get) and answers with
 //! [`DigestRecord::to_json`] (or any serde format).
+//!
+//! ## Tenants
+//!
+//! Response ids are not secrets and not unique: Ollama's OpenAI-compatible ids are
+//! `chatcmpl-` and a number below 1000, and any upstream can repeat one. So every record
+//! carries the [`Tenant`] that made the request, and the registry is keyed by (tenant,
+//! response id): a client finds only its own records, and its streams never replace another
+//! client's. A record holds the SHA-256 of the request, which confirms a guessed prompt: it
+//! must not be readable by others.
+//!
+//! The tenant is found by the registry's [`TenantKey`]
+//! ([`DigestRegistryBuilder::tenant_key`]): by default the first 16 bytes of the SHA-256 of
+//! the bearer token (or `x-api-key`), never the token itself, and anonymous without one
+//! (every client without credentials shares that tenant). A lookup handler asks the
+//! registry for the tenant of the lookup request, and answers `404` both for no record and
+//! for another tenant's, so that nobody learns that an id exists (see
+//! [`DigestRegistry::tenant_of`](crate::DigestRegistry::tenant_of) for such a handler).
 //!
 //! How it differs from reading [`StreamReport::digest`](crate::StreamReport::digest) in the
 //! `on_end` sink: the record is there *before* the client reads the terminal event, so a
@@ -138,7 +157,8 @@
 //!   model name at the limit.
 //!
 //! Inserting takes a short lock-free path on the polling thread (moka's sync cache, no
-//! runtime needed). A response id seen again replaces the earlier record. Streams that end
+//! runtime needed). A response id seen again for the same tenant replaces its earlier
+//! record. Streams that end
 //! badly (an upstream error, a deadline, a client that left) are recorded too: the record
 //! holds the digest of what the client did receive.
 
@@ -151,3 +171,4 @@ pub(crate) mod request;
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
 pub use self::registry::{DigestRecord, DigestRegistration, DigestRegistryBuilder};
 pub use self::request::{RequestDigest, RequestDigestBody, RequestDigestHandle};
+pub use crate::request::{Tenant, TenantKey};

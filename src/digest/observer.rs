@@ -12,6 +12,8 @@ use crate::sse::EventRef;
 
 #[cfg(feature = "registry")]
 use crate::digest::registry::{DigestRecord, DigestRegistration, DigestRegistry};
+#[cfg(feature = "registry")]
+use crate::request::Tenant;
 
 /// Hashes what the client receives with SHA-256; see the [module docs](crate::digest).
 ///
@@ -46,7 +48,8 @@ impl DigestObserver {
     }
 
     /// An observer that also records each stream's digests in `registry`, under the
-    /// response id, before the terminal event reaches the client. See the
+    /// request's tenant ([`DigestRegistry::tenant_of`]) and the response id, before the
+    /// terminal event reaches the client. See the
     /// [module docs](crate::digest#registry-timing-feature-registry).
     ///
     /// ```
@@ -54,8 +57,9 @@ impl DigestObserver {
     ///
     /// let registry = DigestRegistry::new();
     /// let layer = SseLayer::new().observer(DigestObserver::with_registry(registry.clone()));
-    /// // In a handler for `GET /v1/digests/{id}`:
-    /// let record = registry.get("chatcmpl-123");
+    /// // In a handler for `GET /v1/digests/{id}`, with the lookup request's head `parts`:
+    /// # let (parts, ()) = http::Request::new(()).into_parts();
+    /// let record = registry.get(registry.tenant_of(&parts), "chatcmpl-123");
     /// assert!(record.is_none());
     /// # let _ = layer;
     /// ```
@@ -85,6 +89,10 @@ impl fmt::Debug for DigestObserver {
 impl Observer for DigestObserver {
     fn on_request(&mut self, request: &http::request::Parts) {
         self.request = request.extensions.get::<RequestDigestHandle>().cloned();
+        #[cfg(feature = "registry")]
+        if let Some(registry) = &self.registration.registry {
+            self.registration.tenant = registry.tenant_of(request);
+        }
     }
 
     #[inline]
@@ -131,6 +139,8 @@ const MAX_ARMED_FRAMES: u8 = 16;
 #[derive(Clone, Default)]
 struct Registration {
     registry: Option<DigestRegistry>,
+    /// Who made the request: the record is stored under this tenant.
+    tenant: Tenant,
     /// A terminal event was seen and its frame may not have gone out yet.
     armed: Option<Armed>,
     /// The digests the registry holds for this stream (response, request).
@@ -223,6 +233,7 @@ impl Registration {
             return;
         }
         let mut record = DigestRecord::new(id, digest);
+        record.tenant = self.tenant;
         record.request_digest = request;
         record.model = report
             .model
@@ -272,24 +283,27 @@ mod tests {
         let earlier = input[..9].to_vec();
         observer.on_data(&earlier, &mut report);
         assert!(observer.registration.armed.is_some());
-        let record = registry.get("id").unwrap();
+        let record = registry.get(Tenant::anonymous(), "id").unwrap();
         assert_eq!(record.response_digest, Digest::of(&input[..9]));
 
         // The frame holding the event: recorded, done waiting.
         observer.on_data(&done, &mut report);
         assert!(observer.registration.armed.is_none());
-        let record = registry.get("id").unwrap();
+        let record = registry.get(Tenant::anonymous(), "id").unwrap();
         assert_eq!(record.response_digest, Digest::of(&input));
 
         // Bytes after it are recorded at the end.
         observer.on_data(b": bye\n\n", &mut report);
-        let record = registry.get("id").unwrap();
+        let record = registry.get(Tenant::anonymous(), "id").unwrap();
         assert_eq!(record.response_digest, Digest::of(&input));
         observer.on_end(&mut report);
         let all = [&input[..], b": bye\n\n"].concat();
         assert_eq!(report.digest, Some(Digest::of(&all)));
         assert_eq!(
-            registry.get("id").unwrap().response_digest,
+            registry
+                .get(Tenant::anonymous(), "id")
+                .unwrap()
+                .response_digest,
             Digest::of(&all)
         );
         assert_eq!(

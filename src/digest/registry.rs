@@ -1,4 +1,4 @@
-//! [`DigestRegistry`]: digests by response id; see the [module docs](crate::digest).
+//! [`DigestRegistry`]: digests by tenant and response id; see the [module docs](crate::digest).
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::report::Digest;
+use crate::request::{Tenant, TenantKey};
 
 /// Default [`DigestRegistryBuilder::max_capacity`]: 10 000 records.
 const DEFAULT_MAX_CAPACITY: u64 = 10_000;
@@ -25,17 +26,20 @@ const MAX_TIME_TO_LIVE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Serializes (e.g. with `serde_json`) as:
 ///
 /// ```json
-/// {"response_id":"chatcmpl-1","request_digest":"9f86…","response_digest":"2c26…",
-///  "model":"gpt-4o","finished_at":"2025-03-10T01:25:55.123Z"}
+/// {"response_id":"chatcmpl-1","tenant":"3f8a…","request_digest":"9f86…",
+///  "response_digest":"2c26…","model":"gpt-4o","finished_at":"2025-03-10T01:25:55.123Z"}
 /// ```
 ///
-/// Digests are 64 lowercase hex digits (or `null`), `finished_at` is RFC 3339 in UTC with
-/// milliseconds.
+/// Digests are 64 lowercase hex digits (or `null`), the tenant 32 (or `null` for the
+/// anonymous tenant), `finished_at` is RFC 3339 in UTC with milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct DigestRecord {
     /// The response id the stream carried.
     pub response_id: String,
+    /// Who made the request: only this tenant finds the record
+    /// ([`DigestRegistry::get`]).
+    pub tenant: Tenant,
     /// SHA-256 of the request body, when a
     /// [`RequestDigestLayer`](crate::RequestDigestLayer) saw it read to its end.
     pub request_digest: Option<Digest>,
@@ -49,11 +53,12 @@ pub struct DigestRecord {
 }
 
 impl DigestRecord {
-    /// A record for this response id and digest, finished now, with no request digest and
-    /// no model (set those fields as needed).
+    /// A record for this response id and digest, finished now, of the anonymous tenant,
+    /// with no request digest and no model (set those fields as needed).
     pub fn new(response_id: impl Into<String>, response_digest: Digest) -> Self {
         Self {
             response_id: response_id.into(),
+            tenant: Tenant::anonymous(),
             request_digest: None,
             response_digest,
             model: None,
@@ -114,8 +119,15 @@ impl fmt::Display for DigestRegistration {
     }
 }
 
-/// A bounded, expiring map from response id to [`DigestRecord`]; see the
+/// A bounded, expiring map from (tenant, response id) to [`DigestRecord`]; see the
 /// [module docs](crate::digest).
+///
+/// Records are kept per [`Tenant`]: a lookup finds only the asking tenant's record, and a
+/// stream of one tenant never replaces another's, whatever response id the upstream gave
+/// it. The registry's [`TenantKey`] says how a request's tenant is found (by default from
+/// its bearer token); a lookup handler asks [`tenant_of`](Self::tenant_of) the lookup
+/// request and answers `404` when [`get`](Self::get) finds nothing, so that a record of
+/// another tenant looks like no record at all.
 ///
 /// Cheap to clone: clones share the records.
 ///
@@ -123,22 +135,33 @@ impl fmt::Display for DigestRegistration {
 /// use std::time::Duration;
 /// use tower_sse::{Digest, DigestRegistry};
 /// use tower_sse::digest::DigestRecord;
+/// use tower_sse::request::Tenant;
 ///
 /// let registry = DigestRegistry::builder()
 ///     .max_capacity(50_000)
 ///     .time_to_live(Duration::from_secs(3600))
 ///     .build();
-/// registry.insert(DigestRecord::new("chatcmpl-1", Digest::of(b"data: [DONE]\n\n")));
-/// let record = registry.get("chatcmpl-1").unwrap();
+/// let alice = Tenant::from_key("sk-alice");
+/// let mut record = DigestRecord::new("chatcmpl-1", Digest::of(b"data: [DONE]\n\n"));
+/// record.tenant = alice;
+/// registry.insert(record);
+/// let record = registry.get(alice, "chatcmpl-1").unwrap();
 /// assert!(record.to_json().starts_with(r#"{"response_id":"chatcmpl-1","#));
+/// // Another tenant, or none, finds nothing.
+/// assert!(registry.get(Tenant::from_key("sk-bob"), "chatcmpl-1").is_none());
+/// assert!(registry.get(Tenant::anonymous(), "chatcmpl-1").is_none());
 /// ```
 #[derive(Clone)]
 pub struct DigestRegistry {
     inner: Arc<Inner>,
 }
 
+/// Records are keyed by tenant first: equal response ids of different tenants never meet.
+type Key = (Tenant, String);
+
 struct Inner {
-    cache: Cache<String, Stored>,
+    cache: Cache<Key, Stored>,
+    tenant_key: TenantKey,
     max_capacity: u64,
     time_to_live: Duration,
     max_id_len: usize,
@@ -161,18 +184,23 @@ impl DigestRegistry {
         DigestRegistryBuilder::default()
     }
 
-    /// The record of this response id, if it is there and younger than the time to live.
-    pub fn get(&self, response_id: &str) -> Option<DigestRecord> {
-        let stored = self.inner.cache.get(response_id)?;
+    /// The tenant's record of this response id, if it is there and younger than the time
+    /// to live. Another tenant's record of the same id is never returned.
+    pub fn get(&self, tenant: Tenant, response_id: &str) -> Option<DigestRecord> {
+        if response_id.is_empty() || response_id.len() > self.inner.max_id_len {
+            return None;
+        }
+        let stored = self.inner.cache.get(&(tenant, response_id.to_owned()))?;
         if stored.inserted_at.elapsed() >= self.inner.time_to_live {
             return None;
         }
         Some(stored.record)
     }
 
-    /// Insert (or replace) a record. Returns `false`, storing nothing, when its response id
-    /// is empty or longer than [`max_id_len`](DigestRegistryBuilder::max_id_len); a model
-    /// name that is too long is left out.
+    /// Insert (or replace) a record, under its tenant and response id: it replaces only a
+    /// record of the same tenant. Returns `false`, storing nothing, when its response id is
+    /// empty or longer than [`max_id_len`](DigestRegistryBuilder::max_id_len); a model name
+    /// that is too long is left out.
     pub fn insert(&self, mut record: DigestRecord) -> bool {
         if record.response_id.is_empty() || record.response_id.len() > self.inner.max_id_len {
             return false;
@@ -184,7 +212,7 @@ impl DigestRegistry {
         {
             record.model = None;
         }
-        let key = record.response_id.clone();
+        let key = (record.tenant, record.response_id.clone());
         self.inner.cache.insert(
             key,
             Stored {
@@ -195,12 +223,48 @@ impl DigestRegistry {
         true
     }
 
-    /// Remove the record of this response id, returning it if it was there.
-    pub fn remove(&self, response_id: &str) -> Option<DigestRecord> {
+    /// Remove the tenant's record of this response id, returning it if it was there.
+    pub fn remove(&self, tenant: Tenant, response_id: &str) -> Option<DigestRecord> {
         self.inner
             .cache
-            .remove(response_id)
+            .remove(&(tenant, response_id.to_owned()))
             .map(|stored| stored.record)
+    }
+
+    /// The tenant of a request, as the registry's [`TenantKey`] finds it: the tenant a
+    /// [`DigestObserver`](crate::DigestObserver) records a stream under, and the one to
+    /// [`get`](Self::get) with when that request asks for a record.
+    ///
+    /// A lookup handler answers `404` both for no record and for another tenant's:
+    ///
+    /// ```
+    /// use axum::extract::{Path, State};
+    /// use axum::http::{StatusCode, request::Parts};
+    /// use axum::response::{IntoResponse, Response};
+    /// use tower_sse::DigestRegistry;
+    ///
+    /// async fn lookup(
+    ///     State(registry): State<DigestRegistry>,
+    ///     Path(id): Path<String>,
+    ///     request: Parts,
+    /// ) -> Response {
+    ///     match registry.get(registry.tenant_of(&request), &id) {
+    ///         Some(record) => record.to_json().into_response(),
+    ///         None => StatusCode::NOT_FOUND.into_response(),
+    ///     }
+    /// }
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/v1/digests/{id}", axum::routing::get(lookup))
+    ///     .with_state(DigestRegistry::new());
+    /// # let _ = app;
+    /// ```
+    pub fn tenant_of(&self, request: &http::request::Parts) -> Tenant {
+        self.inner.tenant_key.tenant(request)
+    }
+
+    /// The configured [`TenantKey`].
+    pub fn tenant_key(&self) -> &TenantKey {
+        &self.inner.tenant_key
     }
 
     /// How many records are held, approximately (moka counts in its maintenance; call
@@ -244,6 +308,7 @@ impl fmt::Debug for DigestRegistry {
             .field("max_capacity", &self.inner.max_capacity)
             .field("time_to_live", &self.inner.time_to_live)
             .field("max_id_len", &self.inner.max_id_len)
+            .field("tenant_key", &self.inner.tenant_key)
             .field("entry_count", &self.entry_count())
             .finish()
     }
@@ -256,6 +321,7 @@ pub struct DigestRegistryBuilder {
     max_capacity: u64,
     time_to_live: Duration,
     max_id_len: usize,
+    tenant_key: TenantKey,
 }
 
 impl Default for DigestRegistryBuilder {
@@ -264,6 +330,7 @@ impl Default for DigestRegistryBuilder {
             max_capacity: DEFAULT_MAX_CAPACITY,
             time_to_live: DEFAULT_TIME_TO_LIVE,
             max_id_len: DEFAULT_MAX_ID_LEN,
+            tenant_key: TenantKey::default(),
         }
     }
 }
@@ -287,6 +354,13 @@ impl DigestRegistryBuilder {
         self
     }
 
+    /// How a request's tenant is found. Default: [`TenantKey::credentials`], a hash of the
+    /// bearer token (or `x-api-key`), anonymous without one.
+    pub fn tenant_key(mut self, key: TenantKey) -> Self {
+        self.tenant_key = key;
+        self
+    }
+
     /// Build the registry.
     pub fn build(self) -> DigestRegistry {
         let cache = Cache::builder()
@@ -301,6 +375,7 @@ impl DigestRegistryBuilder {
                 max_capacity: self.max_capacity,
                 time_to_live: self.time_to_live,
                 max_id_len: self.max_id_len,
+                tenant_key: self.tenant_key,
             }),
         }
     }
@@ -363,7 +438,7 @@ mod tests {
         record.model = Some("m".into());
         assert_eq!(
             record.to_json(),
-            r#"{"response_id":"chatcmpl-1","request_digest":null,"response_digest":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","model":"m","finished_at":"1970-01-01T00:00:00.000Z"}"#
+            r#"{"response_id":"chatcmpl-1","tenant":null,"request_digest":null,"response_digest":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","model":"m","finished_at":"1970-01-01T00:00:00.000Z"}"#
         );
     }
 }

@@ -341,8 +341,7 @@ where
                             self.deadlines.on_output(now);
                         }
                         // A busy upstream never lets the timer run: check the deadlines here.
-                        if let Some(outcome) =
-                            self.deadlines.timeout_due(live.engine.config(), now)
+                        if let Some(outcome) = self.deadlines.timeout_due(live.engine.config(), now)
                         {
                             self.timeout(outcome);
                         }

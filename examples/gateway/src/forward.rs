@@ -1,5 +1,6 @@
-//! The innermost service: forward a request to the upstream with a pooled hyper-util client,
-//! minus the hop-by-hop headers; answer `502` when the upstream cannot be reached.
+//! The innermost service: forward a request to the upstream with a pooled hyper-util client
+//! (`http://` or `https://`, rustls), minus the hop-by-hop headers; answer `502` when the
+//! upstream cannot be reached, and log why (never a header, a query string or a body).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,8 +11,10 @@ use axum::body::Body as AxumBody;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::LengthLimitError;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_sse::digest::RequestDigestBody;
@@ -26,10 +29,42 @@ pub(crate) type UpstreamRequestBody = UsageRequestBody<RequestDigestBody<AxumBod
 /// The upstream's body, or the gateway's own error answer.
 pub(crate) type UpstreamResponseBody = Either<Incoming, Full<Bytes>>;
 
+/// Which certificate authorities an `https://` upstream is checked against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// Mozilla's roots, built into the binary (works in a container without a CA store).
+    #[default]
+    Webpki,
+    /// The operating system's store (for private CAs installed there).
+    Native,
+}
+
+/// The upstream connector: plain TCP for `http://`, rustls (ring, no OpenSSL) for
+/// `https://`, HTTP/1.1 either way.
+pub(crate) type Connector = HttpsConnector<HttpConnector>;
+
+/// Build the connector once; `Native` fails when the system store has no usable root.
+pub(crate) fn connector(roots: TlsRoots) -> std::io::Result<Connector> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let failed = |e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("TLS setup for the upstream failed: {e}"))
+    };
+    let builder = match roots {
+        TlsRoots::Webpki => builder
+            .with_provider_and_webpki_roots(provider)
+            .map_err(|e| failed(&e))?,
+        TlsRoots::Native => builder
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| failed(&e))?,
+    };
+    Ok(builder.https_or_http().enable_http1().build())
+}
+
 /// Forwards a request to the upstream with a pooled client; answers `502` when it cannot.
 #[derive(Clone, Debug)]
 pub(crate) struct Forward {
-    pub(crate) client: Client<HttpConnector, UpstreamRequestBody>,
+    pub(crate) client: Client<Connector, UpstreamRequestBody>,
     pub(crate) upstream: Uri,
 }
 
@@ -62,7 +97,8 @@ impl tower::Service<Request<UpstreamRequestBody>> for Forward {
             {
                 request.headers_mut().insert(HOST, host);
             }
-            *request.uri_mut() = uri;
+            let method = request.method().clone();
+            *request.uri_mut() = uri.clone();
             match client.request(request).await {
                 Ok(response) => {
                     let (mut parts, body) = response.into_parts();
@@ -72,7 +108,12 @@ impl tower::Service<Request<UpstreamRequestBody>> for Forward {
                     }
                     Ok(Response::from_parts(parts, Either::Left(body)))
                 }
-                Err(e) => Ok(upstream_unreachable(&e)),
+                Err(e) if caused_by::<LengthLimitError>(&e) => Ok(error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    "the request body is larger than the gateway accepts",
+                )),
+                Err(e) => Ok(upstream_unreachable(&method, &uri, &e)),
             }
         })
     }
@@ -117,9 +158,57 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<Ups
     response
 }
 
-/// `502`, and a clear message when the cause is a full file table.
-fn upstream_unreachable(e: &hyper_util::client::legacy::Error) -> Response<UpstreamResponseBody> {
+/// Whether an error, or one of its sources, is an `E`.
+pub(crate) fn caused_by<E: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// An error and its sources, `: `-separated (hyper's top-level messages alone, such as
+/// "client error (Connect)", do not say what went wrong).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
+}
+
+/// `502`, with the reason logged (at most every few seconds, with a count of the others): the
+/// method, scheme, host, port and path, never the query, a header or the body.
+fn upstream_unreachable(
+    method: &http::Method,
+    uri: &Uri,
+    e: &hyper_util::client::legacy::Error,
+) -> Response<UpstreamResponseBody> {
     static OUT_OF_FDS: Warning = Warning::new();
+    static FAILED: Warning = Warning::new();
+    FAILED.check(|skipped| {
+        tracing::warn!(
+            upstream = %format_args!(
+                "{}://{}:{}",
+                uri.scheme_str().unwrap_or("http"),
+                uri.host().unwrap_or_default(),
+                uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 }),
+            ),
+            method = %method,
+            path = uri.path(),
+            error = %error_chain(e),
+            failures_not_logged = skipped,
+            "upstream request failed"
+        );
+    });
     if let Some(io) = io_source(e)
         && is_fd_exhaustion(io)
     {

@@ -3,8 +3,11 @@
 //! NDJSON) go through the whole tower-sse stack:
 //!
 //! ```text
-//! client ─► axum router ─┬─ GET /metrics              Prometheus text
-//!                        ├─ GET /v1/digests/{id}      the digest registry
+//! client ─► connection limits (header and idle timeouts, header size, HTTP/2 streams and pings)
+//!        ─► request body limit (413)
+//!        ─► axum router ─┬─ GET /healthz              200, cheap
+//!                        ├─ GET /metrics              Prometheus text (or on --metrics-listen)
+//!                        ├─ GET /v1/digests/{id}      the digest registry, the caller's tenant only
 //!                        └─ everything else ─► (count the request)
 //!                                              StreamLimitLayer      at most N open streams
 //!                                              RequestDigestLayer    SHA-256 of the request
@@ -12,13 +15,15 @@
 //!                                              SseLayer              keep-alive, deadlines,
 //!                                                                    usage, timing, digest,
 //!                                                                    metrics, one log line
-//!                                              Forward               pooled hyper-util client
+//!                                              Forward               pooled hyper-util client,
+//!                                                                    http:// or https:// (rustls)
 //! ```
 //!
 //! This file is the stack: [`Shared::router`] and the `SseLayer` it builds. The rest is
-//! plumbing: `forward.rs` (the upstream client), `serve.rs` (accepting connections),
-//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits); the binary's
-//! `main.rs` (command line) and `runtime.rs` (one runtime, or one per core).
+//! plumbing: `forward.rs` (the upstream client), `serve.rs` (accepting connections and their
+//! limits), `conn.rs` (one connection's header and idle clocks), `prometheus.rs` (the
+//! `/metrics` exporter), `os.rs` (file-descriptor limits); the binary's `main.rs` (command
+//! line) and `runtime.rs` (one runtime, or one per core).
 //!
 //! [`Shared`] is what every runtime serving the gateway shares (registry, limit, metrics);
 //! [`Shared::router`] and [`serve`] run on each runtime; [`start`] does both on the current one.
@@ -28,6 +33,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::CONTENT_TYPE;
@@ -38,6 +44,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_sse::MetricsObserver;
 use tower_sse::limit::OpenStreams;
 use tower_sse::{
@@ -45,13 +52,16 @@ use tower_sse::{
     SseLayer, StreamLimitLayer, StreamReport, TimingObserver, TraceObserver, UsageObserver,
 };
 
+mod body_limit;
+mod conn;
 mod forward;
 mod os;
 mod prometheus;
 mod serve;
 
-use forward::{Forward, UpstreamRequestBody};
-pub use serve::serve;
+pub use forward::TlsRoots;
+use forward::{Connector, Forward, UpstreamRequestBody};
+pub use serve::{ConnectionConfig, serve};
 
 /// What the gateway is told on its command line.
 #[derive(Debug, Clone)]
@@ -70,6 +80,14 @@ pub struct GatewayConfig {
     pub max_streams: usize,
     /// Answer streaming requests at once, with keep-alives before the upstream's head.
     pub early_response: bool,
+    /// The largest request body accepted, in bytes; `413` beyond it.
+    pub max_body_bytes: usize,
+    /// The certificate authorities of an `https://` upstream.
+    pub tls_roots: TlsRoots,
+    /// Serve `/metrics` on this address instead of the main one.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Limits on client connections.
+    pub connections: ConnectionConfig,
 }
 
 impl GatewayConfig {
@@ -83,6 +101,10 @@ impl GatewayConfig {
             total_timeout: None,
             max_streams: 10_000,
             early_response: false,
+            max_body_bytes: 16 * 1024 * 1024,
+            tls_roots: TlsRoots::default(),
+            metrics_listen: None,
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -93,7 +115,8 @@ impl GatewayConfig {
 #[derive(Clone)]
 pub struct Shared {
     config: GatewayConfig,
-    /// Digests by response id, served at `/v1/digests/{id}`.
+    connector: Connector,
+    /// Digests by tenant and response id, served at `/v1/digests/{id}`.
     pub registry: DigestRegistry,
     /// The stream limit: every runtime's router holds a clone of this one layer.
     pub limit: StreamLimitLayer,
@@ -111,7 +134,7 @@ impl Shared {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
-            .build_http::<UpstreamRequestBody>();
+            .build::<_, UpstreamRequestBody>(self.connector.clone());
         let stack = ServiceBuilder::new()
             .map_request(count_request)
             .layer(self.limit.clone())
@@ -122,11 +145,36 @@ impl Shared {
                 client,
                 upstream: self.config.upstream.clone(),
             });
+        let mut router = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/v1/digests/{id}", get(lookup_digest))
+            .with_state(self.registry.clone());
+        if self.config.metrics_listen.is_none() {
+            router = router.merge(self.metrics_route());
+        }
+        router
+            .fallback_service(stack)
+            // Outermost: a body announced too large is refused before anything reads it; one
+            // that grows too large fails where it is read, and is answered `413` too.
+            .layer(body_limit::OverflowLayer)
+            .layer(RequestBodyLimitLayer::new(self.config.max_body_bytes))
+    }
+
+    /// `/metrics` and `/healthz`: what a metrics listener of its own serves.
+    pub fn metrics_router(&self) -> Router {
+        self.metrics_route().route("/healthz", get(healthz))
+    }
+
+    fn metrics_route(&self) -> Router {
         Router::new()
             .route("/metrics", get(render_metrics))
-            .route("/v1/digests/{id}", get(lookup_digest))
-            .with_state((self.metrics.clone(), self.registry.clone()))
-            .fallback_service(stack)
+            .with_state(self.metrics.clone())
+    }
+
+    /// Serve [`router`](Self::router) on `listener` under the configured connection limits,
+    /// on the current runtime, forever.
+    pub async fn serve(&self, listener: TcpListener) {
+        serve(listener, self.router(), self.config.connections.clone()).await
     }
 
     /// The `SseLayer`: keep-alive, deadlines, NDJSON reframed as SSE, and the observers
@@ -174,26 +222,28 @@ impl Shared {
     }
 
     /// Build the shared state. Each finished stream's report also goes to `reports` when
-    /// given (the demo prints them).
+    /// given (the demo prints them). Fails when the TLS roots cannot be loaded.
     pub fn new(
         config: GatewayConfig,
         reports: Option<mpsc::UnboundedSender<StreamReport>>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         // Read the fd limit now, while a descriptor is free to read it with.
         let _ = os::fd_limit();
-        Self {
+        Ok(Self {
+            connector: forward::connector(config.tls_roots)?,
             registry: DigestRegistry::new(),
             limit: StreamLimitLayer::new(config.max_streams),
             metrics: prometheus::prometheus(),
             config,
             reports,
-        }
+        })
     }
 
     /// The handles a caller keeps, for a gateway listening on `addr`.
-    pub fn gateway(&self, addr: SocketAddr) -> Gateway {
+    pub fn gateway(&self, addr: SocketAddr, metrics_addr: Option<SocketAddr>) -> Gateway {
         Gateway {
             addr,
+            metrics_addr,
             registry: self.registry.clone(),
             open_streams: self.limit.counter(),
             metrics: self.metrics.clone(),
@@ -213,7 +263,9 @@ impl std::fmt::Debug for Shared {
 pub struct Gateway {
     /// The address it listens on.
     pub addr: SocketAddr,
-    /// Digests by response id.
+    /// The address of its metrics listener, when `/metrics` has one of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Digests by tenant and response id.
     pub registry: DigestRegistry,
     /// How many streams hold a permit of the stream limit.
     pub open_streams: OpenStreams,
@@ -225,21 +277,46 @@ impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
             .field("addr", &self.addr)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
 
-/// Start the gateway on `listener`, on the current runtime. Each finished stream's report
-/// also goes to `reports` when given (the demo prints them).
+/// Start the gateway on `listener`, on the current runtime, and its metrics listener when
+/// the config has one. Each finished stream's report also goes to `reports` when given (the
+/// demo prints them).
 pub async fn start(
     listener: TcpListener,
     config: GatewayConfig,
     reports: Option<mpsc::UnboundedSender<StreamReport>>,
 ) -> std::io::Result<Gateway> {
     let addr = listener.local_addr()?;
-    let shared = Shared::new(config, reports);
-    tokio::spawn(serve(listener, shared.router()));
-    Ok(shared.gateway(addr))
+    let shared = Shared::new(config, reports)?;
+    let metrics_addr = start_metrics(&shared).await?;
+    let serving = shared.clone();
+    tokio::spawn(async move { serving.serve(listener).await });
+    Ok(shared.gateway(addr, metrics_addr))
+}
+
+/// Bind the metrics listener, if the config has one, and serve it on the current runtime;
+/// returns its address.
+pub async fn start_metrics(shared: &Shared) -> std::io::Result<Option<SocketAddr>> {
+    let Some(listen) = shared.config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {listen} for metrics: {e}"),
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(
+        listener,
+        shared.metrics_router(),
+        shared.config.connections.clone(),
+    ));
+    Ok(Some(addr))
 }
 
 /// Counted for every request the stream stack sees, before the limit: with the limit's
@@ -254,20 +331,25 @@ fn count_request<B>(request: Request<B>) -> Request<B> {
     request
 }
 
-async fn render_metrics(
-    State((metrics, _)): State<(PrometheusHandle, DigestRegistry)>,
-) -> impl IntoResponse {
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn render_metrics(State(metrics): State<PrometheusHandle>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics.render(),
     )
 }
 
+/// The caller's record of this response id. Another tenant's record answers `404` exactly
+/// like no record, so that nobody learns which ids exist.
 async fn lookup_digest(
-    State((_, registry)): State<(PrometheusHandle, DigestRegistry)>,
+    State(registry): State<DigestRegistry>,
     Path(id): Path<String>,
+    request: Parts,
 ) -> Response {
-    match registry.get(&id) {
+    match registry.get(registry.tenant_of(&request), &id) {
         Some(record) => ([(CONTENT_TYPE, "application/json")], record.to_json()).into_response(),
         None => (
             StatusCode::NOT_FOUND,

@@ -8,7 +8,8 @@
 //! # without --upstream, a mock LLM upstream runs in-process
 //! curl -N http://127.0.0.1:8080/v1/chat/completions -d '{"model":"m","stream":true,"messages":[]}'
 //! curl http://127.0.0.1:8080/metrics
-//! curl http://127.0.0.1:8080/v1/digests/chatcmpl-mock-1
+//! curl http://127.0.0.1:8080/healthz
+//! curl http://127.0.0.1:8080/v1/digests/chatcmpl-mock-1   # with the stream's bearer token, if any
 //! # the release binary lands at target/release/gateway
 //! cargo build --release -p example-gateway
 //! # one current-thread runtime per core, each with its own SO_REUSEPORT listener
@@ -19,10 +20,12 @@
 
 mod runtime;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
-use example_gateway::GatewayConfig;
+use example_gateway::{GatewayConfig, TlsRoots};
 
 const HELP: &str = "\
 gateway: an OpenAI-compatible streaming gateway built from tower-sse's layers
@@ -41,8 +44,40 @@ OPTIONS:
   --runtime multi|per-core      one multi-thread tokio runtime (default), or one current-thread
                                 runtime per CPU core, each accepting on its own SO_REUSEPORT
                                 listener; both share one registry, stream limit and metrics
+  --max-body-bytes N            refuse request bodies larger than N bytes with 413
+                                (default 16777216, 16 MiB)
+  --header-timeout SECS         close a connection whose request head has not arrived whole
+                                within SECS: from accept for a new connection, from its first
+                                byte for the next HTTP/1.1 request (default 10; 0 = off)
+  --idle-connection-timeout SECS
+                                close connections with no request in flight for SECS; keep it
+                                above a load balancer's idle timeout (default 75; 0 = off)
+  --max-header-bytes N          largest request head: 431 (HTTP/1.1) or a refused stream
+                                (HTTP/2) beyond it; at least 8192 (default 65536)
+  --h2-max-streams N            concurrent streams per HTTP/2 connection (default 100)
+  --h2-keepalive SECS           HTTP/2 PING after SECS of silence; no answer within SECS
+                                closes the connection (default 30; 0 = off)
+  --tls-roots webpki|native     CAs for an https:// upstream: Mozilla's, built in (default),
+                                or the system's store
+  --metrics-listen ADDR         serve /metrics (and /healthz) on ADDR instead of --listen
+  --log-format text|json        log lines on stdout as text (default; no colours unless
+                                stdout is a terminal) or one JSON object per line
   -h, --help                    this help
+
+ENDPOINTS:
+  GET /healthz                  200 while the process serves (liveness; cheap)
+  GET /metrics                  Prometheus text (on --metrics-listen when given)
+  GET /v1/digests/{id}          the digest record of a stream, for the tenant that made it
+                                (the same bearer token or x-api-key); 404 otherwise
+  anything else                 forwarded to the upstream through the tower-sse stack
 ";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
 
 /// How the gateway runs on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +94,34 @@ struct Options {
     upstream: Option<String>,
     config: GatewayConfig,
     runtime: RuntimeKind,
+    log_format: LogFormat,
 }
 
+/// Seconds; 0 (or less) is `None`, "off".
 fn secs(value: &str, flag: &str) -> Option<Duration> {
     let secs: f64 = value
         .parse()
         .unwrap_or_else(|_| fail(&format!("{flag} takes seconds, got {value:?}")));
-    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    if secs.is_nan() || secs <= 0.0 {
+        return None;
+    }
+    Some(
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or_else(|_| fail(&format!("{flag}: {value} seconds is too long"))),
+    )
+}
+
+fn number<T: FromStr>(value: &str, flag: &str) -> T {
+    value
+        .parse()
+        .unwrap_or_else(|_| fail(&format!("{flag} takes a number, got {value:?}")))
+}
+
+fn address(value: &str, flag: &str) -> SocketAddr {
+    std::net::ToSocketAddrs::to_socket_addrs(value)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| fail(&format!("{flag} is not an address: {value:?}")))
 }
 
 fn fail(message: &str) -> ! {
@@ -78,6 +134,7 @@ fn parse_args() -> Option<Options> {
     let mut listen = "127.0.0.1:8080".to_string();
     let mut upstream = None;
     let mut runtime = RuntimeKind::Multi;
+    let mut log_format = LogFormat::Text;
     let mut config = GatewayConfig::new("http://127.0.0.1:9000".parse().unwrap());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -94,11 +151,41 @@ fn parse_args() -> Option<Options> {
             }
             "--idle-timeout" => config.idle_timeout = secs(&value(), "--idle-timeout"),
             "--total-timeout" => config.total_timeout = secs(&value(), "--total-timeout"),
-            "--max-streams" => {
-                let value = value();
-                config.max_streams = value.parse().unwrap_or_else(|_| {
-                    fail(&format!("--max-streams takes a number, got {value:?}"))
-                });
+            "--max-streams" => config.max_streams = number(&value(), "--max-streams"),
+            "--max-body-bytes" => config.max_body_bytes = number(&value(), "--max-body-bytes"),
+            "--header-timeout" => {
+                config.connections.header_timeout = secs(&value(), "--header-timeout")
+            }
+            "--idle-connection-timeout" => {
+                config.connections.idle_timeout = secs(&value(), "--idle-connection-timeout")
+            }
+            "--max-header-bytes" => {
+                let bytes = number(&value(), "--max-header-bytes");
+                if bytes < 8192 {
+                    fail(&format!("--max-header-bytes is at least 8192, got {bytes}"));
+                }
+                config.connections.max_header_bytes = bytes;
+            }
+            "--h2-max-streams" => {
+                config.connections.h2_max_streams = number(&value(), "--h2-max-streams")
+            }
+            "--h2-keepalive" => config.connections.h2_keepalive = secs(&value(), "--h2-keepalive"),
+            "--tls-roots" => {
+                config.tls_roots = match value().as_str() {
+                    "webpki" => TlsRoots::Webpki,
+                    "native" => TlsRoots::Native,
+                    other => fail(&format!("--tls-roots is webpki or native, got {other:?}")),
+                }
+            }
+            "--metrics-listen" => {
+                config.metrics_listen = Some(address(&value(), "--metrics-listen"))
+            }
+            "--log-format" => {
+                log_format = match value().as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => fail(&format!("--log-format is text or json, got {other:?}")),
+                }
             }
             "--early-response" => config.early_response = true,
             "--runtime" => {
@@ -115,26 +202,32 @@ fn parse_args() -> Option<Options> {
             other => fail(&format!("unknown argument {other:?}")),
         }
     }
-    let listen = std::net::ToSocketAddrs::to_socket_addrs(&listen)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .unwrap_or_else(|| fail(&format!("--listen is not an address: {listen:?}")));
+    let listen = address(&listen, "--listen");
     Some(Options {
         listen,
         upstream,
         config,
         runtime,
+        log_format,
     })
 }
 
+/// Log lines go to stdout: text, with colours only on a terminal (and without `NO_COLOR`),
+/// or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_target(false).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt()
-        .with_target(false)
-        .compact()
-        .init();
     let Some(mut options) = parse_args() else {
         return Ok(());
     };
+    init_logging(options.log_format);
     options.config.upstream = match &options.upstream {
         Some(url) => url
             .parse()

@@ -1,6 +1,6 @@
 //! What the gateway needs to know about the operating system's limits: file descriptors
 //! running out (every stream holds two, the client's and the upstream's), and warnings
-//! about it that do not flood the terminal.
+//! about it (and other storms) that do not flood the terminal or the log.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,14 @@ impl Warning {
 
     /// Print the message (built only when printed) unless one went out lately.
     pub(crate) fn emit(&self, message: impl FnOnce() -> String) {
+        self.check(|skipped| match skipped {
+            0 => eprintln!("{}", message()),
+            skipped => eprintln!("{} ({skipped} more since the last such message)", message()),
+        });
+    }
+
+    /// Run `report` with how many were held back since the last one, unless one ran lately.
+    pub(crate) fn check(&self, report: impl FnOnce(u64)) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -59,10 +67,7 @@ impl Warning {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match self.skipped.swap(0, Ordering::Relaxed) {
-            0 => eprintln!("{}", message()),
-            skipped => eprintln!("{} ({skipped} more since the last such message)", message()),
-        }
+        report(self.skipped.swap(0, Ordering::Relaxed));
     }
 }
 

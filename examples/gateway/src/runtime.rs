@@ -18,7 +18,7 @@ pub(crate) fn run_multi(listen: SocketAddr, config: GatewayConfig) -> std::io::R
             let listener = bind(listen, false)?.listen(BACKLOG)?;
             let gateway = example_gateway::start(listener, config, None).await?;
             eprintln!("runtime: multi (one multi-thread runtime)");
-            println!("listening on http://{}", gateway.addr);
+            announce(gateway.addr, gateway.metrics_addr);
             tokio::signal::ctrl_c().await
         })
 }
@@ -30,19 +30,42 @@ pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sockets = bind_reuseport_group(listen, cores)?;
     let addr = sockets[0].local_addr()?;
-    let shared = Shared::new(config, None);
+    let shared = Shared::new(config, None)?;
+    let (listening, all_listening) = std::sync::mpsc::channel();
     for (core, socket) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
+        let listening = listening.clone();
         std::thread::Builder::new()
             .name(format!("gateway-core-{core}"))
-            .spawn(move || serve_on_own_runtime(socket, &shared))?;
+            .spawn(move || serve_on_own_runtime(socket, &shared, listening))?;
+    }
+    // Announce only once every listener accepts: a client told the address at once must
+    // not be refused.
+    drop(listening);
+    for _ in 0..cores {
+        all_listening
+            .recv()
+            .map_err(|_| std::io::Error::other("a listener thread ended before listening"))?;
     }
     eprintln!("runtime: per-core ({cores} current-thread runtimes, SO_REUSEPORT listeners)");
-    println!("listening on http://{addr}");
+    // The metrics listener, if any, runs on this thread's runtime.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(tokio::signal::ctrl_c())
+        .block_on(async {
+            let metrics_addr = example_gateway::start_metrics(&shared).await?;
+            announce(addr, metrics_addr);
+            tokio::signal::ctrl_c().await
+        })
+}
+
+/// Tell the caller where the gateway listens, on stdout: the metrics listener first, then
+/// `listening on http://ADDR`, the line scripts and tests wait for (a contract: keep it).
+fn announce(addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
+    if let Some(metrics) = metrics_addr {
+        println!("metrics on http://{metrics}");
+    }
+    println!("listening on http://{addr}");
 }
 
 /// `count` sockets bound to `listen` with `SO_REUSEPORT`; with port 0, all on the port the
@@ -74,8 +97,13 @@ fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-/// Serve the gateway on `socket` from a current-thread runtime on this thread, forever.
-fn serve_on_own_runtime(socket: TcpSocket, shared: &Shared) {
+/// Serve the gateway on `socket` from a current-thread runtime on this thread, forever;
+/// says so on `listening` once the socket listens.
+fn serve_on_own_runtime(
+    socket: TcpSocket,
+    shared: &Shared,
+    listening: std::sync::mpsc::Sender<()>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -94,7 +122,8 @@ fn serve_on_own_runtime(socket: TcpSocket, shared: &Shared) {
                 std::process::exit(1);
             }
         };
-        example_gateway::serve(listener, shared.router()).await;
+        let _ = listening.send(());
+        shared.serve(listener).await;
     });
 }
 

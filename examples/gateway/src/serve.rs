@@ -1,20 +1,100 @@
 //! Connection plumbing: accept on a listener and serve each connection with hyper-util
-//! (HTTP/1.1 and HTTP/2), surviving accept errors such as running out of file descriptors.
+//! (HTTP/1.1 and HTTP/2) under the limits of [`ConnectionConfig`], surviving accept errors
+//! such as running out of file descriptors.
 
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::conn::{Activity, Close, Timeouts, Tracked, Watched, watch};
 use crate::os::{Warning, fd_limit_text, is_fd_exhaustion};
 
-/// Accept connections on `listener` and serve `app` on each (HTTP/1.1 and HTTP/2), on the
-/// current runtime, forever. Accept errors never make it spin: running out of file
-/// descriptors is reported (at most every few seconds) and waited out.
-pub async fn serve(listener: TcpListener, app: Router) {
+/// hyper's smallest read buffer: `max_header_bytes` is raised to it.
+const MIN_HEADER_BYTES: usize = 8192;
+/// How long a connection closed for idleness may take to say goodbye (HTTP/2 `GOAWAY`).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What a client connection may do before it is closed or refused, whatever it asks for.
+/// Every limit has a safe default; `None` turns a clock off.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// A request head must arrive whole within this time: counted from accept for a new
+    /// connection (any protocol), and for HTTP/1.1 from its first byte. Default: 10 s.
+    pub header_timeout: Option<Duration>,
+    /// Close a connection with no request in flight for this long (HTTP/1.1 keep-alive and
+    /// HTTP/2 alike). Keep it longer than the idle timeout of a load balancer in front.
+    /// Default: 75 s.
+    pub idle_timeout: Option<Duration>,
+    /// The largest request head, in bytes: HTTP/1.1 answers `431` beyond it, HTTP/2 refuses
+    /// the stream. At least 8192. Default: 64 KiB.
+    pub max_header_bytes: usize,
+    /// The most concurrent streams on one HTTP/2 connection. Default: 100.
+    pub h2_max_streams: u32,
+    /// Send an HTTP/2 `PING` after this much silence and drop the connection when it is not
+    /// answered within the same time. Default: 30 s.
+    pub h2_keepalive: Option<Duration>,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(75)),
+            max_header_bytes: 64 * 1024,
+            h2_max_streams: 100,
+            h2_keepalive: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// hyper-util's builder with these limits, and a timer (without one, hyper silently
+    /// disables its timeouts and HTTP/2 keep-alive).
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let max_header_bytes = self.max_header_bytes.max(MIN_HEADER_BYTES);
+        // hyper's own HTTP/1.1 header timer also runs while a connection is idle, so it is
+        // only a backstop here, never earlier than the gateway's clocks (see `conn.rs`).
+        let backstop = self
+            .header_timeout
+            .zip(self.idle_timeout)
+            .map(|(h, i)| h + i);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(backstop)
+            .max_buf_size(max_header_bytes);
+        let mut http2 = builder.http2();
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.h2_max_streams)
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        if let Some(interval) = self.h2_keepalive {
+            http2
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(interval);
+        }
+        builder
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            head: self.header_timeout,
+            idle: self.idle_timeout,
+        }
+    }
+}
+
+/// Accept connections on `listener` and serve `app` on each (HTTP/1.1 and HTTP/2) under the
+/// limits of `config`, on the current runtime, forever. Accept errors never make it spin:
+/// running out of file descriptors is reported (at most every few seconds) and waited out.
+pub async fn serve(listener: TcpListener, app: Router, config: ConnectionConfig) {
+    let builder = config.builder();
+    let timeouts = config.timeouts();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -25,14 +105,50 @@ pub async fn serve(listener: TcpListener, app: Router) {
                 continue;
             }
         };
-        // Small SSE frames must leave at once, not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(
+            builder.clone(),
+            timeouts,
+            stream,
+            app.clone(),
+        ));
+    }
+}
+
+/// Serve one connection until it ends, or until its watch closes it.
+async fn serve_connection(
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    stream: TcpStream,
+    app: Router,
+) {
+    // Small SSE frames must leave at once, not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let service = Tracked::new(TowerToHyperService::new(app), activity.clone());
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let close = tokio::select! {
+        _ = connection.as_mut() => return,
+        close = watch(&activity, timeouts) => close,
+    };
+    match close {
+        // Nothing was asked of it yet: dropping it closes the socket.
+        Close::HeadTimeout => {}
+        Close::Idle => {
+            connection.as_mut().graceful_shutdown();
+            // Let it say goodbye; a request that slipped in meanwhile is served to its end.
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = tokio::time::sleep(CLOSE_GRACE) => {
+                        if activity.in_flight() == 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The gateway binary's command line and endpoints are a contract (the load scripts and the
-//! end-to-end script use them): every flag, the `listening on http://ADDR` line, `/metrics`
-//! and `/v1/digests/{id}`, with both runtimes.
+//! end-to-end script use them): every flag, the `listening on http://ADDR` line, `/metrics`,
+//! `/healthz` and `/v1/digests/{id}`, with both runtimes; and what it logs.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -15,6 +15,15 @@ const FLAGS: &[&str] = &[
     "--max-streams",
     "--early-response",
     "--runtime",
+    "--max-body-bytes",
+    "--header-timeout",
+    "--idle-connection-timeout",
+    "--max-header-bytes",
+    "--h2-max-streams",
+    "--h2-keepalive",
+    "--tls-roots",
+    "--metrics-listen",
+    "--log-format",
 ];
 
 /// The gateway process, killed when dropped.
@@ -32,6 +41,13 @@ impl Drop for Running {
 /// Start the binary with `args` and wait for its `listening on http://ADDR` line; returns the
 /// process, its stdout (kept open: the gateway logs one line per stream there) and its URL.
 fn start(args: &[&str]) -> (Running, BufReader<ChildStdout>, String) {
+    let (running, stdout, base, _) = start_with_metrics(args);
+    (running, stdout, base)
+}
+
+/// [`start`], and the URL of the metrics listener when it printed one (`metrics on ...`,
+/// before the `listening on` line).
+fn start_with_metrics(args: &[&str]) -> (Running, BufReader<ChildStdout>, String, Option<String>) {
     let mut running = Running {
         child: Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["--listen", "127.0.0.1:0"])
@@ -43,13 +59,17 @@ fn start(args: &[&str]) -> (Running, BufReader<ChildStdout>, String) {
     };
     let mut stdout = BufReader::new(running.child.stdout.take().unwrap());
     let mut line = String::new();
+    let mut metrics = None;
     loop {
         line.clear();
         let read = stdout.read_line(&mut line).unwrap();
         assert!(read > 0, "the gateway exited before printing its address");
+        if let Some(addr) = line.trim_end().strip_prefix("metrics on http://") {
+            metrics = Some(format!("http://{addr}"));
+        }
         if let Some(addr) = line.trim_end().strip_prefix("listening on http://") {
             let base = format!("http://{addr}");
-            return (running, stdout, base);
+            return (running, stdout, base, metrics);
         }
     }
 }
@@ -130,8 +150,99 @@ async fn multi_runtime_with_every_flag_and_an_upstream() {
         "--early-response",
         "--runtime",
         "multi",
+        "--max-body-bytes",
+        "100000",
+        "--header-timeout",
+        "5",
+        "--idle-connection-timeout",
+        "30",
+        "--max-header-bytes",
+        "32768",
+        "--h2-max-streams",
+        "50",
+        "--h2-keepalive",
+        "10",
+        "--tls-roots",
+        "webpki",
+        "--log-format",
+        "text",
     ]);
     exercise(&base).await;
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn bad_values_are_refused_not_panicked_on() {
+    for args in [
+        ["--max-header-bytes", "100"],
+        ["--header-timeout", "inf"],
+        ["--h2-max-streams", "-1"],
+        ["--tls-roots", "openssl"],
+        ["--log-format", "xml"],
+        ["--metrics-listen", "nowhere"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}
+
+/// Read log lines until one contains `needle` (or the gateway stops logging).
+fn log_line(stdout: &mut BufReader<ChildStdout>, needle: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = stdout.read_line(&mut line).unwrap();
+        assert!(read > 0, "no log line with {needle:?}");
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_https_upstream_failure_is_logged_without_secrets_in_json() {
+    // A plain-HTTP server where the gateway expects TLS: the handshake fails.
+    let (plain, _mock) = tower_sse_mock::spawn(tower_sse_mock::MockConfig::new()).await;
+    let upstream = format!("https://{plain}");
+    let (_gateway, mut stdout, base, metrics) = start_with_metrics(&[
+        "--upstream",
+        &upstream,
+        "--log-format",
+        "json",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{base}/v1/chat/completions?api_key=sk-in-the-query"
+        ))
+        .bearer_auth("sk-in-the-header")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let line = log_line(&mut stdout, "upstream request failed");
+    let record: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+    let fields = &record["fields"];
+    assert_eq!(fields["upstream"], format!("https://{plain}").as_str());
+    assert_eq!(fields["path"], "/v1/chat/completions");
+    // Why: the TLS handshake met something that is not TLS.
+    assert!(
+        fields["error"].as_str().unwrap().contains("Connect"),
+        "{line}"
+    );
+    assert!(!line.contains("sk-in-the"), "{line}");
+    // Piped, not a terminal: no colour codes.
+    assert!(!line.contains('\u{1b}'), "{line}");
+    // /metrics is on its own listener.
+    let metrics = metrics.expect("a `metrics on` line");
+    let scraped = reqwest::get(format!("{metrics}/metrics")).await.unwrap();
+    assert_eq!(scraped.status(), 200);
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use example_gateway::{Gateway, GatewayConfig};
+use example_gateway::{ConnectionConfig, Gateway, GatewayConfig};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -207,4 +207,142 @@ async fn metrics_endpoint_serves_the_genai_metrics() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An upstream like Ollama's OpenAI-compatible API: every stream carries the same response
+/// id. Its text says whose request it answered, so that the digests differ.
+async fn same_id_upstream() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|headers: http::HeaderMap| async move {
+            let who = headers
+                .get("authorization")
+                .map_or("nobody".into(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let body = format!(
+                "data: {{\"id\":\"chatcmpl-7\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"for {who}\"}}}}]}}\n\ndata: [DONE]\n\n"
+            );
+            http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(example_gateway::serve(
+        listener,
+        app,
+        ConnectionConfig::default(),
+    ));
+    addr
+}
+
+#[tokio::test]
+async fn digests_are_kept_per_tenant() {
+    let upstream = same_id_upstream().await;
+    let (gateway, mut reports) = start(GatewayConfig::new(
+        format!("http://{upstream}").parse().unwrap(),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let stream = |token: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{}/v1/chat/completions", gateway.addr);
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(chat(true, serde_json::json!({})))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    let lookup = |token: Option<&'static str>| {
+        let mut request = client.get(format!("http://{}/v1/digests/chatcmpl-7", gateway.addr));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+
+    let alices = stream("sk-alice").await;
+    report(&mut reports).await;
+    // Bob's stream gets the same response id: it must not replace Alice's record.
+    let bobs = stream("sk-bob").await;
+    report(&mut reports).await;
+    assert_ne!(alices, bobs);
+
+    let (status, record) = lookup(Some("sk-alice")).await;
+    assert_eq!(status, 200, "{record}");
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        record["response_digest"],
+        hex(&Sha256::digest(&alices)).as_str()
+    );
+    assert_eq!(
+        record["tenant"],
+        tower_sse::request::Tenant::from_key("sk-alice")
+            .to_string()
+            .as_str()
+    );
+    let (status, record) = lookup(Some("sk-bob")).await;
+    assert_eq!(status, 200, "{record}");
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        record["response_digest"],
+        hex(&Sha256::digest(&bobs)).as_str()
+    );
+
+    // Nobody else finds either, and learns nothing: the same 404 as for an unknown id.
+    let (unknown_status, unknown) = {
+        let response = client
+            .get(format!(
+                "http://{}/v1/digests/chatcmpl-unknown",
+                gateway.addr
+            ))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(unknown_status, 404);
+    for other in [None, Some("sk-eve"), Some("")] {
+        let (status, body) = lookup(other).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (404, unknown.as_str()),
+            "{other:?}"
+        );
+    }
+    // The same key as x-api-key is the same tenant.
+    let response = client
+        .get(format!("http://{}/v1/digests/chatcmpl-7", gateway.addr))
+        .header("x-api-key", "sk-alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn healthz_answers_and_metrics_can_move_to_their_own_listener() {
+    let (_, _mock, mut config) = with_mock(MockConfig::new().tokens(2)).await;
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let (gateway, _reports) = start(config).await;
+    let metrics_addr = gateway.metrics_addr.expect("a metrics listener");
+    let get = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    assert_eq!(get(format!("http://{}/healthz", gateway.addr)).await, 200);
+    assert_eq!(get(format!("http://{metrics_addr}/metrics")).await, 200);
+    assert_eq!(get(format!("http://{metrics_addr}/healthz")).await, 200);
+    // Not on the main listener any more (it goes to the upstream, which knows no such path).
+    assert_ne!(get(format!("http://{}/metrics", gateway.addr)).await, 200);
 }
