@@ -418,9 +418,10 @@ pub struct Timing {
     pub output_tokens_per_second: Option<f64>,
 }
 
-/// A summary of latency samples from a small fixed histogram: 48 buckets, three per
-/// doubling from 100 µs; percentiles are interpolated within their bucket (within about
-/// 13% of the exact value) and capped at the largest sample.
+/// A summary of latency samples. Count, mean and max are exact; percentiles are nearest-rank
+/// estimates from a fixed-size log histogram that adapts its resolution to the samples' spread:
+/// exact for constant gaps and for the three largest, within a few percent otherwise (see
+/// [`TimingObserver`'s accuracy](crate::TimingObserver#accuracy)).
 ///
 /// Unknown is `None`: a stream with fewer than two content events has no inter-token gaps.
 ///
