@@ -422,9 +422,11 @@ impl Observer for TimingObserver {
     fn on_end(&mut self, report: &mut StreamReport) {
         let decode_time = self.first.map(|_| Duration::from_nanos(self.last_ns));
         let output_tokens = report.usage.and_then(|u| u.output_tokens);
-        let time_per_output_token = match (decode_time, output_tokens) {
+        // Tokens after the first, over the decode time. Undefined (None, never 0 or
+        // infinite) without a decode time to divide: one event, or all in one instant.
+        let per_token = match (decode_time, output_tokens) {
             (Some(decode), Some(tokens)) if tokens > 1 && !decode.is_zero() => {
-                Some(decode / u32::try_from(tokens - 1).unwrap_or(u32::MAX))
+                Some((decode, tokens - 1))
             }
             _ => None,
         };
@@ -435,8 +437,16 @@ impl Observer for TimingObserver {
                 .map(|first| first.saturating_duration_since(report.started_at)),
             inter_token: self.gaps.summary(decode_time.unwrap_or_default()),
             decode_time,
-            time_per_output_token,
-            output_tokens_per_second: time_per_output_token.map(|tpot| 1.0 / tpot.as_secs_f64()),
+            time_per_output_token: per_token.map(|(decode, tokens)| {
+                // Rounded to the nanosecond, and at least one: a positive time is never 0.
+                let tokens = u128::from(tokens);
+                let ns = (decode.as_nanos() + tokens / 2) / tokens;
+                Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX).max(1))
+            }),
+            // From the decode time itself, not from the rounded time per token.
+            output_tokens_per_second: per_token
+                .map(|(decode, tokens)| tokens as f64 / decode.as_secs_f64())
+                .filter(|rate| rate.is_finite()),
         });
     }
 }
@@ -700,6 +710,61 @@ mod tests {
         ];
         for (name, gaps) in &cases {
             assert_percentiles(name, gaps, 0.05);
+        }
+    }
+
+    #[test]
+    fn a_fast_stream_has_a_positive_time_per_token_and_a_finite_rate() {
+        // Five content frames 1 µs apart carrying 10 000 tokens: 0.4 ns per token.
+        let timing = observe_at(&[0, 1_000, 2_000, 3_000, 4_000], Some(10_000));
+        assert_eq!(timing.decode_time, Some(Duration::from_micros(4)));
+        let tpot = timing
+            .time_per_output_token
+            .expect("decode time and tokens are known");
+        assert!(!tpot.is_zero(), "time per output token rounded to 0");
+        let rate = timing.output_tokens_per_second.expect("a rate");
+        assert!(rate.is_finite(), "{rate} tokens/s");
+        let want = 9_999.0 / 4e-6;
+        assert!(
+            (rate - want).abs() / want < 1e-9,
+            "{rate} vs {want} tokens/s"
+        );
+        assert_no_nan_or_infinity(&timing);
+    }
+
+    #[test]
+    fn time_per_token_is_exact_at_nanosecond_resolution() {
+        // 1 s over 3 tokens after the first: 333 333 333.3 ns each.
+        let timing = observe_at(&[0, 500_000_000, 1_000_000_000], Some(4));
+        assert_eq!(
+            timing.time_per_output_token,
+            Some(Duration::from_nanos(333_333_333))
+        );
+        let rate = timing.output_tokens_per_second.unwrap();
+        assert!((rate - 3.0).abs() < 1e-12, "{rate}");
+    }
+
+    #[test]
+    fn tokens_in_one_instant_have_no_rate() {
+        // Every content event in one frame: no decode time to divide.
+        let timing = observe_at(&[5_000; 6], Some(100));
+        assert_eq!(timing.decode_time, Some(Duration::ZERO));
+        assert_eq!(timing.time_per_output_token, None);
+        assert_eq!(timing.output_tokens_per_second, None);
+        let gaps = timing.inter_token;
+        assert_eq!(gaps.count, 5);
+        assert_eq!(
+            (gaps.p50, gaps.p99),
+            (Some(Duration::ZERO), Some(Duration::ZERO))
+        );
+        assert_eq!(gaps.mean, Some(Duration::ZERO));
+        assert_no_nan_or_infinity(&timing);
+
+        // One token, or tokens unknown: undefined, not 0.
+        for tokens in [Some(1), Some(0), None] {
+            let timing = observe_at(&[0, 1_000_000], tokens);
+            assert_eq!(timing.time_per_output_token, None, "{tokens:?}");
+            assert_eq!(timing.output_tokens_per_second, None, "{tokens:?}");
         }
     }
 
