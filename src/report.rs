@@ -423,16 +423,20 @@ pub struct Timing {
     pub inter_token: Latencies,
     /// First to last content event.
     pub decode_time: Option<Duration>,
-    /// `decode_time / (output tokens - 1)`, when the output tokens are known (put the
-    /// usage observer before this one).
+    /// `decode_time / (output tokens - 1)`, to the nearest nanosecond and never 0, when the
+    /// output tokens are known (put the usage observer before this one). `None` when it is
+    /// undefined: one output token, or no decode time (every content event in one frame).
     pub time_per_output_token: Option<Duration>,
-    /// Output tokens per second of decode time (`1 / time_per_output_token`).
+    /// Decode speed: output tokens after the first, per second of decode time
+    /// (`1 / time_per_output_token`, computed from the decode time itself, so not rounded).
+    /// Finite whenever it is `Some`.
     pub output_tokens_per_second: Option<f64>,
 }
 
-/// A summary of latency samples from a small fixed histogram: 48 buckets, three per
-/// doubling from 100 µs; percentiles are interpolated within their bucket (within about
-/// 13% of the exact value) and capped at the largest sample.
+/// A summary of latency samples. Count, mean and max are exact; percentiles are nearest-rank
+/// estimates from a fixed-size log histogram that adapts its resolution to the samples' spread:
+/// exact for constant gaps and for the three largest, within a few percent otherwise (see
+/// [`TimingObserver`'s accuracy](crate::TimingObserver#accuracy)).
 ///
 /// Unknown is `None`: a stream with fewer than two content events has no inter-token gaps.
 ///
