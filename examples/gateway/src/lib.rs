@@ -29,6 +29,7 @@
 //! [`Shared::router`] and [`serve`] run on each runtime; [`start`] does both on the current one.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -42,11 +43,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_sse::MetricsObserver;
 use tower_sse::limit::OpenStreams;
+use tower_sse::metrics::ModelLabels;
+use tower_sse::stream::Shutdown;
 use tower_sse::{
     DigestObserver, DigestRegistry, IncludeUsageLayer, KeepAliveConfig, OnEnd, RequestDigestLayer,
     SseLayer, StreamLimitLayer, StreamReport, TimingObserver, TraceObserver, UsageObserver,
@@ -61,7 +64,7 @@ mod serve;
 
 pub use forward::TlsRoots;
 use forward::{Connector, Forward, UpstreamRequestBody};
-pub use serve::{ConnectionConfig, serve};
+pub use serve::{ConnectionConfig, serve, serve_until};
 
 /// What the gateway is told on its command line.
 #[derive(Debug, Clone)]
@@ -88,6 +91,14 @@ pub struct GatewayConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Limits on client connections.
     pub connections: ConnectionConfig,
+    /// On `SIGTERM` or `SIGINT`, how long open streams may run to their end before they are
+    /// ended with an error event.
+    pub shutdown_grace: Duration,
+    /// How many distinct model names become metric label values (the rest are `_OTHER`).
+    pub max_model_labels: usize,
+    /// After a client disconnects, keep reading its upstream for up to this long, so that the
+    /// provider's final usage reaches the report. The stream keeps its limit permit meanwhile.
+    pub drain: Option<Duration>,
 }
 
 impl GatewayConfig {
@@ -105,6 +116,9 @@ impl GatewayConfig {
             tls_roots: TlsRoots::default(),
             metrics_listen: None,
             connections: ConnectionConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
+            max_model_labels: tower_sse::metrics::DEFAULT_DISTINCT_MODELS,
+            drain: None,
         }
     }
 }
@@ -123,6 +137,12 @@ pub struct Shared {
     /// The process's Prometheus recorder, rendered at `/metrics`.
     pub metrics: PrometheusHandle,
     reports: Option<mpsc::UnboundedSender<StreamReport>>,
+    /// Turns `true` when the gateway shuts down: listeners close, connections go graceful.
+    stop: Arc<watch::Sender<bool>>,
+    /// Ends the streams still open when the shutdown grace is over.
+    streams_end: Shutdown,
+    /// Model names seen, shared by every runtime's metrics observer.
+    models: ModelLabels,
 }
 
 impl Shared {
@@ -135,12 +155,18 @@ impl Shared {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build::<_, UpstreamRequestBody>(self.connector.clone());
+        let sse = self.sse_layer();
+        // The stream's own deadline bounds the upload too.
+        let mut include_usage = IncludeUsageLayer::new();
+        if let Some(deadline) = sse.request_deadline() {
+            include_usage = include_usage.upload_timeout(deadline);
+        }
         let stack = ServiceBuilder::new()
             .map_request(count_request)
             .layer(self.limit.clone())
             .layer(RequestDigestLayer::new())
-            .layer(IncludeUsageLayer::new())
-            .layer(self.sse_layer())
+            .layer(include_usage)
+            .layer(sse)
             .service(Forward {
                 client,
                 upstream: self.config.upstream.clone(),
@@ -174,7 +200,34 @@ impl Shared {
     /// Serve [`router`](Self::router) on `listener` under the configured connection limits,
     /// on the current runtime, forever.
     pub async fn serve(&self, listener: TcpListener) {
-        serve(listener, self.router(), self.config.connections.clone()).await
+        serve_until(
+            listener,
+            self.router(),
+            self.config.connections.clone(),
+            self.stop.subscribe(),
+        )
+        .await
+    }
+
+    /// Shut down gracefully: stop accepting (new connections are refused), let the open
+    /// streams run to their end for up to `grace`, then end the rest with an error event
+    /// (`server_shutdown`; each is reported). Returns how many streams the grace did not
+    /// see to their end.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.stop.send_replace(true);
+        let open = self.limit.counter();
+        let cut = if wait_for_streams(&open, grace).await {
+            0
+        } else {
+            let cut = open.get();
+            self.streams_end.end_streams();
+            // They end at once; the bound only guards against a stream nobody polls.
+            wait_for_streams(&open, Duration::from_secs(5)).await;
+            cut
+        };
+        // The metrics and reports of the last streams are recorded by now: the log lines
+        // are written, and the metrics listener answered until here.
+        cut
     }
 
     /// The `SseLayer`: keep-alive, deadlines, NDJSON reframed as SSE, and the observers
@@ -192,7 +245,9 @@ impl Shared {
         impl OnEnd + Clone + Send + 'static,
     > {
         let config = &self.config;
-        let mut sse = SseLayer::new().early_response(config.early_response);
+        let mut sse = SseLayer::new()
+            .early_response(config.early_response)
+            .shutdown(self.streams_end.clone());
         if let Some(interval) = config.keep_alive {
             sse = sse.keep_alive(KeepAliveConfig::new().interval(interval));
         }
@@ -205,13 +260,16 @@ impl Shared {
         if let Some(t) = config.total_timeout {
             sse = sse.total_timeout(t);
         }
+        if let Some(limit) = config.drain {
+            sse = sse.drain_on_disconnect(limit);
+        }
         let reports = self.reports.clone();
         sse.json_lines(true)
             .observer((
                 UsageObserver::new(),
                 TimingObserver::new(),
                 DigestObserver::with_registry(self.registry.clone()),
-                MetricsObserver::default(),
+                MetricsObserver::new().model_labels(self.models.clone()),
                 TraceObserver,
             ))
             .on_end(move |report: StreamReport| {
@@ -234,6 +292,9 @@ impl Shared {
             registry: DigestRegistry::new(),
             limit: StreamLimitLayer::new(config.max_streams),
             metrics: prometheus::prometheus(),
+            stop: Arc::new(watch::channel(false).0),
+            streams_end: Shutdown::new(),
+            models: ModelLabels::first_seen(config.max_model_labels),
             config,
             reports,
         })
@@ -247,6 +308,7 @@ impl Shared {
             registry: self.registry.clone(),
             open_streams: self.limit.counter(),
             metrics: self.metrics.clone(),
+            shared: self.clone(),
         }
     }
 }
@@ -271,6 +333,26 @@ pub struct Gateway {
     pub open_streams: OpenStreams,
     /// The Prometheus recorder.
     pub metrics: PrometheusHandle,
+    shared: Shared,
+}
+
+impl Gateway {
+    /// Shut down gracefully (see [`Shared::shutdown`]).
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.shared.shutdown(grace).await
+    }
+}
+
+/// Wait until no stream holds a permit, for up to `limit`; whether they all ended.
+async fn wait_for_streams(open: &OpenStreams, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while open.get() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 impl std::fmt::Debug for Gateway {

@@ -62,6 +62,15 @@ OPTIONS:
   --metrics-listen ADDR         serve /metrics (and /healthz) on ADDR instead of --listen
   --log-format text|json        log lines on stdout as text (default; no colours unless
                                 stdout is a terminal) or one JSON object per line
+  --shutdown-grace SECS         on SIGTERM or SIGINT: stop accepting, let open streams run
+                                to their end for up to SECS, then end the rest with an SSE
+                                error event (server_shutdown), report them all, exit 0
+                                (default 30; 0 = end them at once)
+  --drain SECS                  after a client disconnects, read its upstream on for up to
+                                SECS so that the final usage is reported; the stream keeps its
+                                --max-streams permit meanwhile (default 0 = off: cancel)
+  --max-model-labels N          distinct model names kept as metric label values; later
+                                new ones (and names over 128 bytes) are _OTHER (default 100)
   -h, --help                    this help
 
 ENDPOINTS:
@@ -152,6 +161,13 @@ fn parse_args() -> Option<Options> {
             "--idle-timeout" => config.idle_timeout = secs(&value(), "--idle-timeout"),
             "--total-timeout" => config.total_timeout = secs(&value(), "--total-timeout"),
             "--max-streams" => config.max_streams = number(&value(), "--max-streams"),
+            "--shutdown-grace" => {
+                config.shutdown_grace = secs(&value(), "--shutdown-grace").unwrap_or(Duration::ZERO)
+            }
+            "--drain" => config.drain = secs(&value(), "--drain"),
+            "--max-model-labels" => {
+                config.max_model_labels = number(&value(), "--max-model-labels")
+            }
             "--max-body-bytes" => config.max_body_bytes = number(&value(), "--max-body-bytes"),
             "--header-timeout" => {
                 config.connections.header_timeout = secs(&value(), "--header-timeout")

@@ -15,11 +15,20 @@ pub(crate) fn run_multi(listen: SocketAddr, config: GatewayConfig) -> std::io::R
         .enable_all()
         .build()?
         .block_on(async {
+            let grace = config.shutdown_grace;
             let listener = bind(listen, false)?.listen(BACKLOG)?;
             let gateway = example_gateway::start(listener, config, None).await?;
             eprintln!("runtime: multi (one multi-thread runtime)");
             announce(gateway.addr, gateway.metrics_addr);
-            tokio::signal::ctrl_c().await
+            let signal = stop_signal().await?;
+            shut_down(
+                signal,
+                grace,
+                gateway.open_streams.get(),
+                gateway.shutdown(grace),
+            )
+            .await;
+            Ok(())
         })
 }
 
@@ -30,6 +39,7 @@ pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sockets = bind_reuseport_group(listen, cores)?;
     let addr = sockets[0].local_addr()?;
+    let grace = config.shutdown_grace;
     let shared = Shared::new(config, None)?;
     let (listening, all_listening) = std::sync::mpsc::channel();
     for (core, socket) in sockets.into_iter().enumerate() {
@@ -55,8 +65,46 @@ pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io
         .block_on(async {
             let metrics_addr = example_gateway::start_metrics(&shared).await?;
             announce(addr, metrics_addr);
-            tokio::signal::ctrl_c().await
+            let signal = stop_signal().await?;
+            let open = shared.limit.counter().get();
+            shut_down(signal, grace, open, shared.shutdown(grace)).await;
+            // The serving threads stop accepting; returning from `main` ends them.
+            Ok(())
         })
+}
+
+/// Wait for `SIGTERM` (every orchestrator's "please stop") or `SIGINT` (Ctrl-C); its name.
+async fn stop_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => Ok("SIGTERM"),
+            _ = interrupt.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+    }
+}
+
+/// The graceful shutdown, said on stderr: `shutdown` stops accepting, waits for the open
+/// streams for up to `grace`, then ends the rest (each gets an error event and a report).
+async fn shut_down(
+    signal: &str,
+    grace: std::time::Duration,
+    open: usize,
+    shutdown: impl std::future::Future<Output = usize>,
+) {
+    eprintln!(
+        "gateway: {signal}: no new connections; waiting up to {}s for {open} open stream(s)",
+        grace.as_secs_f64()
+    );
+    let cut = shutdown.await;
+    eprintln!("gateway: shut down ({cut} stream(s) ended by the shutdown)");
 }
 
 /// Tell the caller where the gateway listens, on stdout: the metrics listener first, then

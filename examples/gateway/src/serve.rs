@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::conn::{Activity, Close, Timeouts, Tracked, Watched, watch};
 use crate::os::{Warning, fd_limit_text, is_fd_exhaustion};
@@ -93,10 +94,27 @@ impl ConnectionConfig {
 /// limits of `config`, on the current runtime, forever. Accept errors never make it spin:
 /// running out of file descriptors is reported (at most every few seconds) and waited out.
 pub async fn serve(listener: TcpListener, app: Router, config: ConnectionConfig) {
+    let (_never, stop) = watch::channel(false);
+    serve_until(listener, app, config, stop).await
+}
+
+/// [`serve`] until `stop` turns `true`: then the listener closes (new connections are
+/// refused) and every connection is shut down gracefully (requests in flight, streams
+/// included, run to their end; idle keep-alive connections close).
+pub async fn serve_until(
+    listener: TcpListener,
+    app: Router,
+    config: ConnectionConfig,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = config.builder();
     let timeouts = config.timeouts();
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => return,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
@@ -110,6 +128,7 @@ pub async fn serve(listener: TcpListener, app: Router, config: ConnectionConfig)
             timeouts,
             stream,
             app.clone(),
+            stop.clone(),
         ));
     }
 }
@@ -120,6 +139,7 @@ async fn serve_connection(
     timeouts: Timeouts,
     stream: TcpStream,
     app: Router,
+    mut stop: watch::Receiver<bool>,
 ) {
     // Small SSE frames must leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
@@ -131,6 +151,12 @@ async fn serve_connection(
     let close = tokio::select! {
         _ = connection.as_mut() => return,
         close = watch(&activity, timeouts) => close,
+        () = stopped(&mut stop) => {
+            // The server shuts down: what is in flight runs to its end, nothing new starts.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.as_mut().await;
+            return;
+        }
     };
     match close {
         // Nothing was asked of it yet: dropping it closes the socket.
@@ -150,6 +176,12 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Until the server shuts down (or whoever could say so is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard of the value is dropped here, before any other await.
+    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// Errors of one connection that the listener can ignore.

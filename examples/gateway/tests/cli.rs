@@ -24,6 +24,9 @@ const FLAGS: &[&str] = &[
     "--tls-roots",
     "--metrics-listen",
     "--log-format",
+    "--shutdown-grace",
+    "--max-model-labels",
+    "--drain",
 ];
 
 /// The gateway process, killed when dropped.
@@ -166,6 +169,12 @@ async fn multi_runtime_with_every_flag_and_an_upstream() {
         "webpki",
         "--log-format",
         "text",
+        "--shutdown-grace",
+        "5",
+        "--max-model-labels",
+        "20",
+        "--drain",
+        "2",
     ]);
     exercise(&base).await;
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
@@ -249,4 +258,90 @@ async fn an_https_upstream_failure_is_logged_without_secrets_in_json() {
 async fn per_core_runtime_with_the_in_process_mock() {
     let (_gateway, _stdout, base) = start(&["--runtime", "per-core"]);
     exercise(&base).await;
+}
+
+/// Send `signal` (`TERM`, `INT`) to the gateway, as an orchestrator would.
+fn signal(running: &Running, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A streaming request whose mock upstream sends `tokens` content events `delay_ms` apart;
+/// returns the body as the client got it.
+async fn slow_stream(base: String, tokens: u32, delay_ms: u32) -> String {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-tokens", tokens.to_string())
+        .header("x-mock-delay-ms", delay_ms.to_string())
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Wait until the gateway counts `n` open streams (read from `/metrics`).
+async fn until_open_streams(base: &str, n: usize) {
+    let line = format!("tower_sse_limit_open_streams {n}");
+    loop {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_open_streams_finish_refuses_new_connections_and_exits_0() {
+    for signal_name in ["TERM", "INT"] {
+        let (mut running, mut stdout, base) = start(&["--shutdown-grace", "30"]);
+        // About a second of stream: it outlives the signal, not the grace.
+        let stream = tokio::spawn(slow_stream(base.clone(), 10, 100));
+        until_open_streams(&base, 1).await;
+        signal(&running, signal_name);
+        let body = stream.await.unwrap();
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+        let line = log_line(&mut stdout, "stream ended");
+        assert!(line.contains("outcome=completed"), "{line}");
+        // No new connections once the signal came (the listener is closed).
+        let refused = reqwest::Client::new()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await;
+        assert!(
+            refused.is_err(),
+            "{signal_name}: a new connection was served"
+        );
+        let status = running.child.wait().unwrap();
+        assert!(status.success(), "{signal_name}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn after_the_grace_open_streams_end_with_an_error_event_and_are_reported() {
+    let (mut running, mut stdout, base) = start(&["--shutdown-grace", "1"]);
+    // Ten seconds of stream: longer than the grace.
+    let stream = tokio::spawn(slow_stream(base.clone(), 100, 100));
+    until_open_streams(&base, 1).await;
+    signal(&running, "TERM");
+    let body = stream.await.unwrap();
+    assert!(body.contains("event: error"), "{body}");
+    assert!(body.contains("server_shutdown"), "{body}");
+    assert!(!body.contains("[DONE]"), "{body}");
+    let line = log_line(&mut stdout, "stream ended");
+    assert!(line.contains("outcome=server_shutdown"), "{line}");
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }

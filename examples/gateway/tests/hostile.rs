@@ -453,3 +453,142 @@ async fn hundreds_of_idle_connections_are_closed_and_streams_go_on() {
     eprintln!("with {IDLE} idle connections: RSS {peak_rss} KiB; after: {rss} KiB");
     assert!(gateway.log().contains("stream ended"));
 }
+
+#[tokio::test]
+async fn a_flood_of_model_names_leaves_metrics_bounded() {
+    let gateway = Gateway::start(&["--max-model-labels", "10"]).await;
+    let before = reqwest::get(gateway.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .len();
+    let client = reqwest::Client::new();
+    for i in 0..120 {
+        // A distinct 1 KB model name per request (the mock echoes it as the response model).
+        let model = format!("{i}-{}", "m".repeat(1024));
+        let body = client
+            .post(gateway.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"model":"{model}","stream":true,"messages":[]}}"#
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.ends_with("data: [DONE]\n\n"));
+    }
+    let metrics = reqwest::get(gateway.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Every series of the flood is under `_OTHER` (the names are too long): the text grows
+    // by a handful of series, not by 120 of each histogram.
+    assert!(metrics.contains("_OTHER"));
+    assert!(!metrics.contains(&"m".repeat(1024)));
+    let grown = metrics.len().saturating_sub(before);
+    eprintln!("/metrics grew by {grown} bytes over 120 model names");
+    assert!(grown < 64 * 1024, "/metrics grew by {grown} bytes");
+    gateway.assert_recovered().await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_a_408_at_the_first_event_deadline_and_frees_its_permit() {
+    let gateway = Gateway::start(&["--first-event-timeout", "1", "--max-streams", "1"]).await;
+    let mut stream = connect(&gateway).await;
+    let body = r#"{"model":"gpt-mock","stream":true,"messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let since = Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Half the body, then nothing.
+    stream
+        .write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0; 4096];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(TIMEOUT + SLACK, stream.read(&mut buf))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        received.extend_from_slice(&buf[..n]);
+    }
+    let took = since.elapsed();
+    assert!(
+        status_line(&received).contains("408"),
+        "{}",
+        status_line(&received)
+    );
+    assert!(took >= TIMEOUT - Duration::from_millis(100), "{took:?}");
+    // Reported, and the only permit is free again (the normal stream of the check needs it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gateway.log().contains("outcome=request_timeout") {
+        assert!(Instant::now() < deadline, "no report: {}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stream);
+    gateway.assert_recovered().await;
+}
+
+#[tokio::test]
+async fn a_disconnect_storm_with_draining_stays_within_the_limit() {
+    let gateway = Gateway::start(&["--drain", "5", "--max-streams", "4"]).await;
+    let client = reqwest::Client::new();
+    let mut storm = Vec::new();
+    for _ in 0..50 {
+        let client = client.clone();
+        let url = gateway.url("/v1/chat/completions");
+        storm.push(tokio::spawn(async move {
+            // About a second of stream; the client leaves after its first bytes.
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-mock-tokens", "20")
+                .header("x-mock-delay-ms", "50")
+                .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            if status == 200 {
+                let mut response = response;
+                let _ = response.chunk().await;
+            }
+            status
+        }));
+    }
+    let mut served = 0;
+    let mut peak_open = 0.0_f64;
+    for client in storm {
+        let status = client.await.unwrap();
+        assert!(status == 200 || status == 503, "{status}");
+        served += usize::from(status == 200);
+        peak_open = peak_open.max(gateway.gauge("tower_sse_limit_open_streams").await);
+    }
+    // Drained streams keep their permits: never more than the limit read at once.
+    assert!(served >= 4, "{served}");
+    assert!(peak_open <= 4.0, "{peak_open} open");
+    // The drains end with their upstreams, and each is reported as a disconnect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.gauge("tower_sse_limit_open_streams").await > 0.0 {
+        assert!(Instant::now() < deadline, "drains still hold permits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gateway.log().matches("outcome=client_disconnected").count() >= served);
+    // The drained upstream connections go back to the gateway's pool (idle for 30 s): up to
+    // one per permit, two descriptors each (the in-process mock holds the other end).
+    let mut gateway = gateway;
+    gateway.fds_at_start += 2 * 4;
+    gateway.assert_recovered().await;
+}
