@@ -248,7 +248,6 @@ impl Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::Provider;
 
     #[test]
     fn digest_of_matches_known_vectors() {
@@ -267,6 +266,8 @@ mod tests {
     fn the_frame_holding_the_terminal_event_is_recognised_by_address() {
         use bytes::Bytes;
         use tokio::time::Instant;
+
+        use crate::provider::Provider;
 
         let registry = DigestRegistry::new();
         let mut observer = DigestObserver::with_registry(registry.clone());
