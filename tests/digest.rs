@@ -15,7 +15,10 @@ use http::Request;
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full};
 use proptest::prelude::*;
-use support::body::{FramesBody, Item, Reports, UpstreamFailed, channel, collect, response, serve};
+use support::body::{
+    FramesBody, Item, Reports, UpstreamFailed, channel, collect, next_report, report_channel,
+    response, serve,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
@@ -31,22 +34,6 @@ const CHAT: &[&str] = &[
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r\r",
     "data: [DONE]\n\n",
 ];
-
-fn report_channel() -> (
-    impl FnOnce(StreamReport) + Clone + Send + Sync + 'static,
-    mpsc::UnboundedReceiver<StreamReport>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |report| drop(tx.send(report)), rx)
-}
-
-async fn next_report(rx: &mut mpsc::UnboundedReceiver<StreamReport>) -> StreamReport {
-    // A guard against hanging forever, not a timing assertion.
-    tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .expect("no report within 30 s")
-        .expect("report channel closed")
-}
 
 async fn serve_axum(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -5,7 +5,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body as AxumBody;
@@ -17,29 +16,13 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use support::body::{next_report, report_channel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
 use tower_sse::sse::{Decoder, Item};
-use tower_sse::{KeepAliveConfig, Outcome, SseLayer, StreamReport, TimingObserver};
-
-/// Reports, sent over a channel so a test can wait for one.
-fn report_channel() -> (
-    impl FnOnce(StreamReport) + Clone + Send + Sync + 'static,
-    mpsc::UnboundedReceiver<StreamReport>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |report| drop(tx.send(report)), rx)
-}
-
-async fn next_report(rx: &mut mpsc::UnboundedReceiver<StreamReport>) -> StreamReport {
-    // A guard against hanging forever, not a timing assertion.
-    tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .expect("no report within 30 s")
-        .expect("report channel closed")
-}
+use tower_sse::{KeepAliveConfig, Outcome, SseLayer, TimingObserver};
 
 fn event_data(bytes: &[u8]) -> Vec<String> {
     let mut decoder = Decoder::new();

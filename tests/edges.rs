@@ -19,28 +19,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use support::body::{FramesBody, Reports, collect, response, serve};
+use support::body::{FramesBody, Reports, collect, next_report, report_channel, response, serve};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tower_sse::sse::{Decoder, Item};
 use tower_sse::stream::Framing;
-use tower_sse::{Outcome, SseLayer, StreamReport};
-
-fn report_channel() -> (
-    impl FnOnce(StreamReport) + Clone + Send + Sync + 'static,
-    mpsc::UnboundedReceiver<StreamReport>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |report| drop(tx.send(report)), rx)
-}
-
-async fn next_report(rx: &mut mpsc::UnboundedReceiver<StreamReport>) -> StreamReport {
-    // A guard against hanging forever, not a timing assertion.
-    tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .expect("no report within 30 s")
-        .expect("report channel closed")
-}
+use tower_sse::{Outcome, SseLayer};
 
 /// A body of these pieces with this content type and status.
 fn answer(status: StatusCode, content_type: &str, pieces: &[&'static str]) -> Response<AxumBody> {

@@ -116,6 +116,25 @@ impl Reports {
     }
 }
 
+/// A report sink that sends over a channel, so that a test can wait for a report made on
+/// another task (a server's).
+pub fn report_channel() -> (
+    impl FnOnce(StreamReport) + Clone + Send + Sync + 'static,
+    mpsc::UnboundedReceiver<StreamReport>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (move |report| drop(tx.send(report)), rx)
+}
+
+/// The next report of a [`report_channel`].
+pub async fn next_report(rx: &mut mpsc::UnboundedReceiver<StreamReport>) -> StreamReport {
+    // A guard against hanging forever, not a timing assertion.
+    tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no report within 30 s")
+        .expect("report channel closed")
+}
+
 /// A response with this content type and body.
 pub fn response<B>(content_type: &str, body: B) -> Response<B> {
     Response::builder()
