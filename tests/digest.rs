@@ -23,9 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
 use tower_sse::digest::{RequestDigestBody, RequestDigestHandle};
-use tower_sse::{
-    Digest, DigestObserver, KeepAliveConfig, Outcome, RequestDigestLayer, SseLayer, StreamReport,
-};
+use tower_sse::{Digest, DigestObserver, KeepAliveConfig, Outcome, RequestDigestLayer, SseLayer};
 
 const CHAT: &[&str] = &[
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
@@ -391,6 +389,7 @@ mod registry {
     use http::Response;
     use support::body::serve_with;
     use tower_sse::DigestRegistry;
+    use tower_sse::StreamReport;
     use tower_sse::digest::{DigestRecord, DigestRegistration, Tenant, TenantKey};
 
     /// Feed `pieces` to a stream that stays open, read it frame by frame, and check that the
