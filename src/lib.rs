@@ -376,6 +376,9 @@ mod observe;
 pub mod provider;
 mod report;
 pub mod request;
+#[cfg(feature = "resume")]
+#[cfg_attr(docsrs, doc(cfg(feature = "resume")))]
+pub mod resume;
 pub mod sse;
 pub mod stream;
 pub use observe::usage;
@@ -384,6 +387,9 @@ pub use observe::usage;
 pub use digest::request::RequestDigestLayer;
 pub use include_usage::layer::IncludeUsageLayer;
 pub use limit::layer::StreamLimitLayer;
+#[cfg(feature = "resume")]
+#[cfg_attr(docsrs, doc(cfg(feature = "resume")))]
+pub use resume::layer::ResumeLayer;
 pub use stream::layer::SseLayer;
 
 // The observers.
