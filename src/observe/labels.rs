@@ -87,6 +87,7 @@ impl ModelLabels {
 
     /// Names longer than this (in bytes) are `_OTHER`. Default: [`DEFAULT_MAX_MODEL_LEN`].
     /// Set it before cloning: clones made earlier keep the old value.
+    #[must_use]
     pub fn max_len(self, max_len: usize) -> Self {
         let Self(inner) = self;
         let Inner { policy, .. } = Arc::try_unwrap(inner).unwrap_or_else(|shared| Inner {

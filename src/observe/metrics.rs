@@ -138,6 +138,7 @@ impl MetricsObserver {
     /// are recorded as `_OTHER`. Default: the first
     /// [`DEFAULT_DISTINCT_MODELS`](crate::metrics::DEFAULT_DISTINCT_MODELS) distinct names
     /// of at most [`DEFAULT_MAX_MODEL_LEN`](crate::metrics::DEFAULT_MAX_MODEL_LEN) bytes.
+    #[must_use]
     pub fn model_labels(mut self, models: ModelLabels) -> Self {
         self.models = models;
         self
