@@ -1,1 +1,2 @@
+//! Placeholder, replaced by the resume bench.
 fn main() {}

@@ -249,7 +249,10 @@ impl Reader {
         }
     }
 
-    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_keep_alive(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(keep_alive) = &self.config.keep_alive else {
             return Poll::Pending;
         };

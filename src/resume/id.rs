@@ -237,7 +237,9 @@ mod tests {
         let s = StreamId::from_bytes([1; 16]);
         assert_eq!(EventId::parse(&format!("{s}.0")).unwrap().seq, 0);
         assert_eq!(
-            EventId::parse(&format!("{s}.18446744073709551615")).unwrap().seq,
+            EventId::parse(&format!("{s}.18446744073709551615"))
+                .unwrap()
+                .seq,
             u64::MAX
         );
         for bad in [

@@ -222,9 +222,7 @@ impl MemoryStoreBuilder {
                 let cache = Cache::builder()
                     .max_capacity(self.max_total_bytes)
                     .eviction_policy(EvictionPolicy::lru())
-                    .weigher(|_, log: &Arc<MemLog>| {
-                        u32::try_from(log.weight()).unwrap_or(u32::MAX)
-                    })
+                    .weigher(|_, log: &Arc<MemLog>| u32::try_from(log.weight()).unwrap_or(u32::MAX))
                     .expire_after(Expiry { limits })
                     .eviction_listener(move |id, log: Arc<MemLog>, cause| {
                         if cause == RemovalCause::Replaced {
@@ -396,7 +394,11 @@ impl MemLog {
     fn evicted(&self) {
         let mut state = self.lock();
         state.evicted = true;
-        trim(&mut state, EVICTED_KEEP_BYTES, self.limits.max_stream_events);
+        trim(
+            &mut state,
+            EVICTED_KEEP_BYTES,
+            self.limits.max_stream_events,
+        );
     }
 
     /// Weigh the log again (re-insert it) when it grew enough, aged enough, or ended.
@@ -425,8 +427,7 @@ impl MemLog {
 
 /// Drop the oldest events until the log is within its bounds (the newest event stays).
 fn trim(state: &mut LogState, max_bytes: usize, max_events: usize) {
-    while state.events.len() > 1 && (state.bytes > max_bytes || state.events.len() > max_events)
-    {
+    while state.events.len() > 1 && (state.bytes > max_bytes || state.events.len() > max_events) {
         if let Some(old) = state.events.pop_front() {
             state.bytes -= old.len();
             state.first_seq += 1;
@@ -551,15 +552,15 @@ mod tests {
         let store = MemoryStore::new();
         let log = log(&store, Tenant::anonymous());
         let limits = ReadLimits::default();
-        assert_eq!(
-            events(rd(log.read_after(0, limits))),
-            (vec![], None)
-        );
+        assert_eq!(events(rd(log.read_after(0, limits))), (vec![], None));
         futures_ready(log.append(1, Bytes::from_static(b"a"))).unwrap();
         futures_ready(log.append(2, Bytes::from_static(b"b"))).unwrap();
         assert!(futures_ready(log.append(2, Bytes::from_static(b"b"))).is_err());
         assert_eq!(rd(log.read_after(3, limits)), Read::Ahead);
-        assert_eq!(events(rd(log.read_after(1, limits))).0, vec![Bytes::from_static(b"b")]);
+        assert_eq!(
+            events(rd(log.read_after(1, limits))).0,
+            vec![Bytes::from_static(b"b")]
+        );
         futures_ready(log.end(2, StreamEnd::Completed)).unwrap();
         assert_eq!(
             events(rd(log.read_after(2, limits))),
@@ -568,8 +569,13 @@ mod tests {
         let (all, end) = events(rd(log.read_after(0, limits)));
         assert_eq!((all.len(), end), (2, Some(StreamEnd::Completed)));
         // A bounded read says there is more, and no end yet.
-        let one = ReadLimits { max_events: 1, max_bytes: 1 };
-        let Read::Events(batch) = rd(log.read_after(0, one)) else { panic!() };
+        let one = ReadLimits {
+            max_events: 1,
+            max_bytes: 1,
+        };
+        let Read::Events(batch) = rd(log.read_after(0, one)) else {
+            panic!()
+        };
         assert!(batch.is_partial() && batch.end.is_none());
     }
 
@@ -598,10 +604,21 @@ mod tests {
         let log = log(&store, alice);
         let id = log.id();
         let err = futures_ready(store.create(NewStream::new(StreamId::random().unwrap(), alice)));
-        assert_eq!(err.err().map(|e| e.kind()), Some(StoreErrorKind::TenantLimit));
+        assert_eq!(
+            err.err().map(|e| e.kind()),
+            Some(StoreErrorKind::TenantLimit)
+        );
         assert!(futures_ready(store.open(id, alice)).unwrap().is_some());
-        assert!(futures_ready(store.open(id, Tenant::from_key("bob"))).unwrap().is_none());
-        assert!(futures_ready(store.open(id, Tenant::anonymous())).unwrap().is_none());
+        assert!(
+            futures_ready(store.open(id, Tenant::from_key("bob")))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            futures_ready(store.open(id, Tenant::anonymous()))
+                .unwrap()
+                .is_none()
+        );
         tokio::time::advance(Duration::from_secs(59)).await;
         futures_ready(log.append(1, Bytes::from_static(b"x"))).unwrap();
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -616,7 +633,11 @@ mod tests {
         store.run_pending_tasks();
         let log = self::log(&store, alice);
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(futures_ready(store.open(log.id(), alice)).unwrap().is_none());
+        assert!(
+            futures_ready(store.open(log.id(), alice))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -627,7 +648,7 @@ mod tests {
         futures_ready(a.append(1, big.clone())).unwrap();
         let b = log(&store, Tenant::from_key("b"));
         futures_ready(b.append(1, big.clone())).unwrap();
-        futures_ready(b.append(2, big.clone())).unwrap();
+        futures_ready(b.append(2, big)).unwrap();
         store.run_pending_tasks();
         assert!(store.weighted_bytes() <= 200 * 1024 + 2 * LOG_OVERHEAD as u64);
         // Whatever was dropped: appends still work and readers at the head go on.

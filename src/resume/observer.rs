@@ -30,7 +30,9 @@ impl ResumableStream {
 
 impl fmt::Debug for ResumableStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ResumableStream").field(&self.shared.id).finish()
+        f.debug_tuple("ResumableStream")
+            .field(&self.shared.id)
+            .finish()
     }
 }
 

@@ -101,7 +101,8 @@ pub(crate) async fn produce<B>(
     let mut decoder = Decoder::new().max_event_size(config.max_event_size);
     let mut seq = 0u64;
     let mut grace: Option<Pin<Box<Sleep>>> = None;
-    let mut body = pin!(body);
+    // Boxed, so that cancelling can drop it before the end is written.
+    let mut body = Box::pin(body);
 
     enum Step<F> {
         Frame(Option<F>),

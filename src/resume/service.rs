@@ -124,7 +124,14 @@ where
 /// not an id) means a resume.
 fn last_event_id(parts: &http::request::Parts) -> Option<Vec<u8>> {
     if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
-        return Some(value.as_bytes().iter().take(MAX_EVENT_ID_LEN + 1).copied().collect());
+        return Some(
+            value
+                .as_bytes()
+                .iter()
+                .take(MAX_EVENT_ID_LEN + 1)
+                .copied()
+                .collect(),
+        );
     }
     let query = parts.uri.query()?;
     query.split('&').find_map(|pair| {
@@ -196,7 +203,11 @@ fn header_value(id: StreamId) -> HeaderValue {
 }
 
 /// Answer a resume: `200` with the replay and the tail, or `204`.
-async fn resume<B>(config: Arc<Config>, id: Option<EventId>, tenant: Tenant) -> Response<ResumeBody<B>> {
+async fn resume<B>(
+    config: Arc<Config>,
+    id: Option<EventId>,
+    tenant: Tenant,
+) -> Response<ResumeBody<B>> {
     let Some(id) = id else {
         return no_content(None);
     };

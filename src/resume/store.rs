@@ -249,7 +249,9 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             StoreErrorKind::Unavailable => f.write_str("the resume store is unavailable")?,
-            StoreErrorKind::TenantLimit => f.write_str("the tenant has too many resumable streams")?,
+            StoreErrorKind::TenantLimit => {
+                f.write_str("the tenant has too many resumable streams")?
+            }
         }
         if let Some(message) = &self.message {
             write!(f, ": {message}")?;
