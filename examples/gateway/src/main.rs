@@ -41,6 +41,10 @@ OPTIONS:
   --total-timeout SECS          end streams running longer than SECS
   --max-streams N               at most N open streams, then 503 (default 10000)
   --early-response              answer streaming requests at once, keep-alives before the upstream
+  --resumable                   make streams resumable: events get ids, the stream id is in the
+                                sse-stream-id header, and a request with Last-Event-ID (or
+                                ?last_event_id=) replays what followed it, then the live tail;
+                                204 when it cannot (unknown, another tenant's, expired)
   --runtime multi|per-core      one multi-thread tokio runtime (default), or one current-thread
                                 runtime per CPU core, each accepting on its own SO_REUSEPORT
                                 listener; both share one registry, stream limit and metrics
@@ -188,6 +192,7 @@ fn parse_args() -> Option<Options> {
                 }
             }
             "--early-response" => config.early_response = true,
+            "--resumable" => config.resumable = true,
             "--runtime" => {
                 runtime = match value().as_str() {
                     "multi" => RuntimeKind::Multi,
