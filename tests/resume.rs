@@ -835,18 +835,30 @@ async fn tenant_limit_serves_plain_streams() {
     let reports = Reports::default();
     let store = MemoryStore::builder().max_streams_per_tenant(1).build();
     let service = stack(ResumeLayer::new().store(store), &upstream, &reports);
-    for _ in 0..2 {
-        upstream.push(http_body_util::Full::new(Bytes::from_static(
-            b"data: 1\n\n",
-        )));
-    }
+    let one = || http_body_util::Full::new(Bytes::from_static(b"data: 1\n\n"));
+    // The first stream runs (its upstream stays open); the second is over the limit.
+    let (tx, open) = channel();
+    upstream.push(open);
+    upstream.push(one());
     let first = service.clone().oneshot(get(None, Some("t"))).await.unwrap();
     assert!(first.headers().get("sse-stream-id").is_some());
+    tokio::task::yield_now().await;
     let second = service.clone().oneshot(get(None, Some("t"))).await.unwrap();
     assert_eq!(second.status(), StatusCode::OK);
     assert_eq!(second.headers()["sse-resume"], "off");
     let (bytes, _) = read_until(second.into_body(), None).await;
     assert_eq!(bytes, b"data: 1\n\n");
+    // Another tenant is not limited by this one.
+    upstream.push(one());
+    let other = service.clone().oneshot(get(None, Some("u"))).await.unwrap();
+    assert!(other.headers().get("sse-stream-id").is_some());
+    // When the running stream ends, its tenant may start another.
+    drop(tx);
+    let (_, ended) = read_until(first.into_body(), None).await;
+    assert!(ended);
+    upstream.push(one());
+    let third = service.clone().oneshot(get(None, Some("t"))).await.unwrap();
+    assert!(third.headers().get("sse-stream-id").is_some());
 }
 
 /// Over real HTTP: a POST stream cut by the client, resumed with a GET and `Last-Event-ID`.

@@ -29,8 +29,8 @@ const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(600);
 const DEFAULT_ENDED_TTL: Duration = Duration::from_secs(300);
 /// Default [`MemoryStoreBuilder::max_total_bytes`]: 256 MiB.
 const DEFAULT_MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
-/// Default [`MemoryStoreBuilder::max_streams_per_tenant`]: 1 000.
-const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 1_000;
+/// Default [`MemoryStoreBuilder::max_streams_per_tenant`]: 10 000.
+const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 10_000;
 /// The longest time to live accepted: one day.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A log is weighed again (re-inserted into the cache) when it grew by this much.
@@ -55,7 +55,7 @@ const LOG_OVERHEAD: usize = 512;
 /// | [`idle_ttl`](MemoryStoreBuilder::idle_ttl) | 10 min without an append | the running stream's log expires |
 /// | [`ended_ttl`](MemoryStoreBuilder::ended_ttl) | 5 min after the end | the log expires |
 /// | [`max_total_bytes`](MemoryStoreBuilder::max_total_bytes) | 256 MiB (moka weigher) | least recently used logs dropped |
-/// | [`max_streams_per_tenant`](MemoryStoreBuilder::max_streams_per_tenant) | 1 000 | new streams of that tenant not resumable |
+/// | [`max_streams_per_tenant`](MemoryStoreBuilder::max_streams_per_tenant) | 10 000 running | new streams of that tenant not resumable |
 ///
 /// Cheap to clone: clones share the logs.
 ///
@@ -206,8 +206,10 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// Logs kept per tenant; a tenant's next stream beyond it is served without
-    /// resumption. Default: 1 000.
+    /// Running streams per tenant (counted from their start to their end, or until their
+    /// log leaves the store); a tenant's next stream beyond it is served without
+    /// resumption. Ended logs are bounded by the TTLs and the total bytes. Default: 10 000
+    /// (a deployment without credentials has one tenant: keep it at least the stream limit).
     pub fn max_streams_per_tenant(mut self, streams: usize) -> Self {
         self.limits.max_streams_per_tenant = streams;
         self
@@ -230,14 +232,7 @@ impl MemoryStoreBuilder {
                         }
                         log.evicted();
                         if let Some(inner) = listener_store.upgrade() {
-                            let store = MemoryStore { inner };
-                            let mut tenants = store.lock_tenants();
-                            if let Some(n) = tenants.get_mut(&log.tenant) {
-                                *n = n.saturating_sub(1);
-                                if *n == 0 {
-                                    tenants.remove(&log.tenant);
-                                }
-                            }
+                            log.release(&MemoryStore { inner });
                         }
                         let _ = id;
                     })
@@ -327,6 +322,8 @@ struct MemLog {
     limits: Limits,
     store: Weak<Inner>,
     me: Weak<MemLog>,
+    /// Counted among its tenant's running streams.
+    counted: std::sync::atomic::AtomicBool,
 }
 
 struct LogState {
@@ -365,6 +362,24 @@ impl MemLog {
             limits,
             store,
             me: me.clone(),
+            counted: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// No longer one of its tenant's running streams (once).
+    fn release(&self, store: &MemoryStore) {
+        if !self
+            .counted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let mut tenants = store.lock_tenants();
+        if let Some(n) = tenants.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                tenants.remove(&self.tenant);
+            }
         }
     }
 
@@ -402,22 +417,25 @@ impl MemLog {
     }
 
     /// Weigh the log again (re-insert it) when it grew enough, aged enough, or ended.
-    fn reweigh(&self, force: bool) {
-        let due = {
-            let mut state = self.lock();
-            let due = !state.evicted
-                && (force
-                    || state.bytes.abs_diff(state.weighed) >= REWEIGH_BYTES
-                    || state.weighed_at.elapsed() >= self.limits.idle_ttl / 4);
-            if due {
-                state.weighed = state.bytes;
-                state.weighed_at = Instant::now();
-            }
-            due
-        };
+    fn reweigh(&self, state: &mut LogState, force: bool) -> bool {
+        let due = !state.evicted
+            && (force
+                || state.bytes.abs_diff(state.weighed) >= REWEIGH_BYTES
+                || state
+                    .last_change
+                    .saturating_duration_since(state.weighed_at)
+                    >= self.limits.idle_ttl / 4);
+        if due {
+            state.weighed = state.bytes;
+            state.weighed_at = state.last_change;
+        }
+        due
+    }
+
+    /// Re-insert the log into the cache, outside its lock.
+    fn insert_again(&self) {
         // Outside the lock: the cache may call the eviction listener, which takes it.
-        if due
-            && let Some(store) = self.store.upgrade()
+        if let Some(store) = self.store.upgrade()
             && let Some(me) = self.me.upgrade()
         {
             store.cache.insert(self.id, me);
@@ -456,13 +474,16 @@ impl StreamLog for MemLog {
                     self.limits.max_stream_bytes
                 };
                 trim(&mut state, max_bytes, self.limits.max_stream_events);
-                Ok(())
+                Ok(self.reweigh(&mut state, false))
             }
         };
-        if result.is_ok() {
+        if let Ok(reweigh) = result {
             self.wake.send_replace(seq);
-            self.reweigh(false);
+            if reweigh {
+                self.insert_again();
+            }
         }
+        let result = result.map(drop);
         Box::pin(std::future::ready(result))
     }
 
@@ -474,11 +495,17 @@ impl StreamLog for MemLog {
             } else {
                 state.end = Some(end);
                 state.last_change = Instant::now();
-                Ok(())
+                Ok(self.reweigh(&mut state, true))
             }
         };
         self.wake.send_replace(last_seq);
-        self.reweigh(true);
+        if let Some(inner) = self.store.upgrade() {
+            self.release(&MemoryStore { inner });
+        }
+        if result == Ok(true) {
+            self.insert_again();
+        }
+        let result = result.map(drop);
         Box::pin(std::future::ready(result))
     }
 
@@ -497,7 +524,7 @@ impl StreamLog for MemLog {
                 let skip = (cursor + 1 - state.first_seq) as usize;
                 let mut events = Vec::new();
                 let mut bytes = 0;
-                for event in state.events.iter().skip(skip) {
+                for event in state.events.range(skip..) {
                     if events.len() >= limits.max_events.max(1)
                         || (!events.is_empty() && bytes + event.len() > limits.max_bytes)
                     {
@@ -624,6 +651,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(futures_ready(store.open(id, alice)).unwrap().is_some());
         futures_ready(log.end(1, StreamEnd::Completed)).unwrap();
+        // Ended: no longer counted among the tenant's running streams.
+        let another = self::log(&store, alice);
+        futures_ready(another.end(0, StreamEnd::Cancelled)).unwrap();
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(futures_ready(store.open(id, alice)).unwrap().is_some());
         tokio::time::advance(Duration::from_secs(1)).await;

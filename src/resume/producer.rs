@@ -17,6 +17,9 @@ use crate::resume::observer::Shared;
 use crate::resume::store::{StreamEnd, StreamLog};
 use crate::sse::{Decoder, Event, Item};
 
+/// How many upstream frames the producer reads before it yields to the runtime.
+const FRAMES_PER_YIELD: u32 = 64;
+
 /// Stamps ids on events: `id: <stream-id>.<seq>` in front of the event's own bytes, or the
 /// event re-encoded when it carries an `id` of its own (ours must be the one that counts).
 pub(crate) struct Stamper {
@@ -77,11 +80,10 @@ impl Stamper {
 
 /// Whether a raw event has an `id` field line (`id` alone, or `id:` first on a line).
 fn has_id_field(raw: &[u8]) -> bool {
-    if memchr::memmem::find(raw, b"id").is_none() {
-        return false;
-    }
-    raw.split(|&b| b == b'\n' || b == b'\r')
-        .any(|line| line == b"id" || line.starts_with(b"id:"))
+    let is_id = |line: &[u8]| {
+        line.starts_with(b"id") && matches!(line.get(2), None | Some(b':' | b'\n' | b'\r'))
+    };
+    is_id(raw) || memchr::memchr2_iter(b'\n', b'\r', raw).any(|end| is_id(&raw[end + 1..]))
 }
 
 /// Run the producer of one stream to its end: read `body`, append to `log`, follow the
@@ -110,7 +112,13 @@ pub(crate) async fn produce<B>(
         Cancel,
     }
 
+    let mut frames = 0u32;
     let end = 'stream: loop {
+        frames += 1;
+        if frames % FRAMES_PER_YIELD == 0 {
+            // An upstream that is always ready must not hold the runtime's thread.
+            tokio::task::yield_now().await;
+        }
         let attached = *readers.borrow_and_update();
         if attached > 0 {
             grace = None;
