@@ -115,7 +115,7 @@ pub(crate) async fn produce<B>(
     let mut frames = 0u32;
     let end = 'stream: loop {
         frames += 1;
-        if frames % FRAMES_PER_YIELD == 0 {
+        if frames.is_multiple_of(FRAMES_PER_YIELD) {
             // An upstream that is always ready must not hold the runtime's thread.
             tokio::task::yield_now().await;
         }
