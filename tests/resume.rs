@@ -978,3 +978,40 @@ async fn literally_every_disconnect_point() {
         }
     }
 }
+
+/// A producer that dies (here: an observer panics) still ends its log: the reader ends with
+/// an error instead of waiting forever, and a resume is answered.
+#[tokio::test(start_paused = true)]
+async fn a_producer_that_dies_ends_its_readers() {
+    #[derive(Clone)]
+    struct Panics;
+    impl tower_sse::Observer for Panics {
+        fn on_event(
+            &mut self,
+            event: &tower_sse::sse::EventRef<'_>,
+            _: &mut tower_sse::EventContext<'_>,
+        ) {
+            assert!(event.data_bytes() != b"boom", "an observer bug");
+        }
+    }
+    let (tx, body) = channel();
+    let mut body = Some(body);
+    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body.take().unwrap())
+            .unwrap();
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let service = ResumeLayer::new().layer(SseLayer::new().observer(Panics).layer(inner));
+    let response = service.oneshot(get(None, None)).await.unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+        .unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.ends_with(b"data: 1\n\n"));
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: boom\n\n"))))
+        .unwrap();
+    assert!(body.frame().await.unwrap().is_err(), "the stream failed");
+    assert!(body.frame().await.is_none());
+}

@@ -112,6 +112,14 @@ pub(crate) async fn produce<B>(
         Cancel,
     }
 
+    // Written if this task dies first (a panic in an observer, a runtime shutting down), so
+    // that no reader waits for an end that would never come.
+    let mut guard = EndGuard {
+        log: Some(log.clone()),
+        seq: 0,
+        shared: shared.clone(),
+        config: config.clone(),
+    };
     let mut frames = 0u32;
     let end = 'stream: loop {
         frames += 1;
@@ -186,6 +194,7 @@ pub(crate) async fn produce<B>(
                 seq -= 1;
                 break 'stream StreamEnd::Failed;
             }
+            guard.seq = seq;
         }
         if last {
             break StreamEnd::Completed;
@@ -193,8 +202,28 @@ pub(crate) async fn produce<B>(
     };
     // Cancelling drops the body here: the `SseLayer`'s body reports the stream.
     drop(body);
+    guard.log = None;
     let _ = log.end(seq, end).await;
     config.producers.remove(id);
+}
+
+/// Ends the log, as far as it can without waiting, when the producer dies before its end.
+struct EndGuard {
+    log: Option<Arc<dyn StreamLog>>,
+    seq: u64,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let mut end = log.end(self.seq, StreamEnd::Failed);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let _ = end.as_mut().poll(&mut cx);
+            self.config.producers.remove(self.shared.id);
+        }
+    }
 }
 
 #[cfg(test)]
