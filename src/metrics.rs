@@ -67,6 +67,10 @@ pub mod names {
     pub const LIMIT_OPEN_STREAMS: &str = "tower_sse.limit.open_streams";
     /// Requests rejected by [`StreamLimitLayer`](crate::StreamLimitLayer), by reason.
     pub const LIMIT_REJECTIONS: &str = "tower_sse.limit.rejections";
+    /// Resume requests (`Last-Event-ID`) by answer (`replayed`, `gone`, `not_found`,
+    /// `finished`, `unavailable`), and new streams that could not be made resumable
+    /// (`not_resumable`): [`ResumeLayer`](crate::ResumeLayer), feature `resume`.
+    pub const RESUME_REQUESTS: &str = "tower_sse.resume.requests";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.
@@ -139,5 +143,10 @@ pub fn describe() {
         names::LIMIT_REJECTIONS,
         Unit::Count,
         "Requests rejected by the stream limit (503), by reason"
+    );
+    describe_counter!(
+        names::RESUME_REQUESTS,
+        Unit::Count,
+        "Resume requests by answer, and streams that could not be made resumable"
     );
 }

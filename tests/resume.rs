@@ -1015,3 +1015,53 @@ async fn a_producer_that_dies_ends_its_readers() {
     assert!(body.frame().await.unwrap().is_err(), "the stream failed");
     assert!(body.frame().await.is_none());
 }
+
+/// Each resume answer is counted (`tower_sse.resume.requests`, by answer).
+#[cfg(feature = "metrics")]
+#[test]
+fn resume_answers_are_counted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let upstream = Upstream::default();
+            upstream.push(http_body_util::Full::new(Bytes::from_static(
+                b"data: 1\n\n",
+            )));
+            let service = stack(ResumeLayer::new(), &upstream, &Reports::default());
+            let response = service.clone().oneshot(get(None, None)).await.unwrap();
+            let stream = stream_id(&response);
+            read_until(response.into_body(), None).await;
+            for id in [format!("{stream}.0"), format!("{stream}.1"), "x".to_owned()] {
+                let answer = service.clone().oneshot(get(Some(&id), None)).await.unwrap();
+                read_until(answer.into_body(), None).await;
+            }
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let count = |answer: &str| {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                key.key().name() == tower_sse::metrics::names::RESUME_REQUESTS
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "answer" && l.value() == answer)
+            })
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => *n,
+                other => panic!("{other:?}"),
+            })
+    };
+    assert_eq!(count("replayed"), Some(1));
+    assert_eq!(count("finished"), Some(1));
+    assert_eq!(count("not_found"), Some(1));
+}

@@ -189,7 +189,15 @@ where
     Response::from_parts(parts, ResumeBody::reader(reader))
 }
 
+/// Count a resume answer (feature `metrics`).
+fn count(answer: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(crate::metrics::names::RESUME_REQUESTS, "answer" => answer).increment(1);
+    let _ = answer;
+}
+
 fn not_resumable<B>(response: Response<B>) -> Response<ResumeBody<B>> {
+    count("not_resumable");
     let mut response = response.map(ResumeBody::pass_through);
     response
         .headers_mut()
@@ -209,23 +217,43 @@ async fn resume<B>(
     tenant: Tenant,
 ) -> Response<ResumeBody<B>> {
     let Some(id) = id else {
+        count("not_found");
         return no_content(None);
     };
     let log: Arc<dyn StreamLog> = match config.store.open(id.stream, tenant).await {
         Ok(Some(log)) => log,
-        _ => return no_content(None),
+        Ok(None) => {
+            count("not_found");
+            return no_content(None);
+        }
+        Err(_) => {
+            count("unavailable");
+            return no_content(None);
+        }
     };
     let mut wake = log.wake_ups();
     wake.borrow_and_update();
     let batch = match log.read_after(id.seq, config.read_limits).await {
         Ok(Read::Events(batch)) => batch,
-        Ok(Read::Gone) => return no_content(Some("gone")),
-        _ => return no_content(None),
+        Ok(Read::Gone) => {
+            count("gone");
+            return no_content(Some("gone"));
+        }
+        Ok(_) => {
+            count("not_found");
+            return no_content(None);
+        }
+        Err(_) => {
+            count("unavailable");
+            return no_content(None);
+        }
     };
     if batch.events.is_empty() && batch.end.is_some() {
         // The client has everything: 204 keeps an EventSource from reconnecting forever.
+        count("finished");
         return no_content(None);
     }
+    count("replayed");
     let shared = config
         .producers
         .get(id.stream)
