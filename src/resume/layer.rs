@@ -103,6 +103,13 @@ pub struct ReaderRecord {
 /// Put [`ResumeObserver`](crate::resume::ResumeObserver) among the `SseLayer`'s observers
 /// to get resumes, replayed events and time detached into the stream's report.
 ///
+/// A client disconnect no longer drops the `SseLayer`'s body (the producer owns it), so
+/// [`SseLayer::drain_on_disconnect`](crate::SseLayer) plays no part: the [detach
+/// policy](Self::detach) decides, and a cancelled stream is reported as
+/// [`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected). A failure of the store
+/// while the stream runs ends the stream's log (its readers' connections fail, a resume is
+/// answered from what was logged) and cancels the upstream the same way.
+///
 /// Keep-alives: give the reader its own ([`keep_alive`](Self::keep_alive)); the
 /// `SseLayer`'s are dropped by the producer (it may keep its own to restart its idle
 /// clocks, they never reach a client).
