@@ -1065,3 +1065,119 @@ fn resume_answers_are_counted() {
     assert_eq!(count("finished"), Some(1));
     assert_eq!(count("not_found"), Some(1));
 }
+
+/// Two connections on one stream at once (two tabs): each gets every event once, in order,
+/// and the upstream is read once.
+#[tokio::test(start_paused = true)]
+async fn concurrent_readers_each_get_everything() {
+    let upstream = Upstream::default();
+    let (tx, body) = channel();
+    upstream.push(body);
+    let reports = Reports::default();
+    let service = stack(ResumeLayer::new(), &upstream, &reports);
+    let first = service.clone().oneshot(get(None, None)).await.unwrap();
+    let stream = stream_id(&first);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+        .unwrap();
+    let second = service
+        .clone()
+        .oneshot(get(Some(&format!("{stream}.0")), None))
+        .await
+        .unwrap();
+    let readers = [
+        tokio::spawn(read_until(first.into_body(), None)),
+        tokio::spawn(read_until(second.into_body(), None)),
+    ];
+    for i in 2..=50 {
+        tx.send(Ok(Frame::data(Bytes::from(format!("data: {i}\n\n")))))
+            .unwrap();
+        if i % 7 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(tx);
+    let expected: Vec<String> = (1..=50).map(|i| i.to_string()).collect();
+    for reader in readers {
+        let (bytes, ended) = reader.await.unwrap();
+        assert!(ended);
+        let data: Vec<String> = events_of(&bytes).into_iter().map(|e| e.1).collect();
+        assert_eq!(data, expected);
+    }
+    assert_eq!(upstream.calls(), 1);
+    let summary = *reports.one().extensions.get::<ResumeSummary>().unwrap();
+    assert_eq!((summary.connections, summary.resumes), (2, 1));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// With the default detach policy and random pauses between connections: the events
+    /// collected are always a prefix of the upstream's, each once, in order; all of them when
+    /// no pause outlasted the grace, and a resume after a cancellation is answered from the
+    /// log (then `204`), never forwarded.
+    #[test]
+    fn pauses_between_connections_never_duplicate_or_reorder(
+        count in 1usize..30,
+        cuts in proptest::collection::vec(0usize..400, 1..5),
+        pauses in proptest::collection::vec(0u64..60, 1..5),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let (collected, cancelled) = runtime.block_on(async move {
+            let upstream = Upstream::default();
+            let (tx, body) = channel();
+            upstream.push(body);
+            // The upstream produces one event every second.
+            tokio::spawn(async move {
+                for i in 1..=count {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if tx.send(Ok(Frame::data(Bytes::from(format!("data: {i}\n\n"))))).is_err() {
+                        return;
+                    }
+                }
+            });
+            let reports = Reports::default();
+            let service = stack(
+                ResumeLayer::new().detach(Detach::CancelAfter(Duration::from_secs(30))),
+                &upstream,
+                &reports,
+            );
+            let response = service.clone().oneshot(get(None, None)).await.unwrap();
+            let stream = stream_id(&response);
+            let mut collected = Vec::new();
+            let mut last = format!("{stream}.0");
+            let mut current = Some(response);
+            for i in 0..16 {
+                let Some(response) = current.take() else { break };
+                let (bytes, ended) = read_until(response.into_body(), cuts.get(i).copied()).await;
+                let view = client_view(&bytes);
+                if !view.last_event_id.is_empty() {
+                    last = view.last_event_id.clone();
+                }
+                collected.extend(view.events.into_iter().map(|e| e.1));
+                if ended {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(pauses.get(i).copied().unwrap_or(0))).await;
+                let answer = service.clone().oneshot(get(Some(&last), None)).await.unwrap();
+                if answer.status() == StatusCode::OK {
+                    current = Some(answer);
+                }
+            }
+            // Let the producer end (the upstream finishes, or the grace passes).
+            tokio::time::sleep(Duration::from_secs(count as u64 + 60)).await;
+            assert_eq!(upstream.calls(), 1);
+            let report = reports.one();
+            (collected, report.outcome == Outcome::ClientDisconnected)
+        });
+        let expected: Vec<String> = (1..=count).map(|i| i.to_string()).collect();
+        prop_assert!(collected.len() <= expected.len());
+        prop_assert_eq!(&collected[..], &expected[..collected.len()]);
+        if !cancelled {
+            prop_assert_eq!(collected, expected);
+        }
+    }
+}
