@@ -1181,3 +1181,84 @@ proptest! {
         }
     }
 }
+
+/// A log whose wake-ups never come (a remote store that lost its pub/sub messages).
+struct DeafLog {
+    inner: Arc<dyn StreamLog>,
+    deaf: watch::Sender<u64>,
+}
+
+impl StreamLog for DeafLog {
+    fn id(&self) -> StreamId {
+        self.inner.id()
+    }
+
+    fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.append(seq, event)
+    }
+
+    fn end(&self, last_seq: u64, end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.end(last_seq, end)
+    }
+
+    fn read_after(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+    ) -> BoxFuture<'_, Result<Read, StoreError>> {
+        self.inner.read_after(cursor, limits)
+    }
+
+    fn wake_ups(&self) -> watch::Receiver<u64> {
+        self.deaf.subscribe()
+    }
+}
+
+#[derive(Clone)]
+struct DeafStore(MemoryStore);
+
+impl ResumeStore for DeafStore {
+    fn create(&self, stream: NewStream) -> BoxFuture<'_, Result<Arc<dyn StreamLog>, StoreError>> {
+        Box::pin(async move {
+            let inner = self.0.create(stream).await?;
+            let deaf = watch::Sender::new(0);
+            Ok(Arc::new(DeafLog { inner, deaf }) as Arc<dyn StreamLog>)
+        })
+    }
+
+    fn open(
+        &self,
+        id: StreamId,
+        tenant: Tenant,
+    ) -> BoxFuture<'_, Result<Option<Arc<dyn StreamLog>>, StoreError>> {
+        self.0.open(id, tenant)
+    }
+}
+
+/// Lost wake-ups only delay a reader: each keep-alive reads the log again.
+#[tokio::test(start_paused = true)]
+async fn lost_wake_ups_only_delay_until_the_next_keep_alive() {
+    let upstream = Upstream::default();
+    let (tx, body) = channel();
+    upstream.push(body);
+    let reports = Reports::default();
+    let layer = ResumeLayer::new()
+        .store(DeafStore(MemoryStore::new()))
+        .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)));
+    let service = stack(layer, &upstream, &reports);
+    let response = service.oneshot(get(None, None)).await.unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let start = tokio::time::Instant::now();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+        .unwrap();
+    let keep_alive = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&keep_alive[..], b": keep-alive\n\n");
+    let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(event.ends_with(b"data: 1\n\n"));
+    assert_eq!(start.elapsed(), Duration::from_secs(15));
+    drop(tx);
+    // The end, too, is found by the next safety poll.
+    let keep_alive = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&keep_alive[..], b": keep-alive\n\n");
+    assert!(body.frame().await.is_none());
+}

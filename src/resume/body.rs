@@ -132,6 +132,8 @@ pub(crate) struct Reader {
     step: Option<StepFuture>,
     /// The next step waits for a wake-up first (the last read found nothing more).
     wait: bool,
+    /// The step in flight waits for a wake-up.
+    step_waits: bool,
     end: Option<StreamEnd>,
     /// The log is lost to this reader (trimmed past its cursor, store failure).
     lost: bool,
@@ -170,6 +172,7 @@ impl Reader {
             wake: Some(wake),
             step: None,
             wait: false,
+            step_waits: false,
             end: None,
             lost: false,
             done: false,
@@ -224,6 +227,7 @@ impl Reader {
                     };
                     let log = self.log.clone();
                     let (cursor, wait, limits) = (self.cursor, self.wait, self.config.read_limits);
+                    self.step_waits = wait;
                     self.step.insert(Box::pin(async move {
                         if wait && wake.changed().await.is_err() {
                             return (wake, None);
@@ -264,6 +268,13 @@ impl Reader {
         }
         let comment = keep_alive.comment.clone();
         self.timer = None;
+        if self.step_waits {
+            // A safety poll: read the log again on every keep-alive, so that a store whose
+            // wake-ups can be lost (a remote pub/sub) delays a reader by one interval at most.
+            self.step = None;
+            self.wake = Some(self.log.wake_ups());
+            self.wait = false;
+        }
         self.record.keep_alives += 1;
         self.record.bytes += comment.len() as u64;
         Poll::Ready(Some(Ok(Frame::data(comment))))

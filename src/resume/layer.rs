@@ -248,7 +248,8 @@ impl ResumeLayer {
     }
 
     /// Keep-alive comments per client connection (never logged, never replayed). Off by
-    /// default.
+    /// default. Each keep-alive also makes the reader read the log again: a safety poll for
+    /// stores whose wake-ups can be lost.
     pub fn keep_alive(self, keep_alive: KeepAliveConfig) -> Self {
         self.with(|c| c.keep_alive = Some(keep_alive))
     }

@@ -38,6 +38,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///   BLOCK` fanned out into a local `watch`, plus a periodic safety poll.)
 /// - **Trimming is explicit.** A read from a position that was trimmed, expired or evicted
 ///   answers [`Read::Gone`], never the oldest entry still kept (that would hide a gap).
+/// - **Producer death.** In process, a producer that dies still writes its end (a drop
+///   guard). A shared store should keep a lease in the log that `create` returns (renewed
+///   by its appends) and answer a read of a log whose lease expired with no end entry with
+///   [`StreamEnd::Failed`] as its end, so that readers on other replicas finish too.
+/// - **Never block the live stream for long.** Appends sit on the producer's path: a remote
+///   store should queue them (one writer task per process, pipelined) and answer at once,
+///   reporting a failure on a later append. A failed append ends the log.
+///
+/// Readers configured with keep-alives read the log again on every keep-alive, so a store
+/// whose wake-ups can be lost delays a reader by one keep-alive interval at most.
 ///
 /// [`ResumeLayer`]: crate::ResumeLayer
 pub trait ResumeStore: Send + Sync + 'static {
