@@ -10,6 +10,8 @@
 //! curl http://127.0.0.1:8080/metrics
 //! curl http://127.0.0.1:8080/healthz
 //! curl http://127.0.0.1:8080/v1/digests/chatcmpl-mock-1   # with the stream's bearer token, if any
+//! # --resumable: events get ids; after a cut, resume with the last one received
+//! curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Last-Event-ID: <sse-stream-id>.<seq>'
 //! # the release binary lands at target/release/gateway
 //! cargo build --release -p example-gateway
 //! # one current-thread runtime per core, each with its own SO_REUSEPORT listener
