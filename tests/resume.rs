@@ -1262,3 +1262,35 @@ async fn lost_wake_ups_only_delay_until_the_next_keep_alive() {
     assert_eq!(&keep_alive[..], b": keep-alive\n\n");
     assert!(body.frame().await.is_none());
 }
+
+/// A log past its time to live after the end is gone: `204`, and nothing forwarded.
+#[tokio::test(start_paused = true)]
+async fn expired_logs_get_204() {
+    let upstream = Upstream::default();
+    upstream.push(http_body_util::Full::new(Bytes::from_static(
+        b"data: 1\n\ndata: 2\n\n",
+    )));
+    let reports = Reports::default();
+    let store = MemoryStore::builder()
+        .ended_ttl(Duration::from_secs(10))
+        .build();
+    let service = stack(ResumeLayer::new().store(store), &upstream, &reports);
+    let response = service.clone().oneshot(get(None, None)).await.unwrap();
+    let stream = stream_id(&response);
+    read_until(response.into_body(), None).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let answer = service
+        .clone()
+        .oneshot(get(Some(&format!("{stream}.1")), None))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answer = service
+        .clone()
+        .oneshot(get(Some(&format!("{stream}.1")), None))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    assert_eq!(upstream.calls(), 1);
+}
