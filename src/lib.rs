@@ -20,7 +20,9 @@
 //!   ([`DigestObserver`], `DigestRegistry` with feature `registry`);
 //! - a **concurrency limit that holds until the body ends** ([`StreamLimitLayer`]);
 //! - **one end-of-stream report, exactly once** ([`StreamReport`], [`OnEnd`]), whether the
-//!   stream completed, failed, timed out or the client vanished.
+//!   stream completed, failed, timed out or the client vanished;
+//! - **resumable streams**: a client that reconnects with `Last-Event-ID` misses nothing and
+//!   sees nothing twice (`ResumeLayer`, feature `resume`).
 //!
 //! # Example
 //!
@@ -79,9 +81,11 @@
 //! | [`IncludeUsageLayer`] | adds `stream_options.include_usage` to streaming OpenAI-style requests |
 //! | [`RequestDigestLayer`] | SHA-256 of the request body as the service reads it |
 //! | [`StreamLimitLayer`] | at most N open streams; the permit lives in the response body |
+//! | `ResumeLayer` (feature `resume`) | resumable streams: a producer per stream, a log, readers that resume with `Last-Event-ID` |
 //!
-//! Outermost first: `StreamLimitLayer`, `RequestDigestLayer`, `IncludeUsageLayer`,
-//! `SseLayer`, then the service that answers (a handler, a router, an upstream client).
+//! Outermost first: `ResumeLayer`, `StreamLimitLayer`, `RequestDigestLayer`,
+//! `IncludeUsageLayer`, `SseLayer`, then the service that answers (a handler, a router, an
+//! upstream client).
 //!
 //! # Observers
 //!
@@ -127,6 +131,7 @@
 //! | [`digest`] | [`DigestObserver`], [`RequestDigestLayer`] and the registry |
 //! | [`request`] | markers layers leave in requests: [`StreamingRequest`](request::StreamingRequest), [`UsageInjected`](request::UsageInjected), [`RequestModel`](request::RequestModel); who a request is from: [`Tenant`](request::Tenant), [`TenantKey`](request::TenantKey) |
 //! | `metrics` (feature `metrics`) | metric names, advised buckets, `describe` |
+//! | `resume` (feature `resume`) | the service, body and stores of `ResumeLayer`: `MemoryStore`, the `ResumeStore` trait, ids, `ResumeObserver` |
 //!
 //! # A gateway
 //!
@@ -343,6 +348,7 @@
 //! | `drain` | yes | `SseLayer::drain_on_disconnect` (tokio `rt`) |
 //! | `metrics` | yes | `MetricsObserver` and module `metrics`, through the `metrics` facade (never installs an exporter) |
 //! | `tracing` | yes | `TraceObserver` |
+//! | `resume` | yes | `ResumeLayer` and module `resume` (moka; spawns a producer task per stream: tokio `rt`) |
 //! | `full` | — | all of the above |
 //!
 //! With `default-features = false` the crate is the SSE core, the layers and the observers,
@@ -376,6 +382,9 @@ mod observe;
 pub mod provider;
 mod report;
 pub mod request;
+#[cfg(feature = "resume")]
+#[cfg_attr(docsrs, doc(cfg(feature = "resume")))]
+pub mod resume;
 pub mod sse;
 pub mod stream;
 pub use observe::usage;
@@ -384,6 +393,9 @@ pub use observe::usage;
 pub use digest::request::RequestDigestLayer;
 pub use include_usage::layer::IncludeUsageLayer;
 pub use limit::layer::StreamLimitLayer;
+#[cfg(feature = "resume")]
+#[cfg_attr(docsrs, doc(cfg(feature = "resume")))]
+pub use resume::layer::ResumeLayer;
 pub use stream::layer::SseLayer;
 
 // The observers.

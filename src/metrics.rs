@@ -18,6 +18,7 @@
 //! | `tower_sse.streams.ended` | counter | `{stream}` | `outcome` = the [`Outcome`](crate::Outcome) name | streams ended, by outcome |
 //! | `tower_sse.limit.open_streams` | gauge | `{stream}` | none | permits of [`StreamLimitLayer`](crate::StreamLimitLayer)s held now: requests awaiting their head, open streams, streams still drained after a disconnect |
 //! | `tower_sse.limit.rejections` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
+//! | `tower_sse.resume.requests` | counter | `{request}` | `answer` = `replayed` / `finished` / `gone` / `not_found` / `unavailable` / `not_resumable` | resume requests (`Last-Event-ID`) of a `ResumeLayer` (feature `resume`) by answer, and new streams it could not make resumable |
 //!
 //! GenAI attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`
 //! (from [`RequestModel`](crate::request::RequestModel) when known), `gen_ai.response.model`;
@@ -67,6 +68,10 @@ pub mod names {
     pub const LIMIT_OPEN_STREAMS: &str = "tower_sse.limit.open_streams";
     /// Requests rejected by [`StreamLimitLayer`](crate::StreamLimitLayer), by reason.
     pub const LIMIT_REJECTIONS: &str = "tower_sse.limit.rejections";
+    /// Resume requests (`Last-Event-ID`) by answer (`replayed`, `gone`, `not_found`,
+    /// `finished`, `unavailable`), and new streams that could not be made resumable
+    /// (`not_resumable`): `ResumeLayer`, feature `resume`.
+    pub const RESUME_REQUESTS: &str = "tower_sse.resume.requests";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.
@@ -139,5 +144,10 @@ pub fn describe() {
         names::LIMIT_REJECTIONS,
         Unit::Count,
         "Requests rejected by the stream limit (503), by reason"
+    );
+    describe_counter!(
+        names::RESUME_REQUESTS,
+        Unit::Count,
+        "Resume requests by answer, and streams that could not be made resumable"
     );
 }

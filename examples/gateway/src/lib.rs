@@ -9,6 +9,8 @@
 //!                        ├─ GET /metrics              Prometheus text (or on --metrics-listen)
 //!                        ├─ GET /v1/digests/{id}      the digest registry, the caller's tenant only
 //!                        └─ everything else ─► (count the request)
+//!                                              ResumeLayer           with --resumable: ids,
+//!                                                                    Last-Event-ID resumes
 //!                                              StreamLimitLayer      at most N open streams
 //!                                              RequestDigestLayer    SHA-256 of the request
 //!                                              IncludeUsageLayer     ask for usage
@@ -49,10 +51,12 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_sse::MetricsObserver;
 use tower_sse::limit::OpenStreams;
 use tower_sse::metrics::ModelLabels;
+use tower_sse::resume::{MemoryStore, ResumeObserver};
 use tower_sse::stream::Shutdown;
 use tower_sse::{
     DigestObserver, DigestRegistry, IncludeUsageLayer, KeepAliveConfig, OnEnd, RequestDigestLayer,
-    SseLayer, StreamLimitLayer, StreamReport, TimingObserver, TraceObserver, UsageObserver,
+    ResumeLayer, SseLayer, StreamLimitLayer, StreamReport, TimingObserver, TraceObserver,
+    UsageObserver,
 };
 
 mod body_limit;
@@ -99,6 +103,8 @@ pub struct GatewayConfig {
     /// After a client disconnects, keep reading its upstream for up to this long, so that the
     /// provider's final usage reaches the report. The stream keeps its limit permit meanwhile.
     pub drain: Option<Duration>,
+    /// Make every stream resumable with `Last-Event-ID` (GET and POST routes alike).
+    pub resumable: bool,
 }
 
 impl GatewayConfig {
@@ -119,6 +125,7 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(30),
             max_model_labels: tower_sse::metrics::DEFAULT_DISTINCT_MODELS,
             drain: None,
+            resumable: false,
         }
     }
 }
@@ -134,6 +141,10 @@ pub struct Shared {
     pub registry: DigestRegistry,
     /// The stream limit: every runtime's router holds a clone of this one layer.
     pub limit: StreamLimitLayer,
+    /// The logs of resumable streams (with `--resumable`), shared by every runtime.
+    pub resume_store: MemoryStore,
+    /// The resume layer (disabled without `--resumable`): clones share its producers.
+    resume: ResumeLayer,
     /// The process's Prometheus recorder, rendered at `/metrics`.
     pub metrics: PrometheusHandle,
     reports: Option<mpsc::UnboundedSender<StreamReport>>,
@@ -163,6 +174,8 @@ impl Shared {
         }
         let stack = ServiceBuilder::new()
             .map_request(count_request)
+            // Outside the limit: the producer holds the stream's permit, resumes take none.
+            .layer(self.resume.clone())
             .layer(self.limit.clone())
             .layer(RequestDigestLayer::new())
             .layer(include_usage)
@@ -241,6 +254,7 @@ impl Shared {
             DigestObserver,
             MetricsObserver,
             TraceObserver,
+            ResumeObserver,
         ),
         impl OnEnd + Clone + Send + 'static,
     > {
@@ -271,6 +285,7 @@ impl Shared {
                 DigestObserver::with_registry(self.registry.clone()),
                 MetricsObserver::new().model_labels(self.models.clone()),
                 TraceObserver,
+                ResumeObserver::new(),
             ))
             .on_end(move |report: StreamReport| {
                 if let Some(reports) = &reports {
@@ -287,7 +302,17 @@ impl Shared {
     ) -> std::io::Result<Self> {
         // Read the fd limit now, while a descriptor is free to read it with.
         let _ = os::fd_limit();
+        let resume_store = MemoryStore::new();
+        let mut resume = ResumeLayer::new()
+            .enabled(config.resumable)
+            .store(resume_store.clone());
+        if let Some(interval) = config.keep_alive {
+            // Each client connection gets its own keep-alives (the SseLayer's stay inside).
+            resume = resume.keep_alive(KeepAliveConfig::new().interval(interval));
+        }
         Ok(Self {
+            resume_store,
+            resume,
             connector: forward::connector(config.tls_roots)?,
             registry: DigestRegistry::new(),
             limit: StreamLimitLayer::new(config.max_streams),

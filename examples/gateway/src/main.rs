@@ -10,6 +10,8 @@
 //! curl http://127.0.0.1:8080/metrics
 //! curl http://127.0.0.1:8080/healthz
 //! curl http://127.0.0.1:8080/v1/digests/chatcmpl-mock-1   # with the stream's bearer token, if any
+//! # --resumable: events get ids; after a cut, resume with the last one received
+//! curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Last-Event-ID: <sse-stream-id>.<seq>'
 //! # the release binary lands at target/release/gateway
 //! cargo build --release -p example-gateway
 //! # one current-thread runtime per core, each with its own SO_REUSEPORT listener
@@ -41,6 +43,10 @@ OPTIONS:
   --total-timeout SECS          end streams running longer than SECS
   --max-streams N               at most N open streams, then 503 (default 10000)
   --early-response              answer streaming requests at once, keep-alives before the upstream
+  --resumable                   make streams resumable: events get ids, the stream id is in the
+                                sse-stream-id header, and a request with Last-Event-ID (or
+                                ?last_event_id=) replays what followed it, then the live tail;
+                                204 when it cannot (unknown, another tenant's, expired)
   --runtime multi|per-core      one multi-thread tokio runtime (default), or one current-thread
                                 runtime per CPU core, each accepting on its own SO_REUSEPORT
                                 listener; both share one registry, stream limit and metrics
@@ -204,6 +210,7 @@ fn parse_args() -> Option<Options> {
                 }
             }
             "--early-response" => config.early_response = true,
+            "--resumable" => config.resumable = true,
             "--runtime" => {
                 runtime = match value().as_str() {
                     "multi" => RuntimeKind::Multi,

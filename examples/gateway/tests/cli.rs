@@ -14,6 +14,7 @@ const FLAGS: &[&str] = &[
     "--total-timeout",
     "--max-streams",
     "--early-response",
+    "--resumable",
     "--runtime",
     "--max-body-bytes",
     "--header-timeout",

@@ -1,0 +1,287 @@
+//! The cost of resumable streams, in one run, as ratios against the plain layer.
+//!
+//! `cargo bench --bench resume`:
+//!
+//! - `resume/a_one_bytes_per_event`: the 200-event chat stream (202 events) through
+//!   `SseLayer` alone, and through `ResumeLayer` + `SseLayer` (spawned producer, stamping,
+//!   the log, one reader), each driven to its end on a current-thread Tokio runtime. The
+//!   difference over 202 events is the per-event overhead (per-stream setup included).
+//! - `resume_replay`: a finished 10 000-event log (about 2 MB) replayed to one resuming
+//!   reader: throughput in bytes.
+//! - Memory per open resumable stream: printed once (heap bytes held by 1 000 open streams
+//!   with 10 events each, per stream, events included), counted by the allocator.
+
+#[path = "../tests/support/inputs.rs"]
+mod common;
+
+use std::alloc::System;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::stream;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt};
+use tower_sse::resume::{Detach, MemoryStore, StreamId};
+use tower_sse::{BoxError, ResumeLayer, SseLayer};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn upstream(chunks: &[Bytes]) -> UpBody {
+    let frames: Vec<_> = chunks
+        .iter()
+        .cloned()
+        .map(|c| Ok::<_, BoxError>(Frame::data(c)))
+        .collect();
+    StreamBody::new(stream::iter(frames)).boxed()
+}
+
+/// A service answering every request with the next prepared body as an SSE response.
+fn service(
+    next: Arc<Mutex<Option<UpBody>>>,
+) -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = Response<UpBody>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<UpBody>, Infallible>>,
+> + Clone {
+    tower::service_fn(move |_: Request<Empty<Bytes>>| {
+        let body = next.lock().unwrap().take().expect("a prepared body");
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
+async fn drain<B: Body<Data = Bytes>>(body: B) -> usize
+where
+    B::Error: std::fmt::Debug,
+{
+    let mut body = std::pin::pin!(body);
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        total += frame.unwrap().data_ref().map_or(0, Bytes::len);
+    }
+    total
+}
+
+fn request(last_event_id: Option<String>) -> Request<Empty<Bytes>> {
+    let mut request = Request::post("/v1/chat/completions");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    request.body(Empty::new()).unwrap()
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+fn per_event(c: &mut Criterion) {
+    let single = common::one_bytes_per_event();
+    // The same stream ten times over: per-stream costs amortised over 2 020 events.
+    let long: Vec<Bytes> = single
+        .iter()
+        .cycle()
+        .take(single.len() * 10)
+        .cloned()
+        .collect();
+    for (name, chunks) in [
+        ("resume/a_one_bytes_per_event", single),
+        ("resume/b_2020_events", long),
+    ] {
+        per_event_of(c, name, &chunks);
+    }
+}
+
+fn per_event_of(c: &mut Criterion, name: &str, chunks: &[Bytes]) {
+    let events = chunks.len() as u64;
+    let runtime = runtime();
+    let next = Arc::new(Mutex::new(None));
+    let plain = SseLayer::new().layer(service(next.clone()));
+    let resumable = ResumeLayer::new()
+        .detach(Detach::Finish)
+        .layer(SseLayer::new().layer(service(next.clone())));
+
+    let total = common::total_len(chunks);
+    *next.lock().unwrap() = Some(upstream(chunks));
+    let plain_len = runtime.block_on(async {
+        drain(
+            plain
+                .clone()
+                .oneshot(request(None))
+                .await
+                .unwrap()
+                .into_body(),
+        )
+        .await
+    });
+    assert_eq!(plain_len, total);
+    *next.lock().unwrap() = Some(upstream(chunks));
+    let resumed_len = runtime.block_on(async {
+        drain(
+            resumable
+                .clone()
+                .oneshot(request(None))
+                .await
+                .unwrap()
+                .into_body(),
+        )
+        .await
+    });
+    // Each event gains its `id: <22 chars>.<seq>\n` line.
+    assert!(resumed_len > total);
+
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(events));
+    g.bench_function("sse_layer", |b| {
+        b.iter(|| {
+            *next.lock().unwrap() = Some(upstream(chunks));
+            runtime.block_on(async {
+                let response = plain.clone().oneshot(request(None)).await.unwrap();
+                black_box(drain(response.into_body()).await)
+            })
+        })
+    });
+    g.bench_function("resume_layer_sse_layer", |b| {
+        b.iter(|| {
+            *next.lock().unwrap() = Some(upstream(chunks));
+            runtime.block_on(async {
+                let response = resumable.clone().oneshot(request(None)).await.unwrap();
+                assert!(response.headers().contains_key("sse-stream-id"));
+                black_box(drain(response.into_body()).await)
+            })
+        })
+    });
+    g.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    let runtime = runtime();
+    let next = Arc::new(Mutex::new(None));
+    let store = MemoryStore::builder()
+        .max_stream_bytes(64 * 1024 * 1024)
+        .build();
+    let resumable = ResumeLayer::new()
+        .detach(Detach::Finish)
+        .store(store)
+        .layer(SseLayer::new().layer(service(next.clone())));
+    // 10 000 chat events of about 200 bytes, finished.
+    let events: Vec<Bytes> = common::one_bytes_per_event()
+        .into_iter()
+        .cycle()
+        .take(10_000)
+        .collect();
+    *next.lock().unwrap() = Some(upstream(&events));
+    let (stream, bytes) = runtime.block_on(async {
+        let response = resumable.clone().oneshot(request(None)).await.unwrap();
+        let id = response.headers()["sse-stream-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let bytes = drain(response.into_body()).await;
+        (id, bytes)
+    });
+    assert!(StreamId::parse(&stream).is_some());
+    let from_start = format!("{stream}.0");
+
+    let mut g = c.benchmark_group("resume_replay");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("10k_events_to_one_reader", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let response = resumable
+                    .clone()
+                    .oneshot(request(Some(from_start.clone())))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                black_box(drain(response.into_body()).await)
+            })
+        })
+    });
+    g.finish();
+}
+
+/// Heap bytes held per open resumable stream (with 10 logged events of the chat stream),
+/// and of a plain one, printed for BENCHMARKS.md.
+fn memory(_: &mut Criterion) {
+    const STREAMS: usize = 1_000;
+    let runtime = runtime();
+    let ten: Vec<Bytes> = common::one_bytes_per_event().into_iter().take(10).collect();
+    let event_bytes = common::total_len(&ten);
+    for resumable in [false, true] {
+        let next = Arc::new(Mutex::new(None));
+        let layer = ResumeLayer::new()
+            .enabled(resumable)
+            .detach(Detach::Finish)
+            .store(MemoryStore::new());
+        let service = layer.layer(SseLayer::new().layer(service(next.clone())));
+        let region = Region::new(GLOBAL);
+        let held = runtime.block_on(async {
+            let mut open = Vec::with_capacity(STREAMS);
+            let mut senders = Vec::with_capacity(STREAMS);
+            for _ in 0..STREAMS {
+                let (tx, rx) =
+                    tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, BoxError>>();
+                for chunk in &ten {
+                    tx.send(Ok(Frame::data(chunk.clone()))).unwrap();
+                }
+                let body = StreamBody::new(stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                }))
+                .boxed();
+                *next.lock().unwrap() = Some(body);
+                let response = service.clone().oneshot(request(None)).await.unwrap();
+                let mut body = Box::pin(response.into_body());
+                // Read the 10 events, as a client would.
+                let mut read = 0;
+                while read < event_bytes {
+                    let frame = body.frame().await.unwrap().unwrap();
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                }
+                open.push(body);
+                senders.push(tx);
+            }
+            tokio::task::yield_now().await;
+            let stats = region.change();
+            let held = stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
+                + stats.bytes_reallocated as i64;
+            drop(senders);
+            drop(open);
+            held
+        });
+        // The upstream bodies (channels holding nothing now) are counted in both.
+        eprintln!(
+            "memory: {} stream: {} bytes of heap per open stream (10 events, {} bytes of events each)",
+            if resumable { "resumable" } else { "plain" },
+            held / STREAMS as i64,
+            event_bytes
+        );
+    }
+}
+
+criterion_group! {
+    name = resume;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = memory, per_event, replay
+}
+criterion_main!(resume);

@@ -1,0 +1,304 @@
+//! [`ResumeLayer`]: the settings of resumable streams.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::request::TenantKey;
+use crate::resume::ResumeService;
+use crate::resume::id::StreamId;
+use crate::resume::log::MemoryStore;
+use crate::resume::observer::Shared;
+use crate::resume::store::{ReadLimits, ResumeStore};
+use crate::stream::config::KeepAliveConfig;
+
+/// What happens to a stream's upstream while no client is attached to it.
+///
+/// A reader that goes away never ends the producer by itself: this policy does, and the
+/// total timeout of the [`SseLayer`](crate::SseLayer) inside still caps the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Detach {
+    /// Read the upstream to its end whatever happens (the Vercel `resumable-stream` way):
+    /// every token is paid for and kept for a later resume.
+    Finish,
+    /// Keep the upstream this long with no reader attached, then cancel it (a reader that
+    /// comes back in time resets the clock). The default, with 30 seconds.
+    CancelAfter(Duration),
+    /// Cancel the upstream as soon as no reader is attached (MCP 2026 semantics: a
+    /// disconnect is a cancellation). Already-logged events stay resumable until the log
+    /// expires.
+    CancelNow,
+}
+
+impl Default for Detach {
+    fn default() -> Self {
+        Self::CancelAfter(Duration::from_secs(30))
+    }
+}
+
+/// The light record of one client connection to a resumable stream, given to
+/// [`ResumeLayer::on_reader_end`] when the connection's body is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReaderRecord {
+    /// The stream.
+    pub stream: StreamId,
+    /// Whether this connection was a resume (`Last-Event-ID`).
+    pub resumed: bool,
+    /// Events sent on this connection.
+    pub events: u64,
+    /// Of those, events that were already in the log when the connection attached.
+    pub replayed_events: u64,
+    /// Keep-alive comments sent on this connection.
+    pub keep_alives: u64,
+    /// Bytes sent on this connection.
+    pub bytes: u64,
+    /// Whether the connection saw the stream's end (as opposed to leaving first).
+    pub reached_end: bool,
+}
+
+/// Makes streams resumable: a client that loses its connection comes back with
+/// `Last-Event-ID`, gets what it missed and then the live tail, and sees nothing twice.
+///
+/// # How it works
+///
+/// For a new stream (a request without `Last-Event-ID` answered `200 text/event-stream`),
+/// a spawned **producer** task owns the response body: it is the one that polls the
+/// [`SseLayer`](crate::SseLayer)'s body, so observers run and the report is made exactly
+/// once per stream, whatever the clients do. It re-cuts the body's output into events,
+/// drops comment-only frames (keep-alives are per reader), stamps each event with the id
+/// `<stream-id>.<seq>` and appends it to the stream's log in the [store](Self::store). The
+/// client's response body is a **reader** that follows the log by cursor; its id is also in
+/// the `sse-stream-id` response header, for fetch-based clients (resume with
+/// `Last-Event-ID: <stream-id>.0` to get everything).
+///
+/// A request carrying `Last-Event-ID` (the header, or `?last_event_id=` for a page reload,
+/// whose new `EventSource` sends no header) is a **resume** and is never forwarded: valid and
+/// of the same tenant, it is answered `200` with the events after that id, then the live
+/// tail, ending as the original ends. Anything else is answered `204 No Content`, which makes
+/// a browser's `EventSource` stop for good; never a `5xx`:
+///
+/// | resume request | answer |
+/// |---|---|
+/// | valid, same tenant, events after the id (or the stream still running) | `200`, replay then tail |
+/// | unknown, expired, another tenant's, malformed, longer than 128 bytes | `204` |
+/// | trimmed (the next event is no longer kept) | `204`, `sse-resume: gone` |
+/// | at the end of a finished stream (nothing left to send) | `204` |
+/// | the store failed | `204` |
+///
+/// # Layer order
+///
+/// Outside the `SseLayer` (it reads that layer's output), and outside the
+/// [`StreamLimitLayer`](crate::StreamLimitLayer) so that the producer, not the client's
+/// connection, holds the stream's permit, and resumes take none:
+///
+/// ```text
+/// ResumeLayer ─► StreamLimitLayer ─► RequestDigestLayer ─► IncludeUsageLayer ─► SseLayer ─► upstream
+/// ```
+///
+/// Put [`ResumeObserver`](crate::resume::ResumeObserver) among the `SseLayer`'s observers
+/// to get resumes, replayed events and time detached into the stream's report.
+///
+/// A client disconnect no longer drops the `SseLayer`'s body (the producer owns it), so
+/// [`SseLayer::drain_on_disconnect`](crate::SseLayer) plays no part: the [detach
+/// policy](Self::detach) decides, and a cancelled stream is reported as
+/// [`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected). A failure of the store
+/// while the stream runs ends the stream's log (its readers' connections fail, a resume is
+/// answered from what was logged) and cancels the upstream the same way.
+///
+/// Keep-alives: give the reader its own ([`keep_alive`](Self::keep_alive)); the
+/// `SseLayer`'s are dropped by the producer (it may keep its own to restart its idle
+/// clocks, they never reach a client).
+///
+/// # Runtime
+///
+/// The producer is spawned on the Tokio runtime that serves the request; without one the
+/// stream is served as the plain layer would (not resumable).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower_sse::resume::{Detach, ResumeObserver};
+/// use tower_sse::{KeepAliveConfig, ResumeLayer, SseLayer, StreamLimitLayer, UsageObserver};
+///
+/// let stack = ServiceBuilder::new()
+///     .layer(
+///         ResumeLayer::new()
+///             .detach(Detach::CancelAfter(Duration::from_secs(30)))
+///             .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15))),
+///     )
+///     .layer(StreamLimitLayer::new(512))
+///     .layer(SseLayer::new().observer((UsageObserver::new(), ResumeObserver::new())));
+/// # let _ = stack;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct ResumeLayer {
+    config: Arc<Config>,
+}
+
+/// The settings, shared by every request.
+pub(crate) struct Config {
+    pub(crate) enabled: bool,
+    pub(crate) store: Arc<dyn ResumeStore>,
+    pub(crate) tenant_key: TenantKey,
+    pub(crate) detach: Detach,
+    pub(crate) keep_alive: Option<KeepAliveConfig>,
+    pub(crate) read_limits: ReadLimits,
+    pub(crate) max_event_size: usize,
+    pub(crate) on_reader_end: Option<Arc<dyn Fn(ReaderRecord) + Send + Sync>>,
+    /// The producers running in this process, by stream (for their counters).
+    pub(crate) producers: Arc<Producers>,
+}
+
+impl Clone for Config {
+    fn clone(&self) -> Self {
+        Self {
+            enabled: self.enabled,
+            store: self.store.clone(),
+            tenant_key: self.tenant_key.clone(),
+            detach: self.detach,
+            keep_alive: self.keep_alive.clone(),
+            read_limits: self.read_limits,
+            max_event_size: self.max_event_size,
+            on_reader_end: self.on_reader_end.clone(),
+            producers: self.producers.clone(),
+        }
+    }
+}
+
+/// The producers running in this process.
+#[derive(Default)]
+pub(crate) struct Producers(Mutex<HashMap<StreamId, Arc<Shared>>>);
+
+impl Producers {
+    pub(crate) fn insert(&self, id: StreamId, shared: Arc<Shared>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, shared);
+    }
+
+    pub(crate) fn remove(&self, id: StreamId) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    pub(crate) fn get(&self, id: StreamId) -> Option<Arc<Shared>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+}
+
+impl ResumeLayer {
+    /// Resumable streams with an in-process [`MemoryStore`] and the defaults.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                enabled: true,
+                store: Arc::new(MemoryStore::new()),
+                tenant_key: TenantKey::credentials(),
+                detach: Detach::default(),
+                keep_alive: None,
+                read_limits: ReadLimits::default(),
+                max_event_size: 8 * 1024 * 1024,
+                on_reader_end: None,
+                producers: Arc::default(),
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Turn resumption on (the default) or off. Off, every request and response passes
+    /// through untouched, so that one stack type serves both (a command-line switch).
+    pub fn enabled(self, enabled: bool) -> Self {
+        self.with(|c| c.enabled = enabled)
+    }
+
+    /// Where the logs live. Default: a [`MemoryStore`] with its defaults (give the store
+    /// a clone of yours to share it between layers, or to look at it).
+    pub fn store(self, store: impl ResumeStore) -> Self {
+        self.with(|c| c.store = Arc::new(store))
+    }
+
+    /// How a request's tenant is found: a stream is resumed only by the tenant that made
+    /// it. Default: [`TenantKey::credentials`] (a hash of the bearer token), as the
+    /// [`DigestRegistry`](crate::DigestRegistry)'s; give both the same key.
+    pub fn tenant_key(self, key: TenantKey) -> Self {
+        self.with(|c| c.tenant_key = key)
+    }
+
+    /// What happens to the upstream while no client is attached. Default:
+    /// [`Detach::CancelAfter`] 30 seconds.
+    pub fn detach(self, detach: Detach) -> Self {
+        self.with(|c| c.detach = detach)
+    }
+
+    /// Keep-alive comments per client connection (never logged, never replayed). Off by
+    /// default. Each keep-alive also makes the reader read the log again: a safety poll for
+    /// stores whose wake-ups can be lost.
+    pub fn keep_alive(self, keep_alive: KeepAliveConfig) -> Self {
+        self.with(|c| c.keep_alive = Some(keep_alive))
+    }
+
+    /// How much a reader takes from the log at once: replay goes out as many frames,
+    /// one per event, read at most this many events and bytes at a time. Default: 256
+    /// events, 64 KiB.
+    pub fn read_limits(self, limits: ReadLimits) -> Self {
+        self.with(|c| c.read_limits = limits)
+    }
+
+    /// The largest event the producer re-cuts, in bytes (the `SseLayer`'s own limit
+    /// already bounds what it sends). A larger one ends the log. Default: 8 MiB.
+    pub fn max_event_size(self, limit: usize) -> Self {
+        self.with(|c| c.max_event_size = limit)
+    }
+
+    /// Called with each client connection's [`ReaderRecord`] when its body is dropped
+    /// (inline: it must not block).
+    pub fn on_reader_end<F>(self, f: F) -> Self
+    where
+        F: Fn(ReaderRecord) + Send + Sync + 'static,
+    {
+        self.with(|c| c.on_reader_end = Some(Arc::new(f)))
+    }
+}
+
+impl Default for ResumeLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ResumeLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResumeLayer")
+            .field("enabled", &self.config.enabled)
+            .field("tenant_key", &self.config.tenant_key)
+            .field("detach", &self.config.detach)
+            .field("keep_alive", &self.config.keep_alive)
+            .field("read_limits", &self.config.read_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ResumeLayer {
+    type Service = ResumeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResumeService::new(inner, self.config.clone())
+    }
+}

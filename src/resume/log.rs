@@ -1,0 +1,706 @@
+//! [`MemoryStore`]: the in-process store of stream logs, on moka.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::request::Tenant;
+use crate::resume::id::StreamId;
+use crate::resume::store::{
+    Batch, BoxFuture, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind,
+    StreamEnd, StreamLog,
+};
+
+/// Default [`MemoryStoreBuilder::max_stream_bytes`]: 2 MiB.
+const DEFAULT_MAX_STREAM_BYTES: usize = 2 * 1024 * 1024;
+/// Default [`MemoryStoreBuilder::max_stream_events`]: 50 000.
+const DEFAULT_MAX_STREAM_EVENTS: usize = 50_000;
+/// Default [`MemoryStoreBuilder::idle_ttl`]: 10 minutes.
+const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(600);
+/// Default [`MemoryStoreBuilder::ended_ttl`]: 5 minutes.
+const DEFAULT_ENDED_TTL: Duration = Duration::from_secs(300);
+/// Default [`MemoryStoreBuilder::max_total_bytes`]: 256 MiB.
+const DEFAULT_MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
+/// Default [`MemoryStoreBuilder::max_streams_per_tenant`]: 10 000.
+const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 10_000;
+/// The longest time to live accepted: one day.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// A log is weighed again (re-inserted into the cache) when it grew by this much.
+const REWEIGH_BYTES: usize = 64 * 1024;
+/// What a log evicted from the cache while its stream runs still keeps, so that attached
+/// readers that keep up go on: the evicted positions are gone for resumes.
+const EVICTED_KEEP_BYTES: usize = 64 * 1024;
+/// Bytes counted per log beyond its events (state, cache entry, channel).
+const LOG_OVERHEAD: usize = 512;
+
+/// The in-process store of stream logs: the default store of a
+/// [`ResumeLayer`](crate::ResumeLayer).
+///
+/// Every bound has a safe default and none of them ever cuts a live stream: overflowing one
+/// trims the oldest events (resuming before the cut answers `204`), or drops the log from the
+/// store (resuming it answers `204`, attached readers go on).
+///
+/// | bound | default | on overflow |
+/// |---|---|---|
+/// | [`max_stream_bytes`](MemoryStoreBuilder::max_stream_bytes) | 2 MiB | oldest events trimmed |
+/// | [`max_stream_events`](MemoryStoreBuilder::max_stream_events) | 50 000 | oldest events trimmed |
+/// | [`idle_ttl`](MemoryStoreBuilder::idle_ttl) | 10 min without an append | the running stream's log expires |
+/// | [`ended_ttl`](MemoryStoreBuilder::ended_ttl) | 5 min after the end | the log expires |
+/// | [`max_total_bytes`](MemoryStoreBuilder::max_total_bytes) | 256 MiB (moka weigher) | least recently used logs dropped |
+/// | [`max_streams_per_tenant`](MemoryStoreBuilder::max_streams_per_tenant) | 10 000 running | new streams of that tenant not resumable |
+///
+/// Cheap to clone: clones share the logs.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::MemoryStore;
+///
+/// let store = MemoryStore::builder()
+///     .max_stream_bytes(4 * 1024 * 1024)
+///     .ended_ttl(Duration::from_secs(60))
+///     .max_total_bytes(1 << 30)
+///     .build();
+/// let layer = ResumeLayer::new().store(store);
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: Cache<StreamId, Arc<MemLog>>,
+    tenants: Mutex<HashMap<Tenant, usize>>,
+    limits: Limits,
+    max_total_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_stream_bytes: usize,
+    max_stream_events: usize,
+    idle_ttl: Duration,
+    ended_ttl: Duration,
+    max_streams_per_tenant: usize,
+}
+
+impl MemoryStore {
+    /// A store with the defaults (see the [type docs](Self)).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configure a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// The number of logs in the store (approximate: the cache applies removals lazily).
+    pub fn len(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// Whether the store holds no log (approximate, as [`len`](Self::len)).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of logs held, as weighed (approximate, as [`len`](Self::len)).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.inner.cache.weighted_size()
+    }
+
+    /// Apply pending removals and evictions now (the cache otherwise does it as it goes).
+    pub fn run_pending_tasks(&self) {
+        self.inner.cache.run_pending_tasks();
+    }
+
+    fn lock_tenants(&self) -> MutexGuard<'_, HashMap<Tenant, usize>> {
+        self.inner
+            .tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("limits", &self.inner.limits)
+            .field("max_total_bytes", &self.inner.max_total_bytes)
+            .field("logs", &self.inner.cache.entry_count())
+            .finish()
+    }
+}
+
+/// Configures a [`MemoryStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    limits: Limits,
+    max_total_bytes: u64,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        Self {
+            limits: Limits {
+                max_stream_bytes: DEFAULT_MAX_STREAM_BYTES,
+                max_stream_events: DEFAULT_MAX_STREAM_EVENTS,
+                idle_ttl: DEFAULT_IDLE_TTL,
+                ended_ttl: DEFAULT_ENDED_TTL,
+                max_streams_per_tenant: DEFAULT_MAX_STREAMS_PER_TENANT,
+            },
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Bytes of events kept per stream (at least 1); older events are trimmed beyond it.
+    /// One event larger than this is kept alone. Default: 2 MiB.
+    pub fn max_stream_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_stream_bytes = bytes.max(1);
+        self
+    }
+
+    /// Events kept per stream (at least 1); older events are trimmed beyond it. Default:
+    /// 50 000.
+    pub fn max_stream_events(mut self, events: usize) -> Self {
+        self.limits.max_stream_events = events.max(1);
+        self
+    }
+
+    /// How long the log of a running stream is kept after its last append. Default: 10
+    /// minutes; at most a day.
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.limits.idle_ttl = ttl.min(MAX_TTL);
+        self
+    }
+
+    /// How long the log of an ended stream is kept. Default: 5 minutes; at most a day.
+    pub fn ended_ttl(mut self, ttl: Duration) -> Self {
+        self.limits.ended_ttl = ttl.min(MAX_TTL);
+        self
+    }
+
+    /// Bytes of logs kept in the process, all streams together (a moka weigher); the least
+    /// recently used logs are dropped beyond it. Default: 256 MiB.
+    pub fn max_total_bytes(mut self, bytes: u64) -> Self {
+        self.max_total_bytes = bytes;
+        self
+    }
+
+    /// Running streams per tenant (counted from their start to their end, or until their
+    /// log leaves the store); a tenant's next stream beyond it is served without
+    /// resumption. Ended logs are bounded by the TTLs and the total bytes. Default: 10 000
+    /// (a deployment without credentials has one tenant: keep it at least the stream limit).
+    pub fn max_streams_per_tenant(mut self, streams: usize) -> Self {
+        self.limits.max_streams_per_tenant = streams;
+        self
+    }
+
+    /// Build the store.
+    pub fn build(self) -> MemoryStore {
+        let limits = self.limits;
+        MemoryStore {
+            inner: Arc::new_cyclic(|weak: &Weak<Inner>| {
+                let listener_store = weak.clone();
+                let cache = Cache::builder()
+                    .max_capacity(self.max_total_bytes)
+                    .eviction_policy(EvictionPolicy::lru())
+                    .weigher(|_, log: &Arc<MemLog>| u32::try_from(log.weight()).unwrap_or(u32::MAX))
+                    .expire_after(Expiry { limits })
+                    .eviction_listener(move |id, log: Arc<MemLog>, cause| {
+                        if cause == RemovalCause::Replaced {
+                            return;
+                        }
+                        log.evicted();
+                        if let Some(inner) = listener_store.upgrade() {
+                            log.release(&MemoryStore { inner });
+                        }
+                        let _ = id;
+                    })
+                    .build();
+                Inner {
+                    cache,
+                    tenants: Mutex::new(HashMap::new()),
+                    limits,
+                    max_total_bytes: self.max_total_bytes,
+                }
+            }),
+        }
+    }
+}
+
+/// The cache's time to live: the idle TTL while the stream runs (refreshed by re-weighing),
+/// the end TTL once it ended.
+struct Expiry {
+    limits: Limits,
+}
+
+impl moka::Expiry<StreamId, Arc<MemLog>> for Expiry {
+    fn expire_after_create(
+        &self,
+        _: &StreamId,
+        _: &Arc<MemLog>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.limits.idle_ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &StreamId,
+        log: &Arc<MemLog>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(if log.has_ended() {
+            self.limits.ended_ttl
+        } else {
+            self.limits.idle_ttl
+        })
+    }
+}
+
+impl ResumeStore for MemoryStore {
+    fn create(&self, stream: NewStream) -> BoxFuture<'_, Result<Arc<dyn StreamLog>, StoreError>> {
+        let result = (|| {
+            {
+                let mut tenants = self.lock_tenants();
+                let n = tenants.entry(stream.tenant).or_insert(0);
+                if *n >= self.inner.limits.max_streams_per_tenant {
+                    return Err(StoreError::new(StoreErrorKind::TenantLimit));
+                }
+                *n += 1;
+            }
+            let store = Arc::downgrade(&self.inner);
+            let log = Arc::new_cyclic(|me| MemLog::new(stream, self.inner.limits, store, me));
+            self.inner.cache.insert(stream.id, log.clone());
+            Ok(log as Arc<dyn StreamLog>)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn open(
+        &self,
+        id: StreamId,
+        tenant: Tenant,
+    ) -> BoxFuture<'_, Result<Option<Arc<dyn StreamLog>>, StoreError>> {
+        let found = self
+            .inner
+            .cache
+            .get(&id)
+            .filter(|log| log.tenant == tenant && log.is_fresh())
+            .map(|log| log as Arc<dyn StreamLog>);
+        Box::pin(std::future::ready(Ok(found)))
+    }
+}
+
+/// The log of one stream in a [`MemoryStore`].
+struct MemLog {
+    id: StreamId,
+    tenant: Tenant,
+    state: Mutex<LogState>,
+    wake: watch::Sender<u64>,
+    limits: Limits,
+    store: Weak<Inner>,
+    me: Weak<MemLog>,
+    /// Counted among its tenant's running streams.
+    counted: std::sync::atomic::AtomicBool,
+}
+
+struct LogState {
+    events: VecDeque<Bytes>,
+    /// The seq of `events[0]` (`last_seq + 1` when empty).
+    first_seq: u64,
+    last_seq: u64,
+    bytes: usize,
+    end: Option<StreamEnd>,
+    last_change: Instant,
+    /// The bytes when the cache last weighed the log.
+    weighed: usize,
+    weighed_at: Instant,
+    /// Dropped from the cache: keep only a small tail for attached readers.
+    evicted: bool,
+}
+
+impl MemLog {
+    fn new(stream: NewStream, limits: Limits, store: Weak<Inner>, me: &Weak<MemLog>) -> Self {
+        let now = Instant::now();
+        Self {
+            id: stream.id,
+            tenant: stream.tenant,
+            state: Mutex::new(LogState {
+                events: VecDeque::new(),
+                first_seq: 1,
+                last_seq: 0,
+                bytes: 0,
+                end: None,
+                last_change: now,
+                weighed: 0,
+                weighed_at: now,
+                evicted: false,
+            }),
+            wake: watch::Sender::new(0),
+            limits,
+            store,
+            me: me.clone(),
+            counted: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// No longer one of its tenant's running streams (once).
+    fn release(&self, store: &MemoryStore) {
+        if !self
+            .counted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let mut tenants = store.lock_tenants();
+        if let Some(n) = tenants.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                tenants.remove(&self.tenant);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn weight(&self) -> usize {
+        LOG_OVERHEAD + self.lock().weighed
+    }
+
+    fn has_ended(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
+    /// Within its time to live (checked on every open, so that expiry is exact in the
+    /// runtime's clock; the cache's own expiry frees the memory).
+    fn is_fresh(&self) -> bool {
+        let state = self.lock();
+        let ttl = match state.end {
+            Some(_) => self.limits.ended_ttl,
+            None => self.limits.idle_ttl,
+        };
+        !state.evicted && state.last_change.elapsed() < ttl
+    }
+
+    fn evicted(&self) {
+        let mut state = self.lock();
+        state.evicted = true;
+        trim(
+            &mut state,
+            EVICTED_KEEP_BYTES,
+            self.limits.max_stream_events,
+        );
+    }
+
+    /// Weigh the log again (re-insert it) when it grew enough, aged enough, or ended.
+    fn reweigh(&self, state: &mut LogState, force: bool) -> bool {
+        let due = !state.evicted
+            && (force
+                || state.bytes.abs_diff(state.weighed) >= REWEIGH_BYTES
+                || state
+                    .last_change
+                    .saturating_duration_since(state.weighed_at)
+                    >= self.limits.idle_ttl / 4);
+        if due {
+            state.weighed = state.bytes;
+            state.weighed_at = state.last_change;
+        }
+        due
+    }
+
+    /// Re-insert the log into the cache, outside its lock.
+    fn insert_again(&self) {
+        // Outside the lock: the cache may call the eviction listener, which takes it.
+        if let Some(store) = self.store.upgrade()
+            && let Some(me) = self.me.upgrade()
+        {
+            store.cache.insert(self.id, me);
+        }
+    }
+}
+
+/// The answer of a successful append, ready at once.
+struct Appended;
+
+impl std::future::Future for Appended {
+    type Output = Result<(), StoreError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Drop the oldest events until the log is within its bounds (the newest event stays).
+fn trim(state: &mut LogState, max_bytes: usize, max_events: usize) {
+    while state.events.len() > 1 && (state.bytes > max_bytes || state.events.len() > max_events) {
+        if let Some(old) = state.events.pop_front() {
+            state.bytes -= old.len();
+            state.first_seq += 1;
+        }
+    }
+}
+
+impl StreamLog for MemLog {
+    fn id(&self) -> StreamId {
+        self.id
+    }
+
+    fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        let result = {
+            let mut state = self.lock();
+            if state.end.is_some() || seq != state.last_seq + 1 {
+                Err(StoreError::unavailable("append out of sequence"))
+            } else {
+                state.bytes += event.len();
+                state.events.push_back(event);
+                state.last_seq = seq;
+                state.last_change = Instant::now();
+                let max_bytes = if state.evicted {
+                    EVICTED_KEEP_BYTES
+                } else {
+                    self.limits.max_stream_bytes
+                };
+                trim(&mut state, max_bytes, self.limits.max_stream_events);
+                Ok(self.reweigh(&mut state, false))
+            }
+        };
+        if let Ok(reweigh) = result {
+            self.wake.send_replace(seq);
+            if reweigh {
+                self.insert_again();
+            }
+        }
+        match result {
+            // A zero-sized future: boxing it allocates nothing, on every append.
+            Ok(_) => Box::pin(Appended),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
+
+    fn end(&self, last_seq: u64, end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
+        let result = {
+            let mut state = self.lock();
+            if state.end.is_some() || last_seq != state.last_seq {
+                Err(StoreError::unavailable("end out of sequence"))
+            } else {
+                state.end = Some(end);
+                state.last_change = Instant::now();
+                Ok(self.reweigh(&mut state, true))
+            }
+        };
+        self.wake.send_replace(last_seq);
+        if let Some(inner) = self.store.upgrade() {
+            self.release(&MemoryStore { inner });
+        }
+        if result == Ok(true) {
+            self.insert_again();
+        }
+        let result = result.map(drop);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn read_after(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+    ) -> BoxFuture<'_, Result<Read, StoreError>> {
+        let read = {
+            let state = self.lock();
+            if cursor > state.last_seq {
+                Read::Ahead
+            } else if cursor.saturating_add(1) < state.first_seq {
+                Read::Gone
+            } else {
+                let skip = (cursor + 1 - state.first_seq) as usize;
+                let mut events = Vec::new();
+                let mut bytes = 0;
+                for event in state.events.range(skip..) {
+                    if events.len() >= limits.max_events.max(1)
+                        || (!events.is_empty() && bytes + event.len() > limits.max_bytes)
+                    {
+                        break;
+                    }
+                    bytes += event.len();
+                    events.push(event.clone());
+                }
+                Read::Events(Batch::new(cursor, events, state.last_seq, state.end))
+            }
+        };
+        Box::pin(std::future::ready(Ok(read)))
+    }
+
+    fn wake_ups(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(store: &MemoryStore, tenant: Tenant) -> Arc<dyn StreamLog> {
+        let id = StreamId::random().unwrap();
+        futures_ready(store.create(NewStream::new(id, tenant))).unwrap()
+    }
+
+    fn futures_ready<T>(future: BoxFuture<'_, T>) -> T {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut future = future;
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => panic!("the memory store never waits"),
+        }
+    }
+
+    fn rd(future: BoxFuture<'_, Result<Read, StoreError>>) -> Read {
+        futures_ready(future).unwrap()
+    }
+
+    fn events(read: Read) -> (Vec<Bytes>, Option<StreamEnd>) {
+        match read {
+            Read::Events(batch) => (batch.events, batch.end),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn appends_reads_and_ends() {
+        let store = MemoryStore::new();
+        let log = log(&store, Tenant::anonymous());
+        let limits = ReadLimits::default();
+        assert_eq!(events(rd(log.read_after(0, limits))), (vec![], None));
+        futures_ready(log.append(1, Bytes::from_static(b"a"))).unwrap();
+        futures_ready(log.append(2, Bytes::from_static(b"b"))).unwrap();
+        assert!(futures_ready(log.append(2, Bytes::from_static(b"b"))).is_err());
+        assert_eq!(rd(log.read_after(3, limits)), Read::Ahead);
+        assert_eq!(
+            events(rd(log.read_after(1, limits))).0,
+            vec![Bytes::from_static(b"b")]
+        );
+        futures_ready(log.end(2, StreamEnd::Completed)).unwrap();
+        assert_eq!(
+            events(rd(log.read_after(2, limits))),
+            (vec![], Some(StreamEnd::Completed))
+        );
+        let (all, end) = events(rd(log.read_after(0, limits)));
+        assert_eq!((all.len(), end), (2, Some(StreamEnd::Completed)));
+        // A bounded read says there is more, and no end yet.
+        let one = ReadLimits {
+            max_events: 1,
+            max_bytes: 1,
+        };
+        let Read::Events(batch) = rd(log.read_after(0, one)) else {
+            panic!()
+        };
+        assert!(batch.is_partial() && batch.end.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trimming_makes_old_positions_gone() {
+        let store = MemoryStore::builder().max_stream_events(3).build();
+        let log = log(&store, Tenant::anonymous());
+        for seq in 1..=5 {
+            futures_ready(log.append(seq, Bytes::from_static(b"x"))).unwrap();
+        }
+        let limits = ReadLimits::default();
+        assert_eq!(rd(log.read_after(0, limits)), Read::Gone);
+        assert_eq!(rd(log.read_after(1, limits)), Read::Gone);
+        assert_eq!(events(rd(log.read_after(2, limits))).0.len(), 3);
+        assert_eq!(events(rd(log.read_after(5, limits))).0.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tenants_ttls_and_limits() {
+        let store = MemoryStore::builder()
+            .max_streams_per_tenant(1)
+            .ended_ttl(Duration::from_secs(10))
+            .idle_ttl(Duration::from_secs(60))
+            .build();
+        let alice = Tenant::from_key("alice");
+        let log = log(&store, alice);
+        let id = log.id();
+        let err = futures_ready(store.create(NewStream::new(StreamId::random().unwrap(), alice)));
+        assert_eq!(
+            err.err().map(|e| e.kind()),
+            Some(StoreErrorKind::TenantLimit)
+        );
+        assert!(futures_ready(store.open(id, alice)).unwrap().is_some());
+        assert!(
+            futures_ready(store.open(id, Tenant::from_key("bob")))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            futures_ready(store.open(id, Tenant::anonymous()))
+                .unwrap()
+                .is_none()
+        );
+        tokio::time::advance(Duration::from_secs(59)).await;
+        futures_ready(log.append(1, Bytes::from_static(b"x"))).unwrap();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(futures_ready(store.open(id, alice)).unwrap().is_some());
+        futures_ready(log.end(1, StreamEnd::Completed)).unwrap();
+        // Ended: no longer counted among the tenant's running streams.
+        let another = self::log(&store, alice);
+        futures_ready(another.end(0, StreamEnd::Cancelled)).unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(futures_ready(store.open(id, alice)).unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(futures_ready(store.open(id, alice)).unwrap().is_none());
+        // Idle while running.
+        store.inner.cache.invalidate(&id);
+        store.run_pending_tasks();
+        let log = self::log(&store, alice);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            futures_ready(store.open(log.id(), alice))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_keeps_the_live_tail() {
+        let store = MemoryStore::builder().max_total_bytes(200 * 1024).build();
+        let a = log(&store, Tenant::anonymous());
+        let big = Bytes::from(vec![b'x'; 100 * 1024]);
+        futures_ready(a.append(1, big.clone())).unwrap();
+        let b = log(&store, Tenant::from_key("b"));
+        futures_ready(b.append(1, big.clone())).unwrap();
+        futures_ready(b.append(2, big)).unwrap();
+        store.run_pending_tasks();
+        assert!(store.weighted_bytes() <= 200 * 1024 + 2 * LOG_OVERHEAD as u64);
+        // Whatever was dropped: appends still work and readers at the head go on.
+        futures_ready(a.append(2, Bytes::from_static(b"tail"))).unwrap();
+        let (tail, _) = events(rd(a.read_after(1, ReadLimits::default())));
+        assert_eq!(tail, vec![Bytes::from_static(b"tail")]);
+    }
+}

@@ -1,0 +1,280 @@
+//! [`ResumeService`]: tells resumes from new streams, answers resumes from the log, starts
+//! a producer for each new stream.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::request::Tenant;
+use crate::resume::ResumeBody;
+use crate::resume::body::Reader;
+use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
+use crate::resume::layer::Config;
+use crate::resume::observer::{ResumableStream, Shared};
+use crate::resume::producer::produce;
+use crate::resume::store::{BoxFuture, NewStream, Read, StreamLog};
+
+/// The response header that carries a resumable stream's id.
+pub const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("sse-stream-id");
+/// The response header of a `204` to a resume whose position was trimmed (`gone`), and of a
+/// stream that could not be made resumable (`off`).
+pub const RESUME_HEADER: HeaderName = HeaderName::from_static("sse-resume");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The service of [`ResumeLayer`](crate::ResumeLayer).
+pub struct ResumeService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: Clone> Clone for ResumeService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ResumeService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResumeService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> ResumeService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The response future of [`ResumeService`].
+pub type ResumeFuture<B, E> = BoxFuture<'static, Result<Response<ResumeBody<B>>, E>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResumeService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResumeBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResumeFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let config = self.config.clone();
+        if !config.enabled {
+            let future = self.inner.call(request);
+            return Box::pin(async move { Ok(future.await?.map(ResumeBody::pass_through)) });
+        }
+        let (mut parts, body) = request.into_parts();
+        let tenant = config.tenant_key.tenant(&parts);
+        if let Some(last_event_id) = last_event_id(&parts) {
+            // A resume: never forwarded, whatever it says.
+            let id = EventId::parse_bytes(&last_event_id);
+            return Box::pin(async move { Ok(resume(config, id, tenant).await) });
+        }
+        let Some(id) = StreamId::random() else {
+            let future = self.inner.call(Request::from_parts(parts, body));
+            return Box::pin(async move { Ok(future.await?.map(ResumeBody::pass_through)) });
+        };
+        let shared = Arc::new(Shared::new(id));
+        parts.extensions.insert(ResumableStream {
+            shared: shared.clone(),
+        });
+        let future = self.inner.call(Request::from_parts(parts, body));
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(start(config, response, shared, tenant).await)
+        })
+    }
+}
+
+/// The `Last-Event-ID` of a request: the header, else `?last_event_id=`. `Some` (possibly
+/// not an id) means a resume.
+fn last_event_id(parts: &http::request::Parts) -> Option<Vec<u8>> {
+    if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
+        return Some(
+            value
+                .as_bytes()
+                .iter()
+                .take(MAX_EVENT_ID_LEN + 1)
+                .copied()
+                .collect(),
+        );
+    }
+    let query = parts.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("last_event_id=")?;
+        Some(value.bytes().take(MAX_EVENT_ID_LEN + 1).collect())
+    })
+}
+
+fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::OK
+        && response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
+        && response
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// The inner service answered a new request: make its stream resumable if it is one.
+async fn start<B>(
+    config: Arc<Config>,
+    response: Response<B>,
+    shared: Arc<Shared>,
+    tenant: Tenant,
+) -> Response<ResumeBody<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if !is_event_stream(&response) {
+        return response.map(ResumeBody::pass_through);
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return not_resumable(response);
+    };
+    let id = shared.id;
+    let log = match config.store.create(NewStream::new(id, tenant)).await {
+        Ok(log) => log,
+        Err(_) => return not_resumable(response),
+    };
+    let mut wake = log.wake_ups();
+    wake.borrow_and_update();
+    let first = crate::resume::store::Batch::new(0, Vec::new(), 0, None);
+    let attach = shared.attach(false);
+    config.producers.insert(id, shared.clone());
+    let (mut parts, body) = response.into_parts();
+    runtime.spawn(produce(body, log.clone(), shared, config.clone()));
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.insert(STREAM_ID_HEADER, header_value(id));
+    let reader = Reader::new(log, config, wake, first, false, attach);
+    Response::from_parts(parts, ResumeBody::reader(reader))
+}
+
+/// Count a resume answer (feature `metrics`).
+fn count(answer: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(crate::metrics::names::RESUME_REQUESTS, "answer" => answer).increment(1);
+    let _ = answer;
+}
+
+fn not_resumable<B>(response: Response<B>) -> Response<ResumeBody<B>> {
+    count("not_resumable");
+    let mut response = response.map(ResumeBody::pass_through);
+    response
+        .headers_mut()
+        .insert(RESUME_HEADER, HeaderValue::from_static("off"));
+    response
+}
+
+fn header_value(id: StreamId) -> HeaderValue {
+    // Base64url is a valid header value.
+    HeaderValue::from_str(&id.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Answer a resume: `200` with the replay and the tail, or `204`.
+async fn resume<B>(
+    config: Arc<Config>,
+    id: Option<EventId>,
+    tenant: Tenant,
+) -> Response<ResumeBody<B>> {
+    let Some(id) = id else {
+        count("not_found");
+        return no_content(None);
+    };
+    let log: Arc<dyn StreamLog> = match config.store.open(id.stream, tenant).await {
+        Ok(Some(log)) => log,
+        Ok(None) => {
+            count("not_found");
+            return no_content(None);
+        }
+        Err(_) => {
+            count("unavailable");
+            return no_content(None);
+        }
+    };
+    let mut wake = log.wake_ups();
+    wake.borrow_and_update();
+    let batch = match log.read_after(id.seq, config.read_limits).await {
+        Ok(Read::Events(batch)) => batch,
+        Ok(Read::Gone) => {
+            count("gone");
+            return no_content(Some("gone"));
+        }
+        Ok(_) => {
+            count("not_found");
+            return no_content(None);
+        }
+        Err(_) => {
+            count("unavailable");
+            return no_content(None);
+        }
+    };
+    if batch.events.is_empty() && batch.end.is_some() {
+        // The client has everything: 204 keeps an EventSource from reconnecting forever.
+        count("finished");
+        return no_content(None);
+    }
+    count("replayed");
+    let shared = config
+        .producers
+        .get(id.stream)
+        .unwrap_or_else(|| Arc::new(Shared::new(id.stream)));
+    let attach = shared.attach(true);
+    let reader = Reader::new(log, config, wake, batch, true, attach);
+    let mut response = Response::new(ResumeBody::reader(reader));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(STREAM_ID_HEADER, header_value(id.stream));
+    response
+}
+
+fn no_content<B>(resume: Option<&'static str>) -> Response<ResumeBody<B>> {
+    let mut response = Response::new(ResumeBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    if let Some(resume) = resume {
+        response
+            .headers_mut()
+            .insert(RESUME_HEADER, HeaderValue::from_static(resume));
+    }
+    response
+}
