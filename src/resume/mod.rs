@@ -23,6 +23,7 @@
 //! | `body.rs` | [`ResumeBody`]: the reader that follows the log |
 //! | `store.rs` | the store traits, [`ResumeStore`] and [`StreamLog`], for in-process and shared stores |
 //! | `log.rs` | [`MemoryStore`]: the in-process store, on moka |
+//! | `redis.rs` | `RedisStore`: the logs on Redis, for many replicas (feature `redis`) |
 //! | `id.rs` | [`StreamId`], [`EventId`]: made here, parsed strictly |
 //! | `observer.rs` | [`ResumeObserver`], [`ResumeSummary`]: resumes in the stream's report |
 
@@ -32,6 +33,8 @@ pub(crate) mod layer;
 pub(crate) mod log;
 pub(crate) mod observer;
 pub(crate) mod producer;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod service;
 pub(crate) mod store;
 
@@ -40,6 +43,8 @@ pub use self::id::{EventId, StreamId};
 pub use self::layer::{Detach, ReaderRecord};
 pub use self::log::{MemoryStore, MemoryStoreBuilder};
 pub use self::observer::{ResumableStream, ResumeObserver, ResumeSummary};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::service::{RESUME_HEADER, ResumeFuture, ResumeService, STREAM_ID_HEADER};
 pub use self::store::{
     Batch, BoxFuture, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind,

@@ -1,0 +1,362 @@
+//! Resumable streams on a real `redis-server` (feature `redis`): a stream produced on one
+//! replica resumes on another with every event once; and what happens when Redis is down at
+//! the start, lost mid-stream, back again, full or slow. Each test starts its own
+//! `redis-server` on a free loopback port (the system package; CI installs it).
+
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty};
+use support::body::{ChannelBody, Item, channel};
+use support::sse::client_view;
+use tokio::sync::mpsc::UnboundedSender;
+use tower::{Layer, Service, ServiceExt};
+use tower_sse::resume::{RedisStore, StreamId};
+use tower_sse::{BoxError, ResumeLayer, SseLayer};
+
+/// A `redis-server` of this test, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // `DEBUG SLEEP` makes a slow server (Redis 7 refuses DEBUG by default).
+            .args(["--enable-debug-command", "local"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install -y redis-server)");
+        let redis = Self { child, port };
+        redis.until_up();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn until_up(&self) {
+        for _ in 0..500 {
+            if self.cli(&["PING"]).is_some_and(|out| out.contains("PONG")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Run `redis-cli` against it; its output, `None` when it could not connect.
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.success() && !text.contains("Could not connect")).then_some(text)
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// One replica: `ResumeLayer` (on `store`) ─► `SseLayer` ─► an upstream whose one answer is
+/// a stream fed by the returned sender.
+fn replica(
+    store: RedisStore,
+    upstream: Option<ChannelBody>,
+) -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = Response<impl Body<Data = Bytes, Error = BoxError> + Send + 'static>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
+    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+        let body: UpBody = match upstream.lock().unwrap().take() {
+            Some(body) => body.map_err(Into::into).boxed(),
+            None => Empty::new().map_err(|e| match e {}).boxed(),
+        };
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    ResumeLayer::new()
+        .store(store)
+        .layer(SseLayer::new().layer(inner))
+}
+
+fn get(last_event_id: Option<&str>) -> Request<Empty<Bytes>> {
+    let mut request = Request::get("/v1/chat/completions").header("authorization", "Bearer k");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    request.body(Empty::new()).unwrap()
+}
+
+fn send(tx: &UnboundedSender<Item>, data: &str) {
+    tx.send(Ok(Frame::data(Bytes::from(format!("data: {data}\n\n")))))
+        .unwrap();
+}
+
+/// Read `n` events of a body (or to its end); returns the bytes.
+async fn read_events<B>(body: &mut B, n: usize) -> Vec<u8>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut bytes = Vec::new();
+    while client_view(&bytes).events.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the next event within 10 s");
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    bytes
+}
+
+/// Whether Redis answers a `PING` within 200 ms.
+fn redis_answers_at_once(redis: &Redis) -> bool {
+    let out = Command::new("timeout")
+        .args(["0.2", "redis-cli", "-p", &redis.port.to_string(), "PING"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("PONG")
+}
+
+fn store(redis: &Redis) -> RedisStore {
+    RedisStore::builder(&redis.url())
+        .unwrap()
+        .poll(Duration::from_millis(100))
+        .lease(Duration::from_secs(1))
+        .build()
+}
+
+#[tokio::test]
+async fn a_stream_cut_on_one_replica_resumes_on_another_with_every_event_once() {
+    let redis = Redis::start();
+    let (tx, upstream) = channel();
+    let a = replica(store(&redis), Some(upstream));
+    let b = replica(store(&redis), None);
+
+    let response = a.clone().oneshot(get(None)).await.unwrap();
+    let stream = response.headers()["sse-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(StreamId::parse(&stream).is_some());
+    let mut body = response.into_body();
+    for i in 1..=3 {
+        send(&tx, &format!("e{i}"));
+    }
+    let first = read_events(&mut body, 3).await;
+    let seen = client_view(&first);
+    assert_eq!(seen.events.len(), 3);
+    // The client goes away; the upstream goes on.
+    drop(body);
+    for i in 4..=6 {
+        send(&tx, &format!("e{i}"));
+    }
+
+    // It comes back on the other replica, with the id of the last event it got.
+    let response = b.oneshot(get(Some(&seen.last_event_id))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let replayed = read_events(&mut body, 3).await;
+    // The live tail reaches it on the other replica too (wake-ups through Redis).
+    send(&tx, "e7");
+    drop(tx);
+    let rest = read_events(&mut body, 2).await;
+    let all: Vec<String> = [first, replayed, rest]
+        .iter()
+        .flat_map(|bytes| client_view(bytes).events)
+        .map(|(_, data, _)| data)
+        .collect();
+    assert_eq!(all, ["e1", "e2", "e3", "e4", "e5", "e6", "e7"]);
+}
+
+#[tokio::test]
+async fn another_tenant_or_an_unknown_id_gets_204_on_any_replica() {
+    let redis = Redis::start();
+    let (tx, upstream) = channel();
+    let a = replica(store(&redis), Some(upstream));
+    let b = replica(store(&redis), None);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "one");
+    let bytes = read_events(&mut body, 1).await;
+    let id = client_view(&bytes).last_event_id;
+
+    let mut other = get(Some(&id));
+    other
+        .headers_mut()
+        .insert("authorization", "Bearer someone-else".parse().unwrap());
+    assert_eq!(b.clone().oneshot(other).await.unwrap().status(), 204);
+    let unknown = format!("{}.1", StreamId::random().unwrap());
+    assert_eq!(b.oneshot(get(Some(&unknown))).await.unwrap().status(), 204);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn redis_down_at_the_start_serves_a_plain_stream_and_back_again_resumable() {
+    let redis = Redis::start();
+    let port = redis.stop();
+    let store = store(&Redis {
+        // Not started: only its URL is used.
+        child: Command::new("true").spawn().unwrap(),
+        port,
+    });
+    let (tx, upstream) = channel();
+    let a = replica(store.clone(), Some(upstream));
+    let response = a.oneshot(get(None)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["sse-resume"], "off");
+    let mut body = response.into_body();
+    send(&tx, "plain");
+    drop(tx);
+    let bytes = read_events(&mut body, 1).await;
+    assert_eq!(bytes, b"data: plain\n\n", "no ids: not resumable");
+
+    // Redis comes back: the same store makes resumable streams again, no restart.
+    let _redis = Redis::start_on(port);
+    let (tx, upstream) = channel();
+    let a = replica(store, Some(upstream));
+    let response = a.oneshot(get(None)).await.unwrap();
+    assert!(response.headers().contains_key("sse-stream-id"));
+    drop(tx);
+}
+
+#[tokio::test]
+async fn redis_lost_mid_stream_the_live_stream_goes_on_and_remote_resumes_get_204() {
+    let redis = Redis::start();
+    let (tx, upstream) = channel();
+    let a = replica(store(&redis), Some(upstream));
+    let b = replica(store(&redis), None);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "before");
+    let first = read_events(&mut body, 1).await;
+    let id = client_view(&first).last_event_id;
+
+    redis.stop();
+    for i in 1..=3 {
+        send(&tx, &format!("after{i}"));
+    }
+    drop(tx);
+    let rest = read_events(&mut body, 3).await;
+    let data: Vec<String> = client_view(&rest)
+        .events
+        .into_iter()
+        .map(|(_, data, _)| data)
+        .collect();
+    assert_eq!(data, ["after1", "after2", "after3"], "nothing lost live");
+    // The other replica cannot answer without Redis: 204, never 5xx.
+    assert_eq!(b.oneshot(get(Some(&id))).await.unwrap().status(), 204);
+}
+
+#[tokio::test]
+async fn a_full_redis_never_holds_up_the_live_stream() {
+    let redis = Redis::start();
+    let (tx, upstream) = channel();
+    let a = replica(store(&redis), Some(upstream));
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "one");
+    read_events(&mut body, 1).await;
+    // Full: writes are refused (OOM with noeviction).
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    for data in ["two", "three"] {
+        send(&tx, data);
+        let bytes = read_events(&mut body, 1).await;
+        assert_eq!(client_view(&bytes).events[0].1, data);
+    }
+    drop(tx);
+    // A new stream while it is full: served, not resumable.
+    let (tx, upstream) = channel();
+    let response = replica(store(&redis), Some(upstream))
+        .oneshot(get(None))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sse-resume"], "off");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_slow_redis_never_holds_up_the_live_stream() {
+    let redis = Redis::start();
+    let (tx, upstream) = channel();
+    let a = replica(store(&redis), Some(upstream));
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "one");
+    read_events(&mut body, 1).await;
+    // The server sleeps for 2 s.
+    let sleeper = std::thread::spawn({
+        let port = redis.port.to_string();
+        move || {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &port, "DEBUG", "SLEEP", "2"])
+                .output();
+        }
+    });
+    // Wait until it is asleep (a ping no longer answers at once).
+    while redis_answers_at_once(&redis) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for data in ["two", "three"] {
+        send(&tx, data);
+        let bytes = read_events(&mut body, 1).await;
+        assert_eq!(client_view(&bytes).events[0].1, data);
+    }
+    // The events came while Redis still slept: the stream did not wait for it.
+    assert!(!sleeper.is_finished(), "the live stream waited for Redis");
+    sleeper.join().unwrap();
+    drop(tx);
+}
