@@ -51,7 +51,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_sse::MetricsObserver;
 use tower_sse::limit::OpenStreams;
 use tower_sse::metrics::ModelLabels;
-use tower_sse::resume::{MemoryStore, ResumeObserver};
+use tower_sse::resume::{MemoryStore, RedisStore, ResumeObserver};
 use tower_sse::stream::Shutdown;
 use tower_sse::{
     DigestObserver, DigestRegistry, IncludeUsageLayer, KeepAliveConfig, OnEnd, RequestDigestLayer,
@@ -105,6 +105,9 @@ pub struct GatewayConfig {
     pub drain: Option<Duration>,
     /// Make every stream resumable with `Last-Event-ID` (GET and POST routes alike).
     pub resumable: bool,
+    /// Keep the logs of resumable streams on this Redis (`redis://host:port/`), so that a
+    /// client resumes on any replica.
+    pub redis: Option<String>,
 }
 
 impl GatewayConfig {
@@ -126,6 +129,7 @@ impl GatewayConfig {
             max_model_labels: tower_sse::metrics::DEFAULT_DISTINCT_MODELS,
             drain: None,
             resumable: false,
+            redis: None,
         }
     }
 }
@@ -303,9 +307,17 @@ impl Shared {
         // Read the fd limit now, while a descriptor is free to read it with.
         let _ = os::fd_limit();
         let resume_store = MemoryStore::new();
-        let mut resume = ResumeLayer::new()
-            .enabled(config.resumable)
-            .store(resume_store.clone());
+        let mut resume = ResumeLayer::new().enabled(config.resumable);
+        resume = match &config.redis {
+            // This replica's own streams are still served from memory; Redis serves the rest.
+            Some(url) => resume.store(
+                RedisStore::builder(url)
+                    .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?
+                    .local(resume_store.clone())
+                    .build(),
+            ),
+            None => resume.store(resume_store.clone()),
+        };
         if let Some(interval) = config.keep_alive {
             // Each client connection gets its own keep-alives (the SseLayer's stay inside).
             resume = resume.keep_alive(KeepAliveConfig::new().interval(interval));

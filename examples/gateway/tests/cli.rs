@@ -28,6 +28,7 @@ const FLAGS: &[&str] = &[
     "--shutdown-grace",
     "--max-model-labels",
     "--drain",
+    "--redis",
 ];
 
 /// The gateway process, killed when dropped.

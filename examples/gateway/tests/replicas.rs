@@ -1,0 +1,166 @@
+//! Two gateway processes on one `redis-server` (`--resumable --redis URL`): a stream started
+//! on one and cut resumes on the other with every event once, and only for the tenant that
+//! made it. The test starts its own `redis-server` (the system package) on a free port.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` on a free port; its URL.
+fn redis() -> (Process, String) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (apt-get install -y redis-server)");
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (Process(child), format!("redis://127.0.0.1:{port}/"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("redis-server did not start");
+}
+
+/// A gateway replica (with its own in-process mock upstream); its base URL.
+fn replica(redis: &str) -> (Process, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--listen", "127.0.0.1:0", "--resumable", "--redis", redis])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the gateway binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the gateway exited before printing its address")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            break format!("http://{addr}");
+        }
+    };
+    // Keep reading its log, so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (Process(child), base)
+}
+
+/// The `data:` of each event, and the last `id:`.
+fn events(text: &str) -> (Vec<String>, Option<String>) {
+    let mut data = Vec::new();
+    let mut last_id = None;
+    for block in text.split("\n\n") {
+        for line in block.lines() {
+            if let Some(value) = line.strip_prefix("data: ") {
+                data.push(value.to_owned());
+            }
+            if let Some(value) = line.strip_prefix("id: ") {
+                last_id = Some(value.to_owned());
+            }
+        }
+    }
+    (data, last_id)
+}
+
+#[tokio::test]
+async fn a_stream_cut_on_one_replica_resumes_on_the_other_for_its_tenant_only() {
+    let (_redis, url) = redis();
+    let (_a, a) = replica(&url);
+    let (_b, b) = replica(&url);
+    let client = reqwest::Client::new();
+
+    // A stream of 20 content events, 50 ms apart, on replica A; the client reads five
+    // events and goes away.
+    let mut response = client
+        .post(format!("{a}/v1/chat/completions"))
+        .header("authorization", "Bearer tenant-one")
+        .header("content-type", "application/json")
+        .header("x-mock-tokens", "20")
+        .header("x-mock-delay-ms", "50")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("sse-stream-id"));
+    let mut first = String::new();
+    while events(&first).0.len() < 5 || !first.ends_with("\n\n") {
+        let chunk = response.chunk().await.unwrap().expect("more of the stream");
+        first.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    drop(response);
+    let (seen, last_id) = events(&first);
+    let last_id = last_id.expect("events carry ids");
+
+    // Another tenant cannot resume it, on either replica.
+    for base in [&a, &b] {
+        let other = client
+            .get(format!("{base}/v1/chat/completions"))
+            .header("authorization", "Bearer tenant-two")
+            .header("last-event-id", &last_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 204);
+    }
+
+    // Its tenant resumes on replica B: the rest, each event once, to the end.
+    let resumed = client
+        .get(format!("{b}/v1/chat/completions"))
+        .header("authorization", "Bearer tenant-one")
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let rest = tokio::time::timeout(Duration::from_secs(30), resumed.text())
+        .await
+        .expect("the resumed stream ends")
+        .unwrap();
+    let (rest, _) = events(&rest);
+    let all: Vec<String> = seen.into_iter().chain(rest).collect();
+
+    // What a client that was never cut gets: the same stream, from B's own mock (whose first
+    // generation this is, as it was A's: same id, same seeded words).
+    let whole = client
+        .post(format!("{b}/v1/chat/completions"))
+        .header("authorization", "Bearer tenant-one")
+        .header("content-type", "application/json")
+        .header("x-mock-tokens", "20")
+        .header("x-mock-delay-ms", "1")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (whole, _) = events(&whole);
+    assert_eq!(all.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(
+        all, whole,
+        "every event once, in order, across the two replicas"
+    );
+}
