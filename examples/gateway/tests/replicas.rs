@@ -28,16 +28,18 @@ fn free_port() -> u16 {
 /// A `redis-server` on a free port; its URL.
 fn redis() -> (Process, String) {
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (apt-get install -y redis-server)");
+    let redis = Process(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install -y redis-server)"),
+    );
     for _ in 0..500 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (Process(child), format!("redis://127.0.0.1:{port}/"));
+            return (redis, format!("redis://127.0.0.1:{port}/"));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
