@@ -195,6 +195,15 @@ impl Tenant {
     pub const fn as_bytes(&self) -> Option<&[u8; 16]> {
         self.0.as_ref()
     }
+
+    /// The tenant [`Display`](fmt::Display) wrote: 32 hex digits, or `anonymous`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        if text == "anonymous" {
+            return Some(Self::anonymous());
+        }
+        crate::report::hex_bytes(text).map(|bytes| Self(Some(bytes)))
+    }
 }
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");

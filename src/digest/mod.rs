@@ -166,9 +166,14 @@ pub(crate) mod observer;
 #[cfg(feature = "registry")]
 pub(crate) mod registry;
 pub(crate) mod request;
+#[cfg(feature = "registry")]
+pub(crate) mod shared;
 
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
 pub use self::registry::{DigestRecord, DigestRegistration, DigestRegistryBuilder};
 pub use self::request::{RequestDigest, RequestDigestBody, RequestDigestHandle};
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+pub use self::shared::{SharedDigests, SharedFuture};
 pub use crate::request::{Tenant, TenantKey};

@@ -9,6 +9,7 @@ use moka::sync::Cache;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::digest::shared::SharedDigests;
 use crate::report::Digest;
 use crate::request::{Tenant, TenantKey};
 
@@ -165,6 +166,7 @@ struct Inner {
     max_capacity: u64,
     time_to_live: Duration,
     max_id_len: usize,
+    shared: Option<Arc<dyn SharedDigests>>,
 }
 
 #[derive(Clone)]
@@ -212,6 +214,12 @@ impl DigestRegistry {
         {
             record.model = None;
         }
+        if let Some(shared) = &self.inner.shared
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The other replicas learn it in the background; this one has it at once.
+            runtime.spawn(shared.put(record.clone(), self.inner.time_to_live));
+        }
         let key = (record.tenant, record.response_id.clone());
         self.inner.cache.insert(
             key,
@@ -221,6 +229,23 @@ impl DigestRegistry {
             },
         );
         true
+    }
+
+    /// The tenant's record of this response id: from this process, or else from the
+    /// [shared store](DigestRegistryBuilder::shared) (what another replica recorded). With no
+    /// shared store, this is [`get`](Self::get).
+    pub async fn lookup(&self, tenant: Tenant, response_id: &str) -> Option<DigestRecord> {
+        if let Some(record) = self.get(tenant, response_id) {
+            return Some(record);
+        }
+        if response_id.is_empty() || response_id.len() > self.inner.max_id_len {
+            return None;
+        }
+        let shared = self.inner.shared.as_ref()?;
+        shared
+            .fetch(tenant, response_id.to_owned())
+            .await
+            .filter(|record| record.tenant == tenant && record.response_id == response_id)
     }
 
     /// Remove the tenant's record of this response id, returning it if it was there.
@@ -315,13 +340,25 @@ impl fmt::Debug for DigestRegistry {
 }
 
 /// Builds a [`DigestRegistry`]; every setting has a safe default.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct DigestRegistryBuilder {
     max_capacity: u64,
     time_to_live: Duration,
     max_id_len: usize,
     tenant_key: TenantKey,
+    shared: Option<Arc<dyn SharedDigests>>,
+}
+
+impl fmt::Debug for DigestRegistryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestRegistryBuilder")
+            .field("max_capacity", &self.max_capacity)
+            .field("time_to_live", &self.time_to_live)
+            .field("max_id_len", &self.max_id_len)
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for DigestRegistryBuilder {
@@ -331,6 +368,7 @@ impl Default for DigestRegistryBuilder {
             time_to_live: DEFAULT_TIME_TO_LIVE,
             max_id_len: DEFAULT_MAX_ID_LEN,
             tenant_key: TenantKey::default(),
+            shared: None,
         }
     }
 }
@@ -361,6 +399,14 @@ impl DigestRegistryBuilder {
         self
     }
 
+    /// Also keep the records in a store shared by every replica (`resume::RedisStore` with
+    /// the `redis` feature), for [`DigestRegistry::lookup`]. Inserting spawns the write on
+    /// the Tokio runtime (without one, the record stays in process).
+    pub fn shared(mut self, store: impl SharedDigests) -> Self {
+        self.shared = Some(Arc::new(store));
+        self
+    }
+
     /// Build the registry.
     pub fn build(self) -> DigestRegistry {
         let cache = Cache::builder()
@@ -376,6 +422,7 @@ impl DigestRegistryBuilder {
                 time_to_live: self.time_to_live,
                 max_id_len: self.max_id_len,
                 tenant_key: self.tenant_key,
+                shared: self.shared,
             }),
         }
     }

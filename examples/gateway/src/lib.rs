@@ -308,16 +308,20 @@ impl Shared {
         let _ = os::fd_limit();
         let resume_store = MemoryStore::new();
         let mut resume = ResumeLayer::new().enabled(config.resumable);
-        resume = match &config.redis {
-            // This replica's own streams are still served from memory; Redis serves the rest.
-            Some(url) => resume.store(
-                RedisStore::builder(url)
+        let mut registry = DigestRegistry::builder();
+        match &config.redis {
+            // This replica's own streams and records are still served from memory; Redis
+            // serves the other replicas.
+            Some(url) => {
+                let redis = RedisStore::builder(url)
                     .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?
                     .local(resume_store.clone())
-                    .build(),
-            ),
-            None => resume.store(resume_store.clone()),
-        };
+                    .build();
+                registry = registry.shared(redis.clone());
+                resume = resume.store(redis);
+            }
+            None => resume = resume.store(resume_store.clone()),
+        }
         if let Some(interval) = config.keep_alive {
             // Each client connection gets its own keep-alives (the SseLayer's stay inside).
             resume = resume.keep_alive(KeepAliveConfig::new().interval(interval));
@@ -326,7 +330,7 @@ impl Shared {
             resume_store,
             resume,
             connector: forward::connector(config.tls_roots)?,
-            registry: DigestRegistry::new(),
+            registry: registry.build(),
             limit: StreamLimitLayer::new(config.max_streams),
             metrics: prometheus::prometheus(),
             stop: Arc::new(watch::channel(false).0),
@@ -468,7 +472,7 @@ async fn lookup_digest(
     Path(id): Path<String>,
     request: Parts,
 ) -> Response {
-    match registry.get(registry.tenant_of(&request), &id) {
+    match registry.lookup(registry.tenant_of(&request), &id).await {
         Some(record) => ([(CONTENT_TYPE, "application/json")], record.to_json()).into_response(),
         None => (
             StatusCode::NOT_FOUND,

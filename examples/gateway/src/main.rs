@@ -47,10 +47,10 @@ OPTIONS:
                                 sse-stream-id header, and a request with Last-Event-ID (or
                                 ?last_event_id=) replays what followed it, then the live tail;
                                 204 when it cannot (unknown, another tenant's, expired)
-  --redis URL                   with --resumable: keep the stream logs on this Redis
-                                (redis://host:port/) too, so that any replica serves any
-                                resume; a stream starting while Redis is down is served, not
-                                resumable (sse-resume: off)
+  --redis URL                   keep the digest records, and with --resumable the stream
+                                logs, on this Redis (redis://host:port/) too, so that any
+                                replica serves any lookup or resume; a stream starting while
+                                Redis is down is served, not resumable (sse-resume: off)
   --runtime multi|per-core      one multi-thread tokio runtime (default), or one current-thread
                                 runtime per CPU core, each accepting on its own SO_REUSEPORT
                                 listener; both share one registry, stream limit and metrics

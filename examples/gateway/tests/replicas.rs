@@ -166,3 +166,57 @@ async fn a_stream_cut_on_one_replica_resumes_on_the_other_for_its_tenant_only() 
         "every event once, in order, across the two replicas"
     );
 }
+
+#[tokio::test]
+async fn a_digest_recorded_by_one_replica_is_served_by_the_other_to_its_tenant_only() {
+    let (_redis, url) = redis();
+    let (_a, a) = replica(&url);
+    let (_b, b) = replica(&url);
+    let client = reqwest::Client::new();
+    let body = client
+        .post(format!("{a}/v1/chat/completions"))
+        .header("authorization", "Bearer tenant-one")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let id = body
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let lookup = |base: &String, token: &str| {
+        client
+            .get(format!("{base}/v1/digests/{id}"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    // Replica A has it at once; B once A's write reached Redis (in the background).
+    assert_eq!(lookup(&a, "tenant-one").await.unwrap().status(), 200);
+    let mut found = None;
+    for _ in 0..200 {
+        let response = lookup(&b, "tenant-one").await.unwrap();
+        if response.status() == 200 {
+            found = Some(response.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let record = found.expect("replica B serves A's record");
+    let from_a = lookup(&a, "tenant-one")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(record, from_a, "the same record on both replicas");
+    // Another tenant finds nothing on either replica.
+    for base in [&a, &b] {
+        assert_eq!(lookup(base, "tenant-two").await.unwrap().status(), 404);
+    }
+}
