@@ -171,7 +171,11 @@ fn redis_answers_at_once(redis: &Redis) -> bool {
 }
 
 fn store(redis: &Redis) -> RedisStore {
-    RedisStore::builder(&redis.url())
+    store_at(&redis.url())
+}
+
+fn store_at(url: &str) -> RedisStore {
+    RedisStore::builder(url)
         .unwrap()
         .poll(Duration::from_millis(100))
         .lease(Duration::from_secs(1))
@@ -247,11 +251,7 @@ async fn another_tenant_or_an_unknown_id_gets_204_on_any_replica() {
 async fn redis_down_at_the_start_serves_a_plain_stream_and_back_again_resumable() {
     let redis = Redis::start();
     let port = redis.stop();
-    let store = store(&Redis {
-        // Not started: only its URL is used.
-        child: Command::new("true").spawn().unwrap(),
-        port,
-    });
+    let store = store_at(&format!("redis://127.0.0.1:{port}/"));
     let (tx, upstream) = channel();
     let a = replica(store.clone(), Some(upstream));
     let response = a.oneshot(get(None)).await.unwrap();

@@ -11,8 +11,9 @@
 //! | `<prefix>{<id>}:meta` | hash | `tenant`; at the end, `end` and `head` (the last seq) |
 //! | `<prefix>{<id>}:lease` | string | present while the producer lives; it expires when the producer's process dies |
 //!
-//! Every append refreshes the TTLs in the same pipelined round trip (one round trip per
-//! event) and publishes `<id> <seq>` on `<prefix>wake`. Each replica holds one subscription
+//! A writer task per stream copies the events to Redis, off the live path: what is queued
+//! goes in one pipelined round trip (one per event when they come apart, fewer in bursts)
+//! that refreshes the TTLs and the lease and publishes `<id> <seq>` on `<prefix>wake`. Each replica holds one subscription
 //! to that channel and fans the wake-ups out to its local readers; a safety poll nudges them
 //! every [`RedisStoreBuilder::poll`] too, so that a lost message only adds delay. A reader on
 //! another replica that finds no new entry, no end and no lease learns that the producer
@@ -44,7 +45,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, RedisResult, Value};
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::{OnceCell, mpsc, watch};
 
 use crate::digest::{DigestRecord, SharedDigests, SharedFuture};
 use crate::report::Digest;
@@ -417,11 +418,7 @@ impl ResumeStore for RedisStore {
             })
             .await?;
             let local = self.inner.local.create(stream).await?;
-            Ok(Arc::new(ProducerLog {
-                store: self.clone(),
-                local,
-                broken: AtomicBool::new(false),
-            }) as Arc<dyn StreamLog>)
+            Ok(Arc::new(ProducerLog::new(self.clone(), local)) as Arc<dyn StreamLog>)
         })
     }
 
@@ -454,23 +451,100 @@ impl ResumeStore for RedisStore {
 }
 
 /// The log of a stream produced on this replica: in memory, and copied to Redis for the
-/// other replicas as long as Redis takes it.
+/// other replicas as long as Redis takes it. The copy is a writer task of its own, fed by a
+/// bounded queue: the producer (and so the live stream) never waits on Redis.
 struct ProducerLog {
-    store: RedisStore,
     local: Arc<dyn StreamLog>,
-    /// Redis failed once: the log there stops (its lease expires), memory goes on.
-    broken: AtomicBool,
+    writer: mpsc::Sender<Op>,
 }
 
+/// What the writer task copies to Redis, in order.
+enum Op {
+    Append(u64, Bytes),
+    End(u64, StreamEnd),
+}
+
+/// The most copies waiting for Redis per stream; beyond it (Redis slow or gone) the Redis
+/// log of the stream stops.
+const WRITER_QUEUE: usize = 1024;
+/// The most operations sent in one pipelined round trip.
+const WRITER_BATCH: usize = 64;
+
 impl ProducerLog {
-    /// Copy to Redis; a failure marks the Redis side broken and is otherwise ignored: the
-    /// live stream never waits on, or fails because of, Redis.
-    async fn mirror(&self, f: impl AsyncFnOnce(ConnectionManager) -> RedisResult<()>) {
-        if self.broken.load(Ordering::Acquire) {
-            return;
+    fn new(store: RedisStore, local: Arc<dyn StreamLog>) -> Self {
+        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(write_loop(store, local.id(), queue));
         }
-        if self.store.call(f).await.is_err() {
-            self.broken.store(true, Ordering::Release);
+        Self { local, writer }
+    }
+
+    fn copy(&self, op: Op) {
+        // Full or closed: the Redis side is behind or broken, and stops (its lease expires).
+        let _ = self.writer.try_send(op);
+    }
+}
+
+/// Copy one stream's log to Redis: what is queued goes in one pipelined round trip (the
+/// entries with their explicit ids, the TTLs, the lease, one `PUBLISH`). The first failure
+/// ends the copy: the other replicas learn it from the lease.
+async fn write_loop(store: RedisStore, id: StreamId, mut queue: mpsc::Receiver<Op>) {
+    let settings = store.inner.settings.clone();
+    let (log, meta, lease) = (
+        store.key(id, "log"),
+        store.key(id, "meta"),
+        store.key(id, "lease"),
+    );
+    let channel = store.wake_channel();
+    let mut batch = Vec::with_capacity(WRITER_BATCH);
+    while queue.recv_many(&mut batch, WRITER_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut last = 0;
+        let mut ended = false;
+        for op in batch.drain(..) {
+            match op {
+                Op::Append(seq, event) => {
+                    pipe.cmd("XADD")
+                        .arg(&log)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(settings.max_stream_events)
+                        .arg(format!("0-{seq}"))
+                        .arg("e")
+                        .arg(event.as_ref())
+                        .ignore();
+                    last = seq;
+                }
+                Op::End(last_seq, end) => {
+                    pipe.hset(&meta, "end", end.as_str())
+                        .ignore()
+                        .hset(&meta, "head", last_seq)
+                        .ignore()
+                        .del(&lease)
+                        .ignore();
+                    last = last_seq;
+                    ended = true;
+                }
+            }
+        }
+        let ttl = millis(if ended {
+            settings.ended_ttl
+        } else {
+            settings.running_ttl
+        }) as i64;
+        pipe.pexpire(&log, ttl)
+            .ignore()
+            .pexpire(&meta, ttl)
+            .ignore();
+        if !ended {
+            pipe.pset_ex(&lease, 1, millis(settings.lease)).ignore();
+        }
+        pipe.publish(&channel, format!("{id} {last}")).ignore();
+        let written = store
+            .call(async |mut c| pipe.query_async::<()>(&mut c).await)
+            .await;
+        if written.is_err() || ended {
+            return;
         }
     }
 }
@@ -483,42 +557,7 @@ impl StreamLog for ProducerLog {
     fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.local.append(seq, event.clone()).await?;
-            let id = self.id();
-            let (log, meta, lease) = (
-                self.store.key(id, "log"),
-                self.store.key(id, "meta"),
-                self.store.key(id, "lease"),
-            );
-            let settings = self.store.inner.settings.clone();
-            let channel = self.store.wake_channel();
-            self.mirror(async |mut c| {
-                let ttl = millis(settings.running_ttl) as i64;
-                let entry_id = format!("0-{seq}");
-                let mut pipe = redis::pipe();
-                pipe.cmd("XADD")
-                    .arg(&log)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(settings.max_stream_events)
-                    .arg(&entry_id)
-                    .arg("e")
-                    .arg(event.as_ref())
-                    .ignore()
-                    .pexpire(&log, ttl)
-                    .ignore()
-                    .pexpire(&meta, ttl)
-                    .ignore()
-                    .pset_ex(&lease, 1, millis(settings.lease))
-                    .ignore()
-                    .publish(&channel, format!("{id} {seq}"))
-                    .ignore();
-                match pipe.query_async::<()>(&mut c).await {
-                    // Already there (a retry): appends are idempotent.
-                    Err(e) if e.to_string().contains("equal or smaller") => Ok(()),
-                    other => other,
-                }
-            })
-            .await;
+            self.copy(Op::Append(seq, event));
             Ok(())
         })
     }
@@ -526,32 +565,7 @@ impl StreamLog for ProducerLog {
     fn end(&self, last_seq: u64, end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.local.end(last_seq, end).await?;
-            let id = self.id();
-            let (log, meta, lease) = (
-                self.store.key(id, "log"),
-                self.store.key(id, "meta"),
-                self.store.key(id, "lease"),
-            );
-            let ttl = millis(self.store.inner.settings.ended_ttl) as i64;
-            let channel = self.store.wake_channel();
-            self.mirror(async |mut c| {
-                redis::pipe()
-                    .hset(&meta, "end", end.as_str())
-                    .ignore()
-                    .hset(&meta, "head", last_seq)
-                    .ignore()
-                    .pexpire(&meta, ttl)
-                    .ignore()
-                    .pexpire(&log, ttl)
-                    .ignore()
-                    .del(&lease)
-                    .ignore()
-                    .publish(&channel, format!("{id} {last_seq}"))
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await;
+            self.copy(Op::End(last_seq, end));
             Ok(())
         })
     }
