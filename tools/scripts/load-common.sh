@@ -1,4 +1,4 @@
-# Shared by scale.sh, soak.sh and variance.sh (source it, do not run it): building the
+# Shared by scale.sh, soak.sh, variance.sh, compare.sh and scale-procs.sh (source it, do not run it): building the
 # release binaries (gateway, mock_upstream, loadgen), the fd limit, starting and always stopping the mock upstream and the
 # gateway on free loopback ports, and reading a process's RSS and CPU time from /proc and the
 # gateway's gauges and counters from /metrics.

@@ -58,17 +58,35 @@ pub(crate) fn connector(roots: TlsRoots) -> std::io::Result<Connector> {
             .with_provider_and_native_roots(provider)
             .map_err(|e| failed(&e))?,
     };
+    // Upstream connections keep Nagle on (hyper's default): with TCP_NODELAY the gateway's
+    // TTFB p99 under 2,000 new streams a second was worse in every one of three alternating
+    // runs (BENCHMARKS.md, "Against the proxies users would pick"); the client side has it.
     Ok(builder.https_or_http().enable_http1().build())
 }
 
 /// Forwards a request to the upstream with a pooled client; answers `502` when it cannot.
-#[derive(Clone, Debug)]
-pub(crate) struct Forward {
-    pub(crate) client: Client<Connector, UpstreamRequestBody>,
+/// `B` is the request body sent upstream: [`UpstreamRequestBody`] behind the tower-sse
+/// stack, the client's own body in the bare pass-through (`--stack bare`).
+#[derive(Debug)]
+pub(crate) struct Forward<B = UpstreamRequestBody> {
+    pub(crate) client: Client<Connector, B>,
     pub(crate) upstream: Uri,
 }
 
-impl tower::Service<Request<UpstreamRequestBody>> for Forward {
+impl<B> Clone for Forward<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            upstream: self.upstream.clone(),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Forward<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Response = Response<UpstreamResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -77,7 +95,7 @@ impl tower::Service<Request<UpstreamRequestBody>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<UpstreamRequestBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut parts = self.upstream.clone().into_parts();
         parts.path_and_query = path.parse().ok();

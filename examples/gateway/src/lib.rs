@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body as AxumBody;
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -108,6 +109,21 @@ pub struct GatewayConfig {
     /// Keep the logs of resumable streams on this Redis (`redis://host:port/`), so that a
     /// client resumes on any replica.
     pub redis: Option<String>,
+    /// What streaming requests go through: the tower-sse stack, or nothing (a benchmark floor).
+    pub stack: Stack,
+}
+
+/// What the gateway puts between the client and the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stack {
+    /// The whole tower-sse stack (the gateway).
+    #[default]
+    Full,
+    /// No tower-sse layer at all: the same listener, connection limits, router, body limit and
+    /// pooled upstream client, forwarding bytes as they come. Not a gateway (no limit, no
+    /// metering): the floor a Rust gateway built on hyper cannot go below, so that full minus
+    /// bare is tower-sse's own cost (`tools/scripts/compare.sh`).
+    Bare,
 }
 
 impl GatewayConfig {
@@ -130,6 +146,7 @@ impl GatewayConfig {
             drain: None,
             resumable: false,
             redis: None,
+            stack: Stack::Full,
         }
     }
 }
@@ -164,12 +181,16 @@ impl Shared {
     /// The router one runtime serves: its own pooled upstream client (connections stay on
     /// the runtime that opened them) around the shared limit, registry and metrics.
     pub fn router(&self) -> Router {
-        // Without a pool timer, idle upstream connections are never closed (the idle timeout
-        // is only checked when a connection is taken), and each keeps a file descriptor.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build::<_, UpstreamRequestBody>(self.connector.clone());
+        if self.config.stack == Stack::Bare {
+            let bare = ServiceBuilder::new()
+                .map_request(count_request)
+                .service(Forward {
+                    client: self.client::<AxumBody>(),
+                    upstream: self.config.upstream.clone(),
+                });
+            return self.with_routes(bare);
+        }
+        let client = self.client::<UpstreamRequestBody>();
         let sse = self.sse_layer();
         // The stream's own deadline bounds the upload too.
         let mut include_usage = IncludeUsageLayer::new();
@@ -188,6 +209,36 @@ impl Shared {
                 client,
                 upstream: self.config.upstream.clone(),
             });
+        self.with_routes(stack)
+    }
+
+    /// This runtime's pooled upstream client (connections stay on the runtime that opened
+    /// them).
+    fn client<B>(&self) -> Client<Connector, B>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+    {
+        // Without a pool timer, idle upstream connections are never closed (the idle timeout
+        // is only checked when a connection is taken), and each keeps a file descriptor.
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(self.connector.clone())
+    }
+
+    /// The gateway's own routes around `stack`, which serves everything else, under the
+    /// request body limit.
+    fn with_routes<S>(&self, stack: S) -> Router
+    where
+        S: tower::Service<Request<AxumBody>, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
+    {
         let mut router = Router::new()
             .route("/healthz", get(healthz))
             .route("/v1/digests/{id}", get(lookup_digest))

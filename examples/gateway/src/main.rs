@@ -22,12 +22,20 @@
 
 mod runtime;
 
+// The binary's allocator (feature `mimalloc`, on by default; or `jemalloc`): see Cargo.toml.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use example_gateway::{GatewayConfig, TlsRoots};
+use example_gateway::{GatewayConfig, Stack, TlsRoots};
 
 const HELP: &str = "\
 gateway: an OpenAI-compatible streaming gateway built from tower-sse's layers
@@ -81,6 +89,10 @@ OPTIONS:
                                 --max-streams permit meanwhile (default 0 = off: cancel)
   --max-model-labels N          distinct model names kept as metric label values; later
                                 new ones (and names over 128 bytes) are _OTHER (default 100)
+  --stack full|bare             full: the tower-sse stack (default); bare: no tower-sse layer,
+                                the same server, router and pooled upstream client forwarding
+                                bytes as they come: a benchmark floor, not a gateway (no
+                                stream limit, metering, keep-alive or deadlines)
   -h, --help                    this help
 
 ENDPOINTS:
@@ -216,6 +228,13 @@ fn parse_args() -> Option<Options> {
             "--early-response" => config.early_response = true,
             "--resumable" => config.resumable = true,
             "--redis" => config.redis = Some(value()),
+            "--stack" => {
+                config.stack = match value().as_str() {
+                    "full" => Stack::Full,
+                    "bare" => Stack::Bare,
+                    other => fail(&format!("--stack is full or bare, got {other:?}")),
+                }
+            }
             "--runtime" => {
                 runtime = match value().as_str() {
                     "multi" => RuntimeKind::Multi,

@@ -29,6 +29,7 @@ const FLAGS: &[&str] = &[
     "--max-model-labels",
     "--drain",
     "--redis",
+    "--stack",
 ];
 
 /// The gateway process, killed when dropped.
@@ -192,6 +193,7 @@ fn bad_values_are_refused_not_panicked_on() {
         ["--tls-roots", "openssl"],
         ["--log-format", "xml"],
         ["--metrics-listen", "nowhere"],
+        ["--stack", "none"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(args)
@@ -260,6 +262,36 @@ async fn an_https_upstream_failure_is_logged_without_secrets_in_json() {
 async fn per_core_runtime_with_the_in_process_mock() {
     let (_gateway, _stdout, base) = start(&["--runtime", "per-core"]);
     exercise(&base).await;
+}
+
+/// `--stack bare` (the benchmark floor): the upstream's bytes as they are, with no tower-sse
+/// layer: no usage injected into the request, no stream limit, no digest, no metering.
+#[tokio::test]
+async fn bare_stack_forwards_the_upstream_bytes_untouched() {
+    let (_gateway, _stdout, base) = start(&["--stack", "bare"]);
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    // The request was not rewritten to ask for usage, so the mock sent no usage chunk.
+    assert!(!body.contains("\"usage\""), "{body}");
+    let id = body
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let digest = reqwest::get(format!("{base}/v1/digests/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(digest.status(), 404, "no digest without the stack");
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
 }
 
 /// Send `signal` (`TERM`, `INT`) to the gateway, as an orchestrator would.
