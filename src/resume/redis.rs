@@ -1,40 +1,5 @@
 //! [`RedisStore`]: the logs of resumable streams on Redis, so that a client can resume on
 //! any replica (feature `redis`).
-//!
-//! # Data model
-//!
-//! Per stream, keys that share one hash tag (one cluster slot), under a prefix:
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
-//! | `<prefix>{<id>}:meta` | hash | `tenant`; at the end, `end` and `head` (the last seq) |
-//! | `<prefix>{<id>}:lease` | string | present while the producer lives; it expires when the producer's process dies |
-//!
-//! A writer task per stream copies the events to Redis, off the live path: what is queued
-//! goes in one pipelined round trip (one per event when they come apart, fewer in bursts)
-//! that refreshes the TTLs and the lease and publishes `<id> <seq>` on `<prefix>wake`. Each replica holds one subscription
-//! to that channel and fans the wake-ups out to its local readers; a safety poll nudges them
-//! every [`RedisStoreBuilder::poll`] too, so that a lost message only adds delay. A reader on
-//! another replica that finds no new entry, no end and no lease learns that the producer
-//! died: its resume ends (`Gone`).
-//!
-//! # Local first
-//!
-//! A stream is also logged in process (a [`MemoryStore`]): its local readers, and resumes
-//! that land on the replica running it, are served from memory. Redis serves the other
-//! replicas.
-//!
-//! # Failures
-//!
-//! No call waits on Redis longer than [`RedisStoreBuilder::timeout`]:
-//!
-//! - Redis down when a stream starts: the stream runs, not resumable (no ids are sent).
-//! - Redis lost mid-stream: the live stream goes on from memory (and resumes on this replica
-//!   too); its Redis log stops (resumes on other replicas answer `204` once the lease
-//!   expires), and the store stops writing it.
-//! - Redis back: new streams are resumable again (the connection manager reconnects), with
-//!   no restart.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -70,8 +35,43 @@ const DEFAULT_POLL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_STREAM_EVENTS: usize = 50_000;
 
 /// The logs of resumable streams on Redis, shared by every replica of a gateway; give it to
-/// [`ResumeLayer::store`](crate::ResumeLayer::store). See the [module docs](self) for the
-/// data model and what happens when Redis fails.
+/// [`ResumeLayer::store`](crate::ResumeLayer::store). It also keeps digest records for a
+/// [`DigestRegistry`](crate::DigestRegistry) ([`SharedDigests`]).
+///
+/// # Data model
+///
+/// Per stream, keys that share one hash tag (one cluster slot), under a prefix:
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
+/// | `<prefix>{<id>}:meta` | hash | `tenant`; at the end, `end` and `head` (the last seq) |
+/// | `<prefix>{<id>}:lease` | string | present while the producer lives; it expires when the producer's process dies |
+///
+/// A writer task per stream copies the events to Redis, off the live path: what is queued
+/// goes in one pipelined round trip (one per event when they come apart, fewer in bursts)
+/// that refreshes the TTLs and the lease and publishes `<id> <seq>` on `<prefix>wake`. Each replica holds one subscription
+/// to that channel and fans the wake-ups out to its local readers; a safety poll nudges them
+/// every [`RedisStoreBuilder::poll`] too, so that a lost message only adds delay. A reader on
+/// another replica that finds no new entry, no end and no lease learns that the producer
+/// died: its resume ends (`Gone`).
+///
+/// # Local first
+///
+/// A stream is also logged in process (a [`MemoryStore`]): its local readers, and resumes
+/// that land on the replica running it, are served from memory. Redis serves the other
+/// replicas.
+///
+/// # Failures
+///
+/// No call waits on Redis longer than [`RedisStoreBuilder::timeout`]:
+///
+/// - Redis down when a stream starts: the stream runs, not resumable (no ids are sent).
+/// - Redis lost mid-stream: the live stream goes on from memory (and resumes on this replica
+///   too); its Redis log stops (resumes on other replicas answer `204` once the lease
+///   expires), and the store stops writing it.
+/// - Redis back: new streams are resumable again (the connection manager reconnects), with
+///   no restart.
 ///
 /// ```no_run
 /// use tower_sse::ResumeLayer;
