@@ -79,7 +79,7 @@ struct Case {
 /// The case table: one row per transcript, with everything the report must say about it.
 /// The tests under "The table" below run every row; the other tests take a row by name.
 fn table() -> Vec<Case> {
-    vec![
+    let mut cases = vec![
         Case {
             name: "openai_chat",
             bytes: include_bytes!("fixtures/usage/openai_chat.sse"),
@@ -171,25 +171,6 @@ fn table() -> Vec<Case> {
             provisional: None,
             finishes: &[(12, "completed")],
         },
-        // `responses.sse` relayed without its `event:` lines: the format, the content, the
-        // id and model and the usage come from each event's `type`.
-        Case {
-            name: "responses_data_only",
-            bytes: include_bytes!("fixtures/usage/responses_data_only.sse"),
-            path: "/v1/responses",
-            ndjson: false,
-            provider: Provider::OpenAiResponses,
-            usage: Some(u(36, 203, 239, 0, 192)),
-            cache_creation: None,
-            id: Some("resp_68a1f0"),
-            model: Some("gpt-5-mini-2025-08-07"),
-            finish: Some("completed"),
-            events: 13,
-            content_at: &[6, 7, 8],
-            reported: vec![(12, u(36, 203, 239, 0, 192))],
-            provisional: None,
-            finishes: &[(12, "completed")],
-        },
         Case {
             name: "responses_incomplete",
             bytes: include_bytes!("fixtures/usage/responses_incomplete.sse"),
@@ -210,24 +191,6 @@ fn table() -> Vec<Case> {
         Case {
             name: "anthropic",
             bytes: include_bytes!("fixtures/usage/anthropic.sse"),
-            path: "/v1/messages",
-            ndjson: false,
-            provider: Provider::Anthropic,
-            usage: Some(u(472, 12, -1, 0, -1)),
-            cache_creation: Some(0),
-            id: Some("msg_01XFDUDYJgAACzvnptvVoYEL"),
-            model: Some("claude-sonnet-4-5-20250929"),
-            finish: Some("end_turn"),
-            events: 9,
-            content_at: &[3, 4, 5],
-            reported: vec![(0, u(472, -1, -1, 0, -1)), (7, u(472, 12, -1, 0, -1))],
-            provisional: Some((0, 2)),
-            finishes: &[(7, "end_turn")],
-        },
-        // `anthropic.sse` relayed without its `event:` lines (its ping included).
-        Case {
-            name: "anthropic_data_only",
-            bytes: include_bytes!("fixtures/usage/anthropic_data_only.sse"),
             path: "/v1/messages",
             ndjson: false,
             provider: Provider::Anthropic,
@@ -316,7 +279,31 @@ fn table() -> Vec<Case> {
             provisional: None,
             finishes: &[(3, "stop")],
         },
-    ]
+    ];
+    // The same transcripts relayed without their `event:` lines (pings included): the
+    // format, the content, the id and model and the usage come from each event's `type`, so
+    // the report must say exactly what it says for the named ones.
+    for (of, name, bytes) in [
+        (
+            "responses",
+            "responses_data_only",
+            &include_bytes!("fixtures/usage/responses_data_only.sse")[..],
+        ),
+        (
+            "anthropic",
+            "anthropic_data_only",
+            &include_bytes!("fixtures/usage/anthropic_data_only.sse")[..],
+        ),
+    ] {
+        let named = cases.iter().find(|case| case.name == of).cloned();
+        let named = named.expect("the named transcript is in the table");
+        cases.push(Case {
+            name,
+            bytes,
+            ..named
+        });
+    }
+    cases
 }
 
 impl Case {
