@@ -316,35 +316,25 @@ async fn a_plain_request_answered_with_json_is_not_reported() {
 #[cfg(feature = "metrics")]
 #[test]
 fn a_non_stream_answer_to_a_streaming_request_is_counted() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::DebugValue;
     use tower_sse::MetricsObserver;
     use tower_sse::metrics::names;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let snapshot = support::metrics::recorded(false, || async {
+        let layer = SseLayer::new().observer(MetricsObserver::new());
+        let request = Request::builder()
+            .header("accept", "text/event-stream")
+            .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        runtime.block_on(async {
-            let layer = SseLayer::new().observer(MetricsObserver::new());
-            let request = Request::builder()
-                .header("accept", "text/event-stream")
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let upstream = Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .header("content-type", "application/json")
-                .body(FramesBody::data(&[b"{\"error\":1}"]))
-                .unwrap();
-            let res = support::body::serve_with(layer, request, upstream).await;
-            collect(res.into_body()).await;
-        });
+        let upstream = Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header("content-type", "application/json")
+            .body(FramesBody::data(&[b"{\"error\":1}"]))
+            .unwrap();
+        let res = support::body::serve_with(layer, request, upstream).await;
+        collect(res.into_body()).await;
     });
-    let ended = snapshotter
-        .snapshot()
-        .into_vec()
+    let ended = snapshot
         .into_iter()
         .find(|(key, ..)| {
             key.key().name() == names::STREAMS_ENDED

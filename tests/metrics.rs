@@ -12,7 +12,7 @@ use http::Request;
 use http_body::Frame;
 use http_body_util::Empty;
 use metrics::Unit;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::DebugValue;
 use support::body::{channel, collect, response, serve_with};
 use tokio::time::sleep;
 use tower_sse::MetricsObserver;
@@ -56,19 +56,11 @@ async fn one_stream() {
 
 #[test]
 fn genai_metrics_have_their_names_units_attributes_and_values() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
+    let snapshot = support::metrics::recorded(true, || async {
         describe();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(one_stream());
+        (async { one_stream().await }).await
     });
 
-    let snapshot = snapshotter.snapshot().into_vec();
     let find = |name: &str, label: Option<(&str, &str)>| {
         snapshot
             .iter()
@@ -166,39 +158,29 @@ fn genai_metrics_have_their_names_units_attributes_and_values() {
 
 #[test]
 fn failed_streams_carry_error_type_and_no_server_ttft() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
+    let snapshot = support::metrics::recorded(true, || async {
+        let layer = SseLayer::new()
+            .idle_timeout(Duration::from_secs(1))
+            .observer((
+                UsageObserver::new(),
+                TimingObserver::new(),
+                MetricsObserver::new(),
+            ));
+        let (tx, upstream) = channel();
+        let request = Request::post("/v1/chat/completions")
+            .body(Empty::<Bytes>::new())
             .unwrap();
-        runtime.block_on(async {
-            let layer = SseLayer::new()
-                .idle_timeout(Duration::from_secs(1))
-                .observer((
-                    UsageObserver::new(),
-                    TimingObserver::new(),
-                    MetricsObserver::new(),
-                ));
-            let (tx, upstream) = channel();
-            let request = Request::post("/v1/chat/completions")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let body = serve_with(layer, request, response("text/event-stream", upstream))
-                .await
-                .into_body();
-            tx.send(Ok(Frame::data(Bytes::from(chunk(
-                r#"{"content":"Hi"}"#,
-                "null",
-            )))))
-            .unwrap();
-            collect(body).await; // the upstream stalls: idle timeout after 1 s
-            drop(tx);
-        });
+        let body = serve_with(layer, request, response("text/event-stream", upstream))
+            .await
+            .into_body();
+        tx.send(Ok(Frame::data(Bytes::from(chunk(
+            r#"{"content":"Hi"}"#,
+            "null",
+        )))))
+        .unwrap();
+        collect(body).await; // the upstream stalls: idle timeout after 1 s
+        drop(tx);
     });
-    let snapshot = snapshotter.snapshot().into_vec();
     let duration = snapshot
         .iter()
         .find(|(key, ..)| key.key().name() == names::CLIENT_OPERATION_DURATION)
@@ -230,38 +212,28 @@ fn failed_streams_carry_error_type_and_no_server_ttft() {
 /// provider's own (recorded); `message_start`'s placeholder output is neither.
 #[test]
 fn estimated_output_is_not_recorded_but_reported_input_is() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
+    let snapshot = support::metrics::recorded(true, || async {
+        let layer = SseLayer::new().observer((UsageObserver::new(), MetricsObserver::new()));
+        let request = Request::post("/v1/messages")
+            .body(Empty::<Bytes>::new())
             .unwrap();
-        runtime.block_on(async {
-            let layer = SseLayer::new().observer((UsageObserver::new(), MetricsObserver::new()));
-            let request = Request::post("/v1/messages")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            let stream = concat!(
-                "event: message_start\n",
-                "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n",
-                "event: content_block_delta\n",
-                "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Partial answer\"}}\n\n",
-                "event: error\n",
-                "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
-            );
-            let body = serve_with(
-                layer,
-                request,
-                response("text/event-stream", support::body::sse(&[stream])),
-            )
-            .await
-            .into_body();
-            collect(body).await;
-        });
+        let stream = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Partial answer\"}}\n\n",
+            "event: error\n",
+            "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        );
+        let body = serve_with(
+            layer,
+            request,
+            response("text/event-stream", support::body::sse(&[stream])),
+        )
+        .await
+        .into_body();
+        collect(body).await;
     });
-    let snapshot = snapshotter.snapshot().into_vec();
     let tokens = |kind: &str| {
         snapshot
             .iter()
@@ -292,33 +264,24 @@ fn limit_rejections_are_counted_with_their_reason() {
     use tower::{Layer, ServiceExt};
     use tower_sse::StreamLimitLayer;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     let limit = StreamLimitLayer::new(1);
     let open = limit.counter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let service = limit.layer(tower::service_fn(|_: Request<()>| async {
-                let (_, upstream) = channel();
-                Ok::<_, Infallible>(response("text/event-stream", upstream))
-            }));
-            let held = service.clone().oneshot(Request::new(())).await.unwrap();
-            assert!(held.body().holds_permit());
-            for _ in 0..2 {
-                let rejected = service.clone().oneshot(Request::new(())).await.unwrap();
-                assert_eq!(rejected.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-            }
-            drop(held);
-            let admitted = service.oneshot(Request::new(())).await.unwrap();
-            assert_eq!(admitted.status(), http::StatusCode::OK);
-        });
+    let snapshot = support::metrics::recorded(false, || async {
+        let service = limit.layer(tower::service_fn(|_: Request<()>| async {
+            let (_, upstream) = channel();
+            Ok::<_, Infallible>(response("text/event-stream", upstream))
+        }));
+        let held = service.clone().oneshot(Request::new(())).await.unwrap();
+        assert!(held.body().holds_permit());
+        for _ in 0..2 {
+            let rejected = service.clone().oneshot(Request::new(())).await.unwrap();
+            assert_eq!(rejected.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        }
+        drop(held);
+        let admitted = service.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(admitted.status(), http::StatusCode::OK);
     });
     assert_eq!(open.rejected(), 2);
-    let snapshot = snapshotter.snapshot().into_vec();
     let rejections: Vec<_> = snapshot
         .iter()
         .filter(|(key, ..)| key.key().name() == names::LIMIT_REJECTIONS)
@@ -449,40 +412,33 @@ fn model_labels_are_bounded_in_number_and_length() {
     use tower_sse::metrics::{ModelLabels, OTHER};
     use tower_sse::request::RequestModel;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let layer = SseLayer::new().observer(
-                MetricsObserver::new().model_labels(ModelLabels::first_seen(10).max_len(64)),
+    let snapshot = support::metrics::recorded(false, || async {
+        let layer = SseLayer::new()
+            .observer(MetricsObserver::new().model_labels(ModelLabels::first_seen(10).max_len(64)));
+        for i in 0..60 {
+            // Half short distinct names, half 1 KB ones.
+            let model = if i % 2 == 0 {
+                format!("model-{i}")
+            } else {
+                format!("{i}-{}", "x".repeat(1024))
+            };
+            let mut request = Request::post("/v1/chat/completions")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            request.extensions_mut().insert(RequestModel(model.clone()));
+            let body = format!(
+                "data: {{\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}\n\n"
             );
-            for i in 0..60 {
-                // Half short distinct names, half 1 KB ones.
-                let model = if i % 2 == 0 {
-                    format!("model-{i}")
-                } else {
-                    format!("{i}-{}", "x".repeat(1024))
-                };
-                let mut request = Request::post("/v1/chat/completions")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                request
-                    .extensions_mut()
-                    .insert(RequestModel(model.clone()));
-                let body = format!(
-                    "data: {{\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}\n\n"
-                );
-                let upstream = http_body_util::Full::new(Bytes::from(body));
-                let res = serve_with(layer.clone(), request, response("text/event-stream", upstream)).await;
-                collect(res.into_body()).await;
-            }
-        });
+            let upstream = http_body_util::Full::new(Bytes::from(body));
+            let res = serve_with(
+                layer.clone(),
+                request,
+                response("text/event-stream", upstream),
+            )
+            .await;
+            collect(res.into_body()).await;
+        }
     });
-    let snapshot = snapshotter.snapshot().into_vec();
     for label in ["gen_ai.request.model", "gen_ai.response.model"] {
         let values: HashSet<String> = snapshot
             .iter()

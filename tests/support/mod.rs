@@ -5,4 +5,6 @@ pub mod sse;
 
 pub mod body;
 pub mod inputs;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod strategies;
