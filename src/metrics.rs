@@ -42,6 +42,7 @@
 
 use metrics::Unit;
 
+pub use crate::observe::handles::DEFAULT_MAX_LABEL_SETS;
 pub use crate::observe::labels::{
     DEFAULT_DISTINCT_MODELS, DEFAULT_MAX_MODEL_LEN, ModelLabels, OTHER,
 };

@@ -93,6 +93,29 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// How many outcomes there are (for tables indexed by [`index`](Self::index)).
+    #[cfg(feature = "metrics")]
+    pub(crate) const COUNT: usize = 10;
+
+    /// This outcome's place in `0..COUNT`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Completed => 0,
+            Self::UpstreamError => 1,
+            Self::ClientDisconnected => 2,
+            Self::FirstEventTimeout => 3,
+            Self::IdleTimeout => 4,
+            Self::DeadlineExceeded => 5,
+            Self::EventTooLarge => 6,
+            Self::UpstreamTruncated => 7,
+            Self::ServerShutdown => 8,
+            Self::RequestTimeout => 9,
+        }
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())

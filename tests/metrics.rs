@@ -460,3 +460,66 @@ fn model_labels_are_bounded_in_number_and_length() {
         assert!(values.iter().all(|v| v.len() <= 64), "{label}");
     }
 }
+
+/// The observer keeps the recorder's handles per label set (up to a bound): what it records
+/// is what looking every metric up for every stream records, within the bound and beyond it.
+#[test]
+fn kept_handles_record_what_lookups_per_stream_record() {
+    use tower_sse::request::RequestModel;
+
+    let streams = |observer: MetricsObserver| async move {
+        let layer =
+            SseLayer::new().observer((UsageObserver::new(), TimingObserver::new(), observer));
+        for i in 0..12 {
+            let model = format!("model-{}", i % 4);
+            let mut request = Request::post("/v1/chat/completions")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            request.extensions_mut().insert(RequestModel(model.clone()));
+            let event = |content: &str| {
+                format!(
+                    "data: {{\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{content}\"}}}}]}}\n\n"
+                )
+            };
+            let mut stream = event("a") + &event("b");
+            if i % 3 == 0 {
+                // Cut mid-event: a failed stream, with `error.type`.
+                stream.push_str("data: {\"object\"");
+            } else {
+                stream.push_str("data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\ndata: [DONE]\n\n");
+            }
+            let upstream = http_body_util::Full::new(Bytes::from(stream));
+            let res = serve_with(
+                layer.clone(),
+                request,
+                response("text/event-stream", upstream),
+            )
+            .await;
+            collect(res.into_body()).await;
+        }
+    };
+    let sorted = |mut snapshot: support::metrics::Snapshot| {
+        snapshot.sort_by_key(|(key, ..)| format!("{key:?}"));
+        snapshot
+            .into_iter()
+            .map(|(key, _, _, value)| format!("{key:?} = {value:?}"))
+            .collect::<Vec<_>>()
+    };
+    let looked_up = sorted(support::metrics::recorded(true, || {
+        streams(MetricsObserver::new().max_label_sets(0))
+    }));
+    let kept = sorted(support::metrics::recorded(true, || {
+        streams(MetricsObserver::new())
+    }));
+    let partly_kept = sorted(support::metrics::recorded(true, || {
+        streams(MetricsObserver::new().max_label_sets(2))
+    }));
+    assert!(looked_up.iter().any(|line| line.contains("error.type")));
+    assert!(
+        looked_up
+            .iter()
+            .any(|line| line.contains(names::CLIENT_TOKEN_USAGE))
+    );
+    assert_eq!(kept, looked_up);
+    assert_eq!(partly_kept, looked_up);
+}

@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use metrics::SharedString;
 
 /// The label value that stands for every model name not recorded as itself.
 pub const OTHER: &str = "_OTHER";
@@ -50,10 +52,11 @@ struct Inner {
 }
 
 enum Policy {
-    Allow(HashSet<Box<str>>),
+    Allow(HashSet<Arc<str>>),
     FirstSeen {
         limit: usize,
-        seen: Mutex<HashSet<Box<str>>>,
+        /// Read by every stream, written only while fewer than `limit` names are known.
+        seen: RwLock<HashSet<Arc<str>>>,
     },
 }
 
@@ -63,7 +66,7 @@ impl ModelLabels {
         Self(Arc::new(Inner {
             policy: Policy::FirstSeen {
                 limit,
-                seen: Mutex::new(HashSet::new()),
+                seen: RwLock::new(HashSet::new()),
             },
             max_len: DEFAULT_MAX_MODEL_LEN,
         }))
@@ -75,10 +78,7 @@ impl ModelLabels {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let names = names
-            .into_iter()
-            .map(|n| n.into().into_boxed_str())
-            .collect();
+        let names = names.into_iter().map(|n| Arc::from(n.into())).collect();
         Self(Arc::new(Inner {
             policy: Policy::Allow(names),
             max_len: DEFAULT_MAX_MODEL_LEN,
@@ -99,24 +99,41 @@ impl ModelLabels {
 
     /// The label value recorded for this model name.
     pub fn value(&self, model: &str) -> String {
+        self.label(model).into_owned()
+    }
+
+    /// The label value recorded for this model name, sharing the kept name (no copy).
+    pub(crate) fn label(&self, model: &str) -> SharedString {
+        let other = || SharedString::const_str(OTHER);
         if model.len() > self.0.max_len {
-            return OTHER.to_owned();
+            return other();
         }
         let known = match &self.0.policy {
-            Policy::Allow(names) => names.contains(model),
+            Policy::Allow(names) => names.get(model).cloned(),
             Policy::FirstSeen { limit, seen } => {
                 // A poisoned lock only means another thread panicked while inserting: the
                 // set is still a set.
-                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                seen.contains(model)
-                    || (seen.len() < *limit && seen.insert(model.to_owned().into_boxed_str()))
+                let read = seen.read().unwrap_or_else(PoisonError::into_inner);
+                match read.get(model) {
+                    Some(name) => Some(name.clone()),
+                    None if read.len() >= *limit => None,
+                    None => {
+                        drop(read);
+                        let mut write = seen.write().unwrap_or_else(PoisonError::into_inner);
+                        match write.get(model) {
+                            Some(name) => Some(name.clone()),
+                            None if write.len() >= *limit => None,
+                            None => {
+                                let name: Arc<str> = Arc::from(model);
+                                write.insert(name.clone());
+                                Some(name)
+                            }
+                        }
+                    }
+                }
             }
         };
-        if known {
-            model.to_owned()
-        } else {
-            OTHER.to_owned()
-        }
+        known.map_or_else(other, SharedString::from)
     }
 }
 
@@ -126,7 +143,7 @@ impl Policy {
             Self::Allow(names) => Self::Allow(names.clone()),
             Self::FirstSeen { limit, seen } => Self::FirstSeen {
                 limit: *limit,
-                seen: Mutex::new(seen.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+                seen: RwLock::new(seen.read().unwrap_or_else(PoisonError::into_inner).clone()),
             },
         }
     }

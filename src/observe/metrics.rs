@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use metrics::{Histogram, Label};
+use std::sync::Arc;
+
+use metrics::SharedString;
 use tokio::time::Instant;
 
-use crate::metrics::names;
+use crate::observe::handles::{DEFAULT_MAX_LABEL_SETS, HandleCache, Handles, LabelSet};
 use crate::observe::labels::ModelLabels;
 use crate::observe::{EventContext, Observer};
 use crate::report::{Outcome, StreamReport, UsageSource};
@@ -119,13 +121,27 @@ use crate::sse::EventRef;
 /// assert_eq!(value(names::CLIENT_TOKEN_USAGE).len(), 2);
 /// # }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MetricsObserver {
-    request_model: Option<String>,
+    request_model: Option<SharedString>,
     open: bool,
     last_content: Option<Instant>,
-    per_chunk: Option<Histogram>,
+    per_chunk: Option<Arc<Handles>>,
     models: ModelLabels,
+    handles: Arc<HandleCache>,
+}
+
+impl Default for MetricsObserver {
+    fn default() -> Self {
+        Self {
+            request_model: None,
+            open: false,
+            last_content: None,
+            per_chunk: None,
+            models: ModelLabels::default(),
+            handles: Arc::new(HandleCache::new(DEFAULT_MAX_LABEL_SETS)),
+        }
+    }
 }
 
 impl MetricsObserver {
@@ -144,22 +160,31 @@ impl MetricsObserver {
         self
     }
 
-    fn labels(&self, report: &StreamReport) -> Vec<Label> {
-        let mut labels = vec![
-            Label::new("gen_ai.operation.name", report.provider.operation()),
-            Label::new("gen_ai.provider.name", report.provider.as_str()),
-        ];
-        // Client and upstream choose these: bounded, so that they cannot grow the recorder.
-        if let Some(model) = &self.request_model {
-            labels.push(Label::new("gen_ai.request.model", self.models.value(model)));
+    /// For how many label sets (provider, request and response model) the recorder's handles
+    /// are kept. Default:
+    /// [`DEFAULT_MAX_LABEL_SETS`](crate::metrics::DEFAULT_MAX_LABEL_SETS).
+    ///
+    /// Looking a metric up in the recorder builds its key and hashes it, about a dozen
+    /// allocations per metric; the observer does it once a second per label set instead of
+    /// for every stream. Streams of label sets beyond the bound are recorded as if there
+    /// were no cache. Handles are looked up again after a second, so an exporter that drops
+    /// idle series (the Prometheus exporter's `idle_timeout`, at least one second) never has
+    /// a handle recording into a dropped series, and a recorder installed after the first
+    /// streams is picked up. Clones share the kept handles.
+    #[must_use]
+    pub fn max_label_sets(mut self, max: usize) -> Self {
+        self.handles = Arc::new(HandleCache::new(max));
+        self
+    }
+
+    fn label_set(&self, report: &StreamReport) -> LabelSet {
+        // Client and upstream choose the models: bounded, so that they cannot grow the
+        // recorder.
+        LabelSet {
+            provider: report.provider,
+            request_model: self.request_model.clone(),
+            response_model: report.model.as_deref().map(|m| self.models.label(m)),
         }
-        if let Some(model) = &report.model {
-            labels.push(Label::new(
-                "gen_ai.response.model",
-                self.models.value(model),
-            ));
-        }
-        labels
     }
 }
 
@@ -168,11 +193,11 @@ impl Observer for MetricsObserver {
         self.request_model = request
             .extensions
             .get::<RequestModel>()
-            .map(|m| m.0.clone());
+            .map(|m| self.models.label(&m.0));
     }
 
     fn on_response(&mut self, _response: &http::response::Parts, _report: &mut StreamReport) {
-        metrics::gauge!(names::STREAMS_OPEN).increment(1.0);
+        self.handles.streams_open(1.0);
         self.open = true;
     }
 
@@ -183,48 +208,39 @@ impl Observer for MetricsObserver {
         }
         let at = cx.at();
         if let Some(last) = self.last_content.replace(at) {
-            let labels = &*cx.report;
-            let histogram = match &self.per_chunk {
-                Some(histogram) => histogram,
+            let handles = match &self.per_chunk {
+                Some(handles) => handles,
                 None => {
-                    let labels = self.labels(labels);
-                    self.per_chunk.insert(metrics::histogram!(
-                        names::CLIENT_TIME_PER_OUTPUT_CHUNK,
-                        labels
-                    ))
+                    let set = self.label_set(cx.report);
+                    self.per_chunk.insert(self.handles.handles(&set))
                 }
             };
-            histogram.record(at.saturating_duration_since(last).as_secs_f64());
+            handles
+                .per_chunk()
+                .record(at.saturating_duration_since(last).as_secs_f64());
         }
     }
 
     fn on_end(&mut self, report: &mut StreamReport) {
         if std::mem::take(&mut self.open) {
-            metrics::gauge!(names::STREAMS_OPEN).decrement(1.0);
+            self.handles.streams_open(-1.0);
         }
-        let labels = self.labels(report);
+        self.handles.stream_ended(report.outcome);
+        let handles = self.handles.handles(&self.label_set(report));
         let failed = report.outcome != Outcome::Completed;
-        metrics::counter!(names::STREAMS_ENDED, "outcome" => report.outcome.as_str()).increment(1);
-
-        let mut with_error = labels.clone();
-        if failed {
-            with_error.push(Label::new("error.type", report.outcome.as_str()));
-        }
-        metrics::histogram!(names::CLIENT_OPERATION_DURATION, with_error)
+        handles
+            .duration(report.outcome)
             .record(report.duration().as_secs_f64());
 
         let timing = report.timing.unwrap_or_default();
         if let Some(ttft) = timing.time_to_first_token {
-            metrics::histogram!(names::CLIENT_TIME_TO_FIRST_CHUNK, labels.clone())
-                .record(secs(ttft));
+            handles.first_chunk().record(secs(ttft));
             if !failed {
-                metrics::histogram!(names::SERVER_TIME_TO_FIRST_TOKEN, labels.clone())
-                    .record(secs(ttft));
+                handles.first_token().record(secs(ttft));
             }
         }
         if let Some(tpot) = timing.time_per_output_token {
-            metrics::histogram!(names::SERVER_TIME_PER_OUTPUT_TOKEN, labels.clone())
-                .record(secs(tpot));
+            handles.per_token().record(secs(tpot));
         }
         // Reported counts only: the conventions ask not to report counts that were not
         // counted. An estimated usage has its output estimated, and only that: its input
@@ -233,12 +249,9 @@ impl Observer for MetricsObserver {
             let output = usage
                 .output_tokens
                 .filter(|_| usage.source == UsageSource::Reported);
-            for (kind, tokens) in [("input", usage.input_tokens), ("output", output)] {
+            for (is_output, tokens) in [(false, usage.input_tokens), (true, output)] {
                 if let Some(tokens) = tokens {
-                    let mut token_labels = labels.clone();
-                    token_labels.push(Label::new("gen_ai.token.type", kind));
-                    metrics::histogram!(names::CLIENT_TOKEN_USAGE, token_labels)
-                        .record(tokens as f64);
+                    handles.tokens(is_output).record(tokens as f64);
                 }
             }
         }

@@ -19,6 +19,8 @@
 //! must be cheap, must not block and must not panic. Parse only the events you need.
 
 #[cfg(feature = "metrics")]
+pub(crate) mod handles;
+#[cfg(feature = "metrics")]
 pub(crate) mod labels;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;

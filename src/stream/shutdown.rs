@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{Notify, futures::OwnedNotified};
 
@@ -63,6 +63,7 @@ impl Shutdown {
         ShutdownWatch {
             shutdown: self.clone(),
             notified: None,
+            registered: None,
         }
     }
 }
@@ -77,9 +78,15 @@ impl fmt::Debug for Shutdown {
 
 /// One stream's view of a [`Shutdown`]. The wake-up is registered (one allocation) only when
 /// the stream first waits; a stream that never waits only reads a flag.
+///
+/// Every open stream registers with the same [`Notify`], whose waiter list is behind one lock:
+/// polling the registration takes that lock, so it is polled only when the task's waker is
+/// new (the first wait, or the stream moved to another task), not at every poll of the body.
 pub(crate) struct ShutdownWatch {
     shutdown: Shutdown,
     notified: Option<Pin<Box<OwnedNotified>>>,
+    /// The waker the registration holds.
+    registered: Option<Waker>,
 }
 
 impl ShutdownWatch {
@@ -91,6 +98,15 @@ impl ShutdownWatch {
 
     /// Ready once the streams are to end; when pending, the task is woken then.
     pub(crate) fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shutdown.is_ended() {
+            return Poll::Ready(());
+        }
+        if let Some(waker) = &self.registered
+            && waker.will_wake(cx.waker())
+        {
+            // `end_streams` sets the flag, then wakes this very waker.
+            return Poll::Pending;
+        }
         let notified = self.notified.get_or_insert_with(|| {
             let mut notified = Box::pin(self.shutdown.notify.clone().notified_owned());
             // Registered before the flag is read: a signal in between is not missed.
@@ -103,6 +119,90 @@ impl ShutdownWatch {
         if notified.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
+        self.registered = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn woken(counter: &Arc<Counter>) -> usize {
+        counter.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn the_registered_waker_is_woken_however_often_the_stream_was_polled() {
+        let shutdown = Shutdown::new();
+        let mut watch = shutdown.watch();
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(counter.clone());
+        for _ in 0..3 {
+            assert!(
+                watch
+                    .poll_ended(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        shutdown.end_streams();
+        assert_eq!(woken(&counter), 1);
+        assert!(
+            watch
+                .poll_ended(&mut Context::from_waker(&waker))
+                .is_ready()
+        );
+    }
+
+    #[test]
+    fn a_new_waker_replaces_the_registered_one() {
+        let shutdown = Shutdown::new();
+        let mut watch = shutdown.watch();
+        let (first, second) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+        let first_waker = Waker::from(first.clone());
+        let second_waker = Waker::from(second.clone());
+        assert!(
+            watch
+                .poll_ended(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+        assert!(
+            watch
+                .poll_ended(&mut Context::from_waker(&second_waker))
+                .is_pending()
+        );
+        shutdown.end_streams();
+        assert_eq!((woken(&first), woken(&second)), (0, 1));
+        assert!(
+            watch
+                .poll_ended(&mut Context::from_waker(&second_waker))
+                .is_ready()
+        );
+    }
+
+    #[test]
+    fn an_ended_shutdown_is_ready_at_once() {
+        let shutdown = Shutdown::new();
+        shutdown.end_streams();
+        let waker = Waker::from(Arc::new(Counter::default()));
+        assert!(
+            shutdown
+                .watch()
+                .poll_ended(&mut Context::from_waker(&waker))
+                .is_ready()
+        );
     }
 }

@@ -1,0 +1,297 @@
+//! [`HandleCache`]: the metrics recorder's handles of each label set, looked up once a
+//! second instead of once per stream.
+//!
+//! Recording through `metrics::histogram!(name, labels)` builds a label vector and a
+//! `metrics::Key`, which the recorder hashes, looks up and often clones: about a dozen
+//! allocations and a lock per metric, nine metrics per stream. The handles it returns stay
+//! valid, so [`MetricsObserver`](crate::MetricsObserver) keeps them per label set.
+//!
+//! An exporter may drop a series that has not been updated for a while (the Prometheus
+//! exporter's `idle_timeout`); a handle kept longer would go on recording into the dropped
+//! series. So handles are looked up again once they are [`REFRESH`] old: a handle that young
+//! cannot belong to a series idle for longer, and an idle timeout of at least [`REFRESH`]
+//! loses nothing. The same refresh picks up a recorder installed after the first streams.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram, Label, SharedString};
+
+use crate::metrics::names;
+use crate::provider::Provider;
+use crate::report::Outcome;
+
+/// How long handles are used before they are looked up again.
+pub(crate) const REFRESH: Duration = Duration::from_secs(1);
+
+/// The default number of label sets whose handles are kept.
+pub const DEFAULT_MAX_LABEL_SETS: usize = 1024;
+
+/// The labels every GenAI metric of a stream carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct LabelSet {
+    pub(crate) provider: Provider,
+    pub(crate) request_model: Option<SharedString>,
+    pub(crate) response_model: Option<SharedString>,
+}
+
+impl LabelSet {
+    fn labels(&self) -> Vec<Label> {
+        let mut labels = vec![
+            Label::new("gen_ai.operation.name", self.provider.operation()),
+            Label::new("gen_ai.provider.name", self.provider.as_str()),
+        ];
+        if let Some(model) = &self.request_model {
+            labels.push(Label::new("gen_ai.request.model", model.clone()));
+        }
+        if let Some(model) = &self.response_model {
+            labels.push(Label::new("gen_ai.response.model", model.clone()));
+        }
+        labels
+    }
+}
+
+/// The handles of one label set, each registered with the recorder on first use (a metric
+/// never recorded never appears as an empty series).
+#[derive(Debug)]
+pub(crate) struct Handles {
+    born: Instant,
+    labels: Vec<Label>,
+    per_chunk: OnceLock<Histogram>,
+    first_chunk: OnceLock<Histogram>,
+    first_token: OnceLock<Histogram>,
+    per_token: OnceLock<Histogram>,
+    input_tokens: OnceLock<Histogram>,
+    output_tokens: OnceLock<Histogram>,
+    /// By outcome: a failed stream's duration also carries `error.type`.
+    duration: [OnceLock<Histogram>; Outcome::COUNT],
+}
+
+impl Handles {
+    fn new(set: &LabelSet) -> Self {
+        Self {
+            born: Instant::now(),
+            labels: set.labels(),
+            per_chunk: OnceLock::new(),
+            first_chunk: OnceLock::new(),
+            first_token: OnceLock::new(),
+            per_token: OnceLock::new(),
+            input_tokens: OnceLock::new(),
+            output_tokens: OnceLock::new(),
+            duration: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn histogram<'a>(
+        &self,
+        slot: &'a OnceLock<Histogram>,
+        name: &'static str,
+        extra: Option<Label>,
+    ) -> &'a Histogram {
+        slot.get_or_init(|| {
+            let mut labels = self.labels.clone();
+            labels.extend(extra);
+            metrics::histogram!(name, labels)
+        })
+    }
+
+    pub(crate) fn per_chunk(&self) -> &Histogram {
+        self.histogram(&self.per_chunk, names::CLIENT_TIME_PER_OUTPUT_CHUNK, None)
+    }
+
+    pub(crate) fn first_chunk(&self) -> &Histogram {
+        self.histogram(&self.first_chunk, names::CLIENT_TIME_TO_FIRST_CHUNK, None)
+    }
+
+    pub(crate) fn first_token(&self) -> &Histogram {
+        self.histogram(&self.first_token, names::SERVER_TIME_TO_FIRST_TOKEN, None)
+    }
+
+    pub(crate) fn per_token(&self) -> &Histogram {
+        self.histogram(&self.per_token, names::SERVER_TIME_PER_OUTPUT_TOKEN, None)
+    }
+
+    pub(crate) fn tokens(&self, output: bool) -> &Histogram {
+        let (slot, kind) = if output {
+            (&self.output_tokens, "output")
+        } else {
+            (&self.input_tokens, "input")
+        };
+        let kind = Label::new("gen_ai.token.type", kind);
+        self.histogram(slot, names::CLIENT_TOKEN_USAGE, Some(kind))
+    }
+
+    pub(crate) fn duration(&self, outcome: Outcome) -> &Histogram {
+        let error =
+            (outcome != Outcome::Completed).then(|| Label::new("error.type", outcome.as_str()));
+        let slot = &self.duration[outcome.index()];
+        self.histogram(slot, names::CLIENT_OPERATION_DURATION, error)
+    }
+}
+
+/// The handles without labels of their own: the open-streams gauge and, by outcome, the
+/// ended-streams counter.
+#[derive(Debug)]
+struct Global {
+    born: Instant,
+    streams_open: OnceLock<Gauge>,
+    streams_ended: [OnceLock<Counter>; Outcome::COUNT],
+}
+
+impl Global {
+    fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            streams_open: OnceLock::new(),
+            streams_ended: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+/// The handles of every label set seen, up to a bound, shared by the clones of one
+/// [`MetricsObserver`](crate::MetricsObserver).
+#[derive(Debug)]
+pub(crate) struct HandleCache {
+    sets: RwLock<HashMap<LabelSet, Arc<Handles>>>,
+    max_sets: usize,
+    global: RwLock<Arc<Global>>,
+    refresh: Duration,
+}
+
+impl HandleCache {
+    pub(crate) fn new(max_sets: usize) -> Self {
+        Self {
+            sets: RwLock::new(HashMap::new()),
+            max_sets,
+            global: RwLock::new(Arc::new(Global::new())),
+            refresh: REFRESH,
+        }
+    }
+
+    /// This label set's handles: kept ones while fresh; beyond the bound, handles for this
+    /// stream alone (looked up as if there were no cache).
+    pub(crate) fn handles(&self, set: &LabelSet) -> Arc<Handles> {
+        let now = Instant::now();
+        let read = self.sets.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handles) = read.get(set)
+            && self.is_fresh(handles.born, now)
+        {
+            return handles.clone();
+        }
+        let full = read.len() >= self.max_sets;
+        drop(read);
+        let handles = Arc::new(Handles::new(set));
+        let mut write = self.sets.write().unwrap_or_else(PoisonError::into_inner);
+        if full {
+            // Stale entries make room; live label sets beyond the bound go uncached.
+            write.retain(|_, kept| self.is_fresh(kept.born, now));
+        }
+        if write.len() < self.max_sets || write.contains_key(set) {
+            write.insert(set.clone(), handles.clone());
+        }
+        handles
+    }
+
+    fn global(&self) -> Arc<Global> {
+        let now = Instant::now();
+        let global = self
+            .global
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if self.is_fresh(global.born, now) {
+            return global;
+        }
+        let fresh = Arc::new(Global::new());
+        *self.global.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        fresh
+    }
+
+    /// `tower_sse.streams.open`.
+    pub(crate) fn streams_open(&self, change: f64) {
+        let global = self.global();
+        let gauge = global
+            .streams_open
+            .get_or_init(|| metrics::gauge!(names::STREAMS_OPEN));
+        gauge.increment(change);
+    }
+
+    /// `tower_sse.streams.ended{outcome}`.
+    pub(crate) fn stream_ended(&self, outcome: Outcome) {
+        let global = self.global();
+        let counter = global.streams_ended[outcome.index()]
+            .get_or_init(|| metrics::counter!(names::STREAMS_ENDED, "outcome" => outcome.as_str()));
+        counter.increment(1);
+    }
+
+    fn is_fresh(&self, born: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(born) < self.refresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    fn set(model: &'static str) -> LabelSet {
+        LabelSet {
+            provider: Provider::OpenAiChat,
+            request_model: None,
+            response_model: Some(SharedString::const_str(model)),
+        }
+    }
+
+    #[test]
+    fn a_label_set_is_looked_up_once_while_fresh() {
+        let cache = HandleCache::new(8);
+        let first = cache.handles(&set("a"));
+        assert!(Arc::ptr_eq(&first, &cache.handles(&set("a"))));
+        assert!(!Arc::ptr_eq(&first, &cache.handles(&set("b"))));
+    }
+
+    #[test]
+    fn stale_handles_are_looked_up_again() {
+        let mut cache = HandleCache::new(8);
+        cache.refresh = Duration::ZERO;
+        let first = cache.handles(&set("a"));
+        assert!(!Arc::ptr_eq(&first, &cache.handles(&set("a"))));
+    }
+
+    #[test]
+    fn label_sets_beyond_the_bound_are_not_kept() {
+        let cache = HandleCache::new(1);
+        let kept = cache.handles(&set("a"));
+        let beyond = cache.handles(&set("b"));
+        assert!(!Arc::ptr_eq(&beyond, &cache.handles(&set("b"))));
+        assert!(Arc::ptr_eq(&kept, &cache.handles(&set("a"))));
+        assert_eq!(cache.sets.read().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_recorder_installed_later_gets_the_records_after_a_refresh() {
+        let mut cache = HandleCache::new(8);
+        cache.refresh = Duration::ZERO;
+        // No recorder yet: recorded into nothing.
+        cache.stream_ended(Outcome::Completed);
+        cache.handles(&set("a")).per_chunk().record(0.5);
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            cache.stream_ended(Outcome::Completed);
+            cache.handles(&set("a")).per_chunk().record(0.25);
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let value = |name: &str| {
+            let found = snapshot.iter().find(|(key, ..)| key.key().name() == name);
+            found.map(|(.., value)| value)
+        };
+        assert_eq!(value(names::STREAMS_ENDED), Some(&DebugValue::Counter(1)));
+        assert_eq!(
+            value(names::CLIENT_TIME_PER_OUTPUT_CHUNK),
+            Some(&DebugValue::Histogram(vec![0.25.into()]))
+        );
+    }
+}
