@@ -48,7 +48,7 @@ use crate::sse::EventRef;
 
 use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::usage::{UsageState, counts};
-use super::{Format, ResponseMeta, Top, event_kind};
+use super::{Format, LazyKind, ResponseMeta, Top, event_kind};
 
 finders! {
     SIGNATURE_DELTA = b"\"signature_delta\"";
@@ -112,8 +112,8 @@ impl Format for Anthropic {
         extract(event, state)
     }
 
-    fn is_terminal(event: &EventRef<'_>) -> bool {
-        event_kind(event) == b"message_stop"
+    fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
+        kind.get() == b"message_stop"
     }
 }
 

@@ -28,7 +28,7 @@ use super::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
 use super::usage::{UsageState, counts};
-use super::{Format, ResponseMeta};
+use super::{Format, LazyKind, ResponseMeta};
 
 finders! {
     USAGE_METADATA = b"\"usageMetadata\"";
@@ -86,7 +86,7 @@ impl Format for Gemini {
         extract(event, state)
     }
 
-    fn is_terminal(_: &EventRef<'_>) -> bool {
+    fn is_terminal(_: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         false
     }
 }

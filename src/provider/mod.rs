@@ -111,8 +111,9 @@ pub(crate) trait Format {
     /// any (extractors chained after this one then skip it).
     fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool;
 
-    /// Whether the event is the last one of a stream of this format.
-    fn is_terminal(event: &EventRef<'_>) -> bool;
+    /// Whether the event is the last one of a stream of this format. `kind` is the event's
+    /// [`event_kind`], worked out once for every format that asks.
+    fn is_terminal(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool;
 }
 
 /// Declares [`Provider`] from the list of formats, in detection order, with the dispatch to
@@ -204,9 +205,10 @@ impl Provider {
     /// Anthropic's `message_stop`, Responses' `response.completed` / `.incomplete` /
     /// `.failed`, and Ollama's `"done": true` line (in a stream known to be Ollama's).
     pub fn is_terminal(self, event: &EventRef<'_>) -> bool {
+        let mut kind = LazyKind::new(event);
         Self::FORMATS.iter().any(|&p| {
             (p == self || with_format!(p, |F| F::TERMINAL_IS_DISTINCTIVE, false))
-                && with_format!(p, |F| F::is_terminal(event), false)
+                && with_format!(p, |F| F::is_terminal(event, &mut kind), false)
         })
     }
 
@@ -306,6 +308,23 @@ fn event_name<'a>(event: &EventRef<'a>) -> Option<&'a [u8]> {
 /// byte compares when `type` is its first key (as providers send it), a walk of its top
 /// level otherwise (see `json::top_level_type`); a nested `type` (a content block's, a tool
 /// call's) never counts, so OpenAI Chat chunks, which have none at the top, have no kind.
+/// An event's [`event_kind`], worked out on first use: several formats ask for it of the
+/// same event, and for an unnamed event it costs a scan of the data.
+pub(crate) struct LazyKind<'e, 'a> {
+    event: &'e EventRef<'a>,
+    kind: Option<&'a [u8]>,
+}
+
+impl<'e, 'a> LazyKind<'e, 'a> {
+    pub(crate) fn new(event: &'e EventRef<'a>) -> Self {
+        Self { event, kind: None }
+    }
+
+    pub(crate) fn get(&mut self) -> &'a [u8] {
+        *self.kind.get_or_insert_with(|| event_kind(self.event))
+    }
+}
+
 #[inline]
 pub(crate) fn event_kind<'a>(event: &EventRef<'a>) -> &'a [u8] {
     match event_name(event) {

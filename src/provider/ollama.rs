@@ -17,9 +17,9 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::Format;
 use super::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 use super::usage::{UsageState, counts};
+use super::{Format, LazyKind};
 
 finders! {
     DONE = b"\"done\"";
@@ -63,7 +63,7 @@ impl Format for Ollama {
         extract(event, state)
     }
 
-    fn is_terminal(event: &EventRef<'_>) -> bool {
+    fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.event_bytes().is_empty() && has_true_value(event.data_bytes(), &DONE)
     }
 }

@@ -28,12 +28,12 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::Format;
 use super::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
     is_empty_array_or_absent, object_value, parse, present, text_of,
 };
 use super::usage::{UsageState, counts};
+use super::{Format, LazyKind};
 
 finders! {
     USAGE = b"\"usage\"";
@@ -92,7 +92,7 @@ impl Format for Chat {
         extract(event, state)
     }
 
-    fn is_terminal(event: &EventRef<'_>) -> bool {
+    fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.data_bytes() == b"[DONE]"
     }
 }
@@ -127,7 +127,7 @@ impl Format for Completions {
         extract(event, state)
     }
 
-    fn is_terminal(event: &EventRef<'_>) -> bool {
+    fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.data_bytes() == b"[DONE]"
     }
 }

@@ -23,7 +23,7 @@ use crate::sse::EventRef;
 
 use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::usage::{UsageState, counts};
-use super::{Format, ResponseMeta, Top, event_kind};
+use super::{Format, LazyKind, ResponseMeta, Top, event_kind};
 
 finders! {
     RESPONSE = b"\"response\"";
@@ -75,8 +75,8 @@ impl Format for Responses {
         extract(event, state)
     }
 
-    fn is_terminal(event: &EventRef<'_>) -> bool {
-        TERMINAL.contains(&event_kind(event))
+    fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
+        TERMINAL.contains(&kind.get())
     }
 }
 
