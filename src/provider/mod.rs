@@ -321,7 +321,7 @@ impl<'e, 'a> LazyKind<'e, 'a> {
     }
 
     pub(crate) fn get(&mut self) -> &'a [u8] {
-        *self.kind.get_or_insert_with(|| event_kind(self.event))
+        self.kind.get_or_insert_with(|| event_kind(self.event))
     }
 }
 
