@@ -289,8 +289,7 @@ impl<S, O: Clone, E: Clone> Layer<S> for SseLayer<O, E> {
         SseService::new(
             inner,
             self.config.clone(),
-            self.observer.clone(),
-            self.on_end.clone(),
+            Arc::new((self.observer.clone(), self.on_end.clone())),
         )
     }
 }

@@ -25,17 +25,18 @@ use crate::stream::future::{Setup, SseFuture, claim_permits, upload_timeout};
 pub struct SseService<S, O = (), E = ()> {
     inner: S,
     config: Arc<Config>,
-    observer: O,
-    on_end: E,
+    /// The observer and report sink each stream starts from. Shared: services are cloned
+    /// for every request (tower's `call` pattern, axum's routes), and the observers can
+    /// weigh a kilobyte.
+    template: Arc<(O, E)>,
 }
 
-impl<S: Clone, O: Clone, E: Clone> Clone for SseService<S, O, E> {
+impl<S: Clone, O, E> Clone for SseService<S, O, E> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             config: self.config.clone(),
-            observer: self.observer.clone(),
-            on_end: self.on_end.clone(),
+            template: self.template.clone(),
         }
     }
 }
@@ -50,12 +51,11 @@ impl<S: fmt::Debug, O, E> fmt::Debug for SseService<S, O, E> {
 }
 
 impl<S, O, E> SseService<S, O, E> {
-    pub(crate) fn new(inner: S, config: Arc<Config>, observer: O, on_end: E) -> Self {
+    pub(crate) fn new(inner: S, config: Arc<Config>, template: Arc<(O, E)>) -> Self {
         Self {
             inner,
             config,
-            observer,
-            on_end,
+            template,
         }
     }
 
@@ -97,7 +97,8 @@ where
         let (mut parts, body) = request.into_parts();
         let started_at = Arrival::stamp(&mut parts.extensions);
         let permits = claim_permits(&self.config, &mut parts.extensions);
-        let mut observer = self.observer.clone();
+        let (observer, on_end) = &*self.template;
+        let mut observer = observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
         let early = streaming && self.config.answers_early(&parts);
@@ -105,7 +106,7 @@ where
         let setup = Setup {
             config: self.config.clone(),
             observer,
-            on_end: self.on_end.clone(),
+            on_end: on_end.clone(),
             started_at,
             hint,
             permits,

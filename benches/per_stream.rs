@@ -1,11 +1,18 @@
-//! Per-stream cost of `MetricsObserver` into a real Prometheus recorder, with the recorder's
-//! handles kept per label set (the default) and looked up for every stream (as before they
-//! were kept: `max_label_sets(0)`), against the same stream without the observer.
+//! Per-stream costs, on short streams where they are all there is.
 //!
-//! `cargo bench --bench metrics`. Each iteration drives one short chat stream whole: the
-//! layer's call, a role chunk, two content chunks, the finish chunk, the usage chunk and
-//! `[DONE]` (6 events), polled by hand as hyper would. A stream records nine metrics at its
-//! end and one per content gap: with streams this short the per-stream cost is all there is.
+//! `cargo bench --bench per_stream`.
+//!
+//! - `per_stream/metrics`: `MetricsObserver` into a real Prometheus recorder, with the
+//!   recorder's handles kept per label set (the default) and looked up for every stream (as
+//!   before they were kept: `max_label_sets(0)`), against the same stream without the
+//!   observer. Each iteration drives one short chat stream whole: the layer's call, a role
+//!   chunk, two content chunks, the finish chunk, the usage chunk and `[DONE]` (6 events),
+//!   polled by hand as hyper would. A stream records nine metrics at its end and one per
+//!   content gap.
+//! - `per_stream/service_clone`: cloning the `SseService` of a gateway's observer set (usage,
+//!   timing, digest into a registry, metrics, a log line). tower's services clone their inner
+//!   service in `call`, and axum clones a route's service for every request: a request
+//!   through the example gateway's stack clones it about a dozen times.
 
 #[path = "../tests/support/inputs.rs"]
 mod common;
@@ -16,8 +23,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tower::Layer;
 use tower_sse::metrics::{buckets, names};
-use tower_sse::{MetricsObserver, SseLayer, TimingObserver, UsageObserver};
+use tower_sse::{
+    DigestObserver, DigestRegistry, MetricsObserver, SseLayer, TimingObserver, TraceObserver,
+    UsageObserver,
+};
 
 use common::drive::{drain, through, upstream};
 
@@ -88,7 +99,7 @@ fn benches(c: &mut Criterion) {
     }
     assert_eq!(drain(through(&without, upstream(&chunks))), total);
 
-    let mut g = c.benchmark_group("metrics/short_stream");
+    let mut g = c.benchmark_group("per_stream/metrics");
     g.throughput(Throughput::Elements(1));
     g.bench_function("usage_timing", |b| {
         b.iter_batched(
@@ -112,14 +123,31 @@ fn benches(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    let gateway = SseLayer::new().observer((
+        UsageObserver::new(),
+        TimingObserver::new(),
+        DigestObserver::with_registry(DigestRegistry::new()),
+        MetricsObserver::new(),
+        TraceObserver,
+    ));
+    let service = gateway.layer(tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    }));
+    let mut g = c.benchmark_group("per_stream/service_clone");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("gateway_observers", |b| {
+        b.iter(|| black_box(service.clone()))
+    });
+    g.finish();
 }
 
 criterion_group! {
-    name = metrics;
+    name = per_stream;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
     targets = benches
 }
-criterion_main!(metrics);
+criterion_main!(per_stream);
