@@ -123,8 +123,10 @@ fn body_makes_no_allocation_per_event() {
         double, once,
         "SseBody + timing allocated per event ({once} vs {double})"
     );
-    // What one stream costs, whatever its length (boxed upstream, report strings, outbox).
-    assert!(once <= 12, "{once} allocations for one stream");
+    // What one stream costs, whatever its length (boxed upstream, report strings, outbox),
+    // and one more that is not the stream's: `run_stream` layers a service for each stream,
+    // and `SseLayer::layer` puts the observer and sink its clones share in one `Arc`.
+    assert!(once <= 13, "{once} allocations for one stream");
 }
 
 /// The fewest allocations `f` made over three runs. The allocator counts every thread of
