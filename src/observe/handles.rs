@@ -13,6 +13,7 @@
 //! loses nothing. The same refresh picks up a recorder installed after the first streams.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -155,8 +156,13 @@ impl Global {
 pub(crate) struct HandleCache {
     sets: RwLock<HashMap<LabelSet, Arc<Handles>>>,
     max_sets: usize,
-    global: RwLock<Arc<Global>>,
+    global: RwLock<Global>,
     refresh: Duration,
+    created: Instant,
+    /// When a full cache may next drop its stale entries, in milliseconds since `created`:
+    /// at most once a refresh interval, so that label sets beyond the bound cost no write
+    /// lock and no sweep per stream.
+    next_sweep_ms: AtomicU64,
 }
 
 impl HandleCache {
@@ -164,8 +170,10 @@ impl HandleCache {
         Self {
             sets: RwLock::new(HashMap::new()),
             max_sets,
-            global: RwLock::new(Arc::new(Global::new())),
+            global: RwLock::new(Global::new()),
             refresh: REFRESH,
+            created: Instant::now(),
+            next_sweep_ms: AtomicU64::new(0),
         }
     }
 
@@ -174,14 +182,18 @@ impl HandleCache {
     pub(crate) fn handles(&self, set: &LabelSet) -> Arc<Handles> {
         let now = Instant::now();
         let read = self.sets.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(handles) = read.get(set)
+        let kept = read.get(set);
+        if let Some(handles) = kept
             && self.is_fresh(handles.born, now)
         {
             return handles.clone();
         }
-        let full = read.len() >= self.max_sets;
+        let full = kept.is_none() && read.len() >= self.max_sets;
         drop(read);
         let handles = Arc::new(Handles::new(set));
+        if full && !self.sweep_due(now) {
+            return handles;
+        }
         let mut write = self.sets.write().unwrap_or_else(PoisonError::into_inner);
         if full {
             // Stale entries make room; live label sets beyond the bound go uncached.
@@ -193,41 +205,66 @@ impl HandleCache {
         handles
     }
 
-    fn global(&self) -> Arc<Global> {
+    /// Whether a full cache may sweep now (and then not again for a refresh interval).
+    fn sweep_due(&self, now: Instant) -> bool {
+        let at = millis(now.saturating_duration_since(self.created));
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
+        at >= due
+            && self
+                .next_sweep_ms
+                .compare_exchange(
+                    due,
+                    at + millis(self.refresh),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Run `f` with the fresh global handles.
+    fn with_global<R>(&self, f: impl FnOnce(&Global) -> R) -> R {
         let now = Instant::now();
-        let global = self
-            .global
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if self.is_fresh(global.born, now) {
-            return global;
+        {
+            let global = self.global.read().unwrap_or_else(PoisonError::into_inner);
+            if self.is_fresh(global.born, now) {
+                return f(&global);
+            }
         }
-        let fresh = Arc::new(Global::new());
-        *self.global.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-        fresh
+        let mut global = self.global.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.is_fresh(global.born, now) {
+            *global = Global::new();
+        }
+        f(&global)
     }
 
     /// `tower_sse.streams.open`.
     pub(crate) fn streams_open(&self, change: f64) {
-        let global = self.global();
-        let gauge = global
-            .streams_open
-            .get_or_init(|| metrics::gauge!(names::STREAMS_OPEN));
-        gauge.increment(change);
+        self.with_global(|global| {
+            global
+                .streams_open
+                .get_or_init(|| metrics::gauge!(names::STREAMS_OPEN))
+                .increment(change);
+        });
     }
 
     /// `tower_sse.streams.ended{outcome}`.
     pub(crate) fn stream_ended(&self, outcome: Outcome) {
-        let global = self.global();
-        let counter = global.streams_ended[outcome.index()]
-            .get_or_init(|| metrics::counter!(names::STREAMS_ENDED, "outcome" => outcome.as_str()));
-        counter.increment(1);
+        self.with_global(|global| {
+            global.streams_ended[outcome.index()]
+                .get_or_init(
+                    || metrics::counter!(names::STREAMS_ENDED, "outcome" => outcome.as_str()),
+                )
+                .increment(1);
+        });
     }
 
     fn is_fresh(&self, born: Instant, now: Instant) -> bool {
         now.saturating_duration_since(born) < self.refresh
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -267,6 +304,21 @@ mod tests {
         let beyond = cache.handles(&set("b"));
         assert!(!Arc::ptr_eq(&beyond, &cache.handles(&set("b"))));
         assert!(Arc::ptr_eq(&kept, &cache.handles(&set("a"))));
+        assert_eq!(cache.sets.read().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_cache_drops_stale_label_sets_at_most_once_a_refresh() {
+        let mut cache = HandleCache::new(1);
+        cache.handles(&set("a"));
+        // Nothing is stale yet: `b` goes uncached, `a` stays.
+        cache.handles(&set("b"));
+        assert!(cache.sets.read().unwrap().contains_key(&set("a")));
+        // Everything is stale at once: the next sweep makes room for `b`...
+        cache.refresh = Duration::ZERO;
+        cache.next_sweep_ms.store(0, Ordering::Relaxed);
+        cache.handles(&set("b"));
+        assert!(cache.sets.read().unwrap().contains_key(&set("b")));
         assert_eq!(cache.sets.read().unwrap().len(), 1);
     }
 
