@@ -410,7 +410,6 @@ fn every_metric_is_named_described_and_in_the_table() {
 fn model_labels_are_bounded_in_number_and_length() {
     use std::collections::HashSet;
     use tower_sse::metrics::{ModelLabels, OTHER};
-    use tower_sse::request::RequestModel;
 
     let snapshot = support::metrics::recorded(false, || async {
         let layer = SseLayer::new()
@@ -422,21 +421,10 @@ fn model_labels_are_bounded_in_number_and_length() {
             } else {
                 format!("{i}-{}", "x".repeat(1024))
             };
-            let mut request = Request::post("/v1/chat/completions")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            request.extensions_mut().insert(RequestModel(model.clone()));
             let body = format!(
                 "data: {{\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}\n\n"
             );
-            let upstream = http_body_util::Full::new(Bytes::from(body));
-            let res = serve_with(
-                layer.clone(),
-                request,
-                response("text/event-stream", upstream),
-            )
-            .await;
-            collect(res.into_body()).await;
+            serve_model_stream(&layer, &model, body).await;
         }
     });
     for label in ["gen_ai.request.model", "gen_ai.response.model"] {
@@ -465,17 +453,11 @@ fn model_labels_are_bounded_in_number_and_length() {
 /// is what looking every metric up for every stream records, within the bound and beyond it.
 #[test]
 fn kept_handles_record_what_lookups_per_stream_record() {
-    use tower_sse::request::RequestModel;
-
     let streams = |observer: MetricsObserver| async move {
         let layer =
             SseLayer::new().observer((UsageObserver::new(), TimingObserver::new(), observer));
         for i in 0..12 {
             let model = format!("model-{}", i % 4);
-            let mut request = Request::post("/v1/chat/completions")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            request.extensions_mut().insert(RequestModel(model.clone()));
             let event = |content: &str| {
                 format!(
                     "data: {{\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"{content}\"}}}}]}}\n\n"
@@ -488,14 +470,7 @@ fn kept_handles_record_what_lookups_per_stream_record() {
             } else {
                 stream.push_str("data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\ndata: [DONE]\n\n");
             }
-            let upstream = http_body_util::Full::new(Bytes::from(stream));
-            let res = serve_with(
-                layer.clone(),
-                request,
-                response("text/event-stream", upstream),
-            )
-            .await;
-            collect(res.into_body()).await;
+            serve_model_stream(&layer, &model, stream).await;
         }
     };
     let sorted = |mut snapshot: support::metrics::Snapshot| {
@@ -522,4 +497,26 @@ fn kept_handles_record_what_lookups_per_stream_record() {
     );
     assert_eq!(kept, looked_up);
     assert_eq!(partly_kept, looked_up);
+}
+
+/// Serve one chat stream, `body` whole, through `layer`, for a request naming `model`.
+async fn serve_model_stream<O, E>(layer: &SseLayer<O, E>, model: &str, body: String)
+where
+    O: tower_sse::Observer + Clone + Send + 'static,
+    E: tower_sse::OnEnd + Clone + Send + 'static,
+{
+    let mut request = Request::post("/v1/chat/completions")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(tower_sse::request::RequestModel(model.to_owned()));
+    let upstream = http_body_util::Full::new(Bytes::from(body));
+    let res = serve_with(
+        layer.clone(),
+        request,
+        response("text/event-stream", upstream),
+    )
+    .await;
+    collect(res.into_body()).await;
 }
