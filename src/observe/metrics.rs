@@ -1,9 +1,8 @@
 //! [`MetricsObserver`]: the OpenTelemetry GenAI metrics of each stream (feature `metrics`).
 //! The catalogue of names and buckets is the public [`metrics`](crate::metrics) module.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::SharedString;
 use tokio::time::Instant;
