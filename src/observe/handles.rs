@@ -148,6 +148,11 @@ impl Global {
             streams_ended: std::array::from_fn(|_| OnceLock::new()),
         }
     }
+
+    fn streams_open(&self) -> &Gauge {
+        self.streams_open
+            .get_or_init(|| metrics::gauge!(names::STREAMS_OPEN))
+    }
 }
 
 /// The handles of every label set seen, up to a bound, shared by the clones of one
@@ -178,9 +183,8 @@ impl HandleCache {
     }
 
     /// This label set's handles: kept ones while fresh; beyond the bound, handles for this
-    /// stream alone (looked up as if there were no cache).
-    pub(crate) fn handles(&self, set: &LabelSet) -> Arc<Handles> {
-        let now = Instant::now();
+    /// stream alone (looked up as if there were no cache). `now` is the caller's clock read.
+    pub(crate) fn handles(&self, set: &LabelSet, now: Instant) -> Arc<Handles> {
         let read = self.sets.read().unwrap_or_else(PoisonError::into_inner);
         let kept = read.get(set);
         if let Some(handles) = kept
@@ -222,8 +226,7 @@ impl HandleCache {
     }
 
     /// Run `f` with the fresh global handles.
-    fn with_global<R>(&self, f: impl FnOnce(&Global) -> R) -> R {
-        let now = Instant::now();
+    fn with_global<R>(&self, now: Instant, f: impl FnOnce(&Global) -> R) -> R {
         {
             let global = self.global.read().unwrap_or_else(PoisonError::into_inner);
             if self.is_fresh(global.born, now) {
@@ -237,19 +240,18 @@ impl HandleCache {
         f(&global)
     }
 
-    /// `tower_sse.streams.open`.
-    pub(crate) fn streams_open(&self, change: f64) {
-        self.with_global(|global| {
-            global
-                .streams_open
-                .get_or_init(|| metrics::gauge!(names::STREAMS_OPEN))
-                .increment(change);
-        });
+    /// A stream opened: `tower_sse.streams.open` goes up.
+    pub(crate) fn stream_opened(&self, now: Instant) {
+        self.with_global(now, |global| global.streams_open().increment(1.0));
     }
 
-    /// `tower_sse.streams.ended{outcome}`.
-    pub(crate) fn stream_ended(&self, outcome: Outcome) {
-        self.with_global(|global| {
+    /// A stream ended: `tower_sse.streams.open` goes down if it went up, and
+    /// `tower_sse.streams.ended{outcome}` counts it.
+    pub(crate) fn stream_ended(&self, was_open: bool, outcome: Outcome, now: Instant) {
+        self.with_global(now, |global| {
+            if was_open {
+                global.streams_open().decrement(1.0);
+            }
             global.streams_ended[outcome.index()]
                 .get_or_init(
                     || metrics::counter!(names::STREAMS_ENDED, "outcome" => outcome.as_str()),
@@ -284,40 +286,55 @@ mod tests {
     #[test]
     fn a_label_set_is_looked_up_once_while_fresh() {
         let cache = HandleCache::new(8);
-        let first = cache.handles(&set("a"));
-        assert!(Arc::ptr_eq(&first, &cache.handles(&set("a"))));
-        assert!(!Arc::ptr_eq(&first, &cache.handles(&set("b"))));
+        let first = cache.handles(&set("a"), Instant::now());
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.handles(&set("a"), Instant::now())
+        ));
+        assert!(!Arc::ptr_eq(
+            &first,
+            &cache.handles(&set("b"), Instant::now())
+        ));
     }
 
     #[test]
     fn stale_handles_are_looked_up_again() {
         let mut cache = HandleCache::new(8);
         cache.refresh = Duration::ZERO;
-        let first = cache.handles(&set("a"));
-        assert!(!Arc::ptr_eq(&first, &cache.handles(&set("a"))));
+        let first = cache.handles(&set("a"), Instant::now());
+        assert!(!Arc::ptr_eq(
+            &first,
+            &cache.handles(&set("a"), Instant::now())
+        ));
     }
 
     #[test]
     fn label_sets_beyond_the_bound_are_not_kept() {
         let cache = HandleCache::new(1);
-        let kept = cache.handles(&set("a"));
-        let beyond = cache.handles(&set("b"));
-        assert!(!Arc::ptr_eq(&beyond, &cache.handles(&set("b"))));
-        assert!(Arc::ptr_eq(&kept, &cache.handles(&set("a"))));
+        let kept = cache.handles(&set("a"), Instant::now());
+        let beyond = cache.handles(&set("b"), Instant::now());
+        assert!(!Arc::ptr_eq(
+            &beyond,
+            &cache.handles(&set("b"), Instant::now())
+        ));
+        assert!(Arc::ptr_eq(
+            &kept,
+            &cache.handles(&set("a"), Instant::now())
+        ));
         assert_eq!(cache.sets.read().unwrap().len(), 1);
     }
 
     #[test]
     fn a_full_cache_drops_stale_label_sets_at_most_once_a_refresh() {
         let mut cache = HandleCache::new(1);
-        cache.handles(&set("a"));
+        cache.handles(&set("a"), Instant::now());
         // Nothing is stale yet: `b` goes uncached, `a` stays.
-        cache.handles(&set("b"));
+        cache.handles(&set("b"), Instant::now());
         assert!(cache.sets.read().unwrap().contains_key(&set("a")));
         // Everything is stale at once: the next sweep makes room for `b`...
         cache.refresh = Duration::ZERO;
         cache.next_sweep_ms.store(0, Ordering::Relaxed);
-        cache.handles(&set("b"));
+        cache.handles(&set("b"), Instant::now());
         assert!(cache.sets.read().unwrap().contains_key(&set("b")));
         assert_eq!(cache.sets.read().unwrap().len(), 1);
     }
@@ -327,13 +344,19 @@ mod tests {
         let mut cache = HandleCache::new(8);
         cache.refresh = Duration::ZERO;
         // No recorder yet: recorded into nothing.
-        cache.stream_ended(Outcome::Completed);
-        cache.handles(&set("a")).per_chunk().record(0.5);
+        cache.stream_ended(false, Outcome::Completed, Instant::now());
+        cache
+            .handles(&set("a"), Instant::now())
+            .per_chunk()
+            .record(0.5);
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
-            cache.stream_ended(Outcome::Completed);
-            cache.handles(&set("a")).per_chunk().record(0.25);
+            cache.stream_ended(false, Outcome::Completed, Instant::now());
+            cache
+                .handles(&set("a"), Instant::now())
+                .per_chunk()
+                .record(0.25);
         });
         let snapshot = snapshotter.snapshot().into_vec();
         let value = |name: &str| {

@@ -196,7 +196,7 @@ impl Observer for MetricsObserver {
     }
 
     fn on_response(&mut self, _response: &http::response::Parts, _report: &mut StreamReport) {
-        self.handles.streams_open(1.0);
+        self.handles.stream_opened(std::time::Instant::now());
         self.open = true;
     }
 
@@ -211,7 +211,8 @@ impl Observer for MetricsObserver {
                 Some(handles) => handles,
                 None => {
                     let set = self.label_set(cx.report);
-                    self.per_chunk.insert(self.handles.handles(&set))
+                    let handles = self.handles.handles(&set, std::time::Instant::now());
+                    self.per_chunk.insert(handles)
                 }
             };
             handles
@@ -221,11 +222,11 @@ impl Observer for MetricsObserver {
     }
 
     fn on_end(&mut self, report: &mut StreamReport) {
-        if std::mem::take(&mut self.open) {
-            self.handles.streams_open(-1.0);
-        }
-        self.handles.stream_ended(report.outcome);
-        let handles = self.handles.handles(&self.label_set(report));
+        // One clock read for the handles' freshness, however many are recorded.
+        let now = std::time::Instant::now();
+        let was_open = std::mem::take(&mut self.open);
+        self.handles.stream_ended(was_open, report.outcome, now);
+        let handles = self.handles.handles(&self.label_set(report), now);
         let failed = report.outcome != Outcome::Completed;
         handles
             .duration(report.outcome)
