@@ -578,3 +578,49 @@ impl serde::Serialize for Digest {
         serializer.serialize_str(&self.to_hex())
     }
 }
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::Outcome;
+
+    /// Every outcome has its own place in the metrics observer's tables. The list is checked
+    /// to be complete: a new outcome does not compile here until it is added.
+    #[test]
+    fn each_outcome_has_its_own_index_below_count() {
+        let all = [
+            Outcome::Completed,
+            Outcome::UpstreamError,
+            Outcome::ClientDisconnected,
+            Outcome::FirstEventTimeout,
+            Outcome::IdleTimeout,
+            Outcome::DeadlineExceeded,
+            Outcome::EventTooLarge,
+            Outcome::UpstreamTruncated,
+            Outcome::ServerShutdown,
+            Outcome::RequestTimeout,
+        ];
+        for outcome in all {
+            // Exhaustive: names every variant, so that one added is one listed above.
+            match outcome {
+                Outcome::Completed
+                | Outcome::UpstreamError
+                | Outcome::ClientDisconnected
+                | Outcome::FirstEventTimeout
+                | Outcome::IdleTimeout
+                | Outcome::DeadlineExceeded
+                | Outcome::EventTooLarge
+                | Outcome::UpstreamTruncated
+                | Outcome::ServerShutdown
+                | Outcome::RequestTimeout => {}
+            }
+        }
+        assert_eq!(all.len(), Outcome::COUNT);
+        let mut seen = [false; Outcome::COUNT];
+        for outcome in all {
+            assert!(
+                !std::mem::replace(&mut seen[outcome.index()], true),
+                "{outcome}"
+            );
+        }
+    }
+}
