@@ -13,6 +13,11 @@
 //!   timing, digest into a registry, metrics, a log line). tower's services clone their inner
 //!   service in `call`, and axum clones a route's service for every request: a request
 //!   through the example gateway's stack clones it about a dozen times.
+//! - `per_stream/request_<size>`: what the request side costs, on a chat request of about 1 KB
+//!   and about 100 KB (an LLM prompt of a few dozen pages): the body read whole by the inner
+//!   service with no layer, then with `IncludeUsageLayer` (read, look at the JSON, splice
+//!   `stream_options` in), `RequestDigestLayer` (SHA-256 of the body) and both, as in the
+//!   example gateway. Run on a current-thread runtime (the layers' timers need one).
 
 #[path = "../tests/support/inputs.rs"]
 mod common;
@@ -22,12 +27,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Empty, Full};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tower::Layer;
+use tower::{Layer, Service, ServiceExt};
 use tower_sse::metrics::{buckets, names};
 use tower_sse::{
-    DigestObserver, DigestRegistry, MetricsObserver, SseLayer, TimingObserver, TraceObserver,
-    UsageObserver,
+    DigestObserver, DigestRegistry, IncludeUsageLayer, MetricsObserver, RequestDigestLayer,
+    SseLayer, TimingObserver, TraceObserver, UsageObserver,
 };
 
 use common::drive::{drain, through, upstream};
@@ -142,12 +148,98 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// A streaming chat request whose messages add up to about `size` bytes.
+fn chat_request(size: usize) -> Bytes {
+    let message = r#"{"role":"user","content":"Summarise the following text, keeping every number and name as written. \u00e9t\u00e9"}"#;
+    let count = (size / (message.len() + 1)).max(1);
+    let messages = vec![message; count].join(",");
+    Bytes::from(format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{messages}],"stream":true,"temperature":0.2}}"#
+    ))
+}
+
+/// The upstream of the request benches: reads the request body whole, answers `200`.
+#[derive(Clone, Copy)]
+struct ReadsBody;
+
+impl<B> Service<http::Request<B>> for ReadsBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    type Response = http::Response<Empty<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        Box::pin(async move {
+            let read = request.into_body().collect().await.is_ok();
+            assert!(read, "the request body reads whole");
+            Ok(http::Response::new(Empty::new()))
+        })
+    }
+}
+
+/// Send `body` through `service` (which reads it whole) and wait for the answer.
+async fn send<S, B>(service: &S, body: Bytes) -> usize
+where
+    S: Service<
+            http::Request<Full<Bytes>>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    let request = http::Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("a valid request");
+    let response = service.clone().oneshot(request).await.expect("infallible");
+    response.status().as_u16() as usize
+}
+
+fn requests(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let reads_body = ReadsBody;
+    let usage = IncludeUsageLayer::new().layer(reads_body);
+    let digest = RequestDigestLayer::new().layer(reads_body);
+    let both = RequestDigestLayer::new().layer(IncludeUsageLayer::new().layer(reads_body));
+    for (name, size) in [("request_1k", 1024), ("request_100k", 100 * 1024)] {
+        let body = chat_request(size);
+        let mut g = c.benchmark_group(format!("per_stream/{name}"));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function("no_layer", |b| {
+            b.iter(|| runtime.block_on(send(&reads_body, body.clone())))
+        });
+        g.bench_function("include_usage", |b| {
+            b.iter(|| runtime.block_on(send(&usage, body.clone())))
+        });
+        g.bench_function("request_digest", |b| {
+            b.iter(|| runtime.block_on(send(&digest, body.clone())))
+        });
+        g.bench_function("both", |b| {
+            b.iter(|| runtime.block_on(send(&both, body.clone())))
+        });
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = per_stream;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = benches
+    targets = benches, requests
 }
 criterion_main!(per_stream);
