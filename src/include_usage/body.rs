@@ -1,6 +1,7 @@
 //! [`UsageRequestBody`] (the request, as the inner service reads it) and
 //! [`IncludeUsageBody`] (the response).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -25,7 +26,9 @@ pin_project! {
     #[project = RequestKindProj]
     pub(super) enum RequestKind<B> {
         Original { #[pin] body: B },
-        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // The body read whole: one piece as it came, or the client's bytes around a splice
+        // (slices of them and the inserted bytes, in order: never copied into one buffer).
+        Buffered { pieces: Pieces, trailers: Option<HeaderMap> },
         Chained { prefix: Option<Bytes>, #[pin] rest: B },
         // The upload did not complete in time: what the inner service reads fails.
         Incomplete { failed: bool },
@@ -39,10 +42,10 @@ impl<B> UsageRequestBody<B> {
         }
     }
 
-    pub(super) fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+    pub(super) fn buffered(pieces: impl Into<Pieces>, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: RequestKind::Buffered {
-                data: (!data.is_empty()).then_some(data),
+                pieces: pieces.into(),
                 trailers,
             },
         }
@@ -84,8 +87,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             RequestKindProj::Original { body } => body.poll_frame(cx).map_err(Into::into),
-            RequestKindProj::Buffered { data, trailers } => Poll::Ready(
-                data.take()
+            RequestKindProj::Buffered { pieces, trailers } => Poll::Ready(
+                pieces
+                    .next()
                     .map(Frame::data)
                     .or_else(|| trailers.take().map(Frame::trailers))
                     .map(Ok),
@@ -104,7 +108,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RequestKind::Original { body } => body.is_end_stream(),
-            RequestKind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestKind::Buffered { pieces, trailers } => pieces.len == 0 && trailers.is_none(),
             RequestKind::Chained { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
             RequestKind::Incomplete { failed } => *failed,
         }
@@ -114,9 +118,7 @@ where
         match &self.kind {
             RequestKind::Original { body } => body.size_hint(),
             RequestKind::Incomplete { .. } => SizeHint::default(),
-            RequestKind::Buffered { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            RequestKind::Buffered { pieces, .. } => SizeHint::with_exact(pieces.len as u64),
             RequestKind::Chained { prefix, rest } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let inner = rest.size_hint();
@@ -127,6 +129,54 @@ where
                 }
                 hint
             }
+        }
+    }
+}
+
+/// The bytes of a buffered body, in order, and how many are left. Empty pieces are never
+/// handed out.
+#[derive(Debug, Default)]
+pub(super) struct Pieces {
+    first: Option<Bytes>,
+    more: VecDeque<Bytes>,
+    pub(super) len: usize,
+}
+
+impl Pieces {
+    /// The pieces in order (a spliced body).
+    pub(super) fn from_vec(pieces: Vec<Bytes>) -> Self {
+        let mut more: VecDeque<Bytes> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        let len = more.iter().map(Bytes::len).sum();
+        Self {
+            first: more.pop_front(),
+            more,
+            len,
+        }
+    }
+
+    fn next(&mut self) -> Option<Bytes> {
+        let piece = self.first.take().or_else(|| self.more.pop_front())?;
+        self.len -= piece.len();
+        Some(piece)
+    }
+
+    /// All the bytes, copied into one buffer (tests).
+    #[cfg(test)]
+    pub(super) fn to_vec(&self) -> Vec<u8> {
+        self.first
+            .iter()
+            .chain(&self.more)
+            .flat_map(|p| p.iter().copied())
+            .collect()
+    }
+}
+
+impl From<Bytes> for Pieces {
+    fn from(data: Bytes) -> Self {
+        Self {
+            len: data.len(),
+            first: (!data.is_empty()).then_some(data),
+            more: VecDeque::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::provider;
 use crate::request::{RequestModel, StreamingRequest, UsageInjected};
 
 use super::UsageRequestBody;
+use super::body::Pieces;
 use super::layer::Config;
 use crate::include_usage::IncludeUsageBody;
 
@@ -27,8 +28,18 @@ pub(super) struct Probe {
     pub(super) model: Option<String>,
     #[serde(default)]
     pub(super) stream: Option<bool>,
-    #[serde(default)]
-    pub(super) stream_options: Option<StreamOptions>,
+    /// `None` when the key is absent, `Some(None)` when it is `null`.
+    #[serde(default, deserialize_with = "present")]
+    pub(super) stream_options: Option<Option<StreamOptions>>,
+}
+
+/// A member that is there, whatever its value (so that an absent key and `null` differ).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -56,14 +67,15 @@ pub(super) fn rewrite<B>(
     if let Some(model) = probe.model {
         parts.extensions.insert(RequestModel(model));
     }
-    let options = probe.stream_options.as_ref();
+    let absent = probe.stream_options.is_none();
+    let options = probe.stream_options.as_ref().and_then(Option::as_ref);
     let has_usage = options.is_some_and(|o| o.include_usage == Some(true));
     let has_continuous =
         !config.continuous || options.is_some_and(|o| o.continuous_usage_stats == Some(true));
     if has_usage && has_continuous {
         return (parts, UsageRequestBody::buffered(body, trailers));
     }
-    let Some(new_body) = splice_stream_options(&body, config.continuous) else {
+    let Some(new_body) = splice_stream_options(&body, config.continuous, absent) else {
         return (parts, UsageRequestBody::buffered(body, trailers));
     };
     if !has_usage {
@@ -76,7 +88,7 @@ pub(super) fn rewrite<B>(
     } else {
         parts
             .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
+            .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len));
     }
     (parts, UsageRequestBody::buffered(new_body, trailers))
 }
@@ -93,9 +105,17 @@ const CONTINUOUS: &[u8] = br#""continuous_usage_stats":true"#;
 /// - an object: a flag that is not `true` (`false`, `null`) has just its value replaced, a
 ///   missing flag is inserted right after the object's opening brace.
 ///
-/// `None` (the body is then forwarded unchanged) when the bytes are not one JSON object with
-/// at most one top-level `stream_options` key, or there is nothing to change.
-pub(super) fn splice_stream_options(body: &[u8], continuous: bool) -> Option<Bytes> {
+/// `absent` says that a parser found no top-level `stream_options` in these bytes: then the
+/// object is not walked at all (the member goes after its opening brace).
+///
+/// The result is slices of `body` around the edits, never a copy of it. `None` (the body is
+/// then forwarded unchanged) when the bytes are not one JSON object with at most one
+/// top-level `stream_options` key, or there is nothing to change.
+pub(super) fn splice_stream_options(
+    body: &Bytes,
+    continuous: bool,
+    absent: bool,
+) -> Option<Pieces> {
     let wanted: &[(&str, &[u8])] = if continuous {
         &[
             ("include_usage", INCLUDE_USAGE),
@@ -115,16 +135,30 @@ pub(super) fn splice_stream_options(body: &[u8], continuous: bool) -> Option<Byt
     };
     // At most one insertion and two replacements: (where, bytes removed, bytes put there).
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(wanted.len() + 1);
-    let top = provider::json::member(body, "stream_options")?;
-    match top.member {
+    let (open, empty, member) = if absent {
+        let open = body
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+        if body[open] != b'{' {
+            return None;
+        }
+        let next = body[open + 1..]
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        (open, next == Some(&b'}'), None)
+    } else {
+        let top = provider::json::member(body, "stream_options")?;
+        (top.open, top.empty, top.member)
+    };
+    match member {
         None => {
             let mut field = br#""stream_options":{"#.to_vec();
             all_flags(&mut field);
             field.push(b'}');
-            if !top.empty {
+            if !empty {
                 field.push(b',');
             }
-            edits.push((top.open + 1, 0, field));
+            edits.push((open + 1, 0, field));
         }
         Some(options) if body.get(options.value.start) == Some(&b'{') => {
             let object = body.get(options.value.clone())?;
@@ -165,16 +199,20 @@ pub(super) fn splice_stream_options(body: &[u8], continuous: bool) -> Option<Byt
         return None;
     }
     edits.sort_by_key(|&(at, ..)| at);
-    let added: usize = edits.iter().map(|(_, _, bytes)| bytes.len()).sum();
-    let mut out = BytesMut::with_capacity(body.len() + added);
+    let mut pieces = Vec::with_capacity(2 * edits.len() + 1);
     let mut at = 0;
     for (start, removed, bytes) in edits {
-        out.extend_from_slice(body.get(at..start)?);
-        out.extend_from_slice(&bytes);
-        at = start + removed;
+        if start < at || start > body.len() {
+            return None;
+        }
+        pieces.push(body.slice(at..start));
+        pieces.push(Bytes::from(bytes));
+        at = start
+            .checked_add(removed)
+            .filter(|&end| end <= body.len())?;
     }
-    out.extend_from_slice(body.get(at..)?);
-    Some(out.freeze())
+    pieces.push(body.slice(at..));
+    Some(Pieces::from_vec(pieces))
 }
 
 pub(super) enum Read<B> {
@@ -184,26 +222,74 @@ pub(super) enum Read<B> {
     Failed,
 }
 
+/// The most reserved up front from a body's size hint: a client that announces a large
+/// body and sends little holds no more than this (past it, the buffer grows as bytes come).
+const MAX_RESERVE: usize = 1024 * 1024;
+
+/// The bytes read so far. A body that comes in one frame (most requests) is kept as that
+/// frame, uncopied; a second frame starts one buffer, sized once from the body's size hint
+/// (`Content-Length`, up to [`MAX_RESERVE`]), so that a large upload is copied once and
+/// not regrown.
+struct Accumulated {
+    first: Bytes,
+    rest: Option<BytesMut>,
+}
+
+impl Accumulated {
+    /// Add one frame; `remaining` is what the body says is still to come after it.
+    fn push(&mut self, data: Bytes, remaining: u64, limit: usize) {
+        if self.first.is_empty() && self.rest.is_none() {
+            self.first = data;
+            return;
+        }
+        let buf = self.rest.get_or_insert_with(|| {
+            // Enough for the whole body when its length is known, one byte over the limit
+            // at most (a body that says it is larger is oversized as soon as it shows it).
+            let remaining = usize::try_from(remaining).unwrap_or(usize::MAX);
+            let read = self.first.len().saturating_add(data.len());
+            let wanted = read
+                .saturating_add(remaining)
+                .min(limit.saturating_add(1))
+                .min(MAX_RESERVE);
+            let mut buf = BytesMut::with_capacity(wanted.max(read));
+            buf.extend_from_slice(&self.first);
+            buf
+        });
+        buf.extend_from_slice(&data);
+    }
+
+    fn len(&self) -> usize {
+        self.rest.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.rest.map_or(self.first, BytesMut::freeze)
+    }
+}
+
 pub(super) async fn read_bounded<B>(mut body: B, limit: usize) -> Read<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut buf = BytesMut::new();
+    let mut read = Accumulated {
+        first: Bytes::new(),
+        rest: None,
+    };
     loop {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         match frame {
-            None => return Read::Whole(buf.freeze(), None),
+            None => return Read::Whole(read.into_bytes(), None),
             Some(Err(_)) => return Read::Failed,
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
-                    buf.extend_from_slice(&data);
-                    if buf.len() > limit {
-                        return Read::Oversized(buf.freeze(), body);
+                    read.push(data, body.size_hint().lower(), limit);
+                    if read.len() > limit {
+                        return Read::Oversized(read.into_bytes(), body);
                     }
                 }
                 Err(frame) => {
                     let trailers = frame.into_trailers().ok();
-                    return Read::Whole(buf.freeze(), trailers);
+                    return Read::Whole(read.into_bytes(), trailers);
                 }
             },
         }
@@ -256,11 +342,11 @@ mod tests {
             None,
             config,
         );
-        let RequestKind::Buffered { data, .. } = body.kind else {
+        let RequestKind::Buffered { pieces, .. } = body.kind else {
             panic!("a rewrite is always buffered");
         };
         (
-            String::from_utf8(data.unwrap_or_default().to_vec()).unwrap(),
+            String::from_utf8(pieces.to_vec()).unwrap(),
             parts.extensions.get::<UsageInjected>().is_some(),
             parts.extensions.get::<StreamingRequest>().is_some(),
         )
@@ -351,19 +437,99 @@ mod tests {
 
     #[test]
     fn the_splice_never_panics() {
-        let data: &[u8] =
-            br#" {"a":"\"}\\","stream_options" :{ "include_usage":null ,"b":[{"c":1}]},"stream":true}"#;
+        let data = Bytes::from_static(
+            br#" {"a":"\"}\\","stream_options" :{ "include_usage":null ,"b":[{"c":1}]},"stream":true}"#,
+        );
         for start in 0..data.len() {
             for end in start..=data.len() {
                 for continuous in [false, true] {
-                    let _ = splice_stream_options(&data[start..end], continuous);
+                    for absent in [false, true] {
+                        let _ = splice_stream_options(&data.slice(start..end), continuous, absent);
+                    }
                 }
             }
         }
         assert_eq!(
-            splice_stream_options(data, true).as_deref(),
-            Some(&br#" {"a":"\"}\\","stream_options" :{"continuous_usage_stats":true, "include_usage":true ,"b":[{"c":1}]},"stream":true}"#[..])
+            splice_stream_options(&data, true, false).map(|p| p.to_vec()),
+            Some(br#" {"a":"\"}\\","stream_options" :{"continuous_usage_stats":true, "include_usage":true ,"b":[{"c":1}]},"stream":true}"#.to_vec())
         );
+    }
+
+    /// An upload in the given frames, claiming `claimed` bytes in all.
+    struct Frames(std::collections::VecDeque<Bytes>, u64);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let frame = self.0.pop_front();
+            if let Some(frame) = &frame {
+                self.1 = self.1.saturating_sub(frame.len() as u64);
+            }
+            std::task::Poll::Ready(frame.map(|f| Ok(http_body::Frame::data(f))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.1)
+        }
+    }
+
+    fn read(frames: &[&'static str], claimed: u64, limit: usize) -> Read<Frames> {
+        let frames = frames
+            .iter()
+            .map(|f| Bytes::from_static(f.as_bytes()))
+            .collect();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(read_bounded(Frames(frames, claimed), limit))
+    }
+
+    #[test]
+    fn a_body_in_one_frame_is_kept_as_it_came() {
+        let frame: &'static str = r#"{"stream":true}"#;
+        let Read::Whole(bytes, None) = read(&[frame], 15, 1024) else {
+            panic!("read whole");
+        };
+        assert_eq!(bytes.as_ptr(), frame.as_ptr(), "not copied");
+    }
+
+    #[test]
+    fn frames_are_joined_whatever_the_size_hint_says() {
+        for claimed in [0, 3, 6, 1 << 40, u64::MAX] {
+            let Read::Whole(bytes, None) = read(&["", "ab", "", "cd", "ef"], claimed, 1024) else {
+                panic!("read whole");
+            };
+            assert_eq!(&bytes[..], b"abcdef", "claimed {claimed}");
+            let Read::Oversized(prefix, mut rest) = read(&["ab", "cd", "ef", "gh"], claimed, 5)
+            else {
+                panic!("oversized");
+            };
+            assert_eq!(&prefix[..], b"abcdef", "claimed {claimed}");
+            assert_eq!(rest.0.pop_front().as_deref(), Some(&b"gh"[..]));
+        }
+    }
+
+    #[test]
+    fn an_absent_member_is_inserted_where_the_walk_would_put_it() {
+        for body in [
+            r#"{"stream":true}"#,
+            " \n\t{ \"model\":\"m\",\"stream\":true,\"messages\":[{\"stream_options\":1}]} ",
+            r#"{"a":{"stream_options":null},"stream":true}"#,
+            "{ }",
+        ] {
+            let body = Bytes::from(body);
+            for continuous in [false, true] {
+                let walked = splice_stream_options(&body, continuous, false).map(|p| p.to_vec());
+                let known = splice_stream_options(&body, continuous, true).map(|p| p.to_vec());
+                assert!(walked.is_some(), "{body:?}");
+                assert_eq!(walked, known, "{body:?}");
+            }
+        }
     }
 
     #[test]

@@ -42,7 +42,9 @@
 # Environment: N (2000), TOKENS (16), DELAY_MS (100), RAMP (1), ROUNDS (1), SAMPLE_SECS (0.1),
 # RUNS (all of: bypass nginx bare-multi bare-per-core gateway-multi gateway-per-core litellm),
 # GATEWAY_FLAGS (extra flags for every gateway run), OTHER_GATEWAY, OTHER_FLAGS, NGINX (1), LITELLM, LITELLM_WORKERS,
-# OUT_DIR, CARGO_TARGET_DIR, WAIT_QUIET_SECS (300; 0 = do not wait), SKIP_BUILD=1.
+# OUT_DIR, CARGO_TARGET_DIR, WAIT_QUIET_SECS (300; 0 = do not wait), SKIP_BUILD=1,
+# PERF_EVENTS (e.g. 'syscalls:sys_enter_*,context-switches': counted with `perf stat` on the
+# proxy's processes over the load, into NAME.perf.csv; needs perf).
 set -euo pipefail
 source "$(dirname "$0")/load-common.sh"
 
@@ -133,6 +135,11 @@ measure() {
   read -r cpu_before rss_before fds_before <<< "$before"
   peak_fds=$fds_before
   peak_rss=$rss_before
+  local perf_pid=
+  if [ -n "${PERF_EVENTS:-}" ]; then
+    perf stat -x, -e "$PERF_EVENTS" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/$name.perf.csv" &
+    perf_pid=$!
+  fi
   run_load "$url" "$name"
   while kill -0 "$LOADGEN_PID" 2>/dev/null; do
     read -r _ cur_rss cur_fds <<< "$(sample $pids)"
@@ -144,6 +151,10 @@ measure() {
   done
   wait "$LOADGEN_PID" || echo "loadgen failed; see $OUT_DIR/$name.loadgen.txt" >&2
   sleep 0.3
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+  fi
   local cpu_after rss_after
   read -r cpu_after rss_after _ <<< "$(sample $pids)"
   jq -n --arg name "$name" --arg load "$load" --argjson n "$N" --argjson round "$ROUND" \
