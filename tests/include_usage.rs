@@ -29,18 +29,22 @@ struct Seen {
 }
 
 /// An inner service that records its request and answers 200.
-fn recorder(
+fn recorder<B>(
     seen: Arc<Mutex<Seen>>,
 ) -> impl tower::Service<
-    Request<tower_sse::include_usage::UsageRequestBody<Full<Bytes>>>,
+    Request<tower_sse::include_usage::UsageRequestBody<B>>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
     Future = impl Send,
 > + Clone
 + Send
-+ 'static {
++ 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower_sse::BoxError>,
+{
     tower::service_fn(
-        move |request: Request<tower_sse::include_usage::UsageRequestBody<Full<Bytes>>>| {
+        move |request: Request<tower_sse::include_usage::UsageRequestBody<B>>| {
             let seen = seen.clone();
             async move {
                 let (parts, body) = request.into_parts();
@@ -72,6 +76,76 @@ async fn send(layer: IncludeUsageLayer, path: &str, body: &str) -> (StatusCode, 
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
     let response = service.oneshot(request).await.unwrap();
+    let status = response.status();
+    let seen = seen.lock().unwrap().clone();
+    (status, seen)
+}
+
+/// A client upload in frames, as hyper hands one over; its size hint is the length still to
+/// come when `announced` (a `Content-Length`), unknown otherwise (chunked).
+struct Upload {
+    frames: std::collections::VecDeque<Bytes>,
+    left: u64,
+    announced: bool,
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = self.frames.pop_front();
+        if let Some(frame) = &frame {
+            self.left -= frame.len() as u64;
+        }
+        std::task::Poll::Ready(frame.map(|f| Ok(Frame::data(f))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.announced {
+            http_body::SizeHint::with_exact(self.left)
+        } else {
+            http_body::SizeHint::default()
+        }
+    }
+}
+
+/// [`send`], with the body cut at `cuts` (byte offsets) into frames.
+async fn send_frames(
+    layer: IncludeUsageLayer,
+    body: &str,
+    cuts: &[usize],
+    announced: bool,
+) -> (StatusCode, Seen) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(recorder(seen.clone()));
+    let bytes = Bytes::from(body.to_string());
+    let mut at = 0;
+    let mut frames = std::collections::VecDeque::new();
+    for &cut in cuts.iter().chain([&bytes.len()]) {
+        let cut = cut.clamp(at, bytes.len());
+        frames.push_back(bytes.slice(at..cut));
+        at = cut;
+    }
+    let mut request =
+        Request::post("/v1/chat/completions").header("content-type", "application/json");
+    if announced {
+        request = request.header("content-length", body.len());
+    }
+    let upload = Upload {
+        frames,
+        left: body.len() as u64,
+        announced,
+    };
+    let response = service
+        .oneshot(request.body(upload).unwrap())
+        .await
+        .unwrap();
     let status = response.status();
     let seen = seen.lock().unwrap().clone();
     (status, seen)
@@ -637,25 +711,42 @@ mod splice_props {
             })
     }
 
-    fn through_layer(case: &Case) -> Seen {
+    /// The body in frames cut at `cuts` (sorted offsets, empty frames included), with its
+    /// length announced or not.
+    fn through_layer(case: &Case, cuts: &[usize], announced: bool) -> Seen {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let layer = IncludeUsageLayer::new().continuous_usage_stats(case.continuous);
         runtime
-            .block_on(send(layer, "/v1/chat/completions", &case.body))
+            .block_on(send_frames(layer, &case.body, cuts, announced))
             .1
+    }
+
+    fn cuts() -> impl Strategy<Value = Vec<prop::sample::Index>> {
+        prop::collection::vec(any::<prop::sample::Index>(), 0..4)
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cases()))]
 
         #[test]
-        fn the_body_means_the_same_plus_usage_and_keeps_its_bytes(case in case()) {
+        fn the_body_means_the_same_plus_usage_and_keeps_its_bytes(
+            case in case(),
+            cuts in cuts(),
+            announced in any::<bool>(),
+        ) {
             let input: Value = serde_json::from_str(&case.body).expect("the strategy writes JSON");
-            let seen = through_layer(&case);
-            prop_assert_eq!(seen.content_length, Some(seen.body.len().to_string()));
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(case.body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let seen = through_layer(&case, &cuts, announced);
+            // A changed body gets its new length; an unchanged one keeps the client's framing.
+            if announced || seen.body != case.body {
+                prop_assert_eq!(seen.content_length, Some(seen.body.len().to_string()));
+            } else {
+                prop_assert_eq!(seen.content_length, None);
+            }
             prop_assert_eq!(seen.streaming, case.streams);
             if !case.streams {
                 prop_assert_eq!(&seen.body, &case.body);
