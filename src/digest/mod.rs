@@ -48,7 +48,9 @@
 //! So the record is inserted *before* the frame holding the stream's terminal event is
 //! released to the client: `data: [DONE]` (OpenAI and compatibles), Anthropic
 //! `message_stop`, Responses `response.completed` / `response.incomplete` /
-//! `response.failed`, and Ollama's `"done": true` line. Streams without a terminal event
+//! `response.failed`, and Ollama's `"done": true` line: the terminal event of the format the
+//! stream's events showed, or, while the format is only guessed from the request path, any
+//! format's that cannot be mistaken for another's. Streams without a terminal event
 //! (Gemini, custom formats) are inserted when they end, which is before the client sees the
 //! end of the body. If bytes follow the terminal event (a trailing comment, an error event),
 //! the record is updated when the stream ends, so the record always ends up with the digest

@@ -100,7 +100,7 @@ impl Observer for DigestObserver {
         #[cfg(feature = "registry")]
         if self.registration.registry.is_some()
             && cx.is_delivered()
-            && cx.provider().is_terminal(event)
+            && cx.provider().is_terminal_of_stream(event, cx.recognised)
         {
             self.registration.arm(event.raw());
         }

@@ -195,6 +195,8 @@ pub struct EventContext<'a> {
     pub(crate) delivered: bool,
     pub(crate) forward: bool,
     pub(crate) provider: Provider,
+    /// Whether `provider` was recognised from the stream's own events.
+    pub(crate) recognised: bool,
     pub(crate) report: &'a mut StreamReport,
 }
 
@@ -213,6 +215,7 @@ impl<'a> EventContext<'a> {
             delivered: true,
             forward: true,
             provider,
+            recognised: false,
             report,
         }
     }

@@ -212,6 +212,19 @@ impl Provider {
         })
     }
 
+    /// [`is_terminal`](Self::is_terminal) for a stream whose format was `recognised` from its
+    /// own events: then only this format's terminal event counts (another format's cannot
+    /// end a stream that showed this one), which spares an OpenAI Chat stream a look at every
+    /// event's top-level `type`. Otherwise, the same as `is_terminal`.
+    #[inline]
+    pub(crate) fn is_terminal_of_stream(self, event: &EventRef<'_>, recognised: bool) -> bool {
+        if recognised {
+            let mut kind = LazyKind::new(event);
+            return with_format!(self, |F| F::is_terminal(event, &mut kind), false);
+        }
+        self.is_terminal(event)
+    }
+
     /// Whether the API takes `stream_options.include_usage` (OpenAI Chat and Completions;
     /// the Responses API rejects it).
     pub fn accepts_stream_options(self) -> bool {
@@ -420,6 +433,12 @@ impl Classifier {
         self.provider
     }
 
+    /// Whether the format was recognised from one of the stream's own events (not only
+    /// guessed from the request path).
+    pub(crate) fn is_recognised(&self) -> bool {
+        self.confirmed
+    }
+
     /// Look at one event: confirm the format if not done yet, and say whether it is content
     /// (and where its text is, when the format puts it in one string).
     #[inline]
@@ -617,6 +636,13 @@ mod tests {
             assert!(!r.is_content(&ev(r#"{"type":"response.output_text.done","text":"a"}"#)));
             assert!(r.is_terminal(&ev(r#"{"type":"response.completed","response":{}}"#)));
             assert!(Provider::OpenAiChat.is_terminal(&ev(r#"{"type":"response.failed"}"#)));
+            // Once a stream showed it is OpenAI Chat, only Chat's terminal event ends it.
+            let failed = ev(r#"{"type":"response.failed"}"#);
+            assert!(Provider::OpenAiChat.is_terminal_of_stream(&failed, false));
+            assert!(!Provider::OpenAiChat.is_terminal_of_stream(&failed, true));
+            assert!(r.is_terminal_of_stream(&failed, true));
+            assert!(a.is_terminal_of_stream(&ev(r#"{"type":"message_stop"}"#), true));
+            assert!(!a.is_terminal_of_stream(&failed, true));
             assert!(!r.is_terminal(&ev(
                 r#"{"type":"response.output_text.delta","delta":"response.completed"}"#
             )));
@@ -852,6 +878,12 @@ mod tests {
         let any = Provider::Unknown;
         assert!(any.is_terminal(&ev("", "[DONE]")));
         assert!(Provider::Anthropic.is_terminal(&ev("message_stop", "{}")));
+        for recognised in [false, true] {
+            assert!(Provider::OpenAiChat.is_terminal_of_stream(&ev("", "[DONE]"), recognised));
+            assert!(
+                Provider::Anthropic.is_terminal_of_stream(&ev("message_stop", "{}"), recognised)
+            );
+        }
         assert!(any.is_terminal(&ev("response.completed", "{}")));
         assert!(any.is_terminal(&ev("response.incomplete", "{}")));
         assert!(any.is_terminal(&ev("response.failed", "{}")));

@@ -300,6 +300,7 @@ fn observe<O: Observer>(
         delivered,
         forward: true,
         provider: classifier.provider(),
+        recognised: classifier.is_recognised(),
         report,
     };
     observer.on_event(&event, &mut cx);
