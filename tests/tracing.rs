@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
 use support::body::{FramesBody, collect, response, serve_with};
-use tower_sse::{SseLayer, TimingObserver, TraceObserver, UsageObserver};
+use tower_sse::{Digest, DigestObserver, SseLayer, TimingObserver, TraceObserver, UsageObserver};
 
 /// Collects what the subscriber writes.
 #[derive(Clone, Default)]
@@ -36,13 +36,18 @@ fn one_event_per_stream_with_fields_and_no_payload() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let received = tracing::subscriber::with_default(subscriber, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
-            let layer = SseLayer::new().observer((UsageObserver::new(), TimingObserver::new(), TraceObserver));
+            let layer = SseLayer::new().observer((
+                UsageObserver::new(),
+                TimingObserver::new(),
+                DigestObserver::new(),
+                TraceObserver,
+            ));
             let upstream = FramesBody::data(&[
                 b"data: {\"id\":\"chatcmpl-7\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"content\":\"SECRET-PAYLOAD\"}}]}\n\n",
                 b"data: {\"id\":\"chatcmpl-7\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
@@ -50,8 +55,8 @@ fn one_event_per_stream_with_fields_and_no_payload() {
             ]);
             let request = Request::post("/v1/chat/completions").body(Empty::<Bytes>::new()).unwrap();
             let body = serve_with(layer, request, response("text/event-stream", upstream)).await.into_body();
-            collect(body).await;
-        });
+            collect(body).await.data
+        })
     });
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert_eq!(text.matches("stream ended").count(), 1, "{text}");
@@ -66,6 +71,9 @@ fn one_event_per_stream_with_fields_and_no_payload() {
     ] {
         assert!(text.contains(field), "{field} missing from: {text}");
     }
+    // The digest's first 16 hex digits, of what the client received.
+    let digest = format!("digest=\"{}\"", &Digest::of(&received).to_hex()[..16]);
+    assert!(text.contains(&digest), "{digest} missing from: {text}");
     assert!(text.contains(" INFO "), "{text}");
     assert!(
         !text.contains("SECRET-PAYLOAD"),

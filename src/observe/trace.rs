@@ -17,11 +17,22 @@ fn millis(duration: Option<std::time::Duration>) -> Option<f64> {
     duration.map(|d| d.as_secs_f64() * 1000.0)
 }
 
+/// The digest's first 8 bytes as 16 hex digits, written into `out` (no allocation).
+fn hex_prefix<'a>(digest: &crate::Digest, out: &'a mut [u8; 16]) -> &'a str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(digest.as_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xF)];
+    }
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
 impl Observer for TraceObserver {
     fn on_end(&mut self, report: &mut StreamReport) {
         let timing = report.timing.unwrap_or_default();
         let usage = report.usage.unwrap_or_default();
-        let digest = report.digest.map(|d| d.to_hex()[..16].to_string());
+        let mut hex = [0u8; 16];
+        let digest = report.digest.map(|d| hex_prefix(&d, &mut hex));
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
@@ -44,7 +55,7 @@ impl Observer for TraceObserver {
                     input_tokens = usage.input_tokens,
                     output_tokens = usage.output_tokens,
                     usage_estimated = report.usage.map(|u| u.source != crate::UsageSource::Reported),
-                    digest = digest.as_deref(),
+                    digest = digest,
                     error = report.error.as_deref(),
                     "stream ended"
                 )
@@ -55,5 +66,17 @@ impl Observer for TraceObserver {
         } else {
             emit!(tracing::Level::WARN);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_prefix_is_the_hex_of_its_first_bytes() {
+        let digest = crate::Digest::of(b"tower-sse");
+        let mut out = [0u8; 16];
+        assert_eq!(hex_prefix(&digest, &mut out), &digest.to_hex()[..16]);
     }
 }
