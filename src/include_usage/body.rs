@@ -1,7 +1,6 @@
 //! [`UsageRequestBody`] (the request, as the inner service reads it) and
 //! [`IncludeUsageBody`] (the response).
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -138,24 +137,26 @@ where
 #[derive(Debug, Default)]
 pub(super) struct Pieces {
     first: Option<Bytes>,
-    more: VecDeque<Bytes>,
+    /// The pieces after `first`, last one first (taken from the end).
+    rest: Vec<Bytes>,
     pub(super) len: usize,
 }
 
 impl Pieces {
     /// The pieces in order (a spliced body).
-    pub(super) fn from_vec(pieces: Vec<Bytes>) -> Self {
-        let mut more: VecDeque<Bytes> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
-        let len = more.iter().map(Bytes::len).sum();
+    pub(super) fn from_vec(mut pieces: Vec<Bytes>) -> Self {
+        pieces.retain(|p| !p.is_empty());
+        let len = pieces.iter().map(Bytes::len).sum();
+        pieces.reverse();
         Self {
-            first: more.pop_front(),
-            more,
+            first: pieces.pop(),
+            rest: pieces,
             len,
         }
     }
 
     fn next(&mut self) -> Option<Bytes> {
-        let piece = self.first.take().or_else(|| self.more.pop_front())?;
+        let piece = self.first.take().or_else(|| self.rest.pop())?;
         self.len -= piece.len();
         Some(piece)
     }
@@ -165,7 +166,7 @@ impl Pieces {
     pub(super) fn to_vec(&self) -> Vec<u8> {
         self.first
             .iter()
-            .chain(&self.more)
+            .chain(self.rest.iter().rev())
             .flat_map(|p| p.iter().copied())
             .collect()
     }
@@ -176,7 +177,7 @@ impl From<Bytes> for Pieces {
         Self {
             len: data.len(),
             first: (!data.is_empty()).then_some(data),
-            more: VecDeque::new(),
+            rest: Vec::new(),
         }
     }
 }

@@ -134,7 +134,7 @@ pub(super) fn splice_stream_options(
         }
     };
     // At most one insertion and two replacements: (where, bytes removed, bytes put there).
-    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(wanted.len() + 1);
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let (open, empty, member) = if absent {
         let open = body
             .iter()
@@ -151,14 +151,24 @@ pub(super) fn splice_stream_options(
         (top.open, top.empty, top.member)
     };
     match member {
+        // The usual request: the whole member, right after the opening brace.
         None => {
-            let mut field = br#""stream_options":{"#.to_vec();
-            all_flags(&mut field);
-            field.push(b'}');
-            if !empty {
-                field.push(b',');
-            }
-            edits.push((open + 1, 0, field));
+            let field: &'static [u8] = match (continuous, empty) {
+                (false, false) => br#""stream_options":{"include_usage":true},"#,
+                (false, true) => br#""stream_options":{"include_usage":true}"#,
+                (true, false) => {
+                    br#""stream_options":{"include_usage":true,"continuous_usage_stats":true},"#
+                }
+                (true, true) => {
+                    br#""stream_options":{"include_usage":true,"continuous_usage_stats":true}"#
+                }
+            };
+            let at = open + 1;
+            return Some(Pieces::from_vec(vec![
+                body.slice(..at),
+                Bytes::from_static(field),
+                body.slice(at..),
+            ]));
         }
         Some(options) if body.get(options.value.start) == Some(&b'{') => {
             let object = body.get(options.value.clone())?;

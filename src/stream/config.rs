@@ -269,12 +269,21 @@ pub(crate) type RequestPredicate = Arc<dyn Fn(&http::request::Parts) -> bool + S
 pub(crate) type FramingPredicate =
     Arc<dyn Fn(&http::response::Parts) -> Option<Framing> + Send + Sync>;
 
-/// The media type of a response, lowercased, without parameters.
-fn media_type(headers: &HeaderMap) -> Option<String> {
+/// The media type of a response, without parameters (compare it case-insensitively).
+fn media_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    let essence = value.split(';').next()?.trim();
-    Some(essence.to_ascii_lowercase())
+    Some(value.split(';').next()?.trim())
 }
+
+/// The types a stream of JSON lines comes as.
+const JSON_LINES: &[&str] = &[
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+    "application/json-lines",
+];
 
 /// The default response test: SSE by content type, and NDJSON when enabled. A compressed
 /// body is never decoded (it passes through): its bytes are not events until decompressed.
@@ -286,19 +295,17 @@ pub(crate) fn default_framing(headers: &HeaderMap, json_lines: bool) -> Option<F
     if compressed {
         return None;
     }
-    match media_type(headers)?.as_str() {
-        "text/event-stream" => Some(Framing::Sse),
-        "application/x-ndjson"
-        | "application/ndjson"
-        | "application/jsonl"
-        | "application/x-jsonlines"
-        | "application/jsonlines"
-        | "application/json-lines"
-            if json_lines =>
-        {
-            Some(Framing::JsonLines)
-        }
-        _ => None,
+    let media_type = media_type(headers)?;
+    if media_type.eq_ignore_ascii_case("text/event-stream") {
+        Some(Framing::Sse)
+    } else if json_lines
+        && JSON_LINES
+            .iter()
+            .any(|t| media_type.eq_ignore_ascii_case(t))
+    {
+        Some(Framing::JsonLines)
+    } else {
+        None
     }
 }
 
