@@ -599,6 +599,54 @@ pub(super) fn top_level_type(data: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The string values (escapes decoded) of the top-level members `names` of the object at the
+/// start of `data`. The top level is walked only until every name was found (nested values
+/// are skipped by their delimiters, never parsed): a name's first occurrence counts, a value
+/// that is not a string is skipped, and bytes that stop looking like an object end the walk
+/// with what was found before them.
+pub(super) fn top_level_strings<const N: usize>(
+    data: &[u8],
+    names: [&str; N],
+) -> [Option<String>; N] {
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    let mut missing = N;
+    let mut at = skip_ws(data, 0);
+    if data.get(at) != Some(&b'{') {
+        return found;
+    }
+    at = skip_ws(data, at + 1);
+    while missing > 0 && data.get(at) == Some(&b'"') {
+        let Some(key_end) = string_end(data, at) else {
+            break;
+        };
+        let colon = skip_ws(data, key_end);
+        if data.get(colon) != Some(&b':') {
+            break;
+        }
+        let value = skip_ws(data, colon + 1);
+        if data.get(value) == Some(&b'"')
+            && let Some(key) = data.get(at..key_end)
+            && let Some(slot) = names
+                .iter()
+                .zip(found.iter_mut())
+                .find_map(|(name, slot)| (slot.is_none() && key_is(key, name)).then_some(slot))
+            && let Some(text) = data.get(value..).and_then(parse::<String>)
+        {
+            *slot = Some(text);
+            missing -= 1;
+        }
+        let Some(end) = skip_value(data, value) else {
+            break;
+        };
+        at = skip_ws(data, end);
+        if data.get(at) != Some(&b',') {
+            break;
+        }
+        at = skip_ws(data, at + 1);
+    }
+    found
+}
+
 /// Where the JSON value that starts at `at` ends (the index after it). Strings, objects and
 /// arrays end at their delimiters (only the brackets of the value's own kind are counted,
 /// strings skipped); numbers, `true`, `false` and `null` at the next delimiter.
@@ -715,6 +763,48 @@ mod tests {
         assert!(is_empty_array_or_absent(br#"{}"#, &KEY));
         assert!(!is_empty_array_or_absent(br#"{"k":[{}]}"#, &KEY));
         assert!(!is_empty_array_or_absent(br#"{"k":["#, &KEY));
+    }
+
+    #[test]
+    fn top_level_strings_are_read_from_the_top_level_only() {
+        let meta = |data: &str| top_level_strings(data.as_bytes(), ["id", "model"]);
+        let both = |id: &str, model: &str| [Some(id.to_string()), Some(model.to_string())];
+        assert_eq!(
+            meta(
+                r#"{"id":"c-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[]}"#
+            ),
+            both("c-1", "m")
+        );
+        // Nested members never count; escapes are decoded, in keys and values.
+        assert_eq!(
+            meta(
+                r#" { "choices" : [{"id":"x","model":"y"}], "meta":{"id":"z"}, "i\u0064" : "a\"b", "model":"m\u00e9" } "#
+            ),
+            both("a\"b", "mé")
+        );
+        // The first occurrence counts; a value that is not a string is skipped.
+        assert_eq!(
+            meta(r#"{"id":7,"id":"c","model":"m","model":"n"}"#),
+            both("c", "m")
+        );
+        // What was found before the bytes stop being an object is kept.
+        assert_eq!(meta(r#"{"id":"c","x":[}"#), [Some("c".to_string()), None]);
+        assert_eq!(meta(r#"{"model":"m","id":"c""#), both("c", "m"));
+        for data in [
+            "",
+            "[DONE]",
+            "[\"id\"]",
+            r#"{"id""#,
+            r#"{"id":"unterminated"#,
+            "{}",
+        ] {
+            assert_eq!(meta(data), [None, None], "{data}");
+        }
+        // Never panics on any prefix.
+        let whole = r#"{"a":{"b":"}\"{"},"id":"c\\","model":"m"}"#;
+        for end in 0..=whole.len() {
+            let _ = meta(&whole[..end]);
+        }
     }
 
     #[test]

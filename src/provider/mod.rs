@@ -56,7 +56,6 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use self::json::parse;
 use self::usage::UsageState;
 
 /// Everything the crate knows about one stream format. Implemented by a unit struct per
@@ -372,11 +371,12 @@ impl From<Top<'_>> for ResponseMeta {
     }
 }
 
-/// The top-level `id` and `model` of an event's data (OpenAI Chat and compatibles).
+/// The top-level `id` and `model` of an event's data (OpenAI Chat and compatibles): the
+/// top level walked until both are found, their strings parsed alone (a chunk's `choices`
+/// are never parsed).
 pub(crate) fn top_level_meta(event: &EventRef<'_>) -> ResponseMeta {
-    parse::<Top<'_>>(event.data_bytes())
-        .map(ResponseMeta::from)
-        .unwrap_or_default()
+    let [id, model] = json::top_level_strings(event.data_bytes(), ["id", "model"]);
+    ResponseMeta { id, model }
 }
 
 /// A user-supplied "is this event content?" predicate.
