@@ -229,6 +229,9 @@ impl Histogram {
     /// bucket of `fine` (an index at [`MAX_SCHEMA`]); returns that bucket's slot.
     #[cold]
     fn make_room(&mut self, fine: u32) -> usize {
+        if !self.placed {
+            return self.place(fine);
+        }
         let old_schema = self.schema;
         let old_offset = u32::from(self.offset);
         let mut schema = old_schema;
@@ -275,6 +278,17 @@ impl Histogram {
         self.offset = u16::try_from(offset).unwrap_or(u16::MAX);
         self.placed = true;
         ((fine >> (MAX_SCHEMA - schema)).wrapping_sub(offset)) as usize
+    }
+
+    /// Place the window around the bucket of the first gap at or above the floor (nothing
+    /// is counted in the window yet, so nothing moves): what `make_room` would do, without
+    /// its walk over the empty window.
+    fn place(&mut self, fine: u32) -> usize {
+        let index = fine >> (MAX_SCHEMA - self.schema);
+        let offset = index.saturating_sub(((WINDOW - 1) / 2) as u32);
+        self.offset = u16::try_from(offset).unwrap_or(u16::MAX);
+        self.placed = true;
+        index.wrapping_sub(offset) as usize
     }
 
     /// The nearest-rank `percent`-th percentile (rank `ceil(percent × count / 100)`, in
@@ -785,6 +799,33 @@ mod tests {
         }
         if let Some(tpot) = timing.time_per_output_token {
             assert!(!tpot.is_zero(), "time per output token is 0");
+        }
+    }
+
+    #[test]
+    fn the_first_gap_places_the_window_around_its_bucket() {
+        for ns in [
+            1u64 << 16,
+            70_000,
+            1_000_000,
+            123_456_789,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
+            let mut histogram = Histogram::default();
+            histogram.record(100);
+            histogram.record(ns);
+            let slot = (fine_index(ns) - u32::from(histogram.offset)) as usize;
+            // In the middle of the window, or as near as the lowest bucket allows.
+            assert_eq!(
+                slot,
+                (fine_index(ns) as usize).min((WINDOW - 1) / 2),
+                "{ns}"
+            );
+            assert_eq!(histogram.counts[slot], 1, "{ns}");
+            let counted: u32 = histogram.counts.iter().map(|&c| u32::from(c)).sum();
+            assert_eq!(counted, 1, "{ns}");
+            assert_eq!(histogram.percentile(100), Some(Duration::from_nanos(ns)));
         }
     }
 
