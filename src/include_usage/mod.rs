@@ -35,6 +35,16 @@
 //! ```
 //!
 //! When the client did ask for usage, nothing changes, and it gets its usage chunk.
+//!
+//! # Cost
+//!
+//! The body is read whole, once: a body that arrives in one frame is kept as it came, a
+//! larger one is copied into one buffer sized from its `Content-Length`. A changed body is
+//! handed on as slices of those bytes around the inserted member (so the inner service may
+//! read it in a few frames), never copied again. serde reads the body once to decide (every
+//! byte is checked, the messages are skipped, not kept); only when the client sent a
+//! `stream_options` is the top level walked a second time to find it. About 75–110 µs for a 100 KB chat request (`cargo bench --bench
+//! per_stream -- request`).
 
 use std::sync::Arc;
 
