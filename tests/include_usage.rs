@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
-use support::body::{Reports, collect};
+use support::body::{FramesBody, Reports, collect};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_sse::include_usage::Oversized;
 use tower_sse::request::RequestModel;
@@ -81,38 +81,6 @@ async fn send(layer: IncludeUsageLayer, path: &str, body: &str) -> (StatusCode, 
     (status, seen)
 }
 
-/// A client upload in frames, as hyper hands one over; its size hint is the length still to
-/// come when `announced` (a `Content-Length`), unknown otherwise (chunked).
-struct Upload {
-    frames: std::collections::VecDeque<Bytes>,
-    left: u64,
-    announced: bool,
-}
-
-impl http_body::Body for Upload {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let frame = self.frames.pop_front();
-        if let Some(frame) = &frame {
-            self.left -= frame.len() as u64;
-        }
-        std::task::Poll::Ready(frame.map(|f| Ok(Frame::data(f))))
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        if self.announced {
-            http_body::SizeHint::with_exact(self.left)
-        } else {
-            http_body::SizeHint::default()
-        }
-    }
-}
-
 /// [`send`], with the body cut at `cuts` (byte offsets) into frames.
 async fn send_frames(
     layer: IncludeUsageLayer,
@@ -126,10 +94,10 @@ async fn send_frames(
         .service(recorder(seen.clone()));
     let bytes = Bytes::from(body.to_string());
     let mut at = 0;
-    let mut frames = std::collections::VecDeque::new();
+    let mut frames = Vec::new();
     for &cut in cuts.iter().chain([&bytes.len()]) {
         let cut = cut.clamp(at, bytes.len());
-        frames.push_back(bytes.slice(at..cut));
+        frames.push(Ok(Frame::data(bytes.slice(at..cut))));
         at = cut;
     }
     let mut request =
@@ -137,11 +105,10 @@ async fn send_frames(
     if announced {
         request = request.header("content-length", body.len());
     }
-    let upload = Upload {
-        frames,
-        left: body.len() as u64,
-        announced,
-    };
+    let mut upload = FramesBody::new(frames, false);
+    if announced {
+        upload = upload.announced();
+    }
     let response = service
         .oneshot(request.body(upload).unwrap())
         .await

@@ -136,15 +136,11 @@ pub(super) fn splice_stream_options(
     // At most one insertion and two replacements: (where, bytes removed, bytes put there).
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let (open, empty, member) = if absent {
-        let open = body
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
-        if body[open] != b'{' {
+        let open = provider::json::skip_ws(body, 0);
+        if body.get(open) != Some(&b'{') {
             return None;
         }
-        let next = body[open + 1..]
-            .iter()
-            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        let next = body.get(provider::json::skip_ws(body, open + 1));
         (open, next == Some(&b'}'), None)
     } else {
         let top = provider::json::member(body, "stream_options")?;

@@ -33,7 +33,8 @@ pub(super) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     T::deserialize(&mut de).ok()
 }
 
-fn skip_ws(data: &[u8], mut at: usize) -> usize {
+/// The index of the first byte at or after `at` that is not JSON whitespace.
+pub(crate) fn skip_ws(data: &[u8], mut at: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = data.get(at) {
         at += 1;
     }

@@ -56,6 +56,8 @@ impl Body for ChannelBody {
 pub struct FramesBody {
     frames: std::collections::VecDeque<Item>,
     exact_end: bool,
+    /// The data still to come, when the body announces its length (`Content-Length`).
+    announced: Option<u64>,
 }
 
 impl FramesBody {
@@ -63,7 +65,19 @@ impl FramesBody {
         Self {
             frames: frames.into(),
             exact_end,
+            announced: None,
         }
+    }
+
+    /// The body's size hint says exactly how much data is still to come, as hyper's does for
+    /// a request with a `Content-Length`.
+    pub fn announced(mut self) -> Self {
+        let data = self
+            .frames
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref());
+        self.announced = Some(data.map(|d| d.len() as u64).sum());
+        self
     }
 
     pub fn data(chunks: &[&'static [u8]]) -> Self {
@@ -82,11 +96,22 @@ impl Body for FramesBody {
     type Error = UpstreamFailed;
 
     fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Item>> {
-        Poll::Ready(self.frames.pop_front())
+        let frame = self.frames.pop_front();
+        if let (Some(left), Some(Ok(frame))) = (self.announced.as_mut(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            *left -= data.len() as u64;
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
         self.exact_end && self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.announced
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
