@@ -44,7 +44,9 @@
 # GATEWAY_FLAGS (extra flags for every gateway run), OTHER_GATEWAY, OTHER_FLAGS, NGINX (1), LITELLM, LITELLM_WORKERS,
 # OUT_DIR, CARGO_TARGET_DIR, WAIT_QUIET_SECS (300; 0 = do not wait), SKIP_BUILD=1,
 # PERF_EVENTS (e.g. 'syscalls:sys_enter_*,context-switches': counted with `perf stat` on the
-# proxy's processes over the load, into NAME.perf.csv; needs perf).
+# proxy's processes over the load, into NAME.perf.csv; needs perf),
+# PERF_RECORD (e.g. '-F 999 -g': `perf record` on the proxy's processes over the load, into
+# NAME.perf.data; read with `perf report -i NAME.perf.data --sort sym`).
 set -euo pipefail
 source "$(dirname "$0")/load-common.sh"
 
@@ -113,6 +115,15 @@ sample() {
   echo "$(awk -v c="$cpu" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", c / t }') $rss $fds"
 }
 
+# tcp_counters: "OutSegs PureAcks DelayedAcks" of the whole machine (loopback included), from
+# /proc/net: the same load through two proxies differs only by what the proxy sends.
+tcp_counters() {
+  local segs acks
+  segs=$(awk '/^Tcp:/ { if (seen) print $12; seen = 1 }' /proc/net/snmp)
+  acks=$(awk '/^TcpExt:/ { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else print $col["TCPPureAcks"], $col["DelayedACKs"] }' /proc/net/netstat)
+  echo "$segs $acks"
+}
+
 # run_load URL NAME: loadgen, in the foreground.
 run_load() {
   "$BIN/loadgen" --url "$1" --streams "$N" --ramp "$RAMP" --timeout "$TIMEOUT" \
@@ -140,6 +151,14 @@ measure() {
     perf stat -x, -e "$PERF_EVENTS" -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/$name.perf.csv" &
     perf_pid=$!
   fi
+  local segs_before pure_before delayed_before
+  read -r segs_before pure_before delayed_before <<< "$(tcp_counters)"
+  local record_pid=
+  if [ -n "${PERF_RECORD:-}" ]; then
+    # shellcheck disable=SC2086
+    perf record $PERF_RECORD -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/$name.perf.data" 2> /dev/null &
+    record_pid=$!
+  fi
   run_load "$url" "$name"
   while kill -0 "$LOADGEN_PID" 2>/dev/null; do
     read -r _ cur_rss cur_fds <<< "$(sample $pids)"
@@ -155,22 +174,31 @@ measure() {
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
   fi
-  local cpu_after rss_after
+  if [ -n "$record_pid" ]; then
+    kill -INT "$record_pid" 2>/dev/null || true
+    wait "$record_pid" 2>/dev/null || true
+  fi
+  local cpu_after rss_after segs_after pure_after delayed_after
   read -r cpu_after rss_after _ <<< "$(sample $pids)"
+  read -r segs_after pure_after delayed_after <<< "$(tcp_counters)"
   jq -n --arg name "$name" --arg load "$load" --argjson n "$N" --argjson round "$ROUND" \
     --argjson rss_before "$rss_before" --argjson rss_peak "$peak_rss" --argjson rss_after "$rss_after" \
     --argjson fds_before "$fds_before" --argjson fds_peak "$peak_fds" \
     --argjson cpu_before "$cpu_before" --argjson cpu_after "$cpu_after" \
     --argjson procs "$(echo $pids | wc -w)" \
+    --argjson segs $((segs_after - segs_before)) --argjson pure $((pure_after - pure_before)) \
+    --argjson delayed $((delayed_after - delayed_before)) \
     --slurpfile l "$OUT_DIR/$name.loadgen.json" '
     ($fds_peak - $fds_before) / 2 | floor as $open | {
       run: $name, round: $round, streams: $n, loadavg: $load, processes: $procs,
       open_at_peak: $open, rss_before_kb: $rss_before, rss_peak_kb: $rss_peak, rss_after_kb: $rss_after,
       rss_per_stream_kb: (if $open > 0 then (($rss_peak - $rss_before) / $open * 100 | round) / 100 else null end),
       cpu_s: ((($cpu_after - $cpu_before) * 100 | round) / 100),
+      tcp_per_stream: {segments: ($segs / $n * 10 | round / 10), pure_acks: ($pure / $n * 10 | round / 10),
+        delayed_acks: ($delayed / $n * 10 | round / 10)},
       loadgen: ($l[0] | {total, outcomes, success_rate, peak_open, ttfb_ms, ttft_ms, duration_ms})
     }' > "$OUT_DIR/$name.json"
-  echo "$name (load $load): $(jq -c '{open_at_peak, rss_per_stream_kb, cpu_s, ttft_p99: .loadgen.ttft_ms.p99, success: .loadgen.success_rate}' "$OUT_DIR/$name.json")" >&2
+  echo "$name (load $load): $(jq -c '{open_at_peak, rss_per_stream_kb, cpu_s, tcp_per_stream, ttft_p99: .loadgen.ttft_ms.p99, success: .loadgen.success_rate}' "$OUT_DIR/$name.json")" >&2
 }
 
 measure_bypass() {

@@ -63,6 +63,7 @@ use tower_sse::{
 mod body_limit;
 mod conn;
 mod forward;
+pub mod log_fields;
 mod os;
 mod prometheus;
 mod serve;
