@@ -13,7 +13,9 @@
 #   LOAD=long   16-token streams 5 ms apart: the per-event cost too (200 × 5 = 1,000)
 #
 # Environment: STACK (full | bare; default full), GATEWAY (a gateway binary, default the
-# release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, OUT_DIR, SKIP_BUILD=1.
+# release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, OUT_DIR, SKIP_BUILD=1,
+# CALLGRIND_FLAGS (more callgrind options, e.g. `--cache-sim=yes` for simulated cache misses:
+# `callgrind_annotate --show=Ir,D1mr,DLmr`).
 # Needs valgrind (`apt-get install -y valgrind`). Not run by CI.
 #
 # Valgrind hides the CPU's SHA extensions, so SHA-256 (the digests) runs sha2's portable code
@@ -44,7 +46,7 @@ start_mock "$OUT_DIR/mock.log" "${MOCK_FLAGS[@]}"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
 # shellcheck disable=SC2086
-valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.out" \
+valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.out" ${CALLGRIND_FLAGS:-} \
   --toggle-collect='tokio::runtime::scheduler::multi_thread::worker::run*' \
   "$GATEWAY" --listen "127.0.0.1:$PORT" --upstream "$MOCK_URL" --stack "$STACK" $GATEWAY_FLAGS \
   > "$OUT_DIR/gateway.log" 2>&1 &

@@ -67,6 +67,7 @@ pub mod log_fields;
 mod os;
 mod prometheus;
 mod serve;
+mod woken;
 
 pub use forward::TlsRoots;
 use forward::{Connector, Forward, UpstreamRequestBody};

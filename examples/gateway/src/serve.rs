@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::conn::{Activity, Close, Timeouts, Tracked, Watched, watch};
 use crate::os::{Warning, fd_limit_text, is_fd_exhaustion};
+use crate::woken::WhenWoken;
 
 /// hyper's smallest read buffer: `max_header_bytes` is raised to it.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -148,15 +149,25 @@ async fn serve_connection(
     let service = Tracked::new(TowerToHyperService::new(app), activity.clone());
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let close = tokio::select! {
-        _ = connection.as_mut() => return,
-        close = watch(&activity, timeouts) => close,
-        () = stopped(&mut stop) => {
-            // The server shuts down: what is in flight runs to its end, nothing new starts.
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.as_mut().await;
-            return;
+    // The task wakes for every event it relays; the clocks and the shutdown are looked at
+    // only when they woke it.
+    let watchers = WhenWoken::new(async {
+        tokio::select! {
+            close = watch(&activity, timeouts) => Some(close),
+            () = stopped(&mut stop) => None,
         }
+    });
+    tokio::pin!(watchers);
+    let close = tokio::select! {
+        biased;
+        _ = connection.as_mut() => return,
+        close = watchers => close,
+    };
+    let Some(close) = close else {
+        // The server shuts down: what is in flight runs to its end, nothing new starts.
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.as_mut().await;
+        return;
     };
     match close {
         // Nothing was asked of it yet: dropping it closes the socket.
