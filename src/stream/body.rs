@@ -362,6 +362,8 @@ where
     }
 
     /// The upstream answered (early response): start streaming, or end with an error event.
+    #[cold]
+    #[inline(never)]
     fn on_upstream_response(&mut self, result: Result<http::Response<B>, BoxError>, now: Instant) {
         let Some(live) = self.live.as_mut() else {
             return;
@@ -401,6 +403,8 @@ where
     }
 
     /// The upstream body ended (or sent trailers): flush and say how it ended.
+    #[cold]
+    #[inline(never)]
     fn finish_upstream(&mut self, now: Instant) {
         self.phase = Phase::Flushing;
         let Some(live) = self.live.as_mut() else {
@@ -412,6 +416,8 @@ where
     }
 
     /// End the stream with a failure: drop the upstream, queue the error event.
+    #[cold]
+    #[inline(never)]
     fn fail(&mut self, outcome: Outcome, message: &str, detail: Option<String>) {
         self.phase = Phase::Flushing;
         if let Some(live) = self.live.as_mut() {
@@ -420,6 +426,8 @@ where
     }
 
     /// A deadline passed.
+    #[cold]
+    #[inline(never)]
     fn timeout(&mut self, outcome: Outcome) {
         let Some(live) = self.live.as_ref() else {
             return;
@@ -432,6 +440,8 @@ where
     }
 
     /// The server is shutting down: end with the error event, once.
+    #[cold]
+    #[inline(never)]
     fn shut_down(&mut self) {
         self.shutdown = None;
         if self.live.is_some() && !matches!(self.phase, Phase::Flushing) {
@@ -440,6 +450,8 @@ where
     }
 
     /// Make the report and hand it to the sink. Once.
+    #[cold]
+    #[inline(never)]
     fn end(&mut self, outcome: Outcome) {
         if let Some(mut live) = self.live.take() {
             let report = live.engine.close(outcome, Instant::now());

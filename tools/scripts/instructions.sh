@@ -14,7 +14,7 @@
 #
 # Environment: STACK (full | bare; default full), GATEWAY (a gateway binary, default the
 # release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, OUT_DIR, SKIP_BUILD=1,
-# CALLGRIND_FLAGS (more callgrind options, e.g. `--cache-sim=yes` for simulated cache misses:
+# TOGGLE (the function counted inside; empty: all), CALLGRIND_FLAGS (more callgrind options, e.g. `--cache-sim=yes` for simulated cache misses:
 # `callgrind_annotate --show=Ir,D1mr,DLmr`).
 # Needs valgrind (`apt-get install -y valgrind`). Not run by CI.
 #
@@ -28,6 +28,9 @@ STACK=${STACK:-full}
 LOAD=${LOAD:-short}
 GATEWAY=${GATEWAY:-$BIN/gateway}
 GATEWAY_FLAGS=${GATEWAY_FLAGS:-}
+# Count inside tokio's worker loop only; empty: the whole process, start-up included (for a
+# build whose worker loop is inlined away, e.g. with fat LTO).
+TOGGLE=${TOGGLE-'tokio::runtime::scheduler::multi_thread::worker::run*'}
 WARM=60
 case $LOAD in
   short) MOCK_FLAGS=(--tokens 2); CLIENTS=${CLIENTS:-50}; REPEAT=${REPEAT:-40} ;;
@@ -46,8 +49,9 @@ start_mock "$OUT_DIR/mock.log" "${MOCK_FLAGS[@]}"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
 # shellcheck disable=SC2086
+# shellcheck disable=SC2086
 valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.out" ${CALLGRIND_FLAGS:-} \
-  --toggle-collect='tokio::runtime::scheduler::multi_thread::worker::run*' \
+  ${TOGGLE:+--toggle-collect="$TOGGLE"} \
   "$GATEWAY" --listen "127.0.0.1:$PORT" --upstream "$MOCK_URL" --stack "$STACK" $GATEWAY_FLAGS \
   > "$OUT_DIR/gateway.log" 2>&1 &
 GATEWAY_PID=$!
