@@ -34,6 +34,9 @@
 #   rss_per_stream_kb  (RSS at that sample − RSS before) / open_at_peak
 #   ttfb/ttft p50,p99  loadgen's request-to-head and request-to-first-content times (ms)
 #   success            ok streams / all streams
+#   tcp_per_stream     TCP segments sent, pure ACKs and delayed ACKs per stream, from the
+#                      machine's counters (loadgen's and the mock's included: the same load
+#                      through two proxies differs by what the proxy sends)
 #
 # The load average is printed (and stored) before every run: a figure from a busy machine is
 # worth repeating. Output: OUT_DIR (target/load/compare-N-TIME): one JSON per run,

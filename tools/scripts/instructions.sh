@@ -4,8 +4,8 @@
 # a shared VM move by 5–10% from one run to the next.
 #
 # Starts the mock upstream, then the gateway under `valgrind --tool=callgrind`, counting only
-# inside tokio's worker threads (`--toggle-collect` on the worker loop: start-up is not
-# counted), warms it up with 60 streams, loads it with loadgen and prints the instructions per
+# inside the tasks of tokio's worker threads (`--toggle-collect` on the worker's `run_task`:
+# start-up is not counted), warms it up with 60 streams, loads it with loadgen and prints the instructions per
 # stream (the warm-up's streams included in the count and the divisor).
 #
 #   LOAD=short  (default) two-token streams over reused connections: what a stream costs
@@ -28,9 +28,9 @@ STACK=${STACK:-full}
 LOAD=${LOAD:-short}
 GATEWAY=${GATEWAY:-$BIN/gateway}
 GATEWAY_FLAGS=${GATEWAY_FLAGS:-}
-# Count inside tokio's worker loop only; empty: the whole process, start-up included (for a
-# build whose worker loop is inlined away, e.g. with fat LTO).
-TOGGLE=${TOGGLE-'tokio::runtime::scheduler::multi_thread::worker::run*'}
+# Count inside the tasks tokio's workers run (a function fat LTO keeps); empty: the whole
+# process, start-up included.
+TOGGLE=${TOGGLE-'tokio::runtime::scheduler::multi_thread::worker::Context::run_task'}
 WARM=60
 case $LOAD in
   short) MOCK_FLAGS=(--tokens 2); CLIENTS=${CLIENTS:-50}; REPEAT=${REPEAT:-40} ;;
