@@ -195,7 +195,9 @@ pub struct EventContext<'a> {
     pub(crate) delivered: bool,
     pub(crate) forward: bool,
     pub(crate) provider: Provider,
-    /// Whether `provider` was recognised from the stream's own events.
+    /// Whether `provider` was recognised from the stream's own events (read by the digest
+    /// registry's terminal check).
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
     pub(crate) recognised: bool,
     pub(crate) report: &'a mut StreamReport,
 }

@@ -216,6 +216,7 @@ impl Provider {
     /// end a stream that showed this one), which spares an OpenAI Chat stream a look at every
     /// event's top-level `type`. Otherwise, the same as `is_terminal`.
     #[inline]
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
     pub(crate) fn is_terminal_of_stream(self, event: &EventRef<'_>, recognised: bool) -> bool {
         if recognised {
             let mut kind = LazyKind::new(event);

@@ -34,9 +34,9 @@
 #   rss_per_stream_kb  (RSS at that sample − RSS before) / open_at_peak
 #   ttfb/ttft p50,p99  loadgen's request-to-head and request-to-first-content times (ms)
 #   success            ok streams / all streams
-#   tcp_per_stream     TCP segments sent, pure ACKs and delayed ACKs per stream, from the
-#                      machine's counters (loadgen's and the mock's included: the same load
-#                      through two proxies differs by what the proxy sends)
+#   tcp_per_stream     TCP segments sent, pure ACKs received and delayed ACKs per stream,
+#                      from the machine's counters (loadgen's and the mock's included: the
+#                      same load through two proxies differs by what the proxy sends)
 #
 # The load average is printed (and stored) before every run: a figure from a busy machine is
 # worth repeating. Output: OUT_DIR (target/load/compare-N-TIME): one JSON per run,
@@ -49,7 +49,8 @@
 # PERF_EVENTS (e.g. 'syscalls:sys_enter_*,context-switches': counted with `perf stat` on the
 # proxy's processes over the load, into NAME.perf.csv; needs perf),
 # PERF_RECORD (e.g. '-F 999 -g': `perf record` on the proxy's processes over the load, into
-# NAME.perf.data; read with `perf report -i NAME.perf.data --sort sym`).
+# NAME.perf.data; read with `perf report -i NAME.perf.data --sort sym`; sampling, with -g
+# above all, adds to the run's cpu_s).
 set -euo pipefail
 source "$(dirname "$0")/load-common.sh"
 
@@ -118,13 +119,17 @@ sample() {
   echo "$(awk -v c="$cpu" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", c / t }') $rss $fds"
 }
 
-# tcp_counters: "OutSegs PureAcks DelayedAcks" of the whole machine (loopback included), from
-# /proc/net: the same load through two proxies differs only by what the proxy sends.
+# tcp_counters: "OutSegs AcksReceived DelayedAcks" of the whole machine (loopback included),
+# from /proc/net, each column found by its name (0 when the kernel has no such counter): the
+# same load through two proxies differs only by what the proxy sends. Pure ACKs received
+# are the kernel's slow-path and fast-path counts together.
 tcp_counters() {
   local segs acks
-  segs=$(awk '/^Tcp:/ { if (seen) print $12; seen = 1 }' /proc/net/snmp)
-  acks=$(awk '/^TcpExt:/ { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else print $col["TCPPureAcks"], $col["DelayedACKs"] }' /proc/net/netstat)
-  echo "$segs $acks"
+  segs=$(awk '/^Tcp:/ { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else print (col["OutSegs"] ? $col["OutSegs"] : 0) }' /proc/net/snmp)
+  acks=$(awk '/^TcpExt:/ { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else {
+      pure = (col["TCPPureAcks"] ? $col["TCPPureAcks"] : 0) + (col["TCPHPAcks"] ? $col["TCPHPAcks"] : 0)
+      print pure, (col["DelayedACKs"] ? $col["DelayedACKs"] : 0) } }' /proc/net/netstat)
+  echo "${segs:-0} ${acks:-0 0}"
 }
 
 # run_load URL NAME: loadgen, in the foreground.
@@ -159,7 +164,8 @@ measure() {
   local record_pid=
   if [ -n "${PERF_RECORD:-}" ]; then
     # shellcheck disable=SC2086
-    perf record $PERF_RECORD -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/$name.perf.data" 2> /dev/null &
+    perf record $PERF_RECORD -p "$(echo $pids | tr ' ' ',')" -o "$OUT_DIR/$name.perf.data" \
+      2> "$OUT_DIR/$name.perf-record.log" &
     record_pid=$!
   fi
   run_load "$url" "$name"
@@ -197,7 +203,7 @@ measure() {
       open_at_peak: $open, rss_before_kb: $rss_before, rss_peak_kb: $rss_peak, rss_after_kb: $rss_after,
       rss_per_stream_kb: (if $open > 0 then (($rss_peak - $rss_before) / $open * 100 | round) / 100 else null end),
       cpu_s: ((($cpu_after - $cpu_before) * 100 | round) / 100),
-      tcp_per_stream: {segments: ($segs / $n * 10 | round / 10), pure_acks: ($pure / $n * 10 | round / 10),
+      tcp_per_stream: {segments: ($segs / $n * 10 | round / 10), acks_received: ($pure / $n * 10 | round / 10),
         delayed_acks: ($delayed / $n * 10 | round / 10)},
       loadgen: ($l[0] | {total, outcomes, success_rate, peak_open, ttfb_ms, ttft_ms, duration_ms})
     }' > "$OUT_DIR/$name.json"

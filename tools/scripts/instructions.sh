@@ -14,8 +14,9 @@
 #
 # Environment: STACK (full | bare; default full), GATEWAY (a gateway binary, default the
 # release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, OUT_DIR, SKIP_BUILD=1,
-# TOGGLE (the function counted inside; empty: all), CALLGRIND_FLAGS (more callgrind options, e.g. `--cache-sim=yes` for simulated cache misses:
-# `callgrind_annotate --show=Ir,D1mr,DLmr`).
+# TOGGLE (the function counted inside; empty: all), CALLGRIND_FLAGS (more callgrind
+# options, e.g. `--cache-sim=yes` for simulated cache misses:
+# `callgrind_annotate --show=Ir,I1mr,D1mr`).
 # Needs valgrind (`apt-get install -y valgrind`). Not run by CI.
 #
 # Valgrind hides the CPU's SHA extensions, so SHA-256 (the digests) runs sha2's portable code
@@ -49,7 +50,6 @@ start_mock "$OUT_DIR/mock.log" "${MOCK_FLAGS[@]}"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
 # shellcheck disable=SC2086
-# shellcheck disable=SC2086
 valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.out" ${CALLGRIND_FLAGS:-} \
   ${TOGGLE:+--toggle-collect="$TOGGLE"} \
   "$GATEWAY" --listen "127.0.0.1:$PORT" --upstream "$MOCK_URL" --stack "$STACK" $GATEWAY_FLAGS \
@@ -71,4 +71,6 @@ wait "$GATEWAY_PID" 2>/dev/null || true
 STREAMS=$((CLIENTS * REPEAT + WARM))
 TOTAL=$(callgrind_annotate "$OUT_DIR/callgrind.out" 2> /dev/null | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }')
 grep -E '^success' "$OUT_DIR/loadgen.txt" >&2
+# A TOGGLE function inlined away in this build counts nothing: say so rather than print 0.
+[ "${TOTAL:-0}" -gt 0 ] || { echo "nothing was counted inside '$TOGGLE' (inlined in this build?); try TOGGLE= (the whole process)" >&2; exit 1; }
 echo "$STACK $LOAD: $TOTAL instructions over $STREAMS streams = $((TOTAL / STREAMS)) per stream ($OUT_DIR)"

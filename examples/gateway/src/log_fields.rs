@@ -1,6 +1,7 @@
 //! The fields of a text log line, written straight: `name=value` pairs separated by spaces,
-//! what tracing-subscriber's default writes with colours off, byte for byte (floats: the
-//! same number, see [`PlainFields`]).
+//! what tracing-subscriber's default fields (`DefaultFields`) write with colours off, byte for
+//! byte (floats: the same number, see [`PlainFields`]), its escaping of terminal control
+//! characters in messages and errors included.
 //!
 //! The default goes through `dyn Debug` and `write!` for every field (and paints every name
 //! and `=` with a style that is a no-op without colours). A stream's log line has 19 fields,
@@ -69,6 +70,63 @@ impl PlainVisitor<'_> {
     }
 }
 
+impl PlainVisitor<'_> {
+    /// `value` through `Debug`, with the terminal control characters escaped as the default
+    /// fields escape them in messages and errors when the writer asks for it.
+    fn write_escaped(&mut self, value: &dyn fmt::Debug) {
+        self.result = if self.writer.sanitizes_ansi_escapes() {
+            let mut escaping = Escaping {
+                inner: &mut self.writer,
+            };
+            fmt::Write::write_fmt(&mut escaping, format_args!("{value:?}"))
+        } else {
+            write!(self.writer, "{value:?}")
+        };
+    }
+}
+
+/// A string whose `Debug` is the string itself (an entry of the `sources` list).
+struct Plain<'a>(&'a str);
+
+impl fmt::Debug for Plain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Writes what it is given with ESC, BEL, BS, FF, DEL and the C1 controls escaped (the set
+/// tracing-subscriber escapes, against terminal injection through log lines).
+struct Escaping<'a, 'w> {
+    inner: &'a mut Writer<'w>,
+}
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        // The usual text has none of them: one write. (A C1 control is 0xC2 then 0x80..=0x9F
+        // in UTF-8.)
+        let bytes = text.as_bytes();
+        let plain = !bytes.iter().enumerate().any(|(i, &b)| {
+            matches!(b, 0x1b | 0x07 | 0x08 | 0x0c | 0x7f)
+                || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+        });
+        if plain {
+            return self.inner.write_str(text);
+        }
+        for ch in text.chars() {
+            match ch {
+                '\x1b' => self.inner.write_str("\\x1b")?,
+                '\x07' => self.inner.write_str("\\x07")?,
+                '\x08' => self.inner.write_str("\\x08")?,
+                '\x0c' => self.inner.write_str("\\x0c")?,
+                '\x7f' => self.inner.write_str("\\x7f")?,
+                '\u{80}'..='\u{9f}' => write!(self.inner, "\\u{{{:x}}}", u32::from(ch))?,
+                _ => self.inner.write_char(ch)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Visit for PlainVisitor<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.start(field) {
@@ -106,6 +164,10 @@ impl Visit for PlainVisitor<'_> {
         if !self.start(field) {
             return;
         }
+        if field.name() == "message" {
+            self.write_escaped(&format_args!("{value}"));
+            return;
+        }
         // `Debug` of a string of printable ASCII without quotes or backslashes is the string
         // in quotes; anything else gets `Debug`'s escapes.
         if value
@@ -122,8 +184,37 @@ impl Visit for PlainVisitor<'_> {
         }
     }
 
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if !self.start(field) {
+            return;
+        }
+        self.write_escaped(&format_args!("{value}"));
+        if let Some(source) = value.source() {
+            let name = field.name();
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            let mut sources = Vec::new();
+            let mut next = Some(source);
+            while let Some(error) = next {
+                sources.push(error.to_string());
+                next = error.source();
+            }
+            self.result = self
+                .result
+                .and_then(|()| write!(self.writer, " {name}.sources="));
+            if self.result.is_ok() {
+                let list: Vec<Plain<'_>> = sources.iter().map(|s| Plain(s)).collect();
+                self.write_escaped(&list);
+            }
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.start(field) {
+        if !self.start(field) {
+            return;
+        }
+        if field.name() == "message" {
+            self.write_escaped(value);
+        } else {
             self.result = write!(self.writer, "{value:?}");
         }
     }
@@ -134,9 +225,8 @@ mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
 
-    use tracing_subscriber::field::MakeExt;
     use tracing_subscriber::fmt::MakeWriter;
-    use tracing_subscriber::fmt::format::debug_fn;
+    use tracing_subscriber::fmt::format::DefaultFields;
 
     use super::*;
 
@@ -164,18 +254,6 @@ mod tests {
     impl Lines {
         fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
-
-    /// tracing-subscriber's own field formatting without colours, as the reference.
-    fn reference(writer: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
-        match field.name() {
-            "message" => write!(writer, "{value:?}"),
-            name => write!(
-                writer,
-                "{}={value:?}",
-                name.strip_prefix("r#").unwrap_or(name)
-            ),
         }
     }
 
@@ -209,6 +287,33 @@ mod tests {
         );
         tracing::warn!(error = %"upstream: connection reset", "stream ended");
         tracing::info!(only = 1u64);
+        // Messages and errors with terminal control characters, errors with sources.
+        tracing::warn!("escape \u{1b}[31m bell \u{7} c1 \u{85} del \u{7f} tab \t");
+        tracing::info!(message = "a message \u{1b} given as a string", n = 1u64);
+        let io = std::io::Error::other("inner \u{1b}");
+        let outer = Outer(io);
+        tracing::error!(
+            error = &outer as &(dyn std::error::Error + 'static),
+            "failed"
+        );
+        let alone = std::io::Error::other("alone \u{9b}");
+        tracing::error!(r#err = &alone as &(dyn std::error::Error + 'static));
+    }
+
+    /// An error with a source.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer \u{7}")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 
     fn lines(
@@ -231,12 +336,15 @@ mod tests {
     #[test]
     fn the_lines_are_byte_identical_to_tracing_subscribers_default_fields() {
         let ours = lines(PlainFields, emit_all);
-        let theirs = lines(debug_fn(reference).delimited(" "), emit_all);
+        let theirs = lines(DefaultFields::new(), emit_all);
         assert_eq!(ours, theirs);
         assert!(ours.contains("events=18 big=18446744073709551615 negative=-42"));
         assert!(ours.contains(r#"odd="quote \" backslash \\ tab \t newline \n é ✓""#));
         assert!(ours.contains("type=\"raw\""));
-        assert_eq!(ours.lines().count(), 3);
+        assert_eq!(ours.lines().count(), 7);
+        assert!(ours.contains(r"escape \x1b[31m bell \x07 c1 \u{85} del \x7f tab"));
+        assert!(ours.contains(r"failed error=outer \x07 error.sources=[inner \x1b]"));
+        assert!(ours.contains(r"err=alone \u{9b}"));
     }
 
     #[test]
@@ -272,7 +380,7 @@ mod tests {
             }
         };
         let ours = lines(PlainFields, emit);
-        let theirs = lines(debug_fn(reference).delimited(" "), emit);
+        let theirs = lines(DefaultFields::new(), emit);
         assert_eq!(ours.lines().count(), values.len() + durations.len());
         let mut ties = 0;
         for (ours, theirs) in ours.lines().zip(theirs.lines()) {

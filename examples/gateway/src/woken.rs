@@ -2,7 +2,8 @@
 //!
 //! A connection's task is woken for every event it relays, and `select!` then polls each of
 //! its branches: the connection, and the watchers of its clocks and of the server's shutdown
-//! (a timer and a `Notify` whose waiter list is behind one lock shared by every connection).
+//! (a timer, and a watch channel whose waiter lists are behind locks shared by every
+//! connection).
 //! Wrapped, the watchers cost an atomic load per wake-up instead.
 
 use std::future::Future;
@@ -37,9 +38,14 @@ impl Wake for Signal {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(task) = task.as_ref() {
-            task.wake_by_ref();
+        // Woken outside the lock: an executor may poll the task inside `wake`.
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(task) = task {
+            task.wake();
         }
     }
 }
