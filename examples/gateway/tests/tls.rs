@@ -92,39 +92,44 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// The gateway binary, killed when dropped, and its log lines.
-struct Gateway {
-    child: Child,
-    base: String,
-    log: std::sync::mpsc::Receiver<String>,
+/// A child process, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The gateway binary and its log lines.
+struct Gateway {
+    _process: Running,
+    base: String,
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 /// Start the binary against `upstream` with these roots, `SSL_CERT_FILE` at `ca_file`, and
 /// wait for its `listening on http://ADDR` line.
 fn gateway(upstream: SocketAddr, roots: &str, ca_file: &Path) -> Gateway {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-roots",
-            roots,
-            "--upstream",
-        ])
-        .arg(format!("https://{upstream}"))
-        .env("SSL_CERT_FILE", ca_file)
-        .env_remove("SSL_CERT_DIR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut process = Running(
+        Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-roots",
+                roots,
+                "--upstream",
+            ])
+            .arg(format!("https://{upstream}"))
+            .env("SSL_CERT_FILE", ca_file)
+            .env_remove("SSL_CERT_DIR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the gateway binary starts"),
+    );
+    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
     let mut line = String::new();
     loop {
         line.clear();
@@ -139,7 +144,11 @@ fn gateway(upstream: SocketAddr, roots: &str, ca_file: &Path) -> Gateway {
                     let _ = lines.send(line);
                 }
             });
-            return Gateway { child, base, log };
+            return Gateway {
+                _process: process,
+                base,
+                log,
+            };
         }
     }
 }
