@@ -64,6 +64,7 @@ mod body_limit;
 mod conn;
 mod forward;
 pub mod log_fields;
+pub mod log_time;
 mod os;
 mod prometheus;
 mod serve;

@@ -36,6 +36,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use example_gateway::log_fields::PlainFields;
+use example_gateway::log_time::CachedSystemTime;
 use example_gateway::{GatewayConfig, Stack, TlsRoots};
 
 const HELP: &str = "\
@@ -264,7 +265,10 @@ fn parse_args() -> Option<Options> {
 /// or one JSON object per line.
 fn init_logging(format: LogFormat) {
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_target(false).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_timer(CachedSystemTime);
     match format {
         LogFormat::Text if ansi => builder.compact().init(),
         // The same `name=value` text as tracing-subscriber's default fields, written straight
