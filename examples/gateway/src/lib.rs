@@ -70,6 +70,18 @@ mod prometheus;
 mod serve;
 mod woken;
 
+/// Deterministic pseudo-random numbers for the unit tests' inputs (xorshift64; `seed` not 0).
+#[cfg(test)]
+pub(crate) fn test_numbers(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 pub use forward::TlsRoots;
 use forward::{Connector, Forward, UpstreamRequestBody};
 pub use serve::{ConnectionConfig, serve, serve_until};

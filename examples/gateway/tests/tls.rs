@@ -153,6 +153,16 @@ fn gateway(upstream: SocketAddr, roots: &str, ca_file: &Path) -> Gateway {
     }
 }
 
+impl Gateway {
+    /// The first log line that says `what`.
+    fn log_line(&self, what: &str) -> String {
+        self.log
+            .iter()
+            .find(|line| line.contains(what))
+            .unwrap_or_else(|| panic!("a log line saying {what:?}"))
+    }
+}
+
 async fn chat(base: &str) -> (u16, String) {
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
@@ -176,11 +186,7 @@ async fn a_stream_goes_through_an_https_upstream_signed_by_a_ca_the_gateway_trus
     // The whole stack ran: usage was asked for upstream (and withheld from this client,
     // which did not ask), read back, and reported in the stream's log line.
     assert!(!body.contains("\"usage\":{"), "{body}");
-    let line = gateway
-        .log
-        .iter()
-        .find(|line| line.contains("stream ended"))
-        .expect("the stream's log line");
+    let line = gateway.log_line("stream ended");
     assert!(line.contains("outcome=completed"), "{line}");
     assert!(line.contains("output_tokens=3"), "{line}");
 }
@@ -194,10 +200,6 @@ async fn an_upstream_certificate_outside_the_roots_is_refused_with_a_502() {
     assert_eq!(status, 502, "{body}");
     assert!(!body.contains("chat.completion.chunk"), "{body}");
     // Refused for its certificate, not for anything else.
-    let line = gateway
-        .log
-        .iter()
-        .find(|line| line.contains("upstream request failed"))
-        .expect("the failure's log line");
+    let line = gateway.log_line("upstream request failed");
     assert!(line.contains("certificate"), "{line}");
 }
