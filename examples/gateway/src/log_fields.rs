@@ -55,8 +55,7 @@ impl PlainVisitor<'_> {
         }
         self.seen = true;
         if field.name() != "message" {
-            let name = field.name();
-            let name = name.strip_prefix("r#").unwrap_or(name);
+            let name = shown_name(field);
             self.result = self
                 .result
                 .and_then(|()| self.writer.write_str(name))
@@ -85,12 +84,24 @@ impl PlainVisitor<'_> {
     }
 }
 
-/// A string whose `Debug` is the string itself (an entry of the `sources` list).
-struct Plain<'a>(&'a str);
+/// A field's name as the line shows it: a raw identifier without its `r#`.
+fn shown_name(field: &Field) -> &'static str {
+    let name = field.name();
+    name.strip_prefix("r#").unwrap_or(name)
+}
 
-impl fmt::Debug for Plain<'_> {
+/// An error and its sources as the default fields list them: `[first, second]`.
+struct Sources<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Debug for Sources<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        let mut list = f.debug_list();
+        let mut next = Some(self.0);
+        while let Some(error) = next {
+            list.entry(&format_args!("{error}"));
+            next = error.source();
+        }
+        list.finish()
     }
 }
 
@@ -190,20 +201,12 @@ impl Visit for PlainVisitor<'_> {
         }
         self.write_escaped(&format_args!("{value}"));
         if let Some(source) = value.source() {
-            let name = field.name();
-            let name = name.strip_prefix("r#").unwrap_or(name);
-            let mut sources = Vec::new();
-            let mut next = Some(source);
-            while let Some(error) = next {
-                sources.push(error.to_string());
-                next = error.source();
-            }
+            let name = shown_name(field);
             self.result = self
                 .result
                 .and_then(|()| write!(self.writer, " {name}.sources="));
             if self.result.is_ok() {
-                let list: Vec<Plain<'_>> = sources.iter().map(|s| Plain(s)).collect();
-                self.write_escaped(&list);
+                self.write_escaped(&Sources(source));
             }
         }
     }
