@@ -16,7 +16,7 @@ if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl
 fi
 
-cargo build -p example-gateway --bin gateway
+cargo build --locked -p example-gateway --bin gateway
 log=$(mktemp)
 gateway_pid=
 cleanup() {

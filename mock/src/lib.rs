@@ -80,6 +80,7 @@ mod framer;
 mod request;
 mod server;
 mod stats;
+pub mod system;
 mod words;
 
 pub use body::Aborted;

@@ -6,8 +6,11 @@
 # The workspace root (this file is in tools/scripts/).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-# Where `cargo build --release -p PACKAGE` puts the binaries.
-BIN=$TARGET_DIR/release
+# The build profile of the measured binaries: `release-lto` (the workspace's Cargo.toml, fat
+# LTO) unless PROFILE says another (`release` for a quicker build).
+PROFILE=${PROFILE:-release-lto}
+# Where `cargo build --profile $PROFILE -p PACKAGE` puts the binaries.
+BIN=$TARGET_DIR/$PROFILE
 CLK_TCK=$(getconf CLK_TCK)
 
 # Every process started here; killed on exit, whatever happens.
@@ -35,8 +38,8 @@ stop_pid() {
 # The gateway (examples/gateway), the mock upstream (examples/mock-upstream) and loadgen
 # (tools), each its own workspace package: $BIN/gateway, $BIN/mock_upstream, $BIN/loadgen.
 build_binaries() {
-  echo "building the release binaries gateway, mock_upstream, loadgen (target dir $TARGET_DIR)" >&2
-  (cd "$ROOT" && cargo build --release --quiet --bins \
+  echo "building the binaries gateway, mock_upstream, loadgen (profile $PROFILE, target dir $TARGET_DIR)" >&2
+  (cd "$ROOT" && cargo build --profile "$PROFILE" --locked --quiet --bins \
     -p example-gateway -p example-mock-upstream -p tower-sse-tools)
 }
 

@@ -169,21 +169,11 @@ async fn cutting_proxy(to: SocketAddr, cut: usize) -> SocketAddr {
     addr
 }
 
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|name| {
-        Command::new(name)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_source_reconnects_through_a_cut_and_misses_nothing() {
-    let Some(browser) = chromium() else {
-        eprintln!("skipped: no chromium");
+    let Some(browser) =
+        tower_sse_mock::system::program_or_skip(&["chromium", "chromium-browser"], "chromium")
+    else {
         return;
     };
     let upstream = Upstream::default();
