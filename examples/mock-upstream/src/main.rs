@@ -8,11 +8,12 @@
 //! `--help` lists the routes and the per-request controls; every control is also a flag that
 //! sets the server's default.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Arg, CommandFactory, FromArgMatches, Parser};
+use clap::{Arg, Command, CommandFactory, FromArgMatches, Parser};
 use tower_sse_mock::{CONTROLS, ControlInfo, MockConfig};
 
 /// mock_upstream: an LLM-like streaming server (tower-sse-mock)
@@ -57,15 +58,23 @@ fn control_flag(control: &ControlInfo) -> Arg {
     }
 }
 
-/// Parse the command line (exits after `--help`, or with status 2 on a bad flag): the
-/// derived flags, one per control (the controls are listed once, in tower-sse-mock), and
-/// the mock's routes and controls after the help.
-fn parse() -> (SocketAddr, MockConfig) {
-    let command = Args::command()
+/// The command line: the derived flags, one per control (the controls are listed once, in
+/// tower-sse-mock), and the mock's routes and controls after the help.
+fn command() -> Command {
+    Args::command()
         .args(CONTROLS.iter().map(control_flag))
-        .after_help(tower_sse_mock::help());
-    let matches = command.clone().get_matches();
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        .after_help(tower_sse_mock::help())
+}
+
+/// The address and the server's defaults from `args` (the program's name first).
+fn parse_from<I, T>(args: I) -> Result<(SocketAddr, MockConfig), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let command = command();
+    let matches = command.clone().try_get_matches_from(args)?;
+    let args = Args::from_arg_matches(&matches)?;
     let mut config = MockConfig::new();
     if let Some(model) = args.model {
         config = config.model(model);
@@ -75,15 +84,16 @@ fn parse() -> (SocketAddr, MockConfig) {
             // Checked by the flag's parser already.
             config = config
                 .control(control.name, value)
-                .unwrap_or_else(|e| command.clone().error(ErrorKind::ValueValidation, e).exit());
+                .map_err(|e| command.clone().error(ErrorKind::ValueValidation, e))?;
         }
     }
-    (args.listen, config)
+    Ok((args.listen, config))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (listen, config) = parse();
+    // Exits after `--help`, or with status 2 on a bad flag.
+    let (listen, config) = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -103,4 +113,60 @@ async fn main() -> ExitCode {
         _ = tokio::signal::ctrl_c() => {}
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_control_is_a_flag_in_both_spellings() {
+        let (listen, config) = parse_from([
+            "mock_upstream",
+            "--listen=127.0.0.1:0",
+            "--delay_ms",
+            "5",
+            "--headers-delay-ms=7",
+            "--tokens",
+            "3",
+            "--stall-after",
+            "none",
+            "--model",
+            "m",
+            "--tokens",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.controls.delay, Duration::from_millis(5));
+        assert_eq!(config.controls.headers_delay, Duration::from_millis(7));
+        // The last of a repeated flag wins.
+        assert_eq!(config.controls.tokens, 4);
+        assert_eq!(config.controls.stall_after, None);
+        assert_eq!(config.model, "m");
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let (listen, config) = parse_from(["mock_upstream"]).unwrap();
+        assert_eq!(listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.controls, MockConfig::new().controls);
+        for bad in [
+            &["--tokens", "x"][..],
+            &["--chunking", "0"],
+            &["--nope", "1"],
+            &["--seed"],
+        ] {
+            let args = std::iter::once("mock_upstream").chain(bad.iter().copied());
+            let error = parse_from(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
+    }
 }

@@ -318,17 +318,20 @@ fn control_value(value: &str) -> Value {
         .map_or_else(|_| Value::String(value.to_owned()), Value::from)
 }
 
-/// Parse the command line (exits after `--help`, or with status 2 on a bad flag).
-fn parse_args() -> Options {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+/// The run's options from `args` (the program's name first).
+fn parse_from<I, T>(args: I) -> Result<Options, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    // `--hold 0` with `--repeat` is no conflict: zero is the default.
     if cli.repeat.is_some() && !cli.hold.is_zero() {
-        Cli::command()
-            .error(
-                ErrorKind::ArgumentConflict,
-                "--repeat and --hold exclude each other",
-            )
-            .exit();
+        return Err(Cli::command().error(
+            ErrorKind::ArgumentConflict,
+            "--repeat and --hold exclude each other",
+        ));
     }
     // The mock controls in command-line order, so that the last one given wins, as in the
     // request body the mock reads.
@@ -353,7 +356,7 @@ fn parse_args() -> Options {
         .into_iter()
         .map(|(_, name, value)| (name, control_value(value)))
         .collect();
-    Options {
+    Ok(Options {
         url: cli.url,
         format: cli.format,
         streams: cli.streams,
@@ -368,7 +371,7 @@ fn parse_args() -> Options {
         mock,
         output: cli.output,
         quiet: cli.quiet,
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1108,7 +1111,8 @@ fn check_machine_limits(options: &Options) {
 
 #[tokio::main]
 async fn main() {
-    let options = parse_args();
+    // Exits after `--help`, or with status 2 on a bad flag.
+    let options = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     check_machine_limits(&options);
     let targets = targets(&options);
     let live = Arc::new(Live::default());
@@ -1159,5 +1163,81 @@ async fn main() {
     {
         eprintln!("loadgen: cannot write {path}: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        parse_from(std::iter::once("loadgen").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let options = parse(&[]).unwrap();
+        assert_eq!(options.url, "http://127.0.0.1:8080");
+        assert_eq!(options.format, Format::Chat);
+        assert_eq!(options.streams, 100);
+        assert_eq!(options.timeout, Duration::from_secs(120));
+        assert_eq!(options.seed, 1);
+        assert!(options.mock.is_empty() && options.source_ips.is_empty() && !options.quiet);
+    }
+
+    #[test]
+    fn mock_controls_keep_the_command_line_order() {
+        let options = parse(&[
+            "--url",
+            "http://h:1/",
+            "--format",
+            "ollama",
+            "--tokens",
+            "5",
+            "--mock",
+            "tokens=7",
+            "--mock",
+            "stall-after=3",
+            "--chunking",
+            "random",
+            "--source-ips",
+            "127.0.0.2, 127.0.0.3,",
+            "--hold",
+            "0",
+            "--repeat",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(options.url, "http://h:1");
+        assert_eq!(options.format, Format::Ollama);
+        assert_eq!(options.mock["tokens"], 7);
+        assert_eq!(options.mock["stall_after"], 3);
+        assert_eq!(options.mock["chunking"], "random");
+        assert_eq!(options.source_ips.len(), 2);
+        let options = parse(&["--mock", "tokens=7", "--tokens", "5"]).unwrap();
+        assert_eq!(options.mock["tokens"], 5);
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        for bad in [
+            &["--repeat", "2", "--hold", "1"][..],
+            &["--streams", "0"],
+            &["--faults", "1.5"],
+            &["--ramp", "-1"],
+            &["--format", "xml"],
+            &["--mock", "tokens"],
+            &["--no-such-flag"],
+        ] {
+            let error = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
     }
 }
