@@ -13,7 +13,8 @@
 #   LOAD=long   16-token streams 5 ms apart: the per-event cost too (200 × 5 = 1,000)
 #
 # Environment: STACK (full | bare; default full), GATEWAY (a gateway binary, default the
-# release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, OUT_DIR, SKIP_BUILD=1,
+# release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, GATEWAY_FEATURES
+# (`tuned`: the build BENCHMARKS.md's figures were measured with), OUT_DIR, SKIP_BUILD=1,
 # TOGGLE (the function counted inside; empty: all), CALLGRIND_FLAGS (more callgrind
 # options, e.g. `--cache-sim=yes` for simulated cache misses:
 # `callgrind_annotate --show=Ir,I1mr,D1mr`).

@@ -1,91 +1,11 @@
 //! What the load tools need to know about the operating system's limits: file descriptors
 //! and ephemeral ports running out, and warnings about it that do not flood the terminal.
+//! The helpers are the gateway's own (one copy, in `example_gateway::os`); the ports are a
+//! client's concern alone.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use example_gateway::os::{
+    EMFILE, ENFILE, Warning, fd_limit, fd_limit_text, io_source, is_fd_exhaustion,
+};
 
-/// Too many open files in the system.
-pub const ENFILE: i32 = 23;
-/// Too many open files in this process.
-pub const EMFILE: i32 = 24;
 /// No local address (in practice: no free ephemeral port) to connect from.
 pub const EADDRNOTAVAIL: i32 = 99;
-
-/// `EMFILE` (the process's limit) or `ENFILE` (the system's).
-pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
-}
-
-/// The first `io::Error` in an error's chain of sources.
-pub fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io);
-        }
-        next = e.source();
-    }
-    None
-}
-
-/// A warning printed at most once every few seconds, with how many were held back; one per
-/// kind of message, so that one storm does not hide another.
-#[derive(Debug)]
-pub struct Warning {
-    last: AtomicU64,
-    skipped: AtomicU64,
-}
-
-impl Default for Warning {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Warning {
-    const EVERY_SECS: u64 = 5;
-
-    /// A warning that has not been printed yet.
-    pub const fn new() -> Self {
-        Self {
-            last: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-        }
-    }
-
-    /// Print the message (built only when printed) unless one went out lately.
-    pub fn emit(&self, message: impl FnOnce() -> String) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last.load(Ordering::Relaxed);
-        if now < last + Self::EVERY_SECS
-            || self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        match self.skipped.swap(0, Ordering::Relaxed) {
-            0 => eprintln!("{}", message()),
-            skipped => eprintln!("{} ({skipped} more since the last such message)", message()),
-        }
-    }
-}
-
-/// The soft limit on open files, read once (reading it needs a free descriptor).
-pub fn fd_limit() -> Option<u64> {
-    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-        line.split_whitespace().nth(3)?.parse().ok()
-    })
-}
-
-/// [`fd_limit`] as text, `unknown` when it could not be read.
-pub fn fd_limit_text() -> String {
-    fd_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string())
-}

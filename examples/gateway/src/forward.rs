@@ -1,5 +1,5 @@
 //! The innermost service: forward a request to the upstream with a pooled hyper-util client
-//! (`http://` or `https://`, rustls), minus the hop-by-hop headers; answer `502` when the
+//! (`http://`, or `https://` with the `tls` feature), minus the hop-by-hop headers; answer `502` when the
 //! upstream cannot be reached, and log why (never a header, a query string or a body).
 
 use std::convert::Infallible;
@@ -14,13 +14,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body_util::LengthLimitError;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tower_sse::digest::RequestDigestBody;
 use tower_sse::include_usage::UsageRequestBody;
 
 use crate::UPSTREAM_STREAMS;
+use crate::connector::Connector;
 use crate::os::{Warning, fd_limit_text, io_source, is_fd_exhaustion};
 
 /// The request body the upstream client sends: the client's bytes, hashed as they go
@@ -28,41 +27,6 @@ use crate::os::{Warning, fd_limit_text, io_source, is_fd_exhaustion};
 pub(crate) type UpstreamRequestBody = UsageRequestBody<RequestDigestBody<AxumBody>>;
 /// The upstream's body, or the gateway's own error answer.
 pub(crate) type UpstreamResponseBody = Either<Incoming, Full<Bytes>>;
-
-/// Which certificate authorities an `https://` upstream is checked against.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum TlsRoots {
-    /// Mozilla's roots, built into the binary (works in a container without a CA store).
-    #[default]
-    Webpki,
-    /// The operating system's store (for private CAs installed there).
-    Native,
-}
-
-/// The upstream connector: plain TCP for `http://`, rustls (ring, no OpenSSL) for
-/// `https://`, HTTP/1.1 either way.
-pub(crate) type Connector = HttpsConnector<HttpConnector>;
-
-/// Build the connector once; `Native` fails when the system store has no usable root.
-pub(crate) fn connector(roots: TlsRoots) -> std::io::Result<Connector> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let failed = |e: &dyn std::fmt::Display| {
-        std::io::Error::other(format!("TLS setup for the upstream failed: {e}"))
-    };
-    let builder = match roots {
-        TlsRoots::Webpki => builder
-            .with_provider_and_webpki_roots(provider)
-            .map_err(|e| failed(&e))?,
-        TlsRoots::Native => builder
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| failed(&e))?,
-    };
-    // Upstream connections keep Nagle on (hyper's default): with TCP_NODELAY the gateway's
-    // TTFB p99 under 2,000 new streams a second was worse in every one of three alternating
-    // runs (BENCHMARKS.md, "Against the proxies users would pick"); the client side has it.
-    Ok(builder.https_or_http().enable_http1().build())
-}
 
 /// Forwards a request to the upstream with a pooled client; answers `502` when it cannot.
 /// `B` is the request body sent upstream: [`UpstreamRequestBody`] behind the tower-sse

@@ -22,37 +22,34 @@
 //! ```
 //!
 //! This file is the stack: [`Shared::router`] and the `SseLayer` it builds. The rest is
-//! plumbing: `forward.rs` (the upstream client), `serve.rs` (accepting connections and their
-//! limits), `conn.rs` (one connection's header and idle clocks), `prometheus.rs` (the
-//! `/metrics` exporter), `os.rs` (file-descriptor limits); the binary's `main.rs` (command
-//! line) and `runtime.rs` (one runtime, or one per core).
+//! plumbing: `config.rs` (what the command line sets), `running.rs` (building, serving and
+//! shutting down), `handlers.rs` (`/healthz`, `/metrics`, `/v1/digests/{id}`), `forward.rs`
+//! and `connector.rs` (the upstream client; `https://` with the default-on `tls` feature),
+//! `serve.rs` and `conn.rs` (accepting connections, their limits and clocks),
+//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits); the binary's
+//! `cli.rs` (command line) and `runtime.rs` (one runtime, or one per core). `tuned/` holds
+//! benchmark-only replacements of stock pieces (feature `tuned`, off by default).
 //!
 //! [`Shared`] is what every runtime serving the gateway shares (registry, limit, metrics);
 //! [`Shared::router`] and [`serve`] run on each runtime; [`start`] does both on the current one.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body as AxumBody;
-use axum::extract::{Path, State};
-use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
-use http::header::CONTENT_TYPE;
-use http::{Request, StatusCode, Uri};
+use http::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_sse::MetricsObserver;
-use tower_sse::limit::OpenStreams;
 use tower_sse::metrics::ModelLabels;
-use tower_sse::resume::{MemoryStore, RedisStore, ResumeObserver};
+use tower_sse::resume::{MemoryStore, ResumeObserver};
 use tower_sse::stream::Shutdown;
 use tower_sse::{
     DigestObserver, DigestRegistry, IncludeUsageLayer, KeepAliveConfig, OnEnd, RequestDigestLayer,
@@ -61,110 +58,27 @@ use tower_sse::{
 };
 
 mod body_limit;
+mod config;
 mod conn;
+mod connector;
 mod forward;
-pub mod log_fields;
-pub mod log_time;
-mod os;
+mod handlers;
+pub mod os;
 mod prometheus;
+mod running;
 mod serve;
-mod woken;
+#[cfg(feature = "tuned")]
+pub mod tuned;
 
-/// Deterministic pseudo-random numbers for the unit tests' inputs (xorshift64; `seed` not 0).
-#[cfg(test)]
-pub(crate) fn test_numbers(seed: u64) -> impl FnMut() -> u64 {
-    let mut state = seed;
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    }
-}
-
-pub use forward::TlsRoots;
-use forward::{Connector, Forward, UpstreamRequestBody};
+pub use config::{GatewayConfig, Stack};
+pub use connector::TlsRoots;
+pub use handlers::{REQUESTS, UPSTREAM_STREAMS};
+pub use running::{Gateway, start, start_metrics};
 pub use serve::{ConnectionConfig, serve, serve_until};
 
-/// What the gateway is told on its command line.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// Base URL of the upstream, such as `http://127.0.0.1:9000`.
-    pub upstream: Uri,
-    /// Send a keep-alive comment after this much silence.
-    pub keep_alive: Option<Duration>,
-    /// End streams with no content event within this time.
-    pub first_event_timeout: Option<Duration>,
-    /// End streams whose upstream is silent this long.
-    pub idle_timeout: Option<Duration>,
-    /// End streams running longer than this.
-    pub total_timeout: Option<Duration>,
-    /// At most this many open streams, then `503`.
-    pub max_streams: usize,
-    /// Answer streaming requests at once, with keep-alives before the upstream's head.
-    pub early_response: bool,
-    /// The largest request body accepted, in bytes; `413` beyond it.
-    pub max_body_bytes: usize,
-    /// The certificate authorities of an `https://` upstream.
-    pub tls_roots: TlsRoots,
-    /// Serve `/metrics` on this address instead of the main one.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Limits on client connections.
-    pub connections: ConnectionConfig,
-    /// On `SIGTERM` or `SIGINT`, how long open streams may run to their end before they are
-    /// ended with an error event.
-    pub shutdown_grace: Duration,
-    /// How many distinct model names become metric label values (the rest are `_OTHER`).
-    pub max_model_labels: usize,
-    /// After a client disconnects, keep reading its upstream for up to this long, so that the
-    /// provider's final usage reaches the report. The stream keeps its limit permit meanwhile.
-    pub drain: Option<Duration>,
-    /// Make every stream resumable with `Last-Event-ID` (GET and POST routes alike).
-    pub resumable: bool,
-    /// Keep the logs of resumable streams on this Redis (`redis://host:port/`), so that a
-    /// client resumes on any replica.
-    pub redis: Option<String>,
-    /// What streaming requests go through: the tower-sse stack, or nothing (a benchmark floor).
-    pub stack: Stack,
-}
-
-/// What the gateway puts between the client and the upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Stack {
-    /// The whole tower-sse stack (the gateway).
-    #[default]
-    Full,
-    /// No tower-sse layer at all: the same listener, connection limits, router, body limit and
-    /// pooled upstream client, forwarding bytes as they come. Not a gateway (no limit, no
-    /// metering): the floor a Rust gateway built on hyper cannot go below, so that full minus
-    /// bare is tower-sse's own cost (`tools/scripts/compare.sh`).
-    Bare,
-}
-
-impl GatewayConfig {
-    /// The defaults of the command line, for `upstream`.
-    pub fn new(upstream: Uri) -> Self {
-        Self {
-            upstream,
-            keep_alive: Some(Duration::from_secs(15)),
-            first_event_timeout: None,
-            idle_timeout: None,
-            total_timeout: None,
-            max_streams: 10_000,
-            early_response: false,
-            max_body_bytes: 16 * 1024 * 1024,
-            tls_roots: TlsRoots::default(),
-            metrics_listen: None,
-            connections: ConnectionConfig::default(),
-            shutdown_grace: Duration::from_secs(30),
-            max_model_labels: tower_sse::metrics::DEFAULT_DISTINCT_MODELS,
-            drain: None,
-            resumable: false,
-            redis: None,
-            stack: Stack::Full,
-        }
-    }
-}
+use connector::Connector;
+use forward::{Forward, UpstreamRequestBody};
+use handlers::{count_request, healthz, lookup_digest, render_metrics};
 
 /// The parts of a gateway that every runtime serving it shares, built once: the digest
 /// registry, the stream limit (clones of one layer share its semaphore), the Prometheus
@@ -280,39 +194,6 @@ impl Shared {
             .with_state(self.metrics.clone())
     }
 
-    /// Serve [`router`](Self::router) on `listener` under the configured connection limits,
-    /// on the current runtime, forever.
-    pub async fn serve(&self, listener: TcpListener) {
-        serve_until(
-            listener,
-            self.router(),
-            self.config.connections.clone(),
-            self.stop.subscribe(),
-        )
-        .await
-    }
-
-    /// Shut down gracefully: stop accepting (new connections are refused), let the open
-    /// streams run to their end for up to `grace`, then end the rest with an error event
-    /// (`server_shutdown`; each is reported). Returns how many streams the grace did not
-    /// see to their end.
-    pub async fn shutdown(&self, grace: Duration) -> usize {
-        self.stop.send_replace(true);
-        let open = self.limit.counter();
-        let cut = if wait_for_streams(&open, grace).await {
-            0
-        } else {
-            let cut = open.get();
-            self.streams_end.end_streams();
-            // They end at once; the bound only guards against a stream nobody polls.
-            wait_for_streams(&open, Duration::from_secs(5)).await;
-            cut
-        };
-        // The metrics and reports of the last streams are recorded by now: the log lines
-        // are written, and the metrics listener answered until here.
-        cut
-    }
-
     /// The `SseLayer`: keep-alive, deadlines, NDJSON reframed as SSE, and the observers
     /// (usage, timing, digest into the registry, GenAI metrics, one log line per stream).
     fn sse_layer(
@@ -363,61 +244,6 @@ impl Shared {
                 }
             })
     }
-
-    /// Build the shared state. Each finished stream's report also goes to `reports` when
-    /// given (the demo prints them). Fails when the TLS roots cannot be loaded.
-    pub fn new(
-        config: GatewayConfig,
-        reports: Option<mpsc::UnboundedSender<StreamReport>>,
-    ) -> std::io::Result<Self> {
-        // Read the fd limit now, while a descriptor is free to read it with.
-        let _ = os::fd_limit();
-        let resume_store = MemoryStore::new();
-        let mut resume = ResumeLayer::new().enabled(config.resumable);
-        let mut registry = DigestRegistry::builder();
-        match &config.redis {
-            // This replica's own streams and records are still served from memory; Redis
-            // serves the other replicas.
-            Some(url) => {
-                let redis = RedisStore::builder(url)
-                    .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?
-                    .local(resume_store.clone())
-                    .build();
-                registry = registry.shared(redis.clone());
-                resume = resume.store(redis);
-            }
-            None => resume = resume.store(resume_store.clone()),
-        }
-        if let Some(interval) = config.keep_alive {
-            // Each client connection gets its own keep-alives (the SseLayer's stay inside).
-            resume = resume.keep_alive(KeepAliveConfig::new().interval(interval));
-        }
-        Ok(Self {
-            resume_store,
-            resume,
-            connector: forward::connector(config.tls_roots)?,
-            registry: registry.build(),
-            limit: StreamLimitLayer::new(config.max_streams),
-            metrics: prometheus::prometheus(),
-            stop: Arc::new(watch::channel(false).0),
-            streams_end: Shutdown::new(),
-            models: ModelLabels::first_seen(config.max_model_labels),
-            config,
-            reports,
-        })
-    }
-
-    /// The handles a caller keeps, for a gateway listening on `addr`.
-    pub fn gateway(&self, addr: SocketAddr, metrics_addr: Option<SocketAddr>) -> Gateway {
-        Gateway {
-            addr,
-            metrics_addr,
-            registry: self.registry.clone(),
-            open_streams: self.limit.counter(),
-            metrics: self.metrics.clone(),
-            shared: self.clone(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -425,126 +251,5 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-/// A running gateway.
-pub struct Gateway {
-    /// The address it listens on.
-    pub addr: SocketAddr,
-    /// The address of its metrics listener, when `/metrics` has one of its own.
-    pub metrics_addr: Option<SocketAddr>,
-    /// Digests by tenant and response id.
-    pub registry: DigestRegistry,
-    /// How many streams hold a permit of the stream limit.
-    pub open_streams: OpenStreams,
-    /// The Prometheus recorder.
-    pub metrics: PrometheusHandle,
-    shared: Shared,
-}
-
-impl Gateway {
-    /// Shut down gracefully (see [`Shared::shutdown`]).
-    pub async fn shutdown(&self, grace: Duration) -> usize {
-        self.shared.shutdown(grace).await
-    }
-}
-
-/// Wait until no stream holds a permit, for up to `limit`; whether they all ended.
-async fn wait_for_streams(open: &OpenStreams, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while open.get() > 0 {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
-
-impl std::fmt::Debug for Gateway {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway")
-            .field("addr", &self.addr)
-            .field("metrics_addr", &self.metrics_addr)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Start the gateway on `listener`, on the current runtime, and its metrics listener when
-/// the config has one. Each finished stream's report also goes to `reports` when given (the
-/// demo prints them).
-pub async fn start(
-    listener: TcpListener,
-    config: GatewayConfig,
-    reports: Option<mpsc::UnboundedSender<StreamReport>>,
-) -> std::io::Result<Gateway> {
-    let addr = listener.local_addr()?;
-    let shared = Shared::new(config, reports)?;
-    let metrics_addr = start_metrics(&shared).await?;
-    let serving = shared.clone();
-    tokio::spawn(async move { serving.serve(listener).await });
-    Ok(shared.gateway(addr, metrics_addr))
-}
-
-/// Bind the metrics listener, if the config has one, and serve it on the current runtime;
-/// returns its address.
-pub async fn start_metrics(shared: &Shared) -> std::io::Result<Option<SocketAddr>> {
-    let Some(listen) = shared.config.metrics_listen else {
-        return Ok(None);
-    };
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {listen} for metrics: {e}"),
-        )
-    })?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(serve(
-        listener,
-        shared.metrics_router(),
-        shared.config.connections.clone(),
-    ));
-    Ok(Some(addr))
-}
-
-/// Counted for every request the stream stack sees, before the limit: with the limit's
-/// rejections and [`UPSTREAM_STREAMS`], it lets a load run account for every stream.
-pub const REQUESTS: &str = "gateway.requests";
-/// Counted when the upstream answers with a stream head (SSE or NDJSON): each such stream
-/// ends with exactly one report (`tower_sse.streams.ended`).
-pub const UPSTREAM_STREAMS: &str = "gateway.upstream.streams";
-
-fn count_request<B>(request: Request<B>) -> Request<B> {
-    metrics::counter!(REQUESTS).increment(1);
-    request
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn render_metrics(State(metrics): State<PrometheusHandle>) -> impl IntoResponse {
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
-    )
-}
-
-/// The caller's record of this response id. Another tenant's record answers `404` exactly
-/// like no record, so that nobody learns which ids exist.
-async fn lookup_digest(
-    State(registry): State<DigestRegistry>,
-    Path(id): Path<String>,
-    request: Parts,
-) -> Response {
-    match registry.lookup(registry.tenant_of(&request), &id).await {
-        Some(record) => ([(CONTENT_TYPE, "application/json")], record.to_json()).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            [(CONTENT_TYPE, "application/json")],
-            r#"{"error":{"type":"not_found","message":"no digest for this response id"}}"#,
-        )
-            .into_response(),
     }
 }

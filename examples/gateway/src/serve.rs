@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use crate::conn::{Activity, Close, Timeouts, Tracked, Watched, watch};
 use crate::os::{Warning, fd_limit_text, is_fd_exhaustion};
-use crate::woken::WhenWoken;
 
 /// hyper's smallest read buffer: `max_header_bytes` is raised to it.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -149,14 +148,15 @@ async fn serve_connection(
     let service = Tracked::new(TowerToHyperService::new(app), activity.clone());
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    // The task wakes for every event it relays; the clocks and the shutdown are looked at
-    // only when they woke it.
-    let watchers = WhenWoken::new(async {
+    let watchers = async {
         tokio::select! {
             close = watch(&activity, timeouts) => Some(close),
             () = stopped(&mut stop) => None,
         }
-    });
+    };
+    // Benchmark-only: look at the clocks and the shutdown only when they woke the task.
+    #[cfg(feature = "tuned")]
+    let watchers = crate::tuned::WhenWoken::new(watchers);
     tokio::pin!(watchers);
     let close = tokio::select! {
         biased;

@@ -216,6 +216,7 @@ fn log_line(stdout: &mut BufReader<ChildStdout>, needle: &str) -> String {
     }
 }
 
+#[cfg(feature = "tls")]
 #[tokio::test]
 async fn an_https_upstream_failure_is_logged_without_secrets_in_json() {
     // A plain-HTTP server where the gateway expects TLS: the handshake fails.

@@ -1,4 +1,4 @@
-//! An `https://` upstream: the gateway binary completes a real TLS handshake (rustls, ring)
+//! An `https://` upstream: the gateway binary completes a real TLS handshake (rustls, aws-lc-rs)
 //! with a local upstream whose certificate a private CA signed, checks it against the roots
 //! it was told to use, and streams through it.
 //!
@@ -51,7 +51,7 @@ async fn tls_upstream() -> TlsUpstream {
     ));
     std::fs::write(&ca_file, ca.pem()).unwrap();
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -34,6 +34,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http::header::CONTENT_TYPE;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -48,51 +50,6 @@ use tower_sse_tools::os::{
     EADDRNOTAVAIL, EMFILE, ENFILE, Warning, fd_limit, fd_limit_text, io_source,
 };
 
-const HELP: &str = "\
-loadgen: concurrent streaming clients against an LLM-style endpoint (the gateway or the mock)
-
-USAGE: loadgen [OPTIONS]    (cargo run --release -p tower-sse-tools --bin loadgen -- [OPTIONS])
-
-TARGET
-  --url URL               base URL (default http://127.0.0.1:8080)
-  --format F              chat | responses | anthropic | gemini | ollama (default chat)
-
-LOAD
-  --streams N             concurrent clients (default 100)
-  --ramp SECS             start the clients evenly over SECS (default 0)
-  --hold SECS             each client streams back to back until ramp + hold has passed
-                          (default 0: one stream per client)
-  --repeat K              each client runs exactly K streams back to back (instead of --hold)
-  --warm-up K             each client first runs K streams that are not recorded (its
-                          connection is then open and the path warm; default 0)
-  --timeout SECS          limit per stream, request to end of body (default 120); after a
-                          failed connect or an error status (503 included) a client waits
-                          250 ms before its next stream
-  --source-ips A,B,...    spread connections over these local addresses (e.g. 127.0.0.2,
-                          127.0.0.3), one connection pool each, clients round-robin: about
-                          28k connections per source address fit in the ephemeral port range
-  --faults P              probability per stream of one injected fault, picked evenly:
-                          mock stall_after, error_after or close_after (after 1 to 4 events),
-                          or a client disconnect after 1 to 4 events (default 0)
-  --seed N                seed of the fault choices (default 1)
-
-MOCK CONTROLS (sent in the request body's \"mock\" object)
-  --tokens N              content tokens per stream
-  --delay-ms MS           pause before each content token
-  --headers-delay-ms MS   pause before the response head
-  --chunking C            whole | random | N
-  --mock KEY=VALUE        any other control (repeatable), e.g. --mock stall_after=3
-
-OUTPUT
-  --output FILE           write the summary, outcomes and per-second open-stream samples as JSON
-  --quiet                 no progress line each second (the summary is always printed)
-  -h, --help              this help
-
-Success rate = ok streams / streams without an injected fault; faulted streams are reported
-by fault and outcome. TTFB and TTFT percentiles cover every stream that got that far;
-duration percentiles cover ok streams.
-";
-
 /// File descriptors kept for things other than streams (stdio, epoll, the runtime).
 const FD_MARGIN: u64 = 64;
 /// How long a client waits after a failed connect or an error status before its next stream.
@@ -102,7 +59,7 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 // Formats
 
 /// The stream format asked for: which route, which body, which event ends the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Chat,
     Responses,
@@ -112,17 +69,6 @@ enum Format {
 }
 
 impl Format {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "chat" => Self::Chat,
-            "responses" => Self::Responses,
-            "anthropic" => Self::Anthropic,
-            "gemini" => Self::Gemini,
-            "ollama" => Self::Ollama,
-            _ => return None,
-        })
-    }
-
     fn name(self) -> &'static str {
         match self {
             Self::Chat => "chat",
@@ -187,7 +133,7 @@ fn is_error_event(event: &EventRef<'_>) -> bool {
 // ---------------------------------------------------------------------------------------
 // Options
 
-/// What the command line asks for.
+/// What the run does, from the command line.
 #[derive(Debug, Clone)]
 struct Options {
     url: Uri,
@@ -206,44 +152,163 @@ struct Options {
     quiet: bool,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            url: Uri::from_static("http://127.0.0.1:8080"),
-            format: Format::Chat,
-            streams: 100,
-            ramp: Duration::ZERO,
-            hold: Duration::ZERO,
-            repeat: None,
-            warm_up: 0,
-            timeout: Duration::from_secs(120),
-            source_ips: Vec::new(),
-            faults: 0.0,
-            seed: 1,
-            mock: Map::new(),
-            output: None,
-            quiet: false,
-        }
-    }
+const MOCK_HEADING: &str = "MOCK CONTROLS (sent in the request body's \"mock\" object)";
+
+/// loadgen: concurrent streaming clients against an LLM-style endpoint (the gateway or the mock)
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    override_usage = "loadgen [OPTIONS]    (cargo run --release -p tower-sse-tools --bin loadgen -- [OPTIONS])",
+    after_help = "\
+Success rate = ok streams / streams without an injected fault; faulted streams are reported
+by fault and outcome. TTFB and TTFT percentiles cover every stream that got that far;
+duration percentiles cover ok streams.",
+    args_override_self = true
+)]
+struct Cli {
+    /// base URL (default http://127.0.0.1:8080)
+    #[arg(long, value_name = "URL", help_heading = "TARGET", value_parser = url,
+          default_value = "http://127.0.0.1:8080", hide_default_value = true)]
+    url: Uri,
+    /// chat | responses | anthropic | gemini | ollama (default chat)
+    #[arg(long, value_name = "F", help_heading = "TARGET", value_enum,
+          default_value_t = Format::Chat, hide_default_value = true, hide_possible_values = true)]
+    format: Format,
+
+    /// concurrent clients (default 100)
+    #[arg(long, value_name = "N", help_heading = "LOAD", value_parser = at_least_one,
+          default_value = "100", hide_default_value = true)]
+    streams: usize,
+    /// start the clients evenly over SECS (default 0)
+    #[arg(long, value_name = "SECS", help_heading = "LOAD", value_parser = secs,
+          default_value = "0", hide_default_value = true)]
+    ramp: Duration,
+    /// each client streams back to back until ramp + hold has passed
+    /// (default 0: one stream per client)
+    #[arg(long, value_name = "SECS", help_heading = "LOAD", value_parser = secs,
+          default_value = "0", hide_default_value = true, verbatim_doc_comment)]
+    hold: Duration,
+    /// each client runs exactly K streams back to back (instead of --hold)
+    #[arg(long, value_name = "K", help_heading = "LOAD")]
+    repeat: Option<u32>,
+    /// each client first runs K streams that are not recorded (its
+    /// connection is then open and the path warm; default 0)
+    #[arg(
+        long,
+        value_name = "K",
+        help_heading = "LOAD",
+        default_value = "0",
+        hide_default_value = true,
+        verbatim_doc_comment
+    )]
+    warm_up: u32,
+    /// limit per stream, request to end of body (default 120); after a
+    /// failed connect or an error status (503 included) a client waits
+    /// 250 ms before its next stream
+    #[arg(long, value_name = "SECS", help_heading = "LOAD", value_parser = secs,
+          default_value = "120", hide_default_value = true, verbatim_doc_comment)]
+    timeout: Duration,
+    /// spread connections over these local addresses (e.g. 127.0.0.2,
+    /// 127.0.0.3), one connection pool each, clients round-robin: about
+    /// 28k connections per source address fit in the ephemeral port range
+    #[arg(long, value_name = "A,B,...", help_heading = "LOAD", value_parser = source_ips,
+          verbatim_doc_comment)]
+    source_ips: Option<SourceIps>,
+    /// probability per stream of one injected fault, picked evenly:
+    /// mock stall_after, error_after or close_after (after 1 to 4 events),
+    /// or a client disconnect after 1 to 4 events (default 0)
+    #[arg(long, value_name = "P", help_heading = "LOAD", value_parser = probability,
+          default_value = "0", hide_default_value = true, verbatim_doc_comment)]
+    faults: f64,
+    /// seed of the fault choices (default 1)
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "LOAD",
+        default_value = "1",
+        hide_default_value = true
+    )]
+    seed: u64,
+
+    /// content tokens per stream
+    #[arg(long, value_name = "N", help_heading = MOCK_HEADING)]
+    tokens: Option<String>,
+    /// pause before each content token
+    #[arg(long, value_name = "MS", help_heading = MOCK_HEADING)]
+    delay_ms: Option<String>,
+    /// pause before the response head
+    #[arg(long, value_name = "MS", help_heading = MOCK_HEADING)]
+    headers_delay_ms: Option<String>,
+    /// whole | random | N
+    #[arg(long, value_name = "C", help_heading = MOCK_HEADING)]
+    chunking: Option<String>,
+    /// any other control (repeatable), e.g. --mock stall_after=3
+    #[arg(long, value_name = "KEY=VALUE", help_heading = MOCK_HEADING, value_parser = key_value,
+          action = ArgAction::Append)]
+    mock: Vec<(String, String)>,
+
+    /// write the summary, outcomes and per-second open-stream samples as JSON
+    #[arg(long, value_name = "FILE", help_heading = "OUTPUT")]
+    output: Option<String>,
+    /// no progress line each second (the summary is always printed)
+    #[arg(long, help_heading = "OUTPUT")]
+    quiet: bool,
 }
 
-fn fail(message: &str) -> ! {
-    eprintln!("loadgen: {message}\n\nTry --help.");
-    std::process::exit(2)
+/// `--source-ips`: one flag, a comma-separated list.
+#[derive(Debug, Clone)]
+struct SourceIps(Vec<IpAddr>);
+
+fn url(value: &str) -> Result<Uri, String> {
+    value
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("not a URL: {value:?}"))
 }
 
-fn parse_number<T: std::str::FromStr>(value: &str, flag: &str) -> T {
+fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
     value
         .parse()
-        .unwrap_or_else(|_| fail(&format!("{flag} takes a number, got {value:?}")))
+        .map_err(|_| format!("takes a number, got {value:?}"))
 }
 
-fn parse_secs(value: &str, flag: &str) -> Duration {
-    let secs: f64 = parse_number(value, flag);
-    if !(secs >= 0.0 && secs.is_finite()) {
-        fail(&format!("{flag} takes seconds >= 0, got {value:?}"));
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match number(value)? {
+        0 => Err("must be at least 1".to_owned()),
+        n => Ok(n),
     }
-    Duration::from_secs_f64(secs)
+}
+
+fn secs(value: &str) -> Result<Duration, String> {
+    let secs: f64 = number(value)?;
+    if !(secs >= 0.0 && secs.is_finite()) {
+        return Err(format!("takes seconds >= 0, got {value:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn source_ips(value: &str) -> Result<SourceIps, String> {
+    value
+        .split(',')
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| number(ip.trim()))
+        .collect::<Result<_, _>>()
+        .map(SourceIps)
+}
+
+fn probability(value: &str) -> Result<f64, String> {
+    let p: f64 = number(value)?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err("is a probability between 0 and 1".to_owned());
+    }
+    Ok(p)
+}
+
+fn key_value(value: &str) -> Result<(String, String), String> {
+    let (name, value) = value
+        .split_once('=')
+        .ok_or_else(|| format!("takes KEY=VALUE, got {value:?}"))?;
+    Ok((name.replace('-', "_"), value.to_owned()))
 }
 
 /// A mock control value: a number when it looks like one, else a string.
@@ -253,112 +318,60 @@ fn control_value(value: &str) -> Value {
         .map_or_else(|_| Value::String(value.to_owned()), Value::from)
 }
 
-/// Parse the command line; `None` after printing the help.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Option<Options> {
-    let mut options = Options::default();
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            print!("{HELP}");
-            return None;
-        }
-        if flag == "--quiet" {
-            options.quiet = true;
-            continue;
-        }
-        let value = args
-            .next()
-            .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
-        apply_option(&mut options, &flag, &value);
+/// The run's options from `args` (the program's name first).
+fn parse_from<I, T>(args: I) -> Result<Options, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    // `--hold 0` with `--repeat` is no conflict: zero is the default.
+    if cli.repeat.is_some() && !cli.hold.is_zero() {
+        return Err(Cli::command().error(
+            ErrorKind::ArgumentConflict,
+            "--repeat and --hold exclude each other",
+        ));
     }
-    if options.repeat.is_some() && !options.hold.is_zero() {
-        fail("--repeat and --hold exclude each other");
+    // The mock controls in command-line order, so that the last one given wins, as in the
+    // request body the mock reads.
+    let mut controls: Vec<(usize, String, &str)> = Vec::new();
+    for (name, value) in [
+        ("tokens", &cli.tokens),
+        ("delay_ms", &cli.delay_ms),
+        ("headers_delay_ms", &cli.headers_delay_ms),
+        ("chunking", &cli.chunking),
+    ] {
+        // The flag's id is the control's name.
+        if let (Some(value), Some(index)) = (value, matches.index_of(name)) {
+            controls.push((index, name.to_owned(), value));
+        }
     }
-    if options.streams == 0 {
-        fail("--streams must be at least 1");
+    let indices = matches.indices_of("mock").into_iter().flatten();
+    for (index, (name, value)) in indices.zip(&cli.mock) {
+        controls.push((index, name.clone(), value));
     }
-    Some(options)
-}
-
-fn apply_option(options: &mut Options, flag: &str, value: &str) {
-    let mock = |name: &str| (name.to_owned(), control_value(value));
-    let control = match flag {
-        "--url" => {
-            options.url = value
-                .trim_end_matches('/')
-                .parse()
-                .unwrap_or_else(|_| fail(&format!("--url is not a URL: {value:?}")));
-            None
-        }
-        "--format" => {
-            options.format = Format::parse(value).unwrap_or_else(|| {
-                fail(&format!(
-                    "--format is chat, responses, anthropic, gemini or ollama, got {value:?}"
-                ))
-            });
-            None
-        }
-        "--streams" => {
-            options.streams = parse_number(value, flag);
-            None
-        }
-        "--ramp" => {
-            options.ramp = parse_secs(value, flag);
-            None
-        }
-        "--hold" => {
-            options.hold = parse_secs(value, flag);
-            None
-        }
-        "--repeat" => {
-            options.repeat = Some(parse_number(value, flag));
-            None
-        }
-        "--warm-up" => {
-            options.warm_up = parse_number(value, flag);
-            None
-        }
-        "--timeout" => {
-            options.timeout = parse_secs(value, flag);
-            None
-        }
-        "--source-ips" => {
-            options.source_ips = value
-                .split(',')
-                .filter(|ip| !ip.is_empty())
-                .map(|ip| parse_number(ip.trim(), flag))
-                .collect();
-            None
-        }
-        "--faults" => {
-            options.faults = parse_number(value, flag);
-            if !(0.0..=1.0).contains(&options.faults) {
-                fail("--faults is a probability between 0 and 1");
-            }
-            None
-        }
-        "--seed" => {
-            options.seed = parse_number(value, flag);
-            None
-        }
-        "--output" => {
-            options.output = Some(value.to_owned());
-            None
-        }
-        "--tokens" => Some(mock("tokens")),
-        "--delay-ms" => Some(mock("delay_ms")),
-        "--headers-delay-ms" => Some(mock("headers_delay_ms")),
-        "--chunking" => Some(mock("chunking")),
-        "--mock" => {
-            let (name, value) = value
-                .split_once('=')
-                .unwrap_or_else(|| fail(&format!("--mock takes KEY=VALUE, got {value:?}")));
-            Some((name.replace('-', "_"), control_value(value)))
-        }
-        other => fail(&format!("unknown option {other:?}")),
-    };
-    if let Some((name, value)) = control {
-        options.mock.insert(name, value);
-    }
+    controls.sort_by_key(|(index, ..)| *index);
+    let mock = controls
+        .into_iter()
+        .map(|(_, name, value)| (name, control_value(value)))
+        .collect();
+    Ok(Options {
+        url: cli.url,
+        format: cli.format,
+        streams: cli.streams,
+        ramp: cli.ramp,
+        hold: cli.hold,
+        repeat: cli.repeat,
+        warm_up: cli.warm_up,
+        timeout: cli.timeout,
+        source_ips: cli.source_ips.map(|ips| ips.0).unwrap_or_default(),
+        faults: cli.faults,
+        seed: cli.seed,
+        mock,
+        output: cli.output,
+        quiet: cli.quiet,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -829,6 +842,12 @@ async fn run_client(
     records
 }
 
+/// A command line that makes no run: say why, exit 2.
+fn fail(message: &str) -> ! {
+    eprintln!("loadgen: {message}\n\nTry --help.");
+    std::process::exit(2)
+}
+
 /// One pooled HTTP/1 client per source address (or one with the system's choice).
 fn clients(options: &Options) -> Vec<Client<HttpConnector, Full<Bytes>>> {
     let addresses: Vec<Option<IpAddr>> = if options.source_ips.is_empty() {
@@ -1092,9 +1111,8 @@ fn check_machine_limits(options: &Options) {
 
 #[tokio::main]
 async fn main() {
-    let Some(options) = parse_args(std::env::args().skip(1)) else {
-        return;
-    };
+    // Exits after `--help`, or with status 2 on a bad flag.
+    let options = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     check_machine_limits(&options);
     let targets = targets(&options);
     let live = Arc::new(Live::default());
@@ -1145,5 +1163,81 @@ async fn main() {
     {
         eprintln!("loadgen: cannot write {path}: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        parse_from(std::iter::once("loadgen").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let options = parse(&[]).unwrap();
+        assert_eq!(options.url, "http://127.0.0.1:8080");
+        assert_eq!(options.format, Format::Chat);
+        assert_eq!(options.streams, 100);
+        assert_eq!(options.timeout, Duration::from_secs(120));
+        assert_eq!(options.seed, 1);
+        assert!(options.mock.is_empty() && options.source_ips.is_empty() && !options.quiet);
+    }
+
+    #[test]
+    fn mock_controls_keep_the_command_line_order() {
+        let options = parse(&[
+            "--url",
+            "http://h:1/",
+            "--format",
+            "ollama",
+            "--tokens",
+            "5",
+            "--mock",
+            "tokens=7",
+            "--mock",
+            "stall-after=3",
+            "--chunking",
+            "random",
+            "--source-ips",
+            "127.0.0.2, 127.0.0.3,",
+            "--hold",
+            "0",
+            "--repeat",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(options.url, "http://h:1");
+        assert_eq!(options.format, Format::Ollama);
+        assert_eq!(options.mock["tokens"], 7);
+        assert_eq!(options.mock["stall_after"], 3);
+        assert_eq!(options.mock["chunking"], "random");
+        assert_eq!(options.source_ips.len(), 2);
+        let options = parse(&["--mock", "tokens=7", "--tokens", "5"]).unwrap();
+        assert_eq!(options.mock["tokens"], 5);
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        for bad in [
+            &["--repeat", "2", "--hold", "1"][..],
+            &["--streams", "0"],
+            &["--faults", "1.5"],
+            &["--ramp", "-1"],
+            &["--format", "xml"],
+            &["--mock", "tokens"],
+            &["--no-such-flag"],
+        ] {
+            let error = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
     }
 }

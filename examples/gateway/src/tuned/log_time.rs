@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn dates_and_times_match_an_independent_formatter() {
-        let mut next = crate::test_numbers(0x2545_f491_4f6c_dd1du64);
+        let mut next = super::super::test_numbers(0x2545_f491_4f6c_dd1du64);
         // Edges: the epoch, leap days, century years, the last second before year 10000.
         let edges = [
             0,

@@ -352,7 +352,7 @@ mod tests {
 
     #[test]
     fn floats_are_the_same_numbers_as_debug_writes() {
-        let mut next = crate::test_numbers(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = super::super::test_numbers(0x9e37_79b9_7f4a_7c15u64);
         let edges = [
             0.0,
             -0.0,

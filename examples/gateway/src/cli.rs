@@ -1,0 +1,324 @@
+//! The command line (clap). Every flag's name, values and default are a public contract:
+//! scripts and tests pass them, and `--help` documents them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, ValueEnum};
+use example_gateway::{GatewayConfig, Stack, TlsRoots};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the gateway runs on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RuntimeKind {
+    /// One multi-thread runtime, one listener.
+    Multi,
+    /// One current-thread runtime per core, one `SO_REUSEPORT` listener each.
+    PerCore,
+}
+
+const ENDPOINTS: &str = "\
+ENDPOINTS:
+  GET /healthz                  200 while the process serves (liveness; cheap)
+  GET /metrics                  Prometheus text (on --metrics-listen when given)
+  GET /v1/digests/{id}          the digest record of a stream, for the tenant that made it
+                                (the same bearer token or x-api-key); 404 otherwise
+  anything else                 forwarded to the upstream through the tower-sse stack";
+
+/// gateway: an OpenAI-compatible streaming gateway built from tower-sse's layers
+///
+/// Seconds may have a fraction; 0 (or less) turns a clock off where the default says so.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    override_usage = "gateway [OPTIONS]    (cargo run -p example-gateway -- [OPTIONS])",
+    after_help = ENDPOINTS,
+    after_long_help = ENDPOINTS,
+    args_override_self = true
+)]
+pub(crate) struct Cli {
+    /// address to listen on (default 127.0.0.1:8080)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", hide_default_value = true,
+          value_parser = address)]
+    listen: SocketAddr,
+    /// upstream base URL (default: start the mock upstream in-process)
+    #[arg(long, value_name = "URL", value_parser = url)]
+    pub(crate) upstream: Option<http::Uri>,
+    /// keep-alive comment after this much silence (default 15; 0 = off)
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
+    keep_alive: Option<Secs>,
+    /// end streams with no content event within SECS
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
+    first_event_timeout: Option<Secs>,
+    /// end streams whose upstream is silent for SECS
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
+    idle_timeout: Option<Secs>,
+    /// end streams running longer than SECS
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
+    total_timeout: Option<Secs>,
+    /// at most N open streams, then 503 (default 10000)
+    #[arg(long, value_name = "N")]
+    max_streams: Option<usize>,
+    /// answer streaming requests at once, keep-alives before the upstream
+    #[arg(long)]
+    early_response: bool,
+    /// make streams resumable: events get ids, the stream id is in the
+    /// sse-stream-id header, and a request with Last-Event-ID (or
+    /// ?last_event_id=) replays what followed it, then the live tail;
+    /// 204 when it cannot (unknown, another tenant's, expired)
+    #[arg(long, verbatim_doc_comment)]
+    resumable: bool,
+    /// keep the digest records, and with --resumable the stream
+    /// logs, on this Redis (redis://host:port/) too, so that any
+    /// replica serves any lookup or resume; a stream starting while
+    /// Redis is down is served, not resumable (sse-resume: off)
+    #[arg(long, value_name = "URL", verbatim_doc_comment)]
+    redis: Option<String>,
+    /// one multi-thread tokio runtime (default), or one current-thread
+    /// runtime per CPU core, each accepting on its own SO_REUSEPORT
+    /// listener; both share one registry, stream limit and metrics
+    #[arg(long, value_name = "multi|per-core", value_enum, default_value_t = RuntimeKind::Multi,
+          hide_default_value = true, hide_possible_values = true, verbatim_doc_comment)]
+    pub(crate) runtime: RuntimeKind,
+    /// refuse request bodies larger than N bytes with 413
+    /// (default 16777216, 16 MiB)
+    #[arg(long, value_name = "N", verbatim_doc_comment)]
+    max_body_bytes: Option<usize>,
+    /// close a connection whose request head has not arrived whole
+    /// within SECS: from accept for a new connection, from its first
+    /// byte for the next HTTP/1.1 request (default 10; 0 = off)
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true,
+          verbatim_doc_comment)]
+    header_timeout: Option<Secs>,
+    /// close connections with no request in flight for SECS; keep it
+    /// above a load balancer's idle timeout (default 75; 0 = off)
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true,
+          verbatim_doc_comment)]
+    idle_connection_timeout: Option<Secs>,
+    /// largest request head: 431 (HTTP/1.1) or a refused stream
+    /// (HTTP/2) beyond it; at least 8192 (default 65536)
+    #[arg(long, value_name = "N", value_parser = max_header_bytes, verbatim_doc_comment)]
+    max_header_bytes: Option<usize>,
+    /// concurrent streams per HTTP/2 connection (default 100)
+    #[arg(long, value_name = "N")]
+    h2_max_streams: Option<u32>,
+    /// HTTP/2 PING after SECS of silence; no answer within SECS
+    /// closes the connection (default 30; 0 = off)
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true,
+          verbatim_doc_comment)]
+    h2_keepalive: Option<Secs>,
+    /// CAs for an https:// upstream: Mozilla's, built in (default),
+    /// or the system's store
+    #[arg(long, value_name = "webpki|native", value_parser = tls_roots(),
+          hide_possible_values = true, verbatim_doc_comment)]
+    tls_roots: Option<TlsRoots>,
+    /// serve /metrics (and /healthz) on ADDR instead of --listen
+    #[arg(long, value_name = "ADDR", value_parser = address)]
+    metrics_listen: Option<SocketAddr>,
+    /// log lines on stdout as text (default; no colours unless
+    /// stdout is a terminal) or one JSON object per line
+    #[arg(long, value_name = "text|json", value_enum, default_value_t = LogFormat::Text,
+          hide_default_value = true, hide_possible_values = true, verbatim_doc_comment)]
+    pub(crate) log_format: LogFormat,
+    /// on SIGTERM or SIGINT: stop accepting, let open streams run
+    /// to their end for up to SECS, then end the rest with an SSE
+    /// error event (server_shutdown), report them all, exit 0
+    /// (default 30; 0 = end them at once)
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true,
+          verbatim_doc_comment)]
+    shutdown_grace: Option<Secs>,
+    /// after a client disconnects, read its upstream on for up to
+    /// SECS so that the final usage is reported; the stream keeps its
+    /// --max-streams permit meanwhile (default 0 = off: cancel)
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true,
+          verbatim_doc_comment)]
+    drain: Option<Secs>,
+    /// distinct model names kept as metric label values; later
+    /// new ones (and names over 128 bytes) are _OTHER (default 100)
+    #[arg(long, value_name = "N", verbatim_doc_comment)]
+    max_model_labels: Option<usize>,
+    /// full: the tower-sse stack (default); bare: no tower-sse layer,
+    /// the same server, router and pooled upstream client forwarding
+    /// bytes as they come: a benchmark floor, not a gateway (no
+    /// stream limit, metering, keep-alive or deadlines)
+    #[arg(long, value_name = "full|bare", value_parser = stack(), hide_possible_values = true,
+          verbatim_doc_comment)]
+    stack: Option<Stack>,
+}
+
+impl Cli {
+    /// The address to listen on.
+    pub(crate) fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The gateway's configuration for `upstream`: the defaults of [`GatewayConfig::new`],
+    /// with what the command line gives instead.
+    pub(crate) fn config(&self, upstream: http::Uri) -> GatewayConfig {
+        let mut config = GatewayConfig::new(upstream);
+        let connections = &mut config.connections;
+        set(&mut config.keep_alive, self.keep_alive.map(|s| s.0));
+        set(
+            &mut config.first_event_timeout,
+            self.first_event_timeout.map(|s| s.0),
+        );
+        set(&mut config.idle_timeout, self.idle_timeout.map(|s| s.0));
+        set(&mut config.total_timeout, self.total_timeout.map(|s| s.0));
+        set(&mut config.max_streams, self.max_streams);
+        set(&mut config.max_body_bytes, self.max_body_bytes);
+        set(
+            &mut connections.header_timeout,
+            self.header_timeout.map(|s| s.0),
+        );
+        set(
+            &mut connections.idle_timeout,
+            self.idle_connection_timeout.map(|s| s.0),
+        );
+        set(&mut connections.max_header_bytes, self.max_header_bytes);
+        set(&mut connections.h2_max_streams, self.h2_max_streams);
+        set(
+            &mut connections.h2_keepalive,
+            self.h2_keepalive.map(|s| s.0),
+        );
+        set(&mut config.tls_roots, self.tls_roots);
+        set(
+            &mut config.shutdown_grace,
+            self.shutdown_grace.map(|s| s.0.unwrap_or_default()),
+        );
+        set(&mut config.drain, self.drain.map(|s| s.0));
+        set(&mut config.max_model_labels, self.max_model_labels);
+        set(&mut config.stack, self.stack);
+        config.early_response = self.early_response;
+        config.resumable = self.resumable;
+        config.redis.clone_from(&self.redis);
+        config.metrics_listen = self.metrics_listen;
+        config
+    }
+}
+
+/// Replace a default with the flag's value, when the flag was given.
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *field = value;
+    }
+}
+
+/// A `SECS` value: `None` is "off".
+#[derive(Debug, Clone, Copy)]
+struct Secs(Option<Duration>);
+
+/// Seconds, with a fraction; 0 (or less) is "off".
+fn secs(value: &str) -> Result<Secs, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| format!("takes seconds, got {value:?}"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Ok(Secs(None));
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(|d| Secs(Some(d)))
+        .map_err(|_| format!("{value} seconds is too long"))
+}
+
+/// A socket address, or a host name and port that resolves to one.
+fn address(value: &str) -> Result<SocketAddr, String> {
+    std::net::ToSocketAddrs::to_socket_addrs(value)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("not an address: {value:?}"))
+}
+
+fn url(value: &str) -> Result<http::Uri, String> {
+    value.parse().map_err(|_| format!("not a URL: {value:?}"))
+}
+
+/// hyper's smallest read buffer is 8192 bytes: a smaller head limit could not be kept.
+fn max_header_bytes(value: &str) -> Result<usize, String> {
+    let bytes: usize = value
+        .parse()
+        .map_err(|_| format!("takes a number, got {value:?}"))?;
+    if bytes < 8192 {
+        return Err(format!("is at least 8192, got {bytes}"));
+    }
+    Ok(bytes)
+}
+
+fn tls_roots() -> impl TypedValueParser<Value = TlsRoots> {
+    PossibleValuesParser::new(["webpki", "native"]).map(|roots| match roots.as_str() {
+        "native" => TlsRoots::Native,
+        _ => TlsRoots::Webpki,
+    })
+}
+
+fn stack() -> impl TypedValueParser<Value = Stack> {
+    PossibleValuesParser::new(["full", "bare"]).map(|stack| match stack.as_str() {
+        "bare" => Stack::Bare,
+        _ => Stack::Full,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_the_configs() {
+        let cli = Cli::try_parse_from(["gateway"]).unwrap();
+        let upstream: http::Uri = "http://127.0.0.1:9000".parse().unwrap();
+        let config = cli.config(upstream.clone());
+        let defaults = GatewayConfig::new(upstream);
+        assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+        assert_eq!(cli.listen(), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(cli.runtime, RuntimeKind::Multi);
+        assert_eq!(cli.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_set_the_config() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "--keep-alive",
+            "0",
+            "--idle-timeout=2.5",
+            "--shutdown-grace",
+            "-1",
+            "--max-header-bytes",
+            "8192",
+            "--tls-roots",
+            "native",
+            "--stack",
+            "bare",
+            "--runtime",
+            "per-core",
+            "--log-format",
+            "json",
+            "--keep-alive",
+            "3",
+        ])
+        .unwrap();
+        let config = cli.config("http://u".parse().unwrap());
+        // The last of a repeated flag wins.
+        assert_eq!(config.keep_alive, Some(Duration::from_secs(3)));
+        assert_eq!(config.idle_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.connections.max_header_bytes, 8192);
+        assert_eq!(config.tls_roots, TlsRoots::Native);
+        assert_eq!(config.stack, Stack::Bare);
+        assert_eq!(cli.runtime, RuntimeKind::PerCore);
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
+}

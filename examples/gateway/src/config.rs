@@ -1,0 +1,88 @@
+//! What the gateway is told: [`GatewayConfig`], with the command line's defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::{ConnectionConfig, TlsRoots};
+
+/// What the gateway is told on its command line.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Base URL of the upstream, such as `http://127.0.0.1:9000`.
+    pub upstream: Uri,
+    /// Send a keep-alive comment after this much silence.
+    pub keep_alive: Option<Duration>,
+    /// End streams with no content event within this time.
+    pub first_event_timeout: Option<Duration>,
+    /// End streams whose upstream is silent this long.
+    pub idle_timeout: Option<Duration>,
+    /// End streams running longer than this.
+    pub total_timeout: Option<Duration>,
+    /// At most this many open streams, then `503`.
+    pub max_streams: usize,
+    /// Answer streaming requests at once, with keep-alives before the upstream's head.
+    pub early_response: bool,
+    /// The largest request body accepted, in bytes; `413` beyond it.
+    pub max_body_bytes: usize,
+    /// The certificate authorities of an `https://` upstream.
+    pub tls_roots: TlsRoots,
+    /// Serve `/metrics` on this address instead of the main one.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Limits on client connections.
+    pub connections: ConnectionConfig,
+    /// On `SIGTERM` or `SIGINT`, how long open streams may run to their end before they are
+    /// ended with an error event.
+    pub shutdown_grace: Duration,
+    /// How many distinct model names become metric label values (the rest are `_OTHER`).
+    pub max_model_labels: usize,
+    /// After a client disconnects, keep reading its upstream for up to this long, so that the
+    /// provider's final usage reaches the report. The stream keeps its limit permit meanwhile.
+    pub drain: Option<Duration>,
+    /// Make every stream resumable with `Last-Event-ID` (GET and POST routes alike).
+    pub resumable: bool,
+    /// Keep the logs of resumable streams on this Redis (`redis://host:port/`), so that a
+    /// client resumes on any replica.
+    pub redis: Option<String>,
+    /// What streaming requests go through: the tower-sse stack, or nothing (a benchmark floor).
+    pub stack: Stack,
+}
+
+/// What the gateway puts between the client and the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stack {
+    /// The whole tower-sse stack (the gateway).
+    #[default]
+    Full,
+    /// No tower-sse layer at all: the same listener, connection limits, router, body limit and
+    /// pooled upstream client, forwarding bytes as they come. Not a gateway (no limit, no
+    /// metering): the floor a Rust gateway built on hyper cannot go below, so that full minus
+    /// bare is tower-sse's own cost (`tools/scripts/compare.sh`).
+    Bare,
+}
+
+impl GatewayConfig {
+    /// The defaults of the command line, for `upstream`.
+    pub fn new(upstream: Uri) -> Self {
+        Self {
+            upstream,
+            keep_alive: Some(Duration::from_secs(15)),
+            first_event_timeout: None,
+            idle_timeout: None,
+            total_timeout: None,
+            max_streams: 10_000,
+            early_response: false,
+            max_body_bytes: 16 * 1024 * 1024,
+            tls_roots: TlsRoots::default(),
+            metrics_listen: None,
+            connections: ConnectionConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
+            max_model_labels: tower_sse::metrics::DEFAULT_DISTINCT_MODELS,
+            drain: None,
+            resumable: false,
+            redis: None,
+            stack: Stack::Full,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The gateway's life: building the [`Shared`] state, serving it, the handles a caller keeps
+//! ([`Gateway`]), and the graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tower_sse::limit::OpenStreams;
+use tower_sse::metrics::ModelLabels;
+use tower_sse::resume::{MemoryStore, RedisStore};
+use tower_sse::stream::Shutdown;
+use tower_sse::{DigestRegistry, KeepAliveConfig, ResumeLayer, StreamLimitLayer, StreamReport};
+
+use crate::{GatewayConfig, Shared, connector, os, prometheus, serve, serve_until};
+
+impl Shared {
+    /// Serve [`router`](Self::router) on `listener` under the configured connection limits,
+    /// on the current runtime, forever.
+    pub async fn serve(&self, listener: TcpListener) {
+        serve_until(
+            listener,
+            self.router(),
+            self.config.connections.clone(),
+            self.stop.subscribe(),
+        )
+        .await
+    }
+
+    /// Shut down gracefully: stop accepting (new connections are refused), let the open
+    /// streams run to their end for up to `grace`, then end the rest with an error event
+    /// (`server_shutdown`; each is reported). Returns how many streams the grace did not
+    /// see to their end.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.stop.send_replace(true);
+        let open = self.limit.counter();
+        let cut = if wait_for_streams(&open, grace).await {
+            0
+        } else {
+            let cut = open.get();
+            self.streams_end.end_streams();
+            // They end at once; the bound only guards against a stream nobody polls.
+            wait_for_streams(&open, Duration::from_secs(5)).await;
+            cut
+        };
+        // The metrics and reports of the last streams are recorded by now: the log lines
+        // are written, and the metrics listener answered until here.
+        cut
+    }
+
+    /// Build the shared state. Each finished stream's report also goes to `reports` when
+    /// given (the demo prints them). Fails when the TLS roots cannot be loaded.
+    pub fn new(
+        config: GatewayConfig,
+        reports: Option<mpsc::UnboundedSender<StreamReport>>,
+    ) -> std::io::Result<Self> {
+        // Read the fd limit now, while a descriptor is free to read it with.
+        let _ = os::fd_limit();
+        let resume_store = MemoryStore::new();
+        let mut resume = ResumeLayer::new().enabled(config.resumable);
+        let mut registry = DigestRegistry::builder();
+        match &config.redis {
+            // This replica's own streams and records are still served from memory; Redis
+            // serves the other replicas.
+            Some(url) => {
+                let redis = RedisStore::builder(url)
+                    .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?
+                    .local(resume_store.clone())
+                    .build();
+                registry = registry.shared(redis.clone());
+                resume = resume.store(redis);
+            }
+            None => resume = resume.store(resume_store.clone()),
+        }
+        if let Some(interval) = config.keep_alive {
+            // Each client connection gets its own keep-alives (the SseLayer's stay inside).
+            resume = resume.keep_alive(KeepAliveConfig::new().interval(interval));
+        }
+        Ok(Self {
+            resume_store,
+            resume,
+            connector: connector::connector(&config.upstream, config.tls_roots)?,
+            registry: registry.build(),
+            limit: StreamLimitLayer::new(config.max_streams),
+            metrics: prometheus::prometheus(),
+            stop: Arc::new(watch::channel(false).0),
+            streams_end: Shutdown::new(),
+            models: ModelLabels::first_seen(config.max_model_labels),
+            config,
+            reports,
+        })
+    }
+
+    /// The handles a caller keeps, for a gateway listening on `addr`.
+    pub fn gateway(&self, addr: SocketAddr, metrics_addr: Option<SocketAddr>) -> Gateway {
+        Gateway {
+            addr,
+            metrics_addr,
+            registry: self.registry.clone(),
+            open_streams: self.limit.counter(),
+            metrics: self.metrics.clone(),
+            shared: self.clone(),
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The address of its metrics listener, when `/metrics` has one of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Digests by tenant and response id.
+    pub registry: DigestRegistry,
+    /// How many streams hold a permit of the stream limit.
+    pub open_streams: OpenStreams,
+    /// The Prometheus recorder.
+    pub metrics: PrometheusHandle,
+    shared: Shared,
+}
+
+impl Gateway {
+    /// Shut down gracefully (see [`Shared::shutdown`]).
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.shared.shutdown(grace).await
+    }
+}
+
+/// Wait until no stream holds a permit, for up to `limit`; whether they all ended.
+async fn wait_for_streams(open: &OpenStreams, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while open.get() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("addr", &self.addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Start the gateway on `listener`, on the current runtime, and its metrics listener when
+/// the config has one. Each finished stream's report also goes to `reports` when given (the
+/// demo prints them).
+pub async fn start(
+    listener: TcpListener,
+    config: GatewayConfig,
+    reports: Option<mpsc::UnboundedSender<StreamReport>>,
+) -> std::io::Result<Gateway> {
+    let addr = listener.local_addr()?;
+    let shared = Shared::new(config, reports)?;
+    let metrics_addr = start_metrics(&shared).await?;
+    let serving = shared.clone();
+    tokio::spawn(async move { serving.serve(listener).await });
+    Ok(shared.gateway(addr, metrics_addr))
+}
+
+/// Bind the metrics listener, if the config has one, and serve it on the current runtime;
+/// returns its address.
+pub async fn start_metrics(shared: &Shared) -> std::io::Result<Option<SocketAddr>> {
+    let Some(listen) = shared.config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {listen} for metrics: {e}"),
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(
+        listener,
+        shared.metrics_router(),
+        shared.config.connections.clone(),
+    ));
+    Ok(Some(addr))
+}
