@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower_sse::limit::OpenStreams;
 use tower_sse::metrics::ModelLabels;
-use tower_sse::resume::{MemoryStore, RedisStore};
+use tower_sse::resume::MemoryStore;
+#[cfg(feature = "redis")]
+use tower_sse::resume::RedisStore;
 use tower_sse::stream::Shutdown;
 use tower_sse::{DigestRegistry, KeepAliveConfig, ResumeLayer, StreamLimitLayer, StreamReport};
 
@@ -59,21 +61,28 @@ impl Shared {
         // Read the fd limit now, while a descriptor is free to read it with.
         let _ = os::fd_limit();
         let resume_store = MemoryStore::new();
-        let mut resume = ResumeLayer::new().enabled(config.resumable);
-        let mut registry = DigestRegistry::builder();
-        match &config.redis {
+        let resume = ResumeLayer::new().enabled(config.resumable);
+        let registry = DigestRegistry::builder();
+        let (mut resume, registry) = match &config.redis {
             // This replica's own streams and records are still served from memory; Redis
             // serves the other replicas.
+            #[cfg(feature = "redis")]
             Some(url) => {
                 let redis = RedisStore::builder(url)
                     .map_err(|e| std::io::Error::other(format!("--redis: {e}")))?
                     .local(resume_store.clone())
                     .build();
-                registry = registry.shared(redis.clone());
-                resume = resume.store(redis);
+                (resume.store(redis.clone()), registry.shared(redis))
             }
-            None => resume = resume.store(resume_store.clone()),
-        }
+            #[cfg(not(feature = "redis"))]
+            Some(url) => {
+                return Err(std::io::Error::other(format!(
+                    "--redis {url}: this gateway was built without Redis support \
+                     (cargo feature `redis` of example-gateway)"
+                )));
+            }
+            None => (resume.store(resume_store.clone()), registry),
+        };
         if let Some(interval) = config.keep_alive {
             // Each client connection gets its own keep-alives (the SseLayer's stay inside).
             resume = resume.keep_alive(KeepAliveConfig::new().interval(interval));
