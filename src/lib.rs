@@ -387,7 +387,7 @@ pub mod request;
 pub mod resume;
 pub mod sse;
 pub mod stream;
-pub use observe::usage;
+pub mod usage;
 
 // The layers.
 pub use digest::request::RequestDigestLayer;
@@ -407,8 +407,8 @@ pub use observe::timing::TimingObserver;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub use observe::trace::TraceObserver;
-pub use observe::usage::observer::UsageObserver;
 pub use observe::{EventContext, Observer};
+pub use usage::UsageObserver;
 
 // The report.
 pub use report::{Digest, Latencies, OnEnd, Outcome, StreamReport, Timing, Usage, UsageSource};

@@ -13,8 +13,6 @@ use sha2::Sha256;
 
 use crate::provider::Provider;
 
-pub use crate::provider::usage::{Usage, UsageSource};
-
 /// How a stream ended. Exactly one outcome per stream.
 ///
 /// The enum is `#[non_exhaustive]`: a `match` needs a catch-all arm.
@@ -413,6 +411,56 @@ impl OnEnd for () {
 }
 
 /// Latency findings of one stream, measured from the request's arrival at the layer:
+/// Where the numbers of a [`Usage`] come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum UsageSource {
+    /// The provider reported them in the stream (possibly a running total, when the stream
+    /// was cut before its final usage).
+    #[default]
+    Reported,
+    /// The output count was estimated from the content delivered, because the provider
+    /// reported none before the stream ended (a client disconnect, a deadline, an upstream
+    /// error, an Anthropic stream that ended before `message_delta`).
+    ///
+    /// Only [`output_tokens`](Usage::output_tokens) is ever estimated: the other counts,
+    /// when known, are the provider's own (Anthropic's input and cache counts from
+    /// `message_start`, a running total's input), so a usage can mix reported input with
+    /// estimated output.
+    Estimated,
+}
+
+/// Token counts of one stream. Unknown is `None`, never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Prompt tokens, as the provider counts them (OpenAI includes cached tokens in it;
+    /// Anthropic excludes cache reads).
+    pub input_tokens: Option<u64>,
+    /// Completion tokens (reasoning tokens included where the provider includes them).
+    pub output_tokens: Option<u64>,
+    /// The provider's total, when it sends one.
+    pub total_tokens: Option<u64>,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input_tokens: Option<u64>,
+    /// Output tokens spent on reasoning.
+    pub reasoning_tokens: Option<u64>,
+    /// Whether the numbers were reported or estimated.
+    pub source: UsageSource,
+}
+
+impl Usage {
+    /// Whether any count is known.
+    pub fn is_known(&self) -> bool {
+        self.input_tokens.is_some() || self.output_tokens.is_some() || self.total_tokens.is_some()
+    }
+
+    /// Whether any count at all is known (cache or reasoning counts included).
+    pub(crate) fn has_counts(&self) -> bool {
+        self.is_known() || self.cached_input_tokens.is_some() || self.reasoning_tokens.is_some()
+    }
+}
+
 /// [`StreamReport::timing`], filled by [`TimingObserver`](crate::TimingObserver).
 ///
 /// ```

@@ -27,7 +27,6 @@ pub(crate) mod metrics;
 pub(crate) mod timing;
 #[cfg(feature = "tracing")]
 pub(crate) mod trace;
-pub mod usage;
 
 use std::fmt;
 

@@ -375,7 +375,7 @@ impl Histogram {
 /// Measures time to first token and inter-token latency, into
 /// [`StreamReport::timing`].
 ///
-/// Put it after [`UsageObserver`](crate::observe::usage) in the observer tuple so that
+/// Put it after [`UsageObserver`](crate::UsageObserver) in the observer tuple so that
 /// the output tokens are known when it computes time per output token.
 ///
 /// # Accuracy

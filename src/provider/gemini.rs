@@ -9,7 +9,7 @@
 //! `candidatesTokenCount`, `totalTokenCount`, `cachedContentTokenCount`,
 //! `thoughtsTokenCount`. The last one wins. Counts keep Gemini's meaning: the output
 //! (`candidatesTokenCount`) excludes the thinking tokens (in
-//! [`reasoning_tokens`](super::Usage::reasoning_tokens)), and the total includes them. The
+//! [`reasoning_tokens`](crate::Usage::reasoning_tokens)), and the total includes them. The
 //! finish reason is the last `candidates[].finishReason`.
 //!
 //! A chunk is parsed (the top-level object only; candidates are walked without being
@@ -27,8 +27,7 @@ use crate::sse::EventRef;
 use super::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind, ResponseMeta};
+use super::{Format, LazyKind, ResponseMeta, UsageSink, counts};
 
 finders! {
     USAGE_METADATA = b"\"usageMetadata\"";
@@ -82,7 +81,7 @@ impl Format for Gemini {
             .unwrap_or_default()
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -127,7 +126,7 @@ struct Chunk<'a> {
 }
 
 /// Read one Gemini chunk. Returns whether it carried usage or a finish reason.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
     let wanted = values(data, &USAGE_METADATA).next().is_some()
         || values(data, &FINISH_REASON).next().is_some();
@@ -158,6 +157,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, data: &str) -> bool {
         extract(&EventRef::new(b"", data.as_bytes(), data.as_bytes()), state)

@@ -46,7 +46,6 @@ pub(crate) mod json;
 mod ollama;
 mod openai;
 mod responses;
-pub(crate) mod usage;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -56,7 +55,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use self::usage::UsageState;
+use self::json::{Lenient, Text, parse};
 
 /// Everything the crate knows about one stream format. Implemented by a unit struct per
 /// format file; all functions are cheap on events that are not theirs and never panic.
@@ -108,7 +107,7 @@ pub(crate) trait Format {
 
     /// Read usage and the finish reason from one event. Returns whether the event carried
     /// any (extractors chained after this one then skip it).
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool;
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool;
 
     /// Whether the event is the last one of a stream of this format. `kind` is the event's
     /// [`event_kind`], worked out once for every format that asks.
@@ -271,10 +270,10 @@ impl Provider {
     /// In a stream relayed without `event:` lines, an event whose data says
     /// `"type":"error"` is an `error` event too, when the format names its events or is
     /// unknown (other formats' events are not looked at for a `type`).
-    pub(crate) fn usage(self, event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    pub(crate) fn usage(self, event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         if let Some(kind) = event_name(event) {
             if kind == b"error" {
-                return usage::error_event(event, state);
+                return error_event(event, state);
             }
             if let Some(&owner) = Self::FORMATS
                 .iter()
@@ -286,7 +285,7 @@ impl Provider {
                 return false;
             }
         } else if with_format!(self, |F| F::NAMES_EVENTS, true) && event_kind(event) == b"error" {
-            return usage::error_event(event, state);
+            return error_event(event, state);
         }
         with_format!(
             self,
@@ -467,9 +466,96 @@ impl fmt::Debug for Classifier {
     }
 }
 
+/// The counts of one usage report, as a format reads them (`None`: not in this report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) input: Option<u64>,
+    pub(crate) output: Option<u64>,
+    pub(crate) total: Option<u64>,
+    pub(crate) cached: Option<u64>,
+    pub(crate) reasoning: Option<u64>,
+}
+
+impl Counts {
+    /// Whether any count at all is known (cache or reasoning counts included).
+    pub(crate) fn has_counts(&self) -> bool {
+        [
+            self.input,
+            self.output,
+            self.total,
+            self.cached,
+            self.reasoning,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+}
+
+/// The five counts of a usage report.
+pub(crate) fn counts(
+    input: Option<u64>,
+    output: Option<u64>,
+    total: Option<u64>,
+    cached: Option<u64>,
+    reasoning: Option<u64>,
+) -> Counts {
+    Counts {
+        input,
+        output,
+        total,
+        cached,
+        reasoning,
+    }
+}
+
+/// Where a format's reader writes what it found: implemented by
+/// [`UsageState`](crate::usage::UsageState), whose methods of the same names say what each
+/// one does. (The formats know nothing of the usage observer.)
+pub(crate) trait UsageSink {
+    fn update(&mut self, counts: Counts);
+    fn set_finish_reason(&mut self, reason: &str);
+    fn set_provisional_output_tokens(&mut self, tokens: u64);
+    fn set_cache_creation_input_tokens(&mut self, tokens: u64);
+    fn mark_usage_only(&mut self);
+}
+
+#[derive(Deserialize)]
+struct ErrorEvent<'a> {
+    #[serde(borrow, default)]
+    error: Lenient<ErrorBody<'a>>,
+    #[serde(borrow, default)]
+    code: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow, default)]
+    code: Text<'a>,
+}
+
+/// An `error` event, of Anthropic's shape (`{"type":"error","error":{"type":…}}`) or the
+/// Responses API's (`{"type":"error","code":…}`): its error type (or code, or `"error"`)
+/// becomes the finish reason; the usage seen so far stays.
+pub(crate) fn error_event(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
+    let parsed = parse::<ErrorEvent<'_>>(event.data_bytes());
+    let reason = parsed
+        .as_ref()
+        .and_then(|e| {
+            let body = e.error.0.as_ref();
+            body.and_then(|b| b.kind.as_str().or(b.code.as_str()))
+                .or(e.code.as_str())
+        })
+        .unwrap_or("error");
+    state.set_finish_reason(reason);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::UsageState;
 
     fn ev<'a>(event: &'a str, data: &'a str) -> EventRef<'a> {
         EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes())
@@ -909,5 +995,23 @@ mod tests {
         assert!(!done(r#"{"done_reason":"true"}"#));
         assert!(!done(r#"{"done""#));
         assert!(!done(""));
+    }
+
+    #[test]
+    fn error_events() {
+        let mut s = UsageState::default();
+        let ev = |d: &'static str| EventRef::new(b"error", d.as_bytes(), d.as_bytes());
+        error_event(
+            &ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#),
+            &mut s,
+        );
+        assert_eq!(s.finish_reason(), Some("overloaded_error"));
+        error_event(
+            &ev(r#"{"type":"error","code":"server_error","message":"x"}"#),
+            &mut s,
+        );
+        assert_eq!(s.finish_reason(), Some("server_error"));
+        error_event(&ev("not json"), &mut s);
+        assert_eq!(s.finish_reason(), Some("error"));
     }
 }

@@ -18,8 +18,7 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind};
+use super::{Format, LazyKind, UsageSink, counts};
 
 finders! {
     DONE = b"\"done\"";
@@ -59,7 +58,7 @@ impl Format for Ollama {
         first_of(event.data_bytes(), &[&*CONTENT, &*THINKING, &*RESPONSE], f);
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -81,7 +80,7 @@ struct Final<'a> {
 }
 
 /// Read one Ollama line. Returns whether it was the final one.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
     if !has_true_value(data, &DONE) {
         return false;
@@ -105,6 +104,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, data: &str) -> bool {
         extract(&EventRef::new(b"", data.as_bytes(), data.as_bytes()), state)

@@ -32,8 +32,7 @@ use super::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
     is_empty_array_or_absent, object_value, parse, present, text_of,
 };
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind};
+use super::{Format, LazyKind, UsageSink, counts};
 
 finders! {
     USAGE = b"\"usage\"";
@@ -88,7 +87,7 @@ impl Format for Chat {
         first_of(event.data_bytes(), &keys, f);
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -123,7 +122,7 @@ impl Format for Completions {
         first_of(event.data_bytes(), &[&*TEXT], f);
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -181,7 +180,7 @@ struct Chunk<'a> {
 
 /// Read one event of an OpenAI-style stream. Returns whether it carried usage or a finish
 /// reason.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
     let mut found = false;
     if let Some(at) = object_value(data, &USAGE)
@@ -222,6 +221,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, data: &str) -> bool {
         state.usage_only = false;

@@ -83,8 +83,12 @@
 
 mod estimate;
 mod extract;
-pub(crate) mod observer;
+mod observer;
+mod state;
 
 pub use self::estimate::{HeuristicCounter, TokenCounter};
 pub use self::extract::{BuiltinExtractor, UsageExtractor};
-pub use crate::provider::usage::{CacheCreationInputTokens, UsageState};
+pub use self::observer::UsageObserver;
+#[cfg(test)]
+pub(crate) use self::state::counts;
+pub use self::state::{CacheCreationInputTokens, UsageState};
