@@ -402,7 +402,7 @@ pub use stream::layer::SseLayer;
 pub use digest::observer::DigestObserver;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub use observe::metrics::MetricsObserver;
+pub use metrics::MetricsObserver;
 pub use observe::timing::TimingObserver;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]

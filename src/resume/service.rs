@@ -192,7 +192,7 @@ where
 /// Count a resume answer (feature `metrics`).
 fn count(answer: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(crate::metrics::names::RESUME_REQUESTS, "answer" => answer).increment(1);
+    crate::metrics::resume_answer(answer);
     let _ = answer;
 }
 

@@ -42,10 +42,13 @@
 
 use metrics::Unit;
 
-pub use crate::observe::handles::DEFAULT_MAX_LABEL_SETS;
-pub use crate::observe::labels::{
-    DEFAULT_DISTINCT_MODELS, DEFAULT_MAX_MODEL_LEN, ModelLabels, OTHER,
-};
+mod handles;
+mod labels;
+mod observer;
+
+pub use self::handles::DEFAULT_MAX_LABEL_SETS;
+pub use self::labels::{DEFAULT_DISTINCT_MODELS, DEFAULT_MAX_MODEL_LEN, ModelLabels, OTHER};
+pub use self::observer::MetricsObserver;
 
 /// Metric names.
 pub mod names {
@@ -151,4 +154,32 @@ pub fn describe() {
         Unit::Count,
         "Resume requests by answer, and streams that could not be made resumable"
     );
+}
+
+// The instruments the layers record themselves (the observer records the rest).
+
+/// A permit of a [`StreamLimitLayer`](crate::StreamLimitLayer) taken.
+pub(crate) fn limit_permit_taken() {
+    metrics::gauge!(names::LIMIT_OPEN_STREAMS).increment(1.0);
+}
+
+/// A permit of a [`StreamLimitLayer`](crate::StreamLimitLayer) given back.
+pub(crate) fn limit_permit_released() {
+    metrics::gauge!(names::LIMIT_OPEN_STREAMS).decrement(1.0);
+}
+
+/// The `reason` of a rejection because every permit was taken (the only reason so far; the
+/// label leaves room for others without renaming the metric).
+const LIMIT_FULL: &str = "limit_full";
+
+/// A request a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503`.
+pub(crate) fn limit_rejected() {
+    metrics::counter!(names::LIMIT_REJECTIONS, "reason" => LIMIT_FULL).increment(1);
+}
+
+#[cfg(feature = "resume")]
+/// A resume answer of the `ResumeLayer` (`replayed`, `gone`, …).
+#[cfg(feature = "resume")]
+pub(crate) fn resume_answer(answer: &'static str) {
+    metrics::counter!(names::RESUME_REQUESTS, "answer" => answer).increment(1);
 }
