@@ -123,7 +123,8 @@
 //! | module | what is in it |
 //! |---|---|
 //! | [`sse`] | the wire format: [`Decoder`](sse::Decoder), [`Event`](sse::Event), [`EventRef`](sse::EventRef) |
-//! | [`stream`] | the service, future and body of [`SseLayer`]; [`UpstreamErrorPolicy`](stream::UpstreamErrorPolicy), [`Framing`](stream::Framing) |
+//! | [`stream`] | the service, future and body of [`SseLayer`]; [`UpstreamErrorPolicy`](stream::UpstreamErrorPolicy) |
+//! | [`framing`] | is a response a stream, and how: [`Framing`](framing::Framing), [`detect`](framing::detect) |
 //! | [`provider`] | the provider formats: [`Provider`](provider::Provider) |
 //! | [`usage`] | how usage is read and estimated: [`UsageExtractor`](usage::UsageExtractor), [`TokenCounter`](usage::TokenCounter) |
 //! | [`include_usage`] | the service and bodies of [`IncludeUsageLayer`] |
@@ -373,6 +374,7 @@
 ))]
 
 pub mod digest;
+pub mod framing;
 pub mod include_usage;
 pub mod limit;
 #[cfg(feature = "metrics")]

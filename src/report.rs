@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use sha2::Digest as _;
 use sha2::Sha256;
 
+use crate::framing::Framing;
 use crate::provider::Provider;
 
 /// How a stream ended. Exactly one outcome per stream.
@@ -118,37 +119,6 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
-}
-
-/// How the upstream framed its stream: [`StreamReport::framing`].
-///
-/// ```
-/// use tower_sse::StreamReport;
-/// use tower_sse::stream::Framing;
-///
-/// fn wire_format(report: &StreamReport) -> &'static str {
-///     match report.framing {
-///         Framing::Sse => "sse",
-///         // Reframed into SSE for the client (`SseLayer::json_lines`).
-///         Framing::JsonLines => "ndjson",
-///         _ => "other",
-///     }
-/// }
-///
-/// let report = StreamReport::new(tokio::time::Instant::now());
-/// assert_eq!(wire_format(&report), "sse");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Framing {
-    /// `text/event-stream`, decoded and forwarded as it came.
-    Sse,
-    /// One JSON value per line (NDJSON), reframed into SSE `data:` events.
-    JsonLines,
-    /// Not a stream: the upstream answered a streaming request with something else (an
-    /// error in JSON, a `429`), which the client got untouched (or, after an early
-    /// response, in place of which it got an error event).
-    NotAStream,
 }
 
 /// Everything known about one stream when it ended, delivered once to the

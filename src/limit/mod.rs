@@ -152,6 +152,6 @@ pub struct ContentTypeIsStream;
 
 impl<B> StreamPredicate<B> for ContentTypeIsStream {
     fn is_stream(&self, response: &Response<B>) -> bool {
-        crate::stream::config::default_framing(response.headers(), true).is_some()
+        crate::framing::detect(response.headers(), true).is_some()
     }
 }

@@ -12,6 +12,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::BoxError;
+use crate::framing::Framing;
 use crate::request::Tenant;
 use crate::resume::ResumeBody;
 use crate::resume::body::Reader;
@@ -142,16 +143,7 @@ fn last_event_id(parts: &http::request::Parts) -> Option<Vec<u8>> {
 
 fn is_event_stream<B>(response: &Response<B>) -> bool {
     response.status() == StatusCode::OK
-        && response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
-        && response
-            .headers()
-            .get(http::header::CONTENT_ENCODING)
-            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        && crate::framing::detect(response.headers(), false) == Some(Framing::Sse)
 }
 
 /// The inner service answered a new request: make its stream resumable if it is one.

@@ -12,9 +12,10 @@ use http::HeaderMap;
 use http_body::Frame;
 use tokio::time::Instant;
 
+use crate::framing::Framing;
 use crate::observe::{EventContext, Observer};
 use crate::provider::{Classifier, Provider};
-use crate::report::{Framing, Outcome, StreamReport};
+use crate::report::{Outcome, StreamReport};
 use crate::sse::EventRef;
 use crate::sse::relay::{Outbox, Relay};
 use crate::stream::config::Config;

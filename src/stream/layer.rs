@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::framing::Framing;
 use crate::provider::Provider;
-use crate::report::Framing;
 use crate::sse::EventRef;
 use crate::stream::SseService;
 use crate::stream::config::{Config, ErrorEvent, KeepAliveConfig, UpstreamErrorPolicy};

@@ -29,4 +29,7 @@ pub use self::config::UpstreamErrorPolicy;
 pub use self::future::SseFuture;
 pub use self::service::SseService;
 pub use self::shutdown::Shutdown;
-pub use crate::report::Framing;
+
+/// Moved to [`tower_sse::framing::Framing`](crate::framing::Framing).
+#[deprecated(note = "moved to `tower_sse::framing::Framing`")]
+pub type Framing = crate::framing::Framing;
