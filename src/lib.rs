@@ -389,6 +389,7 @@ pub mod request;
 pub mod resume;
 pub mod sse;
 pub mod stream;
+mod timing;
 pub mod usage;
 
 // The layers.
@@ -405,11 +406,11 @@ pub use digest::observer::DigestObserver;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsObserver;
-pub use observe::timing::TimingObserver;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub use observe::trace::TraceObserver;
 pub use observe::{EventContext, Observer};
+pub use timing::TimingObserver;
 pub use usage::UsageObserver;
 
 // The report.
