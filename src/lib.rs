@@ -390,6 +390,8 @@ pub mod resume;
 pub mod sse;
 pub mod stream;
 mod timing;
+#[cfg(feature = "tracing")]
+mod trace;
 pub mod usage;
 
 // The layers.
@@ -406,11 +408,11 @@ pub use digest::observer::DigestObserver;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsObserver;
-#[cfg(feature = "tracing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub use observe::trace::TraceObserver;
 pub use observe::{EventContext, Observer};
 pub use timing::TimingObserver;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub use trace::TraceObserver;
 pub use usage::UsageObserver;
 
 // The report.
