@@ -165,6 +165,8 @@
 //! holds the digest of what the client did receive.
 
 pub(crate) mod observer;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "registry")]
 pub(crate) mod registry;
 pub(crate) mod request;

@@ -23,7 +23,7 @@
 //! | `body.rs` | [`ResumeBody`]: the reader that follows the log |
 //! | `store.rs` | the store traits, [`ResumeStore`] and [`StreamLog`], for in-process and shared stores |
 //! | `log.rs` | [`MemoryStore`]: the in-process store, on moka |
-//! | `redis.rs` | `RedisStore`: the logs on Redis, for many replicas (feature `redis`) |
+//! | `redis/` | `RedisStore`: the logs on Redis, for many replicas (feature `redis`): the connection, wake-ups, writer and reader apart |
 //! | `id.rs` | [`StreamId`], [`EventId`]: made here, parsed strictly |
 //! | `observer.rs` | [`ResumeObserver`], [`ResumeSummary`]: resumes in the stream's report |
 
