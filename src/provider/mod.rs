@@ -41,6 +41,7 @@
 //! paths and for events: put more specific formats first.
 
 mod anthropic;
+mod classify;
 mod gemini;
 pub(crate) mod json;
 mod ollama;
@@ -49,13 +50,14 @@ mod responses;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::sse::EventRef;
 
 use self::json::{Lenient, Text, parse};
+
+pub(crate) use self::classify::{Classifier, ContentPredicate};
 
 /// Everything the crate knows about one stream format. Implemented by a unit struct per
 /// format file; all functions are cheap on events that are not theirs and never panic.
@@ -312,14 +314,6 @@ fn event_name<'a>(event: &EventRef<'a>) -> Option<&'a [u8]> {
     (!name.is_empty() && name != b"message").then_some(name)
 }
 
-/// What an event is, for the formats that name their events: its `event:` name or, for an
-/// event relayed without one, the `type` its data names at the top level (Anthropic and
-/// OpenAI Responses put the same name in both). Empty when neither.
-///
-/// A named event costs one compare: its data is not looked at. An unnamed one costs a few
-/// byte compares when `type` is its first key (as providers send it), a walk of its top
-/// level otherwise (see `json::top_level_type`); a nested `type` (a content block's, a tool
-/// call's) never counts, so OpenAI Chat chunks, which have none at the top, have no kind.
 /// An event's [`event_kind`], worked out on first use: several formats ask for it of the
 /// same event, and for an unnamed event it costs a scan of the data.
 pub(crate) struct LazyKind<'e, 'a> {
@@ -337,6 +331,14 @@ impl<'e, 'a> LazyKind<'e, 'a> {
     }
 }
 
+/// What an event is, for the formats that name their events: its `event:` name or, for an
+/// event relayed without one, the `type` its data names at the top level (Anthropic and
+/// OpenAI Responses put the same name in both). Empty when neither.
+///
+/// A named event costs one compare: its data is not looked at. An unnamed one costs a few
+/// byte compares when `type` is its first key (as providers send it), a walk of its top
+/// level otherwise (see `json::top_level_type`); a nested `type` (a content block's, a tool
+/// call's) never counts, so OpenAI Chat chunks, which have none at the top, have no kind.
 #[inline]
 pub(crate) fn event_kind<'a>(event: &EventRef<'a>) -> &'a [u8] {
     match event_name(event) {
@@ -377,93 +379,6 @@ impl From<Top<'_>> for ResponseMeta {
 pub(crate) fn top_level_meta(event: &EventRef<'_>) -> ResponseMeta {
     let [id, model] = json::top_level_strings(event.data_bytes(), ["id", "model"]);
     ResponseMeta { id, model }
-}
-
-/// A user-supplied "is this event content?" predicate.
-pub(crate) type ContentPredicate = Arc<dyn Fn(&EventRef<'_>, Provider) -> bool + Send + Sync>;
-
-/// Per-stream format detection and content classification.
-#[derive(Clone)]
-pub(crate) struct Classifier {
-    provider: Provider,
-    confirmed: bool,
-    predicate: Option<ContentPredicate>,
-    /// JSON events still to look at for the response id and model.
-    meta_budget: u8,
-}
-
-/// How many events may be parsed looking for the response id and model (some formats, like
-/// Ollama's, never send an id).
-const META_BUDGET: u8 = 4;
-
-impl Classifier {
-    pub(crate) fn new(hint: Provider, predicate: Option<ContentPredicate>) -> Self {
-        Self {
-            provider: hint,
-            confirmed: false,
-            predicate,
-            meta_budget: META_BUDGET,
-        }
-    }
-
-    /// Fill the report's response id and model from the first events that name them.
-    #[inline]
-    pub(crate) fn fill_meta(
-        &mut self,
-        event: &EventRef<'_>,
-        id: &mut Option<String>,
-        model: &mut Option<String>,
-    ) {
-        if self.meta_budget == 0 || (id.is_some() && model.is_some()) {
-            return;
-        }
-        let meta = self.provider.response_meta(event);
-        if meta != ResponseMeta::default() || event.data_bytes().first() == Some(&b'{') {
-            self.meta_budget -= 1;
-        }
-        if id.is_none() {
-            *id = meta.id;
-        }
-        if model.is_none() {
-            *model = meta.model;
-        }
-    }
-
-    pub(crate) fn provider(&self) -> Provider {
-        self.provider
-    }
-
-    /// Whether the format was recognised from one of the stream's own events (not only
-    /// guessed from the request path).
-    pub(crate) fn is_recognised(&self) -> bool {
-        self.confirmed
-    }
-
-    /// Look at one event: confirm the format if not done yet, and say whether it is content
-    /// (and where its text is, when the format puts it in one string).
-    #[inline]
-    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        if !self.confirmed
-            && let Some(provider) = Provider::from_event(event)
-        {
-            self.provider = provider;
-            self.confirmed = true;
-        }
-        match &self.predicate {
-            Some(predicate) => predicate(event, self.provider).then_some(None),
-            None => self.provider.content(event),
-        }
-    }
-}
-
-impl fmt::Debug for Classifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Classifier")
-            .field("provider", &self.provider)
-            .field("confirmed", &self.confirmed)
-            .field("custom_predicate", &self.predicate.is_some())
-            .finish()
-    }
 }
 
 /// The counts of one usage report, as a format reads them (`None`: not in this report).
