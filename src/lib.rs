@@ -376,6 +376,7 @@
 pub mod digest;
 pub mod framing;
 pub mod include_usage;
+mod json;
 pub mod limit;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]

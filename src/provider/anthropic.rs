@@ -46,8 +46,8 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::{Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
     SIGNATURE_DELTA = b"\"signature_delta\"";

@@ -24,10 +24,10 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{
+use super::{Format, LazyKind, ResponseMeta, UsageSink, counts};
+use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
-use super::{Format, LazyKind, ResponseMeta, UsageSink, counts};
 
 finders! {
     USAGE_METADATA = b"\"usageMetadata\"";

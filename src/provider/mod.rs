@@ -43,7 +43,6 @@
 mod anthropic;
 mod classify;
 mod gemini;
-pub(crate) mod json;
 mod ollama;
 mod openai;
 mod responses;
@@ -55,7 +54,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use self::json::{Lenient, Text, parse};
+use crate::json::{self, Lenient, Text, parse};
 
 pub(crate) use self::classify::{Classifier, ContentPredicate};
 

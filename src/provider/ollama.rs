@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 use super::{Format, LazyKind, UsageSink, counts};
+use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 
 finders! {
     DONE = b"\"done\"";

@@ -28,11 +28,11 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{
+use super::{Format, LazyKind, UsageSink, counts};
+use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
     is_empty_array_or_absent, object_value, parse, present, text_of,
 };
-use super::{Format, LazyKind, UsageSink, counts};
 
 finders! {
     USAGE = b"\"usage\"";

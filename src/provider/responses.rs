@@ -21,8 +21,8 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::{Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
     RESPONSE = b"\"response\"";
