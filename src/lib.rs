@@ -396,16 +396,16 @@ mod trace;
 pub mod usage;
 
 // The layers.
-pub use digest::request::RequestDigestLayer;
-pub use include_usage::layer::IncludeUsageLayer;
-pub use limit::layer::StreamLimitLayer;
+pub use digest::RequestDigestLayer;
+pub use include_usage::IncludeUsageLayer;
+pub use limit::StreamLimitLayer;
 #[cfg(feature = "resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "resume")))]
-pub use resume::layer::ResumeLayer;
-pub use stream::layer::SseLayer;
+pub use resume::ResumeLayer;
+pub use stream::SseLayer;
 
 // The observers.
-pub use digest::observer::DigestObserver;
+pub use digest::DigestObserver;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsObserver;
@@ -422,11 +422,15 @@ pub use report::{Digest, Latencies, OnEnd, Outcome, StreamReport, Timing, Usage,
 // Configuration.
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub use digest::registry::DigestRegistry;
+pub use digest::DigestRegistry;
 pub use stream::config::{ErrorEvent, KeepAliveConfig};
 
 /// The error type of bodies that add failure modes.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed future that is `Send`: what the store traits return
+/// ([`resume::ResumeStore`], [`digest::SharedDigests`]).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -390,7 +390,8 @@ mod registry {
     use support::body::serve_with;
     use tower_sse::DigestRegistry;
     use tower_sse::StreamReport;
-    use tower_sse::digest::{DigestRecord, DigestRegistration, Tenant, TenantKey};
+    use tower_sse::digest::{DigestRecord, DigestRegistration};
+    use tower_sse::request::{Tenant, TenantKey};
 
     /// Feed `pieces` to a stream that stays open, read it frame by frame, and check that the
     /// record exists as soon as the client holds the frame with `terminal` — and not before.

@@ -173,11 +173,27 @@ pub(crate) mod request;
 #[cfg(feature = "registry")]
 pub(crate) mod shared;
 
+pub use self::observer::DigestObserver;
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub use self::registry::{DigestRecord, DigestRegistration, DigestRegistryBuilder};
-pub use self::request::{RequestDigest, RequestDigestBody, RequestDigestHandle};
+pub use self::registry::{DigestRecord, DigestRegistration, DigestRegistry, DigestRegistryBuilder};
+pub use self::request::{
+    RequestDigest, RequestDigestBody, RequestDigestHandle, RequestDigestLayer,
+};
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub use self::shared::{SharedDigests, SharedFuture};
-pub use crate::request::{Tenant, TenantKey};
+pub use self::shared::SharedDigests;
+
+/// Renamed to [`BoxFuture<'static, T>`](crate::BoxFuture): the crate has one boxed-future alias.
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+#[deprecated(note = "use `tower_sse::BoxFuture<'static, T>`")]
+pub type SharedFuture<T> = crate::BoxFuture<'static, T>;
+
+/// Moved to [`tower_sse::request::Tenant`](crate::request::Tenant), its one public path.
+#[deprecated(note = "use `tower_sse::request::Tenant`")]
+pub type Tenant = crate::request::Tenant;
+
+/// Moved to [`tower_sse::request::TenantKey`](crate::request::TenantKey), its one public path.
+#[deprecated(note = "use `tower_sse::request::TenantKey`")]
+pub type TenantKey = crate::request::TenantKey;

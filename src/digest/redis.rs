@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use crate::digest::{DigestRecord, SharedDigests, SharedFuture};
+use crate::BoxFuture;
+use crate::digest::{DigestRecord, SharedDigests};
 use crate::report::Digest;
 use crate::request::Tenant;
 use crate::resume::RedisStore;
@@ -16,7 +17,7 @@ use crate::resume::redis::millis;
 /// record's fields, expiring with the registry's time to live. The tenant is part of the key:
 /// another tenant's record of the same id is another key.
 impl SharedDigests for RedisStore {
-    fn put(&self, record: DigestRecord, ttl: Duration) -> SharedFuture<()> {
+    fn put(&self, record: DigestRecord, ttl: Duration) -> BoxFuture<'static, ()> {
         let store = self.clone();
         Box::pin(async move {
             let key = digest_key(&store, record.tenant, &record.response_id);
@@ -54,7 +55,11 @@ impl SharedDigests for RedisStore {
         })
     }
 
-    fn fetch(&self, tenant: Tenant, response_id: String) -> SharedFuture<Option<DigestRecord>> {
+    fn fetch(
+        &self,
+        tenant: Tenant,
+        response_id: String,
+    ) -> BoxFuture<'static, Option<DigestRecord>> {
         let store = self.clone();
         Box::pin(async move {
             let key = digest_key(&store, tenant, &response_id);

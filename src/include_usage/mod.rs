@@ -54,6 +54,7 @@ mod rewrite;
 mod service;
 
 pub use self::body::{IncludeUsageBody, UsageRequestBody};
+pub use self::layer::IncludeUsageLayer;
 pub use self::service::IncludeUsage;
 
 /// The default limit on request bodies the layer reads: 16 MiB.

@@ -92,6 +92,7 @@ mod service;
 
 pub use self::body::StreamLimitBody;
 pub use self::future::StreamLimitFuture;
+pub use self::layer::StreamLimitLayer;
 pub use self::permit::OpenStreams;
 pub use self::service::StreamLimit;
 

@@ -18,7 +18,7 @@
 //! | file | role |
 //! |---|---|
 //! | `layer.rs` | [`ResumeLayer`](crate::ResumeLayer), [`Detach`], [`ReaderRecord`] |
-//! | `service.rs` | [`ResumeService`]: resume or new stream, the `200` / `204` answers |
+//! | `service.rs` | [`Resume`]: resume or new stream, the `200` / `204` answers |
 //! | `producer.rs` | the producer task: re-cut, stamp, append, the detach policy |
 //! | `body.rs` | [`ResumeBody`]: the reader that follows the log |
 //! | `store.rs` | the store traits, [`ResumeStore`] and [`StreamLog`], for in-process and shared stores |
@@ -40,13 +40,22 @@ pub(crate) mod store;
 
 pub use self::body::ResumeBody;
 pub use self::id::{EventId, StreamId};
+pub use self::layer::ResumeLayer;
 pub use self::layer::{Detach, ReaderRecord};
 pub use self::log::{MemoryStore, MemoryStoreBuilder};
 pub use self::observer::{ResumableStream, ResumeObserver, ResumeSummary};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
-pub use self::service::{RESUME_HEADER, ResumeFuture, ResumeService, STREAM_ID_HEADER};
+pub use self::service::{RESUME_HEADER, Resume, ResumeFuture, STREAM_ID_HEADER};
+
+/// Renamed to [`Resume`] (a service `Foo` with its layer `FooLayer`, as in tower-http).
+#[deprecated(note = "renamed to `Resume`")]
+pub type ResumeService<S> = Resume<S>;
 pub use self::store::{
-    Batch, BoxFuture, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind,
-    StreamEnd, StreamLog,
+    Batch, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind, StreamEnd,
+    StreamLog,
 };
+
+/// Moved to [`tower_sse::BoxFuture`](crate::BoxFuture): the crate has one boxed-future alias.
+#[deprecated(note = "use `tower_sse::BoxFuture`")]
+pub type BoxFuture<'a, T> = crate::BoxFuture<'a, T>;

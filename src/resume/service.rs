@@ -1,4 +1,4 @@
-//! [`ResumeService`]: tells resumes from new streams, answers resumes from the log, starts
+//! [`Resume`]: tells resumes from new streams, answers resumes from the log, starts
 //! a producer for each new stream.
 
 use std::fmt;
@@ -12,6 +12,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::BoxError;
+use crate::BoxFuture;
 use crate::framing::Framing;
 use crate::request::Tenant;
 use crate::resume::ResumeBody;
@@ -20,7 +21,7 @@ use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
 use crate::resume::observer::{ResumableStream, Shared};
 use crate::resume::producer::produce;
-use crate::resume::store::{BoxFuture, NewStream, Read, StreamLog};
+use crate::resume::store::{NewStream, Read, StreamLog};
 
 /// The response header that carries a resumable stream's id.
 pub const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("sse-stream-id");
@@ -30,12 +31,12 @@ pub const RESUME_HEADER: HeaderName = HeaderName::from_static("sse-resume");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// The service of [`ResumeLayer`](crate::ResumeLayer).
-pub struct ResumeService<S> {
+pub struct Resume<S> {
     inner: S,
     config: Arc<Config>,
 }
 
-impl<S: Clone> Clone for ResumeService<S> {
+impl<S: Clone> Clone for Resume<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -44,15 +45,15 @@ impl<S: Clone> Clone for ResumeService<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for ResumeService<S> {
+impl<S: fmt::Debug> fmt::Debug for Resume<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResumeService")
+        f.debug_struct("Resume")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> ResumeService<S> {
+impl<S> Resume<S> {
     pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
         Self { inner, config }
     }
@@ -73,10 +74,10 @@ impl<S> ResumeService<S> {
     }
 }
 
-/// The response future of [`ResumeService`].
+/// The response future of [`Resume`].
 pub type ResumeFuture<B, E> = BoxFuture<'static, Result<Response<ResumeBody<B>>, E>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResumeService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Resume<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,

@@ -162,7 +162,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`SseService`].
+    /// The response future of [`Sse`].
     pub struct SseFuture<F, B, O, E> {
         #[pin]
         kind: FutureKind<F, B, O, E>,

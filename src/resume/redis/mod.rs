@@ -21,10 +21,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, RedisResult};
 use tokio::sync::{OnceCell, watch};
 
+use crate::BoxFuture;
 use crate::request::Tenant;
 use crate::resume::id::StreamId;
 use crate::resume::log::MemoryStore;
-use crate::resume::store::{BoxFuture, NewStream, ResumeStore, StoreError, StreamLog};
+use crate::resume::store::{NewStream, ResumeStore, StoreError, StreamLog};
 
 /// Default [`RedisStoreBuilder::timeout`]: 250 ms.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);

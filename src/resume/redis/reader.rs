@@ -7,8 +7,9 @@ use redis::Value;
 use tokio::sync::watch;
 
 use super::RedisStore;
+use crate::BoxFuture;
 use crate::resume::id::StreamId;
-use crate::resume::store::{Batch, BoxFuture, Read, ReadLimits, StoreError, StreamEnd, StreamLog};
+use crate::resume::store::{Batch, Read, ReadLimits, StoreError, StreamEnd, StreamLog};
 
 /// The log of a stream produced on another replica, read from Redis.
 pub(super) struct RemoteLog {

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::{RedisStore, millis};
+use crate::BoxFuture;
 use crate::resume::id::StreamId;
-use crate::resume::store::{BoxFuture, Read, ReadLimits, StoreError, StreamEnd, StreamLog};
+use crate::resume::store::{Read, ReadLimits, StoreError, StreamEnd, StreamLog};
 
 /// The log of a stream produced on this replica: in memory, and copied to Redis for the
 /// other replicas as long as Redis takes it. The copy is a writer task of its own, fed by a
