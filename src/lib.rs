@@ -114,7 +114,7 @@
 //! | [`Outcome`] | how it ended |
 //! | [`Usage`], [`UsageSource`] | token counts, reported or estimated |
 //! | [`Timing`], [`Latencies`] | time to first byte and token, inter-token latency |
-//! | [`Digest`] | a SHA-256 |
+//! | [`Sha256Digest`] | a SHA-256 |
 //!
 //! # Modules
 //!
@@ -417,13 +417,19 @@ pub use trace::TraceObserver;
 pub use usage::UsageObserver;
 
 // The report.
-pub use report::{Digest, Latencies, OnEnd, Outcome, StreamReport, Timing, Usage, UsageSource};
+pub use report::{
+    Latencies, OnEnd, Outcome, Sha256Digest, StreamReport, Timing, Usage, UsageSource,
+};
 
 // Configuration.
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
 pub use digest::DigestRegistry;
 pub use stream::config::{ErrorEvent, KeepAliveConfig};
+
+/// Renamed to [`Sha256Digest`]: `Digest` clashed with the `sha2::Digest` trait.
+#[deprecated(note = "renamed to `Sha256Digest`")]
+pub type Digest = Sha256Digest;
 
 /// The error type of bodies that add failure modes.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,6 +1,5 @@
 //! The end-of-stream report, how a stream ended, where the report goes, and the value types
-//! observers fill in: [`Timing`], [`Latencies`], [`Digest`] ([`Usage`] is defined with the
-//! provider formats that produce it).
+//! observers fill in: [`Usage`], [`Timing`], [`Latencies`], [`Sha256Digest`].
 
 use std::fmt;
 use std::time::Duration;
@@ -241,9 +240,9 @@ pub struct StreamReport {
     pub timing: Option<Timing>,
     /// SHA-256 of the bytes the client received (keep-alives excluded), when the digest
     /// observer is on.
-    pub digest: Option<Digest>,
+    pub digest: Option<Sha256Digest>,
     /// SHA-256 of the request body, when the request digest layer is on.
-    pub request_digest: Option<Digest>,
+    pub request_digest: Option<Sha256Digest>,
 
     /// Findings of observers, keyed by type (see [`Extensions`]).
     pub extensions: Extensions,
@@ -517,18 +516,18 @@ pub struct Latencies {
 /// Displays (and serializes) as 64 lowercase hex digits.
 ///
 /// ```
-/// use tower_sse::Digest;
+/// use tower_sse::Sha256Digest;
 ///
-/// let digest = Digest::of(b"abc");
+/// let digest = Sha256Digest::of(b"abc");
 /// assert_eq!(
 ///     digest.to_hex(),
 ///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 /// );
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Digest(pub [u8; 32]);
+pub struct Sha256Digest(pub [u8; 32]);
 
-impl Digest {
+impl Sha256Digest {
     /// The SHA-256 of these bytes.
     pub fn of(data: &[u8]) -> Self {
         Self(Sha256::digest(data).into())
@@ -579,19 +578,19 @@ pub(crate) fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-impl fmt::Display for Digest {
+impl fmt::Display for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.to_hex())
     }
 }
 
-impl fmt::Debug for Digest {
+impl fmt::Debug for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.to_hex())
+        write!(f, "Sha256Digest({})", self.to_hex())
     }
 }
 
-impl serde::Serialize for Digest {
+impl serde::Serialize for Sha256Digest {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_hex())
     }

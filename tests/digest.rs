@@ -22,8 +22,9 @@ use support::body::{
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
+use tower_sse::Sha256Digest as Digest;
 use tower_sse::digest::{RequestDigestBody, RequestDigestHandle};
-use tower_sse::{Digest, DigestObserver, KeepAliveConfig, Outcome, RequestDigestLayer, SseLayer};
+use tower_sse::{DigestObserver, KeepAliveConfig, Outcome, RequestDigestLayer, SseLayer};
 
 const CHAT: &[&str] = &[
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",

@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 
 use crate::BoxFuture;
 use crate::digest::{DigestRecord, SharedDigests};
-use crate::report::Digest;
+use crate::report::Sha256Digest;
 use crate::request::Tenant;
 use crate::resume::RedisStore;
 use crate::resume::redis::millis;
@@ -68,10 +68,10 @@ impl SharedDigests for RedisStore {
             let field = |name: &str| fields.get(name).map(String::as_str);
             let mut record = DigestRecord::new(
                 field("id")?.to_owned(),
-                Digest::from_hex(field("response")?)?,
+                Sha256Digest::from_hex(field("response")?)?,
             );
             record.tenant = Tenant::parse(field("tenant")?)?;
-            record.request_digest = field("request").and_then(Digest::from_hex);
+            record.request_digest = field("request").and_then(Sha256Digest::from_hex);
             record.model = field("model")
                 .filter(|model| !model.is_empty())
                 .map(str::to_owned);
