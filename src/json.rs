@@ -114,9 +114,9 @@ pub(crate) fn string_values(data: &[u8], key: &Finder<'_>, f: &mut impl FnMut(&[
     called
 }
 
-/// `Some(None)` when `key` occurs: content whose text is not one string (a tool call).
-pub(crate) fn present(data: &[u8], key: &Finder<'_>) -> Option<Option<(usize, usize)>> {
-    key.find(data).is_some().then_some(None)
+/// Whether `key` (a quoted key) occurs, at any depth.
+pub(crate) fn present(data: &[u8], key: &Finder<'_>) -> bool {
+    key.find(data).is_some()
 }
 
 /// The first non-empty string value of `key` (a quoted key): the range of its text, between

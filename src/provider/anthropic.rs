@@ -46,7 +46,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use super::{Content, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
 use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
@@ -79,10 +79,11 @@ impl Format for Anthropic {
         )
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        (event_kind(event) == b"content_block_delta"
-            && SIGNATURE_DELTA.find(event.data_bytes()).is_none())
-        .then_some(None)
+    fn content(event: &EventRef<'_>) -> Content {
+        Content::when(
+            event_kind(event) == b"content_block_delta"
+                && SIGNATURE_DELTA.find(event.data_bytes()).is_none(),
+        )
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {

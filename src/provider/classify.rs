@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::sse::EventRef;
 
-use super::{Provider, ResponseMeta};
+use super::{Content, Provider, ResponseMeta};
 
 /// A user-supplied "is this event content?" predicate.
 pub(crate) type ContentPredicate = Arc<dyn Fn(&EventRef<'_>, Provider) -> bool + Send + Sync>;
@@ -71,7 +71,7 @@ impl Classifier {
     /// Look at one event: confirm the format if not done yet, and say whether it is content
     /// (and where its text is, when the format puts it in one string).
     #[inline]
-    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> Content {
         if !self.confirmed
             && let Some(provider) = Provider::from_event(event)
         {
@@ -79,7 +79,7 @@ impl Classifier {
             self.confirmed = true;
         }
         match &self.predicate {
-            Some(predicate) => predicate(event, self.provider).then_some(None),
+            Some(predicate) => Content::when(predicate(event, self.provider)),
             None => self.provider.content(event),
         }
     }

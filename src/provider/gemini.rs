@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Format, LazyKind, ResponseMeta, UsageSink, counts};
+use super::{Content, Format, LazyKind, ResponseMeta, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
@@ -54,11 +54,10 @@ impl Format for Gemini {
         CANDIDATES.find(data).is_some() || USAGE_METADATA.find(data).is_some()
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    fn content(event: &EventRef<'_>) -> Content {
         let data = event.data_bytes();
-        text_of(data, &TEXT)
-            .map(Some)
-            .or_else(|| present(data, &FUNCTION_CALL))
+        Content::located(text_of(data, &TEXT))
+            .or_else(|| Content::when(present(data, &FUNCTION_CALL)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {

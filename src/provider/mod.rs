@@ -88,7 +88,7 @@ pub(crate) trait Format {
     /// Whether an event carries content (text, reasoning or a tool-call delta) and, when the
     /// format puts it in one string value, where that text is in the event's data (JSON
     /// escapes not decoded). Role-only deltas, lifecycle events and pings are not content.
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>>;
+    fn content(event: &EventRef<'_>) -> Content;
 
     /// Call `f` with the generated text of a content event (for output estimates).
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8]));
@@ -197,7 +197,7 @@ impl Provider {
     /// Whether an event of this format carries content: text, reasoning or a tool-call
     /// delta. Role-only deltas, empty content, lifecycle events, pings and `[DONE]` do not.
     pub fn is_content(self, event: &EventRef<'_>) -> bool {
-        self.content(event).is_some()
+        self.content(event).is_content()
     }
 
     /// Whether the event ends the stream: `data: [DONE]` (OpenAI and compatibles),
@@ -234,12 +234,12 @@ impl Provider {
     /// Whether an event carries content and, when the format puts it in one string value,
     /// where that text is in the event's data (JSON escapes not decoded).
     #[inline]
-    pub(crate) fn content(self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    pub(crate) fn content(self, event: &EventRef<'_>) -> Content {
         let data = event.data_bytes();
         with_format!(
             self,
             |F| F::content(event),
-            (!data.is_empty() && data != b"[DONE]").then_some(None)
+            Content::when(!data.is_empty() && data != b"[DONE]")
         )
     }
 
@@ -380,6 +380,63 @@ pub(crate) fn top_level_meta(event: &EventRef<'_>) -> ResponseMeta {
     ResponseMeta { id, model }
 }
 
+/// What a format says of one event: content or not, and where its text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Content {
+    /// Not a content event.
+    NotContent,
+    /// A content event whose text is not one string value (a tool call, an event the
+    /// format does not locate): `content_text` finds it.
+    Unlocated,
+    /// A content event whose text is `data[start..end]`: one string value, between its
+    /// quotes, JSON escapes not decoded.
+    Text { start: usize, end: usize },
+}
+
+impl Content {
+    /// [`Unlocated`](Self::Unlocated) content when `is_content`, else not content.
+    #[inline]
+    pub(crate) fn when(is_content: bool) -> Self {
+        if is_content {
+            Self::Unlocated
+        } else {
+            Self::NotContent
+        }
+    }
+
+    /// Content located at `span` (a range of the data), or not content when `None`.
+    #[inline]
+    pub(crate) fn located(span: Option<(usize, usize)>) -> Self {
+        match span {
+            Some((start, end)) => Self::Text { start, end },
+            None => Self::NotContent,
+        }
+    }
+
+    /// This, or when it is not content, what `other` says.
+    #[inline]
+    pub(crate) fn or_else(self, other: impl FnOnce() -> Self) -> Self {
+        match self {
+            Self::NotContent => other(),
+            content => content,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_content(self) -> bool {
+        self != Self::NotContent
+    }
+
+    /// The range of the text in the data, when located.
+    #[inline]
+    pub(crate) fn text_span(self) -> Option<(usize, usize)> {
+        match self {
+            Self::Text { start, end } => Some((start, end)),
+            _ => None,
+        }
+    }
+}
+
 /// The counts of one usage report, as a format reads them (`None`: not in this report).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counts {
@@ -505,15 +562,18 @@ mod tests {
         let data = r#"{"choices":[{"delta":{"content":"say \"hi\" now"}}]}"#;
         let span = Provider::OpenAiChat
             .content(&ev("", data))
-            .unwrap()
+            .text_span()
             .unwrap();
         assert_eq!(&data[span.0..span.1], r#"say \"hi\" now"#);
         let tool = r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#;
-        assert_eq!(Provider::OpenAiChat.content(&ev("", tool)), Some(None));
+        assert_eq!(
+            Provider::OpenAiChat.content(&ev("", tool)),
+            Content::Unlocated
+        );
         assert_eq!(
             Provider::OpenAiChat
                 .content(&ev("", r#"{"choices":[{"delta":{"content":"unterminated"#)),
-            None
+            Content::NotContent
         );
     }
 

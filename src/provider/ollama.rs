@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Format, LazyKind, UsageSink, counts};
+use super::{Content, Format, LazyKind, UsageSink, counts};
 use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 
 finders! {
@@ -45,13 +45,14 @@ impl Format for Ollama {
         DONE.find(data).is_some() && (MESSAGE.find(data).is_some() || RESPONSE.find(data).is_some())
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    fn content(event: &EventRef<'_>) -> Content {
         let data = event.data_bytes();
-        text_of(data, &CONTENT)
-            .or_else(|| text_of(data, &THINKING))
-            .or_else(|| text_of(data, &RESPONSE))
-            .map(Some)
-            .or_else(|| present(data, &TOOL_CALLS))
+        Content::located(
+            text_of(data, &CONTENT)
+                .or_else(|| text_of(data, &THINKING))
+                .or_else(|| text_of(data, &RESPONSE)),
+        )
+        .or_else(|| Content::when(present(data, &TOOL_CALLS)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use super::{Content, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
 use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
@@ -44,8 +44,8 @@ impl Format for Responses {
         event_kind(event).starts_with(b"response.")
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        event_kind(event).ends_with(b".delta").then_some(None)
+    fn content(event: &EventRef<'_>) -> Content {
+        Content::when(event_kind(event).ends_with(b".delta"))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {

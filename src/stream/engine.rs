@@ -286,7 +286,7 @@ fn observe<O: Observer>(
     report.events += 1;
     let found = classifier.classify(&event);
     classifier.fill_meta(&event, &mut report.response_id, &mut report.model);
-    let content = found.is_some();
+    let content = found.is_content();
     if content {
         report.content_events += 1;
         activity.content = true;
@@ -296,7 +296,7 @@ fn observe<O: Observer>(
         at: now,
         content,
         text: found
-            .flatten()
+            .text_span()
             .and_then(|(start, end)| data.get(start..end)),
         delivered,
         forward: true,
