@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use crate::BoxError;
 use crate::BoxFuture;
 use crate::resume::layer::{Config, ReaderRecord};
-use crate::resume::observer::AttachGuard;
+use crate::resume::shared::AttachGuard;
 use crate::resume::store::{Batch, Read, StoreError, StreamEnd, StreamLog};
 
 pin_project! {

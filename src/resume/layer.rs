@@ -10,8 +10,8 @@ use tower_layer::Layer;
 use crate::request::TenantKey;
 use crate::resume::Resume;
 use crate::resume::id::StreamId;
-use crate::resume::log::MemoryStore;
-use crate::resume::observer::Shared;
+use crate::resume::memory::MemoryStore;
+use crate::resume::shared::Shared;
 use crate::resume::store::{ReadLimits, ResumeStore};
 use crate::stream::config::KeepAliveConfig;
 

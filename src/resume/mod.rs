@@ -22,31 +22,34 @@
 //! | `producer.rs` | the producer task: re-cut, stamp, append, the detach policy |
 //! | `body.rs` | [`ResumeBody`]: the reader that follows the log |
 //! | `store.rs` | the store traits, [`ResumeStore`] and [`StreamLog`], for in-process and shared stores |
-//! | `log.rs` | [`MemoryStore`]: the in-process store, on moka |
+//! | `memory.rs` | [`MemoryStore`]: the in-process store, on moka |
 //! | `redis/` | `RedisStore`: the logs on Redis, for many replicas (feature `redis`): the connection, wake-ups, writer and reader apart |
 //! | `id.rs` | [`StreamId`], [`EventId`]: made here, parsed strictly |
+//! | `shared.rs` | what a stream's producer and readers share; [`ResumableStream`] |
 //! | `observer.rs` | [`ResumeObserver`], [`ResumeSummary`]: resumes in the stream's report |
 
 pub(crate) mod body;
 pub(crate) mod id;
 pub(crate) mod layer;
-pub(crate) mod log;
+pub(crate) mod memory;
 pub(crate) mod observer;
 pub(crate) mod producer;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod service;
+pub(crate) mod shared;
 pub(crate) mod store;
 
 pub use self::body::ResumeBody;
 pub use self::id::{EventId, StreamId};
 pub use self::layer::ResumeLayer;
 pub use self::layer::{Detach, ReaderRecord};
-pub use self::log::{MemoryStore, MemoryStoreBuilder};
-pub use self::observer::{ResumableStream, ResumeObserver, ResumeSummary};
+pub use self::memory::{MemoryStore, MemoryStoreBuilder};
+pub use self::observer::{ResumeObserver, ResumeSummary};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::service::{RESUME_HEADER, Resume, ResumeFuture, STREAM_ID_HEADER};
+pub use self::shared::ResumableStream;
 
 /// Renamed to [`Resume`] (a service `Foo` with its layer `FooLayer`, as in tower-http).
 #[deprecated(note = "renamed to `Resume`")]

@@ -19,8 +19,8 @@ use crate::resume::ResumeBody;
 use crate::resume::body::Reader;
 use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
-use crate::resume::observer::{ResumableStream, Shared};
 use crate::resume::producer::produce;
+use crate::resume::shared::{ResumableStream, Shared};
 use crate::resume::store::{NewStream, Read, StreamLog};
 
 /// The response header that carries a resumable stream's id.

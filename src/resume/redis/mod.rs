@@ -24,7 +24,7 @@ use tokio::sync::{OnceCell, watch};
 use crate::BoxFuture;
 use crate::request::Tenant;
 use crate::resume::id::StreamId;
-use crate::resume::log::MemoryStore;
+use crate::resume::memory::MemoryStore;
 use crate::resume::store::{NewStream, ResumeStore, StoreError, StreamLog};
 
 /// Default [`RedisStoreBuilder::timeout`]: 250 ms.
