@@ -374,6 +374,7 @@
 ))]
 
 pub mod digest;
+mod digits;
 pub mod framing;
 pub mod include_usage;
 mod json;

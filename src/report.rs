@@ -535,12 +535,8 @@ impl Sha256Digest {
 
     /// The digest as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        let mut out = String::with_capacity(64);
-        for byte in self.0 {
-            out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xF)]));
-        }
-        out
+        let mut out = [0; 64];
+        crate::digits::hex(&self.0, &mut out).to_owned()
     }
 
     /// The digest bytes.
@@ -555,27 +551,8 @@ impl Sha256Digest {
     /// The digest [`to_hex`](Self::to_hex) wrote.
     #[cfg(feature = "redis")]
     pub(crate) fn from_hex(text: &str) -> Option<Self> {
-        hex_bytes(text).map(Self)
+        crate::digits::hex_bytes(text).map(Self)
     }
-}
-
-/// `N` bytes from exactly `2 * N` hex digits (either case).
-#[cfg(feature = "redis")]
-pub(crate) fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let text = text.as_bytes();
-    if text.len() != 2 * N {
-        return None;
-    }
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut out = [0; N];
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
 }
 
 impl fmt::Display for Sha256Digest {

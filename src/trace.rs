@@ -19,12 +19,7 @@ fn millis(duration: Option<std::time::Duration>) -> Option<f64> {
 
 /// The digest's first 8 bytes as 16 hex digits, written into `out` (no allocation).
 fn hex_prefix<'a>(digest: &crate::Sha256Digest, out: &'a mut [u8; 16]) -> &'a str {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in out.chunks_exact_mut(2).zip(digest.as_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xF)];
-    }
-    std::str::from_utf8(out).unwrap_or_default()
+    crate::digits::hex(digest.as_bytes(), out)
 }
 
 impl Observer for TraceObserver {

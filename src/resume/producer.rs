@@ -11,7 +11,8 @@ use http_body::Body;
 use tokio::time::{Sleep, sleep};
 
 use crate::BoxError;
-use crate::resume::id::{StreamId, decimal};
+use crate::digits::decimal;
+use crate::resume::id::StreamId;
 use crate::resume::layer::{Config, Detach};
 use crate::resume::shared::Shared;
 use crate::resume::store::{StreamEnd, StreamLog};
