@@ -1,4 +1,4 @@
-//! [`IncludeUsageLayer`](crate::IncludeUsageLayer): ask OpenAI-style upstreams for usage in streams, and hide it from
+//! [`IncludeUsageLayer`]: ask OpenAI-style upstreams for usage in streams, and hide it from
 //! clients that did not ask.
 //!
 //! OpenAI Chat Completions (and vLLM, SGLang, llama.cpp, most gateways) report the token

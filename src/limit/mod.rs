@@ -1,4 +1,4 @@
-//! At most N open streams, counted until each stream's body ends: [`StreamLimitLayer`](crate::StreamLimitLayer).
+//! At most N open streams, counted until each stream's body ends: [`StreamLimitLayer`].
 //!
 //! # When to use it
 //!

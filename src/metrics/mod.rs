@@ -1,6 +1,6 @@
 //! Every metric the crate emits, through the [`metrics`] facade (feature `metrics`).
 //!
-//! [`MetricsObserver`](crate::MetricsObserver) records, per stream, the instruments of the
+//! [`MetricsObserver`] records, per stream, the instruments of the
 //! OpenTelemetry GenAI semantic conventions, named as they are there;
 //! [`StreamLimitLayer`](crate::StreamLimitLayer) records its own two. Nothing else in the
 //! crate emits metrics. This table is the one list (a test checks it against [`names`] and
@@ -14,7 +14,7 @@
 //! | `gen_ai.client.token.usage` | histogram | `{token}` | GenAI attributes, `gen_ai.token.type` = `input` / `output` | tokens, at the end, usage the provider reported only (never estimated) |
 //! | `gen_ai.server.time_to_first_token` | histogram | s | GenAI attributes | time to first token, at the end, completed streams only |
 //! | `gen_ai.server.time_per_output_token` | histogram | s | GenAI attributes | time per output token after the first, at the end, when output tokens are known |
-//! | `tower_sse.streams.open` | gauge | `{stream}` | none | streams of [`MetricsObserver`](crate::MetricsObserver) open now: up at the response head, down at the end |
+//! | `tower_sse.streams.open` | gauge | `{stream}` | none | streams of [`MetricsObserver`] open now: up at the response head, down at the end |
 //! | `tower_sse.streams.ended` | counter | `{stream}` | `outcome` = the [`Outcome`](crate::Outcome) name | streams ended, by outcome |
 //! | `tower_sse.limit.open_streams` | gauge | `{stream}` | none | permits of [`StreamLimitLayer`](crate::StreamLimitLayer)s held now: requests awaiting their head, open streams, streams still drained after a disconnect |
 //! | `tower_sse.limit.rejections` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
@@ -37,7 +37,7 @@
 //! The library never installs a recorder or exporter. The facade carries no bucket
 //! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`],
 //! as the gateway example does for Prometheus, and call [`describe`] once after installing
-//! it. Put [`MetricsObserver`](crate::MetricsObserver) **after** the usage and timing
+//! it. Put [`MetricsObserver`] **after** the usage and timing
 //! observers in the tuple, so that their findings are in the report when it records.
 
 use metrics::Unit;

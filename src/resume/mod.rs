@@ -1,5 +1,5 @@
 //! Resumable streams: a client that loses its connection comes back with `Last-Event-ID`
-//! and misses nothing, sees nothing twice. See [`ResumeLayer`](crate::ResumeLayer) for the
+//! and misses nothing, sees nothing twice. See [`ResumeLayer`] for the
 //! whole picture, the answers to resume requests and the layer order.
 //!
 //! ```text
@@ -17,7 +17,7 @@
 //!
 //! | file | role |
 //! |---|---|
-//! | `layer.rs` | [`ResumeLayer`](crate::ResumeLayer), [`Detach`], [`ReaderRecord`] |
+//! | `layer.rs` | [`ResumeLayer`], [`Detach`], [`ReaderRecord`] |
 //! | `service.rs` | [`Resume`]: resume or new stream, the `200` / `204` answers |
 //! | `producer.rs` | the producer task: re-cut, stamp, append, the detach policy |
 //! | `body.rs` | [`ResumeBody`]: the reader that follows the log |

@@ -1,9 +1,9 @@
-//! The stream layer: [`SseLayer`](crate::SseLayer), its service, future and body, and the
+//! The stream layer: [`SseLayer`], its service, future and body, and the
 //! settings it takes.
 //!
 //! | file | role |
 //! |---|---|
-//! | `layer.rs` | [`SseLayer`](crate::SseLayer): the builder of settings |
+//! | `layer.rs` | [`SseLayer`]: the builder of settings |
 //! | `service.rs` | [`Sse`]: classifies the request, answers early or waits for the head |
 //! | `future.rs` | [`SseFuture`]: the response head, its deadline, the report of requests that end before it |
 //! | `body.rs` | [`SseBody`]: the poll loop: upstream frames, the one timer, the end |

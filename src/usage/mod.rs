@@ -1,6 +1,6 @@
 //! Token usage: what the provider reported, or an estimate when the stream was cut first.
 //!
-//! [`UsageObserver`](crate::UsageObserver) reads the usage and the finish reason that LLM providers put in their
+//! [`UsageObserver`] reads the usage and the finish reason that LLM providers put in their
 //! streams into [`StreamReport::usage`](crate::StreamReport::usage) and
 //! [`StreamReport::finish_reason`](crate::StreamReport::finish_reason). The format comes
 //! from the layer's detection ([`EventContext::provider`](crate::EventContext::provider)):

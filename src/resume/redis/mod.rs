@@ -49,7 +49,7 @@ use self::writer::ProducerLog;
 
 /// The logs of resumable streams on Redis, shared by every replica of a gateway; give it to
 /// [`ResumeLayer::store`](crate::ResumeLayer::store). It also keeps digest records for a
-/// [`DigestRegistry`](crate::DigestRegistry) ([`SharedDigests`]).
+/// [`DigestRegistry`](crate::DigestRegistry) ([`SharedDigests`](crate::digest::SharedDigests)).
 ///
 /// # Data model
 ///
