@@ -46,7 +46,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Content, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
 use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
@@ -79,8 +79,8 @@ impl Format for Anthropic {
         )
     }
 
-    fn content(event: &EventRef<'_>) -> Content {
-        Content::when(
+    fn content(event: &EventRef<'_>) -> ContentSpan {
+        ContentSpan::when(
             event_kind(event) == b"content_block_delta"
                 && SIGNATURE_DELTA.find(event.data_bytes()).is_none(),
         )

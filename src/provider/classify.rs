@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::sse::EventRef;
 
-use super::{Content, Provider, ResponseMeta};
+use super::{ContentSpan, Provider, ResponseMeta};
 
 /// A user-supplied "is this event content?" predicate.
 pub(crate) type ContentPredicate = Arc<dyn Fn(&EventRef<'_>, Provider) -> bool + Send + Sync>;
@@ -71,7 +71,7 @@ impl Classifier {
     /// Look at one event: confirm the format if not done yet, and say whether it is content
     /// (and where its text is, when the format puts it in one string).
     #[inline]
-    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> Content {
+    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> ContentSpan {
         if !self.confirmed
             && let Some(provider) = Provider::from_event(event)
         {
@@ -79,7 +79,7 @@ impl Classifier {
             self.confirmed = true;
         }
         match &self.predicate {
-            Some(predicate) => Content::when(predicate(event, self.provider)),
+            Some(predicate) => ContentSpan::when(predicate(event, self.provider)),
             None => self.provider.content(event),
         }
     }

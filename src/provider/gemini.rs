@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Content, Format, LazyKind, ResponseMeta, UsageSink, counts};
+use super::{ContentSpan, Format, LazyKind, ResponseMeta, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
@@ -54,10 +54,10 @@ impl Format for Gemini {
         CANDIDATES.find(data).is_some() || USAGE_METADATA.find(data).is_some()
     }
 
-    fn content(event: &EventRef<'_>) -> Content {
+    fn content(event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
-        Content::located(text_of(data, &TEXT))
-            .or_else(|| Content::when(present(data, &FUNCTION_CALL)))
+        ContentSpan::located(text_of(data, &TEXT))
+            .or_else(|| ContentSpan::when(present(data, &FUNCTION_CALL)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {

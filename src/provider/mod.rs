@@ -88,7 +88,7 @@ pub(crate) trait Format {
     /// Whether an event carries content (text, reasoning or a tool-call delta) and, when the
     /// format puts it in one string value, where that text is in the event's data (JSON
     /// escapes not decoded). Role-only deltas, lifecycle events and pings are not content.
-    fn content(event: &EventRef<'_>) -> Content;
+    fn content(event: &EventRef<'_>) -> ContentSpan;
 
     /// Call `f` with the generated text of a content event (for output estimates).
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8]));
@@ -234,12 +234,12 @@ impl Provider {
     /// Whether an event carries content and, when the format puts it in one string value,
     /// where that text is in the event's data (JSON escapes not decoded).
     #[inline]
-    pub(crate) fn content(self, event: &EventRef<'_>) -> Content {
+    pub(crate) fn content(self, event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
         with_format!(
             self,
             |F| F::content(event),
-            Content::when(!data.is_empty() && data != b"[DONE]")
+            ContentSpan::when(!data.is_empty() && data != b"[DONE]")
         )
     }
 
@@ -382,7 +382,7 @@ pub(crate) fn top_level_meta(event: &EventRef<'_>) -> ResponseMeta {
 
 /// What a format says of one event: content or not, and where its text is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Content {
+pub(crate) enum ContentSpan {
     /// Not a content event.
     NotContent,
     /// A content event whose text is not one string value (a tool call, an event the
@@ -393,7 +393,7 @@ pub(crate) enum Content {
     Text { start: usize, end: usize },
 }
 
-impl Content {
+impl ContentSpan {
     /// [`Unlocated`](Self::Unlocated) content when `is_content`, else not content.
     #[inline]
     pub(crate) fn when(is_content: bool) -> Self {
@@ -568,12 +568,12 @@ mod tests {
         let tool = r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#;
         assert_eq!(
             Provider::OpenAiChat.content(&ev("", tool)),
-            Content::Unlocated
+            ContentSpan::Unlocated
         );
         assert_eq!(
             Provider::OpenAiChat
                 .content(&ev("", r#"{"choices":[{"delta":{"content":"unterminated"#)),
-            Content::NotContent
+            ContentSpan::NotContent
         );
     }
 

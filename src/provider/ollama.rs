@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Content, Format, LazyKind, UsageSink, counts};
+use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
 use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 
 finders! {
@@ -45,14 +45,14 @@ impl Format for Ollama {
         DONE.find(data).is_some() && (MESSAGE.find(data).is_some() || RESPONSE.find(data).is_some())
     }
 
-    fn content(event: &EventRef<'_>) -> Content {
+    fn content(event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
-        Content::located(
+        ContentSpan::located(
             text_of(data, &CONTENT)
                 .or_else(|| text_of(data, &THINKING))
                 .or_else(|| text_of(data, &RESPONSE)),
         )
-        .or_else(|| Content::when(present(data, &TOOL_CALLS)))
+        .or_else(|| ContentSpan::when(present(data, &TOOL_CALLS)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Content, Format, LazyKind, UsageSink, counts};
+use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
     is_empty_array_or_absent, object_value, parse, present, text_of,
@@ -65,16 +65,16 @@ impl Format for Chat {
         CHAT_CHUNK.find(event.data_bytes()).is_some()
     }
 
-    fn content(event: &EventRef<'_>) -> Content {
+    fn content(event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
-        Content::located(
+        ContentSpan::located(
             text_of(data, &CONTENT)
                 .or_else(|| text_of(data, &REASONING_CONTENT))
                 .or_else(|| text_of(data, &REASONING))
                 .or_else(|| text_of(data, &REFUSAL)),
         )
-        .or_else(|| Content::when(present(data, &TOOL_CALLS)))
-        .or_else(|| Content::when(present(data, &FUNCTION_CALL)))
+        .or_else(|| ContentSpan::when(present(data, &TOOL_CALLS)))
+        .or_else(|| ContentSpan::when(present(data, &FUNCTION_CALL)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
@@ -115,8 +115,8 @@ impl Format for Completions {
         TEXT_COMPLETION.find(event.data_bytes()).is_some()
     }
 
-    fn content(event: &EventRef<'_>) -> Content {
-        Content::located(text_of(event.data_bytes(), &TEXT))
+    fn content(event: &EventRef<'_>) -> ContentSpan {
+        ContentSpan::located(text_of(event.data_bytes(), &TEXT))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::{Content, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
 use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
@@ -44,8 +44,8 @@ impl Format for Responses {
         event_kind(event).starts_with(b"response.")
     }
 
-    fn content(event: &EventRef<'_>) -> Content {
-        Content::when(event_kind(event).ends_with(b".delta"))
+    fn content(event: &EventRef<'_>) -> ContentSpan {
+        ContentSpan::when(event_kind(event).ends_with(b".delta"))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
