@@ -25,9 +25,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 #[cfg(feature = "registry")]
 use tower_sse::DigestRegistry;
+use tower_sse::Sha256Digest as Digest;
 use tower_sse::provider::Provider;
 use tower_sse::sse::EventRef;
-use tower_sse::{Digest, DigestObserver, EventContext, Observer, SseLayer, StreamReport};
+use tower_sse::{DigestObserver, EventContext, Observer, SseLayer, StreamReport};
 
 use common::drive::{drain, through, upstream};
 

@@ -9,7 +9,7 @@
 //!   chunk, two content chunks, the finish chunk, the usage chunk and `[DONE]` (6 events),
 //!   polled by hand as hyper would. A stream records nine metrics at its end and one per
 //!   content gap.
-//! - `per_stream/service_clone`: cloning the `SseService` of a gateway's observer set (usage,
+//! - `per_stream/service_clone`: cloning the `Sse` of a gateway's observer set (usage,
 //!   timing, digest into a registry, metrics, a log line). tower's services clone their inner
 //!   service in `call`, and axum clones a route's service for every request: a request
 //!   through the example gateway's stack clones it about a dozen times.

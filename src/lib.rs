@@ -114,7 +114,7 @@
 //! | [`Outcome`] | how it ended |
 //! | [`Usage`], [`UsageSource`] | token counts, reported or estimated |
 //! | [`Timing`], [`Latencies`] | time to first byte and token, inter-token latency |
-//! | [`Digest`] | a SHA-256 |
+//! | [`Sha256Digest`] | a SHA-256 |
 //!
 //! # Modules
 //!
@@ -123,7 +123,8 @@
 //! | module | what is in it |
 //! |---|---|
 //! | [`sse`] | the wire format: [`Decoder`](sse::Decoder), [`Event`](sse::Event), [`EventRef`](sse::EventRef) |
-//! | [`stream`] | the service, future and body of [`SseLayer`]; [`UpstreamErrorPolicy`](stream::UpstreamErrorPolicy), [`Framing`](stream::Framing) |
+//! | [`stream`] | the service, future and body of [`SseLayer`]; [`UpstreamErrorPolicy`](stream::UpstreamErrorPolicy) |
+//! | [`framing`] | is a response a stream, and how: [`Framing`](framing::Framing), [`detect`](framing::detect) |
 //! | [`provider`] | the provider formats: [`Provider`](provider::Provider) |
 //! | [`usage`] | how usage is read and estimated: [`UsageExtractor`](usage::UsageExtractor), [`TokenCounter`](usage::TokenCounter) |
 //! | [`include_usage`] | the service and bodies of [`IncludeUsageLayer`] |
@@ -373,7 +374,10 @@
 ))]
 
 pub mod digest;
+mod digits;
+pub mod framing;
 pub mod include_usage;
+mod json;
 pub mod limit;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -387,40 +391,53 @@ pub mod request;
 pub mod resume;
 pub mod sse;
 pub mod stream;
-pub use observe::usage;
+mod timing;
+#[cfg(feature = "tracing")]
+mod trace;
+pub mod usage;
 
 // The layers.
-pub use digest::request::RequestDigestLayer;
-pub use include_usage::layer::IncludeUsageLayer;
-pub use limit::layer::StreamLimitLayer;
+pub use digest::RequestDigestLayer;
+pub use include_usage::IncludeUsageLayer;
+pub use limit::StreamLimitLayer;
 #[cfg(feature = "resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "resume")))]
-pub use resume::layer::ResumeLayer;
-pub use stream::layer::SseLayer;
+pub use resume::ResumeLayer;
+pub use stream::SseLayer;
 
 // The observers.
-pub use digest::observer::DigestObserver;
+pub use digest::DigestObserver;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub use observe::metrics::MetricsObserver;
-pub use observe::timing::TimingObserver;
+pub use metrics::MetricsObserver;
+pub use observe::{EventContext, Observer};
+pub use timing::TimingObserver;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub use observe::trace::TraceObserver;
-pub use observe::usage::observer::UsageObserver;
-pub use observe::{EventContext, Observer};
+pub use trace::TraceObserver;
+pub use usage::UsageObserver;
 
 // The report.
-pub use report::{Digest, Latencies, OnEnd, Outcome, StreamReport, Timing, Usage, UsageSource};
+pub use report::{
+    Latencies, OnEnd, Outcome, Sha256Digest, StreamReport, Timing, Usage, UsageSource,
+};
 
 // Configuration.
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub use digest::registry::DigestRegistry;
+pub use digest::DigestRegistry;
 pub use stream::config::{ErrorEvent, KeepAliveConfig};
+
+/// Renamed to [`Sha256Digest`]: `Digest` clashed with the `sha2::Digest` trait.
+#[deprecated(note = "renamed to `Sha256Digest`")]
+pub type Digest = Sha256Digest;
 
 /// The error type of bodies that add failure modes.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed future that is `Send`: what the store traits return
+/// ([`resume::ResumeStore`], [`digest::SharedDigests`]).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

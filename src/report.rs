@@ -1,6 +1,5 @@
 //! The end-of-stream report, how a stream ended, where the report goes, and the value types
-//! observers fill in: [`Timing`], [`Latencies`], [`Digest`] ([`Usage`] is defined with the
-//! provider formats that produce it).
+//! observers fill in: [`Usage`], [`Timing`], [`Latencies`], [`Sha256Digest`].
 
 use std::fmt;
 use std::time::Duration;
@@ -11,9 +10,8 @@ use tokio::time::Instant;
 use sha2::Digest as _;
 use sha2::Sha256;
 
+use crate::framing::Framing;
 use crate::provider::Provider;
-
-pub use crate::provider::usage::{Usage, UsageSource};
 
 /// How a stream ended. Exactly one outcome per stream.
 ///
@@ -120,37 +118,6 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
-}
-
-/// How the upstream framed its stream: [`StreamReport::framing`].
-///
-/// ```
-/// use tower_sse::StreamReport;
-/// use tower_sse::stream::Framing;
-///
-/// fn wire_format(report: &StreamReport) -> &'static str {
-///     match report.framing {
-///         Framing::Sse => "sse",
-///         // Reframed into SSE for the client (`SseLayer::json_lines`).
-///         Framing::JsonLines => "ndjson",
-///         _ => "other",
-///     }
-/// }
-///
-/// let report = StreamReport::new(tokio::time::Instant::now());
-/// assert_eq!(wire_format(&report), "sse");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Framing {
-    /// `text/event-stream`, decoded and forwarded as it came.
-    Sse,
-    /// One JSON value per line (NDJSON), reframed into SSE `data:` events.
-    JsonLines,
-    /// Not a stream: the upstream answered a streaming request with something else (an
-    /// error in JSON, a `429`), which the client got untouched (or, after an early
-    /// response, in place of which it got an error event).
-    NotAStream,
 }
 
 /// Everything known about one stream when it ended, delivered once to the
@@ -273,9 +240,9 @@ pub struct StreamReport {
     pub timing: Option<Timing>,
     /// SHA-256 of the bytes the client received (keep-alives excluded), when the digest
     /// observer is on.
-    pub digest: Option<Digest>,
+    pub digest: Option<Sha256Digest>,
     /// SHA-256 of the request body, when the request digest layer is on.
-    pub request_digest: Option<Digest>,
+    pub request_digest: Option<Sha256Digest>,
 
     /// Findings of observers, keyed by type (see [`Extensions`]).
     pub extensions: Extensions,
@@ -413,6 +380,56 @@ impl OnEnd for () {
 }
 
 /// Latency findings of one stream, measured from the request's arrival at the layer:
+/// Where the numbers of a [`Usage`] come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum UsageSource {
+    /// The provider reported them in the stream (possibly a running total, when the stream
+    /// was cut before its final usage).
+    #[default]
+    Reported,
+    /// The output count was estimated from the content delivered, because the provider
+    /// reported none before the stream ended (a client disconnect, a deadline, an upstream
+    /// error, an Anthropic stream that ended before `message_delta`).
+    ///
+    /// Only [`output_tokens`](Usage::output_tokens) is ever estimated: the other counts,
+    /// when known, are the provider's own (Anthropic's input and cache counts from
+    /// `message_start`, a running total's input), so a usage can mix reported input with
+    /// estimated output.
+    Estimated,
+}
+
+/// Token counts of one stream. Unknown is `None`, never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Prompt tokens, as the provider counts them (OpenAI includes cached tokens in it;
+    /// Anthropic excludes cache reads).
+    pub input_tokens: Option<u64>,
+    /// Completion tokens (reasoning tokens included where the provider includes them).
+    pub output_tokens: Option<u64>,
+    /// The provider's total, when it sends one.
+    pub total_tokens: Option<u64>,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input_tokens: Option<u64>,
+    /// Output tokens spent on reasoning.
+    pub reasoning_tokens: Option<u64>,
+    /// Whether the numbers were reported or estimated.
+    pub source: UsageSource,
+}
+
+impl Usage {
+    /// Whether any count is known.
+    pub fn is_known(&self) -> bool {
+        self.input_tokens.is_some() || self.output_tokens.is_some() || self.total_tokens.is_some()
+    }
+
+    /// Whether any count at all is known (cache or reasoning counts included).
+    pub(crate) fn has_counts(&self) -> bool {
+        self.is_known() || self.cached_input_tokens.is_some() || self.reasoning_tokens.is_some()
+    }
+}
+
 /// [`StreamReport::timing`], filled by [`TimingObserver`](crate::TimingObserver).
 ///
 /// ```
@@ -499,18 +516,18 @@ pub struct Latencies {
 /// Displays (and serializes) as 64 lowercase hex digits.
 ///
 /// ```
-/// use tower_sse::Digest;
+/// use tower_sse::Sha256Digest;
 ///
-/// let digest = Digest::of(b"abc");
+/// let digest = Sha256Digest::of(b"abc");
 /// assert_eq!(
 ///     digest.to_hex(),
 ///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 /// );
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Digest(pub [u8; 32]);
+pub struct Sha256Digest(pub [u8; 32]);
 
-impl Digest {
+impl Sha256Digest {
     /// The SHA-256 of these bytes.
     pub fn of(data: &[u8]) -> Self {
         Self(Sha256::digest(data).into())
@@ -518,12 +535,8 @@ impl Digest {
 
     /// The digest as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        let mut out = String::with_capacity(64);
-        for byte in self.0 {
-            out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xF)]));
-        }
-        out
+        let mut out = [0; 64];
+        crate::digits::hex(&self.0, &mut out).to_owned()
     }
 
     /// The digest bytes.
@@ -538,42 +551,23 @@ impl Digest {
     /// The digest [`to_hex`](Self::to_hex) wrote.
     #[cfg(feature = "redis")]
     pub(crate) fn from_hex(text: &str) -> Option<Self> {
-        hex_bytes(text).map(Self)
+        crate::digits::hex_bytes(text).map(Self)
     }
 }
 
-/// `N` bytes from exactly `2 * N` hex digits (either case).
-#[cfg(feature = "redis")]
-pub(crate) fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let text = text.as_bytes();
-    if text.len() != 2 * N {
-        return None;
-    }
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut out = [0; N];
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
-}
-
-impl fmt::Display for Digest {
+impl fmt::Display for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.to_hex())
     }
 }
 
-impl fmt::Debug for Digest {
+impl fmt::Debug for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.to_hex())
+        write!(f, "Sha256Digest({})", self.to_hex())
     }
 }
 
-impl serde::Serialize for Digest {
+impl serde::Serialize for Sha256Digest {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_hex())
     }

@@ -202,7 +202,7 @@ impl Tenant {
         if text == "anonymous" {
             return Some(Self::anonymous());
         }
-        crate::report::hex_bytes(text).map(|bytes| Self(Some(bytes)))
+        crate::digits::hex_bytes(text).map(|bytes| Self(Some(bytes)))
     }
 }
 
@@ -212,7 +212,7 @@ impl fmt::Display for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             None => f.write_str("anonymous"),
-            Some(id) => id.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            Some(id) => f.write_str(crate::digits::hex(id, &mut [0; 32])),
         }
     }
 }

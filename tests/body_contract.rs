@@ -478,7 +478,7 @@ async fn json_lines_are_reframed_into_sse() {
     assert_eq!(report.events, 2);
     assert_eq!(report.content_events, 1);
     assert_eq!(report.provider, tower_sse::provider::Provider::Ollama);
-    assert_eq!(report.framing, tower_sse::stream::Framing::JsonLines);
+    assert_eq!(report.framing, tower_sse::framing::Framing::JsonLines);
 }
 
 #[tokio::test]

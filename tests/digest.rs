@@ -22,8 +22,9 @@ use support::body::{
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
+use tower_sse::Sha256Digest as Digest;
 use tower_sse::digest::{RequestDigestBody, RequestDigestHandle};
-use tower_sse::{Digest, DigestObserver, KeepAliveConfig, Outcome, RequestDigestLayer, SseLayer};
+use tower_sse::{DigestObserver, KeepAliveConfig, Outcome, RequestDigestLayer, SseLayer};
 
 const CHAT: &[&str] = &[
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
@@ -390,7 +391,8 @@ mod registry {
     use support::body::serve_with;
     use tower_sse::DigestRegistry;
     use tower_sse::StreamReport;
-    use tower_sse::digest::{DigestRecord, DigestRegistration, Tenant, TenantKey};
+    use tower_sse::digest::{DigestRecord, DigestRegistration};
+    use tower_sse::request::{Tenant, TenantKey};
 
     /// Feed `pieces` to a stream that stays open, read it frame by frame, and check that the
     /// record exists as soon as the client holds the frame with `terminal` — and not before.

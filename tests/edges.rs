@@ -21,8 +21,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use support::body::{FramesBody, Reports, collect, next_report, report_channel, response, serve};
 use tokio::net::TcpListener;
+use tower_sse::framing::Framing;
 use tower_sse::sse::{Decoder, Item};
-use tower_sse::stream::Framing;
 use tower_sse::{Outcome, SseLayer};
 
 /// A body of these pieces with this content type and status.

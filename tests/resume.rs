@@ -26,10 +26,10 @@ use tokio::sync::watch;
 use tower::{Layer, Service, ServiceExt};
 use tower_sse::request::Tenant;
 use tower_sse::resume::{
-    BoxFuture, Detach, MemoryStore, NewStream, Read, ReadLimits, ReaderRecord, ResumeObserver,
-    ResumeStore, ResumeSummary, StoreError, StreamEnd, StreamId, StreamLog,
+    Detach, MemoryStore, NewStream, Read, ReadLimits, ReaderRecord, ResumeObserver, ResumeStore,
+    ResumeSummary, StoreError, StreamEnd, StreamId, StreamLog,
 };
-use tower_sse::{BoxError, KeepAliveConfig, Outcome, ResumeLayer, SseLayer};
+use tower_sse::{BoxError, BoxFuture, KeepAliveConfig, Outcome, ResumeLayer, SseLayer};
 
 type UpBody = BoxBody<Bytes, BoxError>;
 

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
 use support::body::{FramesBody, collect, response, serve_with};
-use tower_sse::{Digest, DigestObserver, SseLayer, TimingObserver, TraceObserver, UsageObserver};
+use tower_sse::Sha256Digest as Digest;
+use tower_sse::{DigestObserver, SseLayer, TimingObserver, TraceObserver, UsageObserver};
 
 /// Collects what the subscriber writes.
 #[derive(Clone, Default)]

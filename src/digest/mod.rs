@@ -1,11 +1,11 @@
-//! Digests: SHA-256 of what the client received ([`DigestObserver`](crate::DigestObserver)),
-//! of what it sent ([`RequestDigestLayer`](crate::RequestDigestLayer)), and a registry to look
-//! them up by tenant and response id ([`DigestRegistry`](crate::DigestRegistry), feature
+//! Digests: SHA-256 of what the client received ([`DigestObserver`]),
+//! of what it sent ([`RequestDigestLayer`]), and a registry to look
+//! them up by tenant and response id ([`DigestRegistry`], feature
 //! `registry`).
 //!
 //! # The response digest
 //!
-//! SHA-256 of exactly what the client received: the [`DigestObserver`](crate::DigestObserver).
+//! SHA-256 of exactly what the client received: the [`DigestObserver`].
 //!
 //! ## When to use it
 //!
@@ -32,13 +32,13 @@
 //!
 //! | hook | what it does |
 //! |---|---|
-//! | `on_request` | picks up the [`RequestDigestHandle`] that [`RequestDigestLayer`](crate::RequestDigestLayer) put into the request extensions, if any |
+//! | `on_request` | picks up the [`RequestDigestHandle`] that [`RequestDigestLayer`] put into the request extensions, if any |
 //! | `on_event` | with a registry: notes a terminal event (see below) |
 //! | `on_data` | hashes the frame; with a registry, right after the frame holding a terminal event, inserts the record |
 //! | `on_end` | writes [`digest`](crate::StreamReport::digest) and [`request_digest`](crate::StreamReport::request_digest); with a registry, inserts or updates the record and adds a `DigestRegistration` to the report's extensions |
 //!
 //! `report.request_digest` is `Some` only when the request went through a
-//! [`RequestDigestLayer`](crate::RequestDigestLayer) placed *outside* the
+//! [`RequestDigestLayer`] placed *outside* the
 //! [`SseLayer`](crate::SseLayer) and its body was read to its end by the time the stream
 //! ended; it is `None` when the request body was not read to its end, failed, or was dropped.
 //!
@@ -63,11 +63,11 @@
 //!
 //! # The request digest
 //!
-//! SHA-256 of the request body, as the service reads it: [`RequestDigestLayer`](crate::RequestDigestLayer).
+//! SHA-256 of the request body, as the service reads it: [`RequestDigestLayer`].
 //!
 //! ## When to use it
 //!
-//! With a [`DigestObserver`](crate::DigestObserver), to put the digest of what the client
+//! With a [`DigestObserver`], to put the digest of what the client
 //! asked next to the digest of what it received, in
 //! [`StreamReport::request_digest`](crate::StreamReport::request_digest) and in the
 //! `DigestRegistry` record (feature `registry`). Or on its own: a handler reads the
@@ -108,13 +108,13 @@
 //! # The registry
 //!
 //! Digests by tenant and response id, for a client that asks after its stream:
-//! [`DigestRegistry`](crate::DigestRegistry).
+//! [`DigestRegistry`].
 //!
 //! ## When to use it
 //!
 //! When clients (or auditors) need to fetch the digest of a stream they received, e.g. with
 //! `GET /v1/digests/{response_id}`, to check that they read every byte the server sent. A
-//! [`DigestObserver`](crate::DigestObserver) built
+//! [`DigestObserver`] built
 //! [`with_registry`](crate::DigestObserver::with_registry) records every stream that carries
 //! a response id; a handler looks records up with [`DigestRegistry::get`](crate::DigestRegistry::get) and answers with
 //! [`DigestRecord::to_json`] (or any serde format).
@@ -165,17 +165,35 @@
 //! holds the digest of what the client did receive.
 
 pub(crate) mod observer;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "registry")]
 pub(crate) mod registry;
 pub(crate) mod request;
 #[cfg(feature = "registry")]
 pub(crate) mod shared;
 
+pub use self::observer::DigestObserver;
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub use self::registry::{DigestRecord, DigestRegistration, DigestRegistryBuilder};
-pub use self::request::{RequestDigest, RequestDigestBody, RequestDigestHandle};
+pub use self::registry::{DigestRecord, DigestRegistration, DigestRegistry, DigestRegistryBuilder};
+pub use self::request::{
+    RequestDigest, RequestDigestBody, RequestDigestHandle, RequestDigestLayer,
+};
 #[cfg(feature = "registry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
-pub use self::shared::{SharedDigests, SharedFuture};
-pub use crate::request::{Tenant, TenantKey};
+pub use self::shared::SharedDigests;
+
+/// Renamed to [`BoxFuture<'static, T>`](crate::BoxFuture): the crate has one boxed-future alias.
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+#[deprecated(note = "use `tower_sse::BoxFuture<'static, T>`")]
+pub type SharedFuture<T> = crate::BoxFuture<'static, T>;
+
+/// Moved to [`tower_sse::request::Tenant`](crate::request::Tenant), its one public path.
+#[deprecated(note = "use `tower_sse::request::Tenant`")]
+pub type Tenant = crate::request::Tenant;
+
+/// Moved to [`tower_sse::request::TenantKey`](crate::request::TenantKey), its one public path.
+#[deprecated(note = "use `tower_sse::request::TenantKey`")]
+pub type TenantKey = crate::request::TenantKey;

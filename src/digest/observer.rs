@@ -7,7 +7,7 @@ use sha2::Sha256;
 
 use crate::digest::request::RequestDigestHandle;
 use crate::observe::{EventContext, Observer};
-use crate::report::{Digest, StreamReport};
+use crate::report::{Sha256Digest, StreamReport};
 use crate::sse::EventRef;
 
 #[cfg(feature = "registry")]
@@ -121,7 +121,7 @@ impl Observer for DigestObserver {
     }
 
     fn on_end(&mut self, report: &mut StreamReport) {
-        let digest = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        let digest = Sha256Digest::from_hasher(std::mem::take(&mut self.hasher));
         report.digest = Some(digest);
         report.request_digest = self.request.as_ref().and_then(RequestDigestHandle::digest);
         #[cfg(feature = "registry")]
@@ -144,7 +144,7 @@ struct Registration {
     /// A terminal event was seen and its frame may not have gone out yet.
     armed: Option<Armed>,
     /// The digests the registry holds for this stream (response, request).
-    inserted: Option<(Digest, Option<Digest>)>,
+    inserted: Option<(Sha256Digest, Option<Sha256Digest>)>,
     /// Why nothing was inserted, when nothing was.
     skipped: Option<DigestRegistration>,
 }
@@ -198,12 +198,12 @@ impl Registration {
         } else {
             armed.frames_left -= 1;
         }
-        let digest = Digest::from_hasher(hasher.clone());
+        let digest = Sha256Digest::from_hasher(hasher.clone());
         let request = request.as_ref().and_then(RequestDigestHandle::digest);
         self.register(digest, request, report);
     }
 
-    fn on_end(&mut self, digest: Digest, report: &mut StreamReport) {
+    fn on_end(&mut self, digest: Sha256Digest, report: &mut StreamReport) {
         if self.registry.is_none() {
             return;
         }
@@ -217,7 +217,12 @@ impl Registration {
         report.extensions.insert(registration);
     }
 
-    fn register(&mut self, digest: Digest, request: Option<Digest>, report: &StreamReport) {
+    fn register(
+        &mut self,
+        digest: Sha256Digest,
+        request: Option<Sha256Digest>,
+        report: &StreamReport,
+    ) {
         let Some(registry) = &self.registry else {
             return;
         };
@@ -252,11 +257,11 @@ mod tests {
     #[test]
     fn digest_of_matches_known_vectors() {
         assert_eq!(
-            Digest::of(b"").to_hex(),
+            Sha256Digest::of(b"").to_hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(
-            serde_json::to_string(&Digest::of(b"abc")).unwrap(),
+            serde_json::to_string(&Sha256Digest::of(b"abc")).unwrap(),
             "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\""
         );
     }
@@ -285,27 +290,27 @@ mod tests {
         observer.on_data(&earlier, &mut report);
         assert!(observer.registration.armed.is_some());
         let record = registry.get(Tenant::anonymous(), "id").unwrap();
-        assert_eq!(record.response_digest, Digest::of(&input[..9]));
+        assert_eq!(record.response_digest, Sha256Digest::of(&input[..9]));
 
         // The frame holding the event: recorded, done waiting.
         observer.on_data(&done, &mut report);
         assert!(observer.registration.armed.is_none());
         let record = registry.get(Tenant::anonymous(), "id").unwrap();
-        assert_eq!(record.response_digest, Digest::of(&input));
+        assert_eq!(record.response_digest, Sha256Digest::of(&input));
 
         // Bytes after it are recorded at the end.
         observer.on_data(b": bye\n\n", &mut report);
         let record = registry.get(Tenant::anonymous(), "id").unwrap();
-        assert_eq!(record.response_digest, Digest::of(&input));
+        assert_eq!(record.response_digest, Sha256Digest::of(&input));
         observer.on_end(&mut report);
         let all = [&input[..], b": bye\n\n"].concat();
-        assert_eq!(report.digest, Some(Digest::of(&all)));
+        assert_eq!(report.digest, Some(Sha256Digest::of(&all)));
         assert_eq!(
             registry
                 .get(Tenant::anonymous(), "id")
                 .unwrap()
                 .response_digest,
-            Digest::of(&all)
+            Sha256Digest::of(&all)
         );
         assert_eq!(
             report.extensions.get::<DigestRegistration>(),

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::digest::shared::SharedDigests;
-use crate::report::Digest;
+use crate::report::Sha256Digest;
 use crate::request::{Tenant, TenantKey};
 
 /// Default [`DigestRegistryBuilder::max_capacity`]: 10 000 records.
@@ -43,9 +43,9 @@ pub struct DigestRecord {
     pub tenant: Tenant,
     /// SHA-256 of the request body, when a
     /// [`RequestDigestLayer`](crate::RequestDigestLayer) saw it read to its end.
-    pub request_digest: Option<Digest>,
+    pub request_digest: Option<Sha256Digest>,
     /// SHA-256 of the bytes the client received (keep-alives excluded).
-    pub response_digest: Digest,
+    pub response_digest: Sha256Digest,
     /// The model that answered, when the stream named it.
     pub model: Option<String>,
     /// When the record was made: when the terminal event went out, or the stream ended.
@@ -56,7 +56,7 @@ pub struct DigestRecord {
 impl DigestRecord {
     /// A record for this response id and digest, finished now, of the anonymous tenant,
     /// with no request digest and no model (set those fields as needed).
-    pub fn new(response_id: impl Into<String>, response_digest: Digest) -> Self {
+    pub fn new(response_id: impl Into<String>, response_digest: Sha256Digest) -> Self {
         Self {
             response_id: response_id.into(),
             tenant: Tenant::anonymous(),
@@ -134,7 +134,7 @@ impl fmt::Display for DigestRegistration {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_sse::{Digest, DigestRegistry};
+/// use tower_sse::{Sha256Digest, DigestRegistry};
 /// use tower_sse::digest::DigestRecord;
 /// use tower_sse::request::Tenant;
 ///
@@ -143,7 +143,7 @@ impl fmt::Display for DigestRegistration {
 ///     .time_to_live(Duration::from_secs(3600))
 ///     .build();
 /// let alice = Tenant::from_key("sk-alice");
-/// let mut record = DigestRecord::new("chatcmpl-1", Digest::of(b"data: [DONE]\n\n"));
+/// let mut record = DigestRecord::new("chatcmpl-1", Sha256Digest::of(b"data: [DONE]\n\n"));
 /// record.tenant = alice;
 /// registry.insert(record);
 /// let record = registry.get(alice, "chatcmpl-1").unwrap();
@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn record_json_shape() {
-        let mut record = DigestRecord::new("chatcmpl-1", Digest::of(b""));
+        let mut record = DigestRecord::new("chatcmpl-1", Sha256Digest::of(b""));
         record.finished_at = UNIX_EPOCH;
         record.model = Some("m".into());
         assert_eq!(

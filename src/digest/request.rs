@@ -15,7 +15,7 @@ use sha2::Sha256;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::report::Digest;
+use crate::report::Sha256Digest;
 
 /// Hashes request bodies as they are read; see the [module docs](crate::digest).
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,7 +97,7 @@ where
 /// [`RequestDigestLayer`] puts one into the request extensions, where a
 /// [`DigestObserver`](crate::DigestObserver) or a handler picks it up.
 #[derive(Clone)]
-pub struct RequestDigestHandle(Arc<OnceLock<Digest>>);
+pub struct RequestDigestHandle(Arc<OnceLock<Sha256Digest>>);
 
 impl RequestDigestHandle {
     fn new() -> Self {
@@ -106,11 +106,11 @@ impl RequestDigestHandle {
 
     /// The SHA-256 of the request body, once it was read to its end; `None` before that, and
     /// for ever if the body failed or was dropped before its end.
-    pub fn digest(&self) -> Option<Digest> {
+    pub fn digest(&self) -> Option<Sha256Digest> {
         self.0.get().copied()
     }
 
-    fn set(&self, digest: Digest) {
+    fn set(&self, digest: Sha256Digest) {
         // Set once: the body finishes at most once.
         let _ = self.0.set(digest);
     }
@@ -143,7 +143,7 @@ impl<B: Body> RequestDigestBody<B> {
     pub fn new(inner: B) -> Self {
         let handle = RequestDigestHandle::new();
         let hasher = if inner.is_end_stream() {
-            handle.set(Digest::from_hasher(Sha256::new()));
+            handle.set(Sha256Digest::from_hasher(Sha256::new()));
             None
         } else {
             Some(Sha256::new())
@@ -225,7 +225,7 @@ where
 
 fn finish(hasher: &mut Option<Sha256>, handle: &RequestDigestHandle) {
     if let Some(hasher) = hasher.take() {
-        handle.set(Digest::from_hasher(hasher));
+        handle.set(Sha256Digest::from_hasher(hasher));
     }
 }
 
@@ -262,7 +262,7 @@ mod tests {
         let mut hasher = Some(Sha256::new());
         let chain = Bytes::from_static(b"ab").chain(Bytes::from_static(b"c"));
         hash_buf(&mut hasher, &chain);
-        let digest = Digest::from_hasher(hasher.unwrap());
-        assert_eq!(digest, Digest::of(b"abc"));
+        let digest = Sha256Digest::from_hasher(hasher.unwrap());
+        assert_eq!(digest, Sha256Digest::of(b"abc"));
     }
 }

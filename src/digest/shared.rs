@@ -2,15 +2,11 @@
 //! records, so that every replica of a gateway serves every lookup (feature `redis` adds
 //! `resume::RedisStore`, which is one).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
+use crate::BoxFuture;
 use crate::digest::DigestRecord;
 use crate::request::Tenant;
-
-/// A boxed, sendable future that owns what it needs (so that an insert can be spawned).
-pub type SharedFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A store of digest records shared by the replicas of a service, behind a
 /// [`DigestRegistry`](crate::DigestRegistry) (give it with
@@ -29,8 +25,12 @@ pub type SharedFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub trait SharedDigests: Send + Sync + 'static {
     /// Keep `record` for `ttl`, under its tenant and response id (replacing only a record of
     /// the same tenant and id).
-    fn put(&self, record: DigestRecord, ttl: Duration) -> SharedFuture<()>;
+    fn put(&self, record: DigestRecord, ttl: Duration) -> BoxFuture<'static, ()>;
 
     /// The record of this tenant and response id, if the store has it.
-    fn fetch(&self, tenant: Tenant, response_id: String) -> SharedFuture<Option<DigestRecord>>;
+    fn fetch(
+        &self,
+        tenant: Tenant,
+        response_id: String,
+    ) -> BoxFuture<'static, Option<DigestRecord>>;
 }

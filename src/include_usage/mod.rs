@@ -1,4 +1,4 @@
-//! [`IncludeUsageLayer`](crate::IncludeUsageLayer): ask OpenAI-style upstreams for usage in streams, and hide it from
+//! [`IncludeUsageLayer`]: ask OpenAI-style upstreams for usage in streams, and hide it from
 //! clients that did not ask.
 //!
 //! OpenAI Chat Completions (and vLLM, SGLang, llama.cpp, most gateways) report the token
@@ -54,6 +54,7 @@ mod rewrite;
 mod service;
 
 pub use self::body::{IncludeUsageBody, UsageRequestBody};
+pub use self::layer::IncludeUsageLayer;
 pub use self::service::IncludeUsage;
 
 /// The default limit on request bodies the layer reads: 16 MiB.

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body;
 use serde::Deserialize;
 
-use crate::provider;
+use crate::json;
 use crate::request::{RequestModel, StreamingRequest, UsageInjected};
 
 use super::UsageRequestBody;
@@ -136,14 +136,14 @@ pub(super) fn splice_stream_options(
     // At most one insertion and two replacements: (where, bytes removed, bytes put there).
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let (open, empty, member) = if absent {
-        let open = provider::json::skip_ws(body, 0);
+        let open = json::skip_ws(body, 0);
         if body.get(open) != Some(&b'{') {
             return None;
         }
-        let next = body.get(provider::json::skip_ws(body, open + 1));
+        let next = body.get(json::skip_ws(body, open + 1));
         (open, next == Some(&b'}'), None)
     } else {
-        let top = provider::json::member(body, "stream_options")?;
+        let top = json::member(body, "stream_options")?;
         (top.open, top.empty, top.member)
     };
     match member {
@@ -172,7 +172,7 @@ pub(super) fn splice_stream_options(
             let mut insert = Vec::new();
             let mut open = None;
             for (name, member) in wanted {
-                let found = provider::json::member(object, name)?;
+                let found = json::member(object, name)?;
                 open = Some((base + found.open + 1, found.empty));
                 match found.member {
                     Some(m) if object.get(m.value.clone()) == Some(b"true") => {}

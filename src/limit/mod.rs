@@ -1,4 +1,4 @@
-//! At most N open streams, counted until each stream's body ends: [`StreamLimitLayer`](crate::StreamLimitLayer).
+//! At most N open streams, counted until each stream's body ends: [`StreamLimitLayer`].
 //!
 //! # When to use it
 //!
@@ -92,6 +92,7 @@ mod service;
 
 pub use self::body::StreamLimitBody;
 pub use self::future::StreamLimitFuture;
+pub use self::layer::StreamLimitLayer;
 pub use self::permit::OpenStreams;
 pub use self::service::StreamLimit;
 
@@ -152,6 +153,6 @@ pub struct ContentTypeIsStream;
 
 impl<B> StreamPredicate<B> for ContentTypeIsStream {
     fn is_stream(&self, response: &Response<B>) -> bool {
-        crate::stream::config::default_framing(response.headers(), true).is_some()
+        crate::framing::detect(response.headers(), true).is_some()
     }
 }

@@ -8,9 +8,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-#[cfg(feature = "metrics")]
-use crate::metrics::names::LIMIT_OPEN_STREAMS as OPEN_STREAMS_GAUGE;
-
 /// Reads the number of open streams of a [`StreamLimitLayer`](crate::StreamLimitLayer)
 /// (permits held), and how many requests it rejected.
 #[derive(Clone)]
@@ -54,13 +51,8 @@ impl fmt::Debug for OpenStreams {
 pub(super) fn count_rejection(rejected: &AtomicU64) {
     rejected.fetch_add(1, Ordering::Relaxed);
     #[cfg(feature = "metrics")]
-    metrics::counter!(crate::metrics::names::LIMIT_REJECTIONS, "reason" => LIMIT_FULL).increment(1);
+    crate::metrics::limit_rejected();
 }
-
-/// The `reason` of a rejection because every permit was taken (the only reason so far; the
-/// label leaves room for others without renaming the metric).
-#[cfg(feature = "metrics")]
-const LIMIT_FULL: &str = "limit_full";
 
 /// One permit; counted by the gauge while it lives.
 pub(super) struct Permit {
@@ -70,7 +62,7 @@ pub(super) struct Permit {
 impl Permit {
     pub(super) fn new(permit: OwnedSemaphorePermit) -> Self {
         #[cfg(feature = "metrics")]
-        metrics::gauge!(OPEN_STREAMS_GAUGE).increment(1.0);
+        crate::metrics::limit_permit_taken();
         Self { _permit: permit }
     }
 }
@@ -78,7 +70,7 @@ impl Permit {
 #[cfg(feature = "metrics")]
 impl Drop for Permit {
     fn drop(&mut self) {
-        metrics::gauge!(OPEN_STREAMS_GAUGE).decrement(1.0);
+        crate::metrics::limit_permit_released();
     }
 }
 

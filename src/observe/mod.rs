@@ -18,17 +18,6 @@
 //! Hooks run inline in the body's `poll_frame` (and `on_end` possibly in its `Drop`): they
 //! must be cheap, must not block and must not panic. Parse only the events you need.
 
-#[cfg(feature = "metrics")]
-pub(crate) mod handles;
-#[cfg(feature = "metrics")]
-pub(crate) mod labels;
-#[cfg(feature = "metrics")]
-pub(crate) mod metrics;
-pub(crate) mod timing;
-#[cfg(feature = "tracing")]
-pub(crate) mod trace;
-pub mod usage;
-
 use std::fmt;
 
 use tokio::time::Instant;

@@ -46,9 +46,8 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{Count, Lenient, Text, finders, first_of, parse};
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind, ResponseMeta, Top, event_kind};
+use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
     SIGNATURE_DELTA = b"\"signature_delta\"";
@@ -80,10 +79,11 @@ impl Format for Anthropic {
         )
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        (event_kind(event) == b"content_block_delta"
-            && SIGNATURE_DELTA.find(event.data_bytes()).is_none())
-        .then_some(None)
+    fn content(event: &EventRef<'_>) -> ContentSpan {
+        ContentSpan::when(
+            event_kind(event) == b"content_block_delta"
+                && SIGNATURE_DELTA.find(event.data_bytes()).is_none(),
+        )
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
@@ -108,7 +108,7 @@ impl Format for Anthropic {
         matches!(kind, b"message_start" | b"message_delta")
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -156,7 +156,7 @@ struct DeltaBody<'a> {
 }
 
 /// Record the counts of one usage object. `message_start`'s output count is provisional.
-fn record(state: &mut UsageState, usage: AnthropicUsage, output_is_real: bool) {
+fn record(state: &mut impl UsageSink, usage: AnthropicUsage, output_is_real: bool) {
     let output = if output_is_real {
         usage.output_tokens.0
     } else {
@@ -178,7 +178,7 @@ fn record(state: &mut UsageState, usage: AnthropicUsage, output_is_real: bool) {
 }
 
 /// Read one event of an Anthropic stream. Returns whether it carried usage or a reason.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
     let kind = event_kind(event);
     if kind == b"message_start"
@@ -206,6 +206,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, event: &str, data: &str) -> bool {
         extract(

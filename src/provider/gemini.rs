@@ -9,7 +9,7 @@
 //! `candidatesTokenCount`, `totalTokenCount`, `cachedContentTokenCount`,
 //! `thoughtsTokenCount`. The last one wins. Counts keep Gemini's meaning: the output
 //! (`candidatesTokenCount`) excludes the thinking tokens (in
-//! [`reasoning_tokens`](super::Usage::reasoning_tokens)), and the total includes them. The
+//! [`reasoning_tokens`](crate::Usage::reasoning_tokens)), and the total includes them. The
 //! finish reason is the last `candidates[].finishReason`.
 //!
 //! A chunk is parsed (the top-level object only; candidates are walked without being
@@ -24,11 +24,10 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{
+use super::{ContentSpan, Format, LazyKind, ResponseMeta, UsageSink, counts};
+use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind, ResponseMeta};
 
 finders! {
     USAGE_METADATA = b"\"usageMetadata\"";
@@ -55,11 +54,10 @@ impl Format for Gemini {
         CANDIDATES.find(data).is_some() || USAGE_METADATA.find(data).is_some()
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    fn content(event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
-        text_of(data, &TEXT)
-            .map(Some)
-            .or_else(|| present(data, &FUNCTION_CALL))
+        ContentSpan::located(text_of(data, &TEXT))
+            .or_else(|| ContentSpan::when(present(data, &FUNCTION_CALL)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
@@ -82,7 +80,7 @@ impl Format for Gemini {
             .unwrap_or_default()
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -127,7 +125,7 @@ struct Chunk<'a> {
 }
 
 /// Read one Gemini chunk. Returns whether it carried usage or a finish reason.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
     let wanted = values(data, &USAGE_METADATA).next().is_some()
         || values(data, &FINISH_REASON).next().is_some();
@@ -158,6 +156,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, data: &str) -> bool {
         extract(&EventRef::new(b"", data.as_bytes(), data.as_bytes()), state)

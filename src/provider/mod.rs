@@ -41,22 +41,22 @@
 //! paths and for events: put more specific formats first.
 
 mod anthropic;
+mod classify;
 mod gemini;
-pub(crate) mod json;
 mod ollama;
 mod openai;
 mod responses;
-pub(crate) mod usage;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use self::usage::UsageState;
+use crate::json::{self, Lenient, Text, parse};
+
+pub(crate) use self::classify::{Classifier, ContentPredicate};
 
 /// Everything the crate knows about one stream format. Implemented by a unit struct per
 /// format file; all functions are cheap on events that are not theirs and never panic.
@@ -88,7 +88,7 @@ pub(crate) trait Format {
     /// Whether an event carries content (text, reasoning or a tool-call delta) and, when the
     /// format puts it in one string value, where that text is in the event's data (JSON
     /// escapes not decoded). Role-only deltas, lifecycle events and pings are not content.
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>>;
+    fn content(event: &EventRef<'_>) -> ContentSpan;
 
     /// Call `f` with the generated text of a content event (for output estimates).
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8]));
@@ -108,7 +108,7 @@ pub(crate) trait Format {
 
     /// Read usage and the finish reason from one event. Returns whether the event carried
     /// any (extractors chained after this one then skip it).
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool;
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool;
 
     /// Whether the event is the last one of a stream of this format. `kind` is the event's
     /// [`event_kind`], worked out once for every format that asks.
@@ -197,7 +197,7 @@ impl Provider {
     /// Whether an event of this format carries content: text, reasoning or a tool-call
     /// delta. Role-only deltas, empty content, lifecycle events, pings and `[DONE]` do not.
     pub fn is_content(self, event: &EventRef<'_>) -> bool {
-        self.content(event).is_some()
+        self.content(event).is_content()
     }
 
     /// Whether the event ends the stream: `data: [DONE]` (OpenAI and compatibles),
@@ -234,12 +234,12 @@ impl Provider {
     /// Whether an event carries content and, when the format puts it in one string value,
     /// where that text is in the event's data (JSON escapes not decoded).
     #[inline]
-    pub(crate) fn content(self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    pub(crate) fn content(self, event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
         with_format!(
             self,
             |F| F::content(event),
-            (!data.is_empty() && data != b"[DONE]").then_some(None)
+            ContentSpan::when(!data.is_empty() && data != b"[DONE]")
         )
     }
 
@@ -271,10 +271,10 @@ impl Provider {
     /// In a stream relayed without `event:` lines, an event whose data says
     /// `"type":"error"` is an `error` event too, when the format names its events or is
     /// unknown (other formats' events are not looked at for a `type`).
-    pub(crate) fn usage(self, event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    pub(crate) fn usage(self, event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         if let Some(kind) = event_name(event) {
             if kind == b"error" {
-                return usage::error_event(event, state);
+                return error_event(event, state);
             }
             if let Some(&owner) = Self::FORMATS
                 .iter()
@@ -286,7 +286,7 @@ impl Provider {
                 return false;
             }
         } else if with_format!(self, |F| F::NAMES_EVENTS, true) && event_kind(event) == b"error" {
-            return usage::error_event(event, state);
+            return error_event(event, state);
         }
         with_format!(
             self,
@@ -313,14 +313,6 @@ fn event_name<'a>(event: &EventRef<'a>) -> Option<&'a [u8]> {
     (!name.is_empty() && name != b"message").then_some(name)
 }
 
-/// What an event is, for the formats that name their events: its `event:` name or, for an
-/// event relayed without one, the `type` its data names at the top level (Anthropic and
-/// OpenAI Responses put the same name in both). Empty when neither.
-///
-/// A named event costs one compare: its data is not looked at. An unnamed one costs a few
-/// byte compares when `type` is its first key (as providers send it), a walk of its top
-/// level otherwise (see `json::top_level_type`); a nested `type` (a content block's, a tool
-/// call's) never counts, so OpenAI Chat chunks, which have none at the top, have no kind.
 /// An event's [`event_kind`], worked out on first use: several formats ask for it of the
 /// same event, and for an unnamed event it costs a scan of the data.
 pub(crate) struct LazyKind<'e, 'a> {
@@ -338,6 +330,14 @@ impl<'e, 'a> LazyKind<'e, 'a> {
     }
 }
 
+/// What an event is, for the formats that name their events: its `event:` name or, for an
+/// event relayed without one, the `type` its data names at the top level (Anthropic and
+/// OpenAI Responses put the same name in both). Empty when neither.
+///
+/// A named event costs one compare: its data is not looked at. An unnamed one costs a few
+/// byte compares when `type` is its first key (as providers send it), a walk of its top
+/// level otherwise (see `json::top_level_type`); a nested `type` (a content block's, a tool
+/// call's) never counts, so OpenAI Chat chunks, which have none at the top, have no kind.
 #[inline]
 pub(crate) fn event_kind<'a>(event: &EventRef<'a>) -> &'a [u8] {
     match event_name(event) {
@@ -380,96 +380,153 @@ pub(crate) fn top_level_meta(event: &EventRef<'_>) -> ResponseMeta {
     ResponseMeta { id, model }
 }
 
-/// A user-supplied "is this event content?" predicate.
-pub(crate) type ContentPredicate = Arc<dyn Fn(&EventRef<'_>, Provider) -> bool + Send + Sync>;
-
-/// Per-stream format detection and content classification.
-#[derive(Clone)]
-pub(crate) struct Classifier {
-    provider: Provider,
-    confirmed: bool,
-    predicate: Option<ContentPredicate>,
-    /// JSON events still to look at for the response id and model.
-    meta_budget: u8,
+/// What a format says of one event: content or not, and where its text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContentSpan {
+    /// Not a content event.
+    NotContent,
+    /// A content event whose text is not one string value (a tool call, an event the
+    /// format does not locate): `content_text` finds it.
+    Unlocated,
+    /// A content event whose text is `data[start..end]`: one string value, between its
+    /// quotes, JSON escapes not decoded.
+    Text { start: usize, end: usize },
 }
 
-/// How many events may be parsed looking for the response id and model (some formats, like
-/// Ollama's, never send an id).
-const META_BUDGET: u8 = 4;
-
-impl Classifier {
-    pub(crate) fn new(hint: Provider, predicate: Option<ContentPredicate>) -> Self {
-        Self {
-            provider: hint,
-            confirmed: false,
-            predicate,
-            meta_budget: META_BUDGET,
-        }
-    }
-
-    /// Fill the report's response id and model from the first events that name them.
+impl ContentSpan {
+    /// [`Unlocated`](Self::Unlocated) content when `is_content`, else not content.
     #[inline]
-    pub(crate) fn fill_meta(
-        &mut self,
-        event: &EventRef<'_>,
-        id: &mut Option<String>,
-        model: &mut Option<String>,
-    ) {
-        if self.meta_budget == 0 || (id.is_some() && model.is_some()) {
-            return;
-        }
-        let meta = self.provider.response_meta(event);
-        if meta != ResponseMeta::default() || event.data_bytes().first() == Some(&b'{') {
-            self.meta_budget -= 1;
-        }
-        if id.is_none() {
-            *id = meta.id;
-        }
-        if model.is_none() {
-            *model = meta.model;
+    pub(crate) fn when(is_content: bool) -> Self {
+        if is_content {
+            Self::Unlocated
+        } else {
+            Self::NotContent
         }
     }
 
-    pub(crate) fn provider(&self) -> Provider {
-        self.provider
-    }
-
-    /// Whether the format was recognised from one of the stream's own events (not only
-    /// guessed from the request path).
-    pub(crate) fn is_recognised(&self) -> bool {
-        self.confirmed
-    }
-
-    /// Look at one event: confirm the format if not done yet, and say whether it is content
-    /// (and where its text is, when the format puts it in one string).
+    /// Content located at `span` (a range of the data), or not content when `None`.
     #[inline]
-    pub(crate) fn classify(&mut self, event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        if !self.confirmed
-            && let Some(provider) = Provider::from_event(event)
-        {
-            self.provider = provider;
-            self.confirmed = true;
+    pub(crate) fn located(span: Option<(usize, usize)>) -> Self {
+        match span {
+            Some((start, end)) => Self::Text { start, end },
+            None => Self::NotContent,
         }
-        match &self.predicate {
-            Some(predicate) => predicate(event, self.provider).then_some(None),
-            None => self.provider.content(event),
+    }
+
+    /// This, or when it is not content, what `other` says.
+    #[inline]
+    pub(crate) fn or_else(self, other: impl FnOnce() -> Self) -> Self {
+        match self {
+            Self::NotContent => other(),
+            content => content,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_content(self) -> bool {
+        self != Self::NotContent
+    }
+
+    /// The range of the text in the data, when located.
+    #[inline]
+    pub(crate) fn text_span(self) -> Option<(usize, usize)> {
+        match self {
+            Self::Text { start, end } => Some((start, end)),
+            _ => None,
         }
     }
 }
 
-impl fmt::Debug for Classifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Classifier")
-            .field("provider", &self.provider)
-            .field("confirmed", &self.confirmed)
-            .field("custom_predicate", &self.predicate.is_some())
-            .finish()
+/// The counts of one usage report, as a format reads them (`None`: not in this report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) input: Option<u64>,
+    pub(crate) output: Option<u64>,
+    pub(crate) total: Option<u64>,
+    pub(crate) cached: Option<u64>,
+    pub(crate) reasoning: Option<u64>,
+}
+
+impl Counts {
+    /// Whether any count at all is known (cache or reasoning counts included).
+    pub(crate) fn has_counts(&self) -> bool {
+        [
+            self.input,
+            self.output,
+            self.total,
+            self.cached,
+            self.reasoning,
+        ]
+        .iter()
+        .any(Option::is_some)
     }
+}
+
+/// The five counts of a usage report.
+pub(crate) fn counts(
+    input: Option<u64>,
+    output: Option<u64>,
+    total: Option<u64>,
+    cached: Option<u64>,
+    reasoning: Option<u64>,
+) -> Counts {
+    Counts {
+        input,
+        output,
+        total,
+        cached,
+        reasoning,
+    }
+}
+
+/// Where a format's reader writes what it found: implemented by
+/// [`UsageState`](crate::usage::UsageState), whose methods of the same names say what each
+/// one does. (The formats know nothing of the usage observer.)
+pub(crate) trait UsageSink {
+    fn update(&mut self, counts: Counts);
+    fn set_finish_reason(&mut self, reason: &str);
+    fn set_provisional_output_tokens(&mut self, tokens: u64);
+    fn set_cache_creation_input_tokens(&mut self, tokens: u64);
+    fn mark_usage_only(&mut self);
+}
+
+#[derive(Deserialize)]
+struct ErrorEvent<'a> {
+    #[serde(borrow, default)]
+    error: Lenient<ErrorBody<'a>>,
+    #[serde(borrow, default)]
+    code: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow, default)]
+    code: Text<'a>,
+}
+
+/// An `error` event, of Anthropic's shape (`{"type":"error","error":{"type":…}}`) or the
+/// Responses API's (`{"type":"error","code":…}`): its error type (or code, or `"error"`)
+/// becomes the finish reason; the usage seen so far stays.
+pub(crate) fn error_event(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
+    let parsed = parse::<ErrorEvent<'_>>(event.data_bytes());
+    let reason = parsed
+        .as_ref()
+        .and_then(|e| {
+            let body = e.error.0.as_ref();
+            body.and_then(|b| b.kind.as_str().or(b.code.as_str()))
+                .or(e.code.as_str())
+        })
+        .unwrap_or("error");
+    state.set_finish_reason(reason);
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::UsageState;
 
     fn ev<'a>(event: &'a str, data: &'a str) -> EventRef<'a> {
         EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes())
@@ -505,15 +562,18 @@ mod tests {
         let data = r#"{"choices":[{"delta":{"content":"say \"hi\" now"}}]}"#;
         let span = Provider::OpenAiChat
             .content(&ev("", data))
-            .unwrap()
+            .text_span()
             .unwrap();
         assert_eq!(&data[span.0..span.1], r#"say \"hi\" now"#);
         let tool = r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#;
-        assert_eq!(Provider::OpenAiChat.content(&ev("", tool)), Some(None));
+        assert_eq!(
+            Provider::OpenAiChat.content(&ev("", tool)),
+            ContentSpan::Unlocated
+        );
         assert_eq!(
             Provider::OpenAiChat
                 .content(&ev("", r#"{"choices":[{"delta":{"content":"unterminated"#)),
-            None
+            ContentSpan::NotContent
         );
     }
 
@@ -909,5 +969,23 @@ mod tests {
         assert!(!done(r#"{"done_reason":"true"}"#));
         assert!(!done(r#"{"done""#));
         assert!(!done(""));
+    }
+
+    #[test]
+    fn error_events() {
+        let mut s = UsageState::default();
+        let ev = |d: &'static str| EventRef::new(b"error", d.as_bytes(), d.as_bytes());
+        error_event(
+            &ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#),
+            &mut s,
+        );
+        assert_eq!(s.finish_reason(), Some("overloaded_error"));
+        error_event(
+            &ev(r#"{"type":"error","code":"server_error","message":"x"}"#),
+            &mut s,
+        );
+        assert_eq!(s.finish_reason(), Some("server_error"));
+        error_event(&ev("not json"), &mut s);
+        assert_eq!(s.finish_reason(), Some("error"));
     }
 }

@@ -17,9 +17,8 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind};
+use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
+use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 
 finders! {
     DONE = b"\"done\"";
@@ -46,20 +45,21 @@ impl Format for Ollama {
         DONE.find(data).is_some() && (MESSAGE.find(data).is_some() || RESPONSE.find(data).is_some())
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    fn content(event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
-        text_of(data, &CONTENT)
-            .or_else(|| text_of(data, &THINKING))
-            .or_else(|| text_of(data, &RESPONSE))
-            .map(Some)
-            .or_else(|| present(data, &TOOL_CALLS))
+        ContentSpan::located(
+            text_of(data, &CONTENT)
+                .or_else(|| text_of(data, &THINKING))
+                .or_else(|| text_of(data, &RESPONSE)),
+        )
+        .or_else(|| ContentSpan::when(present(data, &TOOL_CALLS)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
         first_of(event.data_bytes(), &[&*CONTENT, &*THINKING, &*RESPONSE], f);
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -81,7 +81,7 @@ struct Final<'a> {
 }
 
 /// Read one Ollama line. Returns whether it was the final one.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
     if !has_true_value(data, &DONE) {
         return false;
@@ -105,6 +105,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, data: &str) -> bool {
         extract(&EventRef::new(b"", data.as_bytes(), data.as_bytes()), state)

@@ -28,12 +28,11 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{
+use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
+use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
     is_empty_array_or_absent, object_value, parse, present, text_of,
 };
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind};
 
 finders! {
     USAGE = b"\"usage\"";
@@ -66,15 +65,16 @@ impl Format for Chat {
         CHAT_CHUNK.find(event.data_bytes()).is_some()
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
+    fn content(event: &EventRef<'_>) -> ContentSpan {
         let data = event.data_bytes();
-        text_of(data, &CONTENT)
-            .or_else(|| text_of(data, &REASONING_CONTENT))
-            .or_else(|| text_of(data, &REASONING))
-            .or_else(|| text_of(data, &REFUSAL))
-            .map(Some)
-            .or_else(|| present(data, &TOOL_CALLS))
-            .or_else(|| present(data, &FUNCTION_CALL))
+        ContentSpan::located(
+            text_of(data, &CONTENT)
+                .or_else(|| text_of(data, &REASONING_CONTENT))
+                .or_else(|| text_of(data, &REASONING))
+                .or_else(|| text_of(data, &REFUSAL)),
+        )
+        .or_else(|| ContentSpan::when(present(data, &TOOL_CALLS)))
+        .or_else(|| ContentSpan::when(present(data, &FUNCTION_CALL)))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
@@ -88,7 +88,7 @@ impl Format for Chat {
         first_of(event.data_bytes(), &keys, f);
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -115,15 +115,15 @@ impl Format for Completions {
         TEXT_COMPLETION.find(event.data_bytes()).is_some()
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        text_of(event.data_bytes(), &TEXT).map(Some)
+    fn content(event: &EventRef<'_>) -> ContentSpan {
+        ContentSpan::located(text_of(event.data_bytes(), &TEXT))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
         first_of(event.data_bytes(), &[&*TEXT], f);
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -181,7 +181,7 @@ struct Chunk<'a> {
 
 /// Read one event of an OpenAI-style stream. Returns whether it carried usage or a finish
 /// reason.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
     let mut found = false;
     if let Some(at) = object_value(data, &USAGE)
@@ -222,6 +222,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, data: &str) -> bool {
         state.usage_only = false;

@@ -21,9 +21,8 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
-use super::json::{Count, Lenient, Text, finders, first_of, parse};
-use super::usage::{UsageState, counts};
-use super::{Format, LazyKind, ResponseMeta, Top, event_kind};
+use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
+use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
 finders! {
     RESPONSE = b"\"response\"";
@@ -45,8 +44,8 @@ impl Format for Responses {
         event_kind(event).starts_with(b"response.")
     }
 
-    fn content(event: &EventRef<'_>) -> Option<Option<(usize, usize)>> {
-        event_kind(event).ends_with(b".delta").then_some(None)
+    fn content(event: &EventRef<'_>) -> ContentSpan {
+        ContentSpan::when(event_kind(event).ends_with(b".delta"))
     }
 
     fn content_text(event: &EventRef<'_>, f: &mut impl FnMut(&[u8])) {
@@ -71,7 +70,7 @@ impl Format for Responses {
         kind.starts_with(b"response.")
     }
 
-    fn usage(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+    fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
     }
 
@@ -135,7 +134,7 @@ struct OutputDetails {
 }
 
 /// Read one event of a Responses stream. Returns whether it was a terminal event.
-fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
+fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let kind = event_kind(event);
     if !TERMINAL.contains(&kind) {
         return false;
@@ -177,6 +176,7 @@ fn extract(event: &EventRef<'_>, state: &mut UsageState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::{UsageState, counts};
 
     fn run(state: &mut UsageState, event: &str, data: &str) -> bool {
         extract(

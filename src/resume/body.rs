@@ -14,12 +14,13 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
+use crate::BoxFuture;
 use crate::resume::layer::{Config, ReaderRecord};
-use crate::resume::observer::AttachGuard;
-use crate::resume::store::{Batch, BoxFuture, Read, StoreError, StreamEnd, StreamLog};
+use crate::resume::shared::AttachGuard;
+use crate::resume::store::{Batch, Read, StoreError, StreamEnd, StreamLog};
 
 pin_project! {
-    /// The response body of [`ResumeService`](crate::resume::ResumeService): a reader of a
+    /// The response body of [`Resume`](crate::resume::Resume): a reader of a
     /// resumable stream's log, the upstream's body untouched (not a stream, or resumption
     /// unavailable), or empty (a `204`).
     ///

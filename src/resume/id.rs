@@ -193,22 +193,10 @@ impl fmt::Display for EventId {
     }
 }
 
-/// Write `n` in decimal into `buf`, returning the digits.
-pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digits::decimal;
 
     #[test]
     fn stream_ids_round_trip() {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::request::TenantKey;
-use crate::resume::ResumeService;
+use crate::resume::Resume;
 use crate::resume::id::StreamId;
-use crate::resume::log::MemoryStore;
-use crate::resume::observer::Shared;
+use crate::resume::memory::MemoryStore;
+use crate::resume::shared::Shared;
 use crate::resume::store::{ReadLimits, ResumeStore};
 use crate::stream::config::KeepAliveConfig;
 
@@ -296,9 +296,9 @@ impl fmt::Debug for ResumeLayer {
 }
 
 impl<S> Layer<S> for ResumeLayer {
-    type Service = ResumeService<S>;
+    type Service = Resume<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ResumeService::new(inner, self.config.clone())
+        Resume::new(inner, self.config.clone())
     }
 }

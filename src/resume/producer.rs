@@ -11,9 +11,10 @@ use http_body::Body;
 use tokio::time::{Sleep, sleep};
 
 use crate::BoxError;
-use crate::resume::id::{StreamId, decimal};
+use crate::digits::decimal;
+use crate::resume::id::StreamId;
 use crate::resume::layer::{Config, Detach};
-use crate::resume::observer::Shared;
+use crate::resume::shared::Shared;
 use crate::resume::store::{StreamEnd, StreamLog};
 use crate::sse::{Decoder, Event, Item};
 

@@ -1,4 +1,4 @@
-//! [`ResumeService`]: tells resumes from new streams, answers resumes from the log, starts
+//! [`Resume`]: tells resumes from new streams, answers resumes from the log, starts
 //! a producer for each new stream.
 
 use std::fmt;
@@ -12,14 +12,16 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::BoxError;
+use crate::BoxFuture;
+use crate::framing::Framing;
 use crate::request::Tenant;
 use crate::resume::ResumeBody;
 use crate::resume::body::Reader;
 use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
-use crate::resume::observer::{ResumableStream, Shared};
 use crate::resume::producer::produce;
-use crate::resume::store::{BoxFuture, NewStream, Read, StreamLog};
+use crate::resume::shared::{ResumableStream, Shared};
+use crate::resume::store::{NewStream, Read, StreamLog};
 
 /// The response header that carries a resumable stream's id.
 pub const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("sse-stream-id");
@@ -29,12 +31,12 @@ pub const RESUME_HEADER: HeaderName = HeaderName::from_static("sse-resume");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// The service of [`ResumeLayer`](crate::ResumeLayer).
-pub struct ResumeService<S> {
+pub struct Resume<S> {
     inner: S,
     config: Arc<Config>,
 }
 
-impl<S: Clone> Clone for ResumeService<S> {
+impl<S: Clone> Clone for Resume<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -43,15 +45,15 @@ impl<S: Clone> Clone for ResumeService<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for ResumeService<S> {
+impl<S: fmt::Debug> fmt::Debug for Resume<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResumeService")
+        f.debug_struct("Resume")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> ResumeService<S> {
+impl<S> Resume<S> {
     pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
         Self { inner, config }
     }
@@ -72,10 +74,10 @@ impl<S> ResumeService<S> {
     }
 }
 
-/// The response future of [`ResumeService`].
+/// The response future of [`Resume`].
 pub type ResumeFuture<B, E> = BoxFuture<'static, Result<Response<ResumeBody<B>>, E>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResumeService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Resume<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
@@ -142,16 +144,7 @@ fn last_event_id(parts: &http::request::Parts) -> Option<Vec<u8>> {
 
 fn is_event_stream<B>(response: &Response<B>) -> bool {
     response.status() == StatusCode::OK
-        && response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
-        && response
-            .headers()
-            .get(http::header::CONTENT_ENCODING)
-            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        && crate::framing::detect(response.headers(), false) == Some(Framing::Sse)
 }
 
 /// The inner service answered a new request: make its stream resumable if it is one.
@@ -192,7 +185,7 @@ where
 /// Count a resume answer (feature `metrics`).
 fn count(answer: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(crate::metrics::names::RESUME_REQUESTS, "answer" => answer).increment(1);
+    crate::metrics::resume_answer(answer);
     let _ = answer;
 }
 

@@ -4,19 +4,14 @@
 //! [`MemoryStore`]: crate::resume::MemoryStore
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::BoxFuture;
 use crate::request::Tenant;
 use crate::resume::id::StreamId;
-
-/// A boxed, sendable future: what the store traits return, so that they stay object safe
-/// and a remote store can do I/O in them.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A store of stream logs, shared by every request of a [`ResumeLayer`].
 ///

@@ -13,7 +13,8 @@ use super::event::{Block, BlockRef, Comment, Event, EventRef, Item, ItemRef, ter
 /// sending one endless line cannot exhaust memory.
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 8 * 1024 * 1024;
 
-const BOM: &[u8] = b"\xEF\xBB\xBF";
+/// The UTF-8 byte order mark, which may start a stream (and is not part of it).
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// An incremental, push-based decoder of the `text/event-stream` format, exactly as the
 /// HTML standard interprets it.

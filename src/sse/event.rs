@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::digits::decimal;
+
 /// One thing the [`Decoder`](super::Decoder) found in the stream.
 ///
 /// Every byte of the input (except a leading byte order mark) belongs to the
@@ -462,7 +464,7 @@ impl EventBuilder {
             }
         }
         let mut retry_digits = itoa_buf();
-        let retry = self.retry.map(|ms| format_u64(ms, &mut retry_digits));
+        let retry = self.retry.map(|ms| decimal(ms, &mut retry_digits));
 
         let mut len = 1; // the blank line
         for comment in &self.comments {
@@ -613,22 +615,10 @@ fn itoa_buf() -> [u8; 20] {
     [0; 20]
 }
 
-fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digits::decimal as format_u64;
 
     #[test]
     fn data_with_crlf_becomes_several_data_lines() {

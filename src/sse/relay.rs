@@ -16,13 +16,10 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::decoder::{Found, FoundKind, Source};
+use super::decoder::{BOM, Found, FoundKind, Source};
 use super::event::terminate_block;
 use super::ndjson::JsonLines;
 use super::{DecodeError, Decoder, Event, EventRef};
-
-/// The UTF-8 byte order mark.
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Decodes an upstream body and queues what to forward. SSE is the common case: it stays
 /// inline rather than costing every stream an allocation.

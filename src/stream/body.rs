@@ -27,7 +27,7 @@ pub(crate) type UpstreamFuture<B> =
     Pin<Box<dyn Future<Output = Result<http::Response<B>, BoxError>> + Send>>;
 
 pin_project! {
-    /// The response body of [`Sse`](crate::Sse).
+    /// The response body of [`Sse`](crate::stream::Sse).
     ///
     /// For a response the layer handles as a stream, it decodes the upstream body once and
     /// hands the client whole events only, sends keep-alives, enforces the deadlines, lets the

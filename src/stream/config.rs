@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderMap;
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 
+use crate::framing::{self, Framing};
 use crate::provider::ContentPredicate;
-use crate::report::{Framing, Outcome};
+use crate::report::Outcome;
 use crate::request::is_streaming_request;
 use crate::sse::{DEFAULT_MAX_EVENT_SIZE, Event, comment_block};
 
@@ -269,46 +268,6 @@ pub(crate) type RequestPredicate = Arc<dyn Fn(&http::request::Parts) -> bool + S
 pub(crate) type FramingPredicate =
     Arc<dyn Fn(&http::response::Parts) -> Option<Framing> + Send + Sync>;
 
-/// The media type of a response, without parameters (compare it case-insensitively).
-fn media_type(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next()?.trim())
-}
-
-/// The types a stream of JSON lines comes as.
-const JSON_LINES: &[&str] = &[
-    "application/x-ndjson",
-    "application/ndjson",
-    "application/jsonl",
-    "application/x-jsonlines",
-    "application/jsonlines",
-    "application/json-lines",
-];
-
-/// The default response test: SSE by content type, and NDJSON when enabled. A compressed
-/// body is never decoded (it passes through): its bytes are not events until decompressed.
-pub(crate) fn default_framing(headers: &HeaderMap, json_lines: bool) -> Option<Framing> {
-    let compressed = headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if compressed {
-        return None;
-    }
-    let media_type = media_type(headers)?;
-    if media_type.eq_ignore_ascii_case("text/event-stream") {
-        Some(Framing::Sse)
-    } else if json_lines
-        && JSON_LINES
-            .iter()
-            .any(|t| media_type.eq_ignore_ascii_case(t))
-    {
-        Some(Framing::JsonLines)
-    } else {
-        None
-    }
-}
-
 /// Everything the layer was configured with, shared by its streams.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -376,7 +335,7 @@ impl Config {
     pub(crate) fn framing(&self, response: &http::response::Parts) -> Option<Framing> {
         match &self.framing {
             Some(predicate) => predicate(response),
-            None => default_framing(&response.headers, self.json_lines),
+            None => framing::detect(&response.headers, self.json_lines),
         }
     }
 }
@@ -421,30 +380,5 @@ mod tests {
     fn keep_alive_text_cannot_break_out_of_the_comment() {
         let ka = KeepAliveConfig::new().text("a\n\ndata: injected");
         assert_eq!(&ka.comment[..], b": a\n:\n: data: injected\n\n");
-    }
-
-    #[test]
-    fn framing_by_content_type() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            "Text/Event-Stream; charset=utf-8".parse().unwrap(),
-        );
-        assert_eq!(default_framing(&headers, false), Some(Framing::Sse));
-        headers.insert(CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
-        assert_eq!(default_framing(&headers, false), None);
-        assert_eq!(default_framing(&headers, true), Some(Framing::JsonLines));
-        headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
-        assert_eq!(default_framing(&headers, true), None);
-    }
-
-    #[test]
-    fn compressed_streams_pass_through() {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, "text/event-stream".parse().unwrap());
-        headers.insert(CONTENT_ENCODING, "gzip".parse().unwrap());
-        assert_eq!(default_framing(&headers, false), None);
-        headers.insert(CONTENT_ENCODING, "identity".parse().unwrap());
-        assert_eq!(default_framing(&headers, false), Some(Framing::Sse));
     }
 }

@@ -12,9 +12,10 @@ use http::HeaderMap;
 use http_body::Frame;
 use tokio::time::Instant;
 
+use crate::framing::Framing;
 use crate::observe::{EventContext, Observer};
 use crate::provider::{Classifier, Provider};
-use crate::report::{Framing, Outcome, StreamReport};
+use crate::report::{Outcome, StreamReport};
 use crate::sse::EventRef;
 use crate::sse::relay::{Outbox, Relay};
 use crate::stream::config::Config;
@@ -285,7 +286,7 @@ fn observe<O: Observer>(
     report.events += 1;
     let found = classifier.classify(&event);
     classifier.fill_meta(&event, &mut report.response_id, &mut report.model);
-    let content = found.is_some();
+    let content = found.is_content();
     if content {
         report.content_events += 1;
         activity.content = true;
@@ -295,7 +296,7 @@ fn observe<O: Observer>(
         at: now,
         content,
         text: found
-            .flatten()
+            .text_span()
             .and_then(|(start, end)| data.get(start..end)),
         delivered,
         forward: true,

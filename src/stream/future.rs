@@ -16,10 +16,11 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
+use crate::framing::Framing;
 use crate::limit::SharedPermit;
 use crate::observe::Observer;
 use crate::provider::Provider;
-use crate::report::{Framing, OnEnd, Outcome, StreamReport};
+use crate::report::{OnEnd, Outcome, StreamReport};
 use crate::stream::SseBody;
 use crate::stream::body::{AnswerReport, Live, Phase, StreamState, report_disconnect};
 use crate::stream::config::Config;
@@ -161,7 +162,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`SseService`].
+    /// The response future of [`Sse`].
     pub struct SseFuture<F, B, O, E> {
         #[pin]
         kind: FutureKind<F, B, O, E>,

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::framing::Framing;
 use crate::provider::Provider;
-use crate::report::Framing;
 use crate::sse::EventRef;
-use crate::stream::SseService;
+use crate::stream::Sse;
 use crate::stream::config::{Config, ErrorEvent, KeepAliveConfig, UpstreamErrorPolicy};
 
 /// Handles streaming responses: whole events, keep-alives, deadlines, observers and one
@@ -283,10 +283,10 @@ impl<O, E> SseLayer<O, E> {
 }
 
 impl<S, O: Clone, E: Clone> Layer<S> for SseLayer<O, E> {
-    type Service = SseService<S, O, E>;
+    type Service = Sse<S, O, E>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SseService::new(
+        Sse::new(
             inner,
             self.config.clone(),
             Arc::new((self.observer.clone(), self.on_end.clone())),

@@ -1,10 +1,10 @@
-//! The stream layer: [`SseLayer`](crate::SseLayer), its service, future and body, and the
+//! The stream layer: [`SseLayer`], its service, future and body, and the
 //! settings it takes.
 //!
 //! | file | role |
 //! |---|---|
-//! | `layer.rs` | [`SseLayer`](crate::SseLayer): the builder of settings |
-//! | `service.rs` | [`SseService`]: classifies the request, answers early or waits for the head |
+//! | `layer.rs` | [`SseLayer`]: the builder of settings |
+//! | `service.rs` | [`Sse`]: classifies the request, answers early or waits for the head |
 //! | `future.rs` | [`SseFuture`]: the response head, its deadline, the report of requests that end before it |
 //! | `body.rs` | [`SseBody`]: the poll loop: upstream frames, the one timer, the end |
 //! | `engine.rs` | decode once, classify, observe, queue whole events (no I/O, no timers) |
@@ -27,6 +27,14 @@ pub(crate) mod shutdown;
 pub use self::body::SseBody;
 pub use self::config::UpstreamErrorPolicy;
 pub use self::future::SseFuture;
-pub use self::service::SseService;
+pub use self::layer::SseLayer;
+pub use self::service::Sse;
+
+/// Renamed to [`Sse`] (a service `Foo` with its layer `FooLayer`, as in tower-http).
+#[deprecated(note = "renamed to `Sse`")]
+pub type SseService<S, O = (), E = ()> = Sse<S, O, E>;
 pub use self::shutdown::Shutdown;
-pub use crate::report::Framing;
+
+/// Moved to [`tower_sse::framing::Framing`](crate::framing::Framing).
+#[deprecated(note = "moved to `tower_sse::framing::Framing`")]
+pub type Framing = crate::framing::Framing;

@@ -1,4 +1,4 @@
-//! [`SseService`]: classifies each request, answers early or waits for the response head.
+//! [`Sse`]: classifies each request, answers early or waits for the response head.
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::stream::deadline::head_deadline;
 use crate::stream::future::{Setup, SseFuture, claim_permits, upload_timeout};
 
 /// The service of [`SseLayer`](crate::SseLayer).
-pub struct SseService<S, O = (), E = ()> {
+pub struct Sse<S, O = (), E = ()> {
     inner: S,
     config: Arc<Config>,
     /// The observer and report sink each stream starts from. Shared: services are cloned
@@ -31,7 +31,7 @@ pub struct SseService<S, O = (), E = ()> {
     template: Arc<(O, E)>,
 }
 
-impl<S: Clone, O, E> Clone for SseService<S, O, E> {
+impl<S: Clone, O, E> Clone for Sse<S, O, E> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -41,16 +41,16 @@ impl<S: Clone, O, E> Clone for SseService<S, O, E> {
     }
 }
 
-impl<S: fmt::Debug, O, E> fmt::Debug for SseService<S, O, E> {
+impl<S: fmt::Debug, O, E> fmt::Debug for Sse<S, O, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SseService")
+        f.debug_struct("Sse")
             .field("inner", &self.inner)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, O, E> SseService<S, O, E> {
+impl<S, O, E> Sse<S, O, E> {
     pub(crate) fn new(inner: S, config: Arc<Config>, template: Arc<(O, E)>) -> Self {
         Self {
             inner,
@@ -75,7 +75,7 @@ impl<S, O, E> SseService<S, O, E> {
     }
 }
 
-impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for SseService<S, O, E>
+impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for Sse<S, O, E>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,

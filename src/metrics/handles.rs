@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Label, SharedString};
 
-use crate::metrics::names;
+use super::names;
 use crate::provider::Provider;
 use crate::report::Outcome;
 

@@ -1,6 +1,6 @@
 //! Token usage: what the provider reported, or an estimate when the stream was cut first.
 //!
-//! [`UsageObserver`](crate::UsageObserver) reads the usage and the finish reason that LLM providers put in their
+//! [`UsageObserver`] reads the usage and the finish reason that LLM providers put in their
 //! streams into [`StreamReport::usage`](crate::StreamReport::usage) and
 //! [`StreamReport::finish_reason`](crate::StreamReport::finish_reason). The format comes
 //! from the layer's detection ([`EventContext::provider`](crate::EventContext::provider)):
@@ -83,8 +83,12 @@
 
 mod estimate;
 mod extract;
-pub(crate) mod observer;
+mod observer;
+mod state;
 
 pub use self::estimate::{HeuristicCounter, TokenCounter};
 pub use self::extract::{BuiltinExtractor, UsageExtractor};
-pub use crate::provider::usage::{CacheCreationInputTokens, UsageState};
+pub use self::observer::UsageObserver;
+#[cfg(test)]
+pub(crate) use self::state::counts;
+pub use self::state::{CacheCreationInputTokens, UsageState};

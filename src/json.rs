@@ -1,5 +1,6 @@
-//! The one byte-scanning toolkit of the formats: byte pre-filters, and lenient, borrowed
-//! JSON pieces.
+//! The one byte-scanning toolkit of the crate: byte pre-filters, and lenient, borrowed
+//! JSON pieces. The provider formats read their events with it, and the include-usage layer
+//! finds `stream_options` in request bodies with it; it knows no format.
 //!
 //! The pre-filters look at bytes only: a quoted key found with `memchr`, then the first
 //! bytes of its value. A quoted key cannot match inside a JSON string (the quotes there are
@@ -20,15 +21,15 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 /// A static `memmem` finder, built on first use.
 macro_rules! finders {
     ($($name:ident = $needle:expr;)*) => {
-        $(pub(super) static $name: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        $(pub(crate) static $name: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
             std::sync::LazyLock::new(|| memchr::memmem::Finder::new($needle));)*
     };
 }
-pub(super) use finders;
+pub(crate) use finders;
 
 /// Parse a `T` from the start of `bytes`, ignoring whatever follows the first JSON value
 /// (so a slice starting at an object inside an event parses that object only).
-pub(super) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+pub(crate) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     T::deserialize(&mut de).ok()
 }
@@ -44,7 +45,7 @@ pub(crate) fn skip_ws(data: &[u8], mut at: usize) -> usize {
 /// Where the value of each occurrence of `key` (a quoted key, like `"usage"`) starts: after
 /// optional whitespace, a colon and optional whitespace. Occurrences not followed by a colon
 /// (string values that happen to equal the key) are skipped.
-pub(super) fn values<'d>(data: &'d [u8], key: &'d Finder<'_>) -> impl Iterator<Item = usize> + 'd {
+pub(crate) fn values<'d>(data: &'d [u8], key: &'d Finder<'_>) -> impl Iterator<Item = usize> + 'd {
     let len = key.needle().len();
     key.find_iter(data).filter_map(move |at| {
         let colon = skip_ws(data, at + len);
@@ -57,22 +58,22 @@ pub(super) fn values<'d>(data: &'d [u8], key: &'d Finder<'_>) -> impl Iterator<I
 }
 
 /// Where the first object value of `key` starts (its `{`).
-pub(super) fn object_value(data: &[u8], key: &Finder<'_>) -> Option<usize> {
+pub(crate) fn object_value(data: &[u8], key: &Finder<'_>) -> Option<usize> {
     values(data, key).find(|&at| data.get(at) == Some(&b'{'))
 }
 
 /// Whether `key` has a string value somewhere (`"finish_reason":"stop"`, not `null`).
-pub(super) fn has_string_value(data: &[u8], key: &Finder<'_>) -> bool {
+pub(crate) fn has_string_value(data: &[u8], key: &Finder<'_>) -> bool {
     values(data, key).any(|at| data.get(at) == Some(&b'"'))
 }
 
 /// Whether `key` has the value `true` somewhere.
-pub(super) fn has_true_value(data: &[u8], key: &Finder<'_>) -> bool {
+pub(crate) fn has_true_value(data: &[u8], key: &Finder<'_>) -> bool {
     values(data, key).any(|at| data.get(at..).is_some_and(|v| v.starts_with(b"true")))
 }
 
 /// Whether the value of the first `key` is an empty array or `null`, or the key is absent.
-pub(super) fn is_empty_array_or_absent(data: &[u8], key: &Finder<'_>) -> bool {
+pub(crate) fn is_empty_array_or_absent(data: &[u8], key: &Finder<'_>) -> bool {
     let Some(at) = values(data, key).next() else {
         return true;
     };
@@ -85,7 +86,7 @@ pub(super) fn is_empty_array_or_absent(data: &[u8], key: &Finder<'_>) -> bool {
 
 /// Call `f` with the contents of each string value of `key`, as sent (JSON escapes not
 /// decoded), empty ones excluded. Returns whether `f` was called.
-pub(super) fn string_values(data: &[u8], key: &Finder<'_>, f: &mut impl FnMut(&[u8])) -> bool {
+pub(crate) fn string_values(data: &[u8], key: &Finder<'_>, f: &mut impl FnMut(&[u8])) -> bool {
     let mut called = false;
     for at in values(data, key) {
         if data.get(at) != Some(&b'"') {
@@ -113,14 +114,14 @@ pub(super) fn string_values(data: &[u8], key: &Finder<'_>, f: &mut impl FnMut(&[
     called
 }
 
-/// `Some(None)` when `key` occurs: content whose text is not one string (a tool call).
-pub(super) fn present(data: &[u8], key: &Finder<'_>) -> Option<Option<(usize, usize)>> {
-    key.find(data).is_some().then_some(None)
+/// Whether `key` (a quoted key) occurs, at any depth.
+pub(crate) fn present(data: &[u8], key: &Finder<'_>) -> bool {
+    key.find(data).is_some()
 }
 
 /// The first non-empty string value of `key` (a quoted key): the range of its text, between
 /// the quotes, escapes not decoded.
-pub(super) fn text_of(data: &[u8], key: &Finder<'_>) -> Option<(usize, usize)> {
+pub(crate) fn text_of(data: &[u8], key: &Finder<'_>) -> Option<(usize, usize)> {
     key.find_iter(data).find_map(|at| {
         // `"key"` then optional whitespace, a colon, optional whitespace and a quote.
         let mut i = at + key.needle().len();
@@ -150,7 +151,7 @@ pub(super) fn text_of(data: &[u8], key: &Finder<'_>) -> Option<(usize, usize)> {
 
 /// Call `f` with the string values of the first key that has any (keys tried in order, so
 /// the usual event costs one `memmem` and one scan of its text).
-pub(super) fn first_of(data: &[u8], keys: &[&Finder<'static>], f: &mut impl FnMut(&[u8])) {
+pub(crate) fn first_of(data: &[u8], keys: &[&Finder<'static>], f: &mut impl FnMut(&[u8])) {
     for key in keys {
         if string_values(data, key, f) {
             return;
@@ -172,7 +173,7 @@ fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
 /// A token count: a non-negative integer that fits `u64` (an integral float such as `12.0`
 /// is accepted). Anything else is unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Count(pub(super) Option<u64>);
+pub(crate) struct Count(pub(crate) Option<u64>);
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -233,10 +234,10 @@ impl<'de> Deserialize<'de> for Count {
 /// A string, borrowed from the input unless it holds escapes. Anything else (or an empty
 /// string) is `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Text<'a>(pub(super) Option<Cow<'a, str>>);
+pub(crate) struct Text<'a>(pub(crate) Option<Cow<'a, str>>);
 
 impl<'a> Text<'a> {
-    pub(super) fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         self.0.as_deref().filter(|s| !s.is_empty())
     }
 }
@@ -295,7 +296,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 
 /// A boolean; anything else is `false`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Flag(pub(super) bool);
+pub(crate) struct Flag(pub(crate) bool);
 
 impl<'de> Deserialize<'de> for Flag {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -336,7 +337,7 @@ impl<'de> Deserialize<'de> for Flag {
 
 /// An object parsed as `T`; anything else (`null`, a number, an array…) is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Lenient<T>(pub(super) Option<T>);
+pub(crate) struct Lenient<T>(pub(crate) Option<T>);
 
 impl<T> Default for Lenient<T> {
     fn default() -> Self {
@@ -385,14 +386,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
 }
 
 /// One element of an array of choices or candidates that may name a finish reason.
-pub(super) trait HasReason<'a> {
+pub(crate) trait HasReason<'a> {
     fn reason(self) -> Option<Cow<'a, str>>;
 }
 
 /// The last non-empty finish reason among the elements of an array (`choices`,
 /// `candidates`), read without collecting the array.
 #[derive(Debug)]
-pub(super) struct LastReason<'a, C>(pub(super) Option<Cow<'a, str>>, PhantomData<C>);
+pub(crate) struct LastReason<'a, C>(pub(crate) Option<Cow<'a, str>>, PhantomData<C>);
 
 impl<C> Default for LastReason<'_, C> {
     fn default() -> Self {
@@ -562,7 +563,7 @@ finders! {
 /// top level is walked with nested values skipped by their delimiters (`memchr`), so that
 /// the `type` of a nested object (a content block, a delta, a tool call) never counts.
 /// Linear in the data, no allocation, and garbage is `None`.
-pub(super) fn top_level_type(data: &[u8]) -> Option<&[u8]> {
+pub(crate) fn top_level_type(data: &[u8]) -> Option<&[u8]> {
     let mut at = skip_ws(data, 0);
     if data.get(at) != Some(&b'{') {
         return None;
@@ -605,7 +606,7 @@ pub(super) fn top_level_type(data: &[u8]) -> Option<&[u8]> {
 /// are skipped by their delimiters, never parsed): a name's first occurrence counts, a value
 /// that is not a string is skipped, and bytes that stop looking like an object end the walk
 /// with what was found before them.
-pub(super) fn top_level_strings<const N: usize>(
+pub(crate) fn top_level_strings<const N: usize>(
     data: &[u8],
     names: [&str; N],
 ) -> [Option<String>; N] {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use metrics::SharedString;
 use tokio::time::Instant;
 
-use crate::observe::handles::{DEFAULT_MAX_LABEL_SETS, HandleCache, Handles, LabelSet};
-use crate::observe::labels::ModelLabels;
+use super::handles::{DEFAULT_MAX_LABEL_SETS, HandleCache, Handles, LabelSet};
+use super::labels::ModelLabels;
 use crate::observe::{EventContext, Observer};
 use crate::report::{Outcome, StreamReport, UsageSource};
 use crate::request::RequestModel;

@@ -12,11 +12,12 @@ use moka::sync::Cache;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::BoxFuture;
 use crate::request::Tenant;
 use crate::resume::id::StreamId;
 use crate::resume::store::{
-    Batch, BoxFuture, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind,
-    StreamEnd, StreamLog,
+    Batch, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind, StreamEnd,
+    StreamLog,
 };
 
 /// Default [`MemoryStoreBuilder::max_stream_bytes`]: 2 MiB.

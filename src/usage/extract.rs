@@ -1,8 +1,8 @@
 //! The [`UsageExtractor`] trait and the built-in extractors.
 
 use crate::provider::Provider;
-use crate::provider::usage::UsageState;
 use crate::sse::EventRef;
+use crate::usage::UsageState;
 
 /// Reads token usage and the finish reason out of the events of one stream.
 ///

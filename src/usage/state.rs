@@ -1,64 +1,8 @@
-//! Token usage as providers report it: [`Usage`], and the [`UsageState`] that format readers
-//! write into while a stream goes by.
-//!
-//! The value types live here, beside the formats that produce them; the report and the usage
-//! observer only read them.
+//! The [`UsageState`] that format readers write into while a stream goes by (through
+//! [`UsageSink`]), and [`CacheCreationInputTokens`].
 
-use serde::Deserialize;
-
-use crate::sse::EventRef;
-
-use super::json::{Lenient, Text, parse};
-
-/// Where the numbers of a [`Usage`] come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum UsageSource {
-    /// The provider reported them in the stream (possibly a running total, when the stream
-    /// was cut before its final usage).
-    #[default]
-    Reported,
-    /// The output count was estimated from the content delivered, because the provider
-    /// reported none before the stream ended (a client disconnect, a deadline, an upstream
-    /// error, an Anthropic stream that ended before `message_delta`).
-    ///
-    /// Only [`output_tokens`](Usage::output_tokens) is ever estimated: the other counts,
-    /// when known, are the provider's own (Anthropic's input and cache counts from
-    /// `message_start`, a running total's input), so a usage can mix reported input with
-    /// estimated output.
-    Estimated,
-}
-
-/// Token counts of one stream. Unknown is `None`, never 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub struct Usage {
-    /// Prompt tokens, as the provider counts them (OpenAI includes cached tokens in it;
-    /// Anthropic excludes cache reads).
-    pub input_tokens: Option<u64>,
-    /// Completion tokens (reasoning tokens included where the provider includes them).
-    pub output_tokens: Option<u64>,
-    /// The provider's total, when it sends one.
-    pub total_tokens: Option<u64>,
-    /// Input tokens served from the provider's prompt cache.
-    pub cached_input_tokens: Option<u64>,
-    /// Output tokens spent on reasoning.
-    pub reasoning_tokens: Option<u64>,
-    /// Whether the numbers were reported or estimated.
-    pub source: UsageSource,
-}
-
-impl Usage {
-    /// Whether any count is known.
-    pub fn is_known(&self) -> bool {
-        self.input_tokens.is_some() || self.output_tokens.is_some() || self.total_tokens.is_some()
-    }
-
-    /// Whether any count at all is known (cache or reasoning counts included).
-    pub(crate) fn has_counts(&self) -> bool {
-        self.is_known() || self.cached_input_tokens.is_some() || self.reasoning_tokens.is_some()
-    }
-}
+use crate::provider::{Counts, UsageSink};
+use crate::report::{Usage, UsageSource};
 
 /// Input tokens written to the provider's prompt cache during the stream (Anthropic's
 /// `cache_creation_input_tokens`), put in
@@ -183,7 +127,7 @@ impl UsageState {
 }
 
 /// Build a reported [`Usage`] from the five counts.
-pub(super) fn counts(
+pub(crate) fn counts(
     input: Option<u64>,
     output: Option<u64>,
     total: Option<u64>,
@@ -200,58 +144,36 @@ pub(super) fn counts(
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorEvent<'a> {
-    #[serde(borrow, default)]
-    error: Lenient<ErrorBody<'a>>,
-    #[serde(borrow, default)]
-    code: Text<'a>,
+impl From<Counts> for Usage {
+    fn from(c: Counts) -> Self {
+        counts(c.input, c.output, c.total, c.cached, c.reasoning)
+    }
 }
 
-#[derive(Deserialize)]
-struct ErrorBody<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Text<'a>,
-    #[serde(borrow, default)]
-    code: Text<'a>,
-}
+/// The format readers of [`provider`](crate::provider) write into a [`UsageState`].
+impl UsageSink for UsageState {
+    #[inline]
+    fn update(&mut self, counts: Counts) {
+        UsageState::update(self, counts.into());
+    }
 
-/// An `error` event, of Anthropic's shape (`{"type":"error","error":{"type":…}}`) or the
-/// Responses API's (`{"type":"error","code":…}`): its error type (or code, or `"error"`)
-/// becomes the finish reason; the usage seen so far stays.
-pub(crate) fn error_event(event: &EventRef<'_>, state: &mut UsageState) -> bool {
-    let parsed = parse::<ErrorEvent<'_>>(event.data_bytes());
-    let reason = parsed
-        .as_ref()
-        .and_then(|e| {
-            let body = e.error.0.as_ref();
-            body.and_then(|b| b.kind.as_str().or(b.code.as_str()))
-                .or(e.code.as_str())
-        })
-        .unwrap_or("error");
-    state.set_finish_reason(reason);
-    true
-}
+    #[inline]
+    fn set_finish_reason(&mut self, reason: &str) {
+        UsageState::set_finish_reason(self, reason);
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    #[inline]
+    fn set_provisional_output_tokens(&mut self, tokens: u64) {
+        UsageState::set_provisional_output_tokens(self, tokens);
+    }
 
-    #[test]
-    fn error_events() {
-        let mut s = UsageState::default();
-        let ev = |d: &'static str| EventRef::new(b"error", d.as_bytes(), d.as_bytes());
-        error_event(
-            &ev(r#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#),
-            &mut s,
-        );
-        assert_eq!(s.finish_reason(), Some("overloaded_error"));
-        error_event(
-            &ev(r#"{"type":"error","code":"server_error","message":"x"}"#),
-            &mut s,
-        );
-        assert_eq!(s.finish_reason(), Some("server_error"));
-        error_event(&ev("not json"), &mut s);
-        assert_eq!(s.finish_reason(), Some("error"));
+    #[inline]
+    fn set_cache_creation_input_tokens(&mut self, tokens: u64) {
+        UsageState::set_cache_creation_input_tokens(self, tokens);
+    }
+
+    #[inline]
+    fn mark_usage_only(&mut self) {
+        UsageState::mark_usage_only(self);
     }
 }

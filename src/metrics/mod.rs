@@ -1,6 +1,6 @@
 //! Every metric the crate emits, through the [`metrics`] facade (feature `metrics`).
 //!
-//! [`MetricsObserver`](crate::MetricsObserver) records, per stream, the instruments of the
+//! [`MetricsObserver`] records, per stream, the instruments of the
 //! OpenTelemetry GenAI semantic conventions, named as they are there;
 //! [`StreamLimitLayer`](crate::StreamLimitLayer) records its own two. Nothing else in the
 //! crate emits metrics. This table is the one list (a test checks it against [`names`] and
@@ -14,7 +14,7 @@
 //! | `gen_ai.client.token.usage` | histogram | `{token}` | GenAI attributes, `gen_ai.token.type` = `input` / `output` | tokens, at the end, usage the provider reported only (never estimated) |
 //! | `gen_ai.server.time_to_first_token` | histogram | s | GenAI attributes | time to first token, at the end, completed streams only |
 //! | `gen_ai.server.time_per_output_token` | histogram | s | GenAI attributes | time per output token after the first, at the end, when output tokens are known |
-//! | `tower_sse.streams.open` | gauge | `{stream}` | none | streams of [`MetricsObserver`](crate::MetricsObserver) open now: up at the response head, down at the end |
+//! | `tower_sse.streams.open` | gauge | `{stream}` | none | streams of [`MetricsObserver`] open now: up at the response head, down at the end |
 //! | `tower_sse.streams.ended` | counter | `{stream}` | `outcome` = the [`Outcome`](crate::Outcome) name | streams ended, by outcome |
 //! | `tower_sse.limit.open_streams` | gauge | `{stream}` | none | permits of [`StreamLimitLayer`](crate::StreamLimitLayer)s held now: requests awaiting their head, open streams, streams still drained after a disconnect |
 //! | `tower_sse.limit.rejections` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
@@ -37,15 +37,18 @@
 //! The library never installs a recorder or exporter. The facade carries no bucket
 //! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`],
 //! as the gateway example does for Prometheus, and call [`describe`] once after installing
-//! it. Put [`MetricsObserver`](crate::MetricsObserver) **after** the usage and timing
+//! it. Put [`MetricsObserver`] **after** the usage and timing
 //! observers in the tuple, so that their findings are in the report when it records.
 
 use metrics::Unit;
 
-pub use crate::observe::handles::DEFAULT_MAX_LABEL_SETS;
-pub use crate::observe::labels::{
-    DEFAULT_DISTINCT_MODELS, DEFAULT_MAX_MODEL_LEN, ModelLabels, OTHER,
-};
+mod handles;
+mod labels;
+mod observer;
+
+pub use self::handles::DEFAULT_MAX_LABEL_SETS;
+pub use self::labels::{DEFAULT_DISTINCT_MODELS, DEFAULT_MAX_MODEL_LEN, ModelLabels, OTHER};
+pub use self::observer::MetricsObserver;
 
 /// Metric names.
 pub mod names {
@@ -151,4 +154,32 @@ pub fn describe() {
         Unit::Count,
         "Resume requests by answer, and streams that could not be made resumable"
     );
+}
+
+// The instruments the layers record themselves (the observer records the rest).
+
+/// A permit of a [`StreamLimitLayer`](crate::StreamLimitLayer) taken.
+pub(crate) fn limit_permit_taken() {
+    metrics::gauge!(names::LIMIT_OPEN_STREAMS).increment(1.0);
+}
+
+/// A permit of a [`StreamLimitLayer`](crate::StreamLimitLayer) given back.
+pub(crate) fn limit_permit_released() {
+    metrics::gauge!(names::LIMIT_OPEN_STREAMS).decrement(1.0);
+}
+
+/// The `reason` of a rejection because every permit was taken (the only reason so far; the
+/// label leaves room for others without renaming the metric).
+const LIMIT_FULL: &str = "limit_full";
+
+/// A request a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503`.
+pub(crate) fn limit_rejected() {
+    metrics::counter!(names::LIMIT_REJECTIONS, "reason" => LIMIT_FULL).increment(1);
+}
+
+#[cfg(feature = "resume")]
+/// A resume answer of the `ResumeLayer` (`replayed`, `gone`, …).
+#[cfg(feature = "resume")]
+pub(crate) fn resume_answer(answer: &'static str) {
+    metrics::counter!(names::RESUME_REQUESTS, "answer" => answer).increment(1);
 }

@@ -3,10 +3,10 @@
 use std::fmt;
 
 use crate::observe::{EventContext, Observer};
-use crate::provider::usage::{CacheCreationInputTokens, UsageState};
 use crate::report::{Outcome, StreamReport, UsageSource};
 use crate::request::UsageInjected;
 use crate::sse::EventRef;
+use crate::usage::{CacheCreationInputTokens, UsageState};
 
 use super::{BuiltinExtractor, HeuristicCounter, TokenCounter, UsageExtractor};
 

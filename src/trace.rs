@@ -18,13 +18,8 @@ fn millis(duration: Option<std::time::Duration>) -> Option<f64> {
 }
 
 /// The digest's first 8 bytes as 16 hex digits, written into `out` (no allocation).
-fn hex_prefix<'a>(digest: &crate::Digest, out: &'a mut [u8; 16]) -> &'a str {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in out.chunks_exact_mut(2).zip(digest.as_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xF)];
-    }
-    std::str::from_utf8(out).unwrap_or_default()
+fn hex_prefix<'a>(digest: &crate::Sha256Digest, out: &'a mut [u8; 16]) -> &'a str {
+    crate::digits::hex(digest.as_bytes(), out)
 }
 
 impl Observer for TraceObserver {
@@ -75,7 +70,7 @@ mod tests {
 
     #[test]
     fn the_digest_prefix_is_the_hex_of_its_first_bytes() {
-        let digest = crate::Digest::of(b"tower-sse");
+        let digest = crate::Sha256Digest::of(b"tower-sse");
         let mut out = [0u8; 16];
         assert_eq!(hex_prefix(&digest, &mut out), &digest.to_hex()[..16]);
     }

@@ -1,0 +1,125 @@
+//! Is this response a stream we handle, and how is it framed: [`Framing`] and [`detect`],
+//! the one rule every layer (and a gateway) uses.
+
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+
+/// How the upstream framed its stream: [`StreamReport::framing`](crate::StreamReport::framing).
+///
+/// ```
+/// use tower_sse::StreamReport;
+/// use tower_sse::framing::Framing;
+///
+/// fn wire_format(report: &StreamReport) -> &'static str {
+///     match report.framing {
+///         Framing::Sse => "sse",
+///         // Reframed into SSE for the client (`SseLayer::json_lines`).
+///         Framing::JsonLines => "ndjson",
+///         _ => "other",
+///     }
+/// }
+///
+/// let report = StreamReport::new(tokio::time::Instant::now());
+/// assert_eq!(wire_format(&report), "sse");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Framing {
+    /// `text/event-stream`, decoded and forwarded as it came.
+    Sse,
+    /// One JSON value per line (NDJSON), reframed into SSE `data:` events.
+    JsonLines,
+    /// Not a stream: the upstream answered a streaming request with something else (an
+    /// error in JSON, a `429`), which the client got untouched (or, after an early
+    /// response, in place of which it got an error event).
+    NotAStream,
+}
+
+/// The media type of a response, without parameters (compare it case-insensitively).
+fn media_type(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next()?.trim())
+}
+
+/// The types a stream of JSON lines comes as.
+const JSON_LINES: &[&str] = &[
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+    "application/json-lines",
+];
+
+/// Is this response a stream, and how is it framed? The one test of the crate, made from the
+/// response head: `text/event-stream` is [`Framing::Sse`]; with `json_lines`, the NDJSON media
+/// types (`application/x-ndjson`, `application/jsonl`, …) are [`Framing::JsonLines`]; the
+/// media type is compared without its parameters and case-insensitively. A compressed body
+/// (a `Content-Encoding` other than `identity`) is never a stream here: its bytes are not
+/// events until decompressed, so it passes through. Never returns [`Framing::NotAStream`].
+///
+/// The [`SseLayer`](crate::SseLayer) makes this test (unless given its own with
+/// [`SseLayer::framing`](crate::SseLayer::framing)), with `json_lines` as set by [`SseLayer::json_lines`](crate::SseLayer::json_lines);
+/// [`StreamLimitLayer`](crate::StreamLimitLayer)'s default test is `detect(headers, true)`;
+/// the `ResumeLayer` resumes `200` responses for which `detect(headers, false)` is
+/// `Some(Framing::Sse)`.
+///
+/// ```
+/// use http::HeaderMap;
+/// use tower_sse::framing::{self, Framing};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("content-type", "text/event-stream; charset=utf-8".parse().unwrap());
+/// assert_eq!(framing::detect(&headers, false), Some(Framing::Sse));
+/// ```
+pub fn detect(headers: &HeaderMap, json_lines: bool) -> Option<Framing> {
+    let compressed = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if compressed {
+        return None;
+    }
+    let media_type = media_type(headers)?;
+    if media_type.eq_ignore_ascii_case("text/event-stream") {
+        Some(Framing::Sse)
+    } else if json_lines
+        && JSON_LINES
+            .iter()
+            .any(|t| media_type.eq_ignore_ascii_case(t))
+    {
+        Some(Framing::JsonLines)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_by_content_type() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            "Text/Event-Stream; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(detect(&headers, false), Some(Framing::Sse));
+        headers.insert(CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
+        assert_eq!(detect(&headers, false), None);
+        assert_eq!(detect(&headers, true), Some(Framing::JsonLines));
+        headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+        assert_eq!(detect(&headers, true), None);
+    }
+
+    #[test]
+    fn compressed_streams_pass_through() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        headers.insert(CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(detect(&headers, false), None);
+        headers.insert(CONTENT_ENCODING, "identity".parse().unwrap());
+        assert_eq!(detect(&headers, false), Some(Framing::Sse));
+    }
+}

@@ -1,0 +1,352 @@
+//! [`RedisStore`]: the logs of resumable streams on Redis, so that a client can resume on
+//! any replica (feature `redis`).
+//!
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | the store, its settings, the connection, creating and opening logs |
+//! | `wake.rs` | the wake-ups: one subscription per replica, fanned out to the local readers |
+//! | `writer.rs` | the log of a stream produced here: memory first, copied to Redis by a writer task |
+//! | `reader.rs` | the log of a stream produced on another replica, read from Redis |
+//!
+//! The digest records a [`DigestRegistry`](crate::DigestRegistry) shares through the same
+//! store are in `digest/redis.rs`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, RedisResult};
+use tokio::sync::{OnceCell, watch};
+
+use crate::BoxFuture;
+use crate::request::Tenant;
+use crate::resume::id::StreamId;
+use crate::resume::memory::MemoryStore;
+use crate::resume::store::{NewStream, ResumeStore, StoreError, StreamLog};
+
+/// Default [`RedisStoreBuilder::timeout`]: 250 ms.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default [`RedisStoreBuilder::running_ttl`]: 10 minutes without an append.
+const DEFAULT_RUNNING_TTL: Duration = Duration::from_secs(600);
+/// Default [`RedisStoreBuilder::ended_ttl`]: 5 minutes.
+const DEFAULT_ENDED_TTL: Duration = Duration::from_secs(300);
+/// Default [`RedisStoreBuilder::lease`]: 10 s.
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// Default [`RedisStoreBuilder::poll`]: 1 s.
+const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// Default [`RedisStoreBuilder::max_stream_events`]: 50 000.
+const DEFAULT_MAX_STREAM_EVENTS: usize = 50_000;
+
+mod reader;
+mod wake;
+mod writer;
+
+use self::reader::RemoteLog;
+use self::writer::ProducerLog;
+
+/// The logs of resumable streams on Redis, shared by every replica of a gateway; give it to
+/// [`ResumeLayer::store`](crate::ResumeLayer::store). It also keeps digest records for a
+/// [`DigestRegistry`](crate::DigestRegistry) ([`SharedDigests`](crate::digest::SharedDigests)).
+///
+/// # Data model
+///
+/// Per stream, keys that share one hash tag (one cluster slot), under a prefix:
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
+/// | `<prefix>{<id>}:meta` | hash | `tenant`; at the end, `end` and `head` (the last seq) |
+/// | `<prefix>{<id>}:lease` | string | present while the producer lives; it expires when the producer's process dies |
+///
+/// A writer task per stream copies the events to Redis, off the live path: what is queued
+/// goes in one pipelined round trip (one per event when they come apart, fewer in bursts)
+/// that refreshes the TTLs and the lease and publishes `<id> <seq>` on `<prefix>wake`. Each replica holds one subscription
+/// to that channel and fans the wake-ups out to its local readers; a safety poll nudges them
+/// every [`RedisStoreBuilder::poll`] too, so that a lost message only adds delay. A reader on
+/// another replica that finds no new entry, no end and no lease learns that the producer
+/// died: its resume ends (`Gone`).
+///
+/// # Local first
+///
+/// A stream is also logged in process (a [`MemoryStore`]): its local readers, and resumes
+/// that land on the replica running it, are served from memory. Redis serves the other
+/// replicas.
+///
+/// # Failures
+///
+/// No call waits on Redis longer than [`RedisStoreBuilder::timeout`]:
+///
+/// - Redis down when a stream starts: the stream runs, not resumable (no ids are sent).
+/// - Redis lost mid-stream: the live stream goes on from memory (and resumes on this replica
+///   too); its Redis log stops (resumes on other replicas answer `204` once the lease
+///   expires), and the store stops writing it.
+/// - Redis back: new streams are resumable again (the connection manager reconnects), with
+///   no restart.
+///
+/// ```no_run
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::RedisStore;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")?.build();
+/// let layer = ResumeLayer::new().store(store);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Cheap to clone: clones share the connection and the subscription.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// Made on first use, and again after a failure (Redis down at start-up).
+    connection: OnceCell<ConnectionManager>,
+    local: MemoryStore,
+    settings: Settings,
+    /// The wake-ups of the logs read here, by stream.
+    wakers: Mutex<HashMap<StreamId, Weak<watch::Sender<u64>>>>,
+    subscribed: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    prefix: String,
+    timeout: Duration,
+    running_ttl: Duration,
+    ended_ttl: Duration,
+    lease: Duration,
+    poll: Duration,
+    max_stream_events: usize,
+}
+
+/// Configures a [`RedisStore`].
+#[derive(Debug)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    client: Client,
+    local: Option<MemoryStore>,
+    settings: Settings,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://host:port/db`), with the defaults.
+    ///
+    /// # Errors
+    ///
+    /// When `url` is not a Redis URL. Redis itself is not contacted here.
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        Ok(Self::builder(url)?.build())
+    }
+
+    /// Configure a store on the Redis at `url`.
+    ///
+    /// # Errors
+    ///
+    /// When `url` is not a Redis URL.
+    pub fn builder(url: &str) -> Result<RedisStoreBuilder, StoreError> {
+        let client = Client::open(url)
+            .map_err(|e| StoreError::unavailable(format!("not a Redis URL: {:?}", e.kind())))?;
+        Ok(RedisStoreBuilder {
+            client,
+            local: None,
+            settings: Settings {
+                prefix: "tower-sse:".to_owned(),
+                timeout: DEFAULT_TIMEOUT,
+                running_ttl: DEFAULT_RUNNING_TTL,
+                ended_ttl: DEFAULT_ENDED_TTL,
+                lease: DEFAULT_LEASE,
+                poll: DEFAULT_POLL,
+                max_stream_events: DEFAULT_MAX_STREAM_EVENTS,
+            },
+        })
+    }
+
+    /// The connection, made now if there is none yet.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let settings = &self.inner.settings;
+        let client = self.inner.client.clone();
+        let connect = self.inner.connection.get_or_try_init(|| async move {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.timeout))
+                .set_response_timeout(Some(settings.timeout))
+                .set_number_of_retries(1);
+            ConnectionManager::new_with_config(client, config).await
+        });
+        match tokio::time::timeout(settings.timeout, connect).await {
+            Ok(Ok(connection)) => Ok(connection.clone()),
+            Ok(Err(e)) => Err(unavailable(&e)),
+            Err(_) => Err(StoreError::unavailable("Redis did not answer in time")),
+        }
+    }
+
+    /// Run `f` on the connection, within the timeout.
+    pub(crate) async fn call<T>(
+        &self,
+        f: impl AsyncFnOnce(ConnectionManager) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let connection = self.connection().await?;
+        match tokio::time::timeout(self.inner.settings.timeout, f(connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(unavailable(&e)),
+            Err(_) => Err(StoreError::unavailable("Redis did not answer in time")),
+        }
+    }
+
+    fn key(&self, id: StreamId, part: &str) -> String {
+        format!("{}{{{id}}}:{part}", self.inner.settings.prefix)
+    }
+
+    /// The prefix of every key and channel.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.inner.settings.prefix
+    }
+}
+
+fn unavailable(e: &redis::RedisError) -> StoreError {
+    // The kind and code only: a Redis error can quote the command, and so a payload.
+    StoreError::unavailable(format!(
+        "Redis: {:?}{}",
+        e.kind(),
+        e.code().map(|c| format!(" {c}")).unwrap_or_default()
+    ))
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key and channel. Default: `tower-sse:`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.prefix = prefix.into();
+        self
+    }
+
+    /// The longest any call waits on Redis (connecting included). Default: 250 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = timeout;
+        self
+    }
+
+    /// How long a running stream's log lives without an append. Default: 10 minutes.
+    pub fn running_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.running_ttl = ttl;
+        self
+    }
+
+    /// How long a log lives after its stream ended. Default: 5 minutes.
+    pub fn ended_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.ended_ttl = ttl;
+        self
+    }
+
+    /// How long a producer's lease lasts without an append: readers on other replicas learn
+    /// that a producer died after this long. Default: 10 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// The safety poll of readers on other replicas. Default: 1 s.
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.settings.poll = poll.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The most events kept per stream in Redis (older ones are trimmed, approximately, and
+    /// resuming before them answers `204`). Default: 50 000.
+    pub fn max_stream_events(mut self, events: usize) -> Self {
+        self.settings.max_stream_events = events.max(1);
+        self
+    }
+
+    /// The in-process store that serves this replica's own streams (its bounds apply to
+    /// them). Default: [`MemoryStore::new`].
+    pub fn local(mut self, local: MemoryStore) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> RedisStore {
+        RedisStore {
+            inner: Arc::new(Inner {
+                client: self.client,
+                connection: OnceCell::new(),
+                local: self.local.unwrap_or_default(),
+                settings: self.settings,
+                wakers: Mutex::new(HashMap::new()),
+                subscribed: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResumeStore for RedisStore {
+    fn create(&self, stream: NewStream) -> BoxFuture<'_, Result<Arc<dyn StreamLog>, StoreError>> {
+        Box::pin(async move {
+            let meta = self.key(stream.id, "meta");
+            let lease = self.key(stream.id, "lease");
+            let settings = &self.inner.settings;
+            let tenant = stream.tenant.to_string();
+            // Redis first: a stream Redis cannot take is not resumable at all (its ids would
+            // promise resumes that other replicas cannot serve).
+            self.call(async |mut c| {
+                redis::pipe()
+                    .hset(&meta, "tenant", &tenant)
+                    .ignore()
+                    .pexpire(&meta, millis(settings.running_ttl) as i64)
+                    .ignore()
+                    .pset_ex(&lease, 1, millis(settings.lease))
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+            let local = self.inner.local.create(stream).await?;
+            Ok(Arc::new(ProducerLog::new(self.clone(), local)) as Arc<dyn StreamLog>)
+        })
+    }
+
+    fn open(
+        &self,
+        id: StreamId,
+        tenant: Tenant,
+    ) -> BoxFuture<'_, Result<Option<Arc<dyn StreamLog>>, StoreError>> {
+        Box::pin(async move {
+            // The producer is here: serve from memory.
+            if let Ok(Some(local)) = self.inner.local.open(id, tenant).await {
+                return Ok(Some(local));
+            }
+            let meta = self.key(id, "meta");
+            let owner: Option<String> = self
+                .call(async |mut c| c.hget(&meta, "tenant").await)
+                .await?;
+            if owner.as_deref() != Some(tenant.to_string().as_str()) {
+                // Unknown, expired, or another tenant's: all alike.
+                return Ok(None);
+            }
+            let waker = self.waker(id);
+            Ok(Some(Arc::new(RemoteLog {
+                store: self.clone(),
+                id,
+                waker,
+            }) as Arc<dyn StreamLog>))
+        })
+    }
+}

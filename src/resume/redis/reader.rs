@@ -1,0 +1,211 @@
+//! The log of a stream produced on another replica, read from Redis.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redis::Value;
+use tokio::sync::watch;
+
+use super::RedisStore;
+use crate::BoxFuture;
+use crate::resume::id::StreamId;
+use crate::resume::store::{Batch, Read, ReadLimits, StoreError, StreamEnd, StreamLog};
+
+/// The log of a stream produced on another replica, read from Redis.
+pub(super) struct RemoteLog {
+    pub(super) store: RedisStore,
+    pub(super) id: StreamId,
+    pub(super) waker: Arc<watch::Sender<u64>>,
+}
+
+impl StreamLog for RemoteLog {
+    fn id(&self) -> StreamId {
+        self.id
+    }
+
+    fn append(&self, _seq: u64, _event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Only the producer's replica appends.
+        Box::pin(std::future::ready(Err(StoreError::unavailable(
+            "a remote log is read only",
+        ))))
+    }
+
+    fn end(&self, _last_seq: u64, _end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Err(StoreError::unavailable(
+            "a remote log is read only",
+        ))))
+    }
+
+    fn read_after(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+    ) -> BoxFuture<'_, Result<Read, StoreError>> {
+        Box::pin(async move {
+            let (log, meta, lease) = (
+                self.store.key(self.id, "log"),
+                self.store.key(self.id, "meta"),
+                self.store.key(self.id, "lease"),
+            );
+            let start = format!("0-{}", cursor.saturating_add(1));
+            let count = limits.max_events.max(1);
+            let (entries, top, end, head, alive): (
+                Value,
+                Value,
+                Option<String>,
+                Option<u64>,
+                bool,
+            ) = self
+                .store
+                .call(async |mut c| {
+                    redis::pipe()
+                        .cmd("XRANGE")
+                        .arg(&log)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(count)
+                        .cmd("XREVRANGE")
+                        .arg(&log)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .hget(&meta, "end")
+                        .hget(&meta, "head")
+                        .exists(&lease)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let entries = parse_entries(&entries);
+            let top = parse_entries(&top).first().map_or(0, |(seq, _)| *seq);
+            let end = end.as_deref().and_then(parse_end);
+            let head = head.unwrap_or(top).max(top);
+            Ok(answer(cursor, entries, head, end, alive, limits))
+        })
+    }
+
+    fn wake_ups(&self) -> watch::Receiver<u64> {
+        self.waker.subscribe()
+    }
+}
+
+/// Make the answer of a read from Redis: the entries after `cursor`, or `Gone` when the next
+/// one was trimmed (or its producer died before the end), or `Ahead`.
+fn answer(
+    cursor: u64,
+    entries: Vec<(u64, Bytes)>,
+    head: u64,
+    end: Option<StreamEnd>,
+    producer_alive: bool,
+    limits: ReadLimits,
+) -> Read {
+    if cursor > head {
+        return Read::Ahead;
+    }
+    match entries.first() {
+        // A hole: the next entry was trimmed or expired.
+        Some((first, _)) if *first != cursor + 1 => return Read::Gone,
+        None if cursor < head => return Read::Gone,
+        None if end.is_none() && !producer_alive => return Read::Gone,
+        _ => {}
+    }
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    for (expected, (seq, event)) in (cursor + 1..).zip(entries) {
+        if seq != expected || (!events.is_empty() && bytes >= limits.max_bytes) {
+            break;
+        }
+        bytes += event.len();
+        events.push(event);
+    }
+    Read::Events(Batch::new(cursor, events, head, end))
+}
+
+fn parse_end(text: &str) -> Option<StreamEnd> {
+    Some(match text {
+        "completed" => StreamEnd::Completed,
+        "failed" => StreamEnd::Failed,
+        "cancelled" => StreamEnd::Cancelled,
+        _ => return None,
+    })
+}
+
+/// The entries of an `XRANGE` reply: `[[id, [field, value, ...]], ...]`, as `(seq, event)`.
+/// Anything else (a reply this store did not write) is skipped.
+fn parse_entries(reply: &Value) -> Vec<(u64, Bytes)> {
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let [id, fields] = parts.as_slice() else {
+                return None;
+            };
+            let id = match id {
+                Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?,
+                Value::SimpleString(text) => text.as_str(),
+                _ => return None,
+            };
+            let seq = id.strip_prefix("0-")?.parse().ok()?;
+            let Value::Array(fields) = fields else {
+                return None;
+            };
+            match fields.as_slice() {
+                [_, Value::BulkString(event)] => Some((seq, Bytes::copy_from_slice(event))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(seqs: &[u64]) -> Vec<(u64, Bytes)> {
+        seqs.iter()
+            .map(|s| (*s, Bytes::from(format!("id: x.{s}\ndata: {s}\n\n"))))
+            .collect()
+    }
+
+    const LIMITS: ReadLimits = ReadLimits {
+        max_events: 100,
+        max_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn reads_are_gap_free_or_gone() {
+        let Read::Events(batch) = answer(2, entries(&[3, 4]), 4, None, true, LIMITS) else {
+            panic!("events expected");
+        };
+        assert_eq!(batch.events.len(), 2);
+        assert_eq!(batch.last_seq, 4);
+        // The entry after the cursor was trimmed.
+        assert_eq!(
+            answer(2, entries(&[5, 6]), 6, None, true, LIMITS),
+            Read::Gone
+        );
+        assert_eq!(answer(2, Vec::new(), 6, None, true, LIMITS), Read::Gone);
+        // Beyond the end of the log.
+        assert_eq!(answer(9, Vec::new(), 6, None, true, LIMITS), Read::Ahead);
+        // Caught up with a live producer: nothing yet; with a dead one: gone.
+        assert!(matches!(
+            answer(6, Vec::new(), 6, None, true, LIMITS),
+            Read::Events(_)
+        ));
+        assert_eq!(answer(6, Vec::new(), 6, None, false, LIMITS), Read::Gone);
+        // Caught up with an ended stream: the end.
+        let Read::Events(batch) =
+            answer(6, Vec::new(), 6, Some(StreamEnd::Completed), false, LIMITS)
+        else {
+            panic!("events expected");
+        };
+        assert_eq!(batch.end, Some(StreamEnd::Completed));
+    }
+}

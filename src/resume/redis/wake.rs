@@ -1,0 +1,135 @@
+//! The wake-ups of the logs read on this replica: one subscription to the wake channel,
+//! fanned out to the local readers, and a safety poll.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, Weak};
+
+use tokio::sync::watch;
+
+use super::{Inner, RedisStore};
+use crate::resume::id::StreamId;
+
+impl RedisStore {
+    pub(super) fn wake_channel(&self) -> String {
+        format!("{}wake", self.inner.settings.prefix)
+    }
+
+    /// The local wake-ups of stream `id`, fed by the subscription (started on first use).
+    pub(super) fn waker(&self, id: StreamId) -> Arc<watch::Sender<u64>> {
+        self.subscribe();
+        let mut wakers = self
+            .inner
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        wakers.retain(|_, waker| waker.strong_count() > 0);
+        if let Some(waker) = wakers.get(&id).and_then(Weak::upgrade) {
+            return waker;
+        }
+        let waker = Arc::new(watch::channel(0).0);
+        wakers.insert(id, Arc::downgrade(&waker));
+        waker
+    }
+
+    /// Start the replica's one subscription to the wake channel (and the safety poll), once.
+    fn subscribe(&self) {
+        if self.inner.subscribed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.subscribed.store(false, Ordering::Release);
+            return;
+        };
+        let store = Arc::downgrade(&self.inner);
+        runtime.spawn(wake_loop(store, self.wake_channel()));
+    }
+}
+
+/// Fan the wake channel out to the local readers, and nudge them all every `poll` (a
+/// message lost while the subscription was down only delays them). Ends with the store.
+async fn wake_loop(store: Weak<Inner>, channel: String) {
+    use futures_util::StreamExt;
+    loop {
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let (client, poll) = (inner.client.clone(), inner.settings.poll);
+        drop(inner);
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        let mut messages = tokio::time::timeout(poll, subscribed)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        loop {
+            // `None`: the safety poll is due (or there is no subscription).
+            let message = match &mut messages {
+                Some(messages) => match tokio::time::timeout(poll, messages.next()).await {
+                    Ok(Some(message)) => Some(Some(message)),
+                    // The subscription broke.
+                    Ok(None) => Some(None),
+                    Err(_) => None,
+                },
+                None => {
+                    tokio::time::sleep(poll).await;
+                    None
+                }
+            };
+            let Some(inner) = store.upgrade() else {
+                return;
+            };
+            match message {
+                // A wake-up: `<id> <seq>`.
+                Some(Some(message)) => {
+                    if let Some((id, seq)) = parse_wake(message.get_payload_bytes()) {
+                        let waker = inner
+                            .wakers
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get(&id)
+                            .and_then(Weak::upgrade);
+                        if let Some(waker) = waker {
+                            waker.send_replace(seq);
+                        }
+                    }
+                }
+                broken => {
+                    nudge_all(&inner);
+                    // Subscribe again when it broke or never worked.
+                    if broken.is_some() || messages.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn nudge_all(inner: &Inner) {
+    let wakers = inner.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+    for waker in wakers.values().filter_map(Weak::upgrade) {
+        waker.send_modify(|_| {});
+    }
+}
+
+fn parse_wake(payload: &[u8]) -> Option<(StreamId, u64)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (id, seq) = text.split_once(' ')?;
+    Some((StreamId::parse(id)?, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_messages_parse_strictly() {
+        let id = StreamId::random().unwrap();
+        assert_eq!(parse_wake(format!("{id} 7").as_bytes()), Some((id, 7)));
+        assert_eq!(parse_wake(b"nonsense"), None);
+        assert_eq!(parse_wake(format!("{id} x").as_bytes()), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! The log of a stream produced on this replica: in memory, copied to Redis by a writer task.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::{RedisStore, millis};
+use crate::BoxFuture;
+use crate::resume::id::StreamId;
+use crate::resume::store::{Read, ReadLimits, StoreError, StreamEnd, StreamLog};
+
+/// The log of a stream produced on this replica: in memory, and copied to Redis for the
+/// other replicas as long as Redis takes it. The copy is a writer task of its own, fed by a
+/// bounded queue: the producer (and so the live stream) never waits on Redis.
+pub(super) struct ProducerLog {
+    local: Arc<dyn StreamLog>,
+    writer: mpsc::Sender<Op>,
+}
+
+/// What the writer task copies to Redis, in order.
+enum Op {
+    Append(u64, Bytes),
+    End(u64, StreamEnd),
+}
+
+/// The most copies waiting for Redis per stream; beyond it (Redis slow or gone) the Redis
+/// log of the stream stops.
+const WRITER_QUEUE: usize = 1024;
+/// The most operations sent in one pipelined round trip.
+const WRITER_BATCH: usize = 64;
+
+impl ProducerLog {
+    pub(super) fn new(store: RedisStore, local: Arc<dyn StreamLog>) -> Self {
+        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(write_loop(store, local.id(), queue));
+        }
+        Self { local, writer }
+    }
+
+    fn copy(&self, op: Op) {
+        // Full or closed: the Redis side is behind or broken, and stops (its lease expires).
+        let _ = self.writer.try_send(op);
+    }
+}
+
+/// Copy one stream's log to Redis: what is queued goes in one pipelined round trip (the
+/// entries with their explicit ids, the TTLs, the lease, one `PUBLISH`). The first failure
+/// ends the copy: the other replicas learn it from the lease.
+async fn write_loop(store: RedisStore, id: StreamId, mut queue: mpsc::Receiver<Op>) {
+    let settings = store.inner.settings.clone();
+    let (log, meta, lease) = (
+        store.key(id, "log"),
+        store.key(id, "meta"),
+        store.key(id, "lease"),
+    );
+    let channel = store.wake_channel();
+    let mut batch = Vec::with_capacity(WRITER_BATCH);
+    while queue.recv_many(&mut batch, WRITER_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut last = 0;
+        let mut ended = false;
+        for op in batch.drain(..) {
+            match op {
+                Op::Append(seq, event) => {
+                    pipe.cmd("XADD")
+                        .arg(&log)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(settings.max_stream_events)
+                        .arg(format!("0-{seq}"))
+                        .arg("e")
+                        .arg(event.as_ref())
+                        .ignore();
+                    last = seq;
+                }
+                Op::End(last_seq, end) => {
+                    pipe.hset(&meta, "end", end.as_str())
+                        .ignore()
+                        .hset(&meta, "head", last_seq)
+                        .ignore()
+                        .del(&lease)
+                        .ignore();
+                    last = last_seq;
+                    ended = true;
+                }
+            }
+        }
+        let ttl = millis(if ended {
+            settings.ended_ttl
+        } else {
+            settings.running_ttl
+        }) as i64;
+        pipe.pexpire(&log, ttl)
+            .ignore()
+            .pexpire(&meta, ttl)
+            .ignore();
+        if !ended {
+            pipe.pset_ex(&lease, 1, millis(settings.lease)).ignore();
+        }
+        pipe.publish(&channel, format!("{id} {last}")).ignore();
+        let written = store
+            .call(async |mut c| pipe.query_async::<()>(&mut c).await)
+            .await;
+        if written.is_err() || ended {
+            return;
+        }
+    }
+}
+
+impl StreamLog for ProducerLog {
+    fn id(&self) -> StreamId {
+        self.local.id()
+    }
+
+    fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.local.append(seq, event.clone()).await?;
+            self.copy(Op::Append(seq, event));
+            Ok(())
+        })
+    }
+
+    fn end(&self, last_seq: u64, end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.local.end(last_seq, end).await?;
+            self.copy(Op::End(last_seq, end));
+            Ok(())
+        })
+    }
+
+    fn read_after(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+    ) -> BoxFuture<'_, Result<Read, StoreError>> {
+        self.local.read_after(cursor, limits)
+    }
+
+    fn wake_ups(&self) -> watch::Receiver<u64> {
+        self.local.wake_ups()
+    }
+}

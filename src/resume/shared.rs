@@ -1,0 +1,130 @@
+//! What the producer and the readers of one stream share: the counters, the attached
+//! readers, and [`ResumableStream`], the handle in the request's extensions.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::resume::id::StreamId;
+use crate::resume::observer::ResumeSummary;
+
+/// Set by [`ResumeLayer`](crate::ResumeLayer) in the extensions of each request that may
+/// become a resumable stream: its id (the one the `sse-stream-id` header will carry, if the
+/// answer is a stream), for the layers and handlers inside.
+#[derive(Clone)]
+pub struct ResumableStream {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ResumableStream {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.shared.id
+    }
+}
+
+impl fmt::Debug for ResumableStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ResumableStream")
+            .field(&self.shared.id)
+            .finish()
+    }
+}
+
+/// What the producer and the readers of one stream share.
+pub(crate) struct Shared {
+    pub(crate) id: StreamId,
+    resumes: AtomicU64,
+    replayed: AtomicU64,
+    connections: AtomicU64,
+    detached: Mutex<Detached>,
+    /// The number of readers attached; the producer watches it.
+    readers: watch::Sender<usize>,
+}
+
+struct Detached {
+    total: Duration,
+    since: Option<Instant>,
+}
+
+impl Shared {
+    pub(crate) fn new(id: StreamId) -> Self {
+        Self {
+            id,
+            resumes: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            detached: Mutex::new(Detached {
+                total: Duration::ZERO,
+                since: None,
+            }),
+            readers: watch::Sender::new(0),
+        }
+    }
+
+    /// A reader attaches; it stays attached while the guard lives.
+    pub(crate) fn attach(self: &Arc<Self>, resumed: bool) -> AttachGuard {
+        if resumed {
+            self.resumes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.readers.send_modify(|n| {
+            if *n == 0 {
+                let mut detached = self.detached.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(since) = detached.since.take() {
+                    detached.total += since.elapsed();
+                }
+            }
+            *n += 1;
+        });
+        AttachGuard(self.clone())
+    }
+
+    pub(crate) fn replayed(&self, events: u64) {
+        self.replayed.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn readers(&self) -> watch::Receiver<usize> {
+        self.readers.subscribe()
+    }
+
+    pub(crate) fn summary(&self) -> ResumeSummary {
+        let detached = self.detached.lock().unwrap_or_else(PoisonError::into_inner);
+        ResumeSummary {
+            stream: self.id,
+            connections: self.connections.load(Ordering::Relaxed),
+            resumes: self.resumes.load(Ordering::Relaxed),
+            replayed_events: self.replayed.load(Ordering::Relaxed),
+            detached: detached.total + detached.since.map_or(Duration::ZERO, |s| s.elapsed()),
+        }
+    }
+}
+
+/// Keeps a reader counted as attached.
+pub(crate) struct AttachGuard(Arc<Shared>);
+
+impl AttachGuard {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.0
+    }
+}
+
+impl Drop for AttachGuard {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        shared.readers.send_modify(|n| {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                shared
+                    .detached
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .since = Some(Instant::now());
+            }
+        });
+    }
+}
