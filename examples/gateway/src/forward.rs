@@ -85,7 +85,8 @@ where
                 Ok(response) => {
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    if is_stream_head(&parts.headers) {
+                    // The crate's one framing rule: SSE, or NDJSON (the gateway reframes it).
+                    if tower_sse::framing::detect(&parts.headers, true).is_some() {
                         metrics::counter!(UPSTREAM_STREAMS).increment(1);
                     }
                     Ok(Response::from_parts(parts, Either::Left(body)))
@@ -209,13 +210,3 @@ fn upstream_unreachable(
     )
 }
 
-/// Whether a response head announces a stream the `SseLayer` handles (SSE or NDJSON).
-fn is_stream_head(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            let v = v.trim_start().to_ascii_lowercase();
-            v.starts_with("text/event-stream") || v.starts_with("application/x-ndjson")
-        })
-}
