@@ -339,6 +339,7 @@
 //! | `EventTooLarge` | one upstream event passed `max_event_size` | the events before it, then an error event |
 //! | `ServerShutdown` | the server shut down first ([`stream::Shutdown`]) | the events so far, then an error event |
 //! | `UpstreamTruncated` | the upstream ended in the middle of an event | every byte the upstream sent (its own parser drops the unfinished event); with `error_on_truncation`, the complete events, then an error event |
+//! | `ProviderError` | the provider reported an error in its stream ([`StreamReport::provider_error`]), which then ended (or was cut mid-event) | every event, the provider's own error event among them (the layer adds none) |
 //!
 //! # Feature flags
 //!
@@ -411,7 +412,9 @@ pub use observe::usage::observer::UsageObserver;
 pub use observe::{EventContext, Observer};
 
 // The report.
-pub use report::{Digest, Latencies, OnEnd, Outcome, StreamReport, Timing, Usage, UsageSource};
+pub use report::{
+    Digest, Latencies, OnEnd, Outcome, ProviderError, StreamReport, Timing, Usage, UsageSource,
+};
 
 // Configuration.
 #[cfg(feature = "registry")]

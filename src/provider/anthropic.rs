@@ -46,6 +46,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::usage::{UsageState, counts};
 use super::{Format, LazyKind, ResponseMeta, Top, event_kind};
@@ -114,6 +115,10 @@ impl Format for Anthropic {
 
     fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
         kind.get() == b"message_stop"
+    }
+
+    fn error(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        (kind.get() == b"error").then(|| error::error_event(event.data_bytes()))
     }
 }
 

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
@@ -88,6 +89,10 @@ impl Format for Gemini {
 
     fn is_terminal(_: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         false
+    }
+
+    fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        error::top_level_error(event.data_bytes())
     }
 }
 

@@ -41,6 +41,7 @@
 //! paths and for events: put more specific formats first.
 
 mod anthropic;
+pub(crate) mod error;
 mod gemini;
 pub(crate) mod json;
 mod ollama;
@@ -56,6 +57,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use self::error::ProviderError;
 use self::usage::UsageState;
 
 /// Everything the crate knows about one stream format. Implemented by a unit struct per
@@ -113,6 +115,15 @@ pub(crate) trait Format {
     /// Whether the event is the last one of a stream of this format. `kind` is the event's
     /// [`event_kind`], worked out once for every format that asks.
     fn is_terminal(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool;
+
+    /// The provider's own error, when the event is one of this format's in-band error events
+    /// (see the table in the module docs). Asked of events that are not content only, so it
+    /// must be cheap on ordinary lifecycle events: compare the event's `kind`, or look for
+    /// `"error"` with one `memmem` before reading anything (`error::top_level_error`).
+    fn error(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        let _ = (event, kind);
+        None
+    }
 }
 
 /// Declares [`Provider`] from the list of formats, in detection order, with the dispatch to
@@ -296,6 +307,20 @@ impl Provider {
                     && with_format!(p, |F| F::usage(event, state), false)
             })
         )
+    }
+}
+
+impl Provider {
+    /// The provider's own error, when the event is an in-band error event: an event named
+    /// `error` in any format (also an unknown one), or one of this format's error events
+    /// (see the table in the module docs). The stream engine asks this of events that are
+    /// not content, and of events named `error`.
+    pub(crate) fn provider_error(self, event: &EventRef<'_>) -> Option<ProviderError> {
+        if event.event_bytes() == b"error" {
+            return Some(error::error_event(event.data_bytes()));
+        }
+        let mut kind = LazyKind::new(event);
+        with_format!(self, |F| F::error(event, &mut kind), None)
     }
 }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 use super::usage::{UsageState, counts};
 use super::{Format, LazyKind};
@@ -65,6 +66,10 @@ impl Format for Ollama {
 
     fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.event_bytes().is_empty() && has_true_value(event.data_bytes(), &DONE)
+    }
+
+    fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        error::top_level_error(event.data_bytes())
     }
 }
 

@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::json::{Count, Lenient, Text, finders, first_of, parse};
 use super::usage::{UsageState, counts};
 use super::{Format, LazyKind, ResponseMeta, Top, event_kind};
@@ -77,6 +78,14 @@ impl Format for Responses {
 
     fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
         TERMINAL.contains(&kind.get())
+    }
+
+    fn error(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        match kind.get() {
+            b"error" => Some(error::error_event(event.data_bytes())),
+            b"response.failed" => Some(error::failed_response(event.data_bytes())),
+            _ => None,
+        }
     }
 }
 
