@@ -266,4 +266,46 @@ mod tests {
         assert_eq!(s.usage(), Some(counts(None, Some(5), None, None, None)));
         assert_eq!(s.finish_reason(), Some("max_tokens"));
     }
+
+    #[test]
+    fn error_events_are_provider_errors() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        let p = Provider::Anthropic;
+        let overloaded =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let expected = Some(ProviderError::new(
+            Some("overloaded_error"),
+            Some("Overloaded"),
+        ));
+        assert_eq!(seen(p, "error", overloaded), expected);
+        // Relayed without `event:` lines: the `type` names it.
+        assert_eq!(seen(p, "", overloaded), expected);
+        for (event, data) in [
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"an error"}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"{\"type\":\"error\"}"}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":5}}"#,
+            ),
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"m","content":[]}}"#,
+            ),
+            ("ping", r#"{"type": "ping"}"#),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+            (
+                "",
+                r#"{"type":"content_block_start","content_block":{"type":"error"}}"#,
+            ),
+        ] {
+            assert_eq!(seen(p, event, data), None, "{data}");
+        }
+    }
 }

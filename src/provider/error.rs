@@ -145,6 +145,17 @@ pub(super) fn failed_response(data: &[u8]) -> ProviderError {
         .unwrap_or_default()
 }
 
+/// The error the stream engine would record for one event of a stream of `provider`: it
+/// asks events that are not content, and events named `error`.
+#[cfg(test)]
+pub(super) fn seen(provider: super::Provider, event: &str, data: &str) -> Option<ProviderError> {
+    let event = crate::sse::EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes());
+    if provider.content(&event).is_some() && event.event_bytes() != b"error" {
+        return None;
+    }
+    provider.provider_error(&event)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,4 +190,29 @@ mod tests {
             r#"{"candidates":[{"content":{"parts":[{"text":"usageMetadata"}]}}]}"#
         ));
     }
+
+    #[test]
+    fn error_objects_are_provider_errors() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        let p = Provider::Gemini;
+        assert_eq!(
+            seen(
+                p,
+                "",
+                r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#
+            ),
+            Some(ProviderError::new(
+                Some("UNAVAILABLE"),
+                Some("The model is overloaded.")
+            ))
+        );
+        for data in [
+            r#"{"candidates":[{"content":{"parts":[{"text":"error"}],"role":"model"}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":""}]},"finishReason":"MAX_TOKENS"}],"usageMetadata":{"promptTokenCount":3}}"#,
+            r#"{"candidates":[{"finishReason":"SAFETY","safetyRatings":[{"category":"error"}]}]}"#,
+        ] {
+            assert_eq!(seen(p, "", data), None, "{data}");
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! | the response id and model | `Format::response_meta` | the report |
 //! | token usage and the finish reason | `Format::usage` | [`UsageObserver`](crate::UsageObserver) |
 //! | is this the stream's last event? | `Format::is_terminal` | [`DigestObserver`](crate::DigestObserver) with a registry |
+//! | is this event the provider's own error? | `Format::error` | the report ([`StreamReport::provider_error`](crate::StreamReport::provider_error), [`Outcome::ProviderError`](crate::Outcome::ProviderError)) |
 //! | does the API take `stream_options.include_usage`? | `Format::ACCEPTS_STREAM_OPTIONS` | [`IncludeUsageLayer`](crate::IncludeUsageLayer) |
 //!
 //! | format | file |
@@ -32,6 +33,31 @@
 //! hold what is looked for, into small borrowed structs. That is a few nanoseconds for the
 //! common event and exact for the compact JSON providers send. Override content detection
 //! with [`SseLayer::content_predicate`](crate::SseLayer::content_predicate).
+//!
+//! # Errors in the stream
+//!
+//! Providers report some failures inside a stream that started well: an error event, or an
+//! error object in place of a chunk. The stream then ends with
+//! [`Outcome::ProviderError`](crate::Outcome::ProviderError) and the report's
+//! [`provider_error`](crate::StreamReport::provider_error) has the error's type and message
+//! (the client gets the provider's event unchanged). Other ends that name a reason are not
+//! failures: they complete, with their finish reason.
+//!
+//! | format | a provider error (kind, message) | not an error: completes, with the finish reason |
+//! |---|---|---|
+//! | any, also unknown | an event named `error` (its `error` object's `type`, `status` or `code`, else its own `code`; `message`) | — |
+//! | OpenAI Chat, Completions | a chunk with a top-level `error` object (`type`, else `code`; `message`), OpenRouter's mid-stream error chunks included | `finish_reason` `length`, `content_filter`, `tool_calls` |
+//! | OpenAI Responses | `error` (`code`, `message`); `response.failed` (`response.error.code`, `.message`) | `response.incomplete` (`max_output_tokens`, `content_filter`) |
+//! | Anthropic | `error` (`error.type`: `overloaded_error`, `api_error`…; `error.message`) | `stop_reason` `max_tokens`, `refusal`, `pause_turn` |
+//! | Gemini | a chunk with a top-level `error` object (`status`, else `code`; `message`) | `finishReason` `MAX_TOKENS`, `SAFETY`, `RECITATION` |
+//! | Ollama | a line with a top-level `error` string (no kind; the string is the message) | `done_reason` `length` |
+//!
+//! Only events that are not content are looked at (and events named `error`): a named
+//! event by its name; an unnamed one by one `memmem` for `"error"` and, when that hits, a
+//! walk of its top level, so that an `error` key nested in a tool call, or the word in a
+//! text, never counts, and `"error": null` is no error. Ordinary content events cost one
+//! comparison of their name. The first error of a stream is the one reported; what follows
+//! it (more content, another error) is forwarded and counted, and changes neither.
 //!
 //! # Adding a format
 //!

@@ -132,4 +132,29 @@ mod tests {
         );
         assert_eq!(s.finish_reason(), Some("stop"));
     }
+
+    #[test]
+    fn error_lines_are_provider_errors() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        let p = Provider::Ollama;
+        assert_eq!(
+            seen(
+                p,
+                "",
+                r#"{"error":"an error was encountered while running the model"}"#
+            ),
+            Some(ProviderError::new(
+                None,
+                Some("an error was encountered while running the model")
+            ))
+        );
+        for data in [
+            r#"{"model":"m","message":{"role":"assistant","content":"error"},"done":false}"#,
+            r#"{"model":"m","message":{"role":"assistant","content":""},"done_reason":"length","done":true,"eval_count":3}"#,
+            r#"{"model":"m","response":"","done":true,"done_reason":"stop","error":null}"#,
+        ] {
+            assert_eq!(seen(p, "", data), None, "{data}");
+        }
+    }
 }

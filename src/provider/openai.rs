@@ -303,4 +303,46 @@ mod tests {
         );
         assert_eq!(s.finish_reason(), None);
     }
+
+    #[test]
+    fn error_chunks_are_provider_errors_length_is_not() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        for p in [Provider::OpenAiChat, Provider::OpenAiCompletions] {
+            assert_eq!(
+                seen(
+                    p,
+                    "",
+                    r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#
+                ),
+                Some(ProviderError::new(
+                    Some("server_error"),
+                    Some("The server had an error")
+                ))
+            );
+            // OpenRouter: the error beside an empty delta and `finish_reason: error`.
+            assert_eq!(
+                seen(
+                    p,
+                    "",
+                    r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}],"error":{"code":502,"message":"Provider disconnected"}}"#
+                ),
+                Some(ProviderError::new(
+                    Some("502"),
+                    Some("Provider disconnected")
+                ))
+            );
+            for data in [
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"error"}}]}"#,
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"{\"error\":{}}"}}]}"#,
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+                r#"{"id":"c","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":"length"}]}"#,
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":1},"error":null}"#,
+                r#"{"id":"c","choices":[{"delta":{"role":"assistant","content":""}}],"x":{"error":{"type":"nested"}}}"#,
+                "[DONE]",
+            ] {
+                assert_eq!(seen(p, "", data), None, "{data}");
+            }
+        }
+    }
 }
