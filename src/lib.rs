@@ -112,6 +112,7 @@
 //! | [`OnEnd`] | where each report goes: a closure, or a type of yours |
 //! | [`StreamReport`] | everything known about one stream when it ended |
 //! | [`Outcome`] | how it ended |
+//! | [`ProviderError`] | the error a provider reported inside its stream ([`StreamReport::provider_error`]) |
 //! | [`Usage`], [`UsageSource`] | token counts, reported or estimated |
 //! | [`Timing`], [`Latencies`] | time to first byte and token, inter-token latency |
 //! | [`Digest`] | a SHA-256 |
