@@ -105,6 +105,9 @@ fn object(bytes: &[u8], type_names_event: bool) -> ProviderError {
 /// error), or when `"error"` is not in the data at all, which costs one `memmem`: that is
 /// the price of an ordinary event.
 pub(super) fn top_level_error(data: &[u8]) -> Option<ProviderError> {
+    if data.first() != Some(&b'{') {
+        return None;
+    }
     ERROR.find(data)?;
     let found = member(data, "error")?.member?;
     let value = data.get(found.value)?;
@@ -146,11 +149,11 @@ pub(super) fn failed_response(data: &[u8]) -> ProviderError {
 }
 
 /// The error the stream engine would record for one event of a stream of `provider`: it
-/// asks events that are not content, and events named `error`.
+/// asks events that are not content only.
 #[cfg(test)]
 pub(super) fn seen(provider: super::Provider, event: &str, data: &str) -> Option<ProviderError> {
     let event = crate::sse::EventRef::new(event.as_bytes(), data.as_bytes(), data.as_bytes());
-    if provider.content(&event).is_some() && event.event_bytes() != b"error" {
+    if provider.content(&event).is_some() {
         return None;
     }
     provider.provider_error(&event)

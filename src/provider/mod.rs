@@ -52,12 +52,15 @@
 //! | Gemini | a chunk with a top-level `error` object (`status`, else `code`; `message`) | `finishReason` `MAX_TOKENS`, `SAFETY`, `RECITATION` |
 //! | Ollama | a line with a top-level `error` string (no kind; the string is the message) | `done_reason` `length` |
 //!
-//! Only events that are not content are looked at (and events named `error`): a named
-//! event by its name; an unnamed one by one `memmem` for `"error"` and, when that hits, a
+//! Only events that are not content are looked at: a named event by its name; an unnamed
+//! one by one `memmem` for `"error"` (when its data is an object) and, when that hits, a
 //! walk of its top level, so that an `error` key nested in a tool call, or the word in a
-//! text, never counts, and `"error": null` is no error. Ordinary content events cost one
-//! comparison of their name. The first error of a stream is the one reported; what follows
-//! it (more content, another error) is forwarded and counted, and changes neither.
+//! text, never counts, and `"error": null` is no error. Content events cost nothing. So an
+//! error is not seen in a stream whose format is still unknown (every event with data
+//! counts as content there; the request path or a first ordinary event names the format),
+//! nor in an event a custom [`content_predicate`](crate::SseLayer::content_predicate) calls
+//! content. The first error of a stream is the one reported; what follows it (more
+//! content, another error) is forwarded and counted, and changes neither.
 //!
 //! # Adding a format
 //!
@@ -338,9 +341,8 @@ impl Provider {
 
 impl Provider {
     /// The provider's own error, when the event is an in-band error event: an event named
-    /// `error` in any format (also an unknown one), or one of this format's error events
-    /// (see the table in the module docs). The stream engine asks this of events that are
-    /// not content, and of events named `error`.
+    /// `error` in any format, or one of this format's error events (see the table in the
+    /// module docs). The stream engine asks this of events that are not content only.
     pub(crate) fn provider_error(self, event: &EventRef<'_>) -> Option<ProviderError> {
         if event.event_bytes() == b"error" {
             return Some(error::error_event(event.data_bytes()));

@@ -290,8 +290,7 @@ fn observe<O: Observer>(
     if content {
         report.content_events += 1;
         activity.content = true;
-    }
-    if (!content || event.event_bytes() == b"error") && report.provider_error.is_none() {
+    } else if report.provider_error.is_none() {
         note_provider_error(&event, classifier.provider(), report);
     }
     let data = event.data_bytes();
@@ -312,8 +311,10 @@ fn observe<O: Observer>(
 }
 
 /// Record the provider's in-band error, if the event is one (asked of events that are not
-/// content, and of events named `error`). The first error wins: later ones, and content
-/// after it, change nothing.
+/// content only: content events pay nothing). The first error wins: later ones, and content
+/// after it, change nothing. Cold: ordinary streams have a few events that are not
+/// content, so the per-event path keeps its shape.
+#[cold]
 #[inline(never)]
 fn note_provider_error(event: &EventRef<'_>, provider: Provider, report: &mut StreamReport) {
     report.provider_error = provider.provider_error(event);
