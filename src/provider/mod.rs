@@ -45,7 +45,7 @@
 //!
 //! | format | a provider error (kind, message) | not an error: completes, with the finish reason |
 //! |---|---|---|
-//! | any, also unknown | an event named `error` (its `error` object's `type`, `status` or `code`, else its own `code`; `message`) | — |
+//! | any (OpenAI-compatible servers too) | an event named `error` (its `error` object's `type`, `status` or `code`, else its own `code`; `message`) | — |
 //! | OpenAI Chat, Completions | a chunk with a top-level `error` object (`type`, else `code`; `message`), OpenRouter's mid-stream error chunks included | `finish_reason` `length`, `content_filter`, `tool_calls` |
 //! | OpenAI Responses | `error` (`code`, `message`); `response.failed` (`response.error.code`, `.message`) | `response.incomplete` (`max_output_tokens`, `content_filter`) |
 //! | Anthropic | `error` (`error.type`: `overloaded_error`, `api_error`…; `error.message`) | `stop_reason` `max_tokens`, `refusal`, `pause_turn` |
