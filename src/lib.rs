@@ -112,6 +112,7 @@
 //! | [`OnEnd`] | where each report goes: a closure, or a type of yours |
 //! | [`StreamReport`] | everything known about one stream when it ended |
 //! | [`Outcome`] | how it ended |
+//! | [`ProviderError`](provider::ProviderError) | the error a provider reported inside its stream ([`StreamReport::provider_error`]) |
 //! | [`Usage`], [`UsageSource`] | token counts, reported or estimated |
 //! | [`Timing`], [`Latencies`] | time to first byte and token, inter-token latency |
 //! | [`Sha256Digest`] | a SHA-256 |
@@ -340,6 +341,7 @@
 //! | `EventTooLarge` | one upstream event passed `max_event_size` | the events before it, then an error event |
 //! | `ServerShutdown` | the server shut down first ([`stream::Shutdown`]) | the events so far, then an error event |
 //! | `UpstreamTruncated` | the upstream ended in the middle of an event | every byte the upstream sent (its own parser drops the unfinished event); with `error_on_truncation`, the complete events, then an error event |
+//! | `ProviderError` | the provider reported an error in its stream ([`StreamReport::provider_error`]), which then ended (or was cut mid-event) | every event, the provider's own error event among them (the layer adds none) |
 //!
 //! # Feature flags
 //!

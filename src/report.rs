@@ -11,7 +11,7 @@ use sha2::Digest as _;
 use sha2::Sha256;
 
 use crate::framing::Framing;
-use crate::provider::Provider;
+use crate::provider::{Provider, ProviderError};
 
 /// How a stream ended. Exactly one outcome per stream.
 ///
@@ -65,6 +65,16 @@ pub enum Outcome {
     /// The server shut down before the stream ended
     /// ([`Shutdown`](crate::stream::Shutdown)).
     ServerShutdown,
+    /// The provider reported an error inside its stream (Anthropic's `error` event, an
+    /// OpenAI chunk with an `error` object, a Responses `response.failed`, a Gemini or
+    /// Ollama error object), and the stream then ended without another failure: it would
+    /// have been [`Completed`](Self::Completed) or
+    /// [`UpstreamTruncated`](Self::UpstreamTruncated). The client got the provider's own
+    /// error event, unchanged (the layer adds none), and
+    /// [`StreamReport::provider_error`] has its type and message. A timeout, a client that
+    /// left or a failed body keep their own outcome (the error is in the report all the
+    /// same).
+    ProviderError,
 }
 
 impl Outcome {
@@ -87,6 +97,7 @@ impl Outcome {
             Self::UpstreamTruncated => "upstream_truncated",
             Self::ServerShutdown => "server_shutdown",
             Self::RequestTimeout => "request_timeout",
+            Self::ProviderError => "provider_error",
         }
     }
 }
@@ -94,7 +105,7 @@ impl Outcome {
 impl Outcome {
     /// How many outcomes there are (for tables indexed by [`index`](Self::index)).
     #[cfg(feature = "metrics")]
-    pub(crate) const COUNT: usize = 10;
+    pub(crate) const COUNT: usize = 11;
 
     /// This outcome's place in `0..COUNT`.
     #[cfg(feature = "metrics")]
@@ -110,6 +121,7 @@ impl Outcome {
             Self::UpstreamTruncated => 7,
             Self::ServerShutdown => 8,
             Self::RequestTimeout => 9,
+            Self::ProviderError => 10,
         }
     }
 }
@@ -234,6 +246,12 @@ pub struct StreamReport {
     pub model: Option<String>,
     /// The finish or stop reason, when an observer found it.
     pub finish_reason: Option<String>,
+    /// The error the provider reported inside its stream, if it did (filled by the layer,
+    /// whatever the observers): the first one, when it reported several. The stream's
+    /// outcome is then [`Outcome::ProviderError`], unless it ended otherwise first (a
+    /// timeout, a disconnect, a failed body). Events after the error are forwarded and
+    /// counted as usual.
+    pub provider_error: Option<ProviderError>,
     /// Token usage, when the usage observer is on.
     pub usage: Option<Usage>,
     /// Latencies, when the timing observer is on.
@@ -271,6 +289,7 @@ impl StreamReport {
             response_id: None,
             model: None,
             finish_reason: None,
+            provider_error: None,
             usage: None,
             timing: None,
             digest: None,
@@ -592,6 +611,7 @@ mod tests {
             Outcome::UpstreamTruncated,
             Outcome::ServerShutdown,
             Outcome::RequestTimeout,
+            Outcome::ProviderError,
         ];
         for outcome in all {
             // Exhaustive: names every variant, so that one added is one listed above.
@@ -605,7 +625,8 @@ mod tests {
                 | Outcome::EventTooLarge
                 | Outcome::UpstreamTruncated
                 | Outcome::ServerShutdown
-                | Outcome::RequestTimeout => {}
+                | Outcome::RequestTimeout
+                | Outcome::ProviderError => {}
             }
         }
         assert_eq!(all.len(), Outcome::COUNT);

@@ -5,7 +5,7 @@ use crate::report::{Outcome, StreamReport};
 
 /// Emits one `tracing` event when a stream ends, with the report's fields (never payloads):
 /// outcome, provider, model, response id, status, counts, durations in milliseconds, token
-/// usage and a digest prefix. `INFO` for completed streams, `WARN` otherwise; target
+/// usage, a digest prefix and the type of the provider's in-band error (`provider_error`). `INFO` for completed streams, `WARN` otherwise; target
 /// `tower_sse`.
 ///
 /// Put it last in the observer tuple, so that the other observers' findings are in the
@@ -28,6 +28,11 @@ impl Observer for TraceObserver {
         let usage = report.usage.unwrap_or_default();
         let mut hex = [0u8; 16];
         let digest = report.digest.map(|d| hex_prefix(&d, &mut hex));
+        // The provider's error type (`overloaded_error`), or `"error"` when it named none.
+        let provider_error = report
+            .provider_error
+            .as_ref()
+            .map(|e| e.kind.as_deref().unwrap_or("error"));
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
@@ -52,6 +57,7 @@ impl Observer for TraceObserver {
                     usage_estimated = report.usage.map(|u| u.source != crate::UsageSource::Reported),
                     digest = digest,
                     error = report.error.as_deref(),
+                    provider_error = provider_error,
                     "stream ended"
                 )
             };

@@ -440,10 +440,24 @@ impl Case {
         }
     }
 
+    /// How the whole stream ends: a transcript with the provider's error event ends with it
+    /// (`tests/provider_errors.rs` has one per format).
+    fn outcome(&self) -> Outcome {
+        match self.name {
+            "anthropic_error" => Outcome::ProviderError,
+            _ => Outcome::Completed,
+        }
+    }
+
     /// Check a report of the whole stream.
     fn check_complete(&self, report: &StreamReport, how: &str) {
         let name = self.name;
-        assert_eq!(report.outcome, Outcome::Completed, "{name} {how}");
+        assert_eq!(report.outcome, self.outcome(), "{name} {how}");
+        assert_eq!(
+            report.provider_error.is_some(),
+            self.outcome() == Outcome::ProviderError,
+            "{name} {how}: provider error"
+        );
         assert_eq!(report.provider, self.provider, "{name} {how}: provider");
         assert_eq!(report.usage, self.usage, "{name} {how}: usage");
         assert_eq!(
@@ -1037,7 +1051,7 @@ async fn anthropic_error_event_mid_stream_estimates_the_output() {
     let case = Case::named("anthropic_error");
     let (report, out) = run(&case, &[case.bytes], false).await;
     assert_eq!(out.data, case.bytes);
-    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.outcome, Outcome::ProviderError);
     assert_eq!(report.finish_reason.as_deref(), Some("overloaded_error"));
     let usage = report.usage.expect("usage");
     assert_eq!(usage.input_tokens, Some(30));

@@ -46,6 +46,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
 use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
@@ -114,6 +115,10 @@ impl Format for Anthropic {
 
     fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
         kind.get() == b"message_stop"
+    }
+
+    fn error(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        (kind.get() == b"error").then(|| error::error_event(event.data_bytes()))
     }
 }
 
@@ -261,5 +266,47 @@ mod tests {
         ));
         assert_eq!(s.usage(), Some(counts(None, Some(5), None, None, None)));
         assert_eq!(s.finish_reason(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn error_events_are_provider_errors() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        let p = Provider::Anthropic;
+        let overloaded =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let expected = Some(ProviderError::new(
+            Some("overloaded_error"),
+            Some("Overloaded"),
+        ));
+        assert_eq!(seen(p, "error", overloaded), expected);
+        // Relayed without `event:` lines: the `type` names it.
+        assert_eq!(seen(p, "", overloaded), expected);
+        for (event, data) in [
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"an error"}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"{\"type\":\"error\"}"}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":5}}"#,
+            ),
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"m","content":[]}}"#,
+            ),
+            ("ping", r#"{"type": "ping"}"#),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+            (
+                "",
+                r#"{"type":"content_block_start","content_block":{"type":"error"}}"#,
+            ),
+        ] {
+            assert_eq!(seen(p, event, data), None, "{data}");
+        }
     }
 }

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::{ContentSpan, Format, LazyKind, ResponseMeta, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
@@ -86,6 +87,10 @@ impl Format for Gemini {
 
     fn is_terminal(_: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         false
+    }
+
+    fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        error::top_level_error(event.data_bytes())
     }
 }
 
@@ -183,5 +188,30 @@ mod tests {
             &mut s,
             r#"{"candidates":[{"content":{"parts":[{"text":"usageMetadata"}]}}]}"#
         ));
+    }
+
+    #[test]
+    fn error_objects_are_provider_errors() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        let p = Provider::Gemini;
+        assert_eq!(
+            seen(
+                p,
+                "",
+                r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#
+            ),
+            Some(ProviderError::new(
+                Some("UNAVAILABLE"),
+                Some("The model is overloaded.")
+            ))
+        );
+        for data in [
+            r#"{"candidates":[{"content":{"parts":[{"text":"error"}],"role":"model"}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":""}]},"finishReason":"MAX_TOKENS"}],"usageMetadata":{"promptTokenCount":3}}"#,
+            r#"{"candidates":[{"finishReason":"SAFETY","safetyRatings":[{"category":"error"}]}]}"#,
+        ] {
+            assert_eq!(seen(p, "", data), None, "{data}");
+        }
     }
 }

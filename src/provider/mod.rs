@@ -11,6 +11,7 @@
 //! | the response id and model | `Format::response_meta` | the report |
 //! | token usage and the finish reason | `Format::usage` | [`UsageObserver`](crate::UsageObserver) |
 //! | is this the stream's last event? | `Format::is_terminal` | [`DigestObserver`](crate::DigestObserver) with a registry |
+//! | is this event the provider's own error? | `Format::error` | the report ([`StreamReport::provider_error`](crate::StreamReport::provider_error), [`Outcome::ProviderError`](crate::Outcome::ProviderError)) |
 //! | does the API take `stream_options.include_usage`? | `Format::ACCEPTS_STREAM_OPTIONS` | [`IncludeUsageLayer`](crate::IncludeUsageLayer) |
 //!
 //! | format | file |
@@ -33,6 +34,34 @@
 //! common event and exact for the compact JSON providers send. Override content detection
 //! with [`SseLayer::content_predicate`](crate::SseLayer::content_predicate).
 //!
+//! # Errors in the stream
+//!
+//! Providers report some failures inside a stream that started well: an error event, or an
+//! error object in place of a chunk. The stream then ends with
+//! [`Outcome::ProviderError`](crate::Outcome::ProviderError) and the report's
+//! [`provider_error`](crate::StreamReport::provider_error) has the error's type and message
+//! (the client gets the provider's event unchanged). Other ends that name a reason are not
+//! failures: they complete, with their finish reason.
+//!
+//! | format | a provider error (kind, message) | not an error: completes, with the finish reason |
+//! |---|---|---|
+//! | any (OpenAI-compatible servers too) | an event named `error` (its `error` object's `type`, `status` or `code`, else its own `code`; `message`) | — |
+//! | OpenAI Chat, Completions | a chunk with a top-level `error` object (`type`, else `code`; `message`), OpenRouter's mid-stream error chunks included | `finish_reason` `length`, `content_filter`, `tool_calls` |
+//! | OpenAI Responses | `error` (`code`, `message`); `response.failed` (`response.error.code`, `.message`) | `response.incomplete` (`max_output_tokens`, `content_filter`) |
+//! | Anthropic | `error` (`error.type`: `overloaded_error`, `api_error`…; `error.message`) | `stop_reason` `max_tokens`, `refusal`, `pause_turn` |
+//! | Gemini | a chunk with a top-level `error` object (`status`, else `code`; `message`) | `finishReason` `MAX_TOKENS`, `SAFETY`, `RECITATION` |
+//! | Ollama | a line with a top-level `error` string (no kind; the string is the message) | `done_reason` `length` |
+//!
+//! Only events that are not content are looked at: a named event by its name; an unnamed
+//! one by one `memmem` for `"error"` (when its data is an object) and, when that hits, a
+//! walk of its top level, so that an `error` key nested in a tool call, or the word in a
+//! text, never counts, and `"error": null` is no error. Content events cost nothing. So an
+//! error is not seen in a stream whose format is still unknown (every event with data
+//! counts as content there; the request path or a first ordinary event names the format),
+//! nor in an event a custom [`content_predicate`](crate::SseLayer::content_predicate) calls
+//! content. The first error of a stream is the one reported; what follows it (more
+//! content, another error) is forwarded and counted, and changes neither.
+//!
 //! # Adding a format
 //!
 //! Write `myformat.rs` with a unit struct implementing the crate-private `Format` trait (copy
@@ -42,6 +71,7 @@
 
 mod anthropic;
 mod classify;
+mod error;
 mod gemini;
 mod ollama;
 mod openai;
@@ -57,6 +87,8 @@ use crate::sse::EventRef;
 use crate::json::{self, Lenient, Text, parse};
 
 pub(crate) use self::classify::{Classifier, ContentPredicate};
+
+pub use self::error::ProviderError;
 
 /// Everything the crate knows about one stream format. Implemented by a unit struct per
 /// format file; all functions are cheap on events that are not theirs and never panic.
@@ -113,6 +145,15 @@ pub(crate) trait Format {
     /// Whether the event is the last one of a stream of this format. `kind` is the event's
     /// [`event_kind`], worked out once for every format that asks.
     fn is_terminal(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool;
+
+    /// The provider's own error, when the event is one of this format's in-band error events
+    /// (see the table in the module docs). Asked of events that are not content only, so it
+    /// must be cheap on ordinary lifecycle events: compare the event's `kind`, or look for
+    /// `"error"` with one `memmem` before reading anything (`error::top_level_error`).
+    fn error(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        let _ = (event, kind);
+        None
+    }
 }
 
 /// Declares [`Provider`] from the list of formats, in detection order, with the dispatch to
@@ -296,6 +337,19 @@ impl Provider {
                     && with_format!(p, |F| F::usage(event, state), false)
             })
         )
+    }
+}
+
+impl Provider {
+    /// The provider's own error, when the event is an in-band error event: an event named
+    /// `error` in any format, or one of this format's error events (see the table in the
+    /// module docs). The stream engine asks this of events that are not content only.
+    pub(crate) fn provider_error(self, event: &EventRef<'_>) -> Option<ProviderError> {
+        if event.event_bytes() == b"error" {
+            return Some(error::error_event(event.data_bytes()));
+        }
+        let mut kind = LazyKind::new(event);
+        with_format!(self, |F| F::error(event, &mut kind), None)
     }
 }
 

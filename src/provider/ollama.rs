@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
 use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 
@@ -65,6 +66,10 @@ impl Format for Ollama {
 
     fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.event_bytes().is_empty() && has_true_value(event.data_bytes(), &DONE)
+    }
+
+    fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        error::top_level_error(event.data_bytes())
     }
 }
 
@@ -127,5 +132,30 @@ mod tests {
             Some(counts(Some(26), Some(290), None, None, None))
         );
         assert_eq!(s.finish_reason(), Some("stop"));
+    }
+
+    #[test]
+    fn error_lines_are_provider_errors() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        let p = Provider::Ollama;
+        assert_eq!(
+            seen(
+                p,
+                "",
+                r#"{"error":"an error was encountered while running the model"}"#
+            ),
+            Some(ProviderError::new(
+                None,
+                Some("an error was encountered while running the model")
+            ))
+        );
+        for data in [
+            r#"{"model":"m","message":{"role":"assistant","content":"error"},"done":false}"#,
+            r#"{"model":"m","message":{"role":"assistant","content":""},"done_reason":"length","done":true,"eval_count":3}"#,
+            r#"{"model":"m","response":"","done":true,"done_reason":"stop","error":null}"#,
+        ] {
+            assert_eq!(seen(p, "", data), None, "{data}");
+        }
     }
 }

@@ -28,6 +28,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
@@ -95,6 +96,10 @@ impl Format for Chat {
     fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.data_bytes() == b"[DONE]"
     }
+
+    fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        error::top_level_error(event.data_bytes())
+    }
 }
 
 /// OpenAI legacy Completions (`text_completion`).
@@ -129,6 +134,10 @@ impl Format for Completions {
 
     fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.data_bytes() == b"[DONE]"
+    }
+
+    fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        error::top_level_error(event.data_bytes())
     }
 }
 
@@ -294,5 +303,47 @@ mod tests {
             r#"{"choices":[{"finish_reason":17}],"x":{"finish_reason":"y"}}"#,
         );
         assert_eq!(s.finish_reason(), None);
+    }
+
+    #[test]
+    fn error_chunks_are_provider_errors_length_is_not() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        for p in [Provider::OpenAiChat, Provider::OpenAiCompletions] {
+            assert_eq!(
+                seen(
+                    p,
+                    "",
+                    r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#
+                ),
+                Some(ProviderError::new(
+                    Some("server_error"),
+                    Some("The server had an error")
+                ))
+            );
+            // OpenRouter: the error beside an empty delta and `finish_reason: error`.
+            assert_eq!(
+                seen(
+                    p,
+                    "",
+                    r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}],"error":{"code":502,"message":"Provider disconnected"}}"#
+                ),
+                Some(ProviderError::new(
+                    Some("502"),
+                    Some("Provider disconnected")
+                ))
+            );
+            for data in [
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"error"}}]}"#,
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"{\"error\":{}}"}}]}"#,
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+                r#"{"id":"c","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":"length"}]}"#,
+                r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":1},"error":null}"#,
+                r#"{"id":"c","choices":[{"delta":{"role":"assistant","content":""}}],"x":{"error":{"type":"nested"}}}"#,
+                "[DONE]",
+            ] {
+                assert_eq!(seen(p, "", data), None, "{data}");
+            }
+        }
     }
 }

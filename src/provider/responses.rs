@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::sse::EventRef;
 
+use super::error::{self, ProviderError};
 use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
 use crate::json::{Count, Lenient, Text, finders, first_of, parse};
 
@@ -76,6 +77,14 @@ impl Format for Responses {
 
     fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
         TERMINAL.contains(&kind.get())
+    }
+
+    fn error(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
+        match kind.get() {
+            b"error" => Some(error::error_event(event.data_bytes())),
+            b"response.failed" => Some(error::failed_response(event.data_bytes())),
+            _ => None,
+        }
     }
 }
 
@@ -222,5 +231,50 @@ mod tests {
         assert!(run(&mut s, "response.completed", r#"{"response":{}}"#));
         assert_eq!(s.finish_reason(), Some("completed"));
         assert_eq!(s.usage(), None);
+    }
+
+    #[test]
+    fn error_and_failed_are_provider_errors_incomplete_is_not() {
+        use crate::provider::Provider;
+        use crate::provider::error::{ProviderError, seen};
+        let p = Provider::OpenAiResponses;
+        let error = r#"{"type":"error","code":"server_error","message":"The server had an error","param":null,"sequence_number":7}"#;
+        let expected = Some(ProviderError::new(
+            Some("server_error"),
+            Some("The server had an error"),
+        ));
+        assert_eq!(seen(p, "error", error), expected);
+        assert_eq!(seen(p, "", error), expected);
+        let failed = r#"{"type":"response.failed","sequence_number":9,"response":{"id":"resp_1","status":"failed","error":{"code":"rate_limit_exceeded","message":"slow down"},"usage":null}}"#;
+        let expected = Some(ProviderError::new(
+            Some("rate_limit_exceeded"),
+            Some("slow down"),
+        ));
+        assert_eq!(seen(p, "response.failed", failed), expected);
+        assert_eq!(seen(p, "", failed), expected);
+        for (event, data) in [
+            (
+                "response.incomplete",
+                r#"{"type":"response.incomplete","response":{"status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"error":null}}"#,
+            ),
+            (
+                "response.completed",
+                r#"{"type":"response.completed","response":{"status":"completed","error":null}}"#,
+            ),
+            (
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","delta":"error"}"#,
+            ),
+            (
+                "response.output_text.done",
+                r#"{"type":"response.output_text.done","text":"an \"error\": none"}"#,
+            ),
+            (
+                "",
+                r#"{"type":"response.output_item.added","item":{"type":"error"}}"#,
+            ),
+        ] {
+            assert_eq!(seen(p, event, data), None, "{data}");
+        }
     }
 }

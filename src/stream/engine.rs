@@ -264,6 +264,7 @@ impl<O: Observer> Engine<O> {
         if self.report.outcome == Outcome::Completed {
             self.report.outcome = outcome;
         }
+        provider_error_outcome(&mut self.report);
         self.report.ended_at = now;
         self.report.provider = self.classifier.provider();
         self.observer.on_end(&mut self.report);
@@ -290,6 +291,8 @@ fn observe<O: Observer>(
     if content {
         report.content_events += 1;
         activity.content = true;
+    } else if report.provider_error.is_none() {
+        note_provider_error(&event, classifier.provider(), report);
     }
     let data = event.data_bytes();
     let mut cx = EventContext {
@@ -306,4 +309,29 @@ fn observe<O: Observer>(
     };
     observer.on_event(&event, &mut cx);
     cx.forward
+}
+
+/// Record the provider's in-band error, if the event is one (asked of events that are not
+/// content only: content events pay nothing). The first error wins: later ones, and content
+/// after it, change nothing. Cold: ordinary streams have a few events that are not
+/// content, so the per-event path keeps its shape.
+#[cold]
+#[inline(never)]
+fn note_provider_error(event: &EventRef<'_>, provider: Provider, report: &mut StreamReport) {
+    report.provider_error = provider.provider_error(event);
+}
+
+/// A stream whose provider reported an error ends with [`Outcome::ProviderError`] when it
+/// would otherwise have completed, or ended in the middle of an event (the error says more
+/// than the truncation; the report's `error` still says the stream was cut). Timeouts,
+/// disconnects, failed bodies and the layer's other failures keep their outcome.
+fn provider_error_outcome(report: &mut StreamReport) {
+    if report.provider_error.is_some()
+        && matches!(
+            report.outcome,
+            Outcome::Completed | Outcome::UpstreamTruncated
+        )
+    {
+        report.outcome = Outcome::ProviderError;
+    }
 }

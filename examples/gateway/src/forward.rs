@@ -209,4 +209,3 @@ fn upstream_unreachable(
         "the upstream could not be reached",
     )
 }
-
