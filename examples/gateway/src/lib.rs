@@ -18,7 +18,8 @@
 //!                                                                    usage, timing, digest,
 //!                                                                    metrics, one log line
 //!                                              Forward               pooled hyper-util client,
-//!                                                                    http:// or https:// (rustls)
+//!                                                                    http:// or https:// (rustls),
+//!                                                                    HTTP/1.1 or HTTP/2
 //! ```
 //!
 //! This file is the stack: [`Shared::router`] and the `SseLayer` it builds. The rest is
