@@ -342,11 +342,9 @@ async fn http1_and_h2c_clients_in_front_of_an_http2_only_upstream() {
     assert_eq!(upstream.connections.load(Ordering::SeqCst) - before, 1);
 }
 
-/// The gateway binary, killed when dropped, with its stdout (one log line per stream).
+/// The gateway binary, killed when dropped.
 struct Running {
     child: Child,
-    stdout: BufReader<ChildStdout>,
-    base: String,
 }
 
 impl Drop for Running {
@@ -356,15 +354,19 @@ impl Drop for Running {
     }
 }
 
-fn run(args: &[&str]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+/// The gateway binary with `args`, JSON logs: the process, its stdout (one log line per
+/// stream) and its URL.
+fn run(args: &[&str]) -> (Running, BufReader<ChildStdout>, String) {
+    let mut running = Running {
+        child: Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the gateway binary starts"),
+    };
+    let mut stdout = BufReader::new(running.child.stdout.take().unwrap());
     let mut line = String::new();
     loop {
         line.clear();
@@ -374,24 +376,17 @@ fn run(args: &[&str]) -> Running {
         );
         if let Some(addr) = line.trim_end().strip_prefix("listening on http://") {
             let base = format!("http://{addr}");
-            return Running {
-                child,
-                stdout,
-                base,
-            };
+            return (running, stdout, base);
         }
     }
 }
 
 /// The next `stream ended` line, as JSON.
-fn stream_ended(running: &mut Running) -> serde_json::Value {
+fn stream_ended(stdout: &mut BufReader<ChildStdout>) -> serde_json::Value {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            running.stdout.read_line(&mut line).unwrap() > 0,
-            "no log line"
-        );
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "no log line");
         if line.contains("stream ended") {
             return serde_json::from_str(&line).expect("one JSON object");
         }
@@ -404,8 +399,8 @@ async fn the_log_line_names_the_client_and_the_upstream_versions() {
     let upstream = format!("http://{upstream}");
 
     // An h2c client, an HTTP/1.1 upstream (the default).
-    let mut gateway = run(&["--upstream", &upstream]);
-    let url = format!("{}/v1/chat/completions", gateway.base);
+    let (gateway, mut stdout, base) = run(&["--upstream", &upstream]);
+    let url = format!("{base}/v1/chat/completions");
     let body = chat(6, 0);
     let (curl_url, curl_body) = (url.clone(), body.clone());
     // Blocking, off the runtime that serves the mock.
@@ -435,23 +430,23 @@ async fn the_log_line_names_the_client_and_the_upstream_versions() {
             assert_whole(&response.text().await.unwrap(), 6);
         }
     }
-    let line = stream_ended(&mut gateway);
+    let line = stream_ended(&mut stdout);
     assert_eq!(line["fields"]["outcome"], "completed", "{line}");
     assert_eq!(line["span"]["client_version"], "HTTP/2.0", "{line}");
     assert_eq!(line["span"]["upstream_version"], "HTTP/1.1", "{line}");
     drop(gateway);
 
     // An HTTP/1.1 client, an HTTP/2 upstream (the mock speaks h2c too).
-    let mut gateway = run(&["--upstream", &upstream, "--upstream-version", "2"]);
+    let (_gateway, mut stdout, base) = run(&["--upstream", &upstream, "--upstream-version", "2"]);
     let response = h1_client()
-        .post(format!("{}/v1/chat/completions", gateway.base))
+        .post(format!("{base}/v1/chat/completions"))
         .body(chat(6, 0))
         .send()
         .await
         .unwrap();
     assert_eq!(response.version(), Version::HTTP_11);
     assert_whole(&response.text().await.unwrap(), 6);
-    let line = stream_ended(&mut gateway);
+    let line = stream_ended(&mut stdout);
     assert_eq!(line["fields"]["outcome"], "completed", "{line}");
     assert_eq!(line["span"]["client_version"], "HTTP/1.1", "{line}");
     assert_eq!(line["span"]["upstream_version"], "HTTP/2.0", "{line}");
