@@ -15,9 +15,9 @@
 //!   `:authority` instead, which is the gateway's);
 //! - HTTP/2 upstream: no `host`; `:authority` (and `:scheme`) come from the upstream URL.
 //!
-//! The response keeps the upstream's version, for the log line
-//! (and [`Versions`](crate::Versions)); the server answers the client in
-//! the client's own version whatever it says.
+//! The response keeps the upstream's version, for the log line and the report's
+//! [`Versions`](crate::Versions); the server answers the client in the client's own version
+//! whatever the response says.
 
 use std::convert::Infallible;
 use std::future::Future;
