@@ -142,6 +142,11 @@
 //! whole stack is served by axum, as the router's fallback (every path) or from a handler
 //! (which can check a key or pick an upstream first).
 //!
+//! Each side has its own HTTP version. axum serves clients HTTP/1.1 and HTTP/2 (with prior
+//! knowledge, h2c); the client speaks HTTP/1.1 to the upstream, several pooled connections,
+//! or HTTP/2 when built with `.http2_only(true)`, one connection multiplexing every stream.
+//! So `to_upstream` sends the request in the upstream's version, never in the client's.
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use std::time::Duration;
@@ -154,7 +159,7 @@
 //! use axum::routing::post;
 //! use http::header::HOST;
 //! use http::uri::PathAndQuery;
-//! use http::{StatusCode, Uri};
+//! use http::{StatusCode, Uri, Version};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::client::legacy::connect::HttpConnector;
 //! use hyper_util::rt::TokioExecutor;
@@ -198,15 +203,27 @@
 //!     BoxCloneSyncService::new(stack)
 //! }
 //!
-//! /// Point a request at the upstream: same path and query, the upstream's host. (A
-//! /// production gateway also drops hop-by-hop headers; see the example gateway.)
+//! /// Point a request at the upstream: same path and query, the upstream's host, in the
+//! /// version the pooled client speaks, without the headers of the client's connection.
 //! fn to_upstream(upstream: &Uri, mut request: Request) -> Request {
 //!     let mut uri = upstream.clone().into_parts();
 //!     uri.path_and_query = Some(
 //!         request.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/")),
 //!     );
 //!     *request.uri_mut() = Uri::from_parts(uri).expect("an absolute upstream URI");
-//!     request.headers_mut().remove(HOST); // the client sets the upstream's
+//!     // The client's version is its connection's (HTTP/2 when it spoke h2 to axum), and the
+//!     // pooled client refuses an HTTP/2 request on its HTTP/1.1 connections. Built with
+//!     // `.http2_only(true)` (an upstream speaking HTTP/2), it sends HTTP/2 whatever this says.
+//!     *request.version_mut() = Version::HTTP_11;
+//!     // HTTP/1.1: the client sets the upstream's `host`. HTTP/2: `:authority`, from the URI.
+//!     request.headers_mut().remove(HOST);
+//!     // Hop-by-hop headers describe the client's connection (HTTP/2 forbids them, and `te`
+//!     // but for `trailers`). The example gateway also drops the ones `connection` names.
+//!     for name in [
+//!         "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+//!     ] {
+//!         request.headers_mut().remove(name);
+//!     }
 //!     request
 //! }
 //!
@@ -252,8 +269,10 @@
 //!     .with_state(gateway);
 //! // Serve it: `axum::serve(listener, app).await`.
 //! #
-//! #     // A client that did not ask for usage: the report has it, the client does not.
+//! #     // A client that did not ask for usage: the report has it, the client does not. It
+//! #     // spoke HTTP/2 to the gateway: the upstream gets HTTP/1.1.
 //! #     let request = Request::post("/v1/chat/completions")
+//! #         .version(Version::HTTP_2)
 //! #         .header("content-type", "application/json")
 //! #         .body(Body::from(r#"{"model":"m","stream":true,"messages":[]}"#))
 //! #         .unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
-use example_gateway::{GatewayConfig, Stack, TlsRoots};
+use example_gateway::{GatewayConfig, Stack, TlsRoots, UpstreamVersion};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +119,14 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "webpki|native", value_parser = tls_roots(),
           hide_possible_values = true, verbatim_doc_comment)]
     tls_roots: Option<TlsRoots>,
+    /// HTTP version spoken to the upstream, whatever the client
+    /// speaks: 1.1 (default; a pool of connections, one per stream in
+    /// flight) or 2 (HTTP/2 only: prior knowledge for http://, ALPN
+    /// h2 for https://; one connection per runtime multiplexes every
+    /// stream, up to the upstream's concurrent-stream limit)
+    #[arg(long, value_name = "1.1|2", value_parser = upstream_version(),
+          hide_possible_values = true, verbatim_doc_comment)]
+    upstream_version: Option<UpstreamVersion>,
     /// serve /metrics (and /healthz) on ADDR instead of --listen
     #[arg(long, value_name = "ADDR", value_parser = address)]
     metrics_listen: Option<SocketAddr>,
@@ -188,6 +196,7 @@ impl Cli {
             self.h2_keepalive.map(|s| s.0),
         );
         set(&mut config.tls_roots, self.tls_roots);
+        set(&mut config.upstream_version, self.upstream_version);
         set(
             &mut config.shutdown_grace,
             self.shutdown_grace.map(|s| s.0.unwrap_or_default()),
@@ -257,6 +266,13 @@ fn tls_roots() -> impl TypedValueParser<Value = TlsRoots> {
     })
 }
 
+fn upstream_version() -> impl TypedValueParser<Value = UpstreamVersion> {
+    PossibleValuesParser::new(["1.1", "2"]).map(|version| match version.as_str() {
+        "2" => UpstreamVersion::Http2,
+        _ => UpstreamVersion::Http1,
+    })
+}
+
 fn stack() -> impl TypedValueParser<Value = Stack> {
     PossibleValuesParser::new(["full", "bare"]).map(|stack| match stack.as_str() {
         "bare" => Stack::Bare,
@@ -302,6 +318,8 @@ mod tests {
             "native",
             "--stack",
             "bare",
+            "--upstream-version",
+            "2",
             "--runtime",
             "per-core",
             "--log-format",
@@ -318,6 +336,7 @@ mod tests {
         assert_eq!(config.connections.max_header_bytes, 8192);
         assert_eq!(config.tls_roots, TlsRoots::Native);
         assert_eq!(config.stack, Stack::Bare);
+        assert_eq!(config.upstream_version, UpstreamVersion::Http2);
         assert_eq!(cli.runtime, RuntimeKind::PerCore);
         assert_eq!(cli.log_format, LogFormat::Json);
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use crate::{ConnectionConfig, TlsRoots};
+use crate::{ConnectionConfig, TlsRoots, UpstreamVersion};
 
 /// What the gateway is told on its command line.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// The certificate authorities of an `https://` upstream.
     pub tls_roots: TlsRoots,
+    /// The HTTP version spoken to the upstream (HTTP/1.1 by default), whatever the client's.
+    pub upstream_version: UpstreamVersion,
     /// Serve `/metrics` on this address instead of the main one.
     pub metrics_listen: Option<SocketAddr>,
     /// Limits on client connections.
@@ -75,6 +77,7 @@ impl GatewayConfig {
             early_response: false,
             max_body_bytes: 16 * 1024 * 1024,
             tls_roots: TlsRoots::default(),
+            upstream_version: UpstreamVersion::default(),
             metrics_listen: None,
             connections: ConnectionConfig::default(),
             shutdown_grace: Duration::from_secs(30),

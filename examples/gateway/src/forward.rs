@@ -1,6 +1,23 @@
 //! The innermost service: forward a request to the upstream with a pooled hyper-util client
 //! (`http://`, or `https://` with the `tls` feature), minus the hop-by-hop headers; answer `502` when the
 //! upstream cannot be reached, and log why (never a header, a query string or a body).
+//!
+//! Versions: the request is sent in the upstream's version ([`UpstreamVersion`]: HTTP/1.1,
+//! or HTTP/2), never in the client's, which describes the client's connection only (the
+//! pooled client refuses an HTTP/2 request on an HTTP/1.1 connection). The headers follow
+//! the version sent:
+//!
+//! - hop-by-hop headers (`connection` and the ones it lists, `keep-alive`, `te`,
+//!   `transfer-encoding`, `upgrade`, ...) are dropped both ways, whatever the versions: they
+//!   describe one connection. HTTP/2 forbids them, and allows `te` only as `trailers`, which
+//!   the gateway does not ask for;
+//! - HTTP/1.1 upstream: `host` is the upstream's authority (an HTTP/2 client sent
+//!   `:authority` instead, which is the gateway's);
+//! - HTTP/2 upstream: no `host`; `:authority` (and `:scheme`) come from the upstream URL.
+//!
+//! The response keeps the upstream's version, for the log line and the report's
+//! [`Versions`](crate::Versions); the server answers the client in the client's own version
+//! whatever the response says.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +27,7 @@ use std::task::{Context, Poll};
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::LengthLimitError;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -19,7 +36,7 @@ use tower_sse::digest::RequestDigestBody;
 use tower_sse::include_usage::UsageRequestBody;
 
 use crate::UPSTREAM_STREAMS;
-use crate::connector::Connector;
+use crate::connector::{Connector, UpstreamVersion};
 use crate::os::{Warning, fd_limit_text, io_source, is_fd_exhaustion};
 
 /// The request body the upstream client sends: the client's bytes, hashed as they go
@@ -35,6 +52,8 @@ pub(crate) type UpstreamResponseBody = Either<Incoming, Full<Bytes>>;
 pub(crate) struct Forward<B = UpstreamRequestBody> {
     pub(crate) client: Client<Connector, B>,
     pub(crate) upstream: Uri,
+    /// The version requests are sent in (the client's pool speaks it).
+    pub(crate) version: UpstreamVersion,
 }
 
 impl<B> Clone for Forward<B> {
@@ -42,6 +61,7 @@ impl<B> Clone for Forward<B> {
         Self {
             client: self.client.clone(),
             upstream: self.upstream.clone(),
+            version: self.version,
         }
     }
 }
@@ -65,6 +85,7 @@ where
         parts.path_and_query = path.parse().ok();
         let uri = Uri::from_parts(parts);
         let client = self.client.clone();
+        let version = self.version.version();
         Box::pin(async move {
             let Ok(uri) = uri else {
                 return Ok(error_response(
@@ -73,12 +94,7 @@ where
                     "bad request path",
                 ));
             };
-            strip_hop_by_hop(request.headers_mut());
-            if let Some(authority) = uri.authority()
-                && let Ok(host) = HeaderValue::from_str(authority.as_str())
-            {
-                request.headers_mut().insert(HOST, host);
-            }
+            to_version(&mut request, &uri, version);
             let method = request.method().clone();
             *request.uri_mut() = uri.clone();
             match client.request(request).await {
@@ -99,6 +115,22 @@ where
                 Err(e) => Ok(upstream_unreachable(&method, &uri, &e)),
             }
         })
+    }
+}
+
+/// Make `request` one of `version` to `uri`: that version, no hop-by-hop header, and `host`
+/// as that version wants it (see the module's text).
+fn to_version<B>(request: &mut Request<B>, uri: &Uri, version: Version) {
+    *request.version_mut() = version;
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    if version == Version::HTTP_2 {
+        // `:authority`, from the URI, says it.
+        headers.remove(HOST);
+    } else if let Some(authority) = uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(HOST, host);
     }
 }
 

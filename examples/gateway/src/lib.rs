@@ -18,7 +18,8 @@
 //!                                                                    usage, timing, digest,
 //!                                                                    metrics, one log line
 //!                                              Forward               pooled hyper-util client,
-//!                                                                    http:// or https:// (rustls)
+//!                                                                    http:// or https:// (rustls),
+//!                                                                    HTTP/1.1 or HTTP/2
 //! ```
 //!
 //! This file is the stack: [`Shared::router`] and the `SseLayer` it builds. The rest is
@@ -53,8 +54,7 @@ use tower_sse::resume::{MemoryStore, ResumeObserver};
 use tower_sse::stream::Shutdown;
 use tower_sse::{
     DigestObserver, DigestRegistry, IncludeUsageLayer, KeepAliveConfig, OnEnd, RequestDigestLayer,
-    ResumeLayer, SseLayer, StreamLimitLayer, StreamReport, TimingObserver, TraceObserver,
-    UsageObserver,
+    ResumeLayer, SseLayer, StreamLimitLayer, StreamReport, TimingObserver, UsageObserver,
 };
 
 mod body_limit;
@@ -69,16 +69,19 @@ mod running;
 mod serve;
 #[cfg(feature = "tuned")]
 pub mod tuned;
+mod versions;
 
 pub use config::{GatewayConfig, Stack};
-pub use connector::TlsRoots;
+pub use connector::{TlsRoots, UpstreamVersion};
 pub use handlers::{REQUESTS, UPSTREAM_STREAMS};
 pub use running::{Gateway, start, start_metrics};
 pub use serve::{ConnectionConfig, serve, serve_until};
+pub use versions::Versions;
 
 use connector::Connector;
 use forward::{Forward, UpstreamRequestBody};
 use handlers::{count_request, healthz, lookup_digest, render_metrics};
+use versions::VersionedTrace;
 
 /// The parts of a gateway that every runtime serving it shares, built once: the digest
 /// registry, the stream limit (clones of one layer share its semaphore), the Prometheus
@@ -116,6 +119,7 @@ impl Shared {
                 .service(Forward {
                     client: self.client::<AxumBody>(),
                     upstream: self.config.upstream.clone(),
+                    version: self.config.upstream_version,
                 });
             return self.with_routes(bare);
         }
@@ -137,12 +141,14 @@ impl Shared {
             .service(Forward {
                 client,
                 upstream: self.config.upstream.clone(),
+                version: self.config.upstream_version,
             });
         self.with_routes(stack)
     }
 
     /// This runtime's pooled upstream client (connections stay on the runtime that opened
-    /// them).
+    /// them): several HTTP/1.1 connections, or with `--upstream-version 2` one HTTP/2
+    /// connection that every stream shares ([`UpstreamVersion`]).
     fn client<B>(&self) -> Client<Connector, B>
     where
         B: hyper::body::Body + Send + 'static,
@@ -150,10 +156,15 @@ impl Shared {
     {
         // Without a pool timer, idle upstream connections are never closed (the idle timeout
         // is only checked when a connection is taken), and each keeps a file descriptor.
-        Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(self.connector.clone())
+            .pool_timer(TokioTimer::new());
+        if self.config.upstream_version == UpstreamVersion::Http2 {
+            // Prior knowledge for `http://`; ALPN offers only `h2` for `https://`.
+            builder.http2_only(true);
+        }
+        builder.build(self.connector.clone())
     }
 
     /// The gateway's own routes around `stack`, which serves everything else, under the
@@ -195,7 +206,8 @@ impl Shared {
     }
 
     /// The `SseLayer`: keep-alive, deadlines, NDJSON reframed as SSE, and the observers
-    /// (usage, timing, digest into the registry, GenAI metrics, one log line per stream).
+    /// (usage, timing, digest into the registry, GenAI metrics, one log line per stream with
+    /// the client's and the upstream's HTTP versions).
     fn sse_layer(
         &self,
     ) -> SseLayer<
@@ -204,7 +216,7 @@ impl Shared {
             TimingObserver,
             DigestObserver,
             MetricsObserver,
-            TraceObserver,
+            VersionedTrace,
             ResumeObserver,
         ),
         impl OnEnd + Clone + Send + 'static,
@@ -235,7 +247,7 @@ impl Shared {
                 TimingObserver::new(),
                 DigestObserver::with_registry(self.registry.clone()),
                 MetricsObserver::new().model_labels(self.models.clone()),
-                TraceObserver,
+                VersionedTrace::default(),
                 ResumeObserver::new(),
             ))
             .on_end(move |report: StreamReport| {

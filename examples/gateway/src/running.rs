@@ -90,7 +90,11 @@ impl Shared {
         Ok(Self {
             resume_store,
             resume,
-            connector: connector::connector(&config.upstream, config.tls_roots)?,
+            connector: connector::connector(
+                &config.upstream,
+                config.tls_roots,
+                config.upstream_version,
+            )?,
             registry: registry.build(),
             limit: StreamLimitLayer::new(config.max_streams),
             metrics: prometheus::prometheus(),

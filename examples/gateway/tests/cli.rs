@@ -23,6 +23,7 @@ const FLAGS: &[&str] = &[
     "--h2-max-streams",
     "--h2-keepalive",
     "--tls-roots",
+    "--upstream-version",
     "--metrics-listen",
     "--log-format",
     "--shutdown-grace",
@@ -170,6 +171,8 @@ async fn multi_runtime_with_every_flag_and_an_upstream() {
         "10",
         "--tls-roots",
         "webpki",
+        "--upstream-version",
+        "2",
         "--log-format",
         "text",
         "--shutdown-grace",
@@ -194,6 +197,7 @@ fn bad_values_are_refused_not_panicked_on() {
         ["--log-format", "xml"],
         ["--metrics-listen", "nowhere"],
         ["--stack", "none"],
+        ["--upstream-version", "3"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(args)

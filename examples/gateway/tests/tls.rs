@@ -35,6 +35,11 @@ impl Drop for TlsUpstream {
 }
 
 async fn tls_upstream() -> TlsUpstream {
+    tls_upstream_with_alpn(&[]).await
+}
+
+/// [`tls_upstream`], offering these ALPN protocols (`h2`, `http/1.1`); none: no ALPN.
+async fn tls_upstream_with_alpn(alpn: &[&str]) -> TlsUpstream {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
@@ -52,7 +57,7 @@ async fn tls_upstream() -> TlsUpstream {
     std::fs::write(&ca_file, ca.pem()).unwrap();
 
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -61,6 +66,7 @@ async fn tls_upstream() -> TlsUpstream {
             PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
         )
         .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -112,6 +118,11 @@ struct Gateway {
 /// Start the binary against `upstream` with these roots, `SSL_CERT_FILE` at `ca_file`, and
 /// wait for its `listening on http://ADDR` line.
 fn gateway(upstream: SocketAddr, roots: &str, ca_file: &Path) -> Gateway {
+    gateway_with(upstream, roots, ca_file, &[])
+}
+
+/// [`gateway`], with more flags.
+fn gateway_with(upstream: SocketAddr, roots: &str, ca_file: &Path, flags: &[&str]) -> Gateway {
     let mut process = Running(
         Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args([
@@ -122,6 +133,7 @@ fn gateway(upstream: SocketAddr, roots: &str, ca_file: &Path) -> Gateway {
                 "--upstream",
             ])
             .arg(format!("https://{upstream}"))
+            .args(flags)
             .env("SSL_CERT_FILE", ca_file)
             .env_remove("SSL_CERT_DIR")
             .stdout(Stdio::piped())
@@ -202,4 +214,39 @@ async fn an_upstream_certificate_outside_the_roots_is_refused_with_a_502() {
     // Refused for its certificate, not for anything else.
     let line = gateway.log_line("upstream request failed");
     assert!(line.contains("certificate"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_upstream_version_2_alpn_picks_h2_and_an_http1_only_upstream_is_a_502() {
+    // An upstream offering both: HTTP/1.1 by default, HTTP/2 with `--upstream-version 2`.
+    let upstream = tls_upstream_with_alpn(&["h2", "http/1.1"]).await;
+    for (flags, version) in [
+        (&[][..], "HTTP/1.1"),
+        (&["--upstream-version", "2"][..], "HTTP/2.0"),
+    ] {
+        let gateway = gateway_with(upstream.addr, "native", &upstream.ca_file, flags);
+        let (status, body) = chat(&gateway.base).await;
+        assert_eq!(status, 200, "{flags:?}: {body}");
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+        let line = gateway.log_line("stream ended");
+        assert!(line.contains("outcome=completed"), "{line}");
+        assert!(
+            line.contains(&format!("upstream_version={version}")),
+            "{line}"
+        );
+        assert!(line.contains("client_version=HTTP/1.1"), "{line}");
+    }
+
+    // An upstream that only speaks HTTP/1.1: the handshake finds no protocol in common.
+    let upstream = tls_upstream_with_alpn(&["http/1.1"]).await;
+    let gateway = gateway_with(
+        upstream.addr,
+        "native",
+        &upstream.ca_file,
+        &["--upstream-version", "2"],
+    );
+    let (status, body) = chat(&gateway.base).await;
+    assert_eq!(status, 502, "{body}");
+    let line = gateway.log_line("upstream request failed");
+    assert!(line.contains("Connect"), "{line}");
 }

@@ -1,0 +1,62 @@
+//! The HTTP versions of a stream, on both sides, in its report and its log line.
+
+use http::Version;
+use tower_sse::{Observer, StreamReport, TraceObserver};
+
+/// The HTTP versions of one stream, in [`StreamReport::extensions`]: the client's request
+/// (HTTP/1.1 or HTTP/2 to the gateway) and the upstream's response (the version the gateway
+/// spoke to the upstream: `--upstream-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    /// The version of the client's request.
+    pub client: Version,
+    /// The version of the upstream's response, when it answered with a stream.
+    pub upstream: Option<Version>,
+}
+
+/// [`TraceObserver`]'s line, with the stream's [`Versions`]: the line is logged in a span
+/// `stream` whose fields are `client_version` and `upstream_version` (`HTTP/1.1`,
+/// `HTTP/2.0`; the text format prints them after the line's own fields, JSON in `span`).
+/// The versions also go into the report's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VersionedTrace {
+    client: Version,
+    upstream: Option<Version>,
+}
+
+impl Default for VersionedTrace {
+    fn default() -> Self {
+        Self {
+            client: Version::HTTP_11,
+            upstream: None,
+        }
+    }
+}
+
+impl Observer for VersionedTrace {
+    fn on_request(&mut self, request: &http::request::Parts) {
+        self.client = request.version;
+    }
+
+    fn on_response(&mut self, response: &http::response::Parts, _: &mut StreamReport) {
+        // `Forward` leaves the upstream's version on the response (the server answers the
+        // client in the client's version whatever it says).
+        self.upstream = Some(response.version);
+    }
+
+    fn on_end(&mut self, report: &mut StreamReport) {
+        report.extensions.insert(Versions {
+            client: self.client,
+            upstream: self.upstream,
+        });
+        // WARN: enabled whenever the line is (INFO for completed streams, WARN otherwise).
+        let span = tracing::span!(
+            tracing::Level::WARN,
+            "stream",
+            client_version = ?self.client,
+            upstream_version = self.upstream.map(tracing::field::debug),
+        );
+        let _entered = span.enter();
+        TraceObserver.on_end(report);
+    }
+}
