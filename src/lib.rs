@@ -438,7 +438,7 @@ pub type Digest = Sha256Digest;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed future that is `Send`: what the store traits return
-/// ([`resume::ResumeStore`], [`digest::SharedDigests`]).
+/// (`resume::ResumeStore`, `digest::SharedDigests`; features `resume` and `registry`).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 #[doc = include_str!("../README.md")]

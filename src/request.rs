@@ -7,10 +7,20 @@
 //! | [`UsageInjected`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`UsageObserver`](crate::UsageObserver): hides the usage-only chunk |
 //! | [`Arrival`] | the outermost tower-sse layer | every tower-sse layer: deadlines and latencies count from it |
 //! | [`UploadTimedOut`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (the body did not arrive in time) | [`SseLayer`](crate::SseLayer): answers `408` and reports |
-//! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`](crate::MetricsObserver): `gen_ai.request.model` |
+//! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`][MetricsObserver]: `gen_ai.request.model` |
 //!
 //! And who a request is from: its [`Tenant`], found by a [`TenantKey`] (by default from its
 //! bearer token), under which the data kept about its stream is stored and looked up.
+//!
+// Without feature `metrics` (a per-feature docs build), the link leads to the feature table.
+#![cfg_attr(
+    feature = "metrics",
+    doc = "\n[MetricsObserver]: crate::MetricsObserver"
+)]
+#![cfg_attr(
+    not(feature = "metrics"),
+    doc = "\n[MetricsObserver]: crate#feature-flags"
+)]
 
 use std::fmt;
 use std::sync::Arc;
@@ -103,7 +113,7 @@ pub struct UsageInjected;
 pub struct RequestModel(pub String);
 
 /// Who a request is from: the key under which what is kept about its stream (the digest
-/// record in a [`DigestRegistry`](crate::DigestRegistry)) is stored and looked up, so that
+/// record in a [`DigestRegistry`][DigestRegistry]) is stored and looked up, so that
 /// one client can neither read nor overwrite another's.
 ///
 /// A tenant is the first 16 bytes of the SHA-256 of a key — a bearer token, an API key, an
@@ -134,6 +144,14 @@ pub struct RequestModel(pub String);
 /// assert!(!tenant.to_string().contains("alice"));
 /// assert_eq!(tenant.to_string().len(), 32);
 /// ```
+#[cfg_attr(
+    feature = "registry",
+    doc = "\n[DigestRegistry]: crate::DigestRegistry"
+)]
+#[cfg_attr(
+    not(feature = "registry"),
+    doc = "\n[DigestRegistry]: crate#feature-flags"
+)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Tenant(Option<[u8; Tenant::LEN]>);
 
@@ -236,8 +254,8 @@ impl serde::Serialize for Tenant {
 /// function of yours over the request's head.
 ///
 /// Give the same key to everything that keeps data per tenant (the
-/// [`DigestRegistry`](crate::DigestRegistry) with
-/// [`DigestRegistryBuilder::tenant_key`](crate::digest::DigestRegistryBuilder::tenant_key)),
+/// [`DigestRegistry`][DigestRegistry] with
+/// [`DigestRegistryBuilder::tenant_key`][tenant_key]),
 /// and look records up with the tenant it finds for the asking request. Cheap to clone (one
 /// reference count, or none for the default).
 ///
@@ -262,6 +280,19 @@ impl serde::Serialize for Tenant {
 /// parts.extensions.insert(Org("acme".into()));
 /// assert_eq!(key.tenant(&parts), Tenant::from_key("acme"));
 /// ```
+#[cfg_attr(
+    feature = "registry",
+    doc = "\n[DigestRegistry]: crate::DigestRegistry"
+)]
+#[cfg_attr(
+    not(feature = "registry"),
+    doc = "\n[DigestRegistry]: crate#feature-flags"
+)]
+#[cfg_attr(
+    feature = "registry",
+    doc = "[tenant_key]: crate::digest::DigestRegistryBuilder::tenant_key"
+)]
+#[cfg_attr(not(feature = "registry"), doc = "[tenant_key]: crate#feature-flags")]
 #[derive(Clone, Default)]
 pub struct TenantKey {
     custom: Option<Arc<dyn Fn(&http::request::Parts) -> Tenant + Send + Sync>>,

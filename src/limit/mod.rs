@@ -22,7 +22,7 @@
 //!   is released before the inner body's own drop runs (so before an
 //!   [`SseLayer`](crate::SseLayer) report made on disconnect is sent).
 //! - **Except after a disconnect that an [`SseLayer`](crate::SseLayer) inside drains**
-//!   ([`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect)): the drain task keeps
+//!   ([`drain_on_disconnect`][drain_on_disconnect], feature `drain`): the drain task keeps
 //!   reading the upstream, so it keeps the permit, and the stream counts as open, until the
 //!   drain ends (the upstream's end, an error, the drain's time limit, or the runtime shutting
 //!   down). The permit is released then, before the report is sent.
@@ -67,7 +67,7 @@
 //! [`OpenStreams::rejected`] counts the requests answered `503`. With the `metrics` feature,
 //! the gauge `tower_sse.limit.open_streams` follows the same count, and the counter
 //! `tower_sse.limit.rejections` (label `reason` = `limit_full`) the rejections, through the
-//! `metrics` facade (no recorder is installed by this crate; see [`crate::metrics`] for the
+//! `metrics` facade (no recorder is installed by this crate; see [`crate::metrics`][metrics] for the
 //! table of every metric).
 //!
 //! ```
@@ -83,6 +83,18 @@
 //! assert_eq!(open.rejected(), 0);
 //! # let _ = layers;
 //! ```
+// Links to items of features that may be off (a per-feature docs build): without the
+// feature, they lead to the crate's feature table.
+#![cfg_attr(
+    feature = "drain",
+    doc = "\n[drain_on_disconnect]: crate::SseLayer::drain_on_disconnect"
+)]
+#![cfg_attr(
+    not(feature = "drain"),
+    doc = "\n[drain_on_disconnect]: crate#feature-flags"
+)]
+#![cfg_attr(feature = "metrics", doc = "\n[metrics]: crate::metrics")]
+#![cfg_attr(not(feature = "metrics"), doc = "\n[metrics]: crate#feature-flags")]
 
 mod body;
 mod future;

@@ -236,7 +236,7 @@ impl ResumeLayer {
 
     /// How a request's tenant is found: a stream is resumed only by the tenant that made
     /// it. Default: [`TenantKey::credentials`] (a hash of the bearer token), as the
-    /// [`DigestRegistry`](crate::DigestRegistry)'s; give both the same key.
+    /// `DigestRegistry`'s (feature `registry`); give both the same key.
     pub fn tenant_key(self, key: TenantKey) -> Self {
         self.with(|c| c.tenant_key = key)
     }
