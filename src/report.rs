@@ -379,6 +379,11 @@ impl StreamReport {
 ///     SseLayer::new().observer(UsageObserver::new()).on_end(Billing(billing));
 /// # let _ = layer;
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an end-of-stream sink",
+    label = "not a `tower_sse::OnEnd`",
+    note = "pass a closure taking the report, `|report: tower_sse::StreamReport| ...` (annotate its argument), or implement `tower_sse::OnEnd`"
+)]
 pub trait OnEnd {
     /// Take the report.
     fn on_end(self, report: StreamReport);
