@@ -19,6 +19,17 @@ use crate::stream::config::KeepAliveConfig;
 ///
 /// A reader that goes away never ends the producer by itself: this policy does, and the
 /// total timeout of the [`SseLayer`](crate::SseLayer) inside still caps the producer.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::Detach;
+///
+/// assert_eq!(Detach::default(), Detach::CancelAfter(Duration::from_secs(30)));
+/// // Agents that run for minutes: keep every token for a client that comes back later.
+/// let layer = ResumeLayer::new().detach(Detach::Finish);
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Detach {
