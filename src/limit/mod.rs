@@ -115,6 +115,40 @@ pub(crate) use self::permit::claim;
 use http::Response;
 
 /// What to do with a request when every permit is taken.
+///
+/// With [`Wait`](Self::Wait), the service is not ready while the limit is full (bound the
+/// wait with a timeout or a `LoadShed` outside):
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::StreamLimitLayer;
+/// use tower_sse::limit::WhenFull;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(b"data: hi\n\n")))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let service = StreamLimitLayer::new(1).when_full(WhenFull::Wait).layer(upstream);
+///
+/// let first = service.clone().oneshot(Request::new(())).await.unwrap();
+/// // The first stream's body holds the only permit: the next request waits.
+/// let mut second = service.clone();
+/// let wait = tokio::time::timeout(Duration::from_millis(20), second.ready()).await;
+/// assert!(wait.is_err(), "not ready while the limit is full");
+/// drop(first); // the stream ended (here, its client went away)
+/// second.ready().await.unwrap();
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WhenFull {
@@ -160,6 +194,16 @@ where
 /// The default [`StreamPredicate`]: a response is a stream when its content type is
 /// `text/event-stream` or one of the NDJSON types (`application/x-ndjson`,
 /// `application/jsonl`, …), the same test the [`SseLayer`](crate::SseLayer) makes.
+///
+/// ```
+/// use http::Response;
+/// use tower_sse::limit::{ContentTypeIsStream, StreamPredicate};
+///
+/// let head = |content_type| Response::builder().header("content-type", content_type).body(()).unwrap();
+/// assert!(ContentTypeIsStream.is_stream(&head("text/event-stream; charset=utf-8")));
+/// assert!(ContentTypeIsStream.is_stream(&head("application/x-ndjson")));
+/// assert!(!ContentTypeIsStream.is_stream(&head("application/json")));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContentTypeIsStream;
 
