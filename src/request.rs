@@ -36,7 +36,23 @@ use tokio::time::Instant;
 /// past them).
 ///
 /// Each tower-sse layer inserts it when it is not there yet; insert it yourself in an outer
-/// layer to count from earlier still.
+/// layer to count from earlier still:
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_sse::request::Arrival;
+/// use tower_sse::{SseLayer, StreamLimitLayer};
+///
+/// let stack = ServiceBuilder::new()
+///     // Outermost: the deadlines also cover the time spent in the layers below.
+///     .map_request(|mut request: http::Request<String>| {
+///         request.extensions_mut().insert(Arrival(tokio::time::Instant::now()));
+///         request
+///     })
+///     .layer(StreamLimitLayer::new(64))
+///     .layer(SseLayer::new());
+/// # let _ = stack;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arrival(pub Instant);
 
@@ -66,6 +82,15 @@ pub struct UploadTimedOut;
 /// when the JSON body says `"stream": true`; insert it yourself from any layer that knows.
 /// [`SseLayer`](crate::SseLayer) treats such requests (and those that accept
 /// `text/event-stream`) as streams before their response arrives.
+///
+/// ```
+/// use tower_sse::request::StreamingRequest;
+///
+/// // A route that always streams, whatever its body says.
+/// let mut request = http::Request::post("/v1/agents/run").body(()).unwrap();
+/// request.extensions_mut().insert(StreamingRequest);
+/// assert!(request.extensions().get::<StreamingRequest>().is_some());
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamingRequest;
 
@@ -109,6 +134,29 @@ pub struct UsageInjected;
 
 /// The model the request asked for (`"model"` of the JSON body), set on streaming requests
 /// by [`IncludeUsageLayer`](crate::IncludeUsageLayer); the metrics observer reports it as `gen_ai.request.model`.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::IncludeUsageLayer;
+/// use tower_sse::include_usage::UsageRequestBody;
+/// use tower_sse::request::{RequestModel, StreamingRequest};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let inner = service_fn(|request: Request<UsageRequestBody<Full<Bytes>>>| async move {
+///     // What the layer found in the body, for the layers and observers further in.
+///     assert_eq!(request.extensions().get::<RequestModel>(), Some(&RequestModel("gpt-4o".into())));
+///     assert!(request.extensions().get::<StreamingRequest>().is_some());
+///     Ok::<_, std::convert::Infallible>(Response::new(()))
+/// });
+/// let body = Full::new(Bytes::from_static(br#"{"model":"gpt-4o","stream":true}"#));
+/// let request = Request::post("/v1/chat/completions").body(body).unwrap();
+/// IncludeUsageLayer::new().layer(inner).oneshot(request).await.unwrap();
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestModel(pub String);
 
