@@ -53,6 +53,25 @@ impl Default for Detach {
 
 /// The light record of one client connection to a resumable stream, given to
 /// [`ResumeLayer::on_reader_end`] when the connection's body is dropped.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::ReaderRecord;
+///
+/// // Count the events sent again to resuming clients.
+/// let replayed = Arc::new(AtomicU64::new(0));
+/// let count = replayed.clone();
+/// let layer = ResumeLayer::new().on_reader_end(move |record: ReaderRecord| {
+///     if record.resumed {
+///         count.fetch_add(record.replayed_events, Ordering::Relaxed);
+///     }
+/// });
+/// # let _ = layer;
+/// assert_eq!(replayed.load(Ordering::Relaxed), 0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReaderRecord {

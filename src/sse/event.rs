@@ -273,6 +273,19 @@ pub enum ItemRef<'a> {
 
 /// A dispatched event, borrowed from the decoder (or from an owned [`Event`] with
 /// [`Event::as_ref`]). This is what observers see: reading it costs nothing.
+///
+/// [`EventRef::new`] makes one by hand, to test an observer:
+///
+/// ```
+/// use tower_sse::sse::EventRef;
+///
+/// let raw = b"event: ping\ndata: {}\n\n";
+/// let event = EventRef::new(b"ping", b"{}", raw);
+/// assert_eq!(event.event(), "ping");
+/// assert_eq!(event.data_bytes(), b"{}");
+/// assert_eq!(event.raw(), raw);
+/// assert_eq!(event.retry(), None);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct EventRef<'a> {
     pub(crate) event: &'a [u8],
