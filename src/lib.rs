@@ -132,7 +132,7 @@
 //! | [`limit`] | the service, future and body of [`StreamLimitLayer`]; open-stream counts |
 //! | [`digest`] | [`DigestObserver`], [`RequestDigestLayer`] and the registry |
 //! | [`request`] | markers layers leave in requests: [`StreamingRequest`](request::StreamingRequest), [`UsageInjected`](request::UsageInjected), [`RequestModel`](request::RequestModel); who a request is from: [`Tenant`](request::Tenant), [`TenantKey`](request::TenantKey) |
-//! | `metrics` (feature `metrics`) | metric names, advised buckets, `describe` |
+//! | `metrics` (feature `metrics`) | metric names, advised buckets, `describe`; `prometheus::with_buckets` (feature `prometheus`) |
 //! | `resume` (feature `resume`) | the service, body and stores of `ResumeLayer`: `MemoryStore`, the `ResumeStore` trait, ids, `ResumeObserver` |
 //!
 //! # A gateway
@@ -371,7 +371,9 @@
 //! | `metrics` | yes | `MetricsObserver` and module `metrics`, through the `metrics` facade (never installs an exporter) |
 //! | `tracing` | yes | `TraceObserver` |
 //! | `resume` | yes | `ResumeLayer` and module `resume` (moka; spawns a producer task per stream: tokio `rt`) |
-//! | `full` | — | all of the above |
+//! | `redis` | no | `resume::RedisStore`: the logs of resumable streams on Redis, shared by every replica (the `redis` crate; turns on `resume` and `registry`) |
+//! | `prometheus` | no | `metrics::prometheus::with_buckets`: the advised buckets on a `metrics-exporter-prometheus` builder (turns on `metrics`) |
+//! | `full` | no | every feature above, `redis` and `prometheus` included |
 //!
 //! With `default-features = false` the crate is the SSE core, the layers and the observers,
 //! without moka or the facades.
@@ -457,7 +459,7 @@ pub type Digest = Sha256Digest;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed future that is `Send`: what the store traits return
-/// ([`resume::ResumeStore`], [`digest::SharedDigests`]).
+/// (`resume::ResumeStore`, `digest::SharedDigests`; features `resume` and `registry`).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 #[doc = include_str!("../README.md")]

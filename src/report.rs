@@ -379,6 +379,11 @@ impl StreamReport {
 ///     SseLayer::new().observer(UsageObserver::new()).on_end(Billing(billing));
 /// # let _ = layer;
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an end-of-stream sink",
+    label = "not a `tower_sse::OnEnd`",
+    note = "pass a closure taking the report, `|report: tower_sse::StreamReport| ...` (annotate its argument), or implement `tower_sse::OnEnd`"
+)]
 pub trait OnEnd {
     /// Take the report.
     fn on_end(self, report: StreamReport);
@@ -398,8 +403,31 @@ impl OnEnd for () {
     fn on_end(self, _: StreamReport) {}
 }
 
-/// Latency findings of one stream, measured from the request's arrival at the layer:
 /// Where the numbers of a [`Usage`] come from.
+///
+/// Bill reported counts as they are, and treat estimated ones as you choose:
+///
+/// ```
+/// use tower_sse::{Usage, UsageSource};
+///
+/// /// Output tokens to bill: estimates get a 10% margin.
+/// fn billable_output(usage: &Usage) -> Option<u64> {
+///     let output = usage.output_tokens?;
+///     Some(match usage.source {
+///         UsageSource::Reported => output,
+///         UsageSource::Estimated => output + output / 10,
+///         _ => output,
+///     })
+/// }
+///
+/// let mut usage = Usage::default();
+/// assert_eq!(usage.source, UsageSource::Reported);
+/// assert_eq!(billable_output(&usage), None);
+/// usage.output_tokens = Some(100);
+/// assert_eq!(billable_output(&usage), Some(100));
+/// usage.source = UsageSource::Estimated;
+/// assert_eq!(billable_output(&usage), Some(110));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum UsageSource {
@@ -419,6 +447,49 @@ pub enum UsageSource {
 }
 
 /// Token counts of one stream. Unknown is `None`, never 0.
+///
+/// [`UsageObserver`](crate::UsageObserver) reads them from the provider's events into
+/// [`StreamReport::usage`]:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::{SseLayer, StreamReport, UsageObserver, UsageSource};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (reports, received) = std::sync::mpsc::channel();
+/// let layer = SseLayer::new()
+///     .observer(UsageObserver::new())
+///     .on_end(move |report: StreamReport| reports.send(report).unwrap());
+///
+/// // An OpenAI Chat stream that ends with its usage chunk.
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let stream = concat!(
+///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],",
+///         "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":1,\"total_tokens\":13}}\n\n",
+///         "data: [DONE]\n\n",
+///     );
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(stream.as_bytes())))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// response.into_body().collect().await.unwrap();
+///
+/// let usage = received.recv().unwrap().usage.expect("the provider reported usage");
+/// assert_eq!(usage.input_tokens, Some(12));
+/// assert_eq!(usage.output_tokens, Some(1));
+/// assert_eq!(usage.total_tokens, Some(13));
+/// assert_eq!(usage.source, UsageSource::Reported);
+/// assert!(usage.is_known());
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Usage {

@@ -7,10 +7,20 @@
 //! | [`UsageInjected`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`UsageObserver`](crate::UsageObserver): hides the usage-only chunk |
 //! | [`Arrival`] | the outermost tower-sse layer | every tower-sse layer: deadlines and latencies count from it |
 //! | [`UploadTimedOut`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (the body did not arrive in time) | [`SseLayer`](crate::SseLayer): answers `408` and reports |
-//! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`](crate::MetricsObserver): `gen_ai.request.model` |
+//! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`][MetricsObserver]: `gen_ai.request.model` |
 //!
 //! And who a request is from: its [`Tenant`], found by a [`TenantKey`] (by default from its
 //! bearer token), under which the data kept about its stream is stored and looked up.
+//!
+// Without feature `metrics` (a per-feature docs build), the link leads to the feature table.
+#![cfg_attr(
+    feature = "metrics",
+    doc = "\n[MetricsObserver]: crate::MetricsObserver"
+)]
+#![cfg_attr(
+    not(feature = "metrics"),
+    doc = "\n[MetricsObserver]: crate#feature-flags"
+)]
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,7 +36,23 @@ use tokio::time::Instant;
 /// past them).
 ///
 /// Each tower-sse layer inserts it when it is not there yet; insert it yourself in an outer
-/// layer to count from earlier still.
+/// layer to count from earlier still:
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_sse::request::Arrival;
+/// use tower_sse::{SseLayer, StreamLimitLayer};
+///
+/// let stack = ServiceBuilder::new()
+///     // Outermost: the deadlines also cover the time spent in the layers below.
+///     .map_request(|mut request: http::Request<String>| {
+///         request.extensions_mut().insert(Arrival(tokio::time::Instant::now()));
+///         request
+///     })
+///     .layer(StreamLimitLayer::new(64))
+///     .layer(SseLayer::new());
+/// # let _ = stack;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arrival(pub Instant);
 
@@ -56,6 +82,15 @@ pub struct UploadTimedOut;
 /// when the JSON body says `"stream": true`; insert it yourself from any layer that knows.
 /// [`SseLayer`](crate::SseLayer) treats such requests (and those that accept
 /// `text/event-stream`) as streams before their response arrives.
+///
+/// ```
+/// use tower_sse::request::StreamingRequest;
+///
+/// // A route that always streams, whatever its body says.
+/// let mut request = http::Request::post("/v1/agents/run").body(()).unwrap();
+/// request.extensions_mut().insert(StreamingRequest);
+/// assert!(request.extensions().get::<StreamingRequest>().is_some());
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamingRequest;
 
@@ -99,11 +134,34 @@ pub struct UsageInjected;
 
 /// The model the request asked for (`"model"` of the JSON body), set on streaming requests
 /// by [`IncludeUsageLayer`](crate::IncludeUsageLayer); the metrics observer reports it as `gen_ai.request.model`.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::IncludeUsageLayer;
+/// use tower_sse::include_usage::UsageRequestBody;
+/// use tower_sse::request::{RequestModel, StreamingRequest};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let inner = service_fn(|request: Request<UsageRequestBody<Full<Bytes>>>| async move {
+///     // What the layer found in the body, for the layers and observers further in.
+///     assert_eq!(request.extensions().get::<RequestModel>(), Some(&RequestModel("gpt-4o".into())));
+///     assert!(request.extensions().get::<StreamingRequest>().is_some());
+///     Ok::<_, std::convert::Infallible>(Response::new(()))
+/// });
+/// let body = Full::new(Bytes::from_static(br#"{"model":"gpt-4o","stream":true}"#));
+/// let request = Request::post("/v1/chat/completions").body(body).unwrap();
+/// IncludeUsageLayer::new().layer(inner).oneshot(request).await.unwrap();
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestModel(pub String);
 
 /// Who a request is from: the key under which what is kept about its stream (the digest
-/// record in a [`DigestRegistry`](crate::DigestRegistry)) is stored and looked up, so that
+/// record in a [`DigestRegistry`][DigestRegistry]) is stored and looked up, so that
 /// one client can neither read nor overwrite another's.
 ///
 /// A tenant is the first 16 bytes of the SHA-256 of a key — a bearer token, an API key, an
@@ -134,6 +192,14 @@ pub struct RequestModel(pub String);
 /// assert!(!tenant.to_string().contains("alice"));
 /// assert_eq!(tenant.to_string().len(), 32);
 /// ```
+#[cfg_attr(
+    feature = "registry",
+    doc = "\n[DigestRegistry]: crate::DigestRegistry"
+)]
+#[cfg_attr(
+    not(feature = "registry"),
+    doc = "\n[DigestRegistry]: crate#feature-flags"
+)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Tenant(Option<[u8; Tenant::LEN]>);
 
@@ -236,8 +302,8 @@ impl serde::Serialize for Tenant {
 /// function of yours over the request's head.
 ///
 /// Give the same key to everything that keeps data per tenant (the
-/// [`DigestRegistry`](crate::DigestRegistry) with
-/// [`DigestRegistryBuilder::tenant_key`](crate::digest::DigestRegistryBuilder::tenant_key)),
+/// [`DigestRegistry`][DigestRegistry] with
+/// [`DigestRegistryBuilder::tenant_key`][tenant_key]),
 /// and look records up with the tenant it finds for the asking request. Cheap to clone (one
 /// reference count, or none for the default).
 ///
@@ -262,6 +328,19 @@ impl serde::Serialize for Tenant {
 /// parts.extensions.insert(Org("acme".into()));
 /// assert_eq!(key.tenant(&parts), Tenant::from_key("acme"));
 /// ```
+#[cfg_attr(
+    feature = "registry",
+    doc = "\n[DigestRegistry]: crate::DigestRegistry"
+)]
+#[cfg_attr(
+    not(feature = "registry"),
+    doc = "\n[DigestRegistry]: crate#feature-flags"
+)]
+#[cfg_attr(
+    feature = "registry",
+    doc = "[tenant_key]: crate::digest::DigestRegistryBuilder::tenant_key"
+)]
+#[cfg_attr(not(feature = "registry"), doc = "[tenant_key]: crate#feature-flags")]
 #[derive(Clone, Default)]
 pub struct TenantKey {
     custom: Option<Arc<dyn Fn(&http::request::Parts) -> Tenant + Send + Sync>>,

@@ -10,6 +10,15 @@ use crate::report::{Outcome, StreamReport};
 ///
 /// Put it last in the observer tuple, so that the other observers' findings are in the
 /// report when it logs.
+///
+/// ```
+/// use tower_sse::{SseLayer, TimingObserver, TraceObserver, UsageObserver};
+///
+/// // With a `tracing` subscriber installed, each stream logs one event (target
+/// // `tower_sse`) with its outcome, provider, counts, durations and usage.
+/// let layer = SseLayer::new().observer((UsageObserver::new(), TimingObserver::new(), TraceObserver));
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceObserver;
 

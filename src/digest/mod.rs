@@ -115,8 +115,8 @@
 //! When clients (or auditors) need to fetch the digest of a stream they received, e.g. with
 //! `GET /v1/digests/{response_id}`, to check that they read every byte the server sent. A
 //! [`DigestObserver`] built
-//! [`with_registry`](crate::DigestObserver::with_registry) records every stream that carries
-//! a response id; a handler looks records up with [`DigestRegistry::get`](crate::DigestRegistry::get) and answers with
+//! [`with_registry`][with_registry] records every stream that carries
+//! a response id; a handler looks records up with [`DigestRegistry::get`][registry_get] and answers with
 //! [`DigestRecord::to_json`] (or any serde format).
 //!
 //! ## Tenants
@@ -134,7 +134,7 @@
 //! (every client without credentials shares that tenant). A lookup handler asks the
 //! registry for the tenant of the lookup request, and answers `404` both for no record and
 //! for another tenant's, so that nobody learns that an id exists (see
-//! [`DigestRegistry::tenant_of`](crate::DigestRegistry::tenant_of) for such a handler).
+//! [`DigestRegistry::tenant_of`][registry_tenant_of] for such a handler).
 //!
 //! How it differs from reading [`StreamReport::digest`](crate::StreamReport::digest) in the
 //! `on_end` sink: the record is there *before* the client reads the terminal event, so a
@@ -143,16 +143,16 @@
 //!
 //! ## Bounds
 //!
-//! - At most [`max_capacity`](DigestRegistryBuilder::max_capacity) records (default
+//! - At most [`max_capacity`][builder_max_capacity] records (default
 //!   10 000), least recently used evicted first. The bound is kept by moka's maintenance,
 //!   which runs inline on inserts and lookups (every 64 writes, or once 300 ms passed): in
 //!   between, a few hundred extra records may briefly be held.
-//! - Each record lives for [`time_to_live`](DigestRegistryBuilder::time_to_live) after its
-//!   last insert (default 10 minutes). [`get`](crate::DigestRegistry::get) measures the age with
+//! - Each record lives for [`time_to_live`][builder_time_to_live] after its
+//!   last insert (default 10 minutes). [`get`][registry_get] measures the age with
 //!   Tokio's clock (so paused time in tests applies); moka frees the memory by its own
 //!   clock after the same time.
 //! - Response ids and model names longer than
-//!   [`max_id_len`](DigestRegistryBuilder::max_id_len) bytes (default 256) are not stored
+//!   [`max_id_len`][builder_max_id_len] bytes (default 256) are not stored
 //!   (the record is skipped, or the model left out), so an upstream cannot make one record
 //!   large. With the defaults a full registry holds about 6 MiB of typical records (about
 //!   600 bytes each, cache bookkeeping included, as measured), and more with every id and
@@ -163,6 +163,35 @@
 //! record. Streams that end
 //! badly (an upstream error, a deadline, a client that left) are recorded too: the record
 //! holds the digest of what the client did receive.
+//!
+// The registry's items exist with feature `registry` only: without it (a per-feature docs
+// build), the links lead to the crate's feature table instead.
+#![cfg_attr(
+    feature = "registry",
+    doc = "
+[`DigestRegistry`]: crate::DigestRegistry
+[with_registry]: crate::DigestObserver::with_registry
+[registry_get]: crate::DigestRegistry::get
+[registry_tenant_of]: crate::DigestRegistry::tenant_of
+[`DigestRecord::to_json`]: crate::digest::DigestRecord::to_json
+[`DigestRegistryBuilder::tenant_key`]: crate::digest::DigestRegistryBuilder::tenant_key
+[builder_max_capacity]: crate::digest::DigestRegistryBuilder::max_capacity
+[builder_time_to_live]: crate::digest::DigestRegistryBuilder::time_to_live
+[builder_max_id_len]: crate::digest::DigestRegistryBuilder::max_id_len"
+)]
+#![cfg_attr(
+    not(feature = "registry"),
+    doc = "
+[`DigestRegistry`]: crate#feature-flags
+[with_registry]: crate#feature-flags
+[registry_get]: crate#feature-flags
+[registry_tenant_of]: crate#feature-flags
+[`DigestRecord::to_json`]: crate#feature-flags
+[`DigestRegistryBuilder::tenant_key`]: crate#feature-flags
+[builder_max_capacity]: crate#feature-flags
+[builder_time_to_live]: crate#feature-flags
+[builder_max_id_len]: crate#feature-flags"
+)]
 
 pub(crate) mod observer;
 #[cfg(feature = "redis")]

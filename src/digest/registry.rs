@@ -340,6 +340,31 @@ impl fmt::Debug for DigestRegistry {
 }
 
 /// Builds a [`DigestRegistry`]; every setting has a safe default.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use tower_sse::digest::DigestRecord;
+/// use tower_sse::request::Tenant;
+/// use tower_sse::{DigestObserver, DigestRegistry, Sha256Digest};
+///
+/// let registry = DigestRegistry::builder()
+///     .max_capacity(50_000)
+///     .time_to_live(Duration::from_secs(3600))
+///     .max_id_len(64)
+///     .build();
+/// assert_eq!(registry.time_to_live(), Duration::from_secs(3600));
+/// // The observer records every stream that carries a response id:
+/// let observer = DigestObserver::with_registry(registry.clone());
+/// # let _ = observer;
+///
+/// // By hand: a record, and an id longer than `max_id_len`, which is not kept.
+/// let digest = Sha256Digest::of(b"data: [DONE]\n\n");
+/// assert!(registry.insert(DigestRecord::new("chatcmpl-1", digest)));
+/// assert!(!registry.insert(DigestRecord::new("x".repeat(65), digest)));
+/// let record = registry.get(Tenant::anonymous(), "chatcmpl-1").unwrap();
+/// assert_eq!(record.response_digest, digest);
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct DigestRegistryBuilder {

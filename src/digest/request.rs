@@ -18,6 +18,32 @@ use tower_service::Service;
 use crate::report::Sha256Digest;
 
 /// Hashes request bodies as they are read; see the [module docs](crate::digest).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::digest::{RequestDigestBody, RequestDigestHandle};
+/// use tower_sse::{BoxError, RequestDigestLayer, Sha256Digest};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // A handler that reads the body, then answers with its digest.
+/// let handler = service_fn(|request: Request<RequestDigestBody<Full<Bytes>>>| async move {
+///     let handle = request.extensions().get::<RequestDigestHandle>().unwrap().clone();
+///     assert_eq!(handle.digest(), None, "not read yet");
+///     request.into_body().collect().await?;
+///     let digest = handle.digest().expect("read to its end");
+///     Ok::<_, BoxError>(Response::new(digest.to_hex()))
+/// });
+/// let service = RequestDigestLayer::new().layer(handler);
+///
+/// let body = Full::new(Bytes::from_static(br#"{"model":"m"}"#));
+/// let response = service.oneshot(Request::new(body)).await.unwrap();
+/// assert_eq!(response.into_body(), Sha256Digest::of(br#"{"model":"m"}"#).to_hex());
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 #[must_use]
 pub struct RequestDigestLayer {

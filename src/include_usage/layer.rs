@@ -16,6 +16,46 @@ use crate::include_usage::RequestPredicate;
 /// The inner service receives [`UsageRequestBody<B>`](super::UsageRequestBody); use
 /// [`map_request_body`](Self::map_request_body) when it needs its own body type (with axum:
 /// `.map_request_body(axum::body::Body::new)`).
+///
+/// Without that mapping where it is needed, the stack does not compile, and the error does
+/// not name the cause: it says that some `HandleError<…>` (or `Route`, or the client) is not
+/// a `Service<Request<UsageRequestBody<…>>>`. Read it as "the service inside takes another
+/// body type", and add `.map_request_body(…)` (see [When `map_request_body` is
+/// needed](crate#when-map_request_body-is-needed)).
+///
+/// The upstream receives the request with the option added:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::include_usage::UsageRequestBody;
+/// use tower_sse::request::UsageInjected;
+/// use tower_sse::{BoxError, IncludeUsageLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // An upstream that answers with the body it received.
+/// let upstream = service_fn(|request: Request<UsageRequestBody<Full<Bytes>>>| async move {
+///     assert!(request.extensions().get::<UsageInjected>().is_some());
+///     let body = request.into_body().collect().await?.to_bytes();
+///     Ok::<_, BoxError>(Response::new(Full::new(body)))
+/// });
+/// let service = IncludeUsageLayer::new().layer(upstream);
+///
+/// let request = Request::post("/v1/chat/completions")
+///     .header("content-type", "application/json")
+///     .body(Full::new(Bytes::from_static(br#"{"model":"m","stream":true}"#)))
+///     .unwrap();
+/// let response = service.oneshot(request).await.unwrap();
+/// let seen = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(
+///     &seen[..],
+///     br#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#
+/// );
+/// # }
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct IncludeUsageLayer<M = Unchanged> {

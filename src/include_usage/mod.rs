@@ -65,6 +65,18 @@ pub const DEFAULT_MAX_REQUEST_SIZE: usize = 16 * 1024 * 1024;
 pub const DEFAULT_UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What to do with a request body larger than the limit.
+///
+/// ```
+/// use tower_sse::IncludeUsageLayer;
+/// use tower_sse::include_usage::Oversized;
+///
+/// assert_eq!(Oversized::default(), Oversized::PassThrough);
+/// // Refuse chat requests over 1 MiB with `413` rather than forward them unread.
+/// let layer = IncludeUsageLayer::new()
+///     .max_request_size(1024 * 1024)
+///     .oversized(Oversized::Reject);
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Oversized {

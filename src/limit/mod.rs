@@ -22,7 +22,7 @@
 //!   is released before the inner body's own drop runs (so before an
 //!   [`SseLayer`](crate::SseLayer) report made on disconnect is sent).
 //! - **Except after a disconnect that an [`SseLayer`](crate::SseLayer) inside drains**
-//!   ([`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect)): the drain task keeps
+//!   ([`drain_on_disconnect`][drain_on_disconnect], feature `drain`): the drain task keeps
 //!   reading the upstream, so it keeps the permit, and the stream counts as open, until the
 //!   drain ends (the upstream's end, an error, the drain's time limit, or the runtime shutting
 //!   down). The permit is released then, before the report is sent.
@@ -67,7 +67,7 @@
 //! [`OpenStreams::rejected`] counts the requests answered `503`. With the `metrics` feature,
 //! the gauge `tower_sse.limit.open_streams` follows the same count, and the counter
 //! `tower_sse.limit.rejections` (label `reason` = `limit_full`) the rejections, through the
-//! `metrics` facade (no recorder is installed by this crate; see [`crate::metrics`] for the
+//! `metrics` facade (no recorder is installed by this crate; see [`crate::metrics`][metrics] for the
 //! table of every metric).
 //!
 //! ```
@@ -83,6 +83,18 @@
 //! assert_eq!(open.rejected(), 0);
 //! # let _ = layers;
 //! ```
+// Links to items of features that may be off (a per-feature docs build): without the
+// feature, they lead to the crate's feature table.
+#![cfg_attr(
+    feature = "drain",
+    doc = "\n[drain_on_disconnect]: crate::SseLayer::drain_on_disconnect"
+)]
+#![cfg_attr(
+    not(feature = "drain"),
+    doc = "\n[drain_on_disconnect]: crate#feature-flags"
+)]
+#![cfg_attr(feature = "metrics", doc = "\n[metrics]: crate::metrics")]
+#![cfg_attr(not(feature = "metrics"), doc = "\n[metrics]: crate#feature-flags")]
 
 mod body;
 mod future;
@@ -103,6 +115,40 @@ pub(crate) use self::permit::claim;
 use http::Response;
 
 /// What to do with a request when every permit is taken.
+///
+/// With [`Wait`](Self::Wait), the service is not ready while the limit is full (bound the
+/// wait with a timeout or a `LoadShed` outside):
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::StreamLimitLayer;
+/// use tower_sse::limit::WhenFull;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(b"data: hi\n\n")))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let service = StreamLimitLayer::new(1).when_full(WhenFull::Wait).layer(upstream);
+///
+/// let first = service.clone().oneshot(Request::new(())).await.unwrap();
+/// // The first stream's body holds the only permit: the next request waits.
+/// let mut second = service.clone();
+/// let wait = tokio::time::timeout(Duration::from_millis(20), second.ready()).await;
+/// assert!(wait.is_err(), "not ready while the limit is full");
+/// drop(first); // the stream ended (here, its client went away)
+/// second.ready().await.unwrap();
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WhenFull {
@@ -148,6 +194,16 @@ where
 /// The default [`StreamPredicate`]: a response is a stream when its content type is
 /// `text/event-stream` or one of the NDJSON types (`application/x-ndjson`,
 /// `application/jsonl`, …), the same test the [`SseLayer`](crate::SseLayer) makes.
+///
+/// ```
+/// use http::Response;
+/// use tower_sse::limit::{ContentTypeIsStream, StreamPredicate};
+///
+/// let head = |content_type| Response::builder().header("content-type", content_type).body(()).unwrap();
+/// assert!(ContentTypeIsStream.is_stream(&head("text/event-stream; charset=utf-8")));
+/// assert!(ContentTypeIsStream.is_stream(&head("application/x-ndjson")));
+/// assert!(!ContentTypeIsStream.is_stream(&head("application/json")));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContentTypeIsStream;
 

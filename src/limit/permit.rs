@@ -10,6 +10,36 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// Reads the number of open streams of a [`StreamLimitLayer`](crate::StreamLimitLayer)
 /// (permits held), and how many requests it rejected.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_sse::StreamLimitLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let upstream = service_fn(|_: Request<()>| async {
+///     let response = Response::builder()
+///         .header("content-type", "text/event-stream")
+///         .body(Full::new(Bytes::from_static(b"data: hi\n\n")))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let layer = StreamLimitLayer::new(1);
+/// let open = layer.counter();
+/// let service = layer.layer(upstream);
+///
+/// let first = service.clone().oneshot(Request::new(())).await.unwrap();
+/// assert_eq!((open.get(), open.max()), (1, 1)); // the body holds the permit
+/// let second = service.clone().oneshot(Request::new(())).await.unwrap();
+/// assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(open.rejected(), 1);
+/// drop(first);
+/// assert_eq!(open.get(), 0);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct OpenStreams {
     pub(super) semaphore: Arc<Semaphore>,

@@ -35,9 +35,10 @@
 //! while every permit is taken: that one is answered `503` and counted as `limit_full`.
 //!
 //! The library never installs a recorder or exporter. The facade carries no bucket
-//! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`],
-//! as the gateway example does for Prometheus, and call [`describe`] once after installing
-//! it. Put [`MetricsObserver`] **after** the usage and timing
+//! boundaries: configure your exporter with the ones the conventions advise, in [`buckets`]
+//! ([`buckets::ALL`] lists every histogram with its boundaries; for Prometheus,
+//! `prometheus::with_buckets` applies them all, feature `prometheus`), and call [`describe`]
+//! once after installing it. Put [`MetricsObserver`] **after** the usage and timing
 //! observers in the tuple, so that their findings are in the report when it records.
 
 use metrics::Unit;
@@ -45,6 +46,9 @@ use metrics::Unit;
 mod handles;
 mod labels;
 mod observer;
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub mod prometheus;
 
 pub use self::handles::DEFAULT_MAX_LABEL_SETS;
 pub use self::labels::{DEFAULT_DISTINCT_MODELS, DEFAULT_MAX_MODEL_LEN, ModelLabels, OTHER};
@@ -96,6 +100,38 @@ pub mod buckets {
     /// `gen_ai.server.time_per_output_token`.
     pub const SERVER_TIME_PER_OUTPUT_TOKEN: &[f64] = &[
         0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+    ];
+
+    /// Every histogram the crate records, by name, with its boundaries: what to give an
+    /// exporter, one entry per metric (with feature `prometheus`,
+    /// `metrics::prometheus::with_buckets` does it for Prometheus).
+    ///
+    /// ```
+    /// use tower_sse::metrics::{buckets, names};
+    ///
+    /// let duration = buckets::ALL.iter().find(|(name, _)| *name == names::CLIENT_OPERATION_DURATION);
+    /// assert_eq!(duration, Some(&(names::CLIENT_OPERATION_DURATION, buckets::OPERATION_DURATION)));
+    /// assert_eq!(buckets::ALL.len(), 6);
+    /// for (name, bounds) in buckets::ALL {
+    ///     assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{name}: increasing");
+    /// }
+    /// ```
+    pub const ALL: &[(&str, &[f64])] = &[
+        (super::names::CLIENT_OPERATION_DURATION, OPERATION_DURATION),
+        (super::names::CLIENT_TIME_TO_FIRST_CHUNK, OPERATION_DURATION),
+        (
+            super::names::CLIENT_TIME_PER_OUTPUT_CHUNK,
+            OPERATION_DURATION,
+        ),
+        (super::names::CLIENT_TOKEN_USAGE, TOKEN_USAGE),
+        (
+            super::names::SERVER_TIME_TO_FIRST_TOKEN,
+            SERVER_TIME_TO_FIRST_TOKEN,
+        ),
+        (
+            super::names::SERVER_TIME_PER_OUTPUT_TOKEN,
+            SERVER_TIME_PER_OUTPUT_TOKEN,
+        ),
     ];
 }
 

@@ -104,7 +104,15 @@ use crate::sse::EventRef;
 /// ```
 ///
 /// Compose observers with a tuple, in the order their findings depend on each other:
-/// `(UsageObserver::new(), TimingObserver::new(), ContentCounter::default())`.
+/// `(UsageObserver::new(), TimingObserver::new(), ContentCounter::default())`. Tuples of up
+/// to 16 observers are observers, and tuples nest (`((a, b), c)` is `(a, b, c)`), so any
+/// number compose. [`SseLayer::observer`](crate::SseLayer::observer) takes one observer:
+/// calling it again replaces the first, so give it the whole tuple.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a tower-sse observer",
+    label = "not a `tower_sse::Observer`",
+    note = "implement `tower_sse::Observer` for it, or combine observers in a tuple of up to 16 (tuples nest: `((a, b), c)`)"
+)]
 pub trait Observer {
     /// The request reached the layer.
     #[inline]
@@ -356,3 +364,82 @@ tuple_observer!(A, B, C, D, E);
 tuple_observer!(A, B, C, D, E, F);
 tuple_observer!(A, B, C, D, E, F, G);
 tuple_observer!(A, B, C, D, E, F, G, H);
+tuple_observer!(A, B, C, D, E, F, G, H, I);
+tuple_observer!(A, B, C, D, E, F, G, H, I, J);
+tuple_observer!(A, B, C, D, E, F, G, H, I, J, K);
+tuple_observer!(A, B, C, D, E, F, G, H, I, J, K, L);
+tuple_observer!(A, B, C, D, E, F, G, H, I, J, K, L, M);
+tuple_observer!(A, B, C, D, E, F, G, H, I, J, K, L, M, N);
+tuple_observer!(A, B, C, D, E, F, G, H, I, J, K, L, M, N, P);
+tuple_observer!(A, B, C, D, E, F, G, H, I, J, K, L, M, N, P, Q);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends its number to the report's log at each hook, to check the order.
+    #[derive(Clone)]
+    struct Nth(u8);
+
+    #[derive(Clone, Default)]
+    struct Log(Vec<u8>);
+
+    impl Observer for Nth {
+        fn on_end(&mut self, report: &mut StreamReport) {
+            let mut log = report.extensions.remove::<Log>().unwrap_or_default();
+            log.0.push(self.0);
+            report.extensions.insert(log);
+        }
+    }
+
+    fn run(mut observer: impl Observer) -> Vec<u8> {
+        let mut report = StreamReport::new(Instant::now());
+        observer.on_end(&mut report);
+        report
+            .extensions
+            .get::<Log>()
+            .map(|log| log.0.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn tuples_of_up_to_sixteen_observers_run_in_order() {
+        let nine = (
+            Nth(1),
+            Nth(2),
+            Nth(3),
+            Nth(4),
+            Nth(5),
+            Nth(6),
+            Nth(7),
+            Nth(8),
+            Nth(9),
+        );
+        assert_eq!(run(nine), (1..=9).collect::<Vec<_>>());
+        let sixteen = (
+            Nth(1),
+            Nth(2),
+            Nth(3),
+            Nth(4),
+            Nth(5),
+            Nth(6),
+            Nth(7),
+            Nth(8),
+            Nth(9),
+            Nth(10),
+            Nth(11),
+            Nth(12),
+            Nth(13),
+            Nth(14),
+            Nth(15),
+            Nth(16),
+        );
+        assert_eq!(run(sixteen), (1..=16).collect::<Vec<_>>());
+        // Nested tuples compose any number.
+        let nested = (
+            (Nth(1), Nth(2)),
+            (Nth(3), (Nth(4), None::<Nth>, Some(Nth(5)))),
+        );
+        assert_eq!(run(nested), vec![1, 2, 3, 4, 5]);
+    }
+}

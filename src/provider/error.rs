@@ -22,6 +22,22 @@ pub(crate) const MAX_MESSAGE_LEN: usize = 512;
 ///
 /// Both fields are the provider's own words, read from its error event; the client received
 /// that event unchanged. Neither ever holds the request.
+///
+/// ```
+/// use tower_sse::provider::ProviderError;
+/// use tower_sse::{Outcome, StreamReport};
+///
+/// /// Retry on another upstream when the provider was overloaded mid-stream.
+/// fn overloaded(report: &StreamReport) -> bool {
+///     report.outcome == Outcome::ProviderError
+///         && report.provider_error.as_ref().and_then(|e| e.kind.as_deref()) == Some("overloaded_error")
+/// }
+///
+/// let mut report = StreamReport::new(tokio::time::Instant::now());
+/// report.outcome = Outcome::ProviderError;
+/// report.provider_error = Some(ProviderError::new(Some("overloaded_error"), Some("Overloaded")));
+/// assert!(overloaded(&report));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct ProviderError {

@@ -161,6 +161,22 @@ pub(crate) trait Format {
 macro_rules! formats {
     ($($(#[$doc:meta])* $variant:ident => $format:ty,)+) => {
         /// The stream format of an LLM API.
+        ///
+        /// The layer finds it from the request path, then from the stream's own events:
+        ///
+        /// ```
+        /// use tower_sse::provider::Provider;
+        /// use tower_sse::sse::EventRef;
+        ///
+        /// assert_eq!(Provider::from_path("/v1/chat/completions"), Provider::OpenAiChat);
+        /// assert!(Provider::OpenAiChat.accepts_stream_options());
+        ///
+        /// let raw = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        /// let stop = EventRef::new(b"message_stop", br#"{"type":"message_stop"}"#, raw);
+        /// assert_eq!(Provider::from_event(&stop), Some(Provider::Anthropic));
+        /// assert!(Provider::Anthropic.is_terminal(&stop));
+        /// assert_eq!(Provider::Anthropic.as_str(), "anthropic");
+        /// ```
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
         #[non_exhaustive]
         pub enum Provider {

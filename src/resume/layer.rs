@@ -19,6 +19,17 @@ use crate::stream::config::KeepAliveConfig;
 ///
 /// A reader that goes away never ends the producer by itself: this policy does, and the
 /// total timeout of the [`SseLayer`](crate::SseLayer) inside still caps the producer.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::Detach;
+///
+/// assert_eq!(Detach::default(), Detach::CancelAfter(Duration::from_secs(30)));
+/// // Agents that run for minutes: keep every token for a client that comes back later.
+/// let layer = ResumeLayer::new().detach(Detach::Finish);
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Detach {
@@ -42,6 +53,25 @@ impl Default for Detach {
 
 /// The light record of one client connection to a resumable stream, given to
 /// [`ResumeLayer::on_reader_end`] when the connection's body is dropped.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::ReaderRecord;
+///
+/// // Count the events sent again to resuming clients.
+/// let replayed = Arc::new(AtomicU64::new(0));
+/// let count = replayed.clone();
+/// let layer = ResumeLayer::new().on_reader_end(move |record: ReaderRecord| {
+///     if record.resumed {
+///         count.fetch_add(record.replayed_events, Ordering::Relaxed);
+///     }
+/// });
+/// # let _ = layer;
+/// assert_eq!(replayed.load(Ordering::Relaxed), 0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReaderRecord {
@@ -236,7 +266,7 @@ impl ResumeLayer {
 
     /// How a request's tenant is found: a stream is resumed only by the tenant that made
     /// it. Default: [`TenantKey::credentials`] (a hash of the bearer token), as the
-    /// [`DigestRegistry`](crate::DigestRegistry)'s; give both the same key.
+    /// `DigestRegistry`'s (feature `registry`); give both the same key.
     pub fn tenant_key(self, key: TenantKey) -> Self {
         self.with(|c| c.tenant_key = key)
     }

@@ -150,6 +150,22 @@ impl fmt::Debug for MemoryStore {
 }
 
 /// Configures a [`MemoryStore`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::MemoryStore;
+///
+/// let store = MemoryStore::builder()
+///     .max_stream_bytes(512 * 1024)
+///     .ended_ttl(Duration::from_secs(60))
+///     .max_streams_per_tenant(8)
+///     .build();
+/// assert!(store.is_empty());
+/// // A clone shares the logs: keep one to look at them (`len`, `weighted_bytes`).
+/// let layer = ResumeLayer::new().store(store.clone());
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct MemoryStoreBuilder {

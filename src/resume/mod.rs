@@ -27,6 +27,84 @@
 //! | `id.rs` | [`StreamId`], [`EventId`]: made here, parsed strictly |
 //! | `shared.rs` | what a stream's producer and readers share; [`ResumableStream`] |
 //! | `observer.rs` | [`ResumeObserver`], [`ResumeSummary`]: resumes in the stream's report |
+//!
+//! # A whole stack, with axum's `HandleErrorLayer`
+//!
+//! axum serves only services whose error is `Infallible`, and the layers pass the
+//! upstream's errors through unchanged: one `HandleErrorLayer` outermost turns them into
+//! responses. The `ResumeLayer` goes inside it (resumes are answered from the log, never
+//! forwarded, so they never fail), outside the `SseLayer`:
+//!
+//! ```
+//! use axum::error_handling::HandleErrorLayer;
+//! use axum::{BoxError, Router, body::Body};
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::BodyExt;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_sse::resume::{ResumeObserver, ResumeSummary, STREAM_ID_HEADER};
+//! use tower_sse::{Outcome, ResumeLayer, SseLayer, StreamReport, UsageObserver};
+//!
+//! /// The upstream (in a gateway, an HTTP client): it may fail.
+//! async fn upstream(request: Request<Body>) -> Result<Response<Body>, BoxError> {
+//!     if request.uri().path() != "/v1/chat/completions" {
+//!         return Err("no upstream for this path".into());
+//!     }
+//!     let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
+//!     let response = Response::builder().header("content-type", "text/event-stream");
+//!     Ok(response.body(Body::from(stream))?)
+//! }
+//!
+//! /// The upstream's errors, as responses.
+//! async fn on_error(error: BoxError) -> (StatusCode, String) {
+//!     (StatusCode::BAD_GATEWAY, format!("upstream: {error}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (reports, mut received) = tokio::sync::mpsc::unbounded_channel();
+//! let stack = ServiceBuilder::new()
+//!     .layer(HandleErrorLayer::new(on_error))
+//!     .layer(ResumeLayer::new())
+//!     .layer(
+//!         SseLayer::new()
+//!             .observer((UsageObserver::new(), ResumeObserver::new()))
+//!             .on_end(move |report: StreamReport| {
+//!                 let _ = reports.send(report);
+//!             }),
+//!     )
+//!     .service_fn(upstream);
+//! let app: Router = Router::new().fallback_service(stack);
+//!
+//! // A new stream: its events carry ids, its id is in a header.
+//! let request = Request::post("/v1/chat/completions").body(Body::empty()).unwrap();
+//! let response = app.clone().oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! let stream = response.headers()[STREAM_ID_HEADER].to_str().unwrap().to_owned();
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! let body = std::str::from_utf8(&body).unwrap();
+//! assert!(body.contains("\"Hi\"") && body.contains(&format!("id: {stream}.1")));
+//! let report = received.recv().await.unwrap();
+//! assert_eq!(report.outcome, Outcome::Completed);
+//! assert!(report.extensions.get::<ResumeSummary>().is_some());
+//!
+//! // The client lost its connection after the first event: it resumes, and gets the rest
+//! // from the log (the upstream is not called again).
+//! let resume = Request::get("/v1/chat/completions")
+//!     .header("last-event-id", format!("{stream}.1"))
+//!     .body(Body::empty())
+//!     .unwrap();
+//! let response = app.clone().oneshot(resume).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! let rest = response.into_body().collect().await.unwrap().to_bytes();
+//! let rest = std::str::from_utf8(&rest).unwrap();
+//! assert!(rest.contains("[DONE]") && !rest.contains("\"Hi\""));
+//!
+//! // The upstream failed: `HandleErrorLayer` answers.
+//! let request = Request::post("/elsewhere").body(Body::empty()).unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+//! # }
+//! ```
 
 pub(crate) mod body;
 pub(crate) mod id;

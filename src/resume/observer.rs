@@ -42,6 +42,21 @@ pub struct ResumeSummary {
 /// Puts a [`ResumeSummary`] into the report of each resumable stream. Put it among the
 /// observers of the [`SseLayer`](crate::SseLayer) inside a
 /// [`ResumeLayer`](crate::ResumeLayer); it does nothing for other streams.
+///
+/// The [module docs](crate::resume#a-whole-stack-with-axums-handleerrorlayer) run it in a
+/// whole stack. Outside a `ResumeLayer` there is no summary:
+///
+/// ```
+/// use tower_sse::resume::{ResumeObserver, ResumeSummary};
+/// use tower_sse::{Observer, StreamReport};
+///
+/// let mut observer = ResumeObserver::new();
+/// let (request, ()) = http::Request::new(()).into_parts();
+/// observer.on_request(&request);
+/// let mut report = StreamReport::new(tokio::time::Instant::now());
+/// observer.on_end(&mut report);
+/// assert!(report.extensions.get::<ResumeSummary>().is_none());
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ResumeObserver {
     stream: Option<ResumableStream>,

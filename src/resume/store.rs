@@ -125,6 +125,16 @@ impl NewStream {
 
 /// How much one read returns at most: replay goes out in bounded pieces, never as one
 /// write of the whole log.
+///
+/// ```
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::ReadLimits;
+///
+/// let limits = ReadLimits { max_events: 64, ..ReadLimits::default() };
+/// assert_eq!(limits.max_bytes, 64 * 1024);
+/// let layer = ResumeLayer::new().read_limits(limits);
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimits {
     /// At most this many events.
@@ -211,6 +221,14 @@ impl Batch {
 }
 
 /// Why a store could not do what was asked.
+///
+/// ```
+/// use tower_sse::resume::{StoreError, StoreErrorKind};
+///
+/// let error = StoreError::unavailable("connection refused");
+/// assert_eq!(error.kind(), StoreErrorKind::Unavailable);
+/// assert_eq!(error.to_string(), "the resume store is unavailable: connection refused");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError {
     kind: StoreErrorKind,

@@ -32,6 +32,24 @@ pub enum Item {
 ///
 /// Text accessors decode UTF-8 with replacement, as the HTML standard says; the `_bytes`
 /// accessors give the bytes as sent. Fields are slices of the input where possible.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_sse::sse::{Decoder, Item};
+///
+/// let mut decoder = Decoder::new();
+/// decoder.push(Bytes::from_static(b"event: delta\nid: 7\ndata: {\"text\":\"Hi\"}\n\n"));
+/// let Some(Ok(Item::Event(event))) = decoder.next() else { panic!("one event") };
+/// assert_eq!(event.event(), "delta");
+/// assert_eq!(event.data(), r#"{"text":"Hi"}"#);
+/// assert_eq!(event.last_event_id(), "7");
+/// // A proxy forwards the bytes as they came.
+/// assert_eq!(&event.raw()[..], b"event: delta\nid: 7\ndata: {\"text\":\"Hi\"}\n\n");
+///
+/// // NDJSON reframed as SSE:
+/// let event = tower_sse::sse::Event::from_data(Bytes::from_static(b"{\"n\":1}"));
+/// assert_eq!(&event.raw()[..], b"data: {\"n\":1}\n\n");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Event {
     pub(crate) event: Bytes,
@@ -140,6 +158,19 @@ impl fmt::Debug for Event {
 }
 
 /// A comment line. Its bytes are part of the [`raw`](Event::raw) bytes of the enclosing block.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_sse::sse::{Decoder, Item};
+///
+/// let mut decoder = Decoder::new();
+/// decoder.push(Bytes::from_static(b": ping\n\n"));
+/// let Some(Ok(Item::Comment(comment))) = decoder.next() else { panic!("a comment") };
+/// assert_eq!(comment.text(), "ping");
+/// // Then the block it was in, which dispatched no event.
+/// let Some(Ok(Item::Block(block))) = decoder.next() else { panic!("its block") };
+/// assert_eq!(&block.raw()[..], b": ping\n\n");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Comment {
     pub(crate) text: Bytes,
@@ -167,6 +198,20 @@ impl fmt::Debug for Comment {
 
 /// A block that dispatched no event (no `data` field): blank lines, pings, or `id:` /
 /// `retry:` updates.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use bytes::Bytes;
+/// use tower_sse::sse::{Decoder, Item};
+///
+/// let mut decoder = Decoder::new();
+/// decoder.push(Bytes::from_static(b"retry: 3000\n\n"));
+/// let Some(Ok(Item::Block(block))) = decoder.next() else { panic!("a block") };
+/// assert_eq!(block.retry(), Some(Duration::from_secs(3)));
+/// // It changes what a client does on reconnection: a proxy must forward it.
+/// assert!(block.changes_state() && !block.sets_id());
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Block {
     pub(crate) raw: Bytes,
@@ -228,6 +273,19 @@ pub enum ItemRef<'a> {
 
 /// A dispatched event, borrowed from the decoder (or from an owned [`Event`] with
 /// [`Event::as_ref`]). This is what observers see: reading it costs nothing.
+///
+/// [`EventRef::new`] makes one by hand, to test an observer:
+///
+/// ```
+/// use tower_sse::sse::EventRef;
+///
+/// let raw = b"event: ping\ndata: {}\n\n";
+/// let event = EventRef::new(b"ping", b"{}", raw);
+/// assert_eq!(event.event(), "ping");
+/// assert_eq!(event.data_bytes(), b"{}");
+/// assert_eq!(event.raw(), raw);
+/// assert_eq!(event.retry(), None);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct EventRef<'a> {
     pub(crate) event: &'a [u8],

@@ -263,8 +263,9 @@ impl<O, E> SseLayer<O, E> {
     }
 
     /// Watch each stream with this observer (cloned per request). Combine several with a
-    /// tuple.
-    pub fn observer<O2>(self, observer: O2) -> SseLayer<O2, E> {
+    /// tuple (of up to 16; tuples nest, so any number compose): a second call replaces the
+    /// observer of the first.
+    pub fn observer<O2: crate::Observer>(self, observer: O2) -> SseLayer<O2, E> {
         SseLayer {
             config: self.config,
             observer,
@@ -272,8 +273,9 @@ impl<O, E> SseLayer<O, E> {
         }
     }
 
-    /// Send each stream's report here (cloned per request, called once per stream).
-    pub fn on_end<E2>(self, on_end: E2) -> SseLayer<O, E2> {
+    /// Send each stream's report here (cloned per request, called once per stream): a
+    /// closure `|report: StreamReport| …` or an [`OnEnd`](crate::OnEnd) of yours.
+    pub fn on_end<E2: crate::OnEnd>(self, on_end: E2) -> SseLayer<O, E2> {
         SseLayer {
             config: self.config,
             observer: self.observer,

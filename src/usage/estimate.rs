@@ -11,6 +11,32 @@
 ///
 /// It runs inline, once per content event: keep it to arithmetic (no tokenizer that
 /// blocks, no allocation). Implemented for `()`, which estimates nothing.
+///
+/// A counter of your own, for a tokenizer that makes about one token per word:
+///
+/// ```
+/// use tower_sse::UsageObserver;
+/// use tower_sse::usage::TokenCounter;
+///
+/// #[derive(Clone, Default)]
+/// struct Words(u64);
+///
+/// impl TokenCounter for Words {
+///     fn add_text(&mut self, text: &[u8]) {
+///         self.0 += text.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).count() as u64;
+///     }
+///     fn estimate(&self) -> Option<u64> {
+///         (self.0 > 0).then_some(self.0)
+///     }
+/// }
+///
+/// let mut words = Words::default();
+/// words.add_text(b"Hello there, ");
+/// words.add_text(b"how are you?");
+/// assert_eq!(words.estimate(), Some(5));
+/// let observer = UsageObserver::new().token_counter(Words::default());
+/// # let _ = observer;
+/// ```
 pub trait TokenCounter {
     /// Add one piece of generated text: the contents of a JSON string as sent (escapes
     /// such as `\n` or `\u00e9` not decoded), or for an unknown format the whole event data.
@@ -34,6 +60,20 @@ impl TokenCounter for () {
 ///
 /// It is a rough figure, meant for billing a cut stream something rather than nothing;
 /// plug in a better counter for languages or models where the ratio is far off.
+///
+/// ```
+/// use tower_sse::usage::{HeuristicCounter, TokenCounter};
+///
+/// let mut counter = HeuristicCounter::new();
+/// assert_eq!(counter.estimate(), None);
+/// counter.add_text(b"Hello, world"); // 12 bytes
+/// assert_eq!(counter.estimate(), Some(3));
+///
+/// // Denser scripts: fewer bytes per token.
+/// let mut counter = HeuristicCounter::new().bytes_per_token(3);
+/// counter.add_text("こんにちは".as_bytes()); // 15 bytes
+/// assert_eq!(counter.estimate(), Some(5));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct HeuristicCounter {

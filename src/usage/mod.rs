@@ -42,7 +42,7 @@
 //! estimated: the input and cache counts stay as reported (so an estimated usage can hold
 //! reported input), or unknown. With no text to estimate from, the output stays unknown.
 //! Any other completed stream is never estimated: its usage is what the provider said. To get the provider's final usage after a client disconnect, see
-//! [`SseLayer::drain_on_disconnect`](crate::SseLayer::drain_on_disconnect) (feature `drain`).
+//! [`SseLayer::drain_on_disconnect`][drain_on_disconnect] (feature `drain`).
 //!
 //! # Usage the client did not ask for
 //!
@@ -80,6 +80,16 @@
 //! Implement [`UsageExtractor`] (a closure will do) and add it in front of the built-in
 //! ones with [`UsageObserver::prepend_extractor`](crate::UsageObserver::prepend_extractor), or replace them with
 //! [`UsageObserver::extractor`](crate::UsageObserver::extractor).
+//!
+// Without feature `drain` (a per-feature docs build), the link leads to the feature table.
+#![cfg_attr(
+    feature = "drain",
+    doc = "\n[drain_on_disconnect]: crate::SseLayer::drain_on_disconnect"
+)]
+#![cfg_attr(
+    not(feature = "drain"),
+    doc = "\n[drain_on_disconnect]: crate#feature-flags"
+)]
 
 mod estimate;
 mod extract;

@@ -127,6 +127,28 @@ struct Settings {
 }
 
 /// Configures a [`RedisStore`].
+///
+/// Redis is not contacted until the first stream, so this runs without one:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_sse::ResumeLayer;
+/// use tower_sse::resume::{MemoryStore, RedisStore, StoreErrorKind};
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/0")?
+///     .prefix("gateway-eu:")
+///     .timeout(Duration::from_millis(100))
+///     .ended_ttl(Duration::from_secs(120))
+///     // This replica's own streams are served from memory, with these bounds.
+///     .local(MemoryStore::builder().max_stream_bytes(1 << 20).build())
+///     .build();
+/// let layer = ResumeLayer::new().store(store);
+/// # let _ = layer;
+///
+/// let error = RedisStore::builder("http://localhost:6379").unwrap_err();
+/// assert_eq!(error.kind(), StoreErrorKind::Unavailable);
+/// # Ok::<(), tower_sse::resume::StoreError>(())
+/// ```
 #[derive(Debug)]
 #[must_use]
 pub struct RedisStoreBuilder {
