@@ -155,7 +155,7 @@ where
                 // either way, every permit was taken.
                 count_rejection(&self.settings.rejected);
                 FutureKind::Rejected {
-                    settings: Some(self.settings.clone()),
+                    settings: self.settings.clone(),
                 }
             }
         };

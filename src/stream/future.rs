@@ -182,6 +182,8 @@ pin_project! {
             setup: Pending<O, E>,
         },
         Ready { response: Option<Response<SseBody<B, O, E>>> },
+        // The response went out: polling again is a caller's bug.
+        Done,
     }
 }
 
@@ -247,10 +249,11 @@ where
     type Output = Result<Response<SseBody<B, O, E>>, Er>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        let output = match kind.as_mut().project() {
             FutureProj::Ready { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
+                Some(response) => Ok(response),
+                None => unreachable!("taken only on completion"),
             },
             FutureProj::Waiting {
                 future,
@@ -258,45 +261,67 @@ where
                 timeout_outcome,
                 shutdown,
                 setup,
-            } => {
-                if let Poll::Ready(result) = future.poll(cx) {
-                    let streaming = setup.report.is_some();
-                    let Some(taken) = setup.take() else {
-                        return Poll::Pending;
-                    };
-                    return Poll::Ready(match result {
-                        Ok(response) => Ok(start_stream(taken, response, streaming)),
-                        Err(error) => {
-                            if streaming {
-                                let error =
-                                    Some("the inner service failed before answering".to_string());
-                                report_before_head(taken, Outcome::UpstreamError, error, 0);
-                            }
-                            Err(error)
-                        }
-                    });
-                }
-                if let Some(deadline) = deadline.as_pin_mut()
-                    && deadline.poll(cx).is_ready()
-                    && let Some(setup) = setup.take()
-                {
-                    return Poll::Ready(Ok(head_timeout(setup, *timeout_outcome)));
-                }
-                if let Some(watch) = shutdown
-                    && watch.poll_ended(cx).is_ready()
-                    && let Some(setup) = setup.take()
-                {
-                    return Poll::Ready(Ok(answer_before_head(
-                        setup,
-                        Outcome::ServerShutdown,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the server is shutting down",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
+            } => match poll_waiting(future, deadline, *timeout_outcome, shutdown, setup, cx) {
+                Poll::Ready(output) => output,
+                Poll::Pending => return Poll::Pending,
+            },
+            FutureProj::Done => panic!("`SseFuture` polled after completion"),
+        };
+        kind.set(FutureKind::Done);
+        Poll::Ready(output)
     }
+}
+
+/// Wait for the response head, its deadline or the server's shutdown.
+fn poll_waiting<F, B, Er, O, E>(
+    future: Pin<&mut F>,
+    deadline: Pin<&mut Option<Sleep>>,
+    timeout_outcome: Outcome,
+    shutdown: &mut Option<ShutdownWatch>,
+    setup: &mut Pending<O, E>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<SseBody<B, O, E>>, Er>>
+where
+    F: Future<Output = Result<Response<B>, Er>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    if let Poll::Ready(result) = future.poll(cx) {
+        let streaming = setup.report.is_some();
+        let Some(taken) = setup.take() else {
+            unreachable!("taken only on completion");
+        };
+        return Poll::Ready(match result {
+            Ok(response) => Ok(start_stream(taken, response, streaming)),
+            Err(error) => {
+                if streaming {
+                    let error = Some("the inner service failed before answering".to_string());
+                    report_before_head(taken, Outcome::UpstreamError, error, 0);
+                }
+                Err(error)
+            }
+        });
+    }
+    if let Some(deadline) = deadline.as_pin_mut()
+        && deadline.poll(cx).is_ready()
+        && let Some(setup) = setup.take()
+    {
+        return Poll::Ready(Ok(head_timeout(setup, timeout_outcome)));
+    }
+    if let Some(watch) = shutdown
+        && watch.poll_ended(cx).is_ready()
+        && let Some(setup) = setup.take()
+    {
+        return Poll::Ready(Ok(answer_before_head(
+            setup,
+            Outcome::ServerShutdown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )));
+    }
+    Poll::Pending
 }
 
 /// The response head arrived: pass it through, or start a stream. A streaming request

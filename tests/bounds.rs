@@ -1,0 +1,94 @@
+//! What the layers ask of the types around them (issue 33): the services, futures and bodies
+//! are `Send` and `Sync` where their parts are, box into `BoxBody`, compose with tower-http,
+//! hyper-util and tonic; and the futures refuse to be polled after completion.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_sse::{SseLayer, StreamLimitLayer};
+
+fn assert_send<T: Send>() {}
+fn assert_sync<T: Sync>() {}
+
+async fn hello(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
+}
+
+/// Poll `future` until it is ready, then once more.
+fn poll_twice<F: Future>(future: F) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut future = pin!(future);
+    for _ in 0..100 {
+        if future.as_mut().poll(&mut cx).is_ready() {
+            let _ = future.as_mut().poll(&mut cx);
+            return;
+        }
+    }
+    unreachable!("not ready after 100 polls");
+}
+
+#[tokio::test]
+#[should_panic(expected = "`SseFuture` polled after completion")]
+async fn sse_future_panics_when_polled_after_completion() {
+    let mut service = SseLayer::new().layer(service_fn(hello));
+    let service = service.ready().await.unwrap();
+    poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
+}
+
+#[tokio::test]
+#[should_panic(expected = "`SseFuture` polled after completion")]
+async fn early_sse_future_panics_when_polled_after_completion() {
+    let mut service = SseLayer::new()
+        .early_response(true)
+        .layer(service_fn(hello));
+    let service = service.ready().await.unwrap();
+    let request = Request::builder()
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    poll_twice(service.call(request));
+}
+
+#[tokio::test]
+#[should_panic(expected = "`StreamLimitFuture` polled after completion")]
+async fn stream_limit_future_panics_when_polled_after_completion() {
+    let mut service = StreamLimitLayer::new(1).layer(service_fn(hello));
+    let service = service.ready().await.unwrap();
+    poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
+}
+
+#[tokio::test]
+#[should_panic(expected = "`StreamLimitFuture` polled after completion")]
+async fn rejecting_stream_limit_future_panics_when_polled_after_completion() {
+    let limit = StreamLimitLayer::new(0);
+    let mut service = limit.layer(service_fn(hello));
+    poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
+}
+
+#[test]
+fn services_are_send_and_sync() {
+    assert_send::<
+        tower_sse::stream::Sse<
+            tower::util::BoxCloneSyncService<
+                Request<Full<Bytes>>,
+                Response<Full<Bytes>>,
+                Infallible,
+            >,
+        >,
+    >();
+    assert_sync::<
+        tower_sse::stream::Sse<
+            tower::util::BoxCloneSyncService<
+                Request<Full<Bytes>>,
+                Response<Full<Bytes>>,
+                Infallible,
+            >,
+        >,
+    >();
+}
