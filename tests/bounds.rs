@@ -92,3 +92,48 @@ fn services_are_send_and_sync() {
         >,
     >();
 }
+
+type Upstream = Full<Bytes>;
+
+#[test]
+fn bodies_are_send_and_sync() {
+    assert_send::<tower_sse::stream::SseBody<Upstream>>();
+    assert_sync::<tower_sse::stream::SseBody<Upstream>>();
+    assert_send::<tower_sse::limit::StreamLimitBody<tower_sse::stream::SseBody<Upstream>>>();
+    assert_sync::<tower_sse::limit::StreamLimitBody<tower_sse::stream::SseBody<Upstream>>>();
+    assert_send::<tower_sse::include_usage::IncludeUsageBody<Upstream>>();
+    assert_sync::<tower_sse::include_usage::IncludeUsageBody<Upstream>>();
+    #[cfg(feature = "resume")]
+    {
+        assert_send::<tower_sse::resume::ResumeBody<Upstream>>();
+        assert_sync::<tower_sse::resume::ResumeBody<Upstream>>();
+    }
+}
+
+/// An early response (whose body holds the upstream call) boxes into `BoxBody`, which asks
+/// for `Sync`, and still streams.
+#[tokio::test]
+async fn early_response_body_boxes_into_box_body() {
+    use http_body_util::BodyExt;
+    use http_body_util::combinators::BoxBody;
+
+    let mut service =
+        SseLayer::new()
+            .early_response(true)
+            .layer(service_fn(|_: Request<Full<Bytes>>| async {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"data: hi\n\n")));
+                response
+                    .headers_mut()
+                    .insert("content-type", "text/event-stream".parse().unwrap());
+                Ok::<_, Infallible>(response)
+            }));
+    let request = Request::builder()
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert!(response.body().is_stream());
+    let body: BoxBody<Bytes, tower_sse::BoxError> = response.into_body().boxed();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&bytes[..], b"data: hi\n\n");
+}

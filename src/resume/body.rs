@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -130,7 +131,8 @@ pub(crate) struct Reader {
     /// Events up to this seq were in the log when a resume attached: replayed.
     replay_until: u64,
     wake: Option<watch::Receiver<u64>>,
-    step: Option<StepFuture>,
+    /// Wrapped so that the body is `Sync` (`BoxBody` asks for it): only polled through `&mut`.
+    step: Option<SyncWrapper<StepFuture>>,
     /// The next step waits for a wake-up first (the last read found nothing more).
     wait: bool,
     /// The step in flight waits for a wake-up.
@@ -229,7 +231,7 @@ impl Reader {
                     let log = self.log.clone();
                     let (cursor, wait, limits) = (self.cursor, self.wait, self.config.read_limits);
                     self.step_waits = wait;
-                    self.step.insert(Box::pin(async move {
+                    self.step.insert(SyncWrapper::new(Box::pin(async move {
                         if wait && wake.changed().await.is_err() {
                             return (wake, None);
                         }
@@ -237,10 +239,10 @@ impl Reader {
                         wake.borrow_and_update();
                         let read = log.read_after(cursor, limits).await;
                         (wake, Some(read))
-                    }))
+                    })))
                 }
             };
-            match step.as_mut().poll(cx) {
+            match step.get_mut().as_mut().poll(cx) {
                 Poll::Ready((wake, read)) => {
                     self.step = None;
                     self.wake = Some(wake);

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
@@ -66,7 +67,9 @@ pin_project! {
 /// taken, once, when the report is made.
 pub(crate) enum Phase<B> {
     /// The upstream call is still pending (early response): keep-alives and deadlines run.
-    AwaitingHead(UpstreamFuture<B>),
+    /// Wrapped so that the body is `Sync` whenever its parts are (`BoxBody` asks for it):
+    /// the future is only ever polled through `&mut`.
+    AwaitingHead(SyncWrapper<UpstreamFuture<B>>),
     /// Reading the upstream body.
     Streaming(Pin<Box<B>>),
     /// The upstream is done or dropped: what is queued is the last of the stream.
@@ -282,7 +285,7 @@ where
                     }
                     Poll::Pending => {}
                 },
-                Phase::AwaitingHead(future) => match future.as_mut().poll(cx) {
+                Phase::AwaitingHead(future) => match future.get_mut().as_mut().poll(cx) {
                     Poll::Ready(result) => {
                         self.on_upstream_response(result, Instant::now());
                         continue;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
+use sync_wrapper::SyncWrapper;
 use tower_service::Service;
 
 use crate::BoxError;
@@ -120,7 +121,8 @@ where
         if early {
             let upstream: UpstreamFuture<ResBody> =
                 Box::pin(async move { future.await.map_err(Into::into) });
-            let state = setup.into_state(Phase::AwaitingHead(upstream), started_at);
+            let state =
+                setup.into_state(Phase::AwaitingHead(SyncWrapper::new(upstream)), started_at);
             let mut response = Response::new(SseBody::stream(state));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
