@@ -137,3 +137,30 @@ async fn early_response_body_boxes_into_box_body() {
     let bytes = body.collect().await.unwrap().to_bytes();
     assert_eq!(&bytes[..], b"data: hi\n\n");
 }
+
+/// An observer that counts with a `Cell`: `Send`, not `Sync`.
+#[derive(Clone, Default)]
+struct CellCounter {
+    events: std::cell::Cell<u64>,
+}
+
+impl tower_sse::Observer for CellCounter {
+    fn on_event(&mut self, _: &tower_sse::sse::EventRef<'_>, _: &mut tower_sse::EventContext<'_>) {
+        self.events.set(self.events.get() + 1);
+    }
+}
+
+type Inner = tower::util::BoxCloneSyncService<Request<Upstream>, Response<Upstream>, Infallible>;
+
+/// A service whose observer is `Send` but not `Sync` is still `Send` (hyper-util and tonic on
+/// a multi-thread runtime ask for it), and so are its futures and bodies.
+#[test]
+fn service_with_a_cell_observer_is_send() {
+    fn send_service<S: Send, F: Send>(_: &S, _: fn(&mut S) -> F) {}
+    let service = SseLayer::new()
+        .observer(CellCounter::default())
+        .layer(Inner::new(service_fn(hello)));
+    send_service(&service, |s| s.call(Request::new(Full::new(Bytes::new()))));
+    assert_send::<tower_sse::stream::Sse<Inner, CellCounter>>();
+    assert_send::<tower_sse::stream::SseBody<Upstream, CellCounter>>();
+}

@@ -26,18 +26,23 @@ use crate::stream::future::{Setup, SseFuture, claim_permits, upload_timeout};
 pub struct Sse<S, O = (), E = ()> {
     inner: S,
     config: Arc<Config>,
-    /// The observer and report sink each stream starts from. Shared: services are cloned
-    /// for every request (tower's `call` pattern, axum's routes), and the observers can
-    /// weigh a kilobyte.
-    template: Arc<(O, E)>,
+    /// The observer each stream starts from (cloned per request).
+    ///
+    /// Held by value, not behind an `Arc`: an `Arc` would make the service `Send` only when
+    /// the observer and sink are `Sync`, and an observer with a `Cell` would make it
+    /// `!Send`, which hyper-util and tonic on a multi-thread runtime reject (issue 33).
+    observer: O,
+    /// The report sink each stream starts from (cloned per request).
+    on_end: E,
 }
 
-impl<S: Clone, O, E> Clone for Sse<S, O, E> {
+impl<S: Clone, O: Clone, E: Clone> Clone for Sse<S, O, E> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             config: self.config.clone(),
-            template: self.template.clone(),
+            observer: self.observer.clone(),
+            on_end: self.on_end.clone(),
         }
     }
 }
@@ -52,11 +57,12 @@ impl<S: fmt::Debug, O, E> fmt::Debug for Sse<S, O, E> {
 }
 
 impl<S, O, E> Sse<S, O, E> {
-    pub(crate) fn new(inner: S, config: Arc<Config>, template: Arc<(O, E)>) -> Self {
+    pub(crate) fn new(inner: S, config: Arc<Config>, observer: O, on_end: E) -> Self {
         Self {
             inner,
             config,
-            template,
+            observer,
+            on_end,
         }
     }
 
@@ -98,8 +104,7 @@ where
         let (mut parts, body) = request.into_parts();
         let started_at = Arrival::stamp(&mut parts.extensions);
         let permits = claim_permits(&self.config, &mut parts.extensions);
-        let (observer, on_end) = &*self.template;
-        let mut observer = observer.clone();
+        let mut observer = self.observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
         let early = streaming && self.config.answers_early(&parts);
@@ -107,7 +112,7 @@ where
         let setup = Setup {
             config: self.config.clone(),
             observer,
-            on_end: on_end.clone(),
+            on_end: self.on_end.clone(),
             started_at,
             hint,
             permits,
