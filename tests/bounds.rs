@@ -164,3 +164,42 @@ fn service_with_a_cell_observer_is_send() {
     assert_send::<tower_sse::stream::Sse<Inner, CellCounter>>();
     assert_send::<tower_sse::stream::SseBody<Upstream, CellCounter>>();
 }
+
+/// tower-http's `RequestBodyTimeoutLayer` outside `IncludeUsageLayer`: its `TimeoutBody` is
+/// not `Unpin`, and an oversized body (read in part, then handed on) still reaches the inner
+/// service whole.
+#[tokio::test]
+async fn include_usage_composes_inside_request_body_timeout() {
+    use http_body_util::BodyExt;
+    use tower::ServiceBuilder;
+    use tower_http::timeout::RequestBodyTimeoutLayer;
+    use tower_sse::IncludeUsageLayer;
+
+    let mut service = ServiceBuilder::new()
+        .layer(RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+        ))
+        .layer(IncludeUsageLayer::new().max_request_size(20))
+        .service_fn(
+            |request: Request<tower_sse::include_usage::UsageRequestBody<_>>| async {
+                let body = request.into_body().collect().await?.to_bytes();
+                Ok::<_, tower_sse::BoxError>(Response::new(Full::new(body)))
+            },
+        );
+    for (body, rewritten) in [
+        (r#"{"stream":true}"#, true),
+        (r#"{"stream":true,"messages":["a long one"]}"#, false),
+    ] {
+        let request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert_eq!(text.contains("include_usage"), rewritten, "{text}");
+        if !rewritten {
+            assert_eq!(text, body);
+        }
+    }
+}

@@ -70,7 +70,7 @@ where
     M::Output: Send + 'static,
     S: Service<Request<M::Output>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<IncludeUsageBody<ResBody>>;
@@ -102,7 +102,9 @@ where
         }
         Box::pin(async move {
             let deadline = after(arrival, config.upload_timeout);
-            let Ok(read) = timeout_at(deadline, read_bounded(body, config.max_size)).await else {
+            let Ok(read) =
+                timeout_at(deadline, read_bounded(Box::pin(body), config.max_size)).await
+            else {
                 // A stalled upload: never forwarded, and an SseLayer inside reports it.
                 let mut parts = parts;
                 parts.extensions.insert(UploadTimedOut);
