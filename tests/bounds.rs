@@ -203,3 +203,36 @@ async fn include_usage_composes_inside_request_body_timeout() {
         }
     }
 }
+
+/// An observer chosen at run time, boxed, goes into the layer (which clones it per request),
+/// and the service stays `Send`.
+#[tokio::test]
+async fn boxed_observer_goes_into_the_layer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tower_sse::BoxObserver;
+
+    #[derive(Clone, Default)]
+    struct Requests(Arc<AtomicU64>);
+    impl tower_sse::Observer for Requests {
+        fn on_request(&mut self, _: &http::request::Parts) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    let requests = Requests::default();
+    let observer = if requests.0.load(Ordering::Relaxed) == 0 {
+        BoxObserver::new((requests.clone(), CellCounter::default()))
+    } else {
+        BoxObserver::new(CellCounter::default())
+    };
+    let mut service = SseLayer::new()
+        .observer(observer)
+        .layer(Inner::new(service_fn(hello)));
+    assert_send::<tower_sse::stream::Sse<Inner, BoxObserver>>();
+    for _ in 0..2 {
+        let request = Request::new(Full::new(Bytes::new()));
+        service.ready().await.unwrap().call(request).await.unwrap();
+    }
+    assert_eq!(requests.0.load(Ordering::Relaxed), 2);
+}
