@@ -236,3 +236,63 @@ async fn boxed_observer_goes_into_the_layer() {
     }
     assert_eq!(requests.0.load(Ordering::Relaxed), 2);
 }
+
+/// A slow upload does not hold the inner service's readiness: behind a
+/// `ConcurrencyLimit(1)`, a second request is served while the first is still uploading.
+#[tokio::test(start_paused = true)]
+async fn a_slow_upload_holds_no_permit_of_the_inner_service() {
+    use std::time::Duration;
+
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::sync::mpsc;
+    use tower::limit::ConcurrencyLimitLayer;
+    use tower_sse::IncludeUsageLayer;
+
+    fn request(
+        body: impl http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+    ) -> Request<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>> {
+        Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(body.boxed_unsync())
+            .unwrap()
+    }
+
+    let mut service = tower::ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new().upload_timeout(Duration::from_secs(600)))
+        .layer(ConcurrencyLimitLayer::new(1))
+        .service_fn(
+            |request: Request<tower_sse::include_usage::UsageRequestBody<_>>| async {
+                let body = request.into_body().collect().await?.to_bytes();
+                Ok::<_, tower_sse::BoxError>(Response::new(Full::new(body)))
+            },
+        );
+
+    // The first request's body comes in two parts, the second one much later.
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let slow = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(data)), rx))
+    }));
+    tx.send(Bytes::from_static(b"{\"stream\":")).await.unwrap();
+    let first = service.ready().await.unwrap().call(request(slow));
+    let first = tokio::spawn(first);
+    tokio::task::yield_now().await;
+
+    let second = async {
+        let body = Full::new(Bytes::from_static(b"{\"stream\":true}"));
+        service.ready().await.unwrap().call(request(body)).await
+    };
+    let response = tokio::time::timeout(Duration::from_secs(1), second)
+        .await
+        .expect("the second request waited for the first one's upload")
+        .unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(bytes.ends_with(b"\"stream\":true}"), "{bytes:?}");
+
+    tx.send(Bytes::from_static(b"true}")).await.unwrap();
+    drop(tx);
+    let response = first.await.unwrap().unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(bytes.ends_with(b"\"stream\":true}"), "{bytes:?}");
+}

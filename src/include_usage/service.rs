@@ -1,7 +1,7 @@
 //! [`IncludeUsage`], the service: decides which requests to rewrite, and buffers them.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -100,6 +100,12 @@ where
                 async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },
             );
         }
+        // The body is read before the inner service is called, for up to the upload timeout:
+        // the readiness reserved for this request (a `Buffer` slot, a `ConcurrencyLimit`
+        // permit) is released now, and waited for again once the body is read.
+        let reserved = inner;
+        let mut inner = reserved.clone();
+        drop(reserved);
         Box::pin(async move {
             let deadline = after(arrival, config.upload_timeout);
             let Ok(read) =
@@ -109,6 +115,7 @@ where
                 let mut parts = parts;
                 parts.extensions.insert(UploadTimedOut);
                 let body = map.map(UsageRequestBody::incomplete());
+                poll_fn(|cx| inner.poll_ready(cx)).await?;
                 return Ok(inner
                     .call(Request::from_parts(parts, body))
                     .await?
@@ -132,6 +139,7 @@ where
                     ));
                 }
             };
+            poll_fn(|cx| inner.poll_ready(cx)).await?;
             Ok(inner
                 .call(Request::from_parts(parts, map.map(body)))
                 .await?
