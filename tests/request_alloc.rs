@@ -1,5 +1,6 @@
-//! Allocations per request, counted with an instrumented global allocator: a disabled
-//! `ResumeLayer` adds none to what the service inside it makes.
+//! Allocations per request, counted with an instrumented global allocator: a
+//! `StreamLimitLayer` (no drain configured inside) and a disabled `ResumeLayer` add none to
+//! what the service inside them makes.
 //!
 //! One test function only: the allocator counts every thread of the process.
 
@@ -90,5 +91,5 @@ fn layers_add_no_allocation_per_request() {
             "a disabled ResumeLayer allocates per request"
         );
     }
-    let _ = limit;
+    assert_eq!(limit, base, "StreamLimitLayer allocates per request");
 }

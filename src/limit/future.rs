@@ -17,7 +17,7 @@ use crate::limit::StreamLimitBody;
 use crate::limit::body::BodyKind;
 use crate::limit::body::rejection;
 use crate::limit::layer::Settings;
-use crate::limit::permit::SharedPermit;
+use crate::limit::permit::{DrainPermits, Permit};
 
 pin_project! {
     /// The response future of [`StreamLimit`].
@@ -33,7 +33,7 @@ pin_project! {
         Waiting {
             #[pin]
             future: F,
-            permit: Option<SharedPermit>,
+            permit: Option<Permit>,
             predicate: P,
         },
         Rejected { settings: Arc<Settings> },
@@ -73,19 +73,24 @@ where
             } => match ready!(future.poll(cx)) {
                 Ok(response) => {
                     let stream = predicate.is_stream(&response) && !response.body().is_end_stream();
-                    let mut permit = permit.take();
-                    // Not a stream: released now, even if a layer inside claimed it for a drain.
-                    if !stream && let Some(permit) = permit.take() {
-                        permit.release();
-                    }
+                    // Not a stream: released now.
+                    let permit = permit.take().filter(|_| stream);
+                    // A stream layer inside that drains after a disconnect takes the permit
+                    // on when the body is dropped before its end.
+                    let drain = match (&permit, response.extensions().get::<DrainPermits>()) {
+                        (Some(_), Some(drain)) => drain.clone(),
+                        _ => DrainPermits::none(),
+                    };
                     Ok(response.map(|body| StreamLimitBody {
-                        kind: BodyKind::Limited { permit, body },
+                        kind: BodyKind::Limited {
+                            permit,
+                            drain,
+                            body,
+                        },
                     }))
                 }
                 Err(error) => {
-                    if let Some(permit) = permit.take() {
-                        permit.release();
-                    }
+                    drop(permit.take());
                     Err(error)
                 }
             },

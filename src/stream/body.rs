@@ -12,7 +12,7 @@ use sync_wrapper::SyncWrapper;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
-use crate::limit::SharedPermit;
+use crate::limit::DrainPermits;
 use crate::observe::Observer;
 use crate::report::{OnEnd, Outcome};
 use crate::stream::config::UpstreamErrorPolicy;
@@ -80,10 +80,10 @@ pub(crate) enum Phase<B> {
 pub(crate) struct Live<O, E> {
     pub(crate) engine: Engine<O>,
     pub(crate) on_end: E,
-    /// The permits of the [`StreamLimitLayer`](crate::StreamLimitLayer)s outside, claimed
-    /// when the stream may drain after a disconnect: a drain holds them to its end. Empty
-    /// otherwise. Released (dropped) before the report of a disconnect is made.
-    pub(crate) permits: Vec<SharedPermit>,
+    /// The permits of the [`StreamLimitLayer`](crate::StreamLimitLayer)s outside, handed
+    /// over when the client leaves and the stream may drain: a drain holds them to its end.
+    /// Empty otherwise. Released (dropped) before the report of a disconnect is made.
+    pub(crate) permits: DrainPermits,
 }
 
 pub(crate) struct StreamState<B, O, E> {

@@ -20,7 +20,7 @@ use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::head_deadline;
-use crate::stream::future::{Setup, SseFuture, claim_permits, upload_timeout};
+use crate::stream::future::{Setup, SseFuture, offer_permits, upload_timeout};
 
 /// The service of [`SseLayer`](crate::SseLayer).
 pub struct Sse<S, O = (), E = ()> {
@@ -103,7 +103,6 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         let started_at = Arrival::stamp(&mut parts.extensions);
-        let permits = claim_permits(&self.config, &mut parts.extensions);
         let mut observer = self.observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
@@ -115,7 +114,6 @@ where
             on_end: self.on_end.clone(),
             started_at,
             hint,
-            permits,
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
@@ -128,7 +126,9 @@ where
                 Box::pin(async move { future.await.map_err(Into::into) });
             let state =
                 setup.into_state(Phase::AwaitingHead(SyncWrapper::new(upstream)), started_at);
-            let mut response = Response::new(SseBody::stream(state));
+            let mut response = Response::new(());
+            offer_permits(&state, response.extensions_mut());
+            let mut response = response.map(|()| SseBody::stream(state));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
