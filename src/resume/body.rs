@@ -141,7 +141,11 @@ pub(crate) struct Reader {
     /// The log is lost to this reader (trimmed past its cursor, store failure).
     lost: bool,
     done: bool,
+    /// The keep-alive timer: made once, re-armed (`Sleep::reset`) when next needed after
+    /// each frame sent.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The timer runs from the last frame sent (false: re-arm it before waiting on it).
+    timer_armed: bool,
     record: ReaderRecord,
     attach: AttachGuard,
 }
@@ -180,6 +184,7 @@ impl Reader {
             lost: false,
             done: false,
             timer: None,
+            timer_armed: false,
             record,
             attach,
         };
@@ -203,7 +208,7 @@ impl Reader {
                     self.record.replayed_events += 1;
                     self.attach.shared().replayed(1);
                 }
-                self.timer = None;
+                self.timer_armed = false;
                 return Poll::Ready(Some(Ok(Frame::data(event))));
             }
             if self.done {
@@ -263,14 +268,24 @@ impl Reader {
         let Some(keep_alive) = &self.config.keep_alive else {
             return Poll::Pending;
         };
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(sleep_until(Instant::now() + keep_alive.interval)));
+        let interval = keep_alive.interval;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if !self.timer_armed {
+                    timer.as_mut().reset(Instant::now() + interval);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(sleep_until(Instant::now() + interval))),
+        };
+        self.timer_armed = true;
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         let comment = keep_alive.comment.clone();
-        self.timer = None;
+        self.timer_armed = false;
         if self.step_waits {
             // A safety poll: read the log again on every keep-alive, so that a store whose
             // wake-ups can be lost (a remote pub/sub) delays a reader by one interval at most.
