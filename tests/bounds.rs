@@ -296,3 +296,85 @@ async fn a_slow_upload_holds_no_permit_of_the_inner_service() {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     assert!(bytes.ends_with(b"\"stream\":true}"), "{bytes:?}");
 }
+
+/// The layers around hyper-util's client, used as a `Service`: the stack is `Send` and
+/// `Clone` with an observer that is not `Sync` (its calls are spawned on a multi-thread
+/// runtime), and `Sync` too with one that is (a `BoxCloneSyncService`, its bodies boxed into
+/// `BoxBody`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_compose_around_hyper_util_client() {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower_sse::IncludeUsageLayer;
+    use tower_sse::include_usage::UsageRequestBody;
+
+    let client =
+        Client::builder(TokioExecutor::new()).build_http::<UsageRequestBody<Full<Bytes>>>();
+    let sync_stack = tower::ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new())
+        .layer(StreamLimitLayer::new(8))
+        .layer(SseLayer::new())
+        .service(client.clone());
+    let mut sync_stack = tower::util::BoxCloneSyncService::new(sync_stack);
+    let send_stack = tower::ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new())
+        .layer(StreamLimitLayer::new(8))
+        .layer(SseLayer::new().observer(CellCounter::default()))
+        .service(client);
+    let mut send_stack = tower::util::BoxCloneService::new(send_stack);
+
+    // Nothing listens on port 9 of localhost: the calls fail, from spawned tasks.
+    let request = || {
+        Request::post("http://127.0.0.1:9/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+            .unwrap()
+    };
+    let sync_call = tokio::spawn(async move { sync_stack.ready().await?.call(request()).await });
+    let send_call = tokio::spawn(async move { send_stack.ready().await?.call(request()).await });
+    if let Ok(response) = sync_call.await.unwrap() {
+        let _ = response.into_body().boxed();
+    }
+    let _ = send_call.await.unwrap();
+}
+
+/// A named gRPC service for tonic's server: answers `UNIMPLEMENTED`.
+#[derive(Clone)]
+struct Unimplemented;
+
+impl tonic::server::NamedService for Unimplemented {
+    const NAME: &'static str = "test.Unimplemented";
+}
+
+impl Service<Request<tonic::body::Body>> for Unimplemented {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(tonic::Status::unimplemented("no").into_http()))
+    }
+}
+
+/// The layers in tonic's server, with an observer that is not `Sync`: the server's future is
+/// `Send` (spawned on a multi-thread runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_compose_in_tonic_server() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let layers = tower::ServiceBuilder::new()
+        .layer(StreamLimitLayer::new(8))
+        .layer(SseLayer::new().observer(CellCounter::default()))
+        .into_inner();
+    let server = tonic::transport::Server::builder()
+        .layer(layers)
+        .add_service(Unimplemented)
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server).abort();
+}
