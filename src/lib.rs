@@ -433,7 +433,7 @@ pub use digest::DigestObserver;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsObserver;
-pub use observe::{EventContext, Observer};
+pub use observe::{BoxObserver, EventContext, Observer};
 pub use timing::TimingObserver;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]

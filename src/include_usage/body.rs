@@ -28,7 +28,7 @@ pin_project! {
         // The body read whole: one piece as it came, or the client's bytes around a splice
         // (slices of them and the inserted bytes, in order: never copied into one buffer).
         Buffered { pieces: Pieces, trailers: Option<HeaderMap> },
-        Chained { prefix: Option<Bytes>, #[pin] rest: B },
+        Chained { prefix: Option<Bytes>, rest: Pin<Box<B>> },
         // The upload did not complete in time: what the inner service reads fails.
         Incomplete { failed: bool },
     }
@@ -56,7 +56,7 @@ impl<B> UsageRequestBody<B> {
         }
     }
 
-    pub(super) fn chained(prefix: Bytes, rest: B) -> Self {
+    pub(super) fn chained(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
         Self {
             kind: RequestKind::Chained {
                 prefix: Some(prefix),
@@ -95,7 +95,7 @@ where
             ),
             RequestKindProj::Chained { prefix, rest } => match prefix.take() {
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
-                None => rest.poll_frame(cx).map_err(Into::into),
+                None => rest.as_mut().poll_frame(cx).map_err(Into::into),
             },
             RequestKindProj::Incomplete { failed } => Poll::Ready(
                 (!std::mem::replace(failed, true))

@@ -224,7 +224,7 @@ pub(super) fn splice_stream_options(
 pub(super) enum Read<B> {
     Whole(Bytes, Option<HeaderMap>),
     /// Too large: the bytes read so far, and the rest of the body.
-    Oversized(Bytes, B),
+    Oversized(Bytes, Pin<Box<B>>),
     Failed,
 }
 
@@ -273,16 +273,18 @@ impl Accumulated {
     }
 }
 
-pub(super) async fn read_bounded<B>(mut body: B, limit: usize) -> Read<B>
+/// Read `body` up to `limit` bytes. Boxed and pinned, so that a body that is not `Unpin`
+/// (tower-http's `TimeoutBody`) can still be handed on, partly read, when it is too large.
+pub(super) async fn read_bounded<B>(mut body: Pin<Box<B>>, limit: usize) -> Read<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes>,
 {
     let mut read = Accumulated {
         first: Bytes::new(),
         rest: None,
     };
     loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
         match frame {
             None => return Read::Whole(read.into_bytes(), None),
             Some(Err(_)) => return Read::Failed,
@@ -492,7 +494,7 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(read_bounded(Frames(frames, claimed), limit))
+            .block_on(read_bounded(Box::pin(Frames(frames, claimed)), limit))
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! [`IncludeUsage`], the service: decides which requests to rewrite, and buffers them.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -70,7 +70,7 @@ where
     M::Output: Send + 'static,
     S: Service<Request<M::Output>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<IncludeUsageBody<ResBody>>;
@@ -100,13 +100,22 @@ where
                 async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },
             );
         }
+        // The body is read before the inner service is called, for up to the upload timeout:
+        // the readiness reserved for this request (a `Buffer` slot, a `ConcurrencyLimit`
+        // permit) is released now, and waited for again once the body is read.
+        let reserved = inner;
+        let mut inner = reserved.clone();
+        drop(reserved);
         Box::pin(async move {
             let deadline = after(arrival, config.upload_timeout);
-            let Ok(read) = timeout_at(deadline, read_bounded(body, config.max_size)).await else {
+            let Ok(read) =
+                timeout_at(deadline, read_bounded(Box::pin(body), config.max_size)).await
+            else {
                 // A stalled upload: never forwarded, and an SseLayer inside reports it.
                 let mut parts = parts;
                 parts.extensions.insert(UploadTimedOut);
                 let body = map.map(UsageRequestBody::incomplete());
+                poll_fn(|cx| inner.poll_ready(cx)).await?;
                 return Ok(inner
                     .call(Request::from_parts(parts, body))
                     .await?
@@ -130,6 +139,7 @@ where
                     ));
                 }
             };
+            poll_fn(|cx| inner.poll_ready(cx)).await?;
             Ok(inner
                 .call(Request::from_parts(parts, map.map(body)))
                 .await?

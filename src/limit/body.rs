@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::limit::layer::Settings;
-use crate::limit::permit::SharedPermit;
+use crate::limit::permit::{DrainPermits, Permit};
 
 pub(super) fn rejection<B>(settings: &Settings) -> Response<StreamLimitBody<B>> {
     let mut response = Response::new(StreamLimitBody {
@@ -38,14 +38,27 @@ pin_project! {
         #[pin]
         pub(super) kind: BodyKind<B>,
     }
+
+    impl<B> PinnedDrop for StreamLimitBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before the stream's end: a layer inside that drains after a disconnect
+            // holds the permit until its drain ends. Runs before the inner body is dropped
+            // (which starts the drain).
+            if let BodyProj::Limited { permit, drain, .. } = this.project().kind.project()
+                && let Some(permit) = permit.take()
+            {
+                drain.give(permit);
+            }
+        }
+    }
 }
 
 pin_project! {
     #[project = BodyProj]
     pub(super) enum BodyKind<B> {
         // The permit is declared first so that it is released before the body's own drop
-        // (unless a layer inside claimed it, to hold it through a drain).
-        Limited { permit: Option<SharedPermit>, #[pin] body: B },
+        // (unless handed to a layer inside that drains, see `DrainPermits`).
+        Limited { permit: Option<Permit>, drain: DrainPermits, #[pin] body: B },
         Rejected { data: Option<Bytes> },
     }
 }
@@ -90,14 +103,16 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
-            BodyProj::Limited { permit, mut body } => {
+            BodyProj::Limited {
+                permit, mut body, ..
+            } => {
                 let result = ready!(body.as_mut().poll_frame(cx));
                 let ended = match &result {
                     Some(Ok(frame)) => frame.is_trailers() || body.is_end_stream(),
                     Some(Err(_)) | None => true,
                 };
-                if ended && let Some(permit) = permit.take() {
-                    permit.release();
+                if ended {
+                    drop(permit.take());
                 }
                 Poll::Ready(result)
             }

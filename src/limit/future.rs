@@ -17,7 +17,7 @@ use crate::limit::StreamLimitBody;
 use crate::limit::body::BodyKind;
 use crate::limit::body::rejection;
 use crate::limit::layer::Settings;
-use crate::limit::permit::SharedPermit;
+use crate::limit::permit::{DrainPermits, Permit};
 
 pin_project! {
     /// The response future of [`StreamLimit`].
@@ -33,10 +33,12 @@ pin_project! {
         Waiting {
             #[pin]
             future: F,
-            permit: Option<SharedPermit>,
+            permit: Option<Permit>,
             predicate: P,
         },
-        Rejected { settings: Option<Arc<Settings>> },
+        Rejected { settings: Arc<Settings> },
+        // The response went out: polling again is a caller's bug.
+        Done,
     }
 }
 
@@ -45,6 +47,7 @@ impl<F, P> fmt::Debug for StreamLimitFuture<F, P> {
         let kind = match &self.kind {
             FutureKind::Waiting { .. } => "Waiting",
             FutureKind::Rejected { .. } => "Rejected",
+            FutureKind::Done => "Done",
         };
         f.debug_struct("StreamLimitFuture")
             .field("kind", &kind)
@@ -61,35 +64,40 @@ where
     type Output = Result<Response<StreamLimitBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        let output = match kind.as_mut().project() {
             FutureProj::Waiting {
                 future,
                 permit,
                 predicate,
-            } => {
-                let response = match ready!(future.poll(cx)) {
-                    Ok(response) => response,
-                    Err(error) => {
-                        if let Some(permit) = permit.take() {
-                            permit.release();
-                        }
-                        return Poll::Ready(Err(error));
-                    }
-                };
-                let stream = predicate.is_stream(&response) && !response.body().is_end_stream();
-                let mut permit = permit.take();
-                // Not a stream: released now, even if a layer inside claimed it for a drain.
-                if !stream && let Some(permit) = permit.take() {
-                    permit.release();
+            } => match ready!(future.poll(cx)) {
+                Ok(response) => {
+                    let stream = predicate.is_stream(&response) && !response.body().is_end_stream();
+                    // Not a stream: released now.
+                    let permit = permit.take().filter(|_| stream);
+                    // A stream layer inside that drains after a disconnect takes the permit
+                    // on when the body is dropped before its end.
+                    let drain = match (&permit, response.extensions().get::<DrainPermits>()) {
+                        (Some(_), Some(drain)) => drain.clone(),
+                        _ => DrainPermits::none(),
+                    };
+                    Ok(response.map(|body| StreamLimitBody {
+                        kind: BodyKind::Limited {
+                            permit,
+                            drain,
+                            body,
+                        },
+                    }))
                 }
-                Poll::Ready(Ok(response.map(|body| StreamLimitBody {
-                    kind: BodyKind::Limited { permit, body },
-                })))
-            }
-            FutureProj::Rejected { settings } => match settings.take() {
-                Some(settings) => Poll::Ready(Ok(rejection(&settings))),
-                None => Poll::Pending,
+                Err(error) => {
+                    drop(permit.take());
+                    Err(error)
+                }
             },
-        }
+            FutureProj::Rejected { settings } => Ok(rejection(settings)),
+            FutureProj::Done => panic!("`StreamLimitFuture` polled after completion"),
+        };
+        kind.set(FutureKind::Done);
+        Poll::Ready(output)
     }
 }

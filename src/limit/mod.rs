@@ -108,9 +108,7 @@ pub use self::layer::StreamLimitLayer;
 pub use self::permit::OpenStreams;
 pub use self::service::StreamLimit;
 
-pub(crate) use self::permit::SharedPermit;
-#[cfg(feature = "drain")]
-pub(crate) use self::permit::claim;
+pub(crate) use self::permit::DrainPermits;
 
 use http::Response;
 

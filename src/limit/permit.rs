@@ -85,7 +85,7 @@ pub(super) fn count_rejection(rejected: &AtomicU64) {
 }
 
 /// One permit; counted by the gauge while it lives.
-pub(super) struct Permit {
+pub(crate) struct Permit {
     pub(super) _permit: OwnedSemaphorePermit,
 }
 
@@ -104,83 +104,59 @@ impl Drop for Permit {
     }
 }
 
-/// The permit of one admitted request, as the limit's future and body hold it.
+/// Where the [`StreamLimitLayer`](crate::StreamLimitLayer)s outside hand their permits
+/// when a stream's body is dropped before its end, so that an
+/// [`SseLayer`](crate::SseLayer) inside that drains the upstream after a disconnect holds
+/// them until the drain ends (then releases them, before its report).
 ///
-/// It is shared (an `Arc`) so that a layer inside the limit can keep the permit past the
-/// body's drop: an [`SseLayer`](crate::SseLayer) draining the upstream after a disconnect
-/// claims it (`claim`). The permit goes back to the semaphore, exactly once, at the first of:
-///
-/// - [`release`](Self::release), called by the limit when the stream ends or turns out not to
-///   be one: whoever else holds the handle then holds an empty one;
-/// - the drop of the last handle (the client went away and nothing drains, or the drain ended).
-pub(crate) struct SharedPermit(Arc<Mutex<Option<Permit>>>);
+/// Made (one allocation) only by a layer that drains after a disconnect, for each stream,
+/// and left in the response extensions for the limits outside; a limit that finds none
+/// holds its permit in its own body, unshared (no allocation). A limit whose stream ends, or
+/// whose response is not a stream, releases its permit itself and hands nothing over.
+#[derive(Clone, Default)]
+pub(crate) struct DrainPermits(Option<Arc<Mutex<Vec<Permit>>>>);
 
-impl SharedPermit {
-    pub(super) fn new(permit: Permit) -> Self {
-        Self(Arc::new(Mutex::new(Some(permit))))
-    }
-
-    /// Give the permit back now, whoever else holds this handle.
-    pub(super) fn release(self) {
-        let permit = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
-        drop(permit);
-    }
-
-    /// What the limit leaves in the request extensions for `claim`.
+impl DrainPermits {
+    /// A place for the permits of the limits outside (a stream that may drain).
     #[cfg(feature = "drain")]
-    fn claimable(&self) -> Claimable {
-        Claimable(Arc::downgrade(&self.0))
+    pub(crate) fn new() -> Self {
+        Self(Some(Arc::default()))
     }
-}
 
-impl fmt::Debug for SharedPermit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SharedPermit")
+    /// Nowhere: the stream never drains, the limits keep their permits.
+    pub(crate) fn none() -> Self {
+        Self(None)
     }
-}
 
-/// A weak reference to a [`SharedPermit`]'s permit. Weak, so that a service that keeps the
-/// request (or its extensions) never keeps a permit by accident; only `claim` turns it into
-/// a handle.
-#[cfg(feature = "drain")]
-#[derive(Clone)]
-struct Claimable(std::sync::Weak<Mutex<Option<Permit>>>);
+    /// Whether this is a place for permits (a stream that may drain).
+    pub(crate) fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
 
-/// The request extension: the permits of the limits this request passed (usually one;
-/// nested limits each add theirs).
-#[cfg(feature = "drain")]
-#[derive(Clone)]
-struct Claimables(Vec<Claimable>);
-
-/// Leave `permit` claimable by a layer inside the limit (see `claim`).
-#[cfg(feature = "drain")]
-pub(super) fn offer<B>(mut request: http::Request<B>, permit: &SharedPermit) -> http::Request<B> {
-    let extensions = request.extensions_mut();
-    match extensions.get_mut::<Claimables>() {
-        Some(claimables) => claimables.0.push(permit.claimable()),
-        None => {
-            extensions.insert(Claimables(vec![permit.claimable()]));
+    /// Hand `permit` over (the limit's body is dropped before the stream's end).
+    pub(super) fn give(&self, permit: Permit) {
+        if let Some(permits) = &self.0 {
+            permits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(permit);
         }
     }
-    request
+
+    /// Release the permits handed over.
+    pub(crate) fn clear(&mut self) {
+        if let Some(permits) = self.0.take() {
+            let taken =
+                std::mem::take(&mut *permits.lock().unwrap_or_else(PoisonError::into_inner));
+            drop(taken);
+        }
+    }
 }
 
-/// Take the permits that limits outside left in these request extensions: the caller holds
-/// them until it drops them (the drain task of an [`SseLayer`](crate::SseLayer)), unless the
-/// limit releases them first (the stream ended, or was not one). Removes the extension, so
-/// that the service inside never sees it.
-#[cfg(feature = "drain")]
-pub(crate) fn claim(extensions: &mut http::Extensions) -> Vec<SharedPermit> {
-    extensions
-        .remove::<Claimables>()
-        .map(|claimables| {
-            claimables
-                .0
-                .into_iter()
-                .filter_map(|c| c.0.upgrade().map(SharedPermit))
-                .collect()
-        })
-        .unwrap_or_default()
+impl fmt::Debug for DrainPermits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DrainPermits")
+    }
 }
 
 pub(super) type Acquire =

@@ -16,7 +16,7 @@ use crate::limit::StreamLimitFuture;
 use crate::limit::future::FutureKind;
 use crate::limit::layer::Settings;
 use crate::limit::permit::Acquire;
-use crate::limit::permit::{Permit, SharedPermit, count_rejection};
+use crate::limit::permit::{Permit, count_rejection};
 
 /// The service of [`StreamLimitLayer`](crate::StreamLimitLayer).
 ///
@@ -139,23 +139,17 @@ where
                 .map(Permit::new)
         });
         let kind = match permit {
-            Some(permit) => {
-                let permit = SharedPermit::new(permit);
-                // A stream layer inside that drains after a disconnect holds the permit on.
-                #[cfg(feature = "drain")]
-                let request = crate::limit::permit::offer(request, &permit);
-                FutureKind::Waiting {
-                    future: self.inner.call(request),
-                    permit: Some(permit),
-                    predicate: self.predicate.clone(),
-                }
-            }
+            Some(permit) => FutureKind::Waiting {
+                future: self.inner.call(request),
+                permit: Some(permit),
+                predicate: self.predicate.clone(),
+            },
             None => {
                 // Reject mode, or wait mode called without `poll_ready` reserving a permit:
                 // either way, every permit was taken.
                 count_rejection(&self.settings.rejected);
                 FutureKind::Rejected {
-                    settings: Some(self.settings.clone()),
+                    settings: self.settings.clone(),
                 }
             }
         };

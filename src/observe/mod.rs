@@ -2,8 +2,8 @@
 //!
 //! Observers are how the crate is extended: timing, usage and digests are observers, and so
 //! can yours be. They compose with tuples (`(A, B, C)` runs `A`, then `B`, then `C`), are
-//! optional with `Option<O>`, and can be boxed as `Box<dyn Observer + Send>`. Dispatch is
-//! static, so an observer that does nothing costs nothing.
+//! optional with `Option<O>`, and can be boxed as a [`BoxObserver`] (chosen at run time,
+//! cloned per request). Dispatch is static, so an observer that does nothing costs nothing.
 //!
 //! # When the hooks run
 //!
@@ -323,6 +323,76 @@ impl<O: Observer + ?Sized> Observer for Box<O> {
     }
     fn on_end(&mut self, report: &mut StreamReport) {
         (**self).on_end(report);
+    }
+}
+
+/// An observer of any type, boxed: for observers chosen at run time.
+///
+/// The layer clones its observer for every request, so a plain `Box<dyn Observer + Send>` is
+/// not enough (it cannot be cloned); a `BoxObserver` clones the observer it holds. It is
+/// `Send` (not `Sync`: hold it by value, as the layer does) and costs one allocation and a
+/// dynamic call per hook.
+///
+/// ```
+/// use tower_sse::BoxObserver;
+/// use tower_sse::{SseLayer, TimingObserver, UsageObserver};
+///
+/// let detailed = std::env::var_os("DETAILED").is_some();
+/// let observer = if detailed {
+///     BoxObserver::new((UsageObserver::new(), TimingObserver::new()))
+/// } else {
+///     BoxObserver::new(UsageObserver::new())
+/// };
+/// let layer = SseLayer::new().observer(observer);
+/// # let _ = layer;
+/// ```
+pub struct BoxObserver(Box<dyn CloneObserver>);
+
+impl BoxObserver {
+    /// Box `observer`.
+    pub fn new<O: Observer + Clone + Send + 'static>(observer: O) -> Self {
+        Self(Box::new(observer))
+    }
+}
+
+/// An observer that clones itself into a box.
+trait CloneObserver: Observer + Send {
+    fn clone_box(&self) -> Box<dyn CloneObserver>;
+}
+
+impl<O: Observer + Clone + Send + 'static> CloneObserver for O {
+    fn clone_box(&self) -> Box<dyn CloneObserver> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for BoxObserver {
+    fn clone(&self) -> Self {
+        Self(self.0.clone_box())
+    }
+}
+
+impl fmt::Debug for BoxObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoxObserver").finish_non_exhaustive()
+    }
+}
+
+impl Observer for BoxObserver {
+    fn on_request(&mut self, request: &http::request::Parts) {
+        self.0.on_request(request);
+    }
+    fn on_response(&mut self, response: &http::response::Parts, report: &mut StreamReport) {
+        self.0.on_response(response, report);
+    }
+    fn on_event(&mut self, event: &EventRef<'_>, cx: &mut EventContext<'_>) {
+        self.0.on_event(event, cx);
+    }
+    fn on_data(&mut self, data: &[u8], report: &mut StreamReport) {
+        self.0.on_data(data, report);
+    }
+    fn on_end(&mut self, report: &mut StreamReport) {
+        self.0.on_end(report);
     }
 }
 

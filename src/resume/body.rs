@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -130,7 +131,8 @@ pub(crate) struct Reader {
     /// Events up to this seq were in the log when a resume attached: replayed.
     replay_until: u64,
     wake: Option<watch::Receiver<u64>>,
-    step: Option<StepFuture>,
+    /// Wrapped so that the body is `Sync` (`BoxBody` asks for it): only polled through `&mut`.
+    step: Option<SyncWrapper<StepFuture>>,
     /// The next step waits for a wake-up first (the last read found nothing more).
     wait: bool,
     /// The step in flight waits for a wake-up.
@@ -139,7 +141,11 @@ pub(crate) struct Reader {
     /// The log is lost to this reader (trimmed past its cursor, store failure).
     lost: bool,
     done: bool,
+    /// The keep-alive timer: made once, re-armed (`Sleep::reset`) when next needed after
+    /// each frame sent.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The timer runs from the last frame sent (false: re-arm it before waiting on it).
+    timer_armed: bool,
     record: ReaderRecord,
     attach: AttachGuard,
 }
@@ -178,6 +184,7 @@ impl Reader {
             lost: false,
             done: false,
             timer: None,
+            timer_armed: false,
             record,
             attach,
         };
@@ -201,7 +208,7 @@ impl Reader {
                     self.record.replayed_events += 1;
                     self.attach.shared().replayed(1);
                 }
-                self.timer = None;
+                self.timer_armed = false;
                 return Poll::Ready(Some(Ok(Frame::data(event))));
             }
             if self.done {
@@ -229,7 +236,7 @@ impl Reader {
                     let log = self.log.clone();
                     let (cursor, wait, limits) = (self.cursor, self.wait, self.config.read_limits);
                     self.step_waits = wait;
-                    self.step.insert(Box::pin(async move {
+                    self.step.insert(SyncWrapper::new(Box::pin(async move {
                         if wait && wake.changed().await.is_err() {
                             return (wake, None);
                         }
@@ -237,10 +244,10 @@ impl Reader {
                         wake.borrow_and_update();
                         let read = log.read_after(cursor, limits).await;
                         (wake, Some(read))
-                    }))
+                    })))
                 }
             };
-            match step.as_mut().poll(cx) {
+            match step.get_mut().as_mut().poll(cx) {
                 Poll::Ready((wake, read)) => {
                     self.step = None;
                     self.wake = Some(wake);
@@ -261,14 +268,24 @@ impl Reader {
         let Some(keep_alive) = &self.config.keep_alive else {
             return Poll::Pending;
         };
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(sleep_until(Instant::now() + keep_alive.interval)));
+        let interval = keep_alive.interval;
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if !self.timer_armed {
+                    timer.as_mut().reset(Instant::now() + interval);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(sleep_until(Instant::now() + interval))),
+        };
+        self.timer_armed = true;
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         let comment = keep_alive.comment.clone();
-        self.timer = None;
+        self.timer_armed = false;
         if self.step_waits {
             // A safety poll: read the log again on every keep-alive, so that a store whose
             // wake-ups can be lost (a remote pub/sub) delays a reader by one interval at most.

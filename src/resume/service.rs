@@ -2,6 +2,8 @@
 //! a producer for each new stream.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -9,6 +11,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::BoxError;
@@ -74,8 +77,58 @@ impl<S> Resume<S> {
     }
 }
 
-/// The response future of [`Resume`].
-pub type ResumeFuture<B, E> = BoxFuture<'static, Result<Response<ResumeBody<B>>, E>>;
+pin_project! {
+    /// The response future of [`Resume`]: the inner service's future, unboxed, when the
+    /// request is passed through (resumption disabled); a boxed one otherwise.
+    pub struct ResumeFuture<F, B, E> {
+        #[pin]
+        kind: FutureKind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = FutureProj]
+    enum FutureKind<F, B, E> {
+        PassThrough { #[pin] future: F },
+        Boxed { future: BoxFuture<'static, Result<Response<ResumeBody<B>>, E>> },
+    }
+}
+
+impl<F, B, E> ResumeFuture<F, B, E> {
+    fn pass_through(future: F) -> Self {
+        Self {
+            kind: FutureKind::PassThrough { future },
+        }
+    }
+
+    fn boxed(future: BoxFuture<'static, Result<Response<ResumeBody<B>>, E>>) -> Self {
+        Self {
+            kind: FutureKind::Boxed { future },
+        }
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResumeFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResumeFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResumeFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResumeBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutureProj::PassThrough { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(ResumeBody::pass_through))),
+            FutureProj::Boxed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Resume<S>
 where
@@ -87,7 +140,7 @@ where
 {
     type Response = Response<ResumeBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResumeFuture<ResBody, S::Error>;
+    type Future = ResumeFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -96,29 +149,29 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = self.config.clone();
         if !config.enabled {
-            let future = self.inner.call(request);
-            return Box::pin(async move { Ok(future.await?.map(ResumeBody::pass_through)) });
+            return ResumeFuture::pass_through(self.inner.call(request));
         }
         let (mut parts, body) = request.into_parts();
         let tenant = config.tenant_key.tenant(&parts);
         if let Some(last_event_id) = last_event_id(&parts) {
             // A resume: never forwarded, whatever it says.
             let id = EventId::parse_bytes(&last_event_id);
-            return Box::pin(async move { Ok(resume(config, id, tenant).await) });
+            return ResumeFuture::boxed(Box::pin(
+                async move { Ok(resume(config, id, tenant).await) },
+            ));
         }
         let Some(id) = StreamId::random() else {
-            let future = self.inner.call(Request::from_parts(parts, body));
-            return Box::pin(async move { Ok(future.await?.map(ResumeBody::pass_through)) });
+            return ResumeFuture::pass_through(self.inner.call(Request::from_parts(parts, body)));
         };
         let shared = Arc::new(Shared::new(id));
         parts.extensions.insert(ResumableStream {
             shared: shared.clone(),
         });
         let future = self.inner.call(Request::from_parts(parts, body));
-        Box::pin(async move {
+        ResumeFuture::boxed(Box::pin(async move {
             let response = future.await?;
             Ok(start(config, response, shared, tenant).await)
-        })
+        }))
     }
 }
 

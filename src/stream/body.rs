@@ -8,10 +8,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
-use crate::limit::SharedPermit;
+use crate::limit::DrainPermits;
 use crate::observe::Observer;
 use crate::report::{OnEnd, Outcome};
 use crate::stream::config::UpstreamErrorPolicy;
@@ -66,7 +67,9 @@ pin_project! {
 /// taken, once, when the report is made.
 pub(crate) enum Phase<B> {
     /// The upstream call is still pending (early response): keep-alives and deadlines run.
-    AwaitingHead(UpstreamFuture<B>),
+    /// Wrapped so that the body is `Sync` whenever its parts are (`BoxBody` asks for it):
+    /// the future is only ever polled through `&mut`.
+    AwaitingHead(SyncWrapper<UpstreamFuture<B>>),
     /// Reading the upstream body.
     Streaming(Pin<Box<B>>),
     /// The upstream is done or dropped: what is queued is the last of the stream.
@@ -77,10 +80,10 @@ pub(crate) enum Phase<B> {
 pub(crate) struct Live<O, E> {
     pub(crate) engine: Engine<O>,
     pub(crate) on_end: E,
-    /// The permits of the [`StreamLimitLayer`](crate::StreamLimitLayer)s outside, claimed
-    /// when the stream may drain after a disconnect: a drain holds them to its end. Empty
-    /// otherwise. Released (dropped) before the report of a disconnect is made.
-    pub(crate) permits: Vec<SharedPermit>,
+    /// The permits of the [`StreamLimitLayer`](crate::StreamLimitLayer)s outside, handed
+    /// over when the client leaves and the stream may drain: a drain holds them to its end.
+    /// Empty otherwise. Released (dropped) before the report of a disconnect is made.
+    pub(crate) permits: DrainPermits,
 }
 
 pub(crate) struct StreamState<B, O, E> {
@@ -282,7 +285,7 @@ where
                     }
                     Poll::Pending => {}
                 },
-                Phase::AwaitingHead(future) => match future.as_mut().poll(cx) {
+                Phase::AwaitingHead(future) => match future.get_mut().as_mut().poll(cx) {
                     Poll::Ready(result) => {
                         self.on_upstream_response(result, Instant::now());
                         continue;

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
 use crate::framing::Framing;
-use crate::limit::SharedPermit;
+use crate::limit::DrainPermits;
 use crate::observe::Observer;
 use crate::provider::Provider;
 use crate::report::{OnEnd, Outcome, StreamReport};
@@ -82,8 +82,6 @@ pub(crate) struct Setup<O, E> {
     pub(crate) on_end: E,
     pub(crate) started_at: Instant,
     pub(crate) hint: Provider,
-    /// Permits claimed from limits outside, for a drain (see [`claim_permits`]).
-    pub(crate) permits: Vec<SharedPermit>,
 }
 
 impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
@@ -99,6 +97,7 @@ impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
         B::Error: Into<BoxError>,
     {
         let on_drop = on_drop_for::<B, O, E>(&self.config);
+        let permits = drain_permits(&self.config);
         let shutdown = self.config.shutdown.as_ref().map(|s| s.watch());
         let engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
         StreamState {
@@ -106,7 +105,7 @@ impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
             live: Some(Live {
                 engine,
                 on_end: self.on_end,
-                permits: self.permits,
+                permits,
             }),
             deadlines: Deadlines::new(self.started_at, last_output_at),
             timer: None,
@@ -125,24 +124,34 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
         Live {
             engine,
             on_end: self.on_end,
-            permits: Vec::new(),
+            permits: DrainPermits::none(),
         }
     }
 }
 
-/// A stream that may drain after a disconnect holds the permits of the
-/// [`StreamLimitLayer`](crate::StreamLimitLayer)s outside until the drain ends, so that the
-/// limit still bounds the upstreams being read. Other streams leave them to the limit.
-pub(crate) fn claim_permits(
-    config: &Config,
-    extensions: &mut http::Extensions,
-) -> Vec<SharedPermit> {
+/// A stream that may drain after a disconnect takes on the permits of the
+/// [`StreamLimitLayer`](crate::StreamLimitLayer)s outside when its client leaves, and holds
+/// them until the drain ends, so that the limit still bounds the upstreams being read
+/// (see [`DrainPermits`]). Other streams leave them to the limit.
+fn drain_permits(config: &Config) -> DrainPermits {
     #[cfg(feature = "drain")]
     if config.drain.is_some() {
-        return crate::limit::claim(extensions);
+        return DrainPermits::new();
     }
-    let _ = (config, extensions);
-    Vec::new()
+    let _ = config;
+    DrainPermits::none()
+}
+
+/// Offer the limits outside to hand their permits to a stream that may drain.
+pub(crate) fn offer_permits<B, O, E>(
+    state: &StreamState<B, O, E>,
+    extensions: &mut http::Extensions,
+) {
+    if let Some(live) = &state.live
+        && live.permits.is_some()
+    {
+        extensions.insert(live.permits.clone());
+    }
 }
 
 /// Cancel, or drain when configured (and the feature is on).
@@ -182,6 +191,8 @@ pin_project! {
             setup: Pending<O, E>,
         },
         Ready { response: Option<Response<SseBody<B, O, E>>> },
+        // The response went out: polling again is a caller's bug.
+        Done,
     }
 }
 
@@ -247,10 +258,11 @@ where
     type Output = Result<Response<SseBody<B, O, E>>, Er>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        let output = match kind.as_mut().project() {
             FutureProj::Ready { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
+                Some(response) => Ok(response),
+                None => unreachable!("taken only on completion"),
             },
             FutureProj::Waiting {
                 future,
@@ -258,45 +270,67 @@ where
                 timeout_outcome,
                 shutdown,
                 setup,
-            } => {
-                if let Poll::Ready(result) = future.poll(cx) {
-                    let streaming = setup.report.is_some();
-                    let Some(taken) = setup.take() else {
-                        return Poll::Pending;
-                    };
-                    return Poll::Ready(match result {
-                        Ok(response) => Ok(start_stream(taken, response, streaming)),
-                        Err(error) => {
-                            if streaming {
-                                let error =
-                                    Some("the inner service failed before answering".to_string());
-                                report_before_head(taken, Outcome::UpstreamError, error, 0);
-                            }
-                            Err(error)
-                        }
-                    });
-                }
-                if let Some(deadline) = deadline.as_pin_mut()
-                    && deadline.poll(cx).is_ready()
-                    && let Some(setup) = setup.take()
-                {
-                    return Poll::Ready(Ok(head_timeout(setup, *timeout_outcome)));
-                }
-                if let Some(watch) = shutdown
-                    && watch.poll_ended(cx).is_ready()
-                    && let Some(setup) = setup.take()
-                {
-                    return Poll::Ready(Ok(answer_before_head(
-                        setup,
-                        Outcome::ServerShutdown,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the server is shutting down",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
+            } => match poll_waiting(future, deadline, *timeout_outcome, shutdown, setup, cx) {
+                Poll::Ready(output) => output,
+                Poll::Pending => return Poll::Pending,
+            },
+            FutureProj::Done => panic!("`SseFuture` polled after completion"),
+        };
+        kind.set(FutureKind::Done);
+        Poll::Ready(output)
     }
+}
+
+/// Wait for the response head, its deadline or the server's shutdown.
+fn poll_waiting<F, B, Er, O, E>(
+    future: Pin<&mut F>,
+    deadline: Pin<&mut Option<Sleep>>,
+    timeout_outcome: Outcome,
+    shutdown: &mut Option<ShutdownWatch>,
+    setup: &mut Pending<O, E>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<SseBody<B, O, E>>, Er>>
+where
+    F: Future<Output = Result<Response<B>, Er>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    if let Poll::Ready(result) = future.poll(cx) {
+        let streaming = setup.report.is_some();
+        let Some(taken) = setup.take() else {
+            unreachable!("taken only on completion");
+        };
+        return Poll::Ready(match result {
+            Ok(response) => Ok(start_stream(taken, response, streaming)),
+            Err(error) => {
+                if streaming {
+                    let error = Some("the inner service failed before answering".to_string());
+                    report_before_head(taken, Outcome::UpstreamError, error, 0);
+                }
+                Err(error)
+            }
+        });
+    }
+    if let Some(deadline) = deadline.as_pin_mut()
+        && deadline.poll(cx).is_ready()
+        && let Some(setup) = setup.take()
+    {
+        return Poll::Ready(Ok(head_timeout(setup, timeout_outcome)));
+    }
+    if let Some(watch) = shutdown
+        && watch.poll_ended(cx).is_ready()
+        && let Some(setup) = setup.take()
+    {
+        return Poll::Ready(Ok(answer_before_head(
+            setup,
+            Outcome::ServerShutdown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )));
+    }
+    Poll::Pending
 }
 
 /// The response head arrived: pass it through, or start a stream. A streaming request
@@ -322,6 +356,7 @@ where
     };
     let now = Instant::now();
     let mut state = setup.into_state(Phase::Streaming(Box::pin(body)), now);
+    offer_permits(&state, &mut parts.extensions);
     if let Some(live) = state.live.as_mut() {
         live.engine.head(&parts, Some(framing), now);
         state.deadlines.on_head(live.engine.config(), now);

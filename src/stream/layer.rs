@@ -291,7 +291,8 @@ impl<S, O: Clone, E: Clone> Layer<S> for SseLayer<O, E> {
         Sse::new(
             inner,
             self.config.clone(),
-            Arc::new((self.observer.clone(), self.on_end.clone())),
+            self.observer.clone(),
+            self.on_end.clone(),
         )
     }
 }

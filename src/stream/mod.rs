@@ -12,6 +12,33 @@
 //! | `drain.rs` | reading on after a client disconnect (feature `drain`) |
 //! | `shutdown.rs` | [`Shutdown`]: ending every open stream when the server shuts down |
 //! | `config.rs` | [`KeepAliveConfig`](crate::KeepAliveConfig), [`ErrorEvent`](crate::ErrorEvent), the other settings |
+//!
+//! # What the layers ask of the types around them
+//!
+//! | layer | asks | why |
+//! |---|---|---|
+//! | [`SseLayer`] | observer `O: Observer + Clone + Send + 'static`, sink `E: OnEnd + Clone + Send + 'static` | cloned for every request; held by value, so never `Sync` |
+//! | [`SseLayer`] | inner future and response body `Send + 'static` | an early response boxes the upstream call into the body, and a drain after a disconnect spawns a task with the upstream body, the observer and the sink: both are settings chosen at run time, so the bounds hold on every path |
+//! | [`StreamLimitLayer`](crate::StreamLimitLayer) | `ResBody: Body<Data = Bytes>`, a `Clone` stream predicate | nothing is boxed or spawned: no `Send` asked |
+//! | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | inner service `Clone + Send + 'static` and its future `Send + 'static`; request body `Send + 'static` (not `Unpin`) | the future is boxed; it holds a clone of the inner service, made ready again once the body is read (no `Buffer` slot or `ConcurrencyLimit` permit is held through an upload) |
+//! | `ResumeLayer` (feature `resume`) | inner future, error and response body `Send + 'static` | a resumable stream's body is read by a spawned producer task; a disabled layer passes the inner future through unboxed |
+//!
+//! And what they give:
+//!
+//! - Services are `Send` when their inner service, observer and sink are (an observer with a
+//!   `Cell` is fine), and `Sync` when those are `Sync`: hyper-util, tonic and axum take them
+//!   on a multi-thread runtime.
+//! - Bodies are `Send` when their parts are, and `Sync` when their parts are `Sync`
+//!   ([`SseBody`] keeps its pending upstream call in a `SyncWrapper`), so they box into
+//!   http-body-util's `BoxBody`.
+//! - A boxed observer chosen at run time is a [`BoxObserver`](crate::BoxObserver) (the layer
+//!   clones its observer, so `Box<dyn Observer>` alone is not enough).
+//! - Response futures panic when polled after completion, as tower-http's do.
+//!
+//! A stack that is not `Send` (one run on a `LocalSet`) is refused by [`SseLayer`] even
+//! when it never answers early nor drains: its bounds are those of its `Service`
+//! implementation, the same for every request, and moving them onto the boxing paths would
+//! make the pending upstream call a type parameter of [`SseBody`] (a breaking change).
 
 pub(crate) mod body;
 pub(crate) mod config;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
+use sync_wrapper::SyncWrapper;
 use tower_service::Service;
 
 use crate::BoxError;
@@ -19,24 +20,29 @@ use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::head_deadline;
-use crate::stream::future::{Setup, SseFuture, claim_permits, upload_timeout};
+use crate::stream::future::{Setup, SseFuture, offer_permits, upload_timeout};
 
 /// The service of [`SseLayer`](crate::SseLayer).
 pub struct Sse<S, O = (), E = ()> {
     inner: S,
     config: Arc<Config>,
-    /// The observer and report sink each stream starts from. Shared: services are cloned
-    /// for every request (tower's `call` pattern, axum's routes), and the observers can
-    /// weigh a kilobyte.
-    template: Arc<(O, E)>,
+    /// The observer each stream starts from (cloned per request).
+    ///
+    /// Held by value, not behind an `Arc`: an `Arc` would make the service `Send` only when
+    /// the observer and sink are `Sync`, and an observer with a `Cell` would make it
+    /// `!Send`, which hyper-util and tonic on a multi-thread runtime reject (issue 33).
+    observer: O,
+    /// The report sink each stream starts from (cloned per request).
+    on_end: E,
 }
 
-impl<S: Clone, O, E> Clone for Sse<S, O, E> {
+impl<S: Clone, O: Clone, E: Clone> Clone for Sse<S, O, E> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             config: self.config.clone(),
-            template: self.template.clone(),
+            observer: self.observer.clone(),
+            on_end: self.on_end.clone(),
         }
     }
 }
@@ -51,11 +57,12 @@ impl<S: fmt::Debug, O, E> fmt::Debug for Sse<S, O, E> {
 }
 
 impl<S, O, E> Sse<S, O, E> {
-    pub(crate) fn new(inner: S, config: Arc<Config>, template: Arc<(O, E)>) -> Self {
+    pub(crate) fn new(inner: S, config: Arc<Config>, observer: O, on_end: E) -> Self {
         Self {
             inner,
             config,
-            template,
+            observer,
+            on_end,
         }
     }
 
@@ -96,9 +103,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         let started_at = Arrival::stamp(&mut parts.extensions);
-        let permits = claim_permits(&self.config, &mut parts.extensions);
-        let (observer, on_end) = &*self.template;
-        let mut observer = observer.clone();
+        let mut observer = self.observer.clone();
         observer.on_request(&parts);
         let streaming = self.config.is_streaming_request(&parts);
         let early = streaming && self.config.answers_early(&parts);
@@ -106,10 +111,9 @@ where
         let setup = Setup {
             config: self.config.clone(),
             observer,
-            on_end: on_end.clone(),
+            on_end: self.on_end.clone(),
             started_at,
             hint,
-            permits,
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
@@ -120,8 +124,11 @@ where
         if early {
             let upstream: UpstreamFuture<ResBody> =
                 Box::pin(async move { future.await.map_err(Into::into) });
-            let state = setup.into_state(Phase::AwaitingHead(upstream), started_at);
-            let mut response = Response::new(SseBody::stream(state));
+            let state =
+                setup.into_state(Phase::AwaitingHead(SyncWrapper::new(upstream)), started_at);
+            let mut response = Response::new(());
+            offer_permits(&state, response.extensions_mut());
+            let mut response = response.map(|()| SseBody::stream(state));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

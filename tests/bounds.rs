@@ -1,0 +1,380 @@
+//! What the layers ask of the types around them (issue 33): the services, futures and bodies
+//! are `Send` and `Sync` where their parts are, box into `BoxBody`, compose with tower-http,
+//! hyper-util and tonic; and the futures refuse to be polled after completion.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_sse::{SseLayer, StreamLimitLayer};
+
+fn assert_send<T: Send>() {}
+fn assert_sync<T: Sync>() {}
+
+async fn hello(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
+}
+
+/// Poll `future` until it is ready, then once more.
+fn poll_twice<F: Future>(future: F) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut future = pin!(future);
+    for _ in 0..100 {
+        if future.as_mut().poll(&mut cx).is_ready() {
+            let _ = future.as_mut().poll(&mut cx);
+            return;
+        }
+    }
+    unreachable!("not ready after 100 polls");
+}
+
+#[tokio::test]
+#[should_panic(expected = "`SseFuture` polled after completion")]
+async fn sse_future_panics_when_polled_after_completion() {
+    let mut service = SseLayer::new().layer(service_fn(hello));
+    let service = service.ready().await.unwrap();
+    poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
+}
+
+#[tokio::test]
+#[should_panic(expected = "`SseFuture` polled after completion")]
+async fn early_sse_future_panics_when_polled_after_completion() {
+    let mut service = SseLayer::new()
+        .early_response(true)
+        .layer(service_fn(hello));
+    let service = service.ready().await.unwrap();
+    let request = Request::builder()
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    poll_twice(service.call(request));
+}
+
+#[tokio::test]
+#[should_panic(expected = "`StreamLimitFuture` polled after completion")]
+async fn stream_limit_future_panics_when_polled_after_completion() {
+    let mut service = StreamLimitLayer::new(1).layer(service_fn(hello));
+    let service = service.ready().await.unwrap();
+    poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
+}
+
+#[tokio::test]
+#[should_panic(expected = "`StreamLimitFuture` polled after completion")]
+async fn rejecting_stream_limit_future_panics_when_polled_after_completion() {
+    let limit = StreamLimitLayer::new(0);
+    let mut service = limit.layer(service_fn(hello));
+    poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
+}
+
+#[test]
+fn services_are_send_and_sync() {
+    assert_send::<
+        tower_sse::stream::Sse<
+            tower::util::BoxCloneSyncService<
+                Request<Full<Bytes>>,
+                Response<Full<Bytes>>,
+                Infallible,
+            >,
+        >,
+    >();
+    assert_sync::<
+        tower_sse::stream::Sse<
+            tower::util::BoxCloneSyncService<
+                Request<Full<Bytes>>,
+                Response<Full<Bytes>>,
+                Infallible,
+            >,
+        >,
+    >();
+}
+
+type Upstream = Full<Bytes>;
+
+#[test]
+fn bodies_are_send_and_sync() {
+    assert_send::<tower_sse::stream::SseBody<Upstream>>();
+    assert_sync::<tower_sse::stream::SseBody<Upstream>>();
+    assert_send::<tower_sse::limit::StreamLimitBody<tower_sse::stream::SseBody<Upstream>>>();
+    assert_sync::<tower_sse::limit::StreamLimitBody<tower_sse::stream::SseBody<Upstream>>>();
+    assert_send::<tower_sse::include_usage::IncludeUsageBody<Upstream>>();
+    assert_sync::<tower_sse::include_usage::IncludeUsageBody<Upstream>>();
+    #[cfg(feature = "resume")]
+    {
+        assert_send::<tower_sse::resume::ResumeBody<Upstream>>();
+        assert_sync::<tower_sse::resume::ResumeBody<Upstream>>();
+    }
+}
+
+/// An early response (whose body holds the upstream call) boxes into `BoxBody`, which asks
+/// for `Sync`, and still streams.
+#[tokio::test]
+async fn early_response_body_boxes_into_box_body() {
+    use http_body_util::BodyExt;
+    use http_body_util::combinators::BoxBody;
+
+    let mut service =
+        SseLayer::new()
+            .early_response(true)
+            .layer(service_fn(|_: Request<Full<Bytes>>| async {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"data: hi\n\n")));
+                response
+                    .headers_mut()
+                    .insert("content-type", "text/event-stream".parse().unwrap());
+                Ok::<_, Infallible>(response)
+            }));
+    let request = Request::builder()
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert!(response.body().is_stream());
+    let body: BoxBody<Bytes, tower_sse::BoxError> = response.into_body().boxed();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&bytes[..], b"data: hi\n\n");
+}
+
+/// An observer that counts with a `Cell`: `Send`, not `Sync`.
+#[derive(Clone, Default)]
+struct CellCounter {
+    events: std::cell::Cell<u64>,
+}
+
+impl tower_sse::Observer for CellCounter {
+    fn on_event(&mut self, _: &tower_sse::sse::EventRef<'_>, _: &mut tower_sse::EventContext<'_>) {
+        self.events.set(self.events.get() + 1);
+    }
+}
+
+type Inner = tower::util::BoxCloneSyncService<Request<Upstream>, Response<Upstream>, Infallible>;
+
+/// A service whose observer is `Send` but not `Sync` is still `Send` (hyper-util and tonic on
+/// a multi-thread runtime ask for it), and so are its futures and bodies.
+#[test]
+fn service_with_a_cell_observer_is_send() {
+    fn send_service<S: Send, F: Send>(_: &S, _: fn(&mut S) -> F) {}
+    let service = SseLayer::new()
+        .observer(CellCounter::default())
+        .layer(Inner::new(service_fn(hello)));
+    send_service(&service, |s| s.call(Request::new(Full::new(Bytes::new()))));
+    assert_send::<tower_sse::stream::Sse<Inner, CellCounter>>();
+    assert_send::<tower_sse::stream::SseBody<Upstream, CellCounter>>();
+}
+
+/// tower-http's `RequestBodyTimeoutLayer` outside `IncludeUsageLayer`: its `TimeoutBody` is
+/// not `Unpin`, and an oversized body (read in part, then handed on) still reaches the inner
+/// service whole.
+#[tokio::test]
+async fn include_usage_composes_inside_request_body_timeout() {
+    use http_body_util::BodyExt;
+    use tower::ServiceBuilder;
+    use tower_http::timeout::RequestBodyTimeoutLayer;
+    use tower_sse::IncludeUsageLayer;
+
+    let mut service = ServiceBuilder::new()
+        .layer(RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+        ))
+        .layer(IncludeUsageLayer::new().max_request_size(20))
+        .service_fn(
+            |request: Request<tower_sse::include_usage::UsageRequestBody<_>>| async {
+                let body = request.into_body().collect().await?.to_bytes();
+                Ok::<_, tower_sse::BoxError>(Response::new(Full::new(body)))
+            },
+        );
+    for (body, rewritten) in [
+        (r#"{"stream":true}"#, true),
+        (r#"{"stream":true,"messages":["a long one"]}"#, false),
+    ] {
+        let request = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert_eq!(text.contains("include_usage"), rewritten, "{text}");
+        if !rewritten {
+            assert_eq!(text, body);
+        }
+    }
+}
+
+/// An observer chosen at run time, boxed, goes into the layer (which clones it per request),
+/// and the service stays `Send`.
+#[tokio::test]
+async fn boxed_observer_goes_into_the_layer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tower_sse::BoxObserver;
+
+    #[derive(Clone, Default)]
+    struct Requests(Arc<AtomicU64>);
+    impl tower_sse::Observer for Requests {
+        fn on_request(&mut self, _: &http::request::Parts) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    let requests = Requests::default();
+    let observer = if requests.0.load(Ordering::Relaxed) == 0 {
+        BoxObserver::new((requests.clone(), CellCounter::default()))
+    } else {
+        BoxObserver::new(CellCounter::default())
+    };
+    let mut service = SseLayer::new()
+        .observer(observer)
+        .layer(Inner::new(service_fn(hello)));
+    assert_send::<tower_sse::stream::Sse<Inner, BoxObserver>>();
+    for _ in 0..2 {
+        let request = Request::new(Full::new(Bytes::new()));
+        service.ready().await.unwrap().call(request).await.unwrap();
+    }
+    assert_eq!(requests.0.load(Ordering::Relaxed), 2);
+}
+
+/// A slow upload does not hold the inner service's readiness: behind a
+/// `ConcurrencyLimit(1)`, a second request is served while the first is still uploading.
+#[tokio::test(start_paused = true)]
+async fn a_slow_upload_holds_no_permit_of_the_inner_service() {
+    use std::time::Duration;
+
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::sync::mpsc;
+    use tower::limit::ConcurrencyLimitLayer;
+    use tower_sse::IncludeUsageLayer;
+
+    fn request(
+        body: impl http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+    ) -> Request<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>> {
+        Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(body.boxed_unsync())
+            .unwrap()
+    }
+
+    let mut service = tower::ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new().upload_timeout(Duration::from_secs(600)))
+        .layer(ConcurrencyLimitLayer::new(1))
+        .service_fn(
+            |request: Request<tower_sse::include_usage::UsageRequestBody<_>>| async {
+                let body = request.into_body().collect().await?.to_bytes();
+                Ok::<_, tower_sse::BoxError>(Response::new(Full::new(body)))
+            },
+        );
+
+    // The first request's body comes in two parts, the second one much later.
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let slow = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(data)), rx))
+    }));
+    tx.send(Bytes::from_static(b"{\"stream\":")).await.unwrap();
+    let first = service.ready().await.unwrap().call(request(slow));
+    let first = tokio::spawn(first);
+    tokio::task::yield_now().await;
+
+    let second = async {
+        let body = Full::new(Bytes::from_static(b"{\"stream\":true}"));
+        service.ready().await.unwrap().call(request(body)).await
+    };
+    let response = tokio::time::timeout(Duration::from_secs(1), second)
+        .await
+        .expect("the second request waited for the first one's upload")
+        .unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(bytes.ends_with(b"\"stream\":true}"), "{bytes:?}");
+
+    tx.send(Bytes::from_static(b"true}")).await.unwrap();
+    drop(tx);
+    let response = first.await.unwrap().unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(bytes.ends_with(b"\"stream\":true}"), "{bytes:?}");
+}
+
+/// The layers around hyper-util's client, used as a `Service`: the stack is `Send` and
+/// `Clone` with an observer that is not `Sync` (its calls are spawned on a multi-thread
+/// runtime), and `Sync` too with one that is (a `BoxCloneSyncService`, its bodies boxed into
+/// `BoxBody`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_compose_around_hyper_util_client() {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower_sse::IncludeUsageLayer;
+    use tower_sse::include_usage::UsageRequestBody;
+
+    let client =
+        Client::builder(TokioExecutor::new()).build_http::<UsageRequestBody<Full<Bytes>>>();
+    let sync_stack = tower::ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new())
+        .layer(StreamLimitLayer::new(8))
+        .layer(SseLayer::new())
+        .service(client.clone());
+    let mut sync_stack = tower::util::BoxCloneSyncService::new(sync_stack);
+    let send_stack = tower::ServiceBuilder::new()
+        .layer(IncludeUsageLayer::new())
+        .layer(StreamLimitLayer::new(8))
+        .layer(SseLayer::new().observer(CellCounter::default()))
+        .service(client);
+    let mut send_stack = tower::util::BoxCloneService::new(send_stack);
+
+    // Nothing listens on port 9 of localhost: the calls fail, from spawned tasks.
+    let request = || {
+        Request::post("http://127.0.0.1:9/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+            .unwrap()
+    };
+    let sync_call = tokio::spawn(async move { sync_stack.ready().await?.call(request()).await });
+    let send_call = tokio::spawn(async move { send_stack.ready().await?.call(request()).await });
+    if let Ok(response) = sync_call.await.unwrap() {
+        let _ = response.into_body().boxed();
+    }
+    let _ = send_call.await.unwrap();
+}
+
+/// A named gRPC service for tonic's server: answers `UNIMPLEMENTED`.
+#[derive(Clone)]
+struct Unimplemented;
+
+impl tonic::server::NamedService for Unimplemented {
+    const NAME: &'static str = "test.Unimplemented";
+}
+
+impl Service<Request<tonic::body::Body>> for Unimplemented {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(tonic::Status::unimplemented("no").into_http()))
+    }
+}
+
+/// The layers in tonic's server, with an observer that is not `Sync`: the server's future is
+/// `Send` (spawned on a multi-thread runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_compose_in_tonic_server() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let layers = tower::ServiceBuilder::new()
+        .layer(StreamLimitLayer::new(8))
+        .layer(SseLayer::new().observer(CellCounter::default()))
+        .into_inner();
+    let server = tonic::transport::Server::builder()
+        .layer(layers)
+        .add_service(Unimplemented)
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server).abort();
+}
