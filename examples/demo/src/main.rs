@@ -5,7 +5,7 @@
 //! reported). Each finished stream prints one row from its report.
 //!
 //! ```sh
-//! cargo run --release -p example-demo
+//! cargo run -p example-demo
 //! ```
 //!
 //! The gateway is the `example-gateway` package (`examples/gateway`); its stack is in
