@@ -123,6 +123,7 @@
 //!
 //! | module | what is in it |
 //! |---|---|
+//! | [`observe`] | the [`Observer`] trait, [`EventContext`], [`BoxObserver`](observe::BoxObserver) (an observer chosen at run time), tuples of up to 16 |
 //! | [`sse`] | the wire format: [`Decoder`](sse::Decoder), [`Event`](sse::Event), [`EventRef`](sse::EventRef) |
 //! | [`stream`] | the service, future and body of [`SseLayer`]; [`UpstreamErrorPolicy`](stream::UpstreamErrorPolicy) |
 //! | [`framing`] | is a response a stream, and how: [`Framing`](framing::Framing), [`detect`](framing::detect) |
@@ -405,7 +406,7 @@ pub mod limit;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-mod observe;
+pub mod observe;
 pub mod provider;
 mod report;
 pub mod request;
@@ -433,7 +434,7 @@ pub use digest::DigestObserver;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsObserver;
-pub use observe::{BoxObserver, EventContext, Observer};
+pub use observe::{EventContext, Observer};
 pub use timing::TimingObserver;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]

@@ -210,7 +210,7 @@ async fn include_usage_composes_inside_request_body_timeout() {
 async fn boxed_observer_goes_into_the_layer() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use tower_sse::BoxObserver;
+    use tower_sse::observe::BoxObserver;
 
     #[derive(Clone, Default)]
     struct Requests(Arc<AtomicU64>);

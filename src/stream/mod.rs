@@ -31,7 +31,7 @@
 //! - Bodies are `Send` when their parts are, and `Sync` when their parts are `Sync`
 //!   ([`SseBody`] keeps its pending upstream call in a `SyncWrapper`), so they box into
 //!   http-body-util's `BoxBody`.
-//! - A boxed observer chosen at run time is a [`BoxObserver`](crate::BoxObserver) (the layer
+//! - A boxed observer chosen at run time is a [`BoxObserver`](crate::observe::BoxObserver) (the layer
 //!   clones its observer, so `Box<dyn Observer>` alone is not enough).
 //! - Response futures panic when polled after completion, as tower-http's do.
 //!
