@@ -334,7 +334,7 @@ impl<O: Observer + ?Sized> Observer for Box<O> {
 /// dynamic call per hook.
 ///
 /// ```
-/// use tower_sse::BoxObserver;
+/// use tower_sse::observe::BoxObserver;
 /// use tower_sse::{SseLayer, TimingObserver, UsageObserver};
 ///
 /// let detailed = std::env::var_os("DETAILED").is_some();
