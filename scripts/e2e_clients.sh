@@ -16,7 +16,8 @@ if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl
 fi
 
-cargo build --locked -p example-gateway --bin gateway
+# The features the README's test command builds with, so that after it nothing is rebuilt.
+cargo build --locked --workspace --all-features --bin gateway
 log=$(mktemp)
 gateway_pid=
 cleanup() {
