@@ -50,6 +50,8 @@ pub(crate) struct Engine<O> {
     trailers: Option<Box<HeaderMap>>,
     /// Whether events go to a client (`false` while draining after a disconnect).
     delivered: bool,
+    /// The upstream's bytes pass as they come, undecoded ([`Framing::Encoded`]).
+    pass_bytes: bool,
 }
 
 impl<O: Observer> Engine<O> {
@@ -78,6 +80,7 @@ impl<O: Observer> Engine<O> {
             outbox: Outbox::default(),
             trailers: None,
             delivered: true,
+            pass_bytes: false,
         }
     }
 
@@ -106,12 +109,29 @@ impl<O: Observer> Engine<O> {
         self.observer.on_response(parts, &mut self.report);
     }
 
+    /// Pass the upstream's bytes as they come, undecoded, and add none (an encoded stream,
+    /// [`Framing::Encoded`]): no event is seen, no error event is sent.
+    pub(crate) fn pass_bytes(&mut self) {
+        self.pass_bytes = true;
+    }
+
     /// An upstream data frame arrived: decode it and queue what it completed. `Err` when its
     /// bytes end the stream.
     pub(crate) fn frame(&mut self, chunk: Bytes, now: Instant) -> Result<Activity, Failure> {
         self.report.bytes_in += chunk.len() as u64;
         if self.report.first_byte_at.is_none() {
             self.report.first_byte_at = Some(now);
+        }
+        if self.pass_bytes {
+            // Undecodable here: each frame counts as activity (the first as the first
+            // event) for the deadlines.
+            if !chunk.is_empty() {
+                self.outbox.push(chunk);
+            }
+            return Ok(Activity {
+                items: true,
+                content: true,
+            });
         }
         self.relay.push(chunk);
         self.decode_ready(now)
@@ -130,6 +150,9 @@ impl<O: Observer> Engine<O> {
     /// would without the layer) and the report says [`Outcome::UpstreamTruncated`]; with
     /// `error_on_truncation` the stream ends with an error event instead.
     pub(crate) fn finish(&mut self, now: Instant) -> Option<Failure> {
+        if self.pass_bytes {
+            return None;
+        }
         self.relay.finish();
         if let Err(failure) = self.decode_ready(now) {
             return Some(failure);
@@ -193,7 +216,9 @@ impl<O: Observer> Engine<O> {
     /// the report only, in place of the message: an upstream error's text can name internal
     /// hosts, or a URL with an API key in it. The first recorded error wins.
     pub(crate) fn fail(&mut self, outcome: Outcome, message: &str, detail: Option<String>) {
-        if let Some(bytes) = self.config.error_event.render(outcome, message) {
+        if !self.pass_bytes
+            && let Some(bytes) = self.config.error_event.render(outcome, message)
+        {
             self.outbox.push(bytes);
         }
         self.report.outcome = outcome;

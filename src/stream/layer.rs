@@ -201,6 +201,20 @@ impl<O, E> SseLayer<O, E> {
         self.with(|c| c.json_lines = enabled)
     }
 
+    /// Add `Cache-Control: no-cache` and `X-Accel-Buffering: no` to every stream the layer
+    /// takes, when the upstream did not set them: without them a buffering proxy in front
+    /// (nginx by default) holds the events back and delivers them in bursts. Off by default.
+    ///
+    /// ```
+    /// use tower_sse::SseLayer;
+    ///
+    /// let layer = SseLayer::new().sse_headers(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn sse_headers(self, enabled: bool) -> Self {
+        self.with(|c| c.sse_headers = enabled)
+    }
+
     /// Decide yourself which responses are streams and how they are framed (`None` passes
     /// a response through untouched). The default looks at the content type.
     pub fn framing<F>(self, predicate: F) -> Self

@@ -24,6 +24,9 @@ pub struct GatewayConfig {
     pub max_streams: usize,
     /// Answer streaming requests at once, with keep-alives before the upstream's head.
     pub early_response: bool,
+    /// Add `Cache-Control: no-cache` and `X-Accel-Buffering: no` to streams that lack them, so
+    /// that a buffering proxy in front (nginx) passes events at once. On by default.
+    pub sse_headers: bool,
     /// The largest request body accepted, in bytes; `413` beyond it.
     pub max_body_bytes: usize,
     /// The certificate authorities of an `https://` upstream.
@@ -34,7 +37,7 @@ pub struct GatewayConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Limits on client connections.
     pub connections: ConnectionConfig,
-    /// On `SIGTERM` or `SIGINT`, how long open streams may run to their end before they are
+    /// On `SIGTERM`, `SIGINT` or `SIGHUP`, how long open streams may run to their end before they are
     /// ended with an error event.
     pub shutdown_grace: Duration,
     /// How many distinct model names become metric label values (the rest are `_OTHER`).
@@ -75,6 +78,7 @@ impl GatewayConfig {
             total_timeout: None,
             max_streams: 10_000,
             early_response: false,
+            sse_headers: true,
             max_body_bytes: 16 * 1024 * 1024,
             tls_roots: TlsRoots::default(),
             upstream_version: UpstreamVersion::default(),

@@ -120,6 +120,7 @@ impl Shared {
                     client: self.client::<AxumBody>(),
                     upstream: self.config.upstream.clone(),
                     version: self.config.upstream_version,
+                    identity: false,
                 });
             return self.with_routes(bare);
         }
@@ -142,6 +143,7 @@ impl Shared {
                 client,
                 upstream: self.config.upstream.clone(),
                 version: self.config.upstream_version,
+                identity: true,
             });
         self.with_routes(stack)
     }
@@ -224,6 +226,7 @@ impl Shared {
         let config = &self.config;
         let mut sse = SseLayer::new()
             .early_response(config.early_response)
+            .sse_headers(config.sse_headers)
             .shutdown(self.streams_end.clone());
         if let Some(interval) = config.keep_alive {
             sse = sse.keep_alive(KeepAliveConfig::new().interval(interval));
