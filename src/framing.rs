@@ -27,7 +27,8 @@ use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 pub enum Framing {
     /// `text/event-stream`, decoded and forwarded as it came.
     Sse,
-    /// One JSON value per line (NDJSON), reframed into SSE `data:` events.
+    /// One JSON value per line (NDJSON), reframed into SSE `data:` events (kept as lines
+    /// for a client that asked for NDJSON: [`wants_json_lines`]).
     JsonLines,
     /// Not a stream: the upstream answered a streaming request with something else (an
     /// error in JSON, a `429`), which the client got untouched (or, after an early
@@ -104,6 +105,37 @@ pub fn detect(headers: &HeaderMap, json_lines: bool) -> Option<Framing> {
     Some(framing)
 }
 
+/// Whether a request's `Accept` asks for NDJSON and not for SSE (an Ollama client reading
+/// lines): the [`SseLayer`](crate::SseLayer) then keeps an NDJSON stream as NDJSON instead
+/// of reframing it into SSE (see [`SseLayer::json_lines`](crate::SseLayer::json_lines)).
+///
+/// ```
+/// use http::HeaderMap;
+/// use tower_sse::framing::wants_json_lines;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("accept", "application/x-ndjson".parse().unwrap());
+/// assert!(wants_json_lines(&headers));
+/// headers.insert("accept", "application/x-ndjson, text/event-stream".parse().unwrap());
+/// assert!(!wants_json_lines(&headers));
+/// ```
+pub fn wants_json_lines(request_headers: &HeaderMap) -> bool {
+    let mut lines = false;
+    for range in request_headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let media = range.split(';').next().unwrap_or_default().trim();
+        if media.eq_ignore_ascii_case("text/event-stream") {
+            return false;
+        }
+        lines |= JSON_LINES.iter().any(|t| media.eq_ignore_ascii_case(t));
+    }
+    lines
+}
+
 /// Whether the body has a `Content-Encoding` other than `identity` (each listed coding is
 /// looked at: `identity, gzip` is encoded).
 pub fn is_encoded(headers: &HeaderMap) -> bool {
@@ -148,7 +180,7 @@ mod tests {
         headers.insert(CONTENT_ENCODING, "br".parse().unwrap());
         assert_eq!(detect(&headers, false), None);
         assert_eq!(detect(&headers, true), Some(Framing::Encoded));
-        // A compressed answer that is not a stream stays one.
+        // A compressed answer that is not a stream stays none.
         headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
         assert_eq!(detect(&headers, true), None);
     }

@@ -52,6 +52,8 @@ pub(crate) struct Engine<O> {
     delivered: bool,
     /// The upstream's bytes pass as they come, undecoded ([`Framing::Encoded`]).
     pass_bytes: bool,
+    /// NDJSON goes to the client as NDJSON (it asked for it), not reframed into SSE.
+    keep_lines: bool,
 }
 
 impl<O: Observer> Engine<O> {
@@ -81,6 +83,7 @@ impl<O: Observer> Engine<O> {
             trailers: None,
             delivered: true,
             pass_bytes: false,
+            keep_lines: false,
         }
     }
 
@@ -104,9 +107,19 @@ impl<O: Observer> Engine<O> {
         };
         self.report.framing = framing;
         if framing == Framing::JsonLines {
-            self.relay = Relay::json_lines(self.config.max_event_size);
+            self.relay = if self.keep_lines {
+                Relay::lines(self.config.max_event_size)
+            } else {
+                Relay::json_lines(self.config.max_event_size)
+            };
         }
         self.observer.on_response(parts, &mut self.report);
+    }
+
+    /// Send NDJSON to the client as NDJSON (before [`head`](Self::head)): whole lines, and an
+    /// error as a JSON line of its own.
+    pub(crate) fn keep_lines(&mut self) {
+        self.keep_lines = true;
     }
 
     /// Pass the upstream's bytes as they come, undecoded, and add none (an encoded stream,
@@ -216,7 +229,13 @@ impl<O: Observer> Engine<O> {
     /// the report only, in place of the message: an upstream error's text can name internal
     /// hosts, or a URL with an API key in it. The first recorded error wins.
     pub(crate) fn fail(&mut self, outcome: Outcome, message: &str, detail: Option<String>) {
-        if !self.pass_bytes
+        if self.keep_lines && self.report.framing == Framing::JsonLines {
+            // The same error, as a line an NDJSON reader parses (unless error events are
+            // off).
+            if self.config.error_event.render(outcome, message).is_some() {
+                self.outbox.push(error_line(outcome, message));
+            }
+        } else if !self.pass_bytes
             && let Some(bytes) = self.config.error_event.render(outcome, message)
         {
             self.outbox.push(bytes);
@@ -296,6 +315,15 @@ impl<O: Observer> Engine<O> {
         let started_at = self.report.started_at;
         std::mem::replace(&mut self.report, StreamReport::new(started_at))
     }
+}
+
+/// An error as one NDJSON line: `{"error":{"type":"<outcome>","message":"..."}}`.
+fn error_line(outcome: Outcome, message: &str) -> Bytes {
+    let message = serde_json::Value::from(message);
+    Bytes::from(format!(
+        "{{\"error\":{{\"type\":\"{}\",\"message\":{message}}}}}\n",
+        outcome.as_str()
+    ))
 }
 
 /// Classify an event and let the observers see it. Returns whether to forward it.

@@ -84,6 +84,8 @@ pub(crate) struct Setup<O, E> {
     pub(crate) hint: Provider,
     /// A `HEAD` request: its answer has no body, so it is never a stream.
     pub(crate) head_request: bool,
+    /// The client asked for NDJSON, not SSE: an NDJSON stream stays NDJSON.
+    pub(crate) keep_lines: bool,
 }
 
 impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
@@ -367,10 +369,16 @@ where
         }
         return Response::from_parts(parts, SseBody::answer(body, report));
     };
+    let keep_lines = setup.keep_lines && framing == Framing::JsonLines;
     let now = Instant::now();
     let mut state = setup.into_state(Phase::Streaming(Box::pin(body)), now);
     offer_permits(&state, &mut parts.extensions);
     if let Some(live) = state.live.as_mut() {
+        if keep_lines {
+            // A keep-alive comment is not a JSON line.
+            live.engine.keep_lines();
+            state.deadlines.no_keep_alive();
+        }
         live.engine.head(&parts, Some(framing), now);
         if framing == Framing::Encoded {
             // Its bytes pass as they come: nothing may be added to them.
@@ -379,12 +387,13 @@ where
         }
         state.deadlines.on_head(live.engine.config(), now);
     }
-    // The body changes length (keep-alives, error events), and NDJSON becomes SSE.
+    // The body changes length (keep-alives, error events), and NDJSON becomes SSE unless
+    // the client asked for NDJSON.
     parts.headers.remove(CONTENT_LENGTH);
     if let Some(live) = state.live.as_ref() {
         live.engine.config().add_sse_headers(&mut parts.headers);
     }
-    if framing == Framing::JsonLines {
+    if framing == Framing::JsonLines && !keep_lines {
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

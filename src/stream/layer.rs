@@ -197,6 +197,11 @@ impl<O, E> SseLayer<O, E> {
     /// Also handle newline-delimited JSON responses (`application/x-ndjson`,
     /// `application/jsonl`, …), reframed into SSE: each line becomes `data: <line>` and the
     /// content type becomes `text/event-stream`. Off by default.
+    ///
+    /// A client whose `Accept` asks for NDJSON and not for SSE
+    /// ([`framing::wants_json_lines`](crate::framing::wants_json_lines)) gets NDJSON: whole
+    /// lines, observed and reported as events, an error as a JSON line
+    /// (`{"error":{"type":...,"message":...}}`), and no keep-alive (a comment is not a line).
     pub fn json_lines(self, enabled: bool) -> Self {
         self.with(|c| c.json_lines = enabled)
     }

@@ -108,7 +108,9 @@ where
         // A `HEAD` request's answer has no body: never a stream the layer takes.
         let head_request = parts.method == http::Method::HEAD;
         let streaming = !head_request && self.config.is_streaming_request(&parts);
-        let early = streaming && self.config.answers_early(&parts);
+        // A client that asked for NDJSON gets it as NDJSON: never answered early in SSE.
+        let keep_lines = self.config.json_lines && crate::framing::wants_json_lines(&parts.headers);
+        let early = streaming && !keep_lines && self.config.answers_early(&parts);
         let hint = Provider::from_path(parts.uri.path());
         let setup = Setup {
             config: self.config.clone(),
@@ -117,6 +119,7 @@ where
             started_at,
             hint,
             head_request,
+            keep_lines,
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.

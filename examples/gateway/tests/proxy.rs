@@ -35,6 +35,10 @@ const EVENTS: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"us
 data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
 data: [DONE]\n\n";
 
+/// An Ollama `/api/chat` stream.
+const OLLAMA_LINES: &str = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n\
+{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"prompt_eval_count\":3,\"eval_count\":1}\n";
+
 /// `data` as a brotli stream of one uncompressed meta-block (RFC 7932, section 9.2): window
 /// bits `0` (16), a meta-block that is not the last, 4 nibbles of `MLEN - 1`, uncompressed,
 /// padded to a byte; the bytes; then an empty last meta-block (`ISLAST`, `ISLASTEMPTY`).
@@ -145,6 +149,10 @@ fn answer(request: &Request<Incoming>, gate: &watch::Sender<bool>) -> Response<G
         return sse(StatusCode::OK, empty());
     }
     match path {
+        "/api/chat" => Response::builder()
+            .header("content-type", "application/x-ndjson")
+            .body(whole(OLLAMA_LINES))
+            .unwrap(),
         // Compressed whatever the request asked for.
         "/force/gzip" => encoded("gzip", GZIPPED_EVENTS.to_vec()),
         "/force/br" => encoded("br", brotli_stored(EVENTS.as_bytes())),
@@ -342,4 +350,43 @@ async fn head_204_and_304_answers_are_not_client_disconnects() {
     let metrics = gateway.metrics.render();
     assert!(!metrics.contains("client_disconnected"), "{metrics}");
     assert!(reports.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn ndjson_stays_ndjson_for_a_client_that_asked_for_it() {
+    let upstream = upstream().await;
+    let (gateway, mut reports) = start(config(&format!("http://{}", upstream.addr))).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/chat", gateway.addr);
+    let body = r#"{"model":"m","messages":[]}"#;
+    // An Ollama client reading lines.
+    let response = client
+        .post(&url)
+        .header("accept", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    assert_eq!(response.text().await.unwrap(), OLLAMA_LINES);
+    let lines = report(&mut reports).await;
+    assert_eq!(lines.framing, Framing::JsonLines);
+    assert_eq!(lines.outcome, Outcome::Completed);
+    assert_eq!(lines.events, 2);
+    assert_eq!(lines.content_events, 1);
+    // A client that takes SSE (or did not say) gets the lines as SSE events.
+    for accept in ["text/event-stream", "*/*"] {
+        let response = client
+            .post(&url)
+            .header("accept", accept)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let text = response.text().await.unwrap();
+        let first = OLLAMA_LINES.lines().next().unwrap();
+        assert!(text.starts_with(&format!("data: {first}\n\n")), "{text}");
+        assert_eq!(report(&mut reports).await.events, 2);
+    }
 }
