@@ -182,7 +182,8 @@ async fn ndjson_last_line_without_newline_is_a_record_when_whole() {
         )
     })
     .await;
-    let (_, _, body) = send(addr, "application/x-ndjson").await;
+    // An SSE client gets the lines as events.
+    let (_, _, body) = send(addr, "text/event-stream").await;
     assert_eq!(client_view(&body).0, ["{\"a\":1}", "{\"b\":2}"]);
     let report = next_report(&mut reports).await;
     assert_eq!(report.outcome, Outcome::Completed);
@@ -200,8 +201,9 @@ async fn ndjson_cut_mid_line_is_truncation_and_the_broken_json_is_not_forwarded(
         )
     })
     .await;
+    // A client that asked for NDJSON gets NDJSON (issue 31): the whole line only.
     let (_, _, body) = send(addr, "application/x-ndjson").await;
-    assert_eq!(body, b"data: {\"a\":1}\n\n");
+    assert_eq!(body, b"{\"a\":1}\n");
     let report = next_report(&mut reports).await;
     assert_eq!(report.outcome, Outcome::UpstreamTruncated);
     assert_eq!(report.events, 1);
