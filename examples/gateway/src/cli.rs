@@ -112,6 +112,15 @@ pub(crate) struct Cli {
     /// (HTTP/2) beyond it; at least 8192 (default 65536)
     #[arg(long, value_name = "N", value_parser = max_header_bytes, verbatim_doc_comment)]
     max_header_bytes: Option<usize>,
+    /// most header fields in an HTTP/1.1 request: 431 beyond them
+    /// (default 100)
+    #[arg(long, value_name = "N", value_parser = at_least_one, verbatim_doc_comment)]
+    max_headers: Option<usize>,
+    /// allow browser pages of ORIGIN (https://app.example) to call
+    /// the gateway: preflights answered, Access-Control-* headers
+    /// added (EventSource, fetch); repeat for more; * allows any
+    #[arg(long, value_name = "ORIGIN", value_parser = origin, verbatim_doc_comment)]
+    cors_origin: Vec<String>,
     /// concurrent streams per HTTP/2 connection (default 100)
     #[arg(long, value_name = "N")]
     h2_max_streams: Option<u32>,
@@ -196,6 +205,7 @@ impl Cli {
             self.idle_connection_timeout.map(|s| s.0),
         );
         set(&mut connections.max_header_bytes, self.max_header_bytes);
+        set(&mut connections.max_headers, self.max_headers);
         set(&mut connections.h2_max_streams, self.h2_max_streams);
         set(
             &mut connections.h2_keepalive,
@@ -212,6 +222,7 @@ impl Cli {
         set(&mut config.stack, self.stack);
         config.early_response = self.early_response;
         config.sse_headers = !self.no_sse_headers;
+        config.cors_origins.clone_from(&self.cors_origin);
         config.resumable = self.resumable;
         config.redis.clone_from(&self.redis);
         config.metrics_listen = self.metrics_listen;
@@ -282,6 +293,27 @@ fn url(value: &str) -> Result<http::Uri, String> {
         return Err(format!("has no host: {value:?}"));
     }
     Ok(uri)
+}
+
+/// `*`, or an origin as browsers send it: `scheme://host[:port]`, no path.
+fn origin(value: &str) -> Result<String, String> {
+    if value == "*" {
+        return Ok(value.to_owned());
+    }
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| format!("not an origin: {value:?}"))?;
+    let plain = uri.scheme().is_some()
+        && uri.host().is_some()
+        && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+        && !value.ends_with('/')
+        && http::HeaderValue::from_str(value).is_ok();
+    if !plain {
+        return Err(format!(
+            "takes an origin such as https://app.example:8443 (no path), or *, got {value:?}"
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 /// hyper's smallest read buffer is 8192 bytes: a smaller head limit could not be kept.

@@ -15,6 +15,8 @@
 //!   `:authority` instead, which is the gateway's);
 //! - HTTP/2 upstream: no `host`; `:authority` (and `:scheme`) come from the upstream URL.
 //!
+//! Upgrades (`Connection: upgrade`, WebSocket): see `upgrade.rs`.
+//!
 //! The path of the upstream URL is a base path: the request's path follows it
 //! ([`upstream_path`]).
 //!
@@ -133,6 +135,8 @@ where
         }
         let client = self.client.clone();
         let version = self.version.version();
+        // Taken before the hop-by-hop headers go: an upgrade (WebSocket) is proxied.
+        let upgrade = crate::upgrade::requested(&mut request);
         Box::pin(async move {
             let Ok(uri) = uri else {
                 return Ok(error_response(
@@ -142,10 +146,27 @@ where
                 ));
             };
             to_version(&mut request, &uri, version);
+            if let Some(upgrade) = &upgrade {
+                if version != Version::HTTP_11 {
+                    return Ok(error_response(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "upgrade_not_supported",
+                        "protocol upgrades need an HTTP/1.1 upstream (--upstream-version 1.1)",
+                    ));
+                }
+                upgrade.ask(request.headers_mut());
+            }
             let method = request.method().clone();
             *request.uri_mut() = uri.clone();
             match client.request(request).await {
-                Ok(response) => {
+                Ok(mut response) => {
+                    if let Some(upgrade) = upgrade
+                        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        return Ok(upgrade
+                            .switch(&mut response)
+                            .map(|()| Either::Right(Full::default())));
+                    }
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     // The crate's one framing rule: SSE, or NDJSON (the gateway reframes it).
@@ -194,7 +215,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()

@@ -65,10 +65,12 @@ mod forward;
 mod handlers;
 pub mod os;
 mod prometheus;
+mod proxy_headers;
 mod running;
 mod serve;
 #[cfg(feature = "tuned")]
 pub mod tuned;
+mod upgrade;
 mod versions;
 
 pub use config::{GatewayConfig, Stack};
@@ -188,12 +190,19 @@ impl Shared {
         if self.config.metrics_listen.is_none() {
             router = router.merge(self.metrics_route());
         }
-        router
+        let router = router
             .fallback_service(stack)
-            // Outermost: a body announced too large is refused before anything reads it; one
-            // that grows too large fails where it is read, and is answered `413` too.
+            // A body announced too large is refused before anything reads it; one that grows
+            // too large fails where it is read, and is answered `413` too.
             .layer(body_limit::OverflowLayer)
             .layer(RequestBodyLimitLayer::new(self.config.max_body_bytes))
+            // Every answer, the gateway's own included, has the request's id.
+            .layer(proxy_headers::ProxyHeadersLayer);
+        // Outermost: preflights are answered here, before anything else runs.
+        match self.config.cors() {
+            Some(cors) => router.layer(cors),
+            None => router,
+        }
     }
 
     /// `/metrics` and `/healthz`: what a metrics listener of its own serves.

@@ -16,12 +16,15 @@ pub struct Versions {
 
 /// [`TraceObserver`]'s line, with the stream's [`Versions`]: the line is logged in a span
 /// `stream` whose fields are `client_version` and `upstream_version` (`HTTP/1.1`,
-/// `HTTP/2.0`; the text format prints them after the line's own fields, JSON in `span`).
+/// `HTTP/2.0`) and `request_id` (the `x-request-id` the gateway set or kept; the text format
+/// prints them after the line's own fields, JSON in `span`).
 /// The versions also go into the report's extensions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct VersionedTrace {
     client: Version,
     upstream: Option<Version>,
+    /// The request's `x-request-id` (the gateway sets one on every request), for the span.
+    request_id: Option<http::HeaderValue>,
 }
 
 impl Default for VersionedTrace {
@@ -29,6 +32,7 @@ impl Default for VersionedTrace {
         Self {
             client: Version::HTTP_11,
             upstream: None,
+            request_id: None,
         }
     }
 }
@@ -36,6 +40,7 @@ impl Default for VersionedTrace {
 impl Observer for VersionedTrace {
     fn on_request(&mut self, request: &http::request::Parts) {
         self.client = request.version;
+        self.request_id = request.headers.get("x-request-id").cloned();
     }
 
     fn on_response(&mut self, response: &http::response::Parts, _: &mut StreamReport) {
@@ -55,6 +60,7 @@ impl Observer for VersionedTrace {
             "stream",
             client_version = ?self.client,
             upstream_version = self.upstream.map(tracing::field::debug),
+            request_id = self.request_id.as_ref().and_then(|id| id.to_str().ok()),
         );
         let _entered = span.enter();
         TraceObserver.on_end(report);

@@ -32,6 +32,8 @@ const FLAGS: &[&str] = &[
     "--redis",
     "--stack",
     "--no-sse-headers",
+    "--max-headers",
+    "--cors-origin",
 ];
 
 /// The gateway process, killed when dropped.

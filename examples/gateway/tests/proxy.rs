@@ -55,6 +55,7 @@ fn brotli_stored(data: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone)]
 struct Seen {
     method: Method,
+    version: http::Version,
     path_and_query: String,
     headers: HeaderMap,
 }
@@ -164,6 +165,32 @@ fn answer(request: &Request<Incoming>, gate: &watch::Sender<bool>) -> Response<G
     }
 }
 
+/// Switch to the `echo` protocol: every byte the client sends comes back.
+fn echo_upgrade(request: &mut Request<Incoming>) -> Response<Gated> {
+    let upgraded = hyper::upgrade::on(&mut *request);
+    tokio::spawn(async move {
+        let mut io = TokioIo::new(upgraded.await.unwrap());
+        let mut buffer = [0u8; 64];
+        loop {
+            let read = tokio::io::AsyncReadExt::read(&mut io, &mut buffer)
+                .await
+                .unwrap();
+            if read == 0 {
+                return;
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut io, &buffer[..read])
+                .await
+                .unwrap();
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(empty())
+        .unwrap()
+}
+
 async fn upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -174,21 +201,26 @@ async fn upstream() -> Upstream {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let (record, answers) = (record.clone(), answers.clone());
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 record.lock().unwrap().push(Seen {
                     method: request.method().clone(),
+                    version: request.version(),
                     path_and_query: request
                         .uri()
                         .path_and_query()
                         .map_or("/".to_owned(), |p| p.to_string()),
                     headers: request.headers().clone(),
                 });
-                let response = answer(&request, &answers);
+                let response = if request.headers().contains_key("upgrade") {
+                    echo_upgrade(&mut request)
+                } else {
+                    answer(&request, &answers)
+                };
                 async move { Ok::<_, Infallible>(response) }
             });
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
             });
         }
@@ -389,4 +421,101 @@ async fn ndjson_stays_ndjson_for_a_client_that_asked_for_it() {
         assert!(text.starts_with(&format!("data: {first}\n\n")), "{text}");
         assert_eq!(report(&mut reports).await.events, 2);
     }
+}
+
+#[tokio::test]
+async fn upgrades_are_proxied_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = upstream().await;
+    let (gateway, _reports) = start(config(&format!("http://{}", upstream.addr))).await;
+    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: gateway\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].headers["upgrade"], "echo");
+    // The connections are joined: bytes go both ways.
+    for message in [&b"ping"[..], b"second message"] {
+        client.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+}
+
+#[tokio::test]
+async fn forwarded_for_and_request_ids_go_upstream_and_back() {
+    let upstream = upstream().await;
+    let (gateway, _reports) = start(config(&format!("http://{}", upstream.addr))).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/chat/completions", gateway.addr);
+    // A request id and a proxy chain from the client are kept, and appended to.
+    let kept = client
+        .get(&url)
+        .header("x-request-id", "client-id-1")
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "client-id-1");
+    // Without one, one is made: unique per request.
+    let made = client.get(&url).send().await.unwrap();
+    let made_id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made_id.len(), 32);
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].headers["x-request-id"], "client-id-1");
+    assert_eq!(seen[0].headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen[1].headers["x-request-id"], made_id.as_str());
+    assert_eq!(seen[1].headers["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn an_http_1_0_request_goes_upstream_as_http_1_1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = upstream().await;
+    let (gateway, _reports) = start(config(&format!("http://{}", upstream.addr))).await;
+    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /v1/models HTTP/1.0\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    // The client is answered in its own version; the upstream got HTTP/1.1 with a host.
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].version, http::Version::HTTP_11);
+    assert_eq!(seen[0].headers["host"], upstream.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn the_header_count_limit_is_configurable() {
+    let upstream = upstream().await;
+    let mut config = config(&format!("http://{}", upstream.addr));
+    config.connections.max_headers = 10;
+    let (gateway, _reports) = start(config).await;
+    let url = format!("http://{}/v1/models", gateway.addr);
+    let mut request = reqwest::Client::new().get(&url);
+    for i in 0..12 {
+        request = request.header(format!("x-h{i}"), "1");
+    }
+    assert_eq!(request.send().await.unwrap().status(), 431);
+    let fine = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(fine.status(), 200);
 }
