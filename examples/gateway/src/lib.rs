@@ -3,7 +3,10 @@
 //! NDJSON) go through the whole tower-sse stack:
 //!
 //! ```text
-//! client ─► connection limits (header and idle timeouts, header size, HTTP/2 streams and pings)
+//! client ─► connection limits (header and idle timeouts, header size and count, HTTP/2
+//!                               streams and pings)
+//!        ─► CORS (with --cors-origin: preflights answered here)
+//!        ─► X-Request-Id (kept or made, echoed), X-Forwarded-For (appended)
 //!        ─► request body limit (413)
 //!        ─► axum router ─┬─ GET /healthz              200, cheap
 //!                        ├─ GET /metrics              Prometheus text (or on --metrics-listen)
@@ -27,7 +30,9 @@
 //! shutting down), `handlers.rs` (`/healthz`, `/metrics`, `/v1/digests/{id}`), `forward.rs`
 //! and `connector.rs` (the upstream client; `https://` with the default-on `tls` feature),
 //! `serve.rs` and `conn.rs` (accepting connections, their limits and clocks),
-//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits); the binary's
+//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits),
+//! `proxy_headers.rs` (`X-Request-Id`, `X-Forwarded-For`), `upgrade.rs` (WebSocket and other
+//! upgrades, joined byte for byte); the binary's
 //! `cli.rs` (command line) and `runtime.rs` (one runtime, or one per core). `tuned/` holds
 //! benchmark-only replacements of stock pieces (feature `tuned`, off by default).
 //!
@@ -78,7 +83,7 @@ pub use connector::{TlsRoots, UpstreamVersion};
 pub use handlers::{REQUESTS, UPSTREAM_STREAMS};
 pub use running::{Gateway, start, start_metrics};
 pub use serve::{ConnectionConfig, serve, serve_until};
-pub use versions::Versions;
+pub use versions::{IncludeUsageNotApplied, Versions};
 
 use connector::Connector;
 use forward::{Forward, UpstreamRequestBody};

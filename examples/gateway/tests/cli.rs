@@ -372,6 +372,8 @@ async fn sigterm_lets_open_streams_finish_refuses_new_connections_and_exits_0() 
         assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
         let line = log_line(&mut stdout, "stream ended");
         assert!(line.contains("outcome=completed"), "{line}");
+        // The request id the gateway made is in the line.
+        assert!(line.contains("request_id="), "{line}");
         // No new connections once the signal came (the listener is closed).
         let refused = reqwest::Client::new()
             .get(format!("{base}/healthz"))

@@ -519,3 +519,57 @@ async fn the_header_count_limit_is_configurable() {
     let fine = reqwest::Client::new().get(&url).send().await.unwrap();
     assert_eq!(fine.status(), 200);
 }
+
+#[tokio::test]
+async fn a_gzip_request_body_is_reported_as_include_usage_not_applied() {
+    let upstream = upstream().await;
+    let (gateway, mut reports) = start(config(&format!("http://{}", upstream.addr))).await;
+    // `{"model":"m","stream":true,"messages":[]}`, gzipped (Python's `gzip.compress`,
+    // `mtime=0`): forwarded unread.
+    const BODY: &[u8] = &[
+        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xab, 0x56, 0xca, 0xcd, 0x4f,
+        0x49, 0xcd, 0x51, 0xb2, 0x52, 0xca, 0x55, 0xd2, 0x51, 0x2a, 0x2e, 0x29, 0x4a, 0x4d, 0xcc,
+        0x55, 0xb2, 0x2a, 0x29, 0x2a, 0x4d, 0xd5, 0x51, 0xca, 0x4d, 0x2d, 0x2e, 0x4e, 0x4c, 0x4f,
+        0x2d, 0x56, 0xb2, 0x8a, 0x8e, 0xad, 0x05, 0x00, 0x6c, 0x9b, 0xf4, 0xb6, 0x29, 0x00, 0x00,
+        0x00,
+    ];
+    let body = BODY.to_vec();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", gateway.addr))
+        .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap();
+    let encoded = report(&mut reports).await;
+    assert_eq!(
+        encoded
+            .extensions
+            .get::<example_gateway::IncludeUsageNotApplied>(),
+        Some(&example_gateway::IncludeUsageNotApplied {
+            encoding: "gzip".to_owned()
+        })
+    );
+    // The upstream got the client's bytes as they were.
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].headers["content-encoding"], "gzip");
+    // A plain body is read and rewritten: no such note.
+    let plain = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", gateway.addr))
+        .header("accept", "text/event-stream")
+        .body(r#"{"model":"m","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    plain.text().await.unwrap();
+    let read = report(&mut reports).await;
+    assert!(
+        read.extensions
+            .get::<example_gateway::IncludeUsageNotApplied>()
+            .is_none()
+    );
+}
