@@ -82,6 +82,10 @@ pub(crate) struct Setup<O, E> {
     pub(crate) on_end: E,
     pub(crate) started_at: Instant,
     pub(crate) hint: Provider,
+    /// A `HEAD` request: its answer has no body, so it is never a stream.
+    pub(crate) head_request: bool,
+    /// The client asked for NDJSON, not SSE: an NDJSON stream stays NDJSON.
+    pub(crate) keep_lines: bool,
 }
 
 impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
@@ -347,28 +351,62 @@ where
     E: OnEnd + Send + 'static,
 {
     let (mut parts, body) = response.into_parts();
-    let Some(framing) = setup.config.framing(&parts) else {
+    let bodiless = setup.head_request || has_no_body(parts.status);
+    let framing = if bodiless {
+        None
+    } else {
+        setup.config.framing(&parts)
+    };
+    let Some(framing) = framing else {
         if !streaming {
             return Response::from_parts(parts, SseBody::pass_through(body));
         }
         let live = setup.into_answer(&parts);
-        return Response::from_parts(parts, SseBody::answer(body, AnswerReport::new(live)));
+        let mut report = AnswerReport::new(live);
+        if bodiless {
+            // Complete with its head: nobody polls a body that cannot have bytes.
+            report.end(true);
+        }
+        return Response::from_parts(parts, SseBody::answer(body, report));
     };
+    let keep_lines = setup.keep_lines && framing == Framing::JsonLines;
     let now = Instant::now();
     let mut state = setup.into_state(Phase::Streaming(Box::pin(body)), now);
     offer_permits(&state, &mut parts.extensions);
     if let Some(live) = state.live.as_mut() {
+        if keep_lines {
+            // A keep-alive comment is not a JSON line.
+            live.engine.keep_lines();
+            state.deadlines.no_keep_alive();
+        }
         live.engine.head(&parts, Some(framing), now);
+        if framing == Framing::Encoded {
+            // Its bytes pass as they come: nothing may be added to them.
+            live.engine.pass_bytes();
+            state.deadlines.no_keep_alive();
+        }
         state.deadlines.on_head(live.engine.config(), now);
     }
-    // The body changes length (keep-alives, error events), and NDJSON becomes SSE.
+    // The body changes length (keep-alives, error events), and NDJSON becomes SSE unless
+    // the client asked for NDJSON.
     parts.headers.remove(CONTENT_LENGTH);
-    if framing == Framing::JsonLines {
+    if let Some(live) = state.live.as_ref() {
+        live.engine.config().add_sse_headers(&mut parts.headers);
+    }
+    if framing == Framing::JsonLines && !keep_lines {
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     }
     Response::from_parts(parts, SseBody::stream(state))
+}
+
+/// `1xx`, `204 No Content` and `304 Not Modified` answers have no body whatever their
+/// headers say (RFC 9110): never a stream, and over as soon as their head arrived.
+fn has_no_body(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// A streaming request whose response head did not come in time: `504 Gateway Timeout`.

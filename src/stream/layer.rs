@@ -197,8 +197,27 @@ impl<O, E> SseLayer<O, E> {
     /// Also handle newline-delimited JSON responses (`application/x-ndjson`,
     /// `application/jsonl`, …), reframed into SSE: each line becomes `data: <line>` and the
     /// content type becomes `text/event-stream`. Off by default.
+    ///
+    /// A client whose `Accept` asks for NDJSON and not for SSE
+    /// ([`framing::wants_json_lines`](crate::framing::wants_json_lines)) gets NDJSON: whole
+    /// lines, observed and reported as events, an error as a JSON line
+    /// (`{"error":{"type":...,"message":...}}`), and no keep-alive (a comment is not a line).
     pub fn json_lines(self, enabled: bool) -> Self {
         self.with(|c| c.json_lines = enabled)
+    }
+
+    /// Add `Cache-Control: no-cache` and `X-Accel-Buffering: no` to every stream the layer
+    /// takes, when the upstream did not set them: without them a buffering proxy in front
+    /// (nginx by default) holds the events back and delivers them in bursts. Off by default.
+    ///
+    /// ```
+    /// use tower_sse::SseLayer;
+    ///
+    /// let layer = SseLayer::new().sse_headers(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn sse_headers(self, enabled: bool) -> Self {
+        self.with(|c| c.sse_headers = enabled)
     }
 
     /// Decide yourself which responses are streams and how they are framed (`None` passes

@@ -105,8 +105,12 @@ where
         let started_at = Arrival::stamp(&mut parts.extensions);
         let mut observer = self.observer.clone();
         observer.on_request(&parts);
-        let streaming = self.config.is_streaming_request(&parts);
-        let early = streaming && self.config.answers_early(&parts);
+        // A `HEAD` request's answer has no body: never a stream the layer takes.
+        let head_request = parts.method == http::Method::HEAD;
+        let streaming = !head_request && self.config.is_streaming_request(&parts);
+        // A client that asked for NDJSON gets it as NDJSON: never answered early in SSE.
+        let keep_lines = self.config.json_lines && crate::framing::wants_json_lines(&parts.headers);
+        let early = streaming && !keep_lines && self.config.answers_early(&parts);
         let hint = Provider::from_path(parts.uri.path());
         let setup = Setup {
             config: self.config.clone(),
@@ -114,6 +118,8 @@ where
             on_end: self.on_end.clone(),
             started_at,
             hint,
+            head_request,
+            keep_lines,
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
@@ -132,6 +138,7 @@ where
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            self.config.add_sse_headers(headers);
             return SseFuture::ready(response);
         }
 
