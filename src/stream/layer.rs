@@ -297,7 +297,7 @@ impl<O, E, M> SseLayer<O, E, M> {
     /// runtime): the inner future, the response body, the observer and the sink need not
     /// be `Send` nor `'static`. Such a stack never answers early and never drains after a
     /// disconnect, whatever [`early_response`](Self::early_response) and
-    /// [`drain_on_disconnect`](Self::drain_on_disconnect) say (both need a `Send` future or
+    /// `drain_on_disconnect` (feature `drain`) say (both need a `Send` future or
     /// a spawned task); everything else is the same. See [`Local`].
     ///
     /// ```

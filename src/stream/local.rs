@@ -14,7 +14,7 @@ pub struct AnyThread;
 /// `'static`, as with tower-http's `TimeoutLayer`. In exchange it never answers early
 /// ([`early_response`](crate::SseLayer::early_response): a streaming request waits for its
 /// head, as without it) and never drains after a disconnect
-/// ([`drain_on_disconnect`](crate::SseLayer::drain_on_disconnect): the upstream is
+/// (`SseLayer::drain_on_disconnect`, feature `drain`: the upstream is
 /// cancelled and the disconnect reported): both need a `Send` future or a spawned task.
 ///
 /// Without it, a service that is not `Send` is refused:

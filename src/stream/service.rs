@@ -90,9 +90,10 @@ impl<S, O, E, M> Sse<S, O, E, M> {
     }
 }
 
-/// A request, classified: answered at once, or to be passed to the inner service.
-enum Begun<F, B, O, E> {
-    Answered(SseFuture<F, B, O, E>),
+/// A request, classified: its upload timed out (answered at once, `408`), or it was
+/// passed to the inner service.
+enum Begun<F, O, E> {
+    UploadTimedOut(Setup<O, E>),
     Called {
         future: F,
         setup: Setup<O, E>,
@@ -104,10 +105,7 @@ enum Begun<F, B, O, E> {
 impl<S, O, E, M> Sse<S, O, E, M> {
     /// What both kinds of stack do first: classify the request, tell the observer, and
     /// call the inner service (unless the upload timed out).
-    fn begin<ReqBody, ResBody>(
-        &mut self,
-        request: Request<ReqBody>,
-    ) -> Begun<S::Future, ResBody, O, E>
+    fn begin<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> Begun<S::Future, O, E>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         O: Observer + Clone,
@@ -129,7 +127,7 @@ impl<S, O, E, M> Sse<S, O, E, M> {
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
-            return Begun::Answered(SseFuture::ready(upload_timeout(setup)));
+            return Begun::UploadTimedOut(setup);
         }
         let future = self.inner.call(Request::from_parts(parts, body));
         Begun::Called {
@@ -181,7 +179,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (future, setup, streaming, early) = match self.begin(request) {
-            Begun::Answered(answered) => return answered,
+            Begun::UploadTimedOut(setup) => return SseFuture::ready(upload_timeout(setup)),
             Begun::Called {
                 future,
                 setup,
@@ -231,7 +229,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         match self.begin(request) {
-            Begun::Answered(answered) => answered,
+            Begun::UploadTimedOut(setup) => SseFuture::ready(upload_timeout(setup)),
             // Never early: the streaming request waits for its head.
             Begun::Called {
                 future,

@@ -7,7 +7,7 @@
 //! runtime thread only copies the formatted line into the queue.
 //!
 //! **When the queue is full** (the writer is [`DEFAULT_CAPACITY`] lines behind, or the
-//! capacity given to [`LogWriter::new`]), the line is dropped and counted in the
+//! capacity given to [`LogWriter::stdout`]), the line is dropped and counted in the
 //! `gateway_log_lines_dropped_total` counter ([`LOG_LINES_DROPPED`], on `/metrics`) and in
 //! [`LogWriter::dropped`]: the runtime never waits for stdout. **At shutdown**,
 //! dropping the [`FlushGuard`] waits until every line queued before it is written and
