@@ -8,7 +8,8 @@
 //!
 //! **When the queue is full** (the writer is [`DEFAULT_CAPACITY`] lines behind, or the
 //! capacity given to [`LogWriter::stdout`]), the line is dropped and counted in the
-//! `gateway_log_lines_dropped_total` counter ([`LOG_LINES_DROPPED`], on `/metrics`) and in
+//! `gateway.log.lines.dropped` counter ([`LOG_LINES_DROPPED`], `gateway_log_lines_dropped` on
+//! `/metrics`) and in
 //! [`LogWriter::dropped`]: the runtime never waits for stdout. **At shutdown**,
 //! dropping the [`FlushGuard`] waits until every line queued before it is written and
 //! flushed, so a graceful exit loses no line; lines logged after that are written directly.
@@ -36,10 +37,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 /// The counter of log lines dropped because the writer thread was behind.
-pub const LOG_LINES_DROPPED: &str = "gateway_log_lines_dropped_total";
+pub const LOG_LINES_DROPPED: &str = "gateway.log.lines.dropped";
 
-/// Lines the queue holds by default: at a few hundred bytes a line, well under 100 MB
-/// if all are queued, and minutes of log at a thousand streams a second.
+/// Lines the queue holds by default (`--log-queue`): at a few hundred bytes a line, under
+/// 100 MB if all are queued, and two minutes of log at a thousand streams a second.
 pub const DEFAULT_CAPACITY: usize = 128 * 1024;
 
 enum Message {

@@ -51,8 +51,8 @@ fn ansi() -> bool {
 /// `example_gateway::log_writer`, which also says what happens when stdout is too slow).
 /// Keep the guard until the end: dropping it writes the lines still queued.
 #[cfg(not(feature = "tuned"))]
-fn init_logging(format: LogFormat) -> std::io::Result<FlushGuard> {
-    let (writer, guard) = LogWriter::stdout(log_writer::DEFAULT_CAPACITY)?;
+fn init_logging(format: LogFormat, queue: usize) -> std::io::Result<FlushGuard> {
+    let (writer, guard) = LogWriter::stdout(queue)?;
     let builder = tracing_subscriber::fmt()
         .with_target(false)
         .with_ansi(ansi())
@@ -67,11 +67,11 @@ fn init_logging(format: LogFormat) -> std::io::Result<FlushGuard> {
 /// Log lines go to stdout, as without `tuned`, through the benchmark-only formatters: the
 /// same text, fewer instructions (see `example_gateway::tuned`).
 #[cfg(feature = "tuned")]
-fn init_logging(format: LogFormat) -> std::io::Result<FlushGuard> {
+fn init_logging(format: LogFormat, queue: usize) -> std::io::Result<FlushGuard> {
     use example_gateway::tuned::log_fields::PlainFields;
     use example_gateway::tuned::log_time::CachedSystemTime;
 
-    let (writer, guard) = LogWriter::stdout(log_writer::DEFAULT_CAPACITY)?;
+    let (writer, guard) = LogWriter::stdout(queue)?;
     let ansi = ansi();
     let builder = tracing_subscriber::fmt()
         .with_target(false)
@@ -89,7 +89,8 @@ fn init_logging(format: LogFormat) -> std::io::Result<FlushGuard> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Dropped when `main` returns, after the runtimes: the queued log lines are written.
-    let _logs = match init_logging(cli.log_format) {
+    let queue = cli.log_queue.unwrap_or(log_writer::DEFAULT_CAPACITY);
+    let _logs = match init_logging(cli.log_format, queue) {
         Ok(guard) => guard,
         Err(e) => return failed(&e),
     };
