@@ -22,7 +22,7 @@
 //! | [`SseLayer::local`] | no `Send`, no `'static`: observer and sink `Clone`, response body `Body<Data = Bytes>` | for a stack on one thread (a `LocalSet`): it never answers early nor drains, the only paths that box a `Send` future or spawn |
 //! | [`StreamLimitLayer`](crate::StreamLimitLayer) | `ResBody: Body<Data = Bytes>`, a `Clone` stream predicate | nothing is boxed or spawned: no `Send` asked |
 //! | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | inner service `Clone + Send + 'static` and its future `Send + 'static`; request body `Send + 'static` (not `Unpin`) | the future is boxed; it holds a clone of the inner service, made ready again once the body is read (no `Buffer` slot or `ConcurrencyLimit` permit is held through an upload) |
-//! | `ResumeLayer` (feature `resume`) | inner future, error and response body `Send + 'static` | a resumable stream's body is read by a spawned producer task; a disabled layer passes the inner future through unboxed |
+//! | `ResumeLayer` (feature `resume`) | inner future, error and response body `Send + 'static` | a resumable stream's body is read by a spawned producer task; a disabled layer passes the inner future through unboxed, and an enabled one boxes only resumes and the start of a stream (an answer that is not a stream costs one request extension) |
 //!
 //! And what they give:
 //!
