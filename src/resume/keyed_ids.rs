@@ -10,6 +10,12 @@
 //! here sees neither the key nor more than half of any digest): ids seen tell nothing about
 //! the next ones. One SHA-256 block per id, no allocation, no lock, no system call after
 //! the first id (the operating system's random source was one `getrandom` call per id).
+//!
+//! Separate processes (replicas sharing a Redis store) each draw their own key, so their
+//! ids do not collide. A process `fork`ed without `exec` after its first id would share key
+//! and counter with its parent and repeat its ids; a Tokio server does not survive a fork,
+//! so this is only said here, not guarded against (checking the process id per id would
+//! bring back a system call per id).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
