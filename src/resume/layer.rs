@@ -1,8 +1,7 @@
 //! [`ResumeLayer`]: the settings of resumable streams.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -11,7 +10,7 @@ use crate::request::TenantKey;
 use crate::resume::Resume;
 use crate::resume::id::StreamId;
 use crate::resume::memory::MemoryStore;
-use crate::resume::shared::Shared;
+use crate::resume::producers::Producers;
 use crate::resume::store::{ReadLimits, ResumeStore};
 use crate::stream::config::KeepAliveConfig;
 
@@ -198,34 +197,6 @@ impl Clone for Config {
             on_reader_end: self.on_reader_end.clone(),
             producers: self.producers.clone(),
         }
-    }
-}
-
-/// The producers running in this process.
-#[derive(Default)]
-pub(crate) struct Producers(Mutex<HashMap<StreamId, Arc<Shared>>>);
-
-impl Producers {
-    pub(crate) fn insert(&self, id: StreamId, shared: Arc<Shared>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, shared);
-    }
-
-    pub(crate) fn remove(&self, id: StreamId) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-    }
-
-    pub(crate) fn get(&self, id: StreamId) -> Option<Arc<Shared>> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned()
     }
 }
 

@@ -104,8 +104,6 @@ pub(crate) async fn produce<B>(
     let mut decoder = Decoder::new().max_event_size(config.max_event_size);
     let mut seq = 0u64;
     let mut grace: Option<Pin<Box<Sleep>>> = None;
-    // Boxed, so that cancelling can drop it before the end is written.
-    let mut body = Box::pin(body);
 
     enum Step<F> {
         Frame(Option<F>),
@@ -121,6 +119,10 @@ pub(crate) async fn produce<B>(
         shared: shared.clone(),
         config: config.clone(),
     };
+    // Boxed, so that cancelling can drop it before the end is written. Declared after the
+    // guard, so that if this task is dropped the body goes first: its report (made in the
+    // `SseLayer`'s body) still finds this producer in `config.producers`.
+    let mut body = Box::pin(body);
     let mut frames = 0u32;
     let end = 'stream: loop {
         frames += 1;

@@ -158,6 +158,16 @@ impl<B, O, E> fmt::Debug for SseBody<B, O, E> {
     }
 }
 
+/// An empty body, as tower-http's `TimeoutLayer` asks of the bodies it wraps (it answers
+/// `408` with one).
+impl<B, O, E> Default for SseBody<B, O, E> {
+    fn default() -> Self {
+        Self {
+            kind: Kind::Full { data: None },
+        }
+    }
+}
+
 impl<B, O, E> Body for SseBody<B, O, E>
 where
     B: Body<Data = Bytes>,

@@ -150,6 +150,11 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "text|json", value_enum, default_value_t = LogFormat::Text,
           hide_default_value = true, hide_possible_values = true, verbatim_doc_comment)]
     pub(crate) log_format: LogFormat,
+    /// log lines waiting for stdout, at most N (default 131072);
+    /// beyond, lines are dropped and counted in /metrics
+    /// (gateway_log_lines_dropped), never waited for
+    #[arg(long, value_name = "N", value_parser = log_queue, verbatim_doc_comment)]
+    pub(crate) log_queue: Option<usize>,
     /// on SIGTERM, SIGINT or SIGHUP: stop accepting, let open streams run
     /// to their end for up to SECS, then end the rest with an SSE
     /// error event (server_shutdown), report them all, exit 0
@@ -314,6 +319,15 @@ fn origin(value: &str) -> Result<String, String> {
         ));
     }
     Ok(value.to_owned())
+}
+
+/// At least one line.
+fn log_queue(value: &str) -> Result<usize, String> {
+    match value.parse() {
+        Ok(0) => Err("is at least 1, got 0".to_string()),
+        Ok(lines) => Ok(lines),
+        Err(_) => Err(format!("takes a number, got {value:?}")),
+    }
 }
 
 /// hyper's smallest read buffer is 8192 bytes: a smaller head limit could not be kept.

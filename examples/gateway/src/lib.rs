@@ -30,7 +30,8 @@
 //! shutting down), `handlers.rs` (`/healthz`, `/metrics`, `/v1/digests/{id}`), `forward.rs`
 //! and `connector.rs` (the upstream client; `https://` with the default-on `tls` feature),
 //! `serve.rs` and `conn.rs` (accepting connections, their limits and clocks),
-//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits),
+//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits), `log_writer.rs`
+//! (log lines written to stdout by a thread of their own, never on a runtime thread),
 //! `proxy_headers.rs` (`X-Request-Id`, `X-Forwarded-For`), `upgrade.rs` (WebSocket and other
 //! upgrades, joined byte for byte); the binary's
 //! `cli.rs` (command line) and `runtime.rs` (one runtime, or one per core). `tuned/` holds
@@ -68,6 +69,7 @@ mod conn;
 mod connector;
 mod forward;
 mod handlers;
+pub mod log_writer;
 pub mod os;
 mod prometheus;
 mod proxy_headers;

@@ -2,7 +2,7 @@
 //! end-to-end script use them): every flag, the `listening on http://ADDR` line, `/metrics`,
 //! `/healthz` and `/v1/digests/{id}`, with both runtimes; and what it logs.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 const FLAGS: &[&str] = &[
@@ -26,6 +26,7 @@ const FLAGS: &[&str] = &[
     "--upstream-version",
     "--metrics-listen",
     "--log-format",
+    "--log-queue",
     "--shutdown-grace",
     "--max-model-labels",
     "--drain",
@@ -178,6 +179,8 @@ async fn multi_runtime_with_every_flag_and_an_upstream() {
         "2",
         "--log-format",
         "text",
+        "--log-queue",
+        "1024",
         "--shutdown-grace",
         "5",
         "--max-model-labels",
@@ -198,6 +201,7 @@ fn bad_values_are_refused_not_panicked_on() {
         ["--h2-max-streams", "-1"],
         ["--tls-roots", "openssl"],
         ["--log-format", "xml"],
+        ["--log-queue", "0"],
         ["--metrics-listen", "nowhere"],
         ["--stack", "none"],
         ["--upstream-version", "3"],
@@ -386,6 +390,31 @@ async fn sigterm_lets_open_streams_finish_refuses_new_connections_and_exits_0() 
         let status = running.child.wait().unwrap();
         assert!(status.success(), "{signal_name}: {status}");
     }
+}
+
+/// The log lines are written by a thread of their own, off the runtime: every stream's line
+/// still reaches stdout, and those still queued when the signal comes are written before
+/// the process exits.
+#[tokio::test]
+async fn every_log_line_is_on_stdout_when_the_gateway_exits() {
+    let (mut running, mut stdout, base) = start(&["--log-queue", "4096"]);
+    let streams: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(slow_stream(base.clone(), 3, 0)))
+        .collect();
+    for stream in streams {
+        let body = stream.await.unwrap();
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    }
+    signal(&running, "TERM");
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let ended = rest
+        .lines()
+        .filter(|l| l.contains("stream ended") && l.contains("outcome=completed"))
+        .count();
+    assert_eq!(ended, 50, "{rest}");
 }
 
 #[tokio::test]
