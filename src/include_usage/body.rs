@@ -9,8 +9,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
+
+/// The error of a request body that did not arrive before the upload deadline.
+const UPLOAD_TIMED_OUT: &str = "the request body did not arrive in time";
 
 pin_project! {
     /// The request body handed to the inner service: the original body, or the bytes the
@@ -24,7 +28,9 @@ pin_project! {
 pin_project! {
     #[project = RequestKindProj]
     pub(super) enum RequestKind<B> {
-        Original { #[pin] body: B },
+        // Not read by the layer: handed on as it comes, but failed at the upload deadline
+        // when it has not ended by then (`timed_out` once it did).
+        Original { #[pin] body: B, deadline: Option<Pin<Box<Sleep>>>, timed_out: bool },
         // The body read whole: one piece as it came, or the client's bytes around a splice
         // (slices of them and the inserted bytes, in order: never copied into one buffer).
         Buffered { pieces: Pieces, trailers: Option<HeaderMap> },
@@ -35,9 +41,20 @@ pin_project! {
 }
 
 impl<B> UsageRequestBody<B> {
-    pub(super) fn original(body: B) -> Self {
+    /// The body as it comes, failed if it has not ended by `deadline` (`None`: never).
+    pub(super) fn original_until(body: B, deadline: Option<Instant>) -> Self
+    where
+        B: Body,
+    {
+        let deadline = deadline
+            .filter(|_| !body.is_end_stream())
+            .map(|at| Box::pin(sleep_until(at)));
         Self {
-            kind: RequestKind::Original { body },
+            kind: RequestKind::Original {
+                body,
+                deadline,
+                timed_out: false,
+            },
         }
     }
 
@@ -85,7 +102,28 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            RequestKindProj::Original { body } => body.poll_frame(cx).map_err(Into::into),
+            RequestKindProj::Original {
+                body,
+                deadline,
+                timed_out,
+            } => {
+                if *timed_out {
+                    return Poll::Ready(None);
+                }
+                if let Some(sleep) = deadline
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    *deadline = None;
+                    *timed_out = true;
+                    return Poll::Ready(Some(Err(UPLOAD_TIMED_OUT.into())));
+                }
+                let frame = ready!(body.poll_frame(cx));
+                if frame.is_none() {
+                    // Complete: the timer is no longer needed.
+                    *deadline = None;
+                }
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
             RequestKindProj::Buffered { pieces, trailers } => Poll::Ready(
                 pieces
                     .next()
@@ -98,15 +136,16 @@ where
                 None => rest.as_mut().poll_frame(cx).map_err(Into::into),
             },
             RequestKindProj::Incomplete { failed } => Poll::Ready(
-                (!std::mem::replace(failed, true))
-                    .then(|| Err("the request body did not arrive in time".into())),
+                (!std::mem::replace(failed, true)).then(|| Err(UPLOAD_TIMED_OUT.into())),
             ),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            RequestKind::Original { body } => body.is_end_stream(),
+            RequestKind::Original {
+                body, timed_out, ..
+            } => *timed_out || body.is_end_stream(),
             RequestKind::Buffered { pieces, trailers } => pieces.len == 0 && trailers.is_none(),
             RequestKind::Chained { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
             RequestKind::Incomplete { failed } => *failed,
@@ -115,7 +154,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            RequestKind::Original { body } => body.size_hint(),
+            RequestKind::Original { body, .. } => body.size_hint(),
             RequestKind::Incomplete { .. } => SizeHint::default(),
             RequestKind::Buffered { pieces, .. } => SizeHint::with_exact(pieces.len as u64),
             RequestKind::Chained { prefix, rest } => {
