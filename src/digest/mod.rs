@@ -130,7 +130,9 @@
 //!
 //! The tenant is found by the registry's [`TenantKey`]
 //! ([`DigestRegistryBuilder::tenant_key`]): by default the first 16 bytes of the SHA-256 of
-//! the bearer token (or `x-api-key`), never the token itself, and anonymous without one
+//! the request's first credential (bearer token, `x-api-key`, `x-goog-api-key`, the `key`
+//! query parameter, `api-key`: [`Tenant`](crate::request::Tenant) has the order), never the
+//! credential itself, and anonymous without one
 //! (every client without credentials shares that tenant). A lookup handler asks the
 //! registry for the tenant of the lookup request, and answers `404` both for no record and
 //! for another tenant's, so that nobody learns that an id exists (see

@@ -265,7 +265,8 @@ impl ResumeLayer {
     }
 
     /// How a request's tenant is found: a stream is resumed only by the tenant that made
-    /// it. Default: [`TenantKey::credentials`] (a hash of the bearer token), as the
+    /// it. Default: [`TenantKey::credentials`] (a hash of the request's credential: bearer token, `x-api-key`,
+    /// `x-goog-api-key`, `?key=` or `api-key`), as the
     /// `DigestRegistry`'s (feature `registry`); give both the same key.
     pub fn tenant_key(self, key: TenantKey) -> Self {
         self.with(|c| c.tenant_key = key)
