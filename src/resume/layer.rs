@@ -138,7 +138,12 @@ pub struct ReaderRecord {
 /// policy](Self::detach) decides, and a cancelled stream is reported as
 /// [`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected). A failure of the store
 /// while the stream runs ends the stream's log (its readers' connections fail, a resume is
-/// answered from what was logged) and cancels the upstream the same way.
+/// answered from what was logged) and cancels the upstream the same way; that stream is
+/// reported as [`Outcome::StoreFailed`](crate::Outcome::StoreFailed), and one with an event
+/// past [`max_event_size`](Self::max_event_size) as
+/// [`Outcome::EventTooLarge`](crate::Outcome::EventTooLarge), when
+/// [`ResumeObserver`](crate::resume::ResumeObserver) is the first of the `SseLayer`'s
+/// observers.
 ///
 /// Keep-alives: give the reader its own ([`keep_alive`](Self::keep_alive)); the
 /// `SseLayer`'s are dropped by the producer (it may keep its own to restart its idle
@@ -162,7 +167,7 @@ pub struct ReaderRecord {
 ///             .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15))),
 ///     )
 ///     .layer(StreamLimitLayer::new(512))
-///     .layer(SseLayer::new().observer((UsageObserver::new(), ResumeObserver::new())));
+///     .layer(SseLayer::new().observer((ResumeObserver::new(), UsageObserver::new())));
 /// # let _ = stack;
 /// ```
 #[derive(Clone)]

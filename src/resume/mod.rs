@@ -67,7 +67,7 @@
 //!     .layer(ResumeLayer::new())
 //!     .layer(
 //!         SseLayer::new()
-//!             .observer((UsageObserver::new(), ResumeObserver::new()))
+//!             .observer((ResumeObserver::new(), UsageObserver::new()))
 //!             .on_end(move |report: StreamReport| {
 //!                 let _ = reports.send(report);
 //!             }),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::report::Outcome;
 use crate::resume::id::StreamId;
 use crate::resume::observer::ResumeSummary;
 
@@ -44,6 +45,10 @@ pub(crate) struct Shared {
     detached: Mutex<Detached>,
     /// The number of readers attached; the producer watches it.
     readers: watch::Sender<usize>,
+    /// Why the producer ended the stream itself (it drops the `SseLayer`'s body, which
+    /// would otherwise report a disconnect): [`ResumeObserver`](crate::resume::ResumeObserver)
+    /// puts it into the report.
+    producer_end: std::sync::OnceLock<(Outcome, &'static str)>,
 }
 
 struct Detached {
@@ -63,7 +68,18 @@ impl Shared {
                 since: None,
             }),
             readers: watch::Sender::new(0),
+            producer_end: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The producer ends the stream itself, for this reason (the first one counts).
+    pub(crate) fn producer_ended(&self, outcome: Outcome, message: &'static str) {
+        let _ = self.producer_end.set((outcome, message));
+    }
+
+    /// Why the producer ended the stream itself, if it did.
+    pub(crate) fn producer_end(&self) -> Option<(Outcome, &'static str)> {
+        self.producer_end.get().copied()
     }
 
     /// A reader attaches; it stays attached while the guard lives.
