@@ -174,3 +174,75 @@ async fn an_event_past_the_producers_limit_is_reported_as_such() {
     assert_eq!(report.outcome, Outcome::EventTooLarge);
     drop(upstream);
 }
+
+/// Item 8: a client that read a resumable stream in one connection hashes what it read,
+/// its own keep-alives left out, and finds the report's digest: the digest is of the
+/// stamped stream (`id:` lines included), not of what the `SseLayer` handed the producer.
+/// A real server and client; paused time, so that keep-alives come between events.
+#[tokio::test(start_paused = true)]
+async fn the_digest_is_of_the_stamped_stream_a_client_read() {
+    use axum::Router;
+    use axum::body::Body as AxumBody;
+    use std::time::Duration;
+    use support::body::{next_report, report_channel};
+    use tower_sse::{DigestObserver, KeepAliveConfig, Sha256Digest};
+
+    let (sink, mut reports) = report_channel();
+    let (feed, mut bodies) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = tower::service_fn(move |_: Request<AxumBody>| {
+        let (upstream, body) = channel();
+        feed.send(upstream).unwrap();
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(AxumBody::new(body))
+            .unwrap();
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let sse = SseLayer::new()
+        .observer((ResumeObserver::new(), DigestObserver::new()))
+        .on_end(sink);
+    let resume =
+        ResumeLayer::new().keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(1)));
+    let app = Router::new().fallback_service(resume.layer(sse.layer(upstream)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .header("accept", "text/event-stream")
+        .send();
+    let upstream = async {
+        let upstream = bodies.recv().await.unwrap();
+        let pieces: [&'static [u8]; 5] = [
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            // An upstream comment (never logged), an event with its own id (re-encoded with
+            // ours), a `retry` block (logged, stamped).
+            b": upstream ping\n\nid: theirs\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+            b"retry: 3000\n\n",
+            b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\r\n\r\n",
+            b"data: [DONE]\n\n",
+        ];
+        for piece in pieces {
+            upstream
+                .send(Ok(Frame::data(Bytes::from_static(piece))))
+                .unwrap();
+            // Silence, on the paused clock: the reader sends its own keep-alives.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    };
+    let (response, ()) = tokio::join!(response, upstream);
+    let received = response.unwrap().bytes().await.unwrap();
+    let text = String::from_utf8(received.to_vec()).unwrap();
+    assert!(text.contains(": keep-alive\n\n"), "{text}");
+    assert!(text.contains("id: "), "{text}");
+    // What the client hashes: every byte it read, but its own connection's keep-alives.
+    let read = text.replace(": keep-alive\n\n", "");
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(
+        report.digest,
+        Some(Sha256Digest::of(read.as_bytes())),
+        "{read}"
+    );
+}
