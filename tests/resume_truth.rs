@@ -246,3 +246,60 @@ async fn the_digest_is_of_the_stamped_stream_a_client_read() {
         "{read}"
     );
 }
+
+/// The docs point: under a `ResumeLayer`, a stream its detach policy cancels is dropped by
+/// the producer as a client's connection would be, so `drain_on_disconnect` applies: with
+/// `Detach::CancelNow` and a drain, the upstream is read on for the final usage.
+#[cfg(feature = "drain")]
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_resumable_stream_is_drained_when_drain_is_set() {
+    use std::time::Duration;
+    use tower_sse::UsageObserver;
+    use tower_sse::resume::Detach;
+
+    let reports = Reports::default();
+    let (upstream, body) = channel();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+        let body = body.lock().unwrap().take().expect("one request");
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let sse = SseLayer::new()
+        .drain_on_disconnect(Duration::from_secs(60))
+        .observer((ResumeObserver::new(), UsageObserver::new()))
+        .on_end(reports.sink());
+    let service = ResumeLayer::new()
+        .detach(Detach::CancelNow)
+        .layer(sse.layer(inner));
+    let request = Request::post("/v1/chat/completions")
+        .body(Empty::new())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    upstream
+        .send(Ok(Frame::data(Bytes::from_static(
+            b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+        ))))
+        .unwrap();
+    let mut body = Box::pin(response.into_body());
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    // The client leaves: the producer cancels at once, and the drain reads on.
+    drop(body);
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(reports.len(), 0, "drained, not yet reported");
+    upstream
+        .send(Ok(Frame::data(Bytes::from_static(
+            b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n",
+        ))))
+        .unwrap();
+    drop(upstream);
+    let report = one_report(&reports).await;
+    assert_eq!(report.outcome, Outcome::ClientDisconnected);
+    assert_eq!(report.usage.and_then(|u| u.output_tokens), Some(1));
+}
