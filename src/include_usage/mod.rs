@@ -18,7 +18,10 @@
 //!
 //! It never changes the Responses API's requests (which reject `stream_options` and always
 //! report usage), nor Anthropic's, Gemini's or Ollama's, non-JSON or malformed bodies, or
-//! requests that are not streams.
+//! requests that are not streams. A body with a `Content-Encoding` other than `identity`
+//! (gzip, br…) is not even read: it streams through as it came. Any streaming request it
+//! sees is marked [`StreamingRequest`](crate::request::StreamingRequest), which lets
+//! [`SseLayer`](crate::SseLayer) answer it early or time out its response head.
 //!
 //! # Upload deadline, on every path
 //!
@@ -34,10 +37,8 @@
 //!   [`SseLayer`](crate::SseLayer) inside answers `408`, and a
 //!   [`StreamLimitLayer`](crate::StreamLimitLayer) outside releases its permit;
 //! - any other body is handed on as it comes, and fails at the deadline if it has not ended
-//!   by then: the inner service sees an incomplete body, and its answer releases the permit. A body with a
-//! `Content-Encoding` other than `identity` (gzip, br…) is not even read: it streams through
-//! as it came. Any streaming request it sees is marked [`StreamingRequest`](crate::request::StreamingRequest), which lets [`SseLayer`](crate::SseLayer) answer it
-//! early or time out its response head.
+//!   by then (an encoded body too): the inner service sees an incomplete body, and its
+//!   answer releases the permit.
 //!
 //! Put it **outside** `SseLayer`, so that `SseLayer` sees the marks:
 //!
