@@ -117,9 +117,12 @@ pub(crate) fn surely_streams(request: &http::request::Parts) -> bool {
     ranges.peek().is_some() && ranges.all(|media| media.eq_ignore_ascii_case(b"text/event-stream"))
 }
 
-/// The default "is this a streaming request?" test.
+/// The default "is this a streaming request?" test: marked, accepting `text/event-stream`,
+/// or to a path that streams whatever the body says (Gemini's `:streamGenerateContent`), so
+/// that the deadlines before the head protect a plain `SseLayer` there too.
 pub(crate) fn is_streaming_request(request: &http::request::Parts) -> bool {
     request.extensions.get::<StreamingRequest>().is_some()
+        || request.uri.path().contains(":streamGenerateContent")
         || request.headers.get_all(ACCEPT).iter().any(|v| {
             v.as_bytes()
                 .windows(17)

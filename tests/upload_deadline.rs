@@ -123,3 +123,34 @@ async fn a_stalled_upload_on_any_other_path_fails_at_the_deadline() {
     );
     assert_eq!(open.get(), 0, "the permit is released");
 }
+
+/// A plain `SseLayer` (no usage layer to read bodies) with a first-event timeout: a
+/// Gemini streaming request is a stream by its path, so its deadline runs before the head
+/// and a stalled upload cannot hold its permit past it (`504`: the layer cannot tell a
+/// stalled upload from a slow upstream).
+#[tokio::test(start_paused = true)]
+async fn a_plain_sse_layer_bounds_a_stalled_gemini_upload() {
+    let (sink, mut reports) = report_channel();
+    let sse = SseLayer::new().first_event_timeout(DEADLINE).on_end(sink);
+    let limit = StreamLimitLayer::new(1);
+    let open = limit.counter();
+    let upstream = tower::service_fn(|request: Request<AxumBody>| async move {
+        let _ = request.into_body().collect().await;
+        Ok::<_, Infallible>(Response::new(AxumBody::empty()))
+    });
+    let stack = ServiceBuilder::new()
+        .layer(limit)
+        .layer(sse)
+        .service(upstream);
+    let app = Router::new().fallback_service(stack);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let status = stalled(addr, path, r#"{"contents":[{"parts":[{"te"#).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(open.get(), 0, "the permit is released");
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.outcome, Outcome::FirstEventTimeout);
+}
