@@ -27,7 +27,9 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// A server with the gateway's stack (limit of one stream, usage layer bounded by the
 /// stream's deadline, `SseLayer`) in front of an upstream that reads the whole request
 /// body before it answers a stream.
-async fn server() -> (
+async fn server(
+    max_request_size: usize,
+) -> (
     SocketAddr,
     OpenStreams,
     tokio::sync::mpsc::UnboundedReceiver<tower_sse::StreamReport>,
@@ -52,6 +54,7 @@ async fn server() -> (
         .layer(limit)
         .layer(
             IncludeUsageLayer::new()
+                .max_request_size(max_request_size)
                 .upload_timeout(sse.request_deadline().unwrap())
                 .map_request_body(AxumBody::new),
         )
@@ -98,7 +101,7 @@ async fn a_stalled_upload_to_any_llm_api_gets_a_408_and_frees_its_permit() {
         ("/v1/chat/completions", r#"{"model":"m","stream":tr"#),
     ];
     for (path, first) in cases {
-        let (addr, open, mut reports) = server().await;
+        let (addr, open, mut reports) = server(1024 * 1024).await;
         assert_eq!(
             stalled(addr, path, first).await,
             StatusCode::REQUEST_TIMEOUT
@@ -114,7 +117,7 @@ async fn a_stalled_upload_to_any_llm_api_gets_a_408_and_frees_its_permit() {
 /// permit is released with the response.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_upload_on_any_other_path_fails_at_the_deadline() {
-    let (addr, open, _reports) = server().await;
+    let (addr, open, _reports) = server(1024 * 1024).await;
     let status = stalled(addr, "/v1/custom/run", r#"{"inp"#).await;
     assert_eq!(
         status,
@@ -153,4 +156,19 @@ async fn a_plain_sse_layer_bounds_a_stalled_gemini_upload() {
     assert_eq!(open.get(), 0, "the permit is released");
     let report = next_report(&mut reports).await;
     assert_eq!(report.outcome, Outcome::FirstEventTimeout);
+}
+
+/// A body larger than the usage layer reads is handed on past what was read, and its
+/// rest is held to the same deadline.
+#[tokio::test(start_paused = true)]
+async fn the_rest_of_an_oversized_stalled_upload_fails_at_the_deadline() {
+    let (addr, open, _reports) = server(16).await;
+    let first = r#"{"model":"claude","stream":true,"messages":[{"role":"user","content":"#;
+    let status = stalled(addr, "/v1/messages", first).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the upstream read a failed body"
+    );
+    assert_eq!(open.get(), 0, "the permit is released");
 }

@@ -34,7 +34,14 @@ pin_project! {
         // The body read whole: one piece as it came, or the client's bytes around a splice
         // (slices of them and the inserted bytes, in order: never copied into one buffer).
         Buffered { pieces: Pieces, trailers: Option<HeaderMap> },
-        Chained { prefix: Option<Bytes>, rest: Pin<Box<B>> },
+        // The first bytes read, then the rest of a body too large to read whole: the rest
+        // is held to the upload deadline too.
+        Chained {
+            prefix: Option<Bytes>,
+            rest: Pin<Box<B>>,
+            deadline: Option<Pin<Box<Sleep>>>,
+            timed_out: bool,
+        },
         // The upload did not complete in time: what the inner service reads fails.
         Incomplete { failed: bool },
     }
@@ -46,9 +53,7 @@ impl<B> UsageRequestBody<B> {
     where
         B: Body,
     {
-        let deadline = deadline
-            .filter(|_| !body.is_end_stream())
-            .map(|at| Box::pin(sleep_until(at)));
+        let deadline = timer(deadline, &body);
         Self {
             kind: RequestKind::Original {
                 body,
@@ -73,14 +78,57 @@ impl<B> UsageRequestBody<B> {
         }
     }
 
-    pub(super) fn chained(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
+    /// `prefix`, then the rest of the body, failed if it has not ended by `deadline`.
+    pub(super) fn chained(prefix: Bytes, rest: Pin<Box<B>>, deadline: Option<Instant>) -> Self
+    where
+        B: Body,
+    {
+        let deadline = timer(deadline, &*rest);
         Self {
             kind: RequestKind::Chained {
                 prefix: Some(prefix),
                 rest,
+                deadline,
+                timed_out: false,
             },
         }
     }
+}
+
+/// The upload deadline's timer, for a body not complete yet.
+fn timer<B: Body>(deadline: Option<Instant>, body: &B) -> Option<Pin<Box<Sleep>>> {
+    deadline
+        .filter(|_| !body.is_end_stream())
+        .map(|at| Box::pin(sleep_until(at)))
+}
+
+/// The next frame of a body held to the upload deadline: an error once it passed.
+fn poll_until<B>(
+    body: Pin<&mut B>,
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    timed_out: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if *timed_out {
+        return Poll::Ready(None);
+    }
+    if let Some(sleep) = deadline
+        && sleep.as_mut().poll(cx).is_ready()
+    {
+        *deadline = None;
+        *timed_out = true;
+        return Poll::Ready(Some(Err(UPLOAD_TIMED_OUT.into())));
+    }
+    let frame = ready!(body.poll_frame(cx));
+    if frame.is_none() {
+        // Complete: the timer is no longer needed.
+        *deadline = None;
+    }
+    Poll::Ready(frame.map(|r| r.map_err(Into::into)))
 }
 
 impl<B> fmt::Debug for UsageRequestBody<B> {
@@ -106,24 +154,7 @@ where
                 body,
                 deadline,
                 timed_out,
-            } => {
-                if *timed_out {
-                    return Poll::Ready(None);
-                }
-                if let Some(sleep) = deadline
-                    && sleep.as_mut().poll(cx).is_ready()
-                {
-                    *deadline = None;
-                    *timed_out = true;
-                    return Poll::Ready(Some(Err(UPLOAD_TIMED_OUT.into())));
-                }
-                let frame = ready!(body.poll_frame(cx));
-                if frame.is_none() {
-                    // Complete: the timer is no longer needed.
-                    *deadline = None;
-                }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
-            }
+            } => poll_until(body, deadline, timed_out, cx),
             RequestKindProj::Buffered { pieces, trailers } => Poll::Ready(
                 pieces
                     .next()
@@ -131,9 +162,14 @@ where
                     .or_else(|| trailers.take().map(Frame::trailers))
                     .map(Ok),
             ),
-            RequestKindProj::Chained { prefix, rest } => match prefix.take() {
+            RequestKindProj::Chained {
+                prefix,
+                rest,
+                deadline,
+                timed_out,
+            } => match prefix.take() {
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
-                None => rest.as_mut().poll_frame(cx).map_err(Into::into),
+                None => poll_until(rest.as_mut(), deadline, timed_out, cx),
             },
             RequestKindProj::Incomplete { failed } => Poll::Ready(
                 (!std::mem::replace(failed, true)).then(|| Err(UPLOAD_TIMED_OUT.into())),
@@ -147,7 +183,12 @@ where
                 body, timed_out, ..
             } => *timed_out || body.is_end_stream(),
             RequestKind::Buffered { pieces, trailers } => pieces.len == 0 && trailers.is_none(),
-            RequestKind::Chained { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            RequestKind::Chained {
+                prefix,
+                rest,
+                timed_out,
+                ..
+            } => prefix.is_none() && (*timed_out || rest.is_end_stream()),
             RequestKind::Incomplete { failed } => *failed,
         }
     }
@@ -157,7 +198,7 @@ where
             RequestKind::Original { body, .. } => body.size_hint(),
             RequestKind::Incomplete { .. } => SizeHint::default(),
             RequestKind::Buffered { pieces, .. } => SizeHint::with_exact(pieces.len as u64),
-            RequestKind::Chained { prefix, rest } => {
+            RequestKind::Chained { prefix, rest, .. } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();

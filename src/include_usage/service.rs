@@ -70,6 +70,11 @@ fn is_json_post(parts: &http::request::Parts) -> bool {
     parts.method == Method::POST && json
 }
 
+/// When the body must have arrived (`None`: never).
+fn upload_deadline(arrival: tokio::time::Instant, config: &Config) -> Option<tokio::time::Instant> {
+    (config.upload_timeout != Duration::MAX).then(|| after(arrival, config.upload_timeout))
+}
+
 /// Whether the body has a `Content-Encoding` other than `identity`.
 fn is_encoded(headers: &http::HeaderMap) -> bool {
     headers
@@ -118,9 +123,7 @@ where
         if !reads || is_encoded(&parts.headers) {
             // Not read here, but still bounded: the body fails at the upload deadline, so
             // that a stalled upload on any path ends (and its stream permit is released).
-            let deadline = (config.upload_timeout != Duration::MAX)
-                .then(|| after(arrival, config.upload_timeout));
-            let body = UsageRequestBody::original_until(body, deadline);
+            let body = UsageRequestBody::original_until(body, upload_deadline(arrival, &config));
             let request = Request::from_parts(parts, map.map(body));
             return Box::pin(
                 async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },
@@ -156,7 +159,11 @@ where
                         "the request body is larger than the gateway reads",
                     ));
                 }
-                Read::Oversized(prefix, rest) => (parts, UsageRequestBody::chained(prefix, rest)),
+                // The rest is held to the same deadline.
+                Read::Oversized(prefix, rest) => {
+                    let deadline = upload_deadline(arrival, &config);
+                    (parts, UsageRequestBody::chained(prefix, rest, deadline))
+                }
                 Read::Failed => {
                     return Ok(error_response(
                         StatusCode::BAD_REQUEST,
