@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::report::Outcome;
 use crate::resume::id::StreamId;
 use crate::resume::observer::ResumeSummary;
 use crate::resume::producers::Producers;
@@ -31,10 +32,10 @@ impl ResumableStream {
         self.id
     }
 
-    /// What the stream's readers did so far, while its producer runs (the report is made
-    /// by the producer, before it leaves the table).
-    pub(crate) fn summary(&self) -> Option<ResumeSummary> {
-        self.producers.get(self.id).map(|shared| shared.summary())
+    /// What the producer and readers share, while the producer runs (the report is made by
+    /// the producer, before it leaves the table).
+    pub(crate) fn shared(&self) -> Option<Arc<Shared>> {
+        self.producers.get(self.id)
     }
 }
 
@@ -53,6 +54,10 @@ pub(crate) struct Shared {
     detached: Mutex<Detached>,
     /// The number of readers attached; the producer watches it.
     readers: watch::Sender<usize>,
+    /// Why the producer ended the stream itself (it drops the `SseLayer`'s body, which
+    /// would otherwise report a disconnect): [`ResumeObserver`](crate::resume::ResumeObserver)
+    /// puts it into the report.
+    producer_end: std::sync::OnceLock<(Outcome, &'static str)>,
 }
 
 struct Detached {
@@ -72,7 +77,18 @@ impl Shared {
                 since: None,
             }),
             readers: watch::Sender::new(0),
+            producer_end: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The producer ends the stream itself, for this reason (the first one counts).
+    pub(crate) fn producer_ended(&self, outcome: Outcome, message: &'static str) {
+        let _ = self.producer_end.set((outcome, message));
+    }
+
+    /// Why the producer ended the stream itself, if it did.
+    pub(crate) fn producer_end(&self) -> Option<(Outcome, &'static str)> {
+        self.producer_end.get().copied()
     }
 
     /// A reader attaches; it stays attached while the guard lives.
