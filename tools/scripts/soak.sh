@@ -73,7 +73,8 @@ OUT_DIR=${OUT_DIR:-$TARGET_DIR/load/soak-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT_DIR"
 
 # outcomes_snapshot URL: one "OUTCOME COUNT" line per outcome label of
-# tower_sse_streams_ended in the gateway's /metrics (summed over any other labels).
+# tower_sse_streams_ended in the gateway's /metrics (summed over any other labels); nothing
+# when /metrics cannot be read (the outcome checks then fail, they never pass by accident).
 outcomes_snapshot() {
   curl -sf --max-time 5 "$1/metrics" | awk '
     index($1, "tower_sse_streams_ended{") == 1 && match($1, /outcome="[^"]*"/) {
@@ -118,7 +119,7 @@ rss_before=$(rss_kb "$GATEWAY_PID")
 ended_before=$(metric "$GATEWAY_URL" tower_sse_streams_ended)
 requests_before=$(metric "$GATEWAY_URL" gateway_requests)
 upstream_before=$(metric "$GATEWAY_URL" gateway_upstream_streams)
-outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-before.txt"
+outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-before.txt" || true
 
 # The soak, with the peak RSS sampled once a second.
 "$BIN/loadgen" --url "$GATEWAY_URL" --streams "$CLIENTS" --ramp "$RAMP" --hold "$HOLD" \
@@ -142,7 +143,7 @@ ended=$(($(metric "$GATEWAY_URL" tower_sse_streams_ended) - ended_before))
 requests=$(($(metric "$GATEWAY_URL" gateway_requests) - requests_before))
 upstream=$(($(metric "$GATEWAY_URL" gateway_upstream_streams) - upstream_before))
 curl -sf "$GATEWAY_URL/metrics" | grep -E '^(tower_sse_streams|tower_sse_limit|gateway_)' > "$OUT_DIR/metrics-after.txt" || true
-outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-after.txt"
+outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-after.txt" || true
 sleep 1
 rss_after=$(rss_kb "$GATEWAY_PID")
 
