@@ -1059,7 +1059,7 @@ fn a_producer_dropped_mid_stream_still_reports_its_summary() {
     drop(tx);
 }
 
-/// Each resume answer is counted (`tower_sse.resume.requests`, by answer).
+/// Each resume answer is counted (`tower_sse.resume.requests_total`, by answer).
 #[cfg(feature = "metrics")]
 #[test]
 fn resume_answers_are_counted() {

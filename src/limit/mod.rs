@@ -66,7 +66,7 @@
 //! their client left. Every service made by one layer (and its clones) shares one limit.
 //! [`OpenStreams::rejected`] counts the requests answered `503`. With the `metrics` feature,
 //! the gauge `tower_sse.limit.open_streams` follows the same count, and the counter
-//! `tower_sse.limit.rejections` (label `reason` = `limit_full`) the rejections, through the
+//! `tower_sse.limit.rejections_total` (label `reason` = `limit_full`) the rejections, through the
 //! `metrics` facade (no recorder is installed by this crate; see [`crate::metrics`][metrics] for the
 //! table of every metric).
 //!

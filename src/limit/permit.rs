@@ -61,7 +61,7 @@ impl OpenStreams {
     /// Requests answered `503` because every permit was taken, since the layer was made (by
     /// every service of the layer and its clones). A running total, like a counter: take
     /// differences for rates. With the `metrics` feature the counter
-    /// `tower_sse.limit.rejections` counts the same rejections.
+    /// `tower_sse.limit.rejections_total` counts the same rejections.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }

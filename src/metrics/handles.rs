@@ -246,7 +246,7 @@ impl HandleCache {
     }
 
     /// A stream ended: `tower_sse.streams.open` goes down if it went up, and
-    /// `tower_sse.streams.ended{outcome}` counts it.
+    /// `tower_sse.streams.ended_total{outcome}` counts it.
     pub(crate) fn stream_ended(&self, was_open: bool, outcome: Outcome, now: Instant) {
         self.with_global(now, |global| {
             if was_open {

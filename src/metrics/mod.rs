@@ -15,10 +15,14 @@
 //! | `gen_ai.server.time_to_first_token` | histogram | s | GenAI attributes | time to first token, at the end, completed streams only |
 //! | `gen_ai.server.time_per_output_token` | histogram | s | GenAI attributes | time per output token after the first, at the end, when output tokens are known |
 //! | `tower_sse.streams.open` | gauge | `{stream}` | none | streams of [`MetricsObserver`] open now: up at the response head, down at the end |
-//! | `tower_sse.streams.ended` | counter | `{stream}` | `outcome` = the [`Outcome`](crate::Outcome) name | streams ended, by outcome |
+//! | `tower_sse.streams.ended_total` | counter | `{stream}` | `outcome` = the [`Outcome`](crate::Outcome) name | streams ended, by outcome |
 //! | `tower_sse.limit.open_streams` | gauge | `{stream}` | none | permits of [`StreamLimitLayer`](crate::StreamLimitLayer)s held now: requests awaiting their head, open streams, streams still drained after a disconnect |
-//! | `tower_sse.limit.rejections` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
-//! | `tower_sse.resume.requests` | counter | `{request}` | `answer` = `replayed` / `finished` / `gone` / `not_found` / `unavailable` / `not_resumable` | resume requests (`Last-Event-ID`) of a `ResumeLayer` (feature `resume`) by answer, and new streams it could not make resumable |
+//! | `tower_sse.limit.rejections_total` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
+//! | `tower_sse.resume.requests_total` | counter | `{request}` | `answer` = `replayed` / `finished` / `gone` / `not_found` / `unavailable` / `not_resumable` | resume requests (`Last-Event-ID`) of a `ResumeLayer` (feature `resume`) by answer, and new streams it could not make resumable |
+//!
+//! Counters end in `_total`, so that their Prometheus names pass `promtool check metrics`
+//! (exporters turn the dots into underscores; OpenTelemetry's Prometheus exporter adds no second
+//! suffix).
 //!
 //! GenAI attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`
 //! (from [`RequestModel`](crate::request::RequestModel) when known), `gen_ai.response.model`;
@@ -71,15 +75,15 @@ pub mod names {
     /// Streams open now.
     pub const STREAMS_OPEN: &str = "tower_sse.streams.open";
     /// Streams ended, by outcome.
-    pub const STREAMS_ENDED: &str = "tower_sse.streams.ended";
+    pub const STREAMS_ENDED: &str = "tower_sse.streams.ended_total";
     /// Permits of [`StreamLimitLayer`](crate::StreamLimitLayer) held now (open streams).
     pub const LIMIT_OPEN_STREAMS: &str = "tower_sse.limit.open_streams";
     /// Requests rejected by [`StreamLimitLayer`](crate::StreamLimitLayer), by reason.
-    pub const LIMIT_REJECTIONS: &str = "tower_sse.limit.rejections";
+    pub const LIMIT_REJECTIONS: &str = "tower_sse.limit.rejections_total";
     /// Resume requests (`Last-Event-ID`) by answer (`replayed`, `gone`, `not_found`,
     /// `finished`, `unavailable`), and new streams that could not be made resumable
     /// (`not_resumable`): `ResumeLayer`, feature `resume`.
-    pub const RESUME_REQUESTS: &str = "tower_sse.resume.requests";
+    pub const RESUME_REQUESTS: &str = "tower_sse.resume.requests_total";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.

@@ -13,13 +13,13 @@
 #
 # Checks, one PASS/FAIL line each (the exit status is 1 if any failed):
 #   requests       every request loadgen got through to the gateway reached its stream stack:
-#                  loadgen's streams − its connect failures = gateway_requests
+#                  loadgen's streams − its connect failures = gateway_requests_total
 #   accounting     every stream the gateway handled as a stream ended with exactly one report:
-#                  sum of tower_sse_streams_ended over outcomes = gateway_requests − loadgen's
+#                  sum of tower_sse_streams_ended_total over outcomes = gateway_requests_total − loadgen's
 #                  503s − its other non-2xx answers (the honest count of streams: requests that
 #                  reached the gateway, minus those refused before any stream began)
-#   upstream       the same count from the upstream side: tower_sse_streams_ended =
-#                  gateway_upstream_streams (upstream answers that began a stream)
+#   upstream       the same count from the upstream side: tower_sse_streams_ended_total =
+#                  gateway_upstream_streams_total (upstream answers that began a stream)
 #   gauges         tower_sse_streams_open and tower_sse_limit_open_streams are back to 0
 #   faults         as the client saw it (loadgen): every faulted, admitted stream ended the way
 #                  its fault should end it (stall, in-band error, upstream close → error-event:
@@ -28,7 +28,7 @@
 #   outcome:KIND   as the gateway reported it, one for one: for each fault kind, the streams
 #                  loadgen injected with it that the gateway admitted (injected − 503s − other
 #                  statuses − connect failures) = the soak's increase of
-#                  tower_sse_streams_ended{outcome=…} for the outcome that fault must give:
+#                  tower_sse_streams_ended_total{outcome=…} for the outcome that fault must give:
 #                    stall             → idle_timeout (the gateway's idle timeout ends it)
 #                    upstream-error    → provider_error (the mock's in-band error event: an
 #                                        OpenAI chunk with a top-level "error" object)
@@ -47,7 +47,7 @@
 #                  is printed too. A FAIL means RSS grew during the soak: a leak, or
 #                  fragmentation creep; a heap profile tells which.
 # The mock upstream's own request counter is not exposed by mock_upstream, hence the
-# gateway's two counters (gateway_requests before the limit, gateway_upstream_streams in its
+# gateway's two counters (gateway_requests_total before the limit, gateway_upstream_streams_total in its
 # upstream client) and loadgen's outcome counts as the independent sides.
 #
 # Environment: CLIENTS (200), HOLD (60), RAMP (5), TOKENS (8), DELAY_MS (50), FAULTS (0.2),
@@ -73,11 +73,11 @@ OUT_DIR=${OUT_DIR:-$TARGET_DIR/load/soak-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT_DIR"
 
 # outcomes_snapshot URL: one "OUTCOME COUNT" line per outcome label of
-# tower_sse_streams_ended in the gateway's /metrics (summed over any other labels); nothing
+# tower_sse_streams_ended_total in the gateway's /metrics (summed over any other labels); nothing
 # when /metrics cannot be read (the outcome checks then fail, they never pass by accident).
 outcomes_snapshot() {
   curl -sf --max-time 5 "$1/metrics" | awk '
-    index($1, "tower_sse_streams_ended{") == 1 && match($1, /outcome="[^"]*"/) {
+    index($1, "tower_sse_streams_ended_total{") == 1 && match($1, /outcome="[^"]*"/) {
       sum[substr($1, RSTART + 9, RLENGTH - 10)] += $NF
     }
     END { for (o in sum) printf "%s %d\n", o, sum[o] }' | sort
@@ -92,7 +92,7 @@ soak_deltas() {
   return 0
 }
 
-# outcome_delta OUTCOME: how much tower_sse_streams_ended{outcome=OUTCOME} grew in the soak.
+# outcome_delta OUTCOME: how much tower_sse_streams_ended_total{outcome=OUTCOME} grew in the soak.
 outcome_delta() {
   local before after
   before=$(awk -v o="$1" '$1 == o { print $2 }' "$OUT_DIR/outcomes-before.txt")
@@ -116,9 +116,9 @@ rss_cold=$(rss_kb "$GATEWAY_PID")
 wait_for_zero "$GATEWAY_URL" tower_sse_streams_open 10 > /dev/null
 sleep 1
 rss_before=$(rss_kb "$GATEWAY_PID")
-ended_before=$(metric "$GATEWAY_URL" tower_sse_streams_ended)
-requests_before=$(metric "$GATEWAY_URL" gateway_requests)
-upstream_before=$(metric "$GATEWAY_URL" gateway_upstream_streams)
+ended_before=$(metric "$GATEWAY_URL" tower_sse_streams_ended_total)
+requests_before=$(metric "$GATEWAY_URL" gateway_requests_total)
+upstream_before=$(metric "$GATEWAY_URL" gateway_upstream_streams_total)
 outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-before.txt" || true
 
 # The soak, with the peak RSS sampled once a second.
@@ -139,9 +139,9 @@ cat "$OUT_DIR/loadgen.txt"
 # Let the last streams end (stalled ones end at the idle timeout), then read the gateway.
 streams_open=$(wait_for_zero "$GATEWAY_URL" tower_sse_streams_open 30)
 limit_open=$(wait_for_zero "$GATEWAY_URL" tower_sse_limit_open_streams 10)
-ended=$(($(metric "$GATEWAY_URL" tower_sse_streams_ended) - ended_before))
-requests=$(($(metric "$GATEWAY_URL" gateway_requests) - requests_before))
-upstream=$(($(metric "$GATEWAY_URL" gateway_upstream_streams) - upstream_before))
+ended=$(($(metric "$GATEWAY_URL" tower_sse_streams_ended_total) - ended_before))
+requests=$(($(metric "$GATEWAY_URL" gateway_requests_total) - requests_before))
+upstream=$(($(metric "$GATEWAY_URL" gateway_upstream_streams_total) - upstream_before))
 curl -sf "$GATEWAY_URL/metrics" | grep -E '^(tower_sse_streams|tower_sse_limit|gateway_)' > "$OUT_DIR/metrics-after.txt" || true
 outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-after.txt" || true
 sleep 1
@@ -205,5 +205,5 @@ check outcome:other $((others == 0)) \
 check memory $((rss_after <= rss_before + tolerance_kb)) \
   "RSS cold $((rss_cold / 1024)) MiB, warm baseline $((rss_before / 1024)) MiB, peak $((rss_peak / 1024)) MiB, after $((rss_after / 1024)) MiB (allowed up to $(((rss_before + tolerance_kb) / 1024)) MiB)"
 echo "ended by outcome in the soak: $(soak_deltas)"
-echo "ended by outcome (warm-up included): $(grep '^tower_sse_streams_ended' "$OUT_DIR/metrics-after.txt" | sed 's/tower_sse_streams_ended//' | tr '\n' ' ')"
+echo "ended by outcome (warm-up included): $(grep '^tower_sse_streams_ended_total' "$OUT_DIR/metrics-after.txt" | sed 's/tower_sse_streams_ended_total//' | tr '\n' ' ')"
 exit "$failed"

@@ -152,7 +152,7 @@ pub(crate) struct Cli {
     pub(crate) log_format: LogFormat,
     /// log lines waiting for stdout, at most N (default 131072);
     /// beyond, lines are dropped and counted in /metrics
-    /// (gateway_log_lines_dropped), never waited for
+    /// (gateway_log_lines_dropped_total), never waited for
     #[arg(long, value_name = "N", value_parser = log_queue, verbatim_doc_comment)]
     pub(crate) log_queue: Option<usize>,
     /// on SIGTERM, SIGINT or SIGHUP: stop accepting, let open streams run

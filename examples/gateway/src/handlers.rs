@@ -11,10 +11,10 @@ use tower_sse::DigestRegistry;
 
 /// Counted for every request the stream stack sees, before the limit: with the limit's
 /// rejections and [`UPSTREAM_STREAMS`], it lets a load run account for every stream.
-pub const REQUESTS: &str = "gateway.requests";
+pub const REQUESTS: &str = "gateway.requests_total";
 /// Counted when the upstream answers with a stream head (SSE or NDJSON): each such stream
-/// ends with exactly one report (`tower_sse.streams.ended`).
-pub const UPSTREAM_STREAMS: &str = "gateway.upstream.streams";
+/// ends with exactly one report (`tower_sse.streams.ended_total`).
+pub const UPSTREAM_STREAMS: &str = "gateway.upstream.streams_total";
 
 pub(crate) fn count_request<B>(request: Request<B>) -> Request<B> {
     metrics::counter!(REQUESTS).increment(1);

@@ -8,7 +8,7 @@
 //!
 //! **When the queue is full** (the writer is [`DEFAULT_CAPACITY`] lines behind, or the
 //! capacity given to [`LogWriter::stdout`]), the line is dropped and counted in the
-//! `gateway.log.lines.dropped` counter ([`LOG_LINES_DROPPED`], `gateway_log_lines_dropped` on
+//! `gateway.log.lines.dropped_total` counter ([`LOG_LINES_DROPPED`], `gateway_log_lines_dropped_total` on
 //! `/metrics`) and in
 //! [`LogWriter::dropped`]: the runtime never waits for stdout. **At shutdown**,
 //! dropping the [`FlushGuard`] waits until every line queued before it is written and
@@ -37,7 +37,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 /// The counter of log lines dropped because the writer thread was behind.
-pub const LOG_LINES_DROPPED: &str = "gateway.log.lines.dropped";
+pub const LOG_LINES_DROPPED: &str = "gateway.log.lines.dropped_total";
 
 /// Lines the queue holds by default (`--log-queue`): at a few hundred bytes a line, under
 /// 100 MB if all are queued, and two minutes of log at a thousand streams a second.

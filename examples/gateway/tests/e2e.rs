@@ -198,11 +198,23 @@ async fn metrics_endpoint_serves_the_genai_metrics() {
         "gen_ai_client_operation_time_per_output_chunk",
         "gen_ai_client_token_usage",
         "gen_ai_server_time_to_first_token",
-        "tower_sse_streams_ended",
+        "tower_sse_streams_ended_total",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
     assert!(text.contains("gen_ai_token_type=\"output\""));
+    // Prometheus's naming rule (`promtool check metrics`): a counter's name ends in `_total`.
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            assert!(name.ends_with("_total"), "counter {name} lacks `_total`");
+        }
+    }
+    assert!(
+        text.contains("# TYPE gateway_requests_total counter"),
+        "{text}"
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
