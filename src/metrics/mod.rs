@@ -19,6 +19,7 @@
 //! | `tower_sse.limit.open_streams` | gauge | `{stream}` | none | permits of [`StreamLimitLayer`](crate::StreamLimitLayer)s held now: requests awaiting their head, open streams, streams still drained after a disconnect |
 //! | `tower_sse.limit.rejections` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
 //! | `tower_sse.resume.requests` | counter | `{request}` | `answer` = `replayed` / `finished` / `gone` / `not_found` / `unavailable` / `not_resumable` | resume requests (`Last-Event-ID`) of a `ResumeLayer` (feature `resume`) by answer, and new streams it could not make resumable |
+//! | `tower_sse.resume.reader_gaps` | counter | `{connection}` | `reason` = `overrun` / `gone` / `store_failed` | readers of resumable streams (feature `resume`) that could not go on without a gap: each got a `resume_gap` error event and a broken end |
 //!
 //! GenAI attributes: `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`
 //! (from [`RequestModel`](crate::request::RequestModel) when known), `gen_ai.response.model`;
@@ -80,6 +81,9 @@ pub mod names {
     /// `finished`, `unavailable`), and new streams that could not be made resumable
     /// (`not_resumable`): `ResumeLayer`, feature `resume`.
     pub const RESUME_REQUESTS: &str = "tower_sse.resume.requests";
+    /// Readers of resumable streams that met a gap (`resume_gap` error event, broken end),
+    /// by reason (`overrun`, `gone`, `store_failed`): `ResumeLayer`, feature `resume`.
+    pub const RESUME_READER_GAPS: &str = "tower_sse.resume.reader_gaps";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.
@@ -190,6 +194,11 @@ pub fn describe() {
         Unit::Count,
         "Resume requests by answer, and streams that could not be made resumable"
     );
+    describe_counter!(
+        names::RESUME_READER_GAPS,
+        Unit::Count,
+        "Readers of resumable streams ended by a gap (resume_gap error event), by reason"
+    );
 }
 
 // The instruments the layers record themselves (the observer records the rest).
@@ -218,4 +227,10 @@ pub(crate) fn limit_rejected() {
 #[cfg(feature = "resume")]
 pub(crate) fn resume_answer(answer: &'static str) {
     metrics::counter!(names::RESUME_REQUESTS, "answer" => answer).increment(1);
+}
+
+/// A reader of a resumable stream ended by a gap (`overrun`, `gone`, `store_failed`).
+#[cfg(feature = "resume")]
+pub(crate) fn resume_reader_gap(reason: &'static str) {
+    metrics::counter!(names::RESUME_READER_GAPS, "reason" => reason).increment(1);
 }

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use crate::request::TenantKey;
 use crate::resume::Resume;
+use crate::resume::gap::ResumeGapKind;
 use crate::resume::id::StreamId;
 use crate::resume::memory::MemoryStore;
 use crate::resume::shared::Shared;
@@ -89,6 +90,9 @@ pub struct ReaderRecord {
     pub bytes: u64,
     /// Whether the connection saw the stream's end (as opposed to leaving first).
     pub reached_end: bool,
+    /// Set when the connection could not go on without a gap: its client got the
+    /// `resume_gap` error event and a broken end ([`ResumeGap`](crate::resume::ResumeGap)).
+    pub gap: Option<ResumeGapKind>,
 }
 
 /// Makes streams resumable: a client that loses its connection comes back with
@@ -180,6 +184,7 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Option<KeepAliveConfig>,
     pub(crate) read_limits: ReadLimits,
     pub(crate) max_event_size: usize,
+    pub(crate) slow_reader_hold: Duration,
     pub(crate) on_reader_end: Option<Arc<dyn Fn(ReaderRecord) + Send + Sync>>,
     /// The producers running in this process, by stream (for their counters).
     pub(crate) producers: Arc<Producers>,
@@ -195,6 +200,7 @@ impl Clone for Config {
             keep_alive: self.keep_alive.clone(),
             read_limits: self.read_limits,
             max_event_size: self.max_event_size,
+            slow_reader_hold: self.slow_reader_hold,
             on_reader_end: self.on_reader_end.clone(),
             producers: self.producers.clone(),
         }
@@ -202,6 +208,9 @@ impl Clone for Config {
 }
 
 /// The producers running in this process.
+/// Default [`ResumeLayer::slow_reader_hold`].
+const DEFAULT_SLOW_READER_HOLD: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 pub(crate) struct Producers(Mutex<HashMap<StreamId, Arc<Shared>>>);
 
@@ -241,6 +250,7 @@ impl ResumeLayer {
                 keep_alive: None,
                 read_limits: ReadLimits::default(),
                 max_event_size: 8 * 1024 * 1024,
+                slow_reader_hold: DEFAULT_SLOW_READER_HOLD,
                 on_reader_end: None,
                 producers: Arc::default(),
             }),
@@ -295,6 +305,26 @@ impl ResumeLayer {
     /// already bounds what it sends). A larger one ends the log. Default: 8 MiB.
     pub fn max_event_size(self, limit: usize) -> Self {
         self.with(|c| c.max_event_size = limit)
+    }
+
+    /// How long the producer may wait for a slow reader. When the next append would trim
+    /// (by the store's bounds) an entry that a reader attached in this process has not read
+    /// yet, the producer holds back, and so stops reading the upstream: the same
+    /// backpressure a plain stream gets from TCP. A reader that reads nothing on for this
+    /// long is let go: it meets the trimmed positions as a gap, gets the `resume_gap` error
+    /// event and a broken end ([`ResumeGap`](crate::resume::ResumeGap)), never a clean one.
+    /// Readers that keep up cost nothing (one comparison per append). `Duration::ZERO` never
+    /// holds back. Default: 30 seconds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::ResumeLayer;
+    ///
+    /// let layer = ResumeLayer::new().slow_reader_hold(Duration::from_secs(10));
+    /// # let _ = layer;
+    /// ```
+    pub fn slow_reader_hold(self, bound: Duration) -> Self {
+        self.with(|c| c.slow_reader_hold = bound)
     }
 
     /// Called with each client connection's [`ReaderRecord`] when its body is dropped

@@ -107,6 +107,7 @@
 //! ```
 
 pub(crate) mod body;
+pub(crate) mod gap;
 pub(crate) mod id;
 pub(crate) mod layer;
 pub(crate) mod memory;
@@ -119,6 +120,7 @@ pub(crate) mod shared;
 pub(crate) mod store;
 
 pub use self::body::ResumeBody;
+pub use self::gap::{ResumeGap, ResumeGapKind};
 pub use self::id::{EventId, StreamId};
 pub use self::layer::ResumeLayer;
 pub use self::layer::{Detach, ReaderRecord};

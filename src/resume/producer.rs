@@ -190,6 +190,16 @@ pub(crate) async fn produce<B>(
                 Err(_) => break 'stream StreamEnd::Failed,
             };
             seq += 1;
+            // A connected reader is never trimmed past silently: hold back (and so hold the
+            // upstream back) while one has not read what this append would trim.
+            let hold = config.slow_reader_hold;
+            if !hold.is_zero() {
+                let keep = log.trim_point(entry.len());
+                if keep > 0 && shared.lagging(keep) {
+                    let len = entry.len();
+                    shared.hold(hold, || log.trim_point(len)).await;
+                }
+            }
             if log.append(seq, entry).await.is_err() {
                 // The log cannot follow: its readers end, and resumes find it gone.
                 seq -= 1;

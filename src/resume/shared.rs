@@ -2,11 +2,12 @@
 //! readers, and [`ResumableStream`], the handle in the request's extensions.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::resume::id::StreamId;
@@ -44,6 +45,20 @@ pub(crate) struct Shared {
     detached: Mutex<Detached>,
     /// The number of readers attached; the producer watches it.
     readers: watch::Sender<usize>,
+    /// How far each attached reader of this process has read the log: the producer holds
+    /// back rather than trim what one of them has not read.
+    positions: Mutex<Vec<Arc<Position>>>,
+    /// The producer holds back: readers that read on, or leave, wake it.
+    holding: AtomicBool,
+    advanced: Notify,
+}
+
+/// How far one attached reader has read the log.
+pub(crate) struct Position {
+    /// The seq of the last entry it read (it may not have sent it yet).
+    read: AtomicU64,
+    /// The producer stopped waiting for it: it is no longer held for.
+    overrun: AtomicBool,
 }
 
 struct Detached {
@@ -63,6 +78,69 @@ impl Shared {
                 since: None,
             }),
             readers: watch::Sender::new(0),
+            positions: Mutex::new(Vec::new()),
+            holding: AtomicBool::new(false),
+            advanced: Notify::new(),
+        }
+    }
+
+    /// Whether an attached reader that is still held for has not read the entry before
+    /// `keep` (the oldest entry the log will keep).
+    pub(crate) fn lagging(&self, keep: u64) -> bool {
+        self.lock_positions().iter().any(|p| {
+            !p.overrun.load(Ordering::Relaxed) && p.read.load(Ordering::Acquire) + 1 < keep
+        })
+    }
+
+    /// Stop holding for the readers that have not read the entry before `keep`: they meet
+    /// the trimmed positions as a gap.
+    pub(crate) fn overrun(&self, keep: u64) {
+        for p in self.lock_positions().iter() {
+            if p.read.load(Ordering::Acquire) + 1 < keep {
+                p.overrun.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hold back until no attached reader lags behind `keep()` (asked again after each
+    /// wake-up), or for at most `bound`. Returns whether it gave up (readers overrun).
+    pub(crate) async fn hold(&self, bound: std::time::Duration, keep: impl Fn() -> u64) -> bool {
+        self.holding.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::sleep(bound);
+        let mut deadline = std::pin::pin!(deadline);
+        let gave_up = loop {
+            let notified = self.advanced.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let point = keep();
+            if !self.lagging(point) {
+                break false;
+            }
+            let timed_out = std::future::poll_fn(|cx| {
+                if notified.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(false);
+                }
+                deadline.as_mut().poll(cx).map(|()| true)
+            })
+            .await;
+            if timed_out {
+                self.overrun(point);
+                break true;
+            }
+        };
+        self.holding.store(false, Ordering::SeqCst);
+        gave_up
+    }
+
+    fn lock_positions(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Position>>> {
+        self.positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_producer(&self) {
+        if self.holding.load(Ordering::SeqCst) {
+            self.advanced.notify_waiters();
         }
     }
 
@@ -81,7 +159,15 @@ impl Shared {
             }
             *n += 1;
         });
-        AttachGuard(self.clone())
+        let position = Arc::new(Position {
+            read: AtomicU64::new(0),
+            overrun: AtomicBool::new(false),
+        });
+        self.lock_positions().push(position.clone());
+        AttachGuard {
+            shared: self.clone(),
+            position,
+        }
     }
 
     pub(crate) fn replayed(&self, events: u64) {
@@ -104,18 +190,36 @@ impl Shared {
     }
 }
 
-/// Keeps a reader counted as attached.
-pub(crate) struct AttachGuard(Arc<Shared>);
+/// Keeps a reader counted as attached, and its position known to the producer.
+pub(crate) struct AttachGuard {
+    shared: Arc<Shared>,
+    position: Arc<Position>,
+}
 
 impl AttachGuard {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.0
+        &self.shared
+    }
+
+    /// Whether the producer stopped holding back for this reader.
+    pub(crate) fn overrun(&self) -> bool {
+        self.position.overrun.load(Ordering::Relaxed)
+    }
+
+    /// The reader has read the log up to `seq`.
+    pub(crate) fn read_to(&self, seq: u64) {
+        self.position.read.store(seq, Ordering::Release);
+        self.shared.wake_producer();
     }
 }
 
 impl Drop for AttachGuard {
     fn drop(&mut self) {
-        let shared = &self.0;
+        let shared = &self.shared;
+        shared
+            .lock_positions()
+            .retain(|p| !Arc::ptr_eq(p, &self.position));
+        shared.wake_producer();
         shared.readers.send_modify(|n| {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -104,6 +104,34 @@ pub trait StreamLog: Send + Sync + 'static {
     /// Wake-ups: the value changes (at least) after every append and at the end. Its value
     /// is a hint (the last seq known); only [`read_after`](Self::read_after) is the truth.
     fn wake_ups(&self) -> watch::Receiver<u64>;
+
+    /// [`read_after`](Self::read_after) answered at once, when the store can answer without
+    /// waiting (an in-process log); `None` (the default) when it cannot, and the reader then
+    /// awaits `read_after`.
+    ///
+    /// The entries go into `buffer` (cleared first) and come back as the batch's `events`, so
+    /// that a reader reuses one buffer and a live event costs it no allocation.
+    fn read_now(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+        buffer: &mut Vec<Bytes>,
+    ) -> Option<Result<Read, StoreError>> {
+        let _ = (cursor, limits, buffer);
+        None
+    }
+
+    /// The seq of the oldest entry the log would keep if one more entry of `len` bytes were
+    /// appended now (its own bounds trimming older ones); `0` when it cannot say (the
+    /// default) or never trims.
+    ///
+    /// The producer asks before each append: while an attached reader has not read an entry
+    /// that would be trimmed, it holds back (and so holds back the upstream), for at most
+    /// [`ResumeLayer::slow_reader_hold`](crate::ResumeLayer::slow_reader_hold).
+    fn trim_point(&self, len: usize) -> u64 {
+        let _ = len;
+        0
+    }
 }
 
 /// What [`ResumeStore::create`] is told about a new stream.

@@ -141,4 +141,17 @@ impl StreamLog for ProducerLog {
     fn wake_ups(&self) -> watch::Receiver<u64> {
         self.local.wake_ups()
     }
+
+    fn read_now(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+        buffer: &mut Vec<Bytes>,
+    ) -> Option<Result<Read, StoreError>> {
+        self.local.read_now(cursor, limits, buffer)
+    }
+
+    fn trim_point(&self, len: usize) -> u64 {
+        self.local.trim_point(len)
+    }
 }
