@@ -190,6 +190,9 @@ pub(crate) async fn produce<B>(
                 Err(_) => break 'stream StreamEnd::Failed,
             };
             seq += 1;
+            // A `Bytes` made from a `Vec` allocates its shared header at its first clone: do
+            // it here, once, so that the readers' clones of the entry never allocate.
+            drop(entry.clone());
             // A connected reader is never trimmed past silently: hold back (and so hold the
             // upstream back) while one has not read what this append would trim.
             let hold = config.slow_reader_hold;
