@@ -376,3 +376,60 @@ async fn a_slow_redis_never_holds_up_the_live_stream() {
     sleeper.join().unwrap();
     drop(tx);
 }
+
+/// A live upstream silent for longer than the lease (a model thinking before its first token)
+/// is not taken for dead: its producer renews the lease on a heartbeat, so a resume on
+/// another replica is served and its reader gets what follows the silence. (The lease lives
+/// in Redis's clock: the silence is real time, three leases of 300 ms.)
+#[tokio::test]
+async fn a_silent_upstream_keeps_its_lease_on_every_replica() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let short_lease = |redis: &Redis| {
+        RedisStore::builder(&redis.url())
+            .unwrap()
+            .poll(Duration::from_millis(100))
+            .lease(Duration::from_millis(300))
+            .build()
+    };
+    let (tx, upstream) = channel();
+    let a = replica(short_lease(&redis), Some(upstream));
+    let b = replica(short_lease(&redis), None);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "before");
+    let first = read_events(&mut body, 1).await;
+    let id = client_view(&first).last_event_id;
+
+    // Silent for three leases.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        redis
+            .cli(&[
+                "EXISTS",
+                &format!("tower-sse:{{{}}}:lease", id.split('.').next().unwrap())
+            ])
+            .as_deref()
+            .map(str::trim),
+        Some("1"),
+        "the lease of a live producer lapsed"
+    );
+    let response = b.oneshot(get(Some(&id))).await.unwrap();
+    assert_eq!(response.status(), 200, "a live stream was taken for dead");
+    let mut remote = response.into_body();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    send(&tx, "after");
+    drop(tx);
+    let rest = read_events(&mut remote, 1).await;
+    let data: Vec<_> = client_view(&rest)
+        .events
+        .into_iter()
+        .map(|(_, data, _)| data)
+        .collect();
+    assert_eq!(data, ["after"]);
+    assert!(
+        remote.frame().await.is_none(),
+        "a clean end after the last event"
+    );
+}

@@ -35,7 +35,8 @@ use crate::resume::id::StreamId;
 ///   answers [`Read::Gone`], never the oldest entry still kept (that would hide a gap).
 /// - **Producer death.** In process, a producer that dies still writes its end (a drop
 ///   guard). A shared store should keep a lease in the log that `create` returns (renewed
-///   by its appends) and answer a read of a log whose lease expired with no end entry with
+///   by its appends and by a heartbeat while the stream is silent: liveness is not inferred
+///   from events) and answer a read of a log whose lease expired with no end entry with
 ///   [`StreamEnd::Failed`] as its end, so that readers on other replicas finish too.
 /// - **Never block the live stream for long.** Appends sit on the producer's path: a remote
 ///   store should queue them (one writer task per process, pipelined) and answer at once,

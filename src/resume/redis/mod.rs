@@ -59,7 +59,7 @@ use self::writer::ProducerLog;
 /// |---|---|---|
 /// | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
 /// | `<prefix>{<id>}:meta` | hash | `tenant`; at the end, `end` and `head` (the last seq) |
-/// | `<prefix>{<id>}:lease` | string | present while the producer lives; it expires when the producer's process dies |
+/// | `<prefix>{<id>}:lease` | string | present while the producer lives (renewed by every write, and by a heartbeat three times per lease while the stream is silent); it expires when the producer's process dies |
 ///
 /// A writer task per stream copies the events to Redis, off the live path: what is queued
 /// goes in one pipelined round trip (one per event when they come apart, fewer in bursts)
@@ -269,8 +269,11 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long a producer's lease lasts without an append: readers on other replicas learn
-    /// that a producer died after this long. Default: 10 s.
+    /// How long a producer's lease lasts without a renewal: readers on other replicas learn
+    /// that a producer died after this long. A live producer renews it with every write and,
+    /// while its upstream is silent (a model thinking before its first token, a tool call),
+    /// with a heartbeat every third of the lease: one pipelined round trip per silent stream
+    /// per `lease / 3`, none while events flow. Default: 10 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.settings.lease = lease;
         self

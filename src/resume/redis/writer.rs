@@ -1,9 +1,13 @@
 //! The log of a stream produced on this replica: in memory, copied to Redis by a writer task.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
 
 use super::{RedisStore, millis};
 use crate::BoxFuture;
@@ -16,6 +20,8 @@ use crate::resume::store::{Read, ReadLimits, StoreError, StreamEnd, StreamLog};
 pub(super) struct ProducerLog {
     local: Arc<dyn StreamLog>,
     writer: mpsc::Sender<Op>,
+    /// Cleared at the end: no heartbeat renews the lease of an ended stream.
+    alive: Arc<AtomicBool>,
 }
 
 /// What the writer task copies to Redis, in order.
@@ -33,10 +39,15 @@ const WRITER_BATCH: usize = 64;
 impl ProducerLog {
     pub(super) fn new(store: RedisStore, local: Arc<dyn StreamLog>) -> Self {
         let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        let alive = Arc::new(AtomicBool::new(true));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(write_loop(store, local.id(), queue));
+            runtime.spawn(write_loop(store, local.id(), queue, alive.clone()));
         }
-        Self { local, writer }
+        Self {
+            local,
+            writer,
+            alive,
+        }
     }
 
     fn copy(&self, op: Op) {
@@ -45,10 +56,23 @@ impl ProducerLog {
     }
 }
 
+/// How often a silent stream's producer renews its lease: three times per lease, so that one
+/// late or lost round trip never lets it lapse.
+pub(super) fn heartbeat(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(10))
+}
+
 /// Copy one stream's log to Redis: what is queued goes in one pipelined round trip (the
-/// entries with their explicit ids, the TTLs, the lease, one `PUBLISH`). The first failure
-/// ends the copy: the other replicas learn it from the lease.
-async fn write_loop(store: RedisStore, id: StreamId, mut queue: mpsc::Receiver<Op>) {
+/// entries with their explicit ids, the TTLs, the lease, one `PUBLISH`). While nothing is
+/// queued, a heartbeat renews the lease and the TTLs (liveness is not inferred from events:
+/// an upstream silent for longer than the lease, a model thinking, is alive). The first
+/// failure ends the copy: the other replicas learn it from the lease.
+async fn write_loop(
+    store: RedisStore,
+    id: StreamId,
+    mut queue: mpsc::Receiver<Op>,
+    alive: Arc<AtomicBool>,
+) {
     let settings = store.inner.settings.clone();
     let (log, meta, lease) = (
         store.key(id, "log"),
@@ -57,8 +81,42 @@ async fn write_loop(store: RedisStore, id: StreamId, mut queue: mpsc::Receiver<O
     );
     let channel = store.wake_channel();
     let mut batch = Vec::with_capacity(WRITER_BATCH);
-    while queue.recv_many(&mut batch, WRITER_BATCH).await > 0 {
+    let period = heartbeat(settings.lease);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let got = std::future::poll_fn(|cx| {
+            if let Poll::Ready(n) = queue.poll_recv_many(cx, &mut batch, WRITER_BATCH) {
+                return Poll::Ready(Some(n));
+            }
+            beat.poll_tick(cx).map(|_| None)
+        })
+        .await;
         let mut pipe = redis::pipe();
+        match got {
+            Some(0) => return,
+            Some(_) => {}
+            None => {
+                if !alive.load(Ordering::Acquire) {
+                    return;
+                }
+                // The heartbeat: the producer runs, silent.
+                let ttl = millis(settings.running_ttl) as i64;
+                pipe.pset_ex(&lease, 1, millis(settings.lease))
+                    .ignore()
+                    .pexpire(&log, ttl)
+                    .ignore()
+                    .pexpire(&meta, ttl)
+                    .ignore();
+                let renewed = store
+                    .call(async |mut c| pipe.query_async::<()>(&mut c).await)
+                    .await;
+                if renewed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         let mut last = 0;
         let mut ended = false;
         for op in batch.drain(..) {
@@ -106,6 +164,8 @@ async fn write_loop(store: RedisStore, id: StreamId, mut queue: mpsc::Receiver<O
         if written.is_err() || ended {
             return;
         }
+        // The lease was just renewed.
+        beat.reset();
     }
 }
 
@@ -124,6 +184,7 @@ impl StreamLog for ProducerLog {
 
     fn end(&self, last_seq: u64, end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            self.alive.store(false, Ordering::Release);
             self.local.end(last_seq, end).await?;
             self.copy(Op::End(last_seq, end));
             Ok(())
