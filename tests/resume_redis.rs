@@ -433,3 +433,106 @@ async fn a_silent_upstream_keeps_its_lease_on_every_replica() {
         "a clean end after the last event"
     );
 }
+
+/// A replica with a short detach grace whose reports go to `reports`.
+fn replica_with(
+    store: RedisStore,
+    upstream: Option<ChannelBody>,
+    grace: Duration,
+    reports: &support::body::Reports,
+) -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = Response<impl Body<Data = Bytes, Error = BoxError> + Send + 'static>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
+    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+        let body: UpBody = match upstream.lock().unwrap().take() {
+            Some(body) => body.map_err(Into::into).boxed(),
+            None => Empty::new().map_err(|e| match e {}).boxed(),
+        };
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    ResumeLayer::new()
+        .store(store)
+        .detach(tower_sse::resume::Detach::CancelAfter(grace))
+        .layer(
+            SseLayer::new()
+                .observer(tower_sse::resume::ResumeObserver::new())
+                .on_end(reports.sink())
+                .layer(inner),
+        )
+}
+
+/// A client that leaves replica A and resumes on B at once keeps A's producer alive: its
+/// reader on B is attached for A too (presence in Redis), so the upstream is not cancelled
+/// after A's detach grace; B's reader gets the rest and a clean end, and A's report counts
+/// the resume served by B. (Real time: the grace and the presence live in Redis's clock.)
+#[tokio::test]
+async fn a_reader_on_another_replica_keeps_the_producer_alive_and_is_counted() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let short_lease = |redis: &Redis| {
+        RedisStore::builder(&redis.url())
+            .unwrap()
+            .poll(Duration::from_millis(100))
+            .lease(Duration::from_millis(300))
+            .build()
+    };
+    let reports = support::body::Reports::default();
+    let grace = Duration::from_millis(500);
+    let (tx, upstream) = channel();
+    let a = replica_with(short_lease(&redis), Some(upstream), grace, &reports);
+    let b = replica_with(short_lease(&redis), None, grace, &reports);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "e1");
+    let first = read_events(&mut body, 1).await;
+    let id = client_view(&first).last_event_id;
+    drop(body);
+
+    let response = b.oneshot(get(Some(&id))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut remote = response.into_body();
+    // Four graces with no reader on A.
+    tokio::time::sleep(grace * 4).await;
+    assert!(
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: e2\n\n"))))
+            .is_ok()
+    );
+    let rest = read_events(&mut remote, 1).await;
+    let data: Vec<_> = client_view(&rest)
+        .events
+        .into_iter()
+        .map(|(_, data, _)| data)
+        .collect();
+    assert_eq!(
+        data,
+        ["e2"],
+        "the upstream was cancelled under a reader on B"
+    );
+    drop(tx);
+    assert!(
+        remote.frame().await.is_none(),
+        "a clean end after the last event"
+    );
+    let report = reports.one();
+    assert_eq!(report.outcome, tower_sse::Outcome::Completed);
+    let summary = report
+        .extensions
+        .get::<tower_sse::resume::ResumeSummary>()
+        .unwrap();
+    assert_eq!(
+        (summary.connections, summary.resumes),
+        (2, 1),
+        "{summary:?}"
+    );
+}

@@ -188,6 +188,9 @@ pub(crate) struct Config {
     pub(crate) on_reader_end: Option<Arc<dyn Fn(ReaderRecord) + Send + Sync>>,
     /// The producers running in this process, by stream (for their counters).
     pub(crate) producers: Arc<Producers>,
+    /// The streams produced in another process that clients of this one read (shared
+    /// stores): their presence is kept in the store while they have readers here.
+    pub(crate) followers: Arc<Producers>,
 }
 
 impl Clone for Config {
@@ -203,6 +206,7 @@ impl Clone for Config {
             slow_reader_hold: self.slow_reader_hold,
             on_reader_end: self.on_reader_end.clone(),
             producers: self.producers.clone(),
+            followers: self.followers.clone(),
         }
     }
 }
@@ -229,6 +233,31 @@ impl Producers {
             .remove(&id);
     }
 
+    /// The entry of `id` (made with `new` if there is none), attached to by a resumed reader
+    /// under the lock (so that it cannot be removed in between); whether it was made.
+    pub(crate) fn attach_or_insert(
+        &self,
+        id: StreamId,
+    ) -> (crate::resume::shared::AttachGuard, bool) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut made = false;
+        let shared = map.entry(id).or_insert_with(|| {
+            made = true;
+            Arc::new(Shared::new(id))
+        });
+        (shared.attach(true), made)
+    }
+
+    /// Remove `id` if no reader is attached to it any more; whether it was removed.
+    pub(crate) fn remove_if_unread(&self, id: StreamId) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(&id).is_some_and(|s| s.attached() == 0) {
+            map.remove(&id);
+            return true;
+        }
+        false
+    }
+
     pub(crate) fn get(&self, id: StreamId) -> Option<Arc<Shared>> {
         self.0
             .lock()
@@ -253,6 +282,7 @@ impl ResumeLayer {
                 slow_reader_hold: DEFAULT_SLOW_READER_HOLD,
                 on_reader_end: None,
                 producers: Arc::default(),
+                followers: Arc::default(),
             }),
         }
     }

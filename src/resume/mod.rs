@@ -135,8 +135,8 @@ pub use self::shared::ResumableStream;
 #[deprecated(note = "renamed to `Resume`")]
 pub type ResumeService<S> = Resume<S>;
 pub use self::store::{
-    Batch, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind, StreamEnd,
-    StreamLog,
+    Batch, NewStream, Read, ReadLimits, ReaderCounts, ResumeStore, StoreError, StoreErrorKind,
+    StreamEnd, StreamLog,
 };
 
 /// Moved to [`tower_sse::BoxFuture`](crate::BoxFuture): the crate has one boxed-future alias.

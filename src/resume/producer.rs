@@ -8,7 +8,7 @@ use std::task::Poll;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Body;
-use tokio::time::{Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 use crate::BoxError;
 use crate::digits::decimal;
@@ -104,6 +104,10 @@ pub(crate) async fn produce<B>(
     let mut decoder = Decoder::new().max_event_size(config.max_event_size);
     let mut seq = 0u64;
     let mut grace: Option<Pin<Box<Sleep>>> = None;
+    // Readers in other processes (a shared store): how often to look for them, and when one
+    // was last seen.
+    let presence = log.presence();
+    let mut seen_elsewhere: Option<Instant> = None;
     // Boxed, so that cancelling can drop it before the end is written.
     let mut body = Box::pin(body);
 
@@ -131,13 +135,15 @@ pub(crate) async fn produce<B>(
         let attached = *readers.borrow_and_update();
         if attached > 0 {
             grace = None;
+            seen_elsewhere = None;
         } else {
             match config.detach {
                 Detach::Finish => {}
-                Detach::CancelNow => break StreamEnd::Cancelled,
-                Detach::CancelAfter(after) => {
+                // Readers may be attached in other processes: look before cancelling.
+                Detach::CancelNow if presence.is_none() => break StreamEnd::Cancelled,
+                Detach::CancelNow | Detach::CancelAfter(_) => {
                     if grace.is_none() {
-                        grace = Some(Box::pin(sleep(after)));
+                        grace = Some(Box::pin(sleep(grace_of(config.detach))));
                     }
                 }
             }
@@ -165,7 +171,34 @@ pub(crate) async fn produce<B>(
         };
         let last = match step {
             Step::Readers => continue,
-            Step::Cancel => break StreamEnd::Cancelled,
+            Step::Cancel => {
+                let Some(every) = presence else {
+                    break StreamEnd::Cancelled;
+                };
+                // No reader here: is one attached in another process? The grace counts from
+                // the last reader anywhere.
+                let now = Instant::now();
+                let present = match log.elsewhere().await {
+                    Ok((present, counts)) => {
+                        shared.set_elsewhere(counts);
+                        present
+                    }
+                    // Unknown: as if no reader were attached anywhere.
+                    Err(_) => false,
+                };
+                if present {
+                    seen_elsewhere = Some(now);
+                    grace = Some(Box::pin(sleep(every)));
+                    continue;
+                }
+                match seen_elsewhere.map(|seen| seen + grace_of(config.detach)) {
+                    Some(until) if until > now => {
+                        grace = Some(Box::pin(sleep_until(until.min(now + every))));
+                        continue;
+                    }
+                    _ => break StreamEnd::Cancelled,
+                }
+            }
             Step::Frame(Some(Err(_))) => break StreamEnd::Failed,
             Step::Frame(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
@@ -219,6 +252,14 @@ pub(crate) async fn produce<B>(
     guard.log = None;
     let _ = log.end(seq, end).await;
     config.producers.remove(id);
+}
+
+/// How long the producer keeps its upstream with no reader attached anywhere.
+fn grace_of(detach: Detach) -> std::time::Duration {
+    match detach {
+        Detach::CancelAfter(after) => after,
+        _ => std::time::Duration::ZERO,
+    }
 }
 
 /// Ends the log, as far as it can without waiting, when the producer dies before its end.

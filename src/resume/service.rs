@@ -300,11 +300,20 @@ async fn resume<B>(
         return no_content(None);
     }
     count("replayed");
-    let shared = config
-        .producers
-        .get(id.stream)
-        .unwrap_or_else(|| Arc::new(Shared::new(id.stream)));
-    let attach = shared.attach(true);
+    let attach = match (config.producers.get(id.stream), log.presence()) {
+        (Some(shared), _) => shared.attach(true),
+        // Produced in another process: this reader counts as attached there, through the
+        // store, while it reads.
+        (None, Some(every)) => {
+            let (attach, made) = config.followers.attach_or_insert(id.stream);
+            if made {
+                let shared = attach.shared().clone();
+                tokio::spawn(keep_present(shared, log.clone(), every, config.clone()));
+            }
+            attach
+        }
+        (None, None) => Arc::new(Shared::new(id.stream)).attach(true),
+    };
     let reader = Reader::new(log, config, wake, batch, true, attach);
     let mut response = Response::new(ResumeBody::reader(reader));
     let headers = response.headers_mut();
@@ -323,4 +332,29 @@ fn no_content<B>(resume: Option<&'static str>) -> Response<ResumeBody<B>> {
             .insert(RESUME_HEADER, HeaderValue::from_static(resume));
     }
     response
+}
+
+/// While clients of this process read a stream produced in another, say so to the store
+/// every `every` (and what they did: connections, resumes, replayed events), so that the
+/// producer keeps its upstream and counts them; stop once the last of them left.
+async fn keep_present(
+    shared: Arc<Shared>,
+    log: Arc<dyn StreamLog>,
+    every: std::time::Duration,
+    config: Arc<Config>,
+) {
+    let mut sent = crate::resume::store::ReaderCounts::default();
+    loop {
+        let now = shared.counts();
+        let gone = shared.attached() == 0 && config.followers.remove_if_unread(shared.id);
+        if !gone || !(now - sent).is_zero() {
+            if log.keep_present(now - sent).await.is_ok() {
+                sent = now;
+            }
+        }
+        if gone {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::resume::id::StreamId;
 use crate::resume::observer::ResumeSummary;
+use crate::resume::store::ReaderCounts;
 
 /// Set by [`ResumeLayer`](crate::ResumeLayer) in the extensions of each request that may
 /// become a resumable stream: its id (the one the `sse-stream-id` header will carry, if the
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     /// The producer holds back: readers that read on, or leave, wake it.
     holding: AtomicBool,
     advanced: Notify,
+    /// What readers in other processes did, as of the producer's last look (shared stores).
+    elsewhere: Mutex<ReaderCounts>,
 }
 
 /// How far one attached reader has read the log.
@@ -81,7 +84,30 @@ impl Shared {
             positions: Mutex::new(Vec::new()),
             holding: AtomicBool::new(false),
             advanced: Notify::new(),
+            elsewhere: Mutex::new(ReaderCounts::default()),
         }
+    }
+
+    /// What the readers attached in this process did so far.
+    pub(crate) fn counts(&self) -> ReaderCounts {
+        ReaderCounts {
+            connections: self.connections.load(Ordering::Relaxed),
+            resumes: self.resumes.load(Ordering::Relaxed),
+            replayed_events: self.replayed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What readers in other processes did, as a shared store says.
+    pub(crate) fn set_elsewhere(&self, counts: ReaderCounts) {
+        *self
+            .elsewhere
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts;
+    }
+
+    /// The number of readers attached in this process now.
+    pub(crate) fn attached(&self) -> usize {
+        *self.readers.borrow()
     }
 
     /// Whether an attached reader that is still held for has not read the entry before
@@ -180,11 +206,15 @@ impl Shared {
 
     pub(crate) fn summary(&self) -> ResumeSummary {
         let detached = self.detached.lock().unwrap_or_else(PoisonError::into_inner);
+        let elsewhere = *self
+            .elsewhere
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         ResumeSummary {
             stream: self.id,
-            connections: self.connections.load(Ordering::Relaxed),
-            resumes: self.resumes.load(Ordering::Relaxed),
-            replayed_events: self.replayed.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed) + elsewhere.connections,
+            resumes: self.resumes.load(Ordering::Relaxed) + elsewhere.resumes,
+            replayed_events: self.replayed.load(Ordering::Relaxed) + elsewhere.replayed_events,
             detached: detached.total + detached.since.map_or(Duration::ZERO, |s| s.elapsed()),
         }
     }

@@ -133,6 +133,78 @@ pub trait StreamLog: Send + Sync + 'static {
         let _ = len;
         0
     }
+
+    /// Whether readers of this log are shared across processes, and how often: `Some(every)`
+    /// when a process whose clients read this log must say so with
+    /// [`keep_present`](Self::keep_present) at least this often, and the producer learns of
+    /// them with [`elsewhere`](Self::elsewhere). `None` (the default): every reader is in
+    /// the producer's process (an in-process store), which sees them itself.
+    fn presence(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Readers of this log are attached in this process (another than the producer's): keep
+    /// them counted as attached for about three [`presence`](Self::presence) intervals, and
+    /// add `delta` (what they did since the last call) to the stream's counts.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot take it (the reader goes on; the producer may
+    /// then not see it).
+    fn keep_present(&self, delta: ReaderCounts) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = delta;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Asked by the producer while no reader is attached in its process: whether one is
+    /// attached in another (it keeps the upstream alive), and what readers in other processes
+    /// did so far (for the stream's report).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot answer (the producer then follows its detach
+    /// policy as if no reader were attached anywhere).
+    fn elsewhere(&self) -> BoxFuture<'_, Result<(bool, ReaderCounts), StoreError>> {
+        Box::pin(std::future::ready(Ok((false, ReaderCounts::default()))))
+    }
+}
+
+/// What the readers of a stream did: connections, resumes among them, events replayed.
+///
+/// ```
+/// use tower_sse::resume::ReaderCounts;
+///
+/// let counts = ReaderCounts { connections: 2, resumes: 1, replayed_events: 7 };
+/// assert_eq!(counts - ReaderCounts { connections: 1, ..counts }, ReaderCounts { connections: 1, resumes: 0, replayed_events: 0 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReaderCounts {
+    /// Client connections (the first one and every resume).
+    pub connections: u64,
+    /// Of those, resumes (`Last-Event-ID`).
+    pub resumes: u64,
+    /// Events sent again to resuming clients.
+    pub replayed_events: u64,
+}
+
+impl ReaderCounts {
+    /// Whether all are zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::ops::Sub for ReaderCounts {
+    type Output = Self;
+
+    /// What `self` has beyond `earlier` (saturating).
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            connections: self.connections.saturating_sub(earlier.connections),
+            resumes: self.resumes.saturating_sub(earlier.resumes),
+            replayed_events: self.replayed_events.saturating_sub(earlier.replayed_events),
+        }
+    }
 }
 
 /// What [`ResumeStore::create`] is told about a new stream.

@@ -6,10 +6,13 @@ use bytes::Bytes;
 use redis::Value;
 use tokio::sync::watch;
 
-use super::RedisStore;
+use super::writer::heartbeat;
+use super::{RedisStore, millis};
 use crate::BoxFuture;
 use crate::resume::id::StreamId;
-use crate::resume::store::{Batch, Read, ReadLimits, StoreError, StreamEnd, StreamLog};
+use crate::resume::store::{
+    Batch, Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog,
+};
 
 /// The log of a stream produced on another replica, read from Redis.
 pub(super) struct RemoteLog {
@@ -88,6 +91,35 @@ impl StreamLog for RemoteLog {
 
     fn wake_ups(&self) -> watch::Receiver<u64> {
         self.waker.subscribe()
+    }
+
+    fn presence(&self) -> Option<std::time::Duration> {
+        Some(heartbeat(self.store.inner.settings.lease))
+    }
+
+    fn keep_present(&self, delta: ReaderCounts) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (present, meta) = (
+                self.store.key(self.id, "present"),
+                self.store.key(self.id, "meta"),
+            );
+            let settings = &self.store.inner.settings;
+            let mut pipe = redis::pipe();
+            // Three presence intervals: one late or lost refresh never lets it lapse.
+            pipe.pset_ex(&present, 1, millis(settings.lease)).ignore();
+            for (field, n) in [
+                ("connections", delta.connections),
+                ("resumes", delta.resumes),
+                ("replayed", delta.replayed_events),
+            ] {
+                if n > 0 {
+                    pipe.hincr(&meta, field, n).ignore();
+                }
+            }
+            self.store
+                .call(async |mut c| pipe.query_async::<()>(&mut c).await)
+                .await
+        })
     }
 }
 

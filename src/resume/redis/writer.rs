@@ -12,12 +12,13 @@ use tokio::time::MissedTickBehavior;
 use super::{RedisStore, millis};
 use crate::BoxFuture;
 use crate::resume::id::StreamId;
-use crate::resume::store::{Read, ReadLimits, StoreError, StreamEnd, StreamLog};
+use crate::resume::store::{Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog};
 
 /// The log of a stream produced on this replica: in memory, and copied to Redis for the
 /// other replicas as long as Redis takes it. The copy is a writer task of its own, fed by a
 /// bounded queue: the producer (and so the live stream) never waits on Redis.
 pub(super) struct ProducerLog {
+    store: RedisStore,
     local: Arc<dyn StreamLog>,
     writer: mpsc::Sender<Op>,
     /// Cleared at the end: no heartbeat renews the lease of an ended stream.
@@ -41,9 +42,10 @@ impl ProducerLog {
         let (writer, queue) = mpsc::channel(WRITER_QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(write_loop(store, local.id(), queue, alive.clone()));
+            runtime.spawn(write_loop(store.clone(), local.id(), queue, alive.clone()));
         }
         Self {
+            store,
             local,
             writer,
             alive,
@@ -214,5 +216,41 @@ impl StreamLog for ProducerLog {
 
     fn trim_point(&self, len: usize) -> u64 {
         self.local.trim_point(len)
+    }
+
+    fn presence(&self) -> Option<Duration> {
+        Some(heartbeat(self.store.inner.settings.lease))
+    }
+
+    fn elsewhere(&self) -> BoxFuture<'_, Result<(bool, ReaderCounts), StoreError>> {
+        Box::pin(async move {
+            let (present, meta) = (
+                self.store.key(self.id(), "present"),
+                self.store.key(self.id(), "meta"),
+            );
+            let (present, (connections, resumes, replayed)): (
+                bool,
+                (Option<u64>, Option<u64>, Option<u64>),
+            ) = self
+                .store
+                .call(async |mut c| {
+                    redis::pipe()
+                        .exists(&present)
+                        .cmd("HMGET")
+                        .arg(&meta)
+                        .arg("connections")
+                        .arg("resumes")
+                        .arg("replayed")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let counts = ReaderCounts {
+                connections: connections.unwrap_or(0),
+                resumes: resumes.unwrap_or(0),
+                replayed_events: replayed.unwrap_or(0),
+            };
+            Ok((present, counts))
+        })
     }
 }
