@@ -536,3 +536,147 @@ async fn a_reader_on_another_replica_keeps_the_producer_alive_and_is_counted() {
         "{summary:?}"
     );
 }
+
+/// Resume on `replica` at `id` until it is served (Redis coming back), for up to 5 s.
+async fn resume_until_served<S, B>(replica: &S, id: &str) -> Response<B>
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    for _ in 0..50 {
+        let response = replica.clone().oneshot(get(Some(id))).await.unwrap();
+        if response.status() == 200 {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never served after Redis came back");
+}
+
+/// Redis restarts (empty) in the middle of a stream: once it is back, the mirror re-syncs
+/// from the producer's in-process log, so a resume on another replica gets every event,
+/// those of the outage included, once each.
+#[tokio::test]
+async fn after_a_redis_restart_the_mirror_resyncs_from_the_in_process_log() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let store = |url: &str| {
+        RedisStore::builder(url)
+            .unwrap()
+            .poll(Duration::from_millis(100))
+            .lease(Duration::from_millis(300))
+            .build()
+    };
+    let (tx, upstream) = channel();
+    let a = replica(store(&url), Some(upstream));
+    let b = replica(store(&url), None);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "before");
+    let first = read_events(&mut body, 1).await;
+    let id = client_view(&first).last_event_id;
+
+    let port = redis.stop();
+    for i in 1..=3 {
+        send(&tx, &format!("during{i}"));
+    }
+    read_events(&mut body, 3).await;
+    let _redis = Redis::start_on(port);
+    let response = resume_until_served(&b, &id).await;
+    let mut remote = response.into_body();
+    let replayed = read_events(&mut remote, 3).await;
+    send(&tx, "after");
+    drop(tx);
+    let rest = read_events(&mut remote, 1).await;
+    let data: Vec<String> = [replayed, rest]
+        .iter()
+        .flat_map(|bytes| client_view(bytes).events)
+        .map(|(_, data, _)| data)
+        .collect();
+    assert_eq!(data, ["during1", "during2", "during3", "after"]);
+    assert!(remote.frame().await.is_none(), "a clean end");
+}
+
+/// Redis refusing writes (full) for longer than the producer's in-process log can bridge:
+/// the mirror marks the
+/// stream's Redis log lost from its last entry, so a resume past it on another replica is
+/// answered `204` with `sse-resume: gone`, and a reader there meets the gap explicitly:
+/// never a silent one.
+#[tokio::test]
+async fn a_mirror_that_cannot_resync_marks_the_gap() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let store = |url: &str| {
+        RedisStore::builder(url)
+            .unwrap()
+            .poll(Duration::from_millis(100))
+            .lease(Duration::from_millis(300))
+            .local(
+                tower_sse::resume::MemoryStore::builder()
+                    .max_stream_events(2)
+                    .build(),
+            )
+            .build()
+    };
+    let (tx, upstream) = channel();
+    let a = replica(store(&url), Some(upstream));
+    let b = replica(store(&url), None);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "e1");
+    let first = read_events(&mut body, 1).await;
+    let id = client_view(&first).last_event_id;
+    // Wait until the mirror has it.
+    let _ = resume_until_served(&b, &format!("{}.0", id.split('.').next().unwrap())).await;
+
+    // Redis refuses every write (full), then takes them again, with its data.
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    for i in 2..=6 {
+        send(&tx, &format!("e{i}"));
+        read_events(&mut body, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    let stream = id.split('.').next().unwrap().to_owned();
+    let mut marked = false;
+    for _ in 0..50 {
+        if redis
+            .cli(&["HGET", &format!("tower-sse:{{{stream}}}:meta"), "lost"])
+            .is_some_and(|out| out.trim() == "1")
+        {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(marked, "the mirror never said where its gap starts");
+    let answer = b.clone().oneshot(get(Some(&id))).await.unwrap();
+    assert_eq!(answer.status(), 204);
+    assert_eq!(answer.headers()["sse-resume"], "gone");
+    // A reader from before the gap gets what Redis has, then the error event, then a
+    // broken end.
+    let answer = b.oneshot(get(Some(&format!("{stream}.0")))).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut remote = answer.into_body();
+    let mut bytes = Vec::new();
+    let broken = loop {
+        match tokio::time::timeout(Duration::from_secs(10), remote.frame())
+            .await
+            .expect("an answer within 10 s")
+        {
+            Some(Ok(frame)) => bytes.extend_from_slice(frame.data_ref().unwrap()),
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    let events = client_view(&bytes).events;
+    assert_eq!(events[0].1, "e1");
+    assert_eq!(events.last().unwrap().0, "error");
+    assert!(events.last().unwrap().1.contains("resume_gap"));
+    assert!(broken, "a reader with a gap must not end cleanly");
+    drop(tx);
+}

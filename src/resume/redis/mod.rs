@@ -58,11 +58,13 @@ use self::writer::ProducerLog;
 /// | key | type | holds |
 /// |---|---|---|
 /// | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
-/// | `<prefix>{<id>}:meta` | hash | `tenant`; at the end, `end` and `head` (the last seq) |
+/// | `<prefix>{<id>}:meta` | hash | `tenant`; what readers on replicas other than the producer's did (`connections`, `resumes`, `replayed`); `lost`, the last seq the mirror could keep when it could not re-sync; at the end, `end` and `head` (the last seq) |
+/// | `<prefix>{<id>}:present` | string | present while a replica other than the producer's serves a reader of the stream (refreshed every third of the lease): it keeps the producer's upstream alive |
 /// | `<prefix>{<id>}:lease` | string | present while the producer lives (renewed by every write, and by a heartbeat three times per lease while the stream is silent); it expires when the producer's process dies |
 ///
-/// A writer task per stream copies the events to Redis, off the live path: what is queued
-/// goes in one pipelined round trip (one per event when they come apart, fewer in bursts)
+/// A writer task per stream mirrors its in-process log to Redis, off the live path: what
+/// the log has beyond what Redis took goes in one pipelined round trip (one per event when
+/// they come apart, fewer in bursts)
 /// that refreshes the TTLs and the lease and publishes `<id> <seq>` on `<prefix>wake`. Each replica holds one subscription
 /// to that channel and fans the wake-ups out to its local readers; a safety poll nudges them
 /// every [`RedisStoreBuilder::poll`] too, so that a lost message only adds delay. A reader on
@@ -80,9 +82,14 @@ use self::writer::ProducerLog;
 /// No call waits on Redis longer than [`RedisStoreBuilder::timeout`]:
 ///
 /// - Redis down when a stream starts: the stream runs, not resumable (no ids are sent).
-/// - Redis lost mid-stream: the live stream goes on from memory (and resumes on this replica
-///   too); its Redis log stops (resumes on other replicas answer `204` once the lease
-///   expires), and the store stops writing it.
+/// - Redis lost mid-stream (down, slower than the timeout, full, restarted empty): the live
+///   stream goes on from memory (and resumes on this replica too); the stream's writer
+///   retries on every heartbeat and, once Redis answers, asks where the Redis log stops and
+///   re-syncs it from the in-process log. If the in-process log no longer has what Redis
+///   misses (its bounds trimmed it meanwhile), the Redis log is marked `lost` after its last
+///   entry: resumes past it on other replicas answer `204` (`sse-resume: gone`) and readers
+///   there get the `resume_gap` error event and a broken end. Never a silent gap. The
+///   writer reads the in-process log rather than a queue, so nothing can overflow.
 /// - Redis back: new streams are resumable again (the connection manager reconnects), with
 ///   no restart.
 ///
@@ -344,7 +351,7 @@ impl ResumeStore for RedisStore {
             })
             .await?;
             let local = self.inner.local.create(stream).await?;
-            Ok(Arc::new(ProducerLog::new(self.clone(), local)) as Arc<dyn StreamLog>)
+            Ok(Arc::new(ProducerLog::new(self.clone(), local, tenant)) as Arc<dyn StreamLog>)
         })
     }
 

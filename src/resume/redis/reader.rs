@@ -52,12 +52,13 @@ impl StreamLog for RemoteLog {
             );
             let start = format!("0-{}", cursor.saturating_add(1));
             let count = limits.max_events.max(1);
-            let (entries, top, end, head, alive): (
+            let (entries, top, end, head, alive, lost): (
                 Value,
                 Value,
                 Option<String>,
                 Option<u64>,
                 bool,
+                Option<u64>,
             ) = self
                 .store
                 .call(async |mut c| {
@@ -77,6 +78,7 @@ impl StreamLog for RemoteLog {
                         .hget(&meta, "end")
                         .hget(&meta, "head")
                         .exists(&lease)
+                        .hget(&meta, "lost")
                         .query_async(&mut c)
                         .await
                 })
@@ -85,6 +87,11 @@ impl StreamLog for RemoteLog {
             let top = parse_entries(&top).first().map_or(0, |(seq, _)| *seq);
             let end = end.as_deref().and_then(parse_end);
             let head = head.unwrap_or(top).max(top);
+            if lost.is_some_and(|lost| cursor >= lost) {
+                // The mirror lost what follows (Redis was away longer than the producer's
+                // in-process log could bridge): a gap, said as one.
+                return Ok(Read::Gone);
+            }
             Ok(answer(cursor, entries, head, end, alive, limits))
         })
     }
@@ -166,7 +173,7 @@ fn parse_end(text: &str) -> Option<StreamEnd> {
 
 /// The entries of an `XRANGE` reply: `[[id, [field, value, ...]], ...]`, as `(seq, event)`.
 /// Anything else (a reply this store did not write) is skipped.
-fn parse_entries(reply: &Value) -> Vec<(u64, Bytes)> {
+pub(super) fn parse_entries(reply: &Value) -> Vec<(u64, Bytes)> {
     let Value::Array(entries) = reply else {
         return Vec::new();
     };
