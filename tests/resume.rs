@@ -1409,3 +1409,52 @@ async fn a_slow_reader_holds_the_producer_back_and_is_never_truncated_silently()
         Some(tower_sse::resume::ResumeGapKind::Overrun)
     );
 }
+
+/// Shutdown ends every reader the process serves, those of streams produced elsewhere
+/// included (they hold no stream permit): each gets the `server_shutdown` error event and an
+/// end, and the layer's count of open readers, which a graceful shutdown waits for, says so.
+/// (Two layers on one store stand for two replicas on a shared one.)
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_the_readers_of_streams_produced_elsewhere() {
+    let store = MemoryStore::new();
+    let upstream = Upstream::default();
+    let (tx, body) = channel();
+    upstream.push(body);
+    let reports = Reports::default();
+    let a = stack(ResumeLayer::new().store(store.clone()), &upstream, &reports);
+    let shutdown = tower_sse::stream::Shutdown::new();
+    let layer_b = ResumeLayer::new()
+        .store(store.clone())
+        .shutdown(shutdown.clone());
+    let readers_b = layer_b.open_readers();
+    let b = stack(layer_b, &Upstream::default(), &Reports::default());
+
+    let response = a.oneshot(get(None, None)).await.unwrap();
+    let stream = stream_id(&response);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+        .unwrap();
+    let mut first = Box::pin(response.into_body());
+    first.frame().await.unwrap().unwrap();
+    let resumed = b
+        .oneshot(get(Some(&format!("{stream}.0")), None))
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let mut resumed = Box::pin(resumed.into_body());
+    let replayed = resumed.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(replayed.ends_with(b"data: 1\n\n"));
+    assert_eq!(readers_b.get(), 1);
+
+    shutdown.end_streams();
+    let (bytes, _) = read_until(resumed, None).await;
+    let events = events_of(&bytes);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "error");
+    assert!(events[0].1.contains("server_shutdown"), "{events:?}");
+    assert_eq!(readers_b.get(), 0);
+    // The stream itself goes on on its own replica.
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: 2\n\n"))))
+        .unwrap();
+    let two = first.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(two.ends_with(b"data: 2\n\n"));
+}

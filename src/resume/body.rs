@@ -17,10 +17,13 @@ use tokio_util::sync::ReusableBoxFuture;
 
 use crate::BoxError;
 use crate::BoxFuture;
+use crate::Outcome;
 use crate::resume::gap::{ResumeGap, ResumeGapKind};
 use crate::resume::layer::{Config, ReaderRecord};
 use crate::resume::shared::AttachGuard;
 use crate::resume::store::{Batch, Read, StoreError, StreamEnd, StreamLog};
+use crate::stream::config::ErrorEvent;
+use crate::stream::shutdown::ShutdownWatch;
 
 pin_project! {
     /// The response body of [`Resume`](crate::resume::Resume): a reader of a
@@ -163,6 +166,11 @@ pub(crate) struct Reader {
     last_sent: Instant,
     record: ReaderRecord,
     attach: AttachGuard,
+    /// Ends this reader on shutdown (when its stream is not produced in this process: one
+    /// produced here ends through its log).
+    shutdown: Option<ShutdownWatch>,
+    /// The shutdown's error event was sent: the end follows.
+    shut: bool,
 }
 
 impl Reader {
@@ -174,7 +182,16 @@ impl Reader {
         first: Batch,
         resumed: bool,
         attach: AttachGuard,
+        produced_here: bool,
     ) -> Self {
+        config
+            .open_readers
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let shutdown = match (&config.shutdown, produced_here) {
+            (Some(shutdown), false) => Some(shutdown.watch()),
+            _ => None,
+        };
         let record = ReaderRecord {
             stream: log.id(),
             resumed,
@@ -204,6 +221,8 @@ impl Reader {
             last_sent: Instant::now(),
             record,
             attach,
+            shutdown,
+            shut: false,
         };
         reader.take(first);
         reader
@@ -252,6 +271,20 @@ impl Reader {
             if self.done {
                 return Poll::Ready(None);
             }
+            if self.shut || self.shutdown.as_ref().is_some_and(ShutdownWatch::is_ended) {
+                // What it read went out: the error event, then the end (its client resumes
+                // on another replica).
+                if self.shut {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                self.shut = true;
+                let event = ErrorEvent::default()
+                    .render(Outcome::ServerShutdown, "the server is shutting down")
+                    .unwrap_or_default();
+                self.sent(event.len());
+                return Poll::Ready(Some(Ok(Frame::data(event))));
+            }
             if let Some(gap) = self.gap {
                 if !self.gap_sent {
                     self.gap_sent = true;
@@ -277,7 +310,12 @@ impl Reader {
                         self.read = None;
                         read
                     }
-                    Poll::Pending => return self.poll_keep_alive(cx),
+                    Poll::Pending => {
+                        if self.poll_shutdown(cx) {
+                            continue;
+                        }
+                        return self.poll_keep_alive(cx);
+                    }
                 }
             } else {
                 if self.wait {
@@ -293,7 +331,12 @@ impl Reader {
                                 continue;
                             }
                         }
-                        Poll::Pending => return self.poll_keep_alive(cx),
+                        Poll::Pending => {
+                            if self.poll_shutdown(cx) {
+                                continue;
+                            }
+                            return self.poll_keep_alive(cx);
+                        }
                     }
                 }
                 let limits = self.config.read_limits;
@@ -321,6 +364,13 @@ impl Reader {
                 Err(_) => self.lost(ResumeGapKind::StoreFailed),
             }
         }
+    }
+
+    /// Whether the shutdown came (the task is woken when it comes).
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> bool {
+        self.shutdown
+            .as_mut()
+            .is_some_and(|shutdown| shutdown.poll_ended(cx).is_ready())
     }
 
     /// The seq of the last entry read from the log (sent, or waiting to be).
@@ -365,6 +415,10 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        self.config
+            .open_readers
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         if let Some(on_end) = &self.config.on_reader_end {
             on_end(self.record);
         }

@@ -14,6 +14,7 @@ use crate::resume::id::StreamId;
 use crate::resume::memory::MemoryStore;
 use crate::resume::shared::Shared;
 use crate::resume::store::{ReadLimits, ResumeStore};
+use crate::stream::Shutdown;
 use crate::stream::config::KeepAliveConfig;
 
 /// What happens to a stream's upstream while no client is attached to it.
@@ -191,6 +192,10 @@ pub(crate) struct Config {
     /// The streams produced in another process that clients of this one read (shared
     /// stores): their presence is kept in the store while they have readers here.
     pub(crate) followers: Arc<Producers>,
+    /// Ends the readers of streams produced elsewhere, on shutdown.
+    pub(crate) shutdown: Option<Shutdown>,
+    /// The readers open now (every connection to a resumable stream this process serves).
+    pub(crate) open_readers: OpenReaders,
 }
 
 impl Clone for Config {
@@ -207,11 +212,31 @@ impl Clone for Config {
             on_reader_end: self.on_reader_end.clone(),
             producers: self.producers.clone(),
             followers: self.followers.clone(),
+            shutdown: self.shutdown.clone(),
+            open_readers: self.open_readers.clone(),
         }
     }
 }
 
 /// The producers running in this process.
+/// The number of client connections to resumable streams open now
+/// ([`ResumeLayer::open_readers`]).
+#[derive(Clone, Default)]
+pub struct OpenReaders(pub(crate) Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenReaders {
+    /// Readers open now.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for OpenReaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OpenReaders").field(&self.get()).finish()
+    }
+}
+
 /// Default [`ResumeLayer::slow_reader_hold`].
 const DEFAULT_SLOW_READER_HOLD: Duration = Duration::from_secs(30);
 
@@ -283,6 +308,8 @@ impl ResumeLayer {
                 on_reader_end: None,
                 producers: Arc::default(),
                 followers: Arc::default(),
+                shutdown: None,
+                open_readers: OpenReaders::default(),
             }),
         }
     }
@@ -355,6 +382,35 @@ impl ResumeLayer {
     /// ```
     pub fn slow_reader_hold(self, bound: Duration) -> Self {
         self.with(|c| c.slow_reader_hold = bound)
+    }
+
+    /// End the readers this process serves when `shutdown` ends the streams: each sends what
+    /// it has read, then the error event (`server_shutdown`) and ends, so that its client
+    /// resumes on another replica. Give the same handle to the [`SseLayer`](crate::SseLayer)
+    /// inside: a stream produced here ends through its log (its readers get its
+    /// `server_shutdown` event, logged); the handle ends the readers of streams produced in
+    /// another process (a shared store) or already ended, which hold no stream permit. Wait
+    /// for [`open_readers`](Self::open_readers) as well as for the permits before exiting.
+    ///
+    /// ```
+    /// use tower_sse::stream::Shutdown;
+    /// use tower_sse::{ResumeLayer, SseLayer};
+    ///
+    /// let shutdown = Shutdown::new();
+    /// let resume = ResumeLayer::new().shutdown(shutdown.clone());
+    /// let sse = SseLayer::new().shutdown(shutdown.clone());
+    /// let readers = resume.open_readers();
+    /// assert_eq!(readers.get(), 0);
+    /// # let _ = sse;
+    /// ```
+    pub fn shutdown(self, shutdown: Shutdown) -> Self {
+        self.with(|c| c.shutdown = Some(shutdown))
+    }
+
+    /// A handle on the number of client connections to resumable streams open now, in every
+    /// service of this layer and its clones (a graceful shutdown waits for it to reach 0).
+    pub fn open_readers(&self) -> OpenReaders {
+        self.config.open_readers.clone()
     }
 
     /// Called with each client connection's [`ReaderRecord`] when its body is dropped

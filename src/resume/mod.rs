@@ -123,7 +123,7 @@ pub use self::body::ResumeBody;
 pub use self::gap::{ResumeGap, ResumeGapKind};
 pub use self::id::{EventId, StreamId};
 pub use self::layer::ResumeLayer;
-pub use self::layer::{Detach, ReaderRecord};
+pub use self::layer::{Detach, OpenReaders, ReaderRecord};
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 pub use self::observer::{ResumeObserver, ResumeSummary};
 #[cfg(feature = "redis")]

@@ -231,7 +231,7 @@ where
     runtime.spawn(produce(body, log.clone(), shared, config.clone()));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));
-    let reader = Reader::new(log, config, wake, first, false, attach);
+    let reader = Reader::new(log, config, wake, first, false, attach, true);
     Response::from_parts(parts, ResumeBody::reader(reader))
 }
 
@@ -300,7 +300,9 @@ async fn resume<B>(
         return no_content(None);
     }
     count("replayed");
-    let attach = match (config.producers.get(id.stream), log.presence()) {
+    let produced_here = config.producers.get(id.stream);
+    let here = produced_here.is_some();
+    let attach = match (produced_here, log.presence()) {
         (Some(shared), _) => shared.attach(true),
         // Produced in another process: this reader counts as attached there, through the
         // store, while it reads.
@@ -314,7 +316,7 @@ async fn resume<B>(
         }
         (None, None) => Arc::new(Shared::new(id.stream)).attach(true),
     };
-    let reader = Reader::new(log, config, wake, batch, true, attach);
+    let reader = Reader::new(log, config, wake, batch, true, attach, here);
     let mut response = Response::new(ResumeBody::reader(reader));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
