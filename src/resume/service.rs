@@ -349,10 +349,8 @@ async fn keep_present(
     loop {
         let now = shared.counts();
         let gone = shared.attached() == 0 && config.followers.remove_if_unread(shared.id);
-        if !gone || !(now - sent).is_zero() {
-            if log.keep_present(now - sent).await.is_ok() {
-                sent = now;
-            }
+        if (!gone || !(now - sent).is_zero()) && log.keep_present(now - sent).await.is_ok() {
+            sent = now;
         }
         if gone {
             return;
