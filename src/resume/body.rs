@@ -32,7 +32,8 @@ pin_project! {
     ///
     /// A reader sends each logged event as its own frame (replay is never one huge write),
     /// its own keep-alives when configured, and ends as the stream ended: cleanly, or with
-    /// an error when the stream's body failed. A reader that cannot go on without a gap (it
+    /// an error when the stream's body failed or was cancelled (the detach policy, the
+    /// server stopping its producer). A reader that cannot go on without a gap (it
     /// fell behind the log's trimmed start, the store lost or could not read the log) sends
     /// the `resume_gap` error event and then fails ([`ResumeGap`]): never a clean end with
     /// events missing.
@@ -301,6 +302,8 @@ impl Reader {
                 self.record.reached_end = true;
                 return Poll::Ready(match end {
                     StreamEnd::Failed => Some(Err("the stream failed".into())),
+                    // Cut by the detach policy or the server: incomplete, so not a clean end.
+                    StreamEnd::Cancelled => Some(Err("the stream was cancelled".into())),
                     _ => None,
                 });
             }

@@ -183,8 +183,9 @@ pub(crate) async fn produce<B>(
                         shared.set_elsewhere(counts);
                         present
                     }
-                    // Unknown: as if no reader were attached anywhere.
-                    Err(_) => false,
+                    // Unknown (the store is away): never cut a reader it cannot see; an
+                    // abandoned stream then runs on until the store answers again.
+                    Err(_) => true,
                 };
                 if present {
                     seen_elsewhere = Some(now);

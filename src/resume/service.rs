@@ -24,12 +24,14 @@ use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
 use crate::resume::producer::produce;
 use crate::resume::shared::{ResumableStream, Shared};
-use crate::resume::store::{NewStream, Read, StreamLog};
+use crate::resume::store::{NewStream, Read, StreamEnd, StreamLog};
 
 /// The response header that carries a resumable stream's id.
 pub const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("sse-stream-id");
-/// The response header of a `204` to a resume whose position was trimmed (`gone`), and of a
-/// stream that could not be made resumable (`off`).
+/// The response header of a `204` to a resume whose position was trimmed or lost (`gone`),
+/// or that the store could not answer (`unavailable`: the stream may go on, the client may
+/// retry) or whose stream ended without completing (`cancelled`, `failed`: the client has
+/// all there is), and of a stream that could not be made resumable (`off`).
 pub const RESUME_HEADER: HeaderName = HeaderName::from_static("sse-resume");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
@@ -274,7 +276,7 @@ async fn resume<B>(
         }
         Err(_) => {
             count("unavailable");
-            return no_content(None);
+            return no_content(Some("unavailable"));
         }
     };
     let mut wake = log.wake_ups();
@@ -291,13 +293,17 @@ async fn resume<B>(
         }
         Err(_) => {
             count("unavailable");
-            return no_content(None);
+            return no_content(Some("unavailable"));
         }
     };
-    if batch.events.is_empty() && batch.end.is_some() {
-        // The client has everything: 204 keeps an EventSource from reconnecting forever.
+    if let (true, Some(end)) = (batch.events.is_empty(), batch.end) {
+        // The client has everything: 204 keeps an EventSource from reconnecting forever. A
+        // stream that did not complete says how it ended.
         count("finished");
-        return no_content(None);
+        return no_content(match end {
+            StreamEnd::Completed => None,
+            end => Some(end.as_str()),
+        });
     }
     count("replayed");
     let produced_here = config.producers.get(id.stream);

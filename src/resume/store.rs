@@ -162,8 +162,9 @@ pub trait StreamLog: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the store cannot answer (the producer then follows its detach
-    /// policy as if no reader were attached anywhere).
+    /// [`StoreError`] when the store cannot answer: the producer then keeps its upstream as
+    /// if a reader were attached elsewhere (it never cuts a reader it cannot see), and asks
+    /// again an interval later.
     fn elsewhere(&self) -> BoxFuture<'_, Result<(bool, ReaderCounts), StoreError>> {
         Box::pin(std::future::ready(Ok((false, ReaderCounts::default()))))
     }

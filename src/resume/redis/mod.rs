@@ -238,6 +238,34 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Whether Redis may have lost its data (a restart without persistence) less than a
+    /// lease and a timeout ago: the first miss after it sets `<prefix>since` (no TTL), so
+    /// that for one lease after it misses cannot be told from streams not re-synced yet.
+    pub(super) async fn recently_emptied(&self) -> Result<bool, StoreError> {
+        let key = format!("{}since", self.inner.settings.prefix);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let since: u64 = self
+            .call(async |mut c| {
+                let (since,): (u64,) = redis::pipe()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(now)
+                    .arg("NX")
+                    .ignore()
+                    .get(&key)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(since)
+            })
+            .await?;
+        let settings = &self.inner.settings;
+        Ok(now.saturating_sub(since) < millis(settings.lease + settings.timeout))
+    }
+}
+
 fn unavailable(e: &redis::RedisError) -> StoreError {
     // The kind and code only: a Redis error can quote the command, and so a payload.
     StoreError::unavailable(format!(
@@ -369,6 +397,14 @@ impl ResumeStore for RedisStore {
             let owner: Option<String> = self
                 .call(async |mut c| c.hget(&meta, "tenant").await)
                 .await?;
+            if owner.is_none() && self.recently_emptied().await? {
+                // Redis may have restarted empty: a live stream's producer re-writes its log
+                // within a heartbeat. Until then "unknown" would be a lie: say unavailable
+                // (`204`, `sse-resume: unavailable`), and the client tries again.
+                return Err(StoreError::unavailable(
+                    "Redis was emptied recently; the stream may not be re-synced yet",
+                ));
+            }
             if owner.as_deref() != Some(tenant.to_string().as_str()) {
                 // Unknown, expired, or another tenant's: all alike.
                 return Ok(None);

@@ -141,7 +141,15 @@ fn answer(
     limits: ReadLimits,
 ) -> Read {
     if cursor > head {
-        return Read::Ahead;
+        return match (end, producer_alive) {
+            // A position the producer gave out (from its memory) that its mirror has not
+            // written yet: wait for it, as for the next event.
+            (None, true) => Read::Events(Batch::new(cursor, Vec::new(), cursor, None)),
+            // Not written, and the producer's lease lapsed (it died, or Redis was away):
+            // what follows cannot be served, and is said to be gone.
+            (None, false) => Read::Gone,
+            (Some(_), _) => Read::Ahead,
+        };
     }
     match entries.first() {
         // A hole: the next entry was trimmed or expired.
@@ -232,7 +240,15 @@ mod tests {
         );
         assert_eq!(answer(2, Vec::new(), 6, None, true, LIMITS), Read::Gone);
         // Beyond the end of the log.
-        assert_eq!(answer(9, Vec::new(), 6, None, true, LIMITS), Read::Ahead);
+        assert_eq!(answer(9, Vec::new(), 6, None, false, LIMITS), Read::Gone);
+        let ended = Some(StreamEnd::Completed);
+        assert_eq!(answer(9, Vec::new(), 6, ended, true, LIMITS), Read::Ahead);
+        // Beyond what the mirror wrote of a live stream: the producer may have sent it from
+        // memory already; wait for it.
+        let Read::Events(batch) = answer(9, Vec::new(), 6, None, true, LIMITS) else {
+            panic!("a wait expected");
+        };
+        assert!(batch.events.is_empty() && batch.end.is_none() && !batch.is_partial());
         // Caught up with a live producer: nothing yet; with a dead one: gone.
         assert!(matches!(
             answer(6, Vec::new(), 6, None, true, LIMITS),

@@ -95,6 +95,7 @@ impl Mirror {
         let mut lost_marked = false;
         let mut failing_since: Option<tokio::time::Instant> = None;
         let mut again = false;
+        let mut emptied = false;
         loop {
             if !again {
                 let mut changed = std::pin::pin!(wake.changed());
@@ -108,8 +109,23 @@ impl Mirror {
             }
             again = false;
             wake.borrow_and_update();
-            if failing_since.is_some() {
+            if emptied {
+                // Redis lost the stream (a restart without persistence) while this writer saw
+                // no failure: what it just wrote has a hole before it. Start over.
+                let dropped = self
+                    .store
+                    .call(async |mut c| redis::cmd("DEL").arg(&log).query_async::<()>(&mut c).await)
+                    .await;
+                if dropped.is_err() {
+                    failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    continue;
+                }
+                emptied = false;
+                lost_marked = false;
+                synced = 0;
+            } else if failing_since.is_some() {
                 // Back: where does the Redis log stop? (Empty after a restart.)
+                lost_marked = false;
                 match self.redis_head(&log).await {
                     Ok(head) => synced = head,
                     Err(_) => {
@@ -122,9 +138,8 @@ impl Mirror {
             }
             let end = *self.end.lock().unwrap_or_else(PoisonError::into_inner);
             let mut pipe = redis::pipe();
-            if failing_since.is_some() {
-                pipe.hset(&meta, "tenant", &self.tenant).ignore();
-            }
+            // First, and answered: 1 when the meta was gone (Redis lost the stream).
+            pipe.hset(&meta, "tenant", &self.tenant);
             let mut next = synced;
             if lost.is_none() {
                 let read = match self.local.read_now(synced, limits, &mut buffer) {
@@ -185,10 +200,14 @@ impl Mirror {
             }
             let written = self
                 .store
-                .call(async |mut c| pipe.query_async::<()>(&mut c).await)
+                .call(async |mut c| pipe.query_async::<(i64,)>(&mut c).await)
                 .await;
             match written {
-                Ok(()) => {
+                Ok((added,)) if added > 0 && failing_since.is_none() && synced > 0 => {
+                    emptied = true;
+                    again = true;
+                }
+                Ok(_) => {
                     synced = next;
                     failing_since = None;
                     lost_marked |= lost.is_some();
@@ -316,6 +335,9 @@ impl StreamLog for ProducerLog {
                 resumes: resumes.unwrap_or(0),
                 replayed_events: replayed.unwrap_or(0),
             };
+            // Redis emptied recently (a restart): the readers' presence is being re-written;
+            // do not take its absence for an answer yet.
+            let present = present || self.store.recently_emptied().await.unwrap_or(true);
             Ok((present, counts))
         })
     }
