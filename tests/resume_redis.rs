@@ -971,3 +971,99 @@ async fn chaos_cuts_switches_silences_slow_readers_and_a_redis_restart_lose_noth
     assert_eq!(silent, 0, "a client lost events without being told");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Calls of `command` Redis served so far (`INFO commandstats`).
+fn calls(redis: &Redis, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]).unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The Redis round trips of liveness (the producer's heartbeat) and of reader presence (its
+/// refresh on the reader's replica, the producer's look), per stream and per second, for
+/// BENCHMARKS.md: each such round trip carries exactly one `PSETEX` (heartbeat, presence) or
+/// one `EXISTS` (the producer's look). A lease of 300 ms stands for the default 10 s (the
+/// rates scale with `1 / lease`). Run with `--ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement for BENCHMARKS.md"]
+async fn round_trips_of_heartbeats_and_presence() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let lease = Duration::from_millis(300);
+    let window = Duration::from_secs(3);
+    let store = |redis: &Redis| {
+        RedisStore::builder(&redis.url())
+            .unwrap()
+            .poll(Duration::from_millis(100))
+            .lease(lease)
+            .build()
+    };
+    let reports = support::body::Reports::default();
+    let per_second = |n: u64| n as f64 / window.as_secs_f64();
+
+    // A busy stream (an event every 20 ms) with its reader: the lease rides on the writes.
+    let (tx, upstream) = channel();
+    let a = replica_with(store(&redis), Some(upstream), lease * 4, &reports);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    let (psetex, xadd) = (calls(&redis, "psetex"), calls(&redis, "xadd"));
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < window {
+        send(&tx, "x");
+        read_events(&mut body, 1).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writes = calls(&redis, "xadd") - xadd;
+    let lease_renewals = calls(&redis, "psetex") - psetex;
+    println!(
+        "busy: {:.1} writes/s (one round trip each at most), {:.1} lease renewals/s, all inside them",
+        per_second(writes),
+        per_second(lease_renewals)
+    );
+    drop(tx);
+    drop(body);
+
+    // A silent stream with its reader on the producer's replica: heartbeats only.
+    let (tx, upstream) = channel();
+    let a = replica_with(store(&redis), Some(upstream), lease * 4, &reports);
+    let response = a.oneshot(get(None)).await.unwrap();
+    let mut body = response.into_body();
+    send(&tx, "first");
+    let first = read_events(&mut body, 1).await;
+    let id = client_view(&first).last_event_id;
+    tokio::time::sleep(lease).await;
+    let psetex = calls(&redis, "psetex");
+    tokio::time::sleep(window).await;
+    let heartbeats = calls(&redis, "psetex") - psetex;
+    println!(
+        "silent, local reader: {:.2} heartbeat round trips/s per stream (lease {lease:?})",
+        per_second(heartbeats)
+    );
+
+    // The same stream, its reader moved to another replica: heartbeats, presence refreshes
+    // there, and the producer's looks.
+    drop(body);
+    let b = replica_with(store(&redis), None, lease * 4, &reports);
+    let response = b.oneshot(get(Some(&id))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let remote = response.into_body();
+    tokio::time::sleep(lease * 5).await;
+    let (psetex, exists) = (calls(&redis, "psetex"), calls(&redis, "exists"));
+    tokio::time::sleep(window).await;
+    let psetex = calls(&redis, "psetex") - psetex;
+    // The remote reader's reads check the lease with `EXISTS` too: count the producer's looks
+    // as the `EXISTS` beyond those (one per read; its reads are the safety polls here).
+    let exists = calls(&redis, "exists") - exists;
+    println!(
+        "silent, reader on another replica: {:.2} PSETEX round trips/s (heartbeat + presence), {:.2} EXISTS/s (the producer's looks and the remote reader's polls)",
+        per_second(psetex),
+        per_second(exists)
+    );
+    drop(remote);
+    drop(tx);
+}
