@@ -90,6 +90,10 @@ use self::writer::ProducerLog;
 ///   entry: resumes past it on other replicas answer `204` (`sse-resume: gone`) and readers
 ///   there get the `resume_gap` error event and a broken end. Never a silent gap. The
 ///   writer reads the in-process log rather than a queue, so nothing can overflow.
+/// - Redis restarted without persistence: its misses answer `unavailable` (`204`) for one
+///   lease while live streams are re-written by their producers; the logs of streams that
+///   had already ended are lost (their resumes then answer `204` without a reason). Run
+///   Redis with persistence (AOF) to keep them.
 /// - Redis back: new streams are resumable again (the connection manager reconnects), with
 ///   no restart.
 ///
