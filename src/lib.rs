@@ -158,9 +158,9 @@
 //! use axum::extract::{Request, State};
 //! use axum::response::{IntoResponse, Response};
 //! use axum::routing::post;
-//! use http::header::HOST;
+//! use http::header::{ACCEPT_ENCODING, HOST};
 //! use http::uri::PathAndQuery;
-//! use http::{StatusCode, Uri, Version};
+//! use http::{HeaderValue, StatusCode, Uri, Version};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::client::legacy::connect::HttpConnector;
 //! use hyper_util::rt::TokioExecutor;
@@ -195,6 +195,9 @@
 //!                 .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)))
 //!                 .first_event_timeout(Duration::from_secs(120))
 //!                 .idle_timeout(Duration::from_secs(30))
+//!                 // `Cache-Control: no-cache`, `X-Accel-Buffering: no`: a proxy in front
+//!                 // (nginx) passes each event at once.
+//!                 .sse_headers(true)
 //!                 .observer((UsageObserver::new(), TimingObserver::new()))
 //!                 .on_end(move |report: StreamReport| {
 //!                     let _ = reports.send(report);
@@ -225,6 +228,12 @@
 //!     ] {
 //!         request.headers_mut().remove(name);
 //!     }
+//!     // A compressed stream passes through unread (`Framing::Encoded`: limited and
+//!     // reported, but no usage, events or content deadlines): ask for it uncompressed.
+//!     request
+//!         .headers_mut()
+//!         .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+//!     // The example gateway also appends `X-Forwarded-For` and keeps or makes `X-Request-Id`.
 //!     request
 //! }
 //!

@@ -36,7 +36,7 @@ async fn responses_that_are_not_streams_pass_through_with_their_hints() {
 }
 
 #[tokio::test]
-async fn compressed_event_streams_pass_through_undecoded() {
+async fn compressed_event_streams_are_taken_undecoded_and_reported() {
     let reports = Reports::default();
     let mut upstream = response(
         "text/event-stream",
@@ -46,12 +46,23 @@ async fn compressed_event_streams_pass_through_undecoded() {
         http::header::CONTENT_ENCODING,
         HeaderValue::from_static("gzip"),
     );
-    let res = serve(SseLayer::new().on_end(reports.sink()), upstream).await;
+    let layer = SseLayer::new()
+        .keep_alive(tower_sse::KeepAliveConfig::new())
+        .sse_headers(true)
+        .on_end(reports.sink());
+    let res = serve(layer, upstream).await;
     assert_eq!(res.headers()[http::header::CONTENT_ENCODING], "gzip");
+    assert_eq!(res.headers()[http::header::CACHE_CONTROL], "no-cache");
     let body = res.into_body();
-    assert!(!body.is_stream());
+    assert!(body.is_stream(), "an encoded stream is still a stream");
+    // Its bytes pass as they came: no keep-alive or event was added.
     assert_eq!(collect(body).await.data, b"\x1f\x8b\x08\x00gzipped");
-    assert_eq!(reports.len(), 0);
+    let report = reports.one();
+    assert_eq!(report.framing, tower_sse::framing::Framing::Encoded);
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(report.bytes_in, 11);
+    assert_eq!(report.bytes_out, 11);
+    assert_eq!(report.events, 0);
 }
 
 #[tokio::test]

@@ -378,3 +378,120 @@ async fn layers_compose_in_tonic_server() {
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     tokio::spawn(server).abort();
 }
+
+/// An observer that is not `Send`: it counts into an `Rc` shared with the test.
+#[derive(Clone, Default)]
+struct RcCounter {
+    events: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl tower_sse::Observer for RcCounter {
+    fn on_event(&mut self, _: &tower_sse::sse::EventRef<'_>, _: &mut tower_sse::EventContext<'_>) {
+        self.events.set(self.events.get() + 1);
+    }
+}
+
+/// An upstream that holds an `Rc`: its future is not `Send`.
+fn rc_upstream() -> impl tower::Service<
+    Request<hyper::body::Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
+> + Clone {
+    let events = std::rc::Rc::new(b"data: one\n\ndata: two\n\n".to_vec());
+    service_fn(move |_: Request<hyper::body::Incoming>| {
+        let events = events.clone();
+        async move {
+            let mut response = Response::new(Full::new(Bytes::from(events.as_ref().clone())));
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            Ok(response)
+        }
+    })
+}
+
+/// A stack that is not `Send` (an `Rc` in the upstream and in the observer) runs on a
+/// `LocalSet` behind a real hyper server, with tower-http's `TimeoutLayer` around it, as
+/// `SseLayer::local()` does not ask for `Send`; and on a single `oneshot`.
+#[tokio::test]
+async fn a_local_stack_serves_on_a_local_set() {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use tower_http::timeout::TimeoutLayer;
+
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let counter = RcCounter::default();
+            let stack = tower::ServiceBuilder::new()
+                .layer(StreamLimitLayer::new(8))
+                .layer(TimeoutLayer::with_status_code(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    Duration::from_secs(30),
+                ))
+                .layer(
+                    SseLayer::new()
+                        .local()
+                        .observer(counter.clone())
+                        .idle_timeout(Duration::from_secs(30))
+                        .keep_alive(tower_sse::KeepAliveConfig::new()),
+                )
+                .service(rc_upstream());
+
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server_stack = stack.clone();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let service = TowerToHyperService::new(server_stack.clone());
+                    // Not `Send`: spawned on this thread's `LocalSet`.
+                    tokio::task::spawn_local(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
+                }
+            });
+
+            let response = reqwest::get(format!("http://{addr}/v1/chat/completions"))
+                .await
+                .unwrap();
+            assert_eq!(
+                response.headers()["content-type"],
+                "text/event-stream",
+                "{response:?}"
+            );
+            let body = response.text().await.unwrap();
+            assert_eq!(body, "data: one\n\ndata: two\n\n");
+            assert_eq!(counter.events.get(), 2);
+
+            // The same stack type, one request at a time through `oneshot`.
+            let upstream = service_fn(|_: Request<Full<Bytes>>| {
+                let rc = std::rc::Rc::new(());
+                async move {
+                    let _held = rc;
+                    let mut response =
+                        Response::new(Full::new(Bytes::from_static(b"data: hi\n\n")));
+                    response
+                        .headers_mut()
+                        .insert("content-type", "text/event-stream".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let response = SseLayer::new()
+                .local()
+                .observer(counter.clone())
+                .layer(upstream)
+                .oneshot(Request::new(Full::new(Bytes::new())))
+                .await
+                .unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"data: hi\n\n");
+            assert_eq!(counter.events.get(), 3);
+        })
+        .await;
+}

@@ -182,7 +182,8 @@ async fn ndjson_last_line_without_newline_is_a_record_when_whole() {
         )
     })
     .await;
-    let (_, _, body) = send(addr, "application/x-ndjson").await;
+    // An SSE client gets the lines as events.
+    let (_, _, body) = send(addr, "text/event-stream").await;
     assert_eq!(client_view(&body).0, ["{\"a\":1}", "{\"b\":2}"]);
     let report = next_report(&mut reports).await;
     assert_eq!(report.outcome, Outcome::Completed);
@@ -200,8 +201,9 @@ async fn ndjson_cut_mid_line_is_truncation_and_the_broken_json_is_not_forwarded(
         )
     })
     .await;
+    // A client that asked for NDJSON gets NDJSON (issue 31): the whole line only.
     let (_, _, body) = send(addr, "application/x-ndjson").await;
-    assert_eq!(body, b"data: {\"a\":1}\n\n");
+    assert_eq!(body, b"{\"a\":1}\n");
     let report = next_report(&mut reports).await;
     assert_eq!(report.outcome, Outcome::UpstreamTruncated);
     assert_eq!(report.events, 1);
@@ -444,4 +446,90 @@ async fn a_stalled_upload_gets_a_408_is_reported_and_frees_its_permit() {
     let report = reports.one();
     assert_eq!(report.outcome, Outcome::RequestTimeout);
     drop(tx);
+}
+
+// 4. Compressed streams and bodiless answers (issue 31).
+
+#[tokio::test]
+async fn an_early_response_refuses_a_compressed_stream_with_an_error_event() {
+    let (sink, mut reports) = report_channel();
+    let layer = SseLayer::new().early_response(true).on_end(sink);
+    let addr = serve_layer(layer, || {
+        let mut response = answer(StatusCode::OK, "text/event-stream", &["\x1f\u{8b}gz"]);
+        response
+            .headers_mut()
+            .insert("content-encoding", "gzip".parse().unwrap());
+        response
+    })
+    .await;
+    // The head went out as plain SSE before the upstream answered: gzip cannot follow it.
+    let (status, headers, body) = send(addr, "text/event-stream").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("content-encoding").is_none());
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.starts_with("event: error\n"), "{text}");
+    assert!(text.contains("upstream_error"), "{text}");
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.outcome, Outcome::UpstreamError);
+    assert_eq!(report.framing, Framing::Encoded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compressed_stream_past_its_deadline_ends_without_added_bytes() {
+    let reports = Reports::default();
+    let layer = SseLayer::new()
+        .keep_alive(tower_sse::KeepAliveConfig::new().interval(Duration::from_secs(1)))
+        .total_timeout(Duration::from_secs(10))
+        .on_end(reports.sink());
+    // One compressed frame, then silence past the deadline (keep-alives would be due).
+    let frames = futures_util::StreamExt::chain(
+        futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+            b"\x1f\x8bpart",
+        )))]),
+        futures_util::stream::pending(),
+    );
+    let mut upstream = response("text/event-stream", http_body_util::StreamBody::new(frames));
+    upstream
+        .headers_mut()
+        .insert("content-encoding", "br".parse().unwrap());
+    let res = serve(layer, upstream).await;
+    assert_eq!(res.headers()["content-encoding"], "br");
+    // Only the upstream's bytes: no keep-alive or error event inside the compressed body.
+    assert_eq!(collect(res.into_body()).await.data, b"\x1f\x8bpart");
+    let report = reports.one();
+    assert_eq!(report.outcome, Outcome::DeadlineExceeded);
+    assert_eq!(report.framing, Framing::Encoded);
+    assert_eq!(report.keep_alives, 0);
+}
+
+#[tokio::test]
+async fn an_ndjson_client_gets_a_failure_as_a_json_line() {
+    let (sink, mut reports) = report_channel();
+    let layer = SseLayer::new()
+        .json_lines(true)
+        .max_event_size(16)
+        .keep_alive(tower_sse::KeepAliveConfig::new())
+        .on_end(sink);
+    let addr = serve_layer(layer, || {
+        answer(
+            StatusCode::OK,
+            "application/x-ndjson",
+            &["{\"a\":1}\n", "{\"far_too_long\":\"xxxxxxxxxxxxxxxx\"}\n"],
+        )
+    })
+    .await;
+    let (_, headers, body) = send(addr, "application/x-ndjson").await;
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    let text = String::from_utf8(body).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["a"], 1);
+    assert_eq!(lines[1]["error"]["type"], "event_too_large");
+    assert_eq!(
+        next_report(&mut reports).await.outcome,
+        Outcome::EventTooLarge
+    );
 }

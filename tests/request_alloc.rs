@@ -1,6 +1,7 @@
 //! Allocations per request, counted with an instrumented global allocator: a
 //! `StreamLimitLayer` (no drain configured inside) and a disabled `ResumeLayer` add none to
-//! what the service inside them makes.
+//! what the service inside them makes; an enabled `ResumeLayer`, for a request answered
+//! with something other than a stream, adds only its handle in the request's extensions.
 //!
 //! One test function only: the allocator counts every thread of the process.
 
@@ -28,6 +29,14 @@ fn event_stream(
     response
         .headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());
+    std::future::ready(Ok(response))
+}
+
+fn json(_: Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     std::future::ready(Ok(response))
 }
 
@@ -88,6 +97,33 @@ fn layers_add_no_allocation_per_request() {
         assert_eq!(
             disabled, base,
             "a disabled ResumeLayer allocates per request"
+        );
+
+        // Enabled, for an answer that is not a stream: the inner service plus one request
+        // extension (the `ResumableStream` handle that the layers and handlers inside may
+        // read), measured against a layer that inserts one extension and nothing else. No
+        // boxed future, no shared state, no lock.
+        let json_alone = allocations_per_request(&mut SseLayer::new().layer(service_fn(json)));
+        println!("per request, SseLayer alone, not a stream: {json_alone} allocations");
+        #[derive(Clone)]
+        struct Handle(#[allow(dead_code)] [u64; 3]);
+        let mut one_extension = tower::ServiceBuilder::new()
+            .map_request(|mut request: Request<Full<Bytes>>| {
+                request.extensions_mut().insert(Handle([0; 3]));
+                request
+            })
+            .service(SseLayer::new().layer(service_fn(json)));
+        let json_base = allocations_per_request(&mut one_extension);
+        println!(
+            "per request, SseLayer + one request extension, not a stream: {json_base} allocations"
+        );
+        let mut enabled =
+            tower_sse::ResumeLayer::new().layer(SseLayer::new().layer(service_fn(json)));
+        let not_stream = allocations_per_request(&mut enabled);
+        println!("per request, + enabled ResumeLayer, not a stream: {not_stream} allocations");
+        assert_eq!(
+            not_stream, json_base,
+            "an enabled ResumeLayer allocates per request that is not a stream"
         );
     }
     assert_eq!(limit, base, "StreamLimitLayer allocates per request");

@@ -1021,6 +1021,49 @@ async fn a_producer_that_dies_ends_its_readers() {
     assert!(body.frame().await.is_none());
 }
 
+/// A producer dropped mid-stream (its runtime shuts down) still reports the stream with its
+/// `ResumeSummary`: the body, whose drop makes the report, goes before the producer leaves
+/// the table of running producers where the summary is looked up.
+#[test]
+fn a_producer_dropped_mid_stream_still_reports_its_summary() {
+    let reports = Reports::default();
+    let (tx, body) = channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let mut body = Some(body);
+        let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+            let response = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.take().unwrap())
+                .unwrap();
+            std::future::ready(Ok::<_, Infallible>(response))
+        });
+        let sse = SseLayer::new()
+            .observer(ResumeObserver::new())
+            .on_end(reports.sink());
+        let service = ResumeLayer::new().layer(sse.layer(inner));
+        let response = service.oneshot(get(None, None)).await.unwrap();
+        let stream = stream_id(&response);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+            .unwrap();
+        let mut body = std::pin::pin!(response.into_body());
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(first.ends_with(b"data: 1\n\n"));
+        stream
+    });
+    assert_eq!(reports.len(), 0, "the stream is still open");
+    // The producer task is dropped with the runtime, in the middle of the stream.
+    drop(runtime);
+    let report = reports.one();
+    let summary = report.extensions.get::<ResumeSummary>().expect("a summary");
+    assert_eq!(summary.stream, stream);
+    assert_eq!(summary.connections, 1);
+    drop(tx);
+}
+
 /// Each resume answer is counted (`tower_sse.resume.requests`, by answer).
 #[cfg(feature = "metrics")]
 #[test]

@@ -86,7 +86,7 @@ mod words;
 pub use body::Aborted;
 pub use config::{CONTROLS, Chunking, ControlError, ControlInfo, Controls, MockConfig};
 pub use request::prompt_tokens;
-pub use server::{MockServer, router, router_with_stats, serve, spawn};
+pub use server::{MockServer, router, router_with_stats, serve, serve_with_h2_max_streams, spawn};
 pub use stats::MockStats;
 
 /// The full content text of a response with this `seed` and number of `tokens`.

@@ -205,10 +205,26 @@ fn error_response(api: Api, status: StatusCode, message: &str) -> Response {
 /// dropped, which also closes every connection it opened. Accept errors (a full file table
 /// during a load run, say) are waited out and retried, so in practice it never returns.
 pub async fn serve(listener: TcpListener, config: MockConfig) -> io::Result<()> {
-    serve_router(listener, router(config)).await
+    serve_router(listener, router(config), None).await
 }
 
-async fn serve_router(listener: TcpListener, app: Router) -> io::Result<()> {
+/// [`serve`], with at most `max_streams` concurrent streams on each HTTP/2 connection
+/// (hyper's default is 200): a load run can then put more streams on one multiplexed
+/// connection than a real upstream may allow, or fewer, to see what a client does at the
+/// limit.
+pub async fn serve_with_h2_max_streams(
+    listener: TcpListener,
+    config: MockConfig,
+    max_streams: u32,
+) -> io::Result<()> {
+    serve_router(listener, router(config), Some(max_streams)).await
+}
+
+async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    h2_max_streams: Option<u32>,
+) -> io::Result<()> {
     // Owning the connection tasks means dropping this future closes them all, stalled
     // streams included: `axum::serve` would leave them running.
     let mut connections = JoinSet::new();
@@ -225,8 +241,12 @@ async fn serve_router(listener: TcpListener, app: Router) -> io::Result<()> {
         // Small frames must leave at once, not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        if let Some(max_streams) = h2_max_streams {
+            builder.http2().max_concurrent_streams(max_streams);
+        }
         connections.spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -288,7 +308,7 @@ pub async fn spawn(config: MockConfig) -> (SocketAddr, MockServer) {
         .expect("a bound listener has an address");
     let (app, stats) = router_with_stats(config);
     let task = tokio::spawn(async move {
-        let _ = serve_router(listener, app).await;
+        let _ = serve_router(listener, app, None).await;
     });
     (addr, MockServer { addr, stats, task })
 }

@@ -1,8 +1,7 @@
 //! [`ResumeLayer`]: the settings of resumable streams.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -12,7 +11,7 @@ use crate::resume::Resume;
 use crate::resume::gap::ResumeGapKind;
 use crate::resume::id::StreamId;
 use crate::resume::memory::MemoryStore;
-use crate::resume::shared::Shared;
+use crate::resume::producers::Producers;
 use crate::resume::store::{ReadLimits, ResumeStore};
 use crate::stream::Shutdown;
 use crate::stream::config::KeepAliveConfig;
@@ -218,7 +217,6 @@ impl Clone for Config {
     }
 }
 
-/// The producers running in this process.
 /// The number of client connections to resumable streams open now
 /// ([`ResumeLayer::open_readers`]).
 #[derive(Clone, Default)]
@@ -239,58 +237,6 @@ impl fmt::Debug for OpenReaders {
 
 /// Default [`ResumeLayer::slow_reader_hold`].
 const DEFAULT_SLOW_READER_HOLD: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-pub(crate) struct Producers(Mutex<HashMap<StreamId, Arc<Shared>>>);
-
-impl Producers {
-    pub(crate) fn insert(&self, id: StreamId, shared: Arc<Shared>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, shared);
-    }
-
-    pub(crate) fn remove(&self, id: StreamId) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-    }
-
-    /// The entry of `id` (made with `new` if there is none), attached to by a resumed reader
-    /// under the lock (so that it cannot be removed in between); whether it was made.
-    pub(crate) fn attach_or_insert(
-        &self,
-        id: StreamId,
-    ) -> (crate::resume::shared::AttachGuard, bool) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut made = false;
-        let shared = map.entry(id).or_insert_with(|| {
-            made = true;
-            Arc::new(Shared::new(id))
-        });
-        (shared.attach(true), made)
-    }
-
-    /// Remove `id` if no reader is attached to it any more; whether it was removed.
-    pub(crate) fn remove_if_unread(&self, id: StreamId) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(&id).is_some_and(|s| s.attached() == 0) {
-            map.remove(&id);
-            return true;
-        }
-        false
-    }
-
-    pub(crate) fn get(&self, id: StreamId) -> Option<Arc<Shared>> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned()
-    }
-}
 
 impl ResumeLayer {
     /// Resumable streams with an in-process [`MemoryStore`] and the defaults.

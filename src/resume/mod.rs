@@ -67,6 +67,8 @@
 //! | `memory.rs` | [`MemoryStore`]: the in-process store, on moka |
 //! | `redis/` | `RedisStore`: the logs on Redis, for many replicas (feature `redis`): the connection, wake-ups, writer and reader apart |
 //! | `id.rs` | [`StreamId`], [`EventId`]: made here, parsed strictly |
+//! | `keyed_ids.rs` | fresh stream ids: a keyed hash of a counter, seeded once per process |
+//! | `producers.rs` | the producers running in this process, in a sharded map |
 //! | `shared.rs` | what a stream's producer and readers share; [`ResumableStream`] |
 //! | `observer.rs` | [`ResumeObserver`], [`ResumeSummary`]: resumes in the stream's report |
 //!
@@ -151,10 +153,12 @@
 pub(crate) mod body;
 pub(crate) mod gap;
 pub(crate) mod id;
+pub(crate) mod keyed_ids;
 pub(crate) mod layer;
 pub(crate) mod memory;
 pub(crate) mod observer;
 pub(crate) mod producer;
+pub(crate) mod producers;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod service;

@@ -75,8 +75,8 @@ impl Observer for ResumeObserver {
     }
 
     fn on_end(&mut self, report: &mut StreamReport) {
-        if let Some(stream) = &self.stream {
-            report.extensions.insert(stream.shared.summary());
+        if let Some(summary) = self.stream.as_ref().and_then(ResumableStream::summary) {
+            report.extensions.insert(summary);
         }
     }
 }

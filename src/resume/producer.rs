@@ -108,8 +108,6 @@ pub(crate) async fn produce<B>(
     // was last seen.
     let presence = log.presence();
     let mut seen_elsewhere: Option<Instant> = None;
-    // Boxed, so that cancelling can drop it before the end is written.
-    let mut body = Box::pin(body);
 
     enum Step<F> {
         Frame(Option<F>),
@@ -125,6 +123,10 @@ pub(crate) async fn produce<B>(
         shared: shared.clone(),
         config: config.clone(),
     };
+    // Boxed, so that cancelling can drop it before the end is written. Declared after the
+    // guard, so that if this task is dropped the body goes first: its report (made in the
+    // `SseLayer`'s body) still finds this producer in `config.producers`.
+    let mut body = Box::pin(body);
     let mut frames = 0u32;
     let end = 'stream: loop {
         frames += 1;

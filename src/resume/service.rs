@@ -81,7 +81,8 @@ impl<S> Resume<S> {
 
 pin_project! {
     /// The response future of [`Resume`]: the inner service's future, unboxed, when the
-    /// request is passed through (resumption disabled); a boxed one otherwise.
+    /// request is passed through (resumption disabled) or until its answer turns out to be
+    /// an event stream; a boxed one for resumes and for the start of a resumable stream.
     pub struct ResumeFuture<F, B, E> {
         #[pin]
         kind: FutureKind<F, B, E>,
@@ -92,14 +93,33 @@ pin_project! {
     #[project = FutureProj]
     enum FutureKind<F, B, E> {
         PassThrough { #[pin] future: F },
+        // A new request: the inner service's answer decides (a stream is made resumable,
+        // anything else passes through with nothing boxed).
+        Starting { #[pin] future: F, start: Option<Start> },
         Boxed { future: BoxFuture<'static, Result<Response<ResumeBody<B>>, E>> },
     }
+}
+
+/// What a new request's answer needs to become a resumable stream.
+struct Start {
+    config: Arc<Config>,
+    id: StreamId,
+    tenant: Tenant,
 }
 
 impl<F, B, E> ResumeFuture<F, B, E> {
     fn pass_through(future: F) -> Self {
         Self {
             kind: FutureKind::PassThrough { future },
+        }
+    }
+
+    fn starting(future: F, start: Start) -> Self {
+        Self {
+            kind: FutureKind::Starting {
+                future,
+                start: Some(start),
+            },
         }
     }
 
@@ -119,15 +139,34 @@ impl<F, B, E> fmt::Debug for ResumeFuture<F, B, E> {
 impl<F, B, E> Future for ResumeFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     type Output = Result<Response<ResumeBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            FutureProj::PassThrough { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResumeBody::pass_through))),
-            FutureProj::Boxed { future } => future.as_mut().poll(cx),
+        let mut kind = self.project().kind;
+        loop {
+            let starting = match kind.as_mut().project() {
+                FutureProj::PassThrough { future } => {
+                    return future.poll(cx).map(|result| {
+                        result.map(|response| response.map(ResumeBody::pass_through))
+                    });
+                }
+                FutureProj::Boxed { future } => return future.as_mut().poll(cx),
+                FutureProj::Starting { future, start: new } => {
+                    let response = match std::task::ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    let new = new.take().filter(|_| is_event_stream(&response));
+                    let Some(Start { config, id, tenant }) = new else {
+                        return Poll::Ready(Ok(response.map(ResumeBody::pass_through)));
+                    };
+                    Box::pin(async move { Ok(start(config, response, id, tenant).await) })
+                }
+            };
+            kind.set(FutureKind::Boxed { future: starting });
         }
     }
 }
@@ -165,15 +204,14 @@ where
         let Some(id) = StreamId::random() else {
             return ResumeFuture::pass_through(self.inner.call(Request::from_parts(parts, body)));
         };
-        let shared = Arc::new(Shared::new(id));
+        // No allocation of its own but the extension: the stream's shared state is made
+        // only if the answer is a stream.
         parts.extensions.insert(ResumableStream {
-            shared: shared.clone(),
+            id,
+            producers: config.producers.clone(),
         });
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResumeFuture::boxed(Box::pin(async move {
-            let response = future.await?;
-            Ok(start(config, response, shared, tenant).await)
-        }))
+        ResumeFuture::starting(future, Start { config, id, tenant })
     }
 }
 
@@ -202,24 +240,21 @@ fn is_event_stream<B>(response: &Response<B>) -> bool {
         && crate::framing::detect(response.headers(), false) == Some(Framing::Sse)
 }
 
-/// The inner service answered a new request: make its stream resumable if it is one.
+/// The inner service answered a new request with an event stream: make it resumable.
 async fn start<B>(
     config: Arc<Config>,
     response: Response<B>,
-    shared: Arc<Shared>,
+    id: StreamId,
     tenant: Tenant,
 ) -> Response<ResumeBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if !is_event_stream(&response) {
-        return response.map(ResumeBody::pass_through);
-    }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return not_resumable(response);
     };
-    let id = shared.id;
+    let shared = Arc::new(Shared::new(id));
     let log = match config.store.create(NewStream::new(id, tenant)).await {
         Ok(log) => log,
         Err(_) => return not_resumable(response),

@@ -12,28 +12,37 @@ use tokio::time::Instant;
 
 use crate::resume::id::StreamId;
 use crate::resume::observer::ResumeSummary;
+use crate::resume::producers::Producers;
 use crate::resume::store::ReaderCounts;
 
 /// Set by [`ResumeLayer`](crate::ResumeLayer) in the extensions of each request that may
 /// become a resumable stream: its id (the one the `sse-stream-id` header will carry, if the
 /// answer is a stream), for the layers and handlers inside.
+///
+/// It holds the id and the layer's table of running producers, nothing made for this
+/// request alone: the stream's shared state is made only once the answer is a stream.
 #[derive(Clone)]
 pub struct ResumableStream {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: StreamId,
+    pub(crate) producers: Arc<Producers>,
 }
 
 impl ResumableStream {
     /// The stream's id.
     pub fn id(&self) -> StreamId {
-        self.shared.id
+        self.id
+    }
+
+    /// What the stream's readers did so far, while its producer runs (the report is made
+    /// by the producer, before it leaves the table).
+    pub(crate) fn summary(&self) -> Option<ResumeSummary> {
+        self.producers.get(self.id).map(|shared| shared.summary())
     }
 }
 
 impl fmt::Debug for ResumableStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ResumableStream")
-            .field(&self.shared.id)
-            .finish()
+        f.debug_tuple("ResumableStream").field(&self.id).finish()
     }
 }
 

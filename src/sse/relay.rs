@@ -30,6 +30,8 @@ pub(crate) enum Relay {
     Sse(SseRelay),
     /// One JSON value per line, reframed into `data:` events.
     JsonLines(JsonLines),
+    /// One JSON value per line, forwarded as lines (for a client that asked for NDJSON).
+    Lines(JsonLines),
 }
 
 /// The SSE side of a [`Relay`].
@@ -70,11 +72,16 @@ impl Relay {
         Self::JsonLines(JsonLines::new(max_line))
     }
 
+    /// Forward NDJSON as NDJSON: whole lines, each ended by `\n`.
+    pub(crate) fn lines(max_line: usize) -> Self {
+        Self::Lines(JsonLines::new(max_line))
+    }
+
     /// Add an upstream chunk.
     pub(crate) fn push(&mut self, chunk: Bytes) {
         match self {
             Self::Sse(sse) => sse.decoder.push(chunk),
-            Self::JsonLines(lines) => lines.push(chunk),
+            Self::JsonLines(lines) | Self::Lines(lines) => lines.push(chunk),
         }
     }
 
@@ -82,7 +89,7 @@ impl Relay {
     pub(crate) fn finish(&mut self) {
         match self {
             Self::Sse(sse) => sse.decoder.finish(),
-            Self::JsonLines(lines) => lines.finish(),
+            Self::JsonLines(lines) | Self::Lines(lines) => lines.finish(),
         }
     }
 
@@ -91,7 +98,7 @@ impl Relay {
     pub(crate) fn is_truncated(&self) -> bool {
         match self {
             Self::Sse(sse) => sse.decoder.is_truncated(),
-            Self::JsonLines(lines) => lines.is_truncated(),
+            Self::JsonLines(lines) | Self::Lines(lines) => lines.is_truncated(),
         }
     }
 
@@ -142,6 +149,19 @@ impl Relay {
                     let event = Event::from_data(line);
                     if on_event(event.as_ref()) {
                         out.push(event.into_raw());
+                    }
+                }
+            }
+            Self::Lines(lines) => {
+                while let Some(line) = lines.next_line() {
+                    let line = line?;
+                    relayed.items = true;
+                    let event = Event::from_data(line.clone());
+                    if on_event(event.as_ref()) {
+                        let mut kept = BytesMut::with_capacity(line.len() + 1);
+                        kept.extend_from_slice(&line);
+                        kept.extend_from_slice(b"\n");
+                        out.push(kept.freeze());
                     }
                 }
             }

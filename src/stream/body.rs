@@ -158,6 +158,16 @@ impl<B, O, E> fmt::Debug for SseBody<B, O, E> {
     }
 }
 
+/// An empty body, as tower-http's `TimeoutLayer` asks of the bodies it wraps (it answers
+/// `408` with one).
+impl<B, O, E> Default for SseBody<B, O, E> {
+    fn default() -> Self {
+        Self {
+            kind: Kind::Full { data: None },
+        }
+    }
+}
+
 impl<B, O, E> Body for SseBody<B, O, E>
 where
     B: Body<Data = Bytes>,
@@ -386,6 +396,13 @@ where
         let framing = live.engine.config().framing(&parts);
         live.engine.head(&parts, framing, now);
         match framing {
+            Some(crate::framing::Framing::Encoded) => {
+                // The client was told `text/event-stream` already, with no encoding: the
+                // compressed bytes cannot follow. It gets an error event instead.
+                let message = "the upstream's stream is compressed (Content-Encoding), \
+                               which an early response cannot pass on";
+                self.fail(Outcome::UpstreamError, message, None);
+            }
             Some(_) => {
                 self.deadlines.on_head(live.engine.config(), now);
                 self.phase = Phase::Streaming(Box::pin(body));
@@ -527,13 +544,19 @@ impl<O: Observer, E: OnEnd> AnswerReport<O, E> {
         }
     }
 
-    /// The body ended: whole (`complete`), or with an error.
-    fn end(&mut self, complete: bool) {
+    /// The body ended: whole (`complete`), or with an error. A `304 Not Modified` is a
+    /// complete answer too (the client's copy is current).
+    pub(crate) fn end(&mut self, complete: bool) {
         let Some(mut live) = self.live.take() else {
             return;
         };
         let outcome = match live.engine.status() {
-            Some(status) if complete && status.is_success() => Outcome::Completed,
+            Some(status)
+                if complete
+                    && (status.is_success() || status == http::StatusCode::NOT_MODIFIED) =>
+            {
+                Outcome::Completed
+            }
             Some(status) if complete => {
                 live.engine
                     .record_error(format!("the upstream answered {status}, not a stream"));

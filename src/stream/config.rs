@@ -288,6 +288,7 @@ pub(crate) struct Config {
     pub(crate) content_predicate: Option<ContentPredicate>,
     pub(crate) drain: Option<Duration>,
     pub(crate) shutdown: Option<crate::stream::Shutdown>,
+    pub(crate) sse_headers: bool,
 }
 
 impl Default for Config {
@@ -310,6 +311,7 @@ impl Default for Config {
             content_predicate: None,
             drain: None,
             shutdown: None,
+            sse_headers: false,
         }
     }
 }
@@ -330,6 +332,20 @@ impl Config {
                 Some(predicate) => predicate(request),
                 None => crate::request::surely_streams(request),
             }
+    }
+
+    /// Add the headers that keep proxies in front from buffering a stream, if asked to and
+    /// not there already.
+    pub(crate) fn add_sse_headers(&self, headers: &mut http::HeaderMap) {
+        if !self.sse_headers {
+            return;
+        }
+        headers
+            .entry(http::header::CACHE_CONTROL)
+            .or_insert(http::HeaderValue::from_static("no-cache"));
+        headers
+            .entry("x-accel-buffering")
+            .or_insert(http::HeaderValue::from_static("no"));
     }
 
     pub(crate) fn framing(&self, response: &http::response::Parts) -> Option<Framing> {
@@ -357,6 +373,7 @@ impl fmt::Debug for Config {
             .field("forward_comments", &self.forward_comments)
             .field("drain", &self.drain)
             .field("shutdown", &self.shutdown)
+            .field("sse_headers", &self.sse_headers)
             .finish_non_exhaustive()
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct Deadlines {
     idle_from: Option<Instant>,
     /// Whether a content event arrived (ends the first-event timeout).
     content_seen: bool,
+    /// Whether keep-alives may be sent (not into an encoded stream's bytes).
+    keep_alive: bool,
 }
 
 impl Deadlines {
@@ -46,7 +48,13 @@ impl Deadlines {
             last_output_at,
             idle_from: None,
             content_seen: false,
+            keep_alive: true,
         }
+    }
+
+    /// No keep-alive for this stream: its bytes pass as they come ([`Framing::Encoded`](crate::framing::Framing::Encoded)).
+    pub(crate) fn no_keep_alive(&mut self) {
+        self.keep_alive = false;
     }
 
     /// The response head arrived.
@@ -79,6 +87,7 @@ impl Deadlines {
             config
                 .keep_alive
                 .as_ref()
+                .filter(|_| self.keep_alive)
                 .map(|k| after(self.last_output_at, k.interval)),
             config.total_timeout.map(|d| after(self.started_at, d)),
             config
@@ -136,6 +145,7 @@ impl Deadlines {
             config
                 .keep_alive
                 .as_ref()
+                .filter(|_| self.keep_alive)
                 .map(|k| after(self.last_output_at, k.interval)),
         ) {
             return Some(Due::KeepAlive);

@@ -50,6 +50,10 @@ pub(crate) struct Engine<O> {
     trailers: Option<Box<HeaderMap>>,
     /// Whether events go to a client (`false` while draining after a disconnect).
     delivered: bool,
+    /// The upstream's bytes pass as they come, undecoded ([`Framing::Encoded`]).
+    pass_bytes: bool,
+    /// NDJSON goes to the client as NDJSON (it asked for it), not reframed into SSE.
+    keep_lines: bool,
 }
 
 impl<O: Observer> Engine<O> {
@@ -78,6 +82,8 @@ impl<O: Observer> Engine<O> {
             outbox: Outbox::default(),
             trailers: None,
             delivered: true,
+            pass_bytes: false,
+            keep_lines: false,
         }
     }
 
@@ -101,9 +107,25 @@ impl<O: Observer> Engine<O> {
         };
         self.report.framing = framing;
         if framing == Framing::JsonLines {
-            self.relay = Relay::json_lines(self.config.max_event_size);
+            self.relay = if self.keep_lines {
+                Relay::lines(self.config.max_event_size)
+            } else {
+                Relay::json_lines(self.config.max_event_size)
+            };
         }
         self.observer.on_response(parts, &mut self.report);
+    }
+
+    /// Send NDJSON to the client as NDJSON (before [`head`](Self::head)): whole lines, and an
+    /// error as a JSON line of its own.
+    pub(crate) fn keep_lines(&mut self) {
+        self.keep_lines = true;
+    }
+
+    /// Pass the upstream's bytes as they come, undecoded, and add none (an encoded stream,
+    /// [`Framing::Encoded`]): no event is seen, no error event is sent.
+    pub(crate) fn pass_bytes(&mut self) {
+        self.pass_bytes = true;
     }
 
     /// An upstream data frame arrived: decode it and queue what it completed. `Err` when its
@@ -112,6 +134,17 @@ impl<O: Observer> Engine<O> {
         self.report.bytes_in += chunk.len() as u64;
         if self.report.first_byte_at.is_none() {
             self.report.first_byte_at = Some(now);
+        }
+        if self.pass_bytes {
+            // Undecodable here: each frame counts as activity (the first as the first
+            // event) for the deadlines.
+            if !chunk.is_empty() {
+                self.outbox.push(chunk);
+            }
+            return Ok(Activity {
+                items: true,
+                content: true,
+            });
         }
         self.relay.push(chunk);
         self.decode_ready(now)
@@ -130,6 +163,9 @@ impl<O: Observer> Engine<O> {
     /// would without the layer) and the report says [`Outcome::UpstreamTruncated`]; with
     /// `error_on_truncation` the stream ends with an error event instead.
     pub(crate) fn finish(&mut self, now: Instant) -> Option<Failure> {
+        if self.pass_bytes {
+            return None;
+        }
         self.relay.finish();
         if let Err(failure) = self.decode_ready(now) {
             return Some(failure);
@@ -193,7 +229,15 @@ impl<O: Observer> Engine<O> {
     /// the report only, in place of the message: an upstream error's text can name internal
     /// hosts, or a URL with an API key in it. The first recorded error wins.
     pub(crate) fn fail(&mut self, outcome: Outcome, message: &str, detail: Option<String>) {
-        if let Some(bytes) = self.config.error_event.render(outcome, message) {
+        if self.keep_lines && self.report.framing == Framing::JsonLines {
+            // The same error, as a line an NDJSON reader parses (unless error events are
+            // off).
+            if self.config.error_event.render(outcome, message).is_some() {
+                self.outbox.push(error_line(outcome, message));
+            }
+        } else if !self.pass_bytes
+            && let Some(bytes) = self.config.error_event.render(outcome, message)
+        {
             self.outbox.push(bytes);
         }
         self.report.outcome = outcome;
@@ -271,6 +315,15 @@ impl<O: Observer> Engine<O> {
         let started_at = self.report.started_at;
         std::mem::replace(&mut self.report, StreamReport::new(started_at))
     }
+}
+
+/// An error as one NDJSON line: `{"error":{"type":"<outcome>","message":"..."}}`.
+fn error_line(outcome: Outcome, message: &str) -> Bytes {
+    let message = serde_json::Value::from(message);
+    Bytes::from(format!(
+        "{{\"error\":{{\"type\":\"{}\",\"message\":{message}}}}}\n",
+        outcome.as_str()
+    ))
 }
 
 /// Classify an event and let the observers see it. Returns whether to forward it.

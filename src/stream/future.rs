@@ -82,22 +82,27 @@ pub(crate) struct Setup<O, E> {
     pub(crate) on_end: E,
     pub(crate) started_at: Instant,
     pub(crate) hint: Provider,
+    /// A `HEAD` request: its answer has no body, so it is never a stream.
+    pub(crate) head_request: bool,
+    /// The client asked for NDJSON, not SSE: an NDJSON stream stays NDJSON.
+    pub(crate) keep_lines: bool,
 }
 
-impl<O: Observer + Send + 'static, E: OnEnd + Send + 'static> Setup<O, E> {
+impl<O: Observer, E: OnEnd> Setup<O, E> {
     /// The state of a stream body whose upstream is in `phase`; nothing went to the client
-    /// before `last_output_at`.
+    /// before `last_output_at`; `disconnect` says what its drop before the end does.
     pub(crate) fn into_state<B>(
         self,
         phase: Phase<B>,
         last_output_at: Instant,
+        disconnect: Disconnect<B, O, E>,
     ) -> StreamState<B, O, E>
     where
-        B: Body<Data = Bytes> + Send + 'static,
+        B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let on_drop = on_drop_for::<B, O, E>(&self.config);
-        let permits = drain_permits(&self.config);
+        let on_drop = disconnect.on_drop;
+        let permits = disconnect.permits();
         let shutdown = self.config.shutdown.as_ref().map(|s| s.watch());
         let engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
         StreamState {
@@ -129,17 +134,66 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
     }
 }
 
-/// A stream that may drain after a disconnect takes on the permits of the
-/// [`StreamLimitLayer`](crate::StreamLimitLayer)s outside when its client leaves, and holds
-/// them until the drain ends, so that the limit still bounds the upstreams being read
-/// (see [`DrainPermits`]). Other streams leave them to the limit.
-fn drain_permits(config: &Config) -> DrainPermits {
-    #[cfg(feature = "drain")]
-    if config.drain.is_some() {
-        return DrainPermits::new();
+/// What a stream body does when it is dropped before its end: report the disconnect, or
+/// keep draining the upstream (which spawns a task, so it is chosen where the `Send` bounds
+/// are known: never for a [`Local`](crate::stream::Local) stack).
+pub(crate) struct Disconnect<B, O, E> {
+    on_drop: fn(Live<O, E>, Phase<B>),
+    drains: bool,
+}
+
+impl<B, O, E> Clone for Disconnect<B, O, E> {
+    fn clone(&self) -> Self {
+        *self
     }
-    let _ = config;
-    DrainPermits::none()
+}
+
+impl<B, O, E> Copy for Disconnect<B, O, E> {}
+
+impl<B, O: Observer, E: OnEnd> Disconnect<B, O, E> {
+    /// Cancel the upstream and report the disconnect.
+    pub(crate) fn report() -> Self {
+        Self {
+            on_drop: report_disconnect::<B, O, E>,
+            drains: false,
+        }
+    }
+}
+
+impl<B, O, E> Disconnect<B, O, E>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    O: Observer + Send + 'static,
+    E: OnEnd + Send + 'static,
+{
+    /// Drain when configured (and the feature is on), else report.
+    pub(crate) fn for_config(config: &Config) -> Self {
+        #[cfg(feature = "drain")]
+        if config.drain.is_some() {
+            return Self {
+                on_drop: crate::stream::drain::drain_after_disconnect::<B, O, E>,
+                drains: true,
+            };
+        }
+        let _ = config;
+        Self::report()
+    }
+}
+
+impl<B, O, E> Disconnect<B, O, E> {
+    /// A stream that may drain after a disconnect takes on the permits of the
+    /// [`StreamLimitLayer`](crate::StreamLimitLayer)s outside when its client leaves, and
+    /// holds them until the drain ends, so that the limit still bounds the upstreams being
+    /// read (see [`DrainPermits`]). Other streams leave them to the limit.
+    fn permits(&self) -> DrainPermits {
+        #[cfg(feature = "drain")]
+        if self.drains {
+            return DrainPermits::new();
+        }
+        let _ = self.drains;
+        DrainPermits::none()
+    }
 }
 
 /// Offer the limits outside to hand their permits to a stream that may drain.
@@ -152,22 +206,6 @@ pub(crate) fn offer_permits<B, O, E>(
     {
         extensions.insert(live.permits.clone());
     }
-}
-
-/// Cancel, or drain when configured (and the feature is on).
-fn on_drop_for<B, O, E>(config: &Config) -> fn(Live<O, E>, Phase<B>)
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    O: Observer + Send + 'static,
-    E: OnEnd + Send + 'static,
-{
-    #[cfg(feature = "drain")]
-    if config.drain.is_some() {
-        return crate::stream::drain::drain_after_disconnect::<B, O, E>;
-    }
-    let _ = config;
-    report_disconnect::<B, O, E>
 }
 
 pin_project! {
@@ -189,6 +227,7 @@ pin_project! {
             timeout_outcome: Outcome,
             shutdown: Option<ShutdownWatch>,
             setup: Pending<O, E>,
+            disconnect: Disconnect<B, O, E>,
         },
         Ready { response: Option<Response<SseBody<B, O, E>>> },
         // The response went out: polling again is a caller's bug.
@@ -209,10 +248,8 @@ impl<F, B, O, E> SseFuture<F, B, O, E> {
 
 impl<F, B, O, E> SseFuture<F, B, O, E>
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    O: Observer + Send + 'static,
-    E: OnEnd + Send + 'static,
+    O: Observer,
+    E: OnEnd,
 {
     /// Wait for the inner service's response. A streaming request is reported even when it
     /// ends before its head, and its head is awaited until `deadline` at most.
@@ -221,6 +258,7 @@ where
         setup: Setup<O, E>,
         streaming: bool,
         deadline: Option<(Instant, Outcome)>,
+        disconnect: Disconnect<B, O, E>,
     ) -> Self {
         let shutdown = match &setup.config.shutdown {
             Some(shutdown) if streaming => Some(shutdown.watch()),
@@ -236,6 +274,7 @@ where
                     setup: Some(setup),
                     report: streaming.then_some(report_before_head::<O, E> as fn(_, _, _, _)),
                 },
+                disconnect,
             },
         }
     }
@@ -250,10 +289,10 @@ impl<F, B, O, E> fmt::Debug for SseFuture<F, B, O, E> {
 impl<F, B, Er, O, E> Future for SseFuture<F, B, O, E>
 where
     F: Future<Output = Result<Response<B>, Er>>,
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
-    O: Observer + Send + 'static,
-    E: OnEnd + Send + 'static,
+    O: Observer,
+    E: OnEnd,
 {
     type Output = Result<Response<SseBody<B, O, E>>, Er>;
 
@@ -270,7 +309,16 @@ where
                 timeout_outcome,
                 shutdown,
                 setup,
-            } => match poll_waiting(future, deadline, *timeout_outcome, shutdown, setup, cx) {
+                disconnect,
+            } => match poll_waiting(
+                future,
+                deadline,
+                *timeout_outcome,
+                shutdown,
+                setup,
+                *disconnect,
+                cx,
+            ) {
                 Poll::Ready(output) => output,
                 Poll::Pending => return Poll::Pending,
             },
@@ -288,14 +336,15 @@ fn poll_waiting<F, B, Er, O, E>(
     timeout_outcome: Outcome,
     shutdown: &mut Option<ShutdownWatch>,
     setup: &mut Pending<O, E>,
+    disconnect: Disconnect<B, O, E>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<SseBody<B, O, E>>, Er>>
 where
     F: Future<Output = Result<Response<B>, Er>>,
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
-    O: Observer + Send + 'static,
-    E: OnEnd + Send + 'static,
+    O: Observer,
+    E: OnEnd,
 {
     if let Poll::Ready(result) = future.poll(cx) {
         let streaming = setup.report.is_some();
@@ -303,7 +352,7 @@ where
             unreachable!("taken only on completion");
         };
         return Poll::Ready(match result {
-            Ok(response) => Ok(start_stream(taken, response, streaming)),
+            Ok(response) => Ok(start_stream(taken, response, streaming, disconnect)),
             Err(error) => {
                 if streaming {
                     let error = Some("the inner service failed before answering".to_string());
@@ -339,36 +388,71 @@ fn start_stream<B, O, E>(
     setup: Setup<O, E>,
     response: Response<B>,
     streaming: bool,
+    disconnect: Disconnect<B, O, E>,
 ) -> Response<SseBody<B, O, E>>
 where
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
-    O: Observer + Send + 'static,
-    E: OnEnd + Send + 'static,
+    O: Observer,
+    E: OnEnd,
 {
     let (mut parts, body) = response.into_parts();
-    let Some(framing) = setup.config.framing(&parts) else {
+    let bodiless = setup.head_request || has_no_body(parts.status);
+    let framing = if bodiless {
+        None
+    } else {
+        setup.config.framing(&parts)
+    };
+    let Some(framing) = framing else {
         if !streaming {
             return Response::from_parts(parts, SseBody::pass_through(body));
         }
         let live = setup.into_answer(&parts);
-        return Response::from_parts(parts, SseBody::answer(body, AnswerReport::new(live)));
+        let mut report = AnswerReport::new(live);
+        if bodiless {
+            // Complete with its head: nobody polls a body that cannot have bytes.
+            report.end(true);
+        }
+        return Response::from_parts(parts, SseBody::answer(body, report));
     };
+    let keep_lines = setup.keep_lines && framing == Framing::JsonLines;
     let now = Instant::now();
-    let mut state = setup.into_state(Phase::Streaming(Box::pin(body)), now);
+    let mut state = setup.into_state(Phase::Streaming(Box::pin(body)), now, disconnect);
     offer_permits(&state, &mut parts.extensions);
     if let Some(live) = state.live.as_mut() {
+        if keep_lines {
+            // A keep-alive comment is not a JSON line.
+            live.engine.keep_lines();
+            state.deadlines.no_keep_alive();
+        }
         live.engine.head(&parts, Some(framing), now);
+        if framing == Framing::Encoded {
+            // Its bytes pass as they come: nothing may be added to them.
+            live.engine.pass_bytes();
+            state.deadlines.no_keep_alive();
+        }
         state.deadlines.on_head(live.engine.config(), now);
     }
-    // The body changes length (keep-alives, error events), and NDJSON becomes SSE.
+    // The body changes length (keep-alives, error events), and NDJSON becomes SSE unless
+    // the client asked for NDJSON.
     parts.headers.remove(CONTENT_LENGTH);
-    if framing == Framing::JsonLines {
+    if let Some(live) = state.live.as_ref() {
+        live.engine.config().add_sse_headers(&mut parts.headers);
+    }
+    if framing == Framing::JsonLines && !keep_lines {
         parts
             .headers
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     }
     Response::from_parts(parts, SseBody::stream(state))
+}
+
+/// `1xx`, `204 No Content` and `304 Not Modified` answers have no body whatever their
+/// headers say (RFC 9110): never a stream, and over as soon as their head arrived.
+fn has_no_body(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// A streaming request whose response head did not come in time: `504 Gateway Timeout`.

@@ -1,6 +1,7 @@
 //! [`SseLayer`]: the settings of the stream layer.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::provider::Provider;
 use crate::sse::EventRef;
 use crate::stream::Sse;
 use crate::stream::config::{Config, ErrorEvent, KeepAliveConfig, UpstreamErrorPolicy};
+use crate::stream::local::{AnyThread, Local};
 
 /// Handles streaming responses: whole events, keep-alives, deadlines, observers and one
 /// end-of-stream report. See the [crate docs](crate) for the full picture.
@@ -38,11 +40,15 @@ use crate::stream::config::{Config, ErrorEvent, KeepAliveConfig, UpstreamErrorPo
 ///     .on_end(|report: StreamReport| println!("{} after {:?}", report.outcome, report.duration()));
 /// # let _ = layer;
 /// ```
+///
+/// `M` is where the stack runs: [`AnyThread`] by default, [`Local`] after
+/// [`local`](Self::local).
 #[must_use]
-pub struct SseLayer<O = (), E = ()> {
+pub struct SseLayer<O = (), E = (), M = AnyThread> {
     config: Arc<Config>,
     observer: O,
     on_end: E,
+    threads: PhantomData<fn() -> M>,
 }
 
 impl SseLayer {
@@ -52,6 +58,7 @@ impl SseLayer {
             config: Arc::new(Config::default()),
             observer: (),
             on_end: (),
+            threads: PhantomData,
         }
     }
 }
@@ -62,17 +69,18 @@ impl Default for SseLayer {
     }
 }
 
-impl<O: Clone, E: Clone> Clone for SseLayer<O, E> {
+impl<O: Clone, E: Clone, M> Clone for SseLayer<O, E, M> {
     fn clone(&self) -> Self {
         Self {
             config: self.config.clone(),
             observer: self.observer.clone(),
             on_end: self.on_end.clone(),
+            threads: PhantomData,
         }
     }
 }
 
-impl<O, E> fmt::Debug for SseLayer<O, E> {
+impl<O, E, M> fmt::Debug for SseLayer<O, E, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SseLayer")
             .field("config", &self.config)
@@ -82,7 +90,7 @@ impl<O, E> fmt::Debug for SseLayer<O, E> {
     }
 }
 
-impl<O, E> SseLayer<O, E> {
+impl<O, E, M> SseLayer<O, E, M> {
     fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(Arc::make_mut(&mut self.config));
         self
@@ -197,8 +205,27 @@ impl<O, E> SseLayer<O, E> {
     /// Also handle newline-delimited JSON responses (`application/x-ndjson`,
     /// `application/jsonl`, …), reframed into SSE: each line becomes `data: <line>` and the
     /// content type becomes `text/event-stream`. Off by default.
+    ///
+    /// A client whose `Accept` asks for NDJSON and not for SSE
+    /// ([`framing::wants_json_lines`](crate::framing::wants_json_lines)) gets NDJSON: whole
+    /// lines, observed and reported as events, an error as a JSON line
+    /// (`{"error":{"type":...,"message":...}}`), and no keep-alive (a comment is not a line).
     pub fn json_lines(self, enabled: bool) -> Self {
         self.with(|c| c.json_lines = enabled)
+    }
+
+    /// Add `Cache-Control: no-cache` and `X-Accel-Buffering: no` to every stream the layer
+    /// takes, when the upstream did not set them: without them a buffering proxy in front
+    /// (nginx by default) holds the events back and delivers them in bursts. Off by default.
+    ///
+    /// ```
+    /// use tower_sse::SseLayer;
+    ///
+    /// let layer = SseLayer::new().sse_headers(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn sse_headers(self, enabled: bool) -> Self {
+        self.with(|c| c.sse_headers = enabled)
     }
 
     /// Decide yourself which responses are streams and how they are framed (`None` passes
@@ -265,27 +292,71 @@ impl<O, E> SseLayer<O, E> {
     /// Watch each stream with this observer (cloned per request). Combine several with a
     /// tuple (of up to 16; tuples nest, so any number compose): a second call replaces the
     /// observer of the first.
-    pub fn observer<O2: crate::Observer>(self, observer: O2) -> SseLayer<O2, E> {
+    pub fn observer<O2: crate::Observer>(self, observer: O2) -> SseLayer<O2, E, M> {
         SseLayer {
             config: self.config,
             observer,
             on_end: self.on_end,
+            threads: PhantomData,
         }
     }
 
     /// Send each stream's report here (cloned per request, called once per stream): a
     /// closure `|report: StreamReport| …` or an [`OnEnd`](crate::OnEnd) of yours.
-    pub fn on_end<E2: crate::OnEnd>(self, on_end: E2) -> SseLayer<O, E2> {
+    pub fn on_end<E2: crate::OnEnd>(self, on_end: E2) -> SseLayer<O, E2, M> {
         SseLayer {
             config: self.config,
             observer: self.observer,
             on_end,
+            threads: PhantomData,
+        }
+    }
+
+    /// For a stack that is not `Send` (a `tokio::task::LocalSet`, a current-thread
+    /// runtime): the inner future, the response body, the observer and the sink need not
+    /// be `Send` nor `'static`. Such a stack never answers early and never drains after a
+    /// disconnect, whatever [`early_response`](Self::early_response) and
+    /// `drain_on_disconnect` (feature `drain`) say (both need a `Send` future or
+    /// a spawned task); everything else is the same. See [`Local`].
+    ///
+    /// ```
+    /// use std::rc::Rc;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    /// use tower_sse::SseLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // A service that holds an `Rc`: its future is not `Send`.
+    /// let name = Rc::new("stream".to_string());
+    /// let upstream = service_fn(move |_: Request<Full<bytes::Bytes>>| {
+    ///     let name = name.clone();
+    ///     async move {
+    ///         let response = Response::builder()
+    ///             .header("content-type", "text/event-stream")
+    ///             .body(Full::from(format!("data: {name}\n\n")))?;
+    ///         Ok::<_, http::Error>(response)
+    ///     }
+    /// });
+    /// let service = SseLayer::new().local().layer(upstream);
+    /// let response = service.oneshot(Request::new(Full::default())).await.unwrap();
+    /// let body = response.into_body().collect().await.unwrap().to_bytes();
+    /// assert_eq!(&body[..], b"data: stream\n\n");
+    /// # }
+    /// ```
+    pub fn local(self) -> SseLayer<O, E, Local> {
+        SseLayer {
+            config: self.config,
+            observer: self.observer,
+            on_end: self.on_end,
+            threads: PhantomData,
         }
     }
 }
 
-impl<S, O: Clone, E: Clone> Layer<S> for SseLayer<O, E> {
-    type Service = Sse<S, O, E>;
+impl<S, O: Clone, E: Clone, M> Layer<S> for SseLayer<O, E, M> {
+    type Service = Sse<S, O, E, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Sse::new(

@@ -19,9 +19,10 @@
 //! |---|---|---|
 //! | [`SseLayer`] | observer `O: Observer + Clone + Send + 'static`, sink `E: OnEnd + Clone + Send + 'static` | cloned for every request; held by value, so never `Sync` |
 //! | [`SseLayer`] | inner future and response body `Send + 'static` | an early response boxes the upstream call into the body, and a drain after a disconnect spawns a task with the upstream body, the observer and the sink: both are settings chosen at run time, so the bounds hold on every path |
+//! | [`SseLayer::local`] | no `Send`, no `'static`: observer and sink `Clone`, response body `Body<Data = Bytes>` | for a stack on one thread (a `LocalSet`): it never answers early nor drains, the only paths that box a `Send` future or spawn |
 //! | [`StreamLimitLayer`](crate::StreamLimitLayer) | `ResBody: Body<Data = Bytes>`, a `Clone` stream predicate | nothing is boxed or spawned: no `Send` asked |
 //! | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | inner service `Clone + Send + 'static` and its future `Send + 'static`; request body `Send + 'static` (not `Unpin`) | the future is boxed; it holds a clone of the inner service, made ready again once the body is read (no `Buffer` slot or `ConcurrencyLimit` permit is held through an upload) |
-//! | `ResumeLayer` (feature `resume`) | inner future, error and response body `Send + 'static` | a resumable stream's body is read by a spawned producer task; a disabled layer passes the inner future through unboxed |
+//! | `ResumeLayer` (feature `resume`) | inner future, error and response body `Send + 'static` | a resumable stream's body is read by a spawned producer task; a disabled layer passes the inner future through unboxed, and an enabled one boxes only resumes and the start of a stream (an answer that is not a stream costs one request extension) |
 //!
 //! And what they give:
 //!
@@ -35,10 +36,13 @@
 //!   clones its observer, so `Box<dyn Observer>` alone is not enough).
 //! - Response futures panic when polled after completion, as tower-http's do.
 //!
-//! A stack that is not `Send` (one run on a `LocalSet`) is refused by [`SseLayer`] even
-//! when it never answers early nor drains: its bounds are those of its `Service`
-//! implementation, the same for every request, and moving them onto the boxing paths would
-//! make the pending upstream call a type parameter of [`SseBody`] (a breaking change).
+//! A stack that is not `Send` (one run on a `LocalSet`) is refused by a plain [`SseLayer`]
+//! even when it never answers early nor drains: its bounds are those of its `Service`
+//! implementation, the same for every request (moving them onto the boxing paths alone
+//! would make the pending upstream call a type parameter of [`SseBody`], a breaking
+//! change). [`SseLayer::local`] gives the other implementation, chosen by type
+//! ([`Local`]): the same service, future and body, without the two paths that need `Send`.
+//! [`SseBody`] is also `Default` (empty), so tower-http's `TimeoutLayer` wraps the layer.
 
 pub(crate) mod body;
 pub(crate) mod config;
@@ -48,6 +52,7 @@ pub(crate) mod drain;
 pub(crate) mod engine;
 pub(crate) mod future;
 pub(crate) mod layer;
+pub(crate) mod local;
 pub(crate) mod service;
 pub(crate) mod shutdown;
 
@@ -55,6 +60,7 @@ pub use self::body::SseBody;
 pub use self::config::UpstreamErrorPolicy;
 pub use self::future::SseFuture;
 pub use self::layer::SseLayer;
+pub use self::local::{AnyThread, Local};
 pub use self::service::Sse;
 
 /// Renamed to [`Sse`] (a service `Foo` with its layer `FooLayer`, as in tower-http).

@@ -1,6 +1,7 @@
 //! [`Sse`]: classifies each request, answers early or waits for the response head.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,10 +21,13 @@ use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::head_deadline;
-use crate::stream::future::{Setup, SseFuture, offer_permits, upload_timeout};
+use crate::stream::future::{Disconnect, Setup, SseFuture, offer_permits, upload_timeout};
+use crate::stream::local::{AnyThread, Local};
 
-/// The service of [`SseLayer`](crate::SseLayer).
-pub struct Sse<S, O = (), E = ()> {
+/// The service of [`SseLayer`](crate::SseLayer). `M` is where it runs: [`AnyThread`] (the
+/// default), or [`Local`] for a stack that is not `Send` (see
+/// [`SseLayer::local`](crate::SseLayer::local)).
+pub struct Sse<S, O = (), E = (), M = AnyThread> {
     inner: S,
     config: Arc<Config>,
     /// The observer each stream starts from (cloned per request).
@@ -34,20 +38,23 @@ pub struct Sse<S, O = (), E = ()> {
     observer: O,
     /// The report sink each stream starts from (cloned per request).
     on_end: E,
+    /// A marker only (`fn() -> M`: always `Send` and `Sync`).
+    threads: PhantomData<fn() -> M>,
 }
 
-impl<S: Clone, O: Clone, E: Clone> Clone for Sse<S, O, E> {
+impl<S: Clone, O: Clone, E: Clone, M> Clone for Sse<S, O, E, M> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             config: self.config.clone(),
             observer: self.observer.clone(),
             on_end: self.on_end.clone(),
+            threads: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, O, E> fmt::Debug for Sse<S, O, E> {
+impl<S: fmt::Debug, O, E, M> fmt::Debug for Sse<S, O, E, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sse")
             .field("inner", &self.inner)
@@ -56,13 +63,14 @@ impl<S: fmt::Debug, O, E> fmt::Debug for Sse<S, O, E> {
     }
 }
 
-impl<S, O, E> Sse<S, O, E> {
+impl<S, O, E, M> Sse<S, O, E, M> {
     pub(crate) fn new(inner: S, config: Arc<Config>, observer: O, on_end: E) -> Self {
         Self {
             inner,
             config,
             observer,
             on_end,
+            threads: PhantomData,
         }
     }
 
@@ -82,7 +90,82 @@ impl<S, O, E> Sse<S, O, E> {
     }
 }
 
-impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for Sse<S, O, E>
+/// A request, classified: its upload timed out (answered at once, `408`), or it was
+/// passed to the inner service.
+enum Begun<F, O, E> {
+    UploadTimedOut(Setup<O, E>),
+    Called {
+        future: F,
+        setup: Setup<O, E>,
+        streaming: bool,
+        early: bool,
+    },
+}
+
+impl<S, O, E, M> Sse<S, O, E, M> {
+    /// What both kinds of stack do first: classify the request, tell the observer, and
+    /// call the inner service (unless the upload timed out).
+    fn begin<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> Begun<S::Future, O, E>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        O: Observer + Clone,
+        E: OnEnd + Clone,
+    {
+        let (mut parts, body) = request.into_parts();
+        let started_at = Arrival::stamp(&mut parts.extensions);
+        let mut observer = self.observer.clone();
+        observer.on_request(&parts);
+        // A `HEAD` request's answer has no body: never a stream the layer takes.
+        let head_request = parts.method == http::Method::HEAD;
+        let streaming = !head_request && self.config.is_streaming_request(&parts);
+        // A client that asked for NDJSON gets it as NDJSON: never answered early in SSE.
+        let keep_lines = self.config.json_lines && crate::framing::wants_json_lines(&parts.headers);
+        let early = streaming && !keep_lines && self.config.answers_early(&parts);
+        let hint = Provider::from_path(parts.uri.path());
+        let setup = Setup {
+            config: self.config.clone(),
+            observer,
+            on_end: self.on_end.clone(),
+            started_at,
+            hint,
+            head_request,
+            keep_lines,
+        };
+        if parts.extensions.get::<UploadTimedOut>().is_some() {
+            // The body is incomplete: the inner service never sees the request.
+            return Begun::UploadTimedOut(setup);
+        }
+        let future = self.inner.call(Request::from_parts(parts, body));
+        Begun::Called {
+            future,
+            setup,
+            streaming,
+            early,
+        }
+    }
+
+    /// Wait for the response head. While waiting for the head of a streaming request, the
+    /// first-event and total timeouts already run.
+    fn wait<F, B>(
+        &self,
+        future: F,
+        setup: Setup<O, E>,
+        streaming: bool,
+        disconnect: Disconnect<B, O, E>,
+    ) -> SseFuture<F, B, O, E>
+    where
+        O: Observer,
+        E: OnEnd,
+    {
+        let started_at = setup.started_at;
+        let deadline = streaming
+            .then(|| head_deadline(&self.config, started_at))
+            .flatten();
+        SseFuture::waiting(future, setup, streaming, deadline, disconnect)
+    }
+}
+
+impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for Sse<S, O, E, AnyThread>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
@@ -101,45 +184,66 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (mut parts, body) = request.into_parts();
-        let started_at = Arrival::stamp(&mut parts.extensions);
-        let mut observer = self.observer.clone();
-        observer.on_request(&parts);
-        let streaming = self.config.is_streaming_request(&parts);
-        let early = streaming && self.config.answers_early(&parts);
-        let hint = Provider::from_path(parts.uri.path());
-        let setup = Setup {
-            config: self.config.clone(),
-            observer,
-            on_end: self.on_end.clone(),
-            started_at,
-            hint,
+        let (future, setup, streaming, early) = match self.begin(request) {
+            Begun::UploadTimedOut(setup) => return SseFuture::ready(upload_timeout(setup)),
+            Begun::Called {
+                future,
+                setup,
+                streaming,
+                early,
+            } => (future, setup, streaming, early),
         };
-        if parts.extensions.get::<UploadTimedOut>().is_some() {
-            // The body is incomplete: the inner service never sees the request.
-            return SseFuture::ready(upload_timeout(setup));
-        }
-        let future = self.inner.call(Request::from_parts(parts, body));
-
+        let disconnect = Disconnect::for_config(&self.config);
         if early {
+            let started_at = setup.started_at;
             let upstream: UpstreamFuture<ResBody> =
                 Box::pin(async move { future.await.map_err(Into::into) });
-            let state =
-                setup.into_state(Phase::AwaitingHead(SyncWrapper::new(upstream)), started_at);
+            let state = setup.into_state(
+                Phase::AwaitingHead(SyncWrapper::new(upstream)),
+                started_at,
+                disconnect,
+            );
             let mut response = Response::new(());
             offer_permits(&state, response.extensions_mut());
             let mut response = response.map(|()| SseBody::stream(state));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            self.config.add_sse_headers(headers);
             return SseFuture::ready(response);
         }
+        self.wait(future, setup, streaming, disconnect)
+    }
+}
 
-        // While waiting for the head of a streaming request, the first-event and total
-        // timeouts already run.
-        let deadline = streaming
-            .then(|| head_deadline(&self.config, started_at))
-            .flatten();
-        SseFuture::waiting(future, setup, streaming, deadline)
+/// A stack on one thread ([`SseLayer::local`](crate::SseLayer::local)): nothing boxed as
+/// `Send`, nothing spawned, so nothing asked to be `Send` or `'static`.
+impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for Sse<S, O, E, Local>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+    O: Observer + Clone,
+    E: OnEnd + Clone,
+{
+    type Response = Response<SseBody<ResBody, O, E>>;
+    type Error = S::Error;
+    type Future = SseFuture<S::Future, ResBody, O, E>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match self.begin(request) {
+            Begun::UploadTimedOut(setup) => SseFuture::ready(upload_timeout(setup)),
+            // Never early: the streaming request waits for its head.
+            Begun::Called {
+                future,
+                setup,
+                streaming,
+                early: _,
+            } => self.wait(future, setup, streaming, Disconnect::report()),
+        }
     }
 }

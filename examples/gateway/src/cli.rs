@@ -34,7 +34,8 @@ ENDPOINTS:
 
 /// gateway: an OpenAI-compatible streaming gateway built from tower-sse's layers
 ///
-/// Seconds may have a fraction; 0 (or less) turns a clock off where the default says so.
+/// Seconds may have a fraction; 0 turns a clock off where the default says so (negative,
+/// NaN and infinite values are refused).
 #[derive(Debug, Parser)]
 #[command(
     name = "gateway",
@@ -63,12 +64,17 @@ pub(crate) struct Cli {
     /// end streams running longer than SECS
     #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
     total_timeout: Option<Secs>,
-    /// at most N open streams, then 503 (default 10000)
-    #[arg(long, value_name = "N")]
+    /// at most N open streams, then 503 (default 10000; at least 1)
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     max_streams: Option<usize>,
     /// answer streaming requests at once, keep-alives before the upstream
     #[arg(long)]
     early_response: bool,
+    /// do not add Cache-Control: no-cache and X-Accel-Buffering: no
+    /// to streams that lack them (added by default, so that a
+    /// buffering proxy in front, such as nginx, passes events at once)
+    #[arg(long, verbatim_doc_comment)]
+    no_sse_headers: bool,
     /// make streams resumable: events get ids, the stream id is in the
     /// sse-stream-id header, and a request with Last-Event-ID (or
     /// ?last_event_id=) replays what followed it, then the live tail;
@@ -106,6 +112,15 @@ pub(crate) struct Cli {
     /// (HTTP/2) beyond it; at least 8192 (default 65536)
     #[arg(long, value_name = "N", value_parser = max_header_bytes, verbatim_doc_comment)]
     max_header_bytes: Option<usize>,
+    /// most header fields in an HTTP/1.1 request: 431 beyond them
+    /// (default 100)
+    #[arg(long, value_name = "N", value_parser = at_least_one, verbatim_doc_comment)]
+    max_headers: Option<usize>,
+    /// allow browser pages of ORIGIN (https://app.example) to call
+    /// the gateway: preflights answered, Access-Control-* headers
+    /// added (EventSource, fetch); repeat for more; * allows any
+    #[arg(long, value_name = "ORIGIN", value_parser = origin, verbatim_doc_comment)]
+    cors_origin: Vec<String>,
     /// concurrent streams per HTTP/2 connection (default 100)
     #[arg(long, value_name = "N")]
     h2_max_streams: Option<u32>,
@@ -135,7 +150,12 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "text|json", value_enum, default_value_t = LogFormat::Text,
           hide_default_value = true, hide_possible_values = true, verbatim_doc_comment)]
     pub(crate) log_format: LogFormat,
-    /// on SIGTERM or SIGINT: stop accepting, let open streams run
+    /// log lines waiting for stdout, at most N (default 131072);
+    /// beyond, lines are dropped and counted in /metrics
+    /// (gateway_log_lines_dropped), never waited for
+    #[arg(long, value_name = "N", value_parser = log_queue, verbatim_doc_comment)]
+    pub(crate) log_queue: Option<usize>,
+    /// on SIGTERM, SIGINT or SIGHUP: stop accepting, let open streams run
     /// to their end for up to SECS, then end the rest with an SSE
     /// error event (server_shutdown), report them all, exit 0
     /// (default 30; 0 = end them at once)
@@ -190,6 +210,7 @@ impl Cli {
             self.idle_connection_timeout.map(|s| s.0),
         );
         set(&mut connections.max_header_bytes, self.max_header_bytes);
+        set(&mut connections.max_headers, self.max_headers);
         set(&mut connections.h2_max_streams, self.h2_max_streams);
         set(
             &mut connections.h2_keepalive,
@@ -205,6 +226,8 @@ impl Cli {
         set(&mut config.max_model_labels, self.max_model_labels);
         set(&mut config.stack, self.stack);
         config.early_response = self.early_response;
+        config.sse_headers = !self.no_sse_headers;
+        config.cors_origins.clone_from(&self.cors_origin);
         config.resumable = self.resumable;
         config.redis.clone_from(&self.redis);
         config.metrics_listen = self.metrics_listen;
@@ -223,17 +246,32 @@ fn set<T>(field: &mut T, flag: Option<T>) {
 #[derive(Debug, Clone, Copy)]
 struct Secs(Option<Duration>);
 
-/// Seconds, with a fraction; 0 (or less) is "off".
+/// Seconds, with a fraction; 0 is "off". Negative, NaN and infinite values are refused: a
+/// typo must not silently turn a clock off.
 fn secs(value: &str) -> Result<Secs, String> {
     let secs: f64 = value
         .parse()
         .map_err(|_| format!("takes seconds, got {value:?}"))?;
-    if secs.is_nan() || secs <= 0.0 {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "takes a finite number of seconds, 0 or more (0 = off), got {value:?}"
+        ));
+    }
+    if secs == 0.0 {
         return Ok(Secs(None));
     }
     Duration::try_from_secs_f64(secs)
         .map(|d| Secs(Some(d)))
         .map_err(|_| format!("{value} seconds is too long"))
+}
+
+/// A count that must be at least 1 (0 would refuse everything).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("is at least 1 (0 would refuse every stream)".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("takes a number, got {value:?}")),
+    }
 }
 
 /// A socket address, or a host name and port that resolves to one.
@@ -244,8 +282,52 @@ fn address(value: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("not an address: {value:?}"))
 }
 
+/// An `http://` or `https://` URL with a host; its path is a base path.
 fn url(value: &str) -> Result<http::Uri, String> {
-    value.parse().map_err(|_| format!("not a URL: {value:?}"))
+    let uri: http::Uri = value.parse().map_err(|_| format!("not a URL: {value:?}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "takes an http:// or https:// URL, got the scheme {other:?}"
+            ));
+        }
+        None => return Err(format!("takes an http:// or https:// URL, got {value:?}")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("has no host: {value:?}"));
+    }
+    Ok(uri)
+}
+
+/// `*`, or an origin as browsers send it: `scheme://host[:port]`, no path.
+fn origin(value: &str) -> Result<String, String> {
+    if value == "*" {
+        return Ok(value.to_owned());
+    }
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| format!("not an origin: {value:?}"))?;
+    let plain = uri.scheme().is_some()
+        && uri.host().is_some()
+        && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+        && !value.ends_with('/')
+        && http::HeaderValue::from_str(value).is_ok();
+    if !plain {
+        return Err(format!(
+            "takes an origin such as https://app.example:8443 (no path), or *, got {value:?}"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// At least one line.
+fn log_queue(value: &str) -> Result<usize, String> {
+    match value.parse() {
+        Ok(0) => Err("is at least 1, got 0".to_string()),
+        Ok(lines) => Ok(lines),
+        Err(_) => Err(format!("takes a number, got {value:?}")),
+    }
 }
 
 /// hyper's smallest read buffer is 8192 bytes: a smaller head limit could not be kept.
@@ -311,7 +393,7 @@ mod tests {
             "0",
             "--idle-timeout=2.5",
             "--shutdown-grace",
-            "-1",
+            "0",
             "--max-header-bytes",
             "8192",
             "--tls-roots",
@@ -339,5 +421,25 @@ mod tests {
         assert_eq!(config.upstream_version, UpstreamVersion::Http2);
         assert_eq!(cli.runtime, RuntimeKind::PerCore);
         assert_eq!(cli.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &["--upstream", "ftp://x"][..],
+            &["--upstream", "x:9000"],
+            &["--upstream", "http://"],
+            &["--max-streams", "0"],
+            &["--idle-timeout", "-1"],
+            &["--keep-alive", "NaN"],
+            &["--total-timeout", "inf"],
+            &["--shutdown-grace", "-0.5"],
+        ] {
+            let parsed =
+                Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()));
+            assert!(parsed.is_err(), "{args:?} was accepted");
+        }
+        let cli = Cli::try_parse_from(["gateway", "--upstream", "https://h/prefix/v1"]).unwrap();
+        assert_eq!(cli.upstream.unwrap().path(), "/prefix/v1");
     }
 }

@@ -24,6 +24,12 @@ pub struct GatewayConfig {
     pub max_streams: usize,
     /// Answer streaming requests at once, with keep-alives before the upstream's head.
     pub early_response: bool,
+    /// Browser origins allowed to call the gateway (CORS): preflights are answered and the
+    /// `Access-Control-*` headers added for them; `*` allows any. Empty: no CORS.
+    pub cors_origins: Vec<String>,
+    /// Add `Cache-Control: no-cache` and `X-Accel-Buffering: no` to streams that lack them, so
+    /// that a buffering proxy in front (nginx) passes events at once. On by default.
+    pub sse_headers: bool,
     /// The largest request body accepted, in bytes; `413` beyond it.
     pub max_body_bytes: usize,
     /// The certificate authorities of an `https://` upstream.
@@ -34,7 +40,7 @@ pub struct GatewayConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Limits on client connections.
     pub connections: ConnectionConfig,
-    /// On `SIGTERM` or `SIGINT`, how long open streams may run to their end before they are
+    /// On `SIGTERM`, `SIGINT` or `SIGHUP`, how long open streams may run to their end before they are
     /// ended with an error event.
     pub shutdown_grace: Duration,
     /// How many distinct model names become metric label values (the rest are `_OTHER`).
@@ -75,6 +81,8 @@ impl GatewayConfig {
             total_timeout: None,
             max_streams: 10_000,
             early_response: false,
+            sse_headers: true,
+            cors_origins: Vec::new(),
             max_body_bytes: 16 * 1024 * 1024,
             tls_roots: TlsRoots::default(),
             upstream_version: UpstreamVersion::default(),
@@ -87,5 +95,42 @@ impl GatewayConfig {
             redis: None,
             stack: Stack::Full,
         }
+    }
+}
+
+impl GatewayConfig {
+    /// The CORS layer of [`cors_origins`](Self::cors_origins), if any: what a browser's
+    /// `EventSource` and `fetch` on another origin need. Preflights (`OPTIONS` with
+    /// `Access-Control-Request-Method`) are answered by the gateway (`200`, cached for 10
+    /// minutes) with the methods `GET`, `POST` and `OPTIONS` and whatever request headers
+    /// were asked for; answers to allowed origins say so and expose `x-request-id` and
+    /// `sse-stream-id`. Without credentials (`*` would not be allowed with them). Origins that
+    /// are not valid header values are left out (the command line refuses them).
+    pub(crate) fn cors(&self) -> Option<tower_http::cors::CorsLayer> {
+        use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+        if self.cors_origins.is_empty() {
+            return None;
+        }
+        let origins = if self.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                self.cors_origins
+                    .iter()
+                    .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+            )
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
+                .allow_headers(AllowHeaders::mirror_request())
+                .expose_headers([
+                    http::HeaderName::from_static("x-request-id"),
+                    http::HeaderName::from_static("sse-stream-id"),
+                ])
+                .max_age(std::time::Duration::from_secs(600)),
+        )
     }
 }

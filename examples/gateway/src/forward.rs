@@ -15,6 +15,19 @@
 //!   `:authority` instead, which is the gateway's);
 //! - HTTP/2 upstream: no `host`; `:authority` (and `:scheme`) come from the upstream URL.
 //!
+//! Upgrades (`Connection: upgrade`, WebSocket): see `upgrade.rs`.
+//!
+//! The path of the upstream URL is a base path: the request's path follows it
+//! ([`upstream_path`]).
+//!
+//! Encodings: behind the tower-sse stack, every request asks the upstream for
+//! `Accept-Encoding: identity`, whatever the client accepts. A compressed event stream cannot
+//! be read by the layers (no usage, events or content deadlines; they pass it as a
+//! `Framing::Encoded` stream), and a streaming request cannot always be told from its head
+//! (Ollama streams unless told not to), so the gateway asks every upstream answer to come
+//! uncompressed; it does not compress answers itself. The bare pass-through forwards the
+//! client's `Accept-Encoding`.
+//!
 //! The response keeps the upstream's version, for the log line and the report's
 //! [`Versions`](crate::Versions); the server answers the client in the client's own version
 //! whatever the response says.
@@ -54,6 +67,9 @@ pub(crate) struct Forward<B = UpstreamRequestBody> {
     pub(crate) upstream: Uri,
     /// The version requests are sent in (the client's pool speaks it).
     pub(crate) version: UpstreamVersion,
+    /// Ask the upstream for `Accept-Encoding: identity` (the tower-sse stack), or forward
+    /// the client's (the bare pass-through).
+    pub(crate) identity: bool,
 }
 
 impl<B> Clone for Forward<B> {
@@ -62,8 +78,34 @@ impl<B> Clone for Forward<B> {
             client: self.client.clone(),
             upstream: self.upstream.clone(),
             version: self.version,
+            identity: self.identity,
         }
     }
+}
+
+/// The path and query sent upstream: the path of `--upstream` is a base path, which the
+/// request's path follows (`http://h/prefix/v1` and `/chat/completions` give
+/// `/prefix/v1/chat/completions`; one slash where they meet); a query in `--upstream`
+/// (`?api-version=1`) comes first, then the request's.
+fn upstream_path(base: &Uri, request: &Uri) -> String {
+    let prefix = base.path().trim_end_matches('/');
+    let path = request.path();
+    let mut joined = String::with_capacity(prefix.len() + path.len() + 16);
+    joined.push_str(prefix);
+    if !path.starts_with('/') {
+        joined.push('/');
+    }
+    joined.push_str(path);
+    let queries: Vec<&str> = [base.query(), request.query()]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
+    if !queries.is_empty() {
+        joined.push('?');
+        joined.push_str(&queries.join("&"));
+    }
+    joined
 }
 
 impl<B> tower::Service<Request<B>> for Forward<B>
@@ -80,12 +122,21 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let path = upstream_path(&self.upstream, request.uri());
         let mut parts = self.upstream.clone().into_parts();
         parts.path_and_query = path.parse().ok();
         let uri = Uri::from_parts(parts);
+        if self.identity {
+            // A compressed stream could not be read, so not metered (see the module's text).
+            request.headers_mut().insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         let client = self.client.clone();
         let version = self.version.version();
+        // Taken before the hop-by-hop headers go: an upgrade (WebSocket) is proxied.
+        let upgrade = crate::upgrade::requested(&mut request);
         Box::pin(async move {
             let Ok(uri) = uri else {
                 return Ok(error_response(
@@ -95,10 +146,27 @@ where
                 ));
             };
             to_version(&mut request, &uri, version);
+            if let Some(upgrade) = &upgrade {
+                if version != Version::HTTP_11 {
+                    return Ok(error_response(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "upgrade_not_supported",
+                        "protocol upgrades need an HTTP/1.1 upstream (--upstream-version 1.1)",
+                    ));
+                }
+                upgrade.ask(request.headers_mut());
+            }
             let method = request.method().clone();
             *request.uri_mut() = uri.clone();
             match client.request(request).await {
-                Ok(response) => {
+                Ok(mut response) => {
+                    if let Some(upgrade) = upgrade
+                        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        return Ok(upgrade
+                            .switch(&mut response)
+                            .map(|()| Either::Right(Full::default())));
+                    }
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     // The crate's one framing rule: SSE, or NDJSON (the gateway reframes it).
@@ -147,7 +215,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -240,4 +308,29 @@ fn upstream_unreachable(
         "upstream_unreachable",
         "the upstream could not be reached",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(base: &str, request: &str) -> String {
+        upstream_path(&base.parse().unwrap(), &request.parse().unwrap())
+    }
+
+    #[test]
+    fn the_upstream_path_is_a_base_path() {
+        assert_eq!(joined("http://h:1", "/v1/chat"), "/v1/chat");
+        assert_eq!(joined("http://h:1/", "/v1/chat?a=1"), "/v1/chat?a=1");
+        assert_eq!(
+            joined("http://h/prefix/v1", "/chat/completions"),
+            "/prefix/v1/chat/completions"
+        );
+        assert_eq!(
+            joined("http://h/prefix/v1/", "/chat/completions?x=1"),
+            "/prefix/v1/chat/completions?x=1"
+        );
+        assert_eq!(joined("http://h/p?k=v", "/a?b=c"), "/p/a?k=v&b=c");
+        assert_eq!(joined("http://h/p?k=v", "/"), "/p/?k=v");
+    }
 }

@@ -3,7 +3,10 @@
 //! NDJSON) go through the whole tower-sse stack:
 //!
 //! ```text
-//! client ─► connection limits (header and idle timeouts, header size, HTTP/2 streams and pings)
+//! client ─► connection limits (header and idle timeouts, header size and count, HTTP/2
+//!                               streams and pings)
+//!        ─► CORS (with --cors-origin: preflights answered here)
+//!        ─► X-Request-Id (kept or made, echoed), X-Forwarded-For (appended)
 //!        ─► request body limit (413)
 //!        ─► axum router ─┬─ GET /healthz              200, cheap
 //!                        ├─ GET /metrics              Prometheus text (or on --metrics-listen)
@@ -27,7 +30,10 @@
 //! shutting down), `handlers.rs` (`/healthz`, `/metrics`, `/v1/digests/{id}`), `forward.rs`
 //! and `connector.rs` (the upstream client; `https://` with the default-on `tls` feature),
 //! `serve.rs` and `conn.rs` (accepting connections, their limits and clocks),
-//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits); the binary's
+//! `prometheus.rs` (the `/metrics` exporter), `os.rs` (file-descriptor limits), `log_writer.rs`
+//! (log lines written to stdout by a thread of their own, never on a runtime thread),
+//! `proxy_headers.rs` (`X-Request-Id`, `X-Forwarded-For`), `upgrade.rs` (WebSocket and other
+//! upgrades, joined byte for byte); the binary's
 //! `cli.rs` (command line) and `runtime.rs` (one runtime, or one per core). `tuned/` holds
 //! benchmark-only replacements of stock pieces (feature `tuned`, off by default).
 //!
@@ -63,12 +69,15 @@ mod conn;
 mod connector;
 mod forward;
 mod handlers;
+pub mod log_writer;
 pub mod os;
 mod prometheus;
+mod proxy_headers;
 mod running;
 mod serve;
 #[cfg(feature = "tuned")]
 pub mod tuned;
+mod upgrade;
 mod versions;
 
 pub use config::{GatewayConfig, Stack};
@@ -76,7 +85,7 @@ pub use connector::{TlsRoots, UpstreamVersion};
 pub use handlers::{REQUESTS, UPSTREAM_STREAMS};
 pub use running::{Gateway, start, start_metrics};
 pub use serve::{ConnectionConfig, serve, serve_until};
-pub use versions::Versions;
+pub use versions::{IncludeUsageNotApplied, Versions};
 
 use connector::Connector;
 use forward::{Forward, UpstreamRequestBody};
@@ -120,6 +129,7 @@ impl Shared {
                     client: self.client::<AxumBody>(),
                     upstream: self.config.upstream.clone(),
                     version: self.config.upstream_version,
+                    identity: false,
                 });
             return self.with_routes(bare);
         }
@@ -142,6 +152,7 @@ impl Shared {
                 client,
                 upstream: self.config.upstream.clone(),
                 version: self.config.upstream_version,
+                identity: true,
             });
         self.with_routes(stack)
     }
@@ -186,12 +197,19 @@ impl Shared {
         if self.config.metrics_listen.is_none() {
             router = router.merge(self.metrics_route());
         }
-        router
+        let router = router
             .fallback_service(stack)
-            // Outermost: a body announced too large is refused before anything reads it; one
-            // that grows too large fails where it is read, and is answered `413` too.
+            // A body announced too large is refused before anything reads it; one that grows
+            // too large fails where it is read, and is answered `413` too.
             .layer(body_limit::OverflowLayer)
             .layer(RequestBodyLimitLayer::new(self.config.max_body_bytes))
+            // Every answer, the gateway's own included, has the request's id.
+            .layer(proxy_headers::ProxyHeadersLayer);
+        // Outermost: preflights are answered here, before anything else runs.
+        match self.config.cors() {
+            Some(cors) => router.layer(cors),
+            None => router,
+        }
     }
 
     /// `/metrics` and `/healthz`: what a metrics listener of its own serves.
@@ -224,6 +242,7 @@ impl Shared {
         let config = &self.config;
         let mut sse = SseLayer::new()
             .early_response(config.early_response)
+            .sse_headers(config.sse_headers)
             .shutdown(self.streams_end.clone());
         if let Some(interval) = config.keep_alive {
             sse = sse.keep_alive(KeepAliveConfig::new().interval(interval));

@@ -37,6 +37,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use example_gateway::log_writer::{self, FlushGuard, LogWriter};
 
 use cli::{Cli, LogFormat, RuntimeKind};
 
@@ -45,40 +46,54 @@ fn ansi() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// Log lines go to stdout: tracing-subscriber's compact text, or one JSON object per line.
+/// Log lines go to stdout: tracing-subscriber's compact text, or one JSON object per line,
+/// written by the log writer's thread (never on a runtime thread: see
+/// `example_gateway::log_writer`, which also says what happens when stdout is too slow).
+/// Keep the guard until the end: dropping it writes the lines still queued.
 #[cfg(not(feature = "tuned"))]
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, queue: usize) -> std::io::Result<FlushGuard> {
+    let (writer, guard) = LogWriter::stdout(queue)?;
     let builder = tracing_subscriber::fmt()
         .with_target(false)
-        .with_ansi(ansi());
+        .with_ansi(ansi())
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.compact().init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(guard)
 }
 
 /// Log lines go to stdout, as without `tuned`, through the benchmark-only formatters: the
 /// same text, fewer instructions (see `example_gateway::tuned`).
 #[cfg(feature = "tuned")]
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, queue: usize) -> std::io::Result<FlushGuard> {
     use example_gateway::tuned::log_fields::PlainFields;
     use example_gateway::tuned::log_time::CachedSystemTime;
 
+    let (writer, guard) = LogWriter::stdout(queue)?;
     let ansi = ansi();
     let builder = tracing_subscriber::fmt()
         .with_target(false)
         .with_ansi(ansi)
-        .with_timer(CachedSystemTime);
+        .with_timer(CachedSystemTime)
+        .with_writer(writer);
     match format {
         LogFormat::Text if ansi => builder.compact().init(),
         LogFormat::Text => builder.compact().fmt_fields(PlainFields).init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(guard)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Dropped when `main` returns, after the runtimes: the queued log lines are written.
+    let queue = cli.log_queue.unwrap_or(log_writer::DEFAULT_CAPACITY);
+    let _logs = match init_logging(cli.log_format, queue) {
+        Ok(guard) => guard,
+        Err(e) => return failed(&e),
+    };
     let upstream = match &cli.upstream {
         Some(url) => url.clone(),
         // Without an upstream, run the mock one in this process.

@@ -56,6 +56,10 @@ pub(crate) fn prometheus() -> PrometheusHandle {
             tower_sse::metrics::describe();
             metrics::describe_counter!(REQUESTS, "Requests that reached the stream stack");
             metrics::describe_counter!(UPSTREAM_STREAMS, "Upstream answers that started a stream");
+            metrics::describe_counter!(
+                crate::log_writer::LOG_LINES_DROPPED,
+                "Log lines dropped because stdout was too far behind"
+            );
             spawn_upkeep(handle.clone());
             handle
         })

@@ -73,16 +73,20 @@ pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io
         })
 }
 
-/// Wait for `SIGTERM` (every orchestrator's "please stop") or `SIGINT` (Ctrl-C); its name.
+/// Wait for `SIGTERM` (every orchestrator's "please stop"), `SIGINT` (Ctrl-C) or `SIGHUP`
+/// (the terminal or the session went away; its default action would end the process at once
+/// and cut the open streams with no error event); its name. All three shut down gracefully.
 async fn stop_signal() -> std::io::Result<&'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
         tokio::select! {
             _ = terminate.recv() => Ok("SIGTERM"),
             _ = interrupt.recv() => Ok("SIGINT"),
+            _ = hangup.recv() => Ok("SIGHUP"),
         }
     }
     #[cfg(not(unix))]
@@ -118,7 +122,27 @@ fn announce(addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
 
 /// `count` sockets bound to `listen` with `SO_REUSEPORT`; with port 0, all on the port the
 /// first one got.
+///
+/// `SO_REUSEPORT` would also let a second gateway (of the same user) bind the same port and
+/// silently take half of the connections: a plain socket, without it, is bound first, which
+/// fails while any other process listens there; it is closed before the group binds (a
+/// second gateway starting in that instant is not seen).
 fn bind_reuseport_group(listen: SocketAddr, count: usize) -> std::io::Result<Vec<TcpSocket>> {
+    let probe = bind(listen, false).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {listen}: another process listens there already \
+                     (--runtime per-core shares a port only among its own listeners)"
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    let listen = probe.local_addr()?;
+    drop(probe);
     let first = bind(listen, true)?;
     let addr = first.local_addr()?;
     let mut sockets = vec![first];

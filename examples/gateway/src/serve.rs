@@ -11,8 +11,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use http::Request;
+use hyper::body::Incoming;
+
 use crate::conn::{Activity, Close, Timeouts, Tracked, Watched, watch};
 use crate::os::{Warning, fd_limit_text, is_fd_exhaustion};
+use crate::proxy_headers::ClientAddr;
 
 /// hyper's smallest read buffer: `max_header_bytes` is raised to it.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -33,6 +37,9 @@ pub struct ConnectionConfig {
     /// The largest request head, in bytes: HTTP/1.1 answers `431` beyond it, HTTP/2 refuses
     /// the stream. At least 8192. Default: 64 KiB.
     pub max_header_bytes: usize,
+    /// The most header fields in an HTTP/1.1 request head: `431` beyond it. Default: 100
+    /// (hyper's). HTTP/2 heads are bounded by `max_header_bytes` only.
+    pub max_headers: usize,
     /// The most concurrent streams on one HTTP/2 connection. Default: 100.
     pub h2_max_streams: u32,
     /// Send an HTTP/2 `PING` after this much silence and drop the connection when it is not
@@ -46,6 +53,7 @@ impl Default for ConnectionConfig {
             header_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(75)),
             max_header_bytes: 64 * 1024,
+            max_headers: 100,
             h2_max_streams: 100,
             h2_keepalive: Some(Duration::from_secs(30)),
         }
@@ -68,7 +76,8 @@ impl ConnectionConfig {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(backstop)
-            .max_buf_size(max_header_bytes);
+            .max_buf_size(max_header_bytes)
+            .max_headers(self.max_headers);
         let mut http2 = builder.http2();
         http2
             .timer(TokioTimer::new())
@@ -143,6 +152,14 @@ async fn serve_connection(
 ) {
     // Small SSE frames must leave at once, not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    // Each request learns the client's address (`X-Forwarded-For`).
+    let peer = stream.peer_addr().ok().map(ClientAddr);
+    let app = tower::ServiceExt::map_request(app, move |mut request: Request<Incoming>| {
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
+        request
+    });
     let activity = Activity::new();
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
     let service = Tracked::new(TowerToHyperService::new(app), activity.clone());

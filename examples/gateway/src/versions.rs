@@ -14,14 +14,29 @@ pub struct Versions {
     pub upstream: Option<Version>,
 }
 
+/// In [`StreamReport::extensions`] when the request body had a `Content-Encoding` (gzip, ...):
+/// the `IncludeUsageLayer` does not read an encoded body, so `stream_options.include_usage`
+/// was not added and the usage comes only if the client asked for it. The log line says
+/// `include_usage_not_applied=<encoding>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncludeUsageNotApplied {
+    /// The request body's `Content-Encoding`.
+    pub encoding: String,
+}
+
 /// [`TraceObserver`]'s line, with the stream's [`Versions`]: the line is logged in a span
 /// `stream` whose fields are `client_version` and `upstream_version` (`HTTP/1.1`,
-/// `HTTP/2.0`; the text format prints them after the line's own fields, JSON in `span`).
+/// `HTTP/2.0`) and `request_id` (the `x-request-id` the gateway set or kept; the text format
+/// prints them after the line's own fields, JSON in `span`).
 /// The versions also go into the report's extensions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct VersionedTrace {
     client: Version,
     upstream: Option<Version>,
+    /// The request's `x-request-id` (the gateway sets one on every request), for the span.
+    request_id: Option<http::HeaderValue>,
+    /// The request body's `Content-Encoding`, when it had one other than `identity`.
+    request_encoding: Option<String>,
 }
 
 impl Default for VersionedTrace {
@@ -29,6 +44,8 @@ impl Default for VersionedTrace {
         Self {
             client: Version::HTTP_11,
             upstream: None,
+            request_id: None,
+            request_encoding: None,
         }
     }
 }
@@ -36,6 +53,13 @@ impl Default for VersionedTrace {
 impl Observer for VersionedTrace {
     fn on_request(&mut self, request: &http::request::Parts) {
         self.client = request.version;
+        self.request_id = request.headers.get("x-request-id").cloned();
+        self.request_encoding = request
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.trim().eq_ignore_ascii_case("identity"))
+            .map(str::to_owned);
     }
 
     fn on_response(&mut self, response: &http::response::Parts, _: &mut StreamReport) {
@@ -55,7 +79,14 @@ impl Observer for VersionedTrace {
             "stream",
             client_version = ?self.client,
             upstream_version = self.upstream.map(tracing::field::debug),
+            request_id = self.request_id.as_ref().and_then(|id| id.to_str().ok()),
+            include_usage_not_applied = self.request_encoding.as_deref(),
         );
+        if let Some(encoding) = &self.request_encoding {
+            report.extensions.insert(IncludeUsageNotApplied {
+                encoding: encoding.clone(),
+            });
+        }
         let _entered = span.enter();
         TraceObserver.on_end(report);
     }

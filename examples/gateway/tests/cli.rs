@@ -2,7 +2,7 @@
 //! end-to-end script use them): every flag, the `listening on http://ADDR` line, `/metrics`,
 //! `/healthz` and `/v1/digests/{id}`, with both runtimes; and what it logs.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 const FLAGS: &[&str] = &[
@@ -26,11 +26,15 @@ const FLAGS: &[&str] = &[
     "--upstream-version",
     "--metrics-listen",
     "--log-format",
+    "--log-queue",
     "--shutdown-grace",
     "--max-model-labels",
     "--drain",
     "--redis",
     "--stack",
+    "--no-sse-headers",
+    "--max-headers",
+    "--cors-origin",
 ];
 
 /// The gateway process, killed when dropped.
@@ -175,6 +179,8 @@ async fn multi_runtime_with_every_flag_and_an_upstream() {
         "2",
         "--log-format",
         "text",
+        "--log-queue",
+        "1024",
         "--shutdown-grace",
         "5",
         "--max-model-labels",
@@ -195,15 +201,30 @@ fn bad_values_are_refused_not_panicked_on() {
         ["--h2-max-streams", "-1"],
         ["--tls-roots", "openssl"],
         ["--log-format", "xml"],
+        ["--log-queue", "0"],
         ["--metrics-listen", "nowhere"],
         ["--stack", "none"],
         ["--upstream-version", "3"],
+        // Issue 31: values that used to start a broken gateway.
+        ["--upstream", "ftp://x"],
+        ["--upstream", "localhost:9000"],
+        ["--max-streams", "0"],
+        ["--idle-timeout", "-1"],
+        ["--keep-alive", "NaN"],
+        ["--shutdown-grace", "-5"],
+        ["--total-timeout", "infinity"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(args)
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // Clap names the flag, or the value it could not place.
+        assert!(
+            stderr.contains(args[0]) || stderr.contains(args[1]),
+            "{args:?}: {stderr}"
+        );
     }
 }
 
@@ -344,7 +365,8 @@ async fn until_open_streams(base: &str, n: usize) {
 
 #[tokio::test]
 async fn sigterm_lets_open_streams_finish_refuses_new_connections_and_exits_0() {
-    for signal_name in ["TERM", "INT"] {
+    // SIGHUP too (issue 31): its default action would cut the open streams at once.
+    for signal_name in ["TERM", "INT", "HUP"] {
         let (mut running, mut stdout, base) = start(&["--shutdown-grace", "30"]);
         // About a second of stream: it outlives the signal, not the grace.
         let stream = tokio::spawn(slow_stream(base.clone(), 10, 100));
@@ -354,6 +376,8 @@ async fn sigterm_lets_open_streams_finish_refuses_new_connections_and_exits_0() 
         assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
         let line = log_line(&mut stdout, "stream ended");
         assert!(line.contains("outcome=completed"), "{line}");
+        // The request id the gateway made is in the line.
+        assert!(line.contains("request_id="), "{line}");
         // No new connections once the signal came (the listener is closed).
         let refused = reqwest::Client::new()
             .get(format!("{base}/healthz"))
@@ -368,19 +392,77 @@ async fn sigterm_lets_open_streams_finish_refuses_new_connections_and_exits_0() 
     }
 }
 
+/// The log lines are written by a thread of their own, off the runtime: every stream's line
+/// still reaches stdout, and those still queued when the signal comes are written before
+/// the process exits.
 #[tokio::test]
-async fn after_the_grace_open_streams_end_with_an_error_event_and_are_reported() {
-    let (mut running, mut stdout, base) = start(&["--shutdown-grace", "1"]);
-    // Ten seconds of stream: longer than the grace.
-    let stream = tokio::spawn(slow_stream(base.clone(), 100, 100));
-    until_open_streams(&base, 1).await;
+async fn every_log_line_is_on_stdout_when_the_gateway_exits() {
+    let (mut running, mut stdout, base) = start(&["--log-queue", "4096"]);
+    let streams: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(slow_stream(base.clone(), 3, 0)))
+        .collect();
+    for stream in streams {
+        let body = stream.await.unwrap();
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    }
     signal(&running, "TERM");
-    let body = stream.await.unwrap();
-    assert!(body.contains("event: error"), "{body}");
-    assert!(body.contains("server_shutdown"), "{body}");
-    assert!(!body.contains("[DONE]"), "{body}");
-    let line = log_line(&mut stdout, "stream ended");
-    assert!(line.contains("outcome=server_shutdown"), "{line}");
     let status = running.child.wait().unwrap();
     assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let ended = rest
+        .lines()
+        .filter(|l| l.contains("stream ended") && l.contains("outcome=completed"))
+        .count();
+    assert_eq!(ended, 50, "{rest}");
+}
+
+#[tokio::test]
+async fn after_the_grace_open_streams_end_with_an_error_event_and_are_reported() {
+    for signal_name in ["TERM", "HUP"] {
+        let (mut running, mut stdout, base) = start(&["--shutdown-grace", "1"]);
+        // Ten seconds of stream: longer than the grace.
+        let stream = tokio::spawn(slow_stream(base.clone(), 100, 100));
+        until_open_streams(&base, 1).await;
+        signal(&running, signal_name);
+        let body = stream.await.unwrap();
+        assert!(body.contains("event: error"), "{signal_name}: {body}");
+        assert!(body.contains("server_shutdown"), "{signal_name}: {body}");
+        assert!(!body.contains("[DONE]"), "{signal_name}: {body}");
+        let line = log_line(&mut stdout, "stream ended");
+        assert!(line.contains("outcome=server_shutdown"), "{line}");
+        let status = running.child.wait().unwrap();
+        assert!(status.success(), "{signal_name}: {status}");
+    }
+}
+
+/// Two `--runtime per-core` gateways on one port would split its connections between them
+/// (`SO_REUSEPORT`): the second one refuses to start.
+#[tokio::test]
+async fn a_second_per_core_gateway_on_the_same_port_refuses_to_start() {
+    let (_first, _stdout, base) = start(&["--runtime", "per-core"]);
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--runtime", "per-core", "--listen", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second per-core gateway started on {addr}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("another process listens there"), "{stderr}");
+    // The first one still serves.
+    exercise(&base).await;
 }

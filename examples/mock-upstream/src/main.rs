@@ -35,6 +35,10 @@ struct Args {
     /// model named when a request names none (default mock-model)
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
+    /// concurrent streams per HTTP/2 connection (h2c, prior knowledge);
+    /// default hyper's 200
+    #[arg(long, value_name = "N", verbatim_doc_comment)]
+    h2_max_streams: Option<u32>,
 }
 
 /// The flag of a control: `--delay-ms V` (`--delay_ms V` too), its value checked as the
@@ -66,8 +70,9 @@ fn command() -> Command {
         .after_help(tower_sse_mock::help())
 }
 
-/// The address and the server's defaults from `args` (the program's name first).
-fn parse_from<I, T>(args: I) -> Result<(SocketAddr, MockConfig), clap::Error>
+/// The address and the server's defaults from `args` (the program's name first),
+/// and `--h2-max-streams` when given.
+fn parse_from<I, T>(args: I) -> Result<(SocketAddr, MockConfig, Option<u32>), clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -87,13 +92,14 @@ where
                 .map_err(|e| command.clone().error(ErrorKind::ValueValidation, e))?;
         }
     }
-    Ok((args.listen, config))
+    Ok((args.listen, config, args.h2_max_streams))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // Exits after `--help`, or with status 2 on a bad flag.
-    let (listen, config) = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let (listen, config, h2_max_streams) =
+        parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -103,8 +109,14 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(listen);
     println!("listening on http://{addr}");
+    let serve = async move {
+        match h2_max_streams {
+            Some(n) => tower_sse_mock::serve_with_h2_max_streams(listener, config, n).await,
+            None => tower_sse_mock::serve(listener, config).await,
+        }
+    };
     tokio::select! {
-        result = tower_sse_mock::serve(listener, config) => {
+        result = serve => {
             if let Err(e) = result {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
@@ -128,8 +140,10 @@ mod tests {
 
     #[test]
     fn every_control_is_a_flag_in_both_spellings() {
-        let (listen, config) = parse_from([
+        let (listen, config, h2_max_streams) = parse_from([
             "mock_upstream",
+            "--h2-max-streams",
+            "1000",
             "--listen=127.0.0.1:0",
             "--delay_ms",
             "5",
@@ -151,11 +165,13 @@ mod tests {
         assert_eq!(config.controls.tokens, 4);
         assert_eq!(config.controls.stall_after, None);
         assert_eq!(config.model, "m");
+        assert_eq!(h2_max_streams, Some(1000));
     }
 
     #[test]
     fn defaults_and_bad_values() {
-        let (listen, config) = parse_from(["mock_upstream"]).unwrap();
+        let (listen, config, h2_max_streams) = parse_from(["mock_upstream"]).unwrap();
+        assert_eq!(h2_max_streams, None);
         assert_eq!(listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.controls, MockConfig::new().controls);
         for bad in [
@@ -163,6 +179,7 @@ mod tests {
             &["--chunking", "0"],
             &["--nope", "1"],
             &["--seed"],
+            &["--h2-max-streams", "-1"],
         ] {
             let args = std::iter::once("mock_upstream").chain(bad.iter().copied());
             let error = parse_from(args).unwrap_err();

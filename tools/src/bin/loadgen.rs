@@ -26,6 +26,11 @@
 //! with `--output` writes the same as JSON, with one open-streams sample per second. Streams
 //! are tasks on one multi-thread runtime with a pooled hyper-util HTTP/1 client per source
 //! address: per stream there is a socket, a small decoder and a record of about 80 bytes.
+//!
+//! With `--http2` it speaks HTTP/2 without an upgrade (h2c, prior knowledge) and puts
+//! `--streams-per-conn` clients (100 by default) on each connection: `streams / N`
+//! connections (rounded up), each carrying N concurrent streams, checked and reported as over
+//! HTTP/1.1. A load balancer or a browser in front of the gateway does the same.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -52,6 +57,9 @@ use tower_sse_tools::os::{
 
 /// File descriptors kept for things other than streams (stdio, epoll, the runtime).
 const FD_MARGIN: u64 = 64;
+/// Clients per HTTP/2 connection unless `--streams-per-conn` says otherwise: the gateway's
+/// default `--h2-max-streams`.
+const DEFAULT_STREAMS_PER_CONN: usize = 100;
 /// How long a client waits after a failed connect or an error status before its next stream.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -145,6 +153,8 @@ struct Options {
     warm_up: u32,
     timeout: Duration,
     source_ips: Vec<IpAddr>,
+    /// HTTP/2 (prior knowledge) with this many clients per connection; `None`: HTTP/1.1.
+    http2: Option<usize>,
     faults: f64,
     seed: u64,
     mock: Map<String, Value>,
@@ -214,6 +224,16 @@ struct Cli {
     #[arg(long, value_name = "A,B,...", help_heading = "LOAD", value_parser = source_ips,
           verbatim_doc_comment)]
     source_ips: Option<SourceIps>,
+    /// speak HTTP/2 without upgrade (h2c, prior knowledge), several
+    /// clients' streams multiplexed on each connection (default HTTP/1.1,
+    /// one connection per client)
+    #[arg(long, help_heading = "LOAD", verbatim_doc_comment)]
+    http2: bool,
+    /// with --http2: clients per connection, so streams / N connections
+    /// (rounded up) each carry N concurrent streams (default 100)
+    #[arg(long, value_name = "N", help_heading = "LOAD", value_parser = at_least_one,
+          requires = "http2", verbatim_doc_comment)]
+    streams_per_conn: Option<usize>,
     /// probability per stream of one injected fault, picked evenly:
     /// mock stall_after, error_after or close_after (after 1 to 4 events),
     /// or a client disconnect after 1 to 4 events (default 0)
@@ -366,6 +386,9 @@ where
         warm_up: cli.warm_up,
         timeout: cli.timeout,
         source_ips: cli.source_ips.map(|ips| ips.0).unwrap_or_default(),
+        http2: cli
+            .http2
+            .then(|| cli.streams_per_conn.unwrap_or(DEFAULT_STREAMS_PER_CONN)),
         faults: cli.faults,
         seed: cli.seed,
         mock,
@@ -848,8 +871,12 @@ fn fail(message: &str) -> ! {
     std::process::exit(2)
 }
 
-/// One pooled HTTP/1 client per source address (or one with the system's choice).
+/// One pooled HTTP/1 client per source address (or one with the system's choice), or with
+/// `--http2` one client per HTTP/2 connection ([`http2_clients`]).
 fn clients(options: &Options) -> Vec<Client<HttpConnector, Full<Bytes>>> {
+    if let Some(per_connection) = options.http2 {
+        return http2_clients(options, per_connection);
+    }
     let addresses: Vec<Option<IpAddr>> = if options.source_ips.is_empty() {
         vec![None]
     } else {
@@ -868,6 +895,42 @@ fn clients(options: &Options) -> Vec<Client<HttpConnector, Full<Bytes>>> {
                 .build(connector)
         })
         .collect()
+}
+
+/// `--http2`: one HTTP/2-only client (h2c, prior knowledge) per connection, `streams / N`
+/// of them rounded up, their source addresses taken round-robin. Each client's pool holds a
+/// single connection to the one target, which its N clients' streams share: hyper-util opens
+/// one HTTP/2 connection per host and multiplexes every request on it (the run's script
+/// counts the sockets to check it).
+fn http2_clients(
+    options: &Options,
+    per_connection: usize,
+) -> Vec<Client<HttpConnector, Full<Bytes>>> {
+    let connections = options.streams.div_ceil(per_connection);
+    (0..connections)
+        .map(|k| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            if !options.source_ips.is_empty() {
+                connector.set_local_address(Some(options.source_ips[k % options.source_ips.len()]));
+            }
+            connector.set_connect_timeout(Some(options.timeout));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_timer(TokioTimer::new())
+                .http2_only(true)
+                .build(connector)
+        })
+        .collect()
+}
+
+/// The target (connection pool) of client `index`: round-robin over the HTTP/1.1 pools, or
+/// with `--http2` clients `k·N .. (k+1)·N` on connection `k`.
+fn target_of(options: &Options, index: usize, targets: usize) -> usize {
+    match options.http2 {
+        Some(per_connection) => (index / per_connection).min(targets - 1),
+        None => index % targets,
+    }
 }
 
 fn targets(options: &Options) -> Vec<Target> {
@@ -996,6 +1059,8 @@ fn summary(options: &Options, run: &Run) -> Value {
             "warm_up": options.warm_up,
             "timeout_s": options.timeout.as_secs_f64(),
             "source_ips": options.source_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "http_version": if options.http2.is_some() { "2" } else { "1.1" },
+            "streams_per_conn": options.http2.unwrap_or(1),
             "faults": options.faults,
             "seed": options.seed,
             "mock": options.mock,
@@ -1130,7 +1195,7 @@ async fn main() {
 
     let clients: Vec<_> = (0..options.streams)
         .map(|index| {
-            let target = targets[index % targets.len()].clone();
+            let target = targets[target_of(&options, index, targets.len())].clone();
             tokio::spawn(run_client(
                 index,
                 target,
@@ -1224,6 +1289,30 @@ mod tests {
     }
 
     #[test]
+    fn http2_puts_n_clients_on_each_connection() {
+        let options = parse(&["--streams", "250", "--http2"]).unwrap();
+        assert_eq!(options.http2, Some(DEFAULT_STREAMS_PER_CONN));
+        // 250 clients, 100 per connection: three connections, the last one half full.
+        let connections = http2_clients(&options, 100).len();
+        assert_eq!(connections, 3);
+        let on = |index| target_of(&options, index, connections);
+        assert_eq!((on(0), on(99), on(100), on(199), on(249)), (0, 0, 1, 1, 2));
+
+        let options = parse(&["--http2", "--streams-per-conn", "7", "--streams", "7"]).unwrap();
+        assert_eq!(options.http2, Some(7));
+        assert_eq!(http2_clients(&options, 7).len(), 1);
+
+        let options = parse(&["--streams", "3"]).unwrap();
+        assert_eq!(options.http2, None);
+        assert_eq!(
+            (0..3)
+                .map(|i| target_of(&options, i, 2))
+                .collect::<Vec<_>>(),
+            [0, 1, 0]
+        );
+    }
+
+    #[test]
     fn bad_command_lines_are_refused() {
         for bad in [
             &["--repeat", "2", "--hold", "1"][..],
@@ -1233,6 +1322,8 @@ mod tests {
             &["--format", "xml"],
             &["--mock", "tokens"],
             &["--no-such-flag"],
+            &["--streams-per-conn", "10"],
+            &["--http2", "--streams-per-conn", "0"],
         ] {
             let error = parse(bad)
                 .err()

@@ -1,0 +1,332 @@
+//! The log output, off the runtime threads: each log line is handed to a bounded queue and
+//! written to stdout by a dedicated thread.
+//!
+//! A stream's end-of-stream line is made in `poll_frame` or `Drop` of its body, on a runtime
+//! thread. Writing it to stdout there would block that thread (and every connection on it)
+//! whenever stdout is slow: a full pipe, a paused terminal, a log shipper that lags. Here the
+//! runtime thread only copies the formatted line into the queue.
+//!
+//! **When the queue is full** (the writer is [`DEFAULT_CAPACITY`] lines behind, or the
+//! capacity given to [`LogWriter::stdout`]), the line is dropped and counted in the
+//! `gateway.log.lines.dropped` counter ([`LOG_LINES_DROPPED`], `gateway_log_lines_dropped` on
+//! `/metrics`) and in
+//! [`LogWriter::dropped`]: the runtime never waits for stdout. **At shutdown**,
+//! dropping the [`FlushGuard`] waits until every line queued before it is written and
+//! flushed, so a graceful exit loses no line; lines logged after that are written directly.
+//!
+//! ```
+//! use std::io::Write;
+//! use example_gateway::log_writer::LogWriter;
+//!
+//! let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+//! # #[derive(Clone)] struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+//! # impl Write for Shared {
+//! #     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> { self.0.lock().unwrap().write(b) }
+//! #     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
+//! # }
+//! let (writer, guard) = LogWriter::to(Shared(out.clone()), 1024).unwrap();
+//! writer.line().write_all(b"stream ended\n").unwrap();
+//! drop(guard); // waits for the line to be written
+//! assert_eq!(&out.lock().unwrap()[..], b"stream ended\n");
+//! ```
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+/// The counter of log lines dropped because the writer thread was behind.
+pub const LOG_LINES_DROPPED: &str = "gateway.log.lines.dropped";
+
+/// Lines the queue holds by default (`--log-queue`): at a few hundred bytes a line, under
+/// 100 MB if all are queued, and two minutes of log at a thousand streams a second.
+pub const DEFAULT_CAPACITY: usize = 128 * 1024;
+
+enum Message {
+    Line(Vec<u8>),
+    /// Write everything before this, flush, and stop.
+    Shutdown,
+}
+
+/// Hands log lines to the writer thread (cheap to clone; `tracing_subscriber`'s
+/// `MakeWriter`, with the `cli` feature).
+#[derive(Clone, Debug)]
+pub struct LogWriter {
+    queue: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+    /// Where lines go once the writer thread has stopped (at shutdown).
+    direct: fn() -> Box<dyn Write>,
+}
+
+/// Flushes the queued lines when dropped, and stops the writer thread.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops the writer thread"]
+pub struct FlushGuard {
+    queue: SyncSender<Message>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Lines to stdout, at most `capacity` queued.
+    pub fn stdout(capacity: usize) -> io::Result<(Self, FlushGuard)> {
+        Self::spawn(io::stdout(), capacity, || Box::new(io::stdout()))
+    }
+
+    /// Lines to `out` (tests), at most `capacity` queued; after shutdown, lines are dropped
+    /// (and counted).
+    pub fn to(out: impl Write + Send + 'static, capacity: usize) -> io::Result<(Self, FlushGuard)> {
+        Self::spawn(out, capacity, || Box::new(io::sink()))
+    }
+
+    fn spawn(
+        mut out: impl Write + Send + 'static,
+        capacity: usize,
+        direct: fn() -> Box<dyn Write>,
+    ) -> io::Result<(Self, FlushGuard)> {
+        let (queue, lines) = sync_channel(capacity.max(1));
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_lines(&lines, &mut out))?;
+        let writer = Self {
+            queue: queue.clone(),
+            dropped: Arc::default(),
+            direct,
+        };
+        let guard = FlushGuard {
+            queue,
+            thread: Some(thread),
+        };
+        Ok((writer, guard))
+    }
+
+    /// A writer for one log line: what is written to it is queued, whole, when it is
+    /// dropped.
+    pub fn line(&self) -> Line<'_> {
+        Line {
+            writer: self,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Lines dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, line: Vec<u8>) {
+        match self.queue.try_send(Message::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(LOG_LINES_DROPPED).increment(1);
+            }
+            // The writer thread has stopped (shutdown): write the line here.
+            Err(TrySendError::Disconnected(Message::Line(line))) => {
+                let _ = (self.direct)().write_all(&line);
+            }
+            Err(TrySendError::Disconnected(Message::Shutdown)) => {}
+        }
+    }
+}
+
+/// One log line on its way to the queue (see [`LogWriter::line`]).
+#[derive(Debug)]
+pub struct Line<'a> {
+    writer: &'a LogWriter,
+    buf: Vec<u8>,
+}
+
+impl Write for Line<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            self.writer.send(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+#[cfg(any(feature = "cli", feature = "tuned"))]
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.line()
+    }
+}
+
+/// The writer thread: write each line as it comes, flush when the queue is empty, stop at
+/// `Shutdown` (or when every sender is gone).
+fn write_lines(lines: &Receiver<Message>, out: &mut impl Write) {
+    while let Ok(message) = lines.recv() {
+        let mut next = Some(message);
+        // Write what is queued, then flush once.
+        while let Some(message) = next.take() {
+            match message {
+                Message::Line(line) => {
+                    let _ = out.write_all(&line);
+                }
+                Message::Shutdown => {
+                    let _ = out.flush();
+                    return;
+                }
+            }
+            next = lines.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        // Blocks while the queue is full: the lines before it are written first.
+        if self.queue.send(Message::Shutdown).is_ok()
+            && let Some(thread) = self.thread.take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Condvar, Mutex};
+
+    use super::*;
+
+    /// A shared buffer; writes wait while `blocked` is set (a stalled stdout).
+    #[derive(Clone, Default)]
+    struct Out {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        blocked: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Out {
+        fn block(&self, blocked: bool) {
+            *self.blocked.0.lock().unwrap() = blocked;
+            self.blocked.1.notify_all();
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.bytes.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for Out {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (lock, wake) = &*self.blocked;
+            drop(wake.wait_while(lock.lock().unwrap(), |b| *b).unwrap());
+            self.bytes.lock().unwrap().write(buf)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_from_many_threads_arrive_whole_and_the_guard_flushes_them() {
+        let out = Out::default();
+        let (writer, guard) = LogWriter::to(out.clone(), DEFAULT_CAPACITY).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let writer = writer.clone();
+                s.spawn(move || {
+                    for i in 0..250 {
+                        let mut line = writer.line();
+                        // In pieces, as a formatter may write: the line stays whole.
+                        write!(line, "thread={t} ").unwrap();
+                        writeln!(line, "line={i}").unwrap();
+                    }
+                });
+            }
+        });
+        drop(guard);
+        let text = out.text();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1000);
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(lines.len(), 1000);
+        assert!(lines.iter().all(|l| l.starts_with("thread=")));
+        assert_eq!(writer.dropped(), 0);
+    }
+
+    #[test]
+    fn a_stalled_output_drops_and_counts_lines_without_blocking() {
+        let out = Out::default();
+        out.block(true);
+        let (writer, guard) = LogWriter::to(out.clone(), 4).unwrap();
+        // The thread takes one line and waits on the output; 4 more fill the queue; the
+        // rest are dropped at once.
+        for i in 0..100 {
+            writeln!(writer.line(), "line {i}").unwrap();
+        }
+        assert!(writer.dropped() >= 100 - 5, "{}", writer.dropped());
+        let dropped = writer.dropped();
+        out.block(false);
+        drop(guard);
+        let written = out.text().lines().count() as u64;
+        assert_eq!(written + dropped, 100);
+        assert!(out.text().starts_with("line 0\n"));
+    }
+
+    /// Through `tracing_subscriber`, as the binary logs: the lines of events logged on a
+    /// multi-thread runtime are all on the output once the guard is dropped.
+    #[cfg(feature = "cli")]
+    #[test]
+    fn tracing_lines_from_runtime_threads_are_flushed_at_shutdown() {
+        let out = Out::default();
+        let (writer, guard) = LogWriter::to(out.clone(), DEFAULT_CAPACITY).unwrap();
+        let subscriber = tracing_subscriber::fmt()
+            .with_target(false)
+            .with_ansi(false)
+            .compact()
+            .with_writer(writer)
+            .finish();
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let dispatch = dispatch.clone();
+                    tokio::spawn(async move {
+                        tracing::dispatcher::with_default(&dispatch, || {
+                            tracing::info!(events = i, "stream ended");
+                        });
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        drop(runtime);
+        drop(guard);
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 200);
+        for i in 0..200 {
+            let field = format!(" events={i}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("stream ended") && l.ends_with(&field)),
+                "{field}: {text}"
+            );
+        }
+    }
+}
