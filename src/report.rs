@@ -75,6 +75,11 @@ pub enum Outcome {
     /// left or a failed body keep their own outcome (the error is in the report all the
     /// same).
     ProviderError,
+    /// The store of a resumable stream failed while the stream ran (an append the log could
+    /// not take): the stream's producer ended it, and cancelled the upstream, though its
+    /// client may have stayed ([`ResumeLayer`](crate::ResumeLayer); its readers' connections
+    /// fail, so that clients reconnect).
+    StoreFailed,
 }
 
 impl Outcome {
@@ -98,6 +103,7 @@ impl Outcome {
             Self::ServerShutdown => "server_shutdown",
             Self::RequestTimeout => "request_timeout",
             Self::ProviderError => "provider_error",
+            Self::StoreFailed => "store_failed",
         }
     }
 }
@@ -105,7 +111,7 @@ impl Outcome {
 impl Outcome {
     /// How many outcomes there are (for tables indexed by [`index`](Self::index)).
     #[cfg(feature = "metrics")]
-    pub(crate) const COUNT: usize = 11;
+    pub(crate) const COUNT: usize = 12;
 
     /// This outcome's place in `0..COUNT`.
     #[cfg(feature = "metrics")]
@@ -122,6 +128,7 @@ impl Outcome {
             Self::ServerShutdown => 8,
             Self::RequestTimeout => 9,
             Self::ProviderError => 10,
+            Self::StoreFailed => 11,
         }
     }
 }
@@ -683,6 +690,7 @@ mod tests {
             Outcome::ServerShutdown,
             Outcome::RequestTimeout,
             Outcome::ProviderError,
+            Outcome::StoreFailed,
         ];
         for outcome in all {
             // Exhaustive: names every variant, so that one added is one listed above.
@@ -697,7 +705,8 @@ mod tests {
                 | Outcome::UpstreamTruncated
                 | Outcome::ServerShutdown
                 | Outcome::RequestTimeout
-                | Outcome::ProviderError => {}
+                | Outcome::ProviderError
+                | Outcome::StoreFailed => {}
             }
         }
         assert_eq!(all.len(), Outcome::COUNT);

@@ -10,7 +10,8 @@
 //! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`][MetricsObserver]: `gen_ai.request.model` |
 //!
 //! And who a request is from: its [`Tenant`], found by a [`TenantKey`] (by default from its
-//! bearer token), under which the data kept about its stream is stored and looked up.
+//! credentials: bearer token, `x-api-key`, `x-goog-api-key`, `?key=`, `api-key`), under
+//! which the data kept about its stream is stored and looked up.
 //!
 // Without feature `metrics` (a per-feature docs build), the link leads to the feature table.
 #![cfg_attr(
@@ -116,9 +117,12 @@ pub(crate) fn surely_streams(request: &http::request::Parts) -> bool {
     ranges.peek().is_some() && ranges.all(|media| media.eq_ignore_ascii_case(b"text/event-stream"))
 }
 
-/// The default "is this a streaming request?" test.
+/// The default "is this a streaming request?" test: marked, accepting `text/event-stream`,
+/// or to a path that streams whatever the body says (Gemini's `:streamGenerateContent`), so
+/// that the deadlines before the head protect a plain `SseLayer` there too.
 pub(crate) fn is_streaming_request(request: &http::request::Parts) -> bool {
     request.extensions.get::<StreamingRequest>().is_some()
+        || request.uri.path().contains(":streamGenerateContent")
         || request.headers.get_all(ACCEPT).iter().any(|v| {
             v.as_bytes()
                 .windows(17)
@@ -171,8 +175,16 @@ pub struct RequestModel(pub String);
 /// `printf %s "$TOKEN" | sha256sum | cut -c1-32`.
 ///
 /// [`TenantKey`] says how a request's tenant is found. By default it is
-/// [`Tenant::from_credentials`]: the bearer token of `Authorization` (or its whole value for
-/// other schemes), else the `x-api-key` header (Anthropic's), else anonymous. All requests
+/// [`Tenant::from_request`]: the first credential found, in this order,
+///
+/// 1. the bearer token of `Authorization` (OpenAI's and most others'; its whole value for
+///    other schemes),
+/// 2. the `x-api-key` header (Anthropic's),
+/// 3. the `x-goog-api-key` header (Gemini's),
+/// 4. the `key` query parameter (Gemini's, percent-decoded),
+/// 5. the `api-key` header (Azure OpenAI's),
+///
+/// else anonymous. The same key sent in any of these places is the same tenant. All requests
 /// without credentials share the anonymous tenant: a deployment without authentication has
 /// one tenant.
 ///
@@ -221,11 +233,41 @@ impl Tenant {
         Self(Some(id))
     }
 
-    /// The tenant of a request's credentials: the token of `Authorization: Bearer <token>`
-    /// (the scheme in any case), the whole `Authorization` value for other schemes, else
-    /// the `x-api-key` header; anonymous when there is none (or it is empty). The same key
-    /// sent as a bearer token or as `x-api-key` is the same tenant.
+    /// The tenant of a request's credential headers: the token of `Authorization: Bearer
+    /// <token>` (the scheme in any case), the whole `Authorization` value for other schemes,
+    /// else the `x-api-key` header, else `x-goog-api-key`, else `api-key`; anonymous when
+    /// there is none (or it is empty). The same key sent in any of them is the same tenant.
+    ///
+    /// Headers only: [`Tenant::from_request`] (the default [`TenantKey`]) also reads the
+    /// `key` query parameter.
     pub fn from_credentials(headers: &HeaderMap) -> Self {
+        Self::from_head(headers, None)
+    }
+
+    /// The tenant of a request: [`Tenant::from_credentials`] with Gemini's `key` query
+    /// parameter between `x-goog-api-key` and `api-key` (see the order on [`Tenant`]).
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_sse::request::Tenant;
+    ///
+    /// let gemini = |uri: &str| Request::post(uri).body(()).unwrap().into_parts().0;
+    /// let header = Request::post("/v1beta/models/m:streamGenerateContent")
+    ///     .header("x-goog-api-key", "AIza-alice")
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts()
+    ///     .0;
+    /// let alice = Tenant::from_key("AIza-alice");
+    /// assert_eq!(Tenant::from_request(&header), alice);
+    /// assert_eq!(Tenant::from_request(&gemini("/v1beta/models/m:streamGenerateContent?alt=sse&key=AIza-alice")), alice);
+    /// assert_ne!(Tenant::from_request(&gemini("/v1beta/models/m:streamGenerateContent?key=AIza-bob")), alice);
+    /// ```
+    pub fn from_request(request: &http::request::Parts) -> Self {
+        Self::from_head(&request.headers, request.uri.query())
+    }
+
+    fn from_head(headers: &HeaderMap, query: Option<&str>) -> Self {
         let credential = |name| {
             headers
                 .get(name)
@@ -246,7 +288,13 @@ impl Tenant {
                 return Self::from_key(token);
             }
         }
-        match credential(X_API_KEY) {
+        if let Some(key) = credential(X_API_KEY).or_else(|| credential(X_GOOG_API_KEY)) {
+            return Self::from_key(key);
+        }
+        if let Some(key) = query.and_then(query_key) {
+            return Self::from_key(key);
+        }
+        match credential(API_KEY) {
             Some(key) => Self::from_key(key),
             None => Self::anonymous(),
         }
@@ -273,6 +321,40 @@ impl Tenant {
 }
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
+
+/// The first non-empty `key` parameter of a query, percent-decoded (a `%` not followed by
+/// two hex digits is kept as it is, `+` too: API keys hold neither).
+fn query_key(query: &str) -> Option<Vec<u8>> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("key="))
+        .map(|value| percent_decode(value.as_bytes()))
+        .find(|key| !key.trim_ascii().is_empty())
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escaped = (b == b'%')
+            .then(|| Some(hex(*bytes.get(i + 1)?)? << 4 | hex(*bytes.get(i + 2)?)?))
+            .flatten();
+        match escaped {
+            Some(decoded) => {
+                out.push(decoded);
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
 
 impl fmt::Display for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -298,7 +380,7 @@ impl serde::Serialize for Tenant {
     }
 }
 
-/// How a request's [`Tenant`] is found: [`Tenant::from_credentials`] by default, or a
+/// How a request's [`Tenant`] is found: [`Tenant::from_request`] by default, or a
 /// function of yours over the request's head.
 ///
 /// Give the same key to everything that keeps data per tenant (the
@@ -347,7 +429,8 @@ pub struct TenantKey {
 }
 
 impl TenantKey {
-    /// The default: [`Tenant::from_credentials`] of the request's headers.
+    /// The default: [`Tenant::from_request`], the first of the request's credentials in
+    /// the order documented on [`Tenant`].
     pub fn credentials() -> Self {
         Self::default()
     }
@@ -365,7 +448,7 @@ impl TenantKey {
     /// The tenant of this request.
     pub fn tenant(&self, request: &http::request::Parts) -> Tenant {
         match &self.custom {
-            None => Tenant::from_credentials(&request.headers),
+            None => Tenant::from_request(request),
             Some(f) => f(request),
         }
     }

@@ -387,7 +387,7 @@ mod registry {
     use super::*;
     use axum::extract::{Path, State};
     use axum::routing::get;
-    use http::Response;
+    use http::{Response, StatusCode};
     use support::body::serve_with;
     use tower_sse::DigestRegistry;
     use tower_sse::StreamReport;
@@ -1005,5 +1005,144 @@ mod registry {
         assert_eq!(record["request_digest"], serde_json::Value::Null);
         assert!(record["finished_at"].as_str().unwrap().ends_with('Z'));
         drop(upstream);
+    }
+
+    /// Issue 23, item 10: Gemini users, whose key is `x-goog-api-key` or `?key=`, are
+    /// tenants of their own: one cannot read the other's record,
+    /// over a real server and client.
+    #[tokio::test]
+    async fn gemini_users_cannot_read_each_others_records() {
+        let registry = DigestRegistry::new();
+        let (route, mut upstreams) = channel_route("text/event-stream");
+        let streams = Router::new().route("/v1beta/models/{action}", route).layer(
+            ServiceBuilder::new()
+                .layer(RequestDigestLayer::new())
+                .layer(SseLayer::new().observer(DigestObserver::with_registry(registry.clone()))),
+        );
+        let digests = Router::new()
+            .route(
+                "/v1/digests/{id}",
+                get(
+                    |State(registry): State<DigestRegistry>,
+                     Path(id): Path<String>,
+                     request: http::request::Parts| async move {
+                        match registry.get(registry.tenant_of(&request), &id) {
+                            Some(record) => (StatusCode::OK, record.to_json()),
+                            None => (StatusCode::NOT_FOUND, String::new()),
+                        }
+                    },
+                ),
+            )
+            .with_state(registry.clone());
+        let addr = serve_axum(streams.merge(digests)).await;
+        let client = reqwest::Client::new();
+        let stream_url =
+            format!("http://{addr}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+
+        // Alice streams with her key in `x-goog-api-key`: the upstream reads the whole body.
+        let response = client
+            .post(&stream_url)
+            .header("x-goog-api-key", "AIza-alice")
+            .body(r#"{"contents":[{"parts":[{"text":"secret"}]}]}"#)
+            .send();
+        let feed = async {
+            let upstream = upstreams.recv().await.unwrap();
+            upstream
+                .send(data(
+                    "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi\"}]},\"finishReason\":\"STOP\"}],\"responseId\":\"gem-1\"}\n\n",
+                ))
+                .unwrap();
+        };
+        let (response, ()) = tokio::join!(response, feed);
+        let received = response.unwrap().bytes().await.unwrap();
+        assert!(!received.is_empty());
+
+        let lookup = |key: Option<(&'static str, &'static str)>, query: &'static str| {
+            let mut request = client.get(format!("http://{addr}/v1/digests/gem-1{query}"));
+            if let Some((name, value)) = key {
+                request = request.header(name, value);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                (response.status(), response.text().await.unwrap())
+            }
+        };
+        // Alice finds her record, with her key as a header or as `?key=`.
+        let (status, text) = lookup(Some(("x-goog-api-key", "AIza-alice")), "").await;
+        assert_eq!(status, StatusCode::OK);
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(record["response_digest"], Digest::of(&received).to_hex());
+        assert_eq!(lookup(None, "?key=AIza-alice").await.0, StatusCode::OK);
+        // Bob, with his own Gemini key in either place, and nobody, find nothing.
+        for (key, query) in [
+            (Some(("x-goog-api-key", "AIza-bob")), ""),
+            (None, "?key=AIza-bob"),
+            (None, ""),
+        ] {
+            assert_eq!(
+                lookup(key, query).await.0,
+                StatusCode::NOT_FOUND,
+                "{key:?} {query}"
+            );
+        }
+        // Never the key itself.
+        assert!(!text.contains("AIza"));
+        let alice = Tenant::from_key("AIza-alice");
+        assert!(registry.get(alice, "gem-1").is_some());
+        assert!(registry.get(Tenant::anonymous(), "gem-1").is_none());
+    }
+
+    #[test]
+    fn every_providers_credential_is_a_tenant_in_the_documented_order() {
+        let parts = |uri: &str, headers: &[(&str, &str)]| {
+            let mut builder = Request::post(uri);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(()).unwrap().into_parts().0
+        };
+        let key = TenantKey::default();
+        let alice = Tenant::from_key("k-alice");
+        for (name, value) in [
+            ("authorization", "Bearer k-alice"),
+            ("x-api-key", "k-alice"),
+            ("x-goog-api-key", "k-alice"),
+            ("api-key", "k-alice"),
+        ] {
+            assert_eq!(key.tenant(&parts("/", &[(name, value)])), alice, "{name}");
+        }
+        assert_eq!(
+            key.tenant(&parts("/m:streamGenerateContent?alt=sse&key=k-alice", &[])),
+            alice
+        );
+        // Percent-encoded in the query: the same key.
+        assert_eq!(key.tenant(&parts("/?key=k%2Dalice", &[])), alice);
+        assert!(key.tenant(&parts("/?key=", &[])).is_anonymous());
+        assert!(key.tenant(&parts("/?monkey=k-alice", &[])).is_anonymous());
+        // The order: Authorization, x-api-key, x-goog-api-key, `key`, api-key.
+        let order = [
+            ("authorization", "Bearer k-1"),
+            ("x-api-key", "k-2"),
+            ("x-goog-api-key", "k-3"),
+        ];
+        for first in 0..order.len() {
+            let request = parts("/?key=k-4", &order[first..]);
+            let expected = format!("k-{}", first + 1);
+            assert_eq!(
+                key.tenant(&request),
+                Tenant::from_key(&expected),
+                "{expected}"
+            );
+        }
+        assert_eq!(
+            key.tenant(&parts("/?key=k-4", &[("api-key", "k-5")])),
+            Tenant::from_key("k-4")
+        );
+        assert_eq!(
+            key.tenant(&parts("/", &[("api-key", "k-5")])),
+            Tenant::from_key("k-5")
+        );
+        // Headers only: `from_credentials` reads no query.
+        assert!(Tenant::from_credentials(&parts("/?key=k-4", &[]).headers).is_anonymous());
     }
 }

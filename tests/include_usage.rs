@@ -144,7 +144,9 @@ async fn requests_that_asked_or_do_not_stream_are_untouched() {
             true,
         ),
         ("/v1/chat/completions", r#"{"stream":false}"#, false),
-        ("/v1/responses", r#"{"model":"o3","stream":true}"#, false),
+        // Read (a stream, bounded upload) but never changed: Responses rejects the option.
+        ("/v1/responses", r#"{"model":"o3","stream":true}"#, true),
+        ("/v1/messages", r#"{"model":"claude","stream":true}"#, true),
         ("/v1/embeddings", r#"{"stream":true}"#, false),
     ] {
         let (_, seen) = send(IncludeUsageLayer::new(), path, body).await;

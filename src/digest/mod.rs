@@ -24,6 +24,17 @@
 //! buffered and nothing is allocated per event (SHA-256 runs at the hardware's speed;
 //! `sha2` uses the SHA extensions when the CPU has them).
 //!
+//! ## Under a `ResumeLayer`
+//!
+//! With a [`ResumeLayer`](crate::ResumeLayer) outside (feature `resume`), the client does
+//! not read the `SseLayer`'s output: it reads the stream's log, each event stamped with an
+//! `id: <stream>.<seq>` line (an event with an `id` of its own re-encoded with ours), the
+//! upstream's comments left out, and its own connection's keep-alives added. The digest is
+//! of that stamped stream (the observer re-cuts and stamps the events as the producer does),
+//! so it is what a client that read the whole stream in one connection received, without
+//! its keep-alive comments. How a client checks it across resumes is in [the resume module
+//! docs](crate::resume#the-digest-across-resumes).
+//!
 //! How it differs from hashing the upstream body yourself (in a tower-http
 //! `MapResponseBody`, say): that hashes what the upstream sent, chunk by chunk, including
 //! events the layer held back or cut short; this hashes what the client got.
@@ -130,7 +141,9 @@
 //!
 //! The tenant is found by the registry's [`TenantKey`]
 //! ([`DigestRegistryBuilder::tenant_key`]): by default the first 16 bytes of the SHA-256 of
-//! the bearer token (or `x-api-key`), never the token itself, and anonymous without one
+//! the request's first credential (bearer token, `x-api-key`, `x-goog-api-key`, the `key`
+//! query parameter, `api-key`: [`Tenant`](crate::request::Tenant) has the order), never the
+//! credential itself, and anonymous without one
 //! (every client without credentials shares that tenant). A lookup handler asks the
 //! registry for the tenant of the lookup request, and answers `404` both for no record and
 //! for another tenant's, so that nobody learns that an id exists (see
@@ -201,6 +214,8 @@ pub(crate) mod registry;
 pub(crate) mod request;
 #[cfg(feature = "registry")]
 pub(crate) mod shared;
+#[cfg(feature = "resume")]
+mod stamped;
 
 pub use self::observer::DigestObserver;
 #[cfg(feature = "registry")]

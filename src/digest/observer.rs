@@ -38,6 +38,10 @@ pub struct DigestObserver {
     request: Option<RequestDigestHandle>,
     #[cfg(feature = "registry")]
     registration: Registration,
+    /// Under a [`ResumeLayer`](crate::ResumeLayer): hash the stream as its log holds it,
+    /// `id:` lines stamped (what its clients read), not as the `SseLayer` hands it on.
+    #[cfg(feature = "resume")]
+    stamped: crate::digest::stamped::Slot,
 }
 
 impl DigestObserver {
@@ -89,6 +93,13 @@ impl fmt::Debug for DigestObserver {
 impl Observer for DigestObserver {
     fn on_request(&mut self, request: &http::request::Parts) {
         self.request = request.extensions.get::<RequestDigestHandle>().cloned();
+        #[cfg(feature = "resume")]
+        {
+            self.stamped.0 = request
+                .extensions
+                .get::<crate::resume::ResumableStream>()
+                .map(|stream| Box::new(crate::digest::stamped::Stamped::new(stream.id())));
+        }
         #[cfg(feature = "registry")]
         if let Some(registry) = &self.registration.registry {
             self.registration.tenant = registry.tenant_of(request);
@@ -110,6 +121,13 @@ impl Observer for DigestObserver {
 
     #[inline]
     fn on_data(&mut self, data: &[u8], report: &mut StreamReport) {
+        #[cfg(feature = "resume")]
+        if let Some(stamped) = self.stamped.0.as_mut() {
+            stamped.feed(data, &mut self.hasher);
+        } else {
+            self.hasher.update(data);
+        }
+        #[cfg(not(feature = "resume"))]
         self.hasher.update(data);
         #[cfg(feature = "registry")]
         if self.registration.armed.is_some() {
@@ -121,6 +139,10 @@ impl Observer for DigestObserver {
     }
 
     fn on_end(&mut self, report: &mut StreamReport) {
+        #[cfg(feature = "resume")]
+        if let Some(stamped) = self.stamped.0.as_mut() {
+            stamped.finish(&mut self.hasher);
+        }
         let digest = Sha256Digest::from_hasher(std::mem::take(&mut self.hasher));
         report.digest = Some(digest);
         report.request_digest = self.request.as_ref().and_then(RequestDigestHandle::digest);

@@ -126,7 +126,7 @@ impl fmt::Display for DigestRegistration {
 /// Records are kept per [`Tenant`]: a lookup finds only the asking tenant's record, and a
 /// stream of one tenant never replaces another's, whatever response id the upstream gave
 /// it. The registry's [`TenantKey`] says how a request's tenant is found (by default from
-/// its bearer token); a lookup handler asks [`tenant_of`](Self::tenant_of) the lookup
+/// its credentials: bearer token, `x-api-key`, `x-goog-api-key`, `?key=`, `api-key`); a lookup handler asks [`tenant_of`](Self::tenant_of) the lookup
 /// request and answers `404` when [`get`](Self::get) finds nothing, so that a record of
 /// another tenant looks like no record at all.
 ///
@@ -418,7 +418,8 @@ impl DigestRegistryBuilder {
     }
 
     /// How a request's tenant is found. Default: [`TenantKey::credentials`], a hash of the
-    /// bearer token (or `x-api-key`), anonymous without one.
+    /// first credential (bearer token, `x-api-key`, `x-goog-api-key`, `?key=`, `api-key`),
+    /// anonymous without one.
     pub fn tenant_key(mut self, key: TenantKey) -> Self {
         self.tenant_key = key;
         self

@@ -9,8 +9,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::BoxError;
+
+/// The error of a request body that did not arrive before the upload deadline.
+const UPLOAD_TIMED_OUT: &str = "the request body did not arrive in time";
 
 pin_project! {
     /// The request body handed to the inner service: the original body, or the bytes the
@@ -24,20 +28,38 @@ pin_project! {
 pin_project! {
     #[project = RequestKindProj]
     pub(super) enum RequestKind<B> {
-        Original { #[pin] body: B },
+        // Not read by the layer: handed on as it comes, but failed at the upload deadline
+        // when it has not ended by then (`timed_out` once it did).
+        Original { #[pin] body: B, deadline: Option<Pin<Box<Sleep>>>, timed_out: bool },
         // The body read whole: one piece as it came, or the client's bytes around a splice
         // (slices of them and the inserted bytes, in order: never copied into one buffer).
         Buffered { pieces: Pieces, trailers: Option<HeaderMap> },
-        Chained { prefix: Option<Bytes>, rest: Pin<Box<B>> },
+        // The first bytes read, then the rest of a body too large to read whole: the rest
+        // is held to the upload deadline too.
+        Chained {
+            prefix: Option<Bytes>,
+            rest: Pin<Box<B>>,
+            deadline: Option<Pin<Box<Sleep>>>,
+            timed_out: bool,
+        },
         // The upload did not complete in time: what the inner service reads fails.
         Incomplete { failed: bool },
     }
 }
 
 impl<B> UsageRequestBody<B> {
-    pub(super) fn original(body: B) -> Self {
+    /// The body as it comes, failed if it has not ended by `deadline` (`None`: never).
+    pub(super) fn original_until(body: B, deadline: Option<Instant>) -> Self
+    where
+        B: Body,
+    {
+        let deadline = timer(deadline, &body);
         Self {
-            kind: RequestKind::Original { body },
+            kind: RequestKind::Original {
+                body,
+                deadline,
+                timed_out: false,
+            },
         }
     }
 
@@ -56,14 +78,57 @@ impl<B> UsageRequestBody<B> {
         }
     }
 
-    pub(super) fn chained(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
+    /// `prefix`, then the rest of the body, failed if it has not ended by `deadline`.
+    pub(super) fn chained(prefix: Bytes, rest: Pin<Box<B>>, deadline: Option<Instant>) -> Self
+    where
+        B: Body,
+    {
+        let deadline = timer(deadline, &*rest);
         Self {
             kind: RequestKind::Chained {
                 prefix: Some(prefix),
                 rest,
+                deadline,
+                timed_out: false,
             },
         }
     }
+}
+
+/// The upload deadline's timer, for a body not complete yet.
+fn timer<B: Body>(deadline: Option<Instant>, body: &B) -> Option<Pin<Box<Sleep>>> {
+    deadline
+        .filter(|_| !body.is_end_stream())
+        .map(|at| Box::pin(sleep_until(at)))
+}
+
+/// The next frame of a body held to the upload deadline: an error once it passed.
+fn poll_until<B>(
+    body: Pin<&mut B>,
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    timed_out: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if *timed_out {
+        return Poll::Ready(None);
+    }
+    if let Some(sleep) = deadline
+        && sleep.as_mut().poll(cx).is_ready()
+    {
+        *deadline = None;
+        *timed_out = true;
+        return Poll::Ready(Some(Err(UPLOAD_TIMED_OUT.into())));
+    }
+    let frame = ready!(body.poll_frame(cx));
+    if frame.is_none() {
+        // Complete: the timer is no longer needed.
+        *deadline = None;
+    }
+    Poll::Ready(frame.map(|r| r.map_err(Into::into)))
 }
 
 impl<B> fmt::Debug for UsageRequestBody<B> {
@@ -85,7 +150,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            RequestKindProj::Original { body } => body.poll_frame(cx).map_err(Into::into),
+            RequestKindProj::Original {
+                body,
+                deadline,
+                timed_out,
+            } => poll_until(body, deadline, timed_out, cx),
             RequestKindProj::Buffered { pieces, trailers } => Poll::Ready(
                 pieces
                     .next()
@@ -93,32 +162,43 @@ where
                     .or_else(|| trailers.take().map(Frame::trailers))
                     .map(Ok),
             ),
-            RequestKindProj::Chained { prefix, rest } => match prefix.take() {
+            RequestKindProj::Chained {
+                prefix,
+                rest,
+                deadline,
+                timed_out,
+            } => match prefix.take() {
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
-                None => rest.as_mut().poll_frame(cx).map_err(Into::into),
+                None => poll_until(rest.as_mut(), deadline, timed_out, cx),
             },
             RequestKindProj::Incomplete { failed } => Poll::Ready(
-                (!std::mem::replace(failed, true))
-                    .then(|| Err("the request body did not arrive in time".into())),
+                (!std::mem::replace(failed, true)).then(|| Err(UPLOAD_TIMED_OUT.into())),
             ),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            RequestKind::Original { body } => body.is_end_stream(),
+            RequestKind::Original {
+                body, timed_out, ..
+            } => *timed_out || body.is_end_stream(),
             RequestKind::Buffered { pieces, trailers } => pieces.len == 0 && trailers.is_none(),
-            RequestKind::Chained { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            RequestKind::Chained {
+                prefix,
+                rest,
+                timed_out,
+                ..
+            } => prefix.is_none() && (*timed_out || rest.is_end_stream()),
             RequestKind::Incomplete { failed } => *failed,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            RequestKind::Original { body } => body.size_hint(),
+            RequestKind::Original { body, .. } => body.size_hint(),
             RequestKind::Incomplete { .. } => SizeHint::default(),
             RequestKind::Buffered { pieces, .. } => SizeHint::with_exact(pieces.len as u64),
-            RequestKind::Chained { prefix, rest } => {
+            RequestKind::Chained { prefix, rest, .. } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();

@@ -117,6 +117,10 @@ impl<M> IncludeUsageLayer<M> {
     /// without calling further in. Set it to the stream's first-event (or total) timeout, so
     /// that the stream's deadlines bound the upload too
     /// ([`SseLayer::request_deadline`](crate::SseLayer::request_deadline) is that value).
+    ///
+    /// It bounds every request, not only those the layer reads: a body it hands on unread
+    /// fails at the deadline if it has not ended by then (see [the module
+    /// docs](crate::include_usage#upload-deadline-on-every-path)).
     pub fn upload_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.upload_timeout = timeout)
     }
@@ -132,9 +136,12 @@ impl<M> IncludeUsageLayer<M> {
         self.with(|c| c.continuous = enabled)
     }
 
-    /// Which requests to look at. Default: `POST` with a JSON body (or none declared) to a
-    /// path ending in `/chat/completions` or `/completions`. Whatever the predicate says, a
-    /// body with a `Content-Encoding` other than `identity` is never read.
+    /// Which requests to look at (read, and change when they stream). Default: `POST` with
+    /// a JSON body (or none declared) to a path ending in `/chat/completions` or
+    /// `/completions` is read and changed; one to another LLM API the crate knows
+    /// (`/v1/messages`, `/v1/responses`, Gemini's `:streamGenerateContent`, Ollama's
+    /// `/api/chat`) is read only, to mark streams and bound the upload. Whatever the
+    /// predicate says, a body with a `Content-Encoding` other than `identity` is never read.
     pub fn applies_to<F>(self, predicate: F) -> Self
     where
         F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,

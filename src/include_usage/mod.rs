@@ -16,11 +16,29 @@
 //! order, big numbers, escapes and whitespace reach the upstream as sent, and
 //! `Content-Length` is updated.
 //!
-//! It never touches the Responses API (which rejects `stream_options` and always reports
-//! usage), non-JSON or malformed bodies, or requests that are not streams. A body with a
-//! `Content-Encoding` other than `identity` (gzip, br…) is not even read: it streams through
-//! as it came. Any streaming request it sees is marked [`StreamingRequest`](crate::request::StreamingRequest), which lets [`SseLayer`](crate::SseLayer) answer it
-//! early or time out its response head.
+//! It never changes the Responses API's requests (which reject `stream_options` and always
+//! report usage), nor Anthropic's, Gemini's or Ollama's, non-JSON or malformed bodies, or
+//! requests that are not streams. A body with a `Content-Encoding` other than `identity`
+//! (gzip, br…) is not even read: it streams through as it came. Any streaming request it
+//! sees is marked [`StreamingRequest`](crate::request::StreamingRequest), which lets
+//! [`SseLayer`](crate::SseLayer) answer it early or time out its response head.
+//!
+//! # Upload deadline, on every path
+//!
+//! Every request's body is held to the [upload
+//! timeout](crate::IncludeUsageLayer::upload_timeout), counted from its
+//! [`Arrival`](crate::request::Arrival), with or without `Accept: text/event-stream`:
+//!
+//! - a JSON `POST` to any LLM API the crate knows (chat, completions, Anthropic's
+//!   `/v1/messages`, `/v1/responses`, Gemini's `:streamGenerateContent`, Ollama) is read
+//!   whole before it is forwarded; its `"stream": true` (or Gemini's streaming path) marks
+//!   it a stream. A body not complete by the deadline is never forwarded: the request is
+//!   marked [`UploadTimedOut`](crate::request::UploadTimedOut), an
+//!   [`SseLayer`](crate::SseLayer) inside answers `408`, and a
+//!   [`StreamLimitLayer`](crate::StreamLimitLayer) outside releases its permit;
+//! - any other body is handed on as it comes, and fails at the deadline if it has not ended
+//!   by then (an encoded body too): the inner service sees an incomplete body, and its
+//!   answer releases the permit.
 //!
 //! Put it **outside** `SseLayer`, so that `SseLayer` sees the marks:
 //!

@@ -50,22 +50,39 @@ pub(super) struct StreamOptions {
     pub(super) continuous_usage_stats: Option<bool>,
 }
 
+/// What [`rewrite`] may do with a body it read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Decide {
+    /// Splice `stream_options` in (an API that takes it); otherwise only mark the request.
+    pub(super) splice: bool,
+    /// The path alone says the request streams (Gemini's `:streamGenerateContent`, whose
+    /// body has no `stream` flag).
+    pub(super) streams_by_path: bool,
+}
+
 /// Decide and apply the change to a whole JSON body.
 pub(super) fn rewrite<B>(
     mut parts: http::request::Parts,
     body: Bytes,
     trailers: Option<HeaderMap>,
     config: &Config,
+    decide: Decide,
 ) -> (http::request::Parts, UsageRequestBody<B>) {
+    if decide.streams_by_path {
+        parts.extensions.insert(StreamingRequest);
+    }
     let Ok(probe) = serde_json::from_slice::<Probe>(&body) else {
         return (parts, UsageRequestBody::buffered(body, trailers));
     };
-    if probe.stream != Some(true) {
+    if probe.stream != Some(true) && !decide.streams_by_path {
         return (parts, UsageRequestBody::buffered(body, trailers));
     }
     parts.extensions.insert(StreamingRequest);
     if let Some(model) = probe.model {
         parts.extensions.insert(RequestModel(model));
+    }
+    if !decide.splice {
+        return (parts, UsageRequestBody::buffered(body, trailers));
     }
     let absent = probe.stream_options.is_none();
     let options = probe.stream_options.as_ref().and_then(Option::as_ref);
@@ -326,7 +343,7 @@ mod tests {
     use crate::include_usage::Oversized;
     use crate::include_usage::body::RequestKind;
     use crate::include_usage::layer::Config;
-    use crate::include_usage::service::default_applies;
+    use crate::include_usage::service::{default_applies, default_reads};
 
     fn config() -> Config {
         Config {
@@ -349,6 +366,10 @@ mod tests {
             Bytes::from(body.to_string()),
             None,
             config,
+            Decide {
+                splice: true,
+                streams_by_path: false,
+            },
         );
         let RequestKind::Buffered { pieces, .. } = body.kind else {
             panic!("a rewrite is always buffered");
@@ -587,5 +608,26 @@ mod tests {
             Some("multipart/form-data")
         )));
         assert!(!default_applies(&parts("POST", "/v1/embeddings", None)));
+    }
+
+    #[test]
+    fn every_llm_api_path_is_read_by_default() {
+        let post = |path: &str| Request::post(path).body(()).unwrap().into_parts().0;
+        for path in [
+            "/v1/chat/completions",
+            "/v1/messages",
+            "/v1/responses",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            "/api/chat",
+        ] {
+            assert!(default_reads(&post(path)), "{path}");
+        }
+        assert!(!default_reads(&post("/v1/embeddings")));
+        let get = Request::get("/v1/messages")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(!default_reads(&get));
     }
 }

@@ -5,6 +5,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
@@ -18,8 +19,8 @@ use super::layer::Config;
 use super::rewrite::{error_response, rewrite};
 use super::{IncludeUsageBody, UsageRequestBody};
 use super::{MapRequestBody, Oversized, Unchanged};
-use crate::include_usage::rewrite::Read;
 use crate::include_usage::rewrite::read_bounded;
+use crate::include_usage::rewrite::{Decide, Read};
 use crate::provider::Provider;
 use crate::request::{Arrival, UploadTimedOut};
 use crate::stream::deadline::after;
@@ -41,7 +42,22 @@ impl<S: fmt::Debug, M> fmt::Debug for IncludeUsage<S, M> {
     }
 }
 
+/// Whether the default rewrites this request: a JSON `POST` to an API that takes
+/// `stream_options` (chat and completions).
 pub(super) fn default_applies(parts: &http::request::Parts) -> bool {
+    is_json_post(parts) && Provider::from_path(parts.uri.path()).accepts_stream_options()
+}
+
+/// Whether the default reads this request's body (bounded, before the upload deadline):
+/// a JSON `POST` to any LLM API path the crate knows (chat, completions, Messages,
+/// Responses, Gemini, Ollama), so that its `"stream": true` marks it a stream and a stalled
+/// upload is answered `408` before anything is forwarded. Only those of
+/// [`default_applies`] are changed.
+pub(super) fn default_reads(parts: &http::request::Parts) -> bool {
+    is_json_post(parts) && Provider::from_path(parts.uri.path()) != Provider::Unknown
+}
+
+fn is_json_post(parts: &http::request::Parts) -> bool {
     let json = parts.headers.get(CONTENT_TYPE).is_none_or(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(';')
@@ -51,9 +67,12 @@ pub(super) fn default_applies(parts: &http::request::Parts) -> bool {
                 .eq_ignore_ascii_case("application/json")
         })
     });
-    parts.method == Method::POST
-        && json
-        && Provider::from_path(parts.uri.path()).accepts_stream_options()
+    parts.method == Method::POST && json
+}
+
+/// When the body must have arrived (`None`: never).
+fn upload_deadline(arrival: tokio::time::Instant, config: &Config) -> Option<tokio::time::Instant> {
+    (config.upload_timeout != Duration::MAX).then(|| after(arrival, config.upload_timeout))
 }
 
 /// Whether the body has a `Content-Encoding` other than `identity`.
@@ -89,13 +108,23 @@ where
         let map = self.map.clone();
         let (mut parts, body) = request.into_parts();
         let arrival = Arrival::stamp(&mut parts.extensions);
-        let applies = match &config.applies {
-            Some(predicate) => predicate(&parts),
-            None => default_applies(&parts),
+        let (reads, splices) = match &config.applies {
+            Some(predicate) => {
+                let applies = predicate(&parts);
+                (applies, applies)
+            }
+            None => (default_reads(&parts), default_applies(&parts)),
+        };
+        let decide = Decide {
+            splice: splices,
+            streams_by_path: Provider::from_path(parts.uri.path()) == Provider::Gemini,
         };
         // An encoded body (gzip, br…) is not JSON until decoded: never read, buffer or change it.
-        if !applies || is_encoded(&parts.headers) {
-            let request = Request::from_parts(parts, map.map(UsageRequestBody::original(body)));
+        if !reads || is_encoded(&parts.headers) {
+            // Not read here, but still bounded: the body fails at the upload deadline, so
+            // that a stalled upload on any path ends (and its stream permit is released).
+            let body = UsageRequestBody::original_until(body, upload_deadline(arrival, &config));
+            let request = Request::from_parts(parts, map.map(body));
             return Box::pin(
                 async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },
             );
@@ -122,7 +151,7 @@ where
                     .map(IncludeUsageBody::inner));
             };
             let (parts, body) = match read {
-                Read::Whole(bytes, trailers) => rewrite(parts, bytes, trailers, &config),
+                Read::Whole(bytes, trailers) => rewrite(parts, bytes, trailers, &config, decide),
                 Read::Oversized(..) if config.oversized == Oversized::Reject => {
                     return Ok(error_response(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -130,7 +159,11 @@ where
                         "the request body is larger than the gateway reads",
                     ));
                 }
-                Read::Oversized(prefix, rest) => (parts, UsageRequestBody::chained(prefix, rest)),
+                // The rest is held to the same deadline.
+                Read::Oversized(prefix, rest) => {
+                    let deadline = upload_deadline(arrival, &config);
+                    (parts, UsageRequestBody::chained(prefix, rest, deadline))
+                }
                 Read::Failed => {
                     return Ok(error_response(
                         StatusCode::BAD_REQUEST,

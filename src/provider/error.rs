@@ -172,7 +172,7 @@ pub(super) fn seen(provider: super::Provider, event: &str, data: &str) -> Option
     if provider.content(&event).is_content() {
         return None;
     }
-    provider.provider_error(&event)
+    provider.provider_error(event.event_bytes(), event.data_bytes())
 }
 
 #[cfg(test)]

@@ -42,7 +42,9 @@ pub enum Detach {
     CancelAfter(Duration),
     /// Cancel the upstream as soon as no reader is attached (MCP 2026 semantics: a
     /// disconnect is a cancellation). Already-logged events stay resumable until the log
-    /// expires.
+    /// expires. The `SseLayer`'s
+    /// [`drain_on_disconnect`](crate::SseLayer), when set, still reads the upstream on for
+    /// its final usage (see [`ResumeLayer`'s layer order](ResumeLayer#layer-order)).
     CancelNow,
 }
 
@@ -137,12 +139,23 @@ pub struct ReaderRecord {
 /// Put [`ResumeObserver`](crate::resume::ResumeObserver) among the `SseLayer`'s observers
 /// to get resumes, replayed events and time detached into the stream's report.
 ///
-/// A client disconnect no longer drops the `SseLayer`'s body (the producer owns it), so
-/// [`SseLayer::drain_on_disconnect`](crate::SseLayer) plays no part: the [detach
-/// policy](Self::detach) decides, and a cancelled stream is reported as
-/// [`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected). A failure of the store
+/// A client disconnect no longer drops the `SseLayer`'s body (the producer owns it): the
+/// [detach policy](Self::detach) decides when the stream is let go. When it cancels (after
+/// its grace, or at once with [`Detach::CancelNow`]), the producer drops the `SseLayer`'s
+/// body as a client's connection would, so the `SseLayer`'s own disconnect policy applies:
+/// with [`SseLayer::drain_on_disconnect`](crate::SseLayer) the upstream is read on, in a
+/// spawned task for up to the drain's limit, so that its final usage is reported (the stream
+/// keeps its permit meanwhile); without it the upstream is cancelled at once. Either way a
+/// cancelled stream is reported as
+/// [`Outcome::ClientDisconnected`](crate::Outcome::ClientDisconnected). For "a disconnect is
+/// a cancellation" (MCP), use `Detach::CancelNow` without a drain. A failure of the store
 /// while the stream runs ends the stream's log (its readers' connections fail, a resume is
-/// answered from what was logged) and cancels the upstream the same way.
+/// answered from what was logged) and cancels the upstream the same way; that stream is
+/// reported as [`Outcome::StoreFailed`](crate::Outcome::StoreFailed), and one with an event
+/// past [`max_event_size`](Self::max_event_size) as
+/// [`Outcome::EventTooLarge`](crate::Outcome::EventTooLarge), when
+/// [`ResumeObserver`](crate::resume::ResumeObserver) is the first of the `SseLayer`'s
+/// observers.
 ///
 /// Keep-alives: give the reader its own ([`keep_alive`](Self::keep_alive)); the
 /// `SseLayer`'s are dropped by the producer (it may keep its own to restart its idle
@@ -166,7 +179,7 @@ pub struct ReaderRecord {
 ///             .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15))),
 ///     )
 ///     .layer(StreamLimitLayer::new(512))
-///     .layer(SseLayer::new().observer((UsageObserver::new(), ResumeObserver::new())));
+///     .layer(SseLayer::new().observer((ResumeObserver::new(), UsageObserver::new())));
 /// # let _ = stack;
 /// ```
 #[derive(Clone)]
@@ -278,7 +291,8 @@ impl ResumeLayer {
     }
 
     /// How a request's tenant is found: a stream is resumed only by the tenant that made
-    /// it. Default: [`TenantKey::credentials`] (a hash of the bearer token), as the
+    /// it. Default: [`TenantKey::credentials`] (a hash of the request's credential: bearer token, `x-api-key`,
+    /// `x-goog-api-key`, `?key=` or `api-key`), as the
     /// `DigestRegistry`'s (feature `registry`); give both the same key.
     pub fn tenant_key(self, key: TenantKey) -> Self {
         self.with(|c| c.tenant_key = key)

@@ -34,7 +34,9 @@ const DEFAULT_MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
 const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 10_000;
 /// The longest time to live accepted: one day.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-/// A log is weighed again (re-inserted into the cache) when it grew by this much.
+/// A log is weighed again (re-inserted into the cache) when it grew by this much, so that
+/// the cache's least-recently-used order sees it without a cache write on every append.
+/// The bound itself does not wait for it: see [`Inner::held`].
 const REWEIGH_BYTES: usize = 64 * 1024;
 /// What a log evicted from the cache while its stream runs still keeps, so that attached
 /// readers that keep up go on: the evicted positions are gone for resumes.
@@ -55,8 +57,17 @@ const LOG_OVERHEAD: usize = 512;
 /// | [`max_stream_events`](MemoryStoreBuilder::max_stream_events) | 50 000 | oldest events trimmed |
 /// | [`idle_ttl`](MemoryStoreBuilder::idle_ttl) | 10 min without an append | the running stream's log expires |
 /// | [`ended_ttl`](MemoryStoreBuilder::ended_ttl) | 5 min after the end | the log expires |
-/// | [`max_total_bytes`](MemoryStoreBuilder::max_total_bytes) | 256 MiB (moka weigher) | least recently used logs dropped |
+/// | [`max_total_bytes`](MemoryStoreBuilder::max_total_bytes) | 256 MiB, counted exactly on every append | least recently used logs dropped |
 /// | [`max_streams_per_tenant`](MemoryStoreBuilder::max_streams_per_tenant) | 10 000 running | new streams of that tenant not resumable |
+///
+/// The total is exact: every append, trim and eviction updates the count of bytes held
+/// ([`held_bytes`](MemoryStore::held_bytes)), and an append that takes it past
+/// `max_total_bytes` has the least recently used logs dropped before it returns, however
+/// many logs are running. The cache itself weighs a running log again only every 64 KiB of
+/// growth (a cache write per event would cost more than the event); when the exact count
+/// passes the bound, every log is weighed at once, so that its least-recently-used order
+/// evicts from true sizes. A running stream whose log was dropped keeps its last 64 KiB
+/// for the readers attached to it, outside the bound, until it ends.
 ///
 /// Cheap to clone: clones share the logs.
 ///
@@ -80,6 +91,14 @@ pub struct MemoryStore {
 
 struct Inner {
     cache: Cache<StreamId, Arc<MemLog>>,
+    /// The exact bytes of the logs in the cache (their events and [`LOG_OVERHEAD`]), kept
+    /// on every append, trim and eviction. The cache weighs a running log only every
+    /// [`REWEIGH_BYTES`]; when this exact count passes `max_total_bytes`, every log is
+    /// weighed again at once and the cache evicts down to the bound ([`Inner::enforce`]).
+    held: std::sync::atomic::AtomicU64,
+    /// Counts appends, so that [`Inner::enforce`] weighs logs again in the order they were
+    /// last written (the cache's recency order follows its writes).
+    clock: std::sync::atomic::AtomicU64,
     tenants: Mutex<HashMap<Tenant, usize>>,
     limits: Limits,
     max_total_bytes: u64,
@@ -118,6 +137,14 @@ impl MemoryStore {
     /// Bytes of logs held, as weighed (approximate, as [`len`](Self::len)).
     pub fn weighted_bytes(&self) -> u64 {
         self.inner.cache.weighted_size()
+    }
+
+    /// Bytes of logs held, exactly: the events of every log in the store and a fixed
+    /// overhead per log, counted on every append, trim and eviction. Never more than
+    /// [`max_total_bytes`](MemoryStoreBuilder::max_total_bytes) once an append returns (see
+    /// the type docs for the small tail an evicted running stream keeps).
+    pub fn held_bytes(&self) -> u64 {
+        self.inner.held.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Apply pending removals and evictions now (the cache otherwise does it as it goes).
@@ -256,12 +283,61 @@ impl MemoryStoreBuilder {
                     .build();
                 Inner {
                     cache,
+                    held: std::sync::atomic::AtomicU64::new(0),
+                    clock: std::sync::atomic::AtomicU64::new(0),
                     tenants: Mutex::new(HashMap::new()),
                     limits,
                     max_total_bytes: self.max_total_bytes,
                 }
             }),
         }
+    }
+}
+
+impl Inner {
+    fn add_held(&self, bytes: usize) {
+        self.held
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn sub_held(&self, bytes: usize) {
+        self.held
+            .fetch_sub(bytes as u64, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn over_bound(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Acquire) > self.max_total_bytes
+    }
+
+    /// Past the bound: weigh every log whose size changed since the cache last weighed it,
+    /// and let the cache evict down to the bound. Costs a pass over the logs, only while
+    /// the exact count is over the bound.
+    fn enforce(&self) {
+        if !self.over_bound() {
+            return;
+        }
+        let mut changed: Vec<(u64, Arc<StreamId>, Arc<MemLog>)> = self
+            .cache
+            .iter()
+            .filter_map(|(id, log)| {
+                let state = log.lock();
+                let changed = !state.evicted && state.weighed != state.bytes;
+                let touched = state.touched;
+                drop(state);
+                changed.then_some((touched, id, log))
+            })
+            .collect();
+        // Least recently written first: the cache's recency order stays that of the writes.
+        changed.sort_unstable_by_key(|(touched, ..)| *touched);
+        for (_, id, log) in changed {
+            {
+                let mut state = log.lock();
+                state.weighed = state.bytes;
+            }
+            // Outside the log's lock: the cache may call the eviction listener, which takes it.
+            self.cache.insert(*id, log);
+        }
+        self.cache.run_pending_tasks();
     }
 }
 
@@ -309,7 +385,9 @@ impl ResumeStore for MemoryStore {
             }
             let store = Arc::downgrade(&self.inner);
             let log = Arc::new_cyclic(|me| MemLog::new(stream, self.inner.limits, store, me));
+            self.inner.add_held(LOG_OVERHEAD);
             self.inner.cache.insert(stream.id, log.clone());
+            self.inner.enforce();
             Ok(log as Arc<dyn StreamLog>)
         })();
         Box::pin(std::future::ready(result))
@@ -356,6 +434,8 @@ struct LogState {
     weighed_at: Instant,
     /// Dropped from the cache: keep only a small tail for attached readers.
     evicted: bool,
+    /// The store's clock at the last append ([`Inner::clock`]).
+    touched: u64,
 }
 
 impl MemLog {
@@ -374,6 +454,7 @@ impl MemLog {
                 weighed: 0,
                 weighed_at: now,
                 evicted: false,
+                touched: 0,
             }),
             wake: watch::Sender::new(0),
             limits,
@@ -425,6 +506,12 @@ impl MemLog {
 
     fn evicted(&self) {
         let mut state = self.lock();
+        if !state.evicted
+            && let Some(store) = self.store.upgrade()
+        {
+            // No longer in the store's bound (what it keeps for attached readers is its own).
+            store.sub_held(state.bytes + LOG_OVERHEAD);
+        }
         state.evicted = true;
         trim(
             &mut state,
@@ -499,14 +586,17 @@ impl std::future::Future for Appended {
     }
 }
 
-/// Drop the oldest events until the log is within its bounds (the newest event stays).
-fn trim(state: &mut LogState, max_bytes: usize, max_events: usize) {
+/// Drop the oldest events until the log is within its bounds (the newest event stays);
+/// the bytes dropped.
+fn trim(state: &mut LogState, max_bytes: usize, max_events: usize) -> usize {
+    let before = state.bytes;
     while state.events.len() > 1 && (state.bytes > max_bytes || state.events.len() > max_events) {
         if let Some(old) = state.events.pop_front() {
             state.bytes -= old.len();
             state.first_seq += 1;
         }
     }
+    before - state.bytes
 }
 
 impl StreamLog for MemLog {
@@ -520,7 +610,8 @@ impl StreamLog for MemLog {
             if state.end.is_some() || seq != state.last_seq + 1 {
                 Err(StoreError::unavailable("append out of sequence"))
             } else {
-                state.bytes += event.len();
+                let added = event.len();
+                state.bytes += added;
                 state.events.push_back(event);
                 state.last_seq = seq;
                 state.last_change = Instant::now();
@@ -529,17 +620,33 @@ impl StreamLog for MemLog {
                 } else {
                     self.limits.max_stream_bytes
                 };
-                trim(&mut state, max_bytes, self.limits.max_stream_events);
-                Ok(self.reweigh(&mut state, false))
+                let trimmed = trim(&mut state, max_bytes, self.limits.max_stream_events);
+                // Counted under the log's lock, so that an eviction subtracts what was added.
+                let store = self.store.upgrade().filter(|_| !state.evicted);
+                if let Some(store) = &store {
+                    state.touched = store
+                        .clock
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if added >= trimmed {
+                        store.add_held(added - trimmed);
+                    } else {
+                        store.sub_held(trimmed - added);
+                    }
+                }
+                Ok((self.reweigh(&mut state, false), store))
             }
         };
-        if let Ok(reweigh) = result {
+        if let Ok((reweigh, store)) = &result {
             self.wake.send_replace(seq);
-            if reweigh {
+            if *reweigh {
                 self.insert_again();
             }
+            // Outside the lock: the exact bound, whatever the cache has weighed so far.
+            if let Some(store) = store {
+                store.enforce();
+            }
         }
-        match result {
+        match result.map(drop) {
             // A zero-sized future: boxing it allocates nothing, on every append.
             Ok(_) => Box::pin(Appended),
             Err(error) => Box::pin(std::future::ready(Err(error))),
@@ -758,5 +865,59 @@ mod tests {
         futures_ready(a.append(2, Bytes::from_static(b"tail"))).unwrap();
         let (tail, _) = events(rd(a.read_after(1, ReadLimits::default())));
         assert_eq!(tail, vec![Bytes::from_static(b"tail")]);
+    }
+
+    /// Issue 23, item 4: thousands of running logs, each below the 64 KiB at which the
+    /// cache weighs it again, never hold more than `max_total_bytes` between them. Counted
+    /// from what the store still serves (every log it opens, read whole), after every
+    /// append.
+    #[tokio::test(start_paused = true)]
+    async fn many_running_logs_stay_within_the_total_bound_exactly() {
+        const MAX: u64 = 1024 * 1024;
+        let store = MemoryStore::builder().max_total_bytes(MAX).build();
+        let tenant = Tenant::anonymous();
+        let logs: Vec<_> = (0..1000).map(|_| log(&store, tenant)).collect();
+        let event = Bytes::from(vec![b'x'; 4096]);
+        let held = |store: &MemoryStore| -> u64 {
+            logs.iter()
+                .filter_map(|log| futures_ready(store.open(log.id(), tenant)).unwrap())
+                .map(|log| {
+                    let (events, _) = events(rd(log.read_after(
+                        0,
+                        ReadLimits {
+                            max_events: usize::MAX,
+                            max_bytes: usize::MAX,
+                        },
+                    )));
+                    events.iter().map(|e| e.len() as u64).sum::<u64>()
+                })
+                .sum()
+        };
+        for seq in 1..=15 {
+            for log in &logs {
+                futures_ready(log.append(seq, event.clone())).unwrap();
+            }
+            let served = held(&store);
+            assert!(
+                served <= MAX,
+                "after {seq} events each: {served} bytes served, bound {MAX}"
+            );
+        }
+        // A log written last is kept (the least recently written ones go), and appends to
+        // logs that left the store still work (for their attached readers).
+        let fresh = log(&store, tenant);
+        futures_ready(fresh.append(1, event.clone())).unwrap();
+        assert!(
+            futures_ready(store.open(fresh.id(), tenant))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            futures_ready(store.open(logs[0].id(), tenant))
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.held_bytes() <= MAX);
+        futures_ready(logs[0].append(16, event)).unwrap();
     }
 }

@@ -72,6 +72,36 @@
 //! | `shared.rs` | what a stream's producer and readers share; [`ResumableStream`] |
 //! | `observer.rs` | [`ResumeObserver`], [`ResumeSummary`]: resumes in the stream's report |
 //!
+//! # The digest across resumes
+//!
+//! A [`DigestObserver`](crate::DigestObserver) in the `SseLayer` hashes the stream as the
+//! log holds it: every event with its `id:` line, in order, without keep-alives (each
+//! reader's own, and the upstream's comments, which are never logged). That is the
+//! [`StreamReport::digest`](crate::StreamReport::digest) and the digest a
+//! `DigestRegistry` keeps (feature `registry`). A client checks it across resumes:
+//!
+//! 1. keep every *complete* event it received, byte for byte, `id:` line included, from
+//!    every connection, in order; drop comment blocks (`: keep-alive`, whatever text the
+//!    layer's [`keep_alive`](ResumeLayer::keep_alive) sends) and the bytes of an event a
+//!    disconnect cut short (it resumes after the last complete event's id, and gets the cut
+//!    one again, whole);
+//! 2. hash the concatenation with SHA-256 and compare.
+//!
+//! Each event reaches it exactly once, so the joined bytes are the stamped stream whatever
+//! the number of connections.
+//!
+//! # What the report describes
+//!
+//! One report per stream, made where its producer runs: its outcome is the stream's (a
+//! stream the producer ended itself, for a store failure or an event past
+//! [`max_event_size`](ResumeLayer::max_event_size), says so when
+//! [`ResumeObserver`] is the first observer); its `digest` is of the stamped stream (above);
+//! its `bytes_out`, `events` and `keep_alives` count what the `SseLayer` handed to the
+//! producer (without `id:` lines, with the upstream's comments), not what any one connection
+//! sent. What each connection sent (events, replayed events, keep-alives, bytes) is in its
+//! [`ReaderRecord`] ([`ResumeLayer::on_reader_end`]), and resumes in the report's
+//! [`ResumeSummary`].
+//!
 //! # A whole stack, with axum's `HandleErrorLayer`
 //!
 //! axum serves only services whose error is `Infallible`, and the layers pass the
@@ -111,7 +141,7 @@
 //!     .layer(ResumeLayer::new())
 //!     .layer(
 //!         SseLayer::new()
-//!             .observer((UsageObserver::new(), ResumeObserver::new()))
+//!             .observer((ResumeObserver::new(), UsageObserver::new()))
 //!             .on_end(move |report: StreamReport| {
 //!                 let _ = reports.send(report);
 //!             }),

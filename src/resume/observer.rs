@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::observe::Observer;
-use crate::report::StreamReport;
+use crate::report::{Outcome, StreamReport};
 use crate::resume::id::StreamId;
 use crate::resume::shared::ResumableStream;
 
@@ -43,6 +43,13 @@ pub struct ResumeSummary {
 /// observers of the [`SseLayer`](crate::SseLayer) inside a
 /// [`ResumeLayer`](crate::ResumeLayer); it does nothing for other streams.
 ///
+/// It also gives the report its true outcome when the stream's producer ended the stream
+/// itself: [`Outcome::StoreFailed`] when the store failed,
+/// [`Outcome::EventTooLarge`] for an event past the
+/// [`ResumeLayer::max_event_size`](crate::ResumeLayer::max_event_size), not the
+/// [`Outcome::ClientDisconnected`] the dropped body would say. Put it **first** among the
+/// observers, so that those after it (metrics, logs) see that outcome too.
+///
 /// The [module docs](crate::resume#a-whole-stack-with-axums-handleerrorlayer) run it in a
 /// whole stack. Outside a `ResumeLayer` there is no summary:
 ///
@@ -75,8 +82,16 @@ impl Observer for ResumeObserver {
     }
 
     fn on_end(&mut self, report: &mut StreamReport) {
-        if let Some(summary) = self.stream.as_ref().and_then(ResumableStream::summary) {
-            report.extensions.insert(summary);
+        if let Some(shared) = self.stream.as_ref().and_then(ResumableStream::shared) {
+            // The producer ended the stream itself (its store failed, an event past its
+            // limit): its body was dropped, which says "disconnected"; the true outcome wins.
+            if let Some((outcome, message)) = shared.producer_end()
+                && report.outcome == Outcome::ClientDisconnected
+            {
+                report.outcome = outcome;
+                report.error = Some(message.to_owned());
+            }
+            report.extensions.insert(shared.summary());
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 use crate::BoxError;
 use crate::digits::decimal;
+use crate::report::Outcome;
 use crate::resume::id::StreamId;
 use crate::resume::layer::{Config, Detach};
 use crate::resume::shared::Shared;
@@ -223,7 +224,14 @@ pub(crate) async fn produce<B>(
                 },
                 // Keep-alives and pings: per reader, never logged.
                 Ok(_) => continue,
-                Err(_) => break 'stream StreamEnd::Failed,
+                Err(_) => {
+                    // The report says why, not "disconnected" (its body is dropped below).
+                    shared.producer_ended(
+                        Outcome::EventTooLarge,
+                        "an event was larger than the resume layer's max_event_size",
+                    );
+                    break 'stream StreamEnd::Failed;
+                }
             };
             seq += 1;
             // A `Bytes` made from a `Vec` allocates its shared header at its first clone: do
@@ -242,6 +250,10 @@ pub(crate) async fn produce<B>(
             if log.append(seq, entry).await.is_err() {
                 // The log cannot follow: its readers end, and resumes find it gone.
                 seq -= 1;
+                shared.producer_ended(
+                    Outcome::StoreFailed,
+                    "the resume store failed: the stream's log could not take an event",
+                );
                 break 'stream StreamEnd::Failed;
             }
             guard.seq = seq;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::report::Outcome;
 use crate::resume::id::StreamId;
 use crate::resume::observer::ResumeSummary;
 use crate::resume::producers::Producers;
@@ -33,10 +34,10 @@ impl ResumableStream {
         self.id
     }
 
-    /// What the stream's readers did so far, while its producer runs (the report is made
-    /// by the producer, before it leaves the table).
-    pub(crate) fn summary(&self) -> Option<ResumeSummary> {
-        self.producers.get(self.id).map(|shared| shared.summary())
+    /// What the producer and readers share, while the producer runs (the report is made by
+    /// the producer, before it leaves the table).
+    pub(crate) fn shared(&self) -> Option<Arc<Shared>> {
+        self.producers.get(self.id)
     }
 }
 
@@ -63,6 +64,10 @@ pub(crate) struct Shared {
     advanced: Notify,
     /// What readers in other processes did, as of the producer's last look (shared stores).
     elsewhere: Mutex<ReaderCounts>,
+    /// Why the producer ended the stream itself (it drops the `SseLayer`'s body, which
+    /// would otherwise report a disconnect): [`ResumeObserver`](crate::resume::ResumeObserver)
+    /// puts it into the report.
+    producer_end: std::sync::OnceLock<(Outcome, &'static str)>,
 }
 
 /// How far one attached reader has read the log.
@@ -94,6 +99,7 @@ impl Shared {
             holding: AtomicBool::new(false),
             advanced: Notify::new(),
             elsewhere: Mutex::new(ReaderCounts::default()),
+            producer_end: std::sync::OnceLock::new(),
         }
     }
 
@@ -177,6 +183,16 @@ impl Shared {
         if self.holding.load(Ordering::SeqCst) {
             self.advanced.notify_waiters();
         }
+    }
+
+    /// The producer ends the stream itself, for this reason (the first one counts).
+    pub(crate) fn producer_ended(&self, outcome: Outcome, message: &'static str) {
+        let _ = self.producer_end.set((outcome, message));
+    }
+
+    /// Why the producer ended the stream itself, if it did.
+    pub(crate) fn producer_end(&self) -> Option<(Outcome, &'static str)> {
+        self.producer_end.get().copied()
     }
 
     /// A reader attaches; it stays attached while the guard lives.

@@ -345,7 +345,12 @@ fn observe<O: Observer>(
         report.content_events += 1;
         activity.content = true;
     } else if report.provider_error.is_none() {
-        note_provider_error(&event, classifier.provider(), report);
+        note_provider_error(
+            event.event_bytes(),
+            event.data_bytes(),
+            classifier.provider(),
+            report,
+        );
     }
     let data = event.data_bytes();
     let mut cx = EventContext {
@@ -367,11 +372,13 @@ fn observe<O: Observer>(
 /// Record the provider's in-band error, if the event is one (asked of events that are not
 /// content only: content events pay nothing). The first error wins: later ones, and content
 /// after it, change nothing. Cold: ordinary streams have a few events that are not
-/// content, so the per-event path keeps its shape.
+/// content, so the per-event path keeps its shape. It takes the event's name and data, not
+/// a reference to the event, which would make every event build its whole `EventRef` in
+/// memory for this call.
 #[cold]
 #[inline(never)]
-fn note_provider_error(event: &EventRef<'_>, provider: Provider, report: &mut StreamReport) {
-    report.provider_error = provider.provider_error(event);
+fn note_provider_error(name: &[u8], data: &[u8], provider: Provider, report: &mut StreamReport) {
+    report.provider_error = provider.provider_error(name, data);
 }
 
 /// A stream whose provider reported an error ends with [`Outcome::ProviderError`] when it

@@ -129,8 +129,9 @@ impl<O, E, M> SseLayer<O, E, M> {
     /// response head, and to report a streaming request answered with something else.
     ///
     /// By default a request is streaming when it carries
-    /// [`StreamingRequest`](crate::request::StreamingRequest) or its `Accept` lists
-    /// `text/event-stream`.
+    /// [`StreamingRequest`](crate::request::StreamingRequest), its `Accept` lists
+    /// `text/event-stream`, or its path is Gemini's `:streamGenerateContent` (which streams
+    /// whatever the body says).
     pub fn streaming_request<F>(self, predicate: F) -> Self
     where
         F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,

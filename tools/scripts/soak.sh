@@ -21,9 +21,21 @@
 #   upstream       the same count from the upstream side: tower_sse_streams_ended =
 #                  gateway_upstream_streams (upstream answers that began a stream)
 #   gauges         tower_sse_streams_open and tower_sse_limit_open_streams are back to 0
-#   faults         every faulted, admitted stream ended the way its fault should end it
-#                  (stall, upstream error, upstream close → error-event; hang-up →
+#   faults         as the client saw it (loadgen): every faulted, admitted stream ended the way
+#                  its fault should end it (stall, in-band error, upstream close → error-event:
+#                  the gateway's own, or the provider's error event passed through; hang-up →
 #                  client-disconnect), and no unfaulted stream failed except by a 503
+#   outcome:KIND   as the gateway reported it, one for one: for each fault kind, the streams
+#                  loadgen injected with it that the gateway admitted (injected − 503s − other
+#                  statuses − connect failures) = the soak's increase of
+#                  tower_sse_streams_ended{outcome=…} for the outcome that fault must give:
+#                    stall             → idle_timeout (the gateway's idle timeout ends it)
+#                    upstream-error    → provider_error (the mock's in-band error event: an
+#                                        OpenAI chunk with a top-level "error" object)
+#                    upstream-close    → upstream_error (the upstream body fails mid-event)
+#                    client-disconnect → client_disconnected
+#                    unfaulted         → completed
+#                  and no other outcome increased (outcome:other = 0)
 #   memory         RSS after the soak ≤ warm baseline + RSS_TOLERANCE_MB (default 16 MiB) +
 #                  0.6 KiB per digest-registry record the soak added (the registry keeps up
 #                  to 10k records for 10 minutes by design; about 600 B each, measured).
@@ -59,6 +71,34 @@ RUNTIME=${RUNTIME:-multi}
 OUT_DIR=${OUT_DIR:-$TARGET_DIR/load/soak-$(date +%Y%m%d-%H%M%S)}
 
 mkdir -p "$OUT_DIR"
+
+# outcomes_snapshot URL: one "OUTCOME COUNT" line per outcome label of
+# tower_sse_streams_ended in the gateway's /metrics (summed over any other labels); nothing
+# when /metrics cannot be read (the outcome checks then fail, they never pass by accident).
+outcomes_snapshot() {
+  curl -sf --max-time 5 "$1/metrics" | awk '
+    index($1, "tower_sse_streams_ended{") == 1 && match($1, /outcome="[^"]*"/) {
+      sum[substr($1, RSTART + 9, RLENGTH - 10)] += $NF
+    }
+    END { for (o in sum) printf "%s %d\n", o, sum[o] }' | sort
+}
+
+# soak_deltas: "OUTCOME +N" for every outcome that grew in the soak.
+soak_deltas() {
+  local outcome
+  for outcome in $(awk '{ print $1 }' "$OUT_DIR/outcomes-after.txt"); do
+    [ "$(outcome_delta "$outcome")" -gt 0 ] && printf '%s +%d  ' "$outcome" "$(outcome_delta "$outcome")"
+  done
+  return 0
+}
+
+# outcome_delta OUTCOME: how much tower_sse_streams_ended{outcome=OUTCOME} grew in the soak.
+outcome_delta() {
+  local before after
+  before=$(awk -v o="$1" '$1 == o { print $2 }' "$OUT_DIR/outcomes-before.txt")
+  after=$(awk -v o="$1" '$1 == o { print $2 }' "$OUT_DIR/outcomes-after.txt")
+  printf '%d' $((${after:-0} - ${before:-0}))
+}
 [ "${SKIP_BUILD:-}" = 1 ] || build_binaries
 raise_fd_limit
 wait_until_quiet
@@ -79,6 +119,7 @@ rss_before=$(rss_kb "$GATEWAY_PID")
 ended_before=$(metric "$GATEWAY_URL" tower_sse_streams_ended)
 requests_before=$(metric "$GATEWAY_URL" gateway_requests)
 upstream_before=$(metric "$GATEWAY_URL" gateway_upstream_streams)
+outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-before.txt" || true
 
 # The soak, with the peak RSS sampled once a second.
 "$BIN/loadgen" --url "$GATEWAY_URL" --streams "$CLIENTS" --ramp "$RAMP" --hold "$HOLD" \
@@ -102,6 +143,7 @@ ended=$(($(metric "$GATEWAY_URL" tower_sse_streams_ended) - ended_before))
 requests=$(($(metric "$GATEWAY_URL" gateway_requests) - requests_before))
 upstream=$(($(metric "$GATEWAY_URL" gateway_upstream_streams) - upstream_before))
 curl -sf "$GATEWAY_URL/metrics" | grep -E '^(tower_sse_streams|tower_sse_limit|gateway_)' > "$OUT_DIR/metrics-after.txt" || true
+outcomes_snapshot "$GATEWAY_URL" > "$OUT_DIR/outcomes-after.txt" || true
 sleep 1
 rss_after=$(rss_kb "$GATEWAY_PID")
 
@@ -136,7 +178,32 @@ check gauges $((streams_open == 0 && limit_open == 0)) \
   "tower_sse_streams_open $streams_open, tower_sse_limit_open_streams $limit_open"
 check faults $((misfaulted == 0 && unfaulted_failed == 0)) \
   "$misfaulted faulted streams ended unexpectedly, $unfaulted_failed unfaulted streams failed (503s aside)"
+# Each fault kind against the gateway's end reports, one for one.
+# admitted OUTCOMES_JSON_PATH: loadgen's streams there minus those the gateway never began
+# (503s, other statuses, connect failures).
+admitted() {
+  jq "$1 | .outcomes as \$o | .injected - ((\$o.rejected // 0) + (\$o.status // 0) + (\$o.connect // 0))" "$load"
+}
+for pair in stall:idle_timeout upstream-error:provider_error upstream-close:upstream_error \
+  client-disconnect:client_disconnected; do
+  fault=${pair%%:*} outcome=${pair#*:}
+  want=$(admitted ".faults[\"$fault\"]")
+  got=$(outcome_delta "$outcome")
+  check "outcome:$fault" $((want == got)) \
+    "$want admitted streams injected with $fault, $got ended $outcome"
+done
+unfaulted_admitted=$(jq '.unfaulted_outcomes as $o | .unfaulted - (($o.rejected // 0) + ($o.status // 0) + ($o.connect // 0))' "$load")
+completed=$(outcome_delta completed)
+check outcome:unfaulted $((unfaulted_admitted == completed)) \
+  "$unfaulted_admitted admitted streams without a fault, $completed ended completed"
+others=$(($(awk '{ s += $2 } END { printf "%d", s }' "$OUT_DIR/outcomes-after.txt") \
+  - $(awk '{ s += $2 } END { printf "%d", s }' "$OUT_DIR/outcomes-before.txt") \
+  - $(outcome_delta idle_timeout) - $(outcome_delta provider_error) - $(outcome_delta upstream_error) \
+  - $(outcome_delta client_disconnected) - completed))
+check outcome:other $((others == 0)) \
+  "$others streams ended with another outcome"
 check memory $((rss_after <= rss_before + tolerance_kb)) \
   "RSS cold $((rss_cold / 1024)) MiB, warm baseline $((rss_before / 1024)) MiB, peak $((rss_peak / 1024)) MiB, after $((rss_after / 1024)) MiB (allowed up to $(((rss_before + tolerance_kb) / 1024)) MiB)"
+echo "ended by outcome in the soak: $(soak_deltas)"
 echo "ended by outcome (warm-up included): $(grep '^tower_sse_streams_ended' "$OUT_DIR/metrics-after.txt" | sed 's/tower_sse_streams_ended//' | tr '\n' ' ')"
 exit "$failed"

@@ -230,12 +230,12 @@ impl Shared {
         &self,
     ) -> SseLayer<
         (
+            ResumeObserver,
             UsageObserver,
             TimingObserver,
             DigestObserver,
             MetricsObserver,
             VersionedTrace,
-            ResumeObserver,
         ),
         impl OnEnd + Clone + Send + 'static,
     > {
@@ -261,13 +261,15 @@ impl Shared {
         }
         let reports = self.reports.clone();
         sse.json_lines(true)
+            // The resume observer first: it gives a stream its producer ended itself
+            // its true outcome, which the metrics and the log line then see.
             .observer((
+                ResumeObserver::new(),
                 UsageObserver::new(),
                 TimingObserver::new(),
                 DigestObserver::with_registry(self.registry.clone()),
                 MetricsObserver::new().model_labels(self.models.clone()),
                 VersionedTrace::default(),
-                ResumeObserver::new(),
             ))
             .on_end(move |report: StreamReport| {
                 if let Some(reports) = &reports {

@@ -541,6 +541,56 @@ async fn a_stalled_upload_gets_a_408_at_the_first_event_deadline_and_frees_its_p
     gateway.assert_recovered().await;
 }
 
+/// Issue 23, item 9: the same on every provider's streaming API, without `Accept:
+/// text/event-stream`: Anthropic's `/v1/messages`, `/v1/responses`, Gemini's
+/// `:streamGenerateContent`. Each stalled upload is answered `408` and frees the only permit.
+#[tokio::test]
+async fn a_stalled_upload_to_any_provider_api_gets_a_408_and_frees_its_permit() {
+    let gateway = Gateway::start(&["--first-event-timeout", "1", "--max-streams", "1"]).await;
+    for (path, body) in [
+        (
+            "/v1/messages",
+            r#"{"model":"claude","stream":true,"messages":[]}"#,
+        ),
+        (
+            "/v1/responses",
+            r#"{"model":"gpt-mock","stream":true,"input":"hi"}"#,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+        ),
+    ] {
+        let mut stream = connect(&gateway).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+            .write_all(&body.as_bytes()[..body.len() / 2])
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0; 4096];
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(TIMEOUT + SLACK, stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{path}: no answer within the deadline"))
+                .unwrap();
+            assert!(n > 0, "{path}: closed without an answer");
+            received.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            status_line(&received).contains("408"),
+            "{path}: {}",
+            status_line(&received)
+        );
+        drop(stream);
+    }
+    gateway.assert_recovered().await;
+}
+
 #[tokio::test]
 async fn a_disconnect_storm_with_draining_stays_within_the_limit() {
     let gateway = Gateway::start(&["--drain", "5", "--max-streams", "4"]).await;
