@@ -53,6 +53,8 @@ fn heap_use() {
     body_makes_no_allocation_per_event();
     usage_observer_makes_no_allocation_per_content_event();
     state_per_open_stream();
+    #[cfg(feature = "resume")]
+    resumable_reader_makes_no_allocation_per_live_event();
 }
 
 type Upstream =
@@ -436,3 +438,88 @@ fn full_stack_state(core: SseLayer) {
 
 #[cfg(not(all(feature = "registry", feature = "metrics", feature = "tracing")))]
 fn full_stack_state(_core: SseLayer) {}
+
+/// A resumable stream's reader following the live tail of an in-process log: in steady
+/// state, no allocation per event (the wake-up future is re-used, the log is read into a
+/// re-used buffer, the keep-alive timer is re-armed only when it fires). Only the reader's
+/// polls are counted: the producer (stamping, appending) runs between them.
+#[cfg(feature = "resume")]
+fn resumable_reader_makes_no_allocation_per_live_event() {
+    use tokio::sync::mpsc;
+    use tower_sse::ResumeLayer;
+
+    struct Live(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for Live {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut upstream = Some(Live(rx));
+    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+        let body = upstream.take().unwrap();
+        std::future::ready(Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap(),
+        ))
+    });
+    let keep_alive = KeepAliveConfig::new().interval(Duration::from_secs(15));
+    let mut service = ResumeLayer::new()
+        .keep_alive(keep_alive)
+        .layer(SseLayer::new().layer(inner));
+    let response = runtime
+        .block_on(service.call(Request::new(Empty::new())))
+        .unwrap();
+    let mut body = Box::pin(response.into_body());
+    let mut cx = Context::from_waker(Waker::noop());
+    let event = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n");
+    // One live event: the producer runs (not counted), then the reader sends it (counted).
+    let mut live_event = |count: &mut usize| {
+        tx.send(event.clone()).unwrap();
+        for _ in 0..4 {
+            runtime.block_on(tokio::task::yield_now());
+        }
+        let region = Region::new(GLOBAL);
+        let mut frames = 0;
+        while let Poll::Ready(frame) = body.as_mut().poll_frame(&mut cx) {
+            assert!(frame.unwrap().unwrap().is_data());
+            frames += 1;
+        }
+        *count += region.change().allocations;
+        assert_eq!(frames, 1, "one event, one frame");
+    };
+    let mut warm = 0;
+    for _ in 0..16 {
+        live_event(&mut warm);
+    }
+    let least = (0..3)
+        .map(|_| {
+            let mut count = 0;
+            for _ in 0..100 {
+                live_event(&mut count);
+            }
+            count
+        })
+        .min()
+        .unwrap();
+    assert_eq!(
+        least, 0,
+        "the resumable reader allocated {least} times for 100 live events"
+    );
+}

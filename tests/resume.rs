@@ -491,9 +491,14 @@ async fn trimmed_positions_are_gone_never_replayed_from_the_oldest() {
     }
     let (bytes, ended) = read_until(behind.into_body(), None).await;
     assert!(ended);
-    // It had taken 4 and 5 in its first read; 6 was trimmed before it came back.
-    let data: Vec<_> = events_of(&bytes).into_iter().map(|e| e.1).collect();
+    // It had taken 4 and 5 in its first read; 6 was trimmed before it came back (the
+    // producer held back for it, then let it go): the gap is said, never a clean end.
+    let events = events_of(&bytes);
+    let data: Vec<_> = events.iter().take(2).map(|e| e.1.as_str()).collect();
     assert_eq!(data, ["4", "5"]);
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2].0, "error");
+    assert!(events[2].1.contains("\"resume_gap\""), "{:?}", events[2]);
     for gone in [0, 1, 5] {
         let answer = service
             .clone()
@@ -1336,4 +1341,163 @@ async fn expired_logs_get_204() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::NO_CONTENT);
     assert_eq!(upstream.calls(), 1);
+}
+
+/// Reads a body to its end: the bytes, and whether it ended with an error (a broken end)
+/// rather than cleanly.
+async fn read_to_end<B>(body: B) -> (Vec<u8>, bool)
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut received = Vec::new();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => return (received, true),
+            None => return (received, false),
+        }
+    }
+}
+
+/// A connected reader slower than the log's bounds holds the producer (and the upstream)
+/// back, and then gets every event, as it would without resumption (TCP backpressure); one
+/// that reads nothing on for longer than the bound gets the `resume_gap` error event and a
+/// broken end, counted in its record: never a clean end with events missing.
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_holds_the_producer_back_and_is_never_truncated_silently() {
+    let upstream = Upstream::default();
+    let (tx, body) = channel();
+    upstream.push(body);
+    let (tx2, body2) = channel();
+    upstream.push(body2);
+    let reports = Reports::default();
+    let records = Arc::new(Mutex::new(Vec::<ReaderRecord>::new()));
+    let store = MemoryStore::builder().max_stream_events(2).build();
+    let layer = ResumeLayer::new()
+        .store(store.clone())
+        .slow_reader_hold(Duration::from_secs(10))
+        .on_reader_end({
+            let records = records.clone();
+            move |record| {
+                records
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(record)
+            }
+        });
+    let service = stack(layer, &upstream, &reports);
+
+    // The client reads nothing while the upstream sends 5 events.
+    let response = service.clone().oneshot(get(None, None)).await.unwrap();
+    let stream = stream_id(&response);
+    for i in 1..=5 {
+        tx.send(Ok(Frame::data(Bytes::from(format!("data: {i}\n\n")))))
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The producer held back: the log trimmed nothing the reader has not read.
+    let log = store
+        .open(stream, Tenant::anonymous())
+        .await
+        .unwrap()
+        .unwrap();
+    match log.read_after(0, ReadLimits::default()).await.unwrap() {
+        Read::Events(batch) => assert_eq!((batch.events.len(), batch.head), (2, 2)),
+        other => panic!("the reader's positions were trimmed: {other:?}"),
+    }
+    drop(tx);
+    let (bytes, broken) = read_to_end(response.into_body()).await;
+    let data: Vec<_> = events_of(&bytes).into_iter().map(|e| e.1).collect();
+    assert_eq!(data, ["1", "2", "3", "4", "5"]);
+    assert!(!broken);
+
+    // A reader that reads nothing on for longer than the bound is let go, explicitly.
+    let response = service.clone().oneshot(get(None, None)).await.unwrap();
+    let mut body = Box::pin(response.into_body());
+    tx2.send(Ok(Frame::data(Bytes::from_static(b"data: a\n\n"))))
+        .unwrap();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.ends_with(b"data: a\n\n"));
+    for i in 1..=5 {
+        tx2.send(Ok(Frame::data(Bytes::from(format!("data: {i}\n\n")))))
+            .unwrap();
+    }
+    drop(tx2);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (bytes, broken) = read_to_end(body).await;
+    let events = events_of(&bytes);
+    assert!(broken, "a reader with a gap must not end cleanly");
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "error");
+    assert!(last.1.contains("\"resume_gap\""), "{last:?}");
+    // What came before the error event is in order, with no gap inside it.
+    let got: Vec<_> = events[..events.len() - 1]
+        .iter()
+        .map(|e| e.1.clone())
+        .collect();
+    assert!(
+        ["1", "2", "3", "4", "5"].starts_with(&got.iter().map(String::as_str).collect::<Vec<_>>())
+    );
+    assert!(got.len() < 5);
+    let records = records.lock().unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].gap, None);
+    assert_eq!(
+        records[1].gap,
+        Some(tower_sse::resume::ResumeGapKind::Overrun)
+    );
+}
+
+/// Shutdown ends every reader the process serves, those of streams produced elsewhere
+/// included (they hold no stream permit): each gets the `server_shutdown` error event and an
+/// end, and the layer's count of open readers, which a graceful shutdown waits for, says so.
+/// (Two layers on one store stand for two replicas on a shared one.)
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_the_readers_of_streams_produced_elsewhere() {
+    let store = MemoryStore::new();
+    let upstream = Upstream::default();
+    let (tx, body) = channel();
+    upstream.push(body);
+    let reports = Reports::default();
+    let a = stack(ResumeLayer::new().store(store.clone()), &upstream, &reports);
+    let shutdown = tower_sse::stream::Shutdown::new();
+    let layer_b = ResumeLayer::new()
+        .store(store.clone())
+        .shutdown(shutdown.clone());
+    let readers_b = layer_b.open_readers();
+    let b = stack(layer_b, &Upstream::default(), &Reports::default());
+
+    let response = a.oneshot(get(None, None)).await.unwrap();
+    let stream = stream_id(&response);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+        .unwrap();
+    let mut first = Box::pin(response.into_body());
+    first.frame().await.unwrap().unwrap();
+    let resumed = b
+        .oneshot(get(Some(&format!("{stream}.0")), None))
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let mut resumed = Box::pin(resumed.into_body());
+    let replayed = resumed.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(replayed.ends_with(b"data: 1\n\n"));
+    assert_eq!(readers_b.get(), 1);
+
+    shutdown.end_streams();
+    let (bytes, _) = read_until(resumed, None).await;
+    let events = events_of(&bytes);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "error");
+    assert!(events[0].1.contains("server_shutdown"), "{events:?}");
+    assert_eq!(readers_b.get(), 0);
+    // The stream itself goes on on its own replica.
+    tx.send(Ok(Frame::data(Bytes::from_static(b"data: 2\n\n"))))
+        .unwrap();
+    let two = first.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(two.ends_with(b"data: 2\n\n"));
 }

@@ -19,6 +19,7 @@
 //! | `tower_sse.limit.open_streams` | gauge | `{stream}` | none | permits of [`StreamLimitLayer`](crate::StreamLimitLayer)s held now: requests awaiting their head, open streams, streams still drained after a disconnect |
 //! | `tower_sse.limit.rejections_total` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
 //! | `tower_sse.resume.requests_total` | counter | `{request}` | `answer` = `replayed` / `finished` / `gone` / `not_found` / `unavailable` / `not_resumable` | resume requests (`Last-Event-ID`) of a `ResumeLayer` (feature `resume`) by answer, and new streams it could not make resumable |
+//! | `tower_sse.resume.reader_gaps_total` | counter | `{connection}` | `reason` = `overrun` / `gone` / `store_failed` | readers of resumable streams (feature `resume`) that could not go on without a gap: each got a `resume_gap` error event and a broken end |
 //!
 //! Counters end in `_total`, so that their Prometheus names pass `promtool check metrics`
 //! (exporters turn the dots into underscores; OpenTelemetry's Prometheus exporter adds no second
@@ -84,6 +85,9 @@ pub mod names {
     /// `finished`, `unavailable`), and new streams that could not be made resumable
     /// (`not_resumable`): `ResumeLayer`, feature `resume`.
     pub const RESUME_REQUESTS: &str = "tower_sse.resume.requests_total";
+    /// Readers of resumable streams that met a gap (`resume_gap` error event, broken end),
+    /// by reason (`overrun`, `gone`, `store_failed`): `ResumeLayer`, feature `resume`.
+    pub const RESUME_READER_GAPS: &str = "tower_sse.resume.reader_gaps_total";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.
@@ -194,6 +198,11 @@ pub fn describe() {
         Unit::Count,
         "Resume requests by answer, and streams that could not be made resumable"
     );
+    describe_counter!(
+        names::RESUME_READER_GAPS,
+        Unit::Count,
+        "Readers of resumable streams ended by a gap (resume_gap error event), by reason"
+    );
 }
 
 // The instruments the layers record themselves (the observer records the rest).
@@ -222,4 +231,10 @@ pub(crate) fn limit_rejected() {
 #[cfg(feature = "resume")]
 pub(crate) fn resume_answer(answer: &'static str) {
     metrics::counter!(names::RESUME_REQUESTS, "answer" => answer).increment(1);
+}
+
+/// A reader of a resumable stream ended by a gap (`overrun`, `gone`, `store_failed`).
+#[cfg(feature = "resume")]
+pub(crate) fn resume_reader_gap(reason: &'static str) {
+    metrics::counter!(names::RESUME_READER_GAPS, "reason" => reason).increment(1);
 }

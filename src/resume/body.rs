@@ -13,12 +13,17 @@ use pin_project_lite::pin_project;
 use sync_wrapper::SyncWrapper;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::BoxError;
 use crate::BoxFuture;
+use crate::Outcome;
+use crate::resume::gap::{ResumeGap, ResumeGapKind};
 use crate::resume::layer::{Config, ReaderRecord};
 use crate::resume::shared::AttachGuard;
 use crate::resume::store::{Batch, Read, StoreError, StreamEnd, StreamLog};
+use crate::stream::config::ErrorEvent;
+use crate::stream::shutdown::ShutdownWatch;
 
 pin_project! {
     /// The response body of [`Resume`](crate::resume::Resume): a reader of a
@@ -27,8 +32,11 @@ pin_project! {
     ///
     /// A reader sends each logged event as its own frame (replay is never one huge write),
     /// its own keep-alives when configured, and ends as the stream ended: cleanly, or with
-    /// an error when the stream's body failed. A reader that falls behind the log's trimmed
-    /// start ends cleanly (its client reconnects, and its resume is answered `204`).
+    /// an error when the stream's body failed or was cancelled (the detach policy, the
+    /// server stopping its producer). A reader that cannot go on without a gap (it
+    /// fell behind the log's trimmed start, the store lost or could not read the log) sends
+    /// the `resume_gap` error event and then fails ([`ResumeGap`]): never a clean end with
+    /// events missing.
     pub struct ResumeBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -118,36 +126,52 @@ where
     }
 }
 
-/// One step of a reader: wait for a wake-up if asked, mark it seen, then read. Returns the
-/// receiver, and the read (`None`: the wake-ups closed).
-type StepFuture = BoxFuture<'static, (watch::Receiver<u64>, Option<Result<Read, StoreError>>)>;
+/// Waits for the log's next wake-up; gives the receiver back. One allocation per reader,
+/// re-used for every wait ([`ReusableBoxFuture`]).
+async fn changed(mut wake: watch::Receiver<u64>) -> (bool, watch::Receiver<u64>) {
+    let open = wake.changed().await.is_ok();
+    (open, wake)
+}
+
+type Changed = (bool, watch::Receiver<u64>);
 
 /// A client connection following a stream's log.
+///
+/// In steady state a live event costs it no allocation: the wake-up future is re-used, an
+/// in-process log answers at once into a re-used buffer ([`StreamLog::read_now`]), and the
+/// keep-alive timer is re-armed only when it fires (from the time of the last frame sent).
 pub(crate) struct Reader {
     log: Arc<dyn StreamLog>,
     config: Arc<Config>,
+    /// The seq of the last event sent.
     cursor: u64,
     pending: VecDeque<Bytes>,
+    /// The buffer of the last read, given back to the store for the next one.
+    spare: Vec<Bytes>,
     /// Events up to this seq were in the log when a resume attached: replayed.
     replay_until: u64,
-    wake: Option<watch::Receiver<u64>>,
-    /// Wrapped so that the body is `Sync` (`BoxBody` asks for it): only polled through `&mut`.
-    step: Option<SyncWrapper<StepFuture>>,
-    /// The next step waits for a wake-up first (the last read found nothing more).
+    /// The wake-up in wait (always holds a future on the receiver).
+    wake: ReusableBoxFuture<'static, Changed>,
+    /// A read of a store that cannot answer at once; wrapped so that the body is `Sync`.
+    read: Option<SyncWrapper<BoxFuture<'static, Result<Read, StoreError>>>>,
+    /// The next read waits for a wake-up first (the last read found nothing more).
     wait: bool,
-    /// The step in flight waits for a wake-up.
-    step_waits: bool,
     end: Option<StreamEnd>,
-    /// The log is lost to this reader (trimmed past its cursor, store failure).
-    lost: bool,
+    /// The reader cannot go on without a gap: its error event is due, then its broken end.
+    gap: Option<ResumeGap>,
+    gap_sent: bool,
     done: bool,
-    /// The keep-alive timer: made once, re-armed (`Sleep::reset`) when next needed after
-    /// each frame sent.
+    /// The keep-alive timer: made once, re-armed only when it fires early.
     timer: Option<Pin<Box<Sleep>>>,
-    /// The timer runs from the last frame sent (false: re-arm it before waiting on it).
-    timer_armed: bool,
+    /// When the last frame was sent (with keep-alives configured).
+    last_sent: Instant,
     record: ReaderRecord,
     attach: AttachGuard,
+    /// Ends this reader on shutdown (when its stream is not produced in this process: one
+    /// produced here ends through its log).
+    shutdown: Option<ShutdownWatch>,
+    /// The shutdown's error event was sent: the end follows.
+    shut: bool,
 }
 
 impl Reader {
@@ -159,7 +183,16 @@ impl Reader {
         first: Batch,
         resumed: bool,
         attach: AttachGuard,
+        produced_here: bool,
     ) -> Self {
+        config
+            .open_readers
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let shutdown = match (&config.shutdown, produced_here) {
+            (Some(shutdown), false) => Some(shutdown.watch()),
+            _ => None,
+        };
         let record = ReaderRecord {
             stream: log.id(),
             resumed,
@@ -168,6 +201,7 @@ impl Reader {
             keep_alives: 0,
             bytes: 0,
             reached_end: false,
+            gap: None,
         };
         let cursor = first.last_seq - first.events.len() as u64;
         let mut reader = Self {
@@ -175,27 +209,52 @@ impl Reader {
             config,
             cursor,
             pending: VecDeque::new(),
+            spare: Vec::new(),
             replay_until: if resumed { first.head } else { 0 },
-            wake: Some(wake),
-            step: None,
+            wake: ReusableBoxFuture::new(changed(wake)),
+            read: None,
             wait: false,
-            step_waits: false,
             end: None,
-            lost: false,
+            gap: None,
+            gap_sent: false,
             done: false,
             timer: None,
-            timer_armed: false,
+            last_sent: Instant::now(),
             record,
             attach,
+            shutdown,
+            shut: false,
         };
         reader.take(first);
         reader
     }
 
-    fn take(&mut self, batch: Batch) {
+    fn take(&mut self, mut batch: Batch) {
         self.wait = !batch.is_partial();
         self.end = batch.end;
-        self.pending.extend(batch.events);
+        self.pending.extend(batch.events.drain(..));
+        self.spare = batch.events;
+        self.attach.read_to(batch.last_seq);
+    }
+
+    /// The reader cannot go on without a gap.
+    fn lost(&mut self, kind: ResumeGapKind) {
+        if self.gap.is_none() {
+            self.gap = Some(ResumeGap::new(
+                kind,
+                self.cursor + self.pending.len() as u64,
+            ));
+            self.record.gap = Some(kind);
+            #[cfg(feature = "metrics")]
+            crate::metrics::resume_reader_gap(kind.as_str());
+        }
+    }
+
+    fn sent(&mut self, bytes: usize) {
+        self.record.bytes += bytes as u64;
+        if self.config.keep_alive.is_some() {
+            self.last_sent = Instant::now();
+        }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -203,62 +262,123 @@ impl Reader {
             if let Some(event) = self.pending.pop_front() {
                 self.cursor += 1;
                 self.record.events += 1;
-                self.record.bytes += event.len() as u64;
                 if self.cursor <= self.replay_until {
                     self.record.replayed_events += 1;
                     self.attach.shared().replayed(1);
                 }
-                self.timer_armed = false;
+                self.sent(event.len());
                 return Poll::Ready(Some(Ok(Frame::data(event))));
             }
             if self.done {
                 return Poll::Ready(None);
+            }
+            if self.shut || self.shutdown.as_ref().is_some_and(ShutdownWatch::is_ended) {
+                // What it read went out: the error event, then the end (its client resumes
+                // on another replica).
+                if self.shut {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                self.shut = true;
+                let event = ErrorEvent::default()
+                    .render(Outcome::ServerShutdown, "the server is shutting down")
+                    .unwrap_or_default();
+                self.sent(event.len());
+                return Poll::Ready(Some(Ok(Frame::data(event))));
+            }
+            if let Some(gap) = self.gap {
+                if !self.gap_sent {
+                    self.gap_sent = true;
+                    let event = gap.event();
+                    self.sent(event.len());
+                    return Poll::Ready(Some(Ok(Frame::data(event))));
+                }
+                // A broken end, never a clean one: the client must not take it as complete.
+                self.done = true;
+                return Poll::Ready(Some(Err(Box::new(gap))));
             }
             if let Some(end) = self.end {
                 self.done = true;
                 self.record.reached_end = true;
                 return Poll::Ready(match end {
                     StreamEnd::Failed => Some(Err("the stream failed".into())),
+                    // Cut by the detach policy or the server: incomplete, so not a clean end.
+                    StreamEnd::Cancelled => Some(Err("the stream was cancelled".into())),
                     _ => None,
                 });
             }
-            if self.lost {
-                self.done = true;
-                return Poll::Ready(None);
-            }
-            let step = match &mut self.step {
-                Some(step) => step,
-                None => {
-                    let Some(mut wake) = self.wake.take() else {
-                        self.lost = true;
-                        continue;
-                    };
-                    let log = self.log.clone();
-                    let (cursor, wait, limits) = (self.cursor, self.wait, self.config.read_limits);
-                    self.step_waits = wait;
-                    self.step.insert(SyncWrapper::new(Box::pin(async move {
-                        if wait && wake.changed().await.is_err() {
-                            return (wake, None);
+            let read = if let Some(read) = &mut self.read {
+                match read.get_mut().as_mut().poll(cx) {
+                    Poll::Ready(read) => {
+                        self.read = None;
+                        read
+                    }
+                    Poll::Pending => {
+                        if self.poll_shutdown(cx) {
+                            continue;
                         }
-                        // Armed before reading: an append after this read wakes us again.
-                        wake.borrow_and_update();
-                        let read = log.read_after(cursor, limits).await;
-                        (wake, Some(read))
-                    })))
-                }
-            };
-            match step.get_mut().as_mut().poll(cx) {
-                Poll::Ready((wake, read)) => {
-                    self.step = None;
-                    self.wake = Some(wake);
-                    match read {
-                        Some(Ok(Read::Events(batch))) => self.take(batch),
-                        _ => self.lost = true,
+                        return self.poll_keep_alive(cx);
                     }
                 }
-                Poll::Pending => return self.poll_keep_alive(cx),
+            } else {
+                if self.wait {
+                    match self.wake.poll(cx) {
+                        Poll::Ready((open, mut wake)) => {
+                            // Marked seen before reading: an append after this read wakes
+                            // us again.
+                            wake.borrow_and_update();
+                            self.wake.set(changed(wake));
+                            self.wait = false;
+                            if !open {
+                                self.lost(ResumeGapKind::StoreFailed);
+                                continue;
+                            }
+                        }
+                        Poll::Pending => {
+                            if self.poll_shutdown(cx) {
+                                continue;
+                            }
+                            return self.poll_keep_alive(cx);
+                        }
+                    }
+                }
+                let limits = self.config.read_limits;
+                match self
+                    .log
+                    .read_now(self.cursor_read(), limits, &mut self.spare)
+                {
+                    Some(read) => read,
+                    None => {
+                        let (log, cursor) = (self.log.clone(), self.cursor_read());
+                        self.read = Some(SyncWrapper::new(Box::pin(async move {
+                            log.read_after(cursor, limits).await
+                        })));
+                        continue;
+                    }
+                }
+            };
+            match read {
+                Ok(Read::Events(batch)) => self.take(batch),
+                Ok(Read::Gone | Read::Ahead) => self.lost(if self.attach.overrun() {
+                    ResumeGapKind::Overrun
+                } else {
+                    ResumeGapKind::Gone
+                }),
+                Err(_) => self.lost(ResumeGapKind::StoreFailed),
             }
         }
+    }
+
+    /// Whether the shutdown came (the task is woken when it comes).
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> bool {
+        self.shutdown
+            .as_mut()
+            .is_some_and(|shutdown| shutdown.poll_ended(cx).is_ready())
+    }
+
+    /// The seq of the last entry read from the log (sent, or waiting to be).
+    fn cursor_read(&self) -> u64 {
+        self.cursor + self.pending.len() as u64
     }
 
     fn poll_keep_alive(
@@ -268,39 +388,40 @@ impl Reader {
         let Some(keep_alive) = &self.config.keep_alive else {
             return Poll::Pending;
         };
-        let interval = keep_alive.interval;
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if !self.timer_armed {
-                    timer.as_mut().reset(Instant::now() + interval);
-                }
-                timer
+        let due = self.last_sent + keep_alive.interval;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(sleep_until(due)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            None => self
-                .timer
-                .insert(Box::pin(sleep_until(Instant::now() + interval))),
-        };
-        self.timer_armed = true;
-        if timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+            // It fired: a frame went out since it was armed, so run it from that one.
+            if timer.deadline() < due {
+                timer.as_mut().reset(due);
+                continue;
+            }
+            break;
         }
         let comment = keep_alive.comment.clone();
-        self.timer_armed = false;
-        if self.step_waits {
+        timer.as_mut().reset(Instant::now() + keep_alive.interval);
+        if self.wait && self.read.is_none() {
             // A safety poll: read the log again on every keep-alive, so that a store whose
             // wake-ups can be lost (a remote pub/sub) delays a reader by one interval at most.
-            self.step = None;
-            self.wake = Some(self.log.wake_ups());
+            // A fresh receiver is marked seen as it subscribes.
+            self.wake.set(changed(self.log.wake_ups()));
             self.wait = false;
         }
         self.record.keep_alives += 1;
-        self.record.bytes += comment.len() as u64;
+        self.sent(comment.len());
         Poll::Ready(Some(Ok(Frame::data(comment))))
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        self.config
+            .open_readers
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         if let Some(on_end) = &self.config.on_reader_end {
             on_end(self.record);
         }

@@ -8,10 +8,12 @@ use tower_layer::Layer;
 
 use crate::request::TenantKey;
 use crate::resume::Resume;
+use crate::resume::gap::ResumeGapKind;
 use crate::resume::id::StreamId;
 use crate::resume::memory::MemoryStore;
 use crate::resume::producers::Producers;
 use crate::resume::store::{ReadLimits, ResumeStore};
+use crate::stream::Shutdown;
 use crate::stream::config::KeepAliveConfig;
 
 /// What happens to a stream's upstream while no client is attached to it.
@@ -90,6 +92,9 @@ pub struct ReaderRecord {
     pub bytes: u64,
     /// Whether the connection saw the stream's end (as opposed to leaving first).
     pub reached_end: bool,
+    /// Set when the connection could not go on without a gap: its client got the
+    /// `resume_gap` error event and a broken end ([`ResumeGap`](crate::resume::ResumeGap)).
+    pub gap: Option<ResumeGapKind>,
 }
 
 /// Makes streams resumable: a client that loses its connection comes back with
@@ -192,9 +197,17 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Option<KeepAliveConfig>,
     pub(crate) read_limits: ReadLimits,
     pub(crate) max_event_size: usize,
+    pub(crate) slow_reader_hold: Duration,
     pub(crate) on_reader_end: Option<Arc<dyn Fn(ReaderRecord) + Send + Sync>>,
     /// The producers running in this process, by stream (for their counters).
     pub(crate) producers: Arc<Producers>,
+    /// The streams produced in another process that clients of this one read (shared
+    /// stores): their presence is kept in the store while they have readers here.
+    pub(crate) followers: Arc<Producers>,
+    /// Ends the readers of streams produced elsewhere, on shutdown.
+    pub(crate) shutdown: Option<Shutdown>,
+    /// The readers open now (every connection to a resumable stream this process serves).
+    pub(crate) open_readers: OpenReaders,
 }
 
 impl Clone for Config {
@@ -207,11 +220,36 @@ impl Clone for Config {
             keep_alive: self.keep_alive.clone(),
             read_limits: self.read_limits,
             max_event_size: self.max_event_size,
+            slow_reader_hold: self.slow_reader_hold,
             on_reader_end: self.on_reader_end.clone(),
             producers: self.producers.clone(),
+            followers: self.followers.clone(),
+            shutdown: self.shutdown.clone(),
+            open_readers: self.open_readers.clone(),
         }
     }
 }
+
+/// The number of client connections to resumable streams open now
+/// ([`ResumeLayer::open_readers`]).
+#[derive(Clone, Default)]
+pub struct OpenReaders(pub(crate) Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenReaders {
+    /// Readers open now.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for OpenReaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OpenReaders").field(&self.get()).finish()
+    }
+}
+
+/// Default [`ResumeLayer::slow_reader_hold`].
+const DEFAULT_SLOW_READER_HOLD: Duration = Duration::from_secs(30);
 
 impl ResumeLayer {
     /// Resumable streams with an in-process [`MemoryStore`] and the defaults.
@@ -225,8 +263,12 @@ impl ResumeLayer {
                 keep_alive: None,
                 read_limits: ReadLimits::default(),
                 max_event_size: 8 * 1024 * 1024,
+                slow_reader_hold: DEFAULT_SLOW_READER_HOLD,
                 on_reader_end: None,
                 producers: Arc::default(),
+                followers: Arc::default(),
+                shutdown: None,
+                open_readers: OpenReaders::default(),
             }),
         }
     }
@@ -280,6 +322,55 @@ impl ResumeLayer {
     /// already bounds what it sends). A larger one ends the log. Default: 8 MiB.
     pub fn max_event_size(self, limit: usize) -> Self {
         self.with(|c| c.max_event_size = limit)
+    }
+
+    /// How long the producer may wait for a slow reader. When the next append would trim
+    /// (by the store's bounds) an entry that a reader attached in this process has not read
+    /// yet, the producer holds back, and so stops reading the upstream: the same
+    /// backpressure a plain stream gets from TCP. A reader that reads nothing on for this
+    /// long is let go: it meets the trimmed positions as a gap, gets the `resume_gap` error
+    /// event and a broken end ([`ResumeGap`](crate::resume::ResumeGap)), never a clean one.
+    /// Readers that keep up cost nothing (one comparison per append). `Duration::ZERO` never
+    /// holds back. Default: 30 seconds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::ResumeLayer;
+    ///
+    /// let layer = ResumeLayer::new().slow_reader_hold(Duration::from_secs(10));
+    /// # let _ = layer;
+    /// ```
+    pub fn slow_reader_hold(self, bound: Duration) -> Self {
+        self.with(|c| c.slow_reader_hold = bound)
+    }
+
+    /// End the readers this process serves when `shutdown` ends the streams: each sends what
+    /// it has read, then the error event (`server_shutdown`) and ends, so that its client
+    /// resumes on another replica. Give the same handle to the [`SseLayer`](crate::SseLayer)
+    /// inside: a stream produced here ends through its log (its readers get its
+    /// `server_shutdown` event, logged); the handle ends the readers of streams produced in
+    /// another process (a shared store) or already ended, which hold no stream permit. Wait
+    /// for [`open_readers`](Self::open_readers) as well as for the permits before exiting.
+    ///
+    /// ```
+    /// use tower_sse::stream::Shutdown;
+    /// use tower_sse::{ResumeLayer, SseLayer};
+    ///
+    /// let shutdown = Shutdown::new();
+    /// let resume = ResumeLayer::new().shutdown(shutdown.clone());
+    /// let sse = SseLayer::new().shutdown(shutdown.clone());
+    /// let readers = resume.open_readers();
+    /// assert_eq!(readers.get(), 0);
+    /// # let _ = sse;
+    /// ```
+    pub fn shutdown(self, shutdown: Shutdown) -> Self {
+        self.with(|c| c.shutdown = Some(shutdown))
+    }
+
+    /// A handle on the number of client connections to resumable streams open now, in every
+    /// service of this layer and its clones (a graceful shutdown waits for it to reach 0).
+    pub fn open_readers(&self) -> OpenReaders {
+        self.config.open_readers.clone()
     }
 
     /// Called with each client connection's [`ReaderRecord`] when its body is dropped

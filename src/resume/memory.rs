@@ -547,6 +547,31 @@ impl MemLog {
     }
 }
 
+impl MemLog {
+    /// The entries after `cursor`, into `events` (empty).
+    fn read_into(&self, cursor: u64, limits: ReadLimits, mut events: Vec<Bytes>) -> Read {
+        let state = self.lock();
+        if cursor > state.last_seq {
+            Read::Ahead
+        } else if cursor.saturating_add(1) < state.first_seq {
+            Read::Gone
+        } else {
+            let skip = (cursor + 1 - state.first_seq) as usize;
+            let mut bytes = 0;
+            for event in state.events.range(skip..) {
+                if events.len() >= limits.max_events.max(1)
+                    || (!events.is_empty() && bytes + event.len() > limits.max_bytes)
+                {
+                    break;
+                }
+                bytes += event.len();
+                events.push(event.clone());
+            }
+            Read::Events(Batch::new(cursor, events, state.last_seq, state.end))
+        }
+    }
+}
+
 /// The answer of a successful append, ready at once.
 struct Appended;
 
@@ -655,29 +680,43 @@ impl StreamLog for MemLog {
         cursor: u64,
         limits: ReadLimits,
     ) -> BoxFuture<'_, Result<Read, StoreError>> {
-        let read = {
-            let state = self.lock();
-            if cursor > state.last_seq {
-                Read::Ahead
-            } else if cursor.saturating_add(1) < state.first_seq {
-                Read::Gone
-            } else {
-                let skip = (cursor + 1 - state.first_seq) as usize;
-                let mut events = Vec::new();
-                let mut bytes = 0;
-                for event in state.events.range(skip..) {
-                    if events.len() >= limits.max_events.max(1)
-                        || (!events.is_empty() && bytes + event.len() > limits.max_bytes)
-                    {
-                        break;
-                    }
-                    bytes += event.len();
-                    events.push(event.clone());
-                }
-                Read::Events(Batch::new(cursor, events, state.last_seq, state.end))
-            }
-        };
+        let read = self.read_into(cursor, limits, Vec::new());
         Box::pin(std::future::ready(Ok(read)))
+    }
+
+    fn read_now(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+        buffer: &mut Vec<Bytes>,
+    ) -> Option<Result<Read, StoreError>> {
+        let mut events = std::mem::take(buffer);
+        events.clear();
+        Some(Ok(self.read_into(cursor, limits, events)))
+    }
+
+    fn trim_point(&self, len: usize) -> u64 {
+        let state = self.lock();
+        if state.end.is_some() {
+            return 0;
+        }
+        let max_bytes = if state.evicted {
+            EVICTED_KEEP_BYTES
+        } else {
+            self.limits.max_stream_bytes
+        };
+        // What `trim` would drop after this append.
+        let (mut bytes, mut count, mut first) =
+            (state.bytes + len, state.events.len() + 1, state.first_seq);
+        for old in &state.events {
+            if count <= 1 || (bytes <= max_bytes && count <= self.limits.max_stream_events) {
+                break;
+            }
+            bytes -= old.len();
+            count -= 1;
+            first += 1;
+        }
+        first
     }
 
     fn wake_ups(&self) -> watch::Receiver<u64> {

@@ -15,9 +15,51 @@
 //! seen *before* it reads the entries after its cursor, so a lost or coalesced wake-up can
 //! only add delay, never lose or repeat an event.
 //!
+//! # No silent loss
+//!
+//! A connected client never loses, without being told, what it would have received
+//! without resumption. The design choices:
+//!
+//! - **Slow readers hold the producer back.** Before each append the producer asks the log
+//!   which entry it would trim ([`StreamLog::trim_point`]); while a reader attached in this
+//!   process has not read it, the producer waits (and so stops reading the upstream: the
+//!   backpressure TCP gives a plain stream), for at most
+//!   [`ResumeLayer::slow_reader_hold`] (30 s). Readers that keep up cost one comparison
+//!   per append. Past the bound the reader is let go.
+//! - **A gap is said, never hidden.** A reader that cannot go on without one (let go, the
+//!   log trimmed, expired or lost what follows its cursor, the store failed a read) sends
+//!   one SSE error event of type `resume_gap`, then its body fails: the server aborts the
+//!   connection, so no client takes the response for complete. It is counted in the
+//!   reader's [`ReaderRecord::gap`] and in the `tower_sse.resume.reader_gaps_total` metric
+//!   ([`ResumeGap`]).
+//! - **Attachment is shared across replicas.** A reader of a stream produced in another
+//!   process keeps a presence in the store while it reads ([`StreamLog::keep_present`],
+//!   every [`StreamLog::presence`] interval: a third of the Redis lease); the producer, with
+//!   no reader of its own, asks the store ([`StreamLog::elsewhere`]) before its detach policy
+//!   cancels, so the grace counts from the last reader anywhere (give or take one lease).
+//!   The same round trips carry what those readers did, so the stream's report counts
+//!   connections, resumes and replayed events wherever they were served (as of the
+//!   producer's last look, made while it had no reader of its own).
+//! - **Liveness is a heartbeat.** A producer renews its lease on a timer while its stream is
+//!   silent, not only by its appends: a model thinking for longer than the lease is alive.
+//! - **The mirror re-syncs or says it cannot.** The Redis mirror reads the in-process log
+//!   (no queue to overflow); after a failure it retries on every heartbeat and re-syncs from
+//!   where Redis stops; when the in-process log no longer has what Redis misses, it marks
+//!   the Redis log `lost` from there: resumes past it answer `204` (`sse-resume: gone`) and
+//!   readers elsewhere get the `resume_gap` event.
+//! - **Shutdown ends every reader.** [`ResumeLayer::shutdown`] ends the readers of streams
+//!   produced elsewhere (or already ended) with the `server_shutdown` error event; a stream
+//!   produced here ends through its log (the `SseLayer` given the same handle logs its
+//!   event). [`ResumeLayer::open_readers`] is what a graceful shutdown waits for, besides the
+//!   stream permits.
+//! - **No allocation per live event on the reader.** Its wake-up future is re-used, an
+//!   in-process log answers at once into a re-used buffer ([`StreamLog::read_now`]), and its
+//!   keep-alive timer is re-armed only when it fires.
+//!
 //! | file | role |
 //! |---|---|
-//! | `layer.rs` | [`ResumeLayer`], [`Detach`], [`ReaderRecord`] |
+//! | `layer.rs` | [`ResumeLayer`], [`Detach`], [`ReaderRecord`], [`OpenReaders`] |
+//! | `gap.rs` | [`ResumeGap`]: the error a reader ends with rather than hide a gap |
 //! | `service.rs` | [`Resume`]: resume or new stream, the `200` / `204` answers |
 //! | `producer.rs` | the producer task: re-cut, stamp, append, the detach policy |
 //! | `body.rs` | [`ResumeBody`]: the reader that follows the log |
@@ -139,6 +181,7 @@
 //! ```
 
 pub(crate) mod body;
+pub(crate) mod gap;
 pub(crate) mod id;
 pub(crate) mod keyed_ids;
 pub(crate) mod layer;
@@ -153,9 +196,10 @@ pub(crate) mod shared;
 pub(crate) mod store;
 
 pub use self::body::ResumeBody;
+pub use self::gap::{ResumeGap, ResumeGapKind};
 pub use self::id::{EventId, StreamId};
 pub use self::layer::ResumeLayer;
-pub use self::layer::{Detach, ReaderRecord};
+pub use self::layer::{Detach, OpenReaders, ReaderRecord};
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 pub use self::observer::{ResumeObserver, ResumeSummary};
 #[cfg(feature = "redis")]
@@ -167,8 +211,8 @@ pub use self::shared::ResumableStream;
 #[deprecated(note = "renamed to `Resume`")]
 pub type ResumeService<S> = Resume<S>;
 pub use self::store::{
-    Batch, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind, StreamEnd,
-    StreamLog,
+    Batch, NewStream, Read, ReadLimits, ReaderCounts, ResumeStore, StoreError, StoreErrorKind,
+    StreamEnd, StreamLog,
 };
 
 /// Moved to [`tower_sse::BoxFuture`](crate::BoxFuture): the crate has one boxed-future alias.

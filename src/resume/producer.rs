@@ -8,7 +8,7 @@ use std::task::Poll;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Body;
-use tokio::time::{Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 use crate::BoxError;
 use crate::digits::decimal;
@@ -105,6 +105,10 @@ pub(crate) async fn produce<B>(
     let mut decoder = Decoder::new().max_event_size(config.max_event_size);
     let mut seq = 0u64;
     let mut grace: Option<Pin<Box<Sleep>>> = None;
+    // Readers in other processes (a shared store): how often to look for them, and when one
+    // was last seen.
+    let presence = log.presence();
+    let mut seen_elsewhere: Option<Instant> = None;
 
     enum Step<F> {
         Frame(Option<F>),
@@ -134,13 +138,15 @@ pub(crate) async fn produce<B>(
         let attached = *readers.borrow_and_update();
         if attached > 0 {
             grace = None;
+            seen_elsewhere = None;
         } else {
             match config.detach {
                 Detach::Finish => {}
-                Detach::CancelNow => break StreamEnd::Cancelled,
-                Detach::CancelAfter(after) => {
+                // Readers may be attached in other processes: look before cancelling.
+                Detach::CancelNow if presence.is_none() => break StreamEnd::Cancelled,
+                Detach::CancelNow | Detach::CancelAfter(_) => {
                     if grace.is_none() {
-                        grace = Some(Box::pin(sleep(after)));
+                        grace = Some(Box::pin(sleep(grace_of(config.detach))));
                     }
                 }
             }
@@ -168,7 +174,35 @@ pub(crate) async fn produce<B>(
         };
         let last = match step {
             Step::Readers => continue,
-            Step::Cancel => break StreamEnd::Cancelled,
+            Step::Cancel => {
+                let Some(every) = presence else {
+                    break StreamEnd::Cancelled;
+                };
+                // No reader here: is one attached in another process? The grace counts from
+                // the last reader anywhere.
+                let now = Instant::now();
+                let present = match log.elsewhere().await {
+                    Ok((present, counts)) => {
+                        shared.set_elsewhere(counts);
+                        present
+                    }
+                    // Unknown (the store is away): never cut a reader it cannot see; an
+                    // abandoned stream then runs on until the store answers again.
+                    Err(_) => true,
+                };
+                if present {
+                    seen_elsewhere = Some(now);
+                    grace = Some(Box::pin(sleep(every)));
+                    continue;
+                }
+                match seen_elsewhere.map(|seen| seen + grace_of(config.detach)) {
+                    Some(until) if until > now => {
+                        grace = Some(Box::pin(sleep_until(until.min(now + every))));
+                        continue;
+                    }
+                    _ => break StreamEnd::Cancelled,
+                }
+            }
             Step::Frame(Some(Err(_))) => break StreamEnd::Failed,
             Step::Frame(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
@@ -200,6 +234,19 @@ pub(crate) async fn produce<B>(
                 }
             };
             seq += 1;
+            // A `Bytes` made from a `Vec` allocates its shared header at its first clone: do
+            // it here, once, so that the readers' clones of the entry never allocate.
+            drop(entry.clone());
+            // A connected reader is never trimmed past silently: hold back (and so hold the
+            // upstream back) while one has not read what this append would trim.
+            let hold = config.slow_reader_hold;
+            if !hold.is_zero() {
+                let keep = log.trim_point(entry.len());
+                if keep > 0 && shared.lagging(keep) {
+                    let len = entry.len();
+                    shared.hold(hold, || log.trim_point(len)).await;
+                }
+            }
             if log.append(seq, entry).await.is_err() {
                 // The log cannot follow: its readers end, and resumes find it gone.
                 seq -= 1;
@@ -220,6 +267,14 @@ pub(crate) async fn produce<B>(
     guard.log = None;
     let _ = log.end(seq, end).await;
     config.producers.remove(id);
+}
+
+/// How long the producer keeps its upstream with no reader attached anywhere.
+fn grace_of(detach: Detach) -> std::time::Duration {
+    match detach {
+        Detach::CancelAfter(after) => after,
+        _ => std::time::Duration::ZERO,
+    }
 }
 
 /// Ends the log, as far as it can without waiting, when the producer dies before its end.

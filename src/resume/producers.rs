@@ -47,6 +47,31 @@ impl Producers {
     pub(crate) fn get(&self, id: StreamId) -> Option<Arc<Shared>> {
         self.shard(id).get(&id).cloned()
     }
+
+    /// The entry of `id` (made with `new` if there is none), attached to by a resumed reader
+    /// under the lock (so that it cannot be removed in between); whether it was made.
+    pub(crate) fn attach_or_insert(
+        &self,
+        id: StreamId,
+    ) -> (crate::resume::shared::AttachGuard, bool) {
+        let mut shard = self.shard(id);
+        let mut made = false;
+        let shared = shard.entry(id).or_insert_with(|| {
+            made = true;
+            Arc::new(Shared::new(id))
+        });
+        (shared.attach(true), made)
+    }
+
+    /// Remove `id` if no reader is attached to it any more; whether it was removed.
+    pub(crate) fn remove_if_unread(&self, id: StreamId) -> bool {
+        let mut shard = self.shard(id);
+        if shard.get(&id).is_some_and(|s| s.attached() == 0) {
+            shard.remove(&id);
+            return true;
+        }
+        false
+    }
 }
 
 #[cfg(test)]

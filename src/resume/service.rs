@@ -24,12 +24,14 @@ use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
 use crate::resume::producer::produce;
 use crate::resume::shared::{ResumableStream, Shared};
-use crate::resume::store::{NewStream, Read, StreamLog};
+use crate::resume::store::{NewStream, Read, StreamEnd, StreamLog};
 
 /// The response header that carries a resumable stream's id.
 pub const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("sse-stream-id");
-/// The response header of a `204` to a resume whose position was trimmed (`gone`), and of a
-/// stream that could not be made resumable (`off`).
+/// The response header of a `204` to a resume whose position was trimmed or lost (`gone`),
+/// or that the store could not answer (`unavailable`: the stream may go on, the client may
+/// retry) or whose stream ended without completing (`cancelled`, `failed`: the client has
+/// all there is), and of a stream that could not be made resumable (`off`).
 pub const RESUME_HEADER: HeaderName = HeaderName::from_static("sse-resume");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
@@ -266,7 +268,7 @@ where
     runtime.spawn(produce(body, log.clone(), shared, config.clone()));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));
-    let reader = Reader::new(log, config, wake, first, false, attach);
+    let reader = Reader::new(log, config, wake, first, false, attach, true);
     Response::from_parts(parts, ResumeBody::reader(reader))
 }
 
@@ -309,7 +311,7 @@ async fn resume<B>(
         }
         Err(_) => {
             count("unavailable");
-            return no_content(None);
+            return no_content(Some("unavailable"));
         }
     };
     let mut wake = log.wake_ups();
@@ -326,21 +328,36 @@ async fn resume<B>(
         }
         Err(_) => {
             count("unavailable");
-            return no_content(None);
+            return no_content(Some("unavailable"));
         }
     };
-    if batch.events.is_empty() && batch.end.is_some() {
-        // The client has everything: 204 keeps an EventSource from reconnecting forever.
+    if let (true, Some(end)) = (batch.events.is_empty(), batch.end) {
+        // The client has everything: 204 keeps an EventSource from reconnecting forever. A
+        // stream that did not complete says how it ended.
         count("finished");
-        return no_content(None);
+        return no_content(match end {
+            StreamEnd::Completed => None,
+            end => Some(end.as_str()),
+        });
     }
     count("replayed");
-    let shared = config
-        .producers
-        .get(id.stream)
-        .unwrap_or_else(|| Arc::new(Shared::new(id.stream)));
-    let attach = shared.attach(true);
-    let reader = Reader::new(log, config, wake, batch, true, attach);
+    let produced_here = config.producers.get(id.stream);
+    let here = produced_here.is_some();
+    let attach = match (produced_here, log.presence()) {
+        (Some(shared), _) => shared.attach(true),
+        // Produced in another process: this reader counts as attached there, through the
+        // store, while it reads.
+        (None, Some(every)) => {
+            let (attach, made) = config.followers.attach_or_insert(id.stream);
+            if made {
+                let shared = attach.shared().clone();
+                tokio::spawn(keep_present(shared, log.clone(), every, config.clone()));
+            }
+            attach
+        }
+        (None, None) => Arc::new(Shared::new(id.stream)).attach(true),
+    };
+    let reader = Reader::new(log, config, wake, batch, true, attach, here);
     let mut response = Response::new(ResumeBody::reader(reader));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -358,4 +375,27 @@ fn no_content<B>(resume: Option<&'static str>) -> Response<ResumeBody<B>> {
             .insert(RESUME_HEADER, HeaderValue::from_static(resume));
     }
     response
+}
+
+/// While clients of this process read a stream produced in another, say so to the store
+/// every `every` (and what they did: connections, resumes, replayed events), so that the
+/// producer keeps its upstream and counts them; stop once the last of them left.
+async fn keep_present(
+    shared: Arc<Shared>,
+    log: Arc<dyn StreamLog>,
+    every: std::time::Duration,
+    config: Arc<Config>,
+) {
+    let mut sent = crate::resume::store::ReaderCounts::default();
+    loop {
+        let now = shared.counts();
+        let gone = shared.attached() == 0 && config.followers.remove_if_unread(shared.id);
+        if (!gone || !(now - sent).is_zero()) && log.keep_present(now - sent).await.is_ok() {
+            sent = now;
+        }
+        if gone {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
 }

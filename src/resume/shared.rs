@@ -2,17 +2,19 @@
 //! readers, and [`ResumableStream`], the handle in the request's extensions.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::report::Outcome;
 use crate::resume::id::StreamId;
 use crate::resume::observer::ResumeSummary;
 use crate::resume::producers::Producers;
+use crate::resume::store::ReaderCounts;
 
 /// Set by [`ResumeLayer`](crate::ResumeLayer) in the extensions of each request that may
 /// become a resumable stream: its id (the one the `sse-stream-id` header will carry, if the
@@ -54,10 +56,26 @@ pub(crate) struct Shared {
     detached: Mutex<Detached>,
     /// The number of readers attached; the producer watches it.
     readers: watch::Sender<usize>,
+    /// How far each attached reader of this process has read the log: the producer holds
+    /// back rather than trim what one of them has not read.
+    positions: Mutex<Vec<Arc<Position>>>,
+    /// The producer holds back: readers that read on, or leave, wake it.
+    holding: AtomicBool,
+    advanced: Notify,
+    /// What readers in other processes did, as of the producer's last look (shared stores).
+    elsewhere: Mutex<ReaderCounts>,
     /// Why the producer ended the stream itself (it drops the `SseLayer`'s body, which
     /// would otherwise report a disconnect): [`ResumeObserver`](crate::resume::ResumeObserver)
     /// puts it into the report.
     producer_end: std::sync::OnceLock<(Outcome, &'static str)>,
+}
+
+/// How far one attached reader has read the log.
+pub(crate) struct Position {
+    /// The seq of the last entry it read (it may not have sent it yet).
+    read: AtomicU64,
+    /// The producer stopped waiting for it: it is no longer held for.
+    overrun: AtomicBool,
 }
 
 struct Detached {
@@ -77,7 +95,93 @@ impl Shared {
                 since: None,
             }),
             readers: watch::Sender::new(0),
+            positions: Mutex::new(Vec::new()),
+            holding: AtomicBool::new(false),
+            advanced: Notify::new(),
+            elsewhere: Mutex::new(ReaderCounts::default()),
             producer_end: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// What the readers attached in this process did so far.
+    pub(crate) fn counts(&self) -> ReaderCounts {
+        ReaderCounts {
+            connections: self.connections.load(Ordering::Relaxed),
+            resumes: self.resumes.load(Ordering::Relaxed),
+            replayed_events: self.replayed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What readers in other processes did, as a shared store says.
+    pub(crate) fn set_elsewhere(&self, counts: ReaderCounts) {
+        *self
+            .elsewhere
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts;
+    }
+
+    /// The number of readers attached in this process now.
+    pub(crate) fn attached(&self) -> usize {
+        *self.readers.borrow()
+    }
+
+    /// Whether an attached reader that is still held for has not read the entry before
+    /// `keep` (the oldest entry the log will keep).
+    pub(crate) fn lagging(&self, keep: u64) -> bool {
+        self.lock_positions().iter().any(|p| {
+            !p.overrun.load(Ordering::Relaxed) && p.read.load(Ordering::Acquire) + 1 < keep
+        })
+    }
+
+    /// Stop holding for the readers that have not read the entry before `keep`: they meet
+    /// the trimmed positions as a gap.
+    pub(crate) fn overrun(&self, keep: u64) {
+        for p in self.lock_positions().iter() {
+            if p.read.load(Ordering::Acquire) + 1 < keep {
+                p.overrun.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hold back until no attached reader lags behind `keep()` (asked again after each
+    /// wake-up), or for at most `bound`. Returns whether it gave up (readers overrun).
+    pub(crate) async fn hold(&self, bound: std::time::Duration, keep: impl Fn() -> u64) -> bool {
+        self.holding.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::sleep(bound);
+        let mut deadline = std::pin::pin!(deadline);
+        let gave_up = loop {
+            let notified = self.advanced.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let point = keep();
+            if !self.lagging(point) {
+                break false;
+            }
+            let timed_out = std::future::poll_fn(|cx| {
+                if notified.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(false);
+                }
+                deadline.as_mut().poll(cx).map(|()| true)
+            })
+            .await;
+            if timed_out {
+                self.overrun(point);
+                break true;
+            }
+        };
+        self.holding.store(false, Ordering::SeqCst);
+        gave_up
+    }
+
+    fn lock_positions(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Position>>> {
+        self.positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_producer(&self) {
+        if self.holding.load(Ordering::SeqCst) {
+            self.advanced.notify_waiters();
         }
     }
 
@@ -106,7 +210,15 @@ impl Shared {
             }
             *n += 1;
         });
-        AttachGuard(self.clone())
+        let position = Arc::new(Position {
+            read: AtomicU64::new(0),
+            overrun: AtomicBool::new(false),
+        });
+        self.lock_positions().push(position.clone());
+        AttachGuard {
+            shared: self.clone(),
+            position,
+        }
     }
 
     pub(crate) fn replayed(&self, events: u64) {
@@ -119,28 +231,50 @@ impl Shared {
 
     pub(crate) fn summary(&self) -> ResumeSummary {
         let detached = self.detached.lock().unwrap_or_else(PoisonError::into_inner);
+        let elsewhere = *self
+            .elsewhere
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         ResumeSummary {
             stream: self.id,
-            connections: self.connections.load(Ordering::Relaxed),
-            resumes: self.resumes.load(Ordering::Relaxed),
-            replayed_events: self.replayed.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed) + elsewhere.connections,
+            resumes: self.resumes.load(Ordering::Relaxed) + elsewhere.resumes,
+            replayed_events: self.replayed.load(Ordering::Relaxed) + elsewhere.replayed_events,
             detached: detached.total + detached.since.map_or(Duration::ZERO, |s| s.elapsed()),
         }
     }
 }
 
-/// Keeps a reader counted as attached.
-pub(crate) struct AttachGuard(Arc<Shared>);
+/// Keeps a reader counted as attached, and its position known to the producer.
+pub(crate) struct AttachGuard {
+    shared: Arc<Shared>,
+    position: Arc<Position>,
+}
 
 impl AttachGuard {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.0
+        &self.shared
+    }
+
+    /// Whether the producer stopped holding back for this reader.
+    pub(crate) fn overrun(&self) -> bool {
+        self.position.overrun.load(Ordering::Relaxed)
+    }
+
+    /// The reader has read the log up to `seq`.
+    pub(crate) fn read_to(&self, seq: u64) {
+        self.position.read.store(seq, Ordering::Release);
+        self.shared.wake_producer();
     }
 }
 
 impl Drop for AttachGuard {
     fn drop(&mut self) {
-        let shared = &self.0;
+        let shared = &self.shared;
+        shared
+            .lock_positions()
+            .retain(|p| !Arc::ptr_eq(p, &self.position));
+        shared.wake_producer();
         shared.readers.send_modify(|n| {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -35,7 +35,8 @@ use crate::resume::id::StreamId;
 ///   answers [`Read::Gone`], never the oldest entry still kept (that would hide a gap).
 /// - **Producer death.** In process, a producer that dies still writes its end (a drop
 ///   guard). A shared store should keep a lease in the log that `create` returns (renewed
-///   by its appends) and answer a read of a log whose lease expired with no end entry with
+///   by its appends and by a heartbeat while the stream is silent: liveness is not inferred
+///   from events) and answer a read of a log whose lease expired with no end entry with
 ///   [`StreamEnd::Failed`] as its end, so that readers on other replicas finish too.
 /// - **Never block the live stream for long.** Appends sit on the producer's path: a remote
 ///   store should queue them (one writer task per process, pipelined) and answer at once,
@@ -104,6 +105,107 @@ pub trait StreamLog: Send + Sync + 'static {
     /// Wake-ups: the value changes (at least) after every append and at the end. Its value
     /// is a hint (the last seq known); only [`read_after`](Self::read_after) is the truth.
     fn wake_ups(&self) -> watch::Receiver<u64>;
+
+    /// [`read_after`](Self::read_after) answered at once, when the store can answer without
+    /// waiting (an in-process log); `None` (the default) when it cannot, and the reader then
+    /// awaits `read_after`.
+    ///
+    /// The entries go into `buffer` (cleared first) and come back as the batch's `events`, so
+    /// that a reader reuses one buffer and a live event costs it no allocation.
+    fn read_now(
+        &self,
+        cursor: u64,
+        limits: ReadLimits,
+        buffer: &mut Vec<Bytes>,
+    ) -> Option<Result<Read, StoreError>> {
+        let _ = (cursor, limits, buffer);
+        None
+    }
+
+    /// The seq of the oldest entry the log would keep if one more entry of `len` bytes were
+    /// appended now (its own bounds trimming older ones); `0` when it cannot say (the
+    /// default) or never trims.
+    ///
+    /// The producer asks before each append: while an attached reader has not read an entry
+    /// that would be trimmed, it holds back (and so holds back the upstream), for at most
+    /// [`ResumeLayer::slow_reader_hold`](crate::ResumeLayer::slow_reader_hold).
+    fn trim_point(&self, len: usize) -> u64 {
+        let _ = len;
+        0
+    }
+
+    /// Whether readers of this log are shared across processes, and how often: `Some(every)`
+    /// when a process whose clients read this log must say so with
+    /// [`keep_present`](Self::keep_present) at least this often, and the producer learns of
+    /// them with [`elsewhere`](Self::elsewhere). `None` (the default): every reader is in
+    /// the producer's process (an in-process store), which sees them itself.
+    fn presence(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Readers of this log are attached in this process (another than the producer's): keep
+    /// them counted as attached for about three [`presence`](Self::presence) intervals, and
+    /// add `delta` (what they did since the last call) to the stream's counts.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot take it (the reader goes on; the producer may
+    /// then not see it).
+    fn keep_present(&self, delta: ReaderCounts) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = delta;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Asked by the producer while no reader is attached in its process: whether one is
+    /// attached in another (it keeps the upstream alive), and what readers in other processes
+    /// did so far (for the stream's report).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot answer: the producer then keeps its upstream as
+    /// if a reader were attached elsewhere (it never cuts a reader it cannot see), and asks
+    /// again an interval later.
+    fn elsewhere(&self) -> BoxFuture<'_, Result<(bool, ReaderCounts), StoreError>> {
+        Box::pin(std::future::ready(Ok((false, ReaderCounts::default()))))
+    }
+}
+
+/// What the readers of a stream did: connections, resumes among them, events replayed.
+///
+/// ```
+/// use tower_sse::resume::ReaderCounts;
+///
+/// let counts = ReaderCounts { connections: 2, resumes: 1, replayed_events: 7 };
+/// assert_eq!(counts - ReaderCounts { connections: 1, ..counts }, ReaderCounts { connections: 1, resumes: 0, replayed_events: 0 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReaderCounts {
+    /// Client connections (the first one and every resume).
+    pub connections: u64,
+    /// Of those, resumes (`Last-Event-ID`).
+    pub resumes: u64,
+    /// Events sent again to resuming clients.
+    pub replayed_events: u64,
+}
+
+impl ReaderCounts {
+    /// Whether all are zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::ops::Sub for ReaderCounts {
+    type Output = Self;
+
+    /// What `self` has beyond `earlier` (saturating).
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            connections: self.connections.saturating_sub(earlier.connections),
+            resumes: self.resumes.saturating_sub(earlier.resumes),
+            replayed_events: self.replayed_events.saturating_sub(earlier.replayed_events),
+        }
+    }
 }
 
 /// What [`ResumeStore::create`] is told about a new stream.

@@ -37,11 +37,16 @@ impl Shared {
     /// see to their end.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.stop.send_replace(true);
-        let open = self.limit.counter();
+        let permits = self.limit.counter();
+        // Every connection this process serves: streams (permits), and readers of resumable
+        // streams, those of streams produced on another replica included (they hold no
+        // permit).
+        let readers = self.resume.open_readers();
+        let open = || permits.get() + readers.get();
         let cut = if wait_for_streams(&open, grace).await {
             0
         } else {
-            let cut = open.get();
+            let cut = open();
             self.streams_end.end_streams();
             // They end at once; the bound only guards against a stream nobody polls.
             wait_for_streams(&open, Duration::from_secs(5)).await;
@@ -61,7 +66,10 @@ impl Shared {
         // Read the fd limit now, while a descriptor is free to read it with.
         let _ = os::fd_limit();
         let resume_store = MemoryStore::new();
-        let resume = ResumeLayer::new().enabled(config.resumable);
+        let streams_end = Shutdown::new();
+        let resume = ResumeLayer::new()
+            .enabled(config.resumable)
+            .shutdown(streams_end.clone());
         let registry = DigestRegistry::builder();
         let (mut resume, registry) = match &config.redis {
             // This replica's own streams and records are still served from memory; Redis
@@ -99,7 +107,7 @@ impl Shared {
             limit: StreamLimitLayer::new(config.max_streams),
             metrics: prometheus::prometheus(),
             stop: Arc::new(watch::channel(false).0),
-            streams_end: Shutdown::new(),
+            streams_end,
             models: ModelLabels::first_seen(config.max_model_labels),
             config,
             reports,
@@ -142,9 +150,9 @@ impl Gateway {
 }
 
 /// Wait until no stream holds a permit, for up to `limit`; whether they all ended.
-async fn wait_for_streams(open: &OpenStreams, limit: Duration) -> bool {
+async fn wait_for_streams(open: &impl Fn() -> usize, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
-    while open.get() > 0 {
+    while open() > 0 {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }

@@ -58,11 +58,13 @@ use self::writer::ProducerLog;
 /// | key | type | holds |
 /// |---|---|---|
 /// | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
-/// | `<prefix>{<id>}:meta` | hash | `tenant`; at the end, `end` and `head` (the last seq) |
-/// | `<prefix>{<id>}:lease` | string | present while the producer lives; it expires when the producer's process dies |
+/// | `<prefix>{<id>}:meta` | hash | `tenant`; what readers on replicas other than the producer's did (`connections`, `resumes`, `replayed`); `lost`, the last seq the mirror could keep when it could not re-sync; at the end, `end` and `head` (the last seq) |
+/// | `<prefix>{<id>}:present` | string | present while a replica other than the producer's serves a reader of the stream (refreshed every third of the lease): it keeps the producer's upstream alive |
+/// | `<prefix>{<id>}:lease` | string | present while the producer lives (renewed by every write, and by a heartbeat three times per lease while the stream is silent); it expires when the producer's process dies |
 ///
-/// A writer task per stream copies the events to Redis, off the live path: what is queued
-/// goes in one pipelined round trip (one per event when they come apart, fewer in bursts)
+/// A writer task per stream mirrors its in-process log to Redis, off the live path: what
+/// the log has beyond what Redis took goes in one pipelined round trip (one per event when
+/// they come apart, fewer in bursts)
 /// that refreshes the TTLs and the lease and publishes `<id> <seq>` on `<prefix>wake`. Each replica holds one subscription
 /// to that channel and fans the wake-ups out to its local readers; a safety poll nudges them
 /// every [`RedisStoreBuilder::poll`] too, so that a lost message only adds delay. A reader on
@@ -80,9 +82,18 @@ use self::writer::ProducerLog;
 /// No call waits on Redis longer than [`RedisStoreBuilder::timeout`]:
 ///
 /// - Redis down when a stream starts: the stream runs, not resumable (no ids are sent).
-/// - Redis lost mid-stream: the live stream goes on from memory (and resumes on this replica
-///   too); its Redis log stops (resumes on other replicas answer `204` once the lease
-///   expires), and the store stops writing it.
+/// - Redis lost mid-stream (down, slower than the timeout, full, restarted empty): the live
+///   stream goes on from memory (and resumes on this replica too); the stream's writer
+///   retries on every heartbeat and, once Redis answers, asks where the Redis log stops and
+///   re-syncs it from the in-process log. If the in-process log no longer has what Redis
+///   misses (its bounds trimmed it meanwhile), the Redis log is marked `lost` after its last
+///   entry: resumes past it on other replicas answer `204` (`sse-resume: gone`) and readers
+///   there get the `resume_gap` error event and a broken end. Never a silent gap. The
+///   writer reads the in-process log rather than a queue, so nothing can overflow.
+/// - Redis restarted without persistence: its misses answer `unavailable` (`204`) for one
+///   lease while live streams are re-written by their producers; the logs of streams that
+///   had already ended are lost (their resumes then answer `204` without a reason). Run
+///   Redis with persistence (AOF) to keep them.
 /// - Redis back: new streams are resumable again (the connection manager reconnects), with
 ///   no restart.
 ///
@@ -231,6 +242,34 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Whether Redis may have lost its data (a restart without persistence) less than a
+    /// lease and a timeout ago: the first miss after it sets `<prefix>since` (no TTL), so
+    /// that for one lease after it misses cannot be told from streams not re-synced yet.
+    pub(super) async fn recently_emptied(&self) -> Result<bool, StoreError> {
+        let key = format!("{}since", self.inner.settings.prefix);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let since: u64 = self
+            .call(async |mut c| {
+                let (since,): (u64,) = redis::pipe()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(now)
+                    .arg("NX")
+                    .ignore()
+                    .get(&key)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(since)
+            })
+            .await?;
+        let settings = &self.inner.settings;
+        Ok(now.saturating_sub(since) < millis(settings.lease + settings.timeout))
+    }
+}
+
 fn unavailable(e: &redis::RedisError) -> StoreError {
     // The kind and code only: a Redis error can quote the command, and so a payload.
     StoreError::unavailable(format!(
@@ -269,8 +308,11 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long a producer's lease lasts without an append: readers on other replicas learn
-    /// that a producer died after this long. Default: 10 s.
+    /// How long a producer's lease lasts without a renewal: readers on other replicas learn
+    /// that a producer died after this long. A live producer renews it with every write and,
+    /// while its upstream is silent (a model thinking before its first token, a tool call),
+    /// with a heartbeat every third of the lease: one pipelined round trip per silent stream
+    /// per `lease / 3`, none while events flow. Default: 10 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.settings.lease = lease;
         self
@@ -341,7 +383,7 @@ impl ResumeStore for RedisStore {
             })
             .await?;
             let local = self.inner.local.create(stream).await?;
-            Ok(Arc::new(ProducerLog::new(self.clone(), local)) as Arc<dyn StreamLog>)
+            Ok(Arc::new(ProducerLog::new(self.clone(), local, tenant)) as Arc<dyn StreamLog>)
         })
     }
 
@@ -359,6 +401,14 @@ impl ResumeStore for RedisStore {
             let owner: Option<String> = self
                 .call(async |mut c| c.hget(&meta, "tenant").await)
                 .await?;
+            if owner.is_none() && self.recently_emptied().await? {
+                // Redis may have restarted empty: a live stream's producer re-writes its log
+                // within a heartbeat. Until then "unknown" would be a lie: say unavailable
+                // (`204`, `sse-resume: unavailable`), and the client tries again.
+                return Err(StoreError::unavailable(
+                    "Redis was emptied recently; the stream may not be re-synced yet",
+                ));
+            }
             if owner.as_deref() != Some(tenant.to_string().as_str()) {
                 // Unknown, expired, or another tenant's: all alike.
                 return Ok(None);

@@ -6,10 +6,13 @@ use bytes::Bytes;
 use redis::Value;
 use tokio::sync::watch;
 
-use super::RedisStore;
+use super::writer::heartbeat;
+use super::{RedisStore, millis};
 use crate::BoxFuture;
 use crate::resume::id::StreamId;
-use crate::resume::store::{Batch, Read, ReadLimits, StoreError, StreamEnd, StreamLog};
+use crate::resume::store::{
+    Batch, Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog,
+};
 
 /// The log of a stream produced on another replica, read from Redis.
 pub(super) struct RemoteLog {
@@ -49,12 +52,13 @@ impl StreamLog for RemoteLog {
             );
             let start = format!("0-{}", cursor.saturating_add(1));
             let count = limits.max_events.max(1);
-            let (entries, top, end, head, alive): (
+            let (entries, top, end, head, alive, lost): (
                 Value,
                 Value,
                 Option<String>,
                 Option<u64>,
                 bool,
+                Option<u64>,
             ) = self
                 .store
                 .call(async |mut c| {
@@ -74,6 +78,7 @@ impl StreamLog for RemoteLog {
                         .hget(&meta, "end")
                         .hget(&meta, "head")
                         .exists(&lease)
+                        .hget(&meta, "lost")
                         .query_async(&mut c)
                         .await
                 })
@@ -82,12 +87,46 @@ impl StreamLog for RemoteLog {
             let top = parse_entries(&top).first().map_or(0, |(seq, _)| *seq);
             let end = end.as_deref().and_then(parse_end);
             let head = head.unwrap_or(top).max(top);
+            if lost.is_some_and(|lost| cursor >= lost) {
+                // The mirror lost what follows (Redis was away longer than the producer's
+                // in-process log could bridge): a gap, said as one.
+                return Ok(Read::Gone);
+            }
             Ok(answer(cursor, entries, head, end, alive, limits))
         })
     }
 
     fn wake_ups(&self) -> watch::Receiver<u64> {
         self.waker.subscribe()
+    }
+
+    fn presence(&self) -> Option<std::time::Duration> {
+        Some(heartbeat(self.store.inner.settings.lease))
+    }
+
+    fn keep_present(&self, delta: ReaderCounts) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (present, meta) = (
+                self.store.key(self.id, "present"),
+                self.store.key(self.id, "meta"),
+            );
+            let settings = &self.store.inner.settings;
+            let mut pipe = redis::pipe();
+            // Three presence intervals: one late or lost refresh never lets it lapse.
+            pipe.pset_ex(&present, 1, millis(settings.lease)).ignore();
+            for (field, n) in [
+                ("connections", delta.connections),
+                ("resumes", delta.resumes),
+                ("replayed", delta.replayed_events),
+            ] {
+                if n > 0 {
+                    pipe.hincr(&meta, field, n).ignore();
+                }
+            }
+            self.store
+                .call(async |mut c| pipe.query_async::<()>(&mut c).await)
+                .await
+        })
     }
 }
 
@@ -102,7 +141,15 @@ fn answer(
     limits: ReadLimits,
 ) -> Read {
     if cursor > head {
-        return Read::Ahead;
+        return match (end, producer_alive) {
+            // A position the producer gave out (from its memory) that its mirror has not
+            // written yet: wait for it, as for the next event.
+            (None, true) => Read::Events(Batch::new(cursor, Vec::new(), cursor, None)),
+            // Not written, and the producer's lease lapsed (it died, or Redis was away):
+            // what follows cannot be served, and is said to be gone.
+            (None, false) => Read::Gone,
+            (Some(_), _) => Read::Ahead,
+        };
     }
     match entries.first() {
         // A hole: the next entry was trimmed or expired.
@@ -134,7 +181,7 @@ fn parse_end(text: &str) -> Option<StreamEnd> {
 
 /// The entries of an `XRANGE` reply: `[[id, [field, value, ...]], ...]`, as `(seq, event)`.
 /// Anything else (a reply this store did not write) is skipped.
-fn parse_entries(reply: &Value) -> Vec<(u64, Bytes)> {
+pub(super) fn parse_entries(reply: &Value) -> Vec<(u64, Bytes)> {
     let Value::Array(entries) = reply else {
         return Vec::new();
     };
@@ -193,7 +240,15 @@ mod tests {
         );
         assert_eq!(answer(2, Vec::new(), 6, None, true, LIMITS), Read::Gone);
         // Beyond the end of the log.
-        assert_eq!(answer(9, Vec::new(), 6, None, true, LIMITS), Read::Ahead);
+        assert_eq!(answer(9, Vec::new(), 6, None, false, LIMITS), Read::Gone);
+        let ended = Some(StreamEnd::Completed);
+        assert_eq!(answer(9, Vec::new(), 6, ended, true, LIMITS), Read::Ahead);
+        // Beyond what the mirror wrote of a live stream: the producer may have sent it from
+        // memory already; wait for it.
+        let Read::Events(batch) = answer(9, Vec::new(), 6, None, true, LIMITS) else {
+            panic!("a wait expected");
+        };
+        assert!(batch.events.is_empty() && batch.end.is_none() && !batch.is_partial());
         // Caught up with a live producer: nothing yet; with a dead one: gone.
         assert!(matches!(
             answer(6, Vec::new(), 6, None, true, LIMITS),
