@@ -708,6 +708,10 @@ impl StreamLog for MemLog {
         // What `trim` would drop after this append.
         let (mut bytes, mut count, mut first) =
             (state.bytes + len, state.events.len() + 1, state.first_seq);
+        if bytes <= max_bytes && count <= self.limits.max_stream_events {
+            // Within its bounds (the common case): this append trims nothing.
+            return 0;
+        }
         for old in &state.events {
             if count <= 1 || (bytes <= max_bytes && count <= self.limits.max_stream_events) {
                 break;
@@ -716,7 +720,7 @@ impl StreamLog for MemLog {
             count -= 1;
             first += 1;
         }
-        first
+        if first == state.first_seq { 0 } else { first }
     }
 
     fn wake_ups(&self) -> watch::Receiver<u64> {

@@ -123,8 +123,9 @@ pub trait StreamLog: Send + Sync + 'static {
     }
 
     /// The seq of the oldest entry the log would keep if one more entry of `len` bytes were
-    /// appended now (its own bounds trimming older ones); `0` when it cannot say (the
-    /// default) or never trims.
+    /// appended now (its own bounds trimming older ones); `0` when that append would trim
+    /// nothing, or when it cannot say (the default) or never trims. The common case, a log
+    /// within its bounds, answers `0` so that the producer asks its readers nothing.
     ///
     /// The producer asks before each append: while an attached reader has not read an entry
     /// that would be trimmed, it holds back (and so holds back the upstream), for at most
