@@ -77,6 +77,12 @@ impl Relay {
         Self::Lines(JsonLines::new(max_line))
     }
 
+    /// Whether this relays SSE (the common case, which the engine keeps inline).
+    #[inline]
+    pub(crate) fn is_sse(&self) -> bool {
+        matches!(self, Self::Sse(_))
+    }
+
     /// Add an upstream chunk.
     pub(crate) fn push(&mut self, chunk: Bytes) {
         match self {
@@ -131,6 +137,21 @@ impl Relay {
         }
     }
 
+    /// [`decode_ready`](Self::decode_ready) for SSE alone (nothing for the other framings):
+    /// the engine's inlined path, which no NDJSON code joins.
+    #[inline]
+    pub(crate) fn decode_sse(
+        &mut self,
+        out: &mut Outbox,
+        mut on_event: impl FnMut(EventRef<'_>) -> bool,
+    ) -> Result<Relayed, DecodeError> {
+        let mut relayed = Relayed::default();
+        if let Self::Sse(sse) = self {
+            sse.decode_ready(out, &mut on_event, &mut relayed)?;
+        }
+        Ok(relayed)
+    }
+
     /// Decode every item the input completes. Each event goes to `on_event`, which says
     /// whether to forward it; what goes to the client is queued in `out`. On an oversized
     /// event, what came before it is queued and the error returned.
@@ -143,34 +164,53 @@ impl Relay {
         match self {
             Self::Sse(sse) => sse.decode_ready(out, &mut on_event, &mut relayed)?,
             Self::JsonLines(lines) => {
-                while let Some(line) = lines.next_line() {
-                    let line = line?;
-                    relayed.items = true;
-                    let event = Event::from_data(line);
-                    if on_event(event.as_ref()) {
-                        out.push(event.into_raw());
-                    }
-                }
+                json_lines_ready(lines, false, out, &mut on_event, &mut relayed)?
             }
-            Self::Lines(lines) => {
-                while let Some(line) = lines.next_line() {
-                    let line = line?;
-                    relayed.items = true;
-                    let event = Event::from_data(line.clone());
-                    if on_event(event.as_ref()) {
-                        let mut kept = BytesMut::with_capacity(line.len() + 1);
-                        kept.extend_from_slice(&line);
-                        kept.extend_from_slice(b"\n");
-                        out.push(kept.freeze());
-                    }
-                }
-            }
+            Self::Lines(lines) => json_lines_ready(lines, true, out, &mut on_event, &mut relayed)?,
         }
         Ok(relayed)
     }
 }
 
+/// The NDJSON side of [`Relay::decode_ready`]: each line is an event, reframed into a
+/// `data:` event, or kept as a line (`keep_lines`, for a client that asked for NDJSON).
+///
+/// One loop for both NDJSON variants (the engine calls it from its out-of-line NDJSON path:
+/// SSE events never pay for it).
+fn json_lines_ready(
+    lines: &mut JsonLines,
+    keep_lines: bool,
+    out: &mut Outbox,
+    on_event: &mut impl FnMut(EventRef<'_>) -> bool,
+    relayed: &mut Relayed,
+) -> Result<(), DecodeError> {
+    while let Some(line) = lines.next_line() {
+        let line = line?;
+        relayed.items = true;
+        if keep_lines {
+            let event = Event::from_data(line.clone());
+            if on_event(event.as_ref()) {
+                let mut kept = BytesMut::with_capacity(line.len() + 1);
+                kept.extend_from_slice(&line);
+                kept.extend_from_slice(b"\n");
+                out.push(kept.freeze());
+            }
+        } else {
+            let event = Event::from_data(line);
+            if on_event(event.as_ref()) {
+                out.push(event.into_raw());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SseRelay {
+    /// Always inline: its two callers ([`Relay::decode_sse`] on the engine's hot path,
+    /// [`Relay::decode_ready`] on its NDJSON path) would otherwise make it a call per
+    /// upstream frame, with the observers' closure passed by reference (measured: +3% per
+    /// SSE event).
+    #[inline(always)]
     fn decode_ready(
         &mut self,
         out: &mut Outbox,

@@ -136,18 +136,26 @@ impl<O: Observer> Engine<O> {
             self.report.first_byte_at = Some(now);
         }
         if self.pass_bytes {
-            // Undecodable here: each frame counts as activity (the first as the first
-            // event) for the deadlines.
-            if !chunk.is_empty() {
-                self.outbox.push(chunk);
-            }
-            return Ok(Activity {
-                items: true,
-                content: true,
-            });
+            return Ok(self.pass_frame(chunk));
         }
         self.relay.push(chunk);
         self.decode_ready(now)
+    }
+
+    /// A frame of an encoded stream ([`pass_bytes`](Self::pass_bytes)), passed as it came.
+    /// Undecodable here: each frame counts as activity (the first as the first event) for
+    /// the deadlines. Out of line and cold: every SSE frame pays only the flag's test, and
+    /// [`frame`](Self::frame) stays small enough to inline into the body's poll.
+    #[cold]
+    #[inline(never)]
+    fn pass_frame(&mut self, chunk: Bytes) -> Activity {
+        if !chunk.is_empty() {
+            self.outbox.push(chunk);
+        }
+        Activity {
+            items: true,
+            content: true,
+        }
     }
 
     /// The upstream's trailers arrived: they go out after every queued event.
@@ -189,7 +197,33 @@ impl<O: Observer> Engine<O> {
     }
 
     /// Decode everything the relay can complete.
+    ///
+    /// SSE takes the inlined path; NDJSON a copy of it out of line. One inlined loop that
+    /// could also call the NDJSON decoder would hand that call the observers' closure, and
+    /// with it the addresses of this loop's locals: they would live in memory for every SSE
+    /// event too, and the grown loop stopped inlining into the body's poll (about 33
+    /// instructions per SSE event, 100 with the usage and timing observers: BENCHMARKS.md,
+    /// "The proxy merge's per-event cost").
+    #[inline]
     fn decode_ready(&mut self, now: Instant) -> Result<Activity, Failure> {
+        if self.relay.is_sse() {
+            self.decode_relay(now, false)
+        } else {
+            self.decode_lines(now)
+        }
+    }
+
+    /// [`decode_ready`](Self::decode_ready) for NDJSON, out of line.
+    #[cold]
+    #[inline(never)]
+    fn decode_lines(&mut self, now: Instant) -> Result<Activity, Failure> {
+        self.decode_relay(now, true)
+    }
+
+    /// Decode what the relay completes, handing each event to the observers: with the SSE
+    /// decoder alone unless `any_framing` (a constant in each of the two copies).
+    #[inline(always)]
+    fn decode_relay(&mut self, now: Instant, any_framing: bool) -> Result<Activity, Failure> {
         let Self {
             relay,
             observer,
@@ -200,7 +234,7 @@ impl<O: Observer> Engine<O> {
             ..
         } = self;
         let mut activity = Activity::default();
-        let relayed = relay.decode_ready(outbox, |event| {
+        let on_event = |event: EventRef<'_>| {
             observe(
                 event,
                 now,
@@ -210,7 +244,12 @@ impl<O: Observer> Engine<O> {
                 *delivered,
                 &mut activity,
             )
-        });
+        };
+        let relayed = if any_framing {
+            relay.decode_ready(outbox, on_event)
+        } else {
+            relay.decode_sse(outbox, on_event)
+        };
         match relayed {
             Ok(relayed) => {
                 activity.items |= relayed.items;
