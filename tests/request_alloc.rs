@@ -32,6 +32,7 @@ fn event_stream(
     std::future::ready(Ok(response))
 }
 
+#[cfg(feature = "resume")]
 fn json(_: Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
     response

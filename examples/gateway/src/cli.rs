@@ -116,7 +116,8 @@ pub(crate) struct Cli {
     /// (default 100)
     #[arg(long, value_name = "N", value_parser = at_least_one, verbatim_doc_comment)]
     max_headers: Option<usize>,
-    /// allow browser pages of ORIGIN (https://app.example) to call
+    /// allow browser pages of ORIGIN (an origin such as
+    /// `https://app.example`, no path) to call
     /// the gateway: preflights answered, Access-Control-* headers
     /// added (EventSource, fetch); repeat for more; * allows any
     #[arg(long, value_name = "ORIGIN", value_parser = origin, verbatim_doc_comment)]
