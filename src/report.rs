@@ -77,7 +77,7 @@ pub enum Outcome {
     ProviderError,
     /// The store of a resumable stream failed while the stream ran (an append the log could
     /// not take): the stream's producer ended it, and cancelled the upstream, though its
-    /// client may have stayed ([`ResumeLayer`](crate::ResumeLayer); its readers' connections
+    /// client may have stayed (`ResumeLayer`, feature `resume`; its readers' connections
     /// fail, so that clients reconnect).
     StoreFailed,
 }

@@ -26,14 +26,14 @@
 //!
 //! ## Under a `ResumeLayer`
 //!
-//! With a [`ResumeLayer`](crate::ResumeLayer) outside (feature `resume`), the client does
+//! With a `ResumeLayer` outside (feature `resume`), the client does
 //! not read the `SseLayer`'s output: it reads the stream's log, each event stamped with an
 //! `id: <stream>.<seq>` line (an event with an `id` of its own re-encoded with ours), the
 //! upstream's comments left out, and its own connection's keep-alives added. The digest is
 //! of that stamped stream (the observer re-cuts and stamps the events as the producer does),
 //! so it is what a client that read the whole stream in one connection received, without
-//! its keep-alive comments. How a client checks it across resumes is in [the resume module
-//! docs](crate::resume#the-digest-across-resumes).
+//! its keep-alive comments. How a client checks it across resumes is in the `resume` module
+//! docs, section "The digest across resumes".
 //!
 //! How it differs from hashing the upstream body yourself (in a tower-http
 //! `MapResponseBody`, say): that hashes what the upstream sent, chunk by chunk, including
