@@ -856,6 +856,13 @@ async fn chaos_cuts_switches_silences_slow_readers_and_a_redis_restart_lose_noth
                     outcome.end = "204";
                     break;
                 }
+                // `sse-resume: off` (Redis was down when the stream began): the client was told
+                // this stream cannot be resumed. Cut or broken, it knows it lost the rest (it
+                // would start over with a new request, for which this test has no upstream).
+                let not_resumable = response
+                    .headers()
+                    .get("sse-resume")
+                    .is_some_and(|value| value == "off");
                 let cut_after = 1 + rng.below(10) as usize;
                 let mut body = Box::pin(response.into_body());
                 let mut got = 0;
@@ -910,6 +917,11 @@ async fn chaos_cuts_switches_silences_slow_readers_and_a_redis_restart_lose_noth
                         outcome.explicit_errors += 1;
                     }
                     None => {}
+                }
+                if not_resumable {
+                    outcome.explicit_errors += 1;
+                    outcome.end = "cut, told it was not resumable";
+                    break;
                 }
                 drop(body);
                 tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
