@@ -120,6 +120,19 @@ impl Drop for Redis {
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
+/// The upstream's answer: an event stream fed by `body`, or an empty one when this test has
+/// no upstream left for the request.
+fn stream_answer(body: Option<ChannelBody>) -> Response<UpBody> {
+    let body: UpBody = match body {
+        Some(body) => body.map_err(Into::into).boxed(),
+        None => Empty::new().map_err(|e| match e {}).boxed(),
+    };
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
 /// One replica: `ResumeLayer` (on `store`) ─► `SseLayer` ─► an upstream whose one answer is
 /// a stream fed by the returned sender.
 fn replica(
@@ -135,15 +148,9 @@ fn replica(
 + 'static {
     let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
     let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        let body: UpBody = match upstream.lock().unwrap().take() {
-            Some(body) => body.map_err(Into::into).boxed(),
-            None => Empty::new().map_err(|e| match e {}).boxed(),
-        };
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
+        std::future::ready(Ok::<_, Infallible>(stream_answer(
+            upstream.lock().unwrap().take(),
+        )))
     });
     ResumeLayer::new()
         .store(store)
@@ -473,15 +480,9 @@ fn replica_with(
 + 'static {
     let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
     let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        let body: UpBody = match upstream.lock().unwrap().take() {
-            Some(body) => body.map_err(Into::into).boxed(),
-            None => Empty::new().map_err(|e| match e {}).boxed(),
-        };
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
+        std::future::ready(Ok::<_, Infallible>(stream_answer(
+            upstream.lock().unwrap().take(),
+        )))
     });
     ResumeLayer::new()
         .store(store)
@@ -729,15 +730,9 @@ fn pool_replica(
 + Send
 + 'static {
     let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        let body: UpBody = match queue.lock().unwrap().pop_front() {
-            Some(body) => body.map_err(Into::into).boxed(),
-            None => Empty::new().map_err(|e| match e {}).boxed(),
-        };
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
+        std::future::ready(Ok::<_, Infallible>(stream_answer(
+            queue.lock().unwrap().pop_front(),
+        )))
     });
     ResumeLayer::new()
         .store(store)
