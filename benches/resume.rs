@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
+use tower_sse::request::UploadBody;
 use tower_sse::resume::{Detach, MemoryStore, StreamId};
 use tower_sse::{BoxError, ResumeLayer, SseLayer};
 
@@ -50,12 +51,12 @@ fn upstream(chunks: &[Bytes]) -> UpBody {
 fn service(
     next: Arc<Mutex<Option<UpBody>>>,
 ) -> impl Service<
-    Request<Empty<Bytes>>,
+    Request<UploadBody<Empty<Bytes>>>,
     Response = Response<UpBody>,
     Error = Infallible,
     Future = std::future::Ready<Result<Response<UpBody>, Infallible>>,
 > + Clone {
-    tower::service_fn(move |_: Request<Empty<Bytes>>| {
+    tower::service_fn(move |_: Request<UploadBody<Empty<Bytes>>>| {
         let body = next.lock().unwrap().take().expect("a prepared body");
         let response = Response::builder()
             .header("content-type", "text/event-stream")

@@ -11,7 +11,7 @@ venv=$target_dir/e2e-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "openai==3.54.0"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "openai==3.54.0" "anthropic==2.17.0"
 if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl
 fi
@@ -43,6 +43,41 @@ start_gateway --keep-alive 15
 "$venv/bin/python" scripts/e2e_openai.py "$addr"
 kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
 
+echo "--- a stop policy: the OpenAI and Anthropic SDKs end cleanly with the provider's reason"
+start_gateway --stop-on .
+"$venv/bin/python" scripts/e2e_policy.py stop "$addr"
+kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
+
+echo "--- --redact: the SDKs stream the text with every match replaced"
+start_gateway --redact 'about 🦀' --redact 'über'
+"$venv/bin/python" scripts/e2e_policy.py redact "$addr" 'about 🦀|über'
+kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
+echo "--- --budgets: a tenant over its budget gets the OpenAI SDK's RateLimitError"
+budgets=$(mktemp)
+echo '{"default": [{"measure": "requests", "amount": 2, "per": 60}]}' > "$budgets"
+start_gateway --budgets "$budgets"
+"$venv/bin/python" scripts/e2e_budget.py "$addr"
+kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
+rm -f "$budgets"
+
+echo "--- OpenAI Python SDK through the gateway, the first of two upstreams down: failover before the first token"
+cargo build --locked --workspace --all-features --bin mock_upstream
+mock_log=$(mktemp)
+"$target_dir/debug/mock_upstream" --listen 127.0.0.1:0 > "$mock_log" 2>&1 &
+mock_pid=$!
+for _ in $(seq 1 100); do
+  mock_addr=$(sed -n 's/^listening on //p' "$mock_log" | head -n 1)
+  [ -n "$mock_addr" ] && break
+  sleep 0.1
+done
+[ -n "$mock_addr" ] || { echo "the mock upstream did not start:"; cat "$mock_log"; exit 1; }
+# Port 1 on loopback: nothing listens there, the connection is refused.
+start_gateway --keep-alive 15 --upstream http://127.0.0.1:1 --upstream "$mock_addr"
+"$venv/bin/python" scripts/e2e_openai.py "$addr"
+kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
+kill "$mock_pid"; wait "$mock_pid" 2>/dev/null || true
+rm -f "$mock_log"
+
 echo "--- curl -N against a stalled upstream: keep-alives, then the idle-timeout error event"
 start_gateway --keep-alive 1 --idle-timeout 3
 out=$(curl -sN --max-time 20 "$addr/v1/chat/completions" \
@@ -58,4 +93,4 @@ echo "curl: $keep_alives keep-alives, then the idle_timeout error event"
 
 echo "--- the gateway logged one line per finished stream"
 grep -c "stream ended" "$log"
-echo "2 passed, 0 failed"
+echo "3 passed, 0 failed"

@@ -82,6 +82,7 @@
 //! | [`RequestDigestLayer`] | SHA-256 of the request body as the service reads it |
 //! | [`StreamLimitLayer`] | at most N open streams; the permit lives in the response body |
 //! | `ResumeLayer` (feature `resume`) | resumable streams: a producer per stream, a log, readers that resume with `Last-Event-ID` |
+//! | [`BudgetLayer`](budget::BudgetLayer) | spend limits per tenant or key (requests, tokens, money; rates and UTC days and months): `429` before the upstream, settled from each report by [`BudgetObserver`](budget::BudgetObserver) |
 //!
 //! Outermost first: `ResumeLayer`, `StreamLimitLayer`, `RequestDigestLayer`,
 //! `IncludeUsageLayer`, `SseLayer`, then the service that answers (a handler, a router, an
@@ -135,6 +136,8 @@
 //! | [`request`] | markers layers leave in requests: [`StreamingRequest`](request::StreamingRequest), [`UsageInjected`](request::UsageInjected), [`RequestModel`](request::RequestModel); who a request is from: [`Tenant`](request::Tenant), [`TenantKey`](request::TenantKey) |
 //! | `metrics` (feature `metrics`) | metric names, advised buckets, `describe`; `prometheus::with_buckets` (feature `prometheus`) |
 //! | `resume` (feature `resume`) | the service, body and stores of `ResumeLayer`: `MemoryStore`, the `ResumeStore` trait, ids, `ResumeObserver` |
+//! | [`budget`] | [`BudgetLayer`](budget::BudgetLayer), limits, the [`BudgetStore`](budget::BudgetStore) trait with `MemoryBudgets` (and `RedisBudgets`, feature `redis`), the settling observer |
+//! | `span` (feature `otel`) | `SpanLayer`, `SpanObserver`: one OpenTelemetry span per stream, attribute names |
 //!
 //! # A gateway
 //!
@@ -167,6 +170,7 @@
 //! use tokio::sync::mpsc::UnboundedSender;
 //! use tower::util::BoxCloneSyncService;
 //! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_sse::request::UploadBody;
 //! use tower_sse::{
 //!     IncludeUsageLayer, KeepAliveConfig, SseLayer, StreamLimitLayer, StreamReport,
 //!     TimingObserver, UsageObserver,
@@ -177,9 +181,10 @@
 //! type Gateway = BoxCloneSyncService<Request, Response, Infallible>;
 //!
 //! fn build_gateway(upstream: Uri, reports: UnboundedSender<StreamReport>) -> Gateway {
-//!     // One pooled client. It sends `axum::body::Body` requests (the body type of a
-//!     // client is fixed when it is built).
-//!     let client: Client<HttpConnector, Body> =
+//!     // One pooled client. It sends `axum::body::Body` requests, held to the upload
+//!     // deadline by `SseLayer` (`UploadBody<Body>`; the body type of a client is fixed
+//!     // when it is built).
+//!     let client: Client<HttpConnector, UploadBody<Body>> =
 //!         Client::builder(TokioExecutor::new()).build_http();
 //!     let stack = ServiceBuilder::new()
 //!         // axum needs `Infallible` errors: a failed upstream call becomes a 502. Handled
@@ -330,8 +335,10 @@
 //! It is not needed when the service inside is generic over its request body: an axum
 //! `Router` or `MethodRouter` used as that service (they convert any body themselves), a
 //! `tower::service_fn` over `Request<B>`, the other layers of this crate; nor for a client
-//! built for that very type, `Client<HttpConnector, UsageRequestBody<Body>>`, which saves
-//! one boxing per request (the example gateway does this). Without the mapping where it is
+//! built for that very type, `Client<HttpConnector, UploadBody<UsageRequestBody<Body>>>`
+//! (the [`SseLayer`] inside holds the body to its upload deadline:
+//! [`request::UploadBody`]), which saves one boxing per request (the example gateway does
+//! this). Without the mapping where it is
 //! needed, the stack does not compile: the service does not implement
 //! `Service<Request<UsageRequestBody<…>>>`.
 //!
@@ -383,6 +390,7 @@
 //! | `resume` | yes | `ResumeLayer` and module `resume` (moka; spawns a producer task per stream: tokio `rt`) |
 //! | `redis` | no | `resume::RedisStore`: the logs of resumable streams on Redis, shared by every replica (the `redis` crate; turns on `resume` and `registry`) |
 //! | `prometheus` | no | `metrics::prometheus::with_buckets`: the advised buckets on a `metrics-exporter-prometheus` builder (turns on `metrics`) |
+//! | `otel` | no | `span::SpanLayer`: one OpenTelemetry span per stream by the GenAI conventions, joined to the caller's trace (the `opentelemetry` API, no SDK) |
 //! | `full` | no | every feature above, `redis` and `prometheus` included |
 //!
 //! With `default-features = false` the crate is the SSE core, the layers and the observers,
@@ -406,8 +414,11 @@
     attr(deny(warnings, rust_2018_idioms), allow(dead_code))
 ))]
 
+pub mod budget;
+pub mod cost;
 pub mod digest;
 mod digits;
+pub mod failover;
 pub mod framing;
 pub mod include_usage;
 mod json;
@@ -416,12 +427,16 @@ pub mod limit;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 pub mod observe;
+pub mod policy;
 pub mod provider;
 mod report;
 pub mod request;
 #[cfg(feature = "resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "resume")))]
 pub mod resume;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod span;
 pub mod sse;
 pub mod stream;
 mod timing;

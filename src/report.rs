@@ -80,6 +80,14 @@ pub enum Outcome {
     /// client may have stayed (`ResumeLayer`, feature `resume`; its readers' connections
     /// fail, so that clients reconnect).
     StoreFailed,
+    /// A [`Policy`](crate::policy::Policy) stopped the stream: the client got the provider's
+    /// own end (a `content_filter` finish, a `refusal` stop…) and
+    /// [`PolicyReport::stopped_by`](crate::policy::PolicyReport::stopped_by) says why.
+    PolicyStopped,
+    /// The stream's budget ran out while it ran (mid-stream enforcement,
+    /// [`BudgetStop`](crate::budget::BudgetStop)): the client got an error in the provider's
+    /// shape (`budget_exceeded`), and what the upstream generated up to then is charged.
+    BudgetExceeded,
 }
 
 impl Outcome {
@@ -104,6 +112,8 @@ impl Outcome {
             Self::RequestTimeout => "request_timeout",
             Self::ProviderError => "provider_error",
             Self::StoreFailed => "store_failed",
+            Self::PolicyStopped => "policy_stopped",
+            Self::BudgetExceeded => "budget_exceeded",
         }
     }
 }
@@ -111,7 +121,7 @@ impl Outcome {
 impl Outcome {
     /// How many outcomes there are (for tables indexed by [`index`](Self::index)).
     #[cfg(feature = "metrics")]
-    pub(crate) const COUNT: usize = 12;
+    pub(crate) const COUNT: usize = 14;
 
     /// This outcome's place in `0..COUNT`.
     #[cfg(feature = "metrics")]
@@ -129,6 +139,8 @@ impl Outcome {
             Self::RequestTimeout => 9,
             Self::ProviderError => 10,
             Self::StoreFailed => 11,
+            Self::PolicyStopped => 12,
+            Self::BudgetExceeded => 13,
         }
     }
 }
@@ -154,10 +166,11 @@ impl fmt::Display for Outcome {
 /// ```
 /// use bytes::Bytes;
 /// use http::{Request, Response, StatusCode};
-/// use http_body_util::{BodyExt, Full};
+/// use http_body_util::{BodyExt, Empty, Full};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::provider::Provider;
 /// use tower_sse::{Outcome, SseLayer, StreamReport, TimingObserver, UsageObserver};
+/// # use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -169,7 +182,7 @@ impl fmt::Display for Outcome {
 ///     });
 ///
 /// // An OpenAI Chat upstream: one content chunk, the finish reason, the usage, `[DONE]`.
-/// # let upstream = service_fn(|_: Request<()>| async {
+/// # let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 /// #     let stream = concat!(
 /// #         "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",",
 /// #         "\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
@@ -185,7 +198,7 @@ impl fmt::Display for Outcome {
 /// #         .unwrap();
 /// #     Ok::<_, std::convert::Infallible>(response)
 /// # });
-/// let request = Request::post("/v1/chat/completions").body(()).unwrap();
+/// let request = Request::post("/v1/chat/completions").body(Empty::<Bytes>::new()).unwrap();
 /// let response = layer.layer(upstream).oneshot(request).await.unwrap();
 /// response.into_body().collect().await.unwrap();
 ///
@@ -271,6 +284,19 @@ pub struct StreamReport {
 
     /// Findings of observers, keyed by type (see [`Extensions`]).
     pub extensions: Extensions,
+    /// Who the stream was for, when an observer or layer named it
+    /// ([`CostObserver`](crate::cost::CostObserver) does).
+    pub tenant: Option<crate::request::Tenant>,
+    /// What the stream cost, when [`CostObserver`](crate::cost::CostObserver) priced its usage.
+    pub cost: Option<crate::cost::Cost>,
+    /// What the stream's policy did (passed, replaced, dropped, held events; a stop):
+    /// all zero without one.
+    pub policy: crate::policy::PolicyReport,
+    /// Each upstream attempt and which one served, when a
+    /// [`Failover`](crate::failover::Failover) is inside the layer (filled by the layer from
+    /// the response's extensions, or from the [`FailoverError`](crate::failover::FailoverError)
+    /// when no upstream answered).
+    pub failover: Option<Box<crate::failover::FailoverReport>>,
 }
 
 impl StreamReport {
@@ -302,6 +328,10 @@ impl StreamReport {
             digest: None,
             request_digest: None,
             extensions: Extensions::new(),
+            tenant: None,
+            cost: None,
+            policy: crate::policy::PolicyReport::default(),
+            failover: None,
         }
     }
 
@@ -334,9 +364,10 @@ impl StreamReport {
 ///
 /// use bytes::Bytes;
 /// use http::{Request, Response};
-/// use http_body_util::{BodyExt, Full};
+/// use http_body_util::{BodyExt, Empty, Full};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::{Outcome, SseLayer, StreamReport};
+/// use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -346,14 +377,14 @@ impl StreamReport {
 ///     let _ = reports.send(report);
 /// });
 ///
-/// let upstream = service_fn(|_: Request<()>| async {
+/// let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 ///     let response = Response::builder()
 ///         .header("content-type", "text/event-stream")
 ///         .body(Full::new(Bytes::from_static(b"data: hello\n\ndata: world\n\n")))
 ///         .unwrap();
 ///     Ok::<_, std::convert::Infallible>(response)
 /// });
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// let body = response.into_body().collect().await.unwrap().to_bytes();
 /// assert_eq!(&body[..], b"data: hello\n\ndata: world\n\n");
 ///
@@ -446,8 +477,10 @@ pub enum UsageSource {
     /// reported none before the stream ended (a client disconnect, a deadline, an upstream
     /// error, an Anthropic stream that ended before `message_delta`).
     ///
-    /// Only [`output_tokens`](Usage::output_tokens) is ever estimated: the other counts,
-    /// when known, are the provider's own (Anthropic's input and cache counts from
+    /// Only [`output_tokens`](Usage::output_tokens) is estimated, and
+    /// [`input_tokens`](Usage::input_tokens) when the provider never reported it and
+    /// [`InputEstimateLayer`](crate::usage::InputEstimateLayer) kept the request: the other
+    /// counts, when known, are the provider's own (Anthropic's input and cache counts from
     /// `message_start`, a running total's input), so a usage can mix reported input with
     /// estimated output.
     Estimated,
@@ -461,9 +494,10 @@ pub enum UsageSource {
 /// ```
 /// use bytes::Bytes;
 /// use http::{Request, Response};
-/// use http_body_util::{BodyExt, Full};
+/// use http_body_util::{BodyExt, Empty, Full};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::{SseLayer, StreamReport, UsageObserver, UsageSource};
+/// use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -473,7 +507,7 @@ pub enum UsageSource {
 ///     .on_end(move |report: StreamReport| reports.send(report).unwrap());
 ///
 /// // An OpenAI Chat stream that ends with its usage chunk.
-/// let upstream = service_fn(|_: Request<()>| async {
+/// let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 ///     let stream = concat!(
 ///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
 ///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],",
@@ -486,7 +520,7 @@ pub enum UsageSource {
 ///         .unwrap();
 ///     Ok::<_, std::convert::Infallible>(response)
 /// });
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// response.into_body().collect().await.unwrap();
 ///
 /// let usage = received.recv().unwrap().usage.expect("the provider reported usage");
@@ -513,6 +547,14 @@ pub struct Usage {
     pub reasoning_tokens: Option<u64>,
     /// Whether the numbers were reported or estimated.
     pub source: UsageSource,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`, OpenRouter's `prompt_tokens_details.cache_write_tokens`),
+    /// counted in [`input_tokens`](Self::input_tokens) or not as [`style`](Self::style) says.
+    pub cache_write_tokens: Option<u64>,
+    /// How the provider counts: whether its input includes the cache counts and its output
+    /// the reasoning tokens. [`Usage::normalized`] uses it to give the same meaning to every
+    /// provider's counts (see [`UsageStyle`](crate::usage::UsageStyle)).
+    pub style: crate::usage::UsageStyle,
 }
 
 impl Usage {
@@ -523,7 +565,10 @@ impl Usage {
 
     /// Whether any count at all is known (cache or reasoning counts included).
     pub(crate) fn has_counts(&self) -> bool {
-        self.is_known() || self.cached_input_tokens.is_some() || self.reasoning_tokens.is_some()
+        self.is_known()
+            || self.cached_input_tokens.is_some()
+            || self.reasoning_tokens.is_some()
+            || self.cache_write_tokens.is_some()
     }
 }
 
@@ -691,6 +736,8 @@ mod tests {
             Outcome::RequestTimeout,
             Outcome::ProviderError,
             Outcome::StoreFailed,
+            Outcome::PolicyStopped,
+            Outcome::BudgetExceeded,
         ];
         for outcome in all {
             // Exhaustive: names every variant, so that one added is one listed above.
@@ -706,7 +753,9 @@ mod tests {
                 | Outcome::ServerShutdown
                 | Outcome::RequestTimeout
                 | Outcome::ProviderError
-                | Outcome::StoreFailed => {}
+                | Outcome::StoreFailed
+                | Outcome::PolicyStopped
+                | Outcome::BudgetExceeded => {}
             }
         }
         assert_eq!(all.len(), Outcome::COUNT);

@@ -6,8 +6,30 @@
 //! | [`StreamingRequest`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (a JSON body with `"stream": true`), or you | [`SseLayer`](crate::SseLayer): deadlines before the head, early response |
 //! | [`UsageInjected`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`UsageObserver`](crate::UsageObserver): hides the usage-only chunk |
 //! | [`Arrival`] | the outermost tower-sse layer | every tower-sse layer: deadlines and latencies count from it |
-//! | [`UploadTimedOut`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (the body did not arrive in time) | [`SseLayer`](crate::SseLayer): answers `408` and reports |
+//! | [`UploadTimedOut`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) (the body did not arrive in time); also the error of an [`UploadBody`] past its deadline | [`SseLayer`](crate::SseLayer): answers `408` and reports |
+//! | (an upload watch, private) | [`UploadDeadlineLayer`], [`IncludeUsageLayer`](crate::IncludeUsageLayer) (a body handed on as it comes) | [`SseLayer`](crate::SseLayer): keeps that deadline (adds none), answers `408` when the body timed out before the answer |
 //! | [`RequestModel`] | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | [`MetricsObserver`][MetricsObserver]: `gen_ai.request.model` |
+//!
+//! A request body a layer read before its inner service, whole or up to a bound, is handed
+//! on as a [`KeptBody`].
+//!
+//! # Upload deadlines
+//!
+//! [`SseLayer`](crate::SseLayer) hands its inner service every request body as an
+//! [`UploadBody`], held to [`SseLayer::upload_timeout`](crate::SseLayer::upload_timeout)
+//! (default [`DEFAULT_UPLOAD_TIMEOUT`], 60 s) counted from the request's [`Arrival`], with or
+//! without `Accept: text/event-stream`, on every path. A body still incomplete at the
+//! deadline fails with [`UploadTimedOut`]; if the inner service had not answered by then,
+//! the client gets `408 Request Timeout` whatever the inner service answered, the report
+//! says [`Outcome::RequestTimeout`](crate::Outcome::RequestTimeout), and a
+//! [`StreamLimitLayer`](crate::StreamLimitLayer) outside gets its permit back. A plain
+//! `SseLayer` (no other layer) is protected this way: a service under it that names its
+//! body type takes `Request<UploadBody<B>>`; one generic over the body (axum's `Router`,
+//! tonic, tower-http, hyper clients) needs no change.
+//!
+//! [`UploadDeadlineLayer`] (and [`IncludeUsageLayer`](crate::IncludeUsageLayer), for the
+//! requests it sees) sets the deadline further out: an `SseLayer` inside keeps that one and
+//! adds none.
 //!
 //! And who a request is from: its [`Tenant`], found by a [`TenantKey`] (by default from its
 //! credentials: bearer token, `x-api-key`, `x-goog-api-key`, `?key=`, `api-key`), under
@@ -23,6 +45,9 @@
     doc = "\n[MetricsObserver]: crate#feature-flags"
 )]
 
+mod kept;
+mod upload;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -30,6 +55,11 @@ use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
+
+pub use self::kept::KeptBody;
+pub(crate) use self::kept::{ReadUpTo, read_up_to};
+pub(crate) use self::upload::UploadWatch;
+pub use self::upload::{DEFAULT_UPLOAD_TIMEOUT, UploadBody, UploadDeadline, UploadDeadlineLayer};
 
 /// When the request reached the outermost tower-sse layer: the stream's deadlines (first
 /// event, total) and its latencies count from here, so that they also cover the time spent
@@ -69,13 +99,39 @@ impl Arrival {
     }
 }
 
-/// Set on a request by [`IncludeUsageLayer`](crate::IncludeUsageLayer) when its body did not
-/// arrive before the upload timeout: the body the inner service gets fails at once (it is
-/// incomplete). [`SseLayer`](crate::SseLayer) answers such a request `408 Request Timeout`
-/// without calling its inner service, and reports it with
+/// A request body did not arrive before its upload deadline: both a request marker and
+/// the error of the body.
+///
+/// - As a marker, set on a request by [`IncludeUsageLayer`](crate::IncludeUsageLayer) when
+///   the body it reads did not arrive in time: the body the inner service gets fails at once
+///   (it is incomplete). [`SseLayer`](crate::SseLayer) answers such a request `408 Request
+///   Timeout` without calling its inner service.
+/// - As an error, the error of an [`UploadBody`] (and of the bodies `IncludeUsageLayer`
+///   hands on) read past its deadline: downcast the [`BoxError`](crate::BoxError) to
+///   find it. `SseLayer` answers `408` too when such a body timed out before the inner
+///   service answered, whatever that answer was.
+///
+/// Either way the request is reported with
 /// [`Outcome::RequestTimeout`](crate::Outcome::RequestTimeout).
+///
+/// ```
+/// use tower_sse::BoxError;
+/// use tower_sse::request::UploadTimedOut;
+///
+/// let error: BoxError = Box::new(UploadTimedOut);
+/// assert!(error.is::<UploadTimedOut>());
+/// assert_eq!(error.to_string(), "the request body did not arrive in time");
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UploadTimedOut;
+
+impl fmt::Display for UploadTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for UploadTimedOut {}
 
 /// Marks a request as a streaming one, for layers further in.
 ///

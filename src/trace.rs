@@ -5,8 +5,16 @@ use crate::report::{Outcome, StreamReport};
 
 /// Emits one `tracing` event when a stream ends, with the report's fields (never payloads):
 /// outcome, provider, model, response id, status, counts, durations in milliseconds, token
-/// usage, a digest prefix and the type of the provider's in-band error (`provider_error`). `INFO` for completed streams, `WARN` otherwise; target
-/// `tower_sse`.
+/// usage, a digest prefix, the type of the provider's in-band error (`provider_error`), and
+/// the tenant and cost when an observer filled them in
+/// ([`CostObserver`](crate::cost::CostObserver): `tenant`, `cost_micros`,
+/// `cost_estimated`), what a [`Policy`](crate::policy::Policy) did when one acted
+/// ([`PolicyReport`](crate::policy::PolicyReport): `policy_passed`, `policy_replaced`,
+/// `policy_dropped`, `policy_held`, `policy_held_ms`, `policy_stopped_by`), and what a budget
+/// charged the stream when a [`BudgetObserver`](crate::budget::BudgetObserver) before it
+/// settled one (`budget_key`, `charged_input_tokens`, `charged_output_tokens`,
+/// `charged_cost_micros`, `charge_estimated`: the ledger line of the stream). `INFO` for
+/// completed streams, `WARN` otherwise; target `tower_sse`.
 ///
 /// Put it last in the observer tuple, so that the other observers' findings are in the
 /// report when it logs.
@@ -42,6 +50,10 @@ impl Observer for TraceObserver {
             .provider_error
             .as_ref()
             .map(|e| e.kind.as_deref().unwrap_or("error"));
+        // The policy's counts, when a policy acted on the stream (absent otherwise).
+        let policy = Some(&report.policy)
+            .filter(|p| p.passed + p.replaced + p.dropped + p.held > 0 || p.stopped_by.is_some());
+        let charge = report.extensions.get::<crate::budget::Charge>();
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
@@ -67,6 +79,20 @@ impl Observer for TraceObserver {
                     digest = digest,
                     error = report.error.as_deref(),
                     provider_error = provider_error,
+                    tenant = report.tenant.as_ref().map(tracing::field::display),
+                    cost_micros = report.cost.map(|c| c.total_micros),
+                    cost_estimated = report.cost.map(|c| c.estimated),
+                    policy_passed = policy.map(|p| p.passed),
+                    policy_replaced = policy.map(|p| p.replaced),
+                    policy_dropped = policy.map(|p| p.dropped),
+                    policy_held = policy.map(|p| p.held),
+                    policy_held_ms = policy.map(|p| p.held_time.as_secs_f64() * 1000.0),
+                    policy_stopped_by = report.policy.stopped_by.as_deref(),
+                    budget_key = charge.map(|c| c.key.as_str()),
+                    charged_input_tokens = charge.map(|c| c.charged.input_tokens),
+                    charged_output_tokens = charge.map(|c| c.charged.output_tokens),
+                    charged_cost_micros = charge.map(|c| c.charged.cost_micros),
+                    charge_estimated = charge.map(|c| c.estimated),
                     "stream ended"
                 )
             };

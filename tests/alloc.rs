@@ -69,15 +69,17 @@ where
 {
     let frames: Vec<_> = chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
     let mut upstream = Some(StreamBody::new(futures_util::stream::iter(frames)));
-    let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-        let body: Upstream = upstream.take().unwrap();
-        std::future::ready(Ok::<_, Infallible>(
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body)
-                .unwrap(),
-        ))
-    }));
+    let mut service = layer.layer(tower::service_fn(
+        move |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            let body: Upstream = upstream.take().unwrap();
+            std::future::ready(Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            ))
+        },
+    ));
     let mut cx = Context::from_waker(Waker::noop());
     let mut future = pin!(service.call(Request::new(Empty::new())));
     let Poll::Ready(Ok(response)) = Pin::new(&mut future).poll(&mut cx) else {
@@ -251,11 +253,15 @@ fn usage_observer_makes_no_allocation_per_content_event() {
         let layer = SseLayer::new()
             .observer(observer)
             .on_end(move |report: StreamReport| *sink.lock().unwrap() = report.usage);
-        let mut service = layer.layer(tower::service_fn(move |_: Request<()>| {
-            std::future::ready(Ok::<_, Infallible>(upstream.take().expect("one call")))
-        }));
+        let mut service = layer.layer(tower::service_fn(
+            move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+                std::future::ready(Ok::<_, Infallible>(upstream.take().expect("one call")))
+            },
+        ));
         let mut cx = Context::from_waker(Waker::noop());
-        let request = Request::post("/v1/chat/completions").body(()).unwrap();
+        let request = Request::post("/v1/chat/completions")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
         let mut future = pin!(service.call(request));
         let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
             panic!("the service answers at once")
@@ -349,14 +355,16 @@ where
     let chunk = inputs::one_bytes_per_event()[1].clone();
     let open = || {
         let mut upstream = Some(OneEventThenSilence(Some(chunk.clone())));
-        let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-            std::future::ready(Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(upstream.take().unwrap())
-                    .unwrap(),
-            ))
-        }));
+        let mut service = layer.layer(tower::service_fn(
+            move |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+                std::future::ready(Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(upstream.take().unwrap())
+                        .unwrap(),
+                ))
+            },
+        ));
         let mut cx = Context::from_waker(Waker::noop());
         let mut future = pin!(service.call(Request::new(Empty::new())));
         let Poll::Ready(Ok(response)) = Pin::new(&mut future).poll(&mut cx) else {
@@ -430,6 +438,20 @@ fn full_stack_state(core: SseLayer) {
     println!(
         "state per open stream, + digest + metrics + tracing: {bytes} bytes ({inline} inline)"
     );
+    // What the body struct is made of, part by part (the public parts; the engine's own
+    // fields are the rest).
+    use std::mem::size_of;
+    for (part, size) in [
+        ("StreamReport", size_of::<tower_sse::StreamReport>()),
+        ("Decoder", size_of::<Decoder>()),
+        ("UsageObserver", size_of::<UsageObserver>()),
+        ("TimingObserver", size_of::<TimingObserver>()),
+        ("DigestObserver", size_of::<DigestObserver>()),
+        ("MetricsObserver", size_of::<MetricsObserver>()),
+        ("TraceObserver", size_of::<TraceObserver>()),
+    ] {
+        println!("state per open stream, part: {part} {size} bytes");
+    }
     assert!(
         bytes < 4096,
         "{bytes} bytes per open stream for the full stack"
@@ -470,15 +492,17 @@ fn resumable_reader_makes_no_allocation_per_live_event() {
     let _entered = runtime.enter();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut upstream = Some(Live(rx));
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        let body = upstream.take().unwrap();
-        std::future::ready(Ok::<_, Infallible>(
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body)
-                .unwrap(),
-        ))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            let body = upstream.take().unwrap();
+            std::future::ready(Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            ))
+        },
+    );
     let keep_alive = KeepAliveConfig::new().interval(Duration::from_secs(15));
     let mut service = ResumeLayer::new()
         .keep_alive(keep_alive)

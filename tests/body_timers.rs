@@ -205,14 +205,16 @@ async fn early_response_sends_keep_alives_before_the_upstream_answers() {
     let mut slot = Some(response("text/event-stream", upstream));
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-            let upstream_response = slot.take().expect("called once");
-            async move {
-                // A reasoning model: 25 s before the response head.
-                sleep(Duration::from_secs(25)).await;
-                Ok::<_, std::convert::Infallible>(upstream_response)
-            }
-        }),
+        tower::service_fn(
+            move |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+                let upstream_response = slot.take().expect("called once");
+                async move {
+                    // A reasoning model: 25 s before the response head.
+                    sleep(Duration::from_secs(25)).await;
+                    Ok::<_, std::convert::Infallible>(upstream_response)
+                }
+            },
+        ),
     );
     let started = Instant::now();
     let response = tower::ServiceExt::oneshot(service, streaming_request())
@@ -256,17 +258,19 @@ async fn early_response_turns_an_upstream_failure_into_an_error_event() {
     let layer = SseLayer::new().early_response(true).on_end(reports.sink());
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
-            Ok::<_, std::convert::Infallible>(
-                http::Response::builder()
-                    .status(StatusCode::TOO_MANY_REQUESTS)
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(Bytes::from_static(
-                        b"{\"error\":\"slow down\"}",
-                    )))
-                    .unwrap(),
-            )
-        }),
+        tower::service_fn(
+            |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| async {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(StatusCode::TOO_MANY_REQUESTS)
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(Bytes::from_static(
+                            b"{\"error\":\"slow down\"}",
+                        )))
+                        .unwrap(),
+                )
+            },
+        ),
     );
     let response = tower::ServiceExt::oneshot(service, streaming_request())
         .await
@@ -292,10 +296,15 @@ async fn slow_response_head_of_a_streaming_request_gets_a_504() {
         .on_end(reports.sink());
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
-            sleep(Duration::from_secs(60)).await;
-            Ok::<_, std::convert::Infallible>(response("text/event-stream", Empty::<Bytes>::new()))
-        }),
+        tower::service_fn(
+            |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| async {
+                sleep(Duration::from_secs(60)).await;
+                Ok::<_, std::convert::Infallible>(response(
+                    "text/event-stream",
+                    Empty::<Bytes>::new(),
+                ))
+            },
+        ),
     );
     let started = Instant::now();
     let response = tower::ServiceExt::oneshot(service, streaming_request())
@@ -321,10 +330,15 @@ async fn streaming_request_whose_client_leaves_before_the_head_is_reported() {
     let layer = SseLayer::new().on_end(reports.sink());
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
-            sleep(Duration::from_secs(60)).await;
-            Ok::<_, std::convert::Infallible>(response("text/event-stream", Empty::<Bytes>::new()))
-        }),
+        tower::service_fn(
+            |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| async {
+                sleep(Duration::from_secs(60)).await;
+                Ok::<_, std::convert::Infallible>(response(
+                    "text/event-stream",
+                    Empty::<Bytes>::new(),
+                ))
+            },
+        ),
     );
     let call = tower::ServiceExt::oneshot(service, streaming_request());
     // The client gives up after 5 s, before any head.
@@ -344,9 +358,11 @@ async fn streaming_request_whose_inner_service_fails_is_reported() {
     let layer = SseLayer::new().on_end(reports.sink());
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
-            Err::<http::Response<Empty<Bytes>>, _>(std::io::Error::other("no route"))
-        }),
+        tower::service_fn(
+            |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| async {
+                Err::<http::Response<Empty<Bytes>>, _>(std::io::Error::other("no route"))
+            },
+        ),
     );
     assert!(
         tower::ServiceExt::oneshot(service, streaming_request())
@@ -359,9 +375,11 @@ async fn streaming_request_whose_inner_service_fails_is_reported() {
     let reports = Reports::default();
     let service = tower::Layer::layer(
         &SseLayer::new().on_end(reports.sink()),
-        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
-            Err::<http::Response<Empty<Bytes>>, _>(std::io::Error::other("no route"))
-        }),
+        tower::service_fn(
+            |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| async {
+                Err::<http::Response<Empty<Bytes>>, _>(std::io::Error::other("no route"))
+            },
+        ),
     );
     assert!(
         tower::ServiceExt::oneshot(service, Request::new(Empty::new()))
@@ -384,9 +402,11 @@ async fn duration_max_means_never_not_a_panic() {
     let mut slot = Some(response("text/event-stream", upstream));
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-            std::future::ready(Ok::<_, std::convert::Infallible>(slot.take().unwrap()))
-        }),
+        tower::service_fn(
+            move |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(slot.take().unwrap()))
+            },
+        ),
     );
     let response = tower::ServiceExt::oneshot(service, streaming_request())
         .await
@@ -404,10 +424,15 @@ async fn non_streaming_requests_are_not_timed_while_waiting_for_their_head() {
     let layer = SseLayer::new().first_event_timeout(Duration::from_secs(10));
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
-            sleep(Duration::from_secs(60)).await;
-            Ok::<_, std::convert::Infallible>(response("application/json", Empty::<Bytes>::new()))
-        }),
+        tower::service_fn(
+            |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| async {
+                sleep(Duration::from_secs(60)).await;
+                Ok::<_, std::convert::Infallible>(response(
+                    "application/json",
+                    Empty::<Bytes>::new(),
+                ))
+            },
+        ),
     );
     let response = tower::ServiceExt::oneshot(service, Request::new(Empty::new()))
         .await

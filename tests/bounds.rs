@@ -11,12 +11,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_sse::request::UploadBody;
 use tower_sse::{SseLayer, StreamLimitLayer};
 
 fn assert_send<T: Send>() {}
 fn assert_sync<T: Sync>() {}
 
-async fn hello(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello<B>(_: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
 }
 
@@ -36,7 +37,7 @@ fn poll_twice<F: Future>(future: F) {
 #[tokio::test]
 #[should_panic(expected = "`SseFuture` polled after completion")]
 async fn sse_future_panics_when_polled_after_completion() {
-    let mut service = SseLayer::new().layer(service_fn(hello));
+    let mut service = SseLayer::new().layer(service_fn(hello::<UploadBody<Full<Bytes>>>));
     let service = service.ready().await.unwrap();
     poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
 }
@@ -46,7 +47,7 @@ async fn sse_future_panics_when_polled_after_completion() {
 async fn early_sse_future_panics_when_polled_after_completion() {
     let mut service = SseLayer::new()
         .early_response(true)
-        .layer(service_fn(hello));
+        .layer(service_fn(hello::<UploadBody<Full<Bytes>>>));
     let service = service.ready().await.unwrap();
     let request = Request::builder()
         .header("accept", "text/event-stream")
@@ -58,7 +59,7 @@ async fn early_sse_future_panics_when_polled_after_completion() {
 #[tokio::test]
 #[should_panic(expected = "`StreamLimitFuture` polled after completion")]
 async fn stream_limit_future_panics_when_polled_after_completion() {
-    let mut service = StreamLimitLayer::new(1).layer(service_fn(hello));
+    let mut service = StreamLimitLayer::new(1).layer(service_fn(hello::<Full<Bytes>>));
     let service = service.ready().await.unwrap();
     poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
 }
@@ -67,7 +68,7 @@ async fn stream_limit_future_panics_when_polled_after_completion() {
 #[should_panic(expected = "`StreamLimitFuture` polled after completion")]
 async fn rejecting_stream_limit_future_panics_when_polled_after_completion() {
     let limit = StreamLimitLayer::new(0);
-    let mut service = limit.layer(service_fn(hello));
+    let mut service = limit.layer(service_fn(hello::<Full<Bytes>>));
     poll_twice(service.call(Request::new(Full::new(Bytes::new()))));
 }
 
@@ -117,16 +118,15 @@ async fn early_response_body_boxes_into_box_body() {
     use http_body_util::BodyExt;
     use http_body_util::combinators::BoxBody;
 
-    let mut service =
-        SseLayer::new()
-            .early_response(true)
-            .layer(service_fn(|_: Request<Full<Bytes>>| async {
-                let mut response = Response::new(Full::new(Bytes::from_static(b"data: hi\n\n")));
-                response
-                    .headers_mut()
-                    .insert("content-type", "text/event-stream".parse().unwrap());
-                Ok::<_, Infallible>(response)
-            }));
+    let mut service = SseLayer::new().early_response(true).layer(service_fn(
+        |_: Request<UploadBody<Full<Bytes>>>| async {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"data: hi\n\n")));
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            Ok::<_, Infallible>(response)
+        },
+    ));
     let request = Request::builder()
         .header("accept", "text/event-stream")
         .body(Full::new(Bytes::new()))
@@ -150,7 +150,8 @@ impl tower_sse::Observer for CellCounter {
     }
 }
 
-type Inner = tower::util::BoxCloneSyncService<Request<Upstream>, Response<Upstream>, Infallible>;
+type Inner =
+    tower::util::BoxCloneSyncService<Request<UploadBody<Upstream>>, Response<Upstream>, Infallible>;
 
 /// A service whose observer is `Send` but not `Sync` is still `Send` (hyper-util and tonic on
 /// a multi-thread runtime ask for it), and so are its futures and bodies.
@@ -309,8 +310,8 @@ async fn layers_compose_around_hyper_util_client() {
     use tower_sse::IncludeUsageLayer;
     use tower_sse::include_usage::UsageRequestBody;
 
-    let client =
-        Client::builder(TokioExecutor::new()).build_http::<UsageRequestBody<Full<Bytes>>>();
+    let client = Client::builder(TokioExecutor::new())
+        .build_http::<UploadBody<UsageRequestBody<Full<Bytes>>>>();
     let sync_stack = tower::ServiceBuilder::new()
         .layer(IncludeUsageLayer::new())
         .layer(StreamLimitLayer::new(8))
@@ -393,13 +394,13 @@ impl tower_sse::Observer for RcCounter {
 
 /// An upstream that holds an `Rc`: its future is not `Send`.
 fn rc_upstream() -> impl tower::Service<
-    Request<hyper::body::Incoming>,
+    Request<UploadBody<hyper::body::Incoming>>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
     Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
 > + Clone {
     let events = std::rc::Rc::new(b"data: one\n\ndata: two\n\n".to_vec());
-    service_fn(move |_: Request<hyper::body::Incoming>| {
+    service_fn(move |_: Request<UploadBody<hyper::body::Incoming>>| {
         let events = events.clone();
         async move {
             let mut response = Response::new(Full::new(Bytes::from(events.as_ref().clone())));
@@ -470,7 +471,7 @@ async fn a_local_stack_serves_on_a_local_set() {
             assert_eq!(counter.events.get(), 2);
 
             // The same stack type, one request at a time through `oneshot`.
-            let upstream = service_fn(|_: Request<Full<Bytes>>| {
+            let upstream = service_fn(|_: Request<UploadBody<Full<Bytes>>>| {
                 let rc = std::rc::Rc::new(());
                 async move {
                     let _held = rc;

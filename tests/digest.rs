@@ -355,19 +355,22 @@ async fn request_digest_through_the_layer_in_memory() {
     let layer = SseLayer::new()
         .observer(DigestObserver::new())
         .on_end(reports.sink());
-    let service = ServiceBuilder::new()
-        .layer(RequestDigestLayer::new())
-        .layer(layer)
-        .service(tower::service_fn(
-            |request: Request<RequestDigestBody<Full<Bytes>>>| async move {
-                let body = request.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body, "prompt");
-                Ok::<_, Infallible>(response(
-                    "text/event-stream",
-                    Full::new(Bytes::from_static(b"data: [DONE]\n\n")),
-                ))
-            },
-        ));
+    let service =
+        ServiceBuilder::new()
+            .layer(RequestDigestLayer::new())
+            .layer(layer)
+            .service(tower::service_fn(
+                |request: Request<
+                    tower_sse::request::UploadBody<RequestDigestBody<Full<Bytes>>>,
+                >| async move {
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(body, "prompt");
+                    Ok::<_, Infallible>(response(
+                        "text/event-stream",
+                        Full::new(Bytes::from_static(b"data: [DONE]\n\n")),
+                    ))
+                },
+            ));
     let res = tower::ServiceExt::oneshot(
         service,
         Request::new(Full::new(Bytes::from_static(b"prompt"))),

@@ -34,15 +34,17 @@ where
     let frames: Vec<_> = chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
     let mut upstream = Some(StreamBody::new(futures_util::stream::iter(frames)));
     let region = Region::new(GLOBAL);
-    let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-        let body: Upstream = upstream.take().unwrap();
-        std::future::ready(Ok::<_, Infallible>(
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body)
-                .unwrap(),
-        ))
-    }));
+    let mut service = layer.layer(tower::service_fn(
+        move |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            let body: Upstream = upstream.take().unwrap();
+            std::future::ready(Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            ))
+        },
+    ));
     let mut cx = Context::from_waker(Waker::noop());
     let request = Request::builder()
         .uri("/v1/chat/completions")

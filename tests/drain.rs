@@ -18,10 +18,12 @@ use axum::routing::get;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body::{Body, Frame};
+use http_body_util::Empty;
 use support::body::{ChannelBody, Item, Reports, channel, next_text, response, serve};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_sse::request::UploadBody;
 use tower_sse::sse::EventRef;
 use tower_sse::{EventContext, Observer, Outcome, SseLayer, StreamLimitLayer};
 
@@ -119,7 +121,7 @@ async fn until(mut done: impl FnMut() -> bool) {
 /// `upstreams`.
 fn upstream_service() -> (
     impl tower::Service<
-        Request<()>,
+        Request<UploadBody<Empty<Bytes>>>,
         Response = http::Response<ChannelBody>,
         Error = Infallible,
         Future: Send + 'static,
@@ -129,7 +131,7 @@ fn upstream_service() -> (
     mpsc::UnboundedReceiver<mpsc::UnboundedSender<Item>>,
 ) {
     let (upstreams_tx, upstreams) = mpsc::unbounded_channel();
-    let service = tower::service_fn(move |_: Request<()>| {
+    let service = tower::service_fn(move |_: Request<UploadBody<Empty<Bytes>>>| {
         let (upstream, body) = channel();
         upstreams_tx.send(upstream).unwrap();
         std::future::ready(Ok::<_, Infallible>(response("text/event-stream", body)))
@@ -153,7 +155,11 @@ async fn a_drained_stream_keeps_its_limit_permit_until_the_drain_ends() {
         )
         .service(upstream);
 
-    let res = service.clone().oneshot(Request::new(())).await.unwrap();
+    let res = service
+        .clone()
+        .oneshot(Request::new(Empty::new()))
+        .await
+        .unwrap();
     let up = upstreams.recv().await.unwrap();
     up.send(data("data: one\n\n")).unwrap();
     let mut body = res.into_body();
@@ -161,7 +167,11 @@ async fn a_drained_stream_keeps_its_limit_permit_until_the_drain_ends() {
     drop(body); // the client leaves; the drain task reads on
 
     assert_eq!(open.get(), 1, "the drain holds the permit");
-    let rejected = service.clone().oneshot(Request::new(())).await.unwrap();
+    let rejected = service
+        .clone()
+        .oneshot(Request::new(Empty::new()))
+        .await
+        .unwrap();
     assert_eq!(rejected.status(), StatusCode::SERVICE_UNAVAILABLE);
     up.send(data("data: two\n\n")).unwrap();
     for _ in 0..10 {
@@ -178,7 +188,7 @@ async fn a_drained_stream_keeps_its_limit_permit_until_the_drain_ends() {
     assert_eq!(report.outcome, Outcome::ClientDisconnected);
     assert_eq!(report.events, 2, "the drain read the upstream to its end");
 
-    let admitted = service.oneshot(Request::new(())).await.unwrap();
+    let admitted = service.oneshot(Request::new(Empty::new())).await.unwrap();
     assert_eq!(admitted.status(), StatusCode::OK);
     assert!(admitted.body().holds_permit());
     assert_eq!(open.get(), 1);
@@ -206,7 +216,11 @@ async fn with_the_stream_layer_outside_the_drain_holds_the_permit_too() {
         .layer(limit)
         .service(upstream);
 
-    let res = service.clone().oneshot(Request::new(())).await.unwrap();
+    let res = service
+        .clone()
+        .oneshot(Request::new(Empty::new()))
+        .await
+        .unwrap();
     let up = upstreams.recv().await.unwrap();
     up.send(data("data: one\n\n")).unwrap();
     let mut body = res.into_body();
@@ -214,7 +228,11 @@ async fn with_the_stream_layer_outside_the_drain_holds_the_permit_too() {
     drop(body);
     assert_eq!(open.get(), 1, "the drain holds the permit");
     // The limit's 503 reaches the stream layer as a response that is not a stream.
-    let rejected = service.clone().oneshot(Request::new(())).await.unwrap();
+    let rejected = service
+        .clone()
+        .oneshot(Request::new(Empty::new()))
+        .await
+        .unwrap();
     assert_eq!(rejected.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!rejected.body().is_stream());
 
@@ -325,7 +343,11 @@ async fn a_response_the_limit_does_not_count_is_not_held_by_a_drain() {
         .layer(limit)
         .layer(SseLayer::new().drain_on_disconnect(Duration::from_secs(3600)))
         .service(upstream);
-    let res = service.clone().oneshot(Request::new(())).await.unwrap();
+    let res = service
+        .clone()
+        .oneshot(Request::new(Empty::new()))
+        .await
+        .unwrap();
     assert!(!res.body().holds_permit());
     let _up = upstreams.recv().await.unwrap();
     assert_eq!(open.get(), 0);

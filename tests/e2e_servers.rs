@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
+use tower_sse::request::UploadBody;
 use tower_sse::sse::{Decoder, Item};
 use tower_sse::{KeepAliveConfig, Outcome, SseLayer, TimingObserver};
 
@@ -121,11 +122,11 @@ async fn axum_router_layer_streams_whole_events_to_reqwest() {
 /// Forwards every request to the upstream with a pooled hyper-util client.
 #[derive(Clone)]
 struct Forward {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, UploadBody<Incoming>>,
     upstream: SocketAddr,
 }
 
-impl tower::Service<Request<Incoming>> for Forward {
+impl tower::Service<Request<UploadBody<Incoming>>> for Forward {
     type Response = Response<Incoming>;
     type Error = hyper_util::client::legacy::Error;
     type Future = hyper_util::client::legacy::ResponseFuture;
@@ -137,7 +138,7 @@ impl tower::Service<Request<Incoming>> for Forward {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<UploadBody<Incoming>>) -> Self::Future {
         let path = request
             .uri()
             .path_and_query()
@@ -159,7 +160,7 @@ async fn gateway_of_hyper_util_client_under_service_builder() {
 
     // The gateway: hyper server -> SseLayer -> hyper-util client.
     let (sink, mut reports) = report_channel();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<Incoming>>();
     let service = ServiceBuilder::new()
         .layer(
             SseLayer::new()

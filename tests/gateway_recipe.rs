@@ -34,6 +34,7 @@ mod recipe {
     use tokio::sync::mpsc::UnboundedSender;
     use tower::util::BoxCloneSyncService;
     use tower::{ServiceBuilder, ServiceExt};
+    use tower_sse::request::UploadBody;
     use tower_sse::{
         IncludeUsageLayer, KeepAliveConfig, SseLayer, StreamLimitLayer, StreamReport,
         TimingObserver, UsageObserver,
@@ -44,9 +45,10 @@ mod recipe {
     type Gateway = BoxCloneSyncService<Request, Response, Infallible>;
 
     fn build_gateway(upstream: Uri, reports: UnboundedSender<StreamReport>) -> Gateway {
-        // One pooled client. It sends `axum::body::Body` requests (the body type of a
-        // client is fixed when it is built).
-        let client: Client<HttpConnector, Body> =
+        // One pooled client. It sends `axum::body::Body` requests, held to the upload
+        // deadline by `SseLayer` (`UploadBody<Body>`; the body type of a client is fixed
+        // when it is built).
+        let client: Client<HttpConnector, UploadBody<Body>> =
             Client::builder(TokioExecutor::new()).build_http();
         let stack = ServiceBuilder::new()
             // axum needs `Infallible` errors: a failed upstream call becomes a 502. Handled

@@ -195,7 +195,9 @@ async fn a_request_body_that_fails_gets_a_400() {
 
 /// An upstream that honours `stream_options.include_usage`, as OpenAI does.
 async fn upstream(
-    request: Request<tower_sse::include_usage::UsageRequestBody<Full<Bytes>>>,
+    request: Request<
+        tower_sse::request::UploadBody<tower_sse::include_usage::UsageRequestBody<Full<Bytes>>>,
+    >,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = request.into_body().collect().await.unwrap().to_bytes();
     let asked = String::from_utf8_lossy(&body).contains(r#""include_usage":true"#);

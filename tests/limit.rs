@@ -313,11 +313,18 @@ async fn around_the_sse_layer_with_a_predicate_on_the_body() {
     let service = tower::ServiceBuilder::new()
         .layer(limit.clone())
         .layer(SseLayer::new().on_end(reports.sink()))
-        .service(tower::service_fn(move |_: Request<()>| {
-            let body = body.take().unwrap();
-            async move { Ok::<_, Infallible>(response("text/event-stream", body)) }
-        }));
-    let res = service.oneshot(Request::new(())).await.unwrap();
+        .service(tower::service_fn(
+            move |_: Request<
+                tower_sse::request::UploadBody<http_body_util::Empty<bytes::Bytes>>,
+            >| {
+                let body = body.take().unwrap();
+                async move { Ok::<_, Infallible>(response("text/event-stream", body)) }
+            },
+        ));
+    let res = service
+        .oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()))
+        .await
+        .unwrap();
     assert!(res.body().holds_permit());
     upstream.send(data("data: one\n\n")).unwrap();
     let mut body = res.into_body();

@@ -520,3 +520,136 @@ where
     .await;
     collect(res.into_body()).await;
 }
+
+/// The gaps of one stream between content events, in milliseconds: a short stream, one that
+/// fills the observer's buffer of gaps twice and more, and one cut mid-event (a failed
+/// stream records its gaps too). They spread over the advised buckets, a boundary included.
+const GAP_STREAMS: [(&[u64], bool); 3] = [
+    (&[20], true),
+    (
+        &[
+            3, 10, 17, 40, 41, 80, 79, 160, 5, 320, 640, 1, 2, 1280, 7, 9, 11, 2560, 13, 15,
+        ],
+        true,
+    ),
+    (&[30, 5, 5, 5, 60, 5, 5, 5, 90], false),
+];
+
+/// Serve the [`GAP_STREAMS`] one after the other through `layer`, on paused time: content
+/// events that many milliseconds apart.
+async fn gap_streams<O, E>(layer: SseLayer<O, E>)
+where
+    O: tower_sse::Observer + Clone + Send + 'static,
+    E: tower_sse::OnEnd + Clone + Send + 'static,
+{
+    for (gaps, completed) in GAP_STREAMS {
+        let (tx, upstream) = channel();
+        let request = Request::post("/v1/chat/completions")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let body = serve_with(
+            layer.clone(),
+            request,
+            response("text/event-stream", upstream),
+        )
+        .await
+        .into_body();
+        let driver = tokio::spawn(async move {
+            let send = |s: String| tx.send(Ok(Frame::data(Bytes::from(s)))).unwrap();
+            send(chunk(r#"{"content":"a"}"#, "null"));
+            for gap in gaps {
+                sleep(Duration::from_millis(*gap)).await;
+                send(chunk(r#"{"content":"b"}"#, "null"));
+            }
+            if completed {
+                send(chunk("{}", "\"stop\""));
+                send("data: [DONE]\n\n".into());
+            } else {
+                send("data: {\"object\"".into());
+            }
+        });
+        collect(body).await;
+        driver.await.unwrap();
+    }
+}
+
+/// The per-chunk gaps a stream keeps and records at its end (or when its buffer is full)
+/// reach the recorder as recording each at its event did: the same values in the same order
+/// (a debugging recorder), and so the same bucket counts, count and sum in a Prometheus
+/// exporter with the advised buckets, compared with the gaps recorded one by one under the
+/// same key.
+#[test]
+fn per_chunk_gaps_batched_per_stream_are_what_the_exporter_sees_per_event() {
+    use metrics::Recorder;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+    let layer = || {
+        SseLayer::new().observer((
+            UsageObserver::new(),
+            TimingObserver::new(),
+            MetricsObserver::new(),
+        ))
+    };
+    let expected: Vec<f64> = GAP_STREAMS
+        .iter()
+        .flat_map(|(gaps, _)| gaps.iter())
+        .map(|ms| Duration::from_millis(*ms).as_secs_f64())
+        .collect();
+
+    // The values, in order, and the key they were recorded under.
+    let snapshot = support::metrics::recorded(true, || gap_streams(layer()));
+    let mut per_chunk = snapshot
+        .iter()
+        .filter(|(key, ..)| key.key().name() == names::CLIENT_TIME_PER_OUTPUT_CHUNK);
+    let (key, _, _, value) = per_chunk.next().expect("the per-chunk histogram");
+    assert!(per_chunk.next().is_none(), "one label set");
+    let DebugValue::Histogram(values) = value else {
+        panic!("a histogram: {value:?}");
+    };
+    let values: Vec<f64> = values.iter().map(|v| v.into_inner()).collect();
+    assert_eq!(values, expected);
+
+    let prometheus = || {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(names::CLIENT_TIME_PER_OUTPUT_CHUNK.into()),
+                tower_sse::metrics::buckets::OPERATION_DURATION,
+            )
+            .unwrap()
+            .build_recorder()
+    };
+    let rendered = |recorder: &PrometheusRecorder| {
+        let name = names::CLIENT_TIME_PER_OUTPUT_CHUNK.replace('.', "_");
+        let text = recorder.handle().render();
+        text.lines()
+            .filter(|line| line.starts_with(&name))
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+    };
+    // Through the layer, on paused time: the same run as above.
+    let batched = prometheus();
+    metrics::with_local_recorder(&batched, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(gap_streams(layer()));
+    });
+    // One record per gap, straight into a histogram of the same key.
+    let one_by_one = prometheus();
+    let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
+    let histogram = one_by_one.register_histogram(key.key(), &metadata);
+    for value in &expected {
+        histogram.record(*value);
+    }
+    let (batched, one_by_one) = (rendered(&batched), rendered(&one_by_one));
+    assert!(
+        batched
+            .iter()
+            .any(|line| line.contains("_count") && line.ends_with(&format!(" {}", expected.len()))),
+        "{batched:#?}"
+    );
+    assert!(batched.iter().any(|line| line.contains("le=\"0.04\"")));
+    assert_eq!(batched, one_by_one);
+}

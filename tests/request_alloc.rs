@@ -2,6 +2,10 @@
 //! `StreamLimitLayer` (no drain configured inside) and a disabled `ResumeLayer` add none to
 //! what the service inside them makes; an enabled `ResumeLayer`, for a request answered
 //! with something other than a stream, adds only its handle in the request's extensions.
+//! `SseLayer`'s own upload deadline (on by default) adds one allocation to a request with a
+//! body (the watch shared by the body and the `SseLayer` future), and none to one without;
+//! an `UploadDeadlineLayer` outside adds two (that watch, and its box in the request's
+//! extensions; the `SseLayer` then adds none of its own).
 //!
 //! One test function only: the allocator counts every thread of the process.
 
@@ -17,13 +21,14 @@ use http_body::Body;
 use http_body_util::Full;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service, service_fn};
+use tower_sse::request::{UploadBody, UploadDeadlineLayer};
 use tower_sse::{SseLayer, StreamLimitLayer};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn event_stream(
-    _: Request<Full<Bytes>>,
+    _: Request<UploadBody<Full<Bytes>>>,
 ) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"data: hi\n\n")));
     response
@@ -32,8 +37,17 @@ fn event_stream(
     std::future::ready(Ok(response))
 }
 
+/// [`event_stream`], behind an `UploadDeadlineLayer` (and the `SseLayer`'s wrapper).
+fn event_stream_upload(
+    request: Request<UploadBody<UploadBody<Full<Bytes>>>>,
+) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+    event_stream(request.map(UploadBody::into_inner))
+}
+
 #[cfg(feature = "resume")]
-fn json(_: Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+fn json(
+    _: Request<UploadBody<Full<Bytes>>>,
+) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
     response
         .headers_mut()
@@ -49,6 +63,16 @@ where
     S::Error: std::fmt::Debug,
     B: Body,
 {
+    allocations_with_body(service, b"{}")
+}
+
+/// [`allocations_per_request`] for a request with this body (empty: none).
+fn allocations_with_body<S, B>(service: &mut S, request_body: &'static [u8]) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body,
+{
     let mut cx = Context::from_waker(Waker::noop());
     let mut least = usize::MAX;
     for _ in 0..5 {
@@ -56,7 +80,7 @@ where
             .method("POST")
             .uri("/v1/chat/completions")
             .header("accept", "text/event-stream")
-            .body(Full::new(Bytes::from_static(b"{}")))
+            .body(Full::new(Bytes::from_static(request_body)))
             .unwrap();
         let region = Region::new(GLOBAL);
         assert!(service.poll_ready(&mut cx).is_ready());
@@ -128,4 +152,49 @@ fn layers_add_no_allocation_per_request() {
         );
     }
     assert_eq!(limit, base, "StreamLimitLayer allocates per request");
+
+    // The upload deadline: one allocation for a request with a body (the watch shared by
+    // the body and the SseLayer's future), none for one without; no timer for a body whose
+    // frames are ready (none is made here: the body is never waited for). Measured against
+    // the same layer with no upload timeout (the body still wrapped, no watch).
+    let with_body = allocations_with_body(&mut inner, b"{}");
+    let empty = allocations_with_body(&mut inner, b"");
+    let mut off = SseLayer::new()
+        .upload_timeout(None)
+        .layer(service_fn(event_stream));
+    let with_body_off = allocations_with_body(&mut off, b"{}");
+    let empty_off = allocations_with_body(&mut off, b"");
+    println!(
+        "per request, SseLayer upload timeout off / on (default): with a body {with_body_off} / \
+         {with_body}, without {empty_off} / {empty} allocations"
+    );
+    assert_eq!(
+        with_body,
+        with_body_off + 1,
+        "SseLayer's upload deadline, with a body"
+    );
+    assert_eq!(
+        empty, empty_off,
+        "SseLayer's upload deadline, without a body"
+    );
+
+    // An UploadDeadlineLayer outside: two allocations for a request with a body (the watch,
+    // and its box in the request's extensions; the SseLayer reuses the watch and adds none).
+    let mut deadline =
+        UploadDeadlineLayer::new().layer(SseLayer::new().layer(service_fn(event_stream_upload)));
+    let with_body_deadline = allocations_with_body(&mut deadline, b"{}");
+    let empty_deadline = allocations_with_body(&mut deadline, b"");
+    println!(
+        "per request, SseLayer upload timeout off / + UploadDeadlineLayer: with a body \
+         {with_body_off} / {with_body_deadline}, without {empty_off} / {empty_deadline} allocations"
+    );
+    assert_eq!(
+        with_body_deadline,
+        with_body_off + 2,
+        "the UploadDeadlineLayer, with a body"
+    );
+    assert_eq!(
+        empty_deadline, empty_off,
+        "the UploadDeadlineLayer, without a body"
+    );
 }

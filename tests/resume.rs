@@ -72,17 +72,19 @@ fn stack(
 + Send
 + 'static {
     let upstream = upstream.clone();
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        upstream.calls.fetch_add(1, Ordering::SeqCst);
-        let response = upstream.responses.lock().unwrap().pop_front();
-        let response = response.unwrap_or_else(|| {
-            Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .body(Empty::new().map_err(|e| match e {}).boxed())
-                .unwrap()
-        });
-        std::future::ready(Ok::<_, Infallible>(response))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            upstream.calls.fetch_add(1, Ordering::SeqCst);
+            let response = upstream.responses.lock().unwrap().pop_front();
+            let response = response.unwrap_or_else(|| {
+                Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .body(Empty::new().map_err(|e| match e {}).boxed())
+                    .unwrap()
+            });
+            std::future::ready(Ok::<_, Infallible>(response))
+        },
+    );
     let sse = SseLayer::new()
         .observer(ResumeObserver::new())
         .on_end(reports.sink());
@@ -1001,13 +1003,15 @@ async fn a_producer_that_dies_ends_its_readers() {
     }
     let (tx, body) = channel();
     let mut body = Some(body);
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body.take().unwrap())
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            let response = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.take().unwrap())
+                .unwrap();
+            std::future::ready(Ok::<_, Infallible>(response))
+        },
+    );
     let service = ResumeLayer::new().layer(SseLayer::new().observer(Panics).layer(inner));
     let response = service.oneshot(get(None, None)).await.unwrap();
     tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
@@ -1034,13 +1038,15 @@ fn a_producer_dropped_mid_stream_still_reports_its_summary() {
         .unwrap();
     let stream = runtime.block_on(async {
         let mut body = Some(body);
-        let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-            let response = Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body.take().unwrap())
-                .unwrap();
-            std::future::ready(Ok::<_, Infallible>(response))
-        });
+        let inner = tower::service_fn(
+            move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+                let response = Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body.take().unwrap())
+                    .unwrap();
+                std::future::ready(Ok::<_, Infallible>(response))
+            },
+        );
         let sse = SseLayer::new()
             .observer(ResumeObserver::new())
             .on_end(reports.sink());

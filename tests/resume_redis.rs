@@ -8,8 +8,7 @@
 mod support;
 
 use std::convert::Infallible;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,106 +16,12 @@ use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
 use support::body::{ChannelBody, Item, channel};
+use support::redis::Redis;
 use support::sse::client_view;
 use tokio::sync::mpsc::UnboundedSender;
 use tower::{Layer, Service, ServiceExt};
 use tower_sse::resume::{RedisStore, StreamId};
 use tower_sse::{BoxError, ResumeLayer, SseLayer};
-use tower_sse_mock::system::program_or_skip;
-
-/// A `redis-server` of this test, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// A new server, or `None` (the test is skipped, one line says why) when this machine
-    /// has no `redis-server`.
-    fn start() -> Option<Self> {
-        program_or_skip(&["redis-server"], "redis-server")?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Some(Self::start_on(port))
-    }
-
-    fn start_on(port: u16) -> Self {
-        Self::start_with(port, &["--save", "", "--appendonly", "no"])
-    }
-
-    /// A server that keeps every write it acknowledged across a restart (an append-only file
-    /// in `dir`, synced on every write).
-    fn start_persistent_on(port: u16, dir: &str) -> Self {
-        let args = [
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            dir,
-        ];
-        Self::start_with(port, &args)
-    }
-
-    fn start_with(port: u16, persistence: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(persistence)
-            // `DEBUG SLEEP` makes a slow server (Redis 7 refuses DEBUG by default).
-            .args(["--enable-debug-command", "local"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let redis = Self { child, port };
-        redis.until_up();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn until_up(&self) {
-        for _ in 0..500 {
-            if self.cli(&["PING"]).is_some_and(|out| out.contains("PONG")) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start");
-    }
-
-    /// Run `redis-cli` against it; its output, `None` when it could not connect.
-    fn cli(&self, args: &[&str]) -> Option<String> {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.success() && !text.contains("Could not connect")).then_some(text)
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
@@ -147,11 +52,13 @@ fn replica(
 + Send
 + 'static {
     let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        std::future::ready(Ok::<_, Infallible>(stream_answer(
-            upstream.lock().unwrap().take(),
-        )))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            std::future::ready(Ok::<_, Infallible>(stream_answer(
+                upstream.lock().unwrap().take(),
+            )))
+        },
+    );
     ResumeLayer::new()
         .store(store)
         .layer(SseLayer::new().layer(inner))
@@ -479,11 +386,13 @@ fn replica_with(
 + Send
 + 'static {
     let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        std::future::ready(Ok::<_, Infallible>(stream_answer(
-            upstream.lock().unwrap().take(),
-        )))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            std::future::ready(Ok::<_, Infallible>(stream_answer(
+                upstream.lock().unwrap().take(),
+            )))
+        },
+    );
     ResumeLayer::new()
         .store(store)
         .detach(tower_sse::resume::Detach::CancelAfter(grace))
@@ -558,6 +467,54 @@ async fn a_reader_on_another_replica_keeps_the_producer_alive_and_is_counted() {
         (summary.connections, summary.resumes),
         (2, 1),
         "{summary:?}"
+    );
+}
+
+/// A resume served by another replica while the producer still has a reader of its own
+/// (so it never needs to look for readers elsewhere), shortly before the stream ends, is in
+/// the producer's report: the reader's replica tells the producer at once. (Before, the
+/// producer only learnt of it from a look made while it had no reader of its own: the
+/// report said one connection, no resume.)
+#[tokio::test]
+async fn a_resume_on_another_replica_just_before_the_end_is_in_the_report() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let reports = support::body::Reports::default();
+    let grace = Duration::from_secs(30);
+    let (tx, upstream) = channel();
+    let a = replica_with(store(&redis), Some(upstream), grace, &reports);
+    let b = replica_with(store(&redis), None, grace, &reports);
+    // The first client stays on A to the end.
+    let mut local = a.oneshot(get(None)).await.unwrap().into_body();
+    send(&tx, "e1");
+    let first = read_events(&mut local, 1).await;
+    let id = client_view(&first).last_event_id;
+
+    // A second connection resumes on B and reads the live tail there.
+    let response = b.oneshot(get(Some(&id))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut remote = response.into_body();
+    send(&tx, "e2");
+    let rest = read_events(&mut remote, 1).await;
+    assert_eq!(client_view(&rest).events[0].1, "e2");
+    // The stream ends a moment later (the wake-up's round trip, not a presence interval).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tx);
+    assert_eq!(
+        client_view(&read_events(&mut local, 2).await).events.len(),
+        1
+    );
+    let report = reports.one();
+    assert_eq!(report.outcome, tower_sse::Outcome::Completed);
+    let summary = report
+        .extensions
+        .get::<tower_sse::resume::ResumeSummary>()
+        .unwrap();
+    assert_eq!(
+        (summary.connections, summary.resumes),
+        (2, 1),
+        "the resume served by B: {summary:?}"
     );
 }
 
@@ -729,11 +686,13 @@ fn pool_replica(
 > + Clone
 + Send
 + 'static {
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        std::future::ready(Ok::<_, Infallible>(stream_answer(
-            queue.lock().unwrap().pop_front(),
-        )))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            std::future::ready(Ok::<_, Infallible>(stream_answer(
+                queue.lock().unwrap().pop_front(),
+            )))
+        },
+    );
     ResumeLayer::new()
         .store(store)
         .detach(tower_sse::resume::Detach::CancelAfter(Duration::from_secs(
@@ -1073,4 +1032,57 @@ async fn round_trips_of_heartbeats_and_presence() {
     );
     drop(remote);
     drop(tx);
+}
+
+/// A replica sends its readers' counts again when a write timed out after Redis took it:
+/// written as that reader session's totals, they count once; two sessions add up.
+#[tokio::test]
+async fn reader_counts_sent_again_count_once() {
+    use tower_sse::request::Tenant;
+    use tower_sse::resume::{NewStream, ReaderCounts, ResumeStore};
+
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let producer_store = RedisStore::builder(&redis.url()).unwrap().build();
+    let follower_store = RedisStore::builder(&redis.url()).unwrap().build();
+    let id = StreamId::random().unwrap();
+    let tenant = Tenant::from_key("k");
+    let producer = producer_store
+        .create(NewStream::new(id, tenant))
+        .await
+        .unwrap();
+    let follower = follower_store
+        .open(id, tenant)
+        .await
+        .unwrap()
+        .expect("the stream is there");
+
+    let first = ReaderCounts {
+        connections: 2,
+        resumes: 1,
+        replayed_events: 5,
+    };
+    follower.keep_present(7, Some(first)).await.unwrap();
+    // The same totals again (the first write's answer was lost), then a bare refresh.
+    follower.keep_present(7, Some(first)).await.unwrap();
+    follower.keep_present(7, None).await.unwrap();
+    // Another run of readers in that process, later.
+    let second = ReaderCounts {
+        connections: 1,
+        resumes: 1,
+        replayed_events: 0,
+    };
+    follower.keep_present(8, Some(second)).await.unwrap();
+
+    let (present, counts) = producer.elsewhere().await.unwrap();
+    assert!(present, "a reader elsewhere keeps the stream present");
+    assert_eq!(
+        counts,
+        ReaderCounts {
+            connections: 3,
+            resumes: 2,
+            replayed_events: 5,
+        }
+    );
 }

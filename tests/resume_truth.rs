@@ -35,14 +35,16 @@ fn stack(
     Error = Infallible,
 > + Clone {
     let body = Arc::new(Mutex::new(Some(body)));
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        let body = body.lock().unwrap().take().expect("one request");
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            let body = body.lock().unwrap().take().expect("one request");
+            let response = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap();
+            std::future::ready(Ok::<_, Infallible>(response))
+        },
+    );
     let sse = SseLayer::new()
         .observer(ResumeObserver::new())
         .on_end(reports.sink());
@@ -189,15 +191,17 @@ async fn the_digest_is_of_the_stamped_stream_a_client_read() {
 
     let (sink, mut reports) = report_channel();
     let (feed, mut bodies) = tokio::sync::mpsc::unbounded_channel();
-    let upstream = tower::service_fn(move |_: Request<AxumBody>| {
-        let (upstream, body) = channel();
-        feed.send(upstream).unwrap();
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(AxumBody::new(body))
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
-    });
+    let upstream = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<AxumBody>>| {
+            let (upstream, body) = channel();
+            feed.send(upstream).unwrap();
+            let response = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(AxumBody::new(body))
+                .unwrap();
+            std::future::ready(Ok::<_, Infallible>(response))
+        },
+    );
     let sse = SseLayer::new()
         .observer((ResumeObserver::new(), DigestObserver::new()))
         .on_end(sink);
@@ -260,14 +264,16 @@ async fn a_cancelled_resumable_stream_is_drained_when_drain_is_set() {
     let reports = Reports::default();
     let (upstream, body) = channel();
     let body = Arc::new(Mutex::new(Some(body)));
-    let inner = tower::service_fn(move |_: Request<Empty<Bytes>>| {
-        let body = body.lock().unwrap().take().expect("one request");
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body)
-            .unwrap();
-        std::future::ready(Ok::<_, Infallible>(response))
-    });
+    let inner = tower::service_fn(
+        move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            let body = body.lock().unwrap().take().expect("one request");
+            let response = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap();
+            std::future::ready(Ok::<_, Infallible>(response))
+        },
+    );
     let sse = SseLayer::new()
         .drain_on_disconnect(Duration::from_secs(60))
         .observer((ResumeObserver::new(), UsageObserver::new()))

@@ -94,10 +94,15 @@ async fn a_streaming_request_waiting_for_its_head_gets_a_503() {
         .on_end(reports.sink());
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(|_req: Request<Empty<Bytes>>| async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok::<_, std::convert::Infallible>(response("text/event-stream", Empty::<Bytes>::new()))
-        }),
+        tower::service_fn(
+            |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, std::convert::Infallible>(response(
+                    "text/event-stream",
+                    Empty::<Bytes>::new(),
+                ))
+            },
+        ),
     );
     let request = Request::builder()
         .header("accept", "text/event-stream")

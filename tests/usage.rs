@@ -21,7 +21,7 @@ use support::body::{
 use tower_sse::provider::Provider;
 use tower_sse::request::UsageInjected;
 use tower_sse::sse::EventRef;
-use tower_sse::usage::{CacheCreationInputTokens, UsageState};
+use tower_sse::usage::{CacheCreationInputTokens, UsageState, UsageStyle};
 use tower_sse::{
     EventContext, Observer, Outcome, SseLayer, StreamReport, TimingObserver, Usage, UsageObserver,
     UsageSource,
@@ -40,6 +40,13 @@ fn u(input: i64, output: i64, total: i64, cached: i64, reasoning: i64) -> Usage 
     usage.total_tokens = known(total);
     usage.cached_input_tokens = known(cached);
     usage.reasoning_tokens = known(reasoning);
+    usage
+}
+
+/// The same usage, counted in `style`, with `written` cache writes.
+fn styled(mut usage: Usage, style: UsageStyle, written: Option<u64>) -> Usage {
+    usage.style = style;
+    usage.cache_write_tokens = written;
     usage
 }
 
@@ -302,6 +309,15 @@ fn table() -> Vec<Case> {
             bytes,
             ..named
         });
+    }
+    // Every usage says how its provider counts, and carries the cache writes reported.
+    for case in &mut cases {
+        let (style, written) = (UsageStyle::of(case.provider), case.cache_creation);
+        let usages = case.usage.iter_mut();
+        for usage in usages.chain(case.reported.iter_mut().map(|(_, usage)| usage)) {
+            usage.style = style;
+            usage.cache_write_tokens = written;
+        }
     }
     cases
 }
@@ -830,7 +846,8 @@ async fn anthropic_counts_only_in_message_delta_are_kept() {
     let mut case = Case::named("anthropic");
     case.bytes = stream;
     let (report, _) = run(&case, &[stream], false).await;
-    assert_eq!(report.usage, Some(u(7, 6, -1, 4096, -1)));
+    let usage = styled(u(7, 6, -1, 4096, -1), UsageStyle::Anthropic, Some(512));
+    assert_eq!(report.usage, Some(usage));
     assert_eq!(
         report.extensions.get::<CacheCreationInputTokens>(),
         Some(&CacheCreationInputTokens(512))
@@ -856,7 +873,8 @@ async fn vllm_continuous_usage_last_value_wins() {
 async fn gemini_running_totals_last_value_wins() {
     let case = Case::named("gemini");
     let (report, _) = run(&case, &[case.bytes], false).await;
-    assert_eq!(report.usage, Some(u(14, 9, 99, -1, 76)), "not 42, 12, 282");
+    let usage = styled(u(14, 9, 99, -1, 76), UsageStyle::Gemini, None);
+    assert_eq!(report.usage, Some(usage), "not 42, 12, 282");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1064,7 +1082,8 @@ async fn anthropic_error_event_mid_stream_estimates_the_output() {
     let stream: &'static [u8] = Box::leak([events[0], events[4]].concat().into_boxed_slice());
     let (report, _) = run(&case, &[stream], false).await;
     assert_eq!(report.finish_reason.as_deref(), Some("overloaded_error"));
-    assert_eq!(report.usage, Some(u(30, -1, -1, 0, -1)));
+    let usage = styled(u(30, -1, -1, 0, -1), UsageStyle::Anthropic, Some(0));
+    assert_eq!(report.usage, Some(usage));
 }
 
 /// A completed stream that reported nothing has no usage: completed streams are never
@@ -1507,7 +1526,9 @@ async fn format_switch_midway_keeps_last_good_values() {
     assert_eq!(out.data, stream);
     let report = reports.one();
     assert_eq!(report.provider, Provider::OpenAiChat);
-    assert_eq!(report.usage, Some(u(5, 7, 11, -1, -1)));
+    // The style is the last reader's: here Anthropic's `message_delta`.
+    let usage = styled(u(5, 7, 11, -1, -1), UsageStyle::Anthropic, None);
+    assert_eq!(report.usage, Some(usage));
     assert_eq!(report.finish_reason.as_deref(), Some("end_turn"));
 }
 

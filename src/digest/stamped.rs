@@ -6,8 +6,8 @@ use sha2::Digest as _;
 use sha2::Sha256;
 
 use crate::resume::StreamId;
-use crate::resume::producer::Stamper;
-use crate::sse::{Decoder, Item};
+use crate::resume::producer::{Stamper, next_entry};
+use crate::sse::Decoder;
 
 /// Re-cuts what the `SseLayer` hands on into events, as the stream's producer does, and
 /// hashes each event as stamped: the same entries, numbered the same way, as the log holds
@@ -56,14 +56,9 @@ impl Stamped {
     /// The same choices as the producer: events and `retry` blocks are logged, comments
     /// and keep-alives are not.
     fn drain(&mut self, hasher: &mut Sha256) {
-        for item in self.decoder.by_ref() {
-            let entry = match item {
-                Ok(Item::Event(event)) => self.stamper.event(self.seq + 1, &event),
-                Ok(Item::Block(block)) => match block.retry() {
-                    Some(retry) => self.stamper.retry(self.seq + 1, retry.as_millis()),
-                    None => continue,
-                },
-                Ok(_) => continue,
+        while let Some(entry) = next_entry(&mut self.decoder, &mut self.stamper, self.seq + 1) {
+            let entry = match entry {
+                Ok(entry) => entry,
                 Err(_) => {
                     self.failed = true;
                     return;

@@ -9,12 +9,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 
 use crate::BoxError;
-
-/// The error of a request body that did not arrive before the upload deadline.
-const UPLOAD_TIMED_OUT: &str = "the request body did not arrive in time";
+use crate::request::{UploadBody, UploadTimedOut, UploadWatch};
 
 pin_project! {
     /// The request body handed to the inner service: the original body, or the bytes the
@@ -29,8 +27,8 @@ pin_project! {
     #[project = RequestKindProj]
     pub(super) enum RequestKind<B> {
         // Not read by the layer: handed on as it comes, but failed at the upload deadline
-        // when it has not ended by then (`timed_out` once it did).
-        Original { #[pin] body: B, deadline: Option<Pin<Box<Sleep>>>, timed_out: bool },
+        // when it has not ended by then.
+        Original { #[pin] body: UploadBody<B> },
         // The body read whole: one piece as it came, or the client's bytes around a splice
         // (slices of them and the inserted bytes, in order: never copied into one buffer).
         Buffered { pieces: Pieces, trailers: Option<HeaderMap> },
@@ -38,9 +36,8 @@ pin_project! {
         // is held to the upload deadline too.
         Chained {
             prefix: Option<Bytes>,
-            rest: Pin<Box<B>>,
-            deadline: Option<Pin<Box<Sleep>>>,
-            timed_out: bool,
+            #[pin]
+            rest: UploadBody<Pin<Box<B>>>,
         },
         // The upload did not complete in time: what the inner service reads fails.
         Incomplete { failed: bool },
@@ -48,19 +45,19 @@ pin_project! {
 }
 
 impl<B> UsageRequestBody<B> {
-    /// The body as it comes, failed if it has not ended by `deadline` (`None`: never).
-    pub(super) fn original_until(body: B, deadline: Option<Instant>) -> Self
+    /// The body as it comes, failed if it has not ended by `deadline` (`None`: never), and
+    /// the watch an `SseLayer` inside reads to answer `408` when it did.
+    pub(super) fn original_until(body: B, deadline: Option<Instant>) -> (Self, Option<UploadWatch>)
     where
         B: Body,
     {
-        let deadline = timer(deadline, &body);
-        Self {
-            kind: RequestKind::Original {
-                body,
-                deadline,
-                timed_out: false,
+        let (body, watch) = UploadBody::watched(body, deadline);
+        (
+            Self {
+                kind: RequestKind::Original { body },
             },
-        }
+            watch,
+        )
     }
 
     pub(super) fn buffered(pieces: impl Into<Pieces>, trailers: Option<HeaderMap>) -> Self {
@@ -78,57 +75,27 @@ impl<B> UsageRequestBody<B> {
         }
     }
 
-    /// `prefix`, then the rest of the body, failed if it has not ended by `deadline`.
-    pub(super) fn chained(prefix: Bytes, rest: Pin<Box<B>>, deadline: Option<Instant>) -> Self
+    /// `prefix`, then the rest of the body, failed if it has not ended by `deadline`; and
+    /// its watch.
+    pub(super) fn chained(
+        prefix: Bytes,
+        rest: Pin<Box<B>>,
+        deadline: Option<Instant>,
+    ) -> (Self, Option<UploadWatch>)
     where
         B: Body,
     {
-        let deadline = timer(deadline, &*rest);
-        Self {
-            kind: RequestKind::Chained {
-                prefix: Some(prefix),
-                rest,
-                deadline,
-                timed_out: false,
+        let (rest, watch) = UploadBody::watched(rest, deadline);
+        (
+            Self {
+                kind: RequestKind::Chained {
+                    prefix: Some(prefix),
+                    rest,
+                },
             },
-        }
+            watch,
+        )
     }
-}
-
-/// The upload deadline's timer, for a body not complete yet.
-fn timer<B: Body>(deadline: Option<Instant>, body: &B) -> Option<Pin<Box<Sleep>>> {
-    deadline
-        .filter(|_| !body.is_end_stream())
-        .map(|at| Box::pin(sleep_until(at)))
-}
-
-/// The next frame of a body held to the upload deadline: an error once it passed.
-fn poll_until<B>(
-    body: Pin<&mut B>,
-    deadline: &mut Option<Pin<Box<Sleep>>>,
-    timed_out: &mut bool,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    if *timed_out {
-        return Poll::Ready(None);
-    }
-    if let Some(sleep) = deadline
-        && sleep.as_mut().poll(cx).is_ready()
-    {
-        *deadline = None;
-        *timed_out = true;
-        return Poll::Ready(Some(Err(UPLOAD_TIMED_OUT.into())));
-    }
-    let frame = ready!(body.poll_frame(cx));
-    if frame.is_none() {
-        // Complete: the timer is no longer needed.
-        *deadline = None;
-    }
-    Poll::Ready(frame.map(|r| r.map_err(Into::into)))
 }
 
 impl<B> fmt::Debug for UsageRequestBody<B> {
@@ -150,11 +117,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            RequestKindProj::Original {
-                body,
-                deadline,
-                timed_out,
-            } => poll_until(body, deadline, timed_out, cx),
+            RequestKindProj::Original { body } => body.poll_frame(cx),
             RequestKindProj::Buffered { pieces, trailers } => Poll::Ready(
                 pieces
                     .next()
@@ -162,33 +125,21 @@ where
                     .or_else(|| trailers.take().map(Frame::trailers))
                     .map(Ok),
             ),
-            RequestKindProj::Chained {
-                prefix,
-                rest,
-                deadline,
-                timed_out,
-            } => match prefix.take() {
+            RequestKindProj::Chained { prefix, rest } => match prefix.take() {
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
-                None => poll_until(rest.as_mut(), deadline, timed_out, cx),
+                None => rest.poll_frame(cx),
             },
             RequestKindProj::Incomplete { failed } => Poll::Ready(
-                (!std::mem::replace(failed, true)).then(|| Err(UPLOAD_TIMED_OUT.into())),
+                (!std::mem::replace(failed, true)).then(|| Err(Box::new(UploadTimedOut).into())),
             ),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            RequestKind::Original {
-                body, timed_out, ..
-            } => *timed_out || body.is_end_stream(),
+            RequestKind::Original { body } => body.is_end_stream(),
             RequestKind::Buffered { pieces, trailers } => pieces.len == 0 && trailers.is_none(),
-            RequestKind::Chained {
-                prefix,
-                rest,
-                timed_out,
-                ..
-            } => prefix.is_none() && (*timed_out || rest.is_end_stream()),
+            RequestKind::Chained { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
             RequestKind::Incomplete { failed } => *failed,
         }
     }

@@ -36,9 +36,15 @@
 //!   marked [`UploadTimedOut`](crate::request::UploadTimedOut), an
 //!   [`SseLayer`](crate::SseLayer) inside answers `408`, and a
 //!   [`StreamLimitLayer`](crate::StreamLimitLayer) outside releases its permit;
-//! - any other body is handed on as it comes, and fails at the deadline if it has not ended
-//!   by then (an encoded body too): the inner service sees an incomplete body, and its
-//!   answer releases the permit.
+//! - any other body is handed on as it comes (an
+//!   [`UploadBody`](crate::request::UploadBody)), and fails at the deadline with
+//!   [`UploadTimedOut`](crate::request::UploadTimedOut) if it has not ended by then (an
+//!   encoded body too, and the rest of a body larger than the layer reads): the inner
+//!   service sees an incomplete body, and if it had not answered by then, an `SseLayer`
+//!   inside answers `408` whatever it answers, and reports it; the permit is released.
+//!
+//! A stack without this layer gets the same bound from
+//! [`UploadDeadlineLayer`](crate::request::UploadDeadlineLayer).
 //!
 //! Put it **outside** `SseLayer`, so that `SseLayer` sees the marks:
 //!
@@ -79,8 +85,9 @@ pub use self::service::IncludeUsage;
 pub const DEFAULT_MAX_REQUEST_SIZE: usize = 16 * 1024 * 1024;
 
 /// The default [`IncludeUsageLayer::upload_timeout`](crate::IncludeUsageLayer::upload_timeout):
-/// 60 seconds for the whole request body.
-pub const DEFAULT_UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// 60 seconds for the whole request body (the same as
+/// [`request::DEFAULT_UPLOAD_TIMEOUT`](crate::request::DEFAULT_UPLOAD_TIMEOUT)).
+pub const DEFAULT_UPLOAD_TIMEOUT: std::time::Duration = crate::request::DEFAULT_UPLOAD_TIMEOUT;
 
 /// What to do with a request body larger than the limit.
 ///

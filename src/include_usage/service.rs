@@ -123,7 +123,12 @@ where
         if !reads || is_encoded(&parts.headers) {
             // Not read here, but still bounded: the body fails at the upload deadline, so
             // that a stalled upload on any path ends (and its stream permit is released).
-            let body = UsageRequestBody::original_until(body, upload_deadline(arrival, &config));
+            let (body, watch) =
+                UsageRequestBody::original_until(body, upload_deadline(arrival, &config));
+            if let Some(watch) = watch {
+                // An SseLayer inside answers 408 if the body times out before the answer.
+                parts.extensions.insert(watch);
+            }
             let request = Request::from_parts(parts, map.map(body));
             return Box::pin(
                 async move { Ok(inner.call(request).await?.map(IncludeUsageBody::inner)) },
@@ -162,7 +167,12 @@ where
                 // The rest is held to the same deadline.
                 Read::Oversized(prefix, rest) => {
                     let deadline = upload_deadline(arrival, &config);
-                    (parts, UsageRequestBody::chained(prefix, rest, deadline))
+                    let (body, watch) = UsageRequestBody::chained(prefix, rest, deadline);
+                    let mut parts = parts;
+                    if let Some(watch) = watch {
+                        parts.extensions.insert(watch);
+                    }
+                    (parts, body)
                 }
                 Read::Failed => {
                     return Ok(error_response(

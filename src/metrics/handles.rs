@@ -13,6 +13,7 @@
 //! loses nothing. The same refresh picks up a recorder installed after the first streams.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -30,11 +31,95 @@ pub(crate) const REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_LABEL_SETS: usize = 1024;
 
 /// The labels every GenAI metric of a stream carries.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// The model names are the ones [`ModelLabels`](super::ModelLabels) keeps (or `_OTHER`), which
+/// it hands out as clones of one shared string per name: so a label set is told apart by the
+/// identity of its names (address and length), not their bytes. Looking one up hashes three
+/// words instead of both names, and compares no bytes. Two copies of one name (two
+/// `ModelLabels` with the same name) are two keys for the same series, which is harmless:
+/// both keep valid handles. A key keeps its names alive, so no address is reused while it is
+/// in the cache.
+#[derive(Debug, Clone)]
 pub(crate) struct LabelSet {
     pub(crate) provider: Provider,
     pub(crate) request_model: Option<SharedString>,
     pub(crate) response_model: Option<SharedString>,
+}
+
+/// Identity of a kept name: its address and length.
+fn identity(name: &Option<SharedString>) -> (usize, usize) {
+    name.as_deref()
+        .map_or((0, 0), |name| (name.as_ptr() as usize, name.len()))
+}
+
+impl PartialEq for LabelSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.provider == other.provider
+            && identity(&self.request_model) == identity(&other.request_model)
+            && identity(&self.response_model) == identity(&other.response_model)
+    }
+}
+
+impl Eq for LabelSet {}
+
+impl Hash for LabelSet {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.provider.hash(state);
+        let (request, request_len) = identity(&self.request_model);
+        let (response, response_len) = identity(&self.response_model);
+        state.write_usize(request ^ request_len.rotate_left(48));
+        state.write_usize(response ^ response_len.rotate_left(48));
+    }
+}
+
+/// A hasher for small keys: one multiply per word (the FxHash step) instead of SipHash's
+/// rounds. Not keyed, so only for maps a client cannot grow into long collision chains:
+/// keys of addresses, or sets of bounded size (the kept model names, at most a few hundred,
+/// where the worst chain is the whole set).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct WordHasher(u64);
+
+impl WordHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut le = [0; 8];
+            le.copy_from_slice(word);
+            self.add(u64::from_le_bytes(le));
+        }
+        let mut tail = [0; 8];
+        let rest = words.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 56));
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl LabelSet {
@@ -159,7 +244,7 @@ impl Global {
 /// [`MetricsObserver`](crate::MetricsObserver).
 #[derive(Debug)]
 pub(crate) struct HandleCache {
-    sets: RwLock<HashMap<LabelSet, Arc<Handles>>>,
+    sets: RwLock<HashMap<LabelSet, Arc<Handles>, BuildHasherDefault<WordHasher>>>,
     max_sets: usize,
     global: RwLock<Global>,
     refresh: Duration,
@@ -173,13 +258,18 @@ pub(crate) struct HandleCache {
 impl HandleCache {
     pub(crate) fn new(max_sets: usize) -> Self {
         Self {
-            sets: RwLock::new(HashMap::new()),
+            sets: RwLock::new(HashMap::default()),
             max_sets,
             global: RwLock::new(Global::new()),
             refresh: REFRESH,
             created: Instant::now(),
             next_sweep_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The bound it was made with.
+    pub(crate) fn max_sets(&self) -> usize {
+        self.max_sets
     }
 
     /// This label set's handles: kept ones while fresh; beyond the bound, handles for this
@@ -281,6 +371,29 @@ mod tests {
             request_model: None,
             response_model: Some(SharedString::const_str(model)),
         }
+    }
+
+    #[test]
+    fn the_word_hasher_tells_short_names_apart() {
+        use std::hash::BuildHasher;
+        let names = [
+            "",
+            "a",
+            "a\0",
+            "b",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefgh\0",
+            "abcdefghi",
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4o-mini-2024-07-18",
+        ];
+        let hashes: std::collections::HashSet<u64> = names
+            .iter()
+            .map(|name| BuildHasherDefault::<WordHasher>::default().hash_one(name))
+            .collect();
+        assert_eq!(hashes.len(), names.len());
     }
 
     #[test]

@@ -2,9 +2,16 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use metrics::SharedString;
+
+use super::handles::WordHasher;
+
+/// The kept names: a bounded set (a first-seen limit, or the allowlist), looked up by every
+/// stream, hashed a word at a time (see [`WordHasher`]).
+type Names = HashSet<Arc<str>, BuildHasherDefault<WordHasher>>;
 
 /// The label value that stands for every model name not recorded as itself.
 pub const OTHER: &str = "_OTHER";
@@ -52,11 +59,11 @@ struct Inner {
 }
 
 enum Policy {
-    Allow(HashSet<Arc<str>>),
+    Allow(Names),
     FirstSeen {
         limit: usize,
         /// Read by every stream, written only while fewer than `limit` names are known.
-        seen: RwLock<HashSet<Arc<str>>>,
+        seen: RwLock<Names>,
     },
 }
 
@@ -66,7 +73,7 @@ impl ModelLabels {
         Self(Arc::new(Inner {
             policy: Policy::FirstSeen {
                 limit,
-                seen: RwLock::new(HashSet::new()),
+                seen: RwLock::new(Names::default()),
             },
             max_len: DEFAULT_MAX_MODEL_LEN,
         }))
@@ -181,6 +188,20 @@ mod tests {
         assert_eq!(labels.value("c"), OTHER);
         assert_eq!(labels.value("a"), "a");
         assert_eq!(shared.value("b"), "b");
+    }
+
+    /// The handle cache tells label sets apart by the identity of their names: a kept name
+    /// is handed out as the same string every time, or every stream would miss the cache.
+    #[test]
+    fn a_kept_name_is_handed_out_as_one_shared_string() {
+        let same = |a: &SharedString, b: &SharedString| {
+            std::ptr::eq(a.as_ref().as_ptr(), b.as_ref().as_ptr())
+        };
+        let labels = ModelLabels::first_seen(1);
+        assert!(same(&labels.label("a"), &labels.clone().label("a")));
+        assert!(same(&labels.label("b"), &labels.label("c")), "_OTHER");
+        let allowed = ModelLabels::allowlist(["a"]);
+        assert!(same(&allowed.label("a"), &allowed.label("a")));
     }
 
     #[test]

@@ -2,16 +2,16 @@
 //!
 //! [`MetricsObserver`] records, per stream, the instruments of the
 //! OpenTelemetry GenAI semantic conventions, named as they are there;
-//! [`StreamLimitLayer`](crate::StreamLimitLayer) records its own two. Nothing else in the
-//! crate emits metrics. This table is the one list (a test checks it against [`names`] and
+//! [`StreamLimitLayer`](crate::StreamLimitLayer) records its own two,
+//! [`Failover`](crate::failover::Failover) its three. Nothing else in the crate emits metrics. This table is the one list (a test checks it against [`names`] and
 //! [`describe`]):
 //!
 //! | name | kind | unit | labels | meaning |
 //! |---|---|---|---|---|
 //! | `gen_ai.client.operation.duration` | histogram | s | GenAI attributes, `error.type` on failure | request to end of stream, recorded at the end |
 //! | `gen_ai.client.operation.time_to_first_chunk` | histogram | s | GenAI attributes | request to the first content event, at the end, when content arrived |
-//! | `gen_ai.client.operation.time_per_output_chunk` | histogram | s | GenAI attributes | time between consecutive delivered content events, per event after the first |
-//! | `gen_ai.client.token.usage` | histogram | `{token}` | GenAI attributes, `gen_ai.token.type` = `input` / `output` | tokens, at the end, usage the provider reported only (never estimated) |
+//! | `gen_ai.client.operation.time_per_output_chunk` | histogram | s | GenAI attributes | time between consecutive delivered content events, one value per event after the first, kept by the stream and recorded at its end (or four at a time) |
+//! | `gen_ai.client.token.usage` | histogram | `{token}` | GenAI attributes, `gen_ai.token.type` = `input` / `output` | tokens, at the end, usage the provider reported only (never estimated); with a [`Failover`](crate::failover::Failover) inside, one more sample per failed attempt that reported tokens |
 //! | `gen_ai.server.time_to_first_token` | histogram | s | GenAI attributes | time to first token, at the end, completed streams only |
 //! | `gen_ai.server.time_per_output_token` | histogram | s | GenAI attributes | time per output token after the first, at the end, when output tokens are known |
 //! | `tower_sse.streams.open` | gauge | `{stream}` | none | streams of [`MetricsObserver`] open now: up at the response head, down at the end |
@@ -20,6 +20,9 @@
 //! | `tower_sse.limit.rejections_total` | counter | `{request}` | `reason` = `limit_full` | requests a [`StreamLimitLayer`](crate::StreamLimitLayer) answered `503` because every permit was taken |
 //! | `tower_sse.resume.requests_total` | counter | `{request}` | `answer` = `replayed` / `finished` / `gone` / `not_found` / `unavailable` / `not_resumable` | resume requests (`Last-Event-ID`) of a `ResumeLayer` (feature `resume`) by answer, and new streams it could not make resumable |
 //! | `tower_sse.resume.reader_gaps_total` | counter | `{connection}` | `reason` = `overrun` / `gone` / `store_failed` | readers of resumable streams (feature `resume`) that could not go on without a gap: each got a `resume_gap` error event and a broken end |
+//! | `tower_sse.failover.attempts_total` | counter | `{attempt}` | `upstream` = its name or index, `result` = `served` / `call_failed` / `status` / `provider_error` / `no_content` / `body_failed` | upstream attempts of a [`Failover`](crate::failover::Failover), failed ones included |
+//! | `tower_sse.failover.skipped_total` | counter | `{request}` | `upstream` | requests that skipped an upstream whose circuit breaker was open |
+//! | `tower_sse.failover.circuit_open` | gauge | `{upstream}` | `upstream` | 1 while the upstream's circuit breaker is open, 0 once closed |
 //!
 //! Counters end in `_total`, so that their Prometheus names pass `promtool check metrics`
 //! (exporters turn the dots into underscores; OpenTelemetry's Prometheus exporter adds no second
@@ -88,6 +91,15 @@ pub mod names {
     /// Readers of resumable streams that met a gap (`resume_gap` error event, broken end),
     /// by reason (`overrun`, `gone`, `store_failed`): `ResumeLayer`, feature `resume`.
     pub const RESUME_READER_GAPS: &str = "tower_sse.resume.reader_gaps_total";
+    /// Upstream attempts of a [`Failover`](crate::failover::Failover), by `upstream` and
+    /// `result` (`served`, or why it failed).
+    pub const FAILOVER_ATTEMPTS: &str = "tower_sse.failover.attempts_total";
+    /// Requests of a [`Failover`](crate::failover::Failover) that skipped an upstream whose
+    /// circuit breaker was open, by `upstream`.
+    pub const FAILOVER_SKIPPED: &str = "tower_sse.failover.skipped_total";
+    /// 1 while an upstream's circuit breaker is open (skipped), 0 once it closed, by
+    /// `upstream`.
+    pub const FAILOVER_CIRCUIT_OPEN: &str = "tower_sse.failover.circuit_open";
 }
 
 /// Bucket boundaries the conventions advise, for your exporter.
@@ -202,6 +214,21 @@ pub fn describe() {
         names::RESUME_READER_GAPS,
         Unit::Count,
         "Readers of resumable streams ended by a gap (resume_gap error event), by reason"
+    );
+    describe_counter!(
+        names::FAILOVER_ATTEMPTS,
+        Unit::Count,
+        "Upstream attempts of the failover layer, by upstream and result"
+    );
+    describe_counter!(
+        names::FAILOVER_SKIPPED,
+        Unit::Count,
+        "Upstreams skipped by the failover layer's open circuit breaker"
+    );
+    describe_gauge!(
+        names::FAILOVER_CIRCUIT_OPEN,
+        Unit::Count,
+        "1 while an upstream's circuit breaker is open"
     );
 }
 

@@ -70,11 +70,12 @@ use crate::sse::EventRef;
 /// ```
 /// use bytes::Bytes;
 /// use http::{Request, Response};
-/// use http_body_util::{BodyExt, Full};
+/// use http_body_util::{BodyExt, Empty, Full};
 /// use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::metrics::names;
 /// use tower_sse::{MetricsObserver, SseLayer, TimingObserver, UsageObserver};
+/// # use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -90,7 +91,7 @@ use crate::sse::EventRef;
 /// ));
 ///
 /// // An OpenAI Chat upstream: two content chunks, then the usage.
-/// # let upstream = service_fn(|_: Request<()>| async {
+/// # let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 /// #     let stream = concat!(
 /// #         "data: {\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
 /// #         "data: {\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
@@ -104,7 +105,7 @@ use crate::sse::EventRef;
 /// #         .unwrap();
 /// #     Ok::<_, std::convert::Infallible>(response)
 /// # });
-/// let request = Request::post("/v1/chat/completions").body(()).unwrap();
+/// let request = Request::post("/v1/chat/completions").body(Empty::<Bytes>::new()).unwrap();
 /// let response = layer.layer(upstream).oneshot(request).await.unwrap();
 /// response.into_body().collect().await.unwrap();
 ///
@@ -125,9 +126,58 @@ pub struct MetricsObserver {
     request_model: Option<SharedString>,
     open: bool,
     last_content: Option<Instant>,
+    /// The gaps between content events not yet given to the recorder, in seconds, oldest
+    /// first: recorded at the end of the stream, or when full.
+    gaps: GapBuffer,
+    /// The handles the gaps of a long stream go to, looked up when its buffer first filled.
     per_chunk: Option<Arc<Handles>>,
+    /// What every stream of the layer shares: one `Arc`, so a stream's copy of the observer
+    /// is one pointer (and one count up and down) for both.
+    shared: Arc<Shared>,
+}
+
+/// The model-name bound and the kept handles, shared by the clones of one observer.
+#[derive(Debug)]
+struct Shared {
     models: ModelLabels,
-    handles: Arc<HandleCache>,
+    handles: HandleCache,
+}
+
+/// How many gaps between content events a stream keeps before it records them: a short
+/// stream records all of its gaps at its end, with its other metrics and one lookup of its
+/// handles; a long one records them [`GAP_BATCH`] at a time.
+const GAP_BATCH: usize = 4;
+
+/// The per-chunk gaps of one stream waiting to be recorded (`gen_ai.client.operation.
+/// time_per_output_chunk`). Recording them later, in the order they came, gives the
+/// recorder the same values: an exporter's bucket counts and sums are the same as with a
+/// record per event, and the event path does no recorder call and no handle lookup.
+#[derive(Debug, Clone, Copy, Default)]
+struct GapBuffer {
+    len: u8,
+    secs: [f64; GAP_BATCH],
+}
+
+impl GapBuffer {
+    /// Keep one gap; `false` when the buffer is full and must be recorded first.
+    #[inline]
+    fn push(&mut self, secs: f64) -> bool {
+        match self.secs.get_mut(usize::from(self.len)) {
+            Some(slot) => {
+                *slot = secs;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Record the kept gaps, oldest first, and empty the buffer.
+    fn record_into(&mut self, histogram: &metrics::Histogram) {
+        for &secs in &self.secs[..usize::from(std::mem::take(&mut self.len))] {
+            histogram.record(secs);
+        }
+    }
 }
 
 impl Default for MetricsObserver {
@@ -136,9 +186,12 @@ impl Default for MetricsObserver {
             request_model: None,
             open: false,
             last_content: None,
+            gaps: GapBuffer::default(),
             per_chunk: None,
-            models: ModelLabels::default(),
-            handles: Arc::new(HandleCache::new(DEFAULT_MAX_LABEL_SETS)),
+            shared: Arc::new(Shared {
+                models: ModelLabels::default(),
+                handles: HandleCache::new(DEFAULT_MAX_LABEL_SETS),
+            }),
         }
     }
 }
@@ -155,7 +208,8 @@ impl MetricsObserver {
     /// of at most [`DEFAULT_MAX_MODEL_LEN`](crate::metrics::DEFAULT_MAX_MODEL_LEN) bytes.
     #[must_use]
     pub fn model_labels(mut self, models: ModelLabels) -> Self {
-        self.models = models;
+        let handles = HandleCache::new(self.shared.handles.max_sets());
+        self.shared = Arc::new(Shared { models, handles });
         self
     }
 
@@ -172,7 +226,9 @@ impl MetricsObserver {
     /// streams is picked up. Clones share the kept handles.
     #[must_use]
     pub fn max_label_sets(mut self, max: usize) -> Self {
-        self.handles = Arc::new(HandleCache::new(max));
+        let models = self.shared.models.clone();
+        let handles = HandleCache::new(max);
+        self.shared = Arc::new(Shared { models, handles });
         self
     }
 
@@ -182,7 +238,7 @@ impl MetricsObserver {
         LabelSet {
             provider: report.provider,
             request_model: self.request_model.clone(),
-            response_model: report.model.as_deref().map(|m| self.models.label(m)),
+            response_model: report.model.as_deref().map(|m| self.shared.models.label(m)),
         }
     }
 }
@@ -192,11 +248,11 @@ impl Observer for MetricsObserver {
         self.request_model = request
             .extensions
             .get::<RequestModel>()
-            .map(|m| self.models.label(&m.0));
+            .map(|m| self.shared.models.label(&m.0));
     }
 
     fn on_response(&mut self, _response: &http::response::Parts, _report: &mut StreamReport) {
-        self.handles.stream_opened(std::time::Instant::now());
+        self.shared.handles.stream_opened(std::time::Instant::now());
         self.open = true;
     }
 
@@ -207,17 +263,12 @@ impl Observer for MetricsObserver {
         }
         let at = cx.at();
         if let Some(last) = self.last_content.replace(at) {
-            let handles = match &self.per_chunk {
-                Some(handles) => handles,
-                None => {
-                    let set = self.label_set(cx.report);
-                    let handles = self.handles.handles(&set, std::time::Instant::now());
-                    self.per_chunk.insert(handles)
-                }
-            };
-            handles
-                .per_chunk()
-                .record(at.saturating_duration_since(last).as_secs_f64());
+            let gap = at.saturating_duration_since(last).as_secs_f64();
+            if !self.gaps.push(gap) {
+                self.flush_gaps(cx.report, std::time::Instant::now());
+                let kept = self.gaps.push(gap);
+                debug_assert!(kept, "an emptied buffer takes a gap");
+            }
         }
     }
 
@@ -225,8 +276,15 @@ impl Observer for MetricsObserver {
         // One clock read for the handles' freshness, however many are recorded.
         let now = std::time::Instant::now();
         let was_open = std::mem::take(&mut self.open);
-        self.handles.stream_ended(was_open, report.outcome, now);
-        let handles = self.handles.handles(&self.label_set(report), now);
+        self.shared
+            .handles
+            .stream_ended(was_open, report.outcome, now);
+        // One lookup of the label set's handles for everything this stream records at its
+        // end, the per-chunk gaps it still keeps included.
+        let handles = self.shared.handles.handles(&self.label_set(report), now);
+        let per_chunk = self.per_chunk.take();
+        self.gaps
+            .record_into(per_chunk.as_deref().unwrap_or(&handles).per_chunk());
         let failed = report.outcome != Outcome::Completed;
         handles
             .duration(report.outcome)
@@ -245,7 +303,15 @@ impl Observer for MetricsObserver {
         // Reported counts only: the conventions ask not to report counts that were not
         // counted. An estimated usage has its output estimated, and only that: its input
         // is the provider's (Anthropic's `message_start`, for a stream cut before the end).
-        if let Some(usage) = report.usage {
+        // The attempts of a `Failover` inside that failed before the commit come first: each
+        // is an operation of its own, and can have cost tokens (Anthropic's input tokens of a
+        // stream that ends in `overloaded_error`).
+        let failed_attempts = report
+            .failover
+            .as_deref()
+            .into_iter()
+            .flat_map(|failover| failover.failed().filter_map(|attempt| attempt.usage));
+        for usage in failed_attempts.chain(report.usage) {
             let output = usage
                 .output_tokens
                 .filter(|_| usage.source == UsageSource::Reported);
@@ -255,6 +321,21 @@ impl Observer for MetricsObserver {
                 }
             }
         }
+    }
+}
+
+impl MetricsObserver {
+    /// Record the kept per-chunk gaps now (the buffer is full).
+    #[cold]
+    fn flush_gaps(&mut self, report: &StreamReport, now: std::time::Instant) {
+        let handles = match &self.per_chunk {
+            Some(handles) => handles,
+            None => {
+                let handles = self.shared.handles.handles(&self.label_set(report), now);
+                self.per_chunk.insert(handles)
+            }
+        };
+        self.gaps.record_into(handles.per_chunk());
     }
 }
 

@@ -40,10 +40,11 @@ use crate::sse::EventRef;
 ///
 /// use bytes::Bytes;
 /// use http::{Request, Response};
-/// use http_body_util::{BodyExt, Full};
+/// use http_body_util::{BodyExt, Empty, Full};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::sse::EventRef;
 /// use tower_sse::{EventContext, Observer, SseLayer, StreamReport};
+/// use tower_sse::request::UploadBody;
 ///
 /// /// What `ContentCounter` found in one stream.
 /// #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,7 +83,7 @@ use crate::sse::EventRef;
 ///     });
 ///
 /// // An upstream answering with an OpenAI Chat stream.
-/// let upstream = service_fn(|_: Request<()>| async {
+/// let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 ///     let stream = concat!(
 ///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
 ///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
@@ -95,7 +96,7 @@ use crate::sse::EventRef;
 ///         .unwrap();
 ///     Ok::<_, std::convert::Infallible>(response)
 /// });
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// response.into_body().collect().await.unwrap();
 ///
 /// let stats = seen.lock().unwrap().expect("the observer wrote its findings");

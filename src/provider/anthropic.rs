@@ -47,11 +47,15 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
-use crate::json::{Count, Lenient, Text, finders, first_of, parse};
+use super::{
+    ContentSpan, Format, LazyKind, ResponseMeta, StopEnd, Top, UsageSink, counts, event_kind,
+};
+use crate::json::{Count, Lenient, Text, finders, first_of, parse, text_of};
+use crate::policy::StopKind;
 
 finders! {
     SIGNATURE_DELTA = b"\"signature_delta\"";
+    TEXT_DELTA = b"\"text_delta\"";
     TEXT = b"\"text\"";
     THINKING = b"\"thinking\"";
     PARTIAL_JSON = b"\"partial_json\"";
@@ -119,6 +123,41 @@ impl Format for Anthropic {
 
     fn error(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
         (kind.get() == b"error").then(|| error::error_event(event.data_bytes()))
+    }
+
+    fn text_span(event: &EventRef<'_>) -> Option<(usize, usize)> {
+        let data = event.data_bytes();
+        if event_kind(event) != b"content_block_delta" || TEXT_DELTA.find(data).is_none() {
+            return None;
+        }
+        text_of(data, &TEXT)
+    }
+
+    fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
+        if stop.kind == StopKind::BudgetExceeded {
+            // Anthropic's mid-stream error event (its SDKs raise it).
+            let error = serde_json::json!({
+                "type": "error",
+                "error": {"type": "budget_exceeded", "message": super::BUDGET_EXCEEDED},
+            });
+            return vec![(Some("error"), error.to_string())];
+        }
+        let reason = match stop.kind {
+            StopKind::Length => "max_tokens",
+            _ => "refusal",
+        };
+        let delta = serde_json::json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": null},
+            "usage": {"output_tokens": 0},
+        });
+        vec![
+            (Some("message_delta"), delta.to_string()),
+            (
+                Some("message_stop"),
+                r#"{"type":"message_stop"}"#.to_owned(),
+            ),
+        ]
     }
 }
 
@@ -230,7 +269,10 @@ mod tests {
         );
         assert_eq!(
             s.usage(),
-            Some(counts(Some(10), None, None, Some(100), None))
+            Some(crate::report::Usage {
+                cache_write_tokens: Some(20),
+                ..counts(Some(10), None, None, Some(100), None)
+            })
         );
         assert_eq!(s.provisional_output_tokens(), Some(1));
         run(
@@ -240,7 +282,10 @@ mod tests {
         );
         assert_eq!(
             s.usage(),
-            Some(counts(Some(10), Some(30), None, Some(100), None))
+            Some(crate::report::Usage {
+                cache_write_tokens: Some(20),
+                ..counts(Some(10), Some(30), None, Some(100), None)
+            })
         );
         assert_eq!(s.cache_creation_input_tokens(), Some(20));
         assert_eq!(s.finish_reason(), Some("end_turn"));

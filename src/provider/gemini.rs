@@ -25,10 +25,11 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, ResponseMeta, UsageSink, counts};
+use super::{ContentSpan, Format, LazyKind, ResponseMeta, StopEnd, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
+use crate::policy::StopKind;
 
 finders! {
     USAGE_METADATA = b"\"usageMetadata\"";
@@ -91,6 +92,42 @@ impl Format for Gemini {
 
     fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
         error::top_level_error(event.data_bytes())
+    }
+
+    fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
+        if stop.kind == StopKind::BudgetExceeded {
+            // Google's error object, as its API sends one in place of a chunk.
+            let error = serde_json::json!({
+                "error": {
+                    "code": 429,
+                    "message": super::BUDGET_EXCEEDED,
+                    "status": "RESOURCE_EXHAUSTED",
+                    "details": [{
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "BUDGET_EXCEEDED",
+                    }],
+                },
+            });
+            return vec![(None, error.to_string())];
+        }
+        let reason = match stop.kind {
+            StopKind::Length => "MAX_TOKENS",
+            _ => "SAFETY",
+        };
+        let mut data = serde_json::json!({
+            "candidates": [{
+                "content": {"parts": [{"text": ""}], "role": "model"},
+                "finishReason": reason,
+                "index": 0,
+            }],
+        });
+        if !stop.model.is_empty() {
+            data["modelVersion"] = stop.model.into();
+        }
+        if !stop.id.is_empty() {
+            data["responseId"] = stop.id.into();
+        }
+        vec![(None, data.to_string())]
     }
 }
 

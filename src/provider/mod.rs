@@ -154,6 +154,35 @@ pub(crate) trait Format {
         let _ = (event, kind);
         None
     }
+
+    /// Where the generated text of a content event is in its data, for a policy to read and
+    /// rewrite (one string value, JSON escapes not decoded). Asked only when a policy is set,
+    /// of content events [`content`](Self::content) did not locate.
+    fn text_span(event: &EventRef<'_>) -> Option<(usize, usize)> {
+        Self::content(event).text_span()
+    }
+
+    /// The events (name, data) that end a stream of this format the way the provider ends
+    /// one it stopped for `kind`, so that SDKs end cleanly. Empty when the format has none.
+    fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
+        let _ = stop;
+        Vec::new()
+    }
+}
+
+/// The message of the error a stream ends with when its budget ran out
+/// ([`StopKind::BudgetExceeded`](crate::policy::StopKind::BudgetExceeded)): the layer's own
+/// words, the same in every format (which limit is in the report, not sent).
+pub(crate) const BUDGET_EXCEEDED: &str =
+    "budget exceeded: this stream used what was left of its budget";
+
+/// What a format's [`stop_events`](Format::stop_events) may name: why, and the response's
+/// id and model as the stream's first events gave them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StopEnd<'a> {
+    pub(crate) kind: crate::policy::StopKind,
+    pub(crate) id: &'a str,
+    pub(crate) model: &'a str,
 }
 
 /// Declares [`Provider`] from the list of formats, in detection order, with the dispatch to
@@ -282,6 +311,41 @@ impl Provider {
         self.is_terminal(event)
     }
 
+    /// Where the generated text of a content event is in its data (one string value, JSON
+    /// escapes not decoded): OpenAI Chat's `delta.content` (or reasoning, or refusal),
+    /// Completions' `text`, Anthropic's `text_delta`, Responses' `output_text.delta`,
+    /// Gemini's first `parts[].text`, Ollama's `message.content` (or `response`). `None`
+    /// for other events, and for tool calls.
+    ///
+    /// ```
+    /// use tower_sse::provider::Provider;
+    /// use tower_sse::sse::EventRef;
+    ///
+    /// let data = br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+    /// let event = EventRef::new(b"content_block_delta", data, b"");
+    /// let (start, end) = Provider::Anthropic.text_span(&event).unwrap();
+    /// assert_eq!(&data[start..end], b"Hi");
+    /// ```
+    pub fn text_span(self, event: &EventRef<'_>) -> Option<(usize, usize)> {
+        with_format!(self, |F| F::text_span(event), None)
+    }
+
+    /// The events (name, data) that end a stream of this format as its provider ends one it
+    /// stopped (empty for an unknown format).
+    pub(crate) fn stop_events(
+        self,
+        kind: crate::policy::StopKind,
+        id: Option<&str>,
+        model: Option<&str>,
+    ) -> Vec<(Option<&'static str>, String)> {
+        let stop = StopEnd {
+            kind,
+            id: id.unwrap_or_default(),
+            model: model.unwrap_or_default(),
+        };
+        with_format!(self, |F| F::stop_events(&stop), Vec::new())
+    }
+
     /// Whether the API takes `stream_options.include_usage` (OpenAI Chat and Completions;
     /// the Responses API rejects it).
     pub fn accepts_stream_options(self) -> bool {
@@ -337,7 +401,7 @@ impl Provider {
                 .iter()
                 .find(|p| with_format!(p, |F| F::claims_event(kind), false))
             {
-                return with_format!(owner, |F| F::usage(event, state), false);
+                return read_usage(owner, event, state);
             }
             if with_format!(self, |F| F::NAMES_EVENTS, false) {
                 return false;
@@ -345,15 +409,23 @@ impl Provider {
         } else if with_format!(self, |F| F::NAMES_EVENTS, true) && event_kind(event) == b"error" {
             return error_event(event, state);
         }
-        with_format!(
-            self,
-            |F| F::usage(event, state),
-            Self::FORMATS.iter().any(|&p| {
-                with_format!(p, |F| F::GUESS_USAGE, false)
-                    && with_format!(p, |F| F::usage(event, state), false)
-            })
-        )
+        match self {
+            Self::Unknown => Self::FORMATS.iter().any(|&p| {
+                with_format!(p, |F| F::GUESS_USAGE, false) && read_usage(p, event, state)
+            }),
+            known => read_usage(known, event, state),
+        }
     }
+}
+
+/// Read one event with `provider`'s usage reader; when it was the reader's, say how that
+/// format counts ([`UsageStyle`](crate::usage::UsageStyle)).
+fn read_usage(provider: Provider, event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
+    let read = with_format!(provider, |F| F::usage(event, state), false);
+    if read {
+        state.set_style(crate::usage::UsageStyle::of(provider));
+    }
+    read
 }
 
 impl Provider {
@@ -522,6 +594,8 @@ pub(crate) struct Counts {
     pub(crate) total: Option<u64>,
     pub(crate) cached: Option<u64>,
     pub(crate) reasoning: Option<u64>,
+    /// Input tokens written to the prompt cache (OpenRouter's `cache_write_tokens`).
+    pub(crate) cache_write: Option<u64>,
 }
 
 impl Counts {
@@ -533,6 +607,7 @@ impl Counts {
             self.total,
             self.cached,
             self.reasoning,
+            self.cache_write,
         ]
         .iter()
         .any(Option::is_some)
@@ -553,6 +628,7 @@ pub(crate) fn counts(
         total,
         cached,
         reasoning,
+        cache_write: None,
     }
 }
 
@@ -565,6 +641,7 @@ pub(crate) trait UsageSink {
     fn set_provisional_output_tokens(&mut self, tokens: u64);
     fn set_cache_creation_input_tokens(&mut self, tokens: u64);
     fn mark_usage_only(&mut self);
+    fn set_style(&mut self, style: crate::usage::UsageStyle);
 }
 
 #[derive(Deserialize)]

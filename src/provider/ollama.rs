@@ -18,8 +18,9 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
+use super::{ContentSpan, Format, LazyKind, StopEnd, UsageSink, counts};
 use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
+use crate::policy::StopKind;
 
 finders! {
     DONE = b"\"done\"";
@@ -70,6 +71,26 @@ impl Format for Ollama {
 
     fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
         error::top_level_error(event.data_bytes())
+    }
+
+    fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
+        if stop.kind == StopKind::BudgetExceeded {
+            // Ollama's errors are a message only.
+            let error = serde_json::json!({"error": super::BUDGET_EXCEEDED});
+            return vec![(None, error.to_string())];
+        }
+        let reason = match stop.kind {
+            StopKind::Length => "length",
+            _ => "content_filter",
+        };
+        let line = serde_json::json!({
+            "model": stop.model,
+            "created_at": "1970-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": ""},
+            "done": true,
+            "done_reason": reason,
+        });
+        vec![(None, line.to_string())]
     }
 }
 

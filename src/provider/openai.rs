@@ -29,11 +29,12 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, UsageSink, counts};
+use super::{ContentSpan, Format, LazyKind, StopEnd, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
     is_empty_array_or_absent, object_value, parse, present, text_of,
 };
+use crate::policy::StopKind;
 
 finders! {
     USAGE = b"\"usage\"";
@@ -100,6 +101,41 @@ impl Format for Chat {
     fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
         error::top_level_error(event.data_bytes())
     }
+    fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
+        if stop.kind == StopKind::BudgetExceeded {
+            return budget_error();
+        }
+        let chunk = serde_json::json!({
+            "id": stop.id,
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": stop.model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason(stop.kind)}],
+        });
+        vec![(None, chunk.to_string()), (None, "[DONE]".to_owned())]
+    }
+}
+
+/// The error object OpenAI puts in place of a chunk (its SDKs raise it), for a stream
+/// whose budget ran out: the stream then ends, without `[DONE]`, as OpenAI's own do.
+fn budget_error() -> Vec<(Option<&'static str>, String)> {
+    let error = serde_json::json!({
+        "error": {
+            "message": super::BUDGET_EXCEEDED,
+            "type": "budget_exceeded",
+            "param": null,
+            "code": "budget_exceeded",
+        },
+    });
+    vec![(None, error.to_string())]
+}
+
+/// The `finish_reason` of a chunk that ends a stream stopped for `kind`.
+fn finish_reason(kind: StopKind) -> &'static str {
+    match kind {
+        StopKind::Length => "length",
+        _ => "content_filter",
+    }
 }
 
 /// OpenAI legacy Completions (`text_completion`).
@@ -139,6 +175,20 @@ impl Format for Completions {
     fn error(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> Option<ProviderError> {
         error::top_level_error(event.data_bytes())
     }
+
+    fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
+        if stop.kind == StopKind::BudgetExceeded {
+            return budget_error();
+        }
+        let chunk = serde_json::json!({
+            "id": stop.id,
+            "object": "text_completion",
+            "created": 0,
+            "model": stop.model,
+            "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": finish_reason(stop.kind)}],
+        });
+        vec![(None, chunk.to_string()), (None, "[DONE]".to_owned())]
+    }
 }
 
 #[derive(Deserialize)]
@@ -162,6 +212,9 @@ struct ChatUsage {
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Count,
+    /// OpenRouter's cache writes (counted in `prompt_tokens`).
+    #[serde(default)]
+    cache_write_tokens: Count,
 }
 
 #[derive(Deserialize)]
@@ -196,12 +249,12 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     if let Some(at) = object_value(data, &USAGE)
         && let Some(usage) = data.get(at..).and_then(parse::<ChatUsage>)
     {
-        let cached = usage
-            .prompt_tokens_details
-            .0
+        let details = usage.prompt_tokens_details.0;
+        let cached = details
+            .as_ref()
             .and_then(|d| d.cached_tokens.0)
             .or(usage.prompt_cache_hit_tokens.0);
-        let usage = counts(
+        let mut usage = counts(
             usage.prompt_tokens.0,
             usage.completion_tokens.0,
             usage.total_tokens.0,
@@ -211,6 +264,7 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
                 .0
                 .and_then(|d| d.reasoning_tokens.0),
         );
+        usage.cache_write = details.and_then(|d| d.cache_write_tokens.0);
         if is_empty_array_or_absent(data, &CHOICES) {
             state.mark_usage_only();
         }

@@ -22,8 +22,11 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, ResponseMeta, Top, UsageSink, counts, event_kind};
-use crate::json::{Count, Lenient, Text, finders, first_of, parse};
+use super::{
+    ContentSpan, Format, LazyKind, ResponseMeta, StopEnd, Top, UsageSink, counts, event_kind,
+};
+use crate::json::{Count, Lenient, Text, finders, first_of, parse, text_of};
+use crate::policy::StopKind;
 
 finders! {
     RESPONSE = b"\"response\"";
@@ -85,6 +88,44 @@ impl Format for Responses {
             b"response.failed" => Some(error::failed_response(event.data_bytes())),
             _ => None,
         }
+    }
+
+    fn text_span(event: &EventRef<'_>) -> Option<(usize, usize)> {
+        if event_kind(event) != b"response.output_text.delta" {
+            return None;
+        }
+        text_of(event.data_bytes(), &DELTA)
+    }
+
+    fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
+        if stop.kind == StopKind::BudgetExceeded {
+            // The Responses API's `error` event (its SDKs raise it).
+            let error = serde_json::json!({
+                "type": "error",
+                "code": "budget_exceeded",
+                "message": super::BUDGET_EXCEEDED,
+                "param": null,
+            });
+            return vec![(Some("error"), error.to_string())];
+        }
+        let reason = match stop.kind {
+            StopKind::Length => "max_output_tokens",
+            _ => "content_filter",
+        };
+        let data = serde_json::json!({
+            "type": "response.incomplete",
+            "response": {
+                "id": stop.id,
+                "object": "response",
+                "created_at": 0,
+                "status": "incomplete",
+                "incomplete_details": {"reason": reason},
+                "model": stop.model,
+                "output": [],
+                "error": null,
+            },
+        });
+        vec![(Some("response.incomplete"), data.to_string())]
     }
 }
 

@@ -22,6 +22,7 @@ use crate::resume::gap::{ResumeGap, ResumeGapKind};
 use crate::resume::layer::{Config, ReaderRecord};
 use crate::resume::shared::AttachGuard;
 use crate::resume::store::{Batch, Read, StoreError, StreamEnd, StreamLog};
+use crate::resume::traced::{ReaderEnd, Traced};
 use crate::stream::config::ErrorEvent;
 use crate::stream::shutdown::ShutdownWatch;
 
@@ -172,6 +173,8 @@ pub(crate) struct Reader {
     shutdown: Option<ShutdownWatch>,
     /// The shutdown's error event was sent: the end follows.
     shut: bool,
+    /// The connection's span, for a resume (feature `otel`).
+    traced: Traced,
 }
 
 impl Reader {
@@ -224,9 +227,16 @@ impl Reader {
             attach,
             shutdown,
             shut: false,
+            traced: Traced::default(),
         };
         reader.take(first);
         reader
+    }
+
+    /// The connection's span, ended with its record when the reader is dropped.
+    pub(crate) fn traced(mut self, traced: Traced) -> Self {
+        self.traced = traced;
+        self
     }
 
     fn take(&mut self, mut batch: Batch) {
@@ -422,6 +432,16 @@ impl Drop for Reader {
             .open_readers
             .0
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let end = if self.record.gap.is_some() {
+            ReaderEnd::Gap
+        } else if self.shut {
+            ReaderEnd::Shutdown
+        } else if self.record.reached_end {
+            ReaderEnd::StreamEnd
+        } else {
+            ReaderEnd::ClientLeft
+        };
+        std::mem::take(&mut self.traced).ended(&self.record, end);
         if let Some(on_end) = &self.config.on_reader_end {
             on_end(self.record);
         }

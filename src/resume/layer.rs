@@ -208,6 +208,9 @@ pub(crate) struct Config {
     pub(crate) shutdown: Option<Shutdown>,
     /// The readers open now (every connection to a resumable stream this process serves).
     pub(crate) open_readers: OpenReaders,
+    /// Opens a span per resumed connection ([`ResumeLayer::spans`]).
+    #[cfg(feature = "otel")]
+    pub(crate) spans: Option<crate::span::reader::ReaderSpans>,
 }
 
 impl Clone for Config {
@@ -226,6 +229,8 @@ impl Clone for Config {
             followers: self.followers.clone(),
             shutdown: self.shutdown.clone(),
             open_readers: self.open_readers.clone(),
+            #[cfg(feature = "otel")]
+            spans: self.spans.clone(),
         }
     }
 }
@@ -269,6 +274,8 @@ impl ResumeLayer {
                 followers: Arc::default(),
                 shutdown: None,
                 open_readers: OpenReaders::default(),
+                #[cfg(feature = "otel")]
+                spans: None,
             }),
         }
     }
@@ -380,6 +387,40 @@ impl ResumeLayer {
         F: Fn(ReaderRecord) + Send + Sync + 'static,
     {
         self.with(|c| c.on_reader_end = Some(Arc::new(f)))
+    }
+
+    /// One short OpenTelemetry span per resumed connection (feature `otel`), with the
+    /// tracer of `spans`, the [`SpanLayer`](crate::span::SpanLayer) **inside** this layer
+    /// (just outside the `SseLayer`), whose span of the stream (the producer's: the one
+    /// upstream call) each reader span is linked to.
+    ///
+    /// A resume is answered from the log and never reaches the `SpanLayer`: this layer
+    /// opens its span (kind `INTERNAL`, named `resume`, parented to the caller's trace) when
+    /// the request enters, and ends it once, when the connection ends, with the stream's
+    /// id, the seq it resumed after, the events it sent and replayed, its keep-alives and
+    /// bytes, and how it ended (`tower_sse.resume.reader_end`; a gap is an error). A resume
+    /// answered `204` ends its span at once, with the status. The link is added while the
+    /// stream's producer runs in this process (a resume after the stream's end, or one
+    /// served by another replica, has none). The names are in
+    /// [`span::names`](crate::span::names).
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_sse::resume::ResumeObserver;
+    /// use tower_sse::span::SpanLayer;
+    /// use tower_sse::{ResumeLayer, SseLayer};
+    ///
+    /// let spans = SpanLayer::new();
+    /// let stack = ServiceBuilder::new()
+    ///     .layer(ResumeLayer::new().spans(&spans))
+    ///     .layer(spans.clone())
+    ///     .layer(SseLayer::new().observer((ResumeObserver::new(), spans.observer())));
+    /// # let _ = stack;
+    /// ```
+    #[cfg(feature = "otel")]
+    pub fn spans(self, spans: &crate::span::SpanLayer) -> Self {
+        let spans = spans.reader_spans();
+        self.with(|c| c.spans = Some(spans))
     }
 }
 

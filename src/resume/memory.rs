@@ -414,6 +414,15 @@ struct MemLog {
     tenant: Tenant,
     state: Mutex<LogState>,
     wake: watch::Sender<u64>,
+    /// A reader read since the last wake-up (or none was sent yet): the next append wakes
+    /// them. Set by every read, taken by every append, under the log's lock; an append that
+    /// finds it unset skips the `watch` (whose send notifies eight internal `Notify`s): no
+    /// reader marked its wake-up seen and then read without finding that append.
+    wanted: std::sync::atomic::AtomicBool,
+    /// How many bytes and events an append may still add without trimming (0 once evicted),
+    /// kept under the log's lock: [`StreamLog::trim_point`] answers the common case, a log
+    /// within its bounds, from them without the lock.
+    room: Room,
     limits: Limits,
     store: Weak<Inner>,
     me: Weak<MemLog>,
@@ -457,6 +466,12 @@ impl MemLog {
                 touched: 0,
             }),
             wake: watch::Sender::new(0),
+            // The first reader waits for the first append without a read before it.
+            wanted: std::sync::atomic::AtomicBool::new(true),
+            room: Room {
+                bytes: std::sync::atomic::AtomicUsize::new(limits.max_stream_bytes),
+                events: std::sync::atomic::AtomicUsize::new(limits.max_stream_events),
+            },
             limits,
             store,
             me: me.clone(),
@@ -518,6 +533,8 @@ impl MemLog {
             EVICTED_KEEP_BYTES,
             self.limits.max_stream_events,
         );
+        // Evicted: every append may trim (the log keeps a small tail).
+        self.room.set(0, 0);
     }
 
     /// Weigh the log again (re-insert it) when it grew enough, aged enough, or ended.
@@ -551,6 +568,9 @@ impl MemLog {
     /// The entries after `cursor`, into `events` (empty).
     fn read_into(&self, cursor: u64, limits: ReadLimits, mut events: Vec<Bytes>) -> Read {
         let state = self.lock();
+        // Under the lock: an append after this read sees it and wakes the reader.
+        self.wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if cursor > state.last_seq {
             Read::Ahead
         } else if cursor.saturating_add(1) < state.first_seq {
@@ -569,6 +589,28 @@ impl MemLog {
             }
             Read::Events(Batch::new(cursor, events, state.last_seq, state.end))
         }
+    }
+}
+
+/// What a log can still take without trimming: a hint for [`StreamLog::trim_point`], written
+/// under the log's lock by its appends and its eviction (the producer, the only writer of
+/// appends, reads it between its own appends).
+struct Room {
+    bytes: std::sync::atomic::AtomicUsize,
+    events: std::sync::atomic::AtomicUsize,
+}
+
+impl Room {
+    fn set(&self, bytes: usize, events: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes.store(bytes, Relaxed);
+        self.events.store(events, Relaxed);
+    }
+
+    /// Whether one more entry of `len` bytes fits for sure.
+    fn fits(&self, len: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.events.load(Relaxed) >= 1 && self.bytes.load(Relaxed) >= len
     }
 }
 
@@ -621,6 +663,14 @@ impl StreamLog for MemLog {
                     self.limits.max_stream_bytes
                 };
                 let trimmed = trim(&mut state, max_bytes, self.limits.max_stream_events);
+                if !state.evicted {
+                    self.room.set(
+                        max_bytes.saturating_sub(state.bytes),
+                        self.limits
+                            .max_stream_events
+                            .saturating_sub(state.events.len()),
+                    );
+                }
                 // Counted under the log's lock, so that an eviction subtracts what was added.
                 let store = self.store.upgrade().filter(|_| !state.evicted);
                 if let Some(store) = &store {
@@ -633,11 +683,16 @@ impl StreamLog for MemLog {
                         store.sub_held(trimmed - added);
                     }
                 }
-                Ok((self.reweigh(&mut state, false), store))
+                let wake = self
+                    .wanted
+                    .swap(false, std::sync::atomic::Ordering::Relaxed);
+                Ok((self.reweigh(&mut state, false), store, wake))
             }
         };
-        if let Ok((reweigh, store)) = &result {
-            self.wake.send_replace(seq);
+        if let Ok((reweigh, store, wake)) = &result {
+            if *wake {
+                self.wake.send_replace(seq);
+            }
             if *reweigh {
                 self.insert_again();
             }
@@ -696,6 +751,10 @@ impl StreamLog for MemLog {
     }
 
     fn trim_point(&self, len: usize) -> u64 {
+        if self.room.fits(len) {
+            // Within its bounds (the common case): this append trims nothing.
+            return 0;
+        }
         let state = self.lock();
         if state.end.is_some() {
             return 0;
@@ -724,6 +783,10 @@ impl StreamLog for MemLog {
     }
 
     fn wake_ups(&self) -> watch::Receiver<u64> {
+        // A new receiver may wait before it reads: the next append wakes it.
+        let _state = self.lock();
+        self.wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.wake.subscribe()
     }
 }

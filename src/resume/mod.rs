@@ -38,8 +38,16 @@
 //!   no reader of its own, asks the store ([`StreamLog::elsewhere`]) before its detach policy
 //!   cancels, so the grace counts from the last reader anywhere (give or take one lease).
 //!   The same round trips carry what those readers did, so the stream's report counts
-//!   connections, resumes and replayed events wherever they were served (as of the
-//!   producer's last look, made while it had no reader of its own).
+//!   connections, resumes and replayed events wherever they were served: a client that
+//!   attaches in another process writes its counts and tells the producer's process at once
+//!   ([`StreamLog::readers_elsewhere`]; on Redis a `readers` message on the wake channel),
+//!   and the producer reads them at once (beside the stream, which never waits on the
+//!   store), so every connection made before the stream's end is in its report (give or
+//!   take one round trip), whether or not the producer still had a reader of its
+//!   own. (A connection made after the end, to replay a finished stream, cannot be in a
+//!   report already made: its [`ReaderRecord`] has it. Events replayed by a reader
+//!   elsewhere after it attached are added at its presence refreshes: the report may miss
+//!   the last interval's.)
 //! - **Liveness is a heartbeat.** A producer renews its lease on a timer while its stream is
 //!   silent, not only by its appends: a model thinking for longer than the lease is alive.
 //! - **The mirror re-syncs or says it cannot.** The Redis mirror reads the in-process log
@@ -71,6 +79,7 @@
 //! | `producers.rs` | the producers running in this process, in a sharded map |
 //! | `shared.rs` | what a stream's producer and readers share; [`ResumableStream`] |
 //! | `observer.rs` | [`ResumeObserver`], [`ResumeSummary`]: resumes in the stream's report |
+//! | `traced.rs` | a span per resumed connection, linked to the stream's (feature `otel`, `ResumeLayer::spans`) |
 //!
 //! # The digest across resumes
 //!
@@ -96,9 +105,12 @@
 //! stream the producer ended itself, for a store failure or an event past
 //! [`max_event_size`](ResumeLayer::max_event_size), says so when
 //! [`ResumeObserver`] is the first observer); its `digest` is of the stamped stream (above);
-//! its `bytes_out`, `events` and `keep_alives` count what the `SseLayer` handed to the
-//! producer (without `id:` lines, with the upstream's comments), not what any one connection
-//! sent. What each connection sent (events, replayed events, keep-alives, bytes) is in its
+//! its `events` are those received from the upstream (as without `ResumeLayer`: an event
+//! an observer kept from clients, such as the usage chunk the `IncludeUsageLayer` asked for
+//! on its own, is counted but never logged), and its `bytes_out` and `keep_alives` count
+//! what the `SseLayer` handed to the producer (without `id:` lines, with the upstream's
+//! comments and the `SseLayer`'s own keep-alives, which the producer does not log), not
+//! what any one connection sent. What each connection sent (events, replayed events, keep-alives, bytes) is in its
 //! [`ReaderRecord`] ([`ResumeLayer::on_reader_end`]), and resumes in the report's
 //! [`ResumeSummary`].
 //!
@@ -115,11 +127,12 @@
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::BodyExt;
 //! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_sse::request::UploadBody;
 //! use tower_sse::resume::{ResumeObserver, ResumeSummary, STREAM_ID_HEADER};
 //! use tower_sse::{Outcome, ResumeLayer, SseLayer, StreamReport, UsageObserver};
 //!
 //! /// The upstream (in a gateway, an HTTP client): it may fail.
-//! async fn upstream(request: Request<Body>) -> Result<Response<Body>, BoxError> {
+//! async fn upstream(request: Request<UploadBody<Body>>) -> Result<Response<Body>, BoxError> {
 //!     if request.uri().path() != "/v1/chat/completions" {
 //!         return Err("no upstream for this path".into());
 //!     }
@@ -194,6 +207,7 @@ pub(crate) mod redis;
 pub(crate) mod service;
 pub(crate) mod shared;
 pub(crate) mod store;
+pub(crate) mod traced;
 
 pub use self::body::ResumeBody;
 pub use self::gap::{ResumeGap, ResumeGapKind};

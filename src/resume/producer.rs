@@ -17,75 +17,130 @@ use crate::resume::id::StreamId;
 use crate::resume::layer::{Config, Detach};
 use crate::resume::shared::Shared;
 use crate::resume::store::{StreamEnd, StreamLog};
-use crate::sse::{Decoder, Event, Item};
+use crate::sse::{DecodeError, Decoder, Event, EventRef, FoundKind, terminate_block};
 
 /// How many upstream frames the producer reads before it yields to the runtime.
 const FRAMES_PER_YIELD: u32 = 64;
 
+/// How many bytes the stamper takes from the allocator at once for its entries.
+const ARENA_BYTES: usize = 4096;
+
 /// Stamps ids on events: `id: <stream-id>.<seq>` in front of the event's own bytes, or the
 /// event re-encoded when it carries an `id` of its own (ours must be the one that counts).
+///
+/// Entries are written one after the other into a shared buffer of [`ARENA_BYTES`] and cut
+/// off it (`BytesMut::split`): one allocation per buffer rather than two per event (the
+/// entry, and the shared header a `Bytes` made from a `Vec` allocates at its first clone),
+/// and cloning an entry for a reader is a reference count. A buffer is freed once every
+/// entry cut from it is dropped: a log holds at most one buffer's worth more than its
+/// entries (its newest buffer, partly written; or its oldest, partly trimmed).
 pub(crate) struct Stamper {
     prefix: Bytes,
+    arena: BytesMut,
 }
 
 impl Stamper {
     pub(crate) fn new(id: StreamId) -> Self {
         Self {
             prefix: id.id_line_prefix(),
+            arena: BytesMut::new(),
         }
     }
 
-    /// The wire form of `event` as event `seq` of the stream.
-    pub(crate) fn event(&self, seq: u64, event: &Event) -> Bytes {
+    /// Room for `len` more bytes in the current buffer, or a new one.
+    fn reserve(&mut self, len: usize) {
+        if self.arena.capacity() < len {
+            self.arena = BytesMut::with_capacity(len.max(ARENA_BYTES));
+        }
+    }
+
+    /// The wire form of `event` as event `seq` of the stream; `id_line`: the event has an
+    /// `id` field line of its own (valid or not), which ours replaces.
+    pub(crate) fn event(&mut self, seq: u64, event: EventRef<'_>, id_line: bool) -> Bytes {
         let mut digits = [0; 20];
         let digits = decimal(seq, &mut digits);
-        let raw = event.raw();
-        if !has_id_field(raw) {
-            let mut out = BytesMut::with_capacity(self.prefix.len() + digits.len() + 1 + raw.len());
-            out.put_slice(&self.prefix);
-            out.put_slice(digits);
-            out.put_u8(b'\n');
-            out.put_slice(raw);
-            return out.freeze();
+        if !id_line {
+            let terminated;
+            let raw = if event.is_unterminated() {
+                // The input ended without the blank line (a lenient end): add it, as a
+                // decoded event's own bytes would have it.
+                terminated = terminate_block(&Bytes::copy_from_slice(event.raw()));
+                &terminated[..]
+            } else {
+                event.raw()
+            };
+            self.reserve(self.prefix.len() + digits.len() + 1 + raw.len());
+            self.arena.put_slice(&self.prefix);
+            self.arena.put_slice(digits);
+            self.arena.put_u8(b'\n');
+            self.arena.put_slice(raw);
+            return self.arena.split().freeze();
         }
         let mut id = BytesMut::with_capacity(self.prefix.len() + digits.len());
         id.put_slice(&self.prefix[4..]);
         id.put_slice(digits);
         let mut builder = Event::builder()
-            .data(event.data_bytes().clone())
+            .data(Bytes::copy_from_slice(event.data_bytes()))
             .id(id.freeze());
         if !event.event_bytes().is_empty() {
-            builder = builder.event(event.event_bytes().clone());
+            builder = builder.event(Bytes::copy_from_slice(event.event_bytes()));
         }
         if let Some(retry) = event.retry() {
             builder = builder.retry(retry);
         }
         // Our id and a decoded event type never hold a line break or NUL.
-        builder.encode().unwrap_or_default()
+        let entry = builder.encode().unwrap_or_default();
+        // A `Bytes` made from a `Vec` allocates its shared header at its first clone: do it
+        // here, once, so that the readers' clones of the entry never allocate.
+        drop(entry.clone());
+        entry
     }
 
     /// A block that sets `retry` (and nothing a client sees as an event), as entry `seq`.
-    pub(crate) fn retry(&self, seq: u64, retry_ms: u128) -> Bytes {
+    pub(crate) fn retry(&mut self, seq: u64, retry_ms: u64) -> Bytes {
         let mut digits = [0; 20];
         let digits = decimal(seq, &mut digits);
         let mut ms = [0; 20];
-        let ms = decimal(u64::try_from(retry_ms).unwrap_or(u64::MAX), &mut ms);
-        let mut out = BytesMut::with_capacity(self.prefix.len() + digits.len() + 9 + ms.len());
-        out.put_slice(&self.prefix);
-        out.put_slice(digits);
-        out.put_slice(b"\nretry: ");
-        out.put_slice(ms);
-        out.put_slice(b"\n\n");
-        out.freeze()
+        let ms = decimal(retry_ms, &mut ms);
+        self.reserve(self.prefix.len() + digits.len() + 9 + ms.len());
+        self.arena.put_slice(&self.prefix);
+        self.arena.put_slice(digits);
+        self.arena.put_slice(b"\nretry: ");
+        self.arena.put_slice(ms);
+        self.arena.put_slice(b"\n\n");
+        self.arena.split().freeze()
     }
 }
 
-/// Whether a raw event has an `id` field line (`id` alone, or `id:` first on a line).
-fn has_id_field(raw: &[u8]) -> bool {
-    let is_id = |line: &[u8]| {
-        line.starts_with(b"id") && matches!(line.get(2), None | Some(b':' | b'\n' | b'\r'))
-    };
-    is_id(raw) || memchr::memchr2_iter(b'\n', b'\r', raw).any(|end| is_id(&raw[end + 1..]))
+/// The next entry of the log in what `decoder` has, stamped as entry `seq`: events, and
+/// blocks that set `retry`; comments (keep-alives and pings: per reader) are never logged.
+/// `Err` when the decoder refused an event (past its limit).
+///
+/// Items are found in place (nothing owned, nothing reference counted): the stamper copies
+/// what it logs.
+pub(crate) fn next_entry(
+    decoder: &mut Decoder,
+    stamper: &mut Stamper,
+    seq: u64,
+) -> Option<Result<Bytes, DecodeError>> {
+    loop {
+        let found = match decoder.find_next()? {
+            Ok(found) => found,
+            Err(error) => return Some(Err(error)),
+        };
+        match found.kind {
+            FoundKind::Event => {
+                let event = decoder.lend_event(&found);
+                return Some(Ok(stamper.event(seq, event, found.has_id_line())));
+            }
+            FoundKind::Block => {
+                if let Some(retry_ms) = found.retry() {
+                    return Some(Ok(stamper.retry(seq, retry_ms)));
+                }
+            }
+            FoundKind::Comment => {}
+        }
+    }
 }
 
 /// Run the producer of one stream to its end: read `body`, append to `log`, follow the
@@ -100,7 +155,7 @@ pub(crate) async fn produce<B>(
     B::Error: Into<BoxError>,
 {
     let id = shared.id;
-    let stamper = Stamper::new(id);
+    let mut stamper = Stamper::new(id);
     let mut readers = shared.readers();
     let mut decoder = Decoder::new().max_event_size(config.max_event_size);
     let mut seq = 0u64;
@@ -109,10 +164,15 @@ pub(crate) async fn produce<B>(
     // was last seen.
     let presence = log.presence();
     let mut seen_elsewhere: Option<Instant> = None;
+    // Told when a reader attaches in another process: its counts are fetched at once, so
+    // that the report (made when the body ends, maybe before the next look) has them.
+    let mut attached_elsewhere = log.readers_elsewhere();
 
     enum Step<F> {
         Frame(Option<F>),
         Readers,
+        /// A reader attached in another process (`false`: the signal is gone for good).
+        Elsewhere(bool),
         Cancel,
     }
 
@@ -153,6 +213,13 @@ pub(crate) async fn produce<B>(
         }
         let step = {
             let mut changed = pin!(readers.changed());
+            let watch_elsewhere = attached_elsewhere.is_some();
+            let mut elsewhere = pin!(async {
+                match attached_elsewhere.as_mut() {
+                    Some(signal) => signal.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            });
             poll_fn(|cx| {
                 if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
                     // Only whether it failed matters (and the error need not be `Send`).
@@ -162,6 +229,9 @@ pub(crate) async fn produce<B>(
                     // The sender lives in `shared`, which this task holds: never closed.
                     let _ = result;
                     return Poll::Ready(Step::Readers);
+                }
+                if watch_elsewhere && let Poll::Ready(alive) = elsewhere.as_mut().poll(cx) {
+                    return Poll::Ready(Step::Elsewhere(alive));
                 }
                 if let Some(grace) = grace.as_mut()
                     && grace.as_mut().poll(cx).is_ready()
@@ -174,6 +244,20 @@ pub(crate) async fn produce<B>(
         };
         let last = match step {
             Step::Readers => continue,
+            Step::Elsewhere(false) => {
+                attached_elsewhere = None;
+                continue;
+            }
+            Step::Elsewhere(true) => {
+                // Looked up beside the stream, which never waits on the store.
+                let (log, shared) = (log.clone(), shared.clone());
+                tokio::spawn(async move {
+                    if let Ok((_, counts)) = log.elsewhere().await {
+                        shared.set_elsewhere(counts);
+                    }
+                });
+                continue;
+            }
             Step::Cancel => {
                 let Some(every) = presence else {
                     break StreamEnd::Cancelled;
@@ -215,15 +299,9 @@ pub(crate) async fn produce<B>(
                 true
             }
         };
-        for item in decoder.by_ref() {
-            let entry = match item {
-                Ok(Item::Event(event)) => stamper.event(seq + 1, &event),
-                Ok(Item::Block(block)) => match block.retry() {
-                    Some(retry) => stamper.retry(seq + 1, retry.as_millis()),
-                    None => continue,
-                },
-                // Keep-alives and pings: per reader, never logged.
-                Ok(_) => continue,
+        while let Some(entry) = next_entry(&mut decoder, &mut stamper, seq + 1) {
+            let entry = match entry {
+                Ok(entry) => entry,
                 Err(_) => {
                     // The report says why, not "disconnected" (its body is dropped below).
                     shared.producer_ended(
@@ -234,9 +312,6 @@ pub(crate) async fn produce<B>(
                 }
             };
             seq += 1;
-            // A `Bytes` made from a `Vec` allocates its shared header at its first clone: do
-            // it here, once, so that the readers' clones of the entry never allocate.
-            drop(entry.clone());
             // A connected reader is never trimmed past silently: hold back (and so hold the
             // upstream back) while one has not read what this append would trim.
             let hold = config.slow_reader_hold;
@@ -300,37 +375,97 @@ impl Drop for EndGuard {
 mod tests {
     use super::*;
 
-    fn event(raw: &'static [u8]) -> Event {
+    /// Whether a raw event has an `id` field line (`id` alone, or `id:` first on a line):
+    /// the scan the stamper did before the decoder told it.
+    fn has_id_field(raw: &[u8]) -> bool {
+        let is_id = |line: &[u8]| {
+            line.starts_with(b"id") && matches!(line.get(2), None | Some(b':' | b'\n' | b'\r'))
+        };
+        is_id(raw) || memchr::memchr2_iter(b'\n', b'\r', raw).any(|end| is_id(&raw[end + 1..]))
+    }
+
+    /// Stamp the first event of `raw` as entry `seq`, as the producer does.
+    fn stamp(stamper: &mut Stamper, seq: u64, raw: &'static [u8]) -> Bytes {
         let mut decoder = Decoder::new();
         decoder.push(Bytes::from_static(raw));
-        match decoder.next() {
-            Some(Ok(Item::Event(event))) => event,
-            other => panic!("{other:?}"),
+        decoder.finish();
+        loop {
+            match decoder.find_next() {
+                Some(Ok(found)) if found.kind == FoundKind::Event => {
+                    assert_eq!(found.has_id_line(), has_id_field(decoder.raw(&found)));
+                    let event = decoder.lend_event(&found);
+                    return stamper.event(seq, event, found.has_id_line());
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
         }
     }
 
     #[test]
     fn stamps_ids() {
         let id = StreamId::from_bytes([0; 16]);
-        let stamper = Stamper::new(id);
-        let stamped = stamper.event(7, &event(b"event: x\ndata: a\r\n\r\n"));
+        let mut stamper = Stamper::new(id);
+        let stamped = stamp(&mut stamper, 7, b"event: x\ndata: a\r\n\r\n");
         assert_eq!(
             &stamped[..],
             b"id: AAAAAAAAAAAAAAAAAAAAAA.7\nevent: x\ndata: a\r\n\r\n"
         );
         // An event with its own id is re-encoded with ours.
-        let stamped = stamper.event(8, &event(b"data: a\nid: theirs\ndata: b\nretry: 5\n\n"));
+        let stamped = stamp(
+            &mut stamper,
+            8,
+            b"data: a\nid: theirs\ndata: b\nretry: 5\n\n",
+        );
         assert_eq!(
             &stamped[..],
             b"id: AAAAAAAAAAAAAAAAAAAAAA.8\nretry: 5\ndata: a\ndata: b\n\n"
         );
+        // An id the decoder ignores (it holds NUL) is still a line of its own: replaced.
+        let stamped = stamp(&mut stamper, 9, b"id: a\0b\ndata: c\n\n");
+        assert_eq!(&stamped[..], b"id: AAAAAAAAAAAAAAAAAAAAAA.9\ndata: c\n\n");
+        // Entries cut from one buffer stay apart.
+        let first = stamp(&mut stamper, 10, b": note\ndata: d\n\n");
+        let second = stamp(&mut stamper, 11, b"data: e\n\n");
         assert_eq!(
-            &stamper.retry(9, 3000)[..],
-            b"id: AAAAAAAAAAAAAAAAAAAAAA.9\nretry: 3000\n\n"
+            &first[..],
+            b"id: AAAAAAAAAAAAAAAAAAAAAA.10\n: note\ndata: d\n\n"
+        );
+        assert_eq!(&second[..], b"id: AAAAAAAAAAAAAAAAAAAAAA.11\ndata: e\n\n");
+        // An event larger than a buffer gets one of its own.
+        let big: &'static [u8] = Box::leak(
+            [b"data: ".as_slice(), &[b'x'; 2 * ARENA_BYTES], b"\n\n"]
+                .concat()
+                .into_boxed_slice(),
+        );
+        let stamped = stamp(&mut stamper, 12, big);
+        assert_eq!(&stamped[..30], b"id: AAAAAAAAAAAAAAAAAAAAAA.12\n");
+        assert_eq!(&stamped[30..], big);
+        assert_eq!(
+            &stamper.retry(13, 3000)[..],
+            b"id: AAAAAAAAAAAAAAAAAAAAAA.13\nretry: 3000\n\n"
         );
         assert!(has_id_field(b"id\n"));
         assert!(has_id_field(b"data: x\rid: 1\r\r"));
         assert!(!has_id_field(b"data: id: 1\n\n"));
         assert!(!has_id_field(b": id\n\n"));
+        for raw in [
+            b"id\ndata: x\n\n".as_slice(),
+            b"data: x\rid: 1\r\r",
+            b"data: id: 1\n\n",
+            b": id\ndata: x\n\n",
+            b"idx: 1\ndata: x\n\n",
+        ] {
+            let mut decoder = Decoder::new();
+            decoder.push(Bytes::copy_from_slice(raw));
+            let found = loop {
+                match decoder.find_next() {
+                    Some(Ok(found)) if found.kind == FoundKind::Event => break found,
+                    Some(Ok(_)) => continue,
+                    other => panic!("{other:?}"),
+                }
+            };
+            assert_eq!(found.has_id_line(), has_id_field(raw), "{raw:?}");
+        }
     }
 }

@@ -25,6 +25,7 @@ use crate::resume::layer::Config;
 use crate::resume::producer::produce;
 use crate::resume::shared::{ResumableStream, Shared};
 use crate::resume::store::{NewStream, Read, StreamEnd, StreamLog};
+use crate::resume::traced::Traced;
 
 /// The response header that carries a resumable stream's id.
 pub const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("sse-stream-id");
@@ -197,9 +198,10 @@ where
         if let Some(last_event_id) = last_event_id(&parts) {
             // A resume: never forwarded, whatever it says.
             let id = EventId::parse_bytes(&last_event_id);
-            return ResumeFuture::boxed(Box::pin(
-                async move { Ok(resume(config, id, tenant).await) },
-            ));
+            let traced = Traced::open(&config, &parts.headers);
+            return ResumeFuture::boxed(Box::pin(async move {
+                Ok(resume(config, id, tenant, traced).await)
+            }));
         }
         let Some(id) = StreamId::random() else {
             return ResumeFuture::pass_through(self.inner.call(Request::from_parts(parts, body)));
@@ -265,6 +267,14 @@ where
     let attach = shared.attach(false);
     config.producers.insert(id, shared.clone());
     let (mut parts, body) = response.into_parts();
+    // The stream's span, from the `SpanLayer` inside: its readers' spans link to it.
+    #[cfg(feature = "otel")]
+    if let Some(span) = parts
+        .extensions
+        .remove::<crate::span::reader::ProducerSpan>()
+    {
+        shared.set_span(span.0);
+    }
     runtime.spawn(produce(body, log.clone(), shared, config.clone()));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));
@@ -293,11 +303,28 @@ fn header_value(id: StreamId) -> HeaderValue {
     HeaderValue::from_str(&id.to_string()).unwrap_or(HeaderValue::from_static(""))
 }
 
-/// Answer a resume: `200` with the replay and the tail, or `204`.
+/// Answer a resume: `200` with the replay and the tail, or `204`; its span (if any) goes to
+/// the reader, or ends with the `204`.
 async fn resume<B>(
     config: Arc<Config>,
     id: Option<EventId>,
     tenant: Tenant,
+    mut traced: Traced,
+) -> Response<ResumeBody<B>> {
+    let response = answer(config, id, tenant, &mut traced).await;
+    let reason = response
+        .headers()
+        .get(RESUME_HEADER)
+        .and_then(|value| value.to_str().ok());
+    traced.answered(response.status(), reason);
+    response
+}
+
+async fn answer<B>(
+    config: Arc<Config>,
+    id: Option<EventId>,
+    tenant: Tenant,
+    traced: &mut Traced,
 ) -> Response<ResumeBody<B>> {
     let Some(id) = id else {
         count("not_found");
@@ -343,6 +370,7 @@ async fn resume<B>(
     count("replayed");
     let produced_here = config.producers.get(id.stream);
     let here = produced_here.is_some();
+    traced.resumed(id.stream, id.seq, produced_here.as_deref());
     let attach = match (produced_here, log.presence()) {
         (Some(shared), _) => shared.attach(true),
         // Produced in another process: this reader counts as attached there, through the
@@ -357,7 +385,7 @@ async fn resume<B>(
         }
         (None, None) => Arc::new(Shared::new(id.stream)).attach(true),
     };
-    let reader = Reader::new(log, config, wake, batch, true, attach, here);
+    let reader = Reader::new(log, config, wake, batch, true, attach, here).traced(traced.take());
     let mut response = Response::new(ResumeBody::reader(reader));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -386,16 +414,40 @@ async fn keep_present(
     every: std::time::Duration,
     config: Arc<Config>,
 ) {
+    // Names this run of readers in the store, which keeps its totals (not increments).
+    let session = crate::resume::keyed_ids::fresh().map_or(0, |id| {
+        u64::from_le_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]])
+    });
     let mut sent = crate::resume::store::ReaderCounts::default();
+    let mut readers = shared.readers();
     loop {
         let now = shared.counts();
+        let changed = (now != sent).then_some(now);
         let gone = shared.attached() == 0 && config.followers.remove_if_unread(shared.id);
-        if (!gone || !(now - sent).is_zero()) && log.keep_present(now - sent).await.is_ok() {
+        if (!gone || changed.is_some()) && log.keep_present(session, changed).await.is_ok() {
             sent = now;
         }
         if gone {
             return;
         }
-        tokio::time::sleep(every).await;
+        // The next refresh: after `every`, or at once when another client attaches here,
+        // so that the producer counts it before the stream may end.
+        let mut nap = std::pin::pin!(tokio::time::sleep(every));
+        loop {
+            let attached = {
+                let mut changed = std::pin::pin!(readers.changed());
+                std::future::poll_fn(|cx| {
+                    if nap.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    // The sender lives in `shared`, held here: never closed.
+                    changed.as_mut().poll(cx).map(|r| r.is_ok())
+                })
+                .await
+            };
+            if !attached || shared.counts().connections > sent.connections {
+                break;
+            }
+        }
     }
 }

@@ -68,6 +68,9 @@ pub(crate) struct Shared {
     /// would otherwise report a disconnect): [`ResumeObserver`](crate::resume::ResumeObserver)
     /// puts it into the report.
     producer_end: std::sync::OnceLock<(Outcome, &'static str)>,
+    /// The context of the stream's span (feature `otel`), for its readers' spans to link to.
+    #[cfg(feature = "otel")]
+    span: std::sync::OnceLock<opentelemetry::trace::SpanContext>,
 }
 
 /// How far one attached reader has read the log.
@@ -100,6 +103,8 @@ impl Shared {
             advanced: Notify::new(),
             elsewhere: Mutex::new(ReaderCounts::default()),
             producer_end: std::sync::OnceLock::new(),
+            #[cfg(feature = "otel")]
+            span: std::sync::OnceLock::new(),
         }
     }
 
@@ -112,12 +117,17 @@ impl Shared {
         }
     }
 
-    /// What readers in other processes did, as a shared store says.
+    /// What readers in other processes did, as a shared store says. The counts only grow:
+    /// an answer that overtook a later one (looks run concurrently), or a store that lost
+    /// them (a Redis restart without persistence), never lowers what was seen.
     pub(crate) fn set_elsewhere(&self, counts: ReaderCounts) {
-        *self
+        let mut seen = self
             .elsewhere
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = counts;
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.connections = seen.connections.max(counts.connections);
+        seen.resumes = seen.resumes.max(counts.resumes);
+        seen.replayed_events = seen.replayed_events.max(counts.replayed_events);
     }
 
     /// The number of readers attached in this process now.
@@ -183,6 +193,18 @@ impl Shared {
         if self.holding.load(Ordering::SeqCst) {
             self.advanced.notify_waiters();
         }
+    }
+
+    /// The context of the stream's span, set once when the stream starts.
+    #[cfg(feature = "otel")]
+    pub(crate) fn set_span(&self, span: opentelemetry::trace::SpanContext) {
+        let _ = self.span.set(span);
+    }
+
+    /// The context of the stream's span, if a `SpanLayer` inside gave one.
+    #[cfg(feature = "otel")]
+    pub(crate) fn span(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.span.get()
     }
 
     /// The producer ends the stream itself, for this reason (the first one counts).

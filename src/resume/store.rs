@@ -30,7 +30,9 @@ use crate::resume::id::StreamId;
 /// - **The log is the truth; wake-ups are hints.** [`StreamLog::wake_ups`] must change at
 ///   least once after every append and after the end; a reader marks it seen *before*
 ///   reading, so a lost or coalesced wake-up only delays it. (Redis: pub/sub or `XREAD
-///   BLOCK` fanned out into a local `watch`, plus a periodic safety poll.)
+///   BLOCK` fanned out into a local `watch`, plus a periodic safety poll.) A store may skip
+///   the wake-up of an append no receiver can be waiting for (none subscribed or read since
+///   the last wake-up), as [`MemoryStore`](crate::resume::MemoryStore) does.
 /// - **Trimming is explicit.** A read from a position that was trimmed, expired or evicted
 ///   answers [`Read::Gone`], never the oldest entry still kept (that would hide a gap).
 /// - **Producer death.** In process, a producer that dies still writes its end (a drop
@@ -104,6 +106,10 @@ pub trait StreamLog: Send + Sync + 'static {
 
     /// Wake-ups: the value changes (at least) after every append and at the end. Its value
     /// is a hint (the last seq known); only [`read_after`](Self::read_after) is the truth.
+    ///
+    /// A receiver waits only after it subscribed or read the log: a store may leave out the
+    /// change for an append that follows neither (no one can be waiting for it), so a
+    /// receiver that waits again without reading in between may not see every append.
     fn wake_ups(&self) -> watch::Receiver<u64>;
 
     /// [`read_after`](Self::read_after) answered at once, when the store can answer without
@@ -146,14 +152,24 @@ pub trait StreamLog: Send + Sync + 'static {
 
     /// Readers of this log are attached in this process (another than the producer's): keep
     /// them counted as attached for about three [`presence`](Self::presence) intervals, and
-    /// add `delta` (what they did since the last call) to the stream's counts.
+    /// record `counts`, what this process's readers did in `session` so far, as that
+    /// session's totals (`None`: unchanged since the last call the store took). The
+    /// stream's counts are the sum over its sessions.
+    ///
+    /// Totals, not increments: a call that timed out after the store took it is sent again,
+    /// and must not count its connections twice. `session` is unique per run of readers in
+    /// one process (a process whose readers all left and come back starts a new one).
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the store cannot take it (the reader goes on; the producer may
     /// then not see it).
-    fn keep_present(&self, delta: ReaderCounts) -> BoxFuture<'_, Result<(), StoreError>> {
-        let _ = delta;
+    fn keep_present(
+        &self,
+        session: u64,
+        counts: Option<ReaderCounts>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = (session, counts);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -168,6 +184,16 @@ pub trait StreamLog: Send + Sync + 'static {
     /// again an interval later.
     fn elsewhere(&self) -> BoxFuture<'_, Result<(bool, ReaderCounts), StoreError>> {
         Box::pin(std::future::ready(Ok((false, ReaderCounts::default()))))
+    }
+
+    /// Changes when a reader attaches to this log in another process (a shared store tells
+    /// the producer's process as soon as it knows): the producer then asks
+    /// [`elsewhere`](Self::elsewhere) at once, so that the stream's report counts every
+    /// connection and resume made before its end, wherever it was served, not only those
+    /// seen at the producer's last look. `None` (the default): the store gives no such
+    /// signal (an in-process store, whose readers the producer sees itself).
+    fn readers_elsewhere(&self) -> Option<watch::Receiver<u64>> {
+        None
     }
 }
 

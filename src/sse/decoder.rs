@@ -103,6 +103,9 @@ struct BlockState {
     id: Option<(usize, usize)>,
     retry: Option<u64>,
     has_fields: bool,
+    /// An `id` field line, valid or not (one holding NUL is ignored by `id` but is there).
+    #[cfg_attr(not(feature = "resume"), allow(dead_code))]
+    id_line: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +174,13 @@ impl Found {
     /// Whether the block set the last event id.
     pub(crate) fn sets_id(&self) -> bool {
         self.block.id.is_some()
+    }
+
+    /// Whether the block has an `id` field line, valid or not: a layer that stamps ids of
+    /// its own must replace it rather than put a second one beside it.
+    #[cfg(feature = "resume")]
+    pub(crate) fn has_id_line(&self) -> bool {
+        self.block.id_line
     }
 
     /// The `retry` the block set.
@@ -358,7 +368,7 @@ impl Decoder {
 
     /// Find the next item.
     #[inline]
-    pub(super) fn find_next(&mut self) -> Option<Result<Found, DecodeError>> {
+    pub(crate) fn find_next(&mut self) -> Option<Result<Found, DecodeError>> {
         if self.release_carry {
             self.release_carry = false;
             self.carry.clear();
@@ -399,13 +409,13 @@ impl Decoder {
 
     /// The raw bytes of a found item (for a comment: its text).
     #[inline]
-    pub(super) fn raw(&self, found: &Found) -> &[u8] {
+    pub(crate) fn raw(&self, found: &Found) -> &[u8] {
         &self.source(found.source)[found.raw.0..found.raw.1]
     }
 
     /// Borrow a found event.
     #[inline]
-    pub(super) fn lend_event(&self, found: &Found) -> EventRef<'_> {
+    pub(crate) fn lend_event(&self, found: &Found) -> EventRef<'_> {
         let bytes = self.source(found.source);
         let range = |r: Option<(usize, usize)>| r.map_or(&[][..], |(s, e)| &bytes[s..e]);
         EventRef {
@@ -792,6 +802,7 @@ impl Decoder {
             Field::Data => self.push_data(value),
             Field::Event => self.block.event = Some(value),
             Field::Id => {
+                self.block.id_line = true;
                 if memchr::memchr(0, &self.block_bytes()[value.0..value.1]).is_none() {
                     self.block.id = Some(value);
                 }

@@ -20,7 +20,10 @@ mod event;
 pub(crate) mod ndjson;
 pub(crate) mod relay;
 
+#[cfg(feature = "resume")]
+pub(crate) use self::decoder::FoundKind;
 pub use self::decoder::{DEFAULT_MAX_EVENT_SIZE, DecodeError, Decoder};
+pub(crate) use self::event::terminate_block;
 pub use self::event::{
     Block, BlockRef, Comment, EncodeError, Event, EventBuilder, EventRef, Item, ItemRef,
     comment_block,

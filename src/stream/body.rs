@@ -74,6 +74,11 @@ pub(crate) enum Phase<B> {
     Streaming(Pin<Box<B>>),
     /// The upstream is done or dropped: what is queued is the last of the stream.
     Flushing,
+    /// A policy stopped the stream: what is queued (the provider-shaped end) is the last
+    /// the client gets. The upstream is kept, unread, until that went out; then the stream
+    /// ends as a disconnect does (`StreamState::on_drop`): drained for the provider's final
+    /// usage when the layer drains after disconnects, else dropped.
+    Stopped(Pin<Box<B>>),
 }
 
 /// What lives while the report is still to be made.
@@ -250,7 +255,9 @@ where
 
             // Whole events already decoded go first.
             if let Some(frame) = live.engine.pop() {
-                if matches!(self.phase, Phase::Flushing) && !live.engine.has_output() {
+                if matches!(self.phase, Phase::Flushing | Phase::Stopped(_))
+                    && !live.engine.has_output()
+                {
                     // The last frame: the client will not poll again (hyper stops once
                     // `is_end_stream()` says so), so the report goes out now.
                     self.end(Outcome::Completed);
@@ -259,7 +266,7 @@ where
             }
 
             match &mut self.phase {
-                Phase::Flushing => {
+                Phase::Flushing | Phase::Stopped(_) => {
                     self.end(Outcome::Completed);
                     return Poll::Ready(None);
                 }
@@ -322,6 +329,15 @@ where
                     self.timeout(outcome);
                     continue;
                 }
+                Some((Due::Release, now)) => {
+                    if let Some(live) = self.live.as_mut() {
+                        live.engine.release_expired(now);
+                        if live.engine.has_output() {
+                            self.deadlines.on_output(now);
+                        }
+                    }
+                    continue;
+                }
                 None => {
                     if let Some(shutdown) = &mut self.shutdown
                         && shutdown.poll_ended(cx).is_ready()
@@ -359,6 +375,14 @@ where
                             self.timeout(outcome);
                         }
                     }
+                    Err(failure)
+                        if matches!(
+                            failure.outcome,
+                            Outcome::PolicyStopped | Outcome::BudgetExceeded
+                        ) =>
+                    {
+                        self.stopped(failure.outcome, &failure.message);
+                    }
                     Err(failure) => self.fail(failure.outcome, &failure.message, None),
                 }
                 return;
@@ -384,6 +408,7 @@ where
         let response = match result {
             Ok(response) => response,
             Err(error) => {
+                live.engine.failover_error(&*error);
                 let detail = format!("upstream call failed: {error}");
                 return self.fail(
                     Outcome::UpstreamError,
@@ -445,6 +470,21 @@ where
         }
     }
 
+    /// A policy stopped the stream (its provider-shaped end is queued; `outcome` is
+    /// `PolicyStopped` or `BudgetExceeded`): keep the upstream for [`end`](Self::end), which
+    /// drains it or drops it.
+    #[cold]
+    #[inline(never)]
+    fn stopped(&mut self, outcome: Outcome, message: &str) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Flushing);
+        if let Phase::Streaming(body) = phase {
+            self.phase = Phase::Stopped(body);
+        }
+        if let Some(live) = self.live.as_mut() {
+            live.engine.fail(outcome, message, None);
+        }
+    }
+
     /// A deadline passed.
     #[cold]
     #[inline(never)]
@@ -452,7 +492,7 @@ where
         let Some(live) = self.live.as_ref() else {
             return;
         };
-        if matches!(self.phase, Phase::Flushing) {
+        if matches!(self.phase, Phase::Flushing | Phase::Stopped(_)) {
             return;
         }
         let message = timeout_message(live.engine.config(), outcome);
@@ -464,7 +504,7 @@ where
     #[inline(never)]
     fn shut_down(&mut self) {
         self.shutdown = None;
-        if self.live.is_some() && !matches!(self.phase, Phase::Flushing) {
+        if self.live.is_some() && !matches!(self.phase, Phase::Flushing | Phase::Stopped(_)) {
             self.fail(Outcome::ServerShutdown, "the server is shutting down", None);
         }
     }
@@ -473,24 +513,40 @@ where
     #[cold]
     #[inline(never)]
     fn end(&mut self, outcome: Outcome) {
-        if let Some(mut live) = self.live.take() {
-            let report = live.engine.close(outcome, Instant::now());
-            live.on_end.on_end(report);
+        let phase = std::mem::replace(&mut self.phase, Phase::Flushing);
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        if let Phase::Stopped(body) = phase {
+            // After a stop: the upstream's own end (and final usage) is still to come. The
+            // report (`PolicyStopped` or `BudgetExceeded`, recorded already) is made when the drain ends, or
+            // now when the layer does not drain.
+            return (self.on_drop)(live, Phase::Streaming(body));
         }
-        self.phase = Phase::Flushing;
+        let report = live.engine.close(outcome, Instant::now());
+        live.on_end.on_end(report);
     }
 
     /// Arm the one timer for the next deadline and poll it. The timer is only moved when the
     /// next deadline came earlier; otherwise it fires early, finds nothing due and re-arms.
+    ///
+    /// A policy's held events wake it too, when they reach the holdback's time cap
+    /// ([`Due::Release`]); deadlines and keep-alives due at the same time go first.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<(Due, Instant)> {
-        let config = self.live.as_ref()?.engine.config();
+        let engine = &self.live.as_ref()?.engine;
+        let config = engine.config();
+        let held_until = engine.held_until();
+        let next = |deadlines: &Deadlines| match (deadlines.next(config), held_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         loop {
-            let next = self.deadlines.next(config)?;
+            let next_at = next(&self.deadlines)?;
             let sleep = match &mut self.timer {
-                None => self.timer.insert(Box::pin(sleep_until(next))),
+                None => self.timer.insert(Box::pin(sleep_until(next_at))),
                 Some(sleep) => {
-                    if sleep.deadline() > next {
-                        sleep.as_mut().reset(next);
+                    if sleep.deadline() > next_at {
+                        sleep.as_mut().reset(next_at);
                     }
                     sleep
                 }
@@ -502,10 +558,13 @@ where
             if let Some(due) = self.deadlines.due(config, now) {
                 return Some((due, now));
             }
+            if held_until.is_some_and(|at| now >= at) {
+                return Some((Due::Release, now));
+            }
             // Activity moved the deadline: wait for the new one.
-            let next = self.deadlines.next(config)?;
+            let next_at = next(&self.deadlines)?;
             if let Some(sleep) = &mut self.timer {
-                sleep.as_mut().reset(next);
+                sleep.as_mut().reset(next_at);
             }
         }
     }
@@ -515,7 +574,11 @@ impl<B, O, E> Drop for StreamState<B, O, E> {
     fn drop(&mut self) {
         // Dropped before the end: the client went away.
         if let Some(live) = self.live.take() {
-            let phase = std::mem::replace(&mut self.phase, Phase::Flushing);
+            let phase = match std::mem::replace(&mut self.phase, Phase::Flushing) {
+                // Stopped, the end not yet read: drained (or dropped) all the same.
+                Phase::Stopped(body) => Phase::Streaming(body),
+                phase => phase,
+            };
             (self.on_drop)(live, phase);
         }
     }

@@ -30,10 +30,11 @@ use crate::sse::{DEFAULT_MAX_EVENT_SIZE, Event, comment_block};
 /// use bytes::Bytes;
 /// use http::{Request, Response};
 /// use http_body::Frame;
-/// use http_body_util::{BodyExt, StreamBody};
+/// use http_body_util::{BodyExt, Empty, StreamBody};
 /// use tokio::time::Instant;
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::{KeepAliveConfig, SseLayer};
+/// use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
@@ -41,7 +42,7 @@ use crate::sse::{DEFAULT_MAX_EVENT_SIZE, Event, comment_block};
 ///     .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)).text("ping"));
 ///
 /// // An upstream that answers its head, then says nothing.
-/// let upstream = service_fn(|_: Request<()>| async {
+/// let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 ///     let silence = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
 ///     let response = Response::builder()
 ///         .header("content-type", "text/event-stream")
@@ -50,7 +51,7 @@ use crate::sse::{DEFAULT_MAX_EVENT_SIZE, Event, comment_block};
 ///     Ok::<_, Infallible>(response)
 /// });
 /// let start = Instant::now();
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// let mut body = response.into_body();
 ///
 /// let frame = body.frame().await.unwrap().unwrap();
@@ -112,10 +113,11 @@ impl Default for KeepAliveConfig {
 /// ```
 /// use bytes::Bytes;
 /// use http::{Request, Response};
-/// use http_body_util::{BodyExt, Full};
+/// use http_body_util::{BodyExt, Empty, Full};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::sse::Event;
 /// use tower_sse::{ErrorEvent, Outcome, SseLayer};
+/// use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -130,7 +132,7 @@ impl Default for KeepAliveConfig {
 /// });
 /// let layer = SseLayer::new().error_event(anthropic).error_on_truncation(true);
 ///
-/// let upstream = service_fn(|_: Request<()>| async {
+/// let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 ///     let cut = "event: ping\ndata: {\"type\":\"ping\"}\n\nevent: content_block_delta\ndata: {\"ty";
 ///     let response = Response::builder()
 ///         .header("content-type", "text/event-stream")
@@ -138,7 +140,7 @@ impl Default for KeepAliveConfig {
 ///         .unwrap();
 ///     Ok::<_, std::convert::Infallible>(response)
 /// });
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// let body = response.into_body().collect().await.unwrap().to_bytes();
 /// let body = std::str::from_utf8(&body).unwrap();
 ///
@@ -218,15 +220,16 @@ fn openai_error_event(outcome: Outcome, message: &str) -> Bytes {
 /// use bytes::Bytes;
 /// use http::{Request, Response};
 /// use http_body::Frame;
-/// use http_body_util::{BodyExt, StreamBody};
+/// use http_body_util::{BodyExt, Empty, StreamBody};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::SseLayer;
 /// use tower_sse::stream::UpstreamErrorPolicy;
+/// use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// // An upstream whose body fails after one event.
-/// let upstream = service_fn(|_: Request<()>| async {
+/// let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 ///     let frames = futures_util::stream::iter([
 ///         Ok(Frame::data(Bytes::from_static(b"data: one\n\n"))),
 ///         Err(io::Error::other("connection reset")),
@@ -240,13 +243,13 @@ fn openai_error_event(outcome: Outcome, message: &str) -> Bytes {
 ///
 /// // The default: the client gets an error event and a complete response.
 /// let layer = SseLayer::new();
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// let body = response.into_body().collect().await.unwrap().to_bytes();
 /// assert!(body.starts_with(b"data: one\n\nevent: error\n"));
 ///
 /// // `Propagate`: the body fails, and the server aborts the connection.
 /// let layer = SseLayer::new().on_upstream_error(UpstreamErrorPolicy::Propagate);
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// assert!(response.into_body().collect().await.is_err());
 /// # }
 /// ```
@@ -289,6 +292,10 @@ pub(crate) struct Config {
     pub(crate) drain: Option<Duration>,
     pub(crate) shutdown: Option<crate::stream::Shutdown>,
     pub(crate) sse_headers: bool,
+    pub(crate) policy: Option<crate::policy::BoxPolicy>,
+    pub(crate) holdback: crate::policy::Holdback,
+    /// How long the request body may take to arrive (`None`: for ever).
+    pub(crate) upload_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -312,6 +319,9 @@ impl Default for Config {
             drain: None,
             shutdown: None,
             sse_headers: false,
+            policy: None,
+            holdback: crate::policy::Holdback::off(),
+            upload_timeout: Some(crate::request::DEFAULT_UPLOAD_TIMEOUT),
         }
     }
 }
@@ -374,6 +384,9 @@ impl fmt::Debug for Config {
             .field("drain", &self.drain)
             .field("shutdown", &self.shutdown)
             .field("sse_headers", &self.sse_headers)
+            .field("policy", &self.policy)
+            .field("holdback", &self.holdback)
+            .field("upload_timeout", &self.upload_timeout)
             .finish_non_exhaustive()
     }
 }

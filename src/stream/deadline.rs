@@ -23,6 +23,8 @@ use crate::stream::config::Config;
 pub(crate) enum Due {
     KeepAlive,
     Timeout(Outcome),
+    /// A policy's held events reached the holdback's time cap (the upstream is silent).
+    Release,
 }
 
 /// When things happened, for the one timer.

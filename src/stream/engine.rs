@@ -14,10 +14,11 @@ use tokio::time::Instant;
 
 use crate::framing::Framing;
 use crate::observe::{EventContext, Observer};
-use crate::provider::{Classifier, Provider};
+use crate::policy::run::{Acting, Wire};
+use crate::provider::{Classifier, ContentSpan, Provider};
 use crate::report::{Outcome, StreamReport};
-use crate::sse::EventRef;
-use crate::sse::relay::{Outbox, Relay};
+use crate::sse::relay::{Outbox, Relay, Relayed};
+use crate::sse::{DecodeError, EventRef};
 use crate::stream::config::Config;
 
 /// What one upstream data frame brought.
@@ -54,6 +55,8 @@ pub(crate) struct Engine<O> {
     pass_bytes: bool,
     /// NDJSON goes to the client as NDJSON (it asked for it), not reframed into SSE.
     keep_lines: bool,
+    /// The stream's policy, when the layer has one (boxed: streams without pay one word).
+    acting: Option<Box<Acting>>,
 }
 
 impl<O: Observer> Engine<O> {
@@ -68,6 +71,10 @@ impl<O: Observer> Engine<O> {
         let mut report = StreamReport::new(started_at);
         report.provider = hint;
         let classifier = Classifier::new(hint, config.content_predicate.clone());
+        let acting = config
+            .policy
+            .clone()
+            .map(|policy| Box::new(Acting::new(policy, config.holdback)));
         let relay = Relay::sse(
             config.max_event_size,
             config.lenient_eof,
@@ -84,6 +91,7 @@ impl<O: Observer> Engine<O> {
             delivered: true,
             pass_bytes: false,
             keep_lines: false,
+            acting,
         }
     }
 
@@ -101,6 +109,7 @@ impl<O: Observer> Engine<O> {
     ) {
         self.report.status = Some(parts.status);
         self.report.response_at = Some(now);
+        self.take_failover(&parts.extensions);
         let Some(framing) = framing else {
             self.report.framing = Framing::NotAStream;
             return;
@@ -114,6 +123,22 @@ impl<O: Observer> Engine<O> {
             };
         }
         self.observer.on_response(parts, &mut self.report);
+    }
+
+    /// The attempts of a [`Failover`](crate::failover::Failover) inside, when it is there:
+    /// from the answer's extensions (a map lookup, free when the map is empty).
+    pub(crate) fn take_failover(&mut self, extensions: &http::Extensions) {
+        if let Some(failover) = extensions.get::<crate::failover::FailoverReport>() {
+            self.report.failover = Some(Box::new(failover.clone()));
+        }
+    }
+
+    /// Every upstream call of a [`Failover`](crate::failover::Failover) inside failed: its
+    /// attempts, from its error.
+    pub(crate) fn failover_error(&mut self, error: &(dyn std::error::Error + 'static)) {
+        if let Some(failed) = error.downcast_ref::<crate::failover::FailoverError>() {
+            self.report.failover = Some(Box::new(failed.report.clone()));
+        }
     }
 
     /// Send NDJSON to the client as NDJSON (before [`head`](Self::head)): whole lines, and an
@@ -178,6 +203,7 @@ impl<O: Observer> Engine<O> {
         if let Err(failure) = self.decode_ready(now) {
             return Some(failure);
         }
+        self.release_held(now);
         let truncated = self.relay.is_truncated();
         let error_event = truncated && self.config.error_on_truncation;
         self.relay.forward_trailing(&mut self.outbox, !error_event);
@@ -204,20 +230,125 @@ impl<O: Observer> Engine<O> {
     /// event too, and the grown loop stopped inlining into the body's poll (about 33
     /// instructions per SSE event, 100 with the usage and timing observers: BENCHMARKS.md,
     /// "The proxy merge's per-event cost").
+    ///
+    /// A stream with a policy takes a third path, out of line too: a stream without one
+    /// pays one test per upstream frame, and nothing per event.
     #[inline]
     fn decode_ready(&mut self, now: Instant) -> Result<Activity, Failure> {
-        if self.relay.is_sse() {
+        if self.relay.is_sse() && self.acting.is_none() {
             self.decode_relay(now, false)
         } else {
             self.decode_lines(now)
         }
     }
 
-    /// [`decode_ready`](Self::decode_ready) for NDJSON, out of line.
+    /// [`decode_ready`](Self::decode_ready) for NDJSON, or for a stream a policy acts on,
+    /// out of line.
     #[cold]
     #[inline(never)]
     fn decode_lines(&mut self, now: Instant) -> Result<Activity, Failure> {
+        if self.acting.is_some() {
+            return self.decode_acting(now);
+        }
         self.decode_relay(now, true)
+    }
+
+    /// Decode what the relay completes for a stream a policy acts on.
+    ///
+    /// The order per event (DESIGN.md §9), which `policy_runs_between_upstream_and_delivery_observers`
+    /// checks:
+    ///
+    /// 1. decode (the relay), then classify (provider format, content, the text's place);
+    /// 2. the observers' `on_event`: usage and timing count what the upstream *generated*,
+    ///    whatever happens next (an observer's `drop_event` keeps the event from the policy
+    ///    too);
+    /// 3. the policy: pass, replace, drop or stop, through its holdback window if any;
+    /// 4. the observers' `on_data`, as each frame goes out ([`pop`](Self::pop)): the digest
+    ///    hashes what the client *received*;
+    /// 5. the client.
+    fn decode_acting(&mut self, now: Instant) -> Result<Activity, Failure> {
+        let Self {
+            config,
+            relay,
+            observer,
+            report,
+            classifier,
+            outbox,
+            delivered,
+            acting,
+            ..
+        } = self;
+        let Some(acting) = acting.as_deref_mut() else {
+            return Ok(Activity::default());
+        };
+        let wire = Wire {
+            lines: matches!(relay, Relay::Lines(_)),
+            strip_comments: !config.forward_comments,
+        };
+        let mut activity = Activity::default();
+        let mut staging = Outbox::default();
+        let on_event = |event: EventRef<'_>, staging: &mut Outbox| {
+            acting.absorb(staging, outbox, now);
+            let (forward, found) = observe_found(
+                event,
+                now,
+                classifier,
+                observer,
+                report,
+                *delivered,
+                &mut activity,
+            );
+            if !forward || !*delivered {
+                return forward;
+            }
+            let provider = classifier.provider();
+            acting.event(
+                event,
+                found.is_content(),
+                found.text_span(),
+                provider,
+                wire,
+                report,
+                now,
+                outbox,
+            )
+        };
+        let relayed = relay.decode_acting(&mut staging, on_event);
+        acting.absorb(&mut staging, outbox, now);
+        // Once: a stopped stream drained for its final usage goes on decoding, undelivered.
+        if *delivered && let Some(reason) = acting.stopped() {
+            let outcome = match reason.kind() {
+                crate::policy::StopKind::BudgetExceeded => Outcome::BudgetExceeded,
+                _ => Outcome::PolicyStopped,
+            };
+            return Err(Failure {
+                outcome,
+                message: reason.reason().to_owned(),
+            });
+        }
+        self.relayed(relayed, activity)
+    }
+
+    /// Release what the policy holds (the stream ends, or fails).
+    fn release_held(&mut self, now: Instant) {
+        if let Some(acting) = self.acting.as_deref_mut() {
+            acting.release_all(&mut self.report, now, &mut self.outbox);
+        }
+    }
+
+    /// When held events reach the holdback's time cap (`None`: nothing is held).
+    pub(crate) fn held_until(&self) -> Option<Instant> {
+        self.acting.as_deref().and_then(Acting::release_at)
+    }
+
+    /// The holdback's time cap passed while the upstream was silent: release what waited
+    /// that long.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn release_expired(&mut self, now: Instant) {
+        if let Some(acting) = self.acting.as_deref_mut() {
+            acting.release_due(&mut self.report, now, &mut self.outbox);
+        }
     }
 
     /// Decode what the relay completes, handing each event to the observers: with the SSE
@@ -250,6 +381,17 @@ impl<O: Observer> Engine<O> {
         } else {
             relay.decode_sse(outbox, on_event)
         };
+        self.relayed(relayed, activity)
+    }
+
+    /// What one decode pass relayed, added to `activity`; an event past `max_event_size`
+    /// ends the stream.
+    #[inline(always)]
+    fn relayed(
+        &mut self,
+        relayed: Result<Relayed, DecodeError>,
+        mut activity: Activity,
+    ) -> Result<Activity, Failure> {
         match relayed {
             Ok(relayed) => {
                 activity.items |= relayed.items;
@@ -268,6 +410,12 @@ impl<O: Observer> Engine<O> {
     /// the report only, in place of the message: an upstream error's text can name internal
     /// hosts, or a URL with an API key in it. The first recorded error wins.
     pub(crate) fn fail(&mut self, outcome: Outcome, message: &str, detail: Option<String>) {
+        if matches!(outcome, Outcome::PolicyStopped | Outcome::BudgetExceeded) {
+            // The provider's own end is queued already (`PolicyReport::stopped_by` says why).
+            self.report.outcome = outcome;
+            return;
+        }
+        self.release_held(Instant::now());
         if self.keep_lines && self.report.framing == Framing::JsonLines {
             // The same error, as a line an NDJSON reader parses (unless error events are
             // off).
@@ -296,6 +444,9 @@ impl<O: Observer> Engine<O> {
     #[cfg(feature = "drain")]
     pub(crate) fn detach(&mut self) {
         self.delivered = false;
+        if let Some(acting) = self.acting.as_deref_mut() {
+            acting.discard();
+        }
         self.discard_output();
     }
 
@@ -348,6 +499,9 @@ impl<O: Observer> Engine<O> {
             self.report.outcome = outcome;
         }
         provider_error_outcome(&mut self.report);
+        if let Some(failover) = self.report.failover.as_mut() {
+            failover.settle(self.report.outcome, self.report.content_events);
+        }
         self.report.ended_at = now;
         self.report.provider = self.classifier.provider();
         self.observer.on_end(&mut self.report);
@@ -376,6 +530,23 @@ fn observe<O: Observer>(
     delivered: bool,
     activity: &mut Activity,
 ) -> bool {
+    observe_found(
+        event, now, classifier, observer, report, delivered, activity,
+    )
+    .0
+}
+
+/// [`observe`], also saying what the classifier found (for a policy).
+#[inline(always)]
+fn observe_found<O: Observer>(
+    event: EventRef<'_>,
+    now: Instant,
+    classifier: &mut Classifier,
+    observer: &mut O,
+    report: &mut StreamReport,
+    delivered: bool,
+    activity: &mut Activity,
+) -> (bool, ContentSpan) {
     report.events += 1;
     let found = classifier.classify(&event);
     classifier.fill_meta(&event, &mut report.response_id, &mut report.model);
@@ -405,7 +576,7 @@ fn observe<O: Observer>(
         report,
     };
     observer.on_event(&event, &mut cx);
-    cx.forward
+    (cx.forward, found)
 }
 
 /// Record the provider's in-band error, if the event is one (asked of events that are not

@@ -21,6 +21,7 @@ use crate::limit::DrainPermits;
 use crate::observe::Observer;
 use crate::provider::Provider;
 use crate::report::{OnEnd, Outcome, StreamReport};
+use crate::request::UploadWatch;
 use crate::stream::SseBody;
 use crate::stream::body::{AnswerReport, Live, Phase, StreamState, report_disconnect};
 use crate::stream::config::Config;
@@ -58,6 +59,18 @@ fn report_before_head<O: Observer, E: OnEnd>(
     error: Option<String>,
     bytes_out: u64,
 ) {
+    report_failover_before_head(setup, outcome, error, bytes_out, None);
+}
+
+/// [`report_before_head`], with the attempts of a [`Failover`](crate::failover::Failover)
+/// inside whose every attempt failed (carried by its error).
+fn report_failover_before_head<O: Observer, E: OnEnd>(
+    setup: Setup<O, E>,
+    outcome: Outcome,
+    error: Option<String>,
+    bytes_out: u64,
+    failover: Option<Box<crate::failover::FailoverReport>>,
+) {
     let Setup {
         mut observer,
         on_end,
@@ -70,6 +83,7 @@ fn report_before_head<O: Observer, E: OnEnd>(
     report.outcome = outcome;
     report.error = error;
     report.bytes_out = bytes_out;
+    report.failover = failover;
     report.ended_at = Instant::now();
     observer.on_end(&mut report);
     on_end.on_end(report);
@@ -228,6 +242,7 @@ pin_project! {
             shutdown: Option<ShutdownWatch>,
             setup: Pending<O, E>,
             disconnect: Disconnect<B, O, E>,
+            upload: Option<UploadWatch>,
         },
         Ready { response: Option<Response<SseBody<B, O, E>>> },
         // The response went out: polling again is a caller's bug.
@@ -259,6 +274,7 @@ where
         streaming: bool,
         deadline: Option<(Instant, Outcome)>,
         disconnect: Disconnect<B, O, E>,
+        upload: Option<UploadWatch>,
     ) -> Self {
         let shutdown = match &setup.config.shutdown {
             Some(shutdown) if streaming => Some(shutdown.watch()),
@@ -275,6 +291,7 @@ where
                     report: streaming.then_some(report_before_head::<O, E> as fn(_, _, _, _)),
                 },
                 disconnect,
+                upload,
             },
         }
     }
@@ -289,6 +306,7 @@ impl<F, B, O, E> fmt::Debug for SseFuture<F, B, O, E> {
 impl<F, B, Er, O, E> Future for SseFuture<F, B, O, E>
 where
     F: Future<Output = Result<Response<B>, Er>>,
+    Er: 'static,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
     O: Observer,
@@ -310,6 +328,7 @@ where
                 shutdown,
                 setup,
                 disconnect,
+                upload,
             } => match poll_waiting(
                 future,
                 deadline,
@@ -317,6 +336,7 @@ where
                 shutdown,
                 setup,
                 *disconnect,
+                upload.as_ref(),
                 cx,
             ) {
                 Poll::Ready(output) => output,
@@ -329,7 +349,9 @@ where
     }
 }
 
-/// Wait for the response head, its deadline or the server's shutdown.
+/// Wait for the response head, its deadline or the server's shutdown. A request whose body
+/// timed out before the answer (`upload`) is answered `408`, whatever the inner service said.
+#[allow(clippy::too_many_arguments)]
 fn poll_waiting<F, B, Er, O, E>(
     future: Pin<&mut F>,
     deadline: Pin<&mut Option<Sleep>>,
@@ -337,10 +359,12 @@ fn poll_waiting<F, B, Er, O, E>(
     shutdown: &mut Option<ShutdownWatch>,
     setup: &mut Pending<O, E>,
     disconnect: Disconnect<B, O, E>,
+    upload: Option<&UploadWatch>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<SseBody<B, O, E>>, Er>>
 where
     F: Future<Output = Result<Response<B>, Er>>,
+    Er: 'static,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
     O: Observer,
@@ -351,12 +375,25 @@ where
         let Some(taken) = setup.take() else {
             unreachable!("taken only on completion");
         };
+        if upload.is_some_and(UploadWatch::answered) {
+            // The answer to a failed upload (or an error): the client was late, not the
+            // upstream. Dropping it releases what it holds.
+            drop(result);
+            return Poll::Ready(Ok(upload_timeout(taken)));
+        }
         return Poll::Ready(match result {
             Ok(response) => Ok(start_stream(taken, response, streaming, disconnect)),
             Err(error) => {
                 if streaming {
-                    let error = Some("the inner service failed before answering".to_string());
-                    report_before_head(taken, Outcome::UpstreamError, error, 0);
+                    let message = Some("the inner service failed before answering".to_string());
+                    let failover = crate::failover::carried_report(&error);
+                    report_failover_before_head(
+                        taken,
+                        Outcome::UpstreamError,
+                        message,
+                        0,
+                        failover,
+                    );
                 }
                 Err(error)
             }
@@ -366,6 +403,9 @@ where
         && deadline.poll(cx).is_ready()
         && let Some(setup) = setup.take()
     {
+        if upload.is_some_and(UploadWatch::answered) {
+            return Poll::Ready(Ok(upload_timeout(setup)));
+        }
         return Poll::Ready(Ok(head_timeout(setup, timeout_outcome)));
     }
     if let Some(watch) = shutdown

@@ -265,6 +265,13 @@ impl<O, E, M> SseLayer<O, E, M> {
     /// permit released (before the report is sent). So the limit still bounds how many
     /// upstreams are read at once, and clients that leave free no room while their upstream
     /// is still generating. See [the limit's docs](crate::limit#the-permits-life).
+    ///
+    /// A stream a [`policy`](Self::policy) stops is drained the same way once the client has
+    /// its provider-shaped end: the client's response ends at once, and the report (still
+    /// [`Outcome::PolicyStopped`](crate::Outcome::PolicyStopped)) is made when the drain
+    /// ends, with the usage the provider reported for what it generated. That drain runs
+    /// after the client's response ended, so a `StreamLimitLayer` outside no longer counts
+    /// it (it is bounded by `limit` alone).
     #[cfg(feature = "drain")]
     pub fn drain_on_disconnect(self, limit: Duration) -> Self {
         self.with(|c| c.drain = Some(limit))
@@ -277,6 +284,62 @@ impl<O, E, M> SseLayer<O, E, M> {
     /// still waiting for its response head is answered `503 Service Unavailable`.
     pub fn shutdown(self, shutdown: crate::stream::Shutdown) -> Self {
         self.with(|c| c.shutdown = Some(shutdown))
+    }
+
+    /// Act on each stream's events with `policy` (cloned per stream): pass, rewrite, drop or
+    /// stop each one, after the usage and timing observers counted it and before the digest
+    /// hashes what the client receives. See [`crate::policy`]. Calling it again replaces the
+    /// policy: compose several in a tuple.
+    pub fn policy<P>(self, policy: P) -> Self
+    where
+        P: crate::policy::Policy + Clone + Send + Sync + 'static,
+    {
+        let policy = crate::policy::BoxPolicy::new(policy);
+        self.with(|c| c.policy = Some(policy))
+    }
+
+    /// Hold events back so that the policy sees text spanning events before any of it is
+    /// released ([`Holdback`](crate::policy::Holdback); off by default: no added latency).
+    pub fn holdback(self, holdback: crate::policy::Holdback) -> Self {
+        self.with(|c| c.holdback = holdback)
+    }
+
+    /// How long the request body may take to arrive, counted from the request's
+    /// [`Arrival`](crate::request::Arrival); `None`: for ever. Default:
+    /// [`DEFAULT_UPLOAD_TIMEOUT`](crate::request::DEFAULT_UPLOAD_TIMEOUT) (60 s).
+    ///
+    /// Every request body reaches the inner service as an
+    /// [`UploadBody`](crate::request::UploadBody) held to it, with or without `Accept:
+    /// text/event-stream`, on every path: a stalled upload cannot hold a
+    /// [`StreamLimitLayer`](crate::StreamLimitLayer)'s permit past it. A body that times out
+    /// before the inner service answered makes the answer `408 Request Timeout`, reported
+    /// as [`Outcome::RequestTimeout`](crate::Outcome::RequestTimeout), whatever the inner
+    /// service answered after reading the failed body (a `400` from an extractor, a `502`
+    /// from a proxy, an error). Once the inner service has answered, the body is no longer
+    /// held to it (a stream that reads its request while it answers goes on). `None` still
+    /// wraps the body (no timer): the inner service's request type does not depend on it.
+    ///
+    /// A body already held to a deadline outside
+    /// ([`UploadDeadlineLayer`](crate::request::UploadDeadlineLayer),
+    /// [`IncludeUsageLayer`](crate::IncludeUsageLayer)) keeps that deadline: this one is not
+    /// added to it.
+    ///
+    /// Why a fixed 60 s and not the first-event deadline: it bounds every request, streaming
+    /// or not, and the first-event deadline (unset by default) is about how fast the
+    /// upstream answers, not the client's upload. With a first-event (or total) timeout
+    /// shorter than this, a stalled upload of a streaming request ends at that timeout
+    /// (`504`): pass [`request_deadline`](Self::request_deadline) here for a `408` at the
+    /// same moment.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::SseLayer;
+    ///
+    /// let layer = SseLayer::new().upload_timeout(Some(Duration::from_secs(30)));
+    /// # let _ = layer;
+    /// ```
+    pub fn upload_timeout(self, timeout: Option<Duration>) -> Self {
+        self.with(|c| c.upload_timeout = timeout)
     }
 
     /// How long after its arrival a streaming request may go without a content event: the
@@ -331,7 +394,7 @@ impl<O, E, M> SseLayer<O, E, M> {
     /// # async fn main() {
     /// // A service that holds an `Rc`: its future is not `Send`.
     /// let name = Rc::new("stream".to_string());
-    /// let upstream = service_fn(move |_: Request<Full<bytes::Bytes>>| {
+    /// let upstream = service_fn(move |_: Request<tower_sse::request::UploadBody<Full<bytes::Bytes>>>| {
     ///     let name = name.clone();
     ///     async move {
     ///         let response = Response::builder()

@@ -27,7 +27,7 @@ pub struct AnyThread;
 /// use tower_sse::SseLayer;
 ///
 /// let rc = Rc::new(());
-/// let upstream = service_fn(move |_: Request<Full<bytes::Bytes>>| {
+/// let upstream = service_fn(move |_: Request<tower_sse::request::UploadBody<Full<bytes::Bytes>>>| {
 ///     let rc = rc.clone();
 ///     async move {
 ///         let _held = rc;
@@ -48,7 +48,7 @@ pub struct AnyThread;
 /// use tower_sse::SseLayer;
 ///
 /// let rc = Rc::new(());
-/// let upstream = service_fn(move |_: Request<Full<bytes::Bytes>>| {
+/// let upstream = service_fn(move |_: Request<tower_sse::request::UploadBody<Full<bytes::Bytes>>>| {
 ///     let rc = rc.clone();
 ///     async move {
 ///         let _held = rc;

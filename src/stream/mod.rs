@@ -19,6 +19,7 @@
 //! |---|---|---|
 //! | [`SseLayer`] | observer `O: Observer + Clone + Send + 'static`, sink `E: OnEnd + Clone + Send + 'static` | cloned for every request; held by value, so never `Sync` |
 //! | [`SseLayer`] | inner future and response body `Send + 'static` | an early response boxes the upstream call into the body, and a drain after a disconnect spawns a task with the upstream body, the observer and the sink: both are settings chosen at run time, so the bounds hold on every path |
+//! | [`SseLayer`] | request body `B: Body`; the inner service takes `Request<UploadBody<B>>` ([`UploadBody`](crate::request::UploadBody)) | every body is held to the upload deadline ([`SseLayer::upload_timeout`]), so that a stalled upload is answered `408` and frees its permit; `Send`/`Unpin` when `B` is |
 //! | [`SseLayer::local`] | no `Send`, no `'static`: observer and sink `Clone`, response body `Body<Data = Bytes>` | for a stack on one thread (a `LocalSet`): it never answers early nor drains, the only paths that box a `Send` future or spawn |
 //! | [`StreamLimitLayer`](crate::StreamLimitLayer) | `ResBody: Body<Data = Bytes>`, a `Clone` stream predicate | nothing is boxed or spawned: no `Send` asked |
 //! | [`IncludeUsageLayer`](crate::IncludeUsageLayer) | inner service `Clone + Send + 'static` and its future `Send + 'static`; request body `Send + 'static` (not `Unpin`) | the future is boxed; it holds a clone of the inner service, made ready again once the body is read (no `Buffer` slot or `ConcurrencyLimit` permit is held through an upload) |

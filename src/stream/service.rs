@@ -16,11 +16,11 @@ use crate::BoxError;
 use crate::observe::Observer;
 use crate::provider::Provider;
 use crate::report::OnEnd;
-use crate::request::{Arrival, UploadTimedOut};
+use crate::request::{Arrival, UploadBody, UploadTimedOut, UploadWatch};
 use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
-use crate::stream::deadline::head_deadline;
+use crate::stream::deadline::{after, head_deadline};
 use crate::stream::future::{Disconnect, Setup, SseFuture, offer_permits, upload_timeout};
 use crate::stream::local::{AnyThread, Local};
 
@@ -99,15 +99,22 @@ enum Begun<F, O, E> {
         setup: Setup<O, E>,
         streaming: bool,
         early: bool,
+        /// Whether the body timed out before the answer (`None`: it cannot).
+        upload: Option<UploadWatch>,
     },
 }
 
 impl<S, O, E, M> Sse<S, O, E, M> {
     /// What both kinds of stack do first: classify the request, tell the observer, and
-    /// call the inner service (unless the upload timed out).
+    /// call the inner service (unless the upload timed out) with the body held to the
+    /// upload deadline. A body held to an upload deadline outside
+    /// ([`UploadDeadlineLayer`](crate::request::UploadDeadlineLayer),
+    /// [`IncludeUsageLayer`](crate::IncludeUsageLayer)) left its watch in the extensions:
+    /// that one is kept, and no second deadline is added.
     fn begin<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> Begun<S::Future, O, E>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S: Service<Request<UploadBody<ReqBody>>, Response = Response<ResBody>>,
+        ReqBody: Body,
         O: Observer + Clone,
         E: OnEnd + Clone,
     {
@@ -135,12 +142,21 @@ impl<S, O, E, M> Sse<S, O, E, M> {
             // The body is incomplete: the inner service never sees the request.
             return Begun::UploadTimedOut(setup);
         }
+        let (body, upload) = match parts.extensions.get::<UploadWatch>() {
+            // Held outside: a plain wrapper, no timer and no second watch.
+            Some(outer) => (UploadBody::until(body, None), Some(outer.clone())),
+            None => {
+                let deadline = self.config.upload_timeout.map(|t| after(started_at, t));
+                UploadBody::watched(body, deadline)
+            }
+        };
         let future = self.inner.call(Request::from_parts(parts, body));
         Begun::Called {
             future,
             setup,
             streaming,
             early,
+            upload,
         }
     }
 
@@ -152,6 +168,7 @@ impl<S, O, E, M> Sse<S, O, E, M> {
         setup: Setup<O, E>,
         streaming: bool,
         disconnect: Disconnect<B, O, E>,
+        upload: Option<UploadWatch>,
     ) -> SseFuture<F, B, O, E>
     where
         O: Observer,
@@ -161,15 +178,16 @@ impl<S, O, E, M> Sse<S, O, E, M> {
         let deadline = streaming
             .then(|| head_deadline(&self.config, started_at))
             .flatten();
-        SseFuture::waiting(future, setup, streaming, deadline, disconnect)
+        SseFuture::waiting(future, setup, streaming, deadline, disconnect, upload)
     }
 }
 
 impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for Sse<S, O, E, AnyThread>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<UploadBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
     S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
     O: Observer + Clone + Send + 'static,
@@ -184,17 +202,21 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (future, setup, streaming, early) = match self.begin(request) {
+        let (future, setup, streaming, early, upload) = match self.begin(request) {
             Begun::UploadTimedOut(setup) => return SseFuture::ready(upload_timeout(setup)),
             Begun::Called {
                 future,
                 setup,
                 streaming,
                 early,
-            } => (future, setup, streaming, early),
+                upload,
+            } => (future, setup, streaming, early, upload),
         };
         let disconnect = Disconnect::for_config(&self.config);
         if early {
+            // Answered at once: the body stays held to its deadline (a stalled upload fails
+            // the upstream, and the stream ends with an error).
+            drop(upload);
             let started_at = setup.started_at;
             let upstream: UpstreamFuture<ResBody> =
                 Box::pin(async move { future.await.map_err(Into::into) });
@@ -212,15 +234,19 @@ where
             self.config.add_sse_headers(headers);
             return SseFuture::ready(response);
         }
-        self.wait(future, setup, streaming, disconnect)
+        self.wait(future, setup, streaming, disconnect, upload)
     }
 }
 
 /// A stack on one thread ([`SseLayer::local`](crate::SseLayer::local)): nothing boxed as
-/// `Send`, nothing spawned, so nothing asked to be `Send` or `'static`.
+/// `Send`, nothing spawned, so nothing asked to be `Send` or `'static` (but the inner
+/// service's error, read for the attempts of a [`Failover`](crate::failover::Failover) when
+/// it fails).
 impl<S, ReqBody, ResBody, O, E> Service<Request<ReqBody>> for Sse<S, O, E, Local>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<UploadBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    S::Error: 'static,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
     O: Observer + Clone,
@@ -243,7 +269,8 @@ where
                 setup,
                 streaming,
                 early: _,
-            } => self.wait(future, setup, streaming, Disconnect::report()),
+                upload,
+            } => self.wait(future, setup, streaming, Disconnect::report(), upload),
         }
     }
 }

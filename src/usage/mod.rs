@@ -23,11 +23,30 @@
 //!   the report has no usage at all when nothing was reported or estimated.
 //! - **Counts keep the provider's meaning.** OpenAI's input includes cached tokens and its
 //!   output includes reasoning; Anthropic's input excludes cache reads and writes (see
-//!   [`CacheCreationInputTokens`]); Gemini's output excludes thinking tokens, its total
-//!   includes them.
+//!   [`Usage::cache_write_tokens`](crate::Usage::cache_write_tokens)); Gemini's output
+//!   excludes thinking tokens, its total includes them. [`Usage::style`](crate::Usage::style)
+//!   says which ([`UsageStyle`]), and [`Usage::normalized`](crate::Usage::normalized) gives
+//!   the one meaning for every provider (below).
 //! - **Anthropic's `message_start` output count is a placeholder**, not a count: it is never
 //!   reported. A stream that ends without `message_delta`'s count is a cut stream (below),
 //!   even when it ended cleanly.
+//!
+//! # One meaning for every provider
+//!
+//! [`Usage::normalized`](crate::Usage::normalized) splits a usage into five parts that do
+//! not overlap and mean the same whatever the provider: what to price
+//! ([`cost`](crate::cost)). Where each comes from:
+//!
+//! | part | OpenAI Chat, Completions (vLLM, SGLang, DeepSeek, OpenRouter) | OpenAI Responses | Anthropic | Gemini | Ollama |
+//! |---|---|---|---|---|---|
+//! | uncached input | `prompt_tokens` − cached − cache writes | `input_tokens` − `cached_tokens` | `input_tokens` | `promptTokenCount` − `cachedContentTokenCount` | `prompt_eval_count` |
+//! | cache read | `prompt_tokens_details.cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`) | `input_tokens_details.cached_tokens` | `cache_read_input_tokens` | `cachedContentTokenCount` | — |
+//! | cache write | `prompt_tokens_details.cache_write_tokens` (OpenRouter) | — | `cache_creation_input_tokens` | — | — |
+//! | output | `completion_tokens` − reasoning | `output_tokens` − reasoning | `output_tokens` (thinking included) | `candidatesTokenCount` | `eval_count` |
+//! | reasoning | `completion_tokens_details.reasoning_tokens` | `output_tokens_details.reasoning_tokens` | — | `thoughtsTokenCount` | — |
+//!
+//! A dash: the provider does not report it (the part is `None`). See [`NormalizedUsage`]
+//! for the rules (unknown stays unknown, never negative).
 //!
 //! # Cut streams
 //!
@@ -38,9 +57,11 @@
 //! the last usage seen (a running total, or Anthropic's input tokens). If the output count
 //! is still unknown, it is estimated from the text of the content events seen, by a
 //! [`TokenCounter`] (by default [`HeuristicCounter`]: bytes / 4, rounded up), and the usage
-//! is marked [`UsageSource::Estimated`](crate::UsageSource::Estimated). Only the output is
-//! estimated: the input and cache counts stay as reported (so an estimated usage can hold
-//! reported input), or unknown. With no text to estimate from, the output stays unknown.
+//! is marked [`UsageSource::Estimated`](crate::UsageSource::Estimated). The input and
+//! cache counts stay as reported (so an estimated usage can hold reported input); an input
+//! count the provider never reported is estimated from the request's text when
+//! [`InputEstimateLayer`] is on, else it stays unknown. With no text to estimate from, the
+//! output stays unknown.
 //! Any other completed stream is never estimated: its usage is what the provider said. To get the provider's final usage after a client disconnect, see
 //! [`SseLayer::drain_on_disconnect`][drain_on_disconnect] (feature `drain`).
 //!
@@ -93,11 +114,17 @@
 
 mod estimate;
 mod extract;
+mod input;
+mod normalized;
 mod observer;
 mod state;
 
 pub use self::estimate::{HeuristicCounter, TokenCounter};
 pub use self::extract::{BuiltinExtractor, UsageExtractor};
+pub use self::input::{
+    DEFAULT_MAX_BYTES, InputEstimate, InputEstimateBody, InputEstimateHandle, InputEstimateLayer,
+};
+pub use self::normalized::{NormalizedUsage, UsageStyle};
 pub use self::observer::UsageObserver;
 #[cfg(test)]
 pub(crate) use self::state::counts;

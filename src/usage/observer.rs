@@ -6,7 +6,7 @@ use crate::observe::{EventContext, Observer};
 use crate::report::{Outcome, StreamReport, UsageSource};
 use crate::request::UsageInjected;
 use crate::sse::EventRef;
-use crate::usage::{CacheCreationInputTokens, UsageState};
+use crate::usage::{CacheCreationInputTokens, InputEstimateHandle, UsageState};
 
 use super::{BuiltinExtractor, HeuristicCounter, TokenCounter, UsageExtractor};
 
@@ -23,9 +23,10 @@ use super::{BuiltinExtractor, HeuristicCounter, TokenCounter, UsageExtractor};
 ///
 /// use bytes::Bytes;
 /// use http::{Request, Response};
-/// use http_body_util::{BodyExt, Full};
+/// use http_body_util::{BodyExt, Empty, Full};
 /// use tower::{Layer, ServiceExt, service_fn};
 /// use tower_sse::{SseLayer, StreamReport, Usage, UsageObserver};
+/// use tower_sse::request::UploadBody;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -36,7 +37,7 @@ use super::{BuiltinExtractor, HeuristicCounter, TokenCounter, UsageExtractor};
 ///     .on_end(move |report: StreamReport| *sink.lock().unwrap() = report.usage);
 ///
 /// // An upstream answering with an OpenAI stream that ends with its usage chunk.
-/// let upstream = service_fn(|_: Request<()>| async {
+/// let upstream = service_fn(|_: Request<UploadBody<Empty<Bytes>>>| async {
 ///     let stream = concat!(
 ///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
 ///         "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],",
@@ -49,7 +50,7 @@ use super::{BuiltinExtractor, HeuristicCounter, TokenCounter, UsageExtractor};
 ///         .unwrap();
 ///     Ok::<_, std::convert::Infallible>(response)
 /// });
-/// let response = layer.layer(upstream).oneshot(Request::new(())).await.unwrap();
+/// let response = layer.layer(upstream).oneshot(Request::new(Empty::<Bytes>::new())).await.unwrap();
 /// response.into_body().collect().await.unwrap();
 ///
 /// let usage = seen.lock().unwrap().expect("the stream reported its usage");
@@ -64,6 +65,8 @@ pub struct UsageObserver<X = BuiltinExtractor, C = HeuristicCounter> {
     state: UsageState,
     /// The request carried [`UsageInjected`]: hide usage-only chunks.
     hide_usage_only: bool,
+    /// The request's body prefix, from [`InputEstimateLayer`](super::InputEstimateLayer).
+    input_estimate: Option<InputEstimateHandle>,
 }
 
 impl UsageObserver {
@@ -74,6 +77,7 @@ impl UsageObserver {
             counter: HeuristicCounter::new(),
             state: UsageState::default(),
             hide_usage_only: false,
+            input_estimate: None,
         }
     }
 }
@@ -92,6 +96,7 @@ impl<X: Clone, C: Clone> Clone for UsageObserver<X, C> {
             counter: self.counter.clone(),
             state: self.state.clone(),
             hide_usage_only: self.hide_usage_only,
+            input_estimate: self.input_estimate.clone(),
         }
     }
 }
@@ -115,6 +120,7 @@ impl<X, C> UsageObserver<X, C> {
             counter: self.counter,
             state: self.state,
             hide_usage_only: self.hide_usage_only,
+            input_estimate: self.input_estimate,
         }
     }
 
@@ -126,6 +132,7 @@ impl<X, C> UsageObserver<X, C> {
             counter: self.counter,
             state: self.state,
             hide_usage_only: self.hide_usage_only,
+            input_estimate: self.input_estimate,
         }
     }
 
@@ -136,6 +143,7 @@ impl<X, C> UsageObserver<X, C> {
             counter,
             state: self.state,
             hide_usage_only: self.hide_usage_only,
+            input_estimate: self.input_estimate,
         }
     }
 }
@@ -143,6 +151,7 @@ impl<X, C> UsageObserver<X, C> {
 impl<X: UsageExtractor, C: TokenCounter> Observer for UsageObserver<X, C> {
     fn on_request(&mut self, request: &http::request::Parts) {
         self.hide_usage_only = request.extensions.get::<UsageInjected>().is_some();
+        self.input_estimate = request.extensions.get::<InputEstimateHandle>().cloned();
     }
 
     #[inline]
@@ -186,6 +195,14 @@ impl<X: UsageExtractor, C: TokenCounter> Observer for UsageObserver<X, C> {
             && let Some(tokens) = self.counter.estimate()
         {
             usage.output_tokens = Some(tokens);
+            usage.source = UsageSource::Estimated;
+        }
+        // Never reported: from the request's text, when the layer kept it.
+        if usage.input_tokens.is_none()
+            && cut
+            && let Some(tokens) = self.input_estimate.take().and_then(|h| h.estimate())
+        {
+            usage.input_tokens = Some(tokens);
             usage.source = UsageSource::Estimated;
         }
         report.usage = usage.has_counts().then_some(usage);

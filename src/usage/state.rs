@@ -3,12 +3,14 @@
 
 use crate::provider::{Counts, UsageSink};
 use crate::report::{Usage, UsageSource};
+use crate::usage::UsageStyle;
 
 /// Input tokens written to the provider's prompt cache during the stream (Anthropic's
 /// `cache_creation_input_tokens`), put in
 /// [`StreamReport::extensions`](crate::StreamReport::extensions) by [`UsageObserver`](crate::UsageObserver) when
 /// the provider reported them. They are billed apart from, and not included in,
-/// [`Usage::input_tokens`].
+/// [`Usage::input_tokens`]. The same count is in
+/// [`Usage::cache_write_tokens`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheCreationInputTokens(pub u64);
 
@@ -33,7 +35,8 @@ pub struct UsageState {
 
 impl UsageState {
     /// Record a usage report: each count it knows replaces the one known so far; the counts
-    /// it does not know are kept. Its [`source`](Usage::source) is ignored.
+    /// it does not know are kept. Its [`source`](Usage::source) and
+    /// [`style`](Usage::style) are ignored (see [`set_style`](Self::set_style)).
     pub fn update(&mut self, report: Usage) {
         let before = self.usage;
         let u = &mut self.usage;
@@ -43,6 +46,7 @@ impl UsageState {
             (&mut u.total_tokens, report.total_tokens),
             (&mut u.cached_input_tokens, report.cached_input_tokens),
             (&mut u.reasoning_tokens, report.reasoning_tokens),
+            (&mut u.cache_write_tokens, report.cache_write_tokens),
         ];
         for (known, reported) in fields {
             if reported.is_some() {
@@ -106,6 +110,16 @@ impl UsageState {
     /// [`CacheCreationInputTokens`].
     pub fn set_cache_creation_input_tokens(&mut self, tokens: u64) {
         self.cache_creation = Some(tokens);
+        let before = self.usage.cache_write_tokens;
+        self.usage.cache_write_tokens = Some(tokens);
+        self.usage_changed |= before != Some(tokens);
+    }
+
+    /// Say how the provider counts ([`Usage::style`]): the built-in readers set it for
+    /// their format; the default is [`UsageStyle::OpenAi`].
+    pub fn set_style(&mut self, style: UsageStyle) {
+        self.usage_changed |= self.usage.style != style;
+        self.usage.style = style;
     }
 
     /// Input tokens written to the prompt cache, if reported.
@@ -141,12 +155,16 @@ pub(crate) fn counts(
         cached_input_tokens: cached,
         reasoning_tokens: reasoning,
         source: UsageSource::Reported,
+        cache_write_tokens: None,
+        style: UsageStyle::OpenAi,
     }
 }
 
 impl From<Counts> for Usage {
     fn from(c: Counts) -> Self {
-        counts(c.input, c.output, c.total, c.cached, c.reasoning)
+        let mut usage = counts(c.input, c.output, c.total, c.cached, c.reasoning);
+        usage.cache_write_tokens = c.cache_write;
+        usage
     }
 }
 
@@ -175,5 +193,10 @@ impl UsageSink for UsageState {
     #[inline]
     fn mark_usage_only(&mut self) {
         UsageState::mark_usage_only(self);
+    }
+
+    #[inline]
+    fn set_style(&mut self, style: UsageStyle) {
+        UsageState::set_style(self, style);
     }
 }

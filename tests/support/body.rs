@@ -183,11 +183,13 @@ where
     let mut response = Some(response);
     let service = tower::Layer::layer(
         &layer,
-        tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-            std::future::ready(Ok::<_, Infallible>(
-                response.take().expect("one call per service"),
-            ))
-        }),
+        tower::service_fn(
+            move |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+                std::future::ready(Ok::<_, Infallible>(
+                    response.take().expect("one call per service"),
+                ))
+            },
+        ),
     );
     service.oneshot(request).await.unwrap()
 }

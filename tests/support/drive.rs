@@ -45,13 +45,15 @@ where
     E: OnEnd + Clone + Send + 'static,
 {
     let mut body = Some(body);
-    let mut service = layer.layer(tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body.take().expect("one call"))
-            .expect("a valid response");
-        std::future::ready(Ok::<_, Infallible>(response))
-    }));
+    let mut service = layer.layer(tower::service_fn(
+        move |_req: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+            let response = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.take().expect("one call"))
+                .expect("a valid response");
+            std::future::ready(Ok::<_, Infallible>(response))
+        },
+    ));
     let request = Request::post("/v1/chat/completions")
         .body(Empty::new())
         .expect("a valid request");

@@ -7,4 +7,5 @@ pub mod body;
 pub mod inputs;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod redis;
 pub mod strategies;

@@ -13,9 +13,14 @@ criterion ran.
       --toggle-collect='body::common::drive::drain*' \\
       <body bench binary> --bench --profile-time 3 'a_one_bytes_per_event/sse_body$'
     tools/scripts/callgrind_per_call.py out
+
+An optional second argument names the function counted instead of `drive::drain` (a part of
+its name), e.g. `drive::through` for the layer's call and the response head.
 """
 import re, sys
 from collections import defaultdict
+
+callee = sys.argv[2] if len(sys.argv) > 2 else "drive::drain"
 
 names = {}
 arcs = defaultdict(lambda: [0, 0])  # caller -> [calls, inclusive Ir]
@@ -41,7 +46,9 @@ for line in open(sys.argv[1]):
     if pending is not False:
         parts = line.split()
         ir = int(parts[1]) if len(parts) > 1 else 0
-        if "drive::drain" in names.get(cfn, ""):
+        # Calls from a function of the same name are closures or instances nested in it,
+        # already counted inclusively in the outer call.
+        if callee in names.get(cfn, "") and callee not in names.get(fn, ""):
             arcs[fn][0] += pending
             arcs[fn][1] += ir
         pending = False
@@ -53,5 +60,5 @@ for caller, (calls, ir) in sorted(arcs.items(), key=lambda kv: -kv[1][0]):
     print(f"{calls:>8} calls {ir:>14,} Ir  {ir / calls:>12,.0f} per call  from {names.get(caller, caller)[:90]}")
     best = best or (calls, ir)
 calls = sum(c for c, _ in arcs.values())
-print(f"collected {total:,} Ir over {calls} drain calls: {total / calls:,.0f} per call")
+print(f"collected {total:,} Ir over {calls} calls of {callee}: {total / calls:,.0f} per call")
 print(f"busiest caller: {best[1] / best[0]:,.1f} Ir per stream")

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use example_gateway::{GatewayConfig, Stack, TlsRoots, UpstreamVersion};
+use tower_sse::cost::PriceTable;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -30,6 +31,7 @@ ENDPOINTS:
   GET /metrics                  Prometheus text (on --metrics-listen when given)
   GET /v1/digests/{id}          the digest record of a stream, for the tenant that made it
                                 (the same bearer token or x-api-key); 404 otherwise
+  GET /v1/budgets/self          the caller's own budgets (--budgets): limits, used, left
   anything else                 forwarded to the upstream through the tower-sse stack";
 
 /// gateway: an OpenAI-compatible streaming gateway built from tower-sse's layers
@@ -49,9 +51,12 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", hide_default_value = true,
           value_parser = address)]
     listen: SocketAddr,
-    /// upstream base URL (default: start the mock upstream in-process)
-    #[arg(long, value_name = "URL", value_parser = url)]
-    pub(crate) upstream: Option<http::Uri>,
+    /// upstream base URL (default: start the mock upstream in-process);
+    /// give it again for fallbacks, in order of preference: a request
+    /// fails over to the next one before its first token, never after
+    #[arg(long, value_name = "URL", value_parser = url, action = clap::ArgAction::Append,
+          verbatim_doc_comment)]
+    pub(crate) upstream: Vec<http::Uri>,
     /// keep-alive comment after this much silence (default 15; 0 = off)
     #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
     keep_alive: Option<Secs>,
@@ -180,6 +185,39 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "full|bare", value_parser = stack(), hide_possible_values = true,
           verbatim_doc_comment)]
     stack: Option<Stack>,
+    /// price table (JSON): prices per million tokens per model name
+    /// or prefix (`name*`); each stream's cost (integer micro-units)
+    /// and tenant go to its log line. Checked at start
+    #[arg(long, value_name = "FILE", value_parser = prices, verbatim_doc_comment)]
+    prices: Option<PriceTable>,
+    /// budgets per tenant or key, a JSON file (tower_sse::budget::
+    /// BudgetConfig: limits of requests, tokens and money per rate,
+    /// day or month), or TOML when FILE ends in .toml; validated at
+    /// start; shared on --redis; money is priced with --prices;
+    /// `enforce_mid_stream` in it stops streams past their budget
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    budgets: Option<std::path::PathBuf>,
+    /// replace what REGEX matches in the text of content events
+    /// with `[REDACTED]` (repeatable); events are held back so that
+    /// a match spanning events is seen (as many as its longest
+    /// match has bytes, at most 64)
+    #[arg(long, value_name = "REGEX", value_parser = pattern, verbatim_doc_comment)]
+    redact: Vec<regex::Regex>,
+    /// end a stream, as its provider would end a filtered one, at
+    /// the first content event whose text matches REGEX (repeatable)
+    #[arg(long, value_name = "REGEX", value_parser = pattern, verbatim_doc_comment)]
+    stop_on: Vec<regex::Regex>,
+    /// export one OpenTelemetry span per stream over OTLP/HTTP
+    /// (protobuf) to this collector, e.g. `http://127.0.0.1:4318`
+    /// (spans go to its /v1/traces; https:// is checked against
+    /// --tls-roots); OTEL_EXPORTER_OTLP_* and OTEL_BSP_* are honoured
+    #[arg(long, value_name = "URL", value_parser = url, verbatim_doc_comment)]
+    otlp_endpoint: Option<http::Uri>,
+}
+
+/// A `REGEX` value (the `regex` crate's syntax).
+fn pattern(value: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(value).map_err(|e| e.to_string())
 }
 
 impl Cli {
@@ -227,11 +265,17 @@ impl Cli {
         set(&mut config.max_model_labels, self.max_model_labels);
         set(&mut config.stack, self.stack);
         config.early_response = self.early_response;
+        config.fallback_upstreams = self.upstream.iter().skip(1).cloned().collect();
         config.sse_headers = !self.no_sse_headers;
         config.cors_origins.clone_from(&self.cors_origin);
         config.resumable = self.resumable;
         config.redis.clone_from(&self.redis);
+        config.budgets.clone_from(&self.budgets);
         config.metrics_listen = self.metrics_listen;
+        config.prices.clone_from(&self.prices);
+        config.text_rules.redact.clone_from(&self.redact);
+        config.text_rules.stop_on.clone_from(&self.stop_on);
+        config.otlp_endpoint.clone_from(&self.otlp_endpoint);
         config
     }
 }
@@ -356,6 +400,12 @@ fn upstream_version() -> impl TypedValueParser<Value = UpstreamVersion> {
     })
 }
 
+/// A price table file, read and checked now: a bad one stops the gateway before it starts.
+fn prices(path: &str) -> Result<PriceTable, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    PriceTable::from_json(&text).map_err(|e| format!("{path}: {e}"))
+}
+
 fn stack() -> impl TypedValueParser<Value = Stack> {
     PossibleValuesParser::new(["full", "bare"]).map(|stack| match stack.as_str() {
         "bare" => Stack::Bare,
@@ -441,6 +491,64 @@ mod tests {
             assert!(parsed.is_err(), "{args:?} was accepted");
         }
         let cli = Cli::try_parse_from(["gateway", "--upstream", "https://h/prefix/v1"]).unwrap();
-        assert_eq!(cli.upstream.unwrap().path(), "/prefix/v1");
+        assert_eq!(cli.upstream[0].path(), "/prefix/v1");
+    }
+
+    /// `--upstream` given several times: the first is the upstream, the others fallbacks in
+    /// the order given; once, no fallback (the single-upstream gateway, unchanged).
+    #[test]
+    fn repeated_upstreams_are_fallbacks_in_order() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "--upstream",
+            "http://a:1",
+            "--upstream",
+            "http://b:2",
+            "--upstream",
+            "https://c/v1",
+        ])
+        .unwrap();
+        assert_eq!(cli.upstream.len(), 3);
+        let config = cli.config(cli.upstream[0].clone());
+        assert_eq!(config.upstream, "http://a:1");
+        let fallbacks: Vec<String> = config
+            .fallback_upstreams
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(fallbacks, ["http://b:2/", "https://c/v1"]);
+        let cli = Cli::try_parse_from(["gateway", "--upstream", "http://a:1"]).unwrap();
+        assert!(
+            cli.config(cli.upstream[0].clone())
+                .fallback_upstreams
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn prices_are_read_and_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("gateway-prices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(
+            &good,
+            r#"{"models": {"m*": {"input": "2.5", "output": 10}}}"#,
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["gateway", "--prices", good.to_str().unwrap()]).unwrap();
+        let config = cli.config("http://u".parse().unwrap());
+        let prices = config.prices.expect("--prices sets the table");
+        assert_eq!(prices.prices("m-1").map(|p| p.input), Some(2_500_000));
+
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"models": {"m": {"input": -1, "output": 1}}}"#).unwrap();
+        let Err(error) = Cli::try_parse_from(["gateway", "--prices", bad.to_str().unwrap()]) else {
+            panic!("a negative price is refused");
+        };
+        let error = error.to_string();
+        assert!(error.contains("model `m`, price `input`"), "{error}");
+        let missing = dir.join("missing.json");
+        assert!(Cli::try_parse_from(["gateway", "--prices", missing.to_str().unwrap()]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

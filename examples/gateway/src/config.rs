@@ -55,6 +55,23 @@ pub struct GatewayConfig {
     pub redis: Option<String>,
     /// What streaming requests go through: the tower-sse stack, or nothing (a benchmark floor).
     pub stack: Stack,
+    /// Price each stream's usage with this table (`--prices FILE`): its cost goes to the
+    /// report and the log line. Without it, streams have no cost.
+    pub prices: Option<tower_sse::cost::PriceTable>,
+    /// Budgets per tenant or key (a JSON document, `tower_sse::budget::BudgetConfig`; TOML
+    /// when the name ends in `.toml`), read and validated at start; on Redis with
+    /// `--redis`, in process otherwise.
+    pub budgets: Option<std::path::PathBuf>,
+    /// `--redact` and `--stop-on`: rules over the text of content events (none by default).
+    pub text_rules: crate::TextRules,
+    /// Export one span per stream over OTLP/HTTP (protobuf) to this collector
+    /// (`http://host:4318`; spans go to its `/v1/traces`).
+    pub otlp_endpoint: Option<Uri>,
+    /// More upstreams after [`upstream`](Self::upstream), in order of preference (the
+    /// command line's repeated `--upstream`): a request fails over to the next one before its
+    /// first content event, never after (`tower_sse::failover`). Empty: one upstream, no
+    /// failover layer at all.
+    pub fallback_upstreams: Vec<Uri>,
 }
 
 /// What the gateway puts between the client and the upstream.
@@ -94,6 +111,11 @@ impl GatewayConfig {
             resumable: false,
             redis: None,
             stack: Stack::Full,
+            prices: None,
+            budgets: None,
+            text_rules: crate::TextRules::default(),
+            otlp_endpoint: None,
+            fallback_upstreams: Vec::new(),
         }
     }
 }

@@ -46,6 +46,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use tower_sse::digest::RequestDigestBody;
+use tower_sse::failover::{Failover, FailoverBody, ReplayBody};
 use tower_sse::include_usage::UsageRequestBody;
 
 use crate::UPSTREAM_STREAMS;
@@ -53,8 +54,11 @@ use crate::connector::{Connector, UpstreamVersion};
 use crate::os::{Warning, fd_limit_text, io_source, is_fd_exhaustion};
 
 /// The request body the upstream client sends: the client's bytes, hashed as they go
-/// (`RequestDigestLayer`), and possibly rewritten to ask for usage (`IncludeUsageLayer`).
-pub(crate) type UpstreamRequestBody = UsageRequestBody<RequestDigestBody<AxumBody>>;
+/// (`RequestDigestLayer`), possibly rewritten to ask for usage (`IncludeUsageLayer`), and
+/// held to the upload deadline (`SseLayer`).
+pub(crate) type UpstreamRequestBody = tower_sse::request::UploadBody<
+    UsageRequestBody<RequestDigestBody<tower_sse::budget::BudgetRequestBody<AxumBody>>>,
+>;
 /// The upstream's body, or the gateway's own error answer.
 pub(crate) type UpstreamResponseBody = Either<Incoming, Full<Bytes>>;
 
@@ -239,6 +243,51 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<Ups
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The answer when the failover layer failed before any upstream answered: the client's
+/// body could not be read (`413` past the body limit, else `400`). Its `Forward`s answer
+/// every upstream failure themselves (`502`), so nothing else fails it.
+pub(crate) fn failover_failed(
+    e: &(dyn std::error::Error + 'static),
+) -> Response<UpstreamResponseBody> {
+    if caused_by::<LengthLimitError>(e) {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "the request body is larger than the gateway accepts",
+        );
+    }
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "request_body_failed",
+        "the request body could not be read",
+    )
+}
+
+/// The failover layer over one [`Forward`] per upstream, its one failure answered with
+/// [`failover_failed`], so that it never fails, as [`Forward`] never does.
+#[derive(Clone)]
+pub(crate) struct AnsweredFailover(pub(crate) Failover<Forward<ReplayBody<UpstreamRequestBody>>>);
+
+impl tower::Service<Request<UpstreamRequestBody>> for AnsweredFailover {
+    type Response = Response<FailoverBody<UpstreamResponseBody>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The failover layer is always ready (each attempt waits for its own upstream).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<UpstreamRequestBody>) -> Self::Future {
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            Ok(answer
+                .await
+                .unwrap_or_else(|e| failover_failed(&*e).map(FailoverBody::passing)))
+        })
+    }
 }
 
 /// Whether an error, or one of its sources, is an `E`.

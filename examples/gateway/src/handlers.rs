@@ -49,3 +49,20 @@ pub(crate) async fn lookup_digest(
             .into_response(),
     }
 }
+
+/// The caller's own budgets (`GET /v1/budgets/self`): its key, each limit, what is used and
+/// what is left. Keyed by the caller's credentials, so it sees nobody else's.
+pub(crate) async fn budget_self(
+    State(budgets): State<tower_sse::budget::BudgetLayer>,
+    request: Parts,
+) -> Response {
+    match budgets.status_json(&request).await {
+        Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(CONTENT_TYPE, "application/json")],
+            r#"{"error":{"type":"budget_unavailable","message":"the budget store is unavailable"}}"#,
+        )
+            .into_response(),
+    }
+}

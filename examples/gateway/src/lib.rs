@@ -11,10 +11,14 @@
 //!        ─► axum router ─┬─ GET /healthz              200, cheap
 //!                        ├─ GET /metrics              Prometheus text (or on --metrics-listen)
 //!                        ├─ GET /v1/digests/{id}      the digest registry, the caller's tenant only
+//!                        ├─ GET /v1/budgets/self      the caller's budgets (--budgets)
 //!                        └─ everything else ─► (count the request)
 //!                                              ResumeLayer           with --resumable: ids,
 //!                                                                    Last-Event-ID resumes
 //!                                              StreamLimitLayer      at most N open streams
+//!                                              BudgetLayer           with --budgets: 429 before
+//!                                                                    the upstream, settled
+//!                                                                    from each report
 //!                                              RequestDigestLayer    SHA-256 of the request
 //!                                              IncludeUsageLayer     ask for usage
 //!                                              SseLayer              keep-alive, deadlines,
@@ -55,8 +59,12 @@ use tokio::sync::{mpsc, watch};
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_sse::MetricsObserver;
+use tower_sse::budget::{BudgetLayer, BudgetObserver, BudgetStop};
+use tower_sse::cost::CostObserver;
+use tower_sse::failover::{Failover, ReplayBody};
 use tower_sse::metrics::ModelLabels;
 use tower_sse::resume::{MemoryStore, ResumeObserver};
+use tower_sse::span::{SpanLayer, SpanObserver};
 use tower_sse::stream::Shutdown;
 use tower_sse::{
     DigestObserver, DigestRegistry, IncludeUsageLayer, KeepAliveConfig, OnEnd, RequestDigestLayer,
@@ -71,10 +79,12 @@ mod forward;
 mod handlers;
 pub mod log_writer;
 pub mod os;
+mod otlp;
 mod prometheus;
 mod proxy_headers;
 mod running;
 mod serve;
+pub mod text_rules;
 #[cfg(feature = "tuned")]
 pub mod tuned;
 mod upgrade;
@@ -85,11 +95,12 @@ pub use connector::{TlsRoots, UpstreamVersion};
 pub use handlers::{REQUESTS, UPSTREAM_STREAMS};
 pub use running::{Gateway, start, start_metrics};
 pub use serve::{ConnectionConfig, serve, serve_until};
+pub use text_rules::TextRules;
 pub use versions::{IncludeUsageNotApplied, Versions};
 
 use connector::Connector;
 use forward::{Forward, UpstreamRequestBody};
-use handlers::{count_request, healthz, lookup_digest, render_metrics};
+use handlers::{budget_self, count_request, healthz, lookup_digest, render_metrics};
 use versions::VersionedTrace;
 
 /// The parts of a gateway that every runtime serving it shares, built once: the digest
@@ -116,6 +127,12 @@ pub struct Shared {
     streams_end: Shutdown,
     /// Model names seen, shared by every runtime's metrics observer.
     models: ModelLabels,
+    /// Prices each stream (`--prices`) and names its tenant, for the log line.
+    costs: CostObserver,
+    /// The budgets of `--budgets` (a layer without limits otherwise), shared by every runtime.
+    pub budgets: BudgetLayer,
+    /// With `--otlp-endpoint`: the span layer and its exporter.
+    otlp: Option<otlp::Otlp>,
 }
 
 impl Shared {
@@ -145,16 +162,44 @@ impl Shared {
             // Outside the limit: the producer holds the stream's permit, resumes take none.
             .layer(self.resume.clone())
             .layer(self.limit.clone())
+            // Admission before anything reaches the upstream; settled by the BudgetObserver.
+            // Inside the limit: a request the limit refuses never reserved anything (an
+            // unsettled reservation is charged what it reserved).
+            .layer(self.budgets.clone())
             .layer(RequestDigestLayer::new())
             .layer(include_usage)
-            .layer(sse)
-            .service(Forward {
-                client,
-                upstream: self.config.upstream.clone(),
+            // One span per stream (--otlp-endpoint), ended by the SseLayer's last observer.
+            .layer(self.span_layer())
+            .layer(sse);
+        if !self.config.fallback_upstreams.is_empty() {
+            let failover = forward::AnsweredFailover(self.failover());
+            return self.with_routes(stack.service(failover));
+        }
+        let stack = stack.service(Forward {
+            client,
+            upstream: self.config.upstream.clone(),
+            version: self.config.upstream_version,
+            identity: true,
+        });
+        self.with_routes(stack)
+    }
+
+    /// With fallback upstreams (`--upstream` given more than once): a `Failover` over one
+    /// `Forward` per upstream, in order, inside the `SseLayer` (so that the report lists the
+    /// attempts and the time to first token counts the failed ones). `Forward` answers `502`
+    /// for an upstream it cannot reach, which the failover retries like any `5xx`.
+    fn failover(&self) -> Failover<Forward<ReplayBody<UpstreamRequestBody>>> {
+        let client = self.client::<ReplayBody<UpstreamRequestBody>>();
+        let upstreams = std::iter::once(&self.config.upstream)
+            .chain(&self.config.fallback_upstreams)
+            .map(|upstream| Forward {
+                client: client.clone(),
+                upstream: upstream.clone(),
                 version: self.config.upstream_version,
                 identity: true,
             });
-        self.with_routes(stack)
+        // Below the request body limit: every body it keeps is within `--max-body-bytes`.
+        Failover::new(upstreams).max_replay_body(self.config.max_body_bytes)
     }
 
     /// This runtime's pooled upstream client (connections stay on the runtime that opened
@@ -193,7 +238,12 @@ impl Shared {
         let mut router = Router::new()
             .route("/healthz", get(healthz))
             .route("/v1/digests/{id}", get(lookup_digest))
-            .with_state(self.registry.clone());
+            .with_state(self.registry.clone())
+            .merge(
+                Router::new()
+                    .route("/v1/budgets/self", get(budget_self))
+                    .with_state(self.budgets.clone()),
+            );
         if self.config.metrics_listen.is_none() {
             router = router.merge(self.metrics_route());
         }
@@ -223,19 +273,33 @@ impl Shared {
             .with_state(self.metrics.clone())
     }
 
+    /// With `--otlp-endpoint`, the span layer; a disabled one (passing everything through)
+    /// otherwise.
+    fn span_layer(&self) -> SpanLayer {
+        match &self.otlp {
+            Some(otlp) => otlp.layer.clone(),
+            None => {
+                SpanLayer::with_tracer(opentelemetry::trace::noop::NoopTracer::new()).enabled(false)
+            }
+        }
+    }
+
     /// The `SseLayer`: keep-alive, deadlines, NDJSON reframed as SSE, and the observers
     /// (usage, timing, digest into the registry, GenAI metrics, one log line per stream with
     /// the client's and the upstream's HTTP versions).
+    #[allow(clippy::type_complexity)] // the observer tuple, spelled out once, here
     fn sse_layer(
         &self,
     ) -> SseLayer<
         (
             ResumeObserver,
-            UsageObserver,
+            Metering,
             TimingObserver,
             DigestObserver,
             MetricsObserver,
+            BudgetObserver,
             VersionedTrace,
+            Option<SpanObserver>,
         ),
         impl OnEnd + Clone + Send + 'static,
     > {
@@ -259,17 +323,35 @@ impl Shared {
         if let Some(limit) = config.drain {
             sse = sse.drain_on_disconnect(limit);
         }
+        let budget_stop = self.budgets.enforces_mid_stream();
+        if !config.text_rules.is_empty() {
+            let holdback = config.text_rules.holdback();
+            sse = if budget_stop {
+                // The budget first: it counts every event the text rules may then rewrite.
+                sse.policy((BudgetStop::new(), config.text_rules.clone()))
+            } else {
+                sse.policy(config.text_rules.clone())
+            };
+            sse = sse.holdback(holdback);
+        } else if budget_stop {
+            // `"enforce_mid_stream": true` in the `--budgets` file.
+            sse = sse.policy(BudgetStop::new());
+        }
         let reports = self.reports.clone();
         sse.json_lines(true)
             // The resume observer first: it gives a stream its producer ended itself
             // its true outcome, which the metrics and the log line then see.
             .observer((
                 ResumeObserver::new(),
-                UsageObserver::new(),
+                // The cost after the usage it prices, before the log line.
+                (UsageObserver::new(), self.costs.clone()),
                 TimingObserver::new(),
                 DigestObserver::with_registry(self.registry.clone()),
                 MetricsObserver::new().model_labels(self.models.clone()),
+                // Settled before the log line, which then carries the charge.
+                BudgetObserver::new(),
                 VersionedTrace::default(),
+                self.otlp.as_ref().map(|otlp| otlp.layer.observer()),
             ))
             .on_end(move |report: StreamReport| {
                 if let Some(reports) = &reports {
@@ -278,6 +360,9 @@ impl Shared {
             })
     }
 }
+
+/// The usage of each stream, then its cost (which prices that usage).
+type Metering = (UsageObserver, CostObserver);
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Ok(guard) => guard,
         Err(e) => return failed(&e),
     };
-    let upstream = match &cli.upstream {
+    let upstream = match cli.upstream.first() {
         Some(url) => url.clone(),
         // Without an upstream, run the mock one in this process.
         None => match runtime::spawn_mock() {

@@ -8,6 +8,10 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+#[cfg(feature = "redis")]
+use tower_sse::budget::RedisBudgets;
+use tower_sse::budget::{BudgetConfig, BudgetLayer, MemoryBudgets};
+use tower_sse::cost::CostObserver;
 use tower_sse::limit::OpenStreams;
 use tower_sse::metrics::ModelLabels;
 use tower_sse::resume::MemoryStore;
@@ -54,6 +58,9 @@ impl Shared {
         };
         // The metrics and reports of the last streams are recorded by now: the log lines
         // are written, and the metrics listener answered until here.
+        if let Some(otlp) = &self.otlp {
+            otlp.flush(Duration::from_secs(5)).await;
+        }
         cut
     }
 
@@ -91,9 +98,27 @@ impl Shared {
             }
             None => (resume.store(resume_store.clone()), registry),
         };
+        let budgets = budgets(&config)?;
         if let Some(interval) = config.keep_alive {
             // Each client connection gets its own keep-alives (the SseLayer's stay inside).
             resume = resume.keep_alive(KeepAliveConfig::new().interval(interval));
+        }
+        let mut otlp = config
+            .otlp_endpoint
+            .as_ref()
+            .map(|endpoint| crate::otlp::Otlp::new(endpoint, config.tls_roots))
+            .transpose()?;
+        if let Some(otlp) = &mut otlp {
+            // The stream's cost, labelled with the price table's currency.
+            if let Some(currency) = config.prices.as_ref().and_then(|p| p.currency()) {
+                otlp.layer = otlp.layer.clone().currency(currency);
+            }
+            // A short span per resumed connection, linked to the stream's.
+            resume = resume.spans(&otlp.layer);
+        }
+        for fallback in &config.fallback_upstreams {
+            // The same checks as the first upstream's (an `https://` one without TLS).
+            connector::connector(fallback, config.tls_roots, config.upstream_version)?;
         }
         Ok(Self {
             resume_store,
@@ -109,8 +134,11 @@ impl Shared {
             stop: Arc::new(watch::channel(false).0),
             streams_end,
             models: ModelLabels::first_seen(config.max_model_labels),
+            costs: CostObserver::new(config.prices.clone().unwrap_or_default()),
+            otlp,
             config,
             reports,
+            budgets,
         })
     }
 
@@ -125,6 +153,49 @@ impl Shared {
             shared: self.clone(),
         }
     }
+}
+
+/// A budgets file: TOML when its name ends in `.toml`, else JSON; the same document and
+/// checks either way, and errors that say where (TOML's line and column, or the limit's
+/// place such as `default[1]`).
+fn read_budgets(path: &std::path::Path, text: &str) -> Result<BudgetConfig, String> {
+    let toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let config = if toml {
+        let document = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        BudgetConfig::from_deserializer(document)
+    } else {
+        BudgetConfig::from_json(text)
+    };
+    config.map_err(|e| e.to_string())
+}
+
+/// The budget layer of `--budgets FILE` (none: a layer without limits, which passes every
+/// request through unread): on the `--redis` server when there is one, so that replicas
+/// share the budgets, else in process. Money limits are priced with `--prices`.
+fn budgets(config: &GatewayConfig) -> std::io::Result<BudgetLayer> {
+    let Some(path) = &config.budgets else {
+        return Ok(BudgetLayer::in_memory());
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("--budgets {}: {e}", path.display()))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+    let budgets = read_budgets(path, &text).map_err(|e| fail(&e))?;
+    let layer = 'store: {
+        #[cfg(feature = "redis")]
+        if let Some(url) = &config.redis {
+            let store = RedisBudgets::new(url).map_err(|e| fail(&e))?;
+            break 'store budgets.layer(store);
+        }
+        budgets.layer(MemoryBudgets::new())
+    };
+    // Money limits are priced by `--prices`, the table that prices the reports.
+    Ok(match &config.prices {
+        Some(prices) => layer.pricing(prices.clone()),
+        None => layer,
+    })
 }
 
 /// A running gateway.

@@ -1,6 +1,7 @@
 //! The HTTP versions of a stream, on both sides, in its report and its log line.
 
 use http::Version;
+use tower_sse::resume::ResumeSummary;
 use tower_sse::{Observer, StreamReport, TraceObserver};
 
 /// The HTTP versions of one stream, in [`StreamReport::extensions`]: the client's request
@@ -27,7 +28,9 @@ pub struct IncludeUsageNotApplied {
 /// [`TraceObserver`]'s line, with the stream's [`Versions`]: the line is logged in a span
 /// `stream` whose fields are `client_version` and `upstream_version` (`HTTP/1.1`,
 /// `HTTP/2.0`) and `request_id` (the `x-request-id` the gateway set or kept; the text format
-/// prints them after the line's own fields, JSON in `span`).
+/// prints them after the line's own fields, JSON in `span`). With `--resumable` the span
+/// also holds the stream's [`ResumeSummary`]: `stream_id`, `connections`, `resumes` and
+/// `replayed_events`, counted wherever they were served (its other replicas included).
 /// The versions also go into the report's extensions.
 #[derive(Debug, Clone)]
 pub(crate) struct VersionedTrace {
@@ -73,6 +76,7 @@ impl Observer for VersionedTrace {
             client: self.client,
             upstream: self.upstream,
         });
+        let resume = report.extensions.get::<ResumeSummary>();
         // WARN: enabled whenever the line is (INFO for completed streams, WARN otherwise).
         let span = tracing::span!(
             tracing::Level::WARN,
@@ -81,6 +85,10 @@ impl Observer for VersionedTrace {
             upstream_version = self.upstream.map(tracing::field::debug),
             request_id = self.request_id.as_ref().and_then(|id| id.to_str().ok()),
             include_usage_not_applied = self.request_encoding.as_deref(),
+            stream_id = resume.map(|r| tracing::field::display(r.stream)),
+            connections = resume.map(|r| r.connections),
+            resumes = resume.map(|r| r.resumes),
+            replayed_events = resume.map(|r| r.replayed_events),
         );
         if let Some(encoding) = &self.request_encoding {
             report.extensions.insert(IncludeUsageNotApplied {

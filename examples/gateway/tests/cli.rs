@@ -35,6 +35,8 @@ const FLAGS: &[&str] = &[
     "--no-sse-headers",
     "--max-headers",
     "--cors-origin",
+    "--budgets",
+    "--otlp-endpoint",
 ];
 
 /// The gateway process, killed when dropped.

@@ -11,16 +11,8 @@ use tokio::sync::mpsc;
 use tower_sse::{Outcome, StreamReport};
 use tower_sse_mock::MockConfig;
 
-async fn start(config: GatewayConfig) -> (Gateway, mpsc::UnboundedReceiver<StreamReport>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (
-        example_gateway::start(listener, config, Some(tx))
-            .await
-            .unwrap(),
-        rx,
-    )
-}
+mod support;
+use support::start;
 
 async fn with_mock(mock: MockConfig) -> (SocketAddr, tower_sse_mock::MockServer, GatewayConfig) {
     let (addr, server) = tower_sse_mock::spawn(mock).await;
@@ -357,4 +349,70 @@ async fn healthz_answers_and_metrics_can_move_to_their_own_listener() {
     assert_eq!(get(format!("http://{metrics_addr}/healthz")).await, 200);
     // Not on the main listener any more (it goes to the upstream, which knows no such path).
     assert_ne!(get(format!("http://{}/metrics", gateway.addr)).await, 200);
+}
+
+/// `--prices`: each stream's report carries its cost (from the usage the gateway asked the
+/// upstream for) and its tenant (from the caller's key).
+#[tokio::test]
+async fn priced_streams_report_their_cost_and_tenant() {
+    let (_, _mock, mut config) = with_mock(MockConfig::new().tokens(8)).await;
+    config.prices = Some(
+        tower_sse::cost::PriceTable::from_json(
+            r#"{"models": {"gpt-mock*": {"input": 1, "output": 2}}}"#,
+        )
+        .unwrap(),
+    );
+    let (gateway, mut reports) = start(config).await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", gateway.addr))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-e2e")
+        .body(chat(true, serde_json::json!({})))
+        .send()
+        .await
+        .unwrap();
+    response.bytes().await.unwrap();
+    let report = report(&mut reports).await;
+    assert_eq!(
+        report.tenant,
+        Some(tower_sse::request::Tenant::from_key("sk-e2e"))
+    );
+    let usage = report.usage.expect("the gateway asks for usage");
+    let (input, output) = (usage.input_tokens.unwrap(), usage.output_tokens.unwrap());
+    let cost = report.cost.expect("gpt-mock is priced");
+    // 1 and 2 per million tokens: 1 and 2 micro-units per token.
+    assert_eq!(cost.total_micros, input + 2 * output);
+    assert!(cost.complete && !cost.estimated);
+}
+
+/// `--upstream` twice: the first refuses connections (the gateway's own `502` for it), so the
+/// request fails over to the second before its first token; the client gets a normal stream
+/// and the one report lists both attempts.
+#[tokio::test]
+async fn a_second_upstream_serves_when_the_first_is_unreachable() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (mock, _mock, _) = with_mock(MockConfig::new()).await;
+    let mut config = GatewayConfig::new(format!("http://{closed}").parse().unwrap());
+    config.fallback_upstreams = vec![format!("http://{mock}").parse().unwrap()];
+    let (gateway, mut reports) = start(config).await;
+    let response = post(gateway.addr, chat(true, serde_json::json!({}))).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let report = report(&mut reports).await;
+    assert_eq!(report.outcome, Outcome::Completed);
+    let failover = report.failover.expect("the attempts");
+    assert_eq!(failover.attempts.len(), 2);
+    assert_eq!(failover.attempts[0].status.map(|s| s.as_u16()), Some(502));
+    assert_eq!(failover.served, Some(1));
+
+    // A request that does not stream fails over too, and gets the JSON answer.
+    let response = post(gateway.addr, chat(false, serde_json::json!({}))).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("chat.completion"));
+    until_no_open_streams(&gateway).await;
 }

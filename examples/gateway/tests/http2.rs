@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use example_gateway::{Gateway, GatewayConfig, UpstreamVersion, Versions};
+use example_gateway::{GatewayConfig, UpstreamVersion, Versions};
 use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -21,14 +21,8 @@ use tokio::sync::mpsc;
 use tower_sse::{Outcome, StreamReport};
 use tower_sse_mock::MockConfig;
 
-async fn start(config: GatewayConfig) -> (Gateway, mpsc::UnboundedReceiver<StreamReport>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = example_gateway::start(listener, config, Some(tx))
-        .await
-        .unwrap();
-    (gateway, rx)
-}
+mod support;
+use support::start;
 
 async fn report(rx: &mut mpsc::UnboundedReceiver<StreamReport>) -> StreamReport {
     tokio::time::timeout(Duration::from_secs(30), rx.recv())

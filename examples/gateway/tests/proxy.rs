@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use example_gateway::{Gateway, GatewayConfig};
+use example_gateway::GatewayConfig;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower_sse::framing::Framing;
 use tower_sse::{Outcome, StreamReport};
+
+mod support;
+use support::start;
 
 /// `data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n`, gzipped (by
 /// Python's `gzip.compress`, `mtime=0`).
@@ -226,15 +229,6 @@ async fn upstream() -> Upstream {
         }
     });
     Upstream { addr, seen, gate }
-}
-
-async fn start(config: GatewayConfig) -> (Gateway, mpsc::UnboundedReceiver<StreamReport>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = example_gateway::start(listener, config, Some(tx))
-        .await
-        .unwrap();
-    (gateway, rx)
 }
 
 async fn report(rx: &mut mpsc::UnboundedReceiver<StreamReport>) -> StreamReport {

@@ -5,21 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use example_gateway::{Gateway, GatewayConfig};
-use tokio::net::TcpListener;
+use example_gateway::GatewayConfig;
 use tokio::sync::mpsc;
 use tower_sse::resume::ResumeSummary;
 use tower_sse::{Outcome, StreamReport};
 use tower_sse_mock::MockConfig;
 
-async fn start(config: GatewayConfig) -> (Gateway, mpsc::UnboundedReceiver<StreamReport>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = example_gateway::start(listener, config, Some(tx))
-        .await
-        .unwrap();
-    (gateway, rx)
-}
+mod support;
+use support::start;
 
 fn chat() -> String {
     serde_json::json!({"model": "gpt-mock", "stream": true, "messages": []}).to_string()

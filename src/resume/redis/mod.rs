@@ -25,7 +25,7 @@ use crate::BoxFuture;
 use crate::request::Tenant;
 use crate::resume::id::StreamId;
 use crate::resume::memory::MemoryStore;
-use crate::resume::store::{NewStream, ResumeStore, StoreError, StreamLog};
+use crate::resume::store::{NewStream, ReaderCounts, ResumeStore, StoreError, StreamLog};
 
 /// Default [`RedisStoreBuilder::timeout`]: 250 ms.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -58,7 +58,7 @@ use self::writer::ProducerLog;
 /// | key | type | holds |
 /// |---|---|---|
 /// | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
-/// | `<prefix>{<id>}:meta` | hash | `tenant`; what readers on replicas other than the producer's did (`connections`, `resumes`, `replayed`); `lost`, the last seq the mirror could keep when it could not re-sync; at the end, `end` and `head` (the last seq) |
+/// | `<prefix>{<id>}:meta` | hash | `tenant`; what readers on replicas other than the producer's did, each reader session's totals (`connections:<session>`, `resumes:<session>`, `replayed:<session>`); `lost`, the last seq the mirror could keep when it could not re-sync; at the end, `end` and `head` (the last seq) |
 /// | `<prefix>{<id>}:present` | string | present while a replica other than the producer's serves a reader of the stream (refreshed every third of the lease): it keeps the producer's upstream alive |
 /// | `<prefix>{<id>}:lease` | string | present while the producer lives (renewed by every write, and by a heartbeat three times per lease while the stream is silent); it expires when the producer's process dies |
 ///
@@ -69,7 +69,12 @@ use self::writer::ProducerLog;
 /// to that channel and fans the wake-ups out to its local readers; a safety poll nudges them
 /// every [`RedisStoreBuilder::poll`] too, so that a lost message only adds delay. A reader on
 /// another replica that finds no new entry, no end and no lease learns that the producer
-/// died: its resume ends (`Gone`).
+/// died: its resume ends (`Gone`). A replica where a client attaches to a stream produced
+/// elsewhere adds to the stream's `meta` counts and, in the same pipelined round trip,
+/// publishes `<id> readers` on the same channel: the producer's replica routes it to the
+/// producer, which reads the counts at once, so that its report counts that connection even
+/// when the stream ends a moment later (one more round trip per such connection, none per
+/// event).
 ///
 /// # Local first
 ///
@@ -123,6 +128,8 @@ struct Inner {
     settings: Settings,
     /// The wake-ups of the logs read here, by stream.
     wakers: Mutex<HashMap<StreamId, Weak<watch::Sender<u64>>>>,
+    /// The producers of this replica, by stream: told when a reader attaches elsewhere.
+    attach_wakers: Mutex<HashMap<StreamId, Weak<watch::Sender<u64>>>>,
     subscribed: AtomicBool,
 }
 
@@ -283,6 +290,45 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// How often a silent stream's producer renews its lease: three times per lease, so that one
+/// late or lost round trip never lets it lapse.
+pub(super) fn heartbeat(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(10))
+}
+
+/// What readers in other processes did, in `meta`: one field per count and reader session
+/// (`connections:<session>`), each that session's total, so that a write sent again after a
+/// timeout never counts twice.
+pub(super) const COUNTED: [&str; 3] = ["connections", "resumes", "replayed"];
+
+/// The `meta` field of one session's count.
+pub(super) fn session_field(count: &str, session: u64) -> String {
+    format!("{count}:{session:016x}")
+}
+
+/// The stream's counts: the sum of its sessions' totals in `meta` (its `HGETALL`).
+pub(super) fn sum_sessions(meta: &HashMap<Vec<u8>, Vec<u8>>) -> ReaderCounts {
+    let mut sums = [0u64; 3];
+    for (field, value) in meta {
+        let Some(colon) = field.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let Some(slot) = COUNTED.iter().position(|c| c.as_bytes() == &field[..colon]) else {
+            continue;
+        };
+        let n = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        sums[slot] = sums[slot].saturating_add(n);
+    }
+    ReaderCounts {
+        connections: sums[0],
+        resumes: sums[1],
+        replayed_events: sums[2],
+    }
+}
+
 impl RedisStoreBuilder {
     /// The prefix of every key and channel. Default: `tower-sse:`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -347,6 +393,7 @@ impl RedisStoreBuilder {
                 local: self.local.unwrap_or_default(),
                 settings: self.settings,
                 wakers: Mutex::new(HashMap::new()),
+                attach_wakers: Mutex::new(HashMap::new()),
                 subscribed: AtomicBool::new(false),
             }),
         }

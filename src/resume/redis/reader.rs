@@ -6,8 +6,7 @@ use bytes::Bytes;
 use redis::Value;
 use tokio::sync::watch;
 
-use super::writer::heartbeat;
-use super::{RedisStore, millis};
+use super::{COUNTED, RedisStore, heartbeat, millis, session_field};
 use crate::BoxFuture;
 use crate::resume::id::StreamId;
 use crate::resume::store::{
@@ -104,7 +103,11 @@ impl StreamLog for RemoteLog {
         Some(heartbeat(self.store.inner.settings.lease))
     }
 
-    fn keep_present(&self, delta: ReaderCounts) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn keep_present(
+        &self,
+        session: u64,
+        counts: Option<ReaderCounts>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let (present, meta) = (
                 self.store.key(self.id, "present"),
@@ -114,14 +117,24 @@ impl StreamLog for RemoteLog {
             let mut pipe = redis::pipe();
             // Three presence intervals: one late or lost refresh never lets it lapse.
             pipe.pset_ex(&present, 1, millis(settings.lease)).ignore();
-            for (field, n) in [
-                ("connections", delta.connections),
-                ("resumes", delta.resumes),
-                ("replayed", delta.replayed_events),
-            ] {
-                if n > 0 {
-                    pipe.hincr(&meta, field, n).ignore();
-                }
+            if let Some(counts) = counts {
+                // This session's totals, set (not added): sending them again is harmless.
+                pipe.hset_multiple(
+                    &meta,
+                    &[
+                        (session_field(COUNTED[0], session), counts.connections),
+                        (session_field(COUNTED[1], session), counts.resumes),
+                        (session_field(COUNTED[2], session), counts.replayed_events),
+                    ],
+                )
+                .ignore();
+                // A reader attached (or read): its producer looks at the counts now (after
+                // they are written, on the same connection), so that its report counts it.
+                pipe.publish(
+                    self.store.wake_channel(),
+                    RedisStore::attach_message(self.id),
+                )
+                .ignore();
             }
             self.store
                 .call(async |mut c| pipe.query_async::<()>(&mut c).await)

@@ -31,6 +31,27 @@ impl RedisStore {
         waker
     }
 
+    /// Told when a reader of stream `id` (produced on this replica) attaches on another:
+    /// fed by the same subscription, from the `<id> readers` messages that
+    /// [`keep_present`](crate::resume::StreamLog::keep_present) publishes.
+    pub(super) fn attach_waker(&self, id: StreamId) -> Arc<watch::Sender<u64>> {
+        self.subscribe();
+        let mut wakers = self
+            .inner
+            .attach_wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        wakers.retain(|_, waker| waker.strong_count() > 0);
+        let waker = Arc::new(watch::channel(0).0);
+        wakers.insert(id, Arc::downgrade(&waker));
+        waker
+    }
+
+    /// The message that tells stream `id`'s producer a reader attached on another replica.
+    pub(super) fn attach_message(id: StreamId) -> String {
+        format!("{id} readers")
+    }
+
     /// Start the replica's one subscription to the wake channel (and the safety poll), once.
     fn subscribe(&self) {
         if self.inner.subscribed.swap(true, Ordering::AcqRel) {
@@ -82,9 +103,9 @@ async fn wake_loop(store: Weak<Inner>, channel: String) {
                 return;
             };
             match message {
-                // A wake-up: `<id> <seq>`.
-                Some(Some(message)) => {
-                    if let Some((id, seq)) = parse_wake(message.get_payload_bytes()) {
+                // A wake-up: `<id> <seq>`, or `<id> readers` for the stream's producer.
+                Some(Some(message)) => match parse_wake(message.get_payload_bytes()) {
+                    Some((id, Wake::Seq(seq))) => {
                         let waker = inner
                             .wakers
                             .lock()
@@ -95,7 +116,19 @@ async fn wake_loop(store: Weak<Inner>, channel: String) {
                             waker.send_replace(seq);
                         }
                     }
-                }
+                    Some((id, Wake::Readers)) => {
+                        let waker = inner
+                            .attach_wakers
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get(&id)
+                            .and_then(Weak::upgrade);
+                        if let Some(waker) = waker {
+                            waker.send_modify(|n| *n = n.wrapping_add(1));
+                        }
+                    }
+                    None => {}
+                },
                 broken => {
                     nudge_all(&inner);
                     // Subscribe again when it broke or never worked.
@@ -115,10 +148,23 @@ fn nudge_all(inner: &Inner) {
     }
 }
 
-fn parse_wake(payload: &[u8]) -> Option<(StreamId, u64)> {
+/// What a message on the wake channel says about its stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    /// Its log has entries up to this seq (for its readers).
+    Seq(u64),
+    /// A reader attached on some replica (for its producer).
+    Readers,
+}
+
+fn parse_wake(payload: &[u8]) -> Option<(StreamId, Wake)> {
     let text = std::str::from_utf8(payload).ok()?;
-    let (id, seq) = text.split_once(' ')?;
-    Some((StreamId::parse(id)?, seq.parse().ok()?))
+    let (id, what) = text.split_once(' ')?;
+    let what = match what {
+        "readers" => Wake::Readers,
+        seq => Wake::Seq(seq.parse().ok()?),
+    };
+    Some((StreamId::parse(id)?, what))
 }
 
 #[cfg(test)]
@@ -128,8 +174,16 @@ mod tests {
     #[test]
     fn wake_messages_parse_strictly() {
         let id = StreamId::random().unwrap();
-        assert_eq!(parse_wake(format!("{id} 7").as_bytes()), Some((id, 7)));
+        assert_eq!(
+            parse_wake(format!("{id} 7").as_bytes()),
+            Some((id, Wake::Seq(7)))
+        );
+        assert_eq!(
+            parse_wake(RedisStore::attach_message(id).as_bytes()),
+            Some((id, Wake::Readers))
+        );
         assert_eq!(parse_wake(b"nonsense"), None);
         assert_eq!(parse_wake(format!("{id} x").as_bytes()), None);
+        assert_eq!(parse_wake(format!("{id} readers2").as_bytes()), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The log of a stream produced on this replica: in memory, copied to Redis by a writer task.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
@@ -10,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::reader::parse_entries;
-use super::{RedisStore, millis};
+use super::{RedisStore, heartbeat, millis, sum_sessions};
 use crate::BoxFuture;
 use crate::resume::id::StreamId;
 use crate::resume::store::{Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog};
@@ -23,6 +24,8 @@ pub(super) struct ProducerLog {
     local: Arc<dyn StreamLog>,
     /// The end, once the producer wrote it: the writer mirrors it, and stops its heartbeat.
     end: Arc<Mutex<Option<(u64, StreamEnd)>>>,
+    /// Told when a reader attaches on another replica.
+    attached_elsewhere: Arc<watch::Sender<u64>>,
 }
 
 /// The most entries sent in one pipelined round trip.
@@ -40,14 +43,14 @@ impl ProducerLog {
             };
             runtime.spawn(mirror.run());
         }
-        Self { store, local, end }
+        let attached_elsewhere = store.attach_waker(local.id());
+        Self {
+            store,
+            local,
+            end,
+            attached_elsewhere,
+        }
     }
-}
-
-/// How often a silent stream's producer renews its lease: three times per lease, so that one
-/// late or lost round trip never lets it lapse.
-pub(super) fn heartbeat(lease: Duration) -> Duration {
-    (lease / 3).max(Duration::from_millis(10))
 }
 
 /// The writer task of one stream: mirrors its in-process log to Redis.
@@ -108,7 +111,11 @@ impl Mirror {
                 .await;
             }
             again = false;
-            wake.borrow_and_update();
+            // Marked seen as it subscribes, as `borrow_and_update` would: a fresh receiver
+            // also tells the in-process log that this writer waits, so that every append
+            // wakes it (the log skips its wake-up when no one read since the last one, and
+            // this writer does not read on every path).
+            wake = self.local.wake_ups();
             if emptied {
                 // Redis lost the stream (a restart without persistence) while this writer saw
                 // no failure: what it just wrote has a hole before it. Start over.
@@ -307,34 +314,27 @@ impl StreamLog for ProducerLog {
         Some(heartbeat(self.store.inner.settings.lease))
     }
 
+    fn readers_elsewhere(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.attached_elsewhere.subscribe())
+    }
+
     fn elsewhere(&self) -> BoxFuture<'_, Result<(bool, ReaderCounts), StoreError>> {
         Box::pin(async move {
             let (present, meta) = (
                 self.store.key(self.id(), "present"),
                 self.store.key(self.id(), "meta"),
             );
-            let (present, (connections, resumes, replayed)): (
-                bool,
-                (Option<u64>, Option<u64>, Option<u64>),
-            ) = self
+            let (present, meta): (bool, HashMap<Vec<u8>, Vec<u8>>) = self
                 .store
                 .call(async |mut c| {
                     redis::pipe()
                         .exists(&present)
-                        .cmd("HMGET")
-                        .arg(&meta)
-                        .arg("connections")
-                        .arg("resumes")
-                        .arg("replayed")
+                        .hgetall(&meta)
                         .query_async(&mut c)
                         .await
                 })
                 .await?;
-            let counts = ReaderCounts {
-                connections: connections.unwrap_or(0),
-                resumes: resumes.unwrap_or(0),
-                replayed_events: replayed.unwrap_or(0),
-            };
+            let counts = sum_sessions(&meta);
             // Redis emptied recently (a restart): the readers' presence is being re-written;
             // do not take its absence for an answer yet.
             let present = present || self.store.recently_emptied().await.unwrap_or(true);

@@ -160,6 +160,8 @@ struct Options {
     mock: Map<String, Value>,
     output: Option<String>,
     quiet: bool,
+    /// `--read-buf`: the exact read buffer of each HTTP/1.1 connection.
+    read_buf: Option<usize>,
 }
 
 const MOCK_HEADING: &str = "MOCK CONTROLS (sent in the request body's \"mock\" object)";
@@ -249,6 +251,12 @@ struct Cli {
         hide_default_value = true
     )]
     seed: u64,
+    /// HTTP/1.1 clients read each connection into a buffer of exactly
+    /// this many bytes (hyper's `http1_read_buf_exact_size`, no 8 KiB
+    /// floor), instead of hyper's adaptive buffer (8 KiB, growing)
+    #[arg(long, value_name = "BYTES", help_heading = "LOAD", conflicts_with = "http2",
+          value_parser = at_least_one, verbatim_doc_comment)]
+    read_buf: Option<usize>,
 
     /// content tokens per stream
     #[arg(long, value_name = "N", help_heading = MOCK_HEADING)]
@@ -394,6 +402,7 @@ where
         mock,
         output: cli.output,
         quiet: cli.quiet,
+        read_buf: cli.read_buf,
     })
 }
 
@@ -889,10 +898,14 @@ fn clients(options: &Options) -> Vec<Client<HttpConnector, Full<Bytes>>> {
             connector.set_nodelay(true);
             connector.set_local_address(address);
             connector.set_connect_timeout(Some(options.timeout));
-            Client::builder(TokioExecutor::new())
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
                 .pool_idle_timeout(Duration::from_secs(30))
-                .pool_timer(TokioTimer::new())
-                .build(connector)
+                .pool_timer(TokioTimer::new());
+            if let Some(size) = options.read_buf {
+                builder.http1_read_buf_exact_size(size);
+            }
+            builder.build(connector)
         })
         .collect()
 }
@@ -1064,6 +1077,7 @@ fn summary(options: &Options, run: &Run) -> Value {
             "faults": options.faults,
             "seed": options.seed,
             "mock": options.mock,
+            "read_buf": options.read_buf,
         },
         "elapsed_s": run.elapsed.as_secs_f64(),
         "total": records.len(),

@@ -1,0 +1,186 @@
+//! [`BudgetRequestBody`] (the request as the inner service reads it), [`BudgetBody`] (the
+//! response, or a refusal) and the refusals in each provider's error shape.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::provider::Provider;
+
+/// The request body handed to the inner service: the bytes the layer read (to estimate
+/// the request), or the original body when the layer did not read it. It is
+/// [`KeptBody`](crate::request::KeptBody), the body every tower-sse layer that reads a
+/// request hands on; this name stays for the budget layer's signatures.
+pub type BudgetRequestBody<B> = crate::request::KeptBody<B>;
+
+pin_project! {
+    /// The response body of [`Budget`](super::Budget): the inner service's, untouched, or
+    /// the JSON of a refusal.
+    pub struct BudgetBody<B> {
+        #[pin]
+        kind: ResponseKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = ResponseKindProj]
+    enum ResponseKind<B> {
+        Inner { #[pin] body: B },
+        Refused { data: Option<Bytes> },
+    }
+}
+
+impl<B> BudgetBody<B> {
+    pub(super) fn inner(body: B) -> Self {
+        Self {
+            kind: ResponseKind::Inner { body },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for BudgetBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            ResponseKindProj::Inner { body } => body.poll_frame(cx),
+            ResponseKindProj::Refused { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ResponseKind::Inner { body } => body.is_end_stream(),
+            ResponseKind::Refused { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ResponseKind::Inner { body } => body.size_hint(),
+            ResponseKind::Refused { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for BudgetBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BudgetBody").finish_non_exhaustive()
+    }
+}
+
+/// What kind of refusal, for its status and the provider's error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Over a limit now: `429` with `Retry-After`.
+    OverLimit(Duration),
+    /// Larger than a limit's capacity: `400`, never "retry later".
+    NeverFits,
+    /// The store failed or was late (fail-closed): `503`, `Retry-After: 1`.
+    StoreUnavailable,
+    /// The request body could not be read: `400`.
+    BadBody,
+    /// The request body is larger than the layer reads: `413`.
+    TooLarge,
+    /// The request body did not arrive in time: `408`.
+    UploadTimeout,
+}
+
+impl Refusal {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::OverLimit(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NeverFits | Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UploadTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// The refusal's response, in the error shape of the provider of `path`:
+///
+/// - OpenAI (Chat, Completions, Responses; and unknown paths):
+///   `{"error":{"message":…,"type":…,"param":null,"code":…}}`;
+/// - Anthropic: `{"type":"error","error":{"type":…,"message":…}}`;
+/// - Gemini: `{"error":{"code":<status>,"message":…,"status":…}}`;
+/// - Ollama: `{"error":…}`.
+pub(super) fn refusal<B>(path: &str, refusal: Refusal, message: &str) -> Response<BudgetBody<B>> {
+    let status = refusal.status();
+    let (openai_type, code, anthropic_type, google_status) = match refusal {
+        Refusal::OverLimit(_) => (
+            "budget_exceeded",
+            "rate_limit_exceeded",
+            "rate_limit_error",
+            "RESOURCE_EXHAUSTED",
+        ),
+        Refusal::NeverFits => (
+            "invalid_request_error",
+            "budget_exceeded",
+            "invalid_request_error",
+            "INVALID_ARGUMENT",
+        ),
+        Refusal::StoreUnavailable => (
+            "server_error",
+            "budget_unavailable",
+            "api_error",
+            "UNAVAILABLE",
+        ),
+        Refusal::BadBody | Refusal::TooLarge | Refusal::UploadTimeout => (
+            "invalid_request_error",
+            "invalid_request_body",
+            "invalid_request_error",
+            "INVALID_ARGUMENT",
+        ),
+    };
+    let json = match Provider::from_path(path) {
+        Provider::Anthropic => serde_json::json!({
+            "type": "error",
+            "error": {"type": anthropic_type, "message": message},
+        }),
+        Provider::Gemini => serde_json::json!({
+            "error": {"code": status.as_u16(), "message": message, "status": google_status},
+        }),
+        Provider::Ollama => serde_json::json!({"error": message}),
+        _ => serde_json::json!({
+            "error": {"message": message, "type": openai_type, "param": null, "code": code},
+        }),
+    };
+    let mut response = Response::new(BudgetBody {
+        kind: ResponseKind::Refused {
+            data: Some(Bytes::from(json.to_string())),
+        },
+    });
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let retry_after = match refusal {
+        Refusal::OverLimit(wait) => Some(retry_after_secs(wait)),
+        Refusal::StoreUnavailable => Some(1),
+        _ => None,
+    };
+    if let Some(secs) = retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Whole seconds to wait, rounded up (at least 1: `Retry-After: 0` invites a busy loop).
+pub(super) fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64
+}
