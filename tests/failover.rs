@@ -864,6 +864,7 @@ async fn when_every_call_fails_the_report_lists_every_attempt() {
 }
 
 /// Anthropic's `message_start` (12 input tokens) then `overloaded_error`.
+#[cfg(feature = "metrics")]
 fn overloaded_after_input() -> Response<http_body_util::Full<Bytes>> {
     Response::builder()
         .header("content-type", "text/event-stream")
