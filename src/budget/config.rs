@@ -307,5 +307,10 @@ mod tests {
                 .enforces_mid_stream()
         );
         assert!(error(r#"{"enforce_mid_stream": "yes"}"#).contains("line 1"));
+        let bound = BudgetConfig::from_json(r#"{"max_answer_bytes": 65536}"#).unwrap();
+        assert_eq!(bound.max_answer_bytes, Some(65536));
+        let layer = bound.layer(crate::budget::MemoryBudgets::new());
+        assert!(format!("{layer:?}").contains("max_answer_bytes: 65536"));
+        assert!(error(r#"{"max_answer_bytes": -1}"#).contains("line 1"));
     }
 }

@@ -396,6 +396,7 @@ impl fmt::Debug for BudgetLayer {
             .field("keys_with_limits", &s.per_key.len())
             .field("priced", &s.pricing.is_some())
             .field("default_output_tokens", &s.default_output_tokens)
+            .field("max_answer_bytes", &s.max_answer)
             .field("on_store_error", &s.on_store_error)
             .field("enforce_mid_stream", &s.enforce_mid_stream)
             .finish_non_exhaustive()
