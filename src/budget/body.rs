@@ -13,7 +13,6 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::settle::Reservation;
-use crate::failover::FailoverReport;
 use crate::provider::Provider;
 
 /// The request body handed to the inner service: the bytes the layer read (to estimate
@@ -62,7 +61,8 @@ pub(super) struct Watch {
     reservation: Reservation,
     status: StatusCode,
     provider: Provider,
-    failover: Option<FailoverReport>,
+    /// Input and output tokens of a failover's failed attempts before this answer.
+    failed: (u64, u64),
     frames: Vec<Bytes>,
     /// Bytes kept so far.
     len: usize,
@@ -79,7 +79,7 @@ impl Watch {
         reservation: Reservation,
         status: StatusCode,
         provider: Provider,
-        failover: Option<FailoverReport>,
+        failed: (u64, u64),
         max: usize,
         readable: bool,
     ) -> Self {
@@ -87,7 +87,7 @@ impl Watch {
             reservation,
             status,
             provider,
-            failover,
+            failed,
             frames: Vec::new(),
             len: 0,
             max,
@@ -152,7 +152,7 @@ impl Watch {
     fn settle(&mut self, usage: Option<crate::Usage>) {
         self.stop();
         self.reservation
-            .settle_answer(self.status, usage, self.failover.as_ref());
+            .settle_answer(self.status, usage, self.failed);
     }
 
     fn stop(&mut self) {

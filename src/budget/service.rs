@@ -319,15 +319,14 @@ fn answer<ResBody>(
     // A compressed answer's bytes are not JSON until decompressed: not read.
     let readable = fits && !crate::framing::is_encoded(headers);
     let (parts, body) = response.into_parts();
-    let failover = parts
-        .extensions
-        .get::<crate::failover::FailoverReport>()
-        .cloned();
+    let failed = super::settle::failed_attempts_tokens(
+        parts.extensions.get::<crate::failover::FailoverReport>(),
+    );
     let watch = Watch::new(
         reservation,
         parts.status,
         Provider::from_path(path),
-        failover,
+        failed,
         shared.max_answer,
         readable,
     );

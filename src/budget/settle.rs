@@ -134,14 +134,14 @@ impl Reservation {
 
     /// Settle from a whole answer that was not a stream (see [exit paths](#exit-paths)):
     /// its `status`, the `usage` read from its body (`None`: none reported, or the body was
-    /// not read to its end), and the failed attempts of a
-    /// [`Failover`](crate::failover::Failover) before it. `None` when it was settled
-    /// already.
+    /// not read to its end), and the input and output tokens the failed attempts of a
+    /// [`Failover`](crate::failover::Failover) before it reported. `None` when it was
+    /// settled already.
     pub(super) fn settle_answer(
         &self,
         status: http::StatusCode,
         usage: Option<Usage>,
-        failover: Option<&FailoverReport>,
+        failed: (u64, u64),
     ) -> Option<Charge> {
         if self.is_settled() {
             return None;
@@ -157,7 +157,7 @@ impl Reservation {
                 success,
                 success,
                 self.0.estimate.model.as_deref(),
-                failed_attempts_tokens(failover),
+                failed,
             ),
         };
         self.settle(charged).then(|| Charge {
