@@ -1325,6 +1325,34 @@ mod tests {
         assert_eq!(Provider::Unknown.answer_usage(bare), None);
     }
 
+    /// Any bytes: every prefix of real answers, and each with one byte changed, read by
+    /// every format and guessed, never panic (and a cut answer reports nothing).
+    #[test]
+    fn answer_usage_never_panics() {
+        let answers: [&[u8]; 4] = [
+            br#"{"object":"chat.completion","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            br#"{"type":"message","stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":2}}"#,
+            br#"[{"usageMetadata":{"promptTokenCount":1}},{"usageMetadata":{"candidatesTokenCount":2}}]"#,
+            br#"{"object":"response","status":"completed","usage":{"input_tokens":1,"output_tokens":2}}"#,
+        ];
+        let providers = std::iter::once(Provider::Unknown).chain(Provider::FORMATS.iter().copied());
+        for provider in providers {
+            for answer in answers {
+                for end in 0..answer.len() {
+                    // Cut before its end: never a whole answer, so never a count.
+                    assert_eq!(provider.answer_usage(&answer[..end]), None, "{provider}");
+                }
+                for at in 0..answer.len() {
+                    for byte in [b'"', b'{', b'[', b'-', b'9', b'\\', 0xff] {
+                        let mut changed = answer.to_vec();
+                        changed[at] = byte;
+                        let _ = provider.answer_usage(&changed);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn error_events() {
         let mut s = UsageState::default();
