@@ -12,6 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::settle::Reservation;
 use crate::provider::Provider;
 
 /// The request body handed to the inner service: the bytes the layer read (to estimate
@@ -21,8 +22,9 @@ use crate::provider::Provider;
 pub type BudgetRequestBody<B> = crate::request::KeptBody<B>;
 
 pin_project! {
-    /// The response body of [`Budget`](super::Budget): the inner service's, untouched, or
-    /// the JSON of a refusal.
+    /// The response body of [`Budget`](super::Budget): the inner service's, untouched (an
+    /// answer that is not a stream is watched as it passes, to settle its reservation: see
+    /// [`Reservation`](super::Reservation#exit-paths)), or the JSON of a refusal.
     pub struct BudgetBody<B> {
         #[pin]
         kind: ResponseKind<B>,
@@ -33,6 +35,7 @@ pin_project! {
     #[project = ResponseKindProj]
     enum ResponseKind<B> {
         Inner { #[pin] body: B },
+        Watched { #[pin] body: B, watch: Watch },
         Refused { data: Option<Bytes> },
     }
 }
@@ -42,6 +45,126 @@ impl<B> BudgetBody<B> {
         Self {
             kind: ResponseKind::Inner { body },
         }
+    }
+
+    /// An answer that is not a stream, whose end settles its reservation.
+    pub(super) fn watched(body: B, watch: Watch) -> Self {
+        Self {
+            kind: ResponseKind::Watched { body, watch },
+        }
+    }
+}
+
+/// What settles an answer that is not a stream: its status, its provider, and clones of its
+/// data frames up to a bound, read once at its end.
+pub(super) struct Watch {
+    reservation: Reservation,
+    status: StatusCode,
+    provider: Provider,
+    /// Input and output tokens of a failover's failed attempts before this answer.
+    failed: (u64, u64),
+    frames: Vec<Bytes>,
+    /// Bytes kept so far.
+    len: usize,
+    /// The most bytes kept; past it (or for a compressed body, `readable` false) the answer
+    /// is not read.
+    max: usize,
+    readable: bool,
+    /// Settled, or handed to a report: nothing more to do.
+    done: bool,
+}
+
+impl Watch {
+    pub(super) fn new(
+        reservation: Reservation,
+        status: StatusCode,
+        provider: Provider,
+        failed: (u64, u64),
+        max: usize,
+        readable: bool,
+    ) -> Self {
+        Self {
+            reservation,
+            status,
+            provider,
+            failed,
+            frames: Vec::new(),
+            len: 0,
+            max,
+            readable,
+            done: false,
+        }
+    }
+
+    /// A data frame passed: keep a clone while it fits.
+    fn keep(&mut self, data: &Bytes) {
+        if self.done || !self.readable || data.is_empty() {
+            return;
+        }
+        if self.reservation.is_settled() {
+            // A report settled it (a streaming request answered without a stream).
+            self.stop();
+            return;
+        }
+        match self.len.checked_add(data.len()) {
+            Some(len) if len <= self.max => {
+                self.len = len;
+                self.frames.push(data.clone());
+            }
+            // Larger than the bound: not read, and nothing more kept.
+            _ => {
+                self.readable = false;
+                self.frames = Vec::new();
+            }
+        }
+    }
+
+    /// The body ended whole: read its usage, and settle.
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        let usage = if self.readable && !self.reservation.is_settled() {
+            match self.frames.as_slice() {
+                [] => None,
+                [one] => self.provider.answer_usage(one),
+                frames => {
+                    let mut whole = Vec::with_capacity(self.len);
+                    for frame in frames {
+                        whole.extend_from_slice(frame);
+                    }
+                    self.provider.answer_usage(&whole)
+                }
+            }
+        } else {
+            None
+        };
+        self.settle(usage);
+    }
+
+    /// The body failed, or went away before its end: nothing was read.
+    fn settle_unread(&mut self) {
+        if !self.done {
+            self.settle(None);
+        }
+    }
+
+    fn settle(&mut self, usage: Option<crate::Usage>) {
+        self.stop();
+        self.reservation
+            .settle_answer(self.status, usage, self.failed);
+    }
+
+    fn stop(&mut self) {
+        self.done = true;
+        self.frames = Vec::new();
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away.
+        self.settle_unread();
     }
 }
 
@@ -55,6 +178,25 @@ impl<B: Body<Data = Bytes>> Body for BudgetBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             ResponseKindProj::Inner { body } => body.poll_frame(cx),
+            ResponseKindProj::Watched { mut body, watch } => {
+                let polled = body.as_mut().poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            watch.keep(data);
+                        }
+                        // A body that knows its end (a `Content-Length`) may not be polled
+                        // again.
+                        if body.is_end_stream() {
+                            watch.finish();
+                        }
+                    }
+                    Poll::Ready(None) => watch.finish(),
+                    Poll::Ready(Some(Err(_))) => watch.settle_unread(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
             ResponseKindProj::Refused { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
@@ -63,14 +205,16 @@ impl<B: Body<Data = Bytes>> Body for BudgetBody<B> {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            ResponseKind::Inner { body } => body.is_end_stream(),
+            ResponseKind::Inner { body } | ResponseKind::Watched { body, .. } => {
+                body.is_end_stream()
+            }
             ResponseKind::Refused { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            ResponseKind::Inner { body } => body.size_hint(),
+            ResponseKind::Inner { body } | ResponseKind::Watched { body, .. } => body.size_hint(),
             ResponseKind::Refused { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

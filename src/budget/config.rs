@@ -34,8 +34,8 @@ use super::{BudgetKey, BudgetLayer, BudgetStore, Limit, Measure, OnStoreError};
 ///   `cost_micros`), an `amount`, and `per`: seconds (a continuously refilling rate, with an
 ///   optional `burst`), `"day"` or `"month"` (UTC);
 /// - `keys`: limits of single keys instead of the default ones;
-/// - `default_output_tokens`, `on_store_error` (`"fail_closed"`, `"fail_open"`),
-///   `enforce_mid_stream` (`false` by default): as on [`BudgetLayer`].
+/// - `default_output_tokens`, `max_answer_bytes`, `on_store_error` (`"fail_closed"`,
+///   `"fail_open"`), `enforce_mid_stream` (`false` by default): as on [`BudgetLayer`].
 ///
 /// The same document in any format serde reads ([`from_deserializer`](Self::from_deserializer)),
 /// such as TOML: `key = "tenant"`, `enforce_mid_stream = true`, then
@@ -61,6 +61,7 @@ pub struct BudgetConfig {
     default: Vec<Limit>,
     keys: BTreeMap<String, Vec<Limit>>,
     default_output_tokens: Option<u64>,
+    max_answer_bytes: Option<usize>,
     on_store_error: OnStoreError,
     enforce_mid_stream: bool,
 }
@@ -88,6 +89,8 @@ struct File {
     keys: BTreeMap<String, Vec<LimitFile>>,
     #[serde(default)]
     default_output_tokens: Option<u64>,
+    #[serde(default)]
+    max_answer_bytes: Option<usize>,
     #[serde(default)]
     on_store_error: Option<PolicyFile>,
     #[serde(default)]
@@ -236,6 +239,7 @@ impl BudgetConfig {
             default: limits(file.default, "default")?,
             keys,
             default_output_tokens: file.default_output_tokens,
+            max_answer_bytes: file.max_answer_bytes,
             on_store_error: match file.on_store_error {
                 Some(PolicyFile::FailOpen) => OnStoreError::FailOpen,
                 _ => OnStoreError::FailClosed,
@@ -261,6 +265,9 @@ impl BudgetConfig {
         }
         if let Some(tokens) = self.default_output_tokens {
             layer = layer.default_output_tokens(tokens);
+        }
+        if let Some(bytes) = self.max_answer_bytes {
+            layer = layer.max_answer_bytes(bytes);
         }
         layer
     }
@@ -300,5 +307,10 @@ mod tests {
                 .enforces_mid_stream()
         );
         assert!(error(r#"{"enforce_mid_stream": "yes"}"#).contains("line 1"));
+        let bound = BudgetConfig::from_json(r#"{"max_answer_bytes": 65536}"#).unwrap();
+        assert_eq!(bound.max_answer_bytes, Some(65536));
+        let layer = bound.layer(crate::budget::MemoryBudgets::new());
+        assert!(format!("{layer:?}").contains("max_answer_bytes: 65536"));
+        assert!(error(r#"{"max_answer_bytes": -1}"#).contains("line 1"));
     }
 }

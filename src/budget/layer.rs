@@ -13,6 +13,9 @@ use super::metrics::BudgetMetrics;
 use super::store::{BudgetStore, LimitStatus, StoreError};
 use super::{Budget, Limit, MemoryBudgets, Pricing};
 
+/// The default of [`BudgetLayer::max_answer_bytes`]: 1 MiB.
+const DEFAULT_MAX_ANSWER: usize = 1 << 20;
+
 /// Now, in nanoseconds since the Unix epoch.
 pub(crate) type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -66,6 +69,7 @@ pub(crate) struct Shared {
     pub(crate) bytes_per_token: u32,
     pub(crate) default_output_tokens: u64,
     pub(crate) max_body: usize,
+    pub(crate) max_answer: usize,
     pub(crate) upload_timeout: Duration,
     pub(crate) store_timeout: Duration,
     pub(crate) on_store_error: OnStoreError,
@@ -84,8 +88,9 @@ fn system_clock() -> u64 {
 impl BudgetLayer {
     /// Budgets kept in `store`, with no limits yet (every request passes until limits are
     /// set). Defaults: key [`BudgetKey::tenant`], 4 bytes per input token, 1024 output
-    /// tokens for requests without a cap, request bodies read up to 8 MiB within 30 s, the
-    /// store asked within 250 ms and [`OnStoreError::FailClosed`].
+    /// tokens for requests without a cap, request bodies read up to 8 MiB within 30 s,
+    /// answers that are not streams read up to 1 MiB, the store asked within 250 ms and
+    /// [`OnStoreError::FailClosed`].
     pub fn new(store: impl BudgetStore) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -98,6 +103,7 @@ impl BudgetLayer {
                 bytes_per_token: 4,
                 default_output_tokens: 1024,
                 max_body: 8 << 20,
+                max_answer: DEFAULT_MAX_ANSWER,
                 upload_timeout: Duration::from_secs(30),
                 store_timeout: Duration::from_millis(250),
                 on_store_error: OnStoreError::FailClosed,
@@ -193,6 +199,22 @@ impl BudgetLayer {
     /// refused with `413`.
     pub fn max_body(self, bytes: usize) -> Self {
         self.with(|s| s.max_body = bytes)
+    }
+
+    /// The largest answer that is not a stream whose usage is read to settle it (default
+    /// 1 MiB): its frames are kept (clones, no copy) as they pass to the client, and read
+    /// at its end. A larger one is settled at what it reserved if it succeeded (nothing
+    /// measured what it used), at no tokens if it failed; see
+    /// [`Reservation`](super::Reservation#exit-paths). `0` reads none.
+    ///
+    /// ```
+    /// use tower_sse::budget::BudgetLayer;
+    ///
+    /// let layer = BudgetLayer::in_memory().max_answer_bytes(256 << 10);
+    /// # let _ = layer;
+    /// ```
+    pub fn max_answer_bytes(self, bytes: usize) -> Self {
+        self.with(|s| s.max_answer = bytes)
     }
 
     /// How long the request body may take to arrive (default 30 s): then `408`.
@@ -343,6 +365,7 @@ impl Shared {
             bytes_per_token: other.bytes_per_token,
             default_output_tokens: other.default_output_tokens,
             max_body: other.max_body,
+            max_answer: other.max_answer,
             upload_timeout: other.upload_timeout,
             store_timeout: other.store_timeout,
             on_store_error: other.on_store_error,
@@ -373,6 +396,7 @@ impl fmt::Debug for BudgetLayer {
             .field("keys_with_limits", &s.per_key.len())
             .field("priced", &s.pricing.is_some())
             .field("default_output_tokens", &s.default_output_tokens)
+            .field("max_answer_bytes", &s.max_answer)
             .field("on_store_error", &s.on_store_error)
             .field("enforce_mid_stream", &s.enforce_mid_stream)
             .finish_non_exhaustive()

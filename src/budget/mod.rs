@@ -31,11 +31,22 @@
 //!   difference to the reservation is given back or charged, and an overrun stays as debt
 //!   that the next admissions see. The report is the ledger: the observer leaves the
 //!   [`Charge`] in [`StreamReport::extensions`](crate::StreamReport::extensions).
+//! - **An answer that is not a stream settles itself.** A `"stream": false` request makes
+//!   no report: the layer watches its answer as it passes (clones of its frames, up to
+//!   [`BudgetLayer::max_answer_bytes`], 1 MiB) and settles it at its end from the usage in
+//!   its JSON ([`Provider::answer_usage`](crate::provider::Provider::answer_usage)).
 //!
-//! What is charged (see [`BudgetObserver`]): the report's usage — the provider's counts, or
-//! the usage observer's flagged estimate of the output delivered when the stream was cut
-//! before its usage; the request's input estimate when the upstream took the request but
-//! never reported its input. Tokens that flowed are never charged as zero.
+//! What is charged, on each exit path (the whole table is in [`Reservation`]'s docs):
+//!
+//! | exit path | charged |
+//! |---|---|
+//! | a stream, however it ends (completed, upstream error, truncation, client disconnect, a deadline, shutdown, a budget stop) | its report's usage: the provider's counts, or the usage observer's flagged estimate of the output delivered when the stream was cut before its usage; the request's input estimate when the upstream took the request but never reported its input |
+//! | an answer that is not a stream, reporting usage | that usage, by the same rules |
+//! | an error status (`429`, `400`, `5xx`…) reporting no usage | no tokens: the provider generated nothing |
+//! | a `2xx` answer reporting no usage, larger than the bound, or whose body fails or is dropped before its end | what it reserved: nothing measured what it used |
+//!
+//! Tokens that flowed are never charged as zero; a failover's failed attempts add the
+//! tokens they reported.
 //!
 //! # Mid-stream enforcement (opt-in)
 //!
@@ -78,7 +89,7 @@
 //! Outside the [`SseLayer`](crate::SseLayer) whose observers include the
 //! [`BudgetObserver`] (after the [`UsageObserver`](crate::UsageObserver)), and inside
 //! layers that may refuse a request without calling further in (a
-//! [`StreamLimitLayer`](crate::StreamLimitLayer)): a reservation that no report settles is
+//! [`StreamLimitLayer`](crate::StreamLimitLayer)): a stream that no report settles is
 //! charged what it reserved, since nothing measured what it used.
 //!
 //! ```

@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::{BudgetBody, BudgetRequestBody, Refusal, refusal, retry_after_secs};
+use super::body::{BudgetBody, BudgetRequestBody, Refusal, Watch, refusal, retry_after_secs};
 use super::estimate::RequestEstimate;
 use super::layer::{OnStoreError, Shared};
 use super::metrics::{BudgetCounts, Reason};
@@ -22,6 +22,7 @@ use super::stop::Allowance;
 use super::store::{Admit, Decision};
 use super::{Amounts, Limit};
 use crate::BoxFuture;
+use crate::provider::Provider;
 use crate::request::{ReadUpTo, read_up_to};
 
 /// The service of [`BudgetLayer`](super::BudgetLayer).
@@ -214,8 +215,9 @@ where
                 now,
                 shared.clone(),
             );
-            parts.extensions.insert(reservation);
-            call(&mut inner, Request::from_parts(parts, body)).await
+            parts.extensions.insert(reservation.clone());
+            let response = inner.call(Request::from_parts(parts, body)).await?;
+            Ok(answer(response, reservation, &path, &shared))
         }
         Ok(Ok(Decision::Rejected(rejection))) => match rejection.retry_after {
             Some(wait) => {
@@ -293,6 +295,42 @@ where
 {
     let response = inner.call(request).await?;
     Ok(response.map(BudgetBody::inner))
+}
+
+/// The response of an admitted request. A stream is settled by its report (the layer lets
+/// go of its clone of the reservation); an answer that is not a stream is watched, and
+/// settled at its end from its status and the usage it reports (see
+/// [`Reservation`](super::Reservation#exit-paths)).
+fn answer<ResBody>(
+    response: Response<ResBody>,
+    reservation: Reservation,
+    path: &str,
+    shared: &Shared,
+) -> Response<BudgetBody<ResBody>> {
+    let headers = response.headers();
+    if reservation.is_settled() || crate::framing::detect(headers, true).is_some() {
+        return response.map(BudgetBody::inner);
+    }
+    // A length announced over the bound: nothing to keep.
+    let fits = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_none_or(|len| len <= shared.max_answer as u64);
+    // A compressed answer's bytes are not JSON until decompressed: not read.
+    let readable = fits && !crate::framing::is_encoded(headers);
+    let (parts, body) = response.into_parts();
+    let failed = super::settle::failed_attempts_tokens(
+        parts.extensions.get::<crate::failover::FailoverReport>(),
+    );
+    let watch = Watch::new(
+        reservation,
+        parts.status,
+        Provider::from_path(path),
+        failed,
+        shared.max_answer,
+        readable,
+    );
+    Response::from_parts(parts, BudgetBody::watched(body, watch))
 }
 
 enum ReadError {

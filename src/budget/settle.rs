@@ -10,16 +10,33 @@ use super::estimate::RequestEstimate;
 use super::layer::Shared;
 use super::store::Settlement;
 use super::{Amounts, Limit};
+use crate::failover::FailoverReport;
+use crate::framing::Framing;
 use crate::observe::Observer;
-use crate::{StreamReport, UsageSource};
+use crate::{StreamReport, Usage, UsageSource};
 
 /// An admitted request's reservation: what it may spend, until settled.
 ///
 /// [`BudgetLayer`](super::BudgetLayer) puts it into the request's extensions; the
 /// [`BudgetObserver`] of an [`SseLayer`](crate::SseLayer) inside settles it from the
-/// stream's report. Clones share one reservation, settled once whoever settles it: a
-/// reservation whose last clone goes away unsettled (a request that was not a stream, so
-/// no report was made) is settled at what it reserved, since nothing measured what it used.
+/// stream's report, and the layer itself settles it from an answer that is not a stream.
+/// Clones share one reservation, settled once whoever settles it (its flag, and the
+/// store's settled ids): the first settlement stands, any later one is a no-op.
+///
+/// # Exit paths
+///
+/// | the request ended as | charged |
+/// |---|---|
+/// | a stream (the response head is one for [`framing::detect`](crate::framing::detect) with NDJSON), on any end: completed, upstream error, truncation, client disconnect, a deadline, shutdown | from the stream's report, by the [`BudgetObserver`]: the reported counts, or the flagged estimate (see its rules) |
+/// | an answer that is not a stream (`"stream": false`), read to its end, that reports usage | that usage, by the same rules as a stream's: the reported counts; the request's input estimate (flagged) when a success reports no input; the tokens of a [`Failover`](crate::failover::Failover)'s failed attempts added. Read by [`Provider::answer_usage`](crate::provider::Provider::answer_usage) (OpenAI Chat and Completions, Responses, Anthropic, Gemini, Ollama) |
+/// | an answer with an error status (anything but `2xx`: a `429`, a `400`, a `500`) that reports no usage, however it ends | no tokens (the provider generated nothing and took no prompt), the request itself, and a failed attempt's tokens when it reported them |
+/// | a `2xx` answer that reports no usage, one larger than [`BudgetLayer::max_answer_bytes`](super::BudgetLayer::max_answer_bytes) (1 MiB by default) or compressed, or one whose body fails or is dropped before its end | what it reserved (flagged): nothing measured what it used, and it is never zero |
+/// | a streaming request (an SSE `Accept`, or `"stream": true` marked by the [`IncludeUsageLayer`](crate::IncludeUsageLayer)) answered with something else | from its report, as a stream: the answer rules above for its status, except that the report has no usage from the body (a success is charged its reserved output, flagged) |
+/// | no report and no answer (the inner service failed; a stack without the observer) | what it reserved, when its last clone goes away |
+///
+/// The layer watches an answer's body as it passes to the client: it keeps clones of its
+/// frames (no copy) up to the bound, and reads them once, at the end (joined into one
+/// buffer when there were several).
 #[derive(Clone)]
 pub struct Reservation(Arc<Inner>);
 
@@ -102,7 +119,47 @@ impl Reservation {
     /// Settle from a stream's final report (see [`BudgetObserver`] for the rules); `None`
     /// when it was settled already.
     pub fn settle_report(&self, report: &StreamReport) -> Option<Charge> {
+        if self.is_settled() {
+            return None;
+        }
         let (charged, estimated) = self.0.charge_of(report);
+        self.settle(charged).then(|| Charge {
+            id: self.0.id.clone(),
+            key: self.0.key.clone(),
+            reserved: self.0.reserved,
+            charged,
+            estimated,
+        })
+    }
+
+    /// Settle from a whole answer that was not a stream (see [exit paths](#exit-paths)):
+    /// its `status`, the `usage` read from its body (`None`: none reported, or the body was
+    /// not read to its end), and the input and output tokens the failed attempts of a
+    /// [`Failover`](crate::failover::Failover) before it reported. `None` when it was
+    /// settled already.
+    pub(super) fn settle_answer(
+        &self,
+        status: http::StatusCode,
+        usage: Option<Usage>,
+        failed: (u64, u64),
+    ) -> Option<Charge> {
+        if self.is_settled() {
+            return None;
+        }
+        let success = status.is_success();
+        let (charged, estimated) = match usage {
+            // Nothing measured what a success used: what it reserved stands.
+            None if success => (self.0.reserved, true),
+            // Measured, or an error status that reported nothing: the provider generated
+            // nothing, and took no prompt.
+            usage => self.0.charge_from(
+                usage,
+                success,
+                success,
+                self.0.estimate.model.as_deref(),
+                failed,
+            ),
+        };
         self.settle(charged).then(|| Charge {
             id: self.0.id.clone(),
             key: self.0.key.clone(),
@@ -150,10 +207,33 @@ impl Inner {
     ///   cost tokens: Anthropic's input tokens of a stream that ends in `overloaded_error`).
     /// - Cost: the [`Pricing`](super::Pricing) of the model that answered (else the one asked
     ///   for) over those counts; 0 for a model it does not know.
+    ///
+    /// A streaming request answered with something other than a stream (its report says
+    /// [`Framing::NotAStream`]) is charged as the [answer rules](Reservation#exit-paths)
+    /// say: a success whose usage nothing read is charged its reserved output (flagged),
+    /// an error status no tokens.
     fn charge_of(&self, report: &StreamReport) -> (Amounts, bool) {
-        let usage = report.usage.unwrap_or_default();
         let accepted = report.status.is_some_and(|s| s.is_success());
-        let flowed = report.content_events > 0;
+        // A success answered without a stream: its body is the output, unread.
+        let answered = report.framing == Framing::NotAStream && accepted && report.bytes_in > 0;
+        let flowed = report.content_events > 0 || answered;
+        let model = report.model.as_deref().or(self.estimate.model.as_deref());
+        let failed = failed_attempts_tokens(report.failover.as_deref());
+        self.charge_from(report.usage, accepted, flowed, model, failed)
+    }
+
+    /// The charge of a usage (see [`charge_of`](Self::charge_of)): `accepted`, the upstream
+    /// took the prompt (a success status); `flowed`, output reached the client; `failed`,
+    /// the tokens of failed attempts before the one that answered.
+    fn charge_from(
+        &self,
+        usage: Option<Usage>,
+        accepted: bool,
+        flowed: bool,
+        model: Option<&str>,
+        (failed_input, failed_output): (u64, u64),
+    ) -> (Amounts, bool) {
+        let usage = usage.unwrap_or_default();
         let mut estimated = usage.source == UsageSource::Estimated;
         let input = match usage.input_tokens {
             Some(n) => n,
@@ -171,7 +251,6 @@ impl Inner {
             }
             None => 0,
         };
-        let (failed_input, failed_output) = failed_attempts_tokens(report);
         let input = input.saturating_add(failed_input);
         let output = output.saturating_add(failed_output);
         let mut charged = Amounts {
@@ -181,7 +260,6 @@ impl Inner {
             cost_micros: 0,
         };
         if let Some(pricing) = &self.shared.pricing {
-            let model = report.model.as_deref().or(self.estimate.model.as_deref());
             let mut priced = usage;
             priced.input_tokens = Some(input);
             priced.output_tokens = Some(output);
@@ -196,8 +274,8 @@ impl Inner {
 
 /// The input and output tokens the failed attempts of a
 /// [`Failover`](crate::failover::Failover) reported before they failed.
-fn failed_attempts_tokens(report: &StreamReport) -> (u64, u64) {
-    let Some(failover) = report.failover.as_deref() else {
+pub(super) fn failed_attempts_tokens(failover: Option<&FailoverReport>) -> (u64, u64) {
+    let Some(failover) = failover else {
         return (0, 0);
     };
     failover

@@ -49,6 +49,7 @@ use crate::sse::EventRef;
 use super::error::{self, ProviderError};
 use super::{
     ContentSpan, Format, LazyKind, ResponseMeta, StopEnd, Top, UsageSink, counts, event_kind,
+    parse_object,
 };
 use crate::json::{Count, Lenient, Text, finders, first_of, parse, text_of};
 use crate::policy::StopKind;
@@ -115,6 +116,10 @@ impl Format for Anthropic {
 
     fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
+    }
+
+    fn answer_usage(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+        answer(body, named, state)
     }
 
     fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
@@ -197,6 +202,35 @@ struct Delta<'a> {
 struct DeltaBody<'a> {
     #[serde(borrow, default)]
     stop_reason: Text<'a>,
+}
+
+/// A whole answer (`"stream": false`): the message, its usage final.
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Text<'a>,
+    #[serde(default)]
+    usage: Lenient<AnthropicUsage>,
+    #[serde(borrow, default)]
+    stop_reason: Text<'a>,
+}
+
+/// Read a whole answer: its `usage` (every count real, the output included) and
+/// `stop_reason`. Guessed, only one whose `type` is `message` is claimed.
+fn answer(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+    let Some(answer) = parse_object::<Answer<'_>>(body) else {
+        return false;
+    };
+    if !named && answer.kind.as_str() != Some("message") {
+        return false;
+    }
+    if let Some(usage) = answer.usage.0 {
+        record(state, usage, true);
+    }
+    if let Some(reason) = answer.stop_reason.as_str() {
+        state.set_finish_reason(reason);
+    }
+    true
 }
 
 /// Record the counts of one usage object. `message_start`'s output count is provisional.

@@ -86,6 +86,10 @@ impl Format for Gemini {
         extract(event, state)
     }
 
+    fn answer_usage(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+        answer(body, named, state)
+    }
+
     fn is_terminal(_: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         false
     }
@@ -166,6 +170,26 @@ struct Chunk<'a> {
     candidates: LastReason<'a, Candidate<'a>>,
 }
 
+/// A whole answer: `generateContent`'s one object, or `streamGenerateContent`'s JSON array
+/// of chunks (without `alt=sse`), whose running totals end at the last `usageMetadata`.
+/// Guessed, it is claimed only when it carries `usageMetadata` or a finish reason.
+fn answer(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+    let start = crate::json::skip_ws(body, 0);
+    let chunks = match body.get(start) {
+        Some(b'{') => parse::<Chunk<'_>>(&body[start..]).map(|c| vec![Lenient(Some(c))]),
+        Some(b'[') => parse::<Vec<Lenient<Chunk<'_>>>>(&body[start..]),
+        _ => None,
+    };
+    let Some(chunks) = chunks else {
+        return false;
+    };
+    let mut found = false;
+    for chunk in chunks.into_iter().filter_map(|c| c.0) {
+        found |= record(chunk, state);
+    }
+    found || named
+}
+
 /// Read one Gemini chunk. Returns whether it carried usage or a finish reason.
 fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
@@ -177,6 +201,11 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let Some(chunk) = parse::<Chunk<'_>>(data) else {
         return false;
     };
+    record(chunk, state)
+}
+
+/// The usage and the finish reason of one chunk; whether it had either.
+fn record(chunk: Chunk<'_>, state: &mut impl UsageSink) -> bool {
     let mut found = false;
     if let Some(usage) = chunk.usage.0 {
         state.update(counts(

@@ -142,6 +142,12 @@ pub(crate) trait Format {
     /// any (extractors chained after this one then skip it).
     fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool;
 
+    /// Read usage and the finish reason from a whole answer of this format that is not a
+    /// stream (`"stream": false`: one JSON value). `named`: the request's path names this
+    /// format; otherwise the format is a guess, and the reader claims only an answer of its
+    /// own shape. Returns whether the answer was this format's.
+    fn answer_usage(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool;
+
     /// Whether the event is the last one of a stream of this format. `kind` is the event's
     /// [`event_kind`], worked out once for every format that asks.
     fn is_terminal(event: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool;
@@ -416,6 +422,82 @@ impl Provider {
             known => read_usage(known, event, state),
         }
     }
+}
+
+impl Provider {
+    /// The usage of a whole answer that is not a stream (a request with `"stream": false`,
+    /// or an error status with a JSON body), read from its bytes by this format's reader:
+    ///
+    /// | format | the answer | usage read |
+    /// |---|---|---|
+    /// | OpenAI Chat, Completions | `chat.completion`, `text_completion` | the top-level `usage` (as in a stream's usage chunk) |
+    /// | OpenAI Responses | the `response` object | its `usage`: `input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`, `output_tokens_details.reasoning_tokens` |
+    /// | Anthropic | the `message` | its `usage`: `input_tokens`, `output_tokens`, `cache_read_input_tokens`, `cache_creation_input_tokens` (Anthropic's meaning: input excludes both) |
+    /// | Gemini | `generateContent`'s object, or `streamGenerateContent`'s JSON array (the last `usageMetadata` wins) | `usageMetadata` |
+    /// | Ollama | the `"done": true` object | `prompt_eval_count`, `eval_count` |
+    ///
+    /// The counts keep the provider's meaning, as a stream's do ([`Usage::style`](crate::Usage::style)).
+    /// For [`Provider::Unknown`] (a path no format names, such as Gemini's
+    /// `:generateContent`) the formats are tried in turn, and one reads the answer only
+    /// when it has that format's shape (its `object`, `type`, `usageMetadata` or `done`).
+    /// `None` when the answer reports no count: not JSON, an error without usage, another
+    /// format's answer. Only the top level is parsed (the content is skipped, not
+    /// collected); it never panics, whatever the bytes.
+    ///
+    /// ```
+    /// use tower_sse::provider::Provider;
+    ///
+    /// let answer = br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}"#;
+    /// let usage = Provider::OpenAiChat.answer_usage(answer).unwrap();
+    /// assert_eq!((usage.input_tokens, usage.output_tokens), (Some(9), Some(3)));
+    ///
+    /// let message = br#"{"type":"message","content":[],"usage":{"input_tokens":5,"cache_read_input_tokens":100,"output_tokens":7}}"#;
+    /// let usage = Provider::Unknown.answer_usage(message).unwrap();
+    /// assert_eq!((usage.input_tokens, usage.cached_input_tokens), (Some(5), Some(100)));
+    ///
+    /// let error = br#"{"error":{"message":"Rate limit reached","type":"requests"}}"#;
+    /// assert_eq!(Provider::OpenAiChat.answer_usage(error), None);
+    /// ```
+    pub fn answer_usage(self, body: &[u8]) -> Option<crate::Usage> {
+        let mut state = crate::usage::UsageState::default();
+        match self {
+            Self::Unknown => {
+                let _ = Self::FORMATS.iter().any(|&p| {
+                    with_format!(p, |F| F::GUESS_USAGE, false)
+                        && read_answer(p, body, false, &mut state)
+                });
+            }
+            known => {
+                read_answer(known, body, true, &mut state);
+            }
+        }
+        state.usage()
+    }
+}
+
+/// Read a whole answer with `provider`'s reader; when it was the reader's, say how that
+/// format counts.
+fn read_answer(
+    provider: Provider,
+    body: &[u8],
+    named: bool,
+    state: &mut crate::usage::UsageState,
+) -> bool {
+    let read = with_format!(provider, |F| F::answer_usage(body, named, state), false);
+    if read {
+        state.set_style(crate::usage::UsageStyle::of(provider));
+    }
+    read
+}
+
+/// Parse a `T` from `body` when it is a JSON object (a derived struct would also take an
+/// array, field by field).
+pub(crate) fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    let start = json::skip_ws(body, 0);
+    if body.get(start) != Some(&b'{') {
+        return None;
+    }
+    parse(&body[start..])
 }
 
 /// Read one event with `provider`'s usage reader; when it was the reader's, say how that
@@ -1123,6 +1205,152 @@ mod tests {
         assert!(!done(r#"{"done_reason":"true"}"#));
         assert!(!done(r#"{"done""#));
         assert!(!done(""));
+    }
+
+    /// Whole answers (`"stream": false`), each format's, named by the path or guessed.
+    #[test]
+    fn answer_usage_per_format() {
+        use crate::usage::UsageStyle;
+        let chat = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"{\"usage\":{\"prompt_tokens\":1}}","tool_calls":[{"type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":4,"total_tokens":16,"prompt_tokens_details":{"cached_tokens":8},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        for p in [Provider::OpenAiChat, Provider::Unknown] {
+            let u = p.answer_usage(chat).unwrap();
+            assert_eq!(
+                (u.input_tokens, u.output_tokens, u.total_tokens),
+                (Some(12), Some(4), Some(16))
+            );
+            assert_eq!(
+                (u.cached_input_tokens, u.reasoning_tokens),
+                (Some(8), Some(2))
+            );
+            assert_eq!(u.style, UsageStyle::OpenAi);
+        }
+        let completion = br#"{"object":"text_completion","choices":[{"text":"x","finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        for p in [Provider::OpenAiCompletions, Provider::Unknown] {
+            let u = p.answer_usage(completion).unwrap();
+            assert_eq!((u.input_tokens, u.output_tokens), (Some(3), Some(1)));
+        }
+
+        let response = br#"{"id":"resp_1","object":"response","status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":20,"input_tokens_details":{"cached_tokens":5},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":3},"total_tokens":27}}"#;
+        for p in [Provider::OpenAiResponses, Provider::Unknown] {
+            let u = p.answer_usage(response).unwrap();
+            assert_eq!(
+                (u.input_tokens, u.output_tokens, u.total_tokens),
+                (Some(20), Some(7), Some(27))
+            );
+            assert_eq!(
+                (u.cached_input_tokens, u.reasoning_tokens),
+                (Some(5), Some(3))
+            );
+        }
+
+        let message = br#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":10,"cache_creation_input_tokens":30,"cache_read_input_tokens":100,"output_tokens":6}}"#;
+        for p in [Provider::Anthropic, Provider::Unknown] {
+            let u = p.answer_usage(message).unwrap();
+            // Anthropic's meaning: the input excludes the cache reads and writes.
+            assert_eq!((u.input_tokens, u.output_tokens), (Some(10), Some(6)));
+            assert_eq!(
+                (u.cached_input_tokens, u.cache_write_tokens),
+                (Some(100), Some(30))
+            );
+            assert_eq!(u.total_tokens, None);
+            assert_eq!(u.style, UsageStyle::Anthropic);
+        }
+
+        // `:generateContent` is no stream path: guessed from `usageMetadata`.
+        let gemini = br#"{"candidates":[{"content":{"parts":[{"text":"hi"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":5,"totalTokenCount":20,"thoughtsTokenCount":6},"modelVersion":"gemini-2.5-flash"}"#;
+        for p in [Provider::Gemini, Provider::Unknown] {
+            let u = p.answer_usage(gemini).unwrap();
+            assert_eq!(
+                (u.input_tokens, u.output_tokens, u.reasoning_tokens),
+                (Some(9), Some(5), Some(6))
+            );
+            assert_eq!(u.style, UsageStyle::Gemini);
+        }
+        // `:streamGenerateContent` without `alt=sse`: a JSON array of running totals.
+        let array = br#"[{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":1}},
+            {"candidates":[{"content":{"parts":[{"text":"b"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":2,"totalTokenCount":11}}]"#;
+        let u = Provider::Gemini.answer_usage(array).unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens),
+            (Some(9), Some(2), Some(11))
+        );
+
+        let ollama = br#"{"model":"llama3.2","created_at":"x","message":{"role":"assistant","content":"hi"},"done_reason":"stop","done":true,"total_duration":1,"prompt_eval_count":26,"eval_count":8}"#;
+        for p in [Provider::Ollama, Provider::Unknown] {
+            let u = p.answer_usage(ollama).unwrap();
+            assert_eq!((u.input_tokens, u.output_tokens), (Some(26), Some(8)));
+        }
+    }
+
+    /// Answers that report no usage: errors, other shapes, bytes that are not JSON.
+    #[test]
+    fn answers_without_usage() {
+        let cases: [(&[u8], Provider); 12] = [
+            (
+                br#"{"error":{"message":"Rate limit","type":"requests","code":"rate_limit_exceeded"}}"#,
+                Provider::OpenAiChat,
+            ),
+            (
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                Provider::Anthropic,
+            ),
+            (
+                br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#,
+                Provider::Unknown,
+            ),
+            (br#"{"error":"model not found"}"#, Provider::Ollama),
+            (br#"{"object":"chat.completion","usage":null}"#, Provider::OpenAiChat),
+            // Usage-like keys of an answer of no known shape: not guessed.
+            (br#"{"usage":{"prompt_tokens":5}}"#, Provider::Unknown),
+            (br#"{"model":"m","done":false,"eval_count":4}"#, Provider::Ollama),
+            // An array is no object, field by field.
+            (br#"[{"a":1},{"prompt_tokens":5,"completion_tokens":3}]"#, Provider::OpenAiChat),
+            (b"", Provider::Unknown),
+            (b"not json", Provider::OpenAiChat),
+            (b"{\"usage\":{\"prompt_tokens\":", Provider::OpenAiChat),
+            (&[0xff, 0xfe, b'{'], Provider::Unknown),
+        ];
+        for (body, provider) in cases {
+            assert_eq!(
+                provider.answer_usage(body),
+                None,
+                "{provider}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Named by its path, an OpenAI-compatible server that leaves `object` out.
+        let bare = br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#;
+        let u = Provider::OpenAiChat.answer_usage(bare).unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens), (Some(5), Some(2)));
+        assert_eq!(Provider::Unknown.answer_usage(bare), None);
+    }
+
+    /// Any bytes: every prefix of real answers, and each with one byte changed, read by
+    /// every format and guessed, never panic (and a cut answer reports nothing).
+    #[test]
+    fn answer_usage_never_panics() {
+        let answers: [&[u8]; 4] = [
+            br#"{"object":"chat.completion","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            br#"{"type":"message","stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":2}}"#,
+            br#"[{"usageMetadata":{"promptTokenCount":1}},{"usageMetadata":{"candidatesTokenCount":2}}]"#,
+            br#"{"object":"response","status":"completed","usage":{"input_tokens":1,"output_tokens":2}}"#,
+        ];
+        let providers = std::iter::once(Provider::Unknown).chain(Provider::FORMATS.iter().copied());
+        for provider in providers {
+            for answer in answers {
+                for end in 0..answer.len() {
+                    // Cut before its end: never a whole answer, so never a count.
+                    assert_eq!(provider.answer_usage(&answer[..end]), None, "{provider}");
+                }
+                for at in 0..answer.len() {
+                    for byte in [b'"', b'{', b'[', b'-', b'9', b'\\', 0xff] {
+                        let mut changed = answer.to_vec();
+                        changed[at] = byte;
+                        let _ = provider.answer_usage(&changed);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, StopEnd, UsageSink, counts};
+use super::{ContentSpan, Format, LazyKind, StopEnd, UsageSink, counts, parse_object};
 use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 use crate::policy::StopKind;
 
@@ -65,6 +65,10 @@ impl Format for Ollama {
         extract(event, state)
     }
 
+    fn answer_usage(body: &[u8], _named: bool, state: &mut impl UsageSink) -> bool {
+        answer(body, state)
+    }
+
     fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.event_bytes().is_empty() && has_true_value(event.data_bytes(), &DONE)
     }
@@ -106,6 +110,16 @@ struct Final<'a> {
     done_reason: Text<'a>,
 }
 
+/// A whole answer (`"stream": false`): one object, the final line's counts, `"done": true`
+/// (which it must say, named or guessed).
+fn answer(body: &[u8], state: &mut impl UsageSink) -> bool {
+    let Some(line) = parse_object::<Final<'_>>(body).filter(|l| l.done.0) else {
+        return false;
+    };
+    record(line, state);
+    true
+}
+
 /// Read one Ollama line. Returns whether it was the final one.
 fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let data = event.data_bytes();
@@ -115,6 +129,12 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let Some(line) = parse::<Final<'_>>(data).filter(|l| l.done.0) else {
         return false;
     };
+    record(line, state);
+    true
+}
+
+/// The counts and the reason of the final line.
+fn record(line: Final<'_>, state: &mut impl UsageSink) {
     state.update(counts(
         line.prompt_eval_count.0,
         line.eval_count.0,
@@ -125,7 +145,6 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     if let Some(reason) = line.done_reason.as_str() {
         state.set_finish_reason(reason);
     }
-    true
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, StopEnd, UsageSink, counts};
+use super::{ContentSpan, Counts, Format, LazyKind, StopEnd, UsageSink, counts, parse_object};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, has_string_value,
     is_empty_array_or_absent, object_value, parse, present, text_of,
@@ -92,6 +92,10 @@ impl Format for Chat {
 
     fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
+    }
+
+    fn answer_usage(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+        answer(body, named, state)
     }
 
     fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
@@ -168,6 +172,10 @@ impl Format for Completions {
         extract(event, state)
     }
 
+    fn answer_usage(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+        answer(body, named, state)
+    }
+
     fn is_terminal(event: &EventRef<'_>, _: &mut LazyKind<'_, '_>) -> bool {
         event.data_bytes() == b"[DONE]"
     }
@@ -208,6 +216,28 @@ struct ChatUsage {
     prompt_cache_hit_tokens: Count,
 }
 
+impl ChatUsage {
+    /// The counts it reports (DeepSeek's cache hits when `cached_tokens` is absent).
+    fn counts(self) -> Counts {
+        let details = self.prompt_tokens_details.0;
+        let cached = details
+            .as_ref()
+            .and_then(|d| d.cached_tokens.0)
+            .or(self.prompt_cache_hit_tokens.0);
+        let mut counts = counts(
+            self.prompt_tokens.0,
+            self.completion_tokens.0,
+            self.total_tokens.0,
+            cached,
+            self.completion_tokens_details
+                .0
+                .and_then(|d| d.reasoning_tokens.0),
+        );
+        counts.cache_write = details.and_then(|d| d.cache_write_tokens.0);
+        counts
+    }
+}
+
 #[derive(Deserialize)]
 struct PromptDetails {
     #[serde(default)]
@@ -241,6 +271,41 @@ struct Chunk<'a> {
     choices: LastReason<'a, Choice<'a>>,
 }
 
+/// A whole answer of Chat Completions (`chat.completion`) or Completions
+/// (`text_completion`): its top level only.
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    object: Text<'a>,
+    #[serde(default)]
+    usage: Lenient<ChatUsage>,
+    #[serde(borrow, default)]
+    choices: LastReason<'a, Choice<'a>>,
+}
+
+/// Read a whole answer of either API (`"stream": false`): the top-level `usage` and the
+/// last `choices[].finish_reason`. Guessed (`named` false), only an answer whose `object`
+/// is `chat.completion` or `text_completion` is claimed.
+fn answer(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+    let Some(answer) = parse_object::<Answer<'_>>(body) else {
+        return false;
+    };
+    let shaped = matches!(
+        answer.object.as_str(),
+        Some("chat.completion" | "text_completion")
+    );
+    if !(named || shaped) {
+        return false;
+    }
+    if let Some(usage) = answer.usage.0 {
+        state.update(usage.counts());
+    }
+    if let Some(reason) = answer.choices.0 {
+        state.set_finish_reason(&reason);
+    }
+    true
+}
+
 /// Read one event of an OpenAI-style stream. Returns whether it carried usage or a finish
 /// reason.
 fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
@@ -249,22 +314,7 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     if let Some(at) = object_value(data, &USAGE)
         && let Some(usage) = data.get(at..).and_then(parse::<ChatUsage>)
     {
-        let details = usage.prompt_tokens_details.0;
-        let cached = details
-            .as_ref()
-            .and_then(|d| d.cached_tokens.0)
-            .or(usage.prompt_cache_hit_tokens.0);
-        let mut usage = counts(
-            usage.prompt_tokens.0,
-            usage.completion_tokens.0,
-            usage.total_tokens.0,
-            cached,
-            usage
-                .completion_tokens_details
-                .0
-                .and_then(|d| d.reasoning_tokens.0),
-        );
-        usage.cache_write = details.and_then(|d| d.cache_write_tokens.0);
+        let usage = usage.counts();
         if is_empty_array_or_absent(data, &CHOICES) {
             state.mark_usage_only();
         }

@@ -24,6 +24,7 @@ use crate::sse::EventRef;
 use super::error::{self, ProviderError};
 use super::{
     ContentSpan, Format, LazyKind, ResponseMeta, StopEnd, Top, UsageSink, counts, event_kind,
+    parse_object,
 };
 use crate::json::{Count, Lenient, Text, finders, first_of, parse, text_of};
 use crate::policy::StopKind;
@@ -76,6 +77,10 @@ impl Format for Responses {
 
     fn usage(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         extract(event, state)
+    }
+
+    fn answer_usage(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+        answer(body, named, state)
     }
 
     fn is_terminal(_: &EventRef<'_>, kind: &mut LazyKind<'_, '_>) -> bool {
@@ -143,6 +148,9 @@ struct Terminal<'a> {
 
 #[derive(Deserialize)]
 struct Response<'a> {
+    /// `"response"` (read for a whole answer, whose top level is the response).
+    #[serde(borrow, default)]
+    object: Text<'a>,
     #[serde(borrow, default)]
     status: Text<'a>,
     #[serde(borrow, default)]
@@ -195,6 +203,29 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
     let Some(response) = parsed.response.0 else {
         return true;
     };
+    let ended = kind
+        .strip_prefix(b"response.")
+        .and_then(|k| std::str::from_utf8(k).ok());
+    record(response, ended, state);
+    true
+}
+
+/// A whole answer (`"stream": false`): the response object itself. Guessed, only one whose
+/// `object` is `response` is claimed.
+fn answer(body: &[u8], named: bool, state: &mut impl UsageSink) -> bool {
+    let Some(response) = parse_object::<Response<'_>>(body) else {
+        return false;
+    };
+    if !named && response.object.as_str() != Some("response") {
+        return false;
+    }
+    record(response, None, state);
+    true
+}
+
+/// The usage and the finish reason of a response object (`ended`: the reason when it
+/// names none, from the name of the event that carried it).
+fn record(response: Response<'_>, ended: Option<&str>, state: &mut impl UsageSink) {
     if let Some(usage) = response.usage.0 {
         state.update(counts(
             usage.input_tokens.0,
@@ -213,14 +244,10 @@ fn extract(event: &EventRef<'_>, state: &mut impl UsageSink) -> bool {
         .as_ref()
         .and_then(|d| d.reason.as_str())
         .or(response.status.as_str())
-        .or_else(|| {
-            kind.strip_prefix(b"response.")
-                .and_then(|k| std::str::from_utf8(k).ok())
-        });
+        .or(ended);
     if let Some(reason) = reason {
         state.set_finish_reason(reason);
     }
-    true
 }
 
 #[cfg(test)]

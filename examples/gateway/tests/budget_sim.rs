@@ -5,7 +5,8 @@
 //! drains and on one that does not), an upstream cut mid-event, an in-band upstream error,
 //! an upstream error status, a first-event deadline (an upstream that stalls after its
 //! headers, and one that does not answer in time), a non-streaming answer (which makes no
-//! report: it is charged what it reserved, as the `Reservation` docs say) — and refusals.
+//! report: the budget layer charges the usage in its JSON, as the `Reservation` docs say) —
+//! and refusals.
 //!
 //! It checks, for every tenant:
 //! - **the ledger is exact:** what each daily budget has counted in the store equals the sum
@@ -296,6 +297,14 @@ impl Stream {
         !self.refused && self.path != Path::NotStreamed
     }
 
+    /// What a non-streaming answer reports, so is charged: the mock's input tokens (the
+    /// body's bytes / 4, rounded up) and the tokens it was told to generate.
+    fn answered(&self) -> (u64, u64, u64) {
+        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap();
+        let tokens = body["mock"]["tokens"].as_u64().unwrap();
+        (1, tower_sse_mock::prompt_tokens(self.body.len()), tokens)
+    }
+
     /// What its admission reserves: 1 request, the body's bytes / 4 (rounded up) of input
     /// (the budget layer's estimator), its `max_tokens` or the default of output.
     fn reservation(&self) -> (u64, u64, u64) {
@@ -515,7 +524,7 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
 
     // Every admitted stream has its one line, on the replica that served it (a drained
     // stream's line comes when its drain ends). A request answered without a stream has no
-    // report, so no line: its reservation is charged (the `Reservation` docs).
+    // report, so no line: the usage of its answer is charged (the `Reservation` docs).
     let admitted = streams.iter().filter(|s| !s.refused).count() as u64;
     let reported = streams.iter().filter(|s| s.reported()).count();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -627,9 +636,9 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
         let expected = u32::from(s.reported());
         assert_eq!(*n, expected, "one line per admitted stream: {s:?}");
     }
-    // Answered without a stream: charged what it reserved.
+    // Answered without a stream: charged the usage its answer reports.
     for s in streams.iter().filter(|s| !s.refused && !s.reported()) {
-        let (requests, input, output) = s.reservation();
+        let (requests, input, output) = s.answered();
         let c = &mut charged[s.tenant];
         c.0 += requests;
         c.1 += input;
@@ -640,10 +649,13 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
     // documented bound). A stream's reservation: 1 request, its body's bytes / 4 (rounded
     // up) of input, its `max_tokens` or the default of output.
     let mut overrun: Vec<Vec<u64>> = tenants.iter().map(|(_, l)| vec![0; l.len()]).collect();
-    for (_, line) in &lines {
-        let s = &streams[index_of(line)];
+    let answered = streams.iter().filter(|s| !s.refused && !s.reported());
+    let charges = lines
+        .iter()
+        .map(|(_, line)| (&streams[index_of(line)], charge_of(line).0))
+        .chain(answered.map(|s| (s, s.answered())));
+    for (s, used) in charges {
         let reserved = s.reservation();
-        let (used, _) = charge_of(line);
         for (i, limit) in tenants[s.tenant].1.iter().enumerate() {
             overrun[s.tenant][i] += limit.of(used).saturating_sub(limit.of(reserved));
         }
