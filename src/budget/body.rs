@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::provider::Provider;
+use crate::provider::{ErrorAnswer, Provider};
 
 /// The request body handed to the inner service: the bytes the layer read (to estimate
 /// the request), or the original body when the layer did not read it. It is
@@ -113,13 +113,9 @@ impl Refusal {
     }
 }
 
-/// The refusal's response, in the error shape of the provider of `path`:
-///
-/// - OpenAI (Chat, Completions, Responses; and unknown paths):
-///   `{"error":{"message":…,"type":…,"param":null,"code":…}}`;
-/// - Anthropic: `{"type":"error","error":{"type":…,"message":…}}`;
-/// - Gemini: `{"error":{"code":<status>,"message":…,"status":…}}`;
-/// - Ollama: `{"error":…}`.
+/// The refusal's response, in the error shape of the provider of `path` (the formats in
+/// `provider/` know each shape): OpenAI's for Chat, Completions, Responses and unknown
+/// paths, Anthropic's, Gemini's (`code` is the status), Ollama's (a message only).
 pub(super) fn refusal<B>(path: &str, refusal: Refusal, message: &str) -> Response<BudgetBody<B>> {
     let status = refusal.status();
     let (openai_type, code, anthropic_type, google_status) = match refusal {
@@ -148,19 +144,14 @@ pub(super) fn refusal<B>(path: &str, refusal: Refusal, message: &str) -> Respons
             "INVALID_ARGUMENT",
         ),
     };
-    let json = match Provider::from_path(path) {
-        Provider::Anthropic => serde_json::json!({
-            "type": "error",
-            "error": {"type": anthropic_type, "message": message},
-        }),
-        Provider::Gemini => serde_json::json!({
-            "error": {"code": status.as_u16(), "message": message, "status": google_status},
-        }),
-        Provider::Ollama => serde_json::json!({"error": message}),
-        _ => serde_json::json!({
-            "error": {"message": message, "type": openai_type, "param": null, "code": code},
-        }),
-    };
+    let json = Provider::from_path(path).error_body(&ErrorAnswer {
+        status,
+        message,
+        openai_type,
+        openai_code: code,
+        anthropic_type,
+        google_status,
+    });
     let mut response = Response::new(BudgetBody {
         kind: ResponseKind::Refused {
             data: Some(Bytes::from(json.to_string())),
