@@ -58,6 +58,11 @@ echo '{"default": [{"measure": "requests", "amount": 2, "per": 60}]}' > "$budget
 start_gateway --budgets "$budgets"
 "$venv/bin/python" scripts/e2e_budget.py "$addr"
 kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
+echo "--- --budgets with enforce_mid_stream: a stream past its budget raises the OpenAI and Anthropic SDKs' in-stream error"
+echo '{"enforce_mid_stream": true, "default": [{"measure": "output_tokens", "amount": 60, "per": "day"}]}' > "$budgets"
+start_gateway --budgets "$budgets"
+"$venv/bin/python" scripts/e2e_budget.py stop "$addr"
+kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
 rm -f "$budgets"
 
 echo "--- OpenAI Python SDK through the gateway, the first of two upstreams down: failover before the first token"

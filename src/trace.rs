@@ -13,7 +13,10 @@ use crate::report::{Outcome, StreamReport};
 /// `policy_dropped`, `policy_held`, `policy_held_ms`, `policy_stopped_by`), and what a budget
 /// charged the stream when a [`BudgetObserver`](crate::budget::BudgetObserver) before it
 /// settled one (`budget_key`, `charged_input_tokens`, `charged_output_tokens`,
-/// `charged_cost_micros`, `charge_estimated`: the ledger line of the stream). `INFO` for
+/// `charged_cost_micros`, `charge_estimated`: the ledger line of the stream), and, with
+/// mid-stream enforcement, what the stream was allowed before
+/// [`BudgetStop`](crate::budget::BudgetStop) would end it ([`Allowance`](crate::budget::Allowance):
+/// `allowed_output_tokens`, `allowed_total_tokens`, `allowed_cost_micros`). `INFO` for
 /// completed streams, `WARN` otherwise; target `tower_sse`.
 ///
 /// Put it last in the observer tuple, so that the other observers' findings are in the
@@ -54,6 +57,7 @@ impl Observer for TraceObserver {
         let policy = Some(&report.policy)
             .filter(|p| p.passed + p.replaced + p.dropped + p.held > 0 || p.stopped_by.is_some());
         let charge = report.extensions.get::<crate::budget::Charge>();
+        let allowance = report.extensions.get::<crate::budget::Allowance>();
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
@@ -93,6 +97,9 @@ impl Observer for TraceObserver {
                     charged_output_tokens = charge.map(|c| c.charged.output_tokens),
                     charged_cost_micros = charge.map(|c| c.charged.cost_micros),
                     charge_estimated = charge.map(|c| c.estimated),
+                    allowed_output_tokens = allowance.and_then(|a| a.output_tokens()),
+                    allowed_total_tokens = allowance.and_then(|a| a.total_tokens()),
+                    allowed_cost_micros = allowance.and_then(|a| a.cost_micros()),
                     "stream ended"
                 )
             };

@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::settle::Reservation;
-use crate::provider::Provider;
+use crate::provider::{ErrorAnswer, Provider};
 
 /// The request body handed to the inner service: the bytes the layer read (to estimate
 /// the request), or the original body when the layer did not read it. It is
@@ -257,13 +257,9 @@ impl Refusal {
     }
 }
 
-/// The refusal's response, in the error shape of the provider of `path`:
-///
-/// - OpenAI (Chat, Completions, Responses; and unknown paths):
-///   `{"error":{"message":…,"type":…,"param":null,"code":…}}`;
-/// - Anthropic: `{"type":"error","error":{"type":…,"message":…}}`;
-/// - Gemini: `{"error":{"code":<status>,"message":…,"status":…}}`;
-/// - Ollama: `{"error":…}`.
+/// The refusal's response, in the error shape of the provider of `path` (the formats in
+/// `provider/` know each shape): OpenAI's for Chat, Completions, Responses and unknown
+/// paths, Anthropic's, Gemini's (`code` is the status), Ollama's (a message only).
 pub(super) fn refusal<B>(path: &str, refusal: Refusal, message: &str) -> Response<BudgetBody<B>> {
     let status = refusal.status();
     let (openai_type, code, anthropic_type, google_status) = match refusal {
@@ -292,19 +288,14 @@ pub(super) fn refusal<B>(path: &str, refusal: Refusal, message: &str) -> Respons
             "INVALID_ARGUMENT",
         ),
     };
-    let json = match Provider::from_path(path) {
-        Provider::Anthropic => serde_json::json!({
-            "type": "error",
-            "error": {"type": anthropic_type, "message": message},
-        }),
-        Provider::Gemini => serde_json::json!({
-            "error": {"code": status.as_u16(), "message": message, "status": google_status},
-        }),
-        Provider::Ollama => serde_json::json!({"error": message}),
-        _ => serde_json::json!({
-            "error": {"message": message, "type": openai_type, "param": null, "code": code},
-        }),
-    };
+    let json = Provider::from_path(path).error_body(&ErrorAnswer {
+        status,
+        message,
+        openai_type,
+        openai_code: code,
+        anthropic_type,
+        google_status,
+    });
     let mut response = Response::new(BudgetBody {
         kind: ResponseKind::Refused {
             data: Some(Bytes::from(json.to_string())),
@@ -327,4 +318,98 @@ pub(super) fn refusal<B>(path: &str, refusal: Refusal, message: &str) -> Respons
 /// Whole seconds to wait, rounded up (at least 1: `Retry-After: 0` invites a busy loop).
 pub(super) fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Empty};
+
+    use super::*;
+
+    /// Every refusal in every provider's shape: status, headers and body, byte for byte.
+    #[tokio::test]
+    async fn each_refusal_in_each_providers_shape() {
+        let paths = [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/responses",
+            "/v1/messages",
+            "/v1beta/models/m:streamGenerateContent",
+            "/api/chat",
+            "/other",
+        ];
+        let refusals = [
+            Refusal::OverLimit(Duration::from_millis(1_500)),
+            Refusal::NeverFits,
+            Refusal::StoreUnavailable,
+            Refusal::BadBody,
+            Refusal::TooLarge,
+            Refusal::UploadTimeout,
+        ];
+        let mut all = String::new();
+        for path in paths {
+            for refusal in refusals {
+                let response = super::refusal::<Empty<Bytes>>(path, refusal, "why \"quoted\"");
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let headers: Vec<String> = parts
+                    .headers
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+                    .collect();
+                all.push_str(&format!(
+                    "{path} {} [{}] {}\n",
+                    parts.status.as_u16(),
+                    headers.join(", "),
+                    std::str::from_utf8(&body).unwrap()
+                ));
+            }
+        }
+        assert_eq!(
+            all,
+            r#"/v1/chat/completions 429 [content-type: application/json, retry-after: 2] {"error":{"code":"rate_limit_exceeded","message":"why \"quoted\"","param":null,"type":"budget_exceeded"}}
+/v1/chat/completions 400 [content-type: application/json] {"error":{"code":"budget_exceeded","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/chat/completions 503 [content-type: application/json, retry-after: 1] {"error":{"code":"budget_unavailable","message":"why \"quoted\"","param":null,"type":"server_error"}}
+/v1/chat/completions 400 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/chat/completions 413 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/chat/completions 408 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/completions 429 [content-type: application/json, retry-after: 2] {"error":{"code":"rate_limit_exceeded","message":"why \"quoted\"","param":null,"type":"budget_exceeded"}}
+/v1/completions 400 [content-type: application/json] {"error":{"code":"budget_exceeded","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/completions 503 [content-type: application/json, retry-after: 1] {"error":{"code":"budget_unavailable","message":"why \"quoted\"","param":null,"type":"server_error"}}
+/v1/completions 400 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/completions 413 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/completions 408 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/responses 429 [content-type: application/json, retry-after: 2] {"error":{"code":"rate_limit_exceeded","message":"why \"quoted\"","param":null,"type":"budget_exceeded"}}
+/v1/responses 400 [content-type: application/json] {"error":{"code":"budget_exceeded","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/responses 503 [content-type: application/json, retry-after: 1] {"error":{"code":"budget_unavailable","message":"why \"quoted\"","param":null,"type":"server_error"}}
+/v1/responses 400 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/responses 413 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/responses 408 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/v1/messages 429 [content-type: application/json, retry-after: 2] {"error":{"message":"why \"quoted\"","type":"rate_limit_error"},"type":"error"}
+/v1/messages 400 [content-type: application/json] {"error":{"message":"why \"quoted\"","type":"invalid_request_error"},"type":"error"}
+/v1/messages 503 [content-type: application/json, retry-after: 1] {"error":{"message":"why \"quoted\"","type":"api_error"},"type":"error"}
+/v1/messages 400 [content-type: application/json] {"error":{"message":"why \"quoted\"","type":"invalid_request_error"},"type":"error"}
+/v1/messages 413 [content-type: application/json] {"error":{"message":"why \"quoted\"","type":"invalid_request_error"},"type":"error"}
+/v1/messages 408 [content-type: application/json] {"error":{"message":"why \"quoted\"","type":"invalid_request_error"},"type":"error"}
+/v1beta/models/m:streamGenerateContent 429 [content-type: application/json, retry-after: 2] {"error":{"code":429,"message":"why \"quoted\"","status":"RESOURCE_EXHAUSTED"}}
+/v1beta/models/m:streamGenerateContent 400 [content-type: application/json] {"error":{"code":400,"message":"why \"quoted\"","status":"INVALID_ARGUMENT"}}
+/v1beta/models/m:streamGenerateContent 503 [content-type: application/json, retry-after: 1] {"error":{"code":503,"message":"why \"quoted\"","status":"UNAVAILABLE"}}
+/v1beta/models/m:streamGenerateContent 400 [content-type: application/json] {"error":{"code":400,"message":"why \"quoted\"","status":"INVALID_ARGUMENT"}}
+/v1beta/models/m:streamGenerateContent 413 [content-type: application/json] {"error":{"code":413,"message":"why \"quoted\"","status":"INVALID_ARGUMENT"}}
+/v1beta/models/m:streamGenerateContent 408 [content-type: application/json] {"error":{"code":408,"message":"why \"quoted\"","status":"INVALID_ARGUMENT"}}
+/api/chat 429 [content-type: application/json, retry-after: 2] {"error":"why \"quoted\""}
+/api/chat 400 [content-type: application/json] {"error":"why \"quoted\""}
+/api/chat 503 [content-type: application/json, retry-after: 1] {"error":"why \"quoted\""}
+/api/chat 400 [content-type: application/json] {"error":"why \"quoted\""}
+/api/chat 413 [content-type: application/json] {"error":"why \"quoted\""}
+/api/chat 408 [content-type: application/json] {"error":"why \"quoted\""}
+/other 429 [content-type: application/json, retry-after: 2] {"error":{"code":"rate_limit_exceeded","message":"why \"quoted\"","param":null,"type":"budget_exceeded"}}
+/other 400 [content-type: application/json] {"error":{"code":"budget_exceeded","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/other 503 [content-type: application/json, retry-after: 1] {"error":{"code":"budget_unavailable","message":"why \"quoted\"","param":null,"type":"server_error"}}
+/other 400 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/other 413 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+/other 408 [content-type: application/json] {"error":{"code":"invalid_request_body","message":"why \"quoted\"","param":null,"type":"invalid_request_error"}}
+"#
+        );
+    }
 }

@@ -48,8 +48,8 @@ use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
 use super::{
-    ContentSpan, Format, LazyKind, ResponseMeta, StopEnd, Top, UsageSink, counts, event_kind,
-    parse_object,
+    ContentSpan, ErrorAnswer, Format, LazyKind, ResponseMeta, StopEnd, Top, UsageSink, counts,
+    event_kind, parse_object,
 };
 use crate::json::{Count, Lenient, Text, finders, first_of, parse, text_of};
 use crate::policy::StopKind;
@@ -141,10 +141,7 @@ impl Format for Anthropic {
     fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
         if stop.kind == StopKind::BudgetExceeded {
             // Anthropic's mid-stream error event (its SDKs raise it).
-            let error = serde_json::json!({
-                "type": "error",
-                "error": {"type": "budget_exceeded", "message": super::BUDGET_EXCEEDED},
-            });
+            let error = error_object("budget_exceeded", super::BUDGET_EXCEEDED);
             return vec![(Some("error"), error.to_string())];
         }
         let reason = match stop.kind {
@@ -164,6 +161,19 @@ impl Format for Anthropic {
             ),
         ]
     }
+
+    fn error_body(error: &ErrorAnswer<'_>) -> serde_json::Value {
+        error_object(error.anthropic_type, error.message)
+    }
+}
+
+/// Anthropic's error object, `{"type":"error","error":{"type":…,"message":…}}`: the body of
+/// its error responses, and the data of its `error` event.
+fn error_object(kind: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "error",
+        "error": {"type": kind, "message": message},
+    })
 }
 
 #[derive(Deserialize)]

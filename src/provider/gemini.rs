@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, ResponseMeta, StopEnd, UsageSink, counts};
+use super::{ContentSpan, ErrorAnswer, Format, LazyKind, ResponseMeta, StopEnd, UsageSink, counts};
 use crate::json::{
     Count, HasReason, LastReason, Lenient, Text, finders, first_of, parse, present, text_of, values,
 };
@@ -101,17 +101,11 @@ impl Format for Gemini {
     fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
         if stop.kind == StopKind::BudgetExceeded {
             // Google's error object, as its API sends one in place of a chunk.
-            let error = serde_json::json!({
-                "error": {
-                    "code": 429,
-                    "message": super::BUDGET_EXCEEDED,
-                    "status": "RESOURCE_EXHAUSTED",
-                    "details": [{
-                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": "BUDGET_EXCEEDED",
-                    }],
-                },
-            });
+            let mut error = error_object(429, super::BUDGET_EXCEEDED, "RESOURCE_EXHAUSTED");
+            error["error"]["details"] = serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "BUDGET_EXCEEDED",
+            }]);
             return vec![(None, error.to_string())];
         }
         let reason = match stop.kind {
@@ -133,6 +127,16 @@ impl Format for Gemini {
         }
         vec![(None, data.to_string())]
     }
+
+    fn error_body(error: &ErrorAnswer<'_>) -> serde_json::Value {
+        error_object(error.status.as_u16(), error.message, error.google_status)
+    }
+}
+
+/// Google's error object, `{"error":{"code":…,"message":…,"status":…}}`: the body of its
+/// error responses, and what it sends in place of a chunk.
+fn error_object(code: u16, message: &str, status: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"code": code, "message": message, "status": status}})
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,8 @@
 //! | is this the stream's last event? | `Format::is_terminal` | [`DigestObserver`](crate::DigestObserver) with a registry |
 //! | is this event the provider's own error? | `Format::error` | the report ([`StreamReport::provider_error`](crate::StreamReport::provider_error), [`Outcome::ProviderError`](crate::Outcome::ProviderError)) |
 //! | does the API take `stream_options.include_usage`? | `Format::ACCEPTS_STREAM_OPTIONS` | [`IncludeUsageLayer`](crate::IncludeUsageLayer) |
+//! | how does the provider end a stream it stopped (finish reason, or its error for a budget)? | `Format::stop_events` | a [`Policy`](crate::policy::Policy)'s stop, [`BudgetStop`](crate::budget::BudgetStop) |
+//! | what does its error response look like? | `Format::error_body` | the [`BudgetLayer`](crate::budget::BudgetLayer)'s refusals |
 //!
 //! | format | file |
 //! |---|---|
@@ -174,6 +176,13 @@ pub(crate) trait Format {
         let _ = stop;
         Vec::new()
     }
+
+    /// The JSON body of an error answered in place of the provider's response (a request
+    /// refused before the upstream), in the provider's error shape, so that its SDKs raise
+    /// their own error. OpenAI's shape unless the format has its own.
+    fn error_body(error: &ErrorAnswer<'_>) -> serde_json::Value {
+        openai::error_object(error.message, error.openai_type, error.openai_code)
+    }
 }
 
 /// The message of the error a stream ends with when its budget ran out
@@ -189,6 +198,23 @@ pub(crate) struct StopEnd<'a> {
     pub(crate) kind: crate::policy::StopKind,
     pub(crate) id: &'a str,
     pub(crate) model: &'a str,
+}
+
+/// An error answered in place of the provider's response, for a format's
+/// [`error_body`](Format::error_body): its status and message, and each provider's name for
+/// its kind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorAnswer<'a> {
+    pub(crate) status: http::StatusCode,
+    pub(crate) message: &'a str,
+    /// OpenAI's `error.type`.
+    pub(crate) openai_type: &'static str,
+    /// OpenAI's `error.code`.
+    pub(crate) openai_code: &'static str,
+    /// Anthropic's `error.type`.
+    pub(crate) anthropic_type: &'static str,
+    /// Google's `error.status`.
+    pub(crate) google_status: &'static str,
 }
 
 /// Declares [`Provider`] from the list of formats, in detection order, with the dispatch to
@@ -350,6 +376,16 @@ impl Provider {
             model: model.unwrap_or_default(),
         };
         with_format!(self, |F| F::stop_events(&stop), Vec::new())
+    }
+
+    /// The JSON body of an error answered in place of this format's response, in its
+    /// provider's error shape (OpenAI's for an unknown format).
+    pub(crate) fn error_body(self, error: &ErrorAnswer<'_>) -> serde_json::Value {
+        with_format!(
+            self,
+            |F| F::error_body(error),
+            <openai::Chat as Format>::error_body(error)
+        )
     }
 
     /// Whether the API takes `stream_options.include_usage` (OpenAI Chat and Completions;
@@ -761,6 +797,35 @@ pub(crate) fn error_event(event: &EventRef<'_>, state: &mut impl UsageSink) -> b
 
 #[cfg(test)]
 mod tests {
+    /// The error event each format ends a stream with when its budget ran out, byte for
+    /// byte (the events SDKs raise).
+    #[test]
+    fn each_format_ends_a_stream_past_its_budget_with_its_providers_error() {
+        let all: Vec<String> = super::Provider::FORMATS
+            .iter()
+            .chain([&super::Provider::Unknown])
+            .flat_map(|p| {
+                p.stop_events(
+                    crate::policy::StopKind::BudgetExceeded,
+                    Some("id"),
+                    Some("m"),
+                )
+                .into_iter()
+                .map(move |(name, data)| format!("{p:?} {name:?} {data}\n"))
+            })
+            .collect();
+        assert_eq!(
+            all.concat(),
+            r#"OpenAiResponses Some("error") {"code":"budget_exceeded","message":"budget exceeded: this stream used what was left of its budget","param":null,"type":"error"}
+Anthropic Some("error") {"error":{"message":"budget exceeded: this stream used what was left of its budget","type":"budget_exceeded"},"type":"error"}
+OpenAiChat None {"error":{"code":"budget_exceeded","message":"budget exceeded: this stream used what was left of its budget","param":null,"type":"budget_exceeded"}}
+OpenAiCompletions None {"error":{"code":"budget_exceeded","message":"budget exceeded: this stream used what was left of its budget","param":null,"type":"budget_exceeded"}}
+Gemini None {"error":{"code":429,"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"BUDGET_EXCEEDED"}],"message":"budget exceeded: this stream used what was left of its budget","status":"RESOURCE_EXHAUSTED"}}
+Ollama None {"error":"budget exceeded: this stream used what was left of its budget"}
+"#
+        );
+    }
+
     use super::*;
     use crate::usage::UsageState;
 

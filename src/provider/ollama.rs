@@ -18,7 +18,9 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{ContentSpan, Format, LazyKind, StopEnd, UsageSink, counts, parse_object};
+use super::{
+    ContentSpan, ErrorAnswer, Format, LazyKind, StopEnd, UsageSink, counts, parse_object,
+};
 use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 use crate::policy::StopKind;
 
@@ -79,8 +81,7 @@ impl Format for Ollama {
 
     fn stop_events(stop: &StopEnd<'_>) -> Vec<(Option<&'static str>, String)> {
         if stop.kind == StopKind::BudgetExceeded {
-            // Ollama's errors are a message only.
-            let error = serde_json::json!({"error": super::BUDGET_EXCEEDED});
+            let error = error_object(super::BUDGET_EXCEEDED);
             return vec![(None, error.to_string())];
         }
         let reason = match stop.kind {
@@ -96,6 +97,15 @@ impl Format for Ollama {
         });
         vec![(None, line.to_string())]
     }
+
+    fn error_body(error: &ErrorAnswer<'_>) -> serde_json::Value {
+        error_object(error.message)
+    }
+}
+
+/// Ollama's error object, a message only: `{"error":…}`.
+fn error_object(message: &str) -> serde_json::Value {
+    serde_json::json!({"error": message})
 }
 
 #[derive(Deserialize)]

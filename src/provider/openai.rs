@@ -123,15 +123,16 @@ impl Format for Chat {
 /// The error object OpenAI puts in place of a chunk (its SDKs raise it), for a stream
 /// whose budget ran out: the stream then ends, without `[DONE]`, as OpenAI's own do.
 fn budget_error() -> Vec<(Option<&'static str>, String)> {
-    let error = serde_json::json!({
-        "error": {
-            "message": super::BUDGET_EXCEEDED,
-            "type": "budget_exceeded",
-            "param": null,
-            "code": "budget_exceeded",
-        },
-    });
+    let error = error_object(super::BUDGET_EXCEEDED, "budget_exceeded", "budget_exceeded");
     vec![(None, error.to_string())]
+}
+
+/// OpenAI's error object, `{"error":{"message":…,"type":…,"param":null,"code":…}}`: the
+/// body of its error responses, and what it sends in place of a chunk.
+pub(super) fn error_object(message: &str, kind: &str, code: &str) -> serde_json::Value {
+    serde_json::json!({
+        "error": {"message": message, "type": kind, "param": null, "code": code},
+    })
 }
 
 /// The `finish_reason` of a chunk that ends a stream stopped for `kind`.

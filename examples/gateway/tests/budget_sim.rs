@@ -5,8 +5,10 @@
 //! drains and on one that does not), an upstream cut mid-event, an in-band upstream error,
 //! an upstream error status, a first-event deadline (an upstream that stalls after its
 //! headers, and one that does not answer in time), a non-streaming answer (which makes no
-//! report: the budget layer charges the usage in its JSON, as the `Reservation` docs say) —
-//! and refusals.
+//! report: the budget layer charges the usage in its JSON, as the `Reservation` docs say), a
+//! **budget stop** (the file has `enforce_mid_stream`: a tenant with a small output rate sends
+//! streams long enough to pass what it had left, and any tenant's stream may pass it) — and
+//! refusals.
 //!
 //! It checks, for every tenant:
 //! - **the ledger is exact:** what each daily budget has counted in the store equals the sum
@@ -17,7 +19,12 @@
 //! - **no limit is exceeded by more than the documented bound** ("How far a key can go over
 //!   a limit" in the `budget` module docs: what its admitted streams used beyond their
 //!   reservations), sampled while the streams run and at rest;
-//! - a refused request (`429`, `400`) never reaches the upstream and is never charged.
+//! - a refused request (`429`, `400`) never reaches the upstream and is never charged;
+//! - **a budget stop** ends the stream with the provider's `budget_exceeded` error event (no
+//!   `[DONE]`), its line says `budget_exceeded`, the client never received past the stream's
+//!   allowance, and what was generated is charged — the event that passed the allowance
+//!   included, within one event of it (`BudgetStop`'s bound); a stream that completed never
+//!   passed its allowance.
 //!
 //! Seeded (`BUDGET_SIM_SEED` replays a run), bounded to well under a minute, and it prints
 //! its counts. Skipped (one line says why) when this machine has no `redis-server`.
@@ -36,12 +43,17 @@ mod support;
 use support::{Process, free_port};
 
 /// Streams in the run.
-const STREAMS: u64 = 140;
+const STREAMS: u64 = 170;
 /// What a request without `max_tokens` reserves for its output (the file's
 /// `default_output_tokens`).
 const DEFAULT_OUTPUT: u64 = 24;
 /// The gateways' `--first-event-timeout`, in seconds.
 const FIRST_EVENT_TIMEOUT: &str = "1";
+/// The tenant whose streams are long enough for its output rate to stop some mid-stream.
+const STOP_TENANT: usize = 4;
+/// What one event of the mock can add to a running estimate: its longest token is 12 bytes
+/// of JSON text (` back\\slash`), at 4 bytes a token, plus one for the rounding up.
+const ONE_EVENT_TOKENS: u64 = 4;
 
 /// splitmix64: the test's only source of randomness, from its seed.
 #[derive(Clone)]
@@ -235,6 +247,15 @@ fn tenants() -> Vec<(String, Vec<Lim>)> {
                 &[Lim::rate("output_tokens", 200, 1, 300)],
             ),
         ),
+        // A small output rate and long streams: some pass what was left at their admission
+        // and are stopped mid-stream (`enforce_mid_stream`).
+        (
+            "sk-sim-stop".into(),
+            with(
+                ledgers(100_000_000),
+                &[Lim::rate("output_tokens", 250, 1, 300)],
+            ),
+        ),
     ]
 }
 
@@ -274,6 +295,22 @@ impl Path {
     }
 }
 
+/// How many tokens a stream of `tenant` generates, and how it is made to end: the stop
+/// tenant's streams are long (past its output burst at times) and half of them run to their
+/// end unless their budget stops them; the others' are short, their ends at random.
+fn plan(rng: &mut Rng, tenant: usize) -> (u64, Path) {
+    if tenant == STOP_TENANT {
+        let tokens = 40 + rng.below(160);
+        let path = match rng.below(2) {
+            0 => Path::Complete,
+            _ => Path::pick(rng, tokens),
+        };
+        return (tokens, path);
+    }
+    let tokens = 2 + rng.below(40);
+    (tokens, Path::pick(rng, tokens))
+}
+
 /// One planned stream and what became of it.
 #[derive(Debug)]
 struct Stream {
@@ -289,6 +326,18 @@ struct Stream {
     retry_after: Option<u64>,
     /// Refused by its budget (`429`, or `400` when it can never fit).
     refused: bool,
+    /// The bytes of the stream the client received.
+    received: Received,
+}
+
+/// The bytes a client received (their count when printed).
+#[derive(Default)]
+struct Received(Vec<u8>);
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
 }
 
 impl Stream {
@@ -352,6 +401,7 @@ async fn run_stream(mut s: Stream, base: String, token: String, delay: u64) -> S
         match timeout(Duration::from_secs(30), response.chunk()).await {
             Ok(Ok(Some(chunk))) => {
                 events += chunk.windows(2).filter(|w| w == b"\n\n").count() as u64;
+                s.received.0.extend_from_slice(&chunk);
             }
             Ok(Ok(None) | Err(_)) => return s,
             Err(_) => panic!("stuck stream: {s:?}"),
@@ -409,6 +459,184 @@ fn index_of(line: &serde_json::Value) -> usize {
         .unwrap_or_else(|| panic!("the line names its request: {line}"))
 }
 
+/// What the client of a stream saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Its last event is the provider's (OpenAI's) `budget_exceeded` error object.
+    budget_error: bool,
+    /// `budget_exceeded` error events anywhere in the stream.
+    budget_errors: u64,
+    /// `data: [DONE]` came.
+    done: bool,
+    /// The bytes of content text received (`choices[0].delta.content`, decoded).
+    content_bytes: u64,
+}
+
+impl Seen {
+    fn of(received: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(received);
+        let mut seen = Self::default();
+        let is_budget_error = |json: &serde_json::Value| {
+            json["error"]["type"] == "budget_exceeded" && json["error"]["code"] == "budget_exceeded"
+        };
+        let mut last = None;
+        for event in text.split("\n\n") {
+            for data in event.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if data == "[DONE]" {
+                    seen.done = true;
+                    last = None;
+                    continue;
+                }
+                // A client that left mid-event has half of its last one.
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(data) else {
+                    continue;
+                };
+                if let Some(content) = json["choices"][0]["delta"]["content"].as_str() {
+                    seen.content_bytes += content.len() as u64;
+                }
+                seen.budget_errors += u64::from(is_budget_error(&json));
+                last = Some(json);
+            }
+        }
+        seen.budget_error = last.as_ref().is_some_and(is_budget_error);
+        seen
+    }
+
+    /// The running estimate of what was received (4 bytes a token, rounded up: the
+    /// gateway's heuristic, on the decoded text, which is never longer than the JSON text
+    /// the gateway counts).
+    fn tokens(&self) -> u64 {
+        self.content_bytes.div_ceil(4)
+    }
+}
+
+/// The budget stops of the run (`enforce_mid_stream`), checked against each stream's line
+/// and what its client saw; returns how many streams were stopped.
+///
+/// - a client that got the `budget_exceeded` error event got it last, with no `[DONE]`,
+///   and the stream's line says `budget_exceeded`; a `budget_exceeded` line is a client's
+///   that got the event, unless the client had left already (a drained stream);
+/// - a stopped stream passed its allowance (output or total tokens), by at most one event,
+///   and its client never received past it: what was charged is what the upstream
+///   generated, the event that passed the allowance included;
+/// - a completed stream never passed its allowance.
+fn check_budget_stops(streams: &[Stream], lines: &[(usize, serde_json::Value)]) -> u64 {
+    let mut line_of = vec![None; streams.len()];
+    for (_, line) in lines {
+        line_of[index_of(line)] = Some(line);
+    }
+    let mut stops = 0;
+    let mut stops_of_stop_tenant = 0;
+    // Stops per replica (A drains, B drops the upstream), and of those charged the running
+    // estimate.
+    let mut per_replica = [(0, 0); 2];
+    for s in streams {
+        let seen = Seen::of(&s.received.0);
+        assert!(
+            seen.budget_errors == u64::from(seen.budget_error),
+            "a budget error event ends its stream: {s:?} {seen:?}"
+        );
+        let Some(line) = line_of[s.index] else {
+            assert!(!seen.budget_error, "a stopped stream has its line: {s:?}");
+            continue;
+        };
+        let f = &line["fields"];
+        let outcome = f["outcome"].as_str().unwrap();
+        if seen.budget_error {
+            assert!(
+                !seen.done,
+                "a stream stopped by its budget never looks done: {s:?}"
+            );
+            assert_eq!(
+                outcome, "budget_exceeded",
+                "the client got the budget error: {s:?} {line}"
+            );
+        }
+        let ((_, input, output), _) = charge_of(line);
+        let allowed_output = f["allowed_output_tokens"].as_u64();
+        let allowed_total = f["allowed_total_tokens"].as_u64();
+        let within = |slack: u64| {
+            allowed_output.is_none_or(|a| output <= a + slack)
+                && allowed_total.is_none_or(|a| input + output <= a + slack)
+        };
+        match outcome {
+            "budget_exceeded" => {
+                stops += 1;
+                stops_of_stop_tenant += u64::from(s.tenant == STOP_TENANT);
+                per_replica[s.replica].0 += 1;
+                per_replica[s.replica].1 += u64::from(f["usage_estimated"] == true);
+                if !matches!(s.path, Path::Disconnect(_)) {
+                    assert!(
+                        seen.budget_error,
+                        "the client got the provider's budget_exceeded error event: {s:?} {seen:?} {line}"
+                    );
+                }
+                assert!(
+                    f["policy_stopped_by"]
+                        .as_str()
+                        .is_some_and(|by| by.starts_with("budget:")),
+                    "{line}"
+                );
+                assert!(
+                    allowed_output.is_some() || allowed_total.is_some(),
+                    "a stopped stream had an allowance: {line}"
+                );
+                // The running check counts the request's input estimate until the
+                // provider reports its count (at the end).
+                let received = seen.tokens();
+                let input_estimate = s.reservation().1;
+                assert!(
+                    allowed_output.is_none_or(|a| received <= a)
+                        && allowed_total.is_none_or(|a| input_estimate + received <= a),
+                    "the client never received past its allowance ({received} tokens of content): {s:?} {line}"
+                );
+                if f["usage_estimated"] == true {
+                    // Charged the running estimate: the event that passed the allowance
+                    // included (counted, never sent) — and, where the upstream was dropped
+                    // at the stop (replica B does not drain), nothing after it.
+                    assert!(
+                        !within(0),
+                        "a stopped stream passed its allowance, and what passed it is charged: {line}"
+                    );
+                    assert!(
+                        output >= received,
+                        "what was generated is charged: {s:?} {line}"
+                    );
+                    if s.replica == 1 {
+                        assert!(
+                            within(ONE_EVENT_TOKENS),
+                            "a stream stops within one event of its allowance: {line}"
+                        );
+                    }
+                } else {
+                    // The upstream's own count: it was drained to its end after the stop
+                    // (replica A drains), or the stop came at its final usage event.
+                    let planned: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+                    assert_eq!(
+                        Some(output),
+                        planned["mock"]["tokens"].as_u64(),
+                        "what the upstream generated is charged: {s:?} {line}"
+                    );
+                }
+            }
+            "completed" => assert!(
+                within(0),
+                "a completed stream never passed its allowance: {line}"
+            ),
+            _ => {}
+        }
+    }
+    println!(
+        "budget stops (replica: stopped, of which charged the running estimate): A {:?}, B {:?}",
+        per_replica[0], per_replica[1]
+    );
+    assert!(
+        stops_of_stop_tenant > 0 && per_replica[1].1 > 0,
+        "the run stopped some of the stop tenant's streams mid-stream, some where the upstream was dropped"
+    );
+    stops
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its_end() {
     if tower_sse_mock::system::program_or_skip(&["redis-server"], "redis-server").is_none() {
@@ -434,6 +662,8 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
             (key.clone(), serde_json::Value::Array(limits.iter().map(Lim::json).collect()))
         }).collect::<serde_json::Map<_, _>>(),
         "default_output_tokens": DEFAULT_OUTPUT,
+        // Budget stops: a stream that passes what its key had left ends mid-stream.
+        "enforce_mid_stream": true,
     });
     let path = std::env::temp_dir().join(format!("budget-sim-{}.json", std::process::id()));
     std::fs::write(&path, file.to_string()).unwrap();
@@ -450,8 +680,7 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
     for index in 0..STREAMS as usize {
         let tenant = rng.below(tenants.len() as u64) as usize;
         let replica = rng.below(2) as usize;
-        let tokens = 2 + rng.below(40);
-        let path = Path::pick(&mut rng, tokens);
+        let (tokens, path) = plan(&mut rng, tenant);
         // Some cap the output below what the upstream generates (an overrun: debt), some
         // above, some not at all (the default is reserved); now and then a cap that no burst
         // of the output rate fits (`400`, never retried).
@@ -491,6 +720,7 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
             status: 0,
             retry_after: None,
             refused: false,
+            received: Received::default(),
         };
         tasks.push(tokio::spawn(run_stream(
             stream,
@@ -645,6 +875,9 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
         c.2 += output;
     }
 
+    let stops = check_budget_stops(&streams, &lines);
+    println!("{stops} streams stopped by their budget mid-stream");
+
     // Overruns per tenant: what each stream used beyond what it reserved, per limit (the
     // documented bound). A stream's reservation: 1 request, its body's bytes / 4 (rounded
     // up) of input, its `max_tokens` or the default of output.
@@ -701,4 +934,154 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
         "budget simulation (seed {seed}): {STREAMS} streams, {counts:?}, outcomes {outcomes:?}, {estimated} charges flagged estimated; charged per tenant (requests, input, output) {charged:?}; at rest {at_rest:?}; peaks {peaks:?}; {:?}",
         started.elapsed()
     );
+}
+
+/// A stream resumed on the other replica (`--resumable` on the same redis-server) is charged
+/// once, by the replica that produced it: the resume is answered from the shared store,
+/// outside the budget, and the producer, which ran on after its client left, settles what
+/// the upstream generated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumed_on_the_other_replica_is_charged_once_by_its_producer() {
+    if tower_sse_mock::system::program_or_skip(&["redis-server"], "redis-server").is_none() {
+        return;
+    }
+    let day = day_now();
+    let port = free_port();
+    let _redis = redis_on(port);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let (upstream, mock) = tower_sse_mock::spawn(MockConfig::new()).await;
+    let upstream = format!("http://{upstream}");
+    let token = "sk-sim-resume";
+    let limits = [
+        Lim::day("requests", 1_000),
+        Lim::day("input_tokens", 1_000_000),
+        Lim::day("output_tokens", 1_000_000),
+        Lim::day("total_tokens", 1_000_000),
+    ];
+    let file = serde_json::json!({
+        "keys": {key_of(token): limits.iter().map(Lim::json).collect::<Vec<_>>()},
+        "default_output_tokens": DEFAULT_OUTPUT,
+    });
+    let path = std::env::temp_dir().join(format!("budget-sim-resume-{}.json", std::process::id()));
+    std::fs::write(&path, file.to_string()).unwrap();
+    let budgets = path.to_str().unwrap();
+    let (_a, a, a_lines) = replica(&url, &upstream, budgets, &["--resumable"]);
+    let (_b, b, b_lines) = replica(&url, &upstream, budgets, &["--resumable"]);
+    let http = reqwest::Client::new();
+
+    // 20 tokens, 50 ms apart, produced on A; the client reads five events and goes.
+    let mut response = http
+        .post(format!("{a}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-request-id", "sim-resume")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[],"mock":{"tokens":20,"delay_ms":50}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut first = String::new();
+    let last_id = loop {
+        let chunk = timeout(Duration::from_secs(30), response.chunk())
+            .await
+            .expect("the stream goes on")
+            .unwrap()
+            .expect("more of the stream");
+        first.push_str(std::str::from_utf8(&chunk).unwrap());
+        // The ids of whole events only.
+        let whole = &first[..first.rfind("\n\n").map_or(0, |end| end + 2)];
+        let ids: Vec<&str> = whole
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .collect();
+        if ids.len() >= 5 {
+            break ids.last().unwrap().to_string();
+        }
+    };
+    drop(response);
+
+    // Its tenant resumes on B, to the end.
+    let resumed = http
+        .get(format!("{b}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let rest = timeout(Duration::from_secs(30), resumed.text())
+        .await
+        .expect("the resumed stream ends")
+        .unwrap();
+    assert!(rest.contains("data: [DONE]"), "resumed to the end: {rest}");
+    assert_eq!(mock.stats().requests(), 1, "one upstream request");
+
+    // One charged line, the producer's (A), for everything the upstream generated: its
+    // reported usage, 20 tokens of output.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let charged = loop {
+        let charged: Vec<(usize, serde_json::Value)> = [&a_lines, &b_lines]
+            .into_iter()
+            .enumerate()
+            .flat_map(|(r, l)| {
+                l.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|line| line["fields"]["budget_key"].is_string())
+                    .map(|line| (r, line.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if !charged.is_empty() || Instant::now() > deadline {
+            break charged;
+        }
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(charged.len(), 1, "one charged line: {charged:?}");
+    let (replica, line) = &charged[0];
+    assert_eq!(*replica, 0, "charged by the producer: {line}");
+    assert_eq!(
+        line["span"]["request_id"].as_str(),
+        Some("sim-resume"),
+        "{line}"
+    );
+    let ((requests, input, output), _) = charge_of(line);
+    assert_eq!(
+        line["fields"]["output_tokens"].as_u64(),
+        Some(20),
+        "the producer ran to the end and has the upstream's usage: {line}"
+    );
+    assert_eq!(output, 20, "what the upstream generated is charged: {line}");
+
+    // The shared ledger holds that one charge, nothing reserved, seen from either replica:
+    // one request (B admitted nothing: a resume is answered before the budget, and an
+    // admission would have reserved its request before B answered).
+    let expected: Vec<u64> = limits
+        .iter()
+        .map(|l| l.of((requests, input, output)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for base in [&a, &b] {
+        let now = loop {
+            let now = used(&http, base, token).await;
+            if now == expected || Instant::now() > deadline {
+                break now;
+            }
+            sleep(Duration::from_millis(50)).await;
+        };
+        if day_now() != day {
+            println!("the UTC day changed during the run: its daily ledgers started afresh");
+            return;
+        }
+        assert_eq!(now, expected, "the ledger, from {base}");
+    }
+    assert!(
+        b_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|line| !line["fields"]["budget_key"].is_string()),
+        "the replica that resumed charged nothing"
+    );
+    let _ = std::fs::remove_file(&path);
 }
