@@ -18,9 +18,7 @@ use serde::Deserialize;
 use crate::sse::EventRef;
 
 use super::error::{self, ProviderError};
-use super::{
-    ContentSpan, ErrorAnswer, Format, LazyKind, StopEnd, UsageSink, counts, parse_object,
-};
+use super::{ContentSpan, ErrorAnswer, Format, LazyKind, StopEnd, UsageSink, counts, parse_object};
 use crate::json::{Count, Flag, Text, finders, first_of, has_true_value, parse, present, text_of};
 use crate::policy::StopKind;
 
