@@ -9,6 +9,7 @@ mod support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -64,6 +65,11 @@ fn anthropic_events(deltas: u64) -> Vec<String> {
 /// The upstream: 40 chat chunks (or the Anthropic stream for `/v1/messages`), one per
 /// 10 ms of (paused) time, then the usage and `[DONE]`.
 async fn upstream() -> SocketAddr {
+    upstream_counting(Arc::default()).await
+}
+
+/// [`upstream`], counting in `sent` the events its streams produced.
+async fn upstream_counting(sent: Arc<AtomicU64>) -> SocketAddr {
     let app = Router::new().fallback(move |request: Request| async move {
         let events: Vec<String> = if request.uri().path() == "/v1/messages" {
             anthropic_events(10)
@@ -72,9 +78,14 @@ async fn upstream() -> SocketAddr {
             events.push("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":110,\"total_tokens\":121}}\n\ndata: [DONE]\n\n".to_owned());
             events
         };
-        let stream = futures_util::stream::iter(events).then(|event| async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Ok::<_, Infallible>(Bytes::from(event))
+        let sent = sent.clone();
+        let stream = futures_util::stream::iter(events).then(move |event| {
+            let sent = sent.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(Bytes::from(event))
+            }
         });
         Response::builder()
             .header("content-type", "text/event-stream")
@@ -96,6 +107,15 @@ async fn serve(app: Router) -> SocketAddr {
 async fn gateway(
     budgets: BudgetLayer,
     upstream: SocketAddr,
+) -> (SocketAddr, UnboundedReceiver<StreamReport>) {
+    gateway_with(budgets, upstream, SseLayer::new()).await
+}
+
+/// [`gateway`] with this stream layer (before its observers, policy and sink are set).
+async fn gateway_with(
+    budgets: BudgetLayer,
+    upstream: SocketAddr,
+    layer: SseLayer,
 ) -> (SocketAddr, UnboundedReceiver<StreamReport>) {
     let (sink, reports) = report_channel();
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
@@ -119,7 +139,7 @@ async fn gateway(
         .layer(budgets)
         .map_response(|response: http::Response<_>| response.map(Body::new))
         .layer(
-            SseLayer::new()
+            layer
                 .observer((UsageObserver::new(), BudgetObserver::new()))
                 .policy(BudgetStop::new())
                 .on_end(sink),
@@ -381,4 +401,51 @@ async fn each_provider_gets_its_own_budget_exceeded_error() {
             (11 * report.content_events).div_ceil(4)
         );
     }
+}
+
+/// A budget stop drops the upstream at once, even where the layer drains after
+/// disconnects (as it does after a policy stop): reading on would let the upstream go on
+/// generating, and costing, past the budget the stop enforces.
+#[cfg(feature = "drain")]
+#[tokio::test(start_paused = true)]
+async fn a_budget_stop_drops_the_upstream_even_when_the_layer_drains() {
+    let sent = Arc::new(AtomicU64::new(0));
+    let budgets = BudgetLayer::new(MemoryBudgets::new())
+        .limits([Limit::per_day(Measure::OutputTokens, 40)])
+        .enforce_mid_stream(true);
+    let layer = SseLayer::new().drain_on_disconnect(Duration::from_secs(30));
+    let (addr, mut reports) =
+        gateway_with(budgets, upstream_counting(sent.clone()).await, layer).await;
+
+    let text = post(addr, "/v1/chat/completions", "tenant-a", chat_body(10))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("budget_exceeded"), "{text}");
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.outcome, Outcome::BudgetExceeded);
+    let usage = report.usage.expect("usage");
+    assert_eq!(
+        usage.source,
+        UsageSource::Estimated,
+        "the upstream's own count (after its 40th chunk) never came: it was dropped"
+    );
+    let generated = report.content_events;
+    assert_eq!(
+        charge(&report).charged.output_tokens,
+        (11 * generated).div_ceil(4)
+    );
+
+    // A drain would have read all 41 events (one per 10 ms): well after that, the
+    // upstream produced only what was read before the stop, and what the connection
+    // could hold.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let produced = sent.load(Ordering::Relaxed);
+    assert!(
+        produced < 41,
+        "the upstream stopped producing at the budget stop ({produced} events)"
+    );
 }

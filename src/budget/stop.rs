@@ -16,7 +16,12 @@
 //!   [`Outcome::BudgetExceeded`](crate::Outcome::BudgetExceeded).
 //! - **The charge.** Settlement is the report's, as on every exit path: what the upstream
 //!   generated, including the event that passed the allowance (the usage observer counted
-//!   it, the client never got it).
+//!   it, the client never got it). The upstream is dropped at the stop, with or without
+//!   `SseLayer::drain_on_disconnect` (unlike a policy stop, which drains for the provider's
+//!   final usage): draining would let it go on generating, and costing, past the budget. The
+//!   usage is then the running estimate, flagged
+//!   [`UsageSource::Estimated`](crate::UsageSource::Estimated), unless the provider's own
+//!   count had arrived.
 //!
 //! **Bound.** The allowance is a snapshot taken at admission: a rate's refill during the
 //! stream is not added (the check is stricter than the limit), and streams of one key that
@@ -150,7 +155,8 @@ impl fmt::Debug for Allowance {
 ///   total tokens or cost passes its allowance, the stream stops before that event reaches
 ///   the client ([`StopKind::BudgetExceeded`]).
 /// - **The charge** is the report's, as on every exit path: what the upstream generated,
-///   the event that passed the allowance included (counted, never sent).
+///   the event that passed the allowance included (counted, never sent). The upstream is
+///   dropped at the stop, drain or not, so that it stops generating.
 /// - **Bound.** The allowance is a snapshot taken at admission: a rate's refill during the
 ///   stream is not added (stricter than the limit), and streams of one key running at the
 ///   same time each see what was left when they were admitted, so together they can pass a

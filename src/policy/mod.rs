@@ -27,7 +27,8 @@
 //! undelivered and bounded as a drain is, for the provider's final usage (the report is made
 //! when that drain ends); without it the upstream is cancelled and the report's usage is
 //! estimated from the text the upstream sent, flagged
-//! [`UsageSource::Estimated`](crate::UsageSource::Estimated).
+//! [`UsageSource::Estimated`](crate::UsageSource::Estimated). A budget stop
+//! (`budget::BudgetStop`) never drains: it exists to stop the spending.
 //!
 //! Under a `ResumeLayer` (feature `resume`; outside the `SseLayer`), the log holds what
 //! the policy let out: a resume replays the redacted bytes, never the original.

@@ -471,13 +471,17 @@ where
     }
 
     /// A policy stopped the stream (its provider-shaped end is queued; `outcome` is
-    /// `PolicyStopped` or `BudgetExceeded`): keep the upstream for [`end`](Self::end), which
-    /// drains it or drops it.
+    /// `PolicyStopped` or `BudgetExceeded`). After a policy stop the upstream is kept for
+    /// [`end`](Self::end), which drains it (for the provider's own final usage) or drops it.
+    /// After a budget stop it is dropped now, drain or not: reading on would let the upstream
+    /// go on generating, and charging, past the budget the stop enforces.
     #[cold]
     #[inline(never)]
     fn stopped(&mut self, outcome: Outcome, message: &str) {
         let phase = std::mem::replace(&mut self.phase, Phase::Flushing);
-        if let Phase::Streaming(body) = phase {
+        if let Phase::Streaming(body) = phase
+            && outcome != Outcome::BudgetExceeded
+        {
             self.phase = Phase::Stopped(body);
         }
         if let Some(live) = self.live.as_mut() {
@@ -518,8 +522,8 @@ where
             return;
         };
         if let Phase::Stopped(body) = phase {
-            // After a stop: the upstream's own end (and final usage) is still to come. The
-            // report (`PolicyStopped` or `BudgetExceeded`, recorded already) is made when the drain ends, or
+            // After a policy stop: the upstream's own end (and final usage) is still to come.
+            // The report (`PolicyStopped`, recorded already) is made when the drain ends, or
             // now when the layer does not drain.
             return (self.on_drop)(live, Phase::Streaming(body));
         }
