@@ -1132,6 +1132,85 @@ mod resumed {
         assert_linked_to(&served[0], &producer);
     }
 
+    /// The Redis commands (by name) and bytes of creating a stream with a span and of
+    /// opening it on another replica, counted with `INFO commandstats` and `INFO stats`
+    /// (BENCHMARKS.md, "Resumable streams on Redis"): the producer's span context rides in
+    /// the `HSET` that already writes the tenant and comes back with it in one `HMGET`.
+    ///
+    /// `cargo nextest run -p tower-sse --all-features --test span --run-ignored only redis_commands --no-capture`
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    #[ignore = "a measurement: prints counts"]
+    async fn redis_commands_of_creating_and_opening_a_traced_stream() {
+        use std::collections::BTreeMap;
+        use std::time::Duration;
+        use tower_sse::resume::RedisStore;
+
+        let Some(redis) = support::redis::Redis::start() else {
+            return;
+        };
+        // What Redis processed so far: calls by command (`INFO` itself left out), and bytes in.
+        let snapshot = || {
+            let stats = redis.cli(&["INFO", "commandstats"]).unwrap();
+            let mut calls: BTreeMap<String, i64> = stats
+                .lines()
+                .filter_map(|line| {
+                    let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+                    let n = rest.split(',').next()?.parse().ok()?;
+                    (name != "info").then(|| (name.to_owned(), n))
+                })
+                .collect();
+            let stats = redis.cli(&["INFO", "stats"]).unwrap();
+            let bytes = stats
+                .lines()
+                .find_map(|line| line.strip_prefix("total_net_input_bytes:"))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap();
+            calls.insert("(bytes in)".to_owned(), bytes);
+            calls
+        };
+        let delta = |before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>| {
+            after
+                .iter()
+                .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+                .filter(|(_, n)| *n != 0)
+                .collect::<BTreeMap<_, _>>()
+        };
+        // The default lease: no heartbeat in the windows counted.
+        let store = || RedisStore::builder(&redis.url()).unwrap().build();
+        let (spans_a, spans_b) = (Spans::new(), Spans::new());
+        let (layer_a, layer_b) = (spans_a.layer(), spans_b.layer());
+        let (tx, body) = channel();
+        let (a, _reports) = replica(store(), &layer_a, Some(body));
+        let (b, _) = replica(store(), &layer_b, None);
+
+        let before = snapshot();
+        let response = a.oneshot(stream_request()).await.unwrap();
+        let created = snapshot();
+        let stream = response.headers()["sse-stream-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        tx.send(Ok(EVENT("one"))).unwrap();
+        let mut first = response.into_body();
+        read(&mut first, Some("data: one")).await;
+        let log = format!("tower-sse:{{{stream}}}:log");
+        while redis.cli(&["XLEN", &log]).unwrap().trim() != "1" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mirrored = snapshot();
+        let response = b
+            .oneshot(resume_request(&format!("{stream}.1")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let opened = snapshot();
+        println!("create: {:?}", delta(&before, &created));
+        println!("first event mirrored: {:?}", delta(&created, &mirrored));
+        println!("open on the other replica: {:?}", delta(&mirrored, &opened));
+        drop((response, first, tx));
+    }
+
     /// A resume answered `204` (an unknown stream) has its short span too, ended at once
     /// with the status; a resume layer without spans opens none.
     #[tokio::test]
