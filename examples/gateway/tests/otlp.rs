@@ -396,8 +396,8 @@ async fn a_resume_on_another_replica_exports_a_span_linked_to_the_streams() {
     drop(response);
     let last_id = first
         .lines()
-        .filter_map(|line| line.strip_prefix("id: "))
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("id: "))
         .expect("events carry ids")
         .to_owned();
 
