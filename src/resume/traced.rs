@@ -1,7 +1,8 @@
 //! A reader's span (feature `otel`): one short span per resumed connection, linked to the
-//! stream's span wherever the resume is served ([`ResumeLayer::spans`](crate::ResumeLayer::spans); the span module's
-//! `reader` file says how). Without the feature, or without spans asked for, a
-//! [`Traced`] holds nothing and costs nothing.
+//! stream's span wherever the resume is served
+//! ([`ResumeLayer::spans`](crate::ResumeLayer::spans); the span module's `reader` file says
+//! how). Without the feature, or without spans asked for, a [`Traced`] holds nothing and
+//! costs nothing.
 
 use http::HeaderMap;
 
