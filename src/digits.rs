@@ -15,7 +15,7 @@ pub(crate) fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
 }
 
 /// `N` bytes from exactly `2 * N` hex digits (either case).
-#[cfg(feature = "redis")]
+#[cfg(feature = "resume")]
 pub(crate) fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
     let text = text.as_bytes();
     if text.len() != 2 * N {

@@ -855,6 +855,362 @@ mod resumed {
         assert_eq!(ended.status, Status::Unset);
     }
 
+    /// The stack of one replica: the `ResumeLayer` on `store` with reader spans, the
+    /// `SpanLayer`, the `SseLayer` with the span observer last, and an upstream whose one
+    /// answer is a stream fed by the sender it gave (`None`: this replica never calls it).
+    fn replica(
+        store: impl tower_sse::resume::ResumeStore + Clone,
+        layer: &SpanLayer,
+        upstream: Option<support::body::ChannelBody>,
+    ) -> (
+        impl Service<
+            Request<Empty<Bytes>>,
+            Response = Response<impl http_body::Body<Data = Bytes, Error = tower_sse::BoxError>>,
+            Error = Infallible,
+        > + Clone,
+        tokio::sync::mpsc::UnboundedReceiver<tower_sse::StreamReport>,
+    ) {
+        let upstream = Arc::new(Mutex::new(upstream));
+        let inner = tower::service_fn(move |_: Request<UploadBody<Empty<Bytes>>>| {
+            let body = upstream.lock().unwrap().take().expect("one upstream call");
+            async move { Ok::<_, Infallible>(sse(body)) }
+        });
+        let (on_end, reports) = report_channel();
+        let service = ServiceBuilder::new()
+            .layer(ResumeLayer::new().store(store).spans(layer))
+            .layer(layer.clone())
+            .layer(
+                SseLayer::new()
+                    .observer((ResumeObserver::new(), layer.observer()))
+                    .on_end(on_end),
+            )
+            .service(inner);
+        (service, reports)
+    }
+
+    /// A reader span's one link, and the producer's span it must be to: the same trace, the
+    /// same span, sampled alike.
+    fn assert_linked_to(reader: &SpanData, producer: &SpanData) {
+        let links = links(reader);
+        assert_eq!(links.len(), 1, "{reader:#?}");
+        let (link, producer) = (&links[0], &producer.span_context);
+        assert!(producer.is_valid());
+        assert_eq!(link.trace_id(), producer.trace_id());
+        assert_eq!(link.span_id(), producer.span_id());
+        assert_eq!(link.trace_flags(), producer.trace_flags());
+    }
+
+    /// A resume served after the stream's producer ended (in this process, from the
+    /// `MemoryStore`): no producer holds the stream's span context any more, and the reader
+    /// span is still linked to the producer's span, from what the log kept.
+    #[tokio::test]
+    async fn a_resume_after_the_producer_ended_is_linked_to_its_span() {
+        let spans = Spans::new();
+        let layer = spans.layer();
+        let (tx, body) = channel();
+        let (service, mut reports) = replica(MemoryStore::new(), &layer, Some(body));
+
+        let response = service.clone().oneshot(stream_request()).await.unwrap();
+        let stream = response.headers()["sse-stream-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        for data in ["one", "two", "three"] {
+            tx.send(Ok(EVENT(data))).unwrap();
+        }
+        drop(tx);
+        // The first client reads the whole stream, to the log's end: the producer wrote the
+        // end and left (it removes itself in the same poll, before any reader wakes).
+        let mut first = response.into_body();
+        let (text, ended) = read(&mut first, None).await;
+        assert!(ended && text.contains("data: three"));
+        drop(first);
+        assert_eq!(
+            support::body::next_report(&mut reports).await.outcome,
+            Outcome::Completed
+        );
+        let producer = spans.one();
+        assert_eq!(producer.span_kind, SpanKind::Client);
+
+        // Resumed after event 1: events 2 and 3 replayed, then the end.
+        let response = service
+            .oneshot(resume_request(&format!("{stream}.1")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let (text, ended) = read(&mut response.into_body(), None).await;
+        assert!(ended && text.contains("data: two") && !text.contains("data: one"));
+
+        let finished = spans.finished();
+        assert_eq!(finished.len(), 2, "{finished:#?}");
+        let reader = &finished[1];
+        assert_eq!(reader.name, "resume");
+        assert_linked_to(reader, &producer);
+        // From the log, not from a running producer: the log keeps no `tracestate`, and the
+        // context it gives is a remote one (the producer's carried `vendor=abc`).
+        assert!(links(reader)[0].is_remote());
+        assert_eq!(producer.span_context.trace_state().header(), "vendor=abc");
+        assert_eq!(reader.span_context.trace_id().to_string(), PARENT_TRACE);
+        assert_eq!(reader.parent_span_id.to_string(), PARENT_SPAN);
+        assert_eq!(int(reader, names::TOWER_SSE_RESUME_CURSOR), Some(1));
+        assert_eq!(
+            int(reader, names::TOWER_SSE_RESUME_REPLAYED_EVENTS),
+            Some(2)
+        );
+        assert_eq!(
+            string(reader, names::TOWER_SSE_RESUME_READER_END).as_deref(),
+            Some("stream_end")
+        );
+    }
+
+    /// Two replicas (two `ResumeLayer` stacks, each with its own tracer and exporter, as two
+    /// processes) on one real `redis-server`: a stream produced by A, cut, and resumed on B
+    /// by a caller of another trace. B's reader span has that caller as its parent and a
+    /// link to A's producer span, which B knows only from Redis.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_resume_on_another_replica_is_linked_to_the_producers_span() {
+        use std::time::Duration;
+        use tower_sse::resume::RedisStore;
+
+        let Some(redis) = support::redis::Redis::start() else {
+            return;
+        };
+        let store = || {
+            RedisStore::builder(&redis.url())
+                .unwrap()
+                .poll(Duration::from_millis(100))
+                .lease(Duration::from_secs(1))
+                .build()
+        };
+        let (spans_a, spans_b) = (Spans::new(), Spans::new());
+        let (layer_a, layer_b) = (spans_a.layer(), spans_b.layer());
+        let (tx, body) = channel();
+        let (a, mut reports) = replica(store(), &layer_a, Some(body));
+        let (b, _) = replica(store(), &layer_b, None);
+
+        // Produced by A: the client reads one event and leaves; the upstream goes on.
+        let response = a.oneshot(stream_request()).await.unwrap();
+        let stream = response.headers()["sse-stream-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        tx.send(Ok(EVENT("one"))).unwrap();
+        let mut first = response.into_body();
+        read(&mut first, Some("data: one")).await;
+        drop(first);
+        tx.send(Ok(EVENT("two"))).unwrap();
+
+        // Resumed on B, by a caller in another trace.
+        const OTHER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+        const OTHER_SPAN: &str = "b7ad6b7169203331";
+        let mut request = resume_request(&format!("{stream}.1"));
+        request.headers_mut().insert(
+            "traceparent",
+            format!("00-{OTHER_TRACE}-{OTHER_SPAN}-01").parse().unwrap(),
+        );
+        let response = tokio::time::timeout(Duration::from_secs(10), b.oneshot(request))
+            .await
+            .expect("B answers");
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut resumed = response.into_body();
+        let read_b = |body| async move {
+            tokio::time::timeout(Duration::from_secs(10), read(body, Some("data: two")))
+                .await
+                .expect("the event within 10 s")
+        };
+        read_b(&mut resumed).await;
+        drop(tx);
+        let (_, ended) = tokio::time::timeout(Duration::from_secs(10), read(&mut resumed, None))
+            .await
+            .expect("the end within 10 s");
+        assert!(ended);
+        drop(resumed);
+        assert_eq!(
+            support::body::next_report(&mut reports).await.outcome,
+            Outcome::Completed
+        );
+
+        let producer = spans_a.one();
+        assert_eq!(producer.span_kind, SpanKind::Client);
+        assert_eq!(producer.span_context.trace_id().to_string(), PARENT_TRACE);
+        let reader = spans_b.one();
+        assert_eq!(reader.name, "resume");
+        assert_eq!(reader.span_kind, SpanKind::Internal);
+        assert_linked_to(&reader, &producer);
+        // The caller's trace, not the producer's.
+        assert_eq!(reader.span_context.trace_id().to_string(), OTHER_TRACE);
+        assert_eq!(reader.parent_span_id.to_string(), OTHER_SPAN);
+        assert_eq!(
+            string(&reader, names::TOWER_SSE_RESUME_STREAM).as_deref(),
+            Some(stream.as_str())
+        );
+        assert_eq!(int(&reader, names::TOWER_SSE_RESUME_CURSOR), Some(1));
+        assert_eq!(
+            string(&reader, names::TOWER_SSE_RESUME_READER_END).as_deref(),
+            Some("stream_end")
+        );
+    }
+
+    /// Redis restarts empty in the middle of a stream: the producer's mirror writes the
+    /// stream's `meta` again, its span context with it, so a resume on another replica once
+    /// Redis is back is still linked to the producer's span.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn after_a_redis_restart_a_resume_elsewhere_is_still_linked() {
+        use std::time::Duration;
+        use tower_sse::resume::RedisStore;
+
+        let Some(redis) = support::redis::Redis::start() else {
+            return;
+        };
+        let url = redis.url();
+        let store = || {
+            RedisStore::builder(&url)
+                .unwrap()
+                .poll(Duration::from_millis(100))
+                .lease(Duration::from_millis(300))
+                .build()
+        };
+        let (spans_a, spans_b) = (Spans::new(), Spans::new());
+        let (layer_a, layer_b) = (spans_a.layer(), spans_b.layer());
+        let (tx, body) = channel();
+        let (a, mut reports) = replica(store(), &layer_a, Some(body));
+        let (b, _) = replica(store(), &layer_b, None);
+        let response = a.oneshot(stream_request()).await.unwrap();
+        let stream = response.headers()["sse-stream-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        tx.send(Ok(EVENT("before"))).unwrap();
+        let mut first = response.into_body();
+        read(&mut first, Some("data: before")).await;
+
+        // Redis restarts without its data; the stream goes on meanwhile.
+        let port = redis.stop();
+        tx.send(Ok(EVENT("during"))).unwrap();
+        read(&mut first, Some("data: during")).await;
+        let _redis = support::redis::Redis::start_on(port);
+        let mut served = None;
+        for _ in 0..50 {
+            let response = b
+                .clone()
+                .oneshot(resume_request(&format!("{stream}.1")))
+                .await
+                .unwrap();
+            if response.status() == StatusCode::OK {
+                served = Some(response);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut resumed = served.expect("served once Redis is back").into_body();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            read(&mut resumed, Some("data: during")),
+        )
+        .await
+        .expect("the replay within 10 s");
+        drop(resumed);
+        drop(first);
+        drop(tx);
+        assert_eq!(
+            support::body::next_report(&mut reports).await.outcome,
+            Outcome::Completed
+        );
+
+        let producer = spans_a.one();
+        // The resumes answered `204` while the stream was not re-synced yet have spans too,
+        // unlinked (nothing was found); the one served is linked.
+        let served: Vec<_> = spans_b
+            .finished()
+            .into_iter()
+            .filter(|span| int(span, names::HTTP_RESPONSE_STATUS_CODE) == Some(200))
+            .collect();
+        assert_eq!(served.len(), 1, "{served:#?}");
+        assert_linked_to(&served[0], &producer);
+    }
+
+    /// The Redis commands (by name) and bytes of creating a stream with a span and of
+    /// opening it on another replica, counted with `INFO commandstats` and `INFO stats`
+    /// (BENCHMARKS.md, "Resumable streams on Redis"): the producer's span context rides in
+    /// the `HSET` that already writes the tenant and comes back with it in one `HMGET`.
+    ///
+    /// `cargo nextest run -p tower-sse --all-features --test span --run-ignored only redis_commands --no-capture`
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    #[ignore = "a measurement: prints counts"]
+    async fn redis_commands_of_creating_and_opening_a_traced_stream() {
+        use std::collections::BTreeMap;
+        use std::time::Duration;
+        use tower_sse::resume::RedisStore;
+
+        let Some(redis) = support::redis::Redis::start() else {
+            return;
+        };
+        // What Redis processed so far: calls by command (`INFO` itself left out), and bytes in.
+        let snapshot = || {
+            let stats = redis.cli(&["INFO", "commandstats"]).unwrap();
+            let mut calls: BTreeMap<String, i64> = stats
+                .lines()
+                .filter_map(|line| {
+                    let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+                    let n = rest.split(',').next()?.parse().ok()?;
+                    (name != "info").then(|| (name.to_owned(), n))
+                })
+                .collect();
+            let stats = redis.cli(&["INFO", "stats"]).unwrap();
+            let bytes = stats
+                .lines()
+                .find_map(|line| line.strip_prefix("total_net_input_bytes:"))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap();
+            calls.insert("(bytes in)".to_owned(), bytes);
+            calls
+        };
+        let delta = |before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>| {
+            after
+                .iter()
+                .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+                .filter(|(_, n)| *n != 0)
+                .collect::<BTreeMap<_, _>>()
+        };
+        // The default lease: no heartbeat in the windows counted.
+        let store = || RedisStore::builder(&redis.url()).unwrap().build();
+        let (spans_a, spans_b) = (Spans::new(), Spans::new());
+        let (layer_a, layer_b) = (spans_a.layer(), spans_b.layer());
+        let (tx, body) = channel();
+        let (a, _reports) = replica(store(), &layer_a, Some(body));
+        let (b, _) = replica(store(), &layer_b, None);
+
+        let before = snapshot();
+        let response = a.oneshot(stream_request()).await.unwrap();
+        let created = snapshot();
+        let stream = response.headers()["sse-stream-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        tx.send(Ok(EVENT("one"))).unwrap();
+        let mut first = response.into_body();
+        read(&mut first, Some("data: one")).await;
+        let log = format!("tower-sse:{{{stream}}}:log");
+        while redis.cli(&["XLEN", &log]).unwrap().trim() != "1" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mirrored = snapshot();
+        let response = b
+            .oneshot(resume_request(&format!("{stream}.1")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let opened = snapshot();
+        println!("create: {:?}", delta(&before, &created));
+        println!("first event mirrored: {:?}", delta(&created, &mirrored));
+        println!("open on the other replica: {:?}", delta(&mirrored, &opened));
+        drop((response, first, tx));
+    }
+
     /// A resume answered `204` (an unknown stream) has its short span too, ended at once
     /// with the status; a resume layer without spans opens none.
     #[tokio::test]

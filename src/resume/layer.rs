@@ -399,10 +399,13 @@ impl ResumeLayer {
     /// the request enters, and ends it once, when the connection ends, with the stream's
     /// id, the seq it resumed after, the events it sent and replayed, its keep-alives and
     /// bytes, and how it ended (`tower_sse.resume.reader_end`; a gap is an error). A resume
-    /// answered `204` ends its span at once, with the status. The link is added while the
-    /// stream's producer runs in this process (a resume after the stream's end, or one
-    /// served by another replica, has none). The names are in
-    /// [`span::names`](crate::span::names).
+    /// answered `204` ends its span at once, with the status. The link is added wherever
+    /// and whenever the resume is served: the stream's log keeps the `traceparent` of the
+    /// producer's span ([`StreamLog::trace_parent`](crate::resume::StreamLog::trace_parent);
+    /// the `MemoryStore` in memory, the `RedisStore` in the stream's `meta` hash), so a
+    /// resume after the producer ended, or on another replica, links to it too. (A store
+    /// that keeps none links only resumes served while the producer runs in this process.)
+    /// The names are in [`span::names`](crate::span::names).
     ///
     /// ```
     /// use tower::ServiceBuilder;

@@ -17,7 +17,7 @@ use crate::request::Tenant;
 use crate::resume::id::StreamId;
 use crate::resume::store::{
     Batch, NewStream, Read, ReadLimits, ResumeStore, StoreError, StoreErrorKind, StreamEnd,
-    StreamLog,
+    StreamLog, TraceParent,
 };
 
 /// Default [`MemoryStoreBuilder::max_stream_bytes`]: 2 MiB.
@@ -412,6 +412,8 @@ impl ResumeStore for MemoryStore {
 struct MemLog {
     id: StreamId,
     tenant: Tenant,
+    /// The context of the producer's span, kept for [`StreamLog::trace_parent`].
+    trace_parent: Option<TraceParent>,
     state: Mutex<LogState>,
     wake: watch::Sender<u64>,
     /// A reader read since the last wake-up (or none was sent yet): the next append wakes
@@ -453,6 +455,7 @@ impl MemLog {
         Self {
             id: stream.id,
             tenant: stream.tenant,
+            trace_parent: stream.trace_parent,
             state: Mutex::new(LogState {
                 events: VecDeque::new(),
                 first_seq: 1,
@@ -644,6 +647,10 @@ fn trim(state: &mut LogState, max_bytes: usize, max_events: usize) -> usize {
 impl StreamLog for MemLog {
     fn id(&self) -> StreamId {
         self.id
+    }
+
+    fn trace_parent(&self) -> Option<TraceParent> {
+        self.trace_parent
     }
 
     fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {

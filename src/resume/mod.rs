@@ -226,7 +226,7 @@ pub use self::shared::ResumableStream;
 pub type ResumeService<S> = Resume<S>;
 pub use self::store::{
     Batch, NewStream, Read, ReadLimits, ReaderCounts, ResumeStore, StoreError, StoreErrorKind,
-    StreamEnd, StreamLog,
+    StreamEnd, StreamLog, TraceParent,
 };
 
 /// Moved to [`tower_sse::BoxFuture`](crate::BoxFuture): the crate has one boxed-future alias.

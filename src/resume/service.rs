@@ -257,24 +257,30 @@ where
         return not_resumable(response);
     };
     let shared = Arc::new(Shared::new(id));
-    let log = match config.store.create(NewStream::new(id, tenant)).await {
+    let (mut parts, body) = response.into_parts();
+    // The stream's span, from the `SpanLayer` inside: its readers' spans link to it, here
+    // through `shared`, anywhere through the log.
+    #[cfg(feature = "otel")]
+    let trace_parent = parts
+        .extensions
+        .remove::<crate::span::reader::ProducerSpan>()
+        .and_then(|span| {
+            let trace_parent = span.trace_parent();
+            shared.set_span(span.0);
+            trace_parent
+        });
+    #[cfg(not(feature = "otel"))]
+    let trace_parent = None;
+    let new = NewStream::new(id, tenant).with_trace_parent(trace_parent);
+    let log = match config.store.create(new).await {
         Ok(log) => log,
-        Err(_) => return not_resumable(response),
+        Err(_) => return not_resumable(Response::from_parts(parts, body)),
     };
     let mut wake = log.wake_ups();
     wake.borrow_and_update();
     let first = crate::resume::store::Batch::new(0, Vec::new(), 0, None);
     let attach = shared.attach(false);
     config.producers.insert(id, shared.clone());
-    let (mut parts, body) = response.into_parts();
-    // The stream's span, from the `SpanLayer` inside: its readers' spans link to it.
-    #[cfg(feature = "otel")]
-    if let Some(span) = parts
-        .extensions
-        .remove::<crate::span::reader::ProducerSpan>()
-    {
-        shared.set_span(span.0);
-    }
     runtime.spawn(produce(body, log.clone(), shared, config.clone()));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));
@@ -370,7 +376,12 @@ async fn answer<B>(
     count("replayed");
     let produced_here = config.producers.get(id.stream);
     let here = produced_here.is_some();
-    traced.resumed(id.stream, id.seq, produced_here.as_deref());
+    traced.resumed(
+        id.stream,
+        id.seq,
+        produced_here.as_deref(),
+        log.trace_parent(),
+    );
     let attach = match (produced_here, log.presence()) {
         (Some(shared), _) => shared.attach(true),
         // Produced in another process: this reader counts as attached there, through the

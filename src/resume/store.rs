@@ -195,6 +195,16 @@ pub trait StreamLog: Send + Sync + 'static {
     fn readers_elsewhere(&self) -> Option<watch::Receiver<u64>> {
         None
     }
+
+    /// The trace context of the span of the stream's producer, as [`NewStream::trace_parent`]
+    /// gave it when the log was created: the span of each resumed connection links to it
+    /// (feature `otel`, `ResumeLayer::spans`). A shared store keeps it with the log so that a
+    /// resume served by another process, or after the producer ended, links too. `None` (the
+    /// default): the store does not keep it, and only resumes served while the producer runs
+    /// in this process are linked.
+    fn trace_parent(&self) -> Option<TraceParent> {
+        None
+    }
 }
 
 /// What the readers of a stream did: connections, resumes among them, events replayed.
@@ -243,12 +253,127 @@ pub struct NewStream {
     pub id: StreamId,
     /// Who made it: only this tenant may resume it.
     pub tenant: Tenant,
+    /// The trace context of the span of the stream's producer (the one upstream call), when
+    /// it has one (`ResumeLayer::spans`): a store keeps it with the log and gives it back with
+    /// [`StreamLog::trace_parent`], so that the span of every resumed connection links to the
+    /// producer's span, wherever and whenever the resume is served.
+    pub trace_parent: Option<TraceParent>,
 }
 
 impl NewStream {
     /// A new stream of this tenant.
     pub fn new(id: StreamId, tenant: Tenant) -> Self {
-        Self { id, tenant }
+        Self {
+            id,
+            tenant,
+            trace_parent: None,
+        }
+    }
+
+    /// With the trace context of its producer's span (`None`: it has none).
+    ///
+    /// ```
+    /// use tower_sse::request::Tenant;
+    /// use tower_sse::resume::{NewStream, StreamId, TraceParent};
+    ///
+    /// let producer = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// let stream = NewStream::new(StreamId::random().unwrap(), Tenant::anonymous())
+    ///     .with_trace_parent(producer);
+    /// assert_eq!(stream.trace_parent, producer);
+    /// ```
+    #[must_use]
+    pub fn with_trace_parent(mut self, trace_parent: Option<TraceParent>) -> Self {
+        self.trace_parent = trace_parent;
+        self
+    }
+}
+
+/// The W3C trace context of a span (its `traceparent`: trace id, span id, flags), as a
+/// stream's log keeps the context of its producer's span ([`NewStream::trace_parent`],
+/// [`StreamLog::trace_parent`]).
+///
+/// Plain data, without the OpenTelemetry types (the `resume` module does not need the `otel`
+/// feature): 25 bytes, `Copy`. Its text is the W3C `traceparent` form, version `00`, which
+/// a shared store writes with the log (Redis: one field of the stream's `meta` hash) and
+/// reads back with [`parse`](Self::parse). The `tracestate` is not kept: vendor data of up
+/// to 512 characters per stream, which a link does not need to find the span.
+///
+/// ```
+/// use tower_sse::resume::TraceParent;
+///
+/// let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// let parent = TraceParent::parse(text).unwrap();
+/// assert_eq!(parent.span_id(), [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+/// assert!(parent.is_sampled());
+/// assert_eq!(parent.to_string(), text);
+/// // All-zero ids are not a span.
+/// assert_eq!(TraceParent::new([0; 16], [1; 8], 1), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+}
+
+impl TraceParent {
+    /// The context of span `span_id` in trace `trace_id`, with the W3C trace flags `flags`
+    /// (bit 0: sampled); `None` when either id is all zeros (not a valid span, by the W3C
+    /// rules).
+    pub fn new(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> Option<Self> {
+        (trace_id != [0; 16] && span_id != [0; 8]).then_some(Self {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
+    /// From its `traceparent` text, version `00`: `00-<32 hex>-<16 hex>-<2 hex>` (hex of
+    /// either case), exactly 55 characters; `None` for anything else (another version, a
+    /// wrong length, a non-hex digit, all-zero ids).
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 55 || !text.starts_with("00-") || bytes[35] != b'-' || bytes[52] != b'-' {
+            return None;
+        }
+        let trace_id = crate::digits::hex_bytes::<16>(text.get(3..35)?)?;
+        let span_id = crate::digits::hex_bytes::<8>(text.get(36..52)?)?;
+        let [flags] = crate::digits::hex_bytes::<1>(text.get(53..55)?)?;
+        Self::new(trace_id, span_id, flags)
+    }
+
+    /// The trace's id.
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The span's id.
+    pub fn span_id(&self) -> [u8; 8] {
+        self.span_id
+    }
+
+    /// The W3C trace flags.
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// Whether the span was sampled (flag bit 0).
+    pub fn is_sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
+/// The `traceparent` text, version `00`, lower-case hex.
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (mut trace, mut span, mut flags) = ([0u8; 32], [0u8; 16], [0u8; 2]);
+        write!(
+            f,
+            "00-{}-{}-{}",
+            crate::digits::hex(&self.trace_id, &mut trace),
+            crate::digits::hex(&self.span_id, &mut span),
+            crate::digits::hex(&[self.flags], &mut flags),
+        )
     }
 }
 
@@ -413,3 +538,54 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+#[cfg(test)]
+mod tests {
+    use super::TraceParent;
+
+    const TEXT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_trace_parent_round_trips_through_its_text() {
+        let parent = TraceParent::parse(TEXT).unwrap();
+        assert_eq!(parent.to_string(), TEXT);
+        assert_eq!(parent.trace_id()[0], 0x4b);
+        assert_eq!(parent.flags(), 1);
+        let unsampled = TraceParent::new(parent.trace_id(), parent.span_id(), 0).unwrap();
+        assert!(!unsampled.is_sampled());
+        assert_eq!(TraceParent::parse(&unsampled.to_string()), Some(unsampled));
+    }
+
+    #[test]
+    fn anything_but_a_version_00_traceparent_is_refused_without_panicking() {
+        let zero_trace = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        let zero_span = "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01";
+        // 55 bytes, with a two-byte character across the span id's start.
+        let multibyte = "00-4bf92f3577b34da6a3ce929d0e0e4736é0f067aa0ba902b7-01";
+        assert_eq!(multibyte.len(), 55);
+        for text in [
+            "",
+            "00",
+            zero_trace,
+            zero_span,
+            multibyte,
+            &TEXT.replacen("00-", "01-", 1),
+            &TEXT.replacen("00-", "ff-", 1),
+            &format!("{TEXT}-"),
+            &TEXT[..54],
+            &TEXT.replace('-', "_"),
+            &TEXT.replacen('4', "g", 1),
+            &TEXT.replacen("-01", "-0x", 1),
+        ] {
+            assert_eq!(TraceParent::parse(text), None, "{text}");
+        }
+        // Every cut of a valid one, and every byte replaced by a non-ASCII one.
+        for at in 0..TEXT.len() {
+            assert_eq!(TraceParent::parse(&TEXT[..at]), None);
+            let mut bytes = TEXT.as_bytes().to_vec();
+            bytes[at] = 0xff;
+            let lossy = String::from_utf8_lossy(&bytes);
+            assert_eq!(TraceParent::parse(&lossy), None);
+        }
+    }
+}

@@ -1,13 +1,15 @@
 //! A reader's span (feature `otel`): one short span per resumed connection, linked to the
-//! stream's span ([`ResumeLayer::spans`](crate::ResumeLayer::spans); the span module's
-//! `reader` file says how). Without the feature, or without spans asked for, a
-//! [`Traced`] holds nothing and costs nothing.
+//! stream's span wherever the resume is served
+//! ([`ResumeLayer::spans`](crate::ResumeLayer::spans); the span module's `reader` file says
+//! how). Without the feature, or without spans asked for, a [`Traced`] holds nothing and
+//! costs nothing.
 
 use http::HeaderMap;
 
 use crate::resume::id::StreamId;
 use crate::resume::layer::{Config, ReaderRecord};
 use crate::resume::shared::Shared;
+use crate::resume::store::TraceParent;
 
 /// How a reader's connection ended, as its span says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +68,18 @@ mod on {
         }
 
         /// The resume is served: which stream, after which seq, linked to the stream's
-        /// span when its producer runs in this process.
-        pub(crate) fn resumed(&self, stream: StreamId, cursor: u64, producer: Option<&Shared>) {
+        /// span: the context its producer holds when it runs in this process (with its
+        /// `tracestate`), else the one the log kept (`log`).
+        pub(crate) fn resumed(
+            &self,
+            stream: StreamId,
+            cursor: u64,
+            producer: Option<&Shared>,
+            log: Option<TraceParent>,
+        ) {
             if let Some(span) = &self.span {
-                let link = producer.and_then(Shared::span);
+                let kept = log.map(crate::span::reader::producer_context);
+                let link = producer.and_then(Shared::span).or(kept.as_ref());
                 span.resumed(&stream.to_string(), cursor, link);
             }
         }
@@ -128,7 +138,7 @@ impl Traced {
         Self {}
     }
 
-    pub(crate) fn resumed(&self, _: StreamId, _: u64, _: Option<&Shared>) {}
+    pub(crate) fn resumed(&self, _: StreamId, _: u64, _: Option<&Shared>, _: Option<TraceParent>) {}
 
     pub(crate) fn answered(self, _: http::StatusCode, _: Option<&str>) {}
 

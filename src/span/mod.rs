@@ -104,8 +104,13 @@
 //! | `tower_sse.resume.gap` | string | why a gap: `gone`, `overrun`, `store_failed` |
 //! | `http.response.status_code` | int | `200`; `204` for a resume answered without a reader (with `tower_sse.resume.answer`, the `sse-resume` reason) |
 //!
-//! The link is there while the producer runs in this process; a resume served after the
-//! stream ended, or by another replica of a shared store, has none.
+//! The link is there wherever and whenever the resume is served: the stream's log keeps
+//! the producer span's `traceparent` (trace id, span id, sampled flag; not its
+//! `tracestate`), in memory with the `MemoryStore` and in the stream's `meta` hash with the
+//! `RedisStore`, so a resume served after the producer ended, or by another replica, is
+//! linked too (its link is a remote span context). A third-party store that does not keep it
+//! (`StreamLog::trace_parent`'s default) links only resumes served while the producer runs
+//! in this process.
 //!
 //! # Metrics beside the spans
 //!

@@ -10,20 +10,34 @@
 //! called once per stream (by the producer): only the producer's span describes that call.
 //!
 //! The link: the stream's span context is taken from the answer of the `SpanLayer` inside
-//! the `ResumeLayer` (a [`ProducerSpan`] in the response's extensions), kept in the
-//! stream's shared state while its producer runs in this process, and added as a span link
-//! to each reader span. A resume served after the producer ended, or by another process (a
-//! shared store), has no link.
+//! the `ResumeLayer` (a [`ProducerSpan`] in the response's extensions), and added as a span
+//! link to each reader span. It travels two ways:
+//!
+//! - in the stream's shared state while its producer runs in this process (the whole
+//!   context, `tracestate` included);
+//! - with the stream's log ([`NewStream::trace_parent`](crate::resume::NewStream::trace_parent),
+//!   [`StreamLog::trace_parent`](crate::resume::StreamLog::trace_parent)): its `traceparent`
+//!   (trace id, span id, sampled flag), kept by the `MemoryStore` and by the `RedisStore` in
+//!   the stream's `meta` hash (one field, written with the tenant when the stream is
+//!   created, read with it by `open`: no round trip of its own). A resume served after the
+//!   producer ended, or by another replica of a shared store, is linked from it.
+//!
+//! A store that keeps no trace context (the trait's default) links only the resumes served
+//! while the producer runs in this process.
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 use opentelemetry::global::BoxedTracer;
-use opentelemetry::trace::{SpanBuilder, SpanContext, SpanKind, SpanRef, TraceContextExt, Tracer};
+use opentelemetry::trace::{
+    SpanBuilder, SpanContext, SpanId, SpanKind, SpanRef, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer,
+};
 use opentelemetry::{Context, KeyValue};
 
 use super::names::{TOWER_SSE_RESUME_CURSOR, TOWER_SSE_RESUME_STREAM};
 use super::propagation::Propagation;
+use crate::resume::TraceParent;
 
 /// The name of a reader span (low cardinality: the stream id is an attribute).
 pub(crate) const READER_SPAN_NAME: &str = "resume";
@@ -33,6 +47,34 @@ pub(crate) const READER_SPAN_NAME: &str = "resume";
 /// stream's reader spans to.
 #[derive(Clone, Debug)]
 pub(crate) struct ProducerSpan(pub(crate) SpanContext);
+
+impl ProducerSpan {
+    /// Its `traceparent`, for the stream's log to keep (`None` for an invalid context).
+    pub(crate) fn trace_parent(&self) -> Option<TraceParent> {
+        let cx = &self.0;
+        if !cx.is_valid() {
+            return None;
+        }
+        TraceParent::new(
+            cx.trace_id().to_bytes(),
+            cx.span_id().to_bytes(),
+            cx.trace_flags().to_u8(),
+        )
+    }
+}
+
+/// The context of a producer's span as the stream's log kept it: remote (it comes from the
+/// log, not from a span of this process's tree), sampled as it was, without `tracestate`
+/// (the log does not keep it).
+pub(crate) fn producer_context(trace: TraceParent) -> SpanContext {
+    SpanContext::new(
+        TraceId::from_bytes(trace.trace_id()),
+        SpanId::from_bytes(trace.span_id()),
+        TraceFlags::new(trace.flags()) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    )
+}
 
 /// Opens reader spans with a [`SpanLayer`](super::SpanLayer)'s tracer, propagation and
 /// switch ([`ResumeLayer::spans`](crate::ResumeLayer::spans)).
@@ -76,7 +118,7 @@ pub(crate) struct ReaderSpan {
 
 impl ReaderSpan {
     /// What the resume asked for: the stream, the seq it resumed after, and the link to
-    /// the stream's span when its producer runs here.
+    /// the stream's span when it is known.
     pub(crate) fn resumed(&self, stream: &str, cursor: u64, producer: Option<&SpanContext>) {
         let span = self.cx.span();
         if !span.is_recording() {

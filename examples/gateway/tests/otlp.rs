@@ -15,6 +15,9 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::sync::mpsc;
 
+#[cfg(feature = "redis")]
+mod support;
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
@@ -321,4 +324,127 @@ async fn an_https_collector_gets_the_spans_with_the_roots_the_gateway_was_given(
         }
     }
     let _ = std::fs::remove_file(&ca_file);
+}
+
+/// Two gateway processes on one `redis-server` (`--resumable --redis URL --otlp-endpoint`),
+/// each exporting to a collector of its own: a stream produced by A, cut, and resumed on B
+/// by a caller in another trace. B exports the resumed connection's span (`resume`), in that
+/// caller's trace, linked to the span A exported for the stream: B knows it only from Redis.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_another_replica_exports_a_span_linked_to_the_streams() {
+    let Some((_redis, url)) = support::redis() else {
+        return;
+    };
+    let replica = |collector: String| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+                .args(["--listen", "127.0.0.1:0", "--resumable", "--redis", &url])
+                .args(["--otlp-endpoint", &collector])
+                .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("the gateway binary starts");
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let running = Running(child);
+            let base = loop {
+                let line = lines
+                    .next()
+                    .expect("the gateway printed its address")
+                    .unwrap();
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    break format!("http://{addr}");
+                }
+            };
+            // Keep reading its log lines, so that it never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            (running, base)
+        })
+    };
+    let ((collector_a, mut spans_a), (collector_b, mut spans_b)) =
+        (receiver().await, receiver().await);
+    let (_a, a) = replica(collector_a).await.unwrap();
+    let (_b, b) = replica(collector_b).await.unwrap();
+    let client = reqwest::Client::new();
+
+    // On A: 20 content events 50 ms apart; the client reads three and goes away.
+    let mut response = client
+        .post(format!("{a}/v1/chat/completions"))
+        .header("authorization", "Bearer tenant-one")
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .header("x-mock-tokens", "20")
+        .header("x-mock-delay-ms", "50")
+        .body(r#"{"model":"gpt-mock","stream":true,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("sse-stream-id"));
+    let mut first = String::new();
+    while first
+        .lines()
+        .filter(|line| line.starts_with("id: "))
+        .count()
+        < 3
+        || !first.ends_with("\n\n")
+    {
+        let chunk = response.chunk().await.unwrap().expect("more of the stream");
+        first.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    drop(response);
+    let last_id = first
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("id: "))
+        .expect("events carry ids")
+        .to_owned();
+
+    // On B, by a caller in another trace: the rest, to the end.
+    const OTHER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const OTHER_PARENT: &str = "b7ad6b7169203331";
+    let resumed = client
+        .get(format!("{b}/v1/chat/completions"))
+        .header("authorization", "Bearer tenant-one")
+        .header("last-event-id", &last_id)
+        .header("traceparent", format!("00-{OTHER_TRACE}-{OTHER_PARENT}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let rest = tokio::time::timeout(Duration::from_secs(30), resumed.text())
+        .await
+        .expect("the resumed stream ends")
+        .unwrap();
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+
+    // Guards against hanging, not timing assertions.
+    let (_, producer) = tokio::time::timeout(Duration::from_secs(30), spans_a.recv())
+        .await
+        .expect("A's span within 30 s")
+        .unwrap();
+    assert_eq!(producer.kind, 3, "SPAN_KIND_CLIENT");
+    assert_eq!(hex(&producer.trace_id), TRACE);
+    let (_, reader) = tokio::time::timeout(Duration::from_secs(30), spans_b.recv())
+        .await
+        .expect("B's span within 30 s")
+        .unwrap();
+    assert_eq!(reader.name, "resume");
+    assert_eq!(reader.kind, 1, "SPAN_KIND_INTERNAL");
+    assert_eq!(hex(&reader.trace_id), OTHER_TRACE);
+    assert_eq!(hex(&reader.parent_span_id), OTHER_PARENT);
+    assert_eq!(reader.links.len(), 1, "{reader:#?}");
+    let link = &reader.links[0];
+    assert_eq!(link.trace_id, producer.trace_id);
+    assert_eq!(link.span_id, producer.span_id);
+    let stream = last_id.split('.').next().unwrap();
+    assert!(matches!(
+        attribute(&reader, "tower_sse.resume.stream"),
+        Some(Value::StringValue(s)) if s == stream
+    ));
+    assert!(matches!(
+        attribute(&producer, "tower_sse.resume.stream"),
+        Some(Value::StringValue(s)) if s == stream
+    ));
 }

@@ -7,30 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::{Process, free_port};
-
-/// A `redis-server` on a free port and its URL, or `None` (the test is skipped, one line
-/// says why) when this machine has no `redis-server`.
-fn redis() -> Option<(Process, String)> {
-    tower_sse_mock::system::program_or_skip(&["redis-server"], "redis-server")?;
-    let port = free_port();
-    let redis = Process(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts"),
-    );
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((redis, format!("redis://127.0.0.1:{port}/")));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("redis-server did not start");
-}
+use support::{Process, redis};
 
 /// A gateway replica (with its own in-process mock upstream); its base URL.
 fn replica(redis: &str) -> (Process, String) {

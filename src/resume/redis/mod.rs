@@ -18,14 +18,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, RedisResult};
+use redis::{Client, RedisResult};
 use tokio::sync::{OnceCell, watch};
 
 use crate::BoxFuture;
 use crate::request::Tenant;
 use crate::resume::id::StreamId;
 use crate::resume::memory::MemoryStore;
-use crate::resume::store::{NewStream, ReaderCounts, ResumeStore, StoreError, StreamLog};
+use crate::resume::store::{
+    NewStream, ReaderCounts, ResumeStore, StoreError, StreamLog, TraceParent,
+};
 
 /// Default [`RedisStoreBuilder::timeout`]: 250 ms.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -58,7 +60,7 @@ use self::writer::ProducerLog;
 /// | key | type | holds |
 /// |---|---|---|
 /// | `<prefix>{<id>}:log` | stream | one entry per event, with the explicit id `0-<seq>`: appends are idempotent, and an append at or below the last seq is refused (a stale writer is fenced out) |
-/// | `<prefix>{<id>}:meta` | hash | `tenant`; what readers on replicas other than the producer's did, each reader session's totals (`connections:<session>`, `resumes:<session>`, `replayed:<session>`); `lost`, the last seq the mirror could keep when it could not re-sync; at the end, `end` and `head` (the last seq) |
+/// | `<prefix>{<id>}:meta` | hash | `tenant`; `trace`, the `traceparent` of the producer's span when it has one (the span of a resume served on any replica links to it); what readers on replicas other than the producer's did, each reader session's totals (`connections:<session>`, `resumes:<session>`, `replayed:<session>`); `lost`, the last seq the mirror could keep when it could not re-sync; at the end, `end` and `head` (the last seq) |
 /// | `<prefix>{<id>}:present` | string | present while a replica other than the producer's serves a reader of the stream (refreshed every third of the lease): it keeps the producer's upstream alive |
 /// | `<prefix>{<id>}:lease` | string | present while the producer lives (renewed by every write, and by a heartbeat three times per lease while the stream is silent); it expires when the producer's process dies |
 ///
@@ -296,6 +298,11 @@ pub(super) fn heartbeat(lease: Duration) -> Duration {
     (lease / 3).max(Duration::from_millis(10))
 }
 
+/// The `meta` field of the stream's tenant.
+pub(super) const TENANT: &str = "tenant";
+/// The `meta` field of the producer's span context ([`TraceParent`], its `traceparent` text).
+pub(super) const TRACE: &str = "trace";
+
 /// What readers in other processes did, in `meta`: one field per count and reader session
 /// (`connections:<session>`), each that session's total, so that a write sent again after a
 /// timeout never counts twice.
@@ -415,11 +422,20 @@ impl ResumeStore for RedisStore {
             let lease = self.key(stream.id, "lease");
             let settings = &self.inner.settings;
             let tenant = stream.tenant.to_string();
+            // The producer's span context, when it has one: one more field in the same `HSET`.
+            let trace = stream.trace_parent.map(|trace| trace.to_string());
+            let fields = [
+                (TENANT, tenant.as_str()),
+                (TRACE, trace.as_deref().unwrap_or("")),
+            ];
+            let fields = &fields[..if trace.is_some() { 2 } else { 1 }];
             // Redis first: a stream Redis cannot take is not resumable at all (its ids would
             // promise resumes that other replicas cannot serve).
             self.call(async |mut c| {
                 redis::pipe()
-                    .hset(&meta, "tenant", &tenant)
+                    .cmd("HSET")
+                    .arg(&meta)
+                    .arg(fields)
                     .ignore()
                     .pexpire(&meta, millis(settings.running_ttl) as i64)
                     .ignore()
@@ -445,8 +461,16 @@ impl ResumeStore for RedisStore {
                 return Ok(Some(local));
             }
             let meta = self.key(id, "meta");
-            let owner: Option<String> = self
-                .call(async |mut c| c.hget(&meta, "tenant").await)
+            // The owner and the producer's span context, in one command.
+            let (owner, trace): (Option<String>, Option<Vec<u8>>) = self
+                .call(async |mut c| {
+                    redis::cmd("HMGET")
+                        .arg(&meta)
+                        .arg(TENANT)
+                        .arg(TRACE)
+                        .query_async(&mut c)
+                        .await
+                })
                 .await?;
             if owner.is_none() && self.recently_emptied().await? {
                 // Redis may have restarted empty: a live stream's producer re-writes its log
@@ -461,10 +485,15 @@ impl ResumeStore for RedisStore {
                 return Ok(None);
             }
             let waker = self.waker(id);
+            let trace_parent = trace
+                .as_deref()
+                .and_then(|trace| std::str::from_utf8(trace).ok())
+                .and_then(TraceParent::parse);
             Ok(Some(Arc::new(RemoteLog {
                 store: self.clone(),
                 id,
                 waker,
+                trace_parent,
             }) as Arc<dyn StreamLog>))
         })
     }

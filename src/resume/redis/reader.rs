@@ -10,7 +10,7 @@ use super::{COUNTED, RedisStore, heartbeat, millis, session_field};
 use crate::BoxFuture;
 use crate::resume::id::StreamId;
 use crate::resume::store::{
-    Batch, Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog,
+    Batch, Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog, TraceParent,
 };
 
 /// The log of a stream produced on another replica, read from Redis.
@@ -18,11 +18,17 @@ pub(super) struct RemoteLog {
     pub(super) store: RedisStore,
     pub(super) id: StreamId,
     pub(super) waker: Arc<watch::Sender<u64>>,
+    /// The producer's span context, read from `meta` by `open`.
+    pub(super) trace_parent: Option<TraceParent>,
 }
 
 impl StreamLog for RemoteLog {
     fn id(&self) -> StreamId {
         self.id
+    }
+
+    fn trace_parent(&self) -> Option<TraceParent> {
+        self.trace_parent
     }
 
     fn append(&self, _seq: u64, _event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -11,10 +11,12 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::reader::parse_entries;
-use super::{RedisStore, heartbeat, millis, sum_sessions};
+use super::{RedisStore, TENANT, TRACE, heartbeat, millis, sum_sessions};
 use crate::BoxFuture;
 use crate::resume::id::StreamId;
-use crate::resume::store::{Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog};
+use crate::resume::store::{
+    Read, ReadLimits, ReaderCounts, StoreError, StreamEnd, StreamLog, TraceParent,
+};
 
 /// The log of a stream produced on this replica: in memory, and mirrored to Redis for the
 /// other replicas by a writer task of its own, which reads the in-process log: the producer
@@ -99,6 +101,10 @@ impl Mirror {
         let mut failing_since: Option<tokio::time::Instant> = None;
         let mut again = false;
         let mut emptied = false;
+        // The producer's span context, written by `create`; again once Redis may have lost
+        // it (a failure, a restart), in the next write that re-creates `meta`.
+        let trace = self.local.trace_parent().map(|trace| trace.to_string());
+        let mut trace_written = true;
         loop {
             if !again {
                 let mut changed = std::pin::pin!(wake.changed());
@@ -145,8 +151,14 @@ impl Mirror {
             }
             let end = *self.end.lock().unwrap_or_else(PoisonError::into_inner);
             let mut pipe = redis::pipe();
-            // First, and answered: 1 when the meta was gone (Redis lost the stream).
-            pipe.hset(&meta, "tenant", &self.tenant);
+            // First, and answered: more than 0 when the meta was gone (Redis lost the stream).
+            // The producer's span context goes in the same command (with its tenant, never
+            // after it) while Redis may have lost it; a field it adds then is never taken for
+            // a loss: that write follows a failure, or a loss already seen (`synced` is 0).
+            pipe.cmd("HSET").arg(&meta).arg(TENANT).arg(&self.tenant);
+            if let Some(trace) = trace.as_deref().filter(|_| !trace_written) {
+                pipe.arg(TRACE).arg(trace);
+            }
             let mut next = synced;
             if lost.is_none() {
                 let read = match self.local.read_now(synced, limits, &mut buffer) {
@@ -213,10 +225,12 @@ impl Mirror {
                 Ok((added,)) if added > 0 && failing_since.is_none() && synced > 0 => {
                     emptied = true;
                     again = true;
+                    trace_written = false;
                 }
                 Ok(_) => {
                     synced = next;
                     failing_since = None;
+                    trace_written = true;
                     lost_marked |= lost.is_some();
                     if ended {
                         return;
@@ -226,6 +240,7 @@ impl Mirror {
                 }
                 Err(_) => {
                     failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    trace_written = false;
                     again = false;
                     if self.give_up(failing_since, settings.ended_ttl) {
                         return;
@@ -268,6 +283,10 @@ impl Mirror {
 impl StreamLog for ProducerLog {
     fn id(&self) -> StreamId {
         self.local.id()
+    }
+
+    fn trace_parent(&self) -> Option<TraceParent> {
+        self.local.trace_parent()
     }
 
     fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -1,9 +1,11 @@
 //! Helpers shared by the gateway's tests: child processes that never outlive their test,
-//! free loopback ports, and an in-process gateway whose reports the test reads.
+//! free loopback ports, a `redis-server`, and an in-process gateway whose reports the test
+//! reads.
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpListener;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use example_gateway::{Gateway, GatewayConfig};
 use tokio::sync::mpsc;
@@ -28,6 +30,29 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A `redis-server` on a free port and its URL, or `None` (the test is skipped, one line
+/// says why) when this machine has no `redis-server`.
+pub fn redis() -> Option<(Process, String)> {
+    tower_sse_mock::system::program_or_skip(&["redis-server"], "redis-server")?;
+    let port = free_port();
+    let redis = Process(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts"),
+    );
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((redis, format!("redis://127.0.0.1:{port}/")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("redis-server did not start");
 }
 
 /// The gateway in process on `127.0.0.1:0`, and the receiver of its reports (one per stream).
