@@ -40,7 +40,8 @@
 #
 # The load average is printed (and stored) before every run: a figure from a busy machine is
 # worth repeating. Output: OUT_DIR (target/load/compare-N-TIME): one JSON per run,
-# summary.json, summary.md. Not run by CI.
+# summary.json, summary.md, and each gateway run's /metrics after its load (NAME.metrics.txt:
+# e.g. gateway_otlp_spans_dropped_total with --otlp-endpoint). Not run by CI.
 #
 # Environment: N (2000), TOKENS (16), DELAY_MS (100), RAMP (1), ROUNDS (1), SAMPLE_SECS (0.1),
 # RUNS (all of: bypass nginx bare-multi bare-per-core gateway-multi gateway-per-core litellm),
@@ -221,12 +222,21 @@ measure_bypass() {
   echo "$name (load $load): $(jq -c '{ttft_p99: .loadgen.ttft_ms.p99, success: .loadgen.success_rate}' "$OUT_DIR/$name.json")" >&2
 }
 
+# save_metrics NAME URL: the gateway's /metrics after the run (after its CPU was sampled) in
+# NAME.metrics.txt, and the OTLP exporter's and budgets' counters on stderr when it has any.
+save_metrics() {
+  curl -sf --max-time 5 "$2/metrics" > "$OUT_DIR/$1.metrics.txt" || return 0
+  grep -E '^(gateway_otlp_|tower_sse_budget_(admitted|rejections))' "$OUT_DIR/$1.metrics.txt" |
+    sed "s/^/$1: /" >&2 || true
+}
+
 measure_gateway() {
   local name=$1
   shift
   # shellcheck disable=SC2086
   start_gateway "$OUT_DIR/$name.gateway.log" "$MOCK_URL" --max-streams $((N * 2)) "$@" $GATEWAY_FLAGS
   measure "$name" "$GATEWAY_URL" "$GATEWAY_PID"
+  save_metrics "$name" "$GATEWAY_URL"
   stop_pid "$GATEWAY_PID"
 }
 
@@ -239,6 +249,7 @@ measure_other() {
   start_logged "$OUT_DIR/$name.gateway.log" "$OTHER_GATEWAY" --listen 127.0.0.1:0 --upstream "$MOCK_URL" \
     --max-streams $((N * 2)) "$@" ${OTHER_FLAGS:-}
   measure "$name" "$STARTED_URL" "$STARTED_PID"
+  save_metrics "$name" "$STARTED_URL"
   stop_pid "$STARTED_PID"
 }
 

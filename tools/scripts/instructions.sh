@@ -13,8 +13,14 @@
 #   LOAD=long   16-token streams 5 ms apart: the per-event cost too (200 × 5 = 1,000)
 #
 # Environment: STACK (full | bare; default full), GATEWAY (a gateway binary, default the
-# release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, GATEWAY_FEATURES
+# release build of this tree), LOAD, CLIENTS, REPEAT, GATEWAY_FLAGS, LOADGEN_FLAGS (more
+# loadgen flags for the warm-up and the load, e.g. `--header 'authorization: Bearer sk-1'`
+# so that every stream has a tenant), GATEWAY_FEATURES
 # (`tuned`: the build BENCHMARKS.md's figures were measured with), OUT_DIR, SKIP_BUILD=1,
+# PRIME (default 0: none; streams run one at a time before the warm-up, then the counts are
+# zeroed with `callgrind_control --zero`, so that first-use costs stay out of the figure,
+# e.g. a Redis store's first connection, made lazily, which under valgrind's slowdown can
+# outlast the store's timeout when 20 warm-up streams ask at once),
 # TOGGLE (the function counted inside; empty: all), CALLGRIND_FLAGS (more callgrind
 # options, e.g. `--cache-sim=yes` for simulated cache misses:
 # `callgrind_annotate --show=Ir,I1mr,D1mr`).
@@ -30,6 +36,7 @@ STACK=${STACK:-full}
 LOAD=${LOAD:-short}
 GATEWAY=${GATEWAY:-$BIN/gateway}
 GATEWAY_FLAGS=${GATEWAY_FLAGS:-}
+LOADGEN_FLAGS=${LOADGEN_FLAGS:-}
 # Count inside the tasks tokio's workers run (a function fat LTO keeps); empty: the whole
 # process, start-up included.
 TOGGLE=${TOGGLE-'tokio::runtime::scheduler::multi_thread::worker::Context::run_task'}
@@ -63,9 +70,17 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 
-"$BIN/loadgen" --url "$URL" --streams 20 --repeat $((WARM / 20)) --quiet > /dev/null
+# LOADGEN_FLAGS is split like GATEWAY_FLAGS, and may quote a value with spaces.
+eval "LOADGEN_ARGS=($LOADGEN_FLAGS)"
+if [ "${PRIME:-0}" -gt 0 ]; then
+  # Not counted: the counts are zeroed after it (its outcome is shown, refusals included).
+  "$BIN/loadgen" --url "$URL" --streams 1 --repeat "$PRIME" --quiet "${LOADGEN_ARGS[@]}" 2>&1 |
+    sed -n 's/^success/prime: success/p' >&2 || true
+  callgrind_control --zero "$GATEWAY_PID" > /dev/null
+fi
+"$BIN/loadgen" --url "$URL" --streams 20 --repeat $((WARM / 20)) --quiet "${LOADGEN_ARGS[@]}" > /dev/null
 "$BIN/loadgen" --url "$URL" --streams "$CLIENTS" --repeat "$REPEAT" --timeout 600 \
-  --output "$OUT_DIR/loadgen.json" --quiet > "$OUT_DIR/loadgen.txt" 2>&1
+  --output "$OUT_DIR/loadgen.json" --quiet "${LOADGEN_ARGS[@]}" > "$OUT_DIR/loadgen.txt" 2>&1
 # SIGINT: the gateway shuts down and callgrind writes its counts.
 kill -INT "$GATEWAY_PID"
 wait "$GATEWAY_PID" 2>/dev/null || true

@@ -42,7 +42,7 @@ use bytes::{Bytes, BytesMut};
 use clap::error::ErrorKind;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http::header::CONTENT_TYPE;
-use http::{Request, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -146,6 +146,8 @@ fn is_error_event(event: &EventRef<'_>) -> bool {
 struct Options {
     url: Uri,
     format: Format,
+    /// `--header`: more request headers, sent with every stream.
+    headers: Vec<(HeaderName, HeaderValue)>,
     streams: usize,
     ramp: Duration,
     hold: Duration,
@@ -186,6 +188,12 @@ struct Cli {
     #[arg(long, value_name = "F", help_heading = "TARGET", value_enum,
           default_value_t = Format::Chat, hide_default_value = true, hide_possible_values = true)]
     format: Format,
+    /// a request header sent with every stream (repeatable), e.g.
+    /// `--header 'authorization: Bearer sk-test'` (a tenant for the
+    /// gateway's budgets and digests)
+    #[arg(long, value_name = "NAME:VALUE", help_heading = "TARGET", value_parser = header,
+          action = ArgAction::Append, verbatim_doc_comment)]
+    header: Vec<(HeaderName, HeaderValue)>,
 
     /// concurrent clients (default 100)
     #[arg(long, value_name = "N", help_heading = "LOAD", value_parser = at_least_one,
@@ -332,6 +340,15 @@ fn probability(value: &str) -> Result<f64, String> {
     Ok(p)
 }
 
+fn header(value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = value
+        .split_once(':')
+        .ok_or_else(|| format!("takes NAME:VALUE, got {value:?}"))?;
+    let name = HeaderName::try_from(name.trim()).map_err(|e| format!("{name:?}: {e}"))?;
+    let value = HeaderValue::try_from(value.trim()).map_err(|e| format!("{value:?}: {e}"))?;
+    Ok((name, value))
+}
+
 fn key_value(value: &str) -> Result<(String, String), String> {
     let (name, value) = value
         .split_once('=')
@@ -387,6 +404,7 @@ where
     Ok(Options {
         url: cli.url,
         format: cli.format,
+        headers: cli.header,
         streams: cli.streams,
         ramp: cli.ramp,
         hold: cli.hold,
@@ -690,6 +708,8 @@ struct Target {
     mock: Arc<Map<String, Value>>,
     /// The body of streams without a mock fault, built once.
     plain_body: Bytes,
+    /// `--header`: sent with every request.
+    headers: Arc<[(HeaderName, HeaderValue)]>,
     timeout: Duration,
 }
 
@@ -703,10 +723,14 @@ impl Target {
             }
             None => self.plain_body.clone(),
         };
-        Request::post(self.uri.clone())
+        let mut request = Request::post(self.uri.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .expect("a valid request")
+            .expect("a valid request");
+        for (name, value) in self.headers.iter() {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+        request
     }
 }
 
@@ -953,6 +977,7 @@ fn targets(options: &Options) -> Vec<Target> {
         .unwrap_or_else(|_| fail("--url and the format's path make no URL"));
     let mock = Arc::new(options.mock.clone());
     let plain_body = options.format.body(&mock);
+    let headers: Arc<[_]> = options.headers.clone().into();
     clients(options)
         .into_iter()
         .map(|client| Target {
@@ -961,6 +986,7 @@ fn targets(options: &Options) -> Vec<Target> {
             format: options.format,
             mock: mock.clone(),
             plain_body: plain_body.clone(),
+            headers: headers.clone(),
             timeout: options.timeout,
         })
         .collect()
@@ -1267,6 +1293,29 @@ mod tests {
         assert_eq!(options.timeout, Duration::from_secs(120));
         assert_eq!(options.seed, 1);
         assert!(options.mock.is_empty() && options.source_ips.is_empty() && !options.quiet);
+    }
+
+    #[test]
+    fn headers_are_kept_in_order_and_checked() {
+        let options = parse(&[
+            "--header",
+            "authorization: Bearer sk-test",
+            "--header",
+            "x-team:a",
+        ])
+        .unwrap();
+        let headers: Vec<(&str, &str)> = options
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [("authorization", "Bearer sk-test"), ("x-team", "a")]
+        );
+        assert!(parse(&[]).unwrap().headers.is_empty());
+        assert!(parse(&["--header", "no colon"]).is_err());
+        assert!(parse(&["--header", "bad name: x"]).is_err());
     }
 
     #[test]
