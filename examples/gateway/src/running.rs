@@ -183,6 +183,8 @@ fn budgets(config: &GatewayConfig) -> std::io::Result<BudgetLayer> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
     let budgets = read_budgets(path, &text).map_err(|e| fail(&e))?;
+    // The label is only broken out of with the `redis` feature.
+    #[cfg_attr(not(feature = "redis"), allow(unused_labels))]
     let layer = 'store: {
         #[cfg(feature = "redis")]
         if let Some(url) = &config.redis {
