@@ -23,7 +23,7 @@ use crate::resume::body::Reader;
 use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
 use crate::resume::producer::produce;
-use crate::resume::shared::{ResumableStream, Shared};
+use crate::resume::shared::{Handoff, ResumableStream, Shared};
 use crate::resume::store::{NewStream, Read, StreamEnd, StreamLog};
 use crate::resume::traced::Traced;
 
@@ -106,6 +106,7 @@ struct Start {
     config: Arc<Config>,
     id: StreamId,
     tenant: Tenant,
+    handoff: Arc<Handoff>,
 }
 
 impl<F, B, E> ResumeFuture<F, B, E> {
@@ -161,10 +162,16 @@ where
                         Err(e) => return Poll::Ready(Err(e)),
                     };
                     let new = new.take().filter(|_| is_event_stream(&response));
-                    let Some(Start { config, id, tenant }) = new else {
+                    let Some(Start {
+                        config,
+                        id,
+                        tenant,
+                        handoff,
+                    }) = new
+                    else {
                         return Poll::Ready(Ok(response.map(ResumeBody::pass_through)));
                     };
-                    Box::pin(async move { Ok(start(config, response, id, tenant).await) })
+                    Box::pin(async move { Ok(start(config, response, id, tenant, handoff).await) })
                 }
             };
             kind.set(FutureKind::Boxed { future: starting });
@@ -208,12 +215,22 @@ where
         };
         // No allocation of its own but the extension: the stream's shared state is made
         // only if the answer is a stream.
+        let handoff = Arc::new(Handoff::default());
         parts.extensions.insert(ResumableStream {
             id,
             producers: config.producers.clone(),
+            handoff: handoff.clone(),
         });
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResumeFuture::starting(future, Start { config, id, tenant })
+        ResumeFuture::starting(
+            future,
+            Start {
+                config,
+                id,
+                tenant,
+                handoff,
+            },
+        )
     }
 }
 
@@ -248,6 +265,7 @@ async fn start<B>(
     response: Response<B>,
     id: StreamId,
     tenant: Tenant,
+    handoff: Arc<Handoff>,
 ) -> Response<ResumeBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -275,7 +293,7 @@ where
     {
         shared.set_span(span.0);
     }
-    runtime.spawn(produce(body, log.clone(), shared, config.clone()));
+    runtime.spawn(produce(body, log.clone(), shared, config.clone(), handoff));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));
     let reader = Reader::new(log, config, wake, first, false, attach, true);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -26,6 +27,53 @@ use crate::resume::store::ReaderCounts;
 pub struct ResumableStream {
     pub(crate) id: StreamId,
     pub(crate) producers: Arc<Producers>,
+    /// Where the `SseLayer` inside tells the producer which frames are whole events.
+    pub(crate) handoff: Arc<Handoff>,
+}
+
+/// What the `SseLayer` of a resumable stream tells the stream's producer about the frame it
+/// handed on last: whether it is one whole event as the upstream sent it (terminated, no
+/// `id` line), which the producer then stamps without decoding it again.
+///
+/// The layer keeps a clone of that frame here (a reference count, no copy) until the
+/// producer asks: the producer takes the short way only for the very bytes the layer
+/// marked, pointer and length, so a layer between the two that changes, splits, joins or
+/// reorders frames is harmless (its frames do not match and are decoded as before). The
+/// lock is never contended: both sides run in the producer's task, one after the other.
+#[derive(Default)]
+pub(crate) struct Handoff {
+    last: Mutex<Option<Bytes>>,
+}
+
+impl Handoff {
+    /// The `SseLayer` hands on a frame: `whole` when it is one whole event (see the type
+    /// docs), else `None`.
+    #[inline]
+    pub(crate) fn handed(&self, whole: Option<Bytes>) {
+        let old = std::mem::replace(
+            &mut *self.last.lock().unwrap_or_else(PoisonError::into_inner),
+            whole,
+        );
+        drop(old);
+    }
+
+    /// Whether `frame` is the whole event the `SseLayer` handed on last (asked once per
+    /// frame: the mark is taken).
+    #[inline]
+    pub(crate) fn is_whole(&self, frame: &Bytes) -> bool {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        last.is_some_and(|last| last.as_ptr() == frame.as_ptr() && last.len() == frame.len())
+    }
+}
+
+impl fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handoff").finish_non_exhaustive()
+    }
 }
 
 impl ResumableStream {

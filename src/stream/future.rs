@@ -100,6 +100,9 @@ pub(crate) struct Setup<O, E> {
     pub(crate) head_request: bool,
     /// The client asked for NDJSON, not SSE: an NDJSON stream stays NDJSON.
     pub(crate) keep_lines: bool,
+    /// The stream is resumable: its producer is told which frames are whole events.
+    #[cfg(feature = "resume")]
+    pub(crate) handoff: Option<Arc<crate::resume::shared::Handoff>>,
 }
 
 impl<O: Observer, E: OnEnd> Setup<O, E> {
@@ -118,7 +121,12 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
         let on_drop = disconnect.on_drop;
         let permits = disconnect.permits();
         let shutdown = self.config.shutdown.as_ref().map(|s| s.watch());
-        let engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        #[cfg_attr(not(feature = "resume"), allow(unused_mut))]
+        let mut engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        #[cfg(feature = "resume")]
+        if let Some(handoff) = self.handoff {
+            engine.hand_off_to(handoff);
+        }
         StreamState {
             phase,
             live: Some(Live {

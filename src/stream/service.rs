@@ -137,6 +137,11 @@ impl<S, O, E, M> Sse<S, O, E, M> {
             hint,
             head_request,
             keep_lines,
+            #[cfg(feature = "resume")]
+            handoff: parts
+                .extensions
+                .get::<crate::resume::ResumableStream>()
+                .map(|stream| stream.handoff.clone()),
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
