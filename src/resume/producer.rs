@@ -164,6 +164,7 @@ pub(crate) async fn produce<B>(
     let id = shared.id;
     let mut stamper = Stamper::new(id);
     let mut readers = shared.readers();
+    let mut attached = *readers.borrow_and_update();
     let mut decoder = Decoder::new().max_event_size(config.max_event_size);
     let mut seq = 0u64;
     let mut grace: Option<Pin<Box<Sleep>>> = None;
@@ -204,9 +205,14 @@ pub(crate) async fn produce<B>(
             // An upstream that is always ready must not hold the runtime's thread.
             tokio::task::yield_now().await;
         }
-        let attached = *readers.borrow_and_update();
+        // Read only when it changed: a look at the version, not the value's lock.
+        if readers.has_changed().unwrap_or(false) {
+            attached = *readers.borrow_and_update();
+        }
         if attached > 0 {
-            grace = None;
+            if grace.is_some() {
+                grace = None;
+            }
             seen_elsewhere = None;
         } else {
             match config.detach {
@@ -319,9 +325,12 @@ pub(crate) async fn produce<B>(
                 true
             }
         };
+        // After a whole event the decoder holds nothing: no need to ask it.
+        let decode = whole.is_none();
         loop {
             let entry = match whole.take() {
                 Some(event) => Ok(stamper.whole(seq + 1, &event)),
+                None if !decode => break,
                 None => match next_entry(&mut decoder, &mut stamper, seq + 1) {
                     Some(entry) => entry,
                     None => break,

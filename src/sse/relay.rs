@@ -492,3 +492,85 @@ impl Outbox {
             .or_else(|| self.rest.pop_front().map(|(data, _)| data))
     }
 }
+
+#[cfg(all(test, feature = "resume"))]
+mod tests {
+    use super::*;
+
+    /// A resumable stream's relay hands on each event that needs no change as a slice of its
+    /// own, marked whole; everything else as before, unmarked.
+    #[test]
+    fn split_events_are_marked_whole() {
+        let mut relay = Relay::sse(1 << 20, false, true);
+        relay.split_events();
+        let mut out = Outbox::default();
+        relay.push(Bytes::from_static(
+            b"data: a\n\n: c\n\ndata: b\nid: x\n\ndata: c\n\nretry: 5\n\ndata: d",
+        ));
+        relay.decode_ready(&mut out, |_| true).unwrap();
+        // The end of the event that began in the first chunk (copied: it straddles chunks).
+        relay.push(Bytes::from_static(b"\n\n"));
+        relay.decode_ready(&mut out, |_| true).unwrap();
+        let mut popped = Vec::new();
+        while let Some((data, whole)) = out.pop_marked() {
+            popped.push((String::from_utf8(data.to_vec()).unwrap(), whole));
+        }
+        let expected = [
+            ("data: a\n\n", true),
+            // A comment block, and an event with an `id` line of its own: decoded again.
+            (": c\n\ndata: b\nid: x\n\n", false),
+            ("data: c\n\n", true),
+            ("retry: 5\n\n", false),
+            ("data: d\n\n", true),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(data, whole)| ((*data).to_owned(), *whole))
+            .collect();
+        assert_eq!(popped, expected);
+
+        // Not split (the plain layer): one slice, unmarked.
+        let mut relay = Relay::sse(1 << 20, false, true);
+        relay.push(Bytes::from_static(b"data: a\n\ndata: c\n\n"));
+        relay.decode_ready(&mut out, |_| true).unwrap();
+        assert_eq!(
+            out.pop_marked(),
+            Some((Bytes::from_static(b"data: a\n\ndata: c\n\n"), false))
+        );
+    }
+
+    /// The hand-off matches the very bytes marked, not equal bytes elsewhere, and once.
+    #[test]
+    fn handoff_matches_the_marked_bytes_once() {
+        let handoff = crate::resume::shared::Handoff::default();
+        let event = Bytes::from_static(b"data: a\n\n");
+        handoff.handed(Some(event.clone()));
+        assert!(!handoff.is_whole(&Bytes::copy_from_slice(&event)));
+        handoff.handed(Some(event.clone()));
+        assert!(handoff.is_whole(&event));
+        assert!(!handoff.is_whole(&event));
+        handoff.handed(Some(event.clone()));
+        assert!(!handoff.is_whole(&event.slice(..8)));
+        handoff.handed(None);
+        assert!(!handoff.is_whole(&event));
+    }
+
+    /// A decoder is idle only with nothing of the input held.
+    #[test]
+    fn decoder_idle() {
+        let mut decoder = Decoder::new();
+        assert!(decoder.is_idle());
+        decoder.push(Bytes::from_static(b"data: a\n\ndata: b"));
+        assert!(!decoder.is_idle());
+        while decoder.find_next().is_some() {}
+        assert!(!decoder.is_idle(), "inside an event");
+        decoder.push(Bytes::from_static(b"\n\r"));
+        while decoder.find_next().is_some() {}
+        assert!(!decoder.is_idle(), "a CR that may be followed by its LF");
+        decoder.push(Bytes::from_static(b"\n"));
+        while decoder.find_next().is_some() {}
+        assert!(decoder.is_idle());
+        decoder.finish();
+        assert!(!decoder.is_idle(), "the input ended");
+    }
+}
