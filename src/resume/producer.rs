@@ -258,7 +258,11 @@ pub(crate) async fn produce<B>(
             .await
         };
         let last = match step {
-            Step::Readers => continue,
+            Step::Readers => {
+                // `changed` marked the new count seen: read it here.
+                attached = *readers.borrow_and_update();
+                continue;
+            }
             Step::Elsewhere(false) => {
                 attached_elsewhere = None;
                 continue;
