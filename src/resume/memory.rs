@@ -312,10 +312,17 @@ impl Inner {
     /// Past the bound: weigh every log whose size changed since the cache last weighed it,
     /// and let the cache evict down to the bound. Costs a pass over the logs, only while
     /// the exact count is over the bound.
+    #[inline]
     fn enforce(&self) {
-        if !self.over_bound() {
-            return;
+        if self.over_bound() {
+            self.evict_to_bound();
         }
+    }
+
+    /// [`enforce`](Self::enforce) past the bound (out of line: every append asks, few go on).
+    #[cold]
+    #[inline(never)]
+    fn evict_to_bound(&self) {
         let mut changed: Vec<(u64, Arc<StreamId>, Arc<MemLog>)> = self
             .cache
             .iter()

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -35,38 +35,37 @@ pub struct ResumableStream {
 /// handed on last: whether it is one whole event as the upstream sent it (terminated, no
 /// `id` line), which the producer then stamps without decoding it again.
 ///
-/// The layer keeps a clone of that frame here (a reference count, no copy) until the
-/// producer asks: the producer takes the short way only for the very bytes the layer
-/// marked, pointer and length, so a layer between the two that changes, splits, joins or
-/// reorders frames is harmless (its frames do not match and are decoded as before). The
-/// lock is never contended: both sides run in the producer's task, one after the other.
+/// It holds where that frame's bytes are (pointer and length); the layer keeps a clone of
+/// the frame (a reference count, no copy) until it hands on its next one, so those bytes
+/// stay where they are and unchanged while they are marked here. The producer takes the
+/// short way only for a frame whose bytes are the very ones marked: a layer between the
+/// two that changes, splits, joins or reorders frames is harmless (its frames do not match
+/// and are decoded as before). Both sides run in the producer's task, one after the other:
+/// two relaxed atomics, no lock.
 #[derive(Default)]
 pub(crate) struct Handoff {
-    last: Mutex<Option<Bytes>>,
+    ptr: AtomicUsize,
+    len: AtomicUsize,
 }
 
 impl Handoff {
     /// The `SseLayer` hands on a frame: `whole` when it is one whole event (see the type
-    /// docs), else `None`.
+    /// docs), which the layer keeps until it hands on the next; else `None`.
     #[inline]
-    pub(crate) fn handed(&self, whole: Option<Bytes>) {
-        let old = std::mem::replace(
-            &mut *self.last.lock().unwrap_or_else(PoisonError::into_inner),
-            whole,
-        );
-        drop(old);
+    pub(crate) fn handed(&self, whole: Option<&Bytes>) {
+        let (ptr, len) = whole.map_or((0, 0), |whole| (whole.as_ptr() as usize, whole.len()));
+        self.ptr.store(ptr, Ordering::Relaxed);
+        self.len.store(len, Ordering::Relaxed);
     }
 
     /// Whether `frame` is the whole event the `SseLayer` handed on last (asked once per
     /// frame: the mark is taken).
     #[inline]
     pub(crate) fn is_whole(&self, frame: &Bytes) -> bool {
-        let last = self
-            .last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        last.is_some_and(|last| last.as_ptr() == frame.as_ptr() && last.len() == frame.len())
+        let ptr = self.ptr.swap(0, Ordering::Relaxed);
+        ptr != 0
+            && ptr == frame.as_ptr() as usize
+            && self.len.load(Ordering::Relaxed) == frame.len()
     }
 }
 

@@ -544,12 +544,12 @@ mod tests {
     fn handoff_matches_the_marked_bytes_once() {
         let handoff = crate::resume::shared::Handoff::default();
         let event = Bytes::from_static(b"data: a\n\n");
-        handoff.handed(Some(event.clone()));
+        handoff.handed(Some(&event));
         assert!(!handoff.is_whole(&Bytes::copy_from_slice(&event)));
-        handoff.handed(Some(event.clone()));
+        handoff.handed(Some(&event));
         assert!(handoff.is_whole(&event));
         assert!(!handoff.is_whole(&event));
-        handoff.handed(Some(event.clone()));
+        handoff.handed(Some(&event));
         assert!(!handoff.is_whole(&event.slice(..8)));
         handoff.handed(None);
         assert!(!handoff.is_whole(&event));

@@ -58,9 +58,19 @@ pub(crate) struct Engine<O> {
     /// The stream's policy, when the layer has one (boxed: streams without pay one word).
     acting: Option<Box<Acting>>,
     /// The stream is resumable: each frame handed on is marked for its producer, whole event
-    /// or not.
+    /// or not (boxed: other streams pay one word).
     #[cfg(feature = "resume")]
-    handoff: Option<Arc<crate::resume::shared::Handoff>>,
+    handoff: Option<Box<HandingOff>>,
+}
+
+/// The `SseLayer`'s side of a resumable stream's [`Handoff`](crate::resume::shared::Handoff).
+#[cfg(feature = "resume")]
+#[derive(Debug)]
+struct HandingOff {
+    to: Arc<crate::resume::shared::Handoff>,
+    /// The last frame marked whole, kept until the next frame goes (so that its bytes stay
+    /// where the mark says).
+    handed: Option<Bytes>,
 }
 
 impl<O: Observer> Engine<O> {
@@ -107,7 +117,10 @@ impl<O: Observer> Engine<O> {
     #[cfg(feature = "resume")]
     pub(crate) fn hand_off_to(&mut self, handoff: Arc<crate::resume::shared::Handoff>) {
         self.relay.split_events();
-        self.handoff = Some(handoff);
+        self.handoff = Some(Box::new(HandingOff {
+            to: handoff,
+            handed: None,
+        }));
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -483,8 +496,9 @@ impl<O: Observer> Engine<O> {
             return self.trailers.take().map(|t| Frame::trailers(*t));
         };
         #[cfg(feature = "resume")]
-        if let Some(handoff) = &self.handoff {
-            handoff.handed(whole.then(|| data.clone()));
+        if let Some(handoff) = self.handoff.as_deref_mut() {
+            handoff.handed = whole.then(|| data.clone());
+            handoff.to.handed(handoff.handed.as_ref());
         }
         #[cfg(not(feature = "resume"))]
         let _ = whole;
