@@ -156,7 +156,7 @@ pub(crate) async fn produce<B>(
     log: Arc<dyn StreamLog>,
     shared: Arc<Shared>,
     config: Arc<Config>,
-    handoff: Arc<Handoff>,
+    handoff: Option<Arc<Handoff>>,
 ) where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -312,7 +312,9 @@ pub(crate) async fn produce<B>(
                     // One whole event the `SseLayer` framed already: stamped as it is, when
                     // this decoder holds nothing before it and the event is within its limit
                     // (else decoded, which fails it as before).
-                    if handoff.is_whole(&data)
+                    if handoff
+                        .as_ref()
+                        .is_some_and(|handoff| handoff.is_whole(&data))
                         && decoder.is_idle()
                         && data.len() <= config.max_event_size
                     {

@@ -106,7 +106,6 @@ struct Start {
     config: Arc<Config>,
     id: StreamId,
     tenant: Tenant,
-    handoff: Arc<Handoff>,
 }
 
 impl<F, B, E> ResumeFuture<F, B, E> {
@@ -162,16 +161,13 @@ where
                         Err(e) => return Poll::Ready(Err(e)),
                     };
                     let new = new.take().filter(|_| is_event_stream(&response));
-                    let Some(Start {
-                        config,
-                        id,
-                        tenant,
-                        handoff,
-                    }) = new
-                    else {
+                    let Some(Start { config, id, tenant }) = new else {
+                        let mut response = response;
+                        // Made by the `SseLayer` for a producer, which this answer does not get.
+                        response.extensions_mut().remove::<Arc<Handoff>>();
                         return Poll::Ready(Ok(response.map(ResumeBody::pass_through)));
                     };
-                    Box::pin(async move { Ok(start(config, response, id, tenant, handoff).await) })
+                    Box::pin(async move { Ok(start(config, response, id, tenant).await) })
                 }
             };
             kind.set(FutureKind::Boxed { future: starting });
@@ -215,22 +211,12 @@ where
         };
         // No allocation of its own but the extension: the stream's shared state is made
         // only if the answer is a stream.
-        let handoff = Arc::new(Handoff::default());
         parts.extensions.insert(ResumableStream {
             id,
             producers: config.producers.clone(),
-            handoff: handoff.clone(),
         });
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResumeFuture::starting(
-            future,
-            Start {
-                config,
-                id,
-                tenant,
-                handoff,
-            },
-        )
+        ResumeFuture::starting(future, Start { config, id, tenant })
     }
 }
 
@@ -265,7 +251,6 @@ async fn start<B>(
     response: Response<B>,
     id: StreamId,
     tenant: Tenant,
-    handoff: Arc<Handoff>,
 ) -> Response<ResumeBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -293,6 +278,8 @@ where
     {
         shared.set_span(span.0);
     }
+    // The `SseLayer` inside marks the frames that are whole events here (when it is there).
+    let handoff = parts.extensions.remove::<Arc<Handoff>>();
     runtime.spawn(produce(body, log.clone(), shared, config.clone(), handoff));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));

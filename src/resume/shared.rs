@@ -27,13 +27,15 @@ use crate::resume::store::ReaderCounts;
 pub struct ResumableStream {
     pub(crate) id: StreamId,
     pub(crate) producers: Arc<Producers>,
-    /// Where the `SseLayer` inside tells the producer which frames are whole events.
-    pub(crate) handoff: Arc<Handoff>,
 }
 
 /// What the `SseLayer` of a resumable stream tells the stream's producer about the frame it
 /// handed on last: whether it is one whole event as the upstream sent it (terminated, no
 /// `id` line), which the producer then stamps without decoding it again.
+///
+/// Made by the `SseLayer` once its answer is a stream (a request whose extensions hold a
+/// [`ResumableStream`]), and handed to the `ResumeLayer` in the response's extensions: a
+/// request answered otherwise allocates nothing for it.
 ///
 /// It holds where that frame's bytes are (pointer and length); the layer keeps a clone of
 /// the frame (a reference count, no copy) until it hands on its next one, so those bytes

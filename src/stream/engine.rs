@@ -73,6 +73,14 @@ struct HandingOff {
     handed: Option<Bytes>,
 }
 
+impl<O> Engine<O> {
+    /// The hand-off of a resumable stream, for its producer.
+    #[cfg(feature = "resume")]
+    pub(crate) fn handoff(&self) -> Option<Arc<crate::resume::shared::Handoff>> {
+        self.handoff.as_ref().map(|handoff| handoff.to.clone())
+    }
+}
+
 impl<O: Observer> Engine<O> {
     /// The engine of a request that reached the layer at `started_at`; `hint` is the format
     /// its path suggests.

@@ -102,7 +102,7 @@ pub(crate) struct Setup<O, E> {
     pub(crate) keep_lines: bool,
     /// The stream is resumable: its producer is told which frames are whole events.
     #[cfg(feature = "resume")]
-    pub(crate) handoff: Option<Arc<crate::resume::shared::Handoff>>,
+    pub(crate) resumable: bool,
 }
 
 impl<O: Observer, E: OnEnd> Setup<O, E> {
@@ -124,8 +124,8 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
         #[cfg_attr(not(feature = "resume"), allow(unused_mut))]
         let mut engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
         #[cfg(feature = "resume")]
-        if let Some(handoff) = self.handoff {
-            engine.hand_off_to(handoff);
+        if self.resumable {
+            engine.hand_off_to(Arc::default());
         }
         StreamState {
             phase,
@@ -218,7 +218,8 @@ impl<B, O, E> Disconnect<B, O, E> {
     }
 }
 
-/// Offer the limits outside to hand their permits to a stream that may drain.
+/// Offer the limits outside to hand their permits to a stream that may drain, and a
+/// resumable stream's producer its hand-off.
 pub(crate) fn offer_permits<B, O, E>(
     state: &StreamState<B, O, E>,
     extensions: &mut http::Extensions,
@@ -227,6 +228,11 @@ pub(crate) fn offer_permits<B, O, E>(
         && live.permits.is_some()
     {
         extensions.insert(live.permits.clone());
+    }
+    // A resumable stream: its producer (the `ResumeLayer` outside) takes the hand-off.
+    #[cfg(feature = "resume")]
+    if let Some(handoff) = state.live.as_ref().and_then(|live| live.engine.handoff()) {
+        extensions.insert(handoff);
     }
 }
 

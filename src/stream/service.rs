@@ -138,10 +138,10 @@ impl<S, O, E, M> Sse<S, O, E, M> {
             head_request,
             keep_lines,
             #[cfg(feature = "resume")]
-            handoff: parts
+            resumable: parts
                 .extensions
                 .get::<crate::resume::ResumableStream>()
-                .map(|stream| stream.handoff.clone()),
+                .is_some(),
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
