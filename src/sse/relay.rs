@@ -418,6 +418,7 @@ impl Outbox {
     }
 
     /// Queue one whole event (see the type docs).
+    #[cfg(feature = "resume")]
     #[inline]
     pub(crate) fn push_whole(&mut self, data: Bytes) {
         self.push_marked(data, true);
