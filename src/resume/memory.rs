@@ -312,10 +312,17 @@ impl Inner {
     /// Past the bound: weigh every log whose size changed since the cache last weighed it,
     /// and let the cache evict down to the bound. Costs a pass over the logs, only while
     /// the exact count is over the bound.
+    #[inline]
     fn enforce(&self) {
-        if !self.over_bound() {
-            return;
+        if self.over_bound() {
+            self.evict_to_bound();
         }
+    }
+
+    /// [`enforce`](Self::enforce) past the bound (out of line: every append asks, few go on).
+    #[cold]
+    #[inline(never)]
+    fn evict_to_bound(&self) {
         let mut changed: Vec<(u64, Arc<StreamId>, Arc<MemLog>)> = self
             .cache
             .iter()
@@ -442,7 +449,9 @@ struct LogState {
     last_change: Instant,
     /// The bytes when the cache last weighed the log.
     weighed: usize,
-    weighed_at: Instant,
+    /// When it is weighed again at the latest (a quarter of the idle TTL after it was last
+    /// weighed): one comparison per append.
+    reweigh_at: Instant,
     /// Dropped from the cache: keep only a small tail for attached readers.
     evicted: bool,
     /// The store's clock at the last append ([`Inner::clock`]).
@@ -464,7 +473,7 @@ impl MemLog {
                 end: None,
                 last_change: now,
                 weighed: 0,
-                weighed_at: now,
+                reweigh_at: now + limits.idle_ttl / 4,
                 evicted: false,
                 touched: 0,
             }),
@@ -545,13 +554,10 @@ impl MemLog {
         let due = !state.evicted
             && (force
                 || state.bytes.abs_diff(state.weighed) >= REWEIGH_BYTES
-                || state
-                    .last_change
-                    .saturating_duration_since(state.weighed_at)
-                    >= self.limits.idle_ttl / 4);
+                || state.last_change >= state.reweigh_at);
         if due {
             state.weighed = state.bytes;
-            state.weighed_at = state.last_change;
+            state.reweigh_at = state.last_change + self.limits.idle_ttl / 4;
         }
         due
     }

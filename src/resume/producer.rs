@@ -15,7 +15,7 @@ use crate::digits::decimal;
 use crate::report::Outcome;
 use crate::resume::id::StreamId;
 use crate::resume::layer::{Config, Detach};
-use crate::resume::shared::Shared;
+use crate::resume::shared::{Handoff, Shared};
 use crate::resume::store::{StreamEnd, StreamLog};
 use crate::sse::{DecodeError, Decoder, Event, EventRef, FoundKind, terminate_block};
 
@@ -54,27 +54,33 @@ impl Stamper {
         }
     }
 
+    /// The wire form of a whole event, terminated, without an `id` line of its own (`raw`,
+    /// its bytes as they came), as event `seq` of the stream.
+    #[inline]
+    pub(crate) fn whole(&mut self, seq: u64, raw: &[u8]) -> Bytes {
+        let mut digits = [0; 20];
+        let digits = decimal(seq, &mut digits);
+        self.reserve(self.prefix.len() + digits.len() + 1 + raw.len());
+        self.arena.put_slice(&self.prefix);
+        self.arena.put_slice(digits);
+        self.arena.put_u8(b'\n');
+        self.arena.put_slice(raw);
+        self.arena.split().freeze()
+    }
+
     /// The wire form of `event` as event `seq` of the stream; `id_line`: the event has an
     /// `id` field line of its own (valid or not), which ours replaces.
     pub(crate) fn event(&mut self, seq: u64, event: EventRef<'_>, id_line: bool) -> Bytes {
         let mut digits = [0; 20];
         let digits = decimal(seq, &mut digits);
         if !id_line {
-            let terminated;
-            let raw = if event.is_unterminated() {
+            if event.is_unterminated() {
                 // The input ended without the blank line (a lenient end): add it, as a
                 // decoded event's own bytes would have it.
-                terminated = terminate_block(&Bytes::copy_from_slice(event.raw()));
-                &terminated[..]
-            } else {
-                event.raw()
-            };
-            self.reserve(self.prefix.len() + digits.len() + 1 + raw.len());
-            self.arena.put_slice(&self.prefix);
-            self.arena.put_slice(digits);
-            self.arena.put_u8(b'\n');
-            self.arena.put_slice(raw);
-            return self.arena.split().freeze();
+                let terminated = terminate_block(&Bytes::copy_from_slice(event.raw()));
+                return self.whole(seq, &terminated);
+            }
+            return self.whole(seq, event.raw());
         }
         let mut id = BytesMut::with_capacity(self.prefix.len() + digits.len());
         id.put_slice(&self.prefix[4..]);
@@ -150,6 +156,7 @@ pub(crate) async fn produce<B>(
     log: Arc<dyn StreamLog>,
     shared: Arc<Shared>,
     config: Arc<Config>,
+    handoff: Option<Arc<Handoff>>,
 ) where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -157,6 +164,7 @@ pub(crate) async fn produce<B>(
     let id = shared.id;
     let mut stamper = Stamper::new(id);
     let mut readers = shared.readers();
+    let mut attached = *readers.borrow_and_update();
     let mut decoder = Decoder::new().max_event_size(config.max_event_size);
     let mut seq = 0u64;
     let mut grace: Option<Pin<Box<Sleep>>> = None;
@@ -189,15 +197,22 @@ pub(crate) async fn produce<B>(
     // `SseLayer`'s body) still finds this producer in `config.producers`.
     let mut body = Box::pin(body);
     let mut frames = 0u32;
+    // A frame that is one whole event, handed over by the `SseLayer` (see [`Handoff`]).
+    let mut whole: Option<Bytes> = None;
     let end = 'stream: loop {
         frames += 1;
         if frames.is_multiple_of(FRAMES_PER_YIELD) {
             // An upstream that is always ready must not hold the runtime's thread.
             tokio::task::yield_now().await;
         }
-        let attached = *readers.borrow_and_update();
+        // Read only when it changed: a look at the version, not the value's lock.
+        if readers.has_changed().unwrap_or(false) {
+            attached = *readers.borrow_and_update();
+        }
         if attached > 0 {
-            grace = None;
+            if grace.is_some() {
+                grace = None;
+            }
             seen_elsewhere = None;
         } else {
             match config.detach {
@@ -243,7 +258,11 @@ pub(crate) async fn produce<B>(
             .await
         };
         let last = match step {
-            Step::Readers => continue,
+            Step::Readers => {
+                // `changed` marked the new count seen: read it here.
+                attached = *readers.borrow_and_update();
+                continue;
+            }
             Step::Elsewhere(false) => {
                 attached_elsewhere = None;
                 continue;
@@ -290,7 +309,20 @@ pub(crate) async fn produce<B>(
             Step::Frame(Some(Err(_))) => break StreamEnd::Failed,
             Step::Frame(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    decoder.push(data);
+                    // One whole event the `SseLayer` framed already: stamped as it is, when
+                    // this decoder holds nothing before it and the event is within its limit
+                    // (else decoded, which fails it as before).
+                    if handoff
+                        .as_ref()
+                        .is_some_and(|handoff| handoff.is_whole(&data))
+                        && decoder.is_idle()
+                        && data.len() <= config.max_event_size
+                    {
+                        decoder.skipped_input();
+                        whole = Some(data);
+                    } else {
+                        decoder.push(data);
+                    }
                 }
                 false
             }
@@ -299,7 +331,17 @@ pub(crate) async fn produce<B>(
                 true
             }
         };
-        while let Some(entry) = next_entry(&mut decoder, &mut stamper, seq + 1) {
+        // After a whole event the decoder holds nothing: no need to ask it.
+        let decode = whole.is_none();
+        loop {
+            let entry = match whole.take() {
+                Some(event) => Ok(stamper.whole(seq + 1, &event)),
+                None if !decode => break,
+                None => match next_entry(&mut decoder, &mut stamper, seq + 1) {
+                    Some(entry) => entry,
+                    None => break,
+                },
+            };
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(_) => {

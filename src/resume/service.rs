@@ -23,7 +23,7 @@ use crate::resume::body::Reader;
 use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
 use crate::resume::producer::produce;
-use crate::resume::shared::{ResumableStream, Shared};
+use crate::resume::shared::{Handoff, ResumableStream, Shared};
 use crate::resume::store::{NewStream, Read, StreamEnd, StreamLog};
 use crate::resume::traced::Traced;
 
@@ -162,6 +162,9 @@ where
                     };
                     let new = new.take().filter(|_| is_event_stream(&response));
                     let Some(Start { config, id, tenant }) = new else {
+                        let mut response = response;
+                        // Made by the `SseLayer` for a producer, which this answer does not get.
+                        response.extensions_mut().remove::<Arc<Handoff>>();
                         return Poll::Ready(Ok(response.map(ResumeBody::pass_through)));
                     };
                     Box::pin(async move { Ok(start(config, response, id, tenant).await) })
@@ -281,7 +284,9 @@ where
     let first = crate::resume::store::Batch::new(0, Vec::new(), 0, None);
     let attach = shared.attach(false);
     config.producers.insert(id, shared.clone());
-    runtime.spawn(produce(body, log.clone(), shared, config.clone()));
+    // The `SseLayer` inside marks the frames that are whole events here (when it is there).
+    let handoff = parts.extensions.remove::<Arc<Handoff>>();
+    runtime.spawn(produce(body, log.clone(), shared, config.clone(), handoff));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));
     let reader = Reader::new(log, config, wake, first, false, attach, true);

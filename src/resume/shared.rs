@@ -3,10 +3,11 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -26,6 +27,54 @@ use crate::resume::store::ReaderCounts;
 pub struct ResumableStream {
     pub(crate) id: StreamId,
     pub(crate) producers: Arc<Producers>,
+}
+
+/// What the `SseLayer` of a resumable stream tells the stream's producer about the frame it
+/// handed on last: whether it is one whole event as the upstream sent it (terminated, no
+/// `id` line), which the producer then stamps without decoding it again.
+///
+/// Made by the `SseLayer` once its answer is a stream (a request whose extensions hold a
+/// [`ResumableStream`]), and handed to the `ResumeLayer` in the response's extensions: a
+/// request answered otherwise allocates nothing for it.
+///
+/// It holds where that frame's bytes are (pointer and length); the layer keeps a clone of
+/// the frame (a reference count, no copy) until it hands on its next one, so those bytes
+/// stay where they are and unchanged while they are marked here. The producer takes the
+/// short way only for a frame whose bytes are the very ones marked: a layer between the
+/// two that changes, splits, joins or reorders frames is harmless (its frames do not match
+/// and are decoded as before). Both sides run in the producer's task, one after the other:
+/// two relaxed atomics, no lock.
+#[derive(Default)]
+pub(crate) struct Handoff {
+    ptr: AtomicUsize,
+    len: AtomicUsize,
+}
+
+impl Handoff {
+    /// The `SseLayer` hands on a frame: `whole` when it is one whole event (see the type
+    /// docs), which the layer keeps until it hands on the next; else `None`.
+    #[inline]
+    pub(crate) fn handed(&self, whole: Option<&Bytes>) {
+        let (ptr, len) = whole.map_or((0, 0), |whole| (whole.as_ptr() as usize, whole.len()));
+        self.ptr.store(ptr, Ordering::Relaxed);
+        self.len.store(len, Ordering::Relaxed);
+    }
+
+    /// Whether `frame` is the whole event the `SseLayer` handed on last (asked once per
+    /// frame: the mark is taken).
+    #[inline]
+    pub(crate) fn is_whole(&self, frame: &Bytes) -> bool {
+        let ptr = self.ptr.swap(0, Ordering::Relaxed);
+        ptr != 0
+            && ptr == frame.as_ptr() as usize
+            && self.len.load(Ordering::Relaxed) == frame.len()
+    }
+}
+
+impl fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handoff").finish_non_exhaustive()
+    }
 }
 
 impl ResumableStream {

@@ -354,6 +354,27 @@ impl Decoder {
         self.block_len() > 0 || self.discarding
     }
 
+    /// Whether the decoder holds nothing of the input: every pushed byte was decoded, no
+    /// block is open, no line end is split across chunks, and the input has not ended. A
+    /// whole event pushed now would be decoded alone, exactly as from the start.
+    #[cfg(feature = "resume")]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pos >= self.input.len()
+            && self.queue.is_empty()
+            && !self.carrying
+            && self.block_len() == 0
+            && !self.discarding
+            && self.skip_lf == SkipLf::No
+            && self.eof == EofState::Open
+    }
+
+    /// Input was taken past the decoder (a whole event it did not need to see): a byte order
+    /// mark can no longer come first.
+    #[cfg(feature = "resume")]
+    pub(crate) fn skipped_input(&mut self) {
+        self.bom_checked = true;
+    }
+
     /// The next item, borrowed from the decoder's buffers until the next call.
     ///
     /// This is the fastest way to decode: nothing is copied, reference counted or allocated

@@ -8,7 +8,7 @@
 //!   carried a comment line is written again without it.
 //! - A block the decoder completed at a lenient end of input gets the blank line the upstream
 //!   never sent; NDJSON lines become `data:` events.
-//! - The byte order mark rule of [`Outbox::pop`].
+//! - The byte order mark rule of [`Outbox::pop_marked`].
 //!
 //! No I/O and no runtime here: the stream engine pushes chunks in and pops bytes out.
 
@@ -43,6 +43,10 @@ pub(crate) struct SseRelay {
     /// The current upstream block had a comment line (for `forward_comments == false`).
     comment_in_block: bool,
     forward_comments: bool,
+    /// Each event that needs no change goes out as a slice of its own, marked whole
+    /// ([`Outbox::push_whole`]): the stream is resumable, and its producer stamps such a
+    /// slice without decoding it again.
+    split: bool,
 }
 
 /// What one call to [`Relay::decode_ready`] found.
@@ -64,7 +68,17 @@ impl Relay {
             pending: None,
             comment_in_block: false,
             forward_comments,
+            split: false,
         })
+    }
+
+    /// Hand on each event that needs no change as a slice of its own, marked whole (for a
+    /// resumable stream's producer: [`Outbox::pop_marked`]). SSE only.
+    #[cfg(feature = "resume")]
+    pub(crate) fn split_events(&mut self) {
+        if let Self::Sse(sse) = self {
+            sse.split = true;
+        }
     }
 
     /// Reframe NDJSON into SSE.
@@ -278,6 +292,8 @@ impl SseRelay {
                         let event = self.decoder.lend_event(&found);
                         let id = found.sets_id().then(|| event.last_event_id_bytes());
                         out.push(reencode(Some(event), id, found.retry()));
+                    } else if forward && self.split {
+                        self.forward_whole(&found, out);
                     } else if forward {
                         self.forward(&found, out);
                     }
@@ -310,6 +326,24 @@ impl SseRelay {
                 out.push(Bytes::copy_from_slice(self.decoder.raw(found)));
             }
         }
+    }
+
+    /// Queue a found event as a slice of its own, marked whole when it is one terminated
+    /// event without an `id` line (else as [`forward`](Self::forward) does).
+    #[cold]
+    #[inline(never)]
+    fn forward_whole(&mut self, found: &Found, out: &mut Outbox) {
+        #[cfg(feature = "resume")]
+        if !found.is_unterminated() && !found.has_id_line() {
+            self.flush(out);
+            let event = match found.source {
+                Source::Input => self.decoder.take_input(found.raw.0, found.raw.1),
+                Source::Carry => Bytes::copy_from_slice(self.decoder.raw(found)),
+            };
+            out.push_whole(event);
+            return;
+        }
+        self.forward(found, out);
     }
 
     #[inline]
@@ -364,43 +398,65 @@ fn reencode(event: Option<EventRef<'_>>, id: Option<&[u8]>, retry: Option<u64>) 
 /// Bytes waiting for the client. Nearly every upstream chunk yields one slice (its events,
 /// merged), so the first waits inline: the common case allocates nothing, and the queue's
 /// buffer exists only for streams that ever had several slices waiting.
+///
+/// Each slice is marked whether it is one whole event as the upstream sent it, terminated and
+/// without an `id` line ([`push_whole`](Self::push_whole)): a resumable stream's producer
+/// stamps those without decoding them again.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     first: Option<Bytes>,
-    rest: VecDeque<Bytes>,
-    /// Whether anything went to the client yet (see [`Outbox::pop`]).
+    first_whole: bool,
+    rest: VecDeque<(Bytes, bool)>,
+    /// Whether anything went to the client yet (see [`Outbox::pop_marked`]).
     started: bool,
 }
 
 impl Outbox {
     #[inline]
     pub(crate) fn push(&mut self, data: Bytes) {
+        self.push_marked(data, false);
+    }
+
+    /// Queue one whole event (see the type docs).
+    #[cfg(feature = "resume")]
+    #[inline]
+    pub(crate) fn push_whole(&mut self, data: Bytes) {
+        self.push_marked(data, true);
+    }
+
+    #[inline]
+    fn push_marked(&mut self, data: Bytes, whole: bool) {
         if self.first.is_none() && self.rest.is_empty() {
             self.first = Some(data);
+            self.first_whole = whole;
         } else {
-            self.rest.push_back(data);
+            self.rest.push_back((data, whole));
         }
     }
 
-    /// The next bytes for the client.
+    /// The next bytes for the client, and whether they are one whole event (see the type
+    /// docs).
     ///
     /// The decoder strips the upstream's leading byte order mark, as a client would. If the
     /// first bytes the client gets begin with a BOM anyway (the upstream sent two, or its
     /// first blocks were dropped), the client would strip that one and read the rest
     /// differently from the upstream: so a BOM goes first, for the client to strip instead.
     #[inline]
-    pub(crate) fn pop(&mut self) -> Option<Bytes> {
-        let data = match self.first.take() {
-            Some(data) => data,
+    pub(crate) fn pop_marked(&mut self) -> Option<(Bytes, bool)> {
+        let (data, whole) = match self.first.take() {
+            Some(data) => (data, self.first_whole),
             None => self.rest.pop_front()?,
         };
         if self.started {
-            return Some(data);
+            return Some((data, whole));
         }
-        Some(self.first_out(data))
+        let first = self.first_out(data);
+        // A BOM put in front: no longer the event as it came.
+        let whole = whole && !first.starts_with(BOM);
+        Some((first, whole))
     }
 
-    /// The first bytes for the client: the BOM rule (kept out of line, so that `pop` stays
+    /// The first bytes for the client: the BOM rule (kept out of line, so that `pop_marked` stays
     /// small enough to inline into the body's poll loop).
     #[cold]
     fn first_out(&mut self, data: Bytes) -> Bytes {
@@ -432,6 +488,90 @@ impl Outbox {
 
     /// The next queued slice as it was queued (a staging outbox's, moved on elsewhere).
     pub(crate) fn take(&mut self) -> Option<Bytes> {
-        self.first.take().or_else(|| self.rest.pop_front())
+        self.first
+            .take()
+            .or_else(|| self.rest.pop_front().map(|(data, _)| data))
+    }
+}
+
+#[cfg(all(test, feature = "resume"))]
+mod tests {
+    use super::*;
+
+    /// A resumable stream's relay hands on each event that needs no change as a slice of its
+    /// own, marked whole; everything else as before, unmarked.
+    #[test]
+    fn split_events_are_marked_whole() {
+        let mut relay = Relay::sse(1 << 20, false, true);
+        relay.split_events();
+        let mut out = Outbox::default();
+        relay.push(Bytes::from_static(
+            b"data: a\n\n: c\n\ndata: b\nid: x\n\ndata: c\n\nretry: 5\n\ndata: d",
+        ));
+        relay.decode_ready(&mut out, |_| true).unwrap();
+        // The end of the event that began in the first chunk (copied: it straddles chunks).
+        relay.push(Bytes::from_static(b"\n\n"));
+        relay.decode_ready(&mut out, |_| true).unwrap();
+        let mut popped = Vec::new();
+        while let Some((data, whole)) = out.pop_marked() {
+            popped.push((String::from_utf8(data.to_vec()).unwrap(), whole));
+        }
+        let expected = [
+            ("data: a\n\n", true),
+            // A comment block, and an event with an `id` line of its own: decoded again.
+            (": c\n\ndata: b\nid: x\n\n", false),
+            ("data: c\n\n", true),
+            ("retry: 5\n\n", false),
+            ("data: d\n\n", true),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(data, whole)| ((*data).to_owned(), *whole))
+            .collect();
+        assert_eq!(popped, expected);
+
+        // Not split (the plain layer): one slice, unmarked.
+        let mut relay = Relay::sse(1 << 20, false, true);
+        relay.push(Bytes::from_static(b"data: a\n\ndata: c\n\n"));
+        relay.decode_ready(&mut out, |_| true).unwrap();
+        assert_eq!(
+            out.pop_marked(),
+            Some((Bytes::from_static(b"data: a\n\ndata: c\n\n"), false))
+        );
+    }
+
+    /// The hand-off matches the very bytes marked, not equal bytes elsewhere, and once.
+    #[test]
+    fn handoff_matches_the_marked_bytes_once() {
+        let handoff = crate::resume::shared::Handoff::default();
+        let event = Bytes::from_static(b"data: a\n\n");
+        handoff.handed(Some(&event));
+        assert!(!handoff.is_whole(&Bytes::copy_from_slice(&event)));
+        handoff.handed(Some(&event));
+        assert!(handoff.is_whole(&event));
+        assert!(!handoff.is_whole(&event));
+        handoff.handed(Some(&event));
+        assert!(!handoff.is_whole(&event.slice(..8)));
+        handoff.handed(None);
+        assert!(!handoff.is_whole(&event));
+    }
+
+    /// A decoder is idle only with nothing of the input held.
+    #[test]
+    fn decoder_idle() {
+        let mut decoder = Decoder::new();
+        assert!(decoder.is_idle());
+        decoder.push(Bytes::from_static(b"data: a\n\ndata: b"));
+        assert!(!decoder.is_idle());
+        while decoder.find_next().is_some() {}
+        assert!(!decoder.is_idle(), "inside an event");
+        decoder.push(Bytes::from_static(b"\n\r"));
+        while decoder.find_next().is_some() {}
+        assert!(!decoder.is_idle(), "a CR that may be followed by its LF");
+        decoder.push(Bytes::from_static(b"\n"));
+        while decoder.find_next().is_some() {}
+        assert!(decoder.is_idle());
+        decoder.finish();
+        assert!(!decoder.is_idle(), "the input ended");
     }
 }

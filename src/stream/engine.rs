@@ -57,6 +57,28 @@ pub(crate) struct Engine<O> {
     keep_lines: bool,
     /// The stream's policy, when the layer has one (boxed: streams without pay one word).
     acting: Option<Box<Acting>>,
+    /// The stream is resumable: each frame handed on is marked for its producer, whole event
+    /// or not (boxed: other streams pay one word).
+    #[cfg(feature = "resume")]
+    handoff: Option<Box<HandingOff>>,
+}
+
+/// The `SseLayer`'s side of a resumable stream's [`Handoff`](crate::resume::shared::Handoff).
+#[cfg(feature = "resume")]
+#[derive(Debug)]
+struct HandingOff {
+    to: Arc<crate::resume::shared::Handoff>,
+    /// The last frame marked whole, kept until the next frame goes (so that its bytes stay
+    /// where the mark says).
+    handed: Option<Bytes>,
+}
+
+impl<O> Engine<O> {
+    /// The hand-off of a resumable stream, for its producer.
+    #[cfg(feature = "resume")]
+    pub(crate) fn handoff(&self) -> Option<Arc<crate::resume::shared::Handoff>> {
+        self.handoff.as_ref().map(|handoff| handoff.to.clone())
+    }
 }
 
 impl<O: Observer> Engine<O> {
@@ -92,7 +114,21 @@ impl<O: Observer> Engine<O> {
             pass_bytes: false,
             keep_lines: false,
             acting,
+            #[cfg(feature = "resume")]
+            handoff: None,
         }
+    }
+
+    /// The stream is resumable: hand each event that needs no change on as a frame of its
+    /// own, and tell the producer which frames those are (it stamps them without decoding
+    /// them again).
+    #[cfg(feature = "resume")]
+    pub(crate) fn hand_off_to(&mut self, handoff: Arc<crate::resume::shared::Handoff>) {
+        self.relay.split_events();
+        self.handoff = Some(Box::new(HandingOff {
+            to: handoff,
+            handed: None,
+        }));
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -464,9 +500,16 @@ impl<O: Observer> Engine<O> {
     /// The next frame for the client.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Frame<Bytes>> {
-        let Some(data) = self.outbox.pop() else {
+        let Some((data, whole)) = self.outbox.pop_marked() else {
             return self.trailers.take().map(|t| Frame::trailers(*t));
         };
+        #[cfg(feature = "resume")]
+        if let Some(handoff) = self.handoff.as_deref_mut() {
+            handoff.handed = whole.then(|| data.clone());
+            handoff.to.handed(handoff.handed.as_ref());
+        }
+        #[cfg(not(feature = "resume"))]
+        let _ = whole;
         self.report.bytes_out += data.len() as u64;
         self.observer.on_data(&data, &mut self.report);
         Some(Frame::data(data))

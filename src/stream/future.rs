@@ -100,6 +100,9 @@ pub(crate) struct Setup<O, E> {
     pub(crate) head_request: bool,
     /// The client asked for NDJSON, not SSE: an NDJSON stream stays NDJSON.
     pub(crate) keep_lines: bool,
+    /// The stream is resumable: its producer is told which frames are whole events.
+    #[cfg(feature = "resume")]
+    pub(crate) resumable: bool,
 }
 
 impl<O: Observer, E: OnEnd> Setup<O, E> {
@@ -118,7 +121,12 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
         let on_drop = disconnect.on_drop;
         let permits = disconnect.permits();
         let shutdown = self.config.shutdown.as_ref().map(|s| s.watch());
-        let engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        #[cfg_attr(not(feature = "resume"), allow(unused_mut))]
+        let mut engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        #[cfg(feature = "resume")]
+        if self.resumable {
+            engine.hand_off_to(Arc::default());
+        }
         StreamState {
             phase,
             live: Some(Live {
@@ -210,7 +218,8 @@ impl<B, O, E> Disconnect<B, O, E> {
     }
 }
 
-/// Offer the limits outside to hand their permits to a stream that may drain.
+/// Offer the limits outside to hand their permits to a stream that may drain, and a
+/// resumable stream's producer its hand-off.
 pub(crate) fn offer_permits<B, O, E>(
     state: &StreamState<B, O, E>,
     extensions: &mut http::Extensions,
@@ -219,6 +228,11 @@ pub(crate) fn offer_permits<B, O, E>(
         && live.permits.is_some()
     {
         extensions.insert(live.permits.clone());
+    }
+    // A resumable stream: its producer (the `ResumeLayer` outside) takes the hand-off.
+    #[cfg(feature = "resume")]
+    if let Some(handoff) = state.live.as_ref().and_then(|live| live.engine.handoff()) {
+        extensions.insert(handoff);
     }
 }
 

@@ -137,6 +137,11 @@ impl<S, O, E, M> Sse<S, O, E, M> {
             hint,
             head_request,
             keep_lines,
+            #[cfg(feature = "resume")]
+            resumable: parts
+                .extensions
+                .get::<crate::resume::ResumableStream>()
+                .is_some(),
         };
         if parts.extensions.get::<UploadTimedOut>().is_some() {
             // The body is incomplete: the inner service never sees the request.
