@@ -207,6 +207,7 @@ pub(crate) mod redis;
 pub(crate) mod service;
 pub(crate) mod shared;
 pub(crate) mod store;
+pub(crate) mod summary;
 pub(crate) mod traced;
 
 pub use self::body::ResumeBody;
@@ -215,11 +216,11 @@ pub use self::id::{EventId, StreamId};
 pub use self::layer::ResumeLayer;
 pub use self::layer::{Detach, OpenReaders, ReaderRecord};
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
-pub use self::observer::{ResumeObserver, ResumeSummary};
+pub use self::observer::ResumeObserver;
+pub use self::producers::ResumableStream;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::service::{RESUME_HEADER, Resume, ResumeFuture, STREAM_ID_HEADER};
-pub use self::shared::ResumableStream;
 
 /// Renamed to [`Resume`] (a service `Foo` with its layer `FooLayer`, as in tower-http).
 #[deprecated(note = "renamed to `Resume`")]
@@ -228,6 +229,7 @@ pub use self::store::{
     Batch, NewStream, Read, ReadLimits, ReaderCounts, ResumeStore, StoreError, StoreErrorKind,
     StreamEnd, StreamLog, TraceParent,
 };
+pub use self::summary::ResumeSummary;
 
 /// Moved to [`tower_sse::BoxFuture`](crate::BoxFuture): the crate has one boxed-future alias.
 #[deprecated(note = "use `tower_sse::BoxFuture`")]

@@ -1,46 +1,11 @@
 //! [`ResumeObserver`]: what a resumable stream's readers did, in the stream's report.
 
-use std::time::Duration;
-
 use crate::observe::Observer;
 use crate::report::{Outcome, StreamReport};
-use crate::resume::id::StreamId;
-use crate::resume::shared::ResumableStream;
+use crate::resume::producers::ResumableStream;
 
-/// What a resumable stream's readers did, as of the stream's end: in
-/// [`StreamReport::extensions`] when [`ResumeObserver`] is among the `SseLayer`'s observers.
-///
-/// ```
-/// use tower_sse::StreamReport;
-/// use tower_sse::resume::ResumeSummary;
-///
-/// fn on_end(report: StreamReport) {
-///     if let Some(resume) = report.extensions.get::<ResumeSummary>() {
-///         println!(
-///             "{}: {} resumes, {} events replayed, detached {:?}",
-///             resume.stream, resume.resumes, resume.replayed_events, resume.detached
-///         );
-///     }
-/// }
-/// # let _ = on_end;
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ResumeSummary {
-    /// The stream's id.
-    pub stream: StreamId,
-    /// Client connections that read the stream (the first one and the resumes).
-    pub connections: u64,
-    /// Of those, resumes (`Last-Event-ID`).
-    pub resumes: u64,
-    /// Events sent again to resuming clients (they were in the log when they attached).
-    pub replayed_events: u64,
-    /// How long the stream ran with no client attached.
-    pub detached: Duration,
-}
-
-/// Puts a [`ResumeSummary`] into the report of each resumable stream. Put it among the
-/// observers of the [`SseLayer`](crate::SseLayer) inside a
+/// Puts a [`ResumeSummary`](super::ResumeSummary) into the report of each resumable
+/// stream. Put it among the observers of the [`SseLayer`](crate::SseLayer) inside a
 /// [`ResumeLayer`](crate::ResumeLayer); it does nothing for other streams.
 ///
 /// It also gives the report its true outcome when the stream's producer ended the stream

@@ -1,12 +1,13 @@
 //! The producers running in this process, by stream: looked up when a resume attaches and
 //! when a stream's report is made, so that readers and the report share the producer's
-//! counters.
+//! counters; and [`ResumableStream`], the handle to this table in the request's extensions.
 //!
 //! Sharded by the id's first byte (ids are uniformly random, see `keyed_ids.rs`): streams
 //! starting, ending and resuming on different runtime threads seldom wait for one another,
 //! where one map behind one lock made every new stream contend with all the others.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::resume::id::StreamId;
@@ -71,6 +72,37 @@ impl Producers {
             return true;
         }
         false
+    }
+}
+
+/// Set by [`ResumeLayer`](crate::ResumeLayer) in the extensions of each request that may
+/// become a resumable stream: its id (the one the `sse-stream-id` header will carry, if the
+/// answer is a stream), for the layers and handlers inside.
+///
+/// It holds the id and the layer's table of running producers, nothing made for this
+/// request alone: the stream's shared state is made only once the answer is a stream.
+#[derive(Clone)]
+pub struct ResumableStream {
+    pub(crate) id: StreamId,
+    pub(crate) producers: Arc<Producers>,
+}
+
+impl ResumableStream {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// What the producer and readers share, while the producer runs (the report is made by
+    /// the producer, before it leaves the table).
+    pub(crate) fn shared(&self) -> Option<Arc<Shared>> {
+        self.producers.get(self.id)
+    }
+}
+
+impl fmt::Debug for ResumableStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ResumableStream").field(&self.id).finish()
     }
 }
 

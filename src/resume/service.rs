@@ -23,7 +23,8 @@ use crate::resume::body::Reader;
 use crate::resume::id::{EventId, MAX_EVENT_ID_LEN, StreamId};
 use crate::resume::layer::Config;
 use crate::resume::producer::produce;
-use crate::resume::shared::{Handoff, ResumableStream, Shared};
+use crate::resume::producers::ResumableStream;
+use crate::resume::shared::{Handoff, Shared};
 use crate::resume::store::{NewStream, Read, StreamEnd, StreamLog};
 use crate::resume::traced::Traced;
 

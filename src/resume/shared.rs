@@ -1,5 +1,5 @@
 //! What the producer and the readers of one stream share: the counters, the attached
-//! readers, and [`ResumableStream`], the handle in the request's extensions.
+//! readers, and the [`Handoff`] of whole events from the `SseLayer`.
 
 use std::fmt;
 use std::future::Future;
@@ -13,28 +13,15 @@ use tokio::time::Instant;
 
 use crate::report::Outcome;
 use crate::resume::id::StreamId;
-use crate::resume::observer::ResumeSummary;
-use crate::resume::producers::Producers;
 use crate::resume::store::ReaderCounts;
-
-/// Set by [`ResumeLayer`](crate::ResumeLayer) in the extensions of each request that may
-/// become a resumable stream: its id (the one the `sse-stream-id` header will carry, if the
-/// answer is a stream), for the layers and handlers inside.
-///
-/// It holds the id and the layer's table of running producers, nothing made for this
-/// request alone: the stream's shared state is made only once the answer is a stream.
-#[derive(Clone)]
-pub struct ResumableStream {
-    pub(crate) id: StreamId,
-    pub(crate) producers: Arc<Producers>,
-}
+use crate::resume::summary::ResumeSummary;
 
 /// What the `SseLayer` of a resumable stream tells the stream's producer about the frame it
 /// handed on last: whether it is one whole event as the upstream sent it (terminated, no
 /// `id` line), which the producer then stamps without decoding it again.
 ///
 /// Made by the `SseLayer` once its answer is a stream (a request whose extensions hold a
-/// [`ResumableStream`]), and handed to the `ResumeLayer` in the response's extensions: a
+/// [`ResumableStream`](super::ResumableStream)), and handed to the `ResumeLayer` in the response's extensions: a
 /// request answered otherwise allocates nothing for it.
 ///
 /// It holds where that frame's bytes are (pointer and length); the layer keeps a clone of
@@ -74,25 +61,6 @@ impl Handoff {
 impl fmt::Debug for Handoff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handoff").finish_non_exhaustive()
-    }
-}
-
-impl ResumableStream {
-    /// The stream's id.
-    pub fn id(&self) -> StreamId {
-        self.id
-    }
-
-    /// What the producer and readers share, while the producer runs (the report is made by
-    /// the producer, before it leaves the table).
-    pub(crate) fn shared(&self) -> Option<Arc<Shared>> {
-        self.producers.get(self.id)
-    }
-}
-
-impl fmt::Debug for ResumableStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ResumableStream").field(&self.id).finish()
     }
 }
 
