@@ -40,7 +40,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tower_sse_mock::MockConfig;
 
 mod support;
-use support::{Process, free_port};
+use support::{Process, free_port, redis_server};
 
 /// Streams in the run.
 const STREAMS: u64 = 170;
@@ -71,26 +71,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-}
-
-/// A `redis-server` without persistence on `port`.
-fn redis_on(port: u16) -> Process {
-    let redis = Process(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts"),
-    );
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return redis;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("redis-server did not start");
 }
 
 /// The `stream ended` lines of one replica, as JSON.
@@ -646,7 +626,7 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
     println!("BUDGET_SIM_SEED={seed}");
     let day = day_now();
     let port = free_port();
-    let _redis = redis_on(port);
+    let _redis = redis_server(port, &["--save", "", "--appendonly", "no"]);
     let url = format!("redis://127.0.0.1:{port}/");
     let (upstream, mock) = tower_sse_mock::spawn(MockConfig::new()).await;
     let upstream = format!("http://{upstream}");
@@ -944,7 +924,7 @@ async fn a_stream_resumed_on_the_other_replica_is_charged_once_by_its_producer()
     }
     let day = day_now();
     let port = free_port();
-    let _redis = redis_on(port);
+    let _redis = redis_server(port, &["--save", "", "--appendonly", "no"]);
     let url = format!("redis://127.0.0.1:{port}/");
     let (upstream, mock) = tower_sse_mock::spawn(MockConfig::new()).await;
     let upstream = format!("http://{upstream}");

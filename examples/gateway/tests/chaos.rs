@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tower_sse_mock::MockConfig;
 
 mod support;
-use support::{Process, free_port};
+use support::{Process, free_port, redis_server};
 
 /// Concurrent clients, one stream each.
 const CLIENTS: u64 = 24;
@@ -39,31 +39,20 @@ const SILENCE_MS: u64 = 11_000;
 /// runs it: a restart without persistence also loses the logs of streams that ended before
 /// it, which the `RedisStore` docs say no mirror writes again).
 fn redis_on(port: u16, dir: &Path) -> Process {
-    let redis = Process(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts"),
-    );
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return redis;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("redis-server did not start");
+    let dir = dir.to_str().expect("a UTF-8 temporary directory");
+    redis_server(
+        port,
+        &[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            dir,
+        ],
+    )
 }
 
 /// The `stream ended` lines of one replica, as JSON.

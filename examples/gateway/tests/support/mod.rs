@@ -37,10 +37,17 @@ pub fn free_port() -> u16 {
 pub fn redis() -> Option<(Process, String)> {
     tower_sse_mock::system::program_or_skip(&["redis-server"], "redis-server")?;
     let port = free_port();
+    let redis = redis_server(port, &["--save", "", "--appendonly", "no"]);
+    Some((redis, format!("redis://127.0.0.1:{port}/")))
+}
+
+/// A `redis-server` on 127.0.0.1:`port` with these more arguments, once it accepts
+/// connections.
+pub fn redis_server(port: u16, args: &[&str]) -> Process {
     let redis = Process(
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -48,7 +55,7 @@ pub fn redis() -> Option<(Process, String)> {
     );
     for _ in 0..500 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((redis, format!("redis://127.0.0.1:{port}/")));
+            return redis;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
