@@ -6,7 +6,7 @@
 # stream holds two descriptors: 9,900 streams is the most one gateway process can hold. So:
 #
 #   PROCS mock upstreams, each on its own port (one per gateway);
-#   PROCS gateways (--runtime per-core), all listening on one port with SO_REUSEPORT (the
+#   PROCS gateways (--runtime per-core --share-port), all listening on one port with SO_REUSEPORT (the
 #     kernel spreads the connections over their listeners), each forwarding to its own mock,
 #     each with its own metrics listener;
 #   PROCS loadgens with N / PROCS clients each, each from its own source address
@@ -52,7 +52,7 @@ for i in $(seq 1 "$PROCS"); do
   MOCKS+=("$MOCK_URL")
   # shellcheck disable=SC2086
   start_logged "$OUT_DIR/gateway-$i.log" "$BIN/gateway" --listen "127.0.0.1:$PORT" --upstream "$MOCK_URL" \
-    --runtime per-core --max-streams $((PER * 2)) --metrics-listen 127.0.0.1:0 ${GATEWAY_FLAGS:-}
+    --runtime per-core --share-port --max-streams $((PER * 2)) --metrics-listen 127.0.0.1:0 ${GATEWAY_FLAGS:-}
   GATEWAYS+=("$STARTED_PID")
   METRICS+=("$(sed -n 's/^metrics on \(http:[^ ]*\).*/\1/p' "$OUT_DIR/gateway-$i.log" | head -n 1)")
 done

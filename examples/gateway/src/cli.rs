@@ -98,6 +98,13 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "multi|per-core", value_enum, default_value_t = RuntimeKind::Multi,
           hide_default_value = true, hide_possible_values = true, verbatim_doc_comment)]
     pub(crate) runtime: RuntimeKind,
+    /// share --listen's port with other processes (SO_REUSEPORT):
+    /// several gateways behind one port, the kernel spreading the
+    /// connections over them (past one process's descriptor limit,
+    /// or a new gateway started while the old one drains); without
+    /// it a port another process listens on is refused
+    #[arg(long, verbatim_doc_comment)]
+    pub(crate) share_port: bool,
     /// refuse request bodies larger than N bytes with 413
     /// (default 16777216, 16 MiB)
     #[arg(long, value_name = "N", verbatim_doc_comment)]

@@ -106,8 +106,8 @@ fn main() -> ExitCode {
     };
     let config = cli.config(upstream);
     let ran = match cli.runtime {
-        RuntimeKind::Multi => runtime::run_multi(cli.listen(), config),
-        RuntimeKind::PerCore => runtime::run_per_core(cli.listen(), config),
+        RuntimeKind::Multi => runtime::run_multi(cli.listen(), cli.share_port, config),
+        RuntimeKind::PerCore => runtime::run_per_core(cli.listen(), cli.share_port, config),
     };
     match ran {
         Ok(()) => ExitCode::SUCCESS,

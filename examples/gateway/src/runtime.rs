@@ -9,14 +9,18 @@ use tokio::net::{TcpListener, TcpSocket};
 /// Connections waiting to be accepted, per listener (the kernel caps it at somaxconn).
 const BACKLOG: u32 = 4096;
 
-/// One multi-thread runtime serving one listener.
-pub(crate) fn run_multi(listen: SocketAddr, config: GatewayConfig) -> std::io::Result<()> {
+/// One multi-thread runtime serving one listener (`SO_REUSEPORT` with `share_port`).
+pub(crate) fn run_multi(
+    listen: SocketAddr,
+    share_port: bool,
+    config: GatewayConfig,
+) -> std::io::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async {
             let grace = config.shutdown_grace;
-            let listener = bind(listen, false)?.listen(BACKLOG)?;
+            let listener = bind(listen, share_port)?.listen(BACKLOG)?;
             let gateway = example_gateway::start(listener, config, None).await?;
             eprintln!("runtime: multi (one multi-thread runtime)");
             announce(gateway.addr, gateway.metrics_addr);
@@ -35,9 +39,13 @@ pub(crate) fn run_multi(listen: SocketAddr, config: GatewayConfig) -> std::io::R
 /// One current-thread runtime per core, each accepting on its own `SO_REUSEPORT` listener
 /// bound to the same address (the kernel spreads connections over them), all sharing one
 /// registry, stream limit and metrics recorder.
-pub(crate) fn run_per_core(listen: SocketAddr, config: GatewayConfig) -> std::io::Result<()> {
+pub(crate) fn run_per_core(
+    listen: SocketAddr,
+    share_port: bool,
+    config: GatewayConfig,
+) -> std::io::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let sockets = bind_reuseport_group(listen, cores)?;
+    let sockets = bind_reuseport_group(listen, cores, share_port)?;
     let addr = sockets[0].local_addr()?;
     let grace = config.shutdown_grace;
     let shared = Shared::new(config, None)?;
@@ -124,10 +132,32 @@ fn announce(addr: SocketAddr, metrics_addr: Option<SocketAddr>) {
 /// first one got.
 ///
 /// `SO_REUSEPORT` would also let a second gateway (of the same user) bind the same port and
-/// silently take half of the connections: a plain socket, without it, is bound first, which
-/// fails while any other process listens there; it is closed before the group binds (a
-/// second gateway starting in that instant is not seen).
-fn bind_reuseport_group(listen: SocketAddr, count: usize) -> std::io::Result<Vec<TcpSocket>> {
+/// silently take half of the connections: unless the port is meant to be shared
+/// (`--share-port`), a plain socket, without it, is bound first, which fails while any
+/// other process listens there; it is closed before the group binds (a second gateway
+/// starting in that instant is not seen).
+fn bind_reuseport_group(
+    listen: SocketAddr,
+    count: usize,
+    share_port: bool,
+) -> std::io::Result<Vec<TcpSocket>> {
+    let listen = if share_port {
+        listen
+    } else {
+        probe_unshared(listen)?
+    };
+    let first = bind(listen, true)?;
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind(addr, true)?);
+    }
+    Ok(sockets)
+}
+
+/// Bind `listen` without `SO_REUSEPORT` and close it again: fails while another process
+/// listens there; the address bound (port 0 made concrete).
+fn probe_unshared(listen: SocketAddr) -> std::io::Result<SocketAddr> {
     let probe = bind(listen, false).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             std::io::Error::new(
@@ -141,15 +171,7 @@ fn bind_reuseport_group(listen: SocketAddr, count: usize) -> std::io::Result<Vec
             e
         }
     })?;
-    let listen = probe.local_addr()?;
-    drop(probe);
-    let first = bind(listen, true)?;
-    let addr = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..count {
-        sockets.push(bind(addr, true)?);
-    }
-    Ok(sockets)
+    probe.local_addr()
 }
 
 /// A bound, not yet listening socket (listening registers it with the runtime that serves it).

@@ -438,6 +438,42 @@ async fn after_the_grace_open_streams_end_with_an_error_event_and_are_reported()
     }
 }
 
+/// With `--share-port` on both, a second gateway listens on the first one's port (the kernel
+/// spreads connections over both), and serves it alone once the first is gone: several
+/// processes behind one port, or a new gateway started before the old one stops.
+#[tokio::test]
+async fn gateways_given_share_port_listen_on_one_port() {
+    let (first, _stdout, base) = start(&["--runtime", "per-core", "--share-port"]);
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut second = Running {
+        child: Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--share-port", "--listen", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let mut stdout = BufReader::new(second.child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = stdout.read_line(&mut line).unwrap();
+        assert!(
+            read > 0,
+            "the second gateway exited before printing its address"
+        );
+        if let Some(listening) = line.trim_end().strip_prefix("listening on ") {
+            assert_eq!(
+                listening, base,
+                "the second gateway listens on the same port"
+            );
+            break;
+        }
+    }
+    drop(first);
+    exercise(&base).await;
+}
+
 /// Two `--runtime per-core` gateways on one port would split its connections between them
 /// (`SO_REUSEPORT`): the second one refuses to start.
 #[tokio::test]
