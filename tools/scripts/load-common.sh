@@ -41,7 +41,7 @@ stop_pid() {
 # figures of BENCHMARKS.md's "issue 15, fourth round" were measured (the default is the
 # plain recipe: about 4% more instructions per short stream).
 build_binaries() {
-  echo "building the binaries gateway, mock_upstream, loadgen (profile $PROFILE, target dir $TARGET_DIR)" >&2
+  echo "building the binaries gateway, mock_upstream, loadgen, sse-server (profile $PROFILE, target dir $TARGET_DIR)" >&2
   local features=()
   [ -n "${GATEWAY_FEATURES:-}" ] && features=(--features "example-gateway/$GATEWAY_FEATURES")
   (cd "$ROOT" && cargo build --profile "$PROFILE" --locked --quiet --bins "${features[@]}" \

@@ -18,8 +18,12 @@
 # peak, RSS and CPU per stream, loadgen's TTFB/TTFT and success per loadgen, and writes
 # summary.json in OUT_DIR (target/load/scale-procs-N-TIME).
 #
+# SERVER=1 runs PROCS `sse-server`s instead (tools/src/bin/sse-server.rs: an axum SSE server
+# behind `SseLayer` with full metering that generates the events itself, no mock, one
+# descriptor per stream): the like-for-like of the streaming-daemon benchmarks' servers.
+#
 # Environment: TOKENS (16), DELAY_MS (2000), RAMP, SAMPLE_SECS (1), OUT_DIR, SKIP_BUILD=1,
-# WAIT_QUIET_SECS (300), GATEWAY_FLAGS.
+# WAIT_QUIET_SECS (300), GATEWAY_FLAGS, SERVER (0).
 set -euo pipefail
 source "$(dirname "$0")/load-common.sh"
 
@@ -38,8 +42,10 @@ mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 [ "${SKIP_BUILD:-}" = 1 ] || build_binaries
 raise_fd_limit
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * PER * 12 / 10 + 100)) ]; then
-  echo "warning: fd limit $(ulimit -n) is tight for $PER streams per gateway (2 each, plus imbalance)" >&2
+FDS_PER_STREAM=2
+[ "${SERVER:-0}" = 1 ] && FDS_PER_STREAM=1
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((FDS_PER_STREAM * PER * 12 / 10 + 100)) ]; then
+  echo "warning: fd limit $(ulimit -n) is tight for $PER streams per process ($FDS_PER_STREAM each, plus imbalance)" >&2
 fi
 wait_until_quiet
 
@@ -48,16 +54,26 @@ MOCKS=()
 GATEWAYS=()
 METRICS=()
 for i in $(seq 1 "$PROCS"); do
-  start_mock "$OUT_DIR/mock-$i.log" --tokens "$TOKENS" --delay-ms "$DELAY_MS"
-  MOCKS+=("$MOCK_URL")
-  # shellcheck disable=SC2086
-  start_logged "$OUT_DIR/gateway-$i.log" "$BIN/gateway" --listen "127.0.0.1:$PORT" --upstream "$MOCK_URL" \
-    --runtime per-core --share-port --max-streams $((PER * 2)) --metrics-listen 127.0.0.1:0 ${GATEWAY_FLAGS:-}
+  if [ "${SERVER:-0}" = 1 ]; then
+    # The server generates the events itself: no upstream, one descriptor per stream.
+    start_logged "$OUT_DIR/gateway-$i.log" "$BIN/sse-server" --listen "127.0.0.1:$PORT" --share-port \
+      --tokens "$TOKENS" --delay-ms "$DELAY_MS" --max-streams $((PER * 2)) --metrics-listen 127.0.0.1:0
+  else
+    start_mock "$OUT_DIR/mock-$i.log" --tokens "$TOKENS" --delay-ms "$DELAY_MS"
+    MOCKS+=("$MOCK_URL")
+    # shellcheck disable=SC2086
+    start_logged "$OUT_DIR/gateway-$i.log" "$BIN/gateway" --listen "127.0.0.1:$PORT" --upstream "$MOCK_URL" \
+      --runtime per-core --share-port --max-streams $((PER * 2)) --metrics-listen 127.0.0.1:0 ${GATEWAY_FLAGS:-}
+  fi
   GATEWAYS+=("$STARTED_PID")
   METRICS+=("$(sed -n 's/^metrics on \(http:[^ ]*\).*/\1/p' "$OUT_DIR/gateway-$i.log" | head -n 1)")
 done
 URL=http://127.0.0.1:$PORT
-echo "$PROCS gateways on $URL (SO_REUSEPORT), $PROCS mocks; $N streams ($PER per loadgen) of ${STREAM_SECS}s, ramp ${RAMP}s" >&2
+if [ "${SERVER:-0}" = 1 ]; then
+  echo "$PROCS sse-servers on $URL (SO_REUSEPORT); $N streams ($PER per loadgen) of ${STREAM_SECS}s, ramp ${RAMP}s" >&2
+else
+  echo "$PROCS gateways on $URL (SO_REUSEPORT), $PROCS mocks; $N streams ($PER per loadgen) of ${STREAM_SECS}s, ramp ${RAMP}s" >&2
+fi
 
 # Warm up every gateway (the kernel picks which one serves a connection).
 "$BIN/loadgen" --url "$URL" --streams $((20 * PROCS)) --tokens 2 --delay-ms 0 --quiet > /dev/null 2>&1 || true
