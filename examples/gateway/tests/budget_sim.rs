@@ -30,9 +30,6 @@
 //! its counts. Skipped (one line says why) when this machine has no `redis-server`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -40,7 +37,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tower_sse_mock::MockConfig;
 
 mod support;
-use support::{Process, free_port, redis_server};
+use support::{Lines, Process, free_port, gateway_process, redis_server};
 
 /// Streams in the run.
 const STREAMS: u64 = 170;
@@ -73,50 +70,21 @@ impl Rng {
     }
 }
 
-/// The `stream ended` lines of one replica, as JSON.
-type Lines = Arc<Mutex<Vec<serde_json::Value>>>;
-
 /// A gateway replica with budgets on `redis`, JSON logs: the process, its base URL and its
 /// `stream ended` lines (collected as they come).
 fn replica(redis: &str, upstream: &str, budgets: &str, extra: &[&str]) -> (Process, String, Lines) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args([
-            "--budgets",
-            budgets,
-            "--redis",
-            redis,
-            "--upstream",
-            upstream,
-        ])
-        .args(["--first-event-timeout", FIRST_EVENT_TIMEOUT])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the gateway exited before printing its address")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            break format!("http://{addr}");
-        }
-    };
-    let ended = Lines::default();
-    let sink = ended.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if line.contains("stream ended") {
-                sink.lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&line).expect("one JSON object per line"));
-            }
-        }
-    });
-    (Process(child), base, ended)
+    let mut args = vec![
+        "--budgets",
+        budgets,
+        "--redis",
+        redis,
+        "--upstream",
+        upstream,
+        "--first-event-timeout",
+        FIRST_EVENT_TIMEOUT,
+    ];
+    args.extend_from_slice(extra);
+    gateway_process(&args)
 }
 
 /// The budget key of a bearer token: the gateway's tenant (the first 16 bytes of its

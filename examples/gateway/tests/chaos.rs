@@ -15,10 +15,8 @@
 //! Skipped (one line says why) when this machine has no `redis-server`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -26,7 +24,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tower_sse_mock::MockConfig;
 
 mod support;
-use support::{Process, free_port, redis_server};
+use support::{Lines, Process, free_port, gateway_process, redis_server};
 
 /// Concurrent clients, one stream each.
 const CLIENTS: u64 = 24;
@@ -55,43 +53,19 @@ fn redis_on(port: u16, dir: &Path) -> Process {
     )
 }
 
-/// The `stream ended` lines of one replica, as JSON.
-type Lines = Arc<Mutex<Vec<serde_json::Value>>>;
-
 /// A gateway replica on `redis` in front of `upstream`, JSON logs: the process, its base
 /// URL and its `stream ended` lines (collected as they come).
 fn replica(redis: &str, upstream: &str) -> (Process, String, Lines) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--resumable", "--redis", redis, "--upstream", upstream])
+    gateway_process(&[
+        "--resumable",
+        "--redis",
+        redis,
+        "--upstream",
+        upstream,
         // Keep-alives during the silences: each reader's own, never in the digest.
-        .args(["--keep-alive", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the gateway exited before printing its address")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            break format!("http://{addr}");
-        }
-    };
-    let ended = Lines::default();
-    let sink = ended.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if line.contains("stream ended") {
-                sink.lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&line).expect("one JSON object per line"));
-            }
-        }
-    });
-    (Process(child), base, ended)
+        "--keep-alive",
+        "2",
+    ])
 }
 
 /// splitmix64: the test's only source of randomness, from its seed.
