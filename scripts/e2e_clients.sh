@@ -16,8 +16,10 @@ if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl
 fi
 
-# The features the README's test command builds with, so that after it nothing is rebuilt.
-cargo build --locked --workspace --all-features --bin gateway
+# Built exactly as the README's test command builds it (its packages, features and
+# dev-dependencies), so that after that command nothing is rebuilt: a `cargo build` without
+# the dev-dependencies unifies other features and rebuilt every dependency a second time.
+cargo test --locked --workspace --all-features --no-run
 log=$(mktemp)
 gateway_pid=
 cleanup() {
@@ -66,7 +68,7 @@ kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
 rm -f "$budgets"
 
 echo "--- OpenAI Python SDK through the gateway, the first of two upstreams down: failover before the first token"
-cargo build --locked --workspace --all-features --bin mock_upstream
+# target/debug/mock_upstream: built by the `cargo test --no-run` above (its tests/cli.rs runs it).
 mock_log=$(mktemp)
 "$target_dir/debug/mock_upstream" --listen 127.0.0.1:0 > "$mock_log" 2>&1 &
 mock_pid=$!
