@@ -30,7 +30,9 @@ fn start(args: &[&str]) -> (Server, String) {
     let stdout = child.stdout.take().expect("stdout is piped");
     let server = Server(child);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("a first line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a first line");
     let addr = line
         .trim_end()
         .strip_prefix("listening on http://")
@@ -65,8 +67,8 @@ fn it_prints_its_address_and_streams_the_tokens_its_flags_ask_for() {
     assert!(response.contains("text/event-stream"), "{response}");
     assert!(response.contains("cli-model"), "{response}");
     // The first chunk carries the role and an empty content; each token one content.
-    let tokens = response.matches("\"content\":\"").count()
-        - response.matches("\"content\":\"\"").count();
+    let tokens =
+        response.matches("\"content\":\"").count() - response.matches("\"content\":\"\"").count();
     assert_eq!(tokens, 3, "{response}");
     assert!(response.contains("data: [DONE]"), "{response}");
 }
