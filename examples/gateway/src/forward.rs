@@ -46,7 +46,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use tower_sse::digest::RequestDigestBody;
-use tower_sse::failover::{Failover, FailoverBody, ReplayBody};
+use tower_sse::failover::{Failover, FailoverBody};
 use tower_sse::include_usage::UsageRequestBody;
 
 use crate::UPSTREAM_STREAMS;
@@ -63,28 +63,23 @@ pub(crate) type UpstreamRequestBody = tower_sse::request::UploadBody<
 pub(crate) type UpstreamResponseBody = Either<Incoming, Full<Bytes>>;
 
 /// Forwards a request to the upstream with a pooled client; answers `502` when it cannot.
-/// `B` is the request body sent upstream: [`UpstreamRequestBody`] behind the tower-sse
-/// stack, the client's own body in the bare pass-through (`--stack bare`).
-#[derive(Debug)]
-pub(crate) struct Forward<B = UpstreamRequestBody> {
-    pub(crate) client: Client<Connector, B>,
+///
+/// Any request body is sent: [`UpstreamRequestBody`] behind the tower-sse stack (in a
+/// `ReplayBody` with fallback upstreams), the client's own body in the bare pass-through
+/// (`--stack bare`). It is boxed on the way in (an `axum::body::Body`, 16 bytes; the client's
+/// own body is taken as it is), because hyper's client queues requests to each connection in
+/// a channel whose first block holds 32 of them, allocated with the connection: with the
+/// stack's body by value (488 bytes a request against 192) that block took 15.4 KB per
+/// upstream connection instead of 6.9 KB (massif, 500 open streams; BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub(crate) struct Forward {
+    pub(crate) client: Client<Connector, AxumBody>,
     pub(crate) upstream: Uri,
     /// The version requests are sent in (the client's pool speaks it).
     pub(crate) version: UpstreamVersion,
     /// Ask the upstream for `Accept-Encoding: identity` (the tower-sse stack), or forward
     /// the client's (the bare pass-through).
     pub(crate) identity: bool,
-}
-
-impl<B> Clone for Forward<B> {
-    fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            upstream: self.upstream.clone(),
-            version: self.version,
-            identity: self.identity,
-        }
-    }
 }
 
 /// The path and query sent upstream: the path of `--upstream` is a base path, which the
@@ -112,9 +107,9 @@ fn upstream_path(base: &Uri, request: &Uri) -> String {
     joined
 }
 
-impl<B> tower::Service<Request<B>> for Forward<B>
+impl<B> tower::Service<Request<B>> for Forward
 where
-    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response<UpstreamResponseBody>;
@@ -125,7 +120,8 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let mut request = request.map(AxumBody::new);
         let path = upstream_path(&self.upstream, request.uri());
         let mut parts = self.upstream.clone().into_parts();
         parts.path_and_query = path.parse().ok();
@@ -268,7 +264,7 @@ pub(crate) fn failover_failed(
 /// The failover layer over one [`Forward`] per upstream, its one failure answered with
 /// [`failover_failed`], so that it never fails, as [`Forward`] never does.
 #[derive(Clone)]
-pub(crate) struct AnsweredFailover(pub(crate) Failover<Forward<ReplayBody<UpstreamRequestBody>>>);
+pub(crate) struct AnsweredFailover(pub(crate) Failover<Forward>);
 
 impl tower::Service<Request<UpstreamRequestBody>> for AnsweredFailover {
     type Response = Response<FailoverBody<UpstreamResponseBody>>;

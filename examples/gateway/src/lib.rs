@@ -61,7 +61,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_sse::MetricsObserver;
 use tower_sse::budget::{BudgetLayer, BudgetObserver, BudgetStop};
 use tower_sse::cost::CostObserver;
-use tower_sse::failover::{Failover, ReplayBody};
+use tower_sse::failover::Failover;
 use tower_sse::metrics::ModelLabels;
 use tower_sse::resume::{MemoryStore, ResumeObserver};
 use tower_sse::span::{SpanLayer, SpanObserver};
@@ -99,7 +99,7 @@ pub use text_rules::TextRules;
 pub use versions::{IncludeUsageNotApplied, Versions};
 
 use connector::Connector;
-use forward::{Forward, UpstreamRequestBody};
+use forward::Forward;
 use handlers::{budget_self, count_request, healthz, lookup_digest, render_metrics};
 use versions::VersionedTrace;
 
@@ -143,14 +143,14 @@ impl Shared {
             let bare = ServiceBuilder::new()
                 .map_request(count_request)
                 .service(Forward {
-                    client: self.client::<AxumBody>(),
+                    client: self.client(),
                     upstream: self.config.upstream.clone(),
                     version: self.config.upstream_version,
                     identity: false,
                 });
             return self.with_routes(bare);
         }
-        let client = self.client::<UpstreamRequestBody>();
+        let client = self.client();
         let sse = self.sse_layer();
         // The stream's own deadline bounds the upload too.
         let mut include_usage = IncludeUsageLayer::new();
@@ -188,8 +188,8 @@ impl Shared {
     /// `Forward` per upstream, in order, inside the `SseLayer` (so that the report lists the
     /// attempts and the time to first token counts the failed ones). `Forward` answers `502`
     /// for an upstream it cannot reach, which the failover retries like any `5xx`.
-    fn failover(&self) -> Failover<Forward<ReplayBody<UpstreamRequestBody>>> {
-        let client = self.client::<ReplayBody<UpstreamRequestBody>>();
+    fn failover(&self) -> Failover<Forward> {
+        let client = self.client();
         let upstreams = std::iter::once(&self.config.upstream)
             .chain(&self.config.fallback_upstreams)
             .map(|upstream| Forward {
@@ -205,11 +205,7 @@ impl Shared {
     /// This runtime's pooled upstream client (connections stay on the runtime that opened
     /// them): several HTTP/1.1 connections, or with `--upstream-version 2` one HTTP/2
     /// connection that every stream shares ([`UpstreamVersion`]).
-    fn client<B>(&self) -> Client<Connector, B>
-    where
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-    {
+    fn client(&self) -> Client<Connector, AxumBody> {
         // Without a pool timer, idle upstream connections are never closed (the idle timeout
         // is only checked when a connection is taken), and each keeps a file descriptor.
         let mut builder = Client::builder(TokioExecutor::new());
