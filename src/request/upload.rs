@@ -54,7 +54,11 @@ pin_project! {
     ///
     /// Services generic over the request body (axum's `Router`, tonic, tower-http, hyper
     /// clients) take it as it is; a service that names its body type takes
-    /// `Request<UploadBody<B>>`:
+    /// `Request<UploadBody<B>>`. A proxy that hands it, with the crate's other request
+    /// bodies around it, to a pooled hyper client does better to box it first
+    /// (`axum::body::Body::new`, `http_body_util::BodyExt::boxed`): the client allocates
+    /// room for 32 requests by value with every connection, and a stack of these bodies is a
+    /// few hundred bytes (the example gateway saved 8.4 KB per upstream connection so):
     ///
     /// ```
     /// use std::convert::Infallible;
