@@ -24,6 +24,7 @@ use super::{BudgetKey, BudgetLayer, BudgetStore, Limit, Measure, OnStoreError};
 ///   },
 ///   "default_output_tokens": 1024,
 ///   "on_store_error": "fail_closed",
+///   "store_timeout_ms": 250,
 ///   "enforce_mid_stream": true
 /// }
 /// ```
@@ -35,7 +36,9 @@ use super::{BudgetKey, BudgetLayer, BudgetStore, Limit, Measure, OnStoreError};
 ///   optional `burst`), `"day"` or `"month"` (UTC);
 /// - `keys`: limits of single keys instead of the default ones;
 /// - `default_output_tokens`, `max_answer_bytes`, `on_store_error` (`"fail_closed"`,
-///   `"fail_open"`), `enforce_mid_stream` (`false` by default): as on [`BudgetLayer`].
+///   `"fail_open"`), `enforce_mid_stream` (`false` by default): as on [`BudgetLayer`];
+///   `store_timeout_ms`: [`BudgetLayer::store_timeout`] in milliseconds (at least 1; 250 by
+///   default), how long an admission waits for a shared store such as Redis.
 ///
 /// The same document in any format serde reads ([`from_deserializer`](Self::from_deserializer)),
 /// such as TOML: `key = "tenant"`, `enforce_mid_stream = true`, then
@@ -63,6 +66,7 @@ pub struct BudgetConfig {
     default_output_tokens: Option<u64>,
     max_answer_bytes: Option<usize>,
     on_store_error: OnStoreError,
+    store_timeout: Option<Duration>,
     enforce_mid_stream: bool,
 }
 
@@ -93,6 +97,8 @@ struct File {
     max_answer_bytes: Option<usize>,
     #[serde(default)]
     on_store_error: Option<PolicyFile>,
+    #[serde(default)]
+    store_timeout_ms: Option<u64>,
     #[serde(default)]
     enforce_mid_stream: bool,
 }
@@ -229,6 +235,11 @@ impl BudgetConfig {
         {
             return Err(ConfigError(format!("key: {name:?} is not a header name")));
         }
+        if file.store_timeout_ms == Some(0) {
+            return Err(ConfigError(
+                "store_timeout_ms: must be at least 1 (an admission that may not wait for the store always fails)".into(),
+            ));
+        }
         let mut keys = BTreeMap::new();
         for (key, list) in file.keys {
             let place = format!("keys.{key}");
@@ -244,6 +255,7 @@ impl BudgetConfig {
                 Some(PolicyFile::FailOpen) => OnStoreError::FailOpen,
                 _ => OnStoreError::FailClosed,
             },
+            store_timeout: file.store_timeout_ms.map(Duration::from_millis),
             enforce_mid_stream: file.enforce_mid_stream,
         })
     }
@@ -268,6 +280,9 @@ impl BudgetConfig {
         }
         if let Some(bytes) = self.max_answer_bytes {
             layer = layer.max_answer_bytes(bytes);
+        }
+        if let Some(timeout) = self.store_timeout {
+            layer = layer.store_timeout(timeout);
         }
         layer
     }
@@ -307,6 +322,17 @@ mod tests {
                 .enforces_mid_stream()
         );
         assert!(error(r#"{"enforce_mid_stream": "yes"}"#).contains("line 1"));
+        let timeout = BudgetConfig::from_json(r#"{"store_timeout_ms": 40}"#).unwrap();
+        assert_eq!(timeout.store_timeout, Some(Duration::from_millis(40)));
+        let layer = timeout.layer(super::super::MemoryBudgets::new());
+        assert!(
+            format!("{layer:?}").contains("store_timeout: 40ms"),
+            "{layer:?}"
+        );
+        assert!(
+            error(r#"{"store_timeout_ms": 0}"#).starts_with("store_timeout_ms: must be at least 1")
+        );
+        assert!(error(r#"{"store_timeout_ms": "1s"}"#).contains("line 1"));
         let bound = BudgetConfig::from_json(r#"{"max_answer_bytes": 65536}"#).unwrap();
         assert_eq!(bound.max_answer_bytes, Some(65536));
         let layer = bound.layer(crate::budget::MemoryBudgets::new());

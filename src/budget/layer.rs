@@ -398,6 +398,7 @@ impl fmt::Debug for BudgetLayer {
             .field("default_output_tokens", &s.default_output_tokens)
             .field("max_answer_bytes", &s.max_answer)
             .field("on_store_error", &s.on_store_error)
+            .field("store_timeout", &s.store_timeout)
             .field("enforce_mid_stream", &s.enforce_mid_stream)
             .finish_non_exhaustive()
     }

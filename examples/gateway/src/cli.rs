@@ -201,7 +201,8 @@ pub(crate) struct Cli {
     /// BudgetConfig: limits of requests, tokens and money per rate,
     /// day or month), or TOML when FILE ends in .toml; validated at
     /// start; shared on --redis; money is priced with --prices;
-    /// `enforce_mid_stream` in it stops streams past their budget
+    /// `enforce_mid_stream` in it stops streams past their budget;
+    /// `store_timeout_ms` bounds the wait for Redis (250)
     #[arg(long, value_name = "FILE", verbatim_doc_comment)]
     budgets: Option<std::path::PathBuf>,
     /// replace what REGEX matches in the text of content events
