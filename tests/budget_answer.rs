@@ -280,6 +280,15 @@ async fn next(settled: &mut UnboundedReceiver<Settlement>) -> Settlement {
         .expect("the store is alive")
 }
 
+/// The next charge `on_answer` was told of.
+async fn told(charges: &mut UnboundedReceiver<Charge>) -> Charge {
+    // A guard against hanging forever, not a timing assertion.
+    tokio::time::timeout(Duration::from_secs(30), charges.recv())
+        .await
+        .expect("on_answer was told")
+        .expect("the layer is alive")
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -504,6 +513,74 @@ async fn a_stream_is_settled_once_by_its_report() {
             14 + r.input_tokens + r.output_tokens
         ]
     );
+}
+
+/// `on_answer` is told of each answer's charge once, on every exit path, and of no stream's
+/// (a stream's charge is in its report).
+#[tokio::test]
+async fn on_answer_is_told_each_answers_charge_once() {
+    let upstream = upstream(Arc::default()).await;
+    let (_store, layer, mut settled) = budgets();
+    let (tell, mut charges) = mpsc::unbounded_channel::<Charge>();
+    let layer = layer.on_answer(move |charge| {
+        let _ = tell.send(charge.clone());
+    });
+    let (gateway, mut reports) = gateway(layer.clone(), upstream).await;
+
+    // (mode, the charge, whether it is an estimate): usage read; an error, no tokens;
+    // nothing measured, the reservation.
+    for (mode, charged, estimated) in [
+        ("chat", tokens(8, 4), false),
+        ("429", tokens(0, 0), false),
+        ("no-usage", reserved(), true),
+    ] {
+        let response = post(gateway, "/v1/chat/completions", mode)
+            .send()
+            .await
+            .unwrap();
+        let _ = response.bytes().await.unwrap();
+        let settlement = next(&mut settled).await;
+        let charge = told(&mut charges).await;
+        assert_eq!(charge.charged, charged, "{mode}");
+        assert_eq!(
+            charge.charged, settlement.actual,
+            "{mode}: what the store got"
+        );
+        assert_eq!(charge.estimated, estimated, "{mode}");
+        assert_eq!(charge.reserved, reserved(), "{mode}");
+        assert_eq!(charge.id, settlement.id, "{mode}");
+    }
+
+    // A client that leaves before the end: told at the drop, the reservation.
+    let response = post(gateway, "/v1/chat/completions", "half")
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let _ = body.next().await.unwrap().unwrap();
+    drop(body);
+    let settlement = next(&mut settled).await;
+    let charge = told(&mut charges).await;
+    assert_eq!((charge.charged, charge.estimated), (reserved(), true));
+    assert_eq!(charge.id, settlement.id);
+
+    // A stream: settled by its report, not told here.
+    let _ = post(gateway, "/v1/chat/completions", "sse")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let report = next_report(&mut reports).await;
+    assert!(report.extensions.get::<Charge>().is_some());
+    assert_eq!(next(&mut settled).await.actual, tokens(11, 3));
+    assert!(
+        charges.try_recv().is_err(),
+        "one call per answer, none per stream"
+    );
+    assert!(format!("{layer:?}").contains("on_answer: true"));
 }
 
 /// The charge reaches the metrics as a stream's does.

@@ -75,9 +75,14 @@ pub(crate) struct Shared {
     pub(crate) on_store_error: OnStoreError,
     pub(crate) metrics: BudgetMetrics,
     pub(crate) enforce_mid_stream: bool,
+    /// Told of each answer's charge ([`BudgetLayer::on_answer`]).
+    pub(crate) on_answer: Option<AnswerHook>,
     /// Admissions made in process while the store was away (fail-open), and their debts.
     pub(crate) local: Arc<super::reconcile::Local>,
 }
+
+/// The callback of [`BudgetLayer::on_answer`].
+pub(crate) type AnswerHook = Arc<dyn Fn(&super::Charge) + Send + Sync>;
 
 fn system_clock() -> u64 {
     SystemTime::now()
@@ -109,6 +114,7 @@ impl BudgetLayer {
                 on_store_error: OnStoreError::FailClosed,
                 metrics: BudgetMetrics::default(),
                 enforce_mid_stream: false,
+                on_answer: None,
                 local: Arc::new(super::reconcile::Local::new()),
             }),
         }
@@ -261,6 +267,27 @@ impl BudgetLayer {
         self.with(|s| s.enforce_mid_stream = on)
     }
 
+    /// Tell `f` of the [`Charge`](super::Charge) of each answer that is not a stream (a
+    /// `"stream": false` completion, an error answer to such a request), once, when it is
+    /// settled: at its end, or when it failed or its client left. A stream's charge is in its
+    /// report instead ([`StreamReport::extensions`](crate::StreamReport::extensions), by the
+    /// [`BudgetObserver`](super::BudgetObserver)), and an answer makes no report, so without
+    /// this an answer's charge is seen only in the store and the metrics: a gateway logs it
+    /// here. `f` runs on the runtime thread that settles the answer: keep it short.
+    ///
+    /// ```
+    /// use tower_sse::budget::BudgetLayer;
+    ///
+    /// let layer = BudgetLayer::in_memory().on_answer(|charge| {
+    ///     println!("{} charged {} output tokens", charge.key, charge.charged.output_tokens);
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_answer(self, f: impl Fn(&super::Charge) + Send + Sync + 'static) -> Self {
+        let hook: AnswerHook = Arc::new(f);
+        self.with(|s| s.on_answer = Some(hook))
+    }
+
     /// Whether streams are stopped mid-stream ([`enforce_mid_stream`](Self::enforce_mid_stream)):
     /// a stack built from settings asks this to add the [`BudgetStop`](super::BudgetStop)
     /// policy.
@@ -371,6 +398,7 @@ impl Shared {
             on_store_error: other.on_store_error,
             metrics: other.metrics.clone(),
             enforce_mid_stream: other.enforce_mid_stream,
+            on_answer: other.on_answer.clone(),
             local: other.local.clone(),
         }
     }
@@ -400,6 +428,7 @@ impl fmt::Debug for BudgetLayer {
             .field("on_store_error", &s.on_store_error)
             .field("store_timeout", &s.store_timeout)
             .field("enforce_mid_stream", &s.enforce_mid_stream)
+            .field("on_answer", &s.on_answer.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -136,7 +136,8 @@ impl Reservation {
     /// its `status`, the `usage` read from its body (`None`: none reported, or the body was
     /// not read to its end), and the input and output tokens the failed attempts of a
     /// [`Failover`](crate::failover::Failover) before it reported. `None` when it was
-    /// settled already.
+    /// settled already; else the layer's [`on_answer`](super::BudgetLayer::on_answer) is
+    /// told of the charge.
     pub(super) fn settle_answer(
         &self,
         status: http::StatusCode,
@@ -160,13 +161,17 @@ impl Reservation {
                 failed,
             ),
         };
-        self.settle(charged).then(|| Charge {
+        let charge = self.settle(charged).then(|| Charge {
             id: self.0.id.clone(),
             key: self.0.key.clone(),
             reserved: self.0.reserved,
             charged,
             estimated,
-        })
+        })?;
+        if let Some(hook) = &self.0.shared.on_answer {
+            hook(&charge);
+        }
+        Some(charge)
     }
 
     /// Settle at `actual`; `false` when it was settled already.

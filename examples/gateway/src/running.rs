@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 #[cfg(feature = "redis")]
 use tower_sse::budget::RedisBudgets;
-use tower_sse::budget::{BudgetConfig, BudgetLayer, MemoryBudgets};
+use tower_sse::budget::{BudgetConfig, BudgetLayer, Charge, MemoryBudgets};
 use tower_sse::cost::CostObserver;
 use tower_sse::limit::OpenStreams;
 use tower_sse::metrics::ModelLabels;
@@ -171,6 +171,20 @@ fn read_budgets(path: &std::path::Path, text: &str) -> Result<BudgetConfig, Stri
     config.map_err(|e| e.to_string())
 }
 
+/// An answer that is not a stream makes no report, so no `stream ended` line: its budget
+/// charge gets a line of its own, `answer charged`, with the stream line's field names.
+fn log_answer(charge: &Charge) {
+    tracing::info!(
+        budget_key = charge.key.as_str(),
+        budget_reservation = charge.id.as_str(),
+        charged_input_tokens = charge.charged.input_tokens,
+        charged_output_tokens = charge.charged.output_tokens,
+        charged_cost_micros = charge.charged.cost_micros,
+        charge_estimated = charge.estimated,
+        "answer charged"
+    );
+}
+
 /// The budget layer of `--budgets FILE` (none: a layer without limits, which passes every
 /// request through unread): on the `--redis` server when there is one, so that replicas
 /// share the budgets, else in process. Money limits are priced with `--prices`.
@@ -193,6 +207,7 @@ fn budgets(config: &GatewayConfig) -> std::io::Result<BudgetLayer> {
         }
         budgets.layer(MemoryBudgets::new())
     };
+    let layer = layer.on_answer(log_answer);
     // Money limits are priced by `--prices`, the table that prices the reports.
     Ok(match &config.prices {
         Some(prices) => layer.pricing(prices.clone()),

@@ -12,9 +12,10 @@
 //!
 //! It checks, for every tenant:
 //! - **the ledger is exact:** what each daily budget has counted in the store equals the sum
-//!   of what the streams' log lines (one per stream, written where it was produced) say they
-//!   were charged, and each line's charge is its reported usage wherever the usage has a
-//!   count (and is flagged an estimate where it has none);
+//!   of what the log lines say was charged: the streams' (one per stream, written where it
+//!   was produced; each line's charge is its reported usage wherever the usage has a count,
+//!   and flagged an estimate where it has none) and the non-streaming answers' (one
+//!   `answer charged` line each, on the replica that served it, charging its usage);
 //! - **nothing stays reserved at rest** (that equality, after every stream ended);
 //! - **no limit is exceeded by more than the documented bound** ("How far a key can go over
 //!   a limit" in the `budget` module docs: what its admitted streams used beyond their
@@ -399,6 +400,9 @@ fn charge_of(line: &serde_json::Value) -> ((u64, u64, u64), bool) {
     )
 }
 
+/// Per replica and tenant: the (requests, input, output) charged to each of its answers.
+type AnswerCharges = BTreeMap<(usize, usize), Vec<(u64, u64, u64)>>;
+
 /// The index of the stream a line is of, from its request id (`sim-<index>`).
 fn index_of(line: &serde_json::Value) -> usize {
     line["span"]["request_id"]
@@ -699,9 +703,14 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
 
     // Every admitted stream has its one line, on the replica that served it (a drained
     // stream's line comes when its drain ends). A request answered without a stream has no
-    // report, so no line: the usage of its answer is charged (the `Reservation` docs).
+    // report, so no `stream ended` line: the usage of its answer is charged (the
+    // `Reservation` docs), and logged in an `answer charged` line.
     let admitted = streams.iter().filter(|s| !s.refused).count() as u64;
     let reported = streams.iter().filter(|s| s.reported()).count();
+    let answered = streams
+        .iter()
+        .filter(|s| !s.refused && !s.reported())
+        .count();
     let deadline = Instant::now() + Duration::from_secs(20);
     let lines = loop {
         let lines: Vec<(usize, serde_json::Value)> = [&a_lines, &b_lines]
@@ -715,12 +724,20 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
                     .collect::<Vec<_>>()
             })
             .collect();
-        if lines.len() >= reported || Instant::now() > deadline {
+        if lines.len() >= reported + answered || Instant::now() > deadline {
             break lines;
         }
         sleep(Duration::from_millis(100)).await;
     };
+    let (lines, answer_lines): (Vec<_>, Vec<_>) = lines
+        .into_iter()
+        .partition(|(_, line)| line["fields"]["message"] == "stream ended");
     assert_eq!(lines.len(), reported, "one line per admitted stream");
+    assert_eq!(
+        answer_lines.len(),
+        answered,
+        "one `answer charged` line per request answered without a stream"
+    );
     assert_eq!(
         mock.stats().requests(),
         admitted,
@@ -811,14 +828,46 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
         let expected = u32::from(s.reported());
         assert_eq!(*n, expected, "one line per admitted stream: {s:?}");
     }
-    // Answered without a stream: charged the usage its answer reports.
+    // Answered without a stream: charged the usage its answer reports, as its line says.
+    // A line names no request (an answer has no report), so per replica and tenant the
+    // lines' charges are the answers' usage, as multisets.
+    let mut expected = AnswerCharges::new();
     for s in streams.iter().filter(|s| !s.refused && !s.reported()) {
-        let (requests, input, output) = s.answered();
-        let c = &mut charged[s.tenant];
+        expected
+            .entry((s.replica, s.tenant))
+            .or_default()
+            .push(s.answered());
+    }
+    let mut logged = AnswerCharges::new();
+    for (replica, line) in &answer_lines {
+        let key = line["fields"]["budget_key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an answer line names its budget: {line}"));
+        let t = keys
+            .iter()
+            .position(|k| k == key)
+            .unwrap_or_else(|| panic!("a tenant of the run: {line}"));
+        let ((requests, input, output), flagged) = charge_of(line);
+        assert!(
+            !flagged,
+            "every answer of the mock reports its usage: {line}"
+        );
+        logged
+            .entry((*replica, t))
+            .or_default()
+            .push((requests, input, output));
+        let c = &mut charged[t];
         c.0 += requests;
         c.1 += input;
         c.2 += output;
     }
+    for list in expected.values_mut().chain(logged.values_mut()) {
+        list.sort_unstable();
+    }
+    assert_eq!(
+        logged, expected,
+        "each answer's line, on the replica that served it, charges its usage"
+    );
 
     let stops = check_budget_stops(&streams, &lines);
     println!("{stops} streams stopped by their budget mid-stream");

@@ -64,11 +64,13 @@ pub fn redis_server(port: u16, args: &[&str]) -> Process {
     panic!("redis-server did not start");
 }
 
-/// The `stream ended` lines of one gateway process, as JSON.
+/// The `stream ended` lines of one gateway process, and its `answer charged` lines (with
+/// `--budgets`, one per answer that was not a stream), as JSON.
 pub type Lines = Arc<Mutex<Vec<serde_json::Value>>>;
 
 /// The `gateway` binary on `127.0.0.1:0` with JSON logs and these more arguments: the
-/// process, its base URL and its `stream ended` lines (collected as they come).
+/// process, its base URL and its `stream ended` and `answer charged` lines (collected as
+/// they come).
 pub fn gateway_process(args: &[&str]) -> (Process, String, Lines) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -91,7 +93,7 @@ pub fn gateway_process(args: &[&str]) -> (Process, String, Lines) {
     let sink = ended.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
-            if line.contains("stream ended") {
+            if line.contains("stream ended") || line.contains("answer charged") {
                 sink.lock()
                     .unwrap()
                     .push(serde_json::from_str(&line).expect("one JSON object per line"));
