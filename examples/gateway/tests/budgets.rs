@@ -3,8 +3,6 @@
 //! `GET /v1/budgets/self` shows the caller its own budget; a bad file stops the start with
 //! an error that names the place.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,55 +11,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 mod binary;
 mod support;
 use binary::start;
+use support::{sse_upstream, temp_file};
 
 const STREAM: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1,\"total_tokens\":8}}\n\ndata: [DONE]\n\n";
 
 /// An upstream on a thread: every request counted, answered with one short SSE stream.
 fn upstream(hits: Arc<AtomicUsize>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let hits = hits.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(value) = lower.strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                hits.fetch_add(1, Ordering::SeqCst);
-                let mut stream = reader.into_inner();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{STREAM}",
-                    STREAM.len()
-                );
-            });
-        }
-    });
-    format!("http://{addr}")
+    sse_upstream(STREAM.to_owned(), hits)
 }
 
 fn budgets_file(name: &str, json: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "gateway-budgets-{}-{name}.json",
-        std::process::id()
-    ));
-    std::fs::write(&path, json).unwrap();
-    path
+    temp_file(&format!("budgets-{name}"), "json", json)
 }
 
 #[tokio::test]

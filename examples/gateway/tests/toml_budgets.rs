@@ -2,14 +2,13 @@
 //! with the same checks as JSON and errors that say where; `enforce_mid_stream = true` ends
 //! a stream that runs past its tenant's budget with OpenAI's `budget_exceeded` error.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
 
 #[path = "support/binary.rs"]
 mod binary;
 mod support;
 use binary::start;
+use support::{sse_upstream, temp_file};
 
 /// 40 chunks of 11 bytes of text each, then the usage and `[DONE]`.
 fn long_stream() -> String {
@@ -21,49 +20,11 @@ fn long_stream() -> String {
 
 /// An upstream on a thread, answering every request with [`long_stream`].
 fn upstream() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(value) = lower.strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let body = long_stream();
-                let mut stream = reader.into_inner();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    format!("http://{addr}")
+    sse_upstream(long_stream(), Default::default())
 }
 
 fn toml_file(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "gateway-budgets-{}-{name}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&path, text).unwrap();
-    path
+    temp_file(&format!("budgets-{name}"), "toml", text)
 }
 
 /// The gateway's error when it refuses to start with `--budgets file`.

@@ -1,11 +1,12 @@
 //! Helpers shared by the gateway's tests: child processes that never outlive their test,
-//! free loopback ports, a `redis-server`, and an in-process gateway whose reports the test
-//! reads.
+//! free loopback ports, a `redis-server`, a plain-thread SSE upstream, files in the temp
+//! directory, and an in-process gateway whose reports the test reads.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,58 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An HTTP/1.1 upstream on plain threads: each request is read whole, counted in `hits`,
+/// and answered with `body` as one SSE response (`content-length`, then the connection
+/// closes). Its base URL.
+pub fn sse_upstream(body: String, hits: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body: Arc<str> = body.into();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (hits, body) = (hits.clone(), body.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(value) = lower.strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut request = vec![0; length];
+                let _ = reader.read_exact(&mut request);
+                hits.fetch_add(1, Ordering::SeqCst);
+                let mut stream = reader.into_inner();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// `text` in a file of the temp directory named after this process, `name` and `extension`.
+pub fn temp_file(name: &str, extension: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "gateway-test-{}-{name}.{extension}",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// A loopback port nothing listens on right now (for programs that take a port, not a
