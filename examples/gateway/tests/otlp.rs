@@ -2,8 +2,7 @@
 //! to a receiver that decodes the real wire format (`opentelemetry-proto`), after the stream
 //! ended, in the caller's trace, with the GenAI attributes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,20 +14,19 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::sync::mpsc;
 
-#[cfg(feature = "redis")]
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
-/// The gateway process, killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The gateway binary with these arguments and environment ([`binary::spawn`], off the
+/// runtime's threads): the process and its base URL.
+async fn gateway(command: Command) -> (support::Process, String) {
+    tokio::task::spawn_blocking(move || binary::spawn(command))
+        .await
+        .unwrap()
 }
 
 /// A collector on 127.0.0.1: each `POST /v1/traces` decoded, its spans sent on (with the
@@ -114,33 +112,12 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streams_span_reaches_the_collector_after_the_stream_ended() {
     let (collector, mut spans) = receiver().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--otlp-endpoint", &collector])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command
+        .args(["--otlp-endpoint", &collector])
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .env_remove("OTEL_SEMCONV_STABILITY_OPT_IN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let _running = Running(child);
-    let base = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("the gateway printed its address")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                break format!("http://{addr}");
-            }
-        };
-        // Keep reading its log lines, so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        base
-    })
-    .await
-    .unwrap();
+        .env_remove("OTEL_SEMCONV_STABILITY_OPT_IN");
+    let (_running, base) = gateway(command).await;
 
     // Tokens 300 ms apart: after the first one the stream surely runs on.
     let mut response = reqwest::Client::new()
@@ -252,33 +229,13 @@ async fn an_https_collector_gets_the_spans_with_the_roots_the_gateway_was_given(
     for (roots, trusted) in [("native", true), ("webpki", false)] {
         let (collector, mut spans) = receiver_on(Some(acceptor.clone())).await;
         assert!(collector.starts_with("https://"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--listen", "127.0.0.1:0", "--otlp-endpoint", &collector])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command
+            .args(["--otlp-endpoint", &collector])
             .args(["--tls-roots", roots])
             .env("SSL_CERT_FILE", &ca_file)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the gateway binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let _running = Running(child);
-        let base = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let base = loop {
-                let line = lines
-                    .next()
-                    .expect("the gateway printed its address")
-                    .unwrap();
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    break format!("http://{addr}");
-                }
-            };
-            std::thread::spawn(move || for _ in lines {});
-            base
-        })
-        .await
-        .unwrap();
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+        let (_running, base) = gateway(command).await;
         let body = reqwest::Client::new()
             .post(format!("{base}/v1/chat/completions"))
             .header("content-type", "application/json")
@@ -337,36 +294,17 @@ async fn a_resume_on_another_replica_exports_a_span_linked_to_the_streams() {
         return;
     };
     let replica = |collector: String| {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-                .args(["--listen", "127.0.0.1:0", "--resumable", "--redis", &url])
-                .args(["--otlp-endpoint", &collector])
-                .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("the gateway binary starts");
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let running = Running(child);
-            let base = loop {
-                let line = lines
-                    .next()
-                    .expect("the gateway printed its address")
-                    .unwrap();
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    break format!("http://{addr}");
-                }
-            };
-            // Keep reading its log lines, so that it never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            (running, base)
-        })
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command
+            .args(["--resumable", "--redis", &url])
+            .args(["--otlp-endpoint", &collector])
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+        gateway(command)
     };
     let ((collector_a, mut spans_a), (collector_b, mut spans_b)) =
         (receiver().await, receiver().await);
-    let (_a, a) = replica(collector_a).await.unwrap();
-    let (_b, b) = replica(collector_b).await.unwrap();
+    let (_a, a) = replica(collector_a).await;
+    let (_b, b) = replica(collector_b).await;
     let client = reqwest::Client::new();
 
     // On A: 20 content events 50 ms apart; the client reads three and goes away.

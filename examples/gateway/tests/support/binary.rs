@@ -10,11 +10,18 @@ use crate::support::Process;
 /// The gateway binary on `127.0.0.1:0` with `args`, and its base URL once it said
 /// `listening on ...`; its log lines are read on (so its stdout never fills) and dropped.
 pub fn start(args: &[&str]) -> (Process, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command.args(args);
+    spawn(command)
+}
+
+/// [`start`] for a command built by the test (its arguments and environment), which must be
+/// the gateway binary's: `--listen 127.0.0.1:0` is added. Blocks until the address line.
+pub fn spawn(mut command: Command) -> (Process, String) {
     // Killed and waited for by `Drop` whatever happens next.
     let mut running = Process(
-        Command::new(env!("CARGO_BIN_EXE_gateway"))
+        command
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
