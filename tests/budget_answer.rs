@@ -252,6 +252,19 @@ fn post(addr: SocketAddr, path: &str, mode: &str) -> reqwest::RequestBuilder {
         .body(body().to_string())
 }
 
+/// A streaming request (`Accept: text/event-stream`, the upstream's `sse` mode): the text
+/// the client received.
+async fn stream(addr: SocketAddr) -> String {
+    post(addr, "/v1/chat/completions", "sse")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// What a request reserves: 1 request, the body's bytes / 4 of input, its 4 000 output.
 fn reserved() -> Amounts {
     Amounts {
@@ -459,15 +472,7 @@ async fn a_stream_is_settled_once_by_its_report() {
     let (gateway, mut reports) = gateway(layer.clone(), upstream).await;
 
     // A stream: its report settles it, the answer path does not.
-    let text = post(gateway, "/v1/chat/completions", "sse")
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(text, SSE);
+    assert_eq!(stream(gateway).await, SSE);
     let report = next_report(&mut reports).await;
     let charge = report.extensions.get::<Charge>().cloned().expect("charged");
     assert_eq!(charge.charged, tokens(11, 3));
@@ -565,14 +570,7 @@ async fn on_answer_is_told_each_answers_charge_once() {
     assert_eq!(charge.id, settlement.id);
 
     // A stream: settled by its report, not told here.
-    let _ = post(gateway, "/v1/chat/completions", "sse")
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(stream(gateway).await, SSE);
     let report = next_report(&mut reports).await;
     assert!(report.extensions.get::<Charge>().is_some());
     assert_eq!(next(&mut settled).await.actual, tokens(11, 3));
