@@ -37,8 +37,11 @@ use sha2::{Digest, Sha256};
 use tokio::time::{Instant, sleep, timeout};
 use tower_sse_mock::MockConfig;
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
-use support::{Lines, Process, free_port, gateway_process, redis_server};
+use binary::{Lines, json_logging};
+use support::{Process, free_port, redis_server};
 
 /// Streams in the run.
 const STREAMS: u64 = 170;
@@ -85,7 +88,7 @@ fn replica(redis: &str, upstream: &str, budgets: &str, extra: &[&str]) -> (Proce
         FIRST_EVENT_TIMEOUT,
     ];
     args.extend_from_slice(extra);
-    gateway_process(&args)
+    json_logging(&args)
 }
 
 /// The budget key of a bearer token: the gateway's tenant (the first 16 bytes of its

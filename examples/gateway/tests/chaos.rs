@@ -23,8 +23,11 @@ use sha2::{Digest, Sha256};
 use tokio::time::{Instant, sleep, timeout};
 use tower_sse_mock::MockConfig;
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
-use support::{Lines, Process, free_port, gateway_process, redis_server};
+use binary::{Lines, json_logging};
+use support::{Process, free_port, redis_server};
 
 /// Concurrent clients, one stream each.
 const CLIENTS: u64 = 24;
@@ -56,7 +59,7 @@ fn redis_on(port: u16, dir: &Path) -> Process {
 /// A gateway replica on `redis` in front of `upstream`, JSON logs: the process, its base
 /// URL and its `stream ended` lines (collected as they come).
 fn replica(redis: &str, upstream: &str) -> (Process, String, Lines) {
-    gateway_process(&[
+    json_logging(&[
         "--resumable",
         "--redis",
         redis,

@@ -13,13 +13,16 @@
 //! does its worst with the raw-socket helpers below or `reqwest`, asserts what the client
 //! saw, and calls `assert_recovered` last.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "support/binary.rs"]
+mod binary;
+mod support;
 
 /// The limits every case runs with: short clocks, so that a case takes seconds.
 const FLAGS: &[&str] = &[
@@ -44,18 +47,11 @@ const MAX_RSS_KIB: u64 = 64 * 1024;
 
 /// The gateway binary, killed when dropped.
 struct Gateway {
-    child: Child,
+    child: support::Process,
     addr: String,
     /// Everything it printed on stdout (its log), read by a thread so that it never blocks.
     stdout: Arc<Mutex<String>>,
     fds_at_start: usize,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Gateway {
@@ -63,24 +59,10 @@ impl Gateway {
     /// `listening on http://ADDR` line and serve one stream, so that what a case measures
     /// starts from a warm gateway.
     async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(FLAGS)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the gateway binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the gateway exited before printing its address")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                break addr.to_owned();
-            }
-        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command.args(FLAGS).args(args);
+        let (child, base, lines) = binary::spawn_reading(command);
+        let addr = base.trim_start_matches("http://").to_owned();
         let stdout = Arc::new(Mutex::new(String::new()));
         let log = stdout.clone();
         std::thread::spawn(move || {
@@ -151,7 +133,7 @@ impl Gateway {
     }
 
     fn status_field(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id()))
             .expect("/proc/<pid>/status");
         status
             .lines()
@@ -168,7 +150,7 @@ impl Gateway {
 
     /// Open file descriptors (sockets included).
     fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |dir| dir.count())
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.0.id())).map_or(0, |dir| dir.count())
     }
 
     /// Wait until the gateway holds at most a few more descriptors than after its start:

@@ -2,35 +2,16 @@
 //! on one and cut resumes on the other with every event once, and only for the tenant that
 //! made it. The test starts its own `redis-server` (the system package) on a free port.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 use support::{Process, redis};
 
 /// A gateway replica (with its own in-process mock upstream); its base URL.
 fn replica(redis: &str) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--resumable", "--redis", redis])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the gateway exited before printing its address")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            break format!("http://{addr}");
-        }
-    };
-    // Keep reading its log, so that it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (Process(child), base)
+    binary::start(&["--resumable", "--redis", redis])
 }
 
 /// The `data:` of each event, and the last `id:`.

@@ -11,6 +11,8 @@ use tower_sse::resume::ResumeSummary;
 use tower_sse::{Outcome, StreamReport};
 use tower_sse_mock::MockConfig;
 
+#[path = "support/binary.rs"]
+mod binary;
 mod support;
 use support::start;
 
@@ -158,28 +160,7 @@ async fn a_cut_client_resumes_and_misses_nothing() {
 /// The binary: `--resumable` is accepted, streams carry ids and resume; `listening on` stays.
 #[tokio::test]
 async fn the_binary_takes_resumable() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--resumable"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let base = loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the gateway exited"
-        );
-        if let Some(addr) = line.trim_end().strip_prefix("listening on http://") {
-            break format!("http://{addr}");
-        }
-    };
-    // Keep reading its log lines so that it never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let (_running, base) = binary::start(&["--resumable"]);
     let url = format!("{base}/v1/chat/completions");
     let client = reqwest::Client::new();
     let response = client.post(&url).body(chat()).send().await.unwrap();
@@ -199,6 +180,4 @@ async fn the_binary_takes_resumable() {
     assert_eq!(resumed.status(), 200);
     let rest = events(&resumed.text().await.unwrap());
     assert_eq!(rest[..], whole[1..]);
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -6,8 +6,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use example_gateway::{Gateway, GatewayConfig};
@@ -115,45 +115,6 @@ pub fn redis_server(port: u16, args: &[&str]) -> Process {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("redis-server did not start");
-}
-
-/// The `stream ended` lines of one gateway process, and its `answer charged` lines (with
-/// `--budgets`, one per answer that was not a stream), as JSON.
-pub type Lines = Arc<Mutex<Vec<serde_json::Value>>>;
-
-/// The `gateway` binary on `127.0.0.1:0` with JSON logs and these more arguments: the
-/// process, its base URL and its `stream ended` and `answer charged` lines (collected as
-/// they come).
-pub fn gateway_process(args: &[&str]) -> (Process, String, Lines) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the gateway exited before printing its address")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            break format!("http://{addr}");
-        }
-    };
-    let ended = Lines::default();
-    let sink = ended.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if line.contains("stream ended") || line.contains("answer charged") {
-                sink.lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&line).expect("one JSON object per line"));
-            }
-        }
-    });
-    (Process(child), base, ended)
 }
 
 /// The gateway in process on `127.0.0.1:0`, and the receiver of its reports (one per stream).
