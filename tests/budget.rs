@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,18 +16,15 @@ use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use serde_json::{Value, json};
 use support::body::{next_report, report_channel};
-use tokio::net::TcpListener;
+use support::forward::{serve, to_upstream};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tower::ServiceBuilder;
 use tower_sse::budget::{
-    Amounts, BudgetLayer, BudgetObserver, BudgetRequestBody, Charge, Limit, Measure, MemoryBudgets,
+    Amounts, BudgetLayer, BudgetObserver, Charge, Limit, Measure, MemoryBudgets,
 };
 use tower_sse::request::Tenant;
 use tower_sse::{Outcome, SseLayer, StreamReport, Usage, UsageObserver, UsageSource};
@@ -90,13 +86,6 @@ async fn upstream_with_cut(hits: Arc<AtomicUsize>, cut: Arc<Notify>) -> SocketAd
     serve(app).await
 }
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 /// The gateway: budgets, then the stream layer, then a pooled client to `upstream`.
 async fn gateway(
     budgets: BudgetLayer,
@@ -104,28 +93,7 @@ async fn gateway(
     upstream: SocketAddr,
 ) -> (SocketAddr, UnboundedReceiver<StreamReport>) {
     let (sink, reports) = report_channel();
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let forward = tower::service_fn(
-        move |request: http::Request<tower_sse::request::UploadBody<BudgetRequestBody<Body>>>| {
-            let client = client.clone();
-            async move {
-                let (mut parts, body) = request.into_parts();
-                parts.uri =
-                    Uri::try_from(format!("http://{upstream}{}", parts.uri.path())).unwrap();
-                let answer = match client
-                    .request(http::Request::from_parts(parts, Body::new(body)))
-                    .await
-                {
-                    Ok(response) => response.map(Body::new),
-                    Err(_) => Response::builder()
-                        .status(StatusCode::BAD_GATEWAY)
-                        .body(Body::empty())
-                        .unwrap(),
-                };
-                Ok::<_, Infallible>(answer)
-            }
-        },
-    );
+    let forward = to_upstream(upstream);
     let stack = ServiceBuilder::new()
         .map_response(|response: http::Response<_>| response.map(Body::new))
         .layer(budgets)

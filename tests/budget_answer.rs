@@ -20,19 +20,16 @@ use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use serde_json::{Value, json};
 use support::body::{next_report, report_channel};
-use tokio::net::TcpListener;
+use support::forward::{serve, to_upstream};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tower::ServiceBuilder;
 use tower_sse::BoxFuture;
 use tower_sse::budget::{
-    Admit, Amounts, BudgetLayer, BudgetObserver, BudgetRequestBody, BudgetStore, Charge, Decision,
-    Limit, LimitStatus, Measure, MemoryBudgets, Settlement, StoreError,
+    Admit, Amounts, BudgetLayer, BudgetObserver, BudgetStore, Charge, Decision, Limit, LimitStatus,
+    Measure, MemoryBudgets, Settlement, StoreError,
 };
 use tower_sse::request::Tenant;
 use tower_sse::{SseLayer, StreamReport, UsageObserver};
@@ -168,36 +165,13 @@ async fn upstream(hits: Arc<AtomicUsize>) -> SocketAddr {
     serve(app).await
 }
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 /// The gateway: budgets, then the stream layer, then a pooled client to `upstream`.
 async fn gateway(
     budgets: BudgetLayer,
     upstream: SocketAddr,
 ) -> (SocketAddr, UnboundedReceiver<StreamReport>) {
     let (sink, reports) = report_channel();
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let forward = tower::service_fn(
-        move |request: http::Request<tower_sse::request::UploadBody<BudgetRequestBody<Body>>>| {
-            let client = client.clone();
-            async move {
-                let (mut parts, body) = request.into_parts();
-                let path = parts.uri.path_and_query().unwrap().as_str().to_owned();
-                parts.uri = Uri::try_from(format!("http://{upstream}{path}")).unwrap();
-                let answer = client
-                    .request(http::Request::from_parts(parts, Body::new(body)))
-                    .await
-                    .expect("the upstream answers")
-                    .map(Body::new);
-                Ok::<_, Infallible>(answer)
-            }
-        },
-    );
+    let forward = to_upstream(upstream);
     let stack = ServiceBuilder::new()
         .map_response(|response: http::Response<_>| response.map(Body::new))
         .layer(budgets)

@@ -18,13 +18,10 @@ use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use serde_json::{Value, json};
 use support::body::{next_report, report_channel};
-use tokio::net::TcpListener;
+use support::forward::{serve, to_upstream};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tower::ServiceBuilder;
 use tower_sse::budget::{
@@ -95,13 +92,6 @@ async fn upstream_counting(sent: Arc<AtomicU64>) -> SocketAddr {
     serve(app).await
 }
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 /// The gateway: budgets (mid-stream enforcement on), the stream layer with `BudgetStop`,
 /// a pooled client to `upstream`.
 async fn gateway(
@@ -118,22 +108,7 @@ async fn gateway_with(
     layer: SseLayer,
 ) -> (SocketAddr, UnboundedReceiver<StreamReport>) {
     let (sink, reports) = report_channel();
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let forward = tower::service_fn(
-        move |request: http::Request<tower_sse::request::UploadBody<BudgetRequestBody<Body>>>| {
-            let client = client.clone();
-            async move {
-                let (mut parts, body) = request.into_parts();
-                parts.uri =
-                    Uri::try_from(format!("http://{upstream}{}", parts.uri.path())).unwrap();
-                let response = client
-                    .request(http::Request::from_parts(parts, Body::new(body)))
-                    .await
-                    .unwrap();
-                Ok::<_, Infallible>(response.map(Body::new))
-            }
-        },
-    );
+    let forward = to_upstream(upstream);
     let stack = ServiceBuilder::new()
         .map_response(|response: http::Response<_>| response.map(Body::new))
         .layer(budgets)

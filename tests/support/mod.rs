@@ -4,6 +4,7 @@
 pub mod sse;
 
 pub mod body;
+pub mod forward;
 pub mod inputs;
 #[cfg(feature = "metrics")]
 pub mod metrics;
