@@ -758,10 +758,7 @@ mod resumed {
 
         // The first connection: two events, cut after the first.
         let response = service.clone().oneshot(stream_request()).await.unwrap();
-        let stream = response.headers()["sse-stream-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let stream = stream_id(&response);
         tx.send(Ok(EVENT("one"))).unwrap();
         tx.send(Ok(EVENT("two"))).unwrap();
         let mut first = response.into_body();
@@ -888,6 +885,24 @@ mod resumed {
         (service, reports)
     }
 
+    /// The id of the resumable stream a response started (its `sse-stream-id`).
+    fn stream_id<B>(response: &Response<B>) -> String {
+        response.headers()["sse-stream-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A `RedisStore` on `url` that polls every 100 ms, with this lease.
+    #[cfg(feature = "redis")]
+    fn redis_store(url: &str, lease: std::time::Duration) -> tower_sse::resume::RedisStore {
+        tower_sse::resume::RedisStore::builder(url)
+            .unwrap()
+            .poll(std::time::Duration::from_millis(100))
+            .lease(lease)
+            .build()
+    }
+
     /// A reader span's one link, and the producer's span it must be to: the same trace, the
     /// same span, sampled alike.
     fn assert_linked_to(reader: &SpanData, producer: &SpanData) {
@@ -911,10 +926,7 @@ mod resumed {
         let (service, mut reports) = replica(MemoryStore::new(), &layer, Some(body));
 
         let response = service.clone().oneshot(stream_request()).await.unwrap();
-        let stream = response.headers()["sse-stream-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let stream = stream_id(&response);
         for data in ["one", "two", "three"] {
             tx.send(Ok(EVENT(data))).unwrap();
         }
@@ -971,18 +983,11 @@ mod resumed {
     #[tokio::test]
     async fn a_resume_on_another_replica_is_linked_to_the_producers_span() {
         use std::time::Duration;
-        use tower_sse::resume::RedisStore;
 
         let Some(redis) = support::redis::Redis::start() else {
             return;
         };
-        let store = || {
-            RedisStore::builder(&redis.url())
-                .unwrap()
-                .poll(Duration::from_millis(100))
-                .lease(Duration::from_secs(1))
-                .build()
-        };
+        let store = || redis_store(&redis.url(), Duration::from_secs(1));
         let (spans_a, spans_b) = (Spans::new(), Spans::new());
         let (layer_a, layer_b) = (spans_a.layer(), spans_b.layer());
         let (tx, body) = channel();
@@ -991,10 +996,7 @@ mod resumed {
 
         // Produced by A: the client reads one event and leaves; the upstream goes on.
         let response = a.oneshot(stream_request()).await.unwrap();
-        let stream = response.headers()["sse-stream-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let stream = stream_id(&response);
         tx.send(Ok(EVENT("one"))).unwrap();
         let mut first = response.into_body();
         read(&mut first, Some("data: one")).await;
@@ -1060,29 +1062,19 @@ mod resumed {
     #[tokio::test]
     async fn after_a_redis_restart_a_resume_elsewhere_is_still_linked() {
         use std::time::Duration;
-        use tower_sse::resume::RedisStore;
 
         let Some(redis) = support::redis::Redis::start() else {
             return;
         };
         let url = redis.url();
-        let store = || {
-            RedisStore::builder(&url)
-                .unwrap()
-                .poll(Duration::from_millis(100))
-                .lease(Duration::from_millis(300))
-                .build()
-        };
+        let store = || redis_store(&url, Duration::from_millis(300));
         let (spans_a, spans_b) = (Spans::new(), Spans::new());
         let (layer_a, layer_b) = (spans_a.layer(), spans_b.layer());
         let (tx, body) = channel();
         let (a, mut reports) = replica(store(), &layer_a, Some(body));
         let (b, _) = replica(store(), &layer_b, None);
         let response = a.oneshot(stream_request()).await.unwrap();
-        let stream = response.headers()["sse-stream-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let stream = stream_id(&response);
         tx.send(Ok(EVENT("before"))).unwrap();
         let mut first = response.into_body();
         read(&mut first, Some("data: before")).await;
@@ -1187,10 +1179,7 @@ mod resumed {
         let before = snapshot();
         let response = a.oneshot(stream_request()).await.unwrap();
         let created = snapshot();
-        let stream = response.headers()["sse-stream-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let stream = stream_id(&response);
         tx.send(Ok(EVENT("one"))).unwrap();
         let mut first = response.into_body();
         read(&mut first, Some("data: one")).await;
