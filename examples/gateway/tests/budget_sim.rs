@@ -406,6 +406,21 @@ fn charge_of(line: &serde_json::Value) -> ((u64, u64, u64), bool) {
 /// Per replica and tenant: the (requests, input, output) charged to each of its answers.
 type AnswerCharges = BTreeMap<(usize, usize), Vec<(u64, u64, u64)>>;
 
+/// The lines the replicas logged so far, each with the index of its replica.
+fn logged(replicas: &[&Lines]) -> Vec<(usize, serde_json::Value)> {
+    replicas
+        .iter()
+        .enumerate()
+        .flat_map(|(r, lines)| {
+            let lines = lines.lock().unwrap();
+            lines
+                .iter()
+                .map(|line| (r, line.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The index of the stream a line is of, from its request id (`sim-<index>`).
 fn index_of(line: &serde_json::Value) -> usize {
     line["span"]["request_id"]
@@ -716,17 +731,7 @@ async fn two_gateways_on_one_redis_charge_every_stream_exactly_once_whatever_its
         .count();
     let deadline = Instant::now() + Duration::from_secs(20);
     let lines = loop {
-        let lines: Vec<(usize, serde_json::Value)> = [&a_lines, &b_lines]
-            .into_iter()
-            .enumerate()
-            .flat_map(|(r, l)| {
-                l.lock()
-                    .unwrap()
-                    .iter()
-                    .map(|line| (r, line.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let lines = logged(&[&a_lines, &b_lines]);
         if lines.len() >= reported + answered || Instant::now() > deadline {
             break lines;
         }
@@ -1017,18 +1022,8 @@ async fn a_stream_resumed_on_the_other_replica_is_charged_once_by_its_producer()
     // reported usage, 20 tokens of output.
     let deadline = Instant::now() + Duration::from_secs(10);
     let charged = loop {
-        let charged: Vec<(usize, serde_json::Value)> = [&a_lines, &b_lines]
-            .into_iter()
-            .enumerate()
-            .flat_map(|(r, l)| {
-                l.lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|line| line["fields"]["budget_key"].is_string())
-                    .map(|line| (r, line.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut charged = logged(&[&a_lines, &b_lines]);
+        charged.retain(|(_, line)| line["fields"]["budget_key"].is_string());
         if !charged.is_empty() || Instant::now() > deadline {
             break charged;
         }
