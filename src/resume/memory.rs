@@ -99,6 +99,12 @@ struct Inner {
     /// Counts appends, so that [`Inner::enforce`] weighs logs again in the order they were
     /// last written (the cache's recency order follows its writes).
     clock: std::sync::atomic::AtomicU64,
+    /// The logs of running streams: the only ones the cache may have weighed short (an
+    /// ended log is weighed at its end), so the only ones [`Inner::evict_to_bound`] weighs
+    /// again. A pass over every log the store keeps cost each new stream a scan of
+    /// thousands of ended logs once the store was full (about 1 ms per stream at the
+    /// default bound).
+    running: Mutex<HashMap<StreamId, Weak<MemLog>>>,
     tenants: Mutex<HashMap<Tenant, usize>>,
     limits: Limits,
     max_total_bytes: u64,
@@ -285,6 +291,7 @@ impl MemoryStoreBuilder {
                     cache,
                     held: std::sync::atomic::AtomicU64::new(0),
                     clock: std::sync::atomic::AtomicU64::new(0),
+                    running: Mutex::new(HashMap::new()),
                     tenants: Mutex::new(HashMap::new()),
                     limits,
                     max_total_bytes: self.max_total_bytes,
@@ -309,9 +316,13 @@ impl Inner {
         self.held.load(std::sync::atomic::Ordering::Acquire) > self.max_total_bytes
     }
 
-    /// Past the bound: weigh every log whose size changed since the cache last weighed it,
-    /// and let the cache evict down to the bound. Costs a pass over the logs, only while
-    /// the exact count is over the bound.
+    fn lock_running(&self) -> MutexGuard<'_, HashMap<StreamId, Weak<MemLog>>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Past the bound: weigh every running log whose size changed since the cache last
+    /// weighed it, and let the cache evict down to the bound. Costs a pass over the running
+    /// logs (not the ended ones), only while the exact count is over the bound.
     #[inline]
     fn enforce(&self) {
         if self.over_bound() {
@@ -323,17 +334,25 @@ impl Inner {
     #[cold]
     #[inline(never)]
     fn evict_to_bound(&self) {
-        let mut changed: Vec<(u64, Arc<StreamId>, Arc<MemLog>)> = self
-            .cache
-            .iter()
-            .filter_map(|(id, log)| {
-                let state = log.lock();
-                let changed = !state.evicted && state.weighed != state.bytes;
-                let touched = state.touched;
-                drop(state);
-                changed.then_some((touched, id, log))
-            })
-            .collect();
+        let mut changed: Vec<(u64, StreamId, Arc<MemLog>)> = Vec::new();
+        // The running table's lock, then each log's (never the other way round). Logs that
+        // ended, left the cache or were dropped leave the table here.
+        self.lock_running().retain(|id, log| {
+            let Some(log) = log.upgrade() else {
+                return false;
+            };
+            let state = log.lock();
+            if state.evicted || state.end.is_some() {
+                return false;
+            }
+            let stale = state.weighed != state.bytes;
+            let touched = state.touched;
+            drop(state);
+            if stale {
+                changed.push((touched, *id, log));
+            }
+            true
+        });
         // Least recently written first: the cache's recency order stays that of the writes.
         changed.sort_unstable_by_key(|(touched, ..)| *touched);
         for (_, id, log) in changed {
@@ -342,7 +361,7 @@ impl Inner {
                 state.weighed = state.bytes;
             }
             // Outside the log's lock: the cache may call the eviction listener, which takes it.
-            self.cache.insert(*id, log);
+            self.cache.insert(id, log);
         }
         self.cache.run_pending_tasks();
     }
@@ -393,6 +412,9 @@ impl ResumeStore for MemoryStore {
             let store = Arc::downgrade(&self.inner);
             let log = Arc::new_cyclic(|me| MemLog::new(stream, self.inner.limits, store, me));
             self.inner.add_held(LOG_OVERHEAD);
+            self.inner
+                .lock_running()
+                .insert(stream.id, Arc::downgrade(&log));
             self.inner.cache.insert(stream.id, log.clone());
             self.inner.enforce();
             Ok(log as Arc<dyn StreamLog>)
@@ -734,6 +756,7 @@ impl StreamLog for MemLog {
         };
         self.wake.send_replace(last_seq);
         if let Some(inner) = self.store.upgrade() {
+            inner.lock_running().remove(&self.id);
             self.release(&MemoryStore { inner });
         }
         if result == Ok(true) {
@@ -999,5 +1022,42 @@ mod tests {
         );
         assert!(store.held_bytes() <= MAX);
         futures_ready(logs[0].append(16, event)).unwrap();
+    }
+
+    /// Past the bound, only running logs are weighed again: ended logs (weighed at their
+    /// end) leave the running table, so that a store full of them costs a new stream no
+    /// scan of them. The bound still holds exactly.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_of_ended_logs_weighs_only_the_running_ones() {
+        const MAX: u64 = 256 * 1024;
+        let store = MemoryStore::builder().max_total_bytes(MAX).build();
+        let tenant = Tenant::anonymous();
+        let event = Bytes::from(vec![b'x'; 1000]);
+        for _ in 0..40 {
+            let log = log(&store, tenant);
+            for seq in 1..=20 {
+                futures_ready(log.append(seq, event.clone())).unwrap();
+                assert!(store.held_bytes() <= MAX);
+            }
+            futures_ready(log.end(20, StreamEnd::Completed)).unwrap();
+        }
+        // 40 logs of 20 kB each went through a store of 256 KiB: the oldest were evicted.
+        store.run_pending_tasks();
+        assert!(store.len() < 40);
+        assert!(store.inner.lock_running().is_empty());
+        let running = log(&store, tenant);
+        for seq in 1..=100 {
+            futures_ready(running.append(seq, event.clone())).unwrap();
+            assert!(store.held_bytes() <= MAX, "after {seq} appends");
+            assert_eq!(store.inner.lock_running().len(), 1);
+        }
+        // The running log is the one written last: kept.
+        assert!(
+            futures_ready(store.open(running.id(), tenant))
+                .unwrap()
+                .is_some()
+        );
+        futures_ready(running.end(100, StreamEnd::Completed)).unwrap();
+        assert!(store.inner.lock_running().is_empty());
     }
 }
