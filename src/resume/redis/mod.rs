@@ -14,12 +14,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisResult};
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::OnceCell;
 
 use crate::BoxFuture;
 use crate::request::Tenant;
@@ -129,9 +129,9 @@ struct Inner {
     local: MemoryStore,
     settings: Settings,
     /// The wake-ups of the logs read here, by stream.
-    wakers: Mutex<HashMap<StreamId, Weak<watch::Sender<u64>>>>,
+    wakers: Mutex<wake::Wakers>,
     /// The producers of this replica, by stream: told when a reader attaches elsewhere.
-    attach_wakers: Mutex<HashMap<StreamId, Weak<watch::Sender<u64>>>>,
+    attach_wakers: Mutex<wake::Wakers>,
     subscribed: AtomicBool,
 }
 
@@ -399,8 +399,8 @@ impl RedisStoreBuilder {
                 connection: OnceCell::new(),
                 local: self.local.unwrap_or_default(),
                 settings: self.settings,
-                wakers: Mutex::new(HashMap::new()),
-                attach_wakers: Mutex::new(HashMap::new()),
+                wakers: Mutex::default(),
+                attach_wakers: Mutex::default(),
                 subscribed: AtomicBool::new(false),
             }),
         }

@@ -1,6 +1,7 @@
 //! The wake-ups of the logs read on this replica: one subscription to the wake channel,
 //! fanned out to the local readers, and a safety poll.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
 
@@ -22,12 +23,11 @@ impl RedisStore {
             .wakers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        wakers.retain(|_, waker| waker.strong_count() > 0);
-        if let Some(waker) = wakers.get(&id).and_then(Weak::upgrade) {
+        if let Some(waker) = wakers.get(id) {
             return waker;
         }
         let waker = Arc::new(watch::channel(0).0);
-        wakers.insert(id, Arc::downgrade(&waker));
+        wakers.insert(id, &waker);
         waker
     }
 
@@ -41,9 +41,8 @@ impl RedisStore {
             .attach_wakers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        wakers.retain(|_, waker| waker.strong_count() > 0);
         let waker = Arc::new(watch::channel(0).0);
-        wakers.insert(id, Arc::downgrade(&waker));
+        wakers.insert(id, &waker);
         waker
     }
 
@@ -110,8 +109,7 @@ async fn wake_loop(store: Weak<Inner>, channel: String) {
                             .wakers
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .get(&id)
-                            .and_then(Weak::upgrade);
+                            .get(id);
                         if let Some(waker) = waker {
                             waker.send_replace(seq);
                         }
@@ -121,8 +119,7 @@ async fn wake_loop(store: Weak<Inner>, channel: String) {
                             .attach_wakers
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .get(&id)
-                            .and_then(Weak::upgrade);
+                            .get(id);
                         if let Some(waker) = waker {
                             waker.send_modify(|n| *n = n.wrapping_add(1));
                         }
@@ -143,8 +140,41 @@ async fn wake_loop(store: Weak<Inner>, channel: String) {
 
 fn nudge_all(inner: &Inner) {
     let wakers = inner.wakers.lock().unwrap_or_else(PoisonError::into_inner);
-    for waker in wakers.values().filter_map(Weak::upgrade) {
+    for waker in wakers.live() {
         waker.send_modify(|_| {});
+    }
+}
+
+/// The fewest entries a [`Wakers`] table sweeps at.
+const MIN_SWEEP: usize = 64;
+
+/// Wake-up senders by stream, held weakly (a stream's readers or producer hold them).
+///
+/// Dead entries are swept when the table has doubled since its last sweep: amortised
+/// constant work per stream, and at most about twice the live entries held. A sweep on
+/// every new stream cost each one a pass over every stream of the replica, under the lock
+/// the subscription's fan-out takes too.
+#[derive(Default)]
+pub(super) struct Wakers {
+    map: HashMap<StreamId, Weak<watch::Sender<u64>>>,
+    sweep_at: usize,
+}
+
+impl Wakers {
+    fn get(&self, id: StreamId) -> Option<Arc<watch::Sender<u64>>> {
+        self.map.get(&id).and_then(Weak::upgrade)
+    }
+
+    fn insert(&mut self, id: StreamId, waker: &Arc<watch::Sender<u64>>) {
+        if self.map.len() >= self.sweep_at.max(MIN_SWEEP) {
+            self.map.retain(|_, waker| waker.strong_count() > 0);
+            self.sweep_at = self.map.len() * 2;
+        }
+        self.map.insert(id, Arc::downgrade(waker));
+    }
+
+    fn live(&self) -> impl Iterator<Item = Arc<watch::Sender<u64>>> + '_ {
+        self.map.values().filter_map(Weak::upgrade)
     }
 }
 
@@ -185,5 +215,27 @@ mod tests {
         assert_eq!(parse_wake(b"nonsense"), None);
         assert_eq!(parse_wake(format!("{id} x").as_bytes()), None);
         assert_eq!(parse_wake(format!("{id} readers2").as_bytes()), None);
+    }
+
+    /// Dead entries go in sweeps, at most about twice the live entries held; live ones
+    /// are always found.
+    #[test]
+    fn the_wakers_table_stays_within_twice_its_live_entries() {
+        let mut wakers = Wakers::default();
+        let mut live = Vec::new();
+        for n in 0..10_000u32 {
+            let id = StreamId::random().unwrap();
+            let waker = Arc::new(watch::channel(0).0);
+            wakers.insert(id, &waker);
+            // One in ten stays alive; the rest end at once.
+            if n % 10 == 0 {
+                live.push((id, waker));
+            }
+            assert!(wakers.map.len() <= 2 * live.len() + MIN_SWEEP + 1);
+        }
+        for (id, waker) in &live {
+            assert!(Arc::ptr_eq(&wakers.get(*id).unwrap(), waker));
+        }
+        assert_eq!(wakers.live().count(), live.len());
     }
 }
