@@ -37,6 +37,10 @@ const ARENA_BYTES: usize = 4096;
 pub(crate) struct Stamper {
     prefix: Bytes,
     arena: BytesMut,
+    /// The id line of entry `line_seq` (`id: <stream-id>.<seq>\n`), kept so that the next
+    /// entry's is made by counting up its digits in place.
+    line: Vec<u8>,
+    line_seq: u64,
 }
 
 impl Stamper {
@@ -44,7 +48,43 @@ impl Stamper {
         Self {
             prefix: id.id_line_prefix(),
             arena: BytesMut::new(),
+            line: Vec::new(),
+            line_seq: 0,
         }
+    }
+
+    /// Make `line` the id line of entry `seq`: the last one's last digit counted up (nine
+    /// entries in ten), else [`set_line_again`](Self::set_line_again).
+    #[inline]
+    fn set_line(&mut self, seq: u64) {
+        if seq == self.line_seq.wrapping_add(1)
+            && let [.., last, b'\n'] = self.line.as_mut_slice()
+            && (b'0'..b'9').contains(last)
+        {
+            *last += 1;
+            self.line_seq = seq;
+            return;
+        }
+        self.set_line_again(seq);
+    }
+
+    /// [`set_line`](Self::set_line) with a carry, for the first entry, or a seq out of turn.
+    #[cold]
+    #[inline(never)]
+    fn set_line_again(&mut self, seq: u64) {
+        let digits = self.prefix.len()..self.line.len().saturating_sub(1);
+        if self.line.is_empty()
+            || seq != self.line_seq.wrapping_add(1)
+            || !count_up(&mut self.line[digits])
+        {
+            let mut digits = [0; 20];
+            let digits = decimal(seq, &mut digits);
+            self.line.clear();
+            self.line.extend_from_slice(&self.prefix);
+            self.line.extend_from_slice(digits);
+            self.line.push(b'\n');
+        }
+        self.line_seq = seq;
     }
 
     /// Room for `len` more bytes in the current buffer, or a new one.
@@ -58,13 +98,10 @@ impl Stamper {
     /// its bytes as they came), as event `seq` of the stream.
     #[inline]
     pub(crate) fn whole(&mut self, seq: u64, raw: &[u8]) -> Bytes {
-        let mut digits = [0; 20];
-        let digits = decimal(seq, &mut digits);
-        self.reserve(self.prefix.len() + digits.len() + 1 + raw.len());
-        self.arena.put_slice(&self.prefix);
-        self.arena.put_slice(digits);
-        self.arena.put_u8(b'\n');
-        self.arena.put_slice(raw);
+        self.set_line(seq);
+        self.reserve(self.line.len() + raw.len());
+        self.arena.extend_from_slice(&self.line);
+        self.arena.extend_from_slice(raw);
         self.arena.split().freeze()
     }
 
@@ -116,6 +153,20 @@ impl Stamper {
         self.arena.put_slice(b"\n\n");
         self.arena.split().freeze()
     }
+}
+
+/// Add one to a decimal number written in ASCII digits, in place; `false` (and the digits
+/// all `0`) when it needs one more digit.
+fn count_up(digits: &mut [u8]) -> bool {
+    for digit in digits.iter_mut().rev() {
+        if *digit == b'9' {
+            *digit = b'0';
+        } else {
+            *digit += 1;
+            return true;
+        }
+    }
+    false
 }
 
 /// The next entry of the log in what `decoder` has, stamped as entry `seq`: events, and
@@ -226,7 +277,22 @@ pub(crate) async fn produce<B>(
                 }
             }
         }
-        let step = {
+        // The body first, alone: a ready frame (the common case) needs none of the waits
+        // below. When it is not ready, its waker is registered (this task's), so the wait
+        // below need not poll it again until woken.
+        // Only whether a frame failed matters (and the error need not be `Send`).
+        let ready = poll_fn(|cx| {
+            Poll::Ready(
+                body.as_mut()
+                    .poll_frame(cx)
+                    .map(|frame| frame.map(|r| r.map_err(drop))),
+            )
+        })
+        .await;
+        let step = if let Poll::Ready(frame) = ready {
+            Step::Frame(frame)
+        } else {
+            let mut registered = true;
             let mut changed = pin!(readers.changed());
             let watch_elsewhere = attached_elsewhere.is_some();
             let mut elsewhere = pin!(async {
@@ -236,8 +302,9 @@ pub(crate) async fn produce<B>(
                 }
             });
             poll_fn(|cx| {
-                if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
-                    // Only whether it failed matters (and the error need not be `Send`).
+                if !std::mem::take(&mut registered)
+                    && let Poll::Ready(frame) = body.as_mut().poll_frame(cx)
+                {
                     return Poll::Ready(Step::Frame(frame.map(|r| r.map_err(drop))));
                 }
                 if let Poll::Ready(result) = changed.as_mut().poll(cx) {
@@ -487,6 +554,30 @@ mod tests {
             &stamper.retry(13, 3000)[..],
             b"id: AAAAAAAAAAAAAAAAAAAAAA.13\nretry: 3000\n\n"
         );
+        // Ids counted up in place, across a new digit, and out of turn.
+        for (seq, line) in [
+            (99, "id: AAAAAAAAAAAAAAAAAAAAAA.99\n"),
+            (100, "id: AAAAAAAAAAAAAAAAAAAAAA.100\n"),
+            (101, "id: AAAAAAAAAAAAAAAAAAAAAA.101\n"),
+            (109, "id: AAAAAAAAAAAAAAAAAAAAAA.109\n"),
+            (110, "id: AAAAAAAAAAAAAAAAAAAAAA.110\n"),
+            (7, "id: AAAAAAAAAAAAAAAAAAAAAA.7\n"),
+            (8, "id: AAAAAAAAAAAAAAAAAAAAAA.8\n"),
+            (9, "id: AAAAAAAAAAAAAAAAAAAAAA.9\n"),
+            (10, "id: AAAAAAAAAAAAAAAAAAAAAA.10\n"),
+        ] {
+            let stamped = stamper.whole(seq, b"data: x\n\n");
+            assert_eq!(
+                &stamped[..],
+                [line.as_bytes(), b"data: x\n\n"].concat(),
+                "{seq}"
+            );
+        }
+        let mut digits = *b"1999";
+        assert!(count_up(&mut digits));
+        assert_eq!(&digits, b"2000");
+        let mut digits = *b"99";
+        assert!(!count_up(&mut digits));
         assert!(has_id_field(b"id\n"));
         assert!(has_id_field(b"data: x\rid: 1\r\r"));
         assert!(!has_id_field(b"data: id: 1\n\n"));
