@@ -165,27 +165,40 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     }
 }
 
-/// The writer thread: write each line as it comes, flush when the queue is empty, stop at
-/// `Shutdown` (or when every sender is gone).
+/// The writer thread: write the lines queued so far in one write (one system call for a
+/// burst of lines, where stdout's line buffering made one per line), flush, and wait for
+/// the next; stop at `Shutdown` (or when every sender is gone).
 fn write_lines(lines: &Receiver<Message>, out: &mut impl Write) {
+    let mut batch = Vec::new();
     while let Ok(message) = lines.recv() {
         let mut next = Some(message);
-        // Write what is queued, then flush once.
+        let mut stop = false;
+        // Take what is queued, at most `MAX_BATCH_BYTES` at once.
         while let Some(message) = next.take() {
             match message {
-                Message::Line(line) => {
-                    let _ = out.write_all(&line);
-                }
+                Message::Line(line) => batch.extend_from_slice(&line),
                 Message::Shutdown => {
-                    let _ = out.flush();
-                    return;
+                    stop = true;
+                    break;
                 }
+            }
+            if batch.len() >= MAX_BATCH_BYTES {
+                break;
             }
             next = lines.try_recv().ok();
         }
+        let _ = out.write_all(&batch);
         let _ = out.flush();
+        batch.clear();
+        batch.shrink_to(MAX_BATCH_BYTES);
+        if stop {
+            return;
+        }
     }
 }
+
+/// The most bytes of lines the writer thread writes at once.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
