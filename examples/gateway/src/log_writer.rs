@@ -4,7 +4,8 @@
 //! A stream's end-of-stream line is made in `poll_frame` or `Drop` of its body, on a runtime
 //! thread. Writing it to stdout there would block that thread (and every connection on it)
 //! whenever stdout is slow: a full pipe, a paused terminal, a log shipper that lags. Here the
-//! runtime thread only copies the formatted line into the queue.
+//! runtime thread only copies the formatted line into the queue. The thread writes lines in
+//! batches, at most 5 ms after they were logged, so that logging a line seldom wakes it.
 //!
 //! **When the queue is full** (the writer is [`DEFAULT_CAPACITY`] lines behind, or the
 //! capacity given to [`LogWriter::stdout`]), the line is dropped and counted in the
@@ -166,13 +167,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 }
 
 /// The writer thread: write the lines queued so far in one write (one system call for a
-/// burst of lines, where stdout's line buffering made one per line), flush, and wait for
-/// the next; stop at `Shutdown` (or when every sender is gone).
+/// burst of lines, where stdout's line buffering made one per line), flush, and when that
+/// emptied the queue, pause [`BATCH_PAUSE`] before waiting for the next line: lines logged
+/// meanwhile are queued without waking this thread (no futex call on the runtime thread
+/// that logs them), and go out together. Stops at `Shutdown` (or when every sender is
+/// gone), after writing what came before it.
 fn write_lines(lines: &Receiver<Message>, out: &mut impl Write) {
     let mut batch = Vec::new();
     while let Ok(message) = lines.recv() {
         let mut next = Some(message);
         let mut stop = false;
+        let mut emptied = false;
         // Take what is queued, at most `MAX_BATCH_BYTES` at once.
         while let Some(message) = next.take() {
             match message {
@@ -186,6 +191,7 @@ fn write_lines(lines: &Receiver<Message>, out: &mut impl Write) {
                 break;
             }
             next = lines.try_recv().ok();
+            emptied = next.is_none();
         }
         let _ = out.write_all(&batch);
         let _ = out.flush();
@@ -194,11 +200,18 @@ fn write_lines(lines: &Receiver<Message>, out: &mut impl Write) {
         if stop {
             return;
         }
+        if emptied {
+            std::thread::sleep(BATCH_PAUSE);
+        }
     }
 }
 
 /// The most bytes of lines the writer thread writes at once.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// How long the writer thread lets lines gather after writing all it had: what a log line
+/// may be delayed by (a full batch is written at once, whatever the pause).
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
@@ -222,6 +235,7 @@ mod tests {
     struct Out {
         bytes: Arc<Mutex<Vec<u8>>>,
         blocked: Arc<(Mutex<bool>, Condvar)>,
+        writes: Arc<AtomicU64>,
     }
 
     impl Out {
@@ -239,6 +253,7 @@ mod tests {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             let (lock, wake) = &*self.blocked;
             drop(wake.wait_while(lock.lock().unwrap(), |b| *b).unwrap());
+            self.writes.fetch_add(1, Ordering::Relaxed);
             self.bytes.lock().unwrap().write(buf)
         }
 
@@ -273,6 +288,27 @@ mod tests {
         assert_eq!(lines.len(), 1000);
         assert!(lines.iter().all(|l| l.starts_with("thread=")));
         assert_eq!(writer.dropped(), 0);
+    }
+
+    /// Lines logged while the thread writes (or pauses) go out together: one write for
+    /// the lot, not one per line, in the order they were logged.
+    #[test]
+    fn lines_queued_while_the_output_is_busy_go_out_in_one_write() {
+        let out = Out::default();
+        out.block(true);
+        let (writer, guard) = LogWriter::to(out.clone(), DEFAULT_CAPACITY).unwrap();
+        for i in 0..100 {
+            writeln!(writer.line(), "line {i}").unwrap();
+        }
+        out.block(false);
+        drop(guard);
+        let text = out.text();
+        let expected: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+        // The first batch (what was queued when the thread took the first line), then the
+        // rest at once.
+        let writes = out.writes.load(Ordering::Relaxed);
+        assert!((1..=2).contains(&writes), "{writes} writes");
     }
 
     #[test]
