@@ -36,7 +36,7 @@ const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 10_000;
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A log is weighed again (re-inserted into the cache) when it grew by this much, so that
 /// the cache's least-recently-used order sees it without a cache write on every append.
-/// The bound itself does not wait for it: see [`Inner::held`].
+/// The bound itself does not wait for it: see [`Counters::held`].
 const REWEIGH_BYTES: usize = 64 * 1024;
 /// What a log evicted from the cache while its stream runs still keeps, so that attached
 /// readers that keep up go on: the evicted positions are gone for resumes.
@@ -91,14 +91,8 @@ pub struct MemoryStore {
 
 struct Inner {
     cache: Cache<StreamId, Arc<MemLog>>,
-    /// The exact bytes of the logs in the cache (their events and [`LOG_OVERHEAD`]), kept
-    /// on every append, trim and eviction. The cache weighs a running log only every
-    /// [`REWEIGH_BYTES`]; when this exact count passes `max_total_bytes`, every log is
-    /// weighed again at once and the cache evicts down to the bound ([`Inner::enforce`]).
-    held: std::sync::atomic::AtomicU64,
-    /// Counts appends, so that [`Inner::enforce`] weighs logs again in the order they were
-    /// last written (the cache's recency order follows its writes).
-    clock: std::sync::atomic::AtomicU64,
+    /// The bytes held and the append clock, shared with every log.
+    counters: Arc<Counters>,
     /// The logs of running streams: the only ones the cache may have weighed short (an
     /// ended log is weighed at its end), so the only ones [`Inner::evict_to_bound`] weighs
     /// again. A pass over every log the store keeps cost each new stream a scan of
@@ -107,7 +101,37 @@ struct Inner {
     running: Mutex<HashMap<StreamId, Weak<MemLog>>>,
     tenants: Mutex<HashMap<Tenant, usize>>,
     limits: Limits,
+}
+
+/// What every append updates, held by each log as well as by the store (so that an append
+/// reaches them without upgrading its weak reference to the store).
+struct Counters {
+    /// The exact bytes of the logs in the cache (their events and [`LOG_OVERHEAD`]), kept
+    /// on every append, trim and eviction. The cache weighs a running log only every
+    /// [`REWEIGH_BYTES`]; when this exact count passes `max_total_bytes`, the running logs
+    /// are weighed again at once and the cache evicts down to the bound
+    /// ([`Inner::enforce`]).
+    held: std::sync::atomic::AtomicU64,
+    /// Counts appends, so that [`Inner::enforce`] weighs logs again in the order they were
+    /// last written (the cache's recency order follows its writes).
+    clock: std::sync::atomic::AtomicU64,
     max_total_bytes: u64,
+}
+
+impl Counters {
+    fn add_held(&self, bytes: usize) {
+        self.held
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn sub_held(&self, bytes: usize) {
+        self.held
+            .fetch_sub(bytes as u64, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn over_bound(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Acquire) > self.max_total_bytes
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -150,7 +174,10 @@ impl MemoryStore {
     /// [`max_total_bytes`](MemoryStoreBuilder::max_total_bytes) once an append returns (see
     /// the type docs for the small tail an evicted running stream keeps).
     pub fn held_bytes(&self) -> u64 {
-        self.inner.held.load(std::sync::atomic::Ordering::Acquire)
+        self.inner
+            .counters
+            .held
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Apply pending removals and evictions now (the cache otherwise does it as it goes).
@@ -176,7 +203,7 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("limits", &self.inner.limits)
-            .field("max_total_bytes", &self.inner.max_total_bytes)
+            .field("max_total_bytes", &self.inner.counters.max_total_bytes)
             .field("logs", &self.inner.cache.entry_count())
             .finish()
     }
@@ -289,12 +316,14 @@ impl MemoryStoreBuilder {
                     .build();
                 Inner {
                     cache,
-                    held: std::sync::atomic::AtomicU64::new(0),
-                    clock: std::sync::atomic::AtomicU64::new(0),
+                    counters: Arc::new(Counters {
+                        held: std::sync::atomic::AtomicU64::new(0),
+                        clock: std::sync::atomic::AtomicU64::new(0),
+                        max_total_bytes: self.max_total_bytes,
+                    }),
                     running: Mutex::new(HashMap::new()),
                     tenants: Mutex::new(HashMap::new()),
                     limits,
-                    max_total_bytes: self.max_total_bytes,
                 }
             }),
         }
@@ -302,20 +331,6 @@ impl MemoryStoreBuilder {
 }
 
 impl Inner {
-    fn add_held(&self, bytes: usize) {
-        self.held
-            .fetch_add(bytes as u64, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    fn sub_held(&self, bytes: usize) {
-        self.held
-            .fetch_sub(bytes as u64, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    fn over_bound(&self) -> bool {
-        self.held.load(std::sync::atomic::Ordering::Acquire) > self.max_total_bytes
-    }
-
     fn lock_running(&self) -> MutexGuard<'_, HashMap<StreamId, Weak<MemLog>>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -325,7 +340,7 @@ impl Inner {
     /// logs (not the ended ones), only while the exact count is over the bound.
     #[inline]
     fn enforce(&self) {
-        if self.over_bound() {
+        if self.counters.over_bound() {
             self.evict_to_bound();
         }
     }
@@ -410,8 +425,10 @@ impl ResumeStore for MemoryStore {
                 *n += 1;
             }
             let store = Arc::downgrade(&self.inner);
-            let log = Arc::new_cyclic(|me| MemLog::new(stream, self.inner.limits, store, me));
-            self.inner.add_held(LOG_OVERHEAD);
+            let counters = self.inner.counters.clone();
+            let log =
+                Arc::new_cyclic(|me| MemLog::new(stream, self.inner.limits, store, counters, me));
+            self.inner.counters.add_held(LOG_OVERHEAD);
             self.inner
                 .lock_running()
                 .insert(stream.id, Arc::downgrade(&log));
@@ -456,6 +473,7 @@ struct MemLog {
     room: Room,
     limits: Limits,
     store: Weak<Inner>,
+    counters: Arc<Counters>,
     me: Weak<MemLog>,
     /// Counted among its tenant's running streams.
     counted: std::sync::atomic::AtomicBool,
@@ -481,7 +499,13 @@ struct LogState {
 }
 
 impl MemLog {
-    fn new(stream: NewStream, limits: Limits, store: Weak<Inner>, me: &Weak<MemLog>) -> Self {
+    fn new(
+        stream: NewStream,
+        limits: Limits,
+        store: Weak<Inner>,
+        counters: Arc<Counters>,
+        me: &Weak<MemLog>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             id: stream.id,
@@ -508,6 +532,7 @@ impl MemLog {
             },
             limits,
             store,
+            counters,
             me: me.clone(),
             counted: std::sync::atomic::AtomicBool::new(true),
         }
@@ -555,11 +580,9 @@ impl MemLog {
 
     fn evicted(&self) {
         let mut state = self.lock();
-        if !state.evicted
-            && let Some(store) = self.store.upgrade()
-        {
+        if !state.evicted {
             // No longer in the store's bound (what it keeps for attached readers is its own).
-            store.sub_held(state.bytes + LOG_OVERHEAD);
+            self.counters.sub_held(state.bytes + LOG_OVERHEAD);
         }
         state.evicted = true;
         trim(
@@ -707,24 +730,29 @@ impl StreamLog for MemLog {
                     );
                 }
                 // Counted under the log's lock, so that an eviction subtracts what was added.
-                let store = self.store.upgrade().filter(|_| !state.evicted);
-                if let Some(store) = &store {
-                    state.touched = store
+                let counted = !state.evicted;
+                if counted {
+                    let counters = &self.counters;
+                    state.touched = counters
                         .clock
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if added >= trimmed {
-                        store.add_held(added - trimmed);
+                        counters.add_held(added - trimmed);
                     } else {
-                        store.sub_held(trimmed - added);
+                        counters.sub_held(trimmed - added);
                     }
                 }
-                let wake = self
-                    .wanted
-                    .swap(false, std::sync::atomic::Ordering::Relaxed);
-                Ok((self.reweigh(&mut state, false), store, wake))
+                // Every access to `wanted` is under the log's lock: a load, and a store only
+                // when a reader wants waking (no locked read-modify-write per append).
+                let wake = self.wanted.load(std::sync::atomic::Ordering::Relaxed);
+                if wake {
+                    self.wanted
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok((self.reweigh(&mut state, false), counted, wake))
             }
         };
-        if let Ok((reweigh, store, wake)) = &result {
+        if let Ok((reweigh, counted, wake)) = &result {
             if *wake {
                 self.wake.send_replace(seq);
             }
@@ -732,8 +760,11 @@ impl StreamLog for MemLog {
                 self.insert_again();
             }
             // Outside the lock: the exact bound, whatever the cache has weighed so far.
-            if let Some(store) = store {
-                store.enforce();
+            if *counted
+                && self.counters.over_bound()
+                && let Some(store) = self.store.upgrade()
+            {
+                store.evict_to_bound();
             }
         }
         match result.map(drop) {
