@@ -11,13 +11,18 @@ use crate::BoxFuture;
 
 /// How many settled ids the store remembers to refuse a second settlement of one stream.
 const REMEMBERED_SETTLEMENTS: usize = 100_000;
+/// The fewest keys at which the store drops keys at rest (see [`State::key`]).
+const SWEEP_KEYS_AT: usize = 1024;
 
 /// Budgets kept in this process: exact under any concurrency (every admission and
 /// settlement of the store runs under one short lock, all limits of a key at once), lost
 /// on restart, and not shared by replicas (use a shared store for those).
 ///
-/// Memory: one small entry per key (32 bytes per limit), and the ids of the last
-/// 100 000 settlements.
+/// Memory: one small entry per key (32 bytes per limit) while the key has anything spent
+/// (a key at rest, with nothing spent in any of its windows, is dropped: its next request
+/// finds it as new, which is the same), and the ids of the last 100 000 settlements. Keys
+/// may come from requests (a tenant's credential, a header): without dropping those at rest,
+/// every distinct key ever seen was kept.
 ///
 /// ```
 /// use std::time::Duration;
@@ -43,6 +48,8 @@ pub struct MemoryBudgets {
 #[derive(Default)]
 struct State {
     keys: HashMap<String, KeyState>,
+    /// Keys held when keys at rest are dropped next (twice those left by the last sweep).
+    sweep_at: usize,
     settled: HashSet<String>,
     settled_order: VecDeque<String>,
 }
@@ -68,7 +75,7 @@ impl MemoryBudgets {
     /// Decide an admission now (what [`BudgetStore::admit`] does, without a future).
     pub fn admit_now(&self, admit: Admit<'_>) -> Decision {
         let mut state = self.lock();
-        let key = state.key(admit.key, admit.limits);
+        let key = state.key(admit.key, admit.limits, admit.now);
         let mut refusal: Option<Rejection> = None;
         for (limit, s) in admit.limits.iter().zip(&key.states) {
             let n = limit.measure.of(&admit.amounts);
@@ -107,7 +114,7 @@ impl MemoryBudgets {
         if !state.remember(&settlement.id) {
             return false;
         }
-        let key = state.key(&settlement.key, &settlement.limits);
+        let key = state.key(&settlement.key, &settlement.limits, settlement.now);
         for (limit, s) in settlement.limits.iter().zip(&mut key.states) {
             limit.settle(
                 s,
@@ -123,7 +130,7 @@ impl MemoryBudgets {
     /// Where each limit of `key` stands now.
     pub fn status_now(&self, key: &str, limits: &[Limit], now: u64) -> Vec<LimitStatus> {
         let mut state = self.lock();
-        let key = state.key(key, limits);
+        let key = state.key(key, limits, now);
         limits
             .iter()
             .zip(&key.states)
@@ -145,8 +152,15 @@ pub(crate) fn status(limit: &Limit, s: &LimitState, now: u64) -> LimitStatus {
 }
 
 impl State {
-    fn key(&mut self, key: &str, limits: &[Limit]) -> &mut KeyState {
+    /// `key`'s state, made if new. Before a new key is added to a table that doubled since
+    /// its last sweep, the keys at rest are dropped: amortised constant work per key, and
+    /// at most about twice the keys with something spent held.
+    fn key(&mut self, key: &str, limits: &[Limit], now: u64) -> &mut KeyState {
         if !self.keys.contains_key(key) {
+            if self.keys.len() >= self.sweep_at.max(SWEEP_KEYS_AT) {
+                self.keys.retain(|_, state| !state.at_rest(now));
+                self.sweep_at = self.keys.len() * 2;
+            }
             self.keys.insert(
                 key.to_owned(),
                 KeyState {
@@ -188,6 +202,17 @@ impl State {
         self.settled.insert(id.to_owned());
         self.settled_order.push_back(id.to_owned());
         true
+    }
+}
+
+impl KeyState {
+    /// Nothing spent in any window: the key answers as a new one would, now and later (a
+    /// rate's state at or behind `now`, a period with nothing counted, no debt carried).
+    fn at_rest(&self, now: u64) -> bool {
+        self.limits
+            .iter()
+            .zip(&self.states)
+            .all(|(limit, state)| limit.usage(state, now).0 == 0)
     }
 }
 
@@ -319,5 +344,69 @@ mod tests {
         });
         assert_eq!(admitted, 1000 / 7);
         assert_eq!(store.status_now("k", &limits, 0)[0].used, 1000 / 7 * 7);
+    }
+
+    /// Keys come from requests: those at rest (nothing spent in any window) are dropped as
+    /// new ones arrive, so that a flood of distinct keys does not grow the store without
+    /// bound; a key with something spent is never dropped (its budget holds).
+    #[test]
+    fn keys_at_rest_are_dropped_and_spent_ones_kept() {
+        const MINUTE: u64 = 60_000_000_000;
+        let store = MemoryBudgets::new();
+        let limits = [
+            Limit::rate(Measure::Requests, 2, Duration::from_secs(60)),
+            Limit::per_day(Measure::OutputTokens, 1_000),
+        ];
+        let admit = |key: &str, now: u64| {
+            store.admit_now(Admit {
+                key,
+                limits: &limits,
+                amounts: amounts(1, 0, 0),
+                now,
+            })
+        };
+        // Alice spends her two requests a minute.
+        assert_eq!(admit("alice", 0), Decision::Admitted);
+        assert_eq!(admit("alice", 0), Decision::Admitted);
+        // Ten thousand keys, each one request: all spent within the minute, all kept.
+        for n in 0..10_000 {
+            assert_eq!(admit(&format!("k{n}"), 0), Decision::Admitted);
+        }
+        assert!(matches!(admit("alice", 0), Decision::Rejected(_)));
+        assert_eq!(store.lock().keys.len(), 10_001);
+        // The sweeps so far found every key spent (1024, 2048, ... 8192 kept): the next is
+        // at 16,384 keys, never more.
+        assert_eq!(store.lock().sweep_at, 16_384);
+        // A minute later they are all at rest: the sweep that ten thousand new keys bring
+        // drops them, and only keys with something spent are left.
+        for n in 0..10_000 {
+            assert_eq!(admit(&format!("later{n}"), 2 * MINUTE), Decision::Admitted);
+            assert!(store.lock().keys.len() <= 16_384);
+        }
+        assert!(!store.lock().keys.contains_key("k0"));
+        assert_eq!(store.lock().keys.len(), 10_000);
+        // Alice, dropped at rest, answers as a new key would: two requests a minute.
+        assert_eq!(admit("alice", 2 * MINUTE), Decision::Admitted);
+        assert_eq!(admit("alice", 2 * MINUTE), Decision::Admitted);
+        assert!(matches!(admit("alice", 2 * MINUTE), Decision::Rejected(_)));
+        // Tokens spent today keep a key past its rate window: it is not at rest.
+        let tokens = Admit {
+            key: "bob",
+            limits: &limits,
+            amounts: amounts(0, 0, 900),
+            now: 3 * MINUTE,
+        };
+        assert_eq!(store.admit_now(tokens), Decision::Admitted);
+        for n in 0..10_000 {
+            admit(&format!("flood{n}"), 10 * MINUTE);
+        }
+        let bob = store.lock().keys.contains_key("bob");
+        assert!(bob, "bob's spent tokens were dropped");
+        let more = Admit {
+            now: 10 * MINUTE,
+            amounts: amounts(0, 0, 200),
+            ..tokens
+        };
+        assert!(matches!(store.admit_now(more), Decision::Rejected(_)));
     }
 }
