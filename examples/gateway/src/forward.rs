@@ -35,6 +35,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body as AxumBody;
@@ -71,15 +72,42 @@ pub(crate) type UpstreamResponseBody = Either<Incoming, Full<Bytes>>;
 /// a channel whose first block holds 32 of them, allocated with the connection: with the
 /// stack's body by value (488 bytes a request against 192) that block took 15.4 KB per
 /// upstream connection instead of 6.9 KB (massif, 500 open streams; BENCHMARKS.md).
+///
+/// Its settings are behind one `Arc`: the layers above clone the service below them for
+/// each request (tower's clone-and-swap for readiness), about seven times a request in the
+/// full stack, and a pooled client with its URI cost a copy of a few hundred bytes and
+/// several reference counts each time.
 #[derive(Debug, Clone)]
-pub(crate) struct Forward {
-    pub(crate) client: Client<Connector, AxumBody>,
-    pub(crate) upstream: Uri,
+pub(crate) struct Forward(Arc<Target>);
+
+#[derive(Debug)]
+struct Target {
+    client: Client<Connector, AxumBody>,
+    upstream: Uri,
     /// The version requests are sent in (the client's pool speaks it).
-    pub(crate) version: UpstreamVersion,
+    version: UpstreamVersion,
     /// Ask the upstream for `Accept-Encoding: identity` (the tower-sse stack), or forward
     /// the client's (the bare pass-through).
-    pub(crate) identity: bool,
+    identity: bool,
+}
+
+impl Forward {
+    /// Requests to `upstream` through `client`, in `version`; `identity`: ask the upstream
+    /// for `Accept-Encoding: identity` (the tower-sse stack) rather than forward the
+    /// client's (the bare pass-through).
+    pub(crate) fn new(
+        client: Client<Connector, AxumBody>,
+        upstream: Uri,
+        version: UpstreamVersion,
+        identity: bool,
+    ) -> Self {
+        Self(Arc::new(Target {
+            client,
+            upstream,
+            version,
+            identity,
+        }))
+    }
 }
 
 /// The path and query sent upstream: the path of `--upstream` is a base path, which the
@@ -122,19 +150,19 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let mut request = request.map(AxumBody::new);
-        let path = upstream_path(&self.upstream, request.uri());
-        let mut parts = self.upstream.clone().into_parts();
+        let target = self.0.clone();
+        let path = upstream_path(&target.upstream, request.uri());
+        let mut parts = target.upstream.clone().into_parts();
         parts.path_and_query = path.parse().ok();
         let uri = Uri::from_parts(parts);
-        if self.identity {
+        if target.identity {
             // A compressed stream could not be read, so not metered (see the module's text).
             request.headers_mut().insert(
                 http::header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
         }
-        let client = self.client.clone();
-        let version = self.version.version();
+        let version = target.version.version();
         // Taken before the hop-by-hop headers go: an upgrade (WebSocket) is proxied.
         let upgrade = crate::upgrade::requested(&mut request);
         Box::pin(async move {
@@ -158,7 +186,7 @@ where
             }
             let method = request.method().clone();
             *request.uri_mut() = uri.clone();
-            match client.request(request).await {
+            match target.client.request(request).await {
                 Ok(mut response) => {
                     if let Some(upgrade) = upgrade
                         && response.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -142,12 +142,12 @@ impl Shared {
         if self.config.stack == Stack::Bare {
             let bare = ServiceBuilder::new()
                 .map_request(count_request)
-                .service(Forward {
-                    client: self.client(),
-                    upstream: self.config.upstream.clone(),
-                    version: self.config.upstream_version,
-                    identity: false,
-                });
+                .service(Forward::new(
+                    self.client(),
+                    self.config.upstream.clone(),
+                    self.config.upstream_version,
+                    false,
+                ));
             return self.with_routes(bare);
         }
         let client = self.client();
@@ -175,12 +175,12 @@ impl Shared {
             let failover = forward::AnsweredFailover(self.failover());
             return self.with_routes(stack.service(failover));
         }
-        let stack = stack.service(Forward {
+        let stack = stack.service(Forward::new(
             client,
-            upstream: self.config.upstream.clone(),
-            version: self.config.upstream_version,
-            identity: true,
-        });
+            self.config.upstream.clone(),
+            self.config.upstream_version,
+            true,
+        ));
         self.with_routes(stack)
     }
 
@@ -192,11 +192,13 @@ impl Shared {
         let client = self.client();
         let upstreams = std::iter::once(&self.config.upstream)
             .chain(&self.config.fallback_upstreams)
-            .map(|upstream| Forward {
-                client: client.clone(),
-                upstream: upstream.clone(),
-                version: self.config.upstream_version,
-                identity: true,
+            .map(|upstream| {
+                Forward::new(
+                    client.clone(),
+                    upstream.clone(),
+                    self.config.upstream_version,
+                    true,
+                )
             });
         // Below the request body limit: every body it keeps is within `--max-body-bytes`.
         Failover::new(upstreams).max_replay_body(self.config.max_body_bytes)
