@@ -59,7 +59,7 @@ impl Stamper {
     fn set_line(&mut self, seq: u64) {
         if seq == self.line_seq.wrapping_add(1)
             && let [.., last, b'\n'] = self.line.as_mut_slice()
-            && (b'0'..b'9').contains(last)
+            && matches!(last, b'0'..=b'8')
         {
             *last += 1;
             self.line_seq = seq;
