@@ -108,8 +108,6 @@ impl Stamper {
     /// The wire form of `event` as event `seq` of the stream; `id_line`: the event has an
     /// `id` field line of its own (valid or not), which ours replaces.
     pub(crate) fn event(&mut self, seq: u64, event: EventRef<'_>, id_line: bool) -> Bytes {
-        let mut digits = [0; 20];
-        let digits = decimal(seq, &mut digits);
         if !id_line {
             if event.is_unterminated() {
                 // The input ended without the blank line (a lenient end): add it, as a
@@ -119,12 +117,12 @@ impl Stamper {
             }
             return self.whole(seq, event.raw());
         }
-        let mut id = BytesMut::with_capacity(self.prefix.len() + digits.len());
-        id.put_slice(&self.prefix[4..]);
-        id.put_slice(digits);
+        // Our id: the id line without its `id: ` and its line end.
+        self.set_line(seq);
+        let id = Bytes::copy_from_slice(&self.line[4..self.line.len() - 1]);
         let mut builder = Event::builder()
             .data(Bytes::copy_from_slice(event.data_bytes()))
-            .id(id.freeze());
+            .id(id);
         if !event.event_bytes().is_empty() {
             builder = builder.event(Bytes::copy_from_slice(event.event_bytes()));
         }
@@ -141,14 +139,12 @@ impl Stamper {
 
     /// A block that sets `retry` (and nothing a client sees as an event), as entry `seq`.
     pub(crate) fn retry(&mut self, seq: u64, retry_ms: u64) -> Bytes {
-        let mut digits = [0; 20];
-        let digits = decimal(seq, &mut digits);
+        self.set_line(seq);
         let mut ms = [0; 20];
         let ms = decimal(retry_ms, &mut ms);
-        self.reserve(self.prefix.len() + digits.len() + 9 + ms.len());
-        self.arena.put_slice(&self.prefix);
-        self.arena.put_slice(digits);
-        self.arena.put_slice(b"\nretry: ");
+        self.reserve(self.line.len() + 9 + ms.len());
+        self.arena.extend_from_slice(&self.line);
+        self.arena.put_slice(b"retry: ");
         self.arena.put_slice(ms);
         self.arena.put_slice(b"\n\n");
         self.arena.split().freeze()
