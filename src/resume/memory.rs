@@ -619,6 +619,82 @@ impl MemLog {
 }
 
 impl MemLog {
+    /// Append `events` as entries `first_seq`, `first_seq + 1`, …: under one lock, with one
+    /// clock read, one bound check and at most one wake-up of the readers for all of them.
+    /// All or none: on error nothing was taken from `events`.
+    ///
+    /// `push` moves the `count` entries into the log's queue and says how many bytes they are.
+    fn push_all(
+        &self,
+        first_seq: u64,
+        count: usize,
+        push: impl FnOnce(&mut VecDeque<Bytes>) -> usize,
+    ) -> Result<(), StoreError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let last_seq = first_seq + count as u64 - 1;
+        let (reweigh, counted, wake) = {
+            let mut state = self.lock();
+            if state.end.is_some() || first_seq != state.last_seq + 1 {
+                return Err(StoreError::unavailable("append out of sequence"));
+            }
+            let added = push(&mut state.events);
+            state.bytes += added;
+            state.last_seq = last_seq;
+            state.last_change = Instant::now();
+            let max_bytes = if state.evicted {
+                EVICTED_KEEP_BYTES
+            } else {
+                self.limits.max_stream_bytes
+            };
+            let trimmed = trim(&mut state, max_bytes, self.limits.max_stream_events);
+            if !state.evicted {
+                self.room.set(
+                    max_bytes.saturating_sub(state.bytes),
+                    self.limits
+                        .max_stream_events
+                        .saturating_sub(state.events.len()),
+                );
+            }
+            // Counted under the log's lock, so that an eviction subtracts what was added.
+            let counted = !state.evicted;
+            if counted {
+                let counters = &self.counters;
+                state.touched = counters
+                    .clock
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if added >= trimmed {
+                    counters.add_held(added - trimmed);
+                } else {
+                    counters.sub_held(trimmed - added);
+                }
+            }
+            // Every access to `wanted` is under the log's lock: a load, and a store only
+            // when a reader wants waking (no locked read-modify-write per append).
+            let wake = self.wanted.load(std::sync::atomic::Ordering::Relaxed);
+            if wake {
+                self.wanted
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            (self.reweigh(&mut state, false), counted, wake)
+        };
+        if wake {
+            self.wake.send_replace(last_seq);
+        }
+        if reweigh {
+            self.insert_again();
+        }
+        // Outside the lock: the exact bound, whatever the cache has weighed so far.
+        if counted
+            && self.counters.over_bound()
+            && let Some(store) = self.store.upgrade()
+        {
+            store.evict_to_bound();
+        }
+        Ok(())
+    }
+
     /// The entries after `cursor`, into `events` (empty).
     fn read_into(&self, cursor: u64, limits: ReadLimits, mut events: Vec<Bytes>) -> Read {
         let state = self.lock();
@@ -661,10 +737,10 @@ impl Room {
         self.events.store(events, Relaxed);
     }
 
-    /// Whether one more entry of `len` bytes fits for sure.
-    fn fits(&self, len: usize) -> bool {
+    /// Whether `events` more entries of `bytes` in all fit for sure.
+    fn fits(&self, events: usize, bytes: usize) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        self.events.load(Relaxed) >= 1 && self.bytes.load(Relaxed) >= len
+        self.events.load(Relaxed) >= events && self.bytes.load(Relaxed) >= bytes
     }
 }
 
@@ -705,71 +781,34 @@ impl StreamLog for MemLog {
     }
 
     fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
-        let result = {
-            let mut state = self.lock();
-            if state.end.is_some() || seq != state.last_seq + 1 {
-                Err(StoreError::unavailable("append out of sequence"))
-            } else {
-                let added = event.len();
-                state.bytes += added;
-                state.events.push_back(event);
-                state.last_seq = seq;
-                state.last_change = Instant::now();
-                let max_bytes = if state.evicted {
-                    EVICTED_KEEP_BYTES
-                } else {
-                    self.limits.max_stream_bytes
-                };
-                let trimmed = trim(&mut state, max_bytes, self.limits.max_stream_events);
-                if !state.evicted {
-                    self.room.set(
-                        max_bytes.saturating_sub(state.bytes),
-                        self.limits
-                            .max_stream_events
-                            .saturating_sub(state.events.len()),
-                    );
-                }
-                // Counted under the log's lock, so that an eviction subtracts what was added.
-                let counted = !state.evicted;
-                if counted {
-                    let counters = &self.counters;
-                    state.touched = counters
-                        .clock
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if added >= trimmed {
-                        counters.add_held(added - trimmed);
-                    } else {
-                        counters.sub_held(trimmed - added);
-                    }
-                }
-                // Every access to `wanted` is under the log's lock: a load, and a store only
-                // when a reader wants waking (no locked read-modify-write per append).
-                let wake = self.wanted.load(std::sync::atomic::Ordering::Relaxed);
-                if wake {
-                    self.wanted
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok((self.reweigh(&mut state, false), counted, wake))
-            }
+        let push = |events: &mut VecDeque<Bytes>| {
+            let added = event.len();
+            events.push_back(event);
+            added
         };
-        if let Ok((reweigh, counted, wake)) = &result {
-            if *wake {
-                self.wake.send_replace(seq);
-            }
-            if *reweigh {
-                self.insert_again();
-            }
-            // Outside the lock: the exact bound, whatever the cache has weighed so far.
-            if *counted
-                && self.counters.over_bound()
-                && let Some(store) = self.store.upgrade()
-            {
-                store.evict_to_bound();
-            }
-        }
-        match result.map(drop) {
+        match self.push_all(seq, 1, push) {
             // A zero-sized future: boxing it allocates nothing, on every append.
-            Ok(_) => Box::pin(Appended),
+            Ok(()) => Box::pin(Appended),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
+
+    fn append_all<'a>(
+        &'a self,
+        first_seq: u64,
+        events: &'a mut Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let count = events.len();
+        let push = |log: &mut VecDeque<Bytes>| {
+            let mut added = 0;
+            for event in events.drain(..) {
+                added += event.len();
+                log.push_back(event);
+            }
+            added
+        };
+        match self.push_all(first_seq, count, push) {
+            Ok(()) => Box::pin(Appended),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
     }
@@ -817,8 +856,8 @@ impl StreamLog for MemLog {
         Some(Ok(self.read_into(cursor, limits, events)))
     }
 
-    fn trim_point(&self, len: usize) -> u64 {
-        if self.room.fits(len) {
+    fn trim_point(&self, events: usize, bytes: usize) -> u64 {
+        if self.room.fits(events, bytes) {
             // Within its bounds (the common case): this append trims nothing.
             return 0;
         }
@@ -832,8 +871,11 @@ impl StreamLog for MemLog {
             self.limits.max_stream_bytes
         };
         // What `trim` would drop after this append.
-        let (mut bytes, mut count, mut first) =
-            (state.bytes + len, state.events.len() + 1, state.first_seq);
+        let (mut bytes, mut count, mut first) = (
+            state.bytes + bytes,
+            state.events.len() + events,
+            state.first_seq,
+        );
         if bytes <= max_bytes && count <= self.limits.max_stream_events {
             // Within its bounds (the common case): this append trims nothing.
             return 0;
@@ -845,6 +887,12 @@ impl StreamLog for MemLog {
             bytes -= old.len();
             count -= 1;
             first += 1;
+        }
+        if count > 1 && (bytes > max_bytes || count > self.limits.max_stream_events) {
+            // The new entries themselves would be trimmed (the newest stays): at least the
+            // first of them, and as many as are past the count bound.
+            let past = count.saturating_sub(self.limits.max_stream_events).max(1);
+            return first + past as u64;
         }
         if first == state.first_seq { 0 } else { first }
     }
@@ -918,6 +966,45 @@ mod tests {
             panic!()
         };
         assert!(batch.is_partial() && batch.end.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_appended_as_its_entries_one_by_one_would_be() {
+        let store = MemoryStore::builder().max_stream_events(3).build();
+        let log = log(&store, Tenant::anonymous());
+        let mut wake = log.wake_ups();
+        let x = |b: &'static [u8]| Bytes::from_static(b);
+        // Nothing to wake for when nothing came.
+        futures_ready(log.append_all(1, &mut Vec::new())).unwrap();
+        assert!(!wake.has_changed().unwrap());
+        // A reader waiting is woken once, with the batch's last seq.
+        let mut batch = vec![x(b"a"), x(b"bb")];
+        futures_ready(log.append_all(1, &mut batch)).unwrap();
+        assert!(batch.is_empty(), "the batch is emptied");
+        assert_eq!(*wake.borrow_and_update(), 2);
+        assert_eq!(store.held_bytes(), LOG_OVERHEAD as u64 + 3);
+        // Out of sequence: refused, nothing appended.
+        let mut refused = vec![x(b"c")];
+        assert!(futures_ready(log.append_all(2, &mut refused)).is_err());
+        assert_eq!(refused, vec![x(b"c")], "what was not recorded stays");
+        // Past the bound: the oldest trimmed, the newest kept, as one by one.
+        let mut batch = vec![x(b"c"), x(b"d"), x(b"e")];
+        assert_eq!(log.trim_point(3, 3), 3);
+        // A batch that would trim its own first entries says so (past the log's last).
+        assert_eq!(log.trim_point(4, 4), 4);
+        assert_eq!(log.trim_point(6, 6), 6);
+        futures_ready(log.append_all(3, &mut batch)).unwrap();
+        let limits = ReadLimits::default();
+        assert_eq!(rd(log.read_after(1, limits)), Read::Gone);
+        assert_eq!(
+            events(rd(log.read_after(2, limits))).0,
+            vec![x(b"c"), x(b"d"), x(b"e")]
+        );
+        assert_eq!(store.held_bytes(), LOG_OVERHEAD as u64 + 3);
+        // Then one by one again, after the batch.
+        futures_ready(log.append(6, x(b"f"))).unwrap();
+        futures_ready(log.end(6, StreamEnd::Completed)).unwrap();
+        assert!(futures_ready(log.append_all(7, &mut vec![x(b"g")])).is_err());
     }
 
     #[tokio::test(start_paused = true)]

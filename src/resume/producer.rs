@@ -246,9 +246,17 @@ pub(crate) async fn produce<B>(
     let mut frames = 0u32;
     // A frame that is one whole event, handed over by the `SseLayer` (see [`Handoff`]).
     let mut whole: Option<Bytes> = None;
+    // Entries stamped and not yet appended: what the body had ready at once goes to the log
+    // in one `append_all` (see [`Batch`]).
+    let mut batch = Batch::default();
     let end = 'stream: loop {
         frames += 1;
         if frames.is_multiple_of(FRAMES_PER_YIELD) {
+            if let Err(appended) = batch.flush(&*log, seq).await {
+                seq = appended;
+                break 'stream store_failed(&shared);
+            }
+            guard.seq = seq;
             // An upstream that is always ready must not hold the runtime's thread.
             tokio::task::yield_now().await;
         }
@@ -287,6 +295,15 @@ pub(crate) async fn produce<B>(
         .await;
         let step = if let Poll::Ready(frame) = ready {
             Step::Frame(frame)
+        } else if !batch.is_empty() {
+            // Nothing more ready: what was read goes to the log before this task waits; then
+            // the body is asked again (the append may have waited, and its wake-up with it).
+            if let Err(appended) = batch.flush(&*log, seq).await {
+                seq = appended;
+                break 'stream store_failed(&shared);
+            }
+            guard.seq = seq;
+            continue;
         } else {
             let mut registered = true;
             let mut changed = pin!(readers.changed());
@@ -416,37 +433,93 @@ pub(crate) async fn produce<B>(
                     break 'stream StreamEnd::Failed;
                 }
             };
-            seq += 1;
             // A connected reader is never trimmed past silently: hold back (and so hold the
-            // upstream back) while one has not read what this append would trim.
+            // upstream back) while one has not read what this entry's append would trim. An
+            // entry that would trim goes alone: the batch before it first (it trims nothing).
             let hold = config.slow_reader_hold;
-            if !hold.is_zero() {
-                let keep = log.trim_point(entry.len());
+            let len = entry.len();
+            if !hold.is_zero() && log.trim_point(batch.len() + 1, batch.bytes + len) > 0 {
+                if let Err(appended) = batch.flush(&*log, seq).await {
+                    seq = appended;
+                    break 'stream store_failed(&shared);
+                }
+                guard.seq = seq;
+                let keep = log.trim_point(1, len);
                 if keep > 0 && shared.lagging(keep) {
-                    let len = entry.len();
-                    shared.hold(hold, || log.trim_point(len)).await;
+                    shared.hold(hold, || log.trim_point(1, len)).await;
                 }
             }
-            if log.append(seq, entry).await.is_err() {
-                // The log cannot follow: its readers end, and resumes find it gone.
-                seq -= 1;
-                shared.producer_ended(
-                    Outcome::StoreFailed,
-                    "the resume store failed: the stream's log could not take an event",
-                );
-                break 'stream StreamEnd::Failed;
-            }
-            guard.seq = seq;
+            seq += 1;
+            batch.push(entry);
         }
         if last {
             break StreamEnd::Completed;
         }
     };
+    // What was read before the end goes to the log before it (a failed flush left the
+    // batch empty).
+    let end = match batch.flush(&*log, seq).await {
+        Ok(()) => end,
+        Err(appended) => {
+            seq = appended;
+            store_failed(&shared)
+        }
+    };
+    guard.seq = seq;
     // Cancelling drops the body here: the `SseLayer`'s body reports the stream.
     drop(body);
     guard.log = None;
     let _ = log.end(seq, end).await;
     config.producers.remove(id);
+}
+
+/// The stream's log could not take its entries: its readers end, and resumes find it gone.
+fn store_failed(shared: &Shared) -> StreamEnd {
+    shared.producer_ended(
+        Outcome::StoreFailed,
+        "the resume store failed: the stream's log could not take an event",
+    );
+    StreamEnd::Failed
+}
+
+/// Entries stamped and not yet appended: what the body had ready at once, appended in one
+/// [`StreamLog::append_all`] when the body has nothing more ready (before the producer
+/// waits), before it yields the thread, and at the end. A reader sees an entry at most one
+/// burst of ready frames later than one by one, and the log's lock, clock read and reader
+/// wake-up are paid once per burst.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, entry: Bytes) {
+        self.bytes += entry.len();
+        self.entries.push(entry);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Append the entries to `log`, the last of them being entry `last_seq`. On failure those
+    /// not recorded are dropped, and the error is the seq of the last entry recorded.
+    async fn flush(&mut self, log: &dyn StreamLog, last_seq: u64) -> Result<(), u64> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let first = last_seq + 1 - self.entries.len() as u64;
+        self.bytes = 0;
+        let appended = log.append_all(first, &mut self.entries).await;
+        let unrecorded = self.entries.len() as u64;
+        self.entries.clear();
+        appended.map_err(|_| last_seq - unrecorded.min(last_seq))
+    }
 }
 
 /// How long the producer keeps its upstream with no reader attached anywhere.

@@ -84,6 +84,38 @@ pub trait StreamLog: Send + Sync + 'static {
     /// stream's log.
     fn append(&self, seq: u64, event: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Append events `first_seq`, `first_seq + 1`, … in order, as [`append`](Self::append)
+    /// would each; `events` is left empty (its allocation kept, for the next batch).
+    ///
+    /// The producer hands over what its upstream had ready at once (a burst of frames read
+    /// without waiting), so that a store pays its per-append costs (a lock, a clock read, a
+    /// wake-up of the readers) once per batch. The default appends them one by one.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when an entry could not be recorded; `events` then keeps the entries
+    /// not recorded, the one that failed first (those before it were recorded). The producer
+    /// then ends the stream's log after the last recorded entry.
+    fn append_all<'a>(
+        &'a self,
+        first_seq: u64,
+        events: &'a mut Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut recorded = 0;
+            let mut result = Ok(());
+            for (seq, event) in (first_seq..).zip(events.iter()) {
+                if let Err(error) = self.append(seq, event.clone()).await {
+                    result = Err(error);
+                    break;
+                }
+                recorded += 1;
+            }
+            events.drain(..recorded);
+            result
+        })
+    }
+
     /// The terminal entry: no event follows `last_seq`, and the stream ended as `end` says.
     ///
     /// # Errors
@@ -128,16 +160,19 @@ pub trait StreamLog: Send + Sync + 'static {
         None
     }
 
-    /// The seq of the oldest entry the log would keep if one more entry of `len` bytes were
-    /// appended now (its own bounds trimming older ones); `0` when that append would trim
-    /// nothing, or when it cannot say (the default) or never trims. The common case, a log
-    /// within its bounds, answers `0` so that the producer asks its readers nothing.
+    /// The seq of the oldest entry the log would keep if `events` more entries of `bytes` in
+    /// all were appended now (its own bounds trimming older ones); `0` when those appends
+    /// would trim nothing, or when it cannot say (the default) or never trims. When they
+    /// would trim some of the new entries themselves, a seq past the log's last entry (the
+    /// first new entry kept, or a lower bound of it). The common case, a log within its
+    /// bounds, answers `0` so that the producer asks its readers nothing.
     ///
-    /// The producer asks before each append: while an attached reader has not read an entry
-    /// that would be trimmed, it holds back (and so holds back the upstream), for at most
+    /// The producer asks before each [`append_all`](Self::append_all): while an attached
+    /// reader has not read an entry that would be trimmed, it holds back (and so holds back
+    /// the upstream), for at most
     /// [`ResumeLayer::slow_reader_hold`](crate::ResumeLayer::slow_reader_hold).
-    fn trim_point(&self, len: usize) -> u64 {
-        let _ = len;
+    fn trim_point(&self, events: usize, bytes: usize) -> u64 {
+        let _ = (events, bytes);
         0
     }
 

@@ -294,6 +294,14 @@ impl StreamLog for ProducerLog {
         self.local.append(seq, event)
     }
 
+    fn append_all<'a>(
+        &'a self,
+        first_seq: u64,
+        events: &'a mut Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.local.append_all(first_seq, events)
+    }
+
     fn end(&self, last_seq: u64, end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
         {
             let mut ended = self.end.lock().unwrap_or_else(PoisonError::into_inner);
@@ -325,8 +333,8 @@ impl StreamLog for ProducerLog {
         self.local.read_now(cursor, limits, buffer)
     }
 
-    fn trim_point(&self, len: usize) -> u64 {
-        self.local.trim_point(len)
+    fn trim_point(&self, events: usize, bytes: usize) -> u64 {
+        self.local.trim_point(events, bytes)
     }
 
     fn presence(&self) -> Option<Duration> {
