@@ -1,7 +1,6 @@
 //! [`ResumeBody`]: a client's connection to a resumable stream, a reader that follows the
 //! log by cursor; or a body passed through.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -146,7 +145,9 @@ pub(crate) struct Reader {
     config: Arc<Config>,
     /// The seq of the last event sent.
     cursor: u64,
-    pending: VecDeque<Bytes>,
+    /// The events read and not sent yet, the next one last (a read's buffer taken whole and
+    /// turned around: no copy into a queue, a `pop` per event).
+    pending: Vec<Bytes>,
     /// The buffer of the last read, given back to the store for the next one.
     spare: Vec<Bytes>,
     /// Events up to this seq were in the log when a resume attached: replayed.
@@ -211,7 +212,7 @@ impl Reader {
             log,
             config,
             cursor,
-            pending: VecDeque::new(),
+            pending: Vec::new(),
             spare: Vec::new(),
             replay_until: if resumed { first.head } else { 0 },
             wake: ReusableBoxFuture::new(changed(wake)),
@@ -239,11 +240,20 @@ impl Reader {
         self
     }
 
-    fn take(&mut self, mut batch: Batch) {
+    fn take(&mut self, batch: Batch) {
         self.wait = !batch.is_partial();
         self.end = batch.end;
-        self.pending.extend(batch.events.drain(..));
-        self.spare = batch.events;
+        let mut events = batch.events;
+        events.reverse();
+        if self.pending.is_empty() {
+            // The common case (a read comes when all was sent): the read's buffer becomes
+            // the pending one, and the empty one goes back to the store.
+            std::mem::swap(&mut self.pending, &mut events);
+        } else {
+            // Older events stay last, to go first.
+            self.pending.splice(0..0, events.drain(..));
+        }
+        self.spare = events;
         self.attach.read_to(batch.last_seq);
     }
 
@@ -269,7 +279,7 @@ impl Reader {
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
+            if let Some(event) = self.pending.pop() {
                 self.cursor += 1;
                 self.record.events += 1;
                 if self.cursor <= self.replay_until {
