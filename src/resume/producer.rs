@@ -22,6 +22,10 @@ use crate::sse::{DecodeError, Decoder, Event, EventRef, FoundKind, terminate_blo
 /// How many upstream frames the producer reads before it yields to the runtime.
 const FRAMES_PER_YIELD: u32 = 64;
 
+/// How many entries' room a waiting producer keeps for its next batch (a live stream's bursts
+/// are an event or a few; a larger one's room is given back when the producer waits).
+const KEEP_BATCH_ROOM: usize = 4;
+
 /// How many bytes the stamper takes from the allocator at once for its entries.
 const ARENA_BYTES: usize = 4096;
 
@@ -303,6 +307,8 @@ pub(crate) async fn produce<B>(
                 break 'stream store_failed(&shared);
             }
             guard.seq = seq;
+            // A stream that waits holds no more than a live event's room for its next batch.
+            batch.entries.shrink_to(KEEP_BATCH_ROOM);
             continue;
         } else {
             let mut registered = true;
