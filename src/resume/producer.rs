@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body::Body;
+use http_body::{Body, Frame};
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 use crate::BoxError;
@@ -26,21 +26,29 @@ const FRAMES_PER_YIELD: u32 = 64;
 /// are an event or a few; a larger one's room is given back when the producer waits).
 const KEEP_BATCH_ROOM: usize = 4;
 
-/// How many bytes the stamper takes from the allocator at once for its entries.
+/// How many bytes the stamper takes from the allocator at once for its first entries.
 const ARENA_BYTES: usize = 4096;
+
+/// The most it takes at once: each buffer is twice the last, up to this (a long stream then
+/// pays an allocation per 32 KiB of entries, a short one holds at most 4 KiB of room).
+const MAX_ARENA_BYTES: usize = 32 * 1024;
 
 /// Stamps ids on events: `id: <stream-id>.<seq>` in front of the event's own bytes, or the
 /// event re-encoded when it carries an `id` of its own (ours must be the one that counts).
 ///
-/// Entries are written one after the other into a shared buffer of [`ARENA_BYTES`] and cut
-/// off it (`BytesMut::split`): one allocation per buffer rather than two per event (the
-/// entry, and the shared header a `Bytes` made from a `Vec` allocates at its first clone),
-/// and cloning an entry for a reader is a reference count. A buffer is freed once every
-/// entry cut from it is dropped: a log holds at most one buffer's worth more than its
-/// entries (its newest buffer, partly written; or its oldest, partly trimmed).
+/// Entries are written one after the other into a shared buffer of [`ARENA_BYTES`] (each
+/// next one twice as large, up to [`MAX_ARENA_BYTES`]) and cut off it (`BytesMut::split`):
+/// one allocation per buffer rather than two per event (the entry, and the shared header a
+/// `Bytes` made from a `Vec` allocates at its first clone), and cloning an entry for a
+/// reader is a reference count. A buffer is freed once every entry cut from it is dropped: a
+/// log holds at most one buffer's worth more than its entries (its newest buffer, partly
+/// written; or its oldest, partly trimmed), and a buffer is at most as large as the entries
+/// written before it.
 pub(crate) struct Stamper {
     prefix: Bytes,
     arena: BytesMut,
+    /// The size of the next buffer.
+    next_arena: usize,
     /// The id line of entry `line_seq` (`id: <stream-id>.<seq>\n`), kept so that the next
     /// entry's is made by counting up its digits in place.
     line: Vec<u8>,
@@ -52,6 +60,7 @@ impl Stamper {
         Self {
             prefix: id.id_line_prefix(),
             arena: BytesMut::new(),
+            next_arena: ARENA_BYTES,
             line: Vec::new(),
             line_seq: 0,
         }
@@ -94,7 +103,8 @@ impl Stamper {
     /// Room for `len` more bytes in the current buffer, or a new one.
     fn reserve(&mut self, len: usize) {
         if self.arena.capacity() < len {
-            self.arena = BytesMut::with_capacity(len.max(ARENA_BYTES));
+            self.arena = BytesMut::with_capacity(len.max(self.next_arena));
+            self.next_arena = (self.next_arena * 2).min(MAX_ARENA_BYTES);
         }
     }
 
@@ -227,8 +237,8 @@ pub(crate) async fn produce<B>(
     // that the report (made when the body ends, maybe before the next look) has them.
     let mut attached_elsewhere = log.readers_elsewhere();
 
-    enum Step<F> {
-        Frame(Option<F>),
+    enum Step {
+        Frame(Got),
         Readers,
         /// A reader attached in another process (`false`: the signal is gone for good).
         Elsewhere(bool),
@@ -248,8 +258,6 @@ pub(crate) async fn produce<B>(
     // `SseLayer`'s body) still finds this producer in `config.producers`.
     let mut body = Box::pin(body);
     let mut frames = 0u32;
-    // A frame that is one whole event, handed over by the `SseLayer` (see [`Handoff`]).
-    let mut whole: Option<Bytes> = None;
     // Entries stamped and not yet appended: what the body had ready at once goes to the log
     // in one `append_all` (see [`Batch`]).
     let mut batch = Batch::default();
@@ -288,15 +296,7 @@ pub(crate) async fn produce<B>(
         // The body first, alone: a ready frame (the common case) needs none of the waits
         // below. When it is not ready, its waker is registered (this task's), so the wait
         // below need not poll it again until woken.
-        // Only whether a frame failed matters (and the error need not be `Send`).
-        let ready = poll_fn(|cx| {
-            Poll::Ready(
-                body.as_mut()
-                    .poll_frame(cx)
-                    .map(|frame| frame.map(|r| r.map_err(drop))),
-            )
-        })
-        .await;
+        let ready = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx).map(Got::from))).await;
         let step = if let Poll::Ready(frame) = ready {
             Step::Frame(frame)
         } else if !batch.is_empty() {
@@ -324,7 +324,7 @@ pub(crate) async fn produce<B>(
                 if !std::mem::take(&mut registered)
                     && let Poll::Ready(frame) = body.as_mut().poll_frame(cx)
                 {
-                    return Poll::Ready(Step::Frame(frame.map(|r| r.map_err(drop))));
+                    return Poll::Ready(Step::Frame(Got::from(frame)));
                 }
                 if let Poll::Ready(result) = changed.as_mut().poll(cx) {
                     // The sender lives in `shared`, which this task holds: never closed.
@@ -343,7 +343,8 @@ pub(crate) async fn produce<B>(
             })
             .await
         };
-        let last = match step {
+        // A frame that is one whole event, handed over by the `SseLayer` (see [`Handoff`]).
+        let (whole, last) = match step {
             Step::Readers => {
                 // `changed` marked the new count seen: read it here.
                 attached = *readers.borrow_and_update();
@@ -392,52 +393,49 @@ pub(crate) async fn produce<B>(
                     _ => break StreamEnd::Cancelled,
                 }
             }
-            Step::Frame(Some(Err(_))) => break StreamEnd::Failed,
-            Step::Frame(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    // One whole event the `SseLayer` framed already: stamped as it is, when
-                    // this decoder holds nothing before it and the event is within its limit
-                    // (else decoded, which fails it as before).
-                    if handoff
-                        .as_ref()
-                        .is_some_and(|handoff| handoff.is_whole(&data))
-                        && decoder.is_idle()
-                        && data.len() <= config.max_event_size
-                    {
-                        decoder.skipped_input();
-                        whole = Some(data);
-                    } else {
-                        decoder.push(data);
-                    }
+            Step::Frame(Got::Failed) => break StreamEnd::Failed,
+            Step::Frame(Got::Data(data)) => {
+                // One whole event the `SseLayer` framed already: stamped as it is, when this
+                // decoder holds nothing before it and the event is within its limit (else
+                // decoded, which fails it as before).
+                if handoff
+                    .as_ref()
+                    .is_some_and(|handoff| handoff.is_whole(&data))
+                    && decoder.is_idle()
+                    && data.len() <= config.max_event_size
+                {
+                    decoder.skipped_input();
+                    (Some(data), false)
+                } else {
+                    decoder.push(data);
+                    (None, false)
                 }
-                false
             }
-            Step::Frame(None) => {
+            Step::Frame(Got::Other) => (None, false),
+            Step::Frame(Got::End) => {
                 decoder.finish();
-                true
+                (None, true)
             }
         };
+        let mut stamped = whole.map(|event| stamper.whole(seq + 1, &event));
         // After a whole event the decoder holds nothing: no need to ask it.
-        let decode = whole.is_none();
+        let decode = stamped.is_none();
         loop {
-            let entry = match whole.take() {
-                Some(event) => Ok(stamper.whole(seq + 1, &event)),
+            let entry = match stamped.take() {
+                Some(entry) => entry,
                 None if !decode => break,
                 None => match next_entry(&mut decoder, &mut stamper, seq + 1) {
-                    Some(entry) => entry,
+                    Some(Ok(entry)) => entry,
+                    Some(Err(_)) => {
+                        // The report says why, not "disconnected" (its body is dropped below).
+                        shared.producer_ended(
+                            Outcome::EventTooLarge,
+                            "an event was larger than the resume layer's max_event_size",
+                        );
+                        break 'stream StreamEnd::Failed;
+                    }
                     None => break,
                 },
-            };
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(_) => {
-                    // The report says why, not "disconnected" (its body is dropped below).
-                    shared.producer_ended(
-                        Outcome::EventTooLarge,
-                        "an event was larger than the resume layer's max_event_size",
-                    );
-                    break 'stream StreamEnd::Failed;
-                }
             };
             // A connected reader is never trimmed past silently: hold back (and so hold the
             // upstream back) while one has not read what this entry's append would trim. An
@@ -477,6 +475,28 @@ pub(crate) async fn produce<B>(
     guard.log = None;
     let _ = log.end(seq, end).await;
     config.producers.remove(id);
+}
+
+/// What a poll of the body gave, kept small: a `Frame` has room for a `HeaderMap`, and moving
+/// it through the producer's state on every event cost more than the stamping (measured).
+/// Only whether a frame failed matters (and the error need not be `Send`).
+enum Got {
+    Data(Bytes),
+    /// A frame that is not data (trailers): nothing to log.
+    Other,
+    End,
+    Failed,
+}
+
+impl<E> From<Option<Result<Frame<Bytes>, E>>> for Got {
+    #[inline]
+    fn from(frame: Option<Result<Frame<Bytes>, E>>) -> Self {
+        match frame {
+            Some(Ok(frame)) => frame.into_data().map_or(Got::Other, Got::Data),
+            Some(Err(_)) => Got::Failed,
+            None => Got::End,
+        }
+    }
 }
 
 /// The stream's log could not take its entries: its readers end, and resumes find it gone.
@@ -584,6 +604,23 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_stamper_takes_larger_buffers_as_a_stream_grows() {
+        let mut stamper = Stamper::new(StreamId::from_bytes([0; 16]));
+        let raw = [b"data: ".as_slice(), &[b'x'; 90], b"\n\n"].concat();
+        let entries: Vec<Bytes> = (1..=600).map(|seq| stamper.whole(seq, &raw)).collect();
+        // A new buffer starts where an entry does not follow the one before it in memory.
+        let buffers = 1 + entries
+            .windows(2)
+            .filter(|pair| pair[0].as_ptr().wrapping_add(pair[0].len()) != pair[1].as_ptr())
+            .count();
+        // About 75 KB of entries: 4 + 8 + 16 + 32 KiB, then 32 KiB more (fixed 4 KiB
+        // buffers would have taken 19).
+        let total: usize = entries.iter().map(Bytes::len).sum();
+        assert!(total > 70_000, "{total}");
+        assert!(buffers <= 6, "{buffers} buffers");
     }
 
     #[test]
