@@ -243,16 +243,12 @@ impl Reader {
     fn take(&mut self, batch: Batch) {
         self.wait = !batch.is_partial();
         self.end = batch.end;
+        // A read comes only when all was sent (`poll_frame` sends what is pending first):
+        // the read's buffer becomes the pending one, and the empty one goes back to the store.
+        debug_assert!(self.pending.is_empty());
         let mut events = batch.events;
         events.reverse();
-        if self.pending.is_empty() {
-            // The common case (a read comes when all was sent): the read's buffer becomes
-            // the pending one, and the empty one goes back to the store.
-            std::mem::swap(&mut self.pending, &mut events);
-        } else {
-            // Older events stay last, to go first.
-            self.pending.splice(0..0, events.drain(..));
-        }
+        std::mem::swap(&mut self.pending, &mut events);
         self.spare = events;
         self.attach.read_to(batch.last_seq);
     }
@@ -260,10 +256,7 @@ impl Reader {
     /// The reader cannot go on without a gap.
     fn lost(&mut self, kind: ResumeGapKind) {
         if self.gap.is_none() {
-            self.gap = Some(ResumeGap::new(
-                kind,
-                self.cursor + self.pending.len() as u64,
-            ));
+            self.gap = Some(ResumeGap::new(kind, self.cursor_read()));
             self.record.gap = Some(kind);
             #[cfg(feature = "metrics")]
             crate::metrics::resume_reader_gap(kind.as_str());

@@ -758,6 +758,15 @@ impl std::future::Future for Appended {
     }
 }
 
+/// The answer of an append, ready at once: a success is a zero-sized future, so boxing it
+/// allocates nothing, on every append.
+fn appended(result: Result<(), StoreError>) -> BoxFuture<'static, Result<(), StoreError>> {
+    match result {
+        Ok(()) => Box::pin(Appended),
+        Err(error) => Box::pin(std::future::ready(Err(error))),
+    }
+}
+
 /// Drop the oldest events until the log is within its bounds (the newest event stays);
 /// the bytes dropped.
 fn trim(state: &mut LogState, max_bytes: usize, max_events: usize) -> usize {
@@ -786,11 +795,7 @@ impl StreamLog for MemLog {
             events.push_back(event);
             added
         };
-        match self.push_all(seq, 1, push) {
-            // A zero-sized future: boxing it allocates nothing, on every append.
-            Ok(()) => Box::pin(Appended),
-            Err(error) => Box::pin(std::future::ready(Err(error))),
-        }
+        appended(self.push_all(seq, 1, push))
     }
 
     fn append_all<'a>(
@@ -807,10 +812,7 @@ impl StreamLog for MemLog {
             }
             added
         };
-        match self.push_all(first_seq, count, push) {
-            Ok(()) => Box::pin(Appended),
-            Err(error) => Box::pin(std::future::ready(Err(error))),
-        }
+        appended(self.push_all(first_seq, count, push))
     }
 
     fn end(&self, last_seq: u64, end: StreamEnd) -> BoxFuture<'_, Result<(), StoreError>> {
