@@ -157,7 +157,8 @@ where
         let uri = Uri::from_parts(parts);
         if target.identity {
             // A compressed stream could not be read, so not metered (see the module's text).
-            request.headers_mut().insert(
+            set_header(
+                request.headers_mut(),
                 http::header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
@@ -226,8 +227,25 @@ fn to_version<B>(request: &mut Request<B>, uri: &Uri, version: Version) {
     } else if let Some(authority) = uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
-        headers.insert(HOST, host);
+        set_header(headers, HOST, host);
     }
+}
+
+/// Set `name` to `value`: in place when the request has exactly one, so that the map never
+/// grows for it. `HeaderMap::insert` makes room for one more entry before it looks for the
+/// name, and a map that is full (the client's headers and the gateway's own, six here) would
+/// double for a value that replaces another: 0.6 KB more that hyper's client keeps for the
+/// connection's life.
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let mut values = headers.get_all(&name).iter();
+    if values.next().is_some()
+        && values.next().is_none()
+        && let Some(slot) = headers.get_mut(&name)
+    {
+        *slot = value;
+        return;
+    }
+    headers.insert(name, value);
 }
 
 /// Hop-by-hop headers: they describe one connection and are never forwarded.
@@ -405,5 +423,44 @@ mod tests {
         );
         assert_eq!(joined("http://h/p?k=v", "/a?b=c"), "/p/a?k=v&b=c");
         assert_eq!(joined("http://h/p?k=v", "/"), "/p/?k=v");
+    }
+
+    #[test]
+    fn a_full_map_does_not_grow_for_a_header_it_has() {
+        // Six entries: what a map parsed for three headers holds after growing once.
+        let mut headers = HeaderMap::with_capacity(3);
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("host", "gateway:8080"),
+            ("content-length", "100"),
+            ("x-request-id", "1"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("accept-encoding", "gzip"),
+        ] {
+            headers.insert(name, value.parse().unwrap());
+        }
+        assert_eq!(headers.len(), headers.capacity(), "the map is full");
+        let capacity = headers.capacity();
+        set_header(&mut headers, HOST, HeaderValue::from_static("upstream:1"));
+        set_header(
+            &mut headers,
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        assert_eq!(headers.capacity(), capacity);
+        assert_eq!(headers[HOST], "upstream:1");
+        assert_eq!(headers[http::header::ACCEPT_ENCODING], "identity");
+
+        // Two values (or none): replaced by the one, as `insert` does.
+        headers.append(HOST, HeaderValue::from_static("other"));
+        set_header(&mut headers, HOST, HeaderValue::from_static("upstream:2"));
+        assert_eq!(headers.get_all(HOST).iter().count(), 1);
+        assert_eq!(headers[HOST], "upstream:2");
+        set_header(
+            &mut headers,
+            HeaderName::from_static("x-new"),
+            HeaderValue::from_static("1"),
+        );
+        assert_eq!(headers["x-new"], "1");
     }
 }
