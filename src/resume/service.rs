@@ -287,7 +287,13 @@ where
     config.producers.insert(id, shared.clone());
     // The `SseLayer` inside marks the frames that are whole events here (when it is there).
     let handoff = parts.extensions.remove::<Arc<Handoff>>();
-    runtime.spawn(produce(body, log.clone(), shared, config.clone(), handoff));
+    runtime.spawn(produce(
+        Box::pin(body),
+        log.clone(),
+        shared,
+        config.clone(),
+        handoff,
+    ));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(STREAM_ID_HEADER, header_value(id));
     let reader = Reader::new(log, config, wake, first, false, attach, true);
