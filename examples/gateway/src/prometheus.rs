@@ -66,12 +66,14 @@ pub(crate) fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Drain histogram samples into their buckets every few seconds, so memory stays flat
-/// when nobody scrapes `/metrics` (rendering drains them too).
+/// Drain histogram samples into their buckets every second, so memory stays flat when
+/// nobody scrapes `/metrics` (rendering drains them too). Samples wait in blocks until then,
+/// one per event (the inter-token gaps): at 20,000 events a second, 5 s of them were about
+/// 0.8 MB, 400 bytes per open stream of the side-by-side load.
 fn spawn_upkeep(handle: PrometheusHandle) {
     let upkeep = move || {
         loop {
-            std::thread::sleep(Duration::from_secs(5));
+            std::thread::sleep(Duration::from_secs(1));
             handle.run_upkeep();
         }
     };
