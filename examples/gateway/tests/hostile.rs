@@ -617,7 +617,17 @@ async fn a_disconnect_storm_with_draining_stays_within_the_limit() {
         assert!(Instant::now() < deadline, "drains still hold permits");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gateway.log().matches("outcome=client_disconnected").count() >= served);
+    // The log lines follow the reports by up to a few milliseconds (the log writer gathers
+    // lines), so the gauge at zero may come first.
+    let disconnects = || gateway.log().matches("outcome=client_disconnected").count();
+    while disconnects() < served {
+        assert!(
+            Instant::now() < deadline,
+            "{} disconnects logged for {served} streams served",
+            disconnects()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The drained upstream connections go back to the gateway's pool (idle for 30 s): up to
     // one per permit, two descriptors each (the in-process mock holds the other end).
     let mut gateway = gateway;
