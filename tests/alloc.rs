@@ -49,6 +49,7 @@ fn heap_in_use() -> isize {
 #[test]
 fn heap_use() {
     decoder_makes_no_allocation_per_event();
+    decoder_keeps_no_slice_of_its_input_for_the_last_event_id();
     endless_line_is_refused_with_bounded_memory();
     body_makes_no_allocation_per_event();
     usage_observer_makes_no_allocation_per_content_event();
@@ -177,6 +178,38 @@ fn decoder_makes_no_allocation_per_event() {
     decode_borrowed(&mut decoder, &b);
     let allocs = least_allocations(|| assert_eq!(decode_borrowed(&mut decoder, &b), 202));
     assert_eq!(allocs, 0, "borrowed decoding of split events allocated");
+}
+
+/// The last event id is the decoder's own copy, never a slice of the chunk that set it: an
+/// upstream that sets an id once and then sends events without one would otherwise keep its
+/// first chunk (in a real stream, a slice of the HTTP client's read buffer) for the stream's
+/// life. Ids that change from event to event are copied one after the other into a shared
+/// buffer: an allocation per buffer, not per event.
+fn decoder_keeps_no_slice_of_its_input_for_the_last_event_id() {
+    let mut decoder = Decoder::new();
+    let first = Bytes::from(b"id: stream-1\ndata: a\n\n".to_vec());
+    decode_borrowed(&mut decoder, std::slice::from_ref(&first));
+    decode_borrowed(&mut decoder, &[Bytes::from(b"data: b\n\n".to_vec())]);
+    assert_eq!(&decoder.last_event_id()[..], b"stream-1");
+    assert!(
+        first.is_unique(),
+        "the decoder still holds the chunk that set the last event id"
+    );
+
+    let with_ids: Vec<Bytes> = (0..100)
+        .map(|i| Bytes::from(format!("id: {}\ndata: x\n\n", 1000 + i).into_bytes()))
+        .collect();
+    decode_borrowed(&mut decoder, &with_ids); // warm up
+    let allocs = least_allocations(|| assert_eq!(decode_borrowed(&mut decoder, &with_ids), 100));
+    // The ids are copied into buffers of 256 bytes: 400 bytes of ids, two buffers, each
+    // an allocation and the shared header its first split makes.
+    assert!(
+        allocs <= 4,
+        "borrowed decoding of 100 events with ids allocated {allocs} times"
+    );
+    assert_eq!(&decoder.last_event_id()[..], b"1099");
+    // Every chunk but the last, which the decoder reads until the next comes, is let go.
+    assert!(with_ids[..99].iter().all(Bytes::is_unique));
 }
 
 fn endless_line_is_refused_with_bounded_memory() {

@@ -16,6 +16,9 @@ pub const DEFAULT_MAX_EVENT_SIZE: usize = 8 * 1024 * 1024;
 /// The UTF-8 byte order mark, which may start a stream (and is not part of it).
 pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The size of the buffer event ids are copied into (see [`Decoder::set_last_event_id`]).
+const ID_BUFFER_BYTES: usize = 256;
+
 /// An incremental, push-based decoder of the `text/event-stream` format, exactly as the
 /// HTML standard interprets it.
 ///
@@ -39,7 +42,9 @@ pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 ///   scanned again, however the input is split.
 /// - **Bounded**: one event may hold at most [`max_event_size`](Self::max_event_size) bytes.
 ///   A larger one yields [`DecodeError::EventTooLarge`], its bytes are released, and the
-///   decoder skips to the end of that block and carries on.
+///   decoder skips to the end of that block and carries on. The decoder keeps no slice of
+///   a chunk it has moved past: the last event id is its own copy (ids are copied into a
+///   shared buffer, one allocation per 256 bytes of ids).
 ///
 /// ```
 /// use bytes::Bytes;
@@ -93,6 +98,8 @@ pub struct Decoder {
     trailing: Option<Trailing>,
 
     last_event_id: Bytes,
+    /// Where ids are copied to, one after the other (see [`Self::set_last_event_id`]).
+    ids: BytesMut,
     reconnection_time: Option<u64>,
 }
 
@@ -265,6 +272,7 @@ impl Decoder {
             truncated: false,
             trailing: None,
             last_event_id: Bytes::new(),
+            ids: BytesMut::new(),
             reconnection_time: None,
         }
     }
@@ -867,6 +875,23 @@ impl Decoder {
         }
     }
 
+    /// Make `id` the last event id: always a copy, never a slice of the input, which would
+    /// keep the whole chunk alive, and the chunk is often a slice of an HTTP client's read
+    /// buffer (8 KiB or more), held for as long as the id lasts: the stream's life when only
+    /// its first event sets one. Ids are copied one after the other into a buffer of
+    /// [`ID_BUFFER_BYTES`] and split off it, so that ids changing from event to event cost
+    /// an allocation per buffer, not per event, and an event's id is shared by counting.
+    fn set_last_event_id(last: &mut Bytes, ids: &mut BytesMut, id: &[u8]) {
+        if last[..] == *id {
+            return;
+        }
+        if ids.capacity() < id.len() {
+            *ids = BytesMut::with_capacity(id.len().max(ID_BUFFER_BYTES));
+        }
+        ids.extend_from_slice(id);
+        *last = ids.split().freeze();
+    }
+
     /// A blank line (or the end of input in lenient mode) ends the block.
     fn dispatch(&mut self, unterminated: bool) -> Found {
         let mut block = std::mem::take(&mut self.block);
@@ -879,10 +904,11 @@ impl Decoder {
             block.data = Data::One(base + s, base + e);
         }
         if let Some((start, end)) = block.id {
-            self.last_event_id = match source {
-                Source::Input => self.input.slice(start..end),
-                Source::Carry => Bytes::copy_from_slice(&self.carry[start..end]),
+            let id = match source {
+                Source::Input => &self.input[start..end],
+                Source::Carry => &self.carry[start..end],
             };
+            Self::set_last_event_id(&mut self.last_event_id, &mut self.ids, id);
         }
         // A new block starts after this one; the carry is released on the next call.
         self.carrying = false;
