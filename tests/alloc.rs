@@ -54,6 +54,7 @@ fn heap_use() {
     body_makes_no_allocation_per_event();
     usage_observer_makes_no_allocation_per_content_event();
     state_per_open_stream();
+    stream_keeps_no_slice_of_the_upstream_read_buffer();
     #[cfg(feature = "resume")]
     resumable_reader_makes_no_allocation_per_live_event();
     #[cfg(feature = "resume")]
@@ -796,5 +797,89 @@ fn resumable_producer_holds_the_stream_body_once() {
              {body}-byte body more than once"
         );
         drop((senders, open));
+    });
+}
+
+/// A stream whose upstream gives every event an id, read over real loopback HTTP by a hyper
+/// client, one event per read: the layer lets go of each chunk once it has forwarded it, so
+/// the client reads the next event into the same buffer. A chunk kept (the last event id
+/// was once a slice of it) made the client take a new read buffer, 8 KiB or more, for every
+/// event.
+fn stream_keeps_no_slice_of_the_upstream_read_buffer() {
+    use axum::body::Body as AxumBody;
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use tokio::sync::mpsc;
+    use tower::ServiceExt;
+
+    const WARM: usize = 20;
+    const EVENTS: usize = 200;
+    fn event(i: usize) -> Bytes {
+        Bytes::from(format!(
+            "id: {i}\ndata: {{\"choices\":[{{\"delta\":{{\"content\":\"token {i}\"}}}}]}}\n\n"
+        ))
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (senders, mut next_sender) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
+        let app = axum::Router::new().fallback(move || {
+            let senders = senders.clone();
+            async move {
+                let (tx, rx) = mpsc::channel::<Bytes>(1);
+                senders.send(tx).unwrap();
+                let events = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|event| (Ok::<_, Infallible>(event), rx))
+                });
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(AxumBody::from_stream(events))
+                    .unwrap()
+            }
+        });
+        let upstream = support::forward::serve(app).await;
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let uri: http::Uri = format!("http://{upstream}/").parse().unwrap();
+        let forward = tower::service_fn(
+            move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
+                let (client, uri) = (client.clone(), uri.clone());
+                async move { client.get(uri).await }
+            },
+        );
+        let service = SseLayer::new().layer(forward);
+        let response = service.oneshot(Request::new(Empty::new())).await.unwrap();
+        let mut body = response.into_body();
+        let tx = next_sender.recv().await.unwrap();
+        let mut region = None;
+        for i in 0..WARM + EVENTS {
+            if i == WARM {
+                region = Some(Region::new(GLOBAL));
+            }
+            tx.send(event(i)).await.unwrap();
+            // The next event is sent once this one is through: one event per read.
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), event(i));
+        }
+        let stats = region.unwrap().change();
+        let per_event = stats.bytes_allocated / EVENTS;
+        println!(
+            "{EVENTS} events with ids over HTTP through SseLayer: {per_event} bytes allocated \
+             per event (both ends of the connection)"
+        );
+        // Far below a read buffer (8 KiB) per event: the events themselves and the server's
+        // and the channel's small allocations.
+        assert!(
+            per_event < 2048,
+            "{per_event} bytes allocated per event: the client took a new read buffer for each"
+        );
+        drop(tx);
     });
 }
