@@ -804,23 +804,14 @@ fn resumable_producer_holds_the_stream_body_once() {
 /// client, one event per read: the layer lets go of each chunk once it has forwarded it, so
 /// the client reads the next event into the same buffer. A chunk kept (the last event id
 /// was once a slice of it) made the client take a new read buffer, 8 KiB or more, for every
-/// event.
+/// event. Checked for the core layer and with the metering observers.
 fn stream_keeps_no_slice_of_the_upstream_read_buffer() {
     use axum::body::Body as AxumBody;
-    use http_body_util::BodyExt;
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::TokioExecutor;
     use tokio::sync::mpsc;
-    use tower::ServiceExt;
-
-    const WARM: usize = 20;
-    const EVENTS: usize = 200;
-    fn event(i: usize) -> Bytes {
-        Bytes::from(format!(
-            "id: {i}\ndata: {{\"choices\":[{{\"delta\":{{\"content\":\"token {i}\"}}}}]}}\n\n"
-        ))
-    }
+    use tower_sse::{DigestObserver, UsageObserver};
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -854,32 +845,68 @@ fn stream_keeps_no_slice_of_the_upstream_read_buffer() {
                 async move { client.get(uri).await }
             },
         );
-        let service = SseLayer::new().layer(forward);
-        let response = service.oneshot(Request::new(Empty::new())).await.unwrap();
-        let mut body = response.into_body();
-        let tx = next_sender.recv().await.unwrap();
-        let mut region = None;
-        for i in 0..WARM + EVENTS {
-            if i == WARM {
-                region = Some(Region::new(GLOBAL));
-            }
-            tx.send(event(i)).await.unwrap();
-            // The next event is sent once this one is through: one event per read.
-            let frame = body.frame().await.unwrap().unwrap();
-            assert_eq!(frame.into_data().unwrap(), event(i));
-        }
-        let stats = region.unwrap().change();
-        let per_event = stats.bytes_allocated / EVENTS;
+
+        let core = SseLayer::new().layer(forward.clone());
+        let per_event = allocated_per_event_with_ids(core, &mut next_sender).await;
+        println!("events with ids over HTTP, SseBody alone: {per_event} bytes allocated per event");
+        let metered = SseLayer::new()
+            .observer((
+                UsageObserver::new(),
+                TimingObserver::new(),
+                DigestObserver::new(),
+            ))
+            .layer(forward);
+        let metered = allocated_per_event_with_ids(metered, &mut next_sender).await;
         println!(
-            "{EVENTS} events with ids over HTTP through SseLayer: {per_event} bytes allocated \
-             per event (both ends of the connection)"
+            "events with ids over HTTP, + usage + timing + digest: {metered} bytes allocated per event"
         );
-        // Far below a read buffer (8 KiB) per event: the events themselves and the server's
-        // and the channel's small allocations.
-        assert!(
-            per_event < 2048,
-            "{per_event} bytes allocated per event: the client took a new read buffer for each"
-        );
-        drop(tx);
+        // Far below a read buffer (8 KiB) per event: the events themselves, and the server's
+        // and the channel's small allocations (both ends of the connection are counted).
+        for (stack, bytes) in [("core", per_event), ("metered", metered)] {
+            assert!(
+                bytes < 2048,
+                "{stack}: {bytes} bytes allocated per event: the client took a new read buffer for each"
+            );
+        }
     });
+}
+
+/// Bytes allocated per event of a stream through `service`, whose upstream (the next sender
+/// from `senders`) sends each event, with an id, once the last one reached the client.
+async fn allocated_per_event_with_ids<S, B>(
+    service: S,
+    senders: &mut tokio::sync::mpsc::UnboundedReceiver<tokio::sync::mpsc::Sender<Bytes>>,
+) -> usize
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    const WARM: usize = 20;
+    const EVENTS: usize = 200;
+    fn event(i: usize) -> Bytes {
+        Bytes::from(format!(
+            "id: {i}\ndata: {{\"choices\":[{{\"delta\":{{\"content\":\"token {i}\"}}}}]}}\n\n"
+        ))
+    }
+
+    let response = service.oneshot(Request::new(Empty::new())).await.unwrap();
+    let mut body = pin!(response.into_body());
+    let tx = senders.recv().await.unwrap();
+    let mut region = None;
+    for i in 0..WARM + EVENTS {
+        if i == WARM {
+            region = Some(Region::new(GLOBAL));
+        }
+        tx.send(event(i)).await.unwrap();
+        // The next event is sent once this one is through: one event per read.
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), event(i));
+    }
+    let stats = region.unwrap().change();
+    stats.bytes_allocated / EVENTS
 }
