@@ -164,6 +164,72 @@ fn service_with_a_cell_observer_is_send() {
     send_service(&service, |s| s.call(Request::new(Full::new(Bytes::new()))));
     assert_send::<tower_sse::stream::Sse<Inner, CellCounter>>();
     assert_send::<tower_sse::stream::SseBody<Upstream, CellCounter>>();
+    // And `Sync`, so it goes where a `Sync` service is asked for (axum's router, tower's
+    // `BoxCloneSyncService`).
+    assert_sync::<tower_sse::stream::Sse<Inner, CellCounter>>();
+    let _: tower::util::BoxCloneSyncService<_, _, _> = tower::util::BoxCloneSyncService::new(
+        SseLayer::new()
+            .observer(CellCounter::default())
+            .layer(Inner::new(service_fn(hello))),
+    );
+}
+
+/// Counts its clones, and carries a kilobyte as a metering stack's observers do.
+struct CountedClones {
+    clones: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _state: [u8; 1024],
+}
+
+impl Clone for CountedClones {
+    fn clone(&self) -> Self {
+        self.clones
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            clones: self.clones.clone(),
+            _state: self._state,
+        }
+    }
+}
+
+impl tower_sse::Observer for CountedClones {}
+
+/// Routers clone a service for every request, at every layer (axum: once per layer of a
+/// router): a clone of the service shares its observer, which is cloned once per request,
+/// for the stream, and the service stays small whatever the observer's size.
+#[tokio::test]
+async fn service_clones_share_the_observer() {
+    use std::sync::atomic::Ordering;
+
+    let clones = std::sync::Arc::default();
+    let service = SseLayer::new()
+        .observer(CountedClones {
+            clones: std::sync::Arc::clone(&clones),
+            _state: [0; 1024],
+        })
+        .layer(Inner::new(service_fn(hello)));
+    // The layer keeps its own observer and gave the service a clone.
+    let made = clones.load(Ordering::Relaxed);
+    let copies: Vec<_> = (0..5).map(|_| service.clone()).collect();
+    assert_eq!(
+        clones.load(Ordering::Relaxed),
+        made,
+        "a service clone cloned the observer"
+    );
+    assert!(
+        std::mem::size_of_val(&service) < 256,
+        "{} bytes",
+        std::mem::size_of_val(&service)
+    );
+    for copy in copies {
+        copy.oneshot(Request::new(Full::new(Bytes::new())))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        clones.load(Ordering::Relaxed) - made,
+        5,
+        "one clone per request"
+    );
 }
 
 /// tower-http's `RequestBodyTimeoutLayer` outside `IncludeUsageLayer`: its `TimeoutBody` is

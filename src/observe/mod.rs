@@ -331,8 +331,8 @@ impl<O: Observer + ?Sized> Observer for Box<O> {
 ///
 /// The layer clones its observer for every request, so a plain `Box<dyn Observer + Send>` is
 /// not enough (it cannot be cloned); a `BoxObserver` clones the observer it holds. It is
-/// `Send` (not `Sync`: hold it by value, as the layer does) and costs one allocation and a
-/// dynamic call per hook.
+/// `Send`, not `Sync` (the layer's service keeps its observer behind a lock, so the service
+/// is `Send` and `Sync` all the same), and costs one allocation and a dynamic call per hook.
 ///
 /// ```
 /// use tower_sse::observe::BoxObserver;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -32,17 +32,21 @@ pub struct Sse<S, O = (), E = (), M = AnyThread> {
     config: Arc<Config>,
     /// The observer each stream starts from (cloned per request).
     ///
-    /// Held by value, not behind an `Arc`: an `Arc` would make the service `Send` only when
-    /// the observer and sink are `Sync`, and an observer with a `Cell` would make it
-    /// `!Send`, which hyper-util and tonic on a multi-thread runtime reject (issue 33).
-    observer: O,
+    /// Shared, not held by value: the service itself is cloned several times a request
+    /// (axum clones a route's service at every layer of a router), and a metering stack's
+    /// observers are about a kilobyte that each clone copied and later dropped. Behind a
+    /// lock, not a bare `Arc`: `Arc<O>` is `Send` only when `O` is `Sync`, and an observer
+    /// with a `Cell` would make the service `!Send`, which hyper-util and tonic on a
+    /// multi-thread runtime reject (issue 33); `Mutex<O>` is `Send` and `Sync` whenever `O`
+    /// is `Send`. The lock is held only to clone the observer, once per stream.
+    observer: Arc<Mutex<O>>,
     /// The report sink each stream starts from (cloned per request).
     on_end: E,
     /// A marker only (`fn() -> M`: always `Send` and `Sync`).
     threads: PhantomData<fn() -> M>,
 }
 
-impl<S: Clone, O: Clone, E: Clone, M> Clone for Sse<S, O, E, M> {
+impl<S: Clone, O, E: Clone, M> Clone for Sse<S, O, E, M> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -68,7 +72,7 @@ impl<S, O, E, M> Sse<S, O, E, M> {
         Self {
             inner,
             config,
-            observer,
+            observer: Arc::new(Mutex::new(observer)),
             on_end,
             threads: PhantomData,
         }
@@ -120,7 +124,12 @@ impl<S, O, E, M> Sse<S, O, E, M> {
     {
         let (mut parts, body) = request.into_parts();
         let started_at = Arrival::stamp(&mut parts.extensions);
-        let mut observer = self.observer.clone();
+        // A clone that panicked left nothing half-made in the prototype: poisoning is moot.
+        let mut observer = self
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         observer.on_request(&parts);
         // A `HEAD` request's answer has no body: never a stream the layer takes.
         let head_request = parts.method == http::Method::HEAD;
