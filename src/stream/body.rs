@@ -83,7 +83,7 @@ pub(crate) enum Phase<B> {
 
 /// What lives while the report is still to be made.
 pub(crate) struct Live<O, E> {
-    pub(crate) engine: Engine<O>,
+    pub(crate) engine: Box<Engine<O>>,
     pub(crate) on_end: E,
     /// The permits of the [`StreamLimitLayer`](crate::StreamLimitLayer)s outside, handed
     /// over when the client leaves and the stream may drain: a drain holds them to its end.

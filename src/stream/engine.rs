@@ -119,6 +119,11 @@ impl<O: Observer> Engine<O> {
         }
     }
 
+    /// The observer, for a stream that ended before its head (reported without an engine).
+    pub(crate) fn into_observer(self: Box<Self>) -> O {
+        self.observer
+    }
+
     /// The stream is resumable: hand each event that needs no change on as a frame of its
     /// own, and tell the producer which frames those are (it stamps them without decoding
     /// them again).

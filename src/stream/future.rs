@@ -72,12 +72,13 @@ fn report_failover_before_head<O: Observer, E: OnEnd>(
     failover: Option<Box<crate::failover::FailoverReport>>,
 ) {
     let Setup {
-        mut observer,
+        engine,
         on_end,
         started_at,
         hint,
         ..
     } = setup;
+    let mut observer = engine.into_observer();
     let mut report = StreamReport::new(started_at);
     report.provider = hint;
     report.outcome = outcome;
@@ -92,7 +93,11 @@ fn report_failover_before_head<O: Observer, E: OnEnd>(
 /// What a stream needs from the service to start.
 pub(crate) struct Setup<O, E> {
     pub(crate) config: Arc<Config>,
-    pub(crate) observer: O,
+    /// The stream's engine, observer included, made when the request came: boxed once and
+    /// never moved again, so that the futures of the layers around (boxed by some, while
+    /// they wait for the response head) do not carry the observers' kilobyte, and the
+    /// body that the server boxes does not copy it.
+    pub(crate) engine: Box<Engine<O>>,
     pub(crate) on_end: E,
     pub(crate) started_at: Instant,
     pub(crate) hint: Provider,
@@ -122,7 +127,7 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
         let permits = disconnect.permits();
         let shutdown = self.config.shutdown.as_ref().map(|s| s.watch());
         #[cfg_attr(not(feature = "resume"), allow(unused_mut))]
-        let mut engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        let mut engine = self.engine;
         #[cfg(feature = "resume")]
         if self.resumable {
             engine.hand_off_to(Arc::default());
@@ -145,7 +150,7 @@ impl<O: Observer, E: OnEnd> Setup<O, E> {
 impl<O: Observer, E: OnEnd> Setup<O, E> {
     /// What reports an answer that is not a stream.
     fn into_answer(self, parts: &http::response::Parts) -> Live<O, E> {
-        let mut engine = Engine::new(self.config, self.observer, self.started_at, self.hint);
+        let mut engine = self.engine;
         engine.head(parts, None, Instant::now());
         // An answer is never drained: the limits' permits are theirs to release.
         Live {

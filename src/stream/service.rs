@@ -21,6 +21,7 @@ use crate::stream::SseBody;
 use crate::stream::body::{Phase, UpstreamFuture};
 use crate::stream::config::Config;
 use crate::stream::deadline::{after, head_deadline};
+use crate::stream::engine::Engine;
 use crate::stream::future::{Disconnect, Setup, SseFuture, offer_permits, upload_timeout};
 use crate::stream::local::{AnyThread, Local};
 
@@ -139,8 +140,8 @@ impl<S, O, E, M> Sse<S, O, E, M> {
         let early = streaming && !keep_lines && self.config.answers_early(&parts);
         let hint = Provider::from_path(parts.uri.path());
         let setup = Setup {
+            engine: Box::new(Engine::new(self.config.clone(), observer, started_at, hint)),
             config: self.config.clone(),
-            observer,
             on_end: self.on_end.clone(),
             started_at,
             hint,
