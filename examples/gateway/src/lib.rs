@@ -213,7 +213,13 @@ impl Shared {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new());
+            .pool_timer(TokioTimer::new())
+            // `forward` sets `host` itself (from the upstream's URL, for HTTP/1.1). The
+            // client's own (`entry(HOST)`) makes room for one more header before it finds
+            // the one there: a full map (six headers) doubled for nothing, and hyper keeps
+            // the map with the connection. (A request with a body grows a full map anyway:
+            // hyper looks for `transfer-encoding` the same way.)
+            .set_host(false);
         if self.config.upstream_version == UpstreamVersion::Http2 {
             // Prior knowledge for `http://`; ALPN offers only `h2` for `https://`.
             builder.http2_only(true);
