@@ -120,7 +120,7 @@ impl<O: Observer> Engine<O> {
     }
 
     /// The observer, for a stream that ended before its head (reported without an engine).
-    pub(crate) fn into_observer(self: Box<Self>) -> O {
+    pub(crate) fn into_observer(self) -> O {
         self.observer
     }
 
