@@ -598,12 +598,7 @@ fn resumable_reader_makes_no_allocation_per_live_event() {
 /// the stack. The heap a log holds is what dropping it gives back.
 #[cfg(feature = "resume")]
 fn resumable_log_holds_its_events_not_the_upstream_read_buffers() {
-    use axum::body::Body as AxumBody;
     use http_body_util::BodyExt;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
-    use tokio::sync::mpsc;
     use tower::ServiceExt;
     use tower_sse::ResumeLayer;
     use tower_sse::resume::{Detach, MemoryStore};
@@ -622,27 +617,7 @@ fn resumable_log_holds_its_events_not_the_upstream_read_buffers() {
         .unwrap();
     runtime.block_on(async {
         // The upstream: each request's body is fed by the test, through the sender it hands over.
-        let (senders, mut next_sender) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
-        let app = axum::Router::new().fallback(move || {
-            let senders = senders.clone();
-            async move {
-                let (tx, rx) = mpsc::channel::<Bytes>(1);
-                senders.send(tx).unwrap();
-                let events = futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv()
-                        .await
-                        .map(|event| (Ok::<_, Infallible>(event), rx))
-                });
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(AxumBody::from_stream(events))
-                    .unwrap()
-            }
-        });
-        let upstream = support::forward::serve(app).await;
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let uri: http::Uri = format!("http://{upstream}/").parse().unwrap();
+        let (mut next_sender, client, uri) = fed_upstream().await;
         let forward = {
             let (client, uri) = (client.clone(), uri.clone());
             tower::service_fn(
@@ -832,11 +807,6 @@ fn resumable_producer_holds_the_stream_body_once() {
 /// was once a slice of it) made the client take a new read buffer, 8 KiB or more, for every
 /// event. Checked for the core layer and with the metering observers.
 fn stream_keeps_no_slice_of_the_upstream_read_buffer() {
-    use axum::body::Body as AxumBody;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
-    use tokio::sync::mpsc;
     use tower_sse::{DigestObserver, UsageObserver};
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -844,27 +814,7 @@ fn stream_keeps_no_slice_of_the_upstream_read_buffer() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (senders, mut next_sender) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
-        let app = axum::Router::new().fallback(move || {
-            let senders = senders.clone();
-            async move {
-                let (tx, rx) = mpsc::channel::<Bytes>(1);
-                senders.send(tx).unwrap();
-                let events = futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv()
-                        .await
-                        .map(|event| (Ok::<_, Infallible>(event), rx))
-                });
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(AxumBody::from_stream(events))
-                    .unwrap()
-            }
-        });
-        let upstream = support::forward::serve(app).await;
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let uri: http::Uri = format!("http://{upstream}/").parse().unwrap();
+        let (mut next_sender, client, uri) = fed_upstream().await;
         let forward = tower::service_fn(
             move |_: Request<tower_sse::request::UploadBody<Empty<Bytes>>>| {
                 let (client, uri) = (client.clone(), uri.clone());
@@ -935,4 +885,42 @@ where
     }
     let stats = region.unwrap().change();
     stats.bytes_allocated / EVENTS
+}
+
+/// An axum upstream on loopback whose every answer is an event stream the test feeds, one
+/// event at a time: each request hands over the sender of its events. Returned with a pooled
+/// hyper client and the upstream's URI.
+async fn fed_upstream() -> (
+    tokio::sync::mpsc::UnboundedReceiver<tokio::sync::mpsc::Sender<Bytes>>,
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Empty<Bytes>,
+    >,
+    http::Uri,
+) {
+    use axum::body::Body as AxumBody;
+    use tokio::sync::mpsc;
+
+    let (senders, next_sender) = mpsc::unbounded_channel::<mpsc::Sender<Bytes>>();
+    let app = axum::Router::new().fallback(move || {
+        let senders = senders.clone();
+        async move {
+            let (tx, rx) = mpsc::channel::<Bytes>(1);
+            senders.send(tx).unwrap();
+            let events = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|event| (Ok::<_, Infallible>(event), rx))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(AxumBody::from_stream(events))
+                .unwrap()
+        }
+    });
+    let upstream = support::forward::serve(app).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let uri = format!("http://{upstream}/").parse().unwrap();
+    (next_sender, client, uri)
 }
