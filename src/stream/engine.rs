@@ -119,9 +119,9 @@ impl<O: Observer> Engine<O> {
         }
     }
 
-    /// The observer, for a stream that ended before its head (reported without an engine).
-    pub(crate) fn into_observer(self) -> O {
-        self.observer
+    /// The observer and the report, for a stream that ended before its head.
+    pub(crate) fn into_parts(self) -> (O, StreamReport) {
+        (self.observer, self.report)
     }
 
     /// The stream is resumable: hand each event that needs no change on as a frame of its

@@ -19,8 +19,7 @@ use crate::BoxError;
 use crate::framing::Framing;
 use crate::limit::DrainPermits;
 use crate::observe::Observer;
-use crate::provider::Provider;
-use crate::report::{OnEnd, Outcome, StreamReport};
+use crate::report::{OnEnd, Outcome};
 use crate::request::UploadWatch;
 use crate::stream::SseBody;
 use crate::stream::body::{AnswerReport, Live, Phase, StreamState, report_disconnect};
@@ -71,16 +70,9 @@ fn report_failover_before_head<O: Observer, E: OnEnd>(
     bytes_out: u64,
     failover: Option<Box<crate::failover::FailoverReport>>,
 ) {
-    let Setup {
-        engine,
-        on_end,
-        started_at,
-        hint,
-        ..
-    } = setup;
-    let mut observer = engine.into_observer();
-    let mut report = StreamReport::new(started_at);
-    report.provider = hint;
+    let Setup { engine, on_end, .. } = setup;
+    // The engine's report is still as it was made: the request's start and provider.
+    let (mut observer, mut report) = engine.into_parts();
     report.outcome = outcome;
     report.error = error;
     report.bytes_out = bytes_out;
@@ -100,7 +92,6 @@ pub(crate) struct Setup<O, E> {
     pub(crate) engine: Box<Engine<O>>,
     pub(crate) on_end: E,
     pub(crate) started_at: Instant,
-    pub(crate) hint: Provider,
     /// A `HEAD` request: its answer has no body, so it is never a stream.
     pub(crate) head_request: bool,
     /// The client asked for NDJSON, not SSE: an NDJSON stream stays NDJSON.

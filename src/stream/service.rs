@@ -144,7 +144,6 @@ impl<S, O, E, M> Sse<S, O, E, M> {
             config: self.config.clone(),
             on_end: self.on_end.clone(),
             started_at,
-            hint,
             head_request,
             keep_lines,
             #[cfg(feature = "resume")]
