@@ -168,6 +168,12 @@ pub(crate) struct Cli {
     /// (gateway_log_lines_dropped_total), never waited for
     #[arg(long, value_name = "N", value_parser = log_queue, verbatim_doc_comment)]
     pub(crate) log_queue: Option<usize>,
+    /// at exit, wait up to SECS for stdout to take the queued log
+    /// lines, then exit anyway and say so on stderr (default 5;
+    /// 0 = write what stdout takes at once)
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true,
+          verbatim_doc_comment)]
+    log_flush_timeout: Option<Secs>,
     /// on SIGTERM, SIGINT or SIGHUP: stop accepting, let open streams run
     /// to their end for up to SECS, then end the rest with an SSE
     /// error event (server_shutdown), report them all, exit 0
@@ -232,6 +238,14 @@ impl Cli {
     /// The address to listen on.
     pub(crate) fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// How long the exit waits for stdout to take the queued log lines.
+    pub(crate) fn log_flush_timeout(&self) -> Duration {
+        self.log_flush_timeout
+            .map_or(example_gateway::log_writer::DEFAULT_FLUSH_TIMEOUT, |s| {
+                s.0.unwrap_or_default()
+            })
     }
 
     /// The gateway's configuration for `upstream`: the defaults of [`GatewayConfig::new`],
@@ -442,6 +456,10 @@ mod tests {
         assert_eq!(cli.listen(), "127.0.0.1:8080".parse().unwrap());
         assert_eq!(cli.runtime, RuntimeKind::Multi);
         assert_eq!(cli.log_format, LogFormat::Text);
+        assert_eq!(
+            cli.log_flush_timeout(),
+            example_gateway::log_writer::DEFAULT_FLUSH_TIMEOUT
+        );
     }
 
     #[test]
@@ -465,6 +483,8 @@ mod tests {
             "per-core",
             "--log-format",
             "json",
+            "--log-flush-timeout",
+            "0",
             "--keep-alive",
             "3",
         ])
@@ -480,6 +500,7 @@ mod tests {
         assert_eq!(config.upstream_version, UpstreamVersion::Http2);
         assert_eq!(cli.runtime, RuntimeKind::PerCore);
         assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.log_flush_timeout(), Duration::ZERO);
     }
 
     #[test]
@@ -493,6 +514,7 @@ mod tests {
             &["--keep-alive", "NaN"],
             &["--total-timeout", "inf"],
             &["--shutdown-grace", "-0.5"],
+            &["--log-flush-timeout", "-1"],
         ] {
             let parsed =
                 Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()));

@@ -14,6 +14,10 @@
 //! [`LogWriter::dropped`]: the runtime never waits for stdout. **At shutdown**,
 //! dropping the [`FlushGuard`] waits until every line queued before it is written and
 //! flushed, so a graceful exit loses no line; lines logged after that are written directly.
+//! It waits [`DEFAULT_FLUSH_TIMEOUT`] at most ([`FlushGuard::flush_timeout`]): a stdout
+//! that never drains (a log shipper gone, a pipe nobody reads) must not keep the process
+//! from exiting. Then it says so on stderr, if stderr takes it at once, and returns: the
+//! lines still queued are lost.
 //!
 //! ```
 //! use std::io::Write;
@@ -36,6 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The counter of log lines dropped because the writer thread was behind.
 pub const LOG_LINES_DROPPED: &str = "gateway.log.lines.dropped_total";
@@ -43,6 +48,10 @@ pub const LOG_LINES_DROPPED: &str = "gateway.log.lines.dropped_total";
 /// Lines the queue holds by default (`--log-queue`): at a few hundred bytes a line, under
 /// 100 MB if all are queued, and two minutes of log at a thousand streams a second.
 pub const DEFAULT_CAPACITY: usize = 128 * 1024;
+
+/// How long dropping the [`FlushGuard`] waits for the queued lines to be written by default
+/// (`--log-flush-timeout`).
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Message {
     Line(Vec<u8>),
@@ -66,6 +75,7 @@ pub struct LogWriter {
 pub struct FlushGuard {
     queue: SyncSender<Message>,
     thread: Option<JoinHandle<()>>,
+    timeout: Duration,
 }
 
 impl LogWriter {
@@ -97,6 +107,7 @@ impl LogWriter {
         let guard = FlushGuard {
             queue,
             thread: Some(thread),
+            timeout: DEFAULT_FLUSH_TIMEOUT,
         };
         Ok((writer, guard))
     }
@@ -213,13 +224,67 @@ const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// may be delayed by (a full batch is written at once, whatever the pause).
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
+impl FlushGuard {
+    /// Wait at most `timeout` for the queued lines when dropped (default
+    /// [`DEFAULT_FLUSH_TIMEOUT`]; zero: write what the output takes at once, wait for
+    /// nothing).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Queue the stop behind every line, and wait for the thread to write them, until
+    /// `deadline`. `false` when the output did not drain in time.
+    fn stop_by(&mut self, deadline: Instant) -> bool {
+        let mut message = Message::Shutdown;
+        // Room in a full queue, while the thread writes.
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                // The thread is gone: nothing is left to wait for.
+                Err(TrySendError::Disconnected(_)) => return true,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    message = m;
+                    std::thread::sleep(FLUSH_POLL);
+                }
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                // Detached: it ends with the process.
+                return false;
+            }
+            std::thread::sleep(FLUSH_POLL);
+        }
+        let _ = thread.join();
+        true
+    }
+}
+
+/// How often a dropped [`FlushGuard`] looks whether the writer thread is done.
+const FLUSH_POLL: Duration = Duration::from_millis(1);
+
 impl Drop for FlushGuard {
     fn drop(&mut self) {
-        // Blocks while the queue is full: the lines before it are written first.
-        if self.queue.send(Message::Shutdown).is_ok()
-            && let Some(thread) = self.thread.take()
-        {
-            let _ = thread.join();
+        if self.stop_by(Instant::now() + self.timeout) {
+            return;
+        }
+        // Said from a thread of its own, waited for briefly: stderr may be the same stalled
+        // pipe as stdout, and must not hold the exit either.
+        let timeout = self.timeout;
+        let said = std::thread::spawn(move || {
+            eprintln!(
+                "log writer: stdout did not take the queued log lines within {timeout:?}; \
+                 the lines not yet written are lost"
+            );
+        });
+        let until = Instant::now() + Duration::from_millis(100);
+        while !said.is_finished() && Instant::now() < until {
+            std::thread::sleep(FLUSH_POLL);
         }
     }
 }
@@ -338,6 +403,55 @@ mod tests {
         let written = out.text().lines().count() as u64;
         assert_eq!(written + dropped, 100);
         assert!(out.text().starts_with("line 0\n"));
+    }
+
+    /// A stdout that never drains does not hold the exit: the guard gives up at its
+    /// timeout (zero here: nothing waits) and returns, the lines already written kept.
+    #[test]
+    fn a_guard_gives_up_on_an_output_that_never_drains() {
+        let out = Out::default();
+        let (writer, guard) = LogWriter::to(out.clone(), 4).unwrap();
+        writeln!(writer.line(), "line 0").unwrap();
+        // Written before the output stalls: kept.
+        while out.writes.load(Ordering::Acquire) == 0 {
+            std::thread::yield_now();
+        }
+        out.block(true);
+        writeln!(writer.line(), "line 1").unwrap();
+        while out.started.load(Ordering::Acquire) < 2 {
+            std::thread::yield_now();
+        }
+        // Fills the queue: the guard cannot even queue its stop.
+        for i in 2..10 {
+            writeln!(writer.line(), "line {i}").unwrap();
+        }
+        drop(guard.flush_timeout(Duration::ZERO));
+        assert_eq!(out.text(), "line 0\n");
+        // The stalled write goes on once the output moves (the thread is not waited for).
+        out.block(false);
+    }
+
+    /// With time enough, a slow output gets every line before the guard returns.
+    #[test]
+    fn a_guard_waits_for_a_slow_output_within_its_timeout() {
+        let out = Out::default();
+        out.block(true);
+        let (writer, guard) = LogWriter::to(out.clone(), DEFAULT_CAPACITY).unwrap();
+        for i in 0..10 {
+            writeln!(writer.line(), "line {i}").unwrap();
+        }
+        let unblock = {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                while out.started.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
+                out.block(false);
+            })
+        };
+        drop(guard.flush_timeout(Duration::from_secs(600)));
+        unblock.join().unwrap();
+        assert_eq!(out.text().lines().count(), 10);
     }
 
     /// Through `tracing_subscriber`, as the binary logs: the lines of events logged on a

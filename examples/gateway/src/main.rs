@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     // Dropped when `main` returns, after the runtimes: the queued log lines are written.
     let queue = cli.log_queue.unwrap_or(log_writer::DEFAULT_CAPACITY);
     let _logs = match init_logging(cli.log_format, queue) {
-        Ok(guard) => guard,
+        Ok(guard) => guard.flush_timeout(cli.log_flush_timeout()),
         Err(e) => return failed(&e),
     };
     let upstream = match cli.upstream.first() {
