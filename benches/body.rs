@@ -138,7 +138,11 @@ type BoxedBody = Pin<Box<dyn Body<Data = Bytes, Error = tower_sse::BoxError>>>;
 /// `n` streams open at once, polled one frame each in turn, round after round; the time of
 /// the rounds of `rounds` events per stream, per round. New streams replace the drained
 /// ones between measurements (not timed).
-fn interleaved(n: usize, rounds: usize, open: &dyn Fn() -> BoxedBody) -> impl FnMut(u64) -> Duration {
+fn interleaved(
+    n: usize,
+    rounds: usize,
+    open: &dyn Fn() -> BoxedBody,
+) -> impl FnMut(u64) -> Duration {
     let mut cx = Context::from_waker(Waker::noop());
     let mut streams: Vec<BoxedBody> = (0..n).map(|_| open()).collect();
     let mut round = 0;
@@ -181,11 +185,18 @@ fn interleaved_benches(c: &mut Criterion) {
     let chunks = common::one_bytes_per_event();
     let metered = SseLayer::new()
         .keep_alive(KeepAliveConfig::new().interval(Duration::from_secs(15)))
-        .observer((UsageObserver::new(), TimingObserver::new(), DigestObserver::new()));
+        .observer((
+            UsageObserver::new(),
+            TimingObserver::new(),
+            DigestObserver::new(),
+        ));
     // Every stream ends with `[DONE]`; the rounds stop before the last events.
     let rounds = chunks.len() - 2;
     let bare = || -> BoxedBody {
-        Box::pin(http_body_util::BodyExt::map_err(upstream(&chunks), |e| match e {}))
+        Box::pin(http_body_util::BodyExt::map_err(
+            upstream(&chunks),
+            |e| match e {},
+        ))
     };
     let sse = || -> BoxedBody {
         Box::pin(http_body_util::BodyExt::map_err(
@@ -196,7 +207,9 @@ fn interleaved_benches(c: &mut Criterion) {
     for n in [1, 4096] {
         let mut g = c.benchmark_group(format!("body/interleaved_{n}"));
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function("bare_body", |b| b.iter_custom(interleaved(n, rounds, &bare)));
+        g.bench_function("bare_body", |b| {
+            b.iter_custom(interleaved(n, rounds, &bare))
+        });
         g.bench_function("sse_body_usage_timing_digest", |b| {
             b.iter_custom(interleaved(n, rounds, &sse))
         });
