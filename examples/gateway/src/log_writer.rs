@@ -276,12 +276,15 @@ impl Drop for FlushGuard {
         // Said from a thread of its own, waited for briefly: stderr may be the same stalled
         // pipe as stdout, and must not hold the exit either.
         let timeout = self.timeout;
-        let said = std::thread::spawn(move || {
+        let said = std::thread::Builder::new().spawn(move || {
             eprintln!(
                 "log writer: stdout did not take the queued log lines within {timeout:?}; \
                  the lines not yet written are lost"
             );
         });
+        let Ok(said) = said else {
+            return;
+        };
         let until = Instant::now() + Duration::from_millis(100);
         while !said.is_finished() && Instant::now() < until {
             std::thread::sleep(FLUSH_POLL);
