@@ -253,20 +253,28 @@ impl FlushGuard {
         let Some(thread) = self.thread.take() else {
             return true;
         };
-        while !thread.is_finished() {
-            if Instant::now() >= deadline {
-                // Detached: it ends with the process.
-                return false;
-            }
-            std::thread::sleep(FLUSH_POLL);
+        if !finished_by(&thread, deadline) {
+            // Detached: it ends with the process.
+            return false;
         }
         let _ = thread.join();
         true
     }
 }
 
-/// How often a dropped [`FlushGuard`] looks whether the writer thread is done.
+/// How often a dropped [`FlushGuard`] looks whether a thread is done.
 const FLUSH_POLL: Duration = Duration::from_millis(1);
+
+/// Whether `thread` finished by `deadline` (looked at every [`FLUSH_POLL`]).
+fn finished_by(thread: &JoinHandle<()>, deadline: Instant) -> bool {
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(FLUSH_POLL);
+    }
+    true
+}
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
@@ -282,12 +290,8 @@ impl Drop for FlushGuard {
                  the lines not yet written are lost"
             );
         });
-        let Ok(said) = said else {
-            return;
-        };
-        let until = Instant::now() + Duration::from_millis(100);
-        while !said.is_finished() && Instant::now() < until {
-            std::thread::sleep(FLUSH_POLL);
+        if let Ok(said) = said {
+            finished_by(&said, Instant::now() + Duration::from_millis(100));
         }
     }
 }
